@@ -1,0 +1,64 @@
+"""Device placement: turn ``cpu``, ``cuda[:N]`` or ``auto`` into a concrete device, or say why not."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+
+from modelyard.errors import DeviceError
+
+log = logging.getLogger(__name__)
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(?::(\d+))?)$")
+
+
+def validate_device(device: str) -> str:
+    """Check the spelling of a device; raises :class:`ValueError` with what is accepted."""
+    if not _DEVICE.match(device):
+        raise ValueError(f"device {device!r} is not one of 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return device
+
+
+def resolve_device(
+    requested: str,
+    *,
+    accelerated: bool,
+    gpu_count: Callable[[], int],
+    model: str = "model",
+) -> str:
+    """The device to load on.
+
+    ``auto`` picks ``cuda:0`` for an accelerated flavor when a GPU is present and otherwise falls
+    back to ``cpu`` (logged). An explicit ``cuda[:N]`` that is not available is an error, never a
+    silent fallback: the spec asked for it.
+    """
+    match = _DEVICE.match(requested)
+    if match is None:
+        raise DeviceError(
+            f"{model}: device {requested!r} is not valid; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        )
+    if requested == "cpu":
+        return "cpu"
+    if requested == "auto":
+        if accelerated and gpu_count() > 0:
+            return "cuda:0"
+        if accelerated:
+            log.info("%s: no GPU found, device 'auto' falls back to cpu", model)
+        return "cpu"
+    if not accelerated:
+        raise DeviceError(
+            f"{model}: this flavor runs on cpu only, but the spec asks for {requested!r}; "
+            "set device: cpu or auto"
+        )
+    index = int(match.group(2) or 0)
+    available = gpu_count()
+    if index >= available:
+        raise DeviceError(
+            f"{model}: device {requested!r} requested but this machine has "
+            f"{available} CUDA device(s); set device: auto to fall back to cpu"
+        )
+    return f"cuda:{index}"
+
+
+__all__ = ["resolve_device", "validate_device"]

@@ -1,0 +1,17 @@
+"""The model registry: metadata database, artifact store and audit trail."""
+
+from modelyard.registry.client import PRODUCTION, Registry, parse_ref
+from modelyard.registry.database import Database
+from modelyard.registry.records import AliasEvent, AuditEvent, Model, ModelVersion, Run
+
+__all__ = [
+    "PRODUCTION",
+    "AliasEvent",
+    "AuditEvent",
+    "Database",
+    "Model",
+    "ModelVersion",
+    "Registry",
+    "Run",
+    "parse_ref",
+]

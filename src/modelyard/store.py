@@ -1,0 +1,187 @@
+"""Content-addressed artifact storage: a local folder by default, any fsspec URL at scale.
+
+A model artifact is a folder (whatever the adapter wrote). It is packed into a deterministic tar,
+named by the sha256 of its bytes and stored once. Writes are atomic (a temporary name, then a
+rename) so a crash never leaves half an artifact under a real digest; reads verify the digest and
+refuse a mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from modelyard.errors import IntegrityError, StorageError
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pack_dir(folder: Path, dest: Path) -> Path:
+    """Pack ``folder`` into the tar file ``dest``; the same content always gives the same bytes."""
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(folder.rglob("*")):
+            rel = path.relative_to(folder).as_posix()
+            info = tar.gettarinfo(str(path), arcname=rel)
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mode = 0o755 if path.is_dir() else 0o644
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    tar.addfile(info, fh)
+            elif path.is_dir():
+                tar.addfile(info)
+    return dest
+
+
+def unpack(archive: Path, dest: Path) -> Path:
+    """Extract a packed artifact into ``dest`` (no absolute paths, links or devices allowed)."""
+    with tarfile.open(archive, "r") as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+class LocalStore:
+    """Blobs under a local folder, at ``<root>/<aa>/<digest>``."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"LocalStore({str(self.root)!r})"
+
+    def _path(self, digest: str) -> Path:
+        return self.root / digest[:2] / digest
+
+    def put_file(self, path: Path) -> tuple[str, int]:
+        """Store the file at ``path`` (atomically); return its digest and size."""
+        digest = sha256_file(path)
+        target = self._path(digest)
+        if target.exists():
+            return digest, target.stat().st_size
+        tmp: Path | None = None
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            tmp = Path(name)
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                shutil.copyfileobj(src, out, _CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            raise StorageError(f"cannot write artifact to {self.root}: {exc}") from None
+        return digest, target.stat().st_size
+
+    def get_file(self, digest: str, dest: Path) -> Path:
+        """Copy blob ``digest`` to ``dest`` and verify it."""
+        source = self._path(digest)
+        if not source.exists():
+            raise IntegrityError(f"artifact {digest[:12]} is missing from {self.root}")
+        shutil.copyfile(source, dest)
+        _verify(dest, digest)
+        return dest
+
+    def local_path(self, digest: str) -> Path | None:
+        """The blob's own path, so a local read needs no copy."""
+        path = self._path(digest)
+        return path if path.exists() else None
+
+    def exists(self, digest: str) -> bool:
+        return self._path(digest).exists()
+
+    def delete(self, digest: str) -> None:
+        self._path(digest).unlink(missing_ok=True)
+
+
+class FsspecStore:
+    """Blobs under any fsspec URL (``s3://bucket/prefix``, ``gs://...``, ``memory://...``)."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        import fsspec
+
+        self.url = url.rstrip("/")
+        self.fs, self.base = fsspec.core.url_to_fs(self.url, **options)
+
+    def __repr__(self) -> str:
+        return f"FsspecStore({self.url!r})"
+
+    def _key(self, digest: str) -> str:
+        return f"{self.base}/{digest[:2]}/{digest}"
+
+    def put_file(self, path: Path) -> tuple[str, int]:
+        digest = sha256_file(path)
+        key = self._key(digest)
+        size = path.stat().st_size
+        try:
+            if self.fs.exists(key):
+                return digest, size
+            # Object stores publish a PUT atomically; a temporary key then a move keeps plain
+            # file systems from showing half a blob under its final name.
+            tmp = f"{key}.tmp-{os.getpid()}-{id(path)}"
+            self.fs.makedirs(key.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.put_file(str(path), tmp)
+            self.fs.mv(tmp, key)
+        except (OSError, ValueError) as exc:
+            raise StorageError(f"cannot write artifact to {self.url}: {exc}") from None
+        return digest, size
+
+    def get_file(self, digest: str, dest: Path) -> Path:
+        key = self._key(digest)
+        try:
+            self.fs.get_file(key, str(dest))
+        except FileNotFoundError:
+            raise IntegrityError(f"artifact {digest[:12]} is missing from {self.url}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read artifact from {self.url}: {exc}") from None
+        _verify(dest, digest)
+        return dest
+
+    def local_path(self, digest: str) -> Path | None:
+        return None
+
+    def exists(self, digest: str) -> bool:
+        return bool(self.fs.exists(self._key(digest)))
+
+    def delete(self, digest: str) -> None:
+        key = self._key(digest)
+        if self.fs.exists(key):
+            self.fs.rm(key)
+
+
+def open_store(location: str | Path) -> LocalStore | FsspecStore:
+    """A store for a local path or ``file://`` URL, or an fsspec URL for anything else."""
+    text = str(location)
+    if "://" not in text:
+        return LocalStore(text)
+    if text.startswith("file://"):
+        return LocalStore(text[len("file://") :])
+    return FsspecStore(text)
+
+
+def _verify(path: Path, digest: str) -> None:
+    actual = sha256_file(path)
+    if actual != digest:
+        path.unlink(missing_ok=True)
+        raise IntegrityError(
+            f"artifact digest mismatch: expected {digest[:12]}, got {actual[:12]}"
+        )
+
+
+__all__ = ["FsspecStore", "LocalStore", "open_store", "pack_dir", "sha256_file", "unpack"]

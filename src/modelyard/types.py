@@ -1,0 +1,71 @@
+"""The contracts between layers: small Protocols that implementations are checked against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from modelyard.schema import Signature
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """Everything modelyard needs from one framework (a *flavor*).
+
+    Adapters are stateless: the framework object is passed in and returned. They import their
+    framework lazily, inside the methods, so ``import modelyard`` needs none of them.
+    """
+
+    #: the registry key, stored with every version (``"sklearn"``, ``"torch"``, ...).
+    flavor: ClassVar[str]
+    #: the pip extra that installs this framework (``pip install 'modelyard[<extra>]'``).
+    extra: ClassVar[str]
+    #: ``True`` for frameworks that can run on a GPU (``cuda``); classic models are CPU-only.
+    accelerated: ClassVar[bool]
+
+    def handles(self, model: Any) -> bool:
+        """Whether ``model`` is an object of this framework (used to pick the flavor)."""
+        ...
+
+    def save(self, model: Any, path: Path, *, sample: Any = None) -> dict[str, Any]:
+        """Write ``model`` into the empty folder ``path``; return metadata needed to load it.
+
+        ``sample`` is a small batch of training input, for frameworks that trace or export.
+        """
+        ...
+
+    def load(self, path: Path, meta: dict[str, Any], device: str) -> Any:
+        """Load a model saved by :meth:`save` onto ``device`` (already resolved, e.g. ``cpu``)."""
+        ...
+
+    def predict(self, model: Any, batch: Any) -> Any:
+        """Predict a whole batch; returns an array (or dict of arrays) with one row per input."""
+        ...
+
+    def infer_signature(self, model: Any, X: Any, y: Any = None) -> Signature:
+        """The signature of ``model`` trained on ``X`` (and ``y``)."""
+        ...
+
+
+@runtime_checkable
+class ArtifactStore(Protocol):
+    """Content-addressed blob storage: a blob's name is its sha256 digest."""
+
+    def put_file(self, path: Path) -> tuple[str, int]:
+        """Store the file at ``path``; return ``(sha256 hex digest, size in bytes)``."""
+        ...
+
+    def get_file(self, digest: str, dest: Path) -> Path:
+        """Copy the blob ``digest`` to ``dest``, verifying its digest; return ``dest``."""
+        ...
+
+    def exists(self, digest: str) -> bool:
+        """Whether the blob ``digest`` is stored."""
+        ...
+
+    def delete(self, digest: str) -> None:
+        """Remove the blob ``digest`` if present."""
+        ...
+
+
+__all__ = ["Adapter", "ArtifactStore"]
