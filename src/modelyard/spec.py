@@ -1,0 +1,297 @@
+"""A model's one declaration: train entrypoint, data, checks, metrics, gate, serving, rollout, retrain.
+
+Declared in ``modelyard.yaml`` or with the :func:`model` decorator; both build the same
+:class:`Spec`, validated at once so a typo fails before any training starts.
+
+.. code-block:: yaml
+
+    models:
+      fraud:
+        train: examples/fraud/model.py:train
+        data: {path: "examples/fraud/data/*.csv", target: is_fraud}
+        metrics: [f1, accuracy, roc_auc]
+        gate: {min: {f1: 0.6}, champion: {metric: f1, max_drop: 0.0}}
+        serving: {device: cpu, batching: {max_batch_size: 32, max_delay_ms: 2}}
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from modelyard.devices import validate_device
+from modelyard.errors import ConfigError
+
+_STRICT = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+
+class DataSpec(BaseModel):
+    """Where training data comes from, so a rerun picks up new data.
+
+    Exactly one of ``path`` (CSV/Parquet file or glob), ``sql`` (a query, with ``url``) or
+    ``function`` (``"file.py:fn"`` / ``"module:fn"`` or a callable returning ``(X, y)`` or a
+    DataFrame) is given.
+    """
+
+    model_config = _STRICT
+
+    path: str | None = None
+    format: Literal["csv", "parquet"] | None = None
+    sql: str | None = None
+    url: str | None = None
+    function: str | Callable[..., Any] | None = None
+    target: str | None = None
+    features: list[str] | None = None
+    holdout: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 0
+    stratify: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        given = [k for k in ("path", "sql", "function") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of path, sql or function")
+        if self.sql is not None and not self.url:
+            raise ValueError("a sql source needs url: the database URL to run it against")
+        if self.path is not None and self.target is None:
+            raise ValueError("a file source needs target: the label column")
+        return self
+
+
+class ValidationSpec(BaseModel):
+    """Checks the training data must pass before anything is trained."""
+
+    model_config = _STRICT
+
+    min_rows: int = Field(10, ge=1)
+    max_missing: float = Field(0.0, ge=0.0, le=1.0)  # per column, as a fraction of rows
+    columns: dict[str, str] | None = None  # expected dtype per column: float64, int64, string, ...
+    ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
+    allowed: dict[str, list[Any]] = Field(default_factory=dict)  # categorical values
+
+
+class ChampionRule(BaseModel):
+    """Compare the candidate with the current ``production`` version on the same holdout."""
+
+    model_config = _STRICT
+
+    metric: str
+    max_drop: float = Field(0.0, ge=0.0)  # how much worse than the champion is still accepted
+
+
+class GateSpec(BaseModel):
+    """When a new version may be promoted: absolute thresholds and the champion comparison."""
+
+    model_config = _STRICT
+
+    min: dict[str, float] = Field(default_factory=dict)
+    max: dict[str, float] = Field(default_factory=dict)
+    champion: ChampionRule | None = None
+    promote: bool = True  # move the production alias when the gate passes
+
+
+class BatchingSpec(BaseModel):
+    """Dynamic batching: gather requests up to ``max_batch_size`` or ``max_delay_ms``."""
+
+    model_config = _STRICT
+
+    enabled: bool | None = None  # None: on for DL flavors, off for classic ones
+    max_batch_size: int = Field(32, ge=1, le=65536)
+    max_delay_ms: float = Field(2.0, ge=0.0, le=10_000)
+    max_queue: int = Field(1024, ge=1)
+
+
+class ServingSpec(BaseModel):
+    """Where and how the model answers live traffic."""
+
+    model_config = _STRICT
+
+    device: str = "auto"
+    replicas: int = Field(1, ge=1, le=64)
+    batching: BatchingSpec = Field(default_factory=BatchingSpec)
+    preload: bool = True
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0)  # share of predictions logged
+    sensitive: list[str] = Field(default_factory=list)  # fields dropped or hashed in logs
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return validate_device(value)
+
+
+class RolloutSpec(BaseModel):
+    """How a promoted version reaches traffic."""
+
+    model_config = _STRICT
+
+    strategy: Literal["direct", "blue-green", "canary", "shadow", "ab"] = "direct"
+    steps: list[int] = Field(default_factory=lambda: [5, 25, 50, 100])
+    every_s: float = Field(60.0, gt=0)
+    key: str | None = None  # A/B stickiness: a header or an input field
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_p99_ratio: float = Field(1.5, gt=0)
+    min_requests: int = Field(100, ge=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: list[int]) -> list[int]:
+        if not value or any(not 0 < s <= 100 for s in value) or value != sorted(value):
+            raise ValueError("steps must be increasing percentages between 1 and 100")
+        return value
+
+
+class RetrainSpec(BaseModel):
+    """When to retrain by itself: a cron schedule and trigger rules."""
+
+    model_config = _STRICT
+
+    schedule: str | None = None  # cron, e.g. "0 3 * * *"
+    drift_share: float | None = Field(None, gt=0, le=1)
+    metric_below: dict[str, float] = Field(default_factory=dict)
+    new_labels: int | None = Field(None, ge=1)
+    auto_rollout: bool = False
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError("schedule must be a 5-field cron expression, e.g. '0 3 * * *'")
+        return value
+
+
+class Spec(BaseModel):
+    """Everything modelyard knows about one model, from one declaration."""
+
+    model_config = _STRICT
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+    train: str | Callable[..., Any]
+    data: DataSpec
+    flavor: str | None = None
+    description: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    task: Literal["classification", "regression", "raw"] | None = None
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
+    metrics: list[str] = Field(default_factory=list)
+    gate: GateSpec = Field(default_factory=GateSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    retrain: RetrainSpec = Field(default_factory=RetrainSpec)
+    timeout_s: float = Field(3600.0, gt=0)
+    #: folder relative paths in this spec are resolved against (the yaml file's folder).
+    root: Path = Field(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _gate_metrics_declared(self) -> Spec:
+        used = set(self.gate.min) | set(self.gate.max)
+        if self.gate.champion is not None:
+            used.add(self.gate.champion.metric)
+        missing = sorted(used - set(self.metrics))
+        if missing:
+            raise ValueError(f"gate uses metrics not listed under metrics: {', '.join(missing)}")
+        return self
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], *, where: str = "spec") -> Spec:
+        """Validate a spec; raises :class:`ConfigError` naming each bad field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{where}: {_describe(exc)}") from None
+
+
+# -- declaring ----------------------------------------------------------------------------------
+_declared: dict[str, Spec] = {}
+
+
+def model(name: str | None = None, **fields: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Declare the decorated train function as a model (same fields as ``modelyard.yaml``).
+
+    ``def train(X, y, params): return fitted_model``. The spec is attached as ``fn.spec`` and
+    registered so ``modelyard train`` finds it in a module listed under ``include:``.
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        source = inspect.getsourcefile(fn)
+        root = Path(source).parent if source else Path.cwd()
+        spec = Spec.parse(
+            {"name": name or fn.__name__, "train": fn, "root": root, **fields},
+            where=f"@model on {fn.__qualname__}",
+        )
+        fn.spec = spec  # type: ignore[attr-defined]
+        _declared[spec.name] = spec
+        return fn
+
+    return decorate
+
+
+def declared() -> dict[str, Spec]:
+    """Specs declared with :func:`model` in modules imported so far."""
+    return dict(_declared)
+
+
+def load_project(path: str | Path = "modelyard.yaml") -> dict[str, Spec]:
+    """Every spec in a ``modelyard.yaml`` (and the Python modules it ``include``s), by name."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(
+            f"no {file} here; run 'modelyard init' to create one, or pass --project PATH"
+        )
+    try:
+        doc = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{file} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(doc, dict) or not set(doc) <= {"models", "include"}:
+        raise ConfigError(f"{file}: the top level takes 'models' and 'include' only")
+    root = file.parent.absolute()
+    specs: dict[str, Spec] = {}
+    for ref in doc.get("include") or []:
+        specs.update(_import_declared(root / str(ref)))
+    models = doc.get("models") or {}
+    if not isinstance(models, dict):
+        raise ConfigError(f"{file}: 'models' must map model names to their specs")
+    for name, body in models.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{file}: models.{name} must be a mapping of spec fields")
+        specs[str(name)] = Spec.parse({"name": str(name), "root": root, **body},
+                                      where=f"{file}: models.{name}")
+    return specs
+
+
+def _import_declared(path: Path) -> dict[str, Spec]:
+    from modelyard.entrypoints import import_file
+
+    before = set(_declared)
+    import_file(path)
+    return {n: s for n, s in _declared.items() if n not in before or s.root == path.parent}
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "spec"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+__all__ = [
+    "BatchingSpec",
+    "ChampionRule",
+    "DataSpec",
+    "GateSpec",
+    "RetrainSpec",
+    "RolloutSpec",
+    "ServingSpec",
+    "Spec",
+    "ValidationSpec",
+    "declared",
+    "load_project",
+    "model",
+]
