@@ -1,0 +1,93 @@
+"""Specs: yaml and decorator give the same validated object; bad declarations fail clearly."""
+
+import textwrap
+
+import pytest
+
+from modelyard.errors import ConfigError
+from modelyard.spec import Spec, declared, load_project, model
+
+GOOD = """
+models:
+  fraud:
+    train: train.py:train
+    data: {path: "data/*.csv", target: is_fraud}
+    metrics: [f1, accuracy]
+    gate: {min: {f1: 0.5}, champion: {metric: f1, max_drop: 0.01}}
+    serving: {device: cpu, batching: {max_batch_size: 64, max_delay_ms: 1}}
+    rollout: {strategy: canary, steps: [10, 50, 100]}
+    retrain: {schedule: "0 3 * * *", drift_share: 0.3}
+"""
+
+
+def write(tmp_path, text, name="modelyard.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_yaml_spec_is_validated_and_rooted(tmp_path):
+    specs = load_project(write(tmp_path, GOOD))
+    spec = specs["fraud"]
+    assert spec.root == tmp_path
+    assert spec.gate.champion.max_drop == 0.01
+    assert spec.serving.batching.max_batch_size == 64
+    assert spec.rollout.steps == [10, 50, 100]
+    assert spec.data.holdout == 0.2
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ("models:\n  m:\n    train: t.py:f\n    data: {path: a.csv}\n", "target"),
+        ("models:\n  m:\n    train: t.py:f\n    data: {path: a.csv, target: y}\n"
+         "    gate: {min: {auc: 0.5}}\n", "auc"),
+        ("models:\n  m:\n    train: t.py:f\n    data: {path: a.csv, target: y}\n"
+         "    serving: {device: gpu}\n", "device"),
+        ("models:\n  m:\n    train: t.py:f\n    data: {path: a.csv, target: y}\n"
+         "    colour: red\n", "colour"),
+        ("models:\n  m:\n    train: t.py:f\n    data: {path: a.csv, target: y}\n"
+         "    retrain: {schedule: 'every day'}\n", "cron"),
+        ("models: [1, 2]\n", "models"),
+        ("models:\n  m: {train: [\n", "not valid YAML"),
+        ("nodes: {}\n", "top level"),
+    ],
+)
+def test_bad_yaml_names_the_problem(tmp_path, body, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_project(write(tmp_path, body))
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_project_file_says_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match="modelyard init"):
+        load_project(tmp_path / "modelyard.yaml")
+
+
+def test_decorator_builds_the_same_spec(tmp_path):
+    @model(name="deco", data={"path": "x.csv", "target": "y"}, metrics=["f1"],
+           gate={"min": {"f1": 0.1}})
+    def train(X, y, params):
+        return None
+
+    assert isinstance(train.spec, Spec)
+    assert declared()["deco"] is train.spec
+    assert train.spec.train is train
+    from_yaml = Spec.parse({"name": "deco", "train": "t.py:train",
+                            "data": {"path": "x.csv", "target": "y"},
+                            "metrics": ["f1"], "gate": {"min": {"f1": 0.1}}})
+    assert from_yaml.gate == train.spec.gate
+
+
+def test_include_imports_decorated_specs(tmp_path):
+    (tmp_path / "models.py").write_text(textwrap.dedent("""
+        import modelyard
+
+        @modelyard.model(name="included", data={"function": "models.py:data"}, metrics=["rmse"])
+        def train(X, y, params):
+            return None
+    """))
+    specs = load_project(write(tmp_path, "include: [models.py]\n"))
+    assert "included" in specs
+    assert specs["included"].root == tmp_path
