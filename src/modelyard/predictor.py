@@ -95,8 +95,7 @@ class Predictor:
                 labels = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
                 return Prediction(_tidy(labels), probs, classes)
             if out.ndim == 1 and batch is not None:
-                scorer = getattr(self.adapter, "predict_scores", None)
-                probs = scorer(self.model, batch) if scorer is not None else None
+                probs = self.adapter.predict_scores(self.model, batch)
                 return Prediction(out, None if probs is None else np.asarray(probs), classes)
         if isinstance(out, dict):
             return Prediction(np.asarray(next(iter(out.values()))))
@@ -111,7 +110,7 @@ def open_version(
     resolved = resolve_device(
         device,
         accelerated=adapter.accelerated,
-        gpu_count=getattr(adapter, "gpu_count", lambda: 0),
+        gpu_count=adapter.gpu_count,
         model=version.ref,
     )
     if device == "auto" and not adapter.accelerated:

@@ -42,8 +42,17 @@ class Adapter(Protocol):
         """Predict a whole batch; returns an array (or dict of arrays) with one row per input."""
         ...
 
+    def predict_scores(self, model: Any, batch: Any) -> Any:
+        """Class probabilities ``(n, classes)`` for classifiers that give them, else ``None``."""
+        ...
+
     def infer_signature(self, model: Any, X: Any, y: Any = None) -> Signature:
         """The signature of ``model`` trained on ``X`` (and ``y``)."""
+        ...
+
+    @classmethod
+    def gpu_count(cls) -> int:
+        """How many GPUs this framework can use here (0 for CPU-only flavors)."""
         ...
 
 
