@@ -1,0 +1,278 @@
+"""Load a spec's training data (files, SQL or a function), split off a holdout, and hand the
+splits to the training process as files.
+
+Sources are read fresh on every run, so a glob picks up the files that arrived since the last
+run and a query sees the rows inserted since.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelyard.entrypoints import resolve_callable
+from modelyard.errors import ConfigError, DataValidationError, StorageError
+from modelyard.spec import DataSpec
+
+_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+@dataclass
+class Dataset:
+    """Features ``X`` (a DataFrame when ``frame``, else an array) and labels ``y`` (an array)."""
+
+    X: Any
+    y: np.ndarray
+    feature_names: list[str]
+    frame: bool
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, index: np.ndarray) -> Dataset:
+        """The rows at ``index``, as a new dataset."""
+        X = self.X.iloc[index].reset_index(drop=True) if self.frame else self.X[index]
+        return Dataset(X, self.y[index], self.feature_names, self.frame)
+
+
+def load_dataset(spec: DataSpec, root: Path) -> Dataset:
+    """Read the source ``spec`` names (relative paths against ``root``) into a :class:`Dataset`."""
+    if spec.path is not None:
+        return _from_frame(_read_files(spec, root), spec, f"files {spec.path!r}")
+    if spec.sql is not None:
+        return _from_frame(_read_sql(spec), spec, "the query")
+    fn = resolve_callable(spec.function, root)  # type: ignore[arg-type]
+    try:
+        out = fn()
+    except Exception as exc:
+        raise DataValidationError(
+            f"data function {getattr(fn, '__qualname__', fn)} raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if _is_frame(out):
+        return _from_frame(out, spec, "the data function's DataFrame")
+    if isinstance(out, tuple) and len(out) == 2:
+        return _from_pair(out[0], out[1], spec)
+    raise ConfigError(
+        f"data function {getattr(fn, '__qualname__', fn)} returned {type(out).__name__}; "
+        "return a DataFrame (with data.target set) or a tuple (X, y)"
+    )
+
+
+def split(dataset: Dataset, holdout: float, seed: int, stratify: bool = True) -> tuple[Dataset,
+                                                                                        Dataset]:
+    """Split into ``(train, holdout)``: deterministic by ``seed``, stratified when it can be.
+
+    Stratified when ``stratify`` is set, ``y`` looks like class labels and every class has at
+    least two rows; otherwise a plain random split. Both parts keep at least one row.
+    """
+    n = len(dataset)
+    if n < 2:
+        raise DataValidationError(f"cannot split {n} row(s) into train and holdout; add data")
+    rng = np.random.default_rng(seed)
+    groups = _strata(dataset.y) if stratify else None
+    if groups is None:
+        order = rng.permutation(n)
+        cut = min(max(1, round(n * holdout)), n - 1)
+        held = order[:cut]
+    else:
+        held = np.concatenate([
+            members[rng.permutation(len(members))][: min(max(1, round(len(members) * holdout)),
+                                                         len(members) - 1)]
+            for members in groups
+        ])
+    mask = np.zeros(n, dtype=bool)
+    mask[held] = True
+    # keep the source's row order inside each part: reruns on the same data are identical
+    return dataset.take(np.flatnonzero(~mask)), dataset.take(np.flatnonzero(mask))
+
+
+def _strata(y: np.ndarray) -> list[np.ndarray] | None:
+    if y.ndim != 1 or y.dtype.kind not in "iubOUT":
+        return None
+    try:
+        _, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
+    except TypeError:  # unorderable mixed labels
+        return None
+    if len(counts) < 2 or counts.min() < 2 or len(counts) > len(y) // 2:
+        return None
+    return [np.flatnonzero(inverse == k) for k in range(len(counts))]
+
+
+# -- storing a split for the training process (never pickled) -----------------------------------
+def write_split(X: Any, y: Any, folder: Path) -> None:
+    """Store ``(X, y)`` in ``folder`` without pickle: Parquet for tables and text, else ``.npy``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if hasattr(X, "columns") and hasattr(X, "to_parquet"):
+        if not all(isinstance(c, str) for c in X.columns):
+            raise ConfigError("training DataFrame column names must be strings")
+        X.to_parquet(folder / "X.frame.parquet", index=False)
+    else:
+        _write_array(folder, "X", X)
+    _write_array(folder, "y", y)
+
+
+def _write_array(folder: Path, name: str, values: Any) -> None:
+    arr = values.to_numpy() if hasattr(values, "to_numpy") else np.asarray(values)
+    if arr.dtype.kind in "OUST":
+        if arr.ndim != 1:
+            raise ConfigError(f"{name} holds Python objects in {arr.ndim} dimensions; "
+                              "only 1-D text or labels can be stored")
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pa.table({"value": pa.array(arr.tolist())})
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ConfigError(f"{name} mixes value types that cannot be stored: {exc}") from None
+        pq.write_table(table, folder / f"{name}.values.parquet")
+    else:
+        np.save(folder / f"{name}.npy", arr, allow_pickle=False)
+
+
+def read_split(folder: Path) -> tuple[Any, Any]:
+    """The ``(X, y)`` stored by :func:`write_split`."""
+    import pandas as pd
+
+    frame = folder / "X.frame.parquet"
+    X = pd.read_parquet(frame) if frame.is_file() else _read_array(folder, "X")
+    return X, _read_array(folder, "y")
+
+
+def _read_array(folder: Path, name: str) -> Any:
+    npy = folder / f"{name}.npy"
+    if npy.is_file():
+        return np.load(npy, allow_pickle=False)
+    import pyarrow.parquet as pq
+
+    values = pq.read_table(folder / f"{name}.values.parquet").column("value").to_pylist()
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+# -- sources ------------------------------------------------------------------------------------
+def _read_files(spec: DataSpec, root: Path) -> Any:
+    import pandas as pd
+
+    pattern = spec.path or ""
+    full = pattern if Path(pattern).is_absolute() else str(root / pattern)
+    files = sorted(f for f in glob.glob(full, recursive=True) if Path(f).is_file())
+    if not files:
+        raise ConfigError(
+            f"data.path {pattern!r} matches no files in {root}; check the path or add data"
+        )
+    frames = []
+    for file in files:
+        fmt = spec.format or _FORMATS.get(Path(file).suffix.lower())
+        if fmt is None and file.lower().endswith(".csv.gz"):
+            fmt = "csv"
+        if fmt is None:
+            raise ConfigError(
+                f"cannot tell the format of {file}; set data.format to csv or parquet"
+            )
+        try:
+            frames.append(pd.read_csv(file) if fmt == "csv" else pd.read_parquet(file))
+        except Exception as exc:
+            raise DataValidationError(
+                f"cannot read {file} as {fmt}: {_first_line(exc)}"
+            ) from None
+    _same_columns(frames, files)
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def _same_columns(frames: list[Any], files: list[str]) -> None:
+    first = list(frames[0].columns)
+    for frame, file in zip(frames[1:], files[1:], strict=True):
+        cols = list(frame.columns)
+        if set(cols) != set(first):
+            missing = sorted(set(first) - set(cols))
+            extra = sorted(set(cols) - set(first))
+            raise DataValidationError(
+                f"{file} has different columns from {files[0]} "
+                f"(missing: {missing or 'none'}, extra: {extra or 'none'}); "
+                "make every file share one header"
+            )
+
+
+def _read_sql(spec: DataSpec) -> Any:
+    import pandas as pd
+    from sqlalchemy import create_engine
+
+    from modelyard.registry.database import normalize_url
+
+    try:
+        engine = create_engine(normalize_url(spec.url or ""))
+    except Exception as exc:
+        raise ConfigError(f"data.url is not usable: {_first_line(exc)}") from None
+    try:
+        with engine.connect() as conn:
+            return pd.read_sql(spec.sql, conn)
+    except Exception as exc:
+        raise StorageError(f"the data query failed: {_first_line(exc)}") from None
+    finally:
+        engine.dispose()
+
+
+# -- shaping ------------------------------------------------------------------------------------
+def _is_frame(obj: Any) -> bool:
+    return hasattr(obj, "columns") and hasattr(obj, "iloc")
+
+
+def _from_frame(df: Any, spec: DataSpec, what: str) -> Dataset:
+    if spec.target is None:
+        raise ConfigError(f"{what} gave a table; set data.target to its label column")
+    if spec.target not in df.columns:
+        raise DataValidationError(
+            f"target column {spec.target!r} is not in {what}; columns: {_names(df.columns)}"
+        )
+    y = df[spec.target].to_numpy()
+    X = _select(df.drop(columns=[spec.target]), spec.features, what)
+    return Dataset(X.reset_index(drop=True), y, [str(c) for c in X.columns], True)
+
+
+def _from_pair(X: Any, y: Any, spec: DataSpec) -> Dataset:
+    y_arr = y.to_numpy() if hasattr(y, "to_numpy") else np.asarray(y)
+    if _is_frame(X):
+        X = _select(X, spec.features, "the data function's X").reset_index(drop=True)
+        names, frame = [str(c) for c in X.columns], True
+    else:
+        if spec.features is not None:
+            raise ConfigError("data.features selects DataFrame columns; X here is an array")
+        X = np.asarray(X)
+        if X.dtype.kind in "US":  # text: keep Python strings, as the signature expects
+            X = X.astype(object)
+        names = [f"f{i}" for i in range(X.shape[1])] if X.ndim == 2 else ["input"]
+        frame = False
+    if len(X) != len(y_arr):
+        raise DataValidationError(f"X has {len(X)} rows but y has {len(y_arr)}; they must match")
+    return Dataset(X, y_arr, names, frame)
+
+
+def _select(df: Any, features: list[str] | None, what: str) -> Any:
+    if features is None:
+        return df
+    missing = [f for f in features if f not in df.columns]
+    if missing:
+        raise DataValidationError(
+            f"data.features names columns not in {what}: {', '.join(missing)}; "
+            f"columns: {_names(df.columns)}"
+        )
+    return df[list(features)]
+
+
+def _names(columns: Any) -> str:
+    names = [str(c) for c in columns]
+    return ", ".join(names[:20]) + (f" (+{len(names) - 20} more)" if len(names) > 20 else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+__all__ = ["Dataset", "load_dataset", "read_split", "split", "write_split"]

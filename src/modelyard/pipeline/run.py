@@ -1,0 +1,226 @@
+"""One training run: load data -> validate -> train and evaluate (in a child process) -> gate ->
+register -> promote, recorded in the registry whether it succeeds, fails or is rejected.
+
+The child scores the candidate through a :class:`~modelyard.predictor.Predictor` loaded from the
+artifact it just saved (the serving input path, and proof that the artifact loads) and scores the
+champion (``name@production``) on the same holdout. The parent only decides: a rejected candidate
+is never registered, and production is never touched unless the gate passed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelyard.entrypoints import callable_ref
+from modelyard.errors import GateFailed, ModelyardError, NotFoundError
+from modelyard.metrics import get_metric, greater_is_better
+from modelyard.pipeline import child
+from modelyard.pipeline.data import Dataset, load_dataset, split, write_split
+from modelyard.pipeline.gate import GateResult, evaluate_gate
+from modelyard.pipeline.lineage import code_ref, environment, fingerprint
+from modelyard.pipeline.profile import profile
+from modelyard.pipeline.validation import check, format_report
+from modelyard.registry import PRODUCTION, ModelVersion, Registry, Run
+from modelyard.spec import Spec
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a run ended: the run record, the new version (if registered) and the evidence."""
+
+    run: Run
+    version: ModelVersion | None
+    promoted: bool
+    gate: GateResult
+    metrics: dict[str, float]
+    champion_metrics: dict[str, float] | None
+
+
+class _RunLog:
+    """The run's own log lines (stages, timings, notes), stored ahead of the training output."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.lines: list[str] = []
+        self.progress = progress
+        self.started = time.perf_counter()
+
+    def stage(self, name: str) -> None:
+        self.note(f"[{time.perf_counter() - self.started:7.2f}s] {name}")
+        if self.progress is not None:
+            try:
+                self.progress(name)
+            except Exception:  # a broken progress display must never fail a run
+                log.exception("progress callback failed on stage %r", name)
+
+    def note(self, line: str) -> None:
+        self.lines.append(line)
+
+    def text(self, work: Path) -> str:
+        """The run's lines, then as much of the end of the training output as fits."""
+        own = "\n".join(self.lines)
+        child_output = child.read_log(work)[-max(0, child.LOG_TAIL - len(own) - 100):]
+        return own + (f"\n--- training output ---\n{child_output}" if child_output else "")
+
+
+def run_pipeline(
+    spec: Spec,
+    registry: Registry,
+    *,
+    trigger: str = "manual",
+    promote: bool | None = None,
+    actor: str | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Train ``spec`` on fresh data, gate it against production, register and maybe promote it.
+
+    ``promote`` overrides ``spec.gate.promote``. Raises :class:`DataValidationError`,
+    :class:`TrainingError`, :class:`GateFailed`, ...; each carries ``run_id`` once the run is
+    recorded (``modelyard runs show <run_id>`` shows its logs).
+    """
+    for name in spec.metrics:  # a typo fails now, not after an hour of training
+        get_metric(name)
+    # The fork server preloads while the data loads. Started before the run is recorded: a script
+    # without a __main__ guard, re-imported in the child, fails here without a stray run.
+    child.warm()
+    runlog = _RunLog(progress)
+    with tempfile.TemporaryDirectory(prefix="modelyard-run-") as tmp:
+        run = registry.start_run(spec.name, trigger=trigger, actor=actor)
+        try:
+            return _execute(spec, registry, run, runlog, Path(tmp), promote, actor)
+        except BaseException as exc:
+            _record_failure(registry, run, runlog, Path(tmp), exc)
+            raise
+
+
+def _record_failure(registry: Registry, run: Run, runlog: _RunLog, work: Path,
+                    exc: BaseException) -> None:
+    """Finish the run as failed (a gate rejection is already recorded) and tag ``exc``."""
+    with contextlib.suppress(AttributeError):
+        exc.run_id = run.id  # type: ignore[attr-defined]
+    if isinstance(exc, GateFailed):
+        return
+    reason = str(exc) if isinstance(exc, ModelyardError) else f"{type(exc).__name__}: {exc}"
+    report = getattr(exc, "report", None)
+    if report:
+        runlog.note(format_report(report))
+    runlog.note(f"failed: {reason}")
+    try:
+        registry.finish_run(run.id, status="failed", failure_reason=reason,
+                            logs=runlog.text(work))
+    except Exception:  # never hide the real error behind a database error
+        log.exception("could not record the failure of run %s", run.id)
+
+
+def _execute(
+    spec: Spec, registry: Registry, run: Run, runlog: _RunLog, work: Path,
+    promote: bool | None, actor: str | None,
+) -> RunResult:
+    runlog.stage("load data")
+    dataset = load_dataset(spec.data, spec.root)
+    runlog.note(f"loaded {len(dataset)} rows, features: {', '.join(dataset.feature_names[:20])}")
+    runlog.stage("validate")
+    check(dataset, spec.validation)
+    stratify = spec.data.stratify and spec.task != "regression"
+    train_set, holdout = split(dataset, spec.data.holdout, spec.data.seed, stratify)
+    runlog.note(f"train {len(train_set)} rows, holdout {len(holdout)} rows")
+
+    runlog.stage("train")
+    outcome = _train(spec, registry, train_set, holdout, work, run.id, runlog)
+    champion = outcome.champion or {}
+    champion_metrics = champion.get("metrics")
+
+    runlog.stage("gate")
+    gate = evaluate_gate(spec.gate, outcome.metrics, champion_metrics, greater_is_better,
+                         champion_ref=champion.get("ref"), champion_note=champion.get("note"))
+    gate_record = {**gate.to_dict(), "champion": {"ref": champion.get("ref"),
+                                                  "metrics": champion_metrics}}
+    if not gate.passed:
+        runlog.note("rejected: " + "; ".join(gate.reasons))
+        registry.finish_run(run.id, status="rejected", metrics=outcome.metrics,
+                            gate=gate_record, logs=runlog.text(work))
+        where = (f"production stays at {champion['ref']}" if champion.get("ref")
+                 else "nothing promoted")
+        raise GateFailed(f"{spec.name}: candidate rejected by its gate: "
+                         f"{'; '.join(gate.reasons)}; {where}", gate.reasons)
+
+    runlog.stage("register")
+    version = registry.register(
+        spec.name, outcome.artifact_dir, flavor=outcome.flavor,
+        meta={**outcome.meta, "task": outcome.task}, signature=outcome.signature,
+        metrics=outcome.metrics, params=dict(spec.params),
+        data_fingerprint=fingerprint(dataset.X, dataset.y), code_ref=code_ref(spec.root),
+        environment=environment(), reference_stats=profile(train_set.X), run_id=run.id,
+        description=spec.description, actor=actor,
+    )
+    promoted = spec.gate.promote if promote is None else promote
+    if promoted:
+        runlog.stage("promote")
+        against = f" vs champion {champion['ref']}" if champion_metrics is not None else ""
+        registry.set_alias(spec.name, PRODUCTION, version.version, actor=actor,
+                           reason=f"run {run.id}: gate passed ({_show(outcome.metrics)}{against})")
+        version = registry.get_version(spec.name, version.version)  # now with its alias
+    runlog.note(f"registered {version.ref}" + (" and promoted to production" if promoted else ""))
+    finished = registry.finish_run(run.id, status="succeeded", version=version.version,
+                                   promoted=promoted, metrics=outcome.metrics, gate=gate_record,
+                                   logs=runlog.text(work))
+    return RunResult(finished, version, promoted, gate, outcome.metrics, champion_metrics)
+
+
+def _train(spec: Spec, registry: Registry, train_set: Dataset, holdout: Dataset, work: Path,
+           run_id: str, runlog: _RunLog) -> child.TrainOutcome:
+    """Train, save and score in the child; the parent never imports the framework."""
+    ref = spec.train if isinstance(spec.train, str) else callable_ref(spec.train)
+    write_split(train_set.X, train_set.y, work / "train")
+    write_split(holdout.X, holdout.y, work / "holdout")
+    job = child.TrainJob(
+        name=spec.name, train_ref=ref, root=str(spec.root), work_dir=str(work),
+        params=dict(spec.params), flavor=spec.flavor, task=spec.task, metrics=list(spec.metrics),
+        champion=_champion(spec, registry), env=dict(os.environ),
+    )
+    outcome = child.train_in_child(job, timeout_s=spec.timeout_s, run_id=run_id,
+                                   on_stage=runlog.stage)
+    runlog.note(f"trained a {outcome.flavor} model (task: {outcome.task})")
+    runlog.note(f"candidate: {_show(outcome.metrics)}")
+    if outcome.champion is not None:
+        if outcome.champion["metrics"] is not None:
+            runlog.note(f"champion {outcome.champion['ref']}: "
+                        f"{_show(outcome.champion['metrics'])}")
+        if outcome.champion["note"]:
+            runlog.note(outcome.champion["note"])
+    return outcome
+
+
+def _champion(spec: Spec, registry: Registry) -> dict[str, Any] | None:
+    """What the child needs to score ``name@production``, or None when there is none."""
+    try:
+        version = registry.resolve(f"{spec.name}@{PRODUCTION}")
+    except NotFoundError:
+        return None
+    champion: dict[str, Any] = {
+        "ref": version.ref, "flavor": version.flavor, "meta": dict(version.meta),
+        "signature": dict(version.signature), "task": version.meta.get("task"),
+    }
+    try:
+        champion["path"] = str(registry.artifact_path(version))  # verified against its digest
+    except ModelyardError as exc:  # the child reports it as a champion it could not score
+        champion["error"] = str(exc)
+    return champion
+
+
+def _show(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no metrics"
+
+
+__all__ = ["RunResult", "run_pipeline"]
