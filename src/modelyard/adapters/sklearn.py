@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.abc
 import sys
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,11 +38,14 @@ _ARRAY_LIBRARIES = ("torch", "jax", "cupy", "dask", "tensorflow")
 
 
 class _Refuse(importlib.abc.MetaPathFinder):
+    """Refuse some imports, in the importing thread only (other threads load other flavors)."""
+
     def __init__(self, names: set[str]) -> None:
         self.names = names
+        self.thread = threading.get_ident()
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> None:
-        if name.partition(".")[0] in self.names:
+        if threading.get_ident() == self.thread and name.partition(".")[0] in self.names:
             raise ImportError(f"{name} is not needed to load scikit-learn models")
 
 

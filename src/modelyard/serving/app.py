@@ -1,0 +1,302 @@
+"""The modelyard ASGI application: native REST, OIP v2 REST, health, metrics and docs.
+
+A raw ASGI callable (no framework on the request path): a pure segment router, ``orjson``, and
+one await on the model's batch future. Build one with :func:`create_app` and run it under any ASGI
+server (``modelyard.serving.serve`` runs uvicorn); in tests, drive it in-process with
+``httpx.ASGITransport`` after ``await app.startup()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from modelyard.errors import NotFoundError
+from modelyard.predictor import Prediction
+from modelyard.serving import protocol_v1
+from modelyard.serving.batching import RunnerClosedError
+from modelyard.serving.catalog import Catalog
+from modelyard.serving.http import (
+    JSON,
+    ClientDisconnectedError,
+    Receive,
+    Scope,
+    Send,
+    compile_routes,
+    error_body,
+    match,
+    read_body,
+    respond,
+)
+from modelyard.serving.metrics import CONTENT_TYPE, ServerMetrics
+from modelyard.serving.options import ServeOptions
+from modelyard.serving.runner import Runner
+from modelyard.serving.watcher import Watcher
+
+log = logging.getLogger(__name__)
+
+ROUTES = compile_routes([
+    ("POST", "/v1/models/{name}/predict", "v1_predict"),
+    ("POST", "/v1/models/{name}/versions/{version}/predict", "v1_predict"),
+    ("GET", "/v1/models", "v1_models"),
+    ("GET", "/v2", "v2_server"),
+    ("GET", "/v2/health/live", "v2_live"),
+    ("GET", "/v2/health/ready", "v2_ready"),
+    ("GET", "/v2/models/{name}", "v2_model"),
+    ("GET", "/v2/models/{name}/versions/{version}", "v2_model"),
+    ("GET", "/v2/models/{name}/ready", "v2_model_ready"),
+    ("GET", "/v2/models/{name}/versions/{version}/ready", "v2_model_ready"),
+    ("POST", "/v2/models/{name}/infer", "v2_infer"),
+    ("POST", "/v2/models/{name}/versions/{version}/infer", "v2_infer"),
+    ("POST", "/v2/repository/index", "v2_index"),
+    ("POST", "/v2/repository/models/{name}/load", "v2_load"),
+    ("POST", "/v2/repository/models/{name}/unload", "v2_unload"),
+    ("GET", "/metrics", "op_metrics"),
+    ("GET", "/healthz", "op_healthz"),
+    ("GET", "/readyz", "op_readyz"),
+    ("GET", "/openapi.json", "op_openapi"),
+    ("GET", "/docs", "op_docs"),
+])
+
+Handler = Callable[..., Awaitable[None]]
+
+
+class Call:
+    """What one prediction request resolved to, for its response and its metrics."""
+
+    __slots__ = ("runner",)
+
+    def __init__(self) -> None:
+        self.runner: Runner | None = None
+
+
+class App:
+    """The server: ``await app(scope, receive, send)``; lifespan runs ``startup``/``shutdown``."""
+
+    def __init__(self, registry: Any = None, options: ServeOptions | None = None,
+                 *, settings: Any = None) -> None:
+        from modelyard.serving.oip import OIPHandlers
+
+        self.options = options or ServeOptions()
+        self._settings = settings
+        self._owns_registry = registry is None
+        self.metrics = ServerMetrics()
+        self.catalog = Catalog(registry, self.options, self.metrics)
+        self.watcher = Watcher(self.catalog)
+        self.ready = False
+        self._preload: asyncio.Task[None] | None = None
+        self._grpc: Any = None
+        oip = OIPHandlers(self)
+        self._handlers: dict[str, Handler] = {}
+        for routes in ROUTES.values():
+            for route in routes:
+                owner = oip if route.handler.startswith("v2") else self
+                self._handlers[route.handler] = getattr(owner, route.handler)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def startup(self) -> None:
+        """Open the registry, start preloading (``/readyz`` turns 200 when done) and the watcher."""
+        if self.catalog.registry is None:
+            from modelyard.registry import Registry
+
+            loop = asyncio.get_running_loop()
+            self.catalog.registry = await loop.run_in_executor(
+                self.catalog.io_pool, Registry.open, self._settings)
+        if self.options.preload:
+            self._preload = asyncio.get_running_loop().create_task(self._run_preload())
+        else:
+            await self.catalog.read_registry()
+            alias = self.options.alias
+            self.catalog.routes = {
+                n: a[alias] for n, a in self.catalog.models.items() if alias in a}
+            self.ready = True
+        self.watcher.start()
+        if self.options.grpc_address:
+            from modelyard.serving.grpc_server import start_grpc
+
+            self._grpc = await start_grpc(self, self.options.grpc_address)
+
+    async def _run_preload(self) -> None:
+        try:
+            await self.catalog.preload()
+        except Exception as exc:
+            log.error("preloading failed: %s; models load on their first request", exc)
+        self.ready = True
+
+    async def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Wait until preloading has finished (tests and embedding code)."""
+        if self._preload is not None:
+            await asyncio.wait_for(asyncio.shield(self._preload), timeout_s)
+
+    async def shutdown(self) -> None:
+        """Stop the watcher, drain every runner, release threads and the registry."""
+        if self._preload is not None and not self._preload.done():
+            self._preload.cancel()
+        if self._grpc is not None:
+            await self._grpc.stop(5)
+        await self.watcher.stop()
+        await self.catalog.close()
+        if self._owns_registry and self.catalog.registry is not None:
+            self.catalog.registry.close()
+
+    # -- ASGI -----------------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        try:
+            found = match(ROUTES, scope["method"], path)
+            if found is None:
+                raise NotFoundError(f"no route {path}; see /docs for the API")
+            handler, params = found
+            await self._handlers[handler](scope, receive, send, **params)
+        except ClientDisconnectedError:
+            return
+        except Exception as exc:
+            if not isinstance(exc, NotFoundError | protocol_v1.InputError) and getattr(
+                    exc, "status_code", 500) >= 500:
+                log.exception("error answering %s %s", scope["method"], path)
+            status, body, headers = error_body(exc, oip=path.startswith("/v2"))
+            await respond(send, status, body, headers)
+
+    # -- prediction -----------------------------------------------------------------------------
+    async def predict(self, call: Call, name: str, version: int | None,
+                      to_payload: Callable[[Runner], Any], scores: bool) -> Prediction:
+        """Resolve the runner, validate, queue and await; retried if the version was swapped."""
+        catalog = self.catalog
+        for attempt in range(3):
+            runner = catalog.runner_now(name, version)
+            if runner is None or runner.closed:
+                runner = await catalog.runner(name, version)
+            call.runner = runner
+            batch, n = runner.prepare(to_payload(runner))
+            try:
+                return await runner.submit(batch, n, scores)  # type: ignore[no-any-return]
+            except RunnerClosedError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def record(self, call: Call, name: str, protocol: str, status: int, start: float) -> None:
+        """Count a prediction request and its duration under the version that answered it."""
+        runner = call.runner
+        if runner is not None:
+            self.metrics.count_request(runner.name, runner.version_str, protocol, status)
+            runner.metrics.observe_duration(time.perf_counter() - start)
+        else:
+            known = name if name in self.catalog.models else ""
+            self.metrics.count_request(known, "", protocol, status)
+
+    async def v1_predict(self, scope: Scope, receive: Receive, send: Send,
+                         name: str, version: str | None = None) -> None:
+        """``POST /v1/models/{name}[/versions/{v}]/predict``."""
+        start = time.perf_counter()
+        call = Call()
+        status = 500
+        try:
+            body = await read_body(scope, receive, self.options.max_body_bytes)
+            number = parse_version(name, version)
+            if self.catalog.runner_now(name, number) is None:
+                self.catalog.key_for(name, number)  # 404 before judging the body
+            qs = scope.get("query_string", b"")
+            payload, scores = protocol_v1.decode(body, b"scores=true" in qs or b"scores=1" in qs)
+            result = await self.predict(call, name, number, lambda _r: payload, scores)
+            runner = call.runner
+            assert runner is not None
+            out = protocol_v1.encode(name, runner.version, result, scores)
+            status = 200
+            await respond(send, 200, out, [(b"content-type", b"application/json"),
+                                           (b"x-model-version", runner.version_str.encode())])
+        except ClientDisconnectedError:
+            status = 499
+        except Exception as exc:
+            status, err, headers = error_body(exc)
+            if status >= 500:
+                log.warning("%s predict failed with %s: %s", name, status, exc)
+            await respond(send, status, err, headers)
+        finally:
+            self.record(call, name, "v1", status, start)
+
+    async def v1_models(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /v1/models``: served models, their aliases and loaded versions."""
+        loaded: dict[str, list[int]] = {}
+        for (name, version), _ in self.catalog.cache.loaded():
+            loaded.setdefault(name, []).append(version)
+        models = [{"name": n, "aliases": a, "served_version": self.catalog.routes.get(n),
+                   "loaded_versions": sorted(loaded.get(n, []))}
+                  for n, a in sorted(self.catalog.models.items())]
+        await respond(send, 200, orjson.dumps({"models": models}))
+
+    # -- operations -----------------------------------------------------------------------------
+    async def op_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /metrics`` in the Prometheus text format."""
+        await respond(send, 200, self.metrics.render(),
+                      [(b"content-type", CONTENT_TYPE.encode())])
+
+    async def op_healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /healthz``: the process answers."""
+        await respond(send, 200, b'{"status":"ok"}')
+
+    async def op_readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /readyz``: 200 once the served aliases are preloaded, else 503."""
+        if self.ready:
+            await respond(send, 200, b'{"status":"ready"}')
+        else:
+            await respond(send, 503, b'{"status":"loading"}', [*JSON, (b"retry-after", b"1")])
+
+    async def op_openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /openapi.json``."""
+        from modelyard.serving.openapi import OPENAPI
+
+        await respond(send, 200, orjson.dumps(OPENAPI))
+
+    async def op_docs(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /docs``: the API reference page."""
+        from modelyard.serving.openapi import docs_html
+
+        await respond(send, 200, docs_html().encode(),
+                      [(b"content-type", b"text/html; charset=utf-8")])
+
+
+def parse_version(name: str, version: str | None) -> int | None:
+    """The version number in a path, or :class:`NotFoundError` for one that is not a number."""
+    if version is None:
+        return None
+    if not version.isdigit() or int(version) < 1:
+        raise NotFoundError(f"model '{name}' has no version {version!r}; versions are 1, 2, ...")
+    return int(version)
+
+
+def create_app(registry: Any = None, options: ServeOptions | None = None,
+               *, settings: Any = None) -> App:
+    """A ready-to-run ASGI app over ``registry`` (or the one ``settings``/the environment names)."""
+    return App(registry, options, settings=settings)
+
+
+__all__ = ["ROUTES", "App", "Call", "create_app", "parse_version"]

@@ -1,0 +1,265 @@
+"""Dynamic batching: gather queued requests into one model call, then split the answer back.
+
+A :class:`Batcher` owns one asyncio queue. ``submit`` enqueues a request's rows without waiting
+and returns a future; one loop task closes a batch when it holds ``max_batch_size`` rows or the
+oldest request has waited ``max_delay_s``, runs it in an executor thread (the event loop keeps
+accepting requests meanwhile), and resolves every request's future with exactly its own rows.
+
+While a batch runs, new requests queue up and form the next batch, so under load requests are
+batched even with ``max_delay_s == 0`` and an idle server adds no delay ("natural batching").
+
+The batcher is generic: ``run(items)`` is a plain function that receives the queued payloads and
+returns one result (or exception) per item, so it is tested without any model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelyard.errors import ModelyardError
+
+
+class QueueFullError(ModelyardError):
+    """The model's request queue is full; retry after ``retry_after`` seconds."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimeoutError(ModelyardError):
+    """A request waited longer than the server's request timeout; retry or raise the timeout."""
+
+    status_code = 504
+
+
+class RunnerClosedError(ModelyardError):
+    """The model version stopped taking requests (it was swapped out or unloaded); retry."""
+
+    status_code = 503
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How one runner batches: rows per batch, wait for more rows, queue bound, request timeout."""
+
+    max_batch_size: int = 32
+    max_delay_s: float = 0.0
+    max_queue: int = 1024
+    timeout_s: float = 60.0
+
+
+@dataclass(eq=False)
+class Item:
+    """One queued request: its prepared payload, row count, options and future."""
+
+    payload: Any
+    n: int
+    options: Any
+    future: asyncio.Future[Any]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+#: ``run(items) -> results``: one result or exception per item, in order (runs in a thread).
+RunBatch = Callable[[Sequence[Item]], Sequence[Any]]
+#: ``observe(rows, queue_seconds_per_item)``: called once per batch, on the event loop.
+Observe = Callable[[int, list[float]], None]
+
+
+class Batcher:
+    """Queue requests for one model and run them in batches on ``executor``."""
+
+    def __init__(
+        self,
+        run: RunBatch,
+        policy: BatchPolicy,
+        executor: Executor | None = None,
+        observe: Observe | None = None,
+    ) -> None:
+        self._run = run
+        self.policy = policy
+        self._executor = executor
+        self._observe = observe
+        self._queue: deque[Item] = deque()
+        self.queued_rows = 0
+        self._busy = False
+        self._closed = False
+        self._wake: asyncio.Event | None = None
+        self._full: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        if self._task is None:
+            self._wake, self._full, self._idle = asyncio.Event(), asyncio.Event(), asyncio.Event()
+            self._idle.set()
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called: new requests are refused."""
+        return self._closed
+
+    async def close(self, grace_s: float | None = None) -> None:
+        """Refuse new requests, finish the queued ones (drain), then stop the loop."""
+        self._closed = True
+        if self._task is None:
+            return
+        assert self._idle is not None and self._wake is not None
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace_s or self.policy.timeout_s)
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._fail_queued(RunnerClosedError("the model version was unloaded; retry"))
+
+    # -- requests -------------------------------------------------------------------------------
+    def submit(self, payload: Any, n: int, options: Any = None) -> asyncio.Future[Any]:
+        """Enqueue ``n`` rows now (no await) and return the future of their result.
+
+        Raises :class:`QueueFullError` when the queue already holds ``max_queue`` rows and
+        :class:`RunnerClosedError` after ``close``. The future fails with
+        :class:`RequestTimeoutError` if no result comes within ``policy.timeout_s``.
+        """
+        if self._closed:
+            raise RunnerClosedError("the model version is being swapped out; retry")
+        if self._task is None:
+            self.start()
+        if self.queued_rows and self.queued_rows + n > self.policy.max_queue:
+            raise QueueFullError(
+                f"the queue holds {self.queued_rows} rows (limit {self.policy.max_queue}); "
+                "retry shortly"
+            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        item = Item(payload, n, options, future)
+        handle = loop.call_later(self.policy.timeout_s, _expire, future, self.policy.timeout_s)
+        future.add_done_callback(lambda _f: handle.cancel())
+        self._queue.append(item)
+        self.queued_rows += n
+        assert self._wake is not None and self._full is not None and self._idle is not None
+        self._idle.clear()
+        self._wake.set()
+        if self.queued_rows >= self.policy.max_batch_size:
+            self._full.set()
+        return future
+
+    # -- the loop -------------------------------------------------------------------------------
+    async def _loop(self) -> None:
+        assert self._wake is not None and self._full is not None and self._idle is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await self._wait_for_rows()
+            items = self._take()
+            if not items:
+                continue
+            start = time.perf_counter()
+            if self._observe is not None:
+                self._observe(sum(i.n for i in items), [start - i.enqueued for i in items])
+            self._busy = True
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_safely, items)
+            finally:
+                self._busy = False
+            for item, result in zip(items, results, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+
+    async def _wait_for_rows(self) -> None:
+        """Wait until the batch is full or the oldest request reached ``max_delay_s``."""
+        assert self._full is not None
+        delay = self.policy.max_delay_s
+        if delay <= 0 or self.queued_rows >= self.policy.max_batch_size or self._closed:
+            return
+        remaining = self._queue[0].enqueued + delay - time.perf_counter()
+        if remaining <= 0:
+            return
+        self._full.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._full.wait(), remaining)
+
+    def _take(self) -> list[Item]:
+        """Pop requests up to ``max_batch_size`` rows (a larger request goes alone)."""
+        items: list[Item] = []
+        rows = 0
+        limit = self.policy.max_batch_size
+        while self._queue and (not items or rows + self._queue[0].n <= limit):
+            item = self._queue.popleft()
+            self.queued_rows -= item.n
+            if item.future.done():  # timed out while queued
+                continue
+            items.append(item)
+            rows += item.n
+        if self._full is not None and self.queued_rows < limit:
+            self._full.clear()
+        return items
+
+    def _run_safely(self, items: list[Item]) -> Sequence[Any]:
+        """Run a batch; if it fails, run each request alone so one bad request fails alone."""
+        try:
+            return self._run(items)
+        except Exception as exc:
+            if len(items) == 1:
+                return [exc]
+        results: list[Any] = []
+        for item in items:
+            try:
+                results.extend(self._run([item]))
+            except Exception as exc:
+                results.append(exc)
+        return results
+
+    def _fail_queued(self, exc: Exception) -> None:
+        while self._queue:
+            item = self._queue.popleft()
+            self.queued_rows -= item.n
+            if not item.future.done():
+                item.future.set_exception(exc)
+
+
+def _expire(future: asyncio.Future[Any], timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(
+            RequestTimeoutError(f"no result within {timeout_s:g} s; the model is overloaded")
+        )
+
+
+def split_rows(counts: Sequence[int]) -> list[slice]:
+    """Slices that cut a concatenated batch back into requests of ``counts`` rows each."""
+    out, start = [], 0
+    for n in counts:
+        out.append(slice(start, start + n))
+        start += n
+    return out
+
+
+__all__ = [
+    "BatchPolicy",
+    "Batcher",
+    "Item",
+    "QueueFullError",
+    "RequestTimeoutError",
+    "RunnerClosedError",
+    "split_rows",
+]

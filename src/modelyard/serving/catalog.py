@@ -1,0 +1,163 @@
+"""The catalog: which models the server answers for, and the runner behind each request.
+
+It keeps a snapshot of the registry (models and their aliases, refreshed by the watcher) so the
+request path never touches the database: ``runner_now`` is two dict lookups. Versions not yet
+loaded are loaded through the :class:`~modelyard.serving.cache.ModelCache`, on the load threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from modelyard.errors import NotFoundError
+from modelyard.serving.cache import Key, ModelCache
+from modelyard.serving.metrics import ServerMetrics
+from modelyard.serving.options import ServeOptions
+from modelyard.serving.runner import Runner, batch_policy, estimate_memory, serving_spec
+
+log = logging.getLogger(__name__)
+
+_first_import = threading.Lock()
+_imported: set[str] = set()
+
+
+class Catalog:
+    """Models and aliases as last read from the registry, and their loaded runners."""
+
+    def __init__(self, registry: Any, options: ServeOptions, metrics: ServerMetrics) -> None:
+        self.registry = registry
+        self.options = options
+        self.metrics = metrics
+        #: model name -> {alias: version}, from the last registry read.
+        self.models: dict[str, dict[str, int]] = {}
+        #: model name -> newest version number.
+        self.latest: dict[str, int] = {}
+        #: model name -> the version its ``options.alias`` serves now (moved by the watcher).
+        self.routes: dict[str, int] = {}
+        self.cache = ModelCache(self._load, max_memory=options.max_memory,
+                                on_change=self._report_loaded)
+        self.predict_pool = ThreadPoolExecutor(options.predict_threads, "modelyard-predict")
+        self.load_pool = ThreadPoolExecutor(options.load_threads, "modelyard-load")
+        self.io_pool = ThreadPoolExecutor(1, "modelyard-registry")
+
+    # -- the request path -----------------------------------------------------------------------
+    def runner_now(self, name: str, version: int | None = None) -> Runner | None:
+        """The loaded runner for ``name`` (its served alias) or ``name:version``; never awaits."""
+        if version is None:
+            version = self.routes.get(name)
+            if version is None:
+                return None
+        return self.cache.peek((name, version))  # type: ignore[no-any-return]
+
+    async def runner(self, name: str, version: int | None = None) -> Runner:
+        """The runner for a request, loading the version if needed; 404 names what exists."""
+        runner = self.runner_now(name, version)
+        if runner is not None and not runner.closed:
+            return runner
+        key = self.key_for(name, version)
+        return await self.cache.get(key)  # type: ignore[no-any-return]
+
+    def key_for(self, name: str, version: int | None = None) -> Key:
+        """``(name, version)`` for a request, or :class:`NotFoundError` naming what exists."""
+        if name not in self.models:
+            known = ", ".join(sorted(self.models)) or "none yet"
+            raise NotFoundError(f"model '{name}' is not in the registry; models: {known}")
+        if version is None:
+            served = self.routes.get(name)
+            if served is None:
+                raise NotFoundError(
+                    f"model '{name}' has no '{self.options.alias}' alias; promote a version or "
+                    f"ask for one: /v1/models/{name}/versions/N/predict "
+                    f"(versions 1..{self.latest.get(name, 0)})"
+                )
+            return (name, served)
+        if not 1 <= version <= self.latest.get(name, 0):
+            raise NotFoundError(
+                f"model '{name}' has no version {version}; "
+                f"versions: 1..{self.latest.get(name, 0)}"
+            )
+        return (name, version)
+
+    def versions(self, name: str) -> list[int]:
+        """Version numbers of ``name`` (from the snapshot)."""
+        return list(range(1, self.latest.get(name, 0) + 1))
+
+    # -- registry reads -------------------------------------------------------------------------
+    async def read_registry(self) -> dict[str, dict[str, int]]:
+        """Read every model's aliases (on the registry thread) and update the snapshot."""
+        loop = asyncio.get_running_loop()
+        models = await loop.run_in_executor(self.io_pool, self.registry.list_models)
+        self.models = {m.name: dict(m.aliases) for m in models}
+        self.latest = {m.name: int(m.latest_version) for m in models}
+        return self.models
+
+    async def get_version_record(self, name: str, version: int) -> Any:
+        """The registry's ``ModelVersion`` (read on the registry thread)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.io_pool, self.registry.get_version, name, version)
+
+    # -- loading --------------------------------------------------------------------------------
+    async def _load(self, key: Key) -> Runner:
+        record = await self.get_version_record(*key)
+        loop = asyncio.get_running_loop()
+        runner = await loop.run_in_executor(self.load_pool, self._open, record)
+        runner.batcher.start()
+        return runner
+
+    def _open(self, record: Any) -> Runner:
+        """Load, wrap and warm one version (blocking: runs on a load thread)."""
+        from modelyard.adapters import get_adapter
+        from modelyard.predictor import open_version
+
+        spec = serving_spec(record.meta, record.ref)
+        if record.flavor in _imported:
+            adapter = get_adapter(record.flavor)
+            predictor = open_version(record, self.registry, device=spec.device)
+        else:
+            # a framework's first import is not safe to run in two threads at once (partially
+            # initialised modules); later loads of the flavor run in parallel
+            with _first_import:
+                adapter = get_adapter(record.flavor)
+                predictor = open_version(record, self.registry, device=spec.device)
+                _imported.add(record.flavor)
+        policy = batch_policy(spec, accelerated=adapter.accelerated,
+                              timeout_s=self.options.request_timeout_s)
+        vm = self.metrics.for_version(record.model, str(record.version))
+        runner = Runner(
+            predictor, policy, executor=self.predict_pool, observe=vm.observe_batch,
+            memory=estimate_memory(predictor.model, int(record.artifact_size)),
+        )
+        runner.metrics = vm
+        runner.warm()
+        log.info("serving %s (%s on %s, batch %d rows, delay %.1f ms)", record.ref,
+                 record.flavor, predictor.device, policy.max_batch_size, policy.max_delay_s * 1e3)
+        return runner
+
+    async def preload(self) -> None:
+        """Load every served alias's version; a version that fails to load is logged, not fatal."""
+        await self.read_registry()
+        alias = self.options.alias
+        self.routes = {n: a[alias] for n, a in self.models.items() if alias in a}
+        keys = list(self.routes.items())
+        results = await asyncio.gather(*(self.cache.get(k) for k in keys), return_exceptions=True)
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("could not preload %s:%s: %s", *key, result)
+
+    async def close(self) -> None:
+        """Drain every runner and stop the threads."""
+        await self.cache.close()
+        for pool in (self.predict_pool, self.load_pool, self.io_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _report_loaded(self) -> None:
+        self.metrics.set_loaded(
+            (k[0], str(k[1]), int(r.memory)) for k, r in self.cache.loaded()
+        )
+
+
+__all__ = ["Catalog"]

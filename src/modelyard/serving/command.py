@@ -1,0 +1,46 @@
+"""The ``modelyard serve`` command (a click command the CLI adds to its group)."""
+
+from __future__ import annotations
+
+import click
+
+from modelyard.errors import ModelyardError
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--max-memory", default=None, metavar="SIZE",
+              help="Evict least recently used versions above this, e.g. 4GiB (default: no limit).")
+@click.option("--preload/--no-preload", default=True, show_default=True,
+              help="Load every production version before reporting ready.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes (each loads its own models).")
+@click.option("--max-body", default="16MiB", show_default=True, metavar="SIZE",
+              help="Largest request body; bigger ones get 413.")
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True, type=float,
+              help="Seconds before a queued request gets 504.")
+@click.option("--grpc-port", default=None, type=int,
+              help="Also serve OIP v2 over gRPC on this port (needs modelyard[grpc]).")
+@click.option("--alias", default="production", show_default=True,
+              help="The alias /v1/models/{name}/predict serves.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+def serve(host: str, port: int, max_memory: str | None, preload: bool, workers: int,
+          max_body: str, timeout_s: float, grpc_port: int | None, alias: str,
+          log_level: str) -> None:
+    """Serve every model with a production alias over REST and OIP v2 until stopped."""
+    from modelyard.serving.options import ServeOptions, parse_size
+    from modelyard.serving.server import serve as run
+
+    try:
+        options = ServeOptions(max_memory=parse_size(max_memory), preload=preload, alias=alias,
+                               max_body_bytes=parse_size(max_body) or 1,
+                               request_timeout_s=timeout_s,
+                               grpc_address=f"{host}:{grpc_port}" if grpc_port else None)
+    except ModelyardError as exc:
+        raise click.UsageError(str(exc)) from None
+    run(host, port, options=options, workers=workers, log_level=log_level)
+
+
+__all__ = ["serve"]

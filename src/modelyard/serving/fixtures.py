@@ -1,0 +1,112 @@
+"""Small real models registered in a registry, for the server's tests, benchmarks and demos.
+
+Each helper trains (seconds at most), saves through the flavor's adapter, registers the version
+and, unless ``promote=False``, points ``production`` at it. Frameworks are imported inside.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modelyard.adapters import get_adapter
+
+
+def register_model(registry: Any, name: str, model: Any, flavor: str, X: Any, y: Any = None,
+                   *, promote: bool = True, meta: dict[str, Any] | None = None,
+                   sample: Any = None) -> Any:
+    """Save ``model`` with its adapter, register it as a new version of ``name``; return it."""
+    adapter = get_adapter(flavor)
+    with tempfile.TemporaryDirectory(prefix="modelyard-fixture-") as tmp:
+        saved = adapter.save(model, Path(tmp), sample=sample) if sample is not None else \
+            adapter.save(model, Path(tmp))
+        signature = adapter.infer_signature(model, X, y).to_dict()
+        version = registry.register(name, Path(tmp), flavor=flavor,
+                                    meta={**saved, **(meta or {})}, signature=signature)
+    if promote:
+        registry.set_alias(name, "production", version.version)
+    return version
+
+
+def tabular_data(n_rows: int = 2000, n_features: int = 20, seed: int = 0) -> tuple[Any, Any]:
+    """A binary classification table: ``(X float64 [n, features], y int)``."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_rows, n_features))
+    y = (X[:, 0] + 0.5 * X[:, 1] - X[:, 2] > 0).astype(np.int64)
+    return X, y
+
+
+def register_hgb(registry: Any, name: str = "tabular", *, max_iter: int = 100,
+                 n_features: int = 20, seed: int = 0, promote: bool = True,
+                 meta: dict[str, Any] | None = None) -> Any:
+    """A ``HistGradientBoostingClassifier`` (``max_iter`` trees) on ``n_features`` floats."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    X, y = tabular_data(n_features=n_features, seed=seed)
+    model = HistGradientBoostingClassifier(max_iter=max_iter, early_stopping=False,
+                                           random_state=seed).fit(X, y)
+    return register_model(registry, name, model, "sklearn", X, y, promote=promote, meta=meta)
+
+
+def register_constant(registry: Any, name: str, value: int, *, n_features: int = 3,
+                      promote: bool = True, meta: dict[str, Any] | None = None) -> Any:
+    """A classifier that always answers ``value`` (tells versions apart in swap tests)."""
+    from sklearn.dummy import DummyClassifier
+
+    X = np.zeros((4, n_features))
+    y = np.full(4, value, dtype=np.int64)
+    model = DummyClassifier(strategy="constant", constant=value).fit(X, y)
+    return register_model(registry, name, model, "sklearn", X, y, promote=promote, meta=meta)
+
+
+def register_text(registry: Any, name: str = "sentiment", *, promote: bool = True) -> Any:
+    """A TF-IDF + logistic regression text classifier (input: strings)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    texts = ["great product", "love it", "awful", "terrible service", "really great",
+             "bad bad bad", "wonderful", "hate it"]
+    labels = ["pos", "pos", "neg", "neg", "pos", "neg", "pos", "neg"]
+    model = make_pipeline(TfidfVectorizer(), LogisticRegression()).fit(texts, labels)
+    return register_model(registry, name, model, "sklearn", texts, labels, promote=promote)
+
+
+def mlp(sizes: tuple[int, ...] = (256, 1024, 1024, 10), seed: int = 0) -> Any:
+    """A PyTorch MLP with ReLU between ``sizes`` (eval mode)."""
+    import torch
+
+    torch.manual_seed(seed)
+    layers: list[Any] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers).eval()
+
+
+def register_mlp(registry: Any, name: str = "mlp", *,
+                 sizes: tuple[int, ...] = (256, 1024, 1024, 10), promote: bool = True,
+                 meta: dict[str, Any] | None = None) -> Any:
+    """A PyTorch MLP classifier over ``sizes[0]`` float32 features (``sizes[-1]`` classes)."""
+    model = mlp(sizes)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(16, sizes[0])).astype(np.float32)
+    y = np.arange(16) % sizes[-1]
+    return register_model(registry, name, model, "torch", X, y, promote=promote, meta=meta,
+                          sample=X[:8])
+
+
+__all__ = [
+    "mlp",
+    "register_constant",
+    "register_hgb",
+    "register_mlp",
+    "register_model",
+    "register_text",
+    "tabular_data",
+]

@@ -1,0 +1,206 @@
+"""OIP v2 over gRPC (the KServe/Triton ``GRPCInferenceService``), on the app's event loop.
+
+Uses the service definition that ships with ``tritonclient[grpc]`` (``pip install
+'modelyard[grpc]'``), so ``tritonclient.grpc`` and KServe gRPC clients work unchanged. Every call
+goes through the same catalog, batcher and validation as the REST routes; errors become gRPC
+status codes (422 -> INVALID_ARGUMENT, 404 -> NOT_FOUND, 503 -> UNAVAILABLE, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from modelyard.errors import FrameworkMissingError, InputError, ModelyardError
+from modelyard.serving import protocol_v2 as v2
+
+if TYPE_CHECKING:
+    from modelyard.serving.app import App
+
+log = logging.getLogger(__name__)
+
+#: which ``InferTensorContents`` field holds each datatype's values.
+_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+             "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+             "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+             "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+
+
+def _modules() -> tuple[Any, Any, Any]:
+    try:
+        import grpc
+        from tritonclient.grpc import service_pb2, service_pb2_grpc
+    except ImportError as exc:
+        raise FrameworkMissingError(
+            f"gRPC serving needs grpcio and tritonclient ({exc}): pip install 'modelyard[grpc]'"
+        ) from None
+    return grpc, service_pb2, service_pb2_grpc
+
+
+def status_code(grpc: Any, exc: BaseException) -> Any:
+    """The gRPC status for an error (client mistakes are never INTERNAL)."""
+    http = exc.status_code if isinstance(exc, ModelyardError) else 500
+    return {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+            409: grpc.StatusCode.FAILED_PRECONDITION, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+            422: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE,
+            504: grpc.StatusCode.DEADLINE_EXCEEDED}.get(http, grpc.StatusCode.INTERNAL)
+
+
+def decode_inputs(request: Any) -> dict[str, np.ndarray]:
+    """Named arrays from a ``ModelInferRequest`` (raw contents or typed contents)."""
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(request.inputs):
+        raise InputError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs",
+                         [{"loc": ["raw_input_contents"], "msg": "one entry per input"}])
+    out: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(request.inputs):
+        dt, shape = tensor.datatype, [int(d) for d in tensor.shape]
+        try:
+            if dt not in _CONTENTS:
+                raise ValueError(f"has unknown datatype {dt!r}")
+            if raw:
+                flat = v2.from_raw(dt, raw[i])
+            elif dt == "BYTES":
+                values = [b.decode("utf-8") for b in tensor.contents.bytes_contents]
+                flat = np.empty(len(values), dtype=object)
+                flat[:] = values
+            else:
+                values = getattr(tensor.contents, _CONTENTS[dt])
+                flat = np.asarray(values, dtype=v2.DATATYPES[dt])
+            out[tensor.name] = v2.shaped(flat, shape)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InputError(f"input '{tensor.name}' {exc}",
+                             [{"loc": ["inputs", i], "msg": str(exc)}]) from None
+    return out
+
+
+class Servicer:
+    """``GRPCInferenceService`` methods backed by an :class:`~modelyard.serving.app.App`."""
+
+    def __init__(self, app: App, pb: Any, grpc: Any) -> None:
+        from modelyard.serving.oip import OIPHandlers
+
+        self.app = app
+        self.oip = OIPHandlers(app)
+        self.pb = pb
+        self.grpc = grpc
+
+    async def _fail(self, context: Any, exc: BaseException) -> None:
+        if not isinstance(exc, ModelyardError) or exc.status_code >= 500:
+            log.warning("gRPC call failed: %s", exc)
+        await context.abort(status_code(self.grpc, exc), str(exc))
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return self.pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        return self.pb.ServerReadyResponse(ready=self.app.ready)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        from modelyard import __version__
+
+        return self.pb.ServerMetadataResponse(name="modelyard", version=__version__,
+                                              extensions=v2.EXTENSIONS)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        try:
+            ready = self.oip.is_ready(request.name, request.version or None)
+        except ModelyardError as exc:
+            await self._fail(context, exc)
+        return self.pb.ModelReadyResponse(ready=ready)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        try:
+            doc = await self.oip.describe(request.name, request.version or None)
+        except ModelyardError as exc:
+            await self._fail(context, exc)
+        tensor = self.pb.ModelMetadataResponse.TensorMetadata
+        return self.pb.ModelMetadataResponse(
+            name=doc["name"], versions=doc["versions"], platform=doc["platform"],
+            inputs=[tensor(**t) for t in doc["inputs"]],
+            outputs=[tensor(**t) for t in doc["outputs"]])
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        from modelyard.serving.app import Call, parse_version
+
+        start, call, status = time.perf_counter(), Call(), 500
+        name = request.model_name
+        try:
+            number = parse_version(name, request.model_version or None)
+            inputs = decode_inputs(request)
+            outputs = await self.oip.infer(call, name, number, inputs,
+                                           [o.name for o in request.outputs])
+            status = 200
+        except Exception as exc:
+            status = exc.status_code if isinstance(exc, ModelyardError) else 500
+            await self._fail(context, exc)
+        finally:
+            self.app.record(call, name, "grpc", status, start)
+        assert call.runner is not None
+        out = self.pb.ModelInferResponse(model_name=name, model_version=call.runner.version_str,
+                                         id=request.id)
+        for key, array in outputs.items():
+            out.outputs.add(name=key, datatype=v2.datatype_of(array), shape=list(array.shape))
+            out.raw_output_contents.append(v2.to_raw(array))
+        return out
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        index = self.pb.RepositoryIndexResponse.ModelIndex
+        rows = self.oip.repository_index(bool(request.ready))
+        return self.pb.RepositoryIndexResponse(models=[index(**r) for r in rows])
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        try:
+            version = request.parameters["version"].string_param \
+                if "version" in request.parameters else None
+            await self.oip.load(request.model_name, version)
+        except Exception as exc:
+            await self._fail(context, exc)
+        return self.pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        try:
+            await self.oip.unload(request.model_name)
+        except Exception as exc:
+            await self._fail(context, exc)
+        return self.pb.RepositoryModelUnloadResponse()
+
+
+class _Complete:
+    """The servicer plus UNIMPLEMENTED answers for the service's other methods (shared memory,
+    statistics, tracing, ...)."""
+
+    def __init__(self, servicer: Servicer, grpc: Any) -> None:
+        self._servicer = servicer
+        self._grpc = grpc
+
+    def __getattr__(self, name: str) -> Any:
+        if hasattr(self._servicer, name):
+            return getattr(self._servicer, name)
+
+        async def unimplemented(request: Any, context: Any) -> Any:
+            await context.abort(self._grpc.StatusCode.UNIMPLEMENTED,
+                                f"{name} is not supported by modelyard")
+
+        return unimplemented
+
+
+async def start_grpc(app: App, address: str) -> Any:
+    """Start the gRPC server on ``address`` (``host:port``) on the running loop; returns it."""
+    grpc, pb, pb_grpc = _modules()
+    limit = app.options.max_body_bytes
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                      ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    servicer = Servicer(app, pb, grpc)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Complete(servicer, grpc), server)
+    if server.add_insecure_port(address) == 0:
+        raise ModelyardError(f"cannot listen for gRPC on {address}; is the port in use?")
+    await server.start()
+    log.info("OIP v2 gRPC on %s", address)
+    return server
+
+
+__all__ = ["Servicer", "decode_inputs", "start_grpc", "status_code"]

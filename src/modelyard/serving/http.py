@@ -1,0 +1,195 @@
+"""The few HTTP pieces the raw ASGI app needs: routing, body reading with a limit, responses.
+
+:func:`match` is a pure router over path segments (``{name}`` segments capture). Bodies are read
+with the size limit enforced both from ``Content-Length`` and while streaming; compressed bodies
+(``Content-Encoding: gzip`` or ``deflate``, which ``tritonclient`` can send) are inflated under
+the same limit.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from modelyard.errors import InputError, ModelyardError
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON = [(b"content-type", b"application/json")]
+
+
+class BodyTooLargeError(ModelyardError):
+    """The request body is over the server's limit; send smaller batches or raise --max-body."""
+
+    status_code = 413
+
+
+class MethodNotAllowedError(ModelyardError):
+    """The path exists but not for this HTTP method; the ``Allow`` header lists the methods."""
+
+    status_code = 405
+
+    def __init__(self, message: str, allow: Sequence[str]) -> None:
+        super().__init__(message)
+        self.allow = list(allow)
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away before sending its whole body (nothing to answer)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """``method`` + path pattern (segments; ``{x}`` captures) -> handler name."""
+
+    method: str
+    pattern: tuple[str, ...]
+    handler: str
+
+
+def compile_routes(table: Sequence[tuple[str, str, str]]) -> dict[int, list[Route]]:
+    """Routes grouped by segment count, for :func:`match`."""
+    out: dict[int, list[Route]] = {}
+    for method, path, handler in table:
+        pattern = tuple(p for p in path.split("/") if p)
+        out.setdefault(len(pattern), []).append(Route(method, pattern, handler))
+    return out
+
+
+def match(
+    routes: dict[int, list[Route]], method: str, path: str
+) -> tuple[str, dict[str, str]] | None:
+    """``(handler, captured)`` for a request; ``None`` when no path matches.
+
+    Raises :class:`MethodNotAllowedError` when the path matches only under other methods.
+    """
+    parts = [p for p in path.split("/") if p]
+    allowed: list[str] = []
+    for route in routes.get(len(parts), ()):
+        captured: dict[str, str] = {}
+        for want, got in zip(route.pattern, parts, strict=True):
+            if want[0] == "{":
+                captured[want[1:-1]] = got
+            elif want != got:
+                break
+        else:
+            if route.method == method or (method == "HEAD" and route.method == "GET"):
+                return route.handler, captured
+            allowed.append(route.method)
+    if allowed:
+        raise MethodNotAllowedError(
+            f"{method} is not allowed on {path}; use {', '.join(sorted(set(allowed)))}", allowed
+        )
+    return None
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case bytes)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, or :class:`BodyTooLargeError` past ``limit`` bytes."""
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(f"the body has {int(declared)} bytes; the limit is {limit}")
+    message = await receive()
+    body = message.get("body", b"")
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnectedError
+    if not message.get("more_body", False):
+        return inflate(scope, body, limit)
+    chunks = [body]
+    size = len(body)
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnectedError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return inflate(scope, b"".join(chunks), limit)
+
+
+def inflate(scope: Scope, body: bytes, limit: int) -> bytes:
+    """Decompress a ``gzip``/``deflate`` body without letting it grow past ``limit``."""
+    if len(body) > limit:
+        raise BodyTooLargeError(f"the body is over the limit of {limit} bytes")
+    encoding = header(scope, b"content-encoding")
+    if encoding is None or encoding in (b"identity", b""):
+        return body
+    wbits = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}.get(encoding.lower())
+    if wbits is None:
+        raise InputError(f"Content-Encoding {encoding.decode(errors='replace')!r} is not "
+                         "supported; send gzip, deflate or identity",
+                         [{"loc": ["header", "content-encoding"], "msg": "unsupported"}])
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InputError(f"the body is not valid {encoding.decode()}: {exc}",
+                         [{"loc": ["body"], "msg": "cannot decompress"}]) from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise BodyTooLargeError(f"the decompressed body is over the limit of {limit} bytes")
+    return out
+
+
+async def respond(send: Send, status: int, body: bytes,
+                  headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Send a complete response."""
+    await send({"type": "http.response.start", "status": status,
+                "headers": JSON if headers is None else headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def error_body(
+    exc: BaseException, *, oip: bool = False
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """``(status, body, headers)`` for an error: 4xx/5xx from the error's ``status_code``.
+
+    Native routes answer ``{"error": kind, "message": ..., "detail": [...]}``; OIP routes answer
+    ``{"error": message}`` (plus ``detail``), as the protocol specifies.
+    """
+    if isinstance(exc, ModelyardError):
+        status = exc.status_code
+        data = exc.to_dict()
+    else:
+        status = 500
+        data = {"error": type(exc).__name__, "message": f"internal error: {exc}"}
+    if oip:
+        detail = {"detail": data["detail"]} if "detail" in data else {}
+        data = {"error": data["message"], **detail}
+    headers = list(JSON)
+    retry_after = getattr(exc, "retry_after", 1 if status == 503 else None)
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    if isinstance(exc, MethodNotAllowedError):
+        headers.append((b"allow", ", ".join(sorted(set(exc.allow))).encode()))
+    return status, orjson.dumps(data), headers
+
+
+__all__ = [
+    "JSON",
+    "BodyTooLargeError",
+    "ClientDisconnectedError",
+    "MethodNotAllowedError",
+    "Route",
+    "compile_routes",
+    "error_body",
+    "header",
+    "inflate",
+    "match",
+    "read_body",
+    "respond",
+]

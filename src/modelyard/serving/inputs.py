@@ -1,0 +1,122 @@
+"""The server's input path: validate a request against a signature, fast for the common cases.
+
+:meth:`Signature.prepare` is the one definition of what input a model accepts, but it is written
+for generality (about 150 µs for one 20-feature record). :class:`InputPath` adds fast paths for
+the shapes a live server sees most -- numeric records, rows and columns for a table of one float
+dtype -- that build exactly the array ``prepare`` would build. Anything else, and any input the
+fast path cannot take as-is, goes through ``prepare``, so errors are always ``prepare``'s
+field-level :class:`InputError`.
+
+Queued payloads stay plain numpy arrays; a DataFrame (``frame=True`` signatures) is built once per
+batch by :meth:`InputPath.finalize`, not once per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from modelyard.schema import Signature
+
+_FAST_DTYPES = {"float64": np.float64, "float32": np.float32}
+
+
+class InputPath:
+    """Turn request payloads into concatenable batches for one signature, then into model input."""
+
+    def __init__(self, signature: Signature) -> None:
+        self.signature = signature
+        self.names = signature.names
+        self.width = len(self.names)
+        dtypes = {f.dtype for f in signature.inputs}
+        self._fast: Any = None
+        if signature.layout == "table" and len(dtypes) == 1 and all(
+            f.shape == () for f in signature.inputs
+        ):
+            self._fast = _FAST_DTYPES.get(next(iter(dtypes)))
+
+    def prepare(self, payload: Any) -> tuple[Any, int]:
+        """``(batch, rows)`` for ``payload``; raises :class:`InputError` naming each bad field."""
+        if self._fast is not None:
+            fast = self._try_fast(payload)
+            if fast is not None:
+                return fast, len(fast)
+        batch, n = self.signature.prepare(payload)
+        if self.signature.frame and self._fast is not None and hasattr(batch, "to_numpy"):
+            batch = batch.to_numpy(dtype=self._fast)  # one DataFrame per batch, not per request
+        return batch, n
+
+    def _try_fast(self, payload: Any) -> np.ndarray | None:
+        names, width = self.names, self.width
+        try:
+            if isinstance(payload, list) and payload:
+                first = payload[0]
+                if isinstance(first, dict):
+                    if any(len(r) != width for r in payload):
+                        return None
+                    rows = [[r[k] for k in names] for r in payload]
+                elif isinstance(first, list):
+                    rows = payload
+                elif len(payload) == width and isinstance(first, (int, float)):
+                    rows = [payload]  # one flat row
+                else:
+                    return None
+                arr = np.array(rows, dtype=self._fast)
+            elif isinstance(payload, Mapping) and len(payload) == width:
+                cols = [payload[k] for k in names]
+                if all(isinstance(c, list) for c in cols):
+                    arr = np.array(cols, dtype=self._fast).T.copy()
+                elif not any(isinstance(c, (list, dict, str)) for c in cols):
+                    arr = np.array([cols], dtype=self._fast)  # one record
+                else:
+                    return None
+            else:
+                return None
+        except (KeyError, TypeError, ValueError):
+            return None
+        if arr.ndim != 2 or arr.shape[1] != width or arr.shape[0] == 0:
+            return None
+        return arr
+
+    def concat(self, batches: Sequence[Any]) -> Any:
+        """One batch from several prepared ones, rows in order."""
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0]
+        if hasattr(first, "iloc"):  # mixed-dtype frames stay DataFrames
+            import pandas as pd
+
+            return pd.concat(list(batches), ignore_index=True)
+        return np.concatenate(batches)
+
+    def finalize(self, batch: Any) -> Any:
+        """The model's input for a concatenated batch (a DataFrame for ``frame`` signatures)."""
+        if self.signature.frame and isinstance(batch, np.ndarray):
+            import pandas as pd
+
+            return pd.DataFrame(batch, columns=self.names, copy=False)
+        return batch
+
+    def warmup_payload(self) -> Any:
+        """A one-row input that passes validation, used to warm a freshly loaded version."""
+        sig = self.signature
+        if sig.layout == "tensor":
+            spec = sig.inputs[0]
+            if spec.dtype == "string":
+                return ["warm up"]
+            shape = tuple(1 if d is None else d for d in spec.shape)
+            return np.zeros((1, *shape)).tolist()
+        return [{f.name: _zero(f.dtype) for f in sig.inputs}]
+
+
+def _zero(dtype: str) -> Any:
+    if dtype == "string":
+        return ""
+    if dtype == "bool":
+        return False
+    return 0 if dtype.startswith(("int", "uint")) else 0.0
+
+
+__all__ = ["InputPath"]

@@ -1,0 +1,117 @@
+"""Prometheus metrics of one server, in a registry of its own (two apps never share counters).
+
+Every series has ``model`` and ``version`` labels. Requests for models that do not exist are
+counted with ``model=""`` so that callers cannot create unbounded label values.
+
+======================================  =========  ===========================================
+``modelyard_requests_total``            counter    requests by model, version, protocol, status
+``modelyard_request_duration_seconds``  histogram  time from request to response
+``modelyard_queue_seconds``             histogram  time a request waited for its batch
+``modelyard_batch_size``                histogram  rows per model call
+``modelyard_model_loaded``              gauge      1 for each loaded version
+``modelyard_model_memory_bytes``        gauge      estimated bytes held by each loaded version
+``modelyard_models_loaded``             gauge      number of loaded versions
+======================================  =========  ===========================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class ServerMetrics:
+    """The server's metric families; ``for_version`` gives cheap per-version handles."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "modelyard_requests", "Prediction requests by status.",
+            ("model", "version", "protocol", "status"), registry=r,
+        )
+        self.duration = Histogram(
+            "modelyard_request_duration_seconds", "Time from request to response.",
+            ("model", "version"), buckets=_LATENCY, registry=r,
+        )
+        self.queue = Histogram(
+            "modelyard_queue_seconds", "Time a request waited in the queue for its batch.",
+            ("model", "version"), buckets=_LATENCY, registry=r,
+        )
+        self.batch = Histogram(
+            "modelyard_batch_size", "Rows per model call.",
+            ("model", "version"), buckets=_BATCH, registry=r,
+        )
+        self.loaded = Gauge(
+            "modelyard_model_loaded", "1 while the version is loaded.",
+            ("model", "version"), registry=r,
+        )
+        self.memory = Gauge(
+            "modelyard_model_memory_bytes", "Estimated bytes held by the loaded version.",
+            ("model", "version"), registry=r,
+        )
+        self.count = Gauge(
+            "modelyard_models_loaded", "Number of loaded model versions.", registry=r
+        )
+        self._status: dict[tuple[str, str, str, int], Any] = {}
+
+    def for_version(self, model: str, version: str) -> VersionMetrics:
+        """Handles bound to one version's labels (looked up once, used per request)."""
+        return VersionMetrics(self, model, version)
+
+    def count_request(self, model: str, version: str, protocol: str, status: int) -> None:
+        """Count one request (children are cached: no label lookup after the first)."""
+        key = (model, version, protocol, status)
+        child = self._status.get(key)
+        if child is None:
+            child = self._status[key] = self.requests.labels(model, version, protocol, str(status))
+        child.inc()
+
+    def set_loaded(self, loaded: Iterable[tuple[str, str, int]]) -> None:
+        """Replace the loaded-model gauges with ``(model, version, bytes)`` for each loaded one."""
+        rows = list(loaded)
+        self.loaded.clear()
+        self.memory.clear()
+        for model, version, size in rows:
+            self.loaded.labels(model, version).set(1)
+            self.memory.labels(model, version).set(size)
+        self.count.set(len(rows))
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
+
+
+class VersionMetrics:
+    """Metric children for one ``(model, version)``."""
+
+    __slots__ = ("_batch", "_duration", "_queue", "model", "version")
+
+    def __init__(self, metrics: ServerMetrics, model: str, version: str) -> None:
+        self.model = model
+        self.version = version
+        self._duration = metrics.duration.labels(model, version)
+        self._queue = metrics.queue.labels(model, version)
+        self._batch = metrics.batch.labels(model, version)
+
+    def observe_duration(self, seconds: float) -> None:
+        """Record one request's duration."""
+        self._duration.observe(seconds)
+
+    def observe_batch(self, rows: int, queue_s: list[float]) -> None:
+        """Record one batch: its size and how long each of its requests queued."""
+        self._batch.observe(rows)
+        observe = self._queue.observe
+        for q in queue_s:
+            observe(q)
+
+
+__all__ = ["CONTENT_TYPE", "ServerMetrics", "VersionMetrics"]

@@ -1,0 +1,233 @@
+"""OIP v2 REST endpoints: health, server and model metadata, readiness, infer, repository.
+
+The handlers share the app's catalog and prediction path; the wire format lives in
+:mod:`modelyard.serving.protocol_v2`. Errors answer ``{"error": message}`` as the protocol says.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+
+from modelyard.errors import InputError, NotFoundError
+from modelyard.schema import Signature
+from modelyard.serving import protocol_v2 as v2
+from modelyard.serving.http import Receive, Scope, Send, error_body, header, read_body, respond
+
+if TYPE_CHECKING:
+    from modelyard.serving.app import App
+
+_OUTPUTS = ("predictions", "scores")
+
+
+class OIPHandlers:
+    """The ``/v2`` routes of one :class:`~modelyard.serving.app.App`."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.catalog = app.catalog
+
+    # -- server ---------------------------------------------------------------------------------
+    async def v2_server(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /v2``: server name, version and extensions."""
+        from modelyard import __version__
+
+        await respond(send, 200, orjson.dumps(
+            {"name": "modelyard", "version": __version__, "extensions": v2.EXTENSIONS}))
+
+    async def v2_live(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /v2/health/live``."""
+        await respond(send, 200, b'{"live":true}')
+
+    async def v2_ready(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /v2/health/ready``: 200 once preloading is done."""
+        ready = self.app.ready
+        await respond(send, 200 if ready else 503, orjson.dumps({"ready": ready}))
+
+    # -- models ---------------------------------------------------------------------------------
+    async def v2_model(self, scope: Scope, receive: Receive, send: Send,
+                       name: str, version: str | None = None) -> None:
+        """``GET /v2/models/{name}[/versions/{v}]``: inputs and outputs (without loading it)."""
+        await respond(send, 200, orjson.dumps(await self.describe(name, version)))
+
+    async def _describe(self, name: str, version: str | None) -> tuple[Signature, str]:
+        from modelyard.serving.app import parse_version
+
+        key = self.catalog.key_for(name, parse_version(name, version))
+        runner = self.catalog.cache.peek(key)
+        if runner is not None:
+            return runner.predictor.signature, runner.predictor.flavor
+        record = await self.catalog.get_version_record(*key)
+        return Signature.from_dict(record.signature), record.flavor
+
+    async def v2_model_ready(self, scope: Scope, receive: Receive, send: Send,
+                             name: str, version: str | None = None) -> None:
+        """``GET /v2/models/{name}[/versions/{v}]/ready``: 200 when loaded, else 503."""
+        ready = self.is_ready(name, version)
+        await respond(send, 200 if ready else 503, orjson.dumps({"name": name, "ready": ready}))
+
+    async def v2_infer(self, scope: Scope, receive: Receive, send: Send,
+                       name: str, version: str | None = None) -> None:
+        """``POST /v2/models/{name}[/versions/{v}]/infer``, JSON or binary tensors."""
+        from modelyard.serving.app import Call, parse_version
+
+        app = self.app
+        start = time.perf_counter()
+        call = Call()
+        status = 500
+        try:
+            body = await read_body(scope, receive, app.options.max_body_bytes)
+            number = parse_version(name, version)
+            if self.catalog.runner_now(name, number) is None:
+                self.catalog.key_for(name, number)  # 404 before judging the body
+            req = v2.decode_infer(body, _header_length(scope))
+            outputs = await self.infer(call, name, number, req.inputs, req.outputs)
+            runner = call.runner
+            assert runner is not None
+            everything = req.binary_default and not req.outputs
+            binary = set(outputs) if everything else req.binary_outputs
+            out, length = v2.encode_infer(name, runner.version, outputs, binary, req.id)
+            headers = [(b"content-type", b"application/json" if length is None
+                        else b"application/octet-stream")]
+            if length is not None:
+                headers.append((b"inference-header-content-length", str(length).encode()))
+            status = 200
+            await respond(send, 200, out, headers)
+        except Exception as exc:
+            from modelyard.serving.http import ClientDisconnectedError
+
+            if isinstance(exc, ClientDisconnectedError):
+                status = 499
+                return
+            status, err, headers = error_body(exc, oip=True)
+            await respond(send, status, err, headers)
+        finally:
+            app.record(call, name, "v2", status, start)
+
+    async def infer(self, call: Any, name: str, version: int | None,
+                    inputs: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
+        """Run named input tensors through a model; the requested outputs (all when none)."""
+        unknown = [o for o in wanted if o not in _OUTPUTS]
+        if unknown:
+            raise InputError(f"unknown outputs {unknown}; outputs: {', '.join(_OUTPUTS)}",
+                             [{"loc": ["outputs", o], "msg": "unknown output"} for o in unknown])
+
+        def payload(runner: Any) -> Any:
+            return v2.to_payload(runner.predictor.signature, inputs)
+
+        scores = "scores" in wanted or not wanted
+        result = await self.app.predict(call, name, version, payload, scores)
+        return _outputs(result, wanted, v2.output_types(call.runner.predictor.signature))
+
+    def repository_index(self, only_ready: bool = False) -> list[dict[str, str]]:
+        """Every model version and its state: READY, LOADING or UNAVAILABLE."""
+        loaded = {key for key, _ in self.catalog.cache.loaded()}
+        rows = []
+        for name in sorted(self.catalog.models):
+            for version in self.catalog.versions(name):
+                key = (name, version)
+                state = ("READY" if key in loaded else
+                         "LOADING" if self.catalog.cache.is_loading(key) else "UNAVAILABLE")
+                if not only_ready or state == "READY":
+                    rows.append({"name": name, "version": str(version), "state": state,
+                                 "reason": ""})
+        return rows
+
+    async def load(self, name: str, version: Any = None) -> None:
+        """Load ``name`` (a given version, else the served one, else the newest)."""
+        from modelyard.serving.app import parse_version
+
+        if name not in self.catalog.models:
+            await self.catalog.read_registry()  # registered since the last poll?
+        if version is not None and str(version) != "":
+            key = self.catalog.key_for(name, parse_version(name, str(version)))
+        elif name in self.catalog.routes:
+            key = self.catalog.key_for(name)
+        else:
+            key = self.catalog.key_for(name, self.catalog.latest.get(name))
+        await self.catalog.cache.get(key)
+
+    async def unload(self, name: str) -> None:
+        """Drain and drop every loaded version of ``name``."""
+        if name not in self.catalog.models:
+            raise NotFoundError(f"model '{name}' is not in the registry")
+        tasks = [self.catalog.cache.evict(k) for k, _ in self.catalog.cache.loaded()
+                 if k[0] == name]
+        for task in tasks:
+            if task is not None:
+                await task
+
+    async def describe(self, name: str, version: str | None) -> dict[str, Any]:
+        """OIP model metadata for ``name`` (and version)."""
+        signature, flavor = await self._describe(name, version)
+        return v2.model_metadata(name, self.catalog.versions(name), signature, flavor)
+
+    def is_ready(self, name: str, version: str | None) -> bool:
+        """Whether the version a request would use is loaded (404 for unknown ones)."""
+        from modelyard.serving.app import parse_version
+
+        key = self.catalog.key_for(name, parse_version(name, version))
+        return self.catalog.cache.peek(key) is not None
+
+    # -- repository extension -------------------------------------------------------------------
+    async def v2_index(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /v2/repository/index``: every model version and its state."""
+        body = await read_body(scope, receive, self.app.options.max_body_bytes)
+        rows = self.repository_index(bool(_json_object(body).get("ready", False)))
+        await respond(send, 200, orjson.dumps(rows))
+
+    async def v2_load(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        """``POST /v2/repository/models/{name}/load``: load the served (or newest) version."""
+        body = await read_body(scope, receive, self.app.options.max_body_bytes)
+        params = _json_object(body).get("parameters") or {}
+        await self.load(name, params.get("version") if isinstance(params, dict) else None)
+        await respond(send, 200, b"{}")
+
+    async def v2_unload(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        """``POST /v2/repository/models/{name}/unload``: drain and drop every loaded version."""
+        await read_body(scope, receive, self.app.options.max_body_bytes)
+        await self.unload(name)
+        await respond(send, 200, b"{}")
+
+
+def _header_length(scope: Scope) -> int | None:
+    raw = header(scope, b"inference-header-content-length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InputError("Inference-Header-Content-Length must be a number of bytes",
+                         [{"loc": ["header", "Inference-Header-Content-Length"],
+                           "msg": "not a number"}])
+    return int(raw)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        return {}
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        from modelyard.serving.protocol_v1 import BadJSONError
+
+        raise BadJSONError(f"the body is not valid JSON: {exc}") from None
+    return doc if isinstance(doc, dict) else {}
+
+
+def _outputs(result: Any, wanted: list[str], types: dict[str, str]) -> dict[str, np.ndarray]:
+    names = wanted or [o for o in _OUTPUTS if o == "predictions" or result.scores is not None]
+    out: dict[str, np.ndarray] = {}
+    for name in names:
+        if name == "predictions":
+            out[name] = v2.cast_output(np.asarray(result.predictions), types[name])
+        elif result.scores is None:
+            raise InputError("this model gives no class scores; ask for 'predictions'",
+                             [{"loc": ["outputs", "scores"], "msg": "not available"}])
+        else:
+            out[name] = v2.cast_output(np.asarray(result.scores), types[name])
+    return out
+
+
+__all__ = ["OIPHandlers"]

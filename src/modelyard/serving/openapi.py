@@ -1,0 +1,132 @@
+"""The server's OpenAPI document (written by hand: no framework generates it) and ``/docs``."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_V2_ERROR = {"type": "object", "properties": {"error": {"type": "string"}}}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "unparseable JSON", 404: "unknown model or version", 405: "wrong method",
+            413: "body over the size limit", 422: "input does not match the signature",
+            500: "the model failed on this request", 503: "queue full (see Retry-After)",
+            504: "no result within the request timeout"}
+    return {str(c): _json(_ERROR, text[c]) for c in codes}
+
+
+_PREDICT_BODY = {
+    "type": "object",
+    "description": "Exactly one of records, columns, instances or inputs.",
+    "properties": {
+        "records": {"type": "array", "items": {"type": "object"}},
+        "columns": {"type": "object", "additionalProperties": {"type": "array"}},
+        "instances": {"type": "array"},
+        "inputs": {},
+        "scores": {"type": "boolean", "default": False},
+    },
+}
+_PREDICT_OK = {
+    "type": "object",
+    "properties": {
+        "model": {"type": "string"}, "version": {"type": "integer"},
+        "predictions": {"type": "array"}, "scores": {"type": "array"},
+        "classes": {"type": "array"},
+    },
+}
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "integer"}}
+_SCORES = {"name": "scores", "in": "query", "required": False, "schema": {"type": "boolean"}}
+
+
+def _predict(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"post": {
+        "summary": summary, "parameters": params,
+        "requestBody": {"required": True,
+                        "content": {"application/json": {"schema": _PREDICT_BODY}}},
+        "responses": {"200": _json(_PREDICT_OK), **_errors(400, 404, 405, 413, 422, 500, 503, 504)},
+    }}
+
+
+def _get(summary: str, params: list[dict[str, Any]] | None = None,
+         ok: dict[str, Any] | None = None, *codes: int) -> dict[str, Any]:
+    return {"get": {"summary": summary, "parameters": params or [],
+                    "responses": {"200": _json(ok or {"type": "object"}), **_errors(*codes)}}}
+
+
+def _v2_post(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"post": {"summary": summary, "parameters": params,
+                     "requestBody": {"content": {"application/json": {"schema": {"type": "object"}},
+                                                 "application/octet-stream": {}}},
+                     "responses": {"200": _json({"type": "object"}),
+                                   "400": _json(_V2_ERROR, "bad request"),
+                                   "404": _json(_V2_ERROR, "unknown model"),
+                                   "422": _json(_V2_ERROR, "input does not match")}}}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "modelyard server", "version": "1",
+             "description": "Native REST and Open Inference Protocol v2 for every registered "
+                            "model. Binary tensors: send Inference-Header-Content-Length."},
+    "paths": {
+        "/v1/models": _get("Served models, aliases and loaded versions"),
+        "/v1/models/{name}/predict": _predict("Predict with the production version",
+                                              [_NAME, _SCORES]),
+        "/v1/models/{name}/versions/{version}/predict": _predict(
+            "Predict with one version", [_NAME, _VERSION, _SCORES]),
+        "/v2": _get("OIP server metadata"),
+        "/v2/health/live": _get("Liveness"),
+        "/v2/health/ready": _get("Readiness (503 while preloading)"),
+        "/v2/models/{name}": _get("OIP model metadata", [_NAME], None, 404),
+        "/v2/models/{name}/versions/{version}": _get("OIP model metadata", [_NAME, _VERSION],
+                                                     None, 404),
+        "/v2/models/{name}/ready": _get("Model readiness (503: not loaded)", [_NAME]),
+        "/v2/models/{name}/versions/{version}/ready": _get("Version readiness",
+                                                           [_NAME, _VERSION]),
+        "/v2/models/{name}/infer": _v2_post("OIP inference", [_NAME]),
+        "/v2/models/{name}/versions/{version}/infer": _v2_post("OIP inference",
+                                                               [_NAME, _VERSION]),
+        "/v2/repository/index": _v2_post("Model repository index", []),
+        "/v2/repository/models/{name}/load": _v2_post("Load a model", [_NAME]),
+        "/v2/repository/models/{name}/unload": _v2_post("Unload a model", [_NAME]),
+        "/metrics": {"get": {"summary": "Prometheus metrics",
+                             "responses": {"200": {"description": "text exposition"}}}},
+        "/healthz": _get("Liveness"),
+        "/readyz": _get("Readiness: 503 until production aliases are loaded"),
+        "/openapi.json": _get("This document"),
+        "/docs": {"get": {"summary": "API reference page",
+                          "responses": {"200": {"description": "HTML"}}}},
+    },
+    "components": {"schemas": {"Error": {
+        "type": "object",
+        "properties": {"error": {"type": "string"}, "message": {"type": "string"},
+                       "detail": {"type": "array", "items": {"type": "object", "properties": {
+                           "loc": {"type": "array"}, "msg": {"type": "string"}}}}},
+    }}},
+}
+
+
+def docs_html() -> str:
+    """A self-contained reference page (works offline), linking the OpenAPI document."""
+    rows = []
+    for path, item in OPENAPI["paths"].items():
+        for method, op in item.items():
+            codes = ", ".join(op.get("responses", {}))
+            rows.append(f"<tr><td><code>{method.upper()}</code></td><td><code>"
+                        f"{html.escape(path)}</code></td><td>{html.escape(op['summary'])}</td>"
+                        f"<td>{codes}</td></tr>")
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>modelyard API</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td{padding:.2em 1em}</style></head>"
+            "<body><h1>modelyard API</h1><p>Machine-readable: <a href='/openapi.json'>"
+            "/openapi.json</a> (OpenAPI 3.1).</p><table><tr><th>method</th><th>path</th>"
+            "<th>what</th><th>status codes</th></tr>" + "".join(rows) + "</table></body></html>")
+
+
+__all__ = ["OPENAPI", "docs_html"]

@@ -1,0 +1,59 @@
+"""Server settings, checked when they are made; ``parse_size`` reads ``--max-memory 2GiB``."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from modelyard.errors import ConfigError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+          "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """Bytes from ``"512MiB"``, ``"2GB"``, ``"1.5G"`` or a plain number; ``None`` stays ``None``."""
+    if text is None or isinstance(text, int):
+        return text
+    match = _SIZE.match(text)
+    if match is None:
+        raise ConfigError(f"size {text!r} is not understood; write e.g. 512MiB, 2GiB or 4GB")
+    unit = (match.group(2) or "").lower().removesuffix("b")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How the server behaves; every field has a production-safe default."""
+
+    #: evict least recently used versions above this many bytes (None: no limit).
+    max_memory: int | None = None
+    #: load every version with the ``alias`` alias before reporting ready.
+    preload: bool = True
+    #: the alias ``/v1/models/{name}/predict`` serves.
+    alias: str = "production"
+    #: request bodies above this many bytes get 413.
+    max_body_bytes: int = 16 * 1024 * 1024
+    #: a request without a result after this many seconds gets 504.
+    request_timeout_s: float = 60.0
+    #: how often the registry is polled for alias moves.
+    poll_interval_s: float = 1.0
+    #: threads running model calls (one batch per loaded version at a time).
+    predict_threads: int = max(4, min(16, (os.cpu_count() or 1) * 2))
+    #: threads loading models, so a slow load never blocks predictions.
+    load_threads: int = 2
+    #: ``host:port`` for OIP v2 over gRPC (None: no gRPC).
+    grpc_address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ConfigError("max_memory must be a positive number of bytes")
+        if self.max_body_bytes <= 0 or self.request_timeout_s <= 0 or self.poll_interval_s <= 0:
+            raise ConfigError("max_body_bytes, request_timeout_s and poll_interval_s must be > 0")
+        if self.predict_threads < 1 or self.load_threads < 1:
+            raise ConfigError("predict_threads and load_threads must be at least 1")
+
+
+__all__ = ["ServeOptions", "parse_size"]

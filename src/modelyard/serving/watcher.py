@@ -1,0 +1,118 @@
+"""Hot swap: notice alias moves in the registry and switch the served version without a failure.
+
+Every ``poll_interval_s`` the watcher reads the registry's aliases. For each model whose served
+alias moved (``modelyard promote`` / ``rollback`` from any process), it loads and warms the new
+version while the old one keeps answering, then points the route at the new version in one dict
+assignment, and only then evicts the old runner, which finishes its queued requests first.
+:func:`alias_moves` is the pure decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+
+from modelyard.serving.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+#: a version that failed to load is retried after this many seconds, not on every poll.
+RETRY_FAILED_S = 30.0
+
+
+def alias_moves(
+    routes: Mapping[str, int], models: Mapping[str, Mapping[str, int]], alias: str
+) -> dict[str, int | None]:
+    """Models whose ``alias`` points somewhere other than their route: ``{name: new or None}``.
+
+    ``None`` means the alias (or the whole model) is gone, so the route is dropped.
+    """
+    moves: dict[str, int | None] = {}
+    for name, aliases in models.items():
+        target = aliases.get(alias)
+        if routes.get(name) != target:
+            moves[name] = target
+    for name in routes:
+        if name not in models:
+            moves[name] = None
+    return moves
+
+
+class Watcher:
+    """Poll the registry and apply alias moves to the catalog; ``start``/``stop`` on the loop."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._task: asyncio.Task[None] | None = None
+        self._failed: dict[tuple[str, int], float] = {}
+        self._swapping: set[str] = set()
+        self._swaps: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        """Start polling on the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop polling and wait for swaps in progress."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._swaps:
+            await asyncio.gather(*list(self._swaps), return_exceptions=True)
+
+    async def _run(self) -> None:
+        interval = self.catalog.options.poll_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the registry may be briefly unreachable; keep serving
+                log.warning("could not read the registry for alias moves: %s", exc)
+
+    async def poll(self) -> None:
+        """Read the registry once and start a swap for each moved alias."""
+        catalog = self.catalog
+        models = await catalog.read_registry()
+        moves = alias_moves(catalog.routes, models, catalog.options.alias)
+        now = time.monotonic()
+        for name, target in moves.items():
+            if name in self._swapping:
+                continue
+            if target is not None and now < self._failed.get((name, target), 0.0):
+                continue
+            self._swapping.add(name)
+            task = asyncio.get_running_loop().create_task(self._swap(name, target))
+            self._swaps.add(task)
+            task.add_done_callback(self._swaps.discard)
+
+    async def _swap(self, name: str, target: int | None) -> None:
+        catalog = self.catalog
+        try:
+            old = catalog.routes.get(name)
+            if target is not None:
+                try:
+                    await catalog.cache.get((name, target))  # load + warm; old keeps serving
+                except Exception as exc:
+                    self._failed[(name, target)] = time.monotonic() + RETRY_FAILED_S
+                    log.error("cannot switch %s to version %s, still serving %s: %s",
+                              name, target, old, exc)
+                    return
+                catalog.routes[name] = target  # the atomic switch
+            else:
+                catalog.routes.pop(name, None)
+            log.info("%s@%s: version %s -> %s", name, catalog.options.alias, old, target)
+            if old is not None and old != target:
+                catalog.cache.evict((name, old))  # drains its queue before it is released
+        finally:
+            self._swapping.discard(name)
+
+
+__all__ = ["RETRY_FAILED_S", "Watcher", "alias_moves"]

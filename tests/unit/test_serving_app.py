@@ -1,0 +1,391 @@
+"""The ASGI app in-process (httpx.ASGITransport): both protocols, every error status, metrics,
+the model cache and hot swap, over real registered models."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from modelyard.config import Settings
+from modelyard.registry import Registry
+from modelyard.serving import ServeOptions, create_app
+from modelyard.serving.app import App
+from modelyard.serving.fixtures import (
+    register_constant,
+    register_hgb,
+    register_mlp,
+    register_text,
+)
+
+pytestmark = pytest.mark.anyio
+
+N_FEATURES = 5
+RECORD = {f"f{i}": 0.1 * i for i in range(N_FEATURES)}
+
+
+@pytest.fixture()
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    home = tmp_path_factory.mktemp("serving-app") / "home"
+    with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
+        register_hgb(reg, "tabular", max_iter=10, n_features=N_FEATURES)
+        register_text(reg, "sentiment")
+        register_mlp(reg, "mlp", sizes=(8, 16, 3))
+        register_constant(reg, "const", 1)
+        register_constant(reg, "const", 2, promote=False)
+        register_constant(reg, "slow", 0, meta={
+            "serving": {"batching": {"max_batch_size": 1, "max_queue": 2}}})
+        register_constant(reg, "draft", 5, promote=False)
+        yield reg
+
+
+async def started(registry: Registry, **options: Any) -> App:
+    app = create_app(registry, ServeOptions(poll_interval_s=3600, **options))
+    await app.startup()
+    await app.wait_ready()
+    return app
+
+
+@pytest.fixture()
+async def app(registry: Registry) -> AsyncIterator[App]:
+    app = await started(registry, max_body_bytes=4096)
+    yield app
+    await app.shutdown()
+
+
+@pytest.fixture()
+async def client(app: App) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://modelyard") as c:
+        yield c
+
+
+# -- native REST --------------------------------------------------------------------------------
+async def test_v1_predicts_records_columns_and_rows(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/models/tabular/predict", json={"records": [RECORD, RECORD]})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-model-version"] == "1"
+    doc = r.json()
+    assert doc["model"] == "tabular" and doc["version"] == 1 and len(doc["predictions"]) == 2
+    cols = {k: [v, v] for k, v in RECORD.items()}
+    r2 = await client.post("/v1/models/tabular/predict", json={"columns": cols})
+    r3 = await client.post("/v1/models/tabular/versions/1/predict",
+                           json={"instances": [list(RECORD.values())] * 2})
+    assert r2.json()["predictions"] == r3.json()["predictions"] == doc["predictions"]
+
+
+async def test_v1_scores_by_query_or_body(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/models/tabular/predict?scores=true", json={"records": [RECORD]})
+    doc = r.json()
+    assert doc["classes"] == [0, 1] and len(doc["scores"][0]) == 2
+    assert abs(sum(doc["scores"][0]) - 1) < 1e-6
+    r = await client.post("/v1/models/sentiment/predict",
+                          json={"instances": ["great", "awful"], "scores": True})
+    assert r.json()["predictions"] == ["pos", "neg"] and r.json()["classes"] == ["neg", "pos"]
+
+
+async def test_v1_tensor_model(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/models/mlp/predict", json={"instances": [[0.5] * 8] * 3})
+    assert r.status_code == 200 and len(r.json()["predictions"]) == 3
+    r = await client.post("/v1/models/mlp/predict", json={"inputs": {"input": [[0.5] * 8]}})
+    assert r.status_code == 200
+
+
+async def test_concurrent_requests_are_batched_and_split_back(client: httpx.AsyncClient,
+                                                              app: App) -> None:
+    rows = np.random.default_rng(1).normal(size=(40, N_FEATURES)).tolist()
+    replies = await asyncio.gather(*(
+        client.post("/v1/models/tabular/predict", json={"instances": [row]}) for row in rows))
+    together = await client.post("/v1/models/tabular/predict", json={"instances": rows})
+    assert [r.json()["predictions"][0] for r in replies] == together.json()["predictions"]
+    metrics = (await client.get("/metrics")).text
+    assert 'modelyard_batch_size_count{model="tabular",version="1"}' in metrics
+
+
+# -- errors -------------------------------------------------------------------------------------
+async def test_unknown_model_and_version_are_404_naming_what_exists(
+        client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/models/nope/predict", json={"records": [RECORD]})
+    assert r.status_code == 404 and "tabular" in r.json()["message"]
+    r = await client.post("/v1/models/tabular/versions/9/predict", json={"records": [RECORD]})
+    assert r.status_code == 404 and "versions: 1..1" in r.json()["message"]
+    r = await client.post("/v1/models/draft/predict", json={"records": [{"f0": 0}]})
+    assert r.status_code == 404 and "production" in r.json()["message"]
+    r = await client.post("/v1/models/tabular/versions/x/predict", json={})
+    assert r.status_code == 404
+    assert (await client.get("/nowhere")).status_code == 404
+
+
+async def test_wrong_method_is_405_with_allow(client: httpx.AsyncClient) -> None:
+    r = await client.get("/v1/models/tabular/predict")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert (await client.delete("/metrics")).status_code == 405
+
+
+async def test_signature_mismatch_is_422_with_field_detail(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/models/tabular/predict",
+                          json={"records": [{**RECORD, "f1": "abc", "extra": 1}]})
+    assert r.status_code == 422
+    locs = [d["loc"] for d in r.json()["detail"]]
+    assert ["f1", 0] in locs and ["extra"] in locs
+    r = await client.post("/v1/models/mlp/predict", json={"instances": [[1.0] * 7]})
+    assert r.status_code == 422
+    r = await client.post("/v1/models/tabular/predict", json={"rows": []})
+    assert r.status_code == 422
+
+
+async def test_unparseable_json_is_400(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v1/models/tabular/predict", content=b"{nope")
+    assert r.status_code == 400 and r.json()["error"] == "BadJSONError"
+
+
+async def test_oversize_body_is_413_by_header_and_while_streaming(
+        client: httpx.AsyncClient, app: App) -> None:
+    r = await client.post("/v1/models/tabular/predict", content=b" " * 5000)
+    assert r.status_code == 413
+    chunks = [b"{" + b" " * 3000, b" " * 3000 + b"}"]  # no Content-Length: streamed
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": chunks.pop(0), "more_body": bool(chunks)}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/models/tabular/predict",
+             "headers": [], "query_string": b""}
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 413
+
+
+async def test_full_queue_is_503_with_retry_after(client: httpx.AsyncClient, app: App) -> None:
+    runner = await app.catalog.runner("slow")
+    gate = threading.Event()
+    original = runner.predictor.predict_batch
+
+    def blocked(batch: Any, *, scores: bool = False) -> Any:
+        gate.wait(10)
+        return original(batch, scores=scores)
+
+    runner.predictor.predict_batch = blocked  # type: ignore[method-assign]
+    body = {"instances": [[0, 0, 0]]}
+    pending = [asyncio.ensure_future(client.post("/v1/models/slow/predict", json=body))]
+    await asyncio.sleep(0.3)  # the first one is running (blocked)
+    pending += [asyncio.ensure_future(client.post("/v1/models/slow/predict", json=body))
+                for _ in range(2)]
+    await asyncio.sleep(0.3)  # two queued: the queue (2 rows) is full
+    r = await client.post("/v1/models/slow/predict", json=body)
+    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+    gate.set()
+    assert [p.status_code for p in await asyncio.gather(*pending)] == [200, 200, 200]
+
+
+async def test_a_model_exception_is_500_for_that_request_only(
+        client: httpx.AsyncClient, app: App) -> None:
+    runner = await app.catalog.runner("tabular")
+    original = runner.predictor.predict_batch
+
+    def flaky(batch: Any, *, scores: bool = False) -> Any:
+        if (np.asarray(batch) == 666).any():
+            raise RuntimeError("the model exploded")
+        return original(batch, scores=scores)
+
+    runner.predictor.predict_batch = flaky  # type: ignore[method-assign]
+    bad = {"records": [{**RECORD, "f0": 666}]}
+    replies = await asyncio.gather(
+        *(client.post("/v1/models/tabular/predict", json={"records": [RECORD]})
+          for _ in range(5)),
+        client.post("/v1/models/tabular/predict", json=bad))
+    assert [r.status_code for r in replies] == [200] * 5 + [500]
+    assert "exploded" in replies[-1].json()["message"]
+    r = await client.post("/v1/models/tabular/predict", json={"records": [RECORD]})
+    assert r.status_code == 200
+
+
+# -- OIP v2 -------------------------------------------------------------------------------------
+async def test_v2_health_server_and_model_metadata(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/v2/health/live")).status_code == 200
+    assert (await client.get("/v2/health/ready")).status_code == 200
+    server = (await client.get("/v2")).json()
+    assert server["name"] == "modelyard" and "binary_tensor_data" in server["extensions"]
+    meta = (await client.get("/v2/models/mlp")).json()
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 8]}]
+    assert (await client.get("/v2/models/mlp/versions/1")).status_code == 200
+    assert (await client.get("/v2/models/mlp/ready")).status_code == 200
+    assert (await client.get("/v2/models/const/versions/2/ready")).status_code == 503
+    r = await client.get("/v2/models/nope")
+    assert r.status_code == 404 and "error" in r.json()
+
+
+async def test_v2_infer_json_columns_matrix_and_bytes(client: httpx.AsyncClient) -> None:
+    cols = [{"name": k, "shape": [2], "datatype": "FP64", "data": [v, v]}
+            for k, v in RECORD.items()]
+    r = await client.post("/v2/models/tabular/infer", json={"inputs": cols,
+                          "outputs": [{"name": "predictions"}]})
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"]
+    assert [o["name"] for o in out] == ["predictions"] and out[0]["datatype"] == "INT64"
+    matrix = {"inputs": [{"name": "x", "shape": [1, N_FEATURES], "datatype": "FP32",
+                          "data": list(RECORD.values())}]}
+    r = await client.post("/v2/models/tabular/versions/1/infer", json=matrix)
+    assert {o["name"] for o in r.json()["outputs"]} == {"predictions", "scores"}
+    text = {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES",
+                        "data": ["great", "awful"]}]}
+    r = await client.post("/v2/models/sentiment/infer", json=text)
+    preds = r.json()["outputs"][0]
+    assert preds["datatype"] == "BYTES" and preds["data"] == ["pos", "neg"]
+
+
+async def test_v2_infer_binary_round_trip(client: httpx.AsyncClient) -> None:
+    x = np.full((2, 8), 0.5, dtype=np.float32)
+    header = orjson.dumps({"inputs": [{"name": "input", "shape": [2, 8], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": x.nbytes}}],
+                           "outputs": [{"name": "scores", "parameters": {"binary_data": True}}]})
+    r = await client.post("/v2/models/mlp/infer", content=header + x.tobytes(),
+                          headers={"Inference-Header-Content-Length": str(len(header))})
+    assert r.status_code == 200, r.text
+    length = int(r.headers["inference-header-content-length"])
+    doc = orjson.loads(r.content[:length])
+    assert doc["outputs"][0]["datatype"] == "FP64"
+    scores = np.frombuffer(r.content[length:], dtype=np.float64).reshape(2, 3)
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
+
+
+async def test_v2_errors_use_the_oip_error_shape(client: httpx.AsyncClient) -> None:
+    r = await client.post("/v2/models/mlp/infer", json={"inputs": [
+        {"name": "wrong", "shape": [1, 8], "datatype": "FP32", "data": [0] * 8}]})
+    assert r.status_code == 422 and isinstance(r.json()["error"], str)
+    r = await client.post("/v2/models/mlp/infer", json={"inputs": [
+        {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0] * 8}],
+        "outputs": [{"name": "nope"}]})
+    assert r.status_code == 422
+    r = await client.post("/v2/models/mlp/infer", content=b"{",
+                          headers={"Inference-Header-Content-Length": "1"})
+    assert r.status_code == 400
+
+
+async def test_v2_repository_index_load_unload(client: httpx.AsyncClient) -> None:
+    rows = (await client.post("/v2/repository/index")).json()
+    states = {(r["name"], r["version"]): r["state"] for r in rows}
+    assert states[("mlp", "1")] == "READY" and states[("const", "2")] == "UNAVAILABLE"
+    assert (await client.post("/v2/repository/models/mlp/unload")).status_code == 200
+    assert (await client.get("/v2/models/mlp/ready")).status_code == 503
+    assert (await client.post("/v2/repository/models/mlp/load")).status_code == 200
+    assert (await client.get("/v2/models/mlp/ready")).status_code == 200
+    ready = (await client.post("/v2/repository/index", json={"ready": True})).json()
+    assert all(r["state"] == "READY" for r in ready)
+    assert (await client.post("/v2/repository/models/nope/load")).status_code == 404
+
+
+# -- operations ---------------------------------------------------------------------------------
+async def test_health_ready_docs_and_metrics(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/readyz")).status_code == 200
+    assert "/v1/models/{name}/predict" in (await client.get("/openapi.json")).json()["paths"]
+    assert "modelyard API" in (await client.get("/docs")).text
+    await client.post("/v1/models/tabular/predict", json={"records": [RECORD]})
+    await client.post("/v1/models/tabular/predict", json={"records": [{"f0": "x"}]})
+    await client.post("/v1/models/ghost/predict", json={})
+    text = (await client.get("/metrics")).text
+    assert ('modelyard_requests_total{model="tabular",protocol="v1",status="200",version="1"}'
+            in text)
+    assert 'status="422"' in text and 'model="",protocol="v1",status="404"' in text
+    assert 'modelyard_model_loaded{model="mlp",version="1"} 1.0' in text
+    assert "modelyard_queue_seconds_bucket" in text
+    assert "modelyard_request_duration_seconds_count" in text
+    assert "modelyard_model_memory_bytes" in text
+
+
+async def test_readyz_is_503_until_preloaded(registry: Registry) -> None:
+    app = create_app(registry, ServeOptions(poll_interval_s=3600))
+    await app.startup()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://m") as c:
+        first = (await c.get("/readyz")).status_code
+        await app.wait_ready()
+        assert first == 503 and (await c.get("/readyz")).status_code == 200
+    await app.shutdown()
+
+
+# -- cache and hot swap -------------------------------------------------------------------------
+async def test_versions_load_on_demand_and_evict_lru_under_max_memory(
+        registry: Registry) -> None:
+    app = await started(registry, preload=False, max_memory=1)
+    try:
+        assert app.catalog.cache.loaded() == []
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://m") as c:
+            for version in (1, 2):
+                r = await c.post(f"/v1/models/const/versions/{version}/predict",
+                                 json={"instances": [[0, 0, 0]]})
+                assert r.json()["predictions"] == [version]
+        assert [k for k, _ in app.catalog.cache.loaded()] == [("const", 2)]
+    finally:
+        await app.shutdown()
+
+
+async def test_concurrent_first_requests_share_one_load(registry: Registry) -> None:
+    app = await started(registry, preload=False)
+    calls: list[Any] = []
+    original = app.catalog._open
+
+    def counting(record: Any) -> Any:
+        calls.append(record.ref)
+        return original(record)
+
+    app.catalog._open = counting  # type: ignore[method-assign]
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://m") as c:
+            replies = await asyncio.gather(*(
+                c.post("/v1/models/const/predict", json={"instances": [[0, 0, 0]]})
+                for _ in range(8)))
+        assert {r.status_code for r in replies} == {200}
+        assert calls == ["const:1"]
+    finally:
+        await app.shutdown()
+
+
+async def test_alias_move_swaps_versions_without_failing_requests(registry: Registry) -> None:
+    app = await started(registry)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://m") as c:
+            stop = asyncio.Event()
+            seen: list[int] = []
+
+            async def load() -> None:
+                while not stop.is_set():
+                    r = await c.post("/v1/models/const/predict", json={"instances": [[0, 0, 0]]})
+                    assert r.status_code == 200, r.text
+                    seen.append(r.json()["predictions"][0])
+
+            workers = [asyncio.ensure_future(load()) for _ in range(4)]
+            await asyncio.sleep(0.1)
+            registry.set_alias("const", "production", 2)
+            await app.watcher.poll()
+            await asyncio.gather(*list(app.watcher._swaps))
+            await asyncio.sleep(0.1)
+            stop.set()
+            await asyncio.gather(*workers)
+        assert seen[0] == 1 and seen[-1] == 2
+        assert [k for k, _ in app.catalog.cache.loaded() if k[0] == "const"] == [("const", 2)]
+    finally:
+        registry.set_alias("const", "production", 1)
+        await app.shutdown()
+
+
+def test_module_paths_exist() -> None:
+    assert Path(__file__).name.startswith("test_serving_")

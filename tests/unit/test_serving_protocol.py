@@ -1,0 +1,238 @@
+"""Wire formats and pure decisions of the server: v1 and v2 codecs, routing, sizes, policies."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from modelyard.errors import InputError
+from modelyard.predictor import Prediction
+from modelyard.schema import FieldSpec, Signature
+from modelyard.serving import protocol_v1, protocol_v2
+from modelyard.serving.batching import BatchPolicy
+from modelyard.serving.cache import choose_evictions
+from modelyard.serving.http import MethodNotAllowedError, compile_routes, match
+from modelyard.serving.inputs import InputPath
+from modelyard.serving.options import ServeOptions, parse_size
+from modelyard.serving.runner import batch_policy, serving_spec
+from modelyard.serving.watcher import alias_moves
+from modelyard.spec import ServingSpec
+
+TABLE = Signature(tuple(FieldSpec(f"f{i}", "float64") for i in range(3)), classes=(0, 1))
+FRAME = Signature(tuple(FieldSpec(f"f{i}", "float64") for i in range(3)), frame=True)
+TEXT = Signature((FieldSpec("text", "string"),), layout="tensor")
+IMAGE = Signature((FieldSpec("image", "float32", (2, 2)),), layout="tensor")
+
+
+# -- native protocol ----------------------------------------------------------------------------
+def test_v1_decode_takes_each_payload_form_and_the_scores_flag() -> None:
+    assert protocol_v1.decode(b'{"records": [{"a": 1}]}') == ([{"a": 1}], False)
+    assert protocol_v1.decode(b'{"columns": {"a": [1]}, "scores": true}') == ({"a": [1]}, True)
+    assert protocol_v1.decode(b'{"instances": [[1, 2]]}', query_scores=True)[1] is True
+    assert protocol_v1.decode(b'{"inputs": {"image": [1]}}')[0] == {"image": [1]}
+
+
+@pytest.mark.parametrize("body", [
+    b'[1, 2]', b'{}', b'{"records": [1], "columns": {}}', b'{"records": []}',
+    b'{"records": [{"a": 1}], "extra": 1}', b'{"columns": [1]}', b'{"inputs": 1, "scores": 3}',
+])
+def test_v1_decode_rejects_malformed_bodies_with_422_detail(body: bytes) -> None:
+    with pytest.raises(InputError) as info:
+        protocol_v1.decode(body)
+    assert info.value.status_code == 422 and info.value.errors
+
+
+def test_v1_unparseable_json_is_400() -> None:
+    with pytest.raises(protocol_v1.BadJSONError) as info:
+        protocol_v1.decode(b'{"records": ')
+    assert info.value.status_code == 400
+
+
+def test_v1_encode_numbers_labels_and_scores() -> None:
+    pred = Prediction(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), (0, 1))
+    doc = orjson.loads(protocol_v1.encode("m", 3, pred, scores=True))
+    assert doc == {"model": "m", "version": 3, "predictions": [0, 1],
+                   "scores": [[0.9, 0.1], [0.2, 0.8]], "classes": [0, 1]}
+    text = Prediction(np.array(["pos", "neg"], dtype=object))
+    assert orjson.loads(protocol_v1.encode("m", 1, text, scores=True))["predictions"] == [
+        "pos", "neg"]
+
+
+# -- the fast input path ------------------------------------------------------------------------
+@pytest.mark.parametrize("payload", [
+    [{"f0": 1, "f1": 2.5, "f2": -1}],
+    [{"f2": 1, "f0": 2.5, "f1": -1}, {"f0": 0, "f1": 0, "f2": 0}],
+    {"f0": 1, "f1": 2, "f2": 3},
+    {"f0": [1, 2], "f1": [3, 4], "f2": [5, 6]},
+    [[1, 2, 3], [4, 5, 6]],
+    [1, 2, 3],
+    np.arange(6.0).reshape(2, 3),
+])
+def test_the_fast_path_builds_exactly_what_prepare_builds(payload: object) -> None:
+    for sig in (TABLE, FRAME):
+        path = InputPath(sig)
+        batch, n = path.prepare(payload)
+        want, want_n = sig.prepare(payload)
+        assert n == want_n
+        np.testing.assert_array_equal(path.finalize(batch), want)
+        if sig.frame:
+            assert list(path.finalize(batch).columns) == ["f0", "f1", "f2"]
+
+
+@pytest.mark.parametrize("payload", [
+    [{"f0": 1, "f1": 2}], [{"f0": 1, "f1": 2, "f2": "x"}], [{"f0": 1, "f1": 2, "f9": 3}],
+    [[1, 2]], {"f0": [1], "f1": [2, 3], "f2": [4]}, [{"f0": [1], "f1": 2, "f2": 3}],
+])
+def test_the_fast_path_reports_the_same_errors_as_prepare(payload: object) -> None:
+    with pytest.raises(InputError) as ours:
+        InputPath(TABLE).prepare(payload)
+    with pytest.raises(InputError) as theirs:
+        TABLE.prepare(payload)
+    assert ours.value.errors == theirs.value.errors
+
+
+def test_concat_and_warmup_payloads() -> None:
+    path = InputPath(TABLE)
+    a, _ = path.prepare([[1, 2, 3]])
+    b, _ = path.prepare([[4, 5, 6], [7, 8, 9]])
+    assert path.concat([a, b]).shape == (3, 3)
+    for sig in (TABLE, TEXT, IMAGE, FRAME):
+        _, n = InputPath(sig).prepare(InputPath(sig).warmup_payload())
+        assert n == 1
+
+
+# -- OIP v2 -------------------------------------------------------------------------------------
+def test_v2_json_tensors_and_bytes_decode() -> None:
+    body = orjson.dumps({"id": "r1", "inputs": [
+        {"name": "x", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2], [3, 4]]},
+        {"name": "t", "shape": [2], "datatype": "BYTES", "data": ["héllo", "b"]},
+    ], "outputs": [{"name": "predictions"}]})
+    req = protocol_v2.decode_infer(body)
+    assert req.id == "r1" and req.outputs == ["predictions"] and not req.binary_outputs
+    assert req.inputs["x"].dtype == np.float32 and req.inputs["x"].shape == (2, 2)
+    assert req.inputs["t"].tolist() == ["héllo", "b"]
+
+
+def test_v2_binary_extension_round_trips_with_tritonclient_layout() -> None:
+    from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
+
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    words = np.array(["a", "héllo", ""], dtype=object)
+    raw_words = serialize_byte_tensor(words).item()
+    assert protocol_v2.encode_bytes(words) == raw_words
+    header = orjson.dumps({"inputs": [
+        {"name": "x", "shape": [3, 2], "datatype": "FP32",
+         "parameters": {"binary_data_size": x.nbytes}},
+        {"name": "w", "shape": [3], "datatype": "BYTES",
+         "parameters": {"binary_data_size": len(raw_words)}},
+    ], "outputs": [{"name": "predictions", "parameters": {"binary_data": True}}]})
+    req = protocol_v2.decode_infer(header + x.tobytes() + raw_words, len(header))
+    np.testing.assert_array_equal(req.inputs["x"], x)
+    assert req.inputs["w"].tolist() == ["a", "héllo", ""]
+    assert req.binary_outputs == {"predictions"}
+
+    body, length = protocol_v2.encode_infer(
+        "m", 2, {"predictions": np.array([1, 2, 3]), "labels": words}, {"predictions", "labels"})
+    assert length is not None
+    doc = orjson.loads(body[:length])
+    assert doc["model_version"] == "2"
+    sizes = [o["parameters"]["binary_data_size"] for o in doc["outputs"]]
+    preds = np.frombuffer(body[length:length + sizes[0]], dtype=np.int64)
+    assert preds.tolist() == [1, 2, 3]
+    labels = deserialize_bytes_tensor(body[length + sizes[0]:])
+    assert [v.decode() for v in labels] == ["a", "héllo", ""]
+
+
+@pytest.mark.parametrize("spec", [
+    {"name": "x", "shape": [2], "datatype": "FP32", "data": [1]},
+    {"name": "x", "shape": [1], "datatype": "FLOAT", "data": [1]},
+    {"name": "x", "shape": [1], "datatype": "FP32"},
+    {"name": "x", "shape": [1], "datatype": "BYTES", "data": [1]},
+    {"shape": [1], "datatype": "FP32", "data": [1]},
+])
+def test_v2_bad_inputs_are_422_naming_the_input(spec: dict[str, object]) -> None:
+    with pytest.raises(InputError) as info:
+        protocol_v2.decode_infer(orjson.dumps({"inputs": [spec]}))
+    assert info.value.status_code == 422 and info.value.errors[0]["loc"][0] == "inputs"
+
+
+def test_v2_binary_sizes_must_add_up() -> None:
+    header = orjson.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
+                                       "parameters": {"binary_data_size": 4}}]})
+    with pytest.raises(InputError):
+        protocol_v2.decode_infer(header + b"\0" * 8, len(header))
+    with pytest.raises(InputError):
+        protocol_v2.decode_infer(header + b"\0" * 2, len(header))
+
+
+def test_v2_tensors_map_onto_signatures() -> None:
+    cols = {f"f{i}": np.array([1.0, 2.0]) for i in range(3)}
+    assert TABLE.prepare(protocol_v2.to_payload(TABLE, cols))[1] == 2
+    matrix = {"input__0": np.ones((4, 3))}
+    assert TABLE.prepare(protocol_v2.to_payload(TABLE, matrix))[1] == 4
+    with pytest.raises(InputError):
+        protocol_v2.to_payload(TABLE, {"nope": np.ones(2)})
+    with pytest.raises(InputError):
+        protocol_v2.to_payload(IMAGE, {"other": np.ones((1, 2, 2))})
+    text = protocol_v2.to_payload(TEXT, {"text": np.array(["a"], dtype=object)})
+    assert TEXT.prepare(text)[1] == 1
+
+
+def test_v2_metadata_uses_oip_datatypes() -> None:
+    meta = protocol_v2.model_metadata("m", [1, 2], TABLE, "sklearn")
+    assert meta["versions"] == ["1", "2"]
+    assert meta["inputs"][0] == {"name": "f0", "datatype": "FP64", "shape": [-1]}
+    assert [o["name"] for o in meta["outputs"]] == ["predictions", "scores"]
+    assert protocol_v2.model_metadata("t", [1], TEXT, "sklearn")["inputs"][0]["datatype"] == "BYTES"
+    assert protocol_v2.model_metadata("i", [1], IMAGE, "torch")["inputs"][0]["shape"] == [-1, 2, 2]
+
+
+# -- routing, sizes, policies, decisions --------------------------------------------------------
+def test_router_captures_segments_and_reports_405() -> None:
+    routes = compile_routes([("POST", "/v1/models/{name}/predict", "p"),
+                             ("GET", "/v2/models/{name}", "meta")])
+    assert match(routes, "POST", "/v1/models/fraud/predict") == ("p", {"name": "fraud"})
+    assert match(routes, "HEAD", "/v2/models/x") == ("meta", {"name": "x"})
+    assert match(routes, "POST", "/v1/models/fraud/other") is None
+    with pytest.raises(MethodNotAllowedError) as info:
+        match(routes, "GET", "/v1/models/fraud/predict")
+    assert info.value.status_code == 405 and info.value.allow == ["POST"]
+
+
+def test_parse_size_and_options() -> None:
+    assert parse_size("512MiB") == 512 * 1024**2
+    assert parse_size("2GB") == 2 * 1000**3
+    assert parse_size("1.5k") == 1500
+    assert parse_size(None) is None
+    with pytest.raises(Exception, match="not understood"):
+        parse_size("lots")
+    with pytest.raises(Exception, match="max_memory"):
+        ServeOptions(max_memory=0)
+
+
+def test_batch_policy_defaults_per_flavor_kind() -> None:
+    auto = ServingSpec()
+    assert batch_policy(auto, accelerated=True) == BatchPolicy(32, 0.002, 1024, 60.0)
+    assert batch_policy(auto, accelerated=False).max_delay_s == 0.0
+    explicit = ServingSpec.model_validate({"batching": {"max_delay_ms": 5}})
+    assert batch_policy(explicit, accelerated=False).max_delay_s == 0.005
+    off = ServingSpec.model_validate({"batching": {"enabled": False}})
+    assert batch_policy(off, accelerated=True).max_batch_size == 1
+    assert serving_spec({"serving": {"batching": {"max_queue": 7}}}).batching.max_queue == 7
+    assert serving_spec({"serving": {"nonsense": 1}}) == ServingSpec()
+
+
+def test_choose_evictions_is_lru_and_keeps_the_new_version() -> None:
+    entries = [(("a", 1), 50), (("b", 1), 30), (("c", 1), 40)]
+    assert choose_evictions(entries, None) == []
+    assert choose_evictions(entries, 120) == []
+    assert choose_evictions(entries, 100, keep=("c", 1)) == [("a", 1)]
+    assert choose_evictions(entries, 10, keep=("c", 1)) == [("a", 1), ("b", 1)]
+
+
+def test_alias_moves() -> None:
+    routes = {"a": 1, "b": 2, "gone": 1}
+    models = {"a": {"production": 1}, "b": {"production": 3}, "c": {"production": 1},
+              "d": {"staging": 1}}
+    assert alias_moves(routes, models, "production") == {"b": 3, "c": 1, "gone": None}
