@@ -112,6 +112,9 @@ class ServingSpec(BaseModel):
     model_config = _STRICT
 
     device: str = "auto"
+    #: where predict runs: "process" = a device worker that owns the device (restarted if it
+    #: dies); "inline" = inside the server process; "auto" = process on a GPU, inline on CPU.
+    isolation: Literal["auto", "process", "inline"] = "auto"
     replicas: int = Field(1, ge=1, le=64)
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     preload: bool = True
@@ -183,6 +186,8 @@ class Spec(BaseModel):
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
     timeout_s: float = Field(3600.0, gt=0)
+    #: your own classes a scikit-learn model holds, trusted when it is loaded ("module.Class").
+    trusted_types: list[str] = Field(default_factory=list)
     #: folder relative paths in this spec are resolved against (the yaml file's folder).
     root: Path = Field(default_factory=Path.cwd)
 

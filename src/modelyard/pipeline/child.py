@@ -58,6 +58,8 @@ class TrainJob:
     flavor: str | None = None
     task: str | None = None
     metrics: list[str] = field(default_factory=list)
+    #: your own classes a scikit-learn artifact may hold (the spec's ``trusted_types``).
+    trusted_types: list[str] = field(default_factory=list)
     #: the production version to score on the same holdout: ref, flavor, path, meta, signature.
     champion: dict[str, Any] | None = None
     env: dict[str, str] = field(default_factory=dict)
@@ -225,7 +227,10 @@ def main(job: dict[str, Any], stages: Any) -> None:
         stage = "save"
         adapter = get_adapter(job["flavor"]) if job["flavor"] else adapter_for(model)
         (work / "artifact").mkdir()
-        meta = adapter.save(model, work / "artifact", sample=X[:8])
+        options = {"trusted_types": job["trusted_types"]} if job["trusted_types"] else {}
+        if options and adapter.flavor != "sklearn":
+            raise ConfigError(f"trusted_types applies to sklearn models, not {adapter.flavor}")
+        meta = adapter.save(model, work / "artifact", sample=X[:8], **options)
         signature = adapter.infer_signature(model, X, y).to_dict()
         task = job["task"] or infer_task(model, y)
         del model, X, y  # evaluate what was saved, not the object in memory

@@ -158,7 +158,11 @@ def _execute(
     runlog.stage("register")
     version = registry.register(
         spec.name, outcome.artifact_dir, flavor=outcome.flavor,
-        meta={**outcome.meta, "task": outcome.task}, signature=outcome.signature,
+        meta={**outcome.meta, "task": outcome.task,
+              # the server reads placement and batching from here; unset fields stay unset
+              # so it can tell a chosen max_delay_ms from the default
+              "serving": spec.serving.model_dump(exclude_unset=True)},
+        signature=outcome.signature,
         metrics=outcome.metrics, params=dict(spec.params),
         data_fingerprint=fingerprint(dataset.X, dataset.y), code_ref=code_ref(spec.root),
         environment=environment(), reference_stats=profile(train_set.X), run_id=run.id,
@@ -187,6 +191,7 @@ def _train(spec: Spec, registry: Registry, train_set: Dataset, holdout: Dataset,
     job = child.TrainJob(
         name=spec.name, train_ref=ref, root=str(spec.root), work_dir=str(work),
         params=dict(spec.params), flavor=spec.flavor, task=spec.task, metrics=list(spec.metrics),
+        trusted_types=list(spec.trusted_types),
         champion=_champion(spec, registry), env=dict(os.environ),
     )
     outcome = child.train_in_child(job, timeout_s=spec.timeout_s, run_id=run_id,
