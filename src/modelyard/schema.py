@@ -232,11 +232,11 @@ class Signature:
 
     def _rows_to_columns(self, rows: Sequence[Any]) -> dict[str, Any]:
         width = len(self.inputs)
-        if isinstance(rows[0], (int, float)) and len(rows) == width:
-            rows = [rows]  # one flat row
+        if not any(_is_row(r) for r in rows):
+            rows = [rows]  # one flat row of values
         for i, row in enumerate(rows):
-            if not isinstance(row, Sequence) or isinstance(row, str) or len(row) != width:
-                got = len(row) if isinstance(row, Sequence) and not isinstance(row, str) else 1
+            if not _is_row(row) or len(row) != width:
+                got = len(row) if _is_row(row) else 1
                 raise InputError(
                     f"row {i} has {got} values; the model takes {width} ({', '.join(self.names)})",
                     [{"loc": [i], "msg": f"expected {width} values"}],
@@ -247,6 +247,10 @@ class Signature:
 # -- helpers ------------------------------------------------------------------------------------
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _is_row(value: Any) -> bool:
+    return isinstance(value, Sequence | np.ndarray) and not isinstance(value, str | bytes)
 
 
 def _infer_inputs(X: Any, layout: Layout | None) -> tuple[tuple[FieldSpec, ...], Layout, bool]:
@@ -268,6 +272,11 @@ def _infer_inputs(X: Any, layout: Layout | None) -> tuple[tuple[FieldSpec, ...],
 def _prepare_strings(spec: FieldSpec, payload: Any) -> tuple[np.ndarray, int]:
     if isinstance(payload, str):
         payload = [payload]
+    if isinstance(payload, bytes | Mapping) or not hasattr(payload, "__len__"):
+        raise InputError(
+            f"input '{spec.name}' must be a string or a list of strings",
+            [{"loc": [spec.name], "msg": "expected a list of strings"}],
+        )
     values = list(np.asarray(payload, dtype=object).reshape(-1)) if len(payload) else []
     bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
     if bad:
@@ -283,7 +292,9 @@ def _prepare_strings(spec: FieldSpec, payload: Any) -> tuple[np.ndarray, int]:
 
 
 def _check_shape(spec: FieldSpec, got: tuple[int, ...], want: tuple[int | None, ...]) -> None:
-    if len(got) != len(want) or any(w is not None and g != w for g, w in zip(got, want, strict=False)):
+    if len(got) != len(want) or any(
+        w is not None and g != w for g, w in zip(got, want, strict=True)
+    ):
         shown = tuple("?" if w is None else w for w in want)
         raise InputError(
             f"input '{spec.name}' rows must have shape {shown}, got {tuple(got)}",
@@ -314,11 +325,16 @@ def _coerce_column(spec: FieldSpec, values: Any, errors: list[dict[str, Any]]) -
             errors.append({"loc": [spec.name], "msg": "expected a flat list of strings"})
             return None
         return arr
+    if spec.dtype.startswith(("int", "uint")) and _has_fraction(values):
+        errors.append({"loc": [spec.name], "msg": f"expected {spec.dtype}, got a fraction"})
+        return None
     try:
         arr = np.asarray(values, dtype=target if spec.dtype in _NUMERIC else None)
-    except (TypeError, ValueError):
-        bad = _first_bad(values)
-        errors.append({"loc": [spec.name, bad], "msg": f"expected {spec.dtype}, got {values[bad]!r}"})
+    except (TypeError, ValueError, OverflowError):
+        bad = _first_bad(values, target)
+        errors.append(
+            {"loc": [spec.name, bad], "msg": f"expected {spec.dtype}, got {values[bad]!r}"}
+        )
         return None
     if arr.ndim != 1:
         errors.append({"loc": [spec.name], "msg": "expected one scalar per row"})
@@ -326,17 +342,25 @@ def _coerce_column(spec: FieldSpec, values: Any, errors: list[dict[str, Any]]) -
     if spec.dtype == "bool" and arr.dtype != np.bool_:
         errors.append({"loc": [spec.name], "msg": "expected true or false"})
         return None
-    if spec.dtype in _NUMERIC and spec.dtype.startswith("int") and arr.dtype.kind == "f":
-        errors.append({"loc": [spec.name], "msg": f"expected {spec.dtype}, got a fraction"})
-        return None
     return arr
 
 
-def _first_bad(values: Any) -> int:
+def _has_fraction(values: Any) -> bool:
+    # Casting to an int dtype truncates 2.5 to 2 without a word, so look before casting.
+    try:
+        raw = np.asarray(values)
+    except (TypeError, ValueError):
+        return False
+    if raw.dtype.kind != "f":
+        return False
+    return bool(np.any(np.isfinite(raw) & (raw != np.trunc(raw))))
+
+
+def _first_bad(values: Any, target: Any) -> int:
     for i, v in enumerate(values):
-        if v is not None and not isinstance(v, (int, float, np.number, bool)):
-            return i
-        if v is None:
+        try:
+            np.asarray([v], dtype=target)
+        except (TypeError, ValueError, OverflowError):
             return i
     return 0
 

@@ -31,11 +31,17 @@ def sha256_file(path: Path) -> str:
 
 
 def pack_dir(folder: Path, dest: Path) -> Path:
-    """Pack ``folder`` into the tar file ``dest``; the same content always gives the same bytes."""
-    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+    """Pack ``folder`` into the tar file ``dest``; the same content always gives the same bytes.
+
+    Symbolic links are stored as the files they point to (snapshot folders are full of them),
+    so an artifact is self-contained and unpacks without links.
+    """
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT, dereference=True) as tar:
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(folder).as_posix()
-            info = tar.gettarinfo(str(path), arcname=rel)
+            if path.is_symlink() and not path.exists():
+                raise StorageError(f"cannot store {path}: it is a link to a missing file")
+            info = tar.gettarinfo(str(path.resolve()), arcname=rel)
             info.mtime = 0
             info.uid = info.gid = 0
             info.uname = info.gname = ""
@@ -49,9 +55,16 @@ def pack_dir(folder: Path, dest: Path) -> Path:
 
 
 def unpack(archive: Path, dest: Path) -> Path:
-    """Extract a packed artifact into ``dest`` (no absolute paths, links or devices allowed)."""
-    with tarfile.open(archive, "r") as tar:
-        tar.extractall(dest, filter="data")
+    """Extract a packed artifact into ``dest``; nothing is ever written outside ``dest``.
+
+    The ``data`` filter refuses links that leave the folder, devices and unsafe modes; a
+    refused member raises :class:`IntegrityError` (a store entry modelyard did not write).
+    """
+    try:
+        with tarfile.open(archive, "r") as tar:
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise IntegrityError(f"artifact archive cannot be unpacked safely: {exc}") from None
     return dest
 
 

@@ -7,6 +7,7 @@ concurrent registrations from several processes get distinct numbers on SQLite a
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.config import Settings
@@ -34,6 +35,37 @@ from modelyard.registry.tables import (
 from modelyard.store import open_store, pack_dir, unpack
 from modelyard.types import ArtifactStore
 
+# Hot-path statements are built once with bound parameters: building them per call (literal
+# values) costs more CPU in SQLAlchemy's cache-key generation than the query itself.
+_MODELS: Table = ModelRow.__table__  # type: ignore[assignment]
+_VERSIONS: Table = VersionRow.__table__  # type: ignore[assignment]
+_AUDIT: Table = AuditRow.__table__  # type: ignore[assignment]
+_VERSION_COLUMNS = [c for c in _VERSIONS.columns if c.key != "id"]
+_INSERT_VERSION = insert(_VERSIONS)
+_INSERT_AUDIT = insert(_AUDIT)
+# No RETURNING: SQLite before 3.35 (still shipped by some distributions) lacks it.
+_BUMP_VERSION = (
+    update(_MODELS)
+    .where(_MODELS.c.name == bindparam("model_name"))
+    .values(latest_version=_MODELS.c.latest_version + 1)
+)
+_MODEL_NUMBER = select(_MODELS.c.id, _MODELS.c.latest_version).where(
+    _MODELS.c.name == bindparam("model_name")
+)
+_VERSION_BY_NUMBER = (
+    select(VersionRow)
+    .join(ModelRow, VersionRow.model_id == ModelRow.id)
+    .where(ModelRow.name == bindparam("name"), VersionRow.version == bindparam("version"))
+)
+_VERSION_BY_ALIAS = (
+    select(VersionRow)
+    .join(ModelRow, VersionRow.model_id == ModelRow.id)
+    .join(AliasRow, (AliasRow.model_id == ModelRow.id) & (AliasRow.version == VersionRow.version))
+    .where(ModelRow.name == bindparam("name"), AliasRow.alias == bindparam("alias"))
+)
+_ALIASES_OF_MODEL = select(AliasRow.alias, AliasRow.version).where(
+    AliasRow.model_id == bindparam("model_id")
+)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _ALIAS_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,99}$")
 PRODUCTION = "production"
@@ -130,14 +162,13 @@ class Registry:
         """
         _check_name(name)
         actor = actor or self.settings.actor
-        with tempfile.TemporaryDirectory(prefix="modelyard-pack-") as tmp:
-            digest, size = self.store.put_file(pack_dir(Path(artifact_dir), Path(tmp) / "a.tar"))
+        digest, size = self._store_artifact(Path(artifact_dir))
         with self.db.session(write=True) as s:
-            model = _lock_or_create_model(s, name, actor)
-            model.latest_version += 1
+            # Core statements, not the ORM unit of work: this is the hot write path.
+            model_id, number = _next_version_number(s, name, actor)
             row = VersionRow(
-                model_id=model.id,
-                version=model.latest_version,
+                model_id=model_id,
+                version=number,
                 flavor=flavor,
                 artifact_digest=digest,
                 artifact_size=size,
@@ -154,11 +185,18 @@ class Registry:
                 created_at=now(),
                 created_by=actor,
             )
-            s.add(row)
-            _audit(s, actor, "version.register", f"{name}:{row.version}",
+            s.execute(_INSERT_VERSION, {c.key: getattr(row, c.key) for c in _VERSION_COLUMNS})
+            _audit(s, actor, "version.register", f"{name}:{number}",
                    {"flavor": flavor, "digest": digest, "metrics": metrics or {}, "run": run_id})
-            s.flush()
             return _version(row, name, ())
+
+    def _store_artifact(self, folder: Path) -> tuple[str, int]:
+        fd, tmp = tempfile.mkstemp(prefix="modelyard-pack-", suffix=".tar")
+        os.close(fd)
+        try:
+            return self.store.put_file(pack_dir(folder, Path(tmp)))
+        finally:
+            os.unlink(tmp)
 
     def list_versions(self, name: str) -> list[ModelVersion]:
         """Every version of ``name``, newest first."""
@@ -183,6 +221,14 @@ class Registry:
         """The version a reference names: ``name:3``, ``name@alias`` or ``name`` (production)."""
         name, version, alias = parse_ref(ref)
         with self.db.session() as s:
+            found = (
+                s.scalars(_VERSION_BY_ALIAS, {"name": name, "alias": alias}).first()
+                if alias is not None
+                else s.scalars(_VERSION_BY_NUMBER, {"name": name, "version": version}).first()
+            )
+            if found is not None:
+                aliases = _aliases_by_version(s, found.model_id).get(found.version, ())
+                return _version(found, name, aliases)
             model = _model_row(s, name)
             if alias is not None:
                 version = s.scalar(
@@ -427,28 +473,36 @@ def _model_row(s: Session, name: str, *, lock: bool = False) -> ModelRow:
     return row
 
 
-def _lock_or_create_model(s: Session, name: str, actor: str) -> ModelRow:
-    row = s.scalars(select(ModelRow).where(ModelRow.name == name).with_for_update()).first()
-    if row is not None:
-        return row
-    if s.get_bind().dialect.name == "postgresql":
-        # Two first registrations at once: the loser waits on the winner's insert, then locks it.
-        from sqlalchemy.dialects.postgresql import insert
+def _next_version_number(s: Session, name: str, actor: str) -> tuple[int, int]:
+    """Hand out ``name``'s next version number: ``(model id, number)``, creating the model.
 
-        s.execute(
-            insert(ModelRow)
-            .values(name=name, description="", latest_version=0, created_at=now(),
-                    created_by=actor)
-            .on_conflict_do_nothing(index_elements=["name"])
+    The UPDATE takes the model row's lock (PostgreSQL) inside the writer's transaction (SQLite:
+    BEGIN IMMEDIATE), so concurrent registrations queue and get distinct numbers.
+    """
+    if s.execute(_BUMP_VERSION, {"model_name": name}).rowcount == 0:  # type: ignore[attr-defined]
+        _create_model(s, name, actor)
+        s.execute(_BUMP_VERSION, {"model_name": name})
+    model_id, number = s.execute(_MODEL_NUMBER, {"model_name": name}).one()
+    return int(model_id), int(number)
+
+
+def _create_model(s: Session, name: str, actor: str) -> None:
+    values = {"name": name, "description": "", "latest_version": 0, "created_at": now(),
+              "created_by": actor}
+    if s.get_bind().dialect.name == "postgresql":
+        # Two first registrations at once: the loser's insert waits for the winner's commit,
+        # then does nothing; only the one that created the model audits it.
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        created = s.scalar(
+            pg_insert(_MODELS).values(values).on_conflict_do_nothing(index_elements=["name"])
+            .returning(_MODELS.c.id)
         )
-        row = s.scalars(select(ModelRow).where(ModelRow.name == name).with_for_update()).one()
+        if created is None:
+            return
     else:  # SQLite: BEGIN IMMEDIATE already serialises writers
-        row = ModelRow(name=name, description="", latest_version=0, created_at=now(),
-                       created_by=actor)
-        s.add(row)
-        s.flush()
+        s.execute(insert(_MODELS), values)
     _audit(s, actor, "model.create", name, {})
-    return row
 
 
 def _version_row(s: Session, model: ModelRow, version: int) -> VersionRow:
@@ -490,16 +544,30 @@ def _move_alias(
 
 
 def _rollback_target(s: Session, model: ModelRow, alias: str, current: int | None) -> int:
+    # Replay the history as a stack: a move pushes, a rollback pops back to its target. So
+    # repeated rollbacks walk back, and a version promoted again after a rollback counts again.
     events = s.scalars(
         select(AliasEventRow)
         .where(AliasEventRow.model_id == model.id, AliasEventRow.alias == alias)
-        .order_by(AliasEventRow.at.desc(), AliasEventRow.id.desc())
+        .order_by(AliasEventRow.at, AliasEventRow.id)
     ).all()
-    skip = {current}
-    skip.update(e.previous_version for e in events if e.action == "rollback")
+    stack: list[int] = []
     for event in events:
-        if event.version is not None and event.version not in skip:
-            return event.version
+        version = event.version
+        if version is None:  # a delete: the last version stays the one to restore
+            continue
+        if event.action == "rollback":
+            if version in stack:
+                del stack[len(stack) - stack[::-1].index(version) :]
+                continue
+            if stack:  # rolled back (with ``to``) to a version this alias never had
+                stack.pop()
+        if not stack or stack[-1] != version:
+            stack.append(version)
+    while stack and stack[-1] == current:
+        stack.pop()
+    if stack:
+        return stack[-1]
     raise ConflictError(
         f"{model.name}@{alias} has no earlier version to roll back to; "
         f"name one with --to VERSION"
@@ -527,15 +595,14 @@ def _aliases_by_model(s: Session, model_id: int | None = None) -> dict[int, dict
 
 def _aliases_by_version(s: Session, model_id: int) -> dict[int, tuple[str, ...]]:
     out: dict[int, list[str]] = {}
-    for alias, version in s.execute(
-        select(AliasRow.alias, AliasRow.version).where(AliasRow.model_id == model_id)
-    ):
+    for alias, version in s.execute(_ALIASES_OF_MODEL, {"model_id": model_id}):
         out.setdefault(version, []).append(alias)
     return {v: tuple(sorted(a)) for v, a in out.items()}
 
 
 def _audit(s: Session, actor: str, action: str, target: str, details: dict[str, Any]) -> None:
-    s.add(AuditRow(at=now(), actor=actor, action=action, target=target, details=details))
+    s.execute(_INSERT_AUDIT, {"at": now(), "actor": actor, "action": action, "target": target,
+                              "details": details})
 
 
 def _model(row: ModelRow, aliases: dict[str, int]) -> Model:

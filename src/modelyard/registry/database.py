@@ -37,7 +37,7 @@ class Database:
         self.url = normalize_url(url)
         try:
             parsed = make_url(self.url)
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # ValueError: a port that is not a number
             raise ConfigError(
                 f"registry database URL {url!r} is not a valid URL; "
                 "use sqlite:///path/registry.db or postgresql://user@host/db"

@@ -1,0 +1,262 @@
+"""The artifact store: content addressing, deterministic packing, atomic writes, verified reads."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from modelyard.errors import IntegrityError, StorageError
+from modelyard.store import (
+    FsspecStore,
+    LocalStore,
+    open_store,
+    pack_dir,
+    sha256_file,
+    unpack,
+)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def _model_folder(root: Path) -> Path:
+    _write(root / "model.bin", b"\x00\x01weights" * 100)
+    _write(root / "config.json", b'{"depth": 3}')
+    _write(root / "nested" / "deeper" / "vocab.txt", b"a\nb\n")
+    (root / "empty").mkdir()
+    return root
+
+
+# -- content addressing -----------------------------------------------------------------------
+def test_same_content_has_the_same_digest_and_is_stored_once(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    a = _write(tmp_path / "a.bin", b"same bytes")
+    b = _write(tmp_path / "b.bin", b"same bytes")
+    c = _write(tmp_path / "c.bin", b"other bytes")
+    da, size = store.put_file(a)
+    db, _ = store.put_file(b)
+    dc, _ = store.put_file(c)
+    assert da == db == sha256_file(a) and dc != da
+    assert size == len(b"same bytes")
+    assert len(_files(store.root)) == 2
+    assert store.exists(da) and store.local_path(da) == store.root / da[:2] / da
+    store.delete(da)
+    assert not store.exists(da) and store.local_path(da) is None
+    store.delete(da)  # deleting twice is fine
+
+
+def test_get_returns_the_bytes_that_were_put(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    src = _write(tmp_path / "src.bin", os.urandom(3 << 20))  # spans several copy chunks
+    digest, _ = store.put_file(src)
+    out = store.get_file(digest, tmp_path / "out.bin")
+    assert out.read_bytes() == src.read_bytes()
+
+
+# -- deterministic packing --------------------------------------------------------------------
+def test_pack_is_deterministic_regardless_of_mtimes_and_creation_order(tmp_path):
+    one = _model_folder(tmp_path / "one")
+    # the same content, created in a different order, with different times and modes
+    two = tmp_path / "two"
+    _write(two / "nested" / "deeper" / "vocab.txt", b"a\nb\n")
+    (two / "empty").mkdir()
+    _write(two / "config.json", b'{"depth": 3}')
+    _write(two / "model.bin", b"\x00\x01weights" * 100)
+    for path in two.rglob("*"):
+        os.utime(path, (1_000_000, 1_000_000))
+    (two / "config.json").chmod(0o600)
+    d1 = sha256_file(pack_dir(one, tmp_path / "one.tar"))
+    d2 = sha256_file(pack_dir(two, tmp_path / "two.tar"))
+    d1_again = sha256_file(pack_dir(one, tmp_path / "one-again.tar"))
+    assert d1 == d2 == d1_again
+    (two / "model.bin").write_bytes(b"changed")
+    assert sha256_file(pack_dir(two, tmp_path / "changed.tar")) != d1
+
+
+def test_pack_and_unpack_round_trip(tmp_path):
+    src = _model_folder(tmp_path / "src")
+    out = unpack(pack_dir(src, tmp_path / "a.tar"), tmp_path / "out")
+    assert [p.relative_to(out) for p in _files(out)] == [p.relative_to(src) for p in _files(src)]
+    for path in _files(src):
+        assert (out / path.relative_to(src)).read_bytes() == path.read_bytes()
+    assert (out / "empty").is_dir()
+
+
+# -- atomic writes ----------------------------------------------------------------------------
+def test_put_leaves_no_temporary_files(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    for i in range(5):
+        store.put_file(_write(tmp_path / f"{i}.bin", f"blob {i}".encode()))
+    names = [p.name for p in store.root.rglob("*") if p.is_file()]
+    assert len(names) == 5
+    assert not [n for n in names if n.startswith(".tmp")]
+
+
+def test_a_failure_during_copy_leaves_no_blob_under_the_digest(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path / "store")
+    src = _write(tmp_path / "big.bin", os.urandom(2 << 20))
+    digest = sha256_file(src)
+
+    def copy_half_then_fail(fsrc, fdst, length=0):
+        fdst.write(fsrc.read(1 << 20))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_half_then_fail)
+    with pytest.raises(StorageError, match="No space left"):
+        store.put_file(src)
+    assert not store.exists(digest)
+    assert _files(store.root) == []  # the partial temporary file is gone too
+    monkeypatch.undo()
+    assert store.put_file(src) == (digest, src.stat().st_size)  # and a retry succeeds
+
+
+def test_a_failure_before_rename_leaves_no_blob(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path / "store")
+    src = _write(tmp_path / "a.bin", b"payload")
+
+    def no_rename(a, b):
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(StorageError):
+        store.put_file(src)
+    assert _files(store.root) == []
+
+
+# -- verified reads ---------------------------------------------------------------------------
+def test_get_refuses_a_blob_whose_bytes_changed(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    digest, _ = store.put_file(_write(tmp_path / "a.bin", b"original bytes"))
+    blob = store.local_path(digest)
+    assert blob is not None
+    blob.write_bytes(b"tampered bytes")
+    dest = tmp_path / "out.bin"
+    with pytest.raises(IntegrityError, match=f"expected {digest[:12]}"):
+        store.get_file(digest, dest)
+    assert not dest.exists()  # the bad copy is not left behind for someone to load
+
+
+def test_get_of_a_missing_blob_is_an_integrity_error(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(IntegrityError, match="missing"):
+        store.get_file("ab" * 32, tmp_path / "out")
+
+
+# -- unpack safety ----------------------------------------------------------------------------
+def _tar_with(tmp_path: Path, *members: tarfile.TarInfo, data: bytes = b"evil") -> Path:
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tar:
+        for info in members:
+            if info.isfile():
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return archive
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        _member("../escaped.txt"),
+        _member("ok/../../escaped.txt"),
+        _member("link", tarfile.SYMTYPE, "/etc/passwd"),
+        _member("link", tarfile.SYMTYPE, "../../escaped.txt"),
+        _member("hard", tarfile.LNKTYPE, "/etc/passwd"),
+        _member("dev", tarfile.CHRTYPE),
+    ],
+    ids=["dotdot", "nested-dotdot", "symlink-abs", "symlink-out", "hardlink", "device"],
+)
+def test_unpack_rejects_malicious_members(tmp_path, member):
+    (tmp_path / "in").mkdir()
+    archive = _tar_with(tmp_path / "in", member)
+    dest = tmp_path / "deep" / "dest"
+    with pytest.raises(IntegrityError, match="cannot be unpacked safely"):
+        unpack(archive, dest)
+    assert not (tmp_path / "deep" / "escaped.txt").exists()
+    assert not (tmp_path / "escaped.txt").exists()
+    assert not (dest / "link").is_symlink()
+    assert not (dest / "dev").exists()
+
+
+def test_unpack_never_writes_to_an_absolute_path(tmp_path):
+    target = Path(f"/tmp/modelyard-absolute-{uuid.uuid4().hex}.txt")
+    (tmp_path / "in").mkdir()
+    archive = _tar_with(tmp_path / "in", _member(str(target)))
+    dest = tmp_path / "dest"
+    try:
+        unpack(archive, dest)
+    except tarfile.TarError:
+        pass  # refusing is fine too
+    else:  # extracted, then only inside dest (the leading '/' is dropped)
+        assert (dest / str(target).lstrip("/")).read_bytes() == b"evil"
+    assert not target.exists()
+
+
+# -- fsspec -----------------------------------------------------------------------------------
+def test_fsspec_store_round_trip_on_memory(tmp_path):
+    url = f"memory://modelyard-test-{uuid.uuid4().hex}/blobs"
+    store = open_store(url)
+    assert isinstance(store, FsspecStore)
+    src = _write(tmp_path / "a.bin", b"remote bytes")
+    digest, size = store.put_file(src)
+    assert (digest, size) == (sha256_file(src), len(b"remote bytes"))
+    assert store.exists(digest) and store.local_path(digest) is None
+    assert store.put_file(_write(tmp_path / "b.bin", b"remote bytes"))[0] == digest
+    keys = store.fs.find(store.base)
+    assert len(keys) == 1 and keys[0].endswith(digest)  # stored once, no temporary keys
+    out = store.get_file(digest, tmp_path / "out.bin")
+    assert out.read_bytes() == b"remote bytes"
+    with store.fs.open(keys[0], "wb") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(IntegrityError):
+        store.get_file(digest, tmp_path / "out2.bin")
+    store.delete(digest)
+    assert not store.exists(digest)
+    with pytest.raises(IntegrityError, match="missing"):
+        store.get_file(digest, tmp_path / "out3.bin")
+
+
+def test_open_store_picks_local_for_paths_and_file_urls(tmp_path):
+    assert isinstance(open_store(tmp_path), LocalStore)
+    local = open_store(f"file://{tmp_path}/s")
+    assert isinstance(local, LocalStore) and local.root == tmp_path / "s"
+
+
+def test_links_are_stored_as_the_files_they_point_to(tmp_path):
+    outside = tmp_path / "weights.bin"
+    outside.write_bytes(b"\x00\x01weights")
+    folder = tmp_path / "snapshot"
+    folder.mkdir()
+    (folder / "model.bin").symlink_to(outside)
+    archive = pack_dir(folder, tmp_path / "a.tar")
+    dest = unpack(archive, tmp_path / "out")
+    assert not (dest / "model.bin").is_symlink()
+    assert (dest / "model.bin").read_bytes() == b"\x00\x01weights"
+
+
+def test_a_dangling_link_is_refused_when_packing(tmp_path):
+    folder = tmp_path / "snapshot"
+    folder.mkdir()
+    (folder / "gone.bin").symlink_to(tmp_path / "missing")
+    with pytest.raises(StorageError, match="missing file"):
+        pack_dir(folder, tmp_path / "a.tar")
