@@ -1,0 +1,93 @@
+"""The ``modelyard`` command: train, version, promote, roll back and query models.
+
+Every command shares the global options ``--home``, ``--db`` and ``--artifacts`` (which override
+``MODELYARD_HOME``, ``MODELYARD_DB`` and ``MODELYARD_ARTIFACTS``). Errors modelyard raises on
+purpose are caught in one place, :meth:`_Main.invoke`, and printed as one line
+``error: <message>`` on stderr with the error's exit code:
+
+====  ==============================================================
+0     success
+2     bad usage, bad configuration or bad input
+3     unknown model, version, alias or run
+4     conflicts with the registry's state (e.g. nothing to roll back to)
+5     training data failed validation
+11    training failed
+12    the candidate was rejected by its promotion gate
+130   interrupted
+====  ==============================================================
+
+Commands import their heavy dependencies (the pipeline, pandas, frameworks) when they run, so
+``modelyard --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from modelyard.cli.output import report_error
+from modelyard.cli.state import State, pass_state
+from modelyard.errors import ModelyardError
+
+
+class _Main(click.Group):
+    """The root group: the one place that turns a ``ModelyardError`` into a line and a code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ModelyardError as err:
+            report_error(err)
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # the lifecycle's order, not the alphabet's
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"],
+                                          "max_content_width": 100})
+@click.option("--home", metavar="DIR", help="Registry folder (default ./.modelyard; "
+              "env MODELYARD_HOME).")
+@click.option("--db", metavar="URL", help="Registry database URL, e.g. "
+              "postgresql://user@host/db (env MODELYARD_DB; default SQLite in the home).")
+@click.option("--artifacts", metavar="DIR|URL", help="Artifact store: a folder or fsspec URL "
+              "(env MODELYARD_ARTIFACTS; default <home>/artifacts).")
+@click.version_option(package_name="modelyard", prog_name="modelyard")
+@click.pass_context
+def main(ctx: click.Context, home: str | None, db: str | None, artifacts: str | None) -> None:
+    """One yard for every model: train, version, promote, roll back and predict.
+
+    Declare models in modelyard.yaml (start with 'modelyard init'), train them with
+    'modelyard train NAME', and refer to versions as NAME (its production alias), NAME:3 or
+    NAME@alias. Try 'modelyard demo' for a tour with three real models.
+    """
+    ctx.obj = State(home=home, db=db, artifacts=artifacts)
+
+
+def _register() -> None:
+    from modelyard.cli.demo import demo
+    from modelyard.cli.predict_cmds import predict
+    from modelyard.cli.registry_cmds import (
+        audit,
+        history,
+        models,
+        promote,
+        rollback,
+        show,
+        versions,
+    )
+    from modelyard.cli.runs_cmds import runs
+    from modelyard.cli.train_cmds import init, train
+
+    for command in (init, train, models, versions, show, promote, rollback, history, runs, audit,
+                    predict, demo):
+        main.add_command(command)
+
+
+_register()
+
+__all__ = ["State", "main", "pass_state"]

@@ -1,0 +1,182 @@
+"""Running the pipeline with a live display of its stages, for ``train`` and ``demo``.
+
+The pipeline reports each stage as it starts (``load data``, ``validate``, ``train``, ...). A
+spinner shows the current one with its elapsed time; a line per finished stage stays behind, so
+logs of non-interactive runs (CI) show the same steps with their timings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from modelyard.cli.output import fmt_duration, fmt_metrics, one_line
+from modelyard.errors import GateFailed, ModelyardError
+
+if TYPE_CHECKING:
+    from modelyard.pipeline import RunResult
+    from modelyard.registry import Registry
+    from modelyard.spec import Spec
+
+
+@dataclass
+class Outcome:
+    """How training one model ended: ``promoted``, ``registered``, ``rejected`` or ``failed``."""
+
+    model: str
+    status: str
+    seconds: float
+    result: RunResult | None = None
+    error: ModelyardError | None = None
+    stages: list[tuple[str, float]] = field(default_factory=list)
+    #: the candidate's metrics on the holdout (also for a rejected candidate)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """Whether a version was registered."""
+        return self.status in ("promoted", "registered")
+
+    @property
+    def run_id(self) -> str | None:
+        """The run's id, when the run got as far as being recorded."""
+        if self.result is not None:
+            return self.result.run.id
+        return getattr(self.error, "run_id", None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for ``train --json``."""
+        out: dict[str, Any] = {"model": self.model, "status": self.status,
+                               "run_id": self.run_id, "seconds": round(self.seconds, 3),
+                               "metrics": self.metrics,
+                               "stages": [{"stage": name, "seconds": round(took, 3)}
+                                          for name, took in self.stages]}
+        if self.result is not None:
+            version = self.result.version
+            out.update(version=None if version is None else version.version,
+                       flavor=None if version is None else version.flavor,
+                       promoted=self.result.promoted, champion_metrics=self.result.champion_metrics,
+                       gate=self.result.gate.to_dict())
+        if self.error is not None:
+            out["error"] = {**self.error.to_dict(), "exit_code": self.error.exit_code}
+            if isinstance(self.error, GateFailed):
+                out["gate"] = {"passed": False, "reasons": list(self.error.reasons)}
+        return out
+
+
+class StageDisplay:
+    """The progress callback: a spinner on the running stage, a line per finished stage."""
+
+    def __init__(self, out: Console, model: str) -> None:
+        self.out = out
+        self.model = model
+        self.stages: list[tuple[str, float]] = []
+        self._current: str | None = None
+        self._since = time.perf_counter()
+        self._ok = "✓" if (out.encoding or "").lower().startswith("utf") else "+"
+        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                  TimeElapsedColumn(), console=out, transient=True)
+        self._task = self._progress.add_task(f"{model}: starting")
+
+    def __enter__(self) -> StageDisplay:
+        self._progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self._finish(failed=exc_type is not None)
+        self._progress.stop()
+
+    def __call__(self, stage: str) -> None:
+        self._finish(failed=False)
+        self._current, self._since = stage, time.perf_counter()
+        self._progress.update(self._task, description=f"{self.model}: {stage}")
+
+    def _finish(self, *, failed: bool) -> None:
+        if self._current is None:
+            return
+        took = time.perf_counter() - self._since
+        self.stages.append((self._current, took))
+        mark = "[red]x[/red]" if failed else f"[green]{self._ok}[/green]"
+        self._progress.console.print(f"  {mark} {self._current:<10} {fmt_duration(took)}")
+        self._current = None
+
+
+def train_with_progress(
+    spec: Spec,
+    registry: Registry,
+    out: Console,
+    *,
+    trigger: str = "manual",
+    promote: bool | None = None,
+    actor: str | None = None,
+) -> Outcome:
+    """Run the pipeline for ``spec`` behind a :class:`StageDisplay`; never raises a modelyard error.
+
+    A gate rejection comes back as ``status="rejected"``, any other modelyard error as
+    ``"failed"``, both with the error attached.
+    """
+    from modelyard.pipeline import run_pipeline
+
+    started = time.perf_counter()
+    out.print(f"[bold]{spec.name}[/bold]")
+    display = StageDisplay(out, spec.name)
+    try:
+        with display:
+            result = run_pipeline(spec, registry, trigger=trigger, promote=promote, actor=actor,
+                                  progress=display)
+    except GateFailed as err:
+        return Outcome(spec.name, "rejected", time.perf_counter() - started, error=err,
+                       stages=display.stages, metrics=_run_metrics(registry, err))
+    except ModelyardError as err:
+        return Outcome(spec.name, "failed", time.perf_counter() - started, error=err,
+                       stages=display.stages)
+    status = "promoted" if result.promoted else "registered"
+    if result.version is None:  # the pipeline registers every passing candidate; be safe
+        status = "rejected"
+    return Outcome(spec.name, status, time.perf_counter() - started, result=result,
+                   stages=display.stages, metrics=dict(result.metrics))
+
+
+def _run_metrics(registry: Registry, err: ModelyardError) -> dict[str, Any]:
+    run_id = getattr(err, "run_id", None)
+    if run_id is None:
+        return {}
+    try:
+        return dict(registry.get_run(run_id).metrics)
+    except ModelyardError:  # the metrics are a nicety; the rejection is what matters
+        return {}
+
+
+def describe(outcome: Outcome) -> list[str]:
+    """Lines (rich markup) that say how a model's training ended."""
+    result, lines = outcome.result, []
+    if result is not None and result.version is not None:
+        version = result.version
+        where = "promoted to production" if result.promoted else "registered (not promoted)"
+        lines.append(f"  [green]{version.ref}[/green] ({version.flavor}) {where} "
+                     f"in {fmt_duration(outcome.seconds)}")
+        lines.append(f"  metrics  {fmt_metrics(outcome.metrics)}")
+        if result.champion_metrics is not None:
+            lines.append(f"  champion {fmt_metrics(result.champion_metrics)}")
+        lines.append("  gate     passed")
+    elif outcome.error is not None:
+        label = "rejected" if outcome.status == "rejected" else "failed"
+        lines.append(f"  [yellow]{label}[/yellow]: {_escape(one_line(str(outcome.error)))}")
+        if outcome.metrics:
+            lines.append(f"  metrics  {fmt_metrics(outcome.metrics)}")
+    if outcome.run_id:
+        lines.append(f"  run      {outcome.run_id}  (modelyard runs show {outcome.run_id[:8]})")
+    return lines
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+__all__ = ["Outcome", "StageDisplay", "describe", "train_with_progress"]

@@ -1,0 +1,235 @@
+"""Registry commands: models, versions, show, promote, rollback, alias history and audit."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import click
+
+from modelyard.cli.output import (
+    compact,
+    console,
+    fmt_aliases,
+    fmt_metrics,
+    fmt_size,
+    fmt_time,
+    print_fields,
+    print_json,
+    print_table,
+)
+from modelyard.cli.state import State, pass_state
+from modelyard.errors import ConfigError
+
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+_ALIAS = click.option("--alias", default="production", show_default=True,
+                      help="The alias to move.")
+_REASON = click.option("--reason", default="", help="Why (kept in the alias history and audit).")
+
+
+@click.command(short_help="List models with their latest version and aliases.")
+@_JSON
+@pass_state
+def models(state: State, as_json: bool) -> None:
+    """List every model with its newest version and aliases."""
+    found = state.registry().list_models()
+    if as_json:
+        print_json([m.to_dict() for m in found])
+        return
+    print_table(
+        ["model", "latest", "aliases", "created", "by"],
+        [[m.name, f"v{m.latest_version}", fmt_aliases(m.aliases), m.created_at, m.created_by]
+         for m in found],
+        empty="no models yet: train one with 'modelyard train NAME' or try 'modelyard demo'",
+    )
+
+
+@click.command(short_help="List a model's versions with metrics and aliases.")
+@click.argument("model")
+@_JSON
+@pass_state
+def versions(state: State, model: str, as_json: bool) -> None:
+    """List the versions of MODEL, newest first, with metrics and aliases."""
+    found = state.registry().list_versions(model)
+    if as_json:
+        print_json([v.to_dict(full=False) for v in found])
+        return
+    print_table(
+        ["version", "flavor", "aliases", "metrics", "created", "by", "digest"],
+        [[f"v{v.version}", v.flavor, fmt_aliases(v.aliases), fmt_metrics(v.metrics),
+          v.created_at, v.created_by, v.artifact_digest[:12]] for v in found],
+        empty=f"model '{model}' has no versions yet",
+    )
+
+
+@click.command(short_help="Show a version's lineage, signature and metrics.")
+@click.argument("ref", metavar="MODEL[:VERSION|@ALIAS]")
+@_JSON
+@pass_state
+def show(state: State, ref: str, as_json: bool) -> None:
+    """Show one version: lineage, signature, metrics and environment.
+
+    A bare MODEL means its production alias; MODEL:3 is version 3; MODEL@staging an alias.
+    """
+    version = state.registry().resolve(ref)
+    if as_json:
+        print_json(version.to_dict())
+        return
+    console().print(f"[bold]{version.ref}[/bold]  {version.flavor}"
+                    + (f"  ({fmt_aliases(version.aliases)})" if version.aliases else ""))
+    print_fields({
+        "description": version.description,
+        "created": f"{fmt_time(version.created_at)} by {version.created_by}",
+        "artifact": f"sha256:{version.artifact_digest} ({fmt_size(version.artifact_size)})",
+        "run": version.run_id,
+        "data": version.data_fingerprint,
+        "code": _pairs(version.code_ref),
+        "params": _pairs(version.params),
+    })
+    _show_signature(version.signature)
+    if version.metrics:
+        print_fields(version.metrics, title="metrics")
+    if version.environment:
+        print_fields({k: _pairs(v) for k, v in version.environment.items()}, title="environment")
+
+
+def _show_signature(signature: dict[str, Any]) -> None:
+    if not signature:
+        return
+    inputs = signature.get("inputs", [])
+    console().print(f"[bold]signature[/bold]  {signature.get('layout', 'table')}, "
+                    f"{len(inputs)} input(s)")
+    print_table(["input", "dtype", "shape"],
+                [[f["name"], f["dtype"], _shape(f.get("shape", []))] for f in inputs])
+    if signature.get("classes") is not None:
+        console().print("classes  " + ", ".join(str(c) for c in signature["classes"]),
+                        highlight=False, markup=False)
+
+
+def _pairs(value: Any) -> Any:
+    """A flat mapping as ``key value, key value`` (empty entries left out); others unchanged."""
+    if not isinstance(value, dict):
+        return value
+    parts = [f"{k} {compact(v)}" for k, v in value.items() if v not in (None, "", {}, [])]
+    return ", ".join(parts)
+
+
+def _shape(shape: list[Any]) -> str:
+    return "scalar" if not shape else "(" + ", ".join("?" if d is None else str(d)
+                                                      for d in shape) + ")"
+
+
+@click.command(short_help="Point an alias (production) at a version.")
+@click.argument("model")
+@click.argument("version", type=int)
+@_ALIAS
+@_REASON
+@_JSON
+@pass_state
+def promote(state: State, model: str, version: int, alias: str, reason: str,
+            as_json: bool) -> None:
+    """Point MODEL's alias (production by default) at VERSION.
+
+    Recorded in the alias history, so 'modelyard rollback MODEL' can undo it.
+    """
+    event = state.registry().set_alias(model, alias, version, actor=state.settings().actor,
+                                       reason=reason or "modelyard promote")
+    if as_json:
+        print_json(event.to_dict())
+        return
+    was = f" (was v{event.previous_version})" if event.previous_version is not None else ""
+    console().print(f"{model}@{alias} -> v{version}{was}")
+
+
+@click.command(short_help="Move an alias back to its previous version.")
+@click.argument("model")
+@click.option("--to", "to", type=int, metavar="VERSION",
+              help="Version to go back to (default: the one before the current).")
+@_ALIAS
+@_REASON
+@_JSON
+@pass_state
+def rollback(state: State, model: str, to: int | None, alias: str, reason: str,
+             as_json: bool) -> None:
+    """Move MODEL's alias back to the version it pointed to before.
+
+    Repeated rollbacks keep walking back through the history; --to names a version directly.
+    """
+    event = state.registry().rollback(model, alias=alias, to=to, actor=state.settings().actor,
+                                      reason=reason)
+    if as_json:
+        print_json(event.to_dict())
+        return
+    console().print(f"{model}@{alias} rolled back: v{event.previous_version} -> v{event.version}")
+
+
+@click.command(short_help="Show alias history, or what served at a time.")
+@click.argument("model")
+@click.option("--alias", default=None, help="Only this alias (with --at: default production).")
+@click.option("--at", "at", metavar="ISO-TIME",
+              help="Say which version the alias pointed to at this time, e.g. "
+                   "2026-01-31T12:00:00Z (no zone: local time).")
+@_JSON
+@pass_state
+def history(state: State, model: str, alias: str | None, at: str | None, as_json: bool) -> None:
+    """Show every move of MODEL's aliases, newest first, or what one served at a given time."""
+    registry = state.registry()
+    if at is not None:
+        when = parse_time(at)
+        alias = alias or "production"
+        version = registry.alias_at(model, alias, when)
+        if as_json:
+            print_json({"model": model, "alias": alias, "at": when.isoformat(),
+                        "version": version})
+        elif version is None:
+            console().print(f"{model}@{alias} did not exist at {fmt_time(when)}")
+        else:
+            console().print(f"{model}@{alias} pointed to v{version} at {fmt_time(when)}")
+        return
+    events = registry.alias_history(model, alias)
+    if as_json:
+        print_json([e.to_dict() for e in events])
+        return
+    print_table(
+        ["at", "alias", "action", "version", "from", "by", "reason"],
+        [[e.at, e.alias, e.action, _v(e.version), _v(e.previous_version), e.actor, e.reason]
+         for e in events],
+        empty=f"model '{model}' has no alias history yet",
+    )
+
+
+@click.command(short_help="Show who changed what, and when.")
+@click.argument("target", required=False)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000),
+              help="How many events to show.")
+@_JSON
+@pass_state
+def audit(state: State, target: str | None, limit: int, as_json: bool) -> None:
+    """Show who changed what and when, newest first; TARGET is a model name (or MODEL:V)."""
+    events = state.registry().audit_events(target, limit=limit)
+    if as_json:
+        print_json([e.to_dict() for e in events])
+        return
+    print_table(
+        ["at", "actor", "action", "target", "details"],
+        [[e.at, e.actor, e.action, e.target, e.details] for e in events],
+        empty="no audit events",
+    )
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time; without a zone it is local time. Raises :class:`ConfigError`."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--at {text!r} is not an ISO time; write it like 2026-01-31T12:00:00Z"
+        ) from None
+    return when if when.tzinfo is not None else when.astimezone()
+
+
+def _v(version: int | None) -> str:
+    return "" if version is None else f"v{version}"
+
+
+__all__ = ["audit", "history", "models", "parse_time", "promote", "rollback", "show", "versions"]

@@ -1,0 +1,89 @@
+"""Training runs: ``modelyard runs [MODEL]`` lists them, ``runs show RUN_ID`` shows one."""
+
+from __future__ import annotations
+
+import click
+
+from modelyard.cli.output import (
+    console,
+    fmt_duration,
+    fmt_metrics,
+    fmt_time,
+    print_fields,
+    print_json,
+    print_table,
+)
+from modelyard.cli.state import State, pass_state
+
+
+class _ListByDefault(click.Group):
+    """A group whose first argument, when it is not a subcommand, goes to ``list``.
+
+    So ``runs``, ``runs fraud`` and ``runs --json`` list, while ``runs show ID`` shows.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        wants_help = bool(args) and args[0] in ctx.help_option_names
+        if not wants_help and (not args or args[0] not in self.commands):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_ListByDefault, short_help="List training runs, or show one with its logs.")
+def runs() -> None:
+    """Training runs: 'runs [MODEL]' lists recent ones, 'runs show RUN_ID' shows one with logs."""
+
+
+@runs.command("list", short_help="List recent runs, of every model or of MODEL.")
+@click.argument("model", required=False)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000),
+              help="How many runs to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@pass_state
+def list_runs(state: State, model: str | None, limit: int, as_json: bool) -> None:
+    """List recent training runs, newest first, of every model or of MODEL."""
+    found = state.registry().list_runs(model, limit=limit)
+    if as_json:
+        print_json([{k: v for k, v in r.to_dict().items() if k != "logs"} for r in found])
+        return
+    print_table(
+        ["run", "model", "status", "trigger", "started", "took", "version", "note"],
+        [[r.id[:8], r.model, r.status, r.trigger, r.started_at, fmt_duration(r.duration_s),
+          "" if r.version is None else f"v{r.version}" + (" (promoted)" if r.promoted else ""),
+          r.failure_reason or ""] for r in found],
+        empty=f"no runs{f' of {model}' if model else ''} yet: "
+              "start one with 'modelyard train NAME'",
+    )
+
+
+@runs.command("show", short_help="Show one run with its gate and logs.")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (logs included).")
+@pass_state
+def show_run(state: State, run_id: str, as_json: bool) -> None:
+    """Show one run (a unique prefix of its id is enough): outcome, metrics, gate and logs."""
+    run = state.registry().get_run(run_id)
+    if as_json:
+        print_json(run.to_dict())
+        return
+    console().print(f"[bold]run {run.id}[/bold]  {run.model}  {run.status}")
+    gate = run.gate or {}
+    print_fields({
+        "trigger": run.trigger,
+        "by": run.created_by,
+        "started": fmt_time(run.started_at),
+        "ended": fmt_time(run.ended_at),
+        "took": fmt_duration(run.duration_s),
+        "version": None if run.version is None else
+        f"v{run.version}" + (" (promoted)" if run.promoted else ""),
+        "reason": run.failure_reason,
+        "metrics": fmt_metrics(run.metrics),
+        "gate": None if not gate else ("passed" if gate.get("passed") else
+                                       "rejected: " + "; ".join(gate.get("reasons", []))),
+    })
+    out = console()
+    out.print("[bold]logs[/bold]")
+    out.print(run.logs.rstrip() or "(no logs)", markup=False, highlight=False)
+
+
+__all__ = ["runs"]

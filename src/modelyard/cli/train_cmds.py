@@ -1,0 +1,158 @@
+"""``modelyard init`` (a starter project) and ``modelyard train`` (the pipeline, with progress)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from modelyard.cli.output import console, live_console, print_json, report_error
+from modelyard.cli.progress import describe, train_with_progress
+from modelyard.cli.state import State, pass_state
+from modelyard.errors import ConfigError, ConflictError, NotFoundError
+
+if TYPE_CHECKING:
+    from modelyard.spec import Spec
+
+STARTER_YAML = """\
+# modelyard.yaml: declare each model once; modelyard trains, gates, versions and serves it.
+# Train with:  modelyard train iris      (then: modelyard versions iris)
+# Paths are relative to this file's folder.
+models:
+  iris:
+    description: Tells iris species apart from petal and sepal sizes.
+    train: train.py:train            # def train(X, y, params) -> fitted model
+    data:
+      function: train.py:load        # returns (X, y) or a DataFrame with the target column
+      # path: "data/*.csv"           # ...or files (CSV/Parquet, a glob picks up new ones)
+      # target: species              #    with the label column named here
+      holdout: 0.2                   # share of rows kept aside to evaluate and gate
+    params: {max_iter: 500}          # passed to train() as params
+    validation:
+      min_rows: 50                   # refuse to train on less
+    metrics: [accuracy, f1_macro]
+    gate:
+      min: {accuracy: 0.8}                          # an absolute floor
+      champion: {metric: accuracy, max_drop: 0.0}   # and never worse than production
+    serving:
+      device: auto                   # cpu, cuda:0, or auto (a GPU if the framework has one)
+    # rollout: {strategy: canary, steps: [10, 50, 100]}
+    # retrain: {schedule: "0 3 * * *"}
+"""
+
+STARTER_TRAIN = '''\
+"""A starter model for modelyard: replace load() and train() with your own.
+
+train() may return a scikit-learn, XGBoost, LightGBM, PyTorch or Keras model; modelyard picks
+the matching adapter from its type.
+"""
+
+from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
+
+
+def load():
+    """The training data: features X (a DataFrame) and labels y."""
+    data = load_iris(as_frame=True)
+    X = data.data
+    X.columns = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+    y = data.target.map(dict(enumerate(data.target_names)))
+    return X, y
+
+
+def train(X, y, params):
+    """Fit and return the model."""
+    return LogisticRegression(max_iter=int(params.get("max_iter", 500))).fit(X, y)
+'''
+
+
+@click.command(short_help="Write a starter modelyard.yaml and train.py here.")
+def init() -> None:
+    """Write a starter modelyard.yaml and train.py into the current folder.
+
+    Never overwrites: if either file exists, nothing is written.
+    """
+    files = {Path("modelyard.yaml"): STARTER_YAML, Path("train.py"): STARTER_TRAIN}
+    taken = [str(p) for p in files if p.exists()]
+    if taken:
+        raise ConflictError(
+            f"{' and '.join(taken)} already exist{'s' if len(taken) == 1 else ''} here; "
+            "init never overwrites: run it in an empty folder"
+        )
+    for path, text in files.items():
+        try:
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write {path} here: {exc.strerror or exc}") from None
+    out = console()
+    out.print("wrote modelyard.yaml and train.py")
+    out.print("next: modelyard train iris   "
+              "(needs scikit-learn: pip install 'modelyard[sklearn]')", markup=False)
+
+
+@click.command(short_help="Train, gate, register and promote models.")
+@click.argument("names", nargs=-1, metavar="[MODEL]...")
+@click.option("--all", "all_models", is_flag=True, help="Train every model the project declares.")
+@click.option("--project", "-p", default="modelyard.yaml", show_default=True,
+              type=click.Path(dir_okay=False), help="The project file declaring the models.")
+@click.option("--no-promote", is_flag=True,
+              help="Register a candidate that passes its gate, but leave production alone.")
+@click.option("--json", "as_json", is_flag=True, help="Print each run's outcome as JSON.")
+@pass_state
+@click.pass_context
+def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: bool,
+          project: str, no_promote: bool, as_json: bool) -> None:
+    """Train MODEL(s) on fresh data, gate against production, register and promote.
+
+    Each run loads the data, validates it, trains in a separate process, evaluates on a holdout,
+    compares with the production version and, if the gate passes, registers a new version and
+    moves production to it. Exits non-zero if any model failed (5: bad data, 11: training
+    failed) or was rejected by its gate (12).
+    """
+    from modelyard.spec import load_project
+
+    specs = load_project(project)
+    chosen = _choose(specs, names, all_models, project)
+    registry = state.registry()
+    out = live_console(quiet_unless_tty=as_json)
+    outcomes = []
+    for spec in chosen:
+        outcome = train_with_progress(spec, registry, out, trigger="manual",
+                                      promote=False if no_promote else None)
+        outcomes.append(outcome)
+        if not as_json:
+            for line in describe(outcome):
+                console().print(line)
+    if as_json:
+        print_json([o.to_dict() for o in outcomes])
+    failed = [o.error for o in outcomes if o.error is not None]
+    for err in failed:
+        report_error(err)
+    if failed:
+        ctx.exit(failed[0].exit_code)
+
+
+def _choose(specs: dict[str, Spec], names: tuple[str, ...], all_models: bool,
+            project: str) -> list[Spec]:
+    if all_models and names:
+        raise click.UsageError("give model names or --all, not both")
+    if all_models:
+        if not specs:
+            raise NotFoundError(f"{project} declares no models")
+        return list(specs.values())
+    if not names:
+        raise click.UsageError(
+            f"name the model(s) to train, or --all; {project} declares: "
+            f"{', '.join(specs) or 'none'}"
+        )
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        raise NotFoundError(
+            f"{project} declares no model {', '.join(repr(n) for n in unknown)}; "
+            f"it declares: {', '.join(specs) or 'none'}"
+        )
+    return [specs[n] for n in dict.fromkeys(names)]
+
+
+__all__ = ["STARTER_TRAIN", "STARTER_YAML", "init", "train"]

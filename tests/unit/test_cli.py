@@ -1,0 +1,414 @@
+"""The ``modelyard`` command line, in-process through click's CliRunner.
+
+Registry commands run against versions registered directly (a small scikit-learn model); the
+train commands run the real pipeline on a tiny project written into a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner, Result
+from sklearn.linear_model import LogisticRegression
+
+from modelyard.adapters.sklearn import SklearnAdapter
+from modelyard.cli import main
+from modelyard.config import Settings
+from modelyard.errors import ConfigError
+from modelyard.registry import Registry
+
+Invoke = Callable[..., Result]
+
+TINY_TRAIN = textwrap.dedent('''
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+
+    def load():
+        rng = np.random.default_rng(0)
+        X = rng.normal(size=(200, 3))
+        y = (X[:, 0] + X[:, 1] > 0).astype(int)
+        return X, y
+
+
+    def train(X, y, params):
+        if params.get("fail"):
+            raise RuntimeError("boom: this train function fails on purpose")
+        return LogisticRegression().fit(X, y)
+''')
+
+TINY_PROJECT = textwrap.dedent('''
+    models:
+      tiny:
+        train: train.py:train
+        data: {function: train.py:load}
+        metrics: [accuracy]
+        gate: {min: {accuracy: 0.7}, champion: {metric: accuracy, max_drop: 0.05}}
+      broken:
+        train: train.py:train
+        data: {function: train.py:load}
+        params: {fail: true}
+        metrics: [accuracy]
+      strict:
+        train: train.py:train
+        data: {function: train.py:load}
+        metrics: [accuracy]
+        gate: {min: {accuracy: 1.01}}
+      hungry:
+        train: train.py:train
+        data: {function: train.py:load}
+        validation: {min_rows: 100000}
+        metrics: [accuracy]
+''')
+
+
+def error_lines(result: Result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def assert_one_error(result: Result, code: int) -> str:
+    """The command failed with ``code`` and wrote exactly one line, ``error: ...``."""
+    assert result.exit_code == code, (result.exit_code, result.output)
+    lines = error_lines(result)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+@pytest.fixture()
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture()
+def invoke(home: Path) -> Invoke:
+    def run(*args: str, input: str | None = None) -> Result:
+        return CliRunner().invoke(main, ["--home", str(home), *args], input=input)
+
+    return run
+
+
+@pytest.fixture()
+def registered(home: Path, tmp_path: Path) -> Iterator[Registry]:
+    """Model ``iris2`` with versions 1 and 2 (v1 in production) and ``other`` with v1."""
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.normal(size=60), "b": rng.normal(size=60)})
+    y = (X["a"] > 0).astype(int).to_numpy()
+    adapter = SklearnAdapter()
+    registry = Registry.open(Settings.from_env(home=home, actor="tester"))
+    for name, count in (("iris2", 2), ("other", 1)):
+        for i in range(count):
+            model = LogisticRegression(C=1.0 + i).fit(X, y)
+            folder = tmp_path / f"artifact-{name}-{i}"
+            folder.mkdir()
+            meta = adapter.save(model, folder)
+            registry.register(
+                name, folder, flavor="sklearn", meta={**meta, "task": "classification"},
+                signature=adapter.infer_signature(model, X, y).to_dict(),
+                metrics={"accuracy": 0.9 + i / 100}, params={"C": 1.0 + i},
+            )
+        registry.set_alias(name, "production", 1, reason="first")
+    yield registry
+    registry.close()
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "train.py").write_text(TINY_TRAIN)
+    (folder / "modelyard.yaml").write_text(TINY_PROJECT)
+    return folder / "modelyard.yaml"
+
+
+# -- listings -----------------------------------------------------------------------------------
+def test_models_json_lists_every_model_with_aliases(registered: Registry, invoke: Invoke) -> None:
+    result = invoke("models", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [m["name"] for m in data] == ["iris2", "other"]
+    assert data[0]["aliases"] == {"production": 1}
+    assert data[0]["latest_version"] == 2
+
+
+def test_models_table_and_empty_registry(invoke: Invoke, registered: Registry) -> None:
+    result = invoke("models")
+    assert result.exit_code == 0
+    assert "iris2" in result.stdout and "production=v1" in result.stdout
+
+
+def test_empty_registry_says_what_to_do(invoke: Invoke) -> None:
+    result = invoke("models")
+    assert result.exit_code == 0
+    assert "modelyard train" in result.stdout
+    assert json.loads(invoke("models", "--json").stdout) == []
+
+
+def test_versions_json_newest_first(registered: Registry, invoke: Invoke) -> None:
+    result = invoke("versions", "iris2", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [v["version"] for v in data] == [2, 1]
+    assert data[1]["aliases"] == ["production"]
+    assert data[0]["metrics"] == {"accuracy": 0.91}
+
+
+def test_show_resolves_refs(registered: Registry, invoke: Invoke) -> None:
+    assert json.loads(invoke("show", "iris2", "--json").stdout)["version"] == 1
+    assert json.loads(invoke("show", "iris2:2", "--json").stdout)["version"] == 2
+    assert json.loads(invoke("show", "iris2@production", "--json").stdout)["version"] == 1
+    text = invoke("show", "iris2:2").stdout
+    for expected in ("iris2:2", "sklearn", "signature", "accuracy", "classes"):
+        assert expected in text
+
+
+# -- aliases ------------------------------------------------------------------------------------
+def test_promote_rollback_and_history(registered: Registry, invoke: Invoke) -> None:
+    result = invoke("promote", "iris2", "2", "--reason", "better")
+    assert result.exit_code == 0, result.output
+    assert "v2" in result.stdout
+    assert registered.resolve("iris2").version == 2
+
+    result = invoke("rollback", "iris2")
+    assert result.exit_code == 0, result.output
+    assert "v2 -> v1" in result.stdout
+    assert registered.resolve("iris2").version == 1
+
+    events = json.loads(invoke("history", "iris2", "--json").stdout)
+    assert [(e["action"], e["version"]) for e in events] == [
+        ("rollback", 1), ("set", 2), ("set", 1)]
+    assert events[1]["reason"] == "better"
+
+
+def test_history_at_answers_what_served_then(registered: Registry, invoke: Invoke) -> None:
+    invoke("promote", "iris2", "2")
+    first, second = sorted(registered.alias_history("iris2", "production"), key=lambda e: e.at)
+    at_first = json.loads(invoke("history", "iris2", "--at", first.at.isoformat(), "--json").stdout)
+    assert at_first["version"] == 1
+    result = invoke("history", "iris2", "--at", second.at.isoformat())
+    assert result.exit_code == 0
+    assert "pointed to v2" in result.stdout
+    before = json.loads(invoke("history", "iris2", "--at", "2001-01-01T00:00:00Z", "--json").stdout)
+    assert before["version"] is None
+
+
+def test_history_at_rejects_a_bad_time(registered: Registry, invoke: Invoke) -> None:
+    line = assert_one_error(invoke("history", "iris2", "--at", "yesterday"), 2)
+    assert "ISO" in line
+
+
+def test_promote_alias_option_and_audit(registered: Registry, invoke: Invoke) -> None:
+    assert invoke("promote", "iris2", "2", "--alias", "staging").exit_code == 0
+    assert registered.resolve("iris2@staging").version == 2
+    events = json.loads(invoke("audit", "iris2", "--limit", "3", "--json").stdout)
+    assert len(events) == 3
+    assert events[0]["action"] == "alias.set" and events[0]["target"] == "iris2@staging"
+    assert invoke("audit").exit_code == 0
+
+
+def test_rollback_with_nothing_before_is_a_conflict(registered: Registry, invoke: Invoke) -> None:
+    line = assert_one_error(invoke("rollback", "other"), 4)
+    assert "--to" in line
+
+
+# -- errors -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [
+    ("versions", "nope"),
+    ("show", "nope"),
+    ("show", "iris2:9"),
+    ("promote", "nope", "1"),
+    ("rollback", "nope"),
+    ("history", "nope"),
+    ("predict", "nope"),
+    ("runs", "show", "no-such-run"),
+])
+def test_unknown_things_exit_3_with_one_line(registered: Registry, invoke: Invoke,
+                                              args: tuple[str, ...]) -> None:
+    assert_one_error(invoke(*args, input="[]"), 3)
+
+
+def test_usage_errors_exit_2(invoke: Invoke) -> None:
+    assert invoke("promote", "iris2", "not-a-number").exit_code == 2
+    assert invoke("no-such-command").exit_code == 2
+
+
+def test_malformed_project_exits_2_with_one_line(invoke: Invoke, tmp_path: Path) -> None:
+    bad = tmp_path / "modelyard.yaml"
+    bad.write_text("models:\n  fraud: {train: [unclosed\n")
+    line = assert_one_error(invoke("train", "fraud", "--project", str(bad)), 2)
+    assert "YAML" in line
+    bad.write_text("models:\n  fraud:\n    train: x.py:train\n    data: {path: 'a.csv'}\n")
+    line = assert_one_error(invoke("train", "fraud", "--project", str(bad)), 2)
+    assert "target" in line
+    missing = tmp_path / "missing.yaml"
+    assert "modelyard init" in assert_one_error(invoke("train", "--all", "--project",
+                                                       str(missing)), 2)
+
+
+def test_train_needs_names_or_all(invoke: Invoke, project: Path) -> None:
+    result = invoke("train", "--project", str(project))
+    assert result.exit_code == 2
+    assert "--all" in result.stderr
+    assert_one_error(invoke("train", "nope", "--project", str(project)), 3)
+
+
+def test_help_on_every_command(invoke: Invoke) -> None:
+    for command in main.commands:
+        result = invoke(command, "--help")
+        assert result.exit_code == 0, command
+        assert "Usage:" in result.stdout
+    assert invoke("runs", "show", "--help").exit_code == 0
+    assert "demo" in invoke("--help").stdout
+
+
+# -- predict ------------------------------------------------------------------------------------
+def test_predict_from_stdin(registered: Registry, invoke: Invoke) -> None:
+    records = [{"a": 1.5, "b": 0.0}, {"a": -2.0, "b": 0.3}]
+    result = invoke("predict", "iris2", "--scores", input=json.dumps(records))
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["model"] == "iris2" and data["version"] == 1
+    assert data["predictions"] == [1, 0]
+    assert data["classes"] == [0, 1]
+    assert len(data["scores"]) == 2
+
+
+def test_predict_from_file_with_columns(registered: Registry, invoke: Invoke,
+                                        tmp_path: Path) -> None:
+    source = tmp_path / "input.json"
+    source.write_text(json.dumps({"a": [2.0, -2.0], "b": [0.0, 0.0]}))
+    result = invoke("predict", "iris2:2", "--input", str(source))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"model": "iris2", "version": 2, "predictions": [1, 0]}
+
+
+@pytest.mark.parametrize(("payload", "needle"), [
+    ("{not json", "not valid JSON"),
+    ("", "empty"),
+    ('[{"a": 1.0}]', "b"),
+])
+def test_predict_bad_input_exits_2(registered: Registry, invoke: Invoke, payload: str,
+                                   needle: str) -> None:
+    assert needle in assert_one_error(invoke("predict", "iris2", input=payload), 2)
+
+
+def test_predict_missing_file(registered: Registry, invoke: Invoke, tmp_path: Path) -> None:
+    assert_one_error(invoke("predict", "iris2", "--input", str(tmp_path / "nope.json")), 2)
+
+
+# -- init ---------------------------------------------------------------------------------------
+def test_init_writes_a_starter_and_never_overwrites(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["init"])
+    assert result.exit_code == 0, result.output
+    from modelyard.spec import load_project
+
+    spec = load_project("modelyard.yaml")["iris"]
+    assert spec.train == "train.py:train"
+    assert "def train(X, y, params)" in (tmp_path / "train.py").read_text()
+    (tmp_path / "train.py").write_text("# mine\n")
+    line = assert_one_error(CliRunner().invoke(main, ["init"]), 4)
+    assert "overwrite" in line
+    assert (tmp_path / "train.py").read_text() == "# mine\n"
+
+
+# -- train (the real pipeline) ------------------------------------------------------------------
+def test_train_registers_promotes_and_records_the_run(invoke: Invoke, project: Path) -> None:
+    result = invoke("train", "tiny", "--project", str(project))
+    assert result.exit_code == 0, result.output
+    for stage in ("load data", "validate", "train", "evaluate", "gate", "register", "promote"):
+        assert stage in result.stdout
+    assert "tiny:1" in result.stdout and "accuracy=" in result.stdout
+    assert result.stderr == ""
+
+    models = json.loads(invoke("models", "--json").stdout)
+    assert models[0]["name"] == "tiny" and models[0]["aliases"] == {"production": 1}
+
+    runs = json.loads(invoke("runs", "--json").stdout)
+    assert [(r["model"], r["status"], r["version"]) for r in runs] == [("tiny", "succeeded", 1)]
+    assert json.loads(invoke("runs", "tiny", "--json").stdout)[0]["id"] == runs[0]["id"]
+    shown = invoke("runs", "show", runs[0]["id"][:8])
+    assert shown.exit_code == 0, shown.output
+    assert "logs" in shown.stdout and "registered tiny:1" in shown.stdout
+
+    again = invoke("train", "tiny", "--project", str(project), "--no-promote", "--json")
+    assert again.exit_code == 0, again.output
+    outcome = json.loads(again.stdout)[0]
+    assert outcome["status"] == "registered" and outcome["version"] == 2
+    assert outcome["champion_metrics"] is not None
+    assert json.loads(invoke("show", "tiny", "--json").stdout)["version"] == 1
+
+
+def test_train_failure_is_one_line_and_recorded(invoke: Invoke, project: Path) -> None:
+    result = invoke("train", "broken", "--project", str(project))
+    line = assert_one_error(result, 11)
+    assert "boom" in line
+    runs = json.loads(invoke("runs", "broken", "--json").stdout)
+    assert runs[0]["status"] == "failed"
+
+
+def test_gate_rejection_exits_12(invoke: Invoke, project: Path) -> None:
+    result = invoke("train", "strict", "--project", str(project))
+    line = assert_one_error(result, 12)
+    assert "accuracy" in line
+    assert "rejected" in result.stdout
+    assert invoke("versions", "strict").exit_code == 3  # nothing was registered
+
+
+def test_data_validation_failure_exits_5_with_report(invoke: Invoke, project: Path) -> None:
+    result = invoke("train", "hungry", "--project", str(project))
+    assert "min_rows" in assert_one_error(result, 5)  # one failed check: the message says it
+    project.write_text(TINY_PROJECT.replace(
+        "validation: {min_rows: 100000}",
+        "validation: {min_rows: 100000, columns: {f0: string, f1: string, f2: string}}"))
+    result = invoke("train", "hungry", "--project", str(project))
+    assert result.exit_code == 5, result.output
+    lines = error_lines(result)
+    # the message names the first three failed checks; the report's others follow it
+    assert lines[0].startswith("error: ") and "and 1 more" in lines[0]
+    assert len(lines) == 2 and "f2" in lines[1]
+    assert all(line.startswith("  - ") for line in lines[1:])
+
+
+# -- global options, interrupts, demo helpers ---------------------------------------------------
+def test_db_and_artifacts_options_override_the_home(tmp_path: Path) -> None:
+    db = tmp_path / "elsewhere.db"
+    result = CliRunner().invoke(main, ["--home", str(tmp_path / "home"), "--db",
+                                       f"sqlite:///{db}", "--artifacts", str(tmp_path / "blobs"),
+                                       "models", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == []
+    assert db.is_file()
+    assert not (tmp_path / "home" / "registry.db").exists()
+
+
+def test_keyboard_interrupt_exits_130(invoke: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(self: Registry) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Registry, "list_models", interrupted)
+    assert_one_error(invoke("models"), 130)
+
+
+def test_demo_writes_the_first_fraud_batch_once(tmp_path: Path) -> None:
+    from modelyard.cli.demo import ensure_fraud_data, find_project
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    copy = tmp_path / "examples"
+    (copy / "fraud").mkdir(parents=True)
+    (copy / "fraud" / "generate.py").write_text((examples / "fraud" / "generate.py").read_text())
+    batch = ensure_fraud_data(copy)
+    assert batch == copy / "fraud" / "data" / "batch-000.csv"
+    frame = pd.read_csv(batch)
+    assert len(frame) == 5000 and 0.015 < frame["is_fraud"].mean() < 0.04
+    assert ensure_fraud_data(copy) is None  # never twice
+    assert find_project(str(examples / "modelyard.yaml")).name == "modelyard.yaml"
+    with pytest.raises(ConfigError, match="--project"):
+        find_project(str(tmp_path / "nope.yaml"))
