@@ -9,6 +9,9 @@ roll back and load it whatever its framework::
     fraud.predict([{"amount": 120.0, "hour": 3, ...}])
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from modelyard.errors import (
     ConfigError,
     ConflictError,
@@ -21,12 +24,40 @@ from modelyard.errors import (
     StorageError,
     TrainingError,
 )
-from modelyard.predictor import Prediction, Predictor, load
-from modelyard.registry import Registry
-from modelyard.schema import Signature
-from modelyard.spec import Spec, load_project, model
+
+if TYPE_CHECKING:
+    from modelyard.predictor import Prediction, Predictor, load
+    from modelyard.registry import Registry
+    from modelyard.schema import Signature
+    from modelyard.spec import Spec, load_project, model
 
 __version__ = "0.1.0"
+
+# The rest is imported on first use (PEP 562), so the CLI and ``import modelyard`` start fast:
+# the registry pulls in SQLAlchemy, the spec pydantic, the predictor numpy.
+_LAZY = {
+    "Prediction": "modelyard.predictor",
+    "Predictor": "modelyard.predictor",
+    "load": "modelyard.predictor",
+    "Registry": "modelyard.registry",
+    "Signature": "modelyard.schema",
+    "Spec": "modelyard.spec",
+    "load_project": "modelyard.spec",
+    "model": "modelyard.spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelyard' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "ConfigError",

@@ -1,7 +1,8 @@
 """End to end: ``modelyard demo`` and the commands it suggests, as subprocesses in a temp folder.
 
-The demo runs twice (a rerun must succeed too), then each model predicts its shipped example
-input, a drifted fraud batch is generated and fraud retrained, and production is rolled back.
+The demo runs twice (a rerun must succeed too; the second time it goes on to serve the models and
+every curl it prints is run against it), then each model predicts its shipped example input, a
+drifted fraud batch is generated and fraud retrained, and production is rolled back.
 """
 
 from __future__ import annotations
@@ -9,8 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +35,7 @@ EXPECTED = {
 class Demo:
     folder: Path
     runs: list[subprocess.CompletedProcess[str]]
+    curls: list[dict]
 
 
 def _executable() -> str:
@@ -59,8 +65,57 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
     folder = tmp_path_factory.mktemp("demo")
     shutil.copytree(EXAMPLES, folder / "examples",
                     ignore=shutil.ignore_patterns("data", "__pycache__"))
-    runs = [modelyard(folder, "demo"), modelyard(folder, "demo")]
-    return Demo(folder, runs)
+    first = modelyard(folder, "demo", "--no-serve")
+    second, curls = _demo_serving(folder)
+    return Demo(folder, [first, second], curls)
+
+
+def _demo_serving(folder: Path) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
+    """Run ``modelyard demo`` with serving on, run each curl it prints, then stop it (Ctrl-C)."""
+    port = _free_port()
+    out_file, err_file = folder / "demo-serve.out", folder / "demo-serve.err"
+    curls: list[dict] = []
+    with open(out_file, "w") as out, open(err_file, "w") as err:
+        proc = subprocess.Popen([_executable(), "demo", "--port", str(port)], cwd=folder,
+                                env=_env(), text=True, stdout=out, stderr=err)
+        try:
+            _wait_ready(proc, port, timeout=900)
+            # the curls are printed before the server starts, so they are in the file by now
+            for line in out_file.read_text().splitlines():
+                if "curl -s -X POST" in line:
+                    done = subprocess.run(line.strip(), shell=True, cwd=folder, text=True,
+                                          capture_output=True, timeout=60, check=False)
+                    curls.append({"command": line.strip(), "rc": done.returncode,
+                                  "body": done.stdout})
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out_file.read_text(),
+                                       err_file.read_text()), curls
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_ready(proc: subprocess.Popen[str], port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"demo exited early with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise AssertionError("the demo's server never became ready")
 
 
 def test_demo_runs_twice_and_exits_0(demo: Demo) -> None:
@@ -75,6 +130,16 @@ def test_demo_runs_twice_and_exits_0(demo: Demo) -> None:
     for name in EXPECTED:  # each model: a new version, or production kept by its gate
         assert f"{name}:2" in second.stdout or "kept production" in second.stdout
     assert (demo.folder / "examples" / "fraud" / "data" / "batch-000.csv").is_file()
+
+
+def test_demo_serves_and_every_printed_curl_works(demo: Demo) -> None:
+    assert sorted(json.loads(c["body"])["model"] for c in demo.curls) == sorted(EXPECTED)
+    for curl in demo.curls:
+        assert curl["rc"] == 0, curl
+        body = json.loads(curl["body"])
+        name = body["model"]
+        assert body["predictions"][: len(EXPECTED[name][1])] == EXPECTED[name][1], curl
+    assert demo.runs[1].returncode == 0, demo.runs[1].stderr
 
 
 def test_three_models_with_production_aliases(demo: Demo) -> None:

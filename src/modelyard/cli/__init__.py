@@ -82,9 +82,10 @@ def _register() -> None:
     )
     from modelyard.cli.runs_cmds import runs
     from modelyard.cli.train_cmds import init, train
+    from modelyard.serving.command import serve
 
     for command in (init, train, models, versions, show, promote, rollback, history, runs, audit,
-                    predict, demo):
+                    predict, serve, demo):
         main.add_command(command)
 
 

@@ -33,13 +33,19 @@ _DEFAULT_PROJECT = Path("examples") / "modelyard.yaml"
 @click.option("--project", "-p", type=click.Path(dir_okay=False), default=None,
               help=f"The examples' project file (default: {_DEFAULT_PROJECT}, here or in the "
                    "modelyard source tree).")
+@click.option("--serve/--no-serve", default=True, show_default=True,
+              help="Serve the models afterwards (until Ctrl-C) and print a curl for each.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to serve on.")
 @pass_state
 @click.pass_context
-def demo(ctx: click.Context, state: State, project: str | None) -> None:
-    """Train and promote the three example models (scikit-learn, PyTorch, Keras) end to end.
+def demo(ctx: click.Context, state: State, project: str | None, serve: bool, host: str,
+         port: int) -> None:
+    """Train and promote the three example models (scikit-learn, PyTorch, Keras), then serve them.
 
     Uses the current registry (./.modelyard unless --home/--db say otherwise). Safe to run
-    again: a model either gets a new version or its gate keeps production as it is.
+    again: a model either gets a new version or its gate keeps production as it is. With
+    --serve (the default) it ends by serving all three on one server until Ctrl-C.
     """
     from modelyard.spec import load_project
 
@@ -67,6 +73,35 @@ def demo(ctx: click.Context, state: State, project: str | None) -> None:
         report_error(err)
     if failed:
         ctx.exit(failed[0].exit_code)
+    if serve:
+        _serve(path.parent, registry, state, out, host, port)
+
+
+def _serve(examples: Path, registry: Registry, state: State, out: Console, host: str,
+           port: int) -> None:
+    """Serve the promoted models, after printing one working curl per model."""
+    import json
+
+    from modelyard.serving.server import serve
+
+    requests = registry.settings.home / "demo-requests"
+    requests.mkdir(parents=True, exist_ok=True)
+    out.print(f"\n[bold]serving on http://{host}:{port}[/bold] (Ctrl-C stops it); "
+              "once it reports 'startup complete', try:")
+    for model, key in (("fraud", "records"), ("digits", "instances"), ("tickets", "instances")):
+        example = examples / model / "example_input.json"
+        if not example.is_file():
+            continue
+        body = requests / f"{model}.json"
+        body.write_text(json.dumps({key: json.loads(example.read_text())}))
+        scores = "?scores=true" if model != "digits" else ""
+        out.print(f"  curl -s -X POST http://{host}:{port}/v1/models/{model}/predict{scores} "
+                  f"-H 'content-type: application/json' -d @{_rel(body)}",
+                  highlight=False, soft_wrap=True, markup=False)
+    out.print(f"  curl -s http://{host}:{port}/v2/models/tickets   [dim](Open Inference "
+              f"Protocol metadata; metrics at /metrics, API docs at /docs)[/dim]",
+              highlight=False, soft_wrap=True)
+    serve(host, port, settings=state.settings(), log_level="info")
 
 
 def find_project(project: str | None) -> Path:

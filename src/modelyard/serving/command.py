@@ -26,10 +26,15 @@ from modelyard.errors import ModelyardError
               help="The alias /v1/models/{name}/predict serves.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(host: str, port: int, max_memory: str | None, preload: bool, workers: int,
-          max_body: str, timeout_s: float, grpc_port: int | None, alias: str,
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, max_memory: str | None, preload: bool,
+          workers: int, max_body: str, timeout_s: float, grpc_port: int | None, alias: str,
           log_level: str) -> None:
-    """Serve every model with a production alias over REST and OIP v2 until stopped."""
+    """Serve every model with a production alias over REST and OIP v2 until stopped.
+
+    Native REST: POST /v1/models/NAME/predict. Open Inference Protocol v2: /v2/... (REST, and
+    gRPC with --grpc-port). Also /metrics, /healthz, /readyz and OpenAPI at /docs.
+    """
     from modelyard.serving.options import ServeOptions, parse_size
     from modelyard.serving.server import serve as run
 
@@ -40,7 +45,9 @@ def serve(host: str, port: int, max_memory: str | None, preload: bool, workers: 
                                grpc_address=f"{host}:{grpc_port}" if grpc_port else None)
     except ModelyardError as exc:
         raise click.UsageError(str(exc)) from None
-    run(host, port, options=options, workers=workers, log_level=log_level)
+    # Under the modelyard CLI the global --home/--db/--artifacts options name the registry.
+    settings = ctx.obj.settings() if hasattr(ctx.obj, "settings") else None
+    run(host, port, settings=settings, options=options, workers=workers, log_level=log_level)
 
 
 __all__ = ["serve"]
