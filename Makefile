@@ -30,10 +30,9 @@ lint: venv
 	$(PY) -m ruff check src tests examples
 
 bench: venv
-	@set -e; found=0; for script in bench/*.py; do \
-		[ -f "$$script" ] || continue; found=1; \
-		echo "== $$script"; $(PY) "$$script"; \
-	done; [ $$found = 1 ] || echo "no benchmarks in bench/ yet"
+	$(PIP) install -e ".[bench]"
+	$(PY) bench/registry.py
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist
