@@ -412,3 +412,29 @@ def test_demo_writes_the_first_fraud_batch_once(tmp_path: Path) -> None:
     assert find_project(str(examples / "modelyard.yaml")).name == "modelyard.yaml"
     with pytest.raises(ConfigError, match="--project"):
         find_project(str(tmp_path / "nope.yaml"))
+
+
+# -- broken infrastructure ---------------------------------------------------------------------
+def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--db", "postgresql://nobody@127.0.0.1:1/x", "models"])
+    line = assert_one_error(result, 10)
+    assert "MODELYARD_DB" in line
+
+
+def test_malformed_database_url_is_one_line() -> None:
+    result = CliRunner().invoke(main, ["--db", "postgresql://h:port/x", "models"])
+    assert "not a valid URL" in assert_one_error(result, 2)
+
+
+def test_corrupted_artifact_is_refused_naming_the_version(registered: Registry,
+                                                          invoke: Invoke) -> None:
+    version = registered.resolve("iris2:2")
+    blob = registered.settings.artifacts
+    path = Path(blob) / version.artifact_digest[:2] / version.artifact_digest
+    path.write_bytes(path.read_bytes()[:-10] + b"tampered!!")
+    registered.clear_cache()
+    result = invoke("predict", "iris2:2", input='[{"a": 1.0, "b": 2.0}]')
+    line = assert_one_error(result, 9)
+    assert "iris2:2" in line
+    # the registry is untouched and the other version still predicts
+    assert invoke("predict", "iris2:1", input='[{"a": 1.0, "b": 2.0}]').exit_code == 0
