@@ -37,6 +37,7 @@ from modelyard.serving.metrics import CONTENT_TYPE, ServerMetrics
 from modelyard.serving.options import ServeOptions
 from modelyard.serving.runner import Runner
 from modelyard.serving.watcher import Watcher
+from modelyard.serving.worker import WorkerUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,8 @@ class App:
             status = 499
         except Exception as exc:
             status, err, headers = error_body(exc)
-            if status >= 500:
+            if status >= 500 and not isinstance(exc, WorkerUnavailableError):
+                # a worker's death and restart are logged once by its supervisor, not per request
                 log.warning("%s predict failed with %s: %s", name, status, exc)
             await respond(send, status, err, headers)
         finally:
@@ -264,11 +266,20 @@ class App:
         await respond(send, 200, b'{"status":"ok"}')
 
     async def op_readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /readyz``: 200 once the served aliases are preloaded, else 503."""
-        if self.ready:
+        """``GET /readyz``: 200 once the served aliases are preloaded and every device worker
+        answers; 503 while loading or while a worker restarts (the body names it)."""
+        down = self.catalog.unhealthy()
+        if self.ready and not down:
             await respond(send, 200, b'{"status":"ready"}')
-        else:
+        elif not self.ready:
             await respond(send, 503, b'{"status":"loading"}', [*JSON, (b"retry-after", b"1")])
+        else:
+            body = orjson.dumps({"status": "degraded", "down": [f"{n}:{v}" for n, v in down]})
+            await respond(send, 503, body, [*JSON, (b"retry-after", b"1")])
+
+    def is_ready(self) -> bool:
+        """Whether preloading is done and no loaded version's device worker is down."""
+        return self.ready and not self.catalog.unhealthy()
 
     async def op_openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /openapi.json``."""

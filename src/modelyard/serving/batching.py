@@ -9,7 +9,9 @@ While a batch runs, new requests queue up and form the next batch, so under load
 batched even with ``max_delay_s == 0`` and an idle server adds no delay ("natural batching").
 
 The batcher is generic: ``run(items)`` is a plain function that receives the queued payloads and
-returns one result (or exception) per item, so it is tested without any model.
+returns one result (or exception) per item, so it is tested without any model. A runner whose
+model lives in another process passes ``run_async`` instead: a coroutine that sends the batch
+away and awaits the answer on the event loop, with no executor thread held meanwhile.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +73,8 @@ class Item:
 
 #: ``run(items) -> results``: one result or exception per item, in order (runs in a thread).
 RunBatch = Callable[[Sequence[Item]], Sequence[Any]]
+#: ``await run_async(items) -> results``: the same contract, awaited on the event loop.
+RunBatchAsync = Callable[[Sequence[Item]], Awaitable[Sequence[Any]]]
 #: ``observe(rows, queue_seconds_per_item)``: called once per batch, on the event loop.
 Observe = Callable[[int, list[float]], None]
 
@@ -84,8 +88,11 @@ class Batcher:
         policy: BatchPolicy,
         executor: Executor | None = None,
         observe: Observe | None = None,
+        *,
+        run_async: RunBatchAsync | None = None,
     ) -> None:
         self._run = run
+        self._run_async = run_async
         self.policy = policy
         self._executor = executor
         self._observe = observe
@@ -123,7 +130,7 @@ class Batcher:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        self._fail_queued(RunnerClosedError("the model version was unloaded; retry"))
+        self.fail_queued(RunnerClosedError("the model version was unloaded; retry"))
 
     # -- requests -------------------------------------------------------------------------------
     def submit(self, payload: Any, n: int, options: Any = None) -> asyncio.Future[Any]:
@@ -175,7 +182,13 @@ class Batcher:
                 self._observe(sum(i.n for i in items), [start - i.enqueued for i in items])
             self._busy = True
             try:
-                results = await loop.run_in_executor(self._executor, self._run_safely, items)
+                if self._run_async is not None:
+                    try:
+                        results = await self._run_async(items)
+                    except Exception as exc:  # a broken contract must not kill the loop
+                        results = [exc] * len(items)
+                else:
+                    results = await loop.run_in_executor(self._executor, self._run_safely, items)
             finally:
                 self._busy = False
             for item, result in zip(items, results, strict=True):
@@ -230,7 +243,8 @@ class Batcher:
                 results.append(exc)
         return results
 
-    def _fail_queued(self, exc: Exception) -> None:
+    def fail_queued(self, exc: Exception) -> None:
+        """Fail every queued request with ``exc`` now (the model cannot answer them)."""
         while self._queue:
             item = self._queue.popleft()
             self.queued_rows -= item.n
@@ -260,6 +274,7 @@ __all__ = [
     "Item",
     "QueueFullError",
     "RequestTimeoutError",
+    "RunBatchAsync",
     "RunnerClosedError",
     "split_rows",
 ]

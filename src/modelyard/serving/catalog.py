@@ -2,7 +2,9 @@
 
 It keeps a snapshot of the registry (models and their aliases, refreshed by the watcher) so the
 request path never touches the database: ``runner_now`` is two dict lookups. Versions not yet
-loaded are loaded through the :class:`~modelyard.serving.cache.ModelCache`, on the load threads.
+loaded are loaded through the :class:`~modelyard.serving.cache.ModelCache`, on the load threads:
+in this process (``isolation: inline``) or in a device worker (``isolation: process``, see
+:mod:`modelyard.serving.supervisor`), as :func:`~modelyard.serving.runner.choose_isolation` says.
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from modelyard.errors import NotFoundError
 from modelyard.serving.cache import Key, ModelCache
 from modelyard.serving.metrics import ServerMetrics
 from modelyard.serving.options import ServeOptions
-from modelyard.serving.runner import Runner, batch_policy, estimate_memory, serving_spec
+from modelyard.serving.runner import (
+    Runner,
+    batch_policy,
+    choose_isolation,
+    estimate_memory,
+    serving_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,10 @@ class Catalog:
             )
         return (name, version)
 
+    def unhealthy(self) -> list[Key]:
+        """Loaded versions that cannot answer now (a device worker is down or restarting)."""
+        return [key for key, runner in self.cache.loaded() if not runner.healthy]
+
     def versions(self, name: str) -> list[int]:
         """Version numbers of ``name`` (from the snapshot)."""
         return list(range(1, self.latest.get(name, 0) + 1))
@@ -105,15 +117,22 @@ class Catalog:
         record = await self.get_version_record(*key)
         loop = asyncio.get_running_loop()
         runner = await loop.run_in_executor(self.load_pool, self._open, record)
-        runner.batcher.start()
+        runner.start()
         return runner
 
     def _open(self, record: Any) -> Runner:
         """Load, wrap and warm one version (blocking: runs on a load thread)."""
         from modelyard.adapters import get_adapter
+        from modelyard.adapters.base import cuda_device_count
         from modelyard.predictor import open_version
 
         spec = serving_spec(record.meta, record.ref)
+        # the adapter module is light (frameworks import lazily); NVML counts GPUs without
+        # initialising CUDA in the server, whose workers own the devices
+        accelerated = get_adapter(record.flavor).accelerated
+        if choose_isolation(spec, accelerated=accelerated,
+                            gpu_count=cuda_device_count) == "process":
+            return self._open_worker(record, spec)
         if record.flavor in _imported:
             adapter = get_adapter(record.flavor)
             predictor = open_version(record, self.registry, device=spec.device)
@@ -136,6 +155,43 @@ class Catalog:
         log.info("serving %s (%s on %s, batch %d rows, delay %.1f ms)", record.ref,
                  record.flavor, predictor.device, policy.max_batch_size, policy.max_delay_s * 1e3)
         return runner
+
+    def _open_worker(self, record: Any, spec: Any) -> Runner:
+        """Start a device worker for one version and wrap it (blocking: runs on a load thread)."""
+        from modelyard.adapters import get_adapter
+        from modelyard.serving.supervisor import ProcessRunner, metadata_predictor
+        from modelyard.serving.worker import Worker, WorkerSpec
+
+        def spawn() -> Worker:
+            # resolved on each (re)start: the digest is checked here, and a cleared cache refills
+            path = self.registry.artifact_path(record)
+            worker = Worker(WorkerSpec.from_record(
+                record, path, spec.device, start_timeout_s=self.options.worker_start_timeout_s))
+            worker.start()
+            return worker
+
+        adapter = get_adapter(record.flavor)
+        worker = spawn()
+        policy = batch_policy(spec, accelerated=adapter.accelerated,
+                              timeout_s=self.options.request_timeout_s)
+        vm = self.metrics.for_version(record.model, str(record.version))
+        runner = ProcessRunner(
+            metadata_predictor(record, adapter, str(worker.info.get("device", spec.device))),
+            policy, worker, spawn=spawn, pool=self.load_pool, observe=vm.observe_batch,
+            memory=int(worker.info.get("memory") or record.artifact_size),
+            max_restarts=self.options.worker_max_restarts, on_give_up=self._give_up,
+        )
+        runner.metrics = vm
+        log.info("serving %s (%s on %s in worker pid %s, batch %d rows, delay %.1f ms)",
+                 record.ref, record.flavor, runner.predictor.device, worker.pid,
+                 policy.max_batch_size, policy.max_delay_s * 1e3)
+        return runner
+
+    def _give_up(self, runner: Runner) -> None:
+        """Unload a version whose worker cannot be restarted; its next request loads it anew."""
+        key = (runner.name, runner.version)
+        if self.cache.peek(key) is runner:
+            self.cache.evict(key)
 
     async def preload(self) -> None:
         """Load every served alias's version; a version that fails to load is logged, not fatal."""

@@ -76,6 +76,53 @@ def register_text(registry: Any, name: str = "sentiment", *, promote: bool = Tru
     return register_model(registry, name, model, "sklearn", texts, labels, promote=promote)
 
 
+class ProbeModel:
+    """A python-flavor model for worker tests: ``2 * x[:, 0]``, unless ``x[:, 0]`` says otherwise.
+
+    A first feature of ``-1`` raises (a bad batch), ``-2`` hangs for a minute (a stuck device
+    call), ``-3`` kills its own process (a crash mid-call). ``fail_load`` makes ``load`` raise.
+    """
+
+    def __init__(self, fail_load: bool = False) -> None:
+        self.fail_load = fail_load
+
+    def predict(self, batch: Any) -> Any:
+        """Twice the first column, or the misbehaviour its value asks for."""
+        import os
+        import signal
+        import time
+
+        x = np.asarray(batch, dtype=np.float64)
+        first = x[:, 0]
+        if (first == -1).any():
+            raise ValueError("probe: a poisoned row (-1) in the batch")
+        if (first == -2).any():
+            time.sleep(60)
+        if (first == -3).any():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return first * 2
+
+    def save(self, path: Path) -> None:
+        """Write the one setting."""
+        (Path(path) / "probe.txt").write_text("fail" if self.fail_load else "ok")
+
+    @classmethod
+    def load(cls, path: Path) -> ProbeModel:
+        """Read the setting back; raises if the model was saved with ``fail_load``."""
+        if (Path(path) / "probe.txt").read_text() == "fail":
+            raise RuntimeError("probe: this version is broken on purpose")
+        return cls()
+
+
+def register_probe(registry: Any, name: str = "probe", *, n_features: int = 3,
+                   fail_load: bool = False, promote: bool = True,
+                   meta: dict[str, Any] | None = None) -> Any:
+    """A :class:`ProbeModel` over ``n_features`` floats (loads in a blink: no framework)."""
+    X = np.arange(4 * n_features, dtype=np.float64).reshape(4, n_features)
+    return register_model(registry, name, ProbeModel(fail_load), "python", X, promote=promote,
+                          meta=meta)
+
+
 def mlp(sizes: tuple[int, ...] = (256, 1024, 1024, 10), seed: int = 0) -> Any:
     """A PyTorch MLP with ReLU between ``sizes`` (eval mode)."""
     import torch
@@ -102,11 +149,13 @@ def register_mlp(registry: Any, name: str = "mlp", *,
 
 
 __all__ = [
+    "ProbeModel",
     "mlp",
     "register_constant",
     "register_hgb",
     "register_mlp",
     "register_model",
+    "register_probe",
     "register_text",
     "tabular_data",
 ]

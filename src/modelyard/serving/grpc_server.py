@@ -97,7 +97,7 @@ class Servicer:
         return self.pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return self.pb.ServerReadyResponse(ready=self.app.ready)
+        return self.pb.ServerReadyResponse(ready=self.app.is_ready())
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         from modelyard import __version__

@@ -11,6 +11,8 @@ counted with ``model=""`` so that callers cannot create unbounded label values.
 ``modelyard_model_loaded``              gauge      1 for each loaded version
 ``modelyard_model_memory_bytes``        gauge      estimated bytes held by each loaded version
 ``modelyard_models_loaded``             gauge      number of loaded versions
+``modelyard_worker_up``                 gauge      1 while a version's device worker answers
+``modelyard_worker_restarts_total``     counter    device worker restart attempts
 ======================================  =========  ===========================================
 """
 
@@ -61,6 +63,14 @@ class ServerMetrics:
         self.count = Gauge(
             "modelyard_models_loaded", "Number of loaded model versions.", registry=r
         )
+        self.worker_up = Gauge(
+            "modelyard_worker_up", "1 while the version's device worker answers, 0 while down.",
+            ("model", "version"), registry=r,
+        )
+        self.restarts = Counter(
+            "modelyard_worker_restarts", "Device worker restart attempts.",
+            ("model", "version"), registry=r,
+        )
         self._status: dict[tuple[str, str, str, int], Any] = {}
 
     def for_version(self, model: str, version: str) -> VersionMetrics:
@@ -93,11 +103,12 @@ class ServerMetrics:
 class VersionMetrics:
     """Metric children for one ``(model, version)``."""
 
-    __slots__ = ("_batch", "_duration", "_queue", "model", "version")
+    __slots__ = ("_batch", "_duration", "_queue", "_server", "model", "version")
 
     def __init__(self, metrics: ServerMetrics, model: str, version: str) -> None:
         self.model = model
         self.version = version
+        self._server = metrics
         self._duration = metrics.duration.labels(model, version)
         self._queue = metrics.queue.labels(model, version)
         self._batch = metrics.batch.labels(model, version)
@@ -112,6 +123,15 @@ class VersionMetrics:
         observe = self._queue.observe
         for q in queue_s:
             observe(q)
+
+    def worker_up(self, up: bool) -> None:
+        """Mark the version's device worker up or down (only worker-hosted versions report)."""
+        self._server.worker_up.labels(self.model, self.version).set(1 if up else 0)
+        self._server.restarts.labels(self.model, self.version)  # the series exists from 0
+
+    def count_restart(self) -> None:
+        """Count one attempt to restart the version's device worker."""
+        self._server.restarts.labels(self.model, self.version).inc()
 
 
 __all__ = ["CONTENT_TYPE", "ServerMetrics", "VersionMetrics"]

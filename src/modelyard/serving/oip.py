@@ -43,8 +43,8 @@ class OIPHandlers:
         await respond(send, 200, b'{"live":true}')
 
     async def v2_ready(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /v2/health/ready``: 200 once preloading is done."""
-        ready = self.app.ready
+        """``GET /v2/health/ready``: 200 once preloading is done and every device worker is up."""
+        ready = self.app.is_ready()
         await respond(send, 200 if ready else 503, orjson.dumps({"ready": ready}))
 
     # -- models ---------------------------------------------------------------------------------
@@ -65,7 +65,7 @@ class OIPHandlers:
 
     async def v2_model_ready(self, scope: Scope, receive: Receive, send: Send,
                              name: str, version: str | None = None) -> None:
-        """``GET /v2/models/{name}[/versions/{v}]/ready``: 200 when loaded, else 503."""
+        """``GET /v2/models/{name}[/versions/{v}]/ready``: 200 when loaded and answering."""
         ready = self.is_ready(name, version)
         await respond(send, 200 if ready else 503, orjson.dumps({"name": name, "ready": ready}))
 
@@ -124,16 +124,19 @@ class OIPHandlers:
 
     def repository_index(self, only_ready: bool = False) -> list[dict[str, str]]:
         """Every model version and its state: READY, LOADING or UNAVAILABLE."""
-        loaded = {key for key, _ in self.catalog.cache.loaded()}
+        loaded = dict(self.catalog.cache.loaded())
         rows = []
         for name in sorted(self.catalog.models):
             for version in self.catalog.versions(name):
                 key = (name, version)
-                state = ("READY" if key in loaded else
+                runner = loaded.get(key)
+                reason = "" if runner is None or runner.healthy else \
+                    f"device worker down: {getattr(runner, 'last_error', '')}"
+                state = ("READY" if runner is not None and not reason else
                          "LOADING" if self.catalog.cache.is_loading(key) else "UNAVAILABLE")
                 if not only_ready or state == "READY":
                     rows.append({"name": name, "version": str(version), "state": state,
-                                 "reason": ""})
+                                 "reason": reason})
         return rows
 
     async def load(self, name: str, version: Any = None) -> None:
@@ -166,11 +169,12 @@ class OIPHandlers:
         return v2.model_metadata(name, self.catalog.versions(name), signature, flavor)
 
     def is_ready(self, name: str, version: str | None) -> bool:
-        """Whether the version a request would use is loaded (404 for unknown ones)."""
+        """Whether the version a request would use is loaded and answering (404 for unknown)."""
         from modelyard.serving.app import parse_version
 
         key = self.catalog.key_for(name, parse_version(name, version))
-        return self.catalog.cache.peek(key) is not None
+        runner = self.catalog.cache.peek(key)
+        return runner is not None and bool(runner.healthy)
 
     # -- repository extension -------------------------------------------------------------------
     async def v2_index(self, scope: Scope, receive: Receive, send: Send) -> None:

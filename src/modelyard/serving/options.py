@@ -46,6 +46,10 @@ class ServeOptions:
     load_threads: int = 2
     #: ``host:port`` for OIP v2 over gRPC (None: no gRPC).
     grpc_address: str | None = None
+    #: a device worker that has not loaded and warmed its model after this many seconds fails.
+    worker_start_timeout_s: float = 300.0
+    #: restart attempts in a row for a dead device worker before its version is unloaded.
+    worker_max_restarts: int = 5
 
     def __post_init__(self) -> None:
         if self.max_memory is not None and self.max_memory <= 0:
@@ -54,6 +58,8 @@ class ServeOptions:
             raise ConfigError("max_body_bytes, request_timeout_s and poll_interval_s must be > 0")
         if self.predict_threads < 1 or self.load_threads < 1:
             raise ConfigError("predict_threads and load_threads must be at least 1")
+        if self.worker_start_timeout_s <= 0 or self.worker_max_restarts < 1:
+            raise ConfigError("worker_start_timeout_s must be > 0 and worker_max_restarts >= 1")
 
 
 __all__ = ["ServeOptions", "parse_size"]

@@ -2,13 +2,15 @@
 
 Requests are validated on the event loop (cheap, see :mod:`modelyard.serving.inputs`), queued in
 the runner's :class:`~modelyard.serving.batching.Batcher`, predicted in batches on an executor
-thread and split back per request.
+thread and split back per request. A version with ``isolation: process`` predicts in a device
+worker instead (:class:`~modelyard.serving.supervisor.ProcessRunner`); :func:`choose_isolation`
+decides which.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -50,6 +52,23 @@ def batch_policy(spec: ServingSpec, *, accelerated: bool, timeout_s: float = 60.
     explicit_delay = "max_delay_ms" in cfg.model_fields_set
     delay_ms = cfg.max_delay_ms if (accelerated or explicit_delay) else 0.0
     return BatchPolicy(cfg.max_batch_size, delay_ms / 1000.0, cfg.max_queue, timeout_s)
+
+
+def choose_isolation(spec: ServingSpec, *, accelerated: bool, gpu_count: Callable[[], int]) -> str:
+    """``"process"`` (a device worker) or ``"inline"`` (the server process) for one version.
+
+    An explicit ``isolation`` wins. ``auto`` gives a worker to a DL flavor bound for a GPU (an
+    explicit ``cuda[:N]``, or ``auto`` with a GPU present), so a CUDA crash or hang costs a
+    restart, not the server; everything on CPU stays inline, where a call costs no process hop.
+    ``gpu_count`` is only asked when it matters (it should not initialise CUDA in the server).
+    """
+    if spec.isolation != "auto":
+        return spec.isolation
+    if not accelerated or spec.device == "cpu":
+        return "inline"
+    if spec.device.startswith("cuda"):
+        return "process"
+    return "process" if gpu_count() > 0 else "inline"
 
 
 def estimate_memory(model: Any, artifact_size: int) -> int:
@@ -95,6 +114,15 @@ class Runner:
         """Whether this runner stopped taking requests."""
         return self.batcher.closed
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the model can answer now (an inline model always can while loaded)."""
+        return not self.batcher.closed
+
+    def start(self) -> None:
+        """Start answering on the running event loop."""
+        self.batcher.start()
+
     def prepare(self, payload: Any) -> tuple[Any, int]:
         """Validate ``payload``; raises :class:`InputError` with field-level detail."""
         return self.inputs.prepare(payload)
@@ -105,7 +133,7 @@ class Runner:
 
     async def predict(self, batch: Any, n: int, scores: bool = False) -> Prediction:
         """Predict a prepared batch through the batcher."""
-        return await self.batcher.submit(batch, n, scores)  # type: ignore[no-any-return]
+        return await self.submit(batch, n, scores)  # type: ignore[no-any-return]
 
     def warm(self) -> None:
         """Run one synthetic row through the model (blocking; call off the event loop)."""
@@ -117,9 +145,16 @@ class Runner:
         await self.batcher.close()
 
     def _run(self, items: Sequence[Item]) -> list[Prediction]:
+        batch, scores = self.batch_of(items)
+        return self.split(items, self.predictor.predict_batch(batch, scores=scores))
+
+    def batch_of(self, items: Sequence[Item]) -> tuple[Any, bool]:
+        """The model input for queued ``items`` and whether any of them asked for scores."""
         batch = self.inputs.finalize(self.inputs.concat([i.payload for i in items]))
-        scores = any(i.options for i in items)
-        result = self.predictor.predict_batch(batch, scores=scores)
+        return batch, any(i.options for i in items)
+
+    def split(self, items: Sequence[Item], result: Prediction) -> list[Prediction]:
+        """Cut one batch's :class:`Prediction` back into one per item (checking the row count)."""
         total = sum(i.n for i in items)
         got = len(result.predictions)
         if got != total:
@@ -139,4 +174,4 @@ class Runner:
         ]
 
 
-__all__ = ["Runner", "batch_policy", "estimate_memory", "serving_spec"]
+__all__ = ["Runner", "batch_policy", "choose_isolation", "estimate_memory", "serving_spec"]
