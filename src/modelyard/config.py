@@ -2,7 +2,7 @@
 
 ``MODELYARD_HOME``      folder of the embedded registry (default ``./.modelyard``)
 ``MODELYARD_DB``        SQLAlchemy URL of the registry database (default SQLite in the home)
-``MODELYARD_ARTIFACTS`` artifact store location: a folder or fsspec URL (default ``<home>/artifacts``)
+``MODELYARD_ARTIFACTS`` artifact store: a folder or fsspec URL (default ``<home>/artifacts``)
 ``MODELYARD_ACTOR``     who is acting, recorded in the audit trail (default: the OS user)
 """
 
@@ -32,7 +32,7 @@ class Settings:
         artifacts: str | None = None,
         actor: str | None = None,
     ) -> Settings:
-        """Settings from explicit values, falling back to ``MODELYARD_*`` variables, then defaults."""
+        """Settings from explicit values, then ``MODELYARD_*`` variables, then the defaults."""
         env = os.environ
         home_path = Path(home or env.get("MODELYARD_HOME") or ".modelyard").absolute()
         return cls(

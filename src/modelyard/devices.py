@@ -1,4 +1,4 @@
-"""Device placement: turn ``cpu``, ``cuda[:N]`` or ``auto`` into a concrete device, or say why not."""
+"""Device placement: turn ``cpu``, ``cuda[:N]`` or ``auto`` into a real device, or say why not."""
 
 from __future__ import annotations
 

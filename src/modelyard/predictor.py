@@ -82,7 +82,9 @@ class Predictor:
         except ModelyardError:
             raise
         except Exception as exc:  # a framework error, translated once here
-            raise AdapterError(f"{self.ref} failed to predict: {type(exc).__name__}: {exc}") from exc
+            raise AdapterError(
+                f"{self.ref} failed to predict: {type(exc).__name__}: {exc}"
+            ) from exc
         return self.postprocess(raw, batch if scores else None)
 
     def postprocess(self, raw: Any, batch: Any = None) -> Prediction:

@@ -1,4 +1,4 @@
-"""A model's one declaration: train entrypoint, data, checks, metrics, gate, serving, rollout, retrain.
+"""A model's one declaration: train entrypoint, data, checks, metrics, gate, serving, rollout.
 
 Declared in ``modelyard.yaml`` or with the :func:`model` decorator; both build the same
 :class:`Spec`, validated at once so a typo fails before any training starts.

@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelyard.errors import DataValidationError, GateFailed, NotFoundError, TrainingError
+from modelyard.errors import (
+    DataValidationError,
+    GateFailed,
+    NotFoundError,
+    TrainingError,
+    UnsafeArtifactError,
+)
 from modelyard.pipeline import run_pipeline
 from modelyard.predictor import open_version
 from modelyard.registry import Registry
@@ -231,3 +237,48 @@ def test_a_torch_model_goes_through_the_pipeline(project: dict[str, Spec], regis
     predictor = open_version(registry.resolve("mlp@production"), registry)
     labels = predictor.predict(np.array([[0, 0, 0, 0], [3, 3, 0, 0]], dtype=np.float32))
     assert labels.tolist() == [0, 1]
+
+
+CUSTOM_STEP = '''
+from sklearn.base import BaseEstimator, TransformerMixin
+
+
+class Doubler(TransformerMixin, BaseEstimator):
+    def fit(self, X, y=None):
+        return self
+
+    def transform(self, X):
+        return X * 2.0
+'''
+
+CUSTOM_TRAIN = '''
+from custom_steps import Doubler
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+
+def train(X, y, params):
+    return make_pipeline(Doubler(), LogisticRegression()).fit(X, y)
+'''
+
+
+def test_custom_classes_need_trusted_types(tmp_path: Path, registry: Registry,
+                                           monkeypatch: pytest.MonkeyPatch):
+    root = tmp_path / "custom"
+    (root / "data").mkdir(parents=True)
+    (root / "custom_steps.py").write_text(CUSTOM_STEP)
+    (root / "train.py").write_text(CUSTOM_TRAIN)
+    _table(200, seed=3).to_csv(root / "data" / "part-1.csv", index=False)
+    base = {"name": "custom", "train": "train.py:train", "root": root,
+            "data": {"path": "data/*.csv", "target": "label"}, "metrics": ["accuracy"]}
+
+    with pytest.raises(UnsafeArtifactError, match="custom_steps.Doubler"):
+        run_pipeline(Spec.parse(base), registry)
+    with pytest.raises(NotFoundError):
+        registry.get_model("custom")  # nothing was registered
+
+    trusted = Spec.parse({**base, "trusted_types": ["custom_steps.Doubler"]})
+    result = run_pipeline(trusted, registry)
+    monkeypatch.syspath_prepend(str(root))  # the class must be importable where it loads
+    model = open_version(result.version, registry)
+    assert model.predict(_table(5, seed=4).drop(columns="label")).shape == (5,)

@@ -229,7 +229,8 @@ def main(job: dict[str, Any], stages: Any) -> None:
         (work / "artifact").mkdir()
         options = {"trusted_types": job["trusted_types"]} if job["trusted_types"] else {}
         if options and adapter.flavor != "sklearn":
-            raise ConfigError(f"trusted_types applies to sklearn models, not {adapter.flavor}")
+            raise errors.ConfigError(
+                f"trusted_types applies to sklearn models, not {adapter.flavor}")
         meta = adapter.save(model, work / "artifact", sample=X[:8], **options)
         signature = adapter.infer_signature(model, X, y).to_dict()
         task = job["task"] or infer_task(model, y)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -33,10 +33,10 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError("registry timestamps must be timezone-aware")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=timezone.utc)
+        return None if value is None else value.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
@@ -141,7 +141,58 @@ class AuditRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class DeploymentRow(Base):
+    """One rollout of a model's candidate; the newest row of a model is its current deployment.
+
+    ``revision`` is bumped on every change: a transition names the revision it decided on, so
+    of several processes applying the same decision exactly one wins.
+    """
+
+    __tablename__ = "deployments"
+    __table_args__ = (
+        Index("ix_deployments_model", "model_id", "id"),
+        Index("ix_deployments_updated", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    stable_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    candidate_version: Mapped[int] = mapped_column(Integer)
+    strategy: Mapped[str] = mapped_column(String(20))  # direct | blue-green | canary | shadow | ab
+    steps: Mapped[list[Any]] = mapped_column(JSON)  # candidate percentages, one per step
+    step: Mapped[int] = mapped_column(Integer, default=0)  # index into steps
+    every_s: Mapped[float] = mapped_column(Float)  # dwell time of each step
+    rules: Mapped[dict[str, Any]] = mapped_column(JSON)  # analysis thresholds
+    key: Mapped[str | None] = mapped_column(String(200), nullable=True)  # A/B stickiness key
+    # pending | progressing | paused | promoted | rolled_back | aborted
+    state: Mapped[str] = mapped_column(String(20))
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    step_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeploymentEventRow(Base):
+    """One transition of a deployment: who or what caused it, and why."""
+
+    __tablename__ = "deployment_events"
+    __table_args__ = (Index("ix_deployment_events_deployment", "deployment_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    action: Mapped[str] = mapped_column(String(20))
+    from_state: Mapped[str | None] = mapped_column(String(20), nullable=True)  # None: started
+    to_state: Mapped[str] = mapped_column(String(20))
+    step: Mapped[int] = mapped_column(Integer)
+    revision: Mapped[int] = mapped_column(Integer)  # the deployment's revision after it
+    actor: Mapped[str] = mapped_column(String(200))  # "user:<name>" or "analysis"
+    reason: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)  # the analysis numbers, if any
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 __all__ = [
-    "AliasEventRow", "AliasRow", "AuditRow", "Base", "ModelRow", "RunRow", "UTCDateTime",
-    "VersionRow",
+    "AliasEventRow", "AliasRow", "AuditRow", "Base", "DeploymentEventRow", "DeploymentRow",
+    "ModelRow", "RunRow", "UTCDateTime", "VersionRow",
 ]
