@@ -1,0 +1,240 @@
+"""Decide promote, advance, hold or roll back from two windows of counts: pure, no I/O.
+
+:func:`analyze` compares the candidate's window with the stable version's window on four checks:
+
+- **error rate** — the candidate fails when we are confident (one-sided, ``confidence``, default
+  95 %) that its error rate is above ``max_error_rate`` (the lower bound of its Wilson score
+  interval is above the budget) *and*, where the stable version has enough traffic to compare
+  with, confident that it is worse than stable's (one-sided two-proportion z-test). So a
+  candidate is not blamed for errors the stable version makes just as often (bad input), and a
+  few unlucky errors in a small window do not roll it back.
+- **p99 latency** — fails when candidate p99 / stable p99 exceeds ``max_p99_ratio`` (unless the
+  candidate's p99 is under ``latency_floor_s``, where ratios are noise), or exceeds the absolute
+  ``max_p99_s`` when one is set (the only latency check when no stable traffic exists, as in a
+  blue-green switch).
+- **declared metric** — where labels have arrived for at least ``min_labels`` predictions of both
+  variants, fails when the candidate is worse than stable by more than ``max_metric_regression``
+  (relative to stable's value), in the direction :func:`modelyard.metrics.greater_is_better`
+  gives. Missing labels skip the check, or hold when ``require_labels`` is set.
+- **shadow agreement** — fails when we are confident the candidate agrees with the primary answer
+  less often than ``min_agreement`` (the upper Wilson bound is below it).
+
+Fewer than ``min_requests`` candidate requests: ``hold``. Any failed check: ``rollback``, with
+every failure in ``reasons``. Otherwise ``advance``, or ``promote`` at the last step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
+
+from modelyard.errors import ConfigError
+from modelyard.rollout.decision import Decision
+from modelyard.rollout.stats import WindowStats
+
+if TYPE_CHECKING:
+    from modelyard.spec import RolloutSpec
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Thresholds of a rollout's analysis; stored as JSON in the deployment record.
+
+    The first three come from the model's ``rollout:`` spec (:meth:`from_spec`); the rest are
+    extra knobs with defaults. ``auto_promote`` None means the strategy decides: canary, direct
+    and blue-green promote by themselves, A/B and shadow wait for a person.
+    """
+
+    max_error_rate: float = 0.01
+    max_p99_ratio: float = 1.5
+    min_requests: int = 100
+    confidence: float = 0.95
+    latency_floor_s: float = 0.002
+    max_p99_s: float | None = None
+    metric: str | None = None
+    max_metric_regression: float = 0.02
+    min_labels: int = 100
+    require_labels: bool = False
+    min_agreement: float | None = 0.9
+    auto_promote: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_range("max_error_rate", self.max_error_rate, 0.0, 1.0)
+        _check_range("confidence", self.confidence, 0.5, 0.9999)
+        _check_range("max_metric_regression", self.max_metric_regression, 0.0, math.inf)
+        _check_range("latency_floor_s", self.latency_floor_s, 0.0, math.inf)
+        if self.min_agreement is not None:
+            _check_range("min_agreement", self.min_agreement, 0.0, 1.0)
+        if not self.max_p99_ratio > 0 or (self.max_p99_s is not None and not self.max_p99_s > 0):
+            raise ConfigError("rollout rules: max_p99_ratio and max_p99_s must be above 0")
+        if self.min_requests < 1 or self.min_labels < 1:
+            raise ConfigError("rollout rules: min_requests and min_labels must be at least 1")
+        if self.metric is not None:
+            from modelyard.metrics import get_metric  # numpy: only when a metric is named
+
+            get_metric(self.metric)  # unknown: ConfigError listing the known metrics
+
+    @classmethod
+    def from_spec(cls, spec: RolloutSpec, **extra: Any) -> Rules:
+        """Rules from a model's ``rollout:`` spec, plus any extra knobs (``metric="f1"``)."""
+        return cls.from_dict({"max_error_rate": spec.max_error_rate,
+                              "max_p99_ratio": spec.max_p99_ratio,
+                              "min_requests": spec.min_requests, **extra})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Rules:
+        """Validate stored or user-given rules; :class:`ConfigError` names an unknown key."""
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown rollout rule(s) {', '.join(unknown)}; "
+                              f"known rules: {', '.join(sorted(known))}")
+        try:
+            return cls(**data)
+        except TypeError as exc:  # a string where a number belongs, compared in __post_init__
+            raise ConfigError(f"rollout rules: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form stored in the deployment record."""
+        return asdict(self)
+
+
+def analyze(stable: WindowStats, candidate: WindowStats, rules: Rules, step: int = 0,
+            n_steps: int = 1) -> Decision:
+    """Decide what the rollout at ``step`` (0-based, of ``n_steps``) should do next.
+
+    Pure: the same windows and rules always give the same decision.
+    """
+    if candidate.requests < rules.min_requests:
+        return Decision("hold", (f"candidate has {candidate.requests} of the "
+                                 f"{rules.min_requests} requests analysis needs",),
+                        details={"candidate_requests": candidate.requests})
+    checks = [_error_rate(stable, candidate, rules), _latency(stable, candidate, rules),
+              _metric(stable, candidate, rules), _agreement(candidate, rules)]
+    details: dict[str, Any] = {}
+    for check in checks:
+        details.update(check.details)
+    failed = tuple(c.failure for c in checks if c.failure)
+    if failed:
+        return Decision("rollback", failed, details=details)
+    waiting = tuple(c.wait for c in checks if c.wait)
+    if waiting:
+        return Decision("hold", waiting, details=details)
+    notes = tuple(c.note for c in checks if c.note)
+    if step >= n_steps - 1:
+        return Decision("promote", notes, details=details)
+    return Decision("advance", notes, details=details)
+
+
+@dataclass(frozen=True)
+class _Check:
+    failure: str = ""
+    wait: str = ""
+    note: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _error_rate(stable: WindowStats, candidate: WindowStats, rules: Rules) -> _Check:
+    z = NormalDist().inv_cdf(rules.confidence)
+    low, _ = wilson_interval(candidate.errors, candidate.requests, z)
+    details: dict[str, Any] = {"candidate_error_rate": candidate.error_rate,
+                               "candidate_error_rate_low": low}
+    over_budget = low > rules.max_error_rate
+    worse = True
+    if stable.requests >= rules.min_requests:
+        p_value = worse_proportion_p(candidate.errors, candidate.requests,
+                                     stable.errors, stable.requests)
+        details.update(stable_error_rate=stable.error_rate, error_rate_p_value=p_value)
+        worse = p_value < 1 - rules.confidence
+    summary = f"error rate {candidate.error_rate:.2%} (stable {stable.error_rate:.2%})"
+    if over_budget and worse:
+        return _Check(failure=f"{summary}: confidently above the {rules.max_error_rate:.2%} "
+                              "budget and above stable's", details=details)
+    return _Check(note=f"{summary} ok", details=details)
+
+
+def _latency(stable: WindowStats, candidate: WindowStats, rules: Rules) -> _Check:
+    c99, s99 = candidate.p99_s, stable.p99_s
+    details: dict[str, Any] = {"candidate_p99_s": c99, "stable_p99_s": s99}
+    if c99 is None:
+        return _Check(details=details)
+    if rules.max_p99_s is not None and c99 > rules.max_p99_s:
+        return _Check(failure=f"p99 latency {c99 * 1000:.1f} ms is above the "
+                              f"{rules.max_p99_s * 1000:.1f} ms limit", details=details)
+    if s99 is None or stable.requests < rules.min_requests or c99 <= rules.latency_floor_s:
+        return _Check(note=f"p99 latency {c99 * 1000:.1f} ms ok", details=details)
+    ratio = c99 / s99
+    details["p99_ratio"] = ratio
+    if ratio > rules.max_p99_ratio:
+        return _Check(failure=f"p99 latency {c99 * 1000:.1f} ms is {ratio:.2f}x stable's "
+                              f"{s99 * 1000:.1f} ms (limit {rules.max_p99_ratio}x)",
+                      details=details)
+    return _Check(note=f"p99 latency {ratio:.2f}x stable's ok", details=details)
+
+
+def _metric(stable: WindowStats, candidate: WindowStats, rules: Rules) -> _Check:
+    name = rules.metric
+    if name is None:
+        return _Check()
+    c, s = candidate.metric_value, stable.metric_value
+    enough = min(candidate.labeled, stable.labeled) >= rules.min_labels
+    if c is None or s is None or not enough:
+        message = (f"{name}: {min(candidate.labeled, stable.labeled)} of {rules.min_labels} "
+                   "labels needed have arrived")
+        return _Check(wait=message) if rules.require_labels else _Check(note=message)
+    from modelyard.metrics import greater_is_better  # numpy: only when a metric is checked
+
+    worse_by = (s - c) if greater_is_better(name) else (c - s)
+    relative = worse_by / abs(s) if s else worse_by
+    details = {"candidate_metric": c, "stable_metric": s, "metric_regression": relative}
+    if relative > rules.max_metric_regression:
+        return _Check(failure=f"{name} {c:.4g} is {relative:.1%} worse than stable's {s:.4g} "
+                              f"(limit {rules.max_metric_regression:.1%})", details=details)
+    return _Check(note=f"{name} {c:.4g} (stable {s:.4g}) ok", details=details)
+
+
+def _agreement(candidate: WindowStats, rules: Rules) -> _Check:
+    if rules.min_agreement is None or candidate.compared < rules.min_requests:
+        return _Check()
+    z = NormalDist().inv_cdf(rules.confidence)
+    _, high = wilson_interval(candidate.agreed, candidate.compared, z)
+    share = candidate.agreed / candidate.compared
+    details = {"agreement": share, "agreement_high": high}
+    if high < rules.min_agreement:
+        return _Check(failure=f"shadow agreement {share:.1%} is confidently below "
+                              f"{rules.min_agreement:.1%}", details=details)
+    return _Check(note=f"shadow agreement {share:.1%} ok", details=details)
+
+
+def wilson_interval(successes: int, n: int, z: float) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (``z``: the normal quantile), as (low, high)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def worse_proportion_p(x1: int, n1: int, x2: int, n2: int) -> float:
+    """One-sided p-value that proportion 1 (``x1/n1``) is above proportion 2 (pooled z-test)."""
+    if n1 <= 0 or n2 <= 0:
+        return 1.0
+    pooled = (x1 + x2) / (n1 + n2)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if se == 0:  # both all-errors or both error-free: no evidence either way
+        return 1.0
+    return 1.0 - NormalDist().cdf((x1 / n1 - x2 / n2) / se)
+
+
+def _check_range(name: str, value: Any, low: float, high: float) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"rollout rules: {name} must be a number from {low} to {high}, "
+                          f"not {value!r}")
+
+
+__all__ = ["Rules", "analyze", "wilson_interval", "worse_proportion_p"]

@@ -1,0 +1,95 @@
+"""Migration 0002 (deployments): the schema matches tables.py, and an existing 0001 registry
+upgrades with its data kept, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import insert, inspect
+
+from modelyard.config import Settings
+from modelyard.registry import Database, Registry
+from modelyard.registry import database as database_module
+from modelyard.rollout.deployments import Deployments
+from modelyard.registry.tables import AliasRow, Base, ModelRow, VersionRow
+from modelyard.store import open_store
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)]
+
+
+def _url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "postgres":
+        return str(request.getfixturevalue("pg_url"))
+    return f"sqlite:///{tmp_path / 'r.db'}"
+
+
+def _alembic(db: Database, revision: str, *, down: bool = False) -> None:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(database_module._MIGRATIONS))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+
+
+def _revision(db: Database) -> str | None:
+    with db.engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def test_head_is_0002():
+    assert database_module.head_revision() == "0002"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_migrated_schema_matches_the_tables(backend, tmp_path, request):
+    db = Database(_url(backend, tmp_path, request))
+    db.migrate()
+    try:
+        with db.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    finally:
+        db.dispose()
+    assert diff == [], "tables.py and the migrations disagree"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_0001_registry_upgrades_with_its_data(backend, tmp_path, request, artifact_dir):
+    url = _url(backend, tmp_path, request)
+    db = Database(url)
+    _alembic(db, "0001")
+    assert _revision(db) == "0001"
+    assert "deployments" not in inspect(db.engine).get_table_names()
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    with db.engine.begin() as conn:  # a registry written before deployments existed
+        conn.execute(insert(ModelRow.__table__), {
+            "id": 1, "name": "iris", "description": "", "latest_version": 2, "created_at": at,
+            "created_by": "old"})
+        for number in (1, 2):
+            conn.execute(insert(VersionRow.__table__), {
+                "model_id": 1, "version": number, "flavor": "sklearn",
+                "artifact_digest": "0" * 64, "artifact_size": 1, "meta": {}, "signature": {},
+                "metrics": {}, "params": {}, "code_ref": {}, "environment": {},
+                "description": "", "created_at": at, "created_by": "old"})
+        conn.execute(insert(AliasRow.__table__), {
+            "model_id": 1, "alias": "production", "version": 1, "updated_at": at})
+
+    db.migrate()  # what Registry.open does
+    assert _revision(db) == "0002"
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    settings = Settings.from_env(home=tmp_path / "home", db_url=url, actor="tester")
+    reg = Registry(db, open_store(settings.artifacts), settings)
+    assert reg.resolve("iris").version == 1
+    d = Deployments(reg).start("iris", 2, "canary")
+    assert (d.stable_version, d.candidate_version, d.state) == (1, 2, "progressing")
+
+    _alembic(db, "0001", down=True)  # and back: the deployments go, the registry stays
+    assert "deployments" not in inspect(db.engine).get_table_names()
+    assert reg.resolve("iris").version == 1
+    db.dispose()

@@ -1,0 +1,157 @@
+"""Analysis: candidate vs stable windows -> promote, advance, hold or roll back."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelyard.errors import ConfigError
+from modelyard.rollout.analysis import Rules, analyze, wilson_interval, worse_proportion_p
+from modelyard.rollout.stats import WindowStats, bucket_of
+from modelyard.spec import RolloutSpec
+
+RULES = Rules()
+
+
+def decide(stable: WindowStats, candidate: WindowStats, rules: Rules = RULES) -> str:
+    """The action at the first of two steps: ``advance`` means every check passed."""
+    return analyze(stable, candidate, rules, step=0, n_steps=2).action
+
+
+def window(requests: int = 1000, errors: int = 0, latency_s: float = 0.010, *,
+           labeled: int = 0, metric: float | None = None, compared: int = 0,
+           agreed: int = 0) -> WindowStats:
+    return WindowStats(requests=requests, errors=errors,
+                       latency_buckets={bucket_of(latency_s): requests} if requests else {},
+                       labeled=labeled, metric_value=metric, compared=compared, agreed=agreed)
+
+
+def test_too_few_candidate_requests_holds():
+    decision = analyze(window(), window(requests=99, errors=99), RULES)
+    assert decision.action == "hold"
+    assert "99 of the 100" in decision.reason
+
+
+def test_good_candidate_advances_then_promotes_at_the_last_step():
+    assert analyze(window(), window(), RULES, step=0, n_steps=4).action == "advance"
+    assert analyze(window(), window(), RULES, step=2, n_steps=4).action == "advance"
+    final = analyze(window(), window(), RULES, step=3, n_steps=4)
+    assert final.action == "promote" and final.automatic
+    assert any("error rate" in r for r in final.reasons)
+
+
+def test_clearly_higher_error_rate_rolls_back():
+    decision = analyze(window(errors=5), window(errors=50), RULES)
+    assert decision.action == "rollback"
+    assert "error rate 5.00%" in decision.reason
+    assert decision.details["error_rate_p_value"] < 0.05
+
+
+def test_errors_the_stable_version_makes_too_do_not_roll_back():
+    # bad input hits both versions alike: the candidate is over budget but not worse
+    assert decide(window(errors=50), window(errors=52), RULES) == "advance"
+
+
+def test_a_few_unlucky_errors_are_not_proof():
+    # 2 % observed against a 1 % budget, but 2 of 100 is well within chance
+    decision = analyze(window(errors=0), window(requests=100, errors=2), RULES)
+    assert decision.action == "promote"
+    assert decision.details["candidate_error_rate_low"] < RULES.max_error_rate
+
+
+def test_without_stable_traffic_the_budget_alone_decides():
+    no_stable = window(requests=0)
+    assert decide(no_stable, window(errors=100), RULES) == "rollback"
+    assert decide(no_stable, window(errors=3), RULES) == "advance"
+
+
+def test_slower_candidate_rolls_back():
+    decision = analyze(window(latency_s=0.010), window(latency_s=0.025), RULES)
+    assert decision.action == "rollback"
+    assert "p99 latency" in decision.reason and decision.details["p99_ratio"] > 1.5
+
+
+def test_slightly_slower_candidate_is_fine():
+    decision = analyze(window(latency_s=0.010), window(latency_s=0.012), RULES)
+    assert decision.action == "promote" and decision.details["p99_ratio"] < 1.5
+
+
+def test_latency_ratios_under_the_floor_are_ignored():
+    # 0.5 ms vs 0.1 ms is a 5x ratio of noise
+    assert decide(window(latency_s=0.0001), window(latency_s=0.0005), RULES) == "advance"
+
+
+def test_absolute_p99_limit_applies_without_a_baseline():
+    rules = Rules(max_p99_s=0.1)
+    assert decide(window(requests=0), window(latency_s=0.3), rules) == "rollback"
+    assert decide(window(requests=0), window(latency_s=0.05), rules) == "advance"
+
+
+def test_less_accurate_candidate_rolls_back():
+    rules = Rules(metric="accuracy")
+    stable = window(labeled=500, metric=0.90)
+    decision = analyze(stable, window(labeled=500, metric=0.80), rules)
+    assert decision.action == "rollback" and "accuracy" in decision.reason
+    assert decide(stable, window(labeled=500, metric=0.895), rules) == "advance"
+    assert decide(stable, window(labeled=500, metric=0.95), rules) == "advance"
+
+
+def test_lower_is_better_metrics_compare_the_other_way():
+    rules = Rules(metric="rmse")
+    stable = window(labeled=500, metric=10.0)
+    assert decide(stable, window(labeled=500, metric=12.0), rules) == "rollback"
+    assert decide(stable, window(labeled=500, metric=8.0), rules) == "advance"
+
+
+def test_missing_labels_skip_the_metric_or_hold_when_required():
+    stable = window(labeled=500, metric=0.9)
+    candidate = window(labeled=20, metric=0.1)
+    assert decide(stable, candidate, Rules(metric="accuracy")) == "advance"
+    held = analyze(stable, candidate, Rules(metric="accuracy", require_labels=True))
+    assert held.action == "hold" and "20 of 100 labels" in held.reason
+
+
+def test_shadow_disagreement_rolls_back():
+    low = window(compared=1000, agreed=800)
+    assert decide(window(), low, RULES) == "rollback"
+    assert "agreement 80.0%" in analyze(window(), low, RULES).reason
+    assert decide(window(), window(compared=1000, agreed=960), RULES) == "advance"
+    # too few comparisons: not judged
+    assert decide(window(), window(compared=50, agreed=10), RULES) == "advance"
+    assert decide(window(), low, Rules(min_agreement=None)) == "advance"
+
+
+def test_every_failure_is_reported():
+    bad = window(errors=100, latency_s=0.1, labeled=500, metric=0.5)
+    decision = analyze(window(labeled=500, metric=0.9), bad, Rules(metric="accuracy"))
+    assert decision.action == "rollback" and len(decision.reasons) == 3
+
+
+def test_rules_from_spec_and_round_trip():
+    rules = Rules.from_spec(RolloutSpec(max_error_rate=0.05, min_requests=10), metric="f1")
+    assert (rules.max_error_rate, rules.min_requests, rules.metric) == (0.05, 10, "f1")
+    assert Rules.from_dict(rules.to_dict()) == rules
+    assert Rules.from_dict(None) == Rules()
+
+
+@pytest.mark.parametrize("data,words", [
+    ({"max_eror_rate": 0.1}, "unknown rollout rule"),
+    ({"max_error_rate": 2}, "max_error_rate"),
+    ({"max_error_rate": "x"}, "max_error_rate"),
+    ({"min_requests": 0}, "min_requests"),
+    ({"max_p99_ratio": 0}, "max_p99_ratio"),
+    ({"metric": "nope"}, "unknown metric"),
+])
+def test_bad_rules_are_config_errors(data, words):
+    with pytest.raises(ConfigError, match=words):
+        Rules.from_dict(data)
+
+
+def test_wilson_interval_and_proportion_test():
+    low, high = wilson_interval(0, 100, 1.645)
+    assert low == 0 and 0.02 < high < 0.03
+    low, high = wilson_interval(50, 100, 1.96)
+    assert low == pytest.approx(0.404, abs=1e-3) and high == pytest.approx(0.596, abs=1e-3)
+    assert wilson_interval(0, 0, 1.96) == (0.0, 1.0)
+    assert worse_proportion_p(50, 1000, 5, 1000) < 1e-6
+    assert worse_proportion_p(5, 1000, 50, 1000) > 0.99
+    assert worse_proportion_p(0, 1000, 0, 1000) == 1.0
