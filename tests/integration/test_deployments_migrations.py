@@ -16,8 +16,8 @@ from sqlalchemy import insert, inspect
 from modelyard.config import Settings
 from modelyard.registry import Database, Registry
 from modelyard.registry import database as database_module
-from modelyard.rollout.deployments import Deployments
 from modelyard.registry.tables import AliasRow, Base, ModelRow, VersionRow
+from modelyard.rollout.deployments import Deployments
 from modelyard.store import open_store
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.integration)]

@@ -12,8 +12,8 @@ import pytest
 
 from modelyard.errors import ConfigError, ConflictError, NotFoundError
 from modelyard.registry import Registry
-from modelyard.rollout.deployments import OVERLAP_S, Deployment, Deployments
 from modelyard.rollout import Decision, Rules, choose_variant
+from modelyard.rollout.deployments import OVERLAP_S, Deployment, Deployments
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

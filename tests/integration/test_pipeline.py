@@ -272,7 +272,7 @@ def test_custom_classes_need_trusted_types(tmp_path: Path, registry: Registry,
     base = {"name": "custom", "train": "train.py:train", "root": root,
             "data": {"path": "data/*.csv", "target": "label"}, "metrics": ["accuracy"]}
 
-    with pytest.raises(UnsafeArtifactError, match="custom_steps.Doubler"):
+    with pytest.raises(UnsafeArtifactError, match=r"custom_steps\.Doubler"):
         run_pipeline(Spec.parse(base), registry)
     with pytest.raises(NotFoundError):
         registry.get_model("custom")  # nothing was registered
