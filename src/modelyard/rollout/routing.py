@@ -22,30 +22,23 @@ rolled_back, aborted    stable
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+from modelyard.rollout.machine import DeploymentView
 
 Variant = Literal["stable", "candidate"]
 _SERVING_STATES = ("progressing", "paused")
 _TWO_64 = float(2**64)
 
 
-class RoutedDeployment(Protocol):
-    """What routing reads of a deployment (the registry's ``Deployment`` record has it)."""
+class RoutedDeployment(DeploymentView, Protocol):
+    """What routing reads of a deployment: the machine's view plus its identity."""
 
     @property
     def id(self) -> int: ...
     @property
     def model(self) -> str: ...
-    @property
-    def strategy(self) -> str: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def step(self) -> int: ...
-    @property
-    def steps(self) -> Sequence[int]: ...
 
 
 @dataclass(frozen=True)
