@@ -36,7 +36,7 @@ from sqlalchemy import insert, select, update
 
 from modelyard.config import Settings
 from modelyard.registry import Registry
-from modelyard.registry.client import now
+from modelyard.registry.rows import now
 from modelyard.registry.tables import AuditRow, ModelRow, VersionRow
 from modelyard.store import pack_dir
 

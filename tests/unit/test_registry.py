@@ -373,7 +373,7 @@ def test_failed_alias_move_writes_nothing(any_registry, artifact_dir):
 
 def test_register_failing_midway_leaves_no_partial_rows(any_registry, artifact_dir, monkeypatch):
     reg = any_registry
-    real_audit = client_module._audit
+    real_audit = client_module.audit
 
     def audit_then_fail(s, actor, action, *args):
         real_audit(s, actor, action, *args)
@@ -381,7 +381,7 @@ def test_register_failing_midway_leaves_no_partial_rows(any_registry, artifact_d
             s.flush()  # the model and version rows are really in the transaction now
             raise RuntimeError("disk full")
 
-    monkeypatch.setattr(client_module, "_audit", audit_then_fail)
+    monkeypatch.setattr(client_module, "audit", audit_then_fail)
     with pytest.raises(RuntimeError):
         _register(reg, artifact_dir, "brand-new")
     assert _counts(reg) == dict.fromkeys(_counts(reg), 0)
@@ -390,7 +390,7 @@ def test_register_failing_midway_leaves_no_partial_rows(any_registry, artifact_d
     monkeypatch.undo()
 
     _register(reg, artifact_dir, "brand-new")
-    monkeypatch.setattr(client_module, "_audit", audit_then_fail)
+    monkeypatch.setattr(client_module, "audit", audit_then_fail)
     with pytest.raises(RuntimeError):
         _register(reg, artifact_dir, "brand-new", content="second")
     monkeypatch.undo()

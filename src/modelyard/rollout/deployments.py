@@ -35,16 +35,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.errors import ConfigError, ConflictError, NotFoundError
-from modelyard.registry.client import (
-    PRODUCTION,
-    Registry,
-    _audit,
-    _model_row,
-    _move_alias,
-    _version_row,
-    now,
-)
+from modelyard.registry.client import Registry
 from modelyard.registry.records import Record
+from modelyard.registry.rows import PRODUCTION, audit, model_row, move_alias, now, version_row
 from modelyard.registry.tables import AliasRow, DeploymentEventRow, DeploymentRow, ModelRow
 from modelyard.rollout.analysis import Rules
 from modelyard.rollout.decision import Decision
@@ -149,8 +142,8 @@ class Deployments:
         rules_dict = (rules if isinstance(rules, Rules) else Rules.from_dict(rules)).to_dict()
         actor = self._person(actor)
         with self.registry.db.session(write=True) as s:
-            owner = _model_row(s, model, lock=True)
-            _version_row(s, owner, candidate)
+            owner = model_row(s, model, lock=True)
+            version_row(s, owner, candidate)
             current = _current_row(s, owner.id)
             if current is not None and current.state in ACTIVE_STATES:
                 raise ConflictError(
@@ -181,7 +174,7 @@ class Deployments:
     def get(self, model: str) -> Deployment:
         """The model's current (newest) deployment; :class:`NotFoundError` if it never had one."""
         with self.registry.db.session() as s:
-            owner = _model_row(s, model)
+            owner = model_row(s, model)
             row = _current_row(s, owner.id)
             if row is None:
                 raise NotFoundError(f"{model} has no rollout yet; start one with "
@@ -191,7 +184,7 @@ class Deployments:
     def history(self, model: str, *, limit: int = 200) -> list[DeploymentEvent]:
         """Every transition of every rollout of ``model``, newest first."""
         with self.registry.db.session() as s:
-            owner = _model_row(s, model)
+            owner = model_row(s, model)
             rows = s.scalars(
                 select(DeploymentEventRow)
                 .join(DeploymentRow, DeploymentEventRow.deployment_id == DeploymentRow.id)
@@ -241,7 +234,7 @@ class Deployments:
             decision = Decision.manual(decision, reason)
         actor = ANALYSIS if decision.automatic and actor is None else self._person(actor)
         with self.registry.db.session(write=True) as s:
-            owner = _model_row(s, model, lock=True)
+            owner = model_row(s, model, lock=True)
             row = _current_row(s, owner.id)
             if row is None:
                 raise NotFoundError(f"{model} has no rollout to {decision.action}")
@@ -325,10 +318,10 @@ def _move_production(s: Session, owner: ModelRow, row: DeploymentRow, actor: str
     current = _production(s, owner.id)
     why = reason or f"rollout {row.id} {row.state.replace('_', ' ')}"
     if row.state == "promoted" and current != row.candidate_version:
-        _move_alias(s, owner, PRODUCTION, row.candidate_version, actor, why, "set")
+        move_alias(s, owner, PRODUCTION, row.candidate_version, actor, why, "set")
     elif (row.state in ("rolled_back", "aborted") and row.stable_version is not None
           and current != row.stable_version):
-        _move_alias(s, owner, PRODUCTION, row.stable_version, actor, why, "rollback")
+        move_alias(s, owner, PRODUCTION, row.stable_version, actor, why, "rollback")
 
 
 def _record(s: Session, row: DeploymentRow, owner: ModelRow, action: str, before: str | None,
@@ -338,7 +331,7 @@ def _record(s: Session, row: DeploymentRow, owner: ModelRow, action: str, before
         step=row.step, revision=row.revision, actor=actor, reason=reason, details=details,
         at=row.updated_at,
     ))
-    _audit(s, actor, f"deployment.{action}", owner.name, {
+    audit(s, actor, f"deployment.{action}", owner.name, {
         "deployment": row.id, "from": before, "to": row.state, "step": row.step,
         "revision": row.revision, "candidate": row.candidate_version,
         "stable": row.stable_version, "reason": reason,
