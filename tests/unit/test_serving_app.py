@@ -299,8 +299,8 @@ async def test_health_ready_docs_and_metrics(client: httpx.AsyncClient) -> None:
     await client.post("/v1/models/tabular/predict", json={"records": [{"f0": "x"}]})
     await client.post("/v1/models/ghost/predict", json={})
     text = (await client.get("/metrics")).text
-    assert ('modelyard_requests_total{model="tabular",protocol="v1",status="200",version="1"}'
-            in text)
+    assert ('modelyard_requests_total{model="tabular",protocol="v1",status="200",'
+            'variant="production",version="1"}' in text)
     assert 'status="422"' in text and 'model="",protocol="v1",status="404"' in text
     assert 'modelyard_model_loaded{model="mlp",version="1"} 1.0' in text
     assert "modelyard_queue_seconds_bucket" in text

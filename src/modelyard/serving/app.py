@@ -35,6 +35,7 @@ from modelyard.serving.http import (
 )
 from modelyard.serving.metrics import CONTENT_TYPE, ServerMetrics
 from modelyard.serving.options import ServeOptions
+from modelyard.serving.rollouts import Rollouts
 from modelyard.serving.runner import Runner
 from modelyard.serving.watcher import Watcher
 from modelyard.serving.worker import WorkerUnavailableError
@@ -68,12 +69,24 @@ Handler = Callable[..., Awaitable[None]]
 
 
 class Call:
-    """What one prediction request resolved to, for its response and its metrics."""
+    """What one prediction request resolved to, for its response and its metrics.
 
-    __slots__ = ("runner",)
+    ``variant`` is ``production`` (the served alias), or ``stable``/``candidate`` while a
+    rollout routes the model.
+    """
+
+    __slots__ = ("runner", "variant")
 
     def __init__(self) -> None:
         self.runner: Runner | None = None
+        self.variant = "production"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The response headers naming the version and variant that answered."""
+        runner = self.runner
+        assert runner is not None
+        return [(b"x-model-version", runner.version_str.encode()),
+                (b"x-model-variant", self.variant.encode())]
 
 
 class App:
@@ -89,6 +102,7 @@ class App:
         self.metrics = ServerMetrics()
         self.catalog = Catalog(registry, self.options, self.metrics)
         self.watcher = Watcher(self.catalog)
+        self.rollouts = Rollouts(self.catalog)
         self.ready = False
         self._preload: asyncio.Task[None] | None = None
         self._grpc: Any = None
@@ -117,6 +131,7 @@ class App:
                 n: a[alias] for n, a in self.catalog.models.items() if alias in a}
             self.ready = True
         self.watcher.start()
+        self.rollouts.start()
         if self.options.grpc_address:
             from modelyard.serving.grpc_server import start_grpc
 
@@ -140,6 +155,7 @@ class App:
             self._preload.cancel()
         if self._grpc is not None:
             await self._grpc.stop(5)
+        await self.rollouts.stop()
         await self.watcher.stop()
         await self.catalog.close()
         if self._owns_registry and self.catalog.registry is not None:
@@ -187,9 +203,26 @@ class App:
             await respond(send, status, body, headers)
 
     # -- prediction -----------------------------------------------------------------------------
-    async def predict(self, call: Call, name: str, version: int | None,
-                      to_payload: Callable[[Runner], Any], scores: bool) -> Prediction:
-        """Resolve the runner, validate, queue and await; retried if the version was swapped."""
+    def predict(self, call: Call, name: str, version: int | None,
+                to_payload: Callable[[Runner], Any], scores: bool,
+                scope: Scope | None = None, fields: Any = None) -> Awaitable[Prediction]:
+        """Resolve the runner, validate, queue and await; retried if the version was swapped.
+
+        While a rollout routes ``name`` (unversioned requests only), it picks the variant; its
+        request key comes from ``scope``'s headers or the input ``fields`` (see
+        :func:`~modelyard.serving.rollouts.request_key`).
+        """
+        if version is None:
+            rollout = self.rollouts.active.get(name)
+            if rollout is not None:
+                return self.rollouts.predict(
+                    rollout, call, to_payload, scores, scope, fields, self.predict_alias)
+        # the coroutine itself is returned: no extra frame on the path without a rollout
+        return self.predict_alias(call, name, version, to_payload, scores)
+
+    async def predict_alias(self, call: Call, name: str, version: int | None,
+                            to_payload: Callable[[Runner], Any], scores: bool) -> Prediction:
+        """Predict with the served alias's version (or ``version``), without rollout routing."""
         catalog = self.catalog
         for attempt in range(3):
             runner = catalog.runner_now(name, version)
@@ -208,8 +241,9 @@ class App:
         """Count a prediction request and its duration under the version that answered it."""
         runner = call.runner
         if runner is not None:
-            self.metrics.count_request(runner.name, runner.version_str, protocol, status)
-            runner.metrics.observe_duration(time.perf_counter() - start)
+            self.metrics.count_request(runner.name, runner.version_str, protocol, status,
+                                       call.variant)
+            runner.metrics.observe_duration(time.perf_counter() - start, call.variant)
         else:
             known = name if name in self.catalog.models else ""
             self.metrics.count_request(known, "", protocol, status)
@@ -227,13 +261,14 @@ class App:
                 self.catalog.key_for(name, number)  # 404 before judging the body
             qs = scope.get("query_string", b"")
             payload, scores = protocol_v1.decode(body, b"scores=true" in qs or b"scores=1" in qs)
-            result = await self.predict(call, name, number, lambda _r: payload, scores)
+            result = await self.predict(call, name, number, lambda _r: payload, scores,
+                                        scope, payload)
             runner = call.runner
             assert runner is not None
             out = protocol_v1.encode(name, runner.version, result, scores)
             status = 200
             await respond(send, 200, out, [(b"content-type", b"application/json"),
-                                           (b"x-model-version", runner.version_str.encode())])
+                                           *call.headers()])
         except ClientDisconnectedError:
             status = 499
         except Exception as exc:

@@ -80,11 +80,16 @@ class ProbeModel:
     """A python-flavor model for worker tests: ``2 * x[:, 0]``, unless ``x[:, 0]`` says otherwise.
 
     A first feature of ``-1`` raises (a bad batch), ``-2`` hangs for a minute (a stuck device
-    call), ``-3`` kills its own process (a crash mid-call). ``fail_load`` makes ``load`` raise.
+    call), ``-3`` kills its own process (a crash mid-call). ``fail_load`` makes ``load`` raise;
+    ``fail_predict`` makes every row but an all-zero one raise (it loads and warms up, then
+    fails real traffic: a bad rollout candidate); ``delay_s`` sleeps in each call (a slow one).
     """
 
-    def __init__(self, fail_load: bool = False) -> None:
+    def __init__(self, fail_load: bool = False, *, fail_predict: bool = False,
+                 delay_s: float = 0.0) -> None:
         self.fail_load = fail_load
+        self.fail_predict = fail_predict
+        self.delay_s = delay_s
 
     def predict(self, batch: Any) -> Any:
         """Twice the first column, or the misbehaviour its value asks for."""
@@ -94,6 +99,10 @@ class ProbeModel:
 
         x = np.asarray(batch, dtype=np.float64)
         first = x[:, 0]
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if self.fail_predict and x.any():
+            raise ValueError("probe: this version fails every real request on purpose")
         if (first == -1).any():
             raise ValueError("probe: a poisoned row (-1) in the batch")
         if (first == -2).any():
@@ -103,24 +112,31 @@ class ProbeModel:
         return first * 2
 
     def save(self, path: Path) -> None:
-        """Write the one setting."""
+        """Write the settings."""
         (Path(path) / "probe.txt").write_text("fail" if self.fail_load else "ok")
+        if self.fail_predict or self.delay_s:
+            (Path(path) / "probe-predict.txt").write_text(
+                f"{int(self.fail_predict)} {self.delay_s!r}")
 
     @classmethod
     def load(cls, path: Path) -> ProbeModel:
         """Read the setting back; raises if the model was saved with ``fail_load``."""
         if (Path(path) / "probe.txt").read_text() == "fail":
             raise RuntimeError("probe: this version is broken on purpose")
+        extra = Path(path) / "probe-predict.txt"
+        if extra.exists():
+            fail, delay = extra.read_text().split()
+            return cls(fail_predict=fail == "1", delay_s=float(delay))
         return cls()
 
 
 def register_probe(registry: Any, name: str = "probe", *, n_features: int = 3,
-                   fail_load: bool = False, promote: bool = True,
-                   meta: dict[str, Any] | None = None) -> Any:
+                   fail_load: bool = False, fail_predict: bool = False, delay_s: float = 0.0,
+                   promote: bool = True, meta: dict[str, Any] | None = None) -> Any:
     """A :class:`ProbeModel` over ``n_features`` floats (loads in a blink: no framework)."""
     X = np.arange(4 * n_features, dtype=np.float64).reshape(4, n_features)
-    return register_model(registry, name, ProbeModel(fail_load), "python", X, promote=promote,
-                          meta=meta)
+    model = ProbeModel(fail_load, fail_predict=fail_predict, delay_s=delay_s)
+    return register_model(registry, name, model, "python", X, promote=promote, meta=meta)
 
 
 def mlp(sizes: tuple[int, ...] = (256, 1024, 1024, 10), seed: int = 0) -> Any:

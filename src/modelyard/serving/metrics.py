@@ -1,11 +1,14 @@
 """Prometheus metrics of one server, in a registry of its own (two apps never share counters).
 
-Every series has ``model`` and ``version`` labels. Requests for models that do not exist are
-counted with ``model=""`` so that callers cannot create unbounded label values.
+Every series has ``model`` and ``version`` labels; request counts and durations also have
+``variant``: ``production`` without a rollout, ``stable`` or ``candidate`` while one routes the
+model.
+Requests for models that do not exist are counted with ``model=""`` so that callers cannot
+create unbounded label values.
 
 ======================================  =========  ===========================================
-``modelyard_requests_total``            counter    requests by model, version, protocol, status
-``modelyard_request_duration_seconds``  histogram  time from request to response
+``modelyard_requests_total``            counter    requests by protocol, status and variant
+``modelyard_request_duration_seconds``  histogram  time from request to response, by variant
 ``modelyard_queue_seconds``             histogram  time a request waited for its batch
 ``modelyard_batch_size``                histogram  rows per model call
 ``modelyard_model_loaded``              gauge      1 for each loaded version
@@ -13,6 +16,7 @@ counted with ``model=""`` so that callers cannot create unbounded label values.
 ``modelyard_models_loaded``             gauge      number of loaded versions
 ``modelyard_worker_up``                 gauge      1 while a version's device worker answers
 ``modelyard_worker_restarts_total``     counter    device worker restart attempts
+``modelyard_shadow_dropped_total``      counter    shadow copies dropped (candidate queue full)
 ======================================  =========  ===========================================
 """
 
@@ -38,11 +42,11 @@ class ServerMetrics:
         r = self.registry
         self.requests = Counter(
             "modelyard_requests", "Prediction requests by status.",
-            ("model", "version", "protocol", "status"), registry=r,
+            ("model", "version", "protocol", "status", "variant"), registry=r,
         )
         self.duration = Histogram(
             "modelyard_request_duration_seconds", "Time from request to response.",
-            ("model", "version"), buckets=_LATENCY, registry=r,
+            ("model", "version", "variant"), buckets=_LATENCY, registry=r,
         )
         self.queue = Histogram(
             "modelyard_queue_seconds", "Time a request waited in the queue for its batch.",
@@ -71,18 +75,24 @@ class ServerMetrics:
             "modelyard_worker_restarts", "Device worker restart attempts.",
             ("model", "version"), registry=r,
         )
-        self._status: dict[tuple[str, str, str, int], Any] = {}
+        self.shadow_dropped = Counter(
+            "modelyard_shadow_dropped", "Shadow copies dropped because the candidate was busy.",
+            ("model", "version"), registry=r,
+        )
+        self._status: dict[tuple[str, str, str, int, str], Any] = {}
 
     def for_version(self, model: str, version: str) -> VersionMetrics:
         """Handles bound to one version's labels (looked up once, used per request)."""
         return VersionMetrics(self, model, version)
 
-    def count_request(self, model: str, version: str, protocol: str, status: int) -> None:
+    def count_request(self, model: str, version: str, protocol: str, status: int,
+                      variant: str = "production") -> None:
         """Count one request (children are cached: no label lookup after the first)."""
-        key = (model, version, protocol, status)
+        key = (model, version, protocol, status, variant)
         child = self._status.get(key)
         if child is None:
-            child = self._status[key] = self.requests.labels(model, version, protocol, str(status))
+            child = self._status[key] = self.requests.labels(model, version, protocol,
+                                                             str(status), variant)
         child.inc()
 
     def set_loaded(self, loaded: Iterable[tuple[str, str, int]]) -> None:
@@ -103,19 +113,27 @@ class ServerMetrics:
 class VersionMetrics:
     """Metric children for one ``(model, version)``."""
 
-    __slots__ = ("_batch", "_duration", "_queue", "_server", "model", "version")
+    __slots__ = ("_batch", "_duration", "_queue", "_server", "_variants", "model", "version")
 
     def __init__(self, metrics: ServerMetrics, model: str, version: str) -> None:
         self.model = model
         self.version = version
         self._server = metrics
-        self._duration = metrics.duration.labels(model, version)
+        self._duration = metrics.duration.labels(model, version, "production")
+        self._variants: dict[str, Any] = {}
         self._queue = metrics.queue.labels(model, version)
         self._batch = metrics.batch.labels(model, version)
 
-    def observe_duration(self, seconds: float) -> None:
-        """Record one request's duration."""
-        self._duration.observe(seconds)
+    def observe_duration(self, seconds: float, variant: str = "production") -> None:
+        """Record one request's duration under the variant that answered it."""
+        if variant == "production":
+            self._duration.observe(seconds)
+            return
+        child = self._variants.get(variant)
+        if child is None:
+            child = self._variants[variant] = self._server.duration.labels(
+                self.model, self.version, variant)
+        child.observe(seconds)
 
     def observe_batch(self, rows: int, queue_s: list[float]) -> None:
         """Record one batch: its size and how long each of its requests queued."""

@@ -84,14 +84,14 @@ class OIPHandlers:
             if self.catalog.runner_now(name, number) is None:
                 self.catalog.key_for(name, number)  # 404 before judging the body
             req = v2.decode_infer(body, _header_length(scope))
-            outputs = await self.infer(call, name, number, req.inputs, req.outputs)
+            outputs = await self.infer(call, name, number, req.inputs, req.outputs, scope)
             runner = call.runner
             assert runner is not None
             everything = req.binary_default and not req.outputs
             binary = set(outputs) if everything else req.binary_outputs
             out, length = v2.encode_infer(name, runner.version, outputs, binary, req.id)
             headers = [(b"content-type", b"application/json" if length is None
-                        else b"application/octet-stream")]
+                        else b"application/octet-stream"), *call.headers()]
             if length is not None:
                 headers.append((b"inference-header-content-length", str(length).encode()))
             status = 200
@@ -108,7 +108,8 @@ class OIPHandlers:
             app.record(call, name, "v2", status, start)
 
     async def infer(self, call: Any, name: str, version: int | None,
-                    inputs: dict[str, np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
+                    inputs: dict[str, np.ndarray], wanted: list[str],
+                    scope: Scope | None = None) -> dict[str, np.ndarray]:
         """Run named input tensors through a model; the requested outputs (all when none)."""
         unknown = [o for o in wanted if o not in _OUTPUTS]
         if unknown:
@@ -119,7 +120,7 @@ class OIPHandlers:
             return v2.to_payload(runner.predictor.signature, inputs)
 
         scores = "scores" in wanted or not wanted
-        result = await self.app.predict(call, name, version, payload, scores)
+        result = await self.app.predict(call, name, version, payload, scores, scope, inputs)
         return _outputs(result, wanted, v2.output_types(call.runner.predictor.signature))
 
     def repository_index(self, only_ready: bool = False) -> list[dict[str, str]]:
