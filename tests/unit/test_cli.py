@@ -438,3 +438,60 @@ def test_corrupted_artifact_is_refused_naming_the_version(registered: Registry,
     assert "iris2:2" in line
     # the registry is untouched and the other version still predicts
     assert invoke("predict", "iris2:1", input='[{"a": 1.0, "b": 2.0}]').exit_code == 0
+
+
+# -- rollouts ------------------------------------------------------------------------------------
+def test_deploy_canary_then_status_and_abort(registered: Registry, invoke: Invoke) -> None:
+    started = invoke("deploy", "iris2", "2", "--canary", "10,50,100", "--every", "30s",
+                     "--min-requests", "50", "--json")
+    assert started.exit_code == 0, started.output
+    record = json.loads(started.stdout)
+    assert (record["strategy"], record["steps"], record["state"]) == ("canary", [10, 50, 100],
+                                                                     "progressing")
+    assert record["every_s"] == 30.0 and record["rules"]["min_requests"] == 50
+    again = invoke("deploy", "iris2", "2")
+    assert "already" in assert_one_error(again, 4)
+
+    status = json.loads(invoke("rollout", "status", "iris2", "--json").stdout)
+    assert status["deployment"]["candidate_version"] == 2
+    assert status["history"][0]["actor"].startswith("user:")
+
+    aborted = invoke("rollout", "abort", "iris2", "--reason", "changed my mind", "--json")
+    assert json.loads(aborted.stdout)["state"] == "aborted"
+    assert registered.resolve("iris2").version == 1  # production untouched
+
+
+def test_rollout_promote_moves_production(registered: Registry, invoke: Invoke) -> None:
+    assert invoke("deploy", "iris2", "2", "--ab", "30", "--key", "user_id").exit_code == 0
+    assert invoke("rollout", "promote", "iris2").exit_code == 0
+    assert registered.resolve("iris2").version == 2
+    assert registered.alias_history("iris2", "production")[0].actor.startswith("user:")
+
+
+def test_rollback_ends_an_active_rollout_first(registered: Registry, invoke: Invoke) -> None:
+    assert invoke("deploy", "iris2", "2", "--shadow").exit_code == 0
+    ended = invoke("rollback", "iris2")
+    assert ended.exit_code == 0 and "rolled back" in ended.stdout
+    status = json.loads(invoke("rollout", "status", "iris2", "--json").stdout)
+    assert status["deployment"]["state"] == "rolled_back"
+    assert registered.resolve("iris2").version == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (["deploy", "iris2", "2", "--canary", "50,25"], 2, "increasing"),
+        (["deploy", "iris2", "2", "--every", "soon"], 2, "duration"),
+        (["deploy", "iris2", "9"], 3, "no version 9"),
+        (["deploy", "ghost", "1"], 3, "no model"),
+        (["rollout", "status", "other"], 3, "no rollout"),
+    ],
+)
+def test_deploy_errors_are_one_line(registered: Registry, invoke: Invoke, args: list[str],
+                                    code: int, fragment: str) -> None:
+    assert fragment in assert_one_error(invoke(*args), code)
+
+
+def test_deploy_refuses_two_strategies(registered: Registry, invoke: Invoke) -> None:
+    result = invoke("deploy", "iris2", "2", "--blue-green", "--direct")
+    assert result.exit_code == 2 and "choose one strategy" in result.output

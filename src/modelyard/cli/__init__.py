@@ -80,12 +80,13 @@ def _register() -> None:
         show,
         versions,
     )
+    from modelyard.cli.rollout_cmds import deploy, rollout
     from modelyard.cli.runs_cmds import runs
     from modelyard.cli.train_cmds import init, train
     from modelyard.serving.command import serve
 
-    for command in (init, train, models, versions, show, promote, rollback, history, runs, audit,
-                    predict, serve, demo):
+    for command in (init, train, models, versions, show, promote, rollback, deploy, rollout,
+                    history, runs, audit, predict, serve, demo):
         main.add_command(command)
 
 

@@ -141,7 +141,7 @@ def promote(state: State, model: str, version: int, alias: str, reason: str,
     console().print(f"{model}@{alias} -> v{version}{was}")
 
 
-@click.command(short_help="Move an alias back to its previous version.")
+@click.command(short_help="Move an alias back to its previous version, or end a rollout.")
 @click.argument("model")
 @click.option("--to", "to", type=int, metavar="VERSION",
               help="Version to go back to (default: the one before the current).")
@@ -151,10 +151,23 @@ def promote(state: State, model: str, version: int, alias: str, reason: str,
 @pass_state
 def rollback(state: State, model: str, to: int | None, alias: str, reason: str,
              as_json: bool) -> None:
-    """Move MODEL's alias back to the version it pointed to before.
+    """Move MODEL's alias back to the version it pointed to before, or end its rollout.
 
-    Repeated rollbacks keep walking back through the history; --to names a version directly.
+    While a rollout (modelyard deploy) is active, this rolls the rollout back instead: all
+    traffic returns to the stable version, which is still production. Otherwise repeated
+    rollbacks keep walking back through the history; --to names a version directly.
     """
+    from modelyard.cli.rollout_cmds import end_active_rollout
+
+    if to is None and alias == "production":
+        ended = end_active_rollout(state, model, reason)
+        if ended is not None:
+            if as_json:
+                print_json(ended.to_dict())
+            else:
+                console().print(f"{model}: rollout of v{ended.candidate_version} rolled back; "
+                                f"traffic is back on v{ended.stable_version}")
+            return
     event = state.registry().rollback(model, alias=alias, to=to, actor=state.settings().actor,
                                       reason=reason)
     if as_json:
