@@ -153,15 +153,15 @@ def rollback(state: State, model: str, to: int | None, alias: str, reason: str,
              as_json: bool) -> None:
     """Move MODEL's alias back to the version it pointed to before, or end its rollout.
 
-    While a rollout (modelyard deploy) is active, this rolls the rollout back instead: all
-    traffic returns to the stable version, which is still production. Otherwise repeated
-    rollbacks keep walking back through the history; --to names a version directly.
+    While a rollout (modelyard deploy) is active, this first rolls the rollout back: all traffic
+    returns to the stable version, which is still production; without --to that is all it does.
+    Otherwise repeated rollbacks keep walking back through the history; --to names a version.
     """
     from modelyard.cli.rollout_cmds import end_active_rollout
 
-    if to is None and alias == "production":
+    if alias == "production":
         ended = end_active_rollout(state, model, reason)
-        if ended is not None:
+        if ended is not None and to is None:
             if as_json:
                 print_json(ended.to_dict())
             else:

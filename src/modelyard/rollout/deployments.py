@@ -300,7 +300,8 @@ class Deployments:
 
     def _person(self, actor: str | None) -> str:
         name = actor or self.registry.settings.actor
-        return name if ":" in name or name == ANALYSIS else f"user:{name}"
+        # "analysis", "api" and prefixed names ("server:...", "api:ci-bot") are not people
+        return name if ":" in name or name in (ANALYSIS, "api") else f"user:{name}"
 
 
 def _current_row(s: Session, model_id: int) -> DeploymentRow | None:

@@ -19,6 +19,7 @@ import orjson
 from modelyard.errors import NotFoundError
 from modelyard.predictor import Prediction
 from modelyard.serving import protocol_v1
+from modelyard.serving.admin import ADMIN_ROUTES, AdminAPI
 from modelyard.serving.batching import RunnerClosedError
 from modelyard.serving.catalog import Catalog
 from modelyard.serving.http import (
@@ -63,6 +64,7 @@ ROUTES = compile_routes([
     ("GET", "/readyz", "op_readyz"),
     ("GET", "/openapi.json", "op_openapi"),
     ("GET", "/docs", "op_docs"),
+    *ADMIN_ROUTES,
 ])
 
 Handler = Callable[..., Awaitable[None]]
@@ -107,10 +109,12 @@ class App:
         self._preload: asyncio.Task[None] | None = None
         self._grpc: Any = None
         oip = OIPHandlers(self)
+        self.admin = AdminAPI(self)  # reads MODELYARD_TOKEN now
         self._handlers: dict[str, Handler] = {}
         for routes in ROUTES.values():
             for route in routes:
-                owner = oip if route.handler.startswith("v2") else self
+                prefix = route.handler.partition("_")[0]
+                owner = {"v2": oip, "admin": self.admin}.get(prefix, self)
                 self._handlers[route.handler] = getattr(owner, route.handler)
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -17,7 +17,9 @@ def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "unparseable JSON", 404: "unknown model or version", 405: "wrong method",
             413: "body over the size limit", 422: "input does not match the signature",
             500: "the model failed on this request", 503: "queue full (see Retry-After)",
-            504: "no result within the request timeout"}
+            504: "no result within the request timeout",
+            401: "no bearer token (MODELYARD_TOKEN is set)", 403: "wrong bearer token",
+            409: "clashes with the registry's state (e.g. a rollout is already active)"}
     return {str(c): _json(_ERROR, text[c]) for c in codes}
 
 
@@ -70,6 +72,48 @@ def _v2_post(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
                                    "422": _json(_V2_ERROR, "input does not match")}}}
 
 
+def _admin_post(summary: str, body: dict[str, Any], status: str = "200") -> dict[str, Any]:
+    return {"post": {
+        "summary": summary, "parameters": [_NAME], "security": [{"bearer": []}],
+        "requestBody": {"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": False, "properties": body}}}},
+        "responses": {status: _json({"type": "object"}), **_errors(400, 401, 403, 404, 409, 422)},
+    }}
+
+
+_REASON = {"reason": {"type": "string", "default": ""}}
+_ALIAS = {"alias": {"type": "string", "default": "production"}}
+_ADMIN_PATHS: dict[str, Any] = {
+    "/api/v1/models": _get("Admin: every registered model with its aliases"),
+    "/api/v1/models/{name}/versions": _get("Admin: a model's versions, newest first", [_NAME],
+                                           None, 404),
+    "/api/v1/models/{name}/deployment": _get("Admin: the model's current rollout", [_NAME],
+                                             None, 404),
+    "/api/v1/models/{name}/deployment/history": _get(
+        "Admin: the model's rollout transitions, newest first", [_NAME], None, 404),
+    "/api/v1/models/{name}/promote": _admin_post(
+        "Admin: point an alias (production) at a version",
+        {"version": {"type": "integer"}, **_ALIAS, **_REASON}),
+    "/api/v1/models/{name}/rollback": _admin_post(
+        "Admin: move an alias back (ends an active rollout of production first)",
+        {"to": {"type": ["integer", "null"]}, **_ALIAS, **_REASON}),
+    "/api/v1/models/{name}/deployments": _admin_post(
+        "Admin: start a rollout of a version", {
+            "version": {"type": "integer"},
+            "strategy": {"type": "string", "default": "canary",
+                         "enum": ["direct", "canary", "ab", "shadow", "blue-green"]},
+            "steps": {"type": ["array", "null"], "items": {"type": "integer"}},
+            "every_s": {"type": "number", "default": 60},
+            "key": {"type": ["string", "null"]},
+            "rules": {"type": ["object", "null"]}, **_REASON}, "201"),
+    "/api/v1/models/{name}/deployment/promote": _admin_post(
+        "Admin: end the rollout with the candidate as production", _REASON),
+    "/api/v1/models/{name}/deployment/abort": _admin_post(
+        "Admin: cancel the rollout; traffic back to stable", _REASON),
+    "/api/v1/models/{name}/deployment/rollback": _admin_post(
+        "Admin: roll the rollout back (bad candidate); traffic back to stable", _REASON),
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "modelyard server", "version": "1",
@@ -103,8 +147,12 @@ OPENAPI: dict[str, Any] = {
         "/openapi.json": _get("This document"),
         "/docs": {"get": {"summary": "API reference page",
                           "responses": {"200": {"description": "HTML"}}}},
+        **_ADMIN_PATHS,
     },
-    "components": {"schemas": {"Error": {
+    "components": {"securitySchemes": {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "Needed by admin POSTs when the server's MODELYARD_TOKEN is set"}},
+                   "schemas": {"Error": {
         "type": "object",
         "properties": {"error": {"type": "string"}, "message": {"type": "string"},
                        "detail": {"type": "array", "items": {"type": "object", "properties": {
