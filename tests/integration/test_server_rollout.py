@@ -75,6 +75,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
             register_probe(reg, name, promote=False)
         register_probe(reg, "bad")
         register_probe(reg, "bad", fail_predict=True, promote=False)
+        register_probe(reg, "slow")
+        register_probe(reg, "slow", delay_s=0.05, promote=False)
         register_constant(reg, "shadow", 1)
         register_constant(reg, "shadow", 2, promote=False)
     return home
@@ -200,6 +202,25 @@ def test_failing_candidate_is_rolled_back_without_failed_requests(client, deploy
     eventually(lambda: not routed(client, "bad"))
     last = deployments.history("bad")[0]
     assert (last.action, last.actor) == ("rollback", "analysis")
+
+
+def test_slow_candidate_is_rolled_back_on_p99_without_failed_requests(client,
+                                                                      deployments) -> None:
+    deployments.start("slow", 2, "canary", steps=[50, 100], every_s=1,
+                      rules={"min_requests": 20, "max_p99_ratio": 3.0})
+    eventually(lambda: routed(client, "slow"))
+    started, sent = time.monotonic(), 0
+    while deployments.get("slow").state != "rolled_back":
+        assert time.monotonic() - started < 60, "the slow candidate was not rolled back"
+        for _ in range(20):
+            predict(client, "slow")  # slow, but every request succeeds
+            sent += 1
+    elapsed = time.monotonic() - started
+    print(f"\nslow candidate rolled back after {sent} requests in {elapsed:.1f} s")
+    last = deployments.history("slow")[0]
+    assert (last.action, last.actor) == ("rollback", "analysis")
+    assert "p99" in last.reason
+    eventually(lambda: not routed(client, "slow"))
 
 
 def test_good_candidate_is_promoted_through_every_step(client, deployments) -> None:
