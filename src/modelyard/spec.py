@@ -118,8 +118,18 @@ class ServingSpec(BaseModel):
     replicas: int = Field(1, ge=1, le=64)
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     preload: bool = True
-    sample_rate: float = Field(1.0, ge=0.0, le=1.0)  # share of predictions logged
-    sensitive: list[str] = Field(default_factory=list)  # fields dropped or hashed in logs
+    #: share of prediction requests written to the prediction log (0 turns the log off).
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0)
+    #: input fields kept out of the prediction log: ``[card]`` or ``{card: hash}`` replaces the
+    #: value with a keyed hash (joins still work); ``{card: drop}`` leaves it out.
+    sensitive: dict[str, Literal["hash", "drop"]] = Field(default_factory=dict)
+
+    @field_validator("sensitive", mode="before")
+    @classmethod
+    def _sensitive(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return {str(name): "hash" for name in value}
+        return value
 
     @field_validator("device")
     @classmethod
@@ -167,6 +177,48 @@ class RetrainSpec(BaseModel):
         return value
 
 
+class AlertRule(BaseModel):
+    """Fire an alert when a monitored value crosses a bound over the monitoring window.
+
+    ``on`` is a declared metric (``f1``, ``iou``, ...), ``drift_share``, ``p99_ms`` or
+    ``error_rate``; give ``above`` or ``below``.
+    """
+
+    model_config = _STRICT
+
+    on: str
+    above: float | None = None
+    below: float | None = None
+    severity: Literal["info", "warning", "critical"] = "warning"
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> AlertRule:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("an alert rule takes exactly one of above or below")
+        return self
+
+    @property
+    def title(self) -> str:
+        """The rule's name, or one made from it (``f1 below 0.7``)."""
+        if self.name:
+            return self.name
+        return f"{self.on} above {self.above}" if self.above is not None else (
+            f"{self.on} below {self.below}")
+
+
+class MonitorSpec(BaseModel):
+    """How a model is watched in production: the window, drift verdicts and alert rules."""
+
+    model_config = _STRICT
+
+    window_s: float = Field(3600.0, gt=0)  # how far back metrics, drift and alerts look
+    min_rows: int = Field(100, ge=1)  # fewest logged rows a drift check needs
+    drift_share: float = Field(0.5, gt=0, le=1)  # share of drifted features = dataset drift
+    alerts: list[AlertRule] = Field(default_factory=list)
+    webhook: str | None = None  # alerts are POSTed here too (or MODELYARD_ALERT_WEBHOOK)
+
+
 class Spec(BaseModel):
     """Everything modelyard knows about one model, from one declaration."""
 
@@ -185,6 +237,7 @@ class Spec(BaseModel):
     serving: ServingSpec = Field(default_factory=ServingSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
+    monitoring: MonitorSpec = Field(default_factory=MonitorSpec)
     timeout_s: float = Field(3600.0, gt=0)
     #: your own classes a scikit-learn model holds, trusted when it is loaded ("module.Class").
     trusted_types: list[str] = Field(default_factory=list)
@@ -287,10 +340,12 @@ def _describe(exc: ValidationError) -> str:
 
 
 __all__ = [
+    "AlertRule",
     "BatchingSpec",
     "ChampionRule",
     "DataSpec",
     "GateSpec",
+    "MonitorSpec",
     "RetrainSpec",
     "RolloutSpec",
     "ServingSpec",

@@ -161,7 +161,10 @@ def _execute(
         meta={**outcome.meta, "task": outcome.task,
               # the server reads placement and batching from here; unset fields stay unset
               # so it can tell a chosen max_delay_ms from the default
-              "serving": spec.serving.model_dump(exclude_unset=True)},
+              "serving": spec.serving.model_dump(exclude_unset=True),
+              # metric names monitoring computes from fed-back labels, and how it watches
+              "metrics": list(spec.metrics),
+              "monitoring": spec.monitoring.model_dump(mode="json")},
         signature=outcome.signature,
         metrics=outcome.metrics, params=dict(spec.params),
         data_fingerprint=fingerprint(dataset.X, dataset.y), code_ref=code_ref(spec.root),

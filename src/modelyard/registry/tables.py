@@ -192,7 +192,114 @@ class DeploymentEventRow(Base):
     at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class DeploymentWindowRow(Base):
+    """One server process's analysis window of a deployment revision (both variants' counts).
+
+    Each process upserts its row every poll; the analysing process merges every row of the
+    revision, so a decision rests on all the traffic, not one process's share of it.
+    """
+
+    __tablename__ = "deployment_windows"
+    __table_args__ = (
+        UniqueConstraint("deployment_id", "revision", "process", name="uq_deployment_window"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    revision: Mapped[int] = mapped_column(Integer)
+    process: Mapped[str] = mapped_column(String(200))
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"stable": {...}, "candidate": {...}}
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PredictionRow(Base):
+    """One logged prediction request (sampled): what went in, what came out, how fast."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        Index("ix_predictions_model_at", "model", "at"),
+        Index("ix_predictions_request", "model", "request_id"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(100))
+    model: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    variant: Mapped[str] = mapped_column(String(20))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    rows: Mapped[int] = mapped_column(Integer)
+    inputs: Mapped[dict[str, Any]] = mapped_column(JSON)  # columns, or a summary of tensors/text
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"predictions": [...], "scores"?}
+
+
+class LabelRow(Base):
+    """Ground truth for one prediction request, sent at any time after it (feedback)."""
+
+    __tablename__ = "labels"
+    __table_args__ = (
+        UniqueConstraint("model", "request_id", name="uq_label_request"),
+        Index("ix_labels_model_at", "model", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200))
+    request_id: Mapped[str] = mapped_column(String(100))
+    label: Mapped[Any] = mapped_column(JSON)  # one value, or a list with one per input row
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(200))
+
+
+class DriftReportRow(Base):
+    """One drift check of a model's logged inputs against its version's reference statistics."""
+
+    __tablename__ = "drift_reports"
+    __table_args__ = (Index("ix_drift_reports_model", "model", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    window_start: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    window_end: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    rows: Mapped[int] = mapped_column(Integer)
+    share: Mapped[float] = mapped_column(Float)  # share of features that drifted
+    drifted: Mapped[bool] = mapped_column(Boolean)  # the dataset-level verdict
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)  # per feature: test, score, verdict
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
+class MonitorEventRow(Base):
+    """Something monitoring noticed or did: an alert fired, a retraining triggered, a run done."""
+
+    __tablename__ = "monitor_events"
+    __table_args__ = (Index("ix_monitor_events_model", "model", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    model: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(50))  # alert | trigger | retrain | ...
+    name: Mapped[str] = mapped_column(String(200))  # the rule or trigger that fired
+    severity: Mapped[str] = mapped_column(String(20))  # info | warning | critical
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class LeaseRow(Base):
+    """A named lease one process holds until ``expires_at`` (one retraining per model, ...)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 __all__ = [
     "AliasEventRow", "AliasRow", "AuditRow", "Base", "DeploymentEventRow", "DeploymentRow",
-    "ModelRow", "RunRow", "UTCDateTime", "VersionRow",
+    "DeploymentWindowRow", "DriftReportRow", "LabelRow", "LeaseRow", "ModelRow",
+    "MonitorEventRow", "PredictionRow", "RunRow", "UTCDateTime", "VersionRow",
 ]
