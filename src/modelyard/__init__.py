@@ -20,12 +20,14 @@ from modelyard.errors import (
     InputError,
     IntegrityError,
     ModelyardError,
+    MonitoringError,
     NotFoundError,
     StorageError,
     TrainingError,
 )
 
 if TYPE_CHECKING:
+    from modelyard.monitoring.monitor import Monitor
     from modelyard.predictor import Prediction, Predictor, load
     from modelyard.registry import Registry
     from modelyard.schema import Signature
@@ -36,6 +38,7 @@ __version__ = "0.1.0"
 # The rest is imported on first use (PEP 562), so the CLI and ``import modelyard`` start fast:
 # the registry pulls in SQLAlchemy, the spec pydantic, the predictor numpy.
 _LAZY = {
+    "Monitor": "modelyard.monitoring.monitor",
     "Prediction": "modelyard.predictor",
     "Predictor": "modelyard.predictor",
     "load": "modelyard.predictor",
@@ -67,6 +70,8 @@ __all__ = [
     "InputError",
     "IntegrityError",
     "ModelyardError",
+    "Monitor",
+    "MonitoringError",
     "NotFoundError",
     "Prediction",
     "Predictor",

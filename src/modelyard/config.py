@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from modelyard.errors import ConfigError
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,27 @@ class Settings:
         return self.home / "cache"
 
 
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``5m``, ``1h``, ``2d`` or ``500ms``."""
+    match = _DURATION.match(text.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise ConfigError(f"duration {text!r} is not valid; use e.g. 60s, 5m, 1h or 2d")
+    return float(match.group(1)) * _SECONDS[match.group(2) or "s"]
+
+
+def parse_since(text: str) -> datetime:
+    """A point in time from a duration ago (``1h``) or an ISO timestamp (UTC if none given)."""
+    text = text.strip()
+    if _DURATION.match(text):
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"since {text!r} is not valid; give a duration ago (30m, 1h, 2d) "
+                          "or an ISO time (2026-11-26T08:00)") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 def _os_user() -> str:
     try:
         return getpass.getuser()
@@ -55,4 +83,4 @@ def _os_user() -> str:
         return "unknown"
 
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "parse_duration", "parse_since"]

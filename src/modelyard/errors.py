@@ -15,6 +15,7 @@
     ├── StorageError                the registry database or artifact store is unreachable
     ├── TrainingError               the user's train function (or its process) failed
     ├── GateFailed                  a candidate did not pass its promotion gate
+    ├── MonitoringError             monitoring has too little data to answer (yet)
     └── AdapterError                a framework raised while saving, loading or predicting
 
 Each message says what happened and what to do about it. Framework exceptions are translated into
@@ -136,6 +137,13 @@ class GateFailed(ModelyardError):
         self.reasons = reasons or []
 
 
+class MonitoringError(ModelyardError):
+    """Monitoring cannot answer yet: too few logged predictions or labels in the window."""
+
+    status_code = 409
+    exit_code = 14
+
+
 class AdapterError(ModelyardError):
     """A framework raised while saving, loading or predicting; the message names the model."""
 
@@ -153,6 +161,7 @@ __all__ = [
     "InputError",
     "IntegrityError",
     "ModelyardError",
+    "MonitoringError",
     "NotFoundError",
     "StorageError",
     "TrainingError",

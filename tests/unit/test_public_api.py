@@ -7,7 +7,8 @@ import modelyard
 
 EXPECTED = {
     "ConfigError", "ConflictError", "DataValidationError", "GateFailed", "InputError",
-    "IntegrityError", "ModelyardError", "NotFoundError", "Prediction", "Predictor", "Registry",
+    "IntegrityError", "ModelyardError", "Monitor", "MonitoringError", "NotFoundError",
+    "Prediction", "Predictor", "Registry",
     "Signature", "Spec", "StorageError", "TrainingError", "__version__", "load", "load_project",
     "model",
 }

@@ -6,13 +6,13 @@ the deployment, analyse it, and promote or roll back by themselves.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from modelyard.cli.output import console, print_json, print_table
 from modelyard.cli.state import State, pass_state
+from modelyard.config import parse_duration
 from modelyard.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -20,16 +20,6 @@ if TYPE_CHECKING:
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 _REASON = click.option("--reason", default="", help="Why (kept in the rollout's history).")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``5m``, ``1h`` or ``500ms``."""
-    match = _DURATION.match(text.strip())
-    if match is None or float(match.group(1)) <= 0:
-        raise ConfigError(f"duration {text!r} is not valid; use e.g. 60s, 5m or 1h")
-    return float(match.group(1)) * _SECONDS[match.group(2) or "s"]
 
 
 def parse_steps(text: str) -> list[int]:

@@ -181,14 +181,20 @@ class AdminAPI:
         name = "".join(c for c in raw.decode("utf-8", "replace") if c.isprintable()).strip()
         return f"{ACTOR}:{name[:_MAX_ACTOR]}" if name else ACTOR
 
-    async def _mutation(self, scope: Scope, receive: Receive, send: Send,
-                        fields: Fields) -> dict[str, Any] | None:
-        """Authorize, then read and check the body; ``None`` when an auth error was answered."""
+    async def authorized(self, scope: Scope, send: Send) -> bool:
+        """Check the bearer token; False when a 401 was answered (a wrong token raises 403)."""
         try:
             self._authorize(scope)
         except UnauthorizedError as exc:
             status, body, headers = error_body(exc)
             await respond(send, status, body, [*headers, (b"www-authenticate", b"Bearer")])
+            return False
+        return True
+
+    async def _mutation(self, scope: Scope, receive: Receive, send: Send,
+                        fields: Fields) -> dict[str, Any] | None:
+        """Authorize, then read and check the body; ``None`` when an auth error was answered."""
+        if not await self.authorized(scope, send):
             return None
         body = await read_body(scope, receive, self.app.options.max_body_bytes)
         return parse_fields(body, fields)

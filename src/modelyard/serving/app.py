@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,11 +31,13 @@ from modelyard.serving.http import (
     Send,
     compile_routes,
     error_body,
+    header,
     match,
     read_body,
     respond,
 )
 from modelyard.serving.metrics import CONTENT_TYPE, ServerMetrics
+from modelyard.serving.monitor_api import MONITOR_ROUTES, MonitorAPI, MonitorGauges
 from modelyard.serving.options import ServeOptions
 from modelyard.serving.rollouts import Rollouts
 from modelyard.serving.runner import Runner
@@ -65,6 +68,7 @@ ROUTES = compile_routes([
     ("GET", "/openapi.json", "op_openapi"),
     ("GET", "/docs", "op_docs"),
     *ADMIN_ROUTES,
+    *MONITOR_ROUTES,
 ])
 
 Handler = Callable[..., Awaitable[None]]
@@ -77,18 +81,30 @@ class Call:
     rollout routes the model.
     """
 
-    __slots__ = ("runner", "variant")
+    __slots__ = ("batch", "request_id", "result", "rows", "runner", "variant")
 
-    def __init__(self) -> None:
+    def __init__(self, request_id: str | None = None) -> None:
         self.runner: Runner | None = None
         self.variant = "production"
+        #: the id feedback refers to: the client's X-Request-Id (or OIP ``id``), else generated.
+        self.request_id = request_id or uuid.uuid4().hex
+        #: the prepared input batch, its rows and the answer, for the prediction log.
+        self.batch: Any = None
+        self.rows = 0
+        self.result: Prediction | None = None
+
+    def answered(self, batch: Any, rows: int, result: Prediction) -> Prediction:
+        """Keep what the prediction log needs of an answered request; returns ``result``."""
+        self.batch, self.rows, self.result = batch, rows, result
+        return result
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        """The response headers naming the version and variant that answered."""
+        """The response headers naming the version and variant that answered, and the request."""
         runner = self.runner
         assert runner is not None
         return [(b"x-model-version", runner.version_str.encode()),
-                (b"x-model-variant", self.variant.encode())]
+                (b"x-model-variant", self.variant.encode()),
+                (b"x-request-id", self.request_id.encode())]
 
 
 class App:
@@ -106,15 +122,18 @@ class App:
         self.watcher = Watcher(self.catalog)
         self.rollouts = Rollouts(self.catalog)
         self.ready = False
+        self.predlog: Any = None  # the PredictionLog, once started
         self._preload: asyncio.Task[None] | None = None
         self._grpc: Any = None
         oip = OIPHandlers(self)
         self.admin = AdminAPI(self)  # reads MODELYARD_TOKEN now
+        monitor = MonitorAPI(self)
+        self.gauges = MonitorGauges(self, monitor)
         self._handlers: dict[str, Handler] = {}
         for routes in ROUTES.values():
             for route in routes:
                 prefix = route.handler.partition("_")[0]
-                owner = {"v2": oip, "admin": self.admin}.get(prefix, self)
+                owner = {"v2": oip, "admin": self.admin, "monitor": monitor}.get(prefix, self)
                 self._handlers[route.handler] = getattr(owner, route.handler)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -134,12 +153,25 @@ class App:
             self.catalog.routes = {
                 n: a[alias] for n, a in self.catalog.models.items() if alias in a}
             self.ready = True
+        self._open_prediction_log()
         self.watcher.start()
         self.rollouts.start()
         if self.options.grpc_address:
             from modelyard.serving.grpc_server import start_grpc
 
             self._grpc = await start_grpc(self, self.options.grpc_address)
+
+    def _open_prediction_log(self) -> None:
+        """Start the prediction log on the store ``MODELYARD_PREDICTION_LOG`` names (or none)."""
+        from modelyard.monitoring.predlog import PredictionLog, open_store
+
+        store = open_store(self.catalog.registry, self.options.prediction_log)
+        if store is not None:
+            self.predlog = PredictionLog(store)
+            self.predlog.start()
+            self.metrics.watch_prediction_log(self.predlog)
+            self.catalog.logging = True
+            self.gauges.start()
 
     async def _run_preload(self) -> None:
         try:
@@ -159,9 +191,12 @@ class App:
             self._preload.cancel()
         if self._grpc is not None:
             await self._grpc.stop(5)
+        await self.gauges.stop()
         await self.rollouts.stop()
         await self.watcher.stop()
         await self.catalog.close()
+        if self.predlog is not None:  # after the runners: their last answers are logged too
+            await asyncio.get_running_loop().run_in_executor(None, self.predlog.stop)
         if self._owns_registry and self.catalog.registry is not None:
             self.catalog.registry.close()
 
@@ -235,7 +270,7 @@ class App:
             call.runner = runner
             batch, n = runner.prepare(to_payload(runner))
             try:
-                return await runner.submit(batch, n, scores)  # type: ignore[no-any-return]
+                return call.answered(batch, n, await runner.submit(batch, n, scores))
             except RunnerClosedError:
                 if attempt == 2:
                     raise
@@ -245,9 +280,15 @@ class App:
         """Count a prediction request and its duration under the version that answered it."""
         runner = call.runner
         if runner is not None:
+            elapsed = time.perf_counter() - start
             self.metrics.count_request(runner.name, runner.version_str, protocol, status,
                                        call.variant)
-            runner.metrics.observe_duration(time.perf_counter() - start, call.variant)
+            runner.metrics.observe_duration(elapsed, call.variant)
+            policy = runner.log_policy
+            if (status == 200 and policy is not None and self.predlog is not None
+                    and call.result is not None and policy.sampled()):
+                self.predlog.record(policy, call.request_id, call.variant, elapsed, call.batch,
+                                    call.rows, call.result)
         else:
             known = name if name in self.catalog.models else ""
             self.metrics.count_request(known, "", protocol, status)
@@ -256,7 +297,7 @@ class App:
                          name: str, version: str | None = None) -> None:
         """``POST /v1/models/{name}[/versions/{v}]/predict``."""
         start = time.perf_counter()
-        call = Call()
+        call = Call(request_id_of(scope))
         status = 500
         try:
             body = await read_body(scope, receive, self.options.max_body_bytes)
@@ -269,7 +310,7 @@ class App:
                                         scope, payload)
             runner = call.runner
             assert runner is not None
-            out = protocol_v1.encode(name, runner.version, result, scores)
+            out = protocol_v1.encode(name, runner.version, result, scores, call.request_id)
             status = 200
             await respond(send, 200, out, [(b"content-type", b"application/json"),
                                            *call.headers()])
@@ -332,6 +373,14 @@ class App:
 
         await respond(send, 200, docs_html().encode(),
                       [(b"content-type", b"text/html; charset=utf-8")])
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The client's ``X-Request-Id`` (at most 100 characters), if it sent one."""
+    value = header(scope, b"x-request-id")
+    if value is None or not 0 < len(value) <= 100:
+        return None
+    return value.decode("latin-1")
 
 
 def parse_version(name: str, version: str | None) -> int | None:

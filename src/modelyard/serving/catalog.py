@@ -29,6 +29,15 @@ from modelyard.serving.runner import (
 
 log = logging.getLogger(__name__)
 
+def log_policy(record: Any) -> Any:
+    """How a version's answers are logged: its spec's sample rate and sensitive fields."""
+    from modelyard.monitoring.predlog import LogPolicy
+
+    spec = serving_spec(record.meta, record.ref)
+    return LogPolicy(record.model, record.version, spec.sample_rate, dict(spec.sensitive),
+                     record.signature, record.reference_stats)
+
+
 _first_import = threading.Lock()
 _imported: set[str] = set()
 
@@ -51,6 +60,8 @@ class Catalog:
         self.predict_pool = ThreadPoolExecutor(options.predict_threads, "modelyard-predict")
         self.load_pool = ThreadPoolExecutor(options.load_threads, "modelyard-load")
         self.io_pool = ThreadPoolExecutor(1, "modelyard-registry")
+        #: whether loaded runners get a log policy (the app's prediction log is on).
+        self.logging = False
 
     # -- the request path -----------------------------------------------------------------------
     def runner_now(self, name: str, version: int | None = None) -> Runner | None:
@@ -117,6 +128,8 @@ class Catalog:
         record = await self.get_version_record(*key)
         loop = asyncio.get_running_loop()
         runner = await loop.run_in_executor(self.load_pool, self._open, record)
+        if self.logging:
+            runner.log_policy = log_policy(record)
         runner.start()
         return runner
 

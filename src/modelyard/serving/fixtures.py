@@ -20,13 +20,16 @@ def register_model(registry: Any, name: str, model: Any, flavor: str, X: Any, y:
                    *, promote: bool = True, meta: dict[str, Any] | None = None,
                    sample: Any = None) -> Any:
     """Save ``model`` with its adapter, register it as a new version of ``name``; return it."""
+    from modelyard.pipeline.profile import profile
+
     adapter = get_adapter(flavor)
     with tempfile.TemporaryDirectory(prefix="modelyard-fixture-") as tmp:
         saved = adapter.save(model, Path(tmp), sample=sample) if sample is not None else \
             adapter.save(model, Path(tmp))
         signature = adapter.infer_signature(model, X, y).to_dict()
         version = registry.register(name, Path(tmp), flavor=flavor,
-                                    meta={**saved, **(meta or {})}, signature=signature)
+                                    meta={**saved, **(meta or {})}, signature=signature,
+                                    reference_stats=profile(X))
     if promote:
         registry.set_alias(name, "production", version.version)
     return version

@@ -17,6 +17,15 @@ create unbounded label values.
 ``modelyard_worker_up``                 gauge      1 while a version's device worker answers
 ``modelyard_worker_restarts_total``     counter    device worker restart attempts
 ``modelyard_shadow_dropped_total``      counter    shadow copies dropped (candidate queue full)
+``modelyard_prediction_log_written_total``  counter  predictions written to the prediction log
+``modelyard_prediction_log_dropped_total``  counter  predictions dropped (queue full, store down)
+``modelyard_prediction_log_pending``    gauge      predictions queued for the log
+``modelyard_model_metric``              gauge      a declared metric over the monitoring window,
+                                                   from fed-back labels (``metric`` label)
+``modelyard_labeled_rows``              gauge      rows with labels in the monitoring window
+``modelyard_drift_share``               gauge      share of drifted features, latest drift check
+``modelyard_drift_detected``            gauge      1 when the latest check found dataset drift
+``modelyard_feature_drift_score``       gauge      latest drift statistic of each feature
 ======================================  =========  ===========================================
 """
 
@@ -79,7 +88,58 @@ class ServerMetrics:
             "modelyard_shadow_dropped", "Shadow copies dropped because the candidate was busy.",
             ("model", "version"), registry=r,
         )
+        self.quality = Gauge(
+            "modelyard_model_metric",
+            "A declared metric over the monitoring window, computed from fed-back labels.",
+            ("model", "version", "variant", "metric"), registry=r,
+        )
+        self.labeled = Gauge(
+            "modelyard_labeled_rows", "Rows with fed-back labels in the monitoring window.",
+            ("model", "version", "variant"), registry=r,
+        )
+        self.drift_share = Gauge(
+            "modelyard_drift_share", "Share of drifted features in the latest drift check.",
+            ("model", "version"), registry=r,
+        )
+        self.drift_detected = Gauge(
+            "modelyard_drift_detected", "1 when the latest drift check found dataset drift.",
+            ("model", "version"), registry=r,
+        )
+        self.feature_drift = Gauge(
+            "modelyard_feature_drift_score", "The latest drift statistic of each feature.",
+            ("model", "feature", "test"), registry=r,
+        )
         self._status: dict[tuple[str, str, str, int, str], Any] = {}
+
+    def watch_prediction_log(self, predlog: Any) -> None:
+        """Export the prediction log's written, dropped and pending counts."""
+        self.registry.register(_LogCollector(predlog))
+
+    def set_quality(self, windows: Iterable[Any]) -> None:
+        """Replace the metric gauges with these :class:`MetricWindow` values."""
+        self.quality.clear()
+        self.labeled.clear()
+        for w in windows:
+            self.labeled.labels(w.model, str(w.version), w.variant).set(w.labeled)
+            for metric, value in w.values.items():
+                if value is not None:
+                    self.quality.labels(w.model, str(w.version), w.variant, metric).set(value)
+
+    def set_drift(self, checks: Iterable[Any]) -> None:
+        """Replace the drift gauges with the latest :class:`DriftCheck` of each model."""
+        self.drift_share.clear()
+        self.drift_detected.clear()
+        self.feature_drift.clear()
+        for check in checks:
+            self.drift_share.labels(check.model, str(check.version)).set(check.share)
+            self.drift_detected.labels(check.model, str(check.version)).set(int(check.drifted))
+            features = dict(check.report.get("features") or {})
+            embedding = check.report.get("embedding")
+            if embedding:
+                features["embedding"] = embedding
+            for feature, found in features.items():
+                self.feature_drift.labels(check.model, feature, str(found.get("test", ""))).set(
+                    float(found.get("score") or 0.0))
 
     def for_version(self, model: str, version: str) -> VersionMetrics:
         """Handles bound to one version's labels (looked up once, used per request)."""
@@ -150,6 +210,28 @@ class VersionMetrics:
     def count_restart(self) -> None:
         """Count one attempt to restart the version's device worker."""
         self._server.restarts.labels(self.model, self.version).inc()
+
+
+class _LogCollector:
+    """Reads the prediction log's counters at scrape time (no work on the request path)."""
+
+    def __init__(self, predlog: Any) -> None:
+        self.predlog = predlog
+
+    def describe(self) -> list[Any]:
+        return list(self.collect())
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        log = self.predlog
+        yield CounterMetricFamily("modelyard_prediction_log_written",
+                                  "Predictions written to the prediction log.", log.written)
+        yield CounterMetricFamily(
+            "modelyard_prediction_log_dropped",
+            "Predictions dropped from the log (queue full or store failing).", log.dropped)
+        yield GaugeMetricFamily("modelyard_prediction_log_pending",
+                                "Predictions queued for the prediction log.", log.pending)
 
 
 __all__ = ["CONTENT_TYPE", "ServerMetrics", "VersionMetrics"]

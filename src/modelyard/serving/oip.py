@@ -72,11 +72,11 @@ class OIPHandlers:
     async def v2_infer(self, scope: Scope, receive: Receive, send: Send,
                        name: str, version: str | None = None) -> None:
         """``POST /v2/models/{name}[/versions/{v}]/infer``, JSON or binary tensors."""
-        from modelyard.serving.app import Call, parse_version
+        from modelyard.serving.app import Call, parse_version, request_id_of
 
         app = self.app
         start = time.perf_counter()
-        call = Call()
+        call = Call(request_id_of(scope))
         status = 500
         try:
             body = await read_body(scope, receive, app.options.max_body_bytes)
@@ -84,6 +84,8 @@ class OIPHandlers:
             if self.catalog.runner_now(name, number) is None:
                 self.catalog.key_for(name, number)  # 404 before judging the body
             req = v2.decode_infer(body, _header_length(scope))
+            if req.id and len(req.id) <= 100:  # the OIP request id is what feedback names
+                call.request_id = req.id
             outputs = await self.infer(call, name, number, req.inputs, req.outputs, scope)
             runner = call.runner
             assert runner is not None

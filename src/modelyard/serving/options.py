@@ -40,6 +40,11 @@ class ServeOptions:
     request_timeout_s: float = 60.0
     #: how often the registry is polled for alias moves.
     poll_interval_s: float = 1.0
+    #: where predictions are logged: ``db``, ``parquet:FOLDER`` or ``off`` (None: the
+    #: ``MODELYARD_PREDICTION_LOG`` variable, default ``db``).
+    prediction_log: str | None = None
+    #: how often monitoring gauges (metrics from labels, latest drift) are refreshed.
+    monitor_interval_s: float = 30.0
     #: threads running model calls (one batch per loaded version at a time).
     predict_threads: int = max(4, min(16, (os.cpu_count() or 1) * 2))
     #: threads loading models, so a slow load never blocks predictions.
@@ -54,8 +59,10 @@ class ServeOptions:
     def __post_init__(self) -> None:
         if self.max_memory is not None and self.max_memory <= 0:
             raise ConfigError("max_memory must be a positive number of bytes")
-        if self.max_body_bytes <= 0 or self.request_timeout_s <= 0 or self.poll_interval_s <= 0:
-            raise ConfigError("max_body_bytes, request_timeout_s and poll_interval_s must be > 0")
+        if (self.max_body_bytes <= 0 or self.request_timeout_s <= 0 or self.poll_interval_s <= 0
+                or self.monitor_interval_s <= 0):
+            raise ConfigError("max_body_bytes, request_timeout_s, poll_interval_s and "
+                              "monitor_interval_s must be > 0")
         if self.predict_threads < 1 or self.load_threads < 1:
             raise ConfigError("predict_threads and load_threads must be at least 1")
         if self.worker_start_timeout_s <= 0 or self.worker_max_restarts < 1:

@@ -80,10 +80,13 @@ class BadJSONError(InputError):
     status_code = 400
 
 
-def encode(name: str, version: int, result: Prediction, scores: bool) -> bytes:
-    """The JSON response body for one request."""
+def encode(name: str, version: int, result: Prediction, scores: bool,
+           request_id: str | None = None) -> bytes:
+    """The JSON response body for one request (``request_id`` is what feedback refers to)."""
     out: dict[str, Any] = {"model": name, "version": version,
                            "predictions": _jsonable(result.predictions)}
+    if request_id is not None:
+        out["request_id"] = request_id
     if scores and result.scores is not None:
         out["scores"] = _jsonable(result.scores)
         if result.classes is not None:

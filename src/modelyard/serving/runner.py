@@ -108,6 +108,7 @@ class Runner:
         self.batcher = Batcher(self._run, policy, executor, observe)
         self.memory = memory
         self.metrics: Any = None  # per-version metric children, set by the app
+        self.log_policy: Any = None  # how answers are logged (a LogPolicy), set by the catalog
 
     @property
     def closed(self) -> bool:

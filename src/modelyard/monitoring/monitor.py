@@ -1,0 +1,346 @@
+"""The monitoring facade: ``Monitor(registry)``, called by the server, CLI, admin API, scheduler.
+
+::
+
+    m = Monitor(registry)
+    m.feedback("fraud", {"req-1": 1, "req-2": 0})      # delayed labels, by request id
+    m.metrics("fraud")                                  # declared metrics per version, last window
+    m.latency("fraud")                                  # p50/p99 of logged requests
+    m.check_drift("fraud")                              # logged inputs vs reference statistics
+    m.drift_reports("fraud"); m.events("fraud")
+
+Settings per model come from its production version (``meta["monitoring"]``, written by the
+pipeline from the spec's ``monitoring:`` section): the window, the rows a drift check needs and
+the drift share that makes the dataset drifted. Predictions are read from the prediction log's
+store (:func:`modelyard.monitoring.predlog.open_store`); labels, drift reports and events live in
+the registry database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import orjson
+from sqlalchemy import func, select
+
+from modelyard.errors import ConfigError, MonitoringError, NotFoundError
+from modelyard.monitoring.predlog import LoggedPrediction, LogStore, open_store
+from modelyard.monitoring.quality import MetricWindow, metric_windows
+from modelyard.registry.records import Record
+from modelyard.registry.rows import audit, model_row, now
+from modelyard.registry.tables import DriftReportRow, LabelRow, MonitorEventRow
+from modelyard.spec import MonitorSpec
+
+if TYPE_CHECKING:
+    from modelyard.registry import Registry
+    from modelyard.registry.records import ModelVersion
+
+#: most logged requests one metric or drift computation reads (the newest ones).
+MAX_REQUESTS = 50_000
+MAX_REQUEST_ID = 100
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class FeedbackResult(Record):
+    """What a feedback call stored: labels written, and how many match a logged prediction."""
+
+    model: str
+    stored: int
+    matched: int
+    unmatched: list[str] = field(default_factory=list)  # the first few request ids not logged
+
+
+@dataclass(frozen=True)
+class LatencySummary(Record):
+    """Latency of a model's logged requests over a window (None: nothing logged)."""
+
+    model: str
+    requests: int
+    p50_ms: float | None
+    p99_ms: float | None
+    error_rate: float | None = None  # only successful requests are logged: the server counts
+
+
+@dataclass(frozen=True)
+class DriftCheck(Record):
+    """One stored drift check: share of drifted features, the verdict and per-feature detail."""
+
+    id: int
+    model: str
+    version: int
+    at: datetime
+    window_start: datetime | None
+    window_end: datetime | None
+    rows: int
+    share: float
+    drifted: bool
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MonitorEvent(Record):
+    """Something monitoring noticed or did (an alert, a retraining trigger, a run's result)."""
+
+    id: int
+    at: datetime
+    model: str
+    kind: str
+    name: str
+    severity: str
+    message: str
+    details: dict[str, Any]
+
+
+class Monitor:
+    """Prediction log reads, feedback, metrics, latency, drift and events for registered models."""
+
+    def __init__(self, registry: Registry, store: LogStore | None = _UNSET) -> None:
+        self.registry = registry
+        self.store = open_store(registry) if store is _UNSET else store
+
+    # -- model settings -------------------------------------------------------------------------
+    def watched_version(self, model: str, version: int | None = None) -> ModelVersion:
+        """The version monitoring compares with: ``version``, else production, else the latest."""
+        if version is not None:
+            return self.registry.get_version(model, version)
+        found = self.registry.get_model(model)
+        served = found.aliases.get("production") or found.latest_version
+        if not served:
+            raise NotFoundError(f"model '{model}' has no versions yet; train it first")
+        return self.registry.get_version(model, served)
+
+    @staticmethod
+    def settings(version: ModelVersion) -> MonitorSpec:
+        """The version's monitoring settings (defaults for versions trained before them)."""
+        raw = version.meta.get("monitoring")
+        try:
+            return MonitorSpec.model_validate(raw if isinstance(raw, Mapping) else {})
+        except ValueError:
+            return MonitorSpec.model_validate({})
+
+    @staticmethod
+    def declared_metrics(version: ModelVersion) -> list[str]:
+        """The metric names a version declared (its spec's ``metrics``)."""
+        names = version.meta.get("metrics")
+        return list(names) if isinstance(names, list) else sorted(version.metrics)
+
+    def _since(self, model: str, since: datetime | None) -> datetime:
+        if since is not None:
+            return since
+        return now() - timedelta(seconds=self.settings(self.watched_version(model)).window_s)
+
+    # -- prediction log -------------------------------------------------------------------------
+    def log_predictions(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Write prediction log rows directly (the server's log does this in batches)."""
+        if self.store is None:
+            raise ConfigError("the prediction log is off (MODELYARD_PREDICTION_LOG=off)")
+        self.store.write(rows)
+        return len(rows)
+
+    def predictions(self, model: str, *, since: datetime | None = None,
+                    until: datetime | None = None, version: int | None = None,
+                    versions: Sequence[int] | None = None, limit: int | None = MAX_REQUESTS,
+                    with_inputs: bool = True) -> list[LoggedPrediction]:
+        """Logged requests of ``model`` in ``[since, until)``, oldest first."""
+        if self.store is None:
+            return []
+        if version is not None:
+            versions = [version]
+        return self.store.read(model, since=since, until=until, versions=versions, limit=limit,
+                               with_inputs=with_inputs)
+
+    # -- feedback -------------------------------------------------------------------------------
+    def feedback(self, model: str, labels: Mapping[str, Any] | Iterable[tuple[str, Any]],
+                 *, actor: str | None = None) -> FeedbackResult:
+        """Store ground truth by request id (a later label for the same id replaces it)."""
+        pairs = list(labels.items()) if isinstance(labels, Mapping) else list(labels)
+        if not pairs:
+            raise ConfigError("feedback needs at least one {request_id, label} pair")
+        for request_id, label in pairs:
+            if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
+                raise ConfigError(f"request_id must be a string of 1 to {MAX_REQUEST_ID} "
+                                  f"characters, got {request_id!r}")
+            if label is None:
+                raise ConfigError(f"label of request {request_id!r} is missing (null)")
+            try:
+                orjson.dumps(label)
+            except TypeError:
+                raise ConfigError(f"label of request {request_id!r} is not JSON: "
+                                  f"{type(label).__name__}") from None
+        by_id = dict(pairs)  # the last label of a repeated id wins
+        who = actor or self.registry.settings.actor
+        at = now()
+        with self.registry.db.session(write=True) as s:
+            model_row(s, model)  # unknown model: NotFoundError before anything is written
+            _upsert_labels(s, [{"model": model, "request_id": r, "label": v, "at": at,
+                                "actor": who} for r, v in by_id.items()])
+        logged = self._logged_ids(model, list(by_id))
+        unmatched = [r for r in by_id if r not in logged]
+        return FeedbackResult(model, len(by_id), len(by_id) - len(unmatched), unmatched[:20])
+
+    def _logged_ids(self, model: str, request_ids: list[str]) -> set[str]:
+        from modelyard.monitoring.predlog import DatabaseStore
+        from modelyard.registry.tables import PredictionRow as P
+
+        if not isinstance(self.store, DatabaseStore):  # a file store: not worth a scan here
+            return set(request_ids)
+        found: set[str] = set()
+        with self.registry.db.session() as s:
+            for chunk in _chunks(request_ids, 500):
+                found.update(s.scalars(select(P.request_id).where(
+                    P.model == model, P.request_id.in_(chunk))))
+        return found
+
+    def labels(self, model: str, request_ids: Sequence[str]) -> dict[str, Any]:
+        """The labels that arrived for ``request_ids``."""
+        out: dict[str, Any] = {}
+        with self.registry.db.session() as s:
+            for chunk in _chunks(list(dict.fromkeys(request_ids)), 500):
+                out.update(s.execute(select(LabelRow.request_id, LabelRow.label).where(
+                    LabelRow.model == model, LabelRow.request_id.in_(chunk))).tuples())
+        return out
+
+    def labels_since(self, model: str, since: datetime | None) -> int:
+        """How many labels of ``model`` arrived since ``since`` (all, when None)."""
+        query = select(func.count()).select_from(LabelRow).where(LabelRow.model == model)
+        if since is not None:
+            query = query.where(LabelRow.at >= since)
+        with self.registry.db.session() as s:
+            return int(s.scalar(query) or 0)
+
+    # -- metrics and latency --------------------------------------------------------------------
+    def metrics(self, model: str, *, since: datetime | None = None,
+                until: datetime | None = None, version: int | None = None,
+                versions: Sequence[int] | None = None, names: Sequence[str] | None = None,
+                by_variant: bool = True) -> list[MetricWindow]:
+        """Declared metrics per version (and variant) over the window, from fed-back labels."""
+        if names is None:
+            names = self.declared_metrics(self.watched_version(model))
+        start = self._since(model, since)
+        logged = self.predictions(model, since=start, until=until, version=version,
+                                  versions=versions, with_inputs=False)
+        labels = self.labels(model, [p.request_id for p in logged])
+        return metric_windows(model, logged, labels, names, group_by_variant=by_variant)
+
+    def latency(self, model: str, *, since: datetime | None = None) -> LatencySummary:
+        """p50 and p99 latency of the logged requests in the window."""
+        logged = self.predictions(model, since=self._since(model, since), with_inputs=False)
+        if not logged:
+            return LatencySummary(model, 0, None, None)
+        values = np.fromiter((p.latency_ms for p in logged), float, len(logged))
+        p50, p99 = np.percentile(values, [50, 99])
+        return LatencySummary(model, len(logged), round(float(p50), 3), round(float(p99), 3))
+
+    # -- drift ----------------------------------------------------------------------------------
+    def check_drift(self, model: str, *, version: int | None = None,
+                    since: datetime | None = None, until: datetime | None = None,
+                    actor: str | None = None, store: bool = True) -> DriftCheck:
+        """Compare logged inputs in the window with the version's reference statistics."""
+        from modelyard.monitoring.drift import compare
+        from modelyard.monitoring.summary import current_from_log
+
+        watched = self.watched_version(model, version)
+        if not watched.reference_stats:
+            raise MonitoringError(f"{watched.ref} has no reference statistics to compare with; "
+                                  "retrain it with this modelyard version")
+        settings = self.settings(watched)
+        start = self._since(model, since)
+        end = until or now()
+        logged = self.predictions(model, since=start, until=end)
+        rows = sum(p.rows for p in logged)
+        if rows < settings.min_rows:
+            raise MonitoringError(
+                f"{model}: {rows} logged rows since {start:%Y-%m-%d %H:%M:%S}, a drift check "
+                f"needs {settings.min_rows} (monitoring.min_rows); send traffic or widen --since")
+        current = current_from_log([p.inputs for p in logged], watched.reference_stats)
+        report = compare(watched.reference_stats, current, drift_share=settings.drift_share)
+        row = DriftReportRow(model=model, version=watched.version, at=end, window_start=start,
+                             window_end=end, rows=report.rows, share=report.share,
+                             drifted=report.drifted, report=report.to_dict(),
+                             created_by=actor or self.registry.settings.actor)
+        if store:
+            with self.registry.db.session(write=True) as s:
+                s.add(row)
+                s.flush()
+                return _drift_check(row)
+        return _drift_check(row, 0)
+
+    def drift_reports(self, model: str, *, limit: int = 20) -> list[DriftCheck]:
+        """Stored drift checks of ``model``, newest first."""
+        with self.registry.db.session() as s:
+            model_row(s, model)
+            rows = s.scalars(select(DriftReportRow).where(DriftReportRow.model == model)
+                             .order_by(DriftReportRow.id.desc()).limit(limit))
+            return [_drift_check(r) for r in rows]
+
+    # -- events ---------------------------------------------------------------------------------
+    def add_event(self, model: str, kind: str, name: str, message: str, *,
+                  severity: str = "info", details: Mapping[str, Any] | None = None,
+                  ) -> MonitorEvent:
+        """Record a monitoring event (and an audit event ``monitor.<kind>`` on the model)."""
+        if severity not in ("info", "warning", "critical"):
+            raise ConfigError(f"severity {severity!r}: use info, warning or critical")
+        row = MonitorEventRow(at=now(), model=model, kind=kind, name=name, severity=severity,
+                              message=message, details=dict(details or {}))
+        with self.registry.db.session(write=True) as s:
+            s.add(row)
+            audit(s, "monitor", f"monitor.{kind}", model,
+                  {"name": name, "severity": severity, "message": message})
+            s.flush()
+            return _event(row)
+
+    def events(self, model: str | None = None, *, kind: str | None = None,
+               name: str | None = None, since: datetime | None = None,
+               limit: int = 100) -> list[MonitorEvent]:
+        """Monitoring events, newest first, filtered by model, kind, name and time."""
+        query = select(MonitorEventRow)
+        if model is not None:
+            query = query.where(MonitorEventRow.model == model)
+        if kind is not None:
+            query = query.where(MonitorEventRow.kind == kind)
+        if name is not None:
+            query = query.where(MonitorEventRow.name == name)
+        if since is not None:
+            query = query.where(MonitorEventRow.at >= since)
+        with self.registry.db.session() as s:
+            rows = s.scalars(query.order_by(MonitorEventRow.id.desc()).limit(limit))
+            return [_event(r) for r in rows]
+
+
+def _upsert_labels(s: Any, rows: list[dict[str, Any]]) -> None:
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    for chunk in _chunks(rows, 500):
+        stmt = insert(LabelRow).values(chunk)
+        s.execute(stmt.on_conflict_do_update(
+            index_elements=["model", "request_id"],
+            set_={"label": stmt.excluded.label, "at": stmt.excluded.at,
+                  "actor": stmt.excluded.actor}))
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _drift_check(row: DriftReportRow, ident: int | None = None) -> DriftCheck:
+    return DriftCheck(row.id if ident is None else ident, row.model, row.version, row.at,
+                      row.window_start, row.window_end, row.rows, row.share, row.drifted,
+                      dict(row.report))
+
+
+def _event(row: MonitorEventRow) -> MonitorEvent:
+    return MonitorEvent(row.id, row.at, row.model, row.kind, row.name, row.severity,
+                        row.message, dict(row.details))
+
+
+__all__ = ["DriftCheck", "FeedbackResult", "LatencySummary", "MetricWindow", "Monitor",
+           "MonitorEvent", "MonitoringError"]

@@ -1,0 +1,215 @@
+"""Monitoring over HTTP: feedback (delayed labels), metrics, latency, drift and events.
+
+=====  ======================================  ==============================================
+POST   ``/v1/models/{name}/feedback``          ground truth by request id (one or a list)
+GET    ``/api/v1/models/{name}/metrics``       declared metrics per version and variant
+GET    ``/api/v1/models/{name}/drift``         stored drift checks, newest first
+POST   ``/api/v1/models/{name}/drift``         run a drift check now and store it
+GET    ``/api/v1/models/{name}/events``        alerts, triggers and retraining results
+=====  ======================================  ==============================================
+
+``GET`` calls take ``?since=1h`` (a duration ago or an ISO time) where a window applies.
+``POST`` calls need the bearer token when ``MODELYARD_TOKEN`` is set, like the admin API:
+labels decide rollbacks and retraining, so not everyone may send them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import orjson
+
+from modelyard.errors import InputError
+from modelyard.serving.http import Receive, Scope, Send, read_body, respond
+from modelyard.serving.protocol_v1 import BadJSONError
+
+if TYPE_CHECKING:
+    from modelyard.monitoring.monitor import Monitor
+    from modelyard.serving.app import App
+
+log = logging.getLogger(__name__)
+
+MONITOR_ROUTES: list[tuple[str, str, str]] = [
+    ("POST", "/v1/models/{name}/feedback", "monitor_feedback"),
+    ("GET", "/api/v1/models/{name}/metrics", "monitor_metrics"),
+    ("GET", "/api/v1/models/{name}/drift", "monitor_drift"),
+    ("POST", "/api/v1/models/{name}/drift", "monitor_check_drift"),
+    ("GET", "/api/v1/models/{name}/events", "monitor_events"),
+]
+#: most labels one feedback call takes.
+MAX_LABELS = 10_000
+
+
+def parse_feedback(body: bytes) -> list[tuple[str, Any]]:
+    """``(request_id, label)`` pairs from a feedback body.
+
+    Accepts ``{"request_id": ..., "label": ...}``, ``{"labels": [{"request_id", "label"}, ...]}``
+    or ``{"labels": {request_id: label, ...}}``.
+    """
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadJSONError(f"the body is not valid JSON: {exc}") from None
+    if isinstance(doc, dict) and "labels" not in doc and {"request_id", "label"} <= set(doc):
+        doc = {"labels": [doc]}
+    items = doc.get("labels") if isinstance(doc, dict) else None
+    if isinstance(items, dict):
+        items = [{"request_id": k, "label": v} for k, v in items.items()]
+    if not isinstance(items, list) or not items:
+        raise InputError(
+            'send {"request_id": "...", "label": ...} or {"labels": [{"request_id": "...", '
+            '"label": ...}, ...]}', [{"loc": ["body"], "msg": "no labels"}])
+    if len(items) > MAX_LABELS:
+        raise InputError(f"at most {MAX_LABELS} labels per call; got {len(items)}",
+                         [{"loc": ["body", "labels"], "msg": "too many"}])
+    pairs = []
+    errors = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("request_id"), str) or (
+                item.get("label") is None):
+            errors.append({"loc": ["body", "labels", i],
+                           "msg": "needs a string request_id and a non-null label"})
+            continue
+        pairs.append((item["request_id"], item["label"]))
+    if errors:
+        raise InputError(f"{len(errors)} of {len(items)} labels are malformed", errors[:20])
+    return pairs
+
+
+class MonitorAPI:
+    """The ``monitor_*`` handlers; reuses the admin API's token check and registry thread."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self._monitor: Monitor | None = None
+
+    @property
+    def monitor(self) -> Monitor:
+        if self._monitor is None:
+            from modelyard.monitoring.monitor import Monitor
+
+            store = self.app.predlog.store if self.app.predlog is not None else None
+            self._monitor = Monitor(self.app.catalog.registry, store)
+        return self._monitor
+
+    async def monitor_feedback(self, scope: Scope, receive: Receive, send: Send,
+                               name: str) -> None:
+        """``POST /v1/models/{name}/feedback``: store labels, say how many match a prediction."""
+        admin = self.app.admin
+        if not await admin.authorized(scope, send):
+            return
+        body = await read_body(scope, receive, self.app.options.max_body_bytes)
+        pairs = parse_feedback(body)
+        result = await admin._io(self.monitor.feedback, name, pairs, actor=admin.actor(scope))
+        await respond(send, 200, orjson.dumps(result.to_dict()))
+
+    async def monitor_metrics(self, scope: Scope, receive: Receive, send: Send,
+                              name: str) -> None:
+        """``GET /api/v1/models/{name}/metrics[?since=1h]``: metrics and latency in the window."""
+        since = _since(scope)
+        windows = await self.app.admin._io(self.monitor.metrics, name, since=since)
+        latency = await self.app.admin._io(self.monitor.latency, name, since=since)
+        await respond(send, 200, orjson.dumps({"model": name,
+                                               "windows": [w.to_dict() for w in windows],
+                                               "latency": latency.to_dict()}))
+
+    async def monitor_drift(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
+        """``GET /api/v1/models/{name}/drift[?limit=N]``: stored drift checks, newest first."""
+        limit = _int_param(scope, "limit", 20)
+        checks = await self.app.admin._io(self.monitor.drift_reports, name, limit=limit)
+        await respond(send, 200, orjson.dumps({"model": name,
+                                               "checks": [c.to_dict() for c in checks]}))
+
+    async def monitor_check_drift(self, scope: Scope, receive: Receive, send: Send,
+                                  name: str) -> None:
+        """``POST /api/v1/models/{name}/drift[?since=1h]``: check drift now and store it."""
+        admin = self.app.admin
+        if not await admin.authorized(scope, send):
+            return
+        check = await admin._io(self.monitor.check_drift, name, since=_since(scope),
+                                actor=admin.actor(scope))
+        await respond(send, 200, orjson.dumps(check.to_dict()))
+
+    async def monitor_events(self, scope: Scope, receive: Receive, send: Send,
+                             name: str) -> None:
+        """``GET /api/v1/models/{name}/events[?kind=alert&limit=N]``: newest first."""
+        kind = _param(scope, "kind")
+        events = await self.app.admin._io(self.monitor.events, name, kind=kind, since=_since(scope),
+                                          limit=_int_param(scope, "limit", 100))
+        await respond(send, 200, orjson.dumps({"model": name,
+                                               "events": [e.to_dict() for e in events]}))
+
+
+class MonitorGauges:
+    """Refreshes the monitoring gauges (metrics from labels, latest drift) every interval.
+
+    Runs on the default executor, not the registry thread, so a large window never delays
+    alias or rollout polling.
+    """
+
+    def __init__(self, app: App, api: MonitorAPI) -> None:
+        self.app = app
+        self.api = api
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start refreshing on the running loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop refreshing."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.app.options.monitor_interval_s)
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, self.refresh)
+            except Exception as exc:  # monitoring must never take serving down
+                log.warning("could not refresh the monitoring gauges: %s", exc)
+
+    def refresh(self) -> None:
+        """Read every served model's metric windows and latest drift check into the gauges."""
+        monitor = self.api.monitor
+        windows, checks = [], []
+        for name in sorted(self.app.catalog.models):
+            if not self.app.catalog.models[name]:
+                continue  # no alias: nothing served, nothing to watch
+            windows.extend(monitor.metrics(name))
+            checks.extend(monitor.drift_reports(name, limit=1))
+        self.app.metrics.set_quality(windows)
+        self.app.metrics.set_drift(checks)
+
+
+def _param(scope: Scope, key: str) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(key)
+    return values[-1] if values else None
+
+
+def _since(scope: Scope) -> Any:
+    from modelyard.config import parse_since
+
+    text = _param(scope, "since")
+    return None if text is None else parse_since(text)
+
+
+def _int_param(scope: Scope, key: str, default: int) -> int:
+    text = _param(scope, key)
+    if text is None:
+        return default
+    if not text.isdigit() or not 0 < int(text) <= 10_000:
+        raise InputError(f"{key} must be a whole number from 1 to 10000, got {text!r}",
+                         [{"loc": ["query", key], "msg": "not a positive integer"}])
+    return int(text)
+
+
+__all__ = ["MAX_LABELS", "MONITOR_ROUTES", "MonitorAPI", "MonitorGauges", "parse_feedback"]

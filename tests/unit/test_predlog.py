@@ -1,0 +1,205 @@
+"""The prediction log: batched asynchronous writes, bounded memory, drop-and-count, both stores."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from modelyard.config import Settings
+from modelyard.errors import ConfigError
+from modelyard.monitoring.predlog import (
+    DatabaseStore,
+    LogPolicy,
+    ParquetStore,
+    PredictionLog,
+    open_store,
+    outputs_of,
+)
+from modelyard.predictor import Prediction
+from modelyard.registry import Registry
+from modelyard.schema import Signature
+
+X = pd.DataFrame({"amount": [10.0, 20.0], "card": ["4111", "5500"]})
+SIGNATURE = Signature.infer(X, np.array([0, 1]))
+
+
+def policy(rate: float = 1.0, sensitive: dict[str, str] | None = None) -> LogPolicy:
+    return LogPolicy("fraud", 3, rate, sensitive or {}, SIGNATURE, None)
+
+
+def answer() -> Prediction:
+    return Prediction(np.array([0, 1]), np.array([[0.9, 0.1], [0.2, 0.8]]), (0, 1))
+
+
+class ListStore:
+    """An in-memory store that can be told to fail (the sink being down)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[dict[str, Any]]] = []
+        self.failing = False
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def write(self, rows: Any) -> None:
+        self.gate.wait(10)
+        if self.failing:
+            raise ConnectionError("store down")
+        self.batches.append([dict(r) for r in rows])
+
+    def read(self, *args: Any, **kw: Any) -> list[Any]:
+        return []
+
+
+def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def test_entries_are_written_in_batches_by_the_writer_thread() -> None:
+    store = ListStore()
+    log = PredictionLog(store, batch_size=50, flush_interval_s=0.05)
+    log.start()
+    try:
+        for i in range(120):
+            log.record(policy(), f"r{i}", "production", 0.002, X, 2, answer())
+        wait_for(lambda: log.written == 120)
+    finally:
+        log.stop()
+    rows = [r for b in store.batches for r in b]
+    assert [r["request_id"] for r in rows] == [f"r{i}" for i in range(120)]
+    assert all(len(b) <= 50 for b in store.batches)
+    first = rows[0]
+    assert first["model"] == "fraud" and first["version"] == 3 and first["rows"] == 2
+    assert first["latency_ms"] == pytest.approx(2.0)
+    assert first["outputs"]["predictions"] == [0, 1]
+    assert first["outputs"]["classes"] == [0, 1]
+    assert first["inputs"]["columns"]["amount"] == [10.0, 20.0]
+    assert first["at"].tzinfo is not None
+
+
+def test_a_full_queue_drops_and_counts_instead_of_growing() -> None:
+    store = ListStore()
+    log = PredictionLog(store, capacity=10, batch_size=5)  # writer not started: nothing drains
+    for i in range(25):
+        log.record(policy(), f"r{i}", "production", 0.001, X, 2, answer())
+    assert log.pending == 10
+    assert log.dropped == 15
+    log.flush()
+    assert log.written == 10 and log.pending == 0
+
+
+def test_a_failing_store_loses_its_batch_counts_it_and_the_log_keeps_going() -> None:
+    store = ListStore()
+    store.failing = True
+    log = PredictionLog(store, batch_size=5, flush_interval_s=0.02)
+    log.start()
+    try:
+        for i in range(5):
+            log.record(policy(), f"lost{i}", "production", 0.001, X, 2, answer())
+        wait_for(lambda: log.dropped == 5)
+        store.failing = False
+        log.record(policy(), "kept", "production", 0.001, X, 2, answer())
+        wait_for(lambda: log.written == 1)
+    finally:
+        log.stop()
+    assert [r["request_id"] for b in store.batches for r in b] == ["kept"]
+
+
+def test_record_never_blocks_on_a_slow_store() -> None:
+    store = ListStore()
+    store.gate.clear()  # the store hangs
+    log = PredictionLog(store, capacity=1000, batch_size=10, flush_interval_s=0.01)
+    log.start()
+    try:
+        start = time.perf_counter()
+        for i in range(500):
+            log.record(policy(), f"r{i}", "production", 0.001, X, 2, answer())
+        elapsed = time.perf_counter() - start
+        assert elapsed < 1.0  # 500 appends; the hung store is never waited for
+    finally:
+        store.gate.set()
+        log.stop()
+    assert log.written + log.dropped == 500
+
+
+def test_an_input_that_cannot_be_summarised_is_dropped_not_raised() -> None:
+    store = ListStore()
+    log = PredictionLog(store)
+    log.record(policy(), "odd", "production", 0.001, object(), 1, answer())
+    log.record(policy(), "fine", "production", 0.001, X, 2, answer())
+    log.flush()
+    assert log.dropped == 1 and log.written == 1
+
+
+def test_sampling_follows_the_rate() -> None:
+    assert not any(policy(0.0).sampled() for _ in range(1000))
+    assert all(policy(1.0).sampled() for _ in range(1000))
+    hits = sum(policy(0.2).sampled() for _ in range(20_000))
+    assert 3600 < hits < 4400  # 4000 expected; 6 standard deviations either side
+
+
+def test_sensitive_fields_are_hashed_or_dropped_before_they_are_stored() -> None:
+    store = ListStore()
+    log = PredictionLog(store, hash_key=b"k")
+    log.record(policy(sensitive={"card": "hash"}), "h", "production", 0.001, X, 2, answer())
+    log.record(policy(sensitive={"card": "drop"}), "d", "production", 0.001, X, 2, answer())
+    log.flush()
+    hashed, dropped = (r["inputs"] for r in store.batches[0])
+    assert "4111" not in str(hashed) and "5500" not in str(hashed)
+    assert len(set(hashed["columns"]["card"])) == 2
+    assert "card" not in dropped["columns"]
+    assert dropped["columns"]["amount"] == [10.0, 20.0]
+
+
+def test_big_outputs_keep_their_shape_only() -> None:
+    mask = Prediction(np.zeros((1, 200, 200)))
+    assert outputs_of(mask) == {"shape": [1, 200, 200], "truncated": True}
+    floats = outputs_of(Prediction(np.array([0.5, np.nan])))
+    assert floats == {"predictions": [0.5, None]}
+
+
+def rows(n: int, start: datetime, model: str = "fraud") -> list[dict[str, Any]]:
+    return [{"request_id": f"r{i}", "model": model, "version": 1 + i % 2,
+             "variant": "production", "at": start + timedelta(seconds=i), "latency_ms": 1.5,
+             "rows": 1, "inputs": {"columns": {"amount": [float(i)]}},
+             "outputs": {"predictions": [i % 2]}} for i in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["db", "parquet"])
+def test_stores_read_back_what_they_wrote_by_window_and_version(
+        kind: str, tmp_path: Path) -> None:
+    with Registry.open(Settings.from_env(home=tmp_path / "home", actor="t")) as registry:
+        store = open_store(registry, "db" if kind == "db" else f"parquet:{tmp_path / 'log'}")
+        assert isinstance(store, DatabaseStore if kind == "db" else ParquetStore)
+        t0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
+        store.write(rows(10, t0))
+        store.write(rows(3, t0, model="other"))
+        got = store.read("fraud")
+        assert [p.request_id for p in got] == [f"r{i}" for i in range(10)]
+        assert got[4].inputs == {"columns": {"amount": [4.0]}} and got[4].at == t0 + timedelta(
+            seconds=4)
+        window = store.read("fraud", since=t0 + timedelta(seconds=3),
+                            until=t0 + timedelta(seconds=7), versions=[2])
+        assert [p.request_id for p in window] == ["r3", "r5"]
+        assert [p.request_id for p in store.read("fraud", limit=2)] == ["r8", "r9"]
+        assert store.read("fraud", limit=1, with_inputs=False)[0].inputs in ({}, None)
+        assert store.read("nobody") == []
+    if kind == "parquet":
+        assert not list((tmp_path / "log").rglob("*.tmp"))  # written under a temporary name
+
+
+def test_open_store_names_what_it_understands(tmp_path: Path) -> None:
+    with Registry.open(Settings.from_env(home=tmp_path / "home", actor="t")) as registry:
+        assert open_store(registry, "off") is None
+        with pytest.raises(ConfigError, match="db, off or parquet:FOLDER"):
+            open_store(registry, "kafka://x")
