@@ -1,0 +1,117 @@
+"""Prediction-log overhead: the same server with the log off, on SQLite, and on Parquet files.
+
+Run: ``python bench/predlog.py`` (needs ``wrk`` and ``taskset``: ``apt-get install -y wrk``).
+
+One workload (scikit-learn HistGradientBoostingClassifier, 20 features, one row per request,
+16 connections), the server pinned to core 0 and wrk to core 1 as in ``bench/serve.py``. Each
+configuration runs in the same session, one after another, with every request sampled
+(``sample_rate: 1``, the default): the worst case for the log. The script prints throughput,
+p50/p99 and, from ``/metrics``, how many predictions were written and dropped, then the
+overhead of each store against the log switched off.
+Goal: the log costs at most 10 % of throughput and p99, and drops nothing at this load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from serve import LUA, register, wait_ready, wrk  # a sibling script
+
+CONNECTIONS = 16
+WIDTH = 20
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per measurement")
+    args = parser.parse_args()
+    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
+    if missing:
+        print(f"needs {', '.join(missing)} on PATH (apt-get install -y wrk util-linux)")
+        return 2
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    work = Path(tempfile.mkdtemp(prefix="modelyard-bench-log-"))
+    try:
+        home = work / "home"
+        print("registering models ...", flush=True)
+        register(home)
+        (work / "post.lua").write_text(LUA)
+        import numpy as np
+
+        row = np.random.default_rng(0).normal(size=WIDTH).tolist()
+        body = work / "tabular.json"
+        body.write_text(json.dumps({"instances": [row]}))
+        stores = {"off": "off", "sqlite": "db", "parquet": f"parquet:{work / 'log'}"}
+        results = {}
+        for label, where in stores.items():
+            print(f"log {label} ...", flush=True)
+            results[label] = measure(home, work, body, where, args.seconds)
+        report(results)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def measure(home: Path, work: Path, body: Path, where: str, seconds: int) -> dict[str, float]:
+    port = 18790
+    env = {**os.environ, "MODELYARD_HOME": str(home), "MODELYARD_PREDICTION_LOG": where}
+    proc = subprocess.Popen(
+        ["taskset", "-c", "0", sys.executable, "-m", "modelyard.serving", "--port", str(port),
+         "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, "/readyz", proc)
+        url = f"{base}/v1/models/tabular/predict"
+        wrk(url, body, work, CONNECTIONS, 2)  # warm up
+        result = wrk(url, body, work, CONNECTIONS, seconds)
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        result["written"] = _counter(text, "modelyard_prediction_log_written_total")
+        result["dropped"] = _counter(text, "modelyard_prediction_log_dropped_total")
+        return result
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _counter(text: str, name: str) -> float:
+    match = re.search(rf"^{name} ([\d.e+]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+def report(results: dict[str, dict[str, float]]) -> None:
+    print()
+    head = f"{'log':8} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'written':>9} {'dropped':>8}"
+    print(head)
+    print("-" * len(head))
+    for label, r in results.items():
+        print(f"{label:8} {r['rps']:>8.0f} {r['p50']:>7.2f} {r['p99']:>7.2f} "
+              f"{r['written']:>9.0f} {r['dropped']:>8.0f}")
+    base = results["off"]
+    print()
+    for label in ("sqlite", "parquet"):
+        r = results[label]
+        cost = 1 - r["rps"] / base["rps"]
+        p99 = r["p99"] / base["p99"] - 1
+        verdict = "met" if cost <= 0.10 and p99 <= 0.10 and r["dropped"] == 0 else "NOT met"
+        print(f"{label}: throughput {cost:+.1%} of the log-off rate lost, p99 {p99:+.1%}, "
+              f"{r['dropped']:.0f} dropped (goal <= 10 %, none dropped: {verdict})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
