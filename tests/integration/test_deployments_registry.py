@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -325,3 +326,79 @@ def test_server_processes_racing_on_one_decision_apply_it_once(deps, reg):
     assert sorted("won" in r for r in results) == [False, False, True], results
     assert deps.get("iris").state == "rolled_back"
     assert [e.action for e in deps.history("iris")] == ["rollback", "start"]
+
+
+def _window_rows(reg: Registry) -> list[tuple[int, int, str]]:
+    from sqlalchemy import select
+
+    from modelyard.registry.tables import DeploymentWindowRow as W
+
+    with reg.db.session() as s:
+        return [tuple(r) for r in s.execute(  # type: ignore[misc]
+            select(W.deployment_id, W.revision, W.process).order_by(W.process))]
+
+
+def test_published_windows_are_one_row_per_process_and_revision(deps, reg, clock):
+    d = deps.start("iris", 2, every_s=60)
+    stats = {"stable": {"requests": 3}, "candidate": {"requests": 1}}
+    assert deps.publish_window(d.id, d.revision, "server:b", stats)
+    assert deps.publish_window(d.id, d.revision, "server:a", stats)
+    clock.tick(2)
+    newer = {"stable": {"requests": 9}, "candidate": {"requests": 4}}
+    assert deps.publish_window(d.id, d.revision, "server:b", newer)  # replaces its row
+    found = deps.windows(d.id, d.revision, fresh_s=5)
+    assert [(w.process, w.stats, w.updated_at) for w in found] == [
+        ("server:a", stats, T0), ("server:b", newer, clock.now)]
+    assert json.loads(json.dumps(found[0].to_dict()))["process"] == "server:a"
+    clock.tick(4)  # a's row is 6 s old, b's 4 s
+    assert [w.process for w in deps.windows(d.id, d.revision, fresh_s=5)] == ["server:b"]
+    assert deps.windows(d.id, d.revision + 1, fresh_s=60) == []
+    assert len(_window_rows(reg)) == 2
+
+
+def test_a_transition_clears_the_windows_and_refuses_stale_publishers(deps, reg, clock):
+    d = deps.start("iris", 2, every_s=60)
+    deps.publish_window(d.id, d.revision, "server:a", {"stable": {}, "candidate": {}})
+    clock.tick(60)
+    moved = deps.transition("iris", _ok(), expected_revision=d.revision)
+    assert moved.revision == d.revision + 1 and _window_rows(reg) == []
+    assert not deps.publish_window(d.id, d.revision, "server:b", {"stable": {}})  # stale
+    assert deps.publish_window(moved.id, moved.revision, "server:a", {"stable": {}})
+    assert _window_rows(reg) == [(d.id, moved.revision, "server:a")]
+    deps.rollback("iris", reason="bad")
+    assert _window_rows(reg) == []  # ended: nothing left behind
+    assert not deps.publish_window(moved.id, moved.revision + 1, "server:a", {"stable": {}})
+    assert not deps.publish_window(999, 1, "server:a", {"stable": {}})
+    assert _window_rows(reg) == []
+
+
+def test_publishers_racing_a_transition_leave_no_stale_window(deps, reg):
+    """Each publication either lands before the transition (and is deleted by it) or sees the
+    new revision and is refused: no row of the old revision survives."""
+    d = deps.start("iris", 2)
+    n = 3
+    barrier = threading.Barrier(n + 1)
+    others = [Registry.open(reg.settings) for _ in range(n)]
+    published, refused = [0] * n, [0] * n
+
+    def publisher(i: int) -> None:
+        mine = Deployments(others[i])
+        barrier.wait()
+        deadline = time.monotonic() + 30
+        while not refused[i] and time.monotonic() < deadline:  # until it sees the rollback
+            if mine.publish_window(d.id, d.revision, f"server:{i}", {"stable": {}}):
+                published[i] += 1
+            else:
+                refused[i] += 1
+
+    threads = [threading.Thread(target=publisher, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    deps.rollback("iris", reason="racing")
+    for t in threads:
+        t.join(60)
+    for other in others:
+        other.close()
+    assert refused == [1] * n, (published, refused)
+    assert _window_rows(reg) == [], (published, refused)

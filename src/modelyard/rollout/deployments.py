@@ -11,6 +11,8 @@
     deps.history("iris")              # DeploymentEvents, newest first
     deps.list_active()                # every pending, progressing or paused deployment
     deps.changed_since(cursor)        # what servers poll every second
+    deps.publish_window(d.id, d.revision, "server:a", stats)   # each server, every poll
+    deps.windows(d.id, d.revision, fresh_s=5)                  # what the analysing one merges
 
 Every change is one transaction that locks the model's row, checks the deployment's
 ``revision``, bumps it, writes a ``deployment_events`` row and an audit event (``deployment.*``,
@@ -19,6 +21,13 @@ alias event too); a rollback or abort restores ``production`` to the stable vers
 moved it during the rollout. A transition given a stale ``expected_revision`` raises
 :class:`ConflictError`: of several processes applying one analysis decision, exactly one wins
 and the others reload (:meth:`get`) and decide again next interval.
+
+Each server process publishes its analysis window of the revision it applies
+(:meth:`publish_window`, one row per process in ``deployment_windows``); the process that
+analyses merges every fresh row (:meth:`windows`), so a decision rests on all the traffic. A
+transition deletes the deployment's rows (they describe the revision it replaced), and a process
+still holding an older revision is refused, so the table holds at most one row per process and
+active deployment.
 
 Which state a decision leads to is :func:`modelyard.rollout.machine.next_state` (pure); routing a
 request is :func:`modelyard.rollout.routing.choose_variant` on the record returned here.
@@ -31,14 +40,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.errors import ConfigError, ConflictError, NotFoundError
 from modelyard.registry.client import Registry
 from modelyard.registry.records import Record
 from modelyard.registry.rows import PRODUCTION, audit, model_row, move_alias, now, version_row
-from modelyard.registry.tables import AliasRow, DeploymentEventRow, DeploymentRow, ModelRow
+from modelyard.registry.tables import (
+    AliasRow,
+    DeploymentEventRow,
+    DeploymentRow,
+    DeploymentWindowRow,
+    ModelRow,
+)
 from modelyard.rollout.analysis import Rules
 from modelyard.rollout.decision import Decision
 from modelyard.rollout.machine import ACTIVE_STATES, next_state, plan_steps
@@ -107,6 +122,19 @@ class DeploymentEvent(Record):
     reason: str
     details: dict[str, Any]
     at: datetime
+
+
+@dataclass(frozen=True)
+class DeploymentWindow(Record):
+    """One server process's published window of a deployment revision, and when it wrote it.
+
+    ``stats`` is ``{"stable": WindowStats.to_dict(), "candidate": ...}`` (see
+    :mod:`modelyard.rollout.stats`).
+    """
+
+    process: str
+    stats: dict[str, Any]
+    updated_at: datetime
 
 
 @dataclass(frozen=True)
@@ -220,6 +248,43 @@ class Deployments:
             rows = s.execute(query.where(DeploymentRow.id.in_(newest)).order_by(ModelRow.name))
             return Changes([_deployment(row, name) for row, name in rows], polled_at)
 
+    def publish_window(self, deployment_id: int, revision: int, process: str,
+                       stats: dict[str, Any]) -> bool:
+        """Store ``process``'s window of revision ``revision``, replacing the one it wrote before.
+
+        One short transaction: the deployment's row is read under a share lock, so a
+        transition (which deletes the windows) and a publication never interleave. False, with
+        nothing stored, when the deployment has moved past ``revision`` or ended: the caller
+        holds a stale record and should reload it before analysing.
+        """
+        at = self._clock()
+        with self.registry.db.session(write=True) as s:
+            current = s.execute(
+                select(DeploymentRow.revision, DeploymentRow.state)
+                .where(DeploymentRow.id == deployment_id).with_for_update(read=True)
+            ).first()
+            if current is None or current.revision != revision or \
+                    current.state not in ACTIVE_STATES:
+                return False
+            s.execute(_upsert_window(s, {
+                "deployment_id": deployment_id, "revision": revision, "process": process,
+                "stats": stats, "updated_at": at}))
+            return True
+
+    def windows(self, deployment_id: int, revision: int, *,
+                fresh_s: float) -> list[DeploymentWindow]:
+        """The windows of revision ``revision`` published within the last ``fresh_s`` seconds,
+        by process name (a process that stopped publishing drops out)."""
+        since = self._clock() - timedelta(seconds=fresh_s)
+        with self.registry.db.session() as s:
+            rows = s.scalars(
+                select(DeploymentWindowRow)
+                .where(DeploymentWindowRow.deployment_id == deployment_id,
+                       DeploymentWindowRow.revision == revision,
+                       DeploymentWindowRow.updated_at >= since)
+                .order_by(DeploymentWindowRow.process))
+            return [DeploymentWindow(r.process, dict(r.stats), r.updated_at) for r in rows]
+
     def transition(self, model: str, decision: Decision | str, *,
                    expected_revision: int | None, actor: str | None = None,
                    reason: str = "") -> Deployment:
@@ -293,6 +358,9 @@ class Deployments:
         if changed.rowcount != 1:  # type: ignore[attr-defined]
             # the model-row lock serialises writers; this guards a writer that skipped it
             raise ConflictError(f"the rollout of {owner.name} changed meanwhile; reload it")
+        # the published windows describe the revision just replaced; publishers of it are
+        # refused from now on (publish_window checks the revision under a share lock)
+        s.execute(delete(DeploymentWindowRow).where(DeploymentWindowRow.deployment_id == row.id))
         details = {**decision.details, "note": outcome.note} if outcome.note else decision.details
         _record(s, row, owner, decision.action, before, actor, reason, details)
         _move_production(s, owner, row, actor, reason)
@@ -302,6 +370,20 @@ class Deployments:
         name = actor or self.registry.settings.actor
         # "analysis", "api" and prefixed names ("server:...", "api:ci-bot") are not people
         return name if ":" in name or name in (ANALYSIS, "api") else f"user:{name}"
+
+
+def _upsert_window(s: Session, values: dict[str, Any]) -> Any:
+    """``INSERT ... ON CONFLICT (deployment_id, revision, process) DO UPDATE`` in the dialect."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = s.get_bind().dialect.name
+    inserts: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+    if dialect not in inserts:
+        raise ConfigError(f"rollout windows need SQLite or PostgreSQL, not {dialect}")
+    stmt = inserts[dialect](DeploymentWindowRow).values(values)
+    return stmt.on_conflict_do_update(
+        index_elements=["deployment_id", "revision", "process"],
+        set_={"stats": stmt.excluded.stats, "updated_at": stmt.excluded.updated_at})
 
 
 def _current_row(s: Session, model_id: int) -> DeploymentRow | None:
@@ -355,4 +437,5 @@ def _event(row: DeploymentEventRow, model: str) -> DeploymentEvent:
                            row.details, row.at)
 
 
-__all__ = ["ANALYSIS", "OVERLAP_S", "Changes", "Deployment", "DeploymentEvent", "Deployments"]
+__all__ = ["ANALYSIS", "OVERLAP_S", "Changes", "Deployment", "DeploymentEvent",
+           "DeploymentWindow", "Deployments"]

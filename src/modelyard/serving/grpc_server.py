@@ -4,6 +4,12 @@ Uses the service definition that ships with ``tritonclient[grpc]`` (``pip instal
 'modelyard[grpc]'``), so ``tritonclient.grpc`` and KServe gRPC clients work unchanged. Every call
 goes through the same catalog, batcher and validation as the REST routes; errors become gRPC
 status codes (422 -> INVALID_ARGUMENT, 404 -> NOT_FOUND, 503 -> UNAVAILABLE, ...).
+
+Like REST's ``X-Model-Version`` / ``X-Model-Variant`` headers, an inference answer's initial
+metadata names the version and the variant (``production``, or ``stable``/``candidate`` under
+a rollout) that answered: ``x-model-version``, ``x-model-variant``. Under a rollout, request
+metadata plays the part of request headers for the routing key (``x-request-key``, or the
+header an A/B rollout names).
 """
 
 from __future__ import annotations
@@ -77,6 +83,17 @@ def decode_inputs(request: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def metadata_scope(metadata: Any) -> dict[str, Any]:
+    """An ASGI-like scope whose ``headers`` are a call's text metadata (for the routing key)."""
+    return {"headers": [(str(key).encode("latin-1"), value.encode("latin-1", "replace"))
+                        for key, value in metadata or () if isinstance(value, str)]}
+
+
+def answer_metadata(call: Any) -> tuple[tuple[str, str], ...]:
+    """The metadata naming the version and variant that answered (REST sends them as headers)."""
+    return (("x-model-version", call.runner.version_str), ("x-model-variant", call.variant))
+
+
 class Servicer:
     """``GRPCInferenceService`` methods backed by an :class:`~modelyard.serving.app.App`."""
 
@@ -131,8 +148,12 @@ class Servicer:
         try:
             number = parse_version(name, request.model_version or None)
             inputs = decode_inputs(request)
+            # only a model under rollout reads a routing key: no metadata copy otherwise
+            scope = (metadata_scope(context.invocation_metadata())
+                     if number is None and name in self.app.rollouts.active else None)
             outputs = await self.oip.infer(call, name, number, inputs,
-                                           [o.name for o in request.outputs])
+                                           [o.name for o in request.outputs], scope)
+            await context.send_initial_metadata(answer_metadata(call))
             status = 200
         except Exception as exc:
             status = exc.status_code if isinstance(exc, ModelyardError) else 500
@@ -203,4 +224,5 @@ async def start_grpc(app: App, address: str) -> Any:
     return server
 
 
-__all__ = ["Servicer", "decode_inputs", "start_grpc", "status_code"]
+__all__ = ["Servicer", "answer_metadata", "decode_inputs", "metadata_scope", "start_grpc",
+           "status_code"]

@@ -13,10 +13,18 @@ server error is retried on stable, so clients never see it; it still counts as a
 error. A shadow copy goes to the candidate without being awaited (dropped, and counted, when
 its queue is full); its latency and its agreement with the stable answer are recorded.
 
-Every ``every_s`` (at least :data:`MIN_ANALYSIS_S`) the window statistics of each variant go
-through :func:`~modelyard.rollout.analysis.analyze`; a decision other than hold is written with
-the revision it was made on. A :class:`ConflictError` means another process decided first: the
-next poll loads what it decided. The window restarts whenever the deployment's revision moves.
+Several processes (``--workers``, several hosts) share one registry, and analysis is decided
+once, on all their traffic. Every poll each process publishes its window of each rollout it
+applies (:meth:`Deployments.publish_window`). Every ``every_s`` (at least
+:data:`MIN_ANALYSIS_S`) each process reads the windows of its revision published in the last
+few polls; only the :func:`leader` among them (the smallest process name, this one included)
+goes on: it merges them (:func:`gather_windows`, :func:`merge_windows`), adds the declared
+metric over fed-back labels when the rules name one, runs
+:func:`~modelyard.rollout.analysis.analyze` and writes a decision other than hold with the
+revision it was made on. A :class:`ConflictError` means another process decided first (a
+leader that just changed): the next poll loads what it decided. The window restarts whenever
+the deployment's revision moves; the first analysis of a revision waits two polls, so that the
+other processes have applied it and published their share.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -53,36 +61,100 @@ KEY_HEADER = b"x-request-key"
 MAX_SHADOW_IN_FLIGHT = 256
 #: a deployment whose versions failed to load is retried after this many seconds.
 RETRY_FAILED_S = 10.0
+#: the variants a window holds, as published.
+VARIANTS = ("stable", "candidate")
+#: a published window counts (and its process may lead) for this many polls, at least
+#: :data:`MIN_FRESH_S`: a process that stopped publishing hands over leadership after that.
+FRESH_POLLS = 3
+MIN_FRESH_S = 5.0
+#: the first analysis of a revision waits this many polls: the other processes apply the
+#: revision at their next poll and publish its window in the same one.
+SETTLE_POLLS = 2
 
 Fallback = Callable[..., Awaitable[Prediction]]
 
 
 class ActiveRollout:
-    """One model's active deployment in this process: its runners and its window statistics."""
+    """One model's active deployment in this process: its runners and its window statistics.
 
-    def __init__(self, deployment: Any, stable: Runner, candidate: Runner) -> None:
-        self.deployment = deployment
+    ``settle_s``: the least time before the first analysis of a revision (see
+    :data:`SETTLE_POLLS`). ``outdated``: the registry refused this process's window because
+    the deployment moved on; no analysis until the next poll applies the new revision.
+    """
+
+    def __init__(self, deployment: Any, stable: Runner, candidate: Runner, *,
+                 settle_s: float = 0.0) -> None:
         self.stable = stable
         self.candidate = candidate
-        self.rules = Rules.from_dict(deployment.rules)
         self.same_inputs = stable.predictor.signature == candidate.predictor.signature
+        self.settle_s = settle_s
         self.in_flight = 0
         self.dropped = 0
         self.retried = 0
-        self.stats = {"stable": WindowStats(), "candidate": WindowStats()}
-        self.next_analysis = time.monotonic() + max(MIN_ANALYSIS_S, deployment.every_s)
+        self.update(deployment)
 
     @property
     def ident(self) -> tuple[int, int]:
         """``(id, revision)`` of the deployment applied."""
         return (self.deployment.id, self.deployment.revision)
 
+    @property
+    def interval_s(self) -> float:
+        """Seconds between two analyses of this rollout."""
+        return max(MIN_ANALYSIS_S, self.deployment.every_s)
+
     def update(self, deployment: Any) -> None:
         """Take a newer revision of the same deployment; its window starts afresh."""
         self.deployment = deployment
         self.rules = Rules.from_dict(deployment.rules)
         self.stats = {"stable": WindowStats(), "candidate": WindowStats()}
-        self.next_analysis = time.monotonic() + max(MIN_ANALYSIS_S, deployment.every_s)
+        self.outdated = False
+        self.next_analysis = time.monotonic() + max(self.interval_s, self.settle_s)
+
+    def snapshot(self) -> dict[str, Any]:
+        """This process's window as published (JSON): both variants, and shadow drops."""
+        data: dict[str, Any] = {v: self.stats[v].to_dict() for v in VARIANTS}
+        if self.dropped:
+            data["shadow_dropped"] = self.dropped
+        return data
+
+
+def gather_windows(process: str, own: Mapping[str, WindowStats],
+                   published: Iterable[Any]) -> dict[str, dict[str, WindowStats]]:
+    """Each process's windows of one revision, by process name: the ``published`` ones (records
+    with ``process`` and ``stats``), with this ``process``'s live window ``own`` in place of its
+    older published copy (and counted even before it ever published)."""
+    windows: dict[str, dict[str, WindowStats]] = {}
+    for w in published:
+        if w.process != process:
+            windows[w.process] = {v: WindowStats.from_dict(w.stats.get(v) or {})
+                                  for v in VARIANTS}
+    windows[process] = {v: own[v] for v in VARIANTS}
+    return windows
+
+
+def leader(windows: Mapping[str, Any]) -> str:
+    """The process that analyses a revision: the smallest name among those with a window."""
+    return min(windows)
+
+
+def merge_windows(windows: Mapping[str, Mapping[str, WindowStats]]) -> dict[str, WindowStats]:
+    """Both variants' windows over every process (new objects; the inputs are not changed)."""
+    merged = {v: WindowStats() for v in VARIANTS}
+    for per_variant in windows.values():
+        for v in VARIANTS:
+            merged[v] = merged[v].merge(per_variant[v])
+    return merged
+
+
+def window_details(windows: Mapping[str, Mapping[str, WindowStats]],
+                   merged: Mapping[str, WindowStats]) -> dict[str, Any]:
+    """What a decision records about the traffic behind it: the merged request counts and each
+    process's share."""
+    return {"stable_requests": merged["stable"].requests,
+            "candidate_requests": merged["candidate"].requests,
+            "processes": {p: {v: w[v].requests for v in VARIANTS}
+                          for p, w in sorted(windows.items())}}
 
 
 def request_key(scope: Any, field: str | None, fields: Any) -> str | None:
@@ -148,8 +220,13 @@ class Rollouts:
         self.deployments: Any = None
         #: who this process is in a deployment's history (it activates blue-green candidates).
         self.actor = f"server:{socket.gethostname()}:{os.getpid()}"
+        poll_s = catalog.options.poll_interval_s
+        #: published windows older than this are left out of analysis (see FRESH_POLLS).
+        self.fresh_s = max(MIN_FRESH_S, FRESH_POLLS * poll_s)
+        self._settle_s = SETTLE_POLLS * poll_s
         self._cursor: Any = None
         self._seen: dict[str, tuple[int, int]] = {}
+        self._labels_failed: set[int] = set()  # deployments whose label metric failed (warned)
         self._failed: dict[tuple[int, int], float] = {}
         self._applying: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -177,6 +254,7 @@ class Rollouts:
             await asyncio.sleep(interval)
             try:
                 await self.poll()
+                await self.publish()
                 await self.analyze_due()
             except asyncio.CancelledError:
                 raise
@@ -202,6 +280,14 @@ class Rollouts:
             if (self._seen.get(d.model) == ident or d.model in self._applying
                     or now < self._failed.get(ident, 0.0)):
                 continue
+            held = self.active.get(d.model)
+            if held is not None and held.deployment.id == d.id and d.active and \
+                    d.state != "pending":
+                # a new revision of what is loaded: nothing to load, so apply it now and this
+                # poll publishes the new revision's window
+                self._update(held, d)
+                self._seen[d.model] = ident
+                continue
             self._spawn(self.apply(d))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -226,10 +312,7 @@ class Rollouts:
         """Apply an active deployment; False when its versions could not be loaded (yet)."""
         held = self.active.get(d.model)
         if held is not None and held.deployment.id == d.id:
-            if held.deployment.revision < d.revision:
-                held.update(d)
-                log.info("%s rollout %s: %s at step %d (revision %d)", d.model, d.id, d.state,
-                         d.step + 1, d.revision)
+            self._update(held, d)
         else:
             cache = self.catalog.cache
             try:  # both load and warm while the model keeps answering as before
@@ -241,12 +324,20 @@ class Rollouts:
                 log.error("cannot apply the %s rollout of %s:%s (stable %s) yet: %s", d.strategy,
                           d.model, d.candidate_version, d.stable_version, exc)
                 return False
-            self.active[d.model] = ActiveRollout(d, stable, candidate)  # the atomic switch
+            # the atomic switch
+            self.active[d.model] = ActiveRollout(d, stable, candidate, settle_s=self._settle_s)
             log.info("%s: %s rollout %s of version %s against %s, %s", d.model, d.strategy,
                      d.id, d.candidate_version, d.stable_version, d.state)
         if d.state == "pending" and d.strategy == "blue-green":
             await self._decide(d, "activate", self.actor, "the candidate is loaded and warmed")
         return True
+
+    @staticmethod
+    def _update(held: ActiveRollout, d: Any) -> None:
+        if held.deployment.revision < d.revision:
+            held.update(d)
+            log.info("%s rollout %s: %s at step %d (revision %d)", d.model, d.id, d.state,
+                     d.step + 1, d.revision)
 
     async def _end(self, d: Any) -> None:
         held = self.active.pop(d.model, None)
@@ -286,22 +377,68 @@ class Rollouts:
             await self._end(d)
 
     # -- analysis -------------------------------------------------------------------------------
+    async def publish(self) -> None:
+        """Publish this process's window of every rollout it applies, for the analysing one."""
+        for held in list(self.active.values()):
+            d = held.deployment
+            stats = held.snapshot()  # here, on the loop: the request path writes these counts
+            current = await self._io(self.deployments.publish_window, d.id, d.revision,
+                                     self.actor, stats)
+            if not current and held.deployment is d:
+                held.outdated = True  # decided elsewhere: the next poll applies it
+
     async def analyze_due(self) -> None:
-        """Analyse each progressing rollout whose interval has passed; write what it decides."""
+        """Analyse each progressing rollout whose interval has passed, if this process leads
+        its revision; write what it decides."""
         now = time.monotonic()
         for model, held in list(self.active.items()):
             d = held.deployment
-            if now < held.next_analysis or d.state != "progressing":
+            if now < held.next_analysis or d.state != "progressing" or held.outdated:
                 continue
-            held.next_analysis = now + max(MIN_ANALYSIS_S, d.every_s)
-            decision = analyze(held.stats["stable"], held.stats["candidate"], held.rules,
-                               d.step, len(d.steps))
-            if held.dropped:
-                decision.details["shadow_dropped"] = held.dropped
+            held.next_analysis = now + held.interval_s
+            published = await self._io(self.deployments.windows, d.id, d.revision,
+                                       fresh_s=self.fresh_s)
+            windows = gather_windows(self.actor, held.stats, published)
+            if leader(windows) != self.actor:
+                log.debug("%s rollout %s: %s analyses revision %d", model, d.id,
+                          leader(windows), d.revision)
+                continue
+            merged = merge_windows(windows)
+            if held.rules.metric is not None:
+                await self._add_labels(d, held.rules.metric, merged)
+            if held.deployment is not d:  # a new revision arrived meanwhile: its window restarted
+                continue
+            decision = analyze(merged["stable"], merged["candidate"], held.rules, d.step,
+                               len(d.steps))
+            decision.details.update(window_details(windows, merged))
+            dropped = held.dropped + sum(int(w.stats.get("shadow_dropped", 0))
+                                         for w in published if w.process != self.actor)
+            if dropped:
+                decision.details["shadow_dropped"] = dropped
             if decision.action == "hold":
                 log.debug("%s rollout %s holds: %s", model, d.id, decision.reason)
                 continue
             await self._decide(d, decision, "analysis", decision.reason)
+
+    async def _add_labels(self, d: Any, metric: str, merged: dict[str, WindowStats]) -> None:
+        """Put the declared metric over the labels fed back since the step started into the
+        merged windows; without it (monitoring missing or failing) analysis goes on unlabeled."""
+        versions = {v: d.version_of(v) for v in VARIANTS if d.version_of(v) is not None}
+        try:
+            from modelyard.monitoring.quality import rollout_metric
+
+            found = await self._io(rollout_metric, self.catalog.registry, d.model, metric,
+                                   versions, d.step_started_at or d.created_at)
+        except Exception as exc:  # an optional input to analysis: never stop the loop for it
+            if d.id not in self._labels_failed:  # once per deployment, not every interval
+                self._labels_failed.add(d.id)
+                log.warning("%s rollout %s: no %s from fed-back labels (%s); analysing "
+                            "without them", d.model, d.id, metric, exc)
+            return
+        self._labels_failed.discard(d.id)
+        for variant, (labeled, value) in found.items():
+            if variant in merged:
+                merged[variant].labeled, merged[variant].metric_value = labeled, value
 
     # -- the request path -----------------------------------------------------------------------
     async def predict(self, held: ActiveRollout, call: Any, to_payload: Callable[[Runner], Any],
@@ -326,7 +463,7 @@ class Rollouts:
             else:
                 held.stats["candidate"].observe(time.perf_counter() - start)
                 call.runner, call.variant = runner, "candidate"
-                return result
+                return call.answered(batch, n, result)
         runner = held.stable
         if runner.closed:  # unloaded by a promotion the next poll will apply
             return await fallback(call, d.model, None, to_payload, scores)
@@ -342,7 +479,7 @@ class Rollouts:
         held.stats["stable"].observe(time.perf_counter() - start)
         if route.shadow:
             self._shadow(held, batch, n, scores, result, to_payload)
-        return result
+        return call.answered(batch, n, result)  # type: ignore[no-any-return]
 
     def _shadow(self, held: ActiveRollout, batch: Any, n: int, scores: bool,
                 primary: Prediction, to_payload: Callable[[Runner], Any]) -> None:
@@ -387,4 +524,8 @@ class Rollouts:
         self.catalog.metrics.shadow_dropped.labels(runner.name, runner.version_str).inc()
 
 
-__all__ = ["KEY_HEADER", "MIN_ANALYSIS_S", "ActiveRollout", "Rollouts", "agrees", "request_key"]
+__all__ = [
+    "FRESH_POLLS", "KEY_HEADER", "MIN_ANALYSIS_S", "MIN_FRESH_S", "SETTLE_POLLS", "VARIANTS",
+    "ActiveRollout", "Rollouts", "agrees", "gather_windows", "leader", "merge_windows",
+    "request_key", "window_details",
+]
