@@ -1,5 +1,6 @@
-"""Migration 0002 (deployments): the schema matches tables.py, and an existing 0001 registry
-upgrades with its data kept, on SQLite and PostgreSQL."""
+"""Migrations: the schema matches tables.py, and registries written by older versions (0001:
+before deployments, 0002: before monitoring) upgrade with their data kept, and downgrade, on
+SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -42,8 +43,12 @@ def _revision(db: Database) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def test_head_is_0002():
-    assert database_module.head_revision() == "0002"
+MONITORING_TABLES = {"predictions", "labels", "drift_reports", "monitor_events", "leases",
+                     "deployment_windows"}
+
+
+def test_head_is_0003():
+    assert database_module.head_revision() == "0003"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -80,7 +85,7 @@ def test_a_0001_registry_upgrades_with_its_data(backend, tmp_path, request, arti
             "model_id": 1, "alias": "production", "version": 1, "updated_at": at})
 
     db.migrate()  # what Registry.open does
-    assert _revision(db) == "0002"
+    assert _revision(db) == "0003"
     with db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     settings = Settings.from_env(home=tmp_path / "home", db_url=url, actor="tester")
@@ -92,4 +97,29 @@ def test_a_0001_registry_upgrades_with_its_data(backend, tmp_path, request, arti
     _alembic(db, "0001", down=True)  # and back: the deployments go, the registry stays
     assert "deployments" not in inspect(db.engine).get_table_names()
     assert reg.resolve("iris").version == 1
+    db.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_0002_registry_gains_the_monitoring_tables_and_keeps_its_rollouts(
+        backend, tmp_path, request, artifact_dir):
+    url = _url(backend, tmp_path, request)
+    db = Database(url)
+    _alembic(db, "0002")
+    assert not MONITORING_TABLES & set(inspect(db.engine).get_table_names())
+    settings = Settings.from_env(home=tmp_path / "home", db_url=url, actor="tester")
+    reg = Registry(db, open_store(settings.artifacts), settings)
+    for _ in range(2):
+        reg.register("iris", artifact_dir(), flavor="sklearn")
+    reg.set_alias("iris", "production", 1)
+    started = Deployments(reg).start("iris", 2, "canary")
+
+    db.migrate()
+    assert _revision(db) == "0003"
+    assert MONITORING_TABLES <= set(inspect(db.engine).get_table_names())
+    assert Deployments(reg).get("iris").id == started.id
+
+    _alembic(db, "0002", down=True)
+    assert not MONITORING_TABLES & set(inspect(db.engine).get_table_names())
+    assert Deployments(reg).get("iris").id == started.id
     db.dispose()

@@ -201,8 +201,9 @@ class Monitor:
         out: dict[str, Any] = {}
         with self.registry.db.session() as s:
             for chunk in _chunks(list(dict.fromkeys(request_ids)), 500):
-                out.update(s.execute(select(LabelRow.request_id, LabelRow.label).where(
-                    LabelRow.model == model, LabelRow.request_id.in_(chunk))).tuples())
+                rows = s.execute(select(LabelRow.request_id, LabelRow.label).where(
+                    LabelRow.model == model, LabelRow.request_id.in_(chunk)))
+                out.update((request_id, label) for request_id, label in rows)
         return out
 
     def labels_since(self, model: str, since: datetime | None) -> int:

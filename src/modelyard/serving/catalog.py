@@ -35,7 +35,7 @@ def log_policy(record: Any) -> Any:
 
     spec = serving_spec(record.meta, record.ref)
     return LogPolicy(record.model, record.version, spec.sample_rate, dict(spec.sensitive),
-                     record.signature, record.reference_stats)
+                     record.get_signature(), record.reference_stats)
 
 
 _first_import = threading.Lock()

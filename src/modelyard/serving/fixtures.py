@@ -167,8 +167,65 @@ def register_mlp(registry: Any, name: str = "mlp", *,
                           sample=X[:8])
 
 
+class ServerProcess:
+    """``python -m modelyard.serving`` in a subprocess on a free port, ready when constructed.
+
+    For integration tests, benchmarks and demos: ``url`` is its base URL, ``stop()`` ends it
+    (SIGTERM, then SIGKILL after ``timeout_s``), its output goes to ``log``. ``env`` adds to
+    the environment (``MODELYARD_HOME`` is set from ``home``).
+    """
+
+    def __init__(self, home: Path, *, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = (), ready_timeout_s: float = 120.0) -> None:
+        import os
+        import socket
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        full_env = {**os.environ, "MODELYARD_HOME": str(home), "OMP_NUM_THREADS": "1",
+                    **(env or {})}
+        self.log = Path(home) / f"server-{self.port}.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "modelyard.serving", "--port", str(self.port),
+                 "--log-level", "warning", *args], env=full_env, stdout=out,
+                stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not become ready: {self.log.read_text()}")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Stop the server and wait for it."""
+        import subprocess
+
+        self.process.terminate()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
 __all__ = [
     "ProbeModel",
+    "ServerProcess",
     "mlp",
     "register_constant",
     "register_hgb",
