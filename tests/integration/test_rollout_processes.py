@@ -4,10 +4,6 @@ variant named, and analysis decides once per step on both processes' traffic mer
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,7 +17,7 @@ import pytest
 from modelyard.config import Settings
 from modelyard.registry import Registry
 from modelyard.rollout.deployments import Deployments
-from modelyard.serving.fixtures import register_probe
+from modelyard.serving.fixtures import ServerProcess, register_probe
 
 pytestmark = pytest.mark.integration
 
@@ -30,58 +26,10 @@ HOLD = {"min_requests": 1_000_000}  # analysis never decides: the test drives th
 FAST = {"min_requests": 20, "latency_floor_s": 1.0}  # decide on 20 requests, ignore latency
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """One server process; ``wait_ready`` after starting several, so they start in parallel."""
-
-    def __init__(self, home: Path, db_url: str | None = None, grpc: bool = False) -> None:
-        port = free_port()
-        self.grpc_address = f"127.0.0.1:{free_port()}" if grpc else None
-        extra = ["--grpc-port", self.grpc_address.rpartition(":")[2]] if self.grpc_address else []
-        env = {**os.environ, "MODELYARD_HOME": str(home), "OMP_NUM_THREADS": "1"}
-        if db_url:
-            env["MODELYARD_DB"] = db_url
-        self.log = home / f"server-{port}.log"
-        with open(self.log, "wb") as log:  # the child keeps its own handle
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "modelyard.serving", "--port", str(port),
-                 "--log-level", "warning", *extra], env=env, stdout=log,
-                stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{port}"
-        #: how this process names itself in published windows (Rollouts.actor)
-        self.name = f"server:{socket.gethostname()}:{self.process.pid}"
-
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not become ready: {self.log.read_text()}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
 class Cluster:
     """Two server processes on one registry, a client for each, and the registry's deployments."""
 
-    def __init__(self, servers: list[Server], deployments: Deployments) -> None:
+    def __init__(self, servers: list[ServerProcess], deployments: Deployments) -> None:
         self.servers = servers
         self.deployments = deployments
         self.clients = [httpx.Client(base_url=s.url, timeout=10) for s in servers]
@@ -102,7 +50,9 @@ def cluster_on(tmp_path: Path) -> Iterator[Callable[[str | None, list[str]], Clu
             for name in names:
                 register_probe(reg, name)
                 register_probe(reg, name, promote=False, fail_predict=name.startswith("bad"))
-            servers = [Server(home, db_url, grpc=True), Server(home, db_url)]
+            env = {"MODELYARD_DB": db_url} if db_url else {}
+            servers = [ServerProcess(home, env=env, grpc=True, wait=False),
+                       ServerProcess(home, env=env, wait=False)]
             for server in servers:
                 stack.callback(server.stop)
             for server in servers:

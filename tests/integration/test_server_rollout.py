@@ -4,10 +4,6 @@ good candidate promoted step by step by the server's own analysis."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,51 +15,13 @@ import pytest
 from modelyard.config import Settings
 from modelyard.registry import Registry
 from modelyard.rollout.deployments import Deployments
-from modelyard.serving.fixtures import register_constant, register_probe
+from modelyard.serving.fixtures import ServerProcess, register_constant, register_probe
 
 pytestmark = pytest.mark.integration
 
 ROW = {"instances": [[1.0, 2.0, 3.0]]}
 HOLD = {"min_requests": 1_000_000}  # analysis never decides: the test drives the rollout
 FAST = {"min_requests": 20, "latency_floor_s": 1.0}  # decide on 20 requests, ignore latency
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, home: Path) -> None:
-        port = free_port()
-        env = {**os.environ, "MODELYARD_HOME": str(home), "OMP_NUM_THREADS": "1"}
-        self.log = home / f"server-{port}.log"
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "modelyard.serving", "--port", str(port),
-                 "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.process.kill()
-        raise RuntimeError("server did not become ready")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +48,7 @@ def deployments(home: Path) -> Iterator[Deployments]:
 
 @pytest.fixture(scope="module")
 def client(home: Path) -> Iterator[httpx.Client]:
-    server = Server(home)
+    server = ServerProcess(home)
     try:
         with httpx.Client(base_url=server.url, timeout=10) as c:
             yield c

@@ -168,36 +168,44 @@ def register_mlp(registry: Any, name: str = "mlp", *,
 
 
 class ServerProcess:
-    """``python -m modelyard.serving`` in a subprocess on a free port, ready when constructed.
+    """``python -m modelyard.serving`` in a subprocess on a free port, for tests, benchmarks, demos.
 
-    For integration tests, benchmarks and demos: ``url`` is its base URL, ``stop()`` ends it
-    (SIGTERM, then SIGKILL after ``timeout_s``), its output goes to ``log``. ``env`` adds to
-    the environment (``MODELYARD_HOME`` is set from ``home``).
+    Ready when constructed unless ``wait=False`` (then call :meth:`wait_ready`, so several start
+    in parallel). ``url`` is its base URL, ``grpc_address`` its OIP gRPC address with
+    ``grpc=True``, ``name`` how it names itself in rollout windows; its output goes to ``log``.
+    ``env`` adds to the environment (``MODELYARD_HOME`` is ``home``).
     """
 
     def __init__(self, home: Path, *, env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = (), ready_timeout_s: float = 120.0) -> None:
+                 args: tuple[str, ...] = (), grpc: bool = False, wait: bool = True) -> None:
         import os
         import socket
         import subprocess
         import sys
-        import time
-        import urllib.request
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
+        self.port = _free_port()
+        self.grpc_address = f"127.0.0.1:{_free_port()}" if grpc else None
+        extra = ("--grpc-port", self.grpc_address.rpartition(":")[2]) if self.grpc_address else ()
         full_env = {**os.environ, "MODELYARD_HOME": str(home), "OMP_NUM_THREADS": "1",
                     **(env or {})}
         self.log = Path(home) / f"server-{self.port}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "wb") as out:
+        with open(self.log, "wb") as out:  # the child keeps its own handle
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "modelyard.serving", "--port", str(self.port),
-                 "--log-level", "warning", *args], env=full_env, stdout=out,
+                 "--log-level", "warning", *extra, *args], env=full_env, stdout=out,
                 stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + ready_timeout_s
+        self.name = f"server:{socket.gethostname()}:{self.process.pid}"
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Wait until ``/readyz`` answers 200; raises with the server's output if it does not."""
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log.read_text()}")
@@ -207,12 +215,12 @@ class ServerProcess:
                         return
             except OSError:
                 pass
-            time.sleep(0.2)
+            time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"server did not become ready: {self.log.read_text()}")
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """Stop the server and wait for it."""
+        """Stop the server (SIGTERM, then SIGKILL after ``timeout_s``) and wait for it."""
         import subprocess
 
         self.process.terminate()
@@ -221,6 +229,14 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 __all__ = [
