@@ -70,6 +70,7 @@ def main(ctx: click.Context, home: str | None, db: str | None, artifacts: str | 
 
 def _register() -> None:
     from modelyard.cli.demo import demo
+    from modelyard.cli.monitor_cmds import feedback, monitor
     from modelyard.cli.predict_cmds import predict
     from modelyard.cli.registry_cmds import (
         audit,
@@ -82,12 +83,14 @@ def _register() -> None:
     )
     from modelyard.cli.rollout_cmds import deploy, rollout
     from modelyard.cli.runs_cmds import runs
+    from modelyard.cli.scheduler_cmds import scheduler
     from modelyard.cli.train_cmds import init, train
     from modelyard.serving.command import serve
 
     for command in (init, train, models, versions, show, promote, rollback, deploy, rollout,
-                    history, runs, audit, predict, serve, demo):
+                    history, runs, audit, predict, serve, monitor, feedback, demo):
         main.add_command(command)
+    main.add_command(scheduler)
 
 
 _register()

@@ -1,0 +1,435 @@
+"""The scheduler: watch declared models, alert, retrain on a schedule or a trigger, roll out.
+
+Each :meth:`Scheduler.tick`, for every model whose spec has a ``retrain:`` policy or alert rules:
+
+1. gather what monitoring knows over the last ``monitoring.window_s``: the production version's
+   metrics from fed-back labels, the share of drifted features (a drift check at most once a
+   minute), p99 latency and error rate, and labels received since the last run;
+2. announce alert rules that start or stop firing (:class:`~modelyard.monitoring.alerts.Alerter`);
+3. decide whether to retrain (:func:`retrain_trigger`, pure): the cron ``schedule`` came due,
+   ``drift_share`` or ``metric_below`` crossed, or ``new_labels`` arrived;
+4. if so, and no rollout of the model is active and no run is in progress, take the lease
+   ``retrain:<model>``, run the pipeline in this process (training itself runs in a child), and
+   with ``auto_rollout`` start a rollout of the new version that the servers' analysis then
+   promotes or rolls back. Each step is recorded as a monitor event and in the audit trail.
+
+Several schedulers may share a registry: the lease lets one retrain a model at a time. A
+scheduler that dies leaves a lease that expires; its runs still marked running are then finished
+as failed by whichever scheduler looks next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from modelyard.errors import ConfigError, GateFailed, ModelyardError, NotFoundError
+from modelyard.monitoring import cron
+from modelyard.monitoring.alerts import RESOLVED, Alerter, webhook_url
+from modelyard.monitoring.monitor import Monitor, MonitoringError
+from modelyard.registry.leases import Leases
+from modelyard.registry.rows import PRODUCTION, now
+from modelyard.rollout.analysis import Rules
+from modelyard.rollout.deployments import Deployment, Deployments
+
+if TYPE_CHECKING:
+    from modelyard.monitoring.quality import MetricWindow
+    from modelyard.registry import Registry, Run
+    from modelyard.spec import RetrainSpec, Spec
+
+log = logging.getLogger(__name__)
+
+SCHEDULER = "scheduler"  # the actor of runs and audit events the scheduler starts
+STOPPED = "scheduler stopped during the run"
+#: values alert rules may watch besides the declared metrics.
+SIGNALS = ("drift_share", "p99_ms", "error_rate")
+_DRIFT_EVERY_S = 60.0  # a drift check reads the whole window: not on every tick
+_LEASE_MARGIN_S = 300.0  # a retraining lease outlives the training timeout by this much
+_TRIGGER_LEN = 100  # the runs table's trigger column
+_RECOVER_TTL_S = 60.0  # long enough to finish a dead scheduler's runs
+
+Values = dict[str, float | None]
+
+
+# -- deciding (pure) ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Evidence:
+    """What is known of one model at one tick: the input of :func:`retrain_trigger`."""
+
+    now: datetime
+    last_run_at: datetime | None = None  # start of the model's newest run, any trigger
+    last_schedule_run_at: datetime | None = None  # start of its newest scheduled run
+    drift_share: float | None = None  # of the latest drift check
+    metrics: Mapping[str, float | None] = field(default_factory=dict)  # production, in window
+    labeled: int = 0  # labeled rows behind ``metrics``
+    new_labels: int | None = None  # labels received since the newest run started
+
+
+def retrain_trigger(policy: RetrainSpec, evidence: Evidence, *, min_labels: int = 100,
+                    cooldown_s: float = 0.0) -> str | None:
+    """The first retrain trigger that holds, as the run's trigger string; None when none does.
+
+    Checked in order: ``schedule`` (its last due time is after the newest scheduled run, or, when
+    there was none, the newest run), ``drift_share``, ``metric_below`` (only on ``min_labels``
+    labeled rows), ``new_labels``. Drift and metric triggers wait ``cooldown_s`` after a run
+    started, so evidence gathered before it cannot retrain again and again.
+    """
+    at = evidence.now
+    if policy.schedule is not None:
+        due = cron.last_at_or_before(policy.schedule, at)
+        since = evidence.last_schedule_run_at or evidence.last_run_at
+        if since is None or due > since:
+            return f"schedule: {policy.schedule}"
+    cooling = (evidence.last_run_at is not None
+               and at - evidence.last_run_at < timedelta(seconds=cooldown_s))
+    if not cooling and policy.drift_share is not None and evidence.drift_share is not None \
+            and evidence.drift_share >= policy.drift_share:
+        return f"drift: share {_num(evidence.drift_share)} >= {_num(policy.drift_share)}"
+    if not cooling and evidence.labeled >= min_labels:
+        for name, bound in policy.metric_below.items():
+            value = evidence.metrics.get(name)
+            if value is not None and value < bound:
+                return f"metric: {name} {_num(value)} < {_num(bound)}"
+    if policy.new_labels is not None and evidence.new_labels is not None \
+            and evidence.new_labels >= policy.new_labels:
+        return f"labels: {evidence.new_labels} new"
+    return None
+
+
+def has_policy(policy: RetrainSpec) -> bool:
+    """Whether a ``retrain:`` section asks for any retraining at all."""
+    return (policy.schedule is not None or policy.drift_share is not None
+            or bool(policy.metric_below) or policy.new_labels is not None)
+
+
+def watches(spec: Spec) -> bool:
+    """Whether the scheduler has anything to do for ``spec``: a retrain policy or alert rules."""
+    return has_policy(spec.retrain) or bool(spec.monitoring.alerts)
+
+
+def window_values(windows: Sequence[MetricWindow], version: int | None) -> tuple[Values, int]:
+    """The metrics of ``version`` (every version when None) from the best-labeled window."""
+    mine = [w for w in windows if version is None or w.version == version]
+    if not mine:
+        return {}, 0
+    best = max(mine, key=lambda w: w.labeled)
+    return dict(best.values), best.labeled
+
+
+# -- the shell ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Action:
+    """One thing a tick did for a model: an alert, a trigger, a run's result, a skip, an error."""
+
+    model: str
+    kind: str  # alert | trigger | retrain | rollout | skip | recover | error
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.model}: {self.kind}: {self.message}"
+
+
+class Scheduler:
+    """Alert, retrain and roll out the models in ``specs`` (see the module docstring).
+
+    ``holder`` names this scheduler in leases (default ``host:pid:random``); ``clock`` is for
+    tests; ``on_action`` is called with each :class:`Action` as it happens (the CLI prints it).
+    """
+
+    def __init__(self, registry: Registry, specs: Mapping[str, Spec], *,
+                 interval_s: float = 30.0, holder: str | None = None,
+                 clock: Callable[[], datetime] | None = None,
+                 monitor: Monitor | None = None,
+                 on_action: Callable[[Action], None] | None = None) -> None:
+        if not interval_s > 0:
+            raise ConfigError(f"the scheduler's interval must be above 0 seconds, "
+                              f"not {interval_s!r}")
+        for spec in specs.values():
+            if spec.retrain.schedule is not None:
+                cron.parse(spec.retrain.schedule)  # a bad schedule fails now, not at 3 am
+        self.registry = registry
+        self.specs = dict(specs)
+        self.interval_s = float(interval_s)
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._clock = clock or now
+        self.monitor = monitor or Monitor(registry)
+        self.leases = Leases(registry, clock=self._clock)
+        self.deployments = Deployments(registry, clock=self._clock)
+        self.on_action = on_action
+        self._drift: dict[str, tuple[datetime, float | None]] = {}  # model -> (checked, share)
+        self._stop = threading.Event()
+
+    # -- loop -----------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Tick every ``interval_s`` until ``stop`` is set (between models, or while waiting)."""
+        self._stop = stop
+        while not stop.is_set():
+            began = time.monotonic()
+            try:
+                self.tick()
+            except Exception:  # a broken registry connection must not end the loop
+                log.exception("scheduler tick failed; trying again in %.0fs", self.interval_s)
+            stop.wait(max(0.0, self.interval_s - (time.monotonic() - began)))
+
+    def tick(self) -> list[Action]:
+        """One pass over every watched model, one after another; what was done for each."""
+        actions: list[Action] = []
+        for name, spec in self.specs.items():
+            if self._stop.is_set():
+                break
+            if not watches(spec):
+                continue
+            try:
+                actions.extend(self._tick_model(name, spec))
+            except ModelyardError as exc:
+                actions.append(self._emit(Action(name, "error", str(exc))))
+            except Exception as exc:  # one model's bug must not stop the others being watched
+                log.exception("scheduler: %s failed", name)
+                actions.append(self._emit(Action(name, "error", f"{type(exc).__name__}: {exc}")))
+        return actions
+
+    def _tick_model(self, name: str, spec: Spec) -> list[Action]:
+        at = self._clock()
+        runs = self._runs(name)
+        actions = self._recover(name, runs)
+        production = self._production(name)
+        evidence, values = self._gather(name, spec, at, runs, production)
+        if spec.monitoring.alerts:
+            alerter = Alerter(self.monitor, name, webhook=webhook_url(spec.monitoring))
+            for change in alerter.apply(spec.monitoring.alerts, values):
+                message = (change.message if change.state == RESOLVED
+                           else f"{change.rule} firing: {change.message}")
+                actions.append(self._emit(Action(
+                    name, "alert", message, {"severity": change.severity, "state": change.state,
+                                             "rule": change.rule})))
+        trigger = retrain_trigger(spec.retrain, evidence, min_labels=spec.monitoring.min_rows,
+                                  cooldown_s=spec.monitoring.window_s)
+        if trigger is not None:
+            actions.extend(self._retrain(name, spec, trigger[:_TRIGGER_LEN]))
+        return actions
+
+    # -- gathering ------------------------------------------------------------------------------
+    def _gather(self, name: str, spec: Spec, at: datetime, runs: list[Run],
+                production: int | None) -> tuple[Evidence, Values]:
+        """Read only what the model's triggers and alert rules use."""
+        watched = {rule.on for rule in spec.monitoring.alerts}
+        policy = spec.retrain
+        since = at - timedelta(seconds=spec.monitoring.window_s)
+        values: Values = {}
+        metrics: Values = {}
+        labeled = 0
+        if production is not None and (policy.metric_below or watched - set(SIGNALS)):
+            windows = self.monitor.metrics(name, since=since, version=production,
+                                           by_variant=False)
+            metrics, labeled = window_values(windows, production)
+            if labeled >= spec.monitoring.min_rows:  # a metric on a handful of labels is noise
+                values.update(metrics)
+        drift = None
+        if production is not None and (policy.drift_share is not None or "drift_share" in watched):
+            drift = values["drift_share"] = self._drift_share(name, at, since)
+        if production is not None and watched & {"p99_ms", "error_rate"}:
+            latency = self.monitor.latency(name, since=since)
+            values["p99_ms"], values["error_rate"] = latency.p99_ms, latency.error_rate
+        last_run = runs[0].started_at if runs else None
+        new_labels = None
+        if policy.new_labels is not None:
+            new_labels = self.monitor.labels_since(name, last_run)
+        evidence = Evidence(
+            now=at, last_run_at=last_run,
+            last_schedule_run_at=next((r.started_at for r in runs
+                                       if r.trigger.startswith("schedule")), None),
+            drift_share=drift, metrics=metrics, labeled=labeled, new_labels=new_labels)
+        return evidence, values
+
+    def _drift_share(self, name: str, at: datetime, since: datetime) -> float | None:
+        checked = self._drift.get(name)
+        every = timedelta(seconds=max(self.interval_s, _DRIFT_EVERY_S))
+        if checked is not None and at - checked[0] < every:
+            return checked[1]
+        share: float | None = None
+        try:
+            share = self.monitor.check_drift(name, since=since, actor=SCHEDULER).share
+        except MonitoringError as exc:  # too few logged rows yet: no drift value, not an error
+            log.debug("no drift value for %s: %s", name, exc)
+        self._drift[name] = (at, share)
+        return share
+
+    # -- retraining -----------------------------------------------------------------------------
+    def _retrain(self, name: str, spec: Spec, trigger: str) -> list[Action]:
+        active = self._active_rollout(name)
+        if active is not None:
+            return [self._emit(Action(name, "skip", (
+                f"{trigger}; not retraining while rollout {active.id} of "
+                f"v{active.candidate_version} is {active.state}"), {"trigger": trigger}))]
+        lease = _lease(name)
+        ttl = spec.timeout_s + _LEASE_MARGIN_S
+        if not self.leases.acquire(lease, self.holder, ttl):
+            return [self._emit(Action(name, "skip", (
+                f"{trigger}; {self.leases.holder(lease) or 'another scheduler'} holds {lease}"),
+                {"trigger": trigger}))]
+        try:
+            running = [r for r in self._runs(name) if r.status == "running"]
+            if running:
+                return [self._emit(Action(name, "skip", (
+                    f"{trigger}; run {running[0].id[:8]} by {running[0].created_by} is in "
+                    f"progress"), {"trigger": trigger}))]
+            with self._keep(lease, ttl):
+                return self._retrain_held(name, spec, trigger)
+        finally:
+            self.leases.release(lease, self.holder)
+
+    def _retrain_held(self, name: str, spec: Spec, trigger: str) -> list[Action]:
+        from modelyard.pipeline.run import run_pipeline  # pandas and friends: only to train
+
+        kind = trigger.partition(":")[0]
+        self.registry.record("retrain.triggered", name, {"reason": trigger}, actor=SCHEDULER)
+        self.monitor.add_event(name, "trigger", kind, trigger, details={"reason": trigger})
+        actions = [self._emit(Action(name, "trigger", trigger, {"trigger": trigger}))]
+        auto = spec.retrain.auto_rollout
+        try:
+            result = run_pipeline(spec, self.registry, trigger=trigger,
+                                  promote=False if auto else None, actor=SCHEDULER)
+        except GateFailed as exc:
+            message = f"candidate rejected by its gate: {'; '.join(exc.reasons) or exc}"
+            return [*actions, self._outcome(name, kind, message, "warning", {
+                "trigger": trigger, "outcome": "rejected", "run": getattr(exc, "run_id", None),
+                "reasons": list(exc.reasons)})]
+        except ModelyardError as exc:
+            return [*actions, self._outcome(name, kind, f"retraining failed: {exc}", "warning", {
+                "trigger": trigger, "outcome": "failed", "run": getattr(exc, "run_id", None),
+                "error": type(exc).__name__})]
+        version = result.version
+        details: dict[str, Any] = {"trigger": trigger, "outcome": "registered",
+                                   "run": result.run.id,
+                                   "version": version.version if version else None,
+                                   "promoted": result.promoted, "gate": result.gate.to_dict()}
+        message = (f"registered {version.ref if version else 'nothing'}"
+                   + (", promoted to production" if result.promoted else "")
+                   + f" (gate passed: {_metrics(result.metrics)})")
+        if auto and version is not None:
+            try:
+                deployment = self._roll_out(spec, version.version)
+            except ModelyardError as exc:
+                details["rollout_error"] = str(exc)
+                message += f"; rollout not started: {exc}"
+            else:
+                details["rollout"] = deployment.id
+                message += (f"; {deployment.strategy} rollout {deployment.id} "
+                            f"{deployment.state}")
+        return [*actions, self._outcome(name, kind, message, "info", details)]
+
+    def _roll_out(self, spec: Spec, version: int) -> Deployment:
+        policy = spec.rollout
+        strategy = policy.strategy if policy.strategy != "direct" else "canary"
+        if self._production(spec.name) is None:
+            strategy = "direct"  # nothing to compare a canary with: the first version goes live
+        own_steps = strategy == "canary" or (strategy in ("ab", "shadow")
+                                             and "steps" in policy.model_fields_set)
+        return self.deployments.start(
+            spec.name, candidate=version, strategy=strategy,
+            steps=list(policy.steps) if own_steps else None, every_s=policy.every_s,
+            rules=Rules.from_spec(policy, metric=spec.metrics[0] if spec.metrics else None),
+            key=policy.key if strategy == "ab" else None,
+            # "scheduler:<holder>": a prefixed actor is a process, not a person
+            actor=f"{SCHEDULER}:{self.holder}"[:200],
+            reason=f"auto_rollout after retraining {spec.name}:{version}")
+
+    def _outcome(self, name: str, kind: str, message: str, severity: str,
+                 details: dict[str, Any]) -> Action:
+        self.monitor.add_event(name, "retrain", kind, message, severity=severity,
+                               details=details)
+        return self._emit(Action(name, "retrain", message, details))
+
+    # -- recovery and leases --------------------------------------------------------------------
+    def _recover(self, name: str, runs: list[Run]) -> list[Action]:
+        """Finish as failed the runs a dead scheduler left running (its lease has expired)."""
+        if not any(r.status == "running" and r.created_by == SCHEDULER for r in runs):
+            return []
+        lease = _lease(name)
+        if not self.leases.acquire(lease, self.holder, _RECOVER_TTL_S):
+            return []  # a live scheduler is retraining: its run is not stale
+        try:
+            actions = []
+            for run in self._runs(name):
+                if run.status == "running" and run.created_by == SCHEDULER:
+                    self.registry.finish_run(run.id, status="failed", failure_reason=STOPPED,
+                                             logs=f"{run.logs}\nfailed: {STOPPED}".lstrip())
+                    actions.append(self._emit(Action(
+                        name, "recover", f"run {run.id[:8]} finished as failed: {STOPPED}",
+                        {"run": run.id})))
+            return actions
+        finally:
+            self.leases.release(lease, self.holder)
+
+    @contextlib.contextmanager
+    def _keep(self, lease: str, ttl_s: float) -> Iterator[None]:
+        """Renew ``lease`` while a long step runs, so only a dead scheduler's lease runs out."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(max(1.0, ttl_s / 3)):
+                try:
+                    if not self.leases.renew(lease, self.holder, ttl_s):
+                        log.warning("scheduler %s lost lease %s", self.holder, lease)
+                except Exception:  # a database blip: the next beat tries again
+                    log.exception("could not renew lease %s", lease)
+
+        thread = threading.Thread(target=beat, name=f"lease {lease}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    # -- reads ----------------------------------------------------------------------------------
+    def _runs(self, name: str) -> list[Run]:
+        return self.registry.list_runs(name, limit=100)
+
+    def _production(self, name: str) -> int | None:
+        try:
+            return self.registry.get_model(name).aliases.get(PRODUCTION)
+        except NotFoundError:
+            return None
+
+    def _active_rollout(self, name: str) -> Deployment | None:
+        try:
+            current = self.deployments.get(name)
+        except NotFoundError:
+            return None
+        return current if current.active else None
+
+    def _emit(self, action: Action) -> Action:
+        log.info("%s", action)
+        if self.on_action is not None:
+            try:
+                self.on_action(action)
+            except Exception:  # a broken display must never stop the scheduler
+                log.exception("on_action callback failed")
+        return action
+
+
+def _lease(model: str) -> str:
+    return f"retrain:{model}"
+
+
+def _num(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _metrics(metrics: Mapping[str, float]) -> str:
+    return ", ".join(f"{k} {_num(v)}" for k, v in list(metrics.items())[:4]) or "no metrics"
+
+
+__all__ = ["SCHEDULER", "SIGNALS", "STOPPED", "Action", "Evidence", "Scheduler", "has_policy",
+           "retrain_trigger", "watches", "window_values"]
