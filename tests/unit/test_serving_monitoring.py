@@ -83,7 +83,7 @@ async def test_a_client_request_id_is_kept_and_echoed(client: httpx.AsyncClient)
 
 async def test_feedback_joins_labels_to_logged_predictions_and_scores_them(
         app: App, client: httpx.AsyncClient) -> None:
-    X, y = tabular_data(n_rows=120, n_features=N_FEATURES, seed=7)
+    X, _ = tabular_data(n_rows=120, n_features=N_FEATURES, seed=7)
     answered = await send(client, X)
     app.predlog.flush()
     # the model's own answers as labels for the first 60, their opposite for the next 40
