@@ -167,3 +167,18 @@ def test_unstorable_inputs_are_config_errors(tmp_path: Path):
         write_split(pd.DataFrame({0: [1.0]}), [1], tmp_path)
     with pytest.raises(ConfigError, match="only 1-D text"):
         write_split(np.array([["a"], ["b"]], dtype=object), [1, 0], tmp_path)
+
+
+def test_a_row_keeps_its_side_as_data_grows_so_the_champion_never_scores_its_training_rows():
+    rng = np.random.default_rng(0)
+    first = Dataset(rng.normal(size=(2000, 3)), (np.arange(2000) % 5 == 0).astype(int),
+                    ["a", "b", "c"], False)
+    grown = Dataset(np.vstack([first.X, rng.normal(size=(2000, 3))]),
+                    np.concatenate([first.y, (np.arange(2000) % 5 == 0).astype(int)]),
+                    ["a", "b", "c"], False)
+    train_1, _ = split(first, 0.2, seed=0)
+    _, hold_2 = split(grown, 0.2, seed=0)
+    seen = set(map(tuple, train_1.X))
+    leaked = sum(tuple(row) in seen for row in hold_2.X)
+    # a fresh random split would put ~80% of the old rows it holds out into train_1 (~320)
+    assert leaked <= 20

@@ -65,30 +65,50 @@ def load_dataset(spec: DataSpec, root: Path) -> Dataset:
 
 def split(dataset: Dataset, holdout: float, seed: int, stratify: bool = True) -> tuple[Dataset,
                                                                                         Dataset]:
-    """Split into ``(train, holdout)``: deterministic by ``seed``, stratified when it can be.
+    """Split into ``(train, holdout)`` by a seeded hash of each row's content.
 
-    Stratified when ``stratify`` is set, ``y`` looks like class labels and every class has at
-    least two rows; otherwise a plain random split. Both parts keep at least one row.
+    The holdout is the ``holdout`` share of rows with the lowest hashes, per class when
+    ``stratify`` is set, ``y`` looks like class labels and every class has at least two rows
+    (else over all rows). A row's hash does not depend on the rows around it, so as data grows
+    batch by batch a row stays on its side: the champion is never scored on rows it was trained
+    on, which a fresh random split would do. Both parts keep at least one row.
     """
     n = len(dataset)
     if n < 2:
         raise DataValidationError(f"cannot split {n} row(s) into train and holdout; add data")
-    rng = np.random.default_rng(seed)
+    rank = row_hashes(dataset, seed)
     groups = _strata(dataset.y) if stratify else None
-    if groups is None:
-        order = rng.permutation(n)
-        cut = min(max(1, round(n * holdout)), n - 1)
-        held = order[:cut]
-    else:
-        held = np.concatenate([
-            members[rng.permutation(len(members))][: min(max(1, round(len(members) * holdout)),
-                                                         len(members) - 1)]
-            for members in groups
-        ])
+    held = np.concatenate([
+        members[np.argsort(rank[members], kind="stable")][
+            : min(max(1, round(len(members) * holdout)), len(members) - 1)]
+        for members in (groups if groups is not None else [np.arange(n)])
+    ])
     mask = np.zeros(n, dtype=bool)
     mask[held] = True
     # keep the source's row order inside each part: reruns on the same data are identical
     return dataset.take(np.flatnonzero(~mask)), dataset.take(np.flatnonzero(mask))
+
+
+def row_hashes(dataset: Dataset, seed: int) -> np.ndarray:
+    """A 64-bit hash of each row's features and label, mixed with ``seed``."""
+    import pandas as pd
+    from pandas.util import hash_array, hash_pandas_object
+
+    n = len(dataset)
+    X = dataset.X
+    if dataset.frame:
+        features = hash_pandas_object(X, index=False).to_numpy()
+    else:
+        arr = np.asarray(X, dtype=object if _is_strings(X) else None).reshape(n, -1)
+        features = hash_pandas_object(pd.DataFrame(arr), index=False).to_numpy()
+    labels = hash_pandas_object(pd.DataFrame(np.asarray(dataset.y).reshape(n, -1)),
+                                index=False).to_numpy()
+    salt = np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64)
+    return hash_array(features ^ (labels * np.uint64(31)) ^ salt)
+
+
+def _is_strings(X: Any) -> bool:
+    return isinstance(X, list) or (isinstance(X, np.ndarray) and X.dtype.kind in "OUS")
 
 
 def _strata(y: np.ndarray) -> list[np.ndarray] | None:
