@@ -33,6 +33,7 @@ bench: venv
 	$(PIP) install -e ".[bench]"
 	$(PY) bench/registry.py
 	$(PY) bench/serve.py
+	$(PY) bench/drift.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist

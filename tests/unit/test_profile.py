@@ -90,3 +90,38 @@ def test_text_profiles_lengths_tokens_and_top_tokens():
     assert stats["tokens"]["max"] == 4 and stats["length"]["min"] == 5
     assert stats["top_tokens"]["the"] == 2 and stats["top_tokens"]["cat"] == 2
     assert profile(["x y", "z"])["vocabulary"] == 3
+
+
+def test_text_profiles_carry_a_hashed_word_embedding():
+    from modelyard.pipeline.profile import embed_text
+
+    texts = [f"word{i % 7} shared Word{i % 3}" for i in range(800)]
+    stats = profile(texts)
+    emb = stats["embedding"]
+    assert emb["dims"] == 64 and emb["rows"] == 500
+    sample = decode_sample(emb["sample"])
+    assert sample.shape == (500, 64)
+    assert np.allclose(np.linalg.norm(sample, axis=1), 1.0, atol=1e-3)
+    assert json.dumps(profile(texts)) == json.dumps(stats)
+    # CRC-32, not Python's salted hash(): the same vector in every process, on every machine.
+    vector = embed_text(["Hello hello"])[0]
+    assert np.flatnonzero(vector).tolist() == [6] and vector[6] == -1.0
+    assert np.array_equal(embed_text(["HELLO   hello"]), embed_text(["hello hello"]))
+    assert not embed_text(["", None]).any()
+    assert embed_text([]).shape == (0, 64) and embed_text(["a b"], dims=16).shape == (1, 16)
+
+
+def test_text_and_tensor_additions_leave_older_fields_as_they_were():
+    texts = [f"token{i % 50} and more {i}" for i in range(3000)]
+    stats = profile(texts)
+    rng_again = np.random.default_rng(0)
+    from modelyard.pipeline.profile import _numeric
+
+    # The embedding's rows are drawn after the length and token samples: those are unchanged.
+    lengths = _numeric(np.array([len(t) for t in texts], dtype=float), rng_again)
+    assert stats["length"] == lengths
+    images = rng.random((1500, 4, 4, 3)).astype(np.float32)
+    tensor = profile(images)
+    assert tensor["row_mean"]["count"] == 1500
+    assert tensor["row_mean"]["mean"] == pytest.approx(images.mean(), rel=1e-5)
+    assert tensor["row_std"]["type"] == "numeric"

@@ -4,8 +4,10 @@
 row (about 3 KB per numeric feature): per numeric feature its moments, quantiles, a 20-bin
 histogram and a uniform sample of up to 1,000 values; per categorical feature its value counts;
 for images and other tensors per-channel moments and a sample of rows reduced to 64 dimensions
-by a seeded random projection (:func:`project` applies the same one to live data); for text the
-length and token-count distributions and the frequent tokens.
+by a seeded random projection (:func:`project` applies the same one to live data) and the
+distributions of per-row mean and standard deviation; for text the length and token-count
+distributions, the frequent tokens and a sample of rows embedded by :func:`embed_text` (a
+hashed bag of words that live data can be embedded with too, without the training vocabulary).
 
 Samples are stored as 16-bit codes between their min and max, base64-encoded (relative error
 below 1e-5 of the range); :func:`decode_sample` turns them back into floats.
@@ -14,6 +16,7 @@ below 1e-5 of the range); :func:`decode_sample` turns them back into floats.
 from __future__ import annotations
 
 import base64
+import zlib
 from collections import Counter
 from typing import Any
 
@@ -23,6 +26,7 @@ QUANTILES = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 100)
 SAMPLE_SIZE = 1000
 TENSOR_ROWS = 500
 EMBED_DIMS = 64
+TEXT_DIMS = 64
 TOP_VALUES = 100
 #: 2-D arrays wider than this are profiled as tensors (pixels, embeddings), not per feature.
 MAX_TABLE_FEATURES = 256
@@ -59,6 +63,39 @@ def project(X: Any, embedding: dict[str, Any]) -> np.ndarray:
     if rows.shape[1] != embedding["in_dim"]:
         raise ValueError(f"rows have {rows.shape[1]} values, the profile {embedding['in_dim']}")
     return rows @ _projection(embedding["in_dim"], embedding["out_dim"], embedding["seed"])
+
+
+def embed_text(texts: Any, dims: int = TEXT_DIMS) -> np.ndarray:
+    """Hashed bag-of-words vectors of ``texts``, one L2-normalised row of ``dims`` floats each.
+
+    Tokens are the lowercase whitespace-split words, as in the profile's token counts. Each goes
+    to a column and a sign chosen by its CRC-32 (stable across processes and machines, unlike
+    ``hash()``); the sign keeps colliding tokens from piling up in one direction. Missing or
+    empty texts give a zero row.
+    """
+    texts = list(texts)
+    slots: dict[str, tuple[int, float]] = {}  # a token is hashed once per call, not per use
+    rows: list[int] = []
+    cols: list[int] = []
+    signs: list[float] = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            continue
+        for token in text.lower().split():
+            slot = slots.get(token)
+            if slot is None:
+                code = zlib.crc32(token.encode("utf-8"))
+                slot = slots[token] = (code % dims, 1.0 if code & 0x80000000 else -1.0)
+            rows.append(i)
+            cols.append(slot[0])
+            signs.append(slot[1])
+    flat = np.asarray(rows, dtype=np.int64) * dims + np.asarray(cols, dtype=np.int64)
+    out = np.bincount(flat, weights=np.asarray(signs, dtype=np.float64),
+                      minlength=len(texts) * dims).astype(np.float64, copy=False)
+    out = out.reshape(len(texts), dims)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, norms, out=out, where=norms > 0)
+    return out
 
 
 # -- tables -------------------------------------------------------------------------------------
@@ -136,7 +173,17 @@ def _text(texts: list[Any], rng: np.random.Generator) -> dict[str, Any]:
         "tokens": _numeric(np.array([len(t.split()) for t in present], dtype=float), rng),
         "vocabulary": len(tokens),
         "top_tokens": dict(tokens.most_common(TOP_VALUES)),
+        **({"embedding": _text_embedding(present, rng)} if present else {}),
     }
+
+
+def _text_embedding(texts: list[str], rng: np.random.Generator) -> dict[str, Any]:
+    # Drawn after the length and token samples, so those stay what older versions stored.
+    pick = np.sort(rng.choice(len(texts), min(len(texts), TENSOR_ROWS), replace=False))
+    vectors = embed_text([texts[i] for i in pick], TEXT_DIMS)
+    return {"method": "hashed-words", "dims": TEXT_DIMS, "rows": len(pick),
+            "mean": [_r(v) for v in vectors.mean(axis=0)],
+            "std": [_r(v) for v in vectors.std(axis=0)], "sample": _encode(vectors)}
 
 
 # -- tensors ------------------------------------------------------------------------------------
@@ -155,9 +202,23 @@ def _tensor(arr: np.ndarray, rng: np.random.Generator, seed: int) -> dict[str, A
     reduced = project(data[pick], embedding)
     embedding.update(rows=len(pick), mean=[_r(v) for v in reduced.mean(axis=0)],
                      std=[_r(v) for v in reduced.std(axis=0)], sample=_encode(reduced))
+    # Per-row brightness and contrast, drawn after the embedding's rows so that stays as it was.
+    means, stds = _row_moments(data.reshape(len(data), -1))
+    row_mean, row_std = _numeric(means, rng), _numeric(stds, rng)
     return {"version": 1, "kind": "tensor", "rows": len(arr), "shape": list(arr.shape[1:]),
             "dtype": str(arr.dtype), "channel_axis": axis,
-            "channels": {"mean": mean, "std": std}, "embedding": embedding}
+            "channels": {"mean": mean, "std": std}, "embedding": embedding,
+            "row_mean": row_mean, "row_std": row_std}
+
+
+def _row_moments(flat: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    # In chunks: std in float64 over a whole image set would copy it all at twice the size.
+    means, stds = np.empty(len(flat)), np.empty(len(flat))
+    for start in range(0, len(flat), chunk):
+        part = flat[start:start + chunk]
+        means[start:start + chunk] = part.mean(axis=1, dtype=np.float64)
+        stds[start:start + chunk] = part.std(axis=1, dtype=np.float64)
+    return means, stds
 
 
 def _channel_axis(shape: tuple[int, ...]) -> int | None:
@@ -193,4 +254,4 @@ def _r(value: Any) -> float:
     return float(f"{float(value):.7g}")
 
 
-__all__ = ["QUANTILES", "decode_sample", "profile", "project"]
+__all__ = ["QUANTILES", "TEXT_DIMS", "decode_sample", "embed_text", "profile", "project"]
