@@ -34,6 +34,7 @@ bench: venv
 	$(PY) bench/registry.py
 	$(PY) bench/serve.py
 	$(PY) bench/drift.py
+	$(PY) bench/predlog.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist

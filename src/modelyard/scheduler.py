@@ -143,14 +143,16 @@ class Scheduler:
     """Alert, retrain and roll out the models in ``specs`` (see the module docstring).
 
     ``holder`` names this scheduler in leases (default ``host:pid:random``); ``clock`` is for
-    tests; ``on_action`` is called with each :class:`Action` as it happens (the CLI prints it).
+    tests; ``on_action`` is called with each :class:`Action` as it happens (the CLI prints it);
+    ``drift_every_s`` spaces drift checks of one model (they read the whole window).
     """
 
     def __init__(self, registry: Registry, specs: Mapping[str, Spec], *,
                  interval_s: float = 30.0, holder: str | None = None,
                  clock: Callable[[], datetime] | None = None,
                  monitor: Monitor | None = None,
-                 on_action: Callable[[Action], None] | None = None) -> None:
+                 on_action: Callable[[Action], None] | None = None,
+                 drift_every_s: float = _DRIFT_EVERY_S) -> None:
         if not interval_s > 0:
             raise ConfigError(f"the scheduler's interval must be above 0 seconds, "
                               f"not {interval_s!r}")
@@ -160,6 +162,8 @@ class Scheduler:
         self.registry = registry
         self.specs = dict(specs)
         self.interval_s = float(interval_s)
+        #: a drift check reads the whole window, so it runs at most this often per model
+        self.drift_every_s = float(drift_every_s)
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._clock = clock or now
         self.monitor = monitor or Monitor(registry)
@@ -253,7 +257,7 @@ class Scheduler:
 
     def _drift_share(self, name: str, at: datetime, since: datetime) -> float | None:
         checked = self._drift.get(name)
-        every = timedelta(seconds=max(self.interval_s, _DRIFT_EVERY_S))
+        every = timedelta(seconds=max(self.interval_s, self.drift_every_s))
         if checked is not None and at - checked[0] < every:
             return checked[1]
         share: float | None = None

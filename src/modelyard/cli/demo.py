@@ -37,15 +37,23 @@ _DEFAULT_PROJECT = Path("examples") / "modelyard.yaml"
               help="Serve the models afterwards (until Ctrl-C) and print a curl for each.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to serve on.")
+@click.option("--heal", is_flag=True,
+              help="Then let the fraud model's world drift: modelyard detects the drift, "
+                   "retrains, canaries and promotes the new version by itself.")
+@click.option("--model", "only", multiple=True, metavar="NAME",
+              help="Train only this example model (repeatable; default: all three).")
 @pass_state
 @click.pass_context
 def demo(ctx: click.Context, state: State, project: str | None, serve: bool, host: str,
-         port: int) -> None:
+         port: int, heal: bool, only: tuple[str, ...]) -> None:
     """Train and promote the three example models (scikit-learn, PyTorch, Keras), then serve them.
 
     Uses the current registry (./.modelyard unless --home/--db say otherwise). Safe to run
     again: a model either gets a new version or its gate keeps production as it is. With
-    --serve (the default) it ends by serving all three on one server until Ctrl-C.
+    --heal, the fraud model's traffic then drifts and modelyard closes the loop with no human
+    step: drift check, retraining, gate, canary with analysis on fed-back labels, promotion,
+    and the audit trail of it all. With --serve (the default) it ends by serving the models on
+    one server until Ctrl-C.
     """
     from modelyard.spec import load_project
 
@@ -56,6 +64,15 @@ def demo(ctx: click.Context, state: State, project: str | None, serve: bool, hos
     if generated is not None:
         out.print(f"generated the first fraud batch: {_rel(generated)}", markup=False)
     specs = load_project(path)
+    unknown = sorted(set(only) - set(specs))
+    if unknown:
+        raise ConfigError(f"no example model {', '.join(unknown)}; the examples are "
+                          f"{', '.join(specs)}")
+    if heal and "fraud" not in specs:
+        raise ConfigError(f"--heal needs the fraud example in {path}")
+    if only:
+        specs = {name: spec for name, spec in specs.items() if name in only or
+                 (heal and name == "fraud")}
     registry = state.registry()
     out.print(f"registry: {_safe_url(registry.settings.db_url)}\n", markup=False)
     outcomes = []
@@ -73,6 +90,11 @@ def demo(ctx: click.Context, state: State, project: str | None, serve: bool, hos
         report_error(err)
     if failed:
         ctx.exit(failed[0].exit_code)
+    if heal:
+        from modelyard.cli.demo_heal import heal as run_heal
+
+        if not run_heal(path.parent, specs["fraud"], registry, state.settings(), out):
+            ctx.exit(1)
     if serve:
         _serve(path.parent, registry, state, out, host, port)
 
