@@ -149,6 +149,8 @@ class RolloutSpec(BaseModel):
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_p99_ratio: float = Field(1.5, gt=0)
     min_requests: int = Field(100, ge=1)
+    #: labeled predictions each variant needs before the declared metric is compared.
+    min_labels: int = Field(100, ge=1)
 
     @field_validator("steps")
     @classmethod

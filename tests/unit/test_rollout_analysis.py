@@ -155,3 +155,29 @@ def test_wilson_interval_and_proportion_test():
     assert worse_proportion_p(50, 1000, 5, 1000) < 1e-6
     assert worse_proportion_p(5, 1000, 50, 1000) > 0.99
     assert worse_proportion_p(0, 1000, 0, 1000) == 1.0
+
+
+def test_a_metric_gap_within_chance_does_not_roll_back_and_a_clear_one_does():
+    rules = Rules(metric="f1", min_labels=40, min_requests=10)
+    stable = WindowStats(requests=100, labeled=45, metric_value=0.47, metric_se=0.09)
+    noisy = WindowStats(requests=100, labeled=41, metric_value=0.45, metric_se=0.10)
+    decision = analyze(stable, noisy, rules, step=0, n_steps=3)
+    assert decision.action == "advance", decision.reasons
+    assert "within chance" in " ".join(decision.reasons)
+    clear = WindowStats(requests=100, labeled=400, metric_value=0.30, metric_se=0.02)
+    sure = WindowStats(requests=100, labeled=400, metric_value=0.47, metric_se=0.02)
+    decision = analyze(sure, clear, rules, step=0, n_steps=3)
+    assert decision.action == "rollback" and "f1 0.3 is" in decision.reasons[0]
+    # without standard errors (older servers) the relative limit alone decides
+    bare = WindowStats(requests=100, labeled=45, metric_value=0.45)
+    assert analyze(WindowStats(requests=100, labeled=45, metric_value=0.47), bare, rules,
+                   step=0, n_steps=3).action == "rollback"
+
+
+def test_windows_round_trip_and_merge_the_metric_error():
+    a = WindowStats(requests=10, labeled=100, metric_value=0.8, metric_se=0.04)
+    b = WindowStats(requests=10, labeled=100, metric_value=0.6, metric_se=0.04)
+    merged = a.merge(b)
+    assert merged.metric_value == pytest.approx(0.7)
+    assert merged.metric_se == pytest.approx(0.04 / 2**0.5)
+    assert WindowStats.from_dict(a.to_dict()) == a

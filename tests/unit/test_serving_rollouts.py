@@ -333,7 +333,7 @@ async def test_the_declared_metric_comes_from_fed_back_labels(
     def rollout_metric(registry: Any, model: str, metric: str, versions: dict[str, int],
                        since: datetime) -> dict[str, tuple[int, float | None]]:
         asked.append((registry, model, metric, versions, since))
-        return {"stable": (50, 0.9), "candidate": (40, 0.6)}
+        return {"stable": (50, 0.9, 0.03), "candidate": (40, 0.6, 0.05)}
 
     r, store = labeled_store(monkeypatch, rollout_metric)
     await r.analyze_due()

@@ -18,6 +18,10 @@ import numpy as np
 
 from modelyard.registry.records import Record
 
+#: bootstrap resamples behind a standard error, and the rows each one draws at most.
+BOOTSTRAP = 200
+MAX_BOOTSTRAP_ROWS = 5000
+
 if TYPE_CHECKING:
     from modelyard.monitoring.predlog import LoggedPrediction
     from modelyard.registry import Registry
@@ -37,6 +41,8 @@ class MetricWindow(Record):
     values: dict[str, float | None] = field(default_factory=dict)
     #: labels that could not be matched to their prediction (a row count mismatch).
     mismatched: int = 0
+    #: bootstrap standard error of each value (only when asked for: ``errors=True``).
+    errors: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -66,8 +72,12 @@ def label_rows(label: Any, rows: int, predicted: Sequence[Any]) -> list[Any] | N
 
 def metric_windows(model: str, predictions: Iterable[LoggedPrediction],
                    labels: Mapping[str, Any], names: Sequence[str],
-                   *, group_by_variant: bool = True) -> list[MetricWindow]:
-    """Score each version's (and variant's) labeled predictions on the metrics ``names``."""
+                   *, group_by_variant: bool = True, errors: bool = False) -> list[MetricWindow]:
+    """Score each version's (and variant's) labeled predictions on the metrics ``names``.
+
+    ``errors=True`` adds each value's standard error, from :data:`BOOTSTRAP` resamples of the
+    labeled rows (what rollout analysis needs to tell a real regression from chance).
+    """
     groups: dict[tuple[int, str], _Pairs] = {}
     for p in predictions:
         key = (p.version, p.variant if group_by_variant else "")
@@ -92,8 +102,32 @@ def metric_windows(model: str, predictions: Iterable[LoggedPrediction],
             if p.outputs.get("classes") is not None:
                 pairs.classes = tuple(p.outputs["classes"])
     return [MetricWindow(model, version, variant, g.first, g.last, g.requests, len(g.truth),
-                         _score(names, g), g.mismatched)
+                         _score(names, g), g.mismatched,
+                         _bootstrap(names, g) if errors else {})
             for (version, variant), g in sorted(groups.items())]
+
+
+def _bootstrap(names: Sequence[str], pairs: _Pairs, resamples: int = 0,
+               seed: int = 0) -> dict[str, float | None]:
+    """Standard error of each metric over resamples (with replacement) of the labeled rows."""
+    n = len(pairs.truth)
+    if n < 2:
+        return {name: None for name in names}
+    rng = np.random.default_rng(seed)
+    truth = np.asarray(pairs.truth, dtype=object)
+    predicted = np.asarray(pairs.predicted, dtype=object)
+    scores = np.asarray(pairs.scores) if pairs.all_scored and pairs.scores else None
+    draws: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(resamples or BOOTSTRAP):
+        pick = rng.integers(0, n, min(n, MAX_BOOTSTRAP_ROWS))
+        sample = _Pairs(truth=truth[pick].tolist(), predicted=predicted[pick].tolist(),
+                        scores=[] if scores is None else list(scores[pick]),
+                        classes=pairs.classes, all_scored=scores is not None)
+        for name, value in _score(names, sample).items():
+            if value is not None and np.isfinite(value):
+                draws[name].append(value)
+    return {name: float(np.std(values, ddof=1)) if len(values) > 1 else None
+            for name, values in draws.items()}
 
 
 def _score(names: Sequence[str], pairs: _Pairs) -> dict[str, float | None]:
@@ -115,22 +149,24 @@ def _score(names: Sequence[str], pairs: _Pairs) -> dict[str, float | None]:
 
 
 def rollout_metric(registry: Registry, model: str, metric: str, versions: Mapping[str, int],
-                   since: datetime | None) -> dict[str, tuple[int, float | None]]:
-    """``variant -> (labeled rows, metric value)`` of a rollout's versions since ``since``.
+                   since: datetime | None,
+                   ) -> dict[str, tuple[int, float | None, float | None]]:
+    """``variant -> (labeled rows, metric value, its standard error)`` of a rollout's versions.
 
-    What rollout analysis compares for the declared metric; reads the prediction log and the
-    labels that have arrived.
+    What rollout analysis compares for the declared metric, over the labels fed back for
+    predictions made since ``since``; reads the prediction log and the labels table.
     """
     from modelyard.monitoring.monitor import Monitor
 
     by_version = Monitor(registry).metrics(model, since=since, names=[metric],
-                                           versions=list(versions.values()), by_variant=False)
+                                           versions=list(versions.values()), by_variant=False,
+                                           errors=True)
     found = {w.version: w for w in by_version}
-    out: dict[str, tuple[int, float | None]] = {}
+    out: dict[str, tuple[int, float | None, float | None]] = {}
     for variant, version in versions.items():
         window = found.get(version)
-        out[variant] = (0, None) if window is None else (window.labeled,
-                                                          window.values.get(metric))
+        out[variant] = (0, None, None) if window is None else (
+            window.labeled, window.values.get(metric), window.errors.get(metric))
     return out
 
 

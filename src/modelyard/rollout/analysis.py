@@ -15,7 +15,10 @@
 - **declared metric** — where labels have arrived for at least ``min_labels`` predictions of both
   variants, fails when the candidate is worse than stable by more than ``max_metric_regression``
   (relative to stable's value), in the direction :func:`modelyard.metrics.greater_is_better`
-  gives. Missing labels skip the check, or hold when ``require_labels`` is set.
+  gives, *and*, where both windows carry a standard error (``metric_se``, a bootstrap), we are
+  ``confidence`` sure it is worse at all (one-sided z on the difference): F1 on a few dozen
+  labels moves by more than any sensible limit by chance alone. Missing labels skip the check,
+  or hold when ``require_labels`` is set.
 - **shadow agreement** — fails when we are confident the candidate agrees with the primary answer
   less often than ``min_agreement`` (the upper Wilson bound is below it).
 
@@ -81,7 +84,8 @@ class Rules:
         """Rules from a model's ``rollout:`` spec, plus any extra knobs (``metric="f1"``)."""
         return cls.from_dict({"max_error_rate": spec.max_error_rate,
                               "max_p99_ratio": spec.max_p99_ratio,
-                              "min_requests": spec.min_requests, **extra})
+                              "min_requests": spec.min_requests,
+                              "min_labels": spec.min_labels, **extra})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Rules:
@@ -189,11 +193,21 @@ def _metric(stable: WindowStats, candidate: WindowStats, rules: Rules) -> _Check
 
     worse_by = (s - c) if greater_is_better(name) else (c - s)
     relative = worse_by / abs(s) if s else worse_by
-    details = {"candidate_metric": c, "stable_metric": s, "metric_regression": relative}
-    if relative > rules.max_metric_regression:
-        return _Check(failure=f"{name} {c:.4g} is {relative:.1%} worse than stable's {s:.4g} "
-                              f"(limit {rules.max_metric_regression:.1%})", details=details)
-    return _Check(note=f"{name} {c:.4g} (stable {s:.4g}) ok", details=details)
+    details: dict[str, Any] = {"candidate_metric": c, "stable_metric": s,
+                               "metric_regression": relative}
+    if relative <= rules.max_metric_regression:
+        return _Check(note=f"{name} {c:.4g} (stable {s:.4g}) ok", details=details)
+    worse = f"{name} {c:.4g} is {relative:.1%} worse than stable's {s:.4g}"
+    if candidate.metric_se is not None and stable.metric_se is not None:
+        spread = math.hypot(candidate.metric_se, stable.metric_se)
+        z = worse_by / spread if spread > 0 else math.inf
+        details["metric_z"] = z if math.isfinite(z) else None
+        needed = NormalDist().inv_cdf(rules.confidence)
+        if z < needed:
+            labels = min(candidate.labeled, stable.labeled)
+            return _Check(note=f"{worse}, within chance on {labels} labels (z {z:.2f} < "
+                               f"{needed:.2f}) ok", details=details)
+    return _Check(failure=f"{worse} (limit {rules.max_metric_regression:.1%})", details=details)
 
 
 def _agreement(candidate: WindowStats, rules: Rules) -> _Check:

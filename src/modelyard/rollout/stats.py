@@ -47,6 +47,8 @@ class WindowStats:
     latency_buckets: dict[int, int] = field(default_factory=dict)
     labeled: int = 0
     metric_value: float | None = None
+    #: standard error of ``metric_value`` (a bootstrap over the labeled rows; None: unknown).
+    metric_se: float | None = None
     compared: int = 0
     agreed: int = 0
 
@@ -108,6 +110,8 @@ class WindowStats:
             labeled=self.labeled + other.labeled,
             metric_value=_weighted(self.metric_value, self.labeled,
                                    other.metric_value, other.labeled),
+            metric_se=_weighted_se(self.metric_se, self.labeled, other.metric_se,
+                                   other.labeled),
             compared=self.compared + other.compared,
             agreed=self.agreed + other.agreed,
         )
@@ -118,6 +122,7 @@ class WindowStats:
             "requests": self.requests, "errors": self.errors,
             "latency_buckets": {str(k): v for k, v in sorted(self.latency_buckets.items())},
             "labeled": self.labeled, "metric_value": self.metric_value,
+            "metric_se": self.metric_se,
             "compared": self.compared, "agreed": self.agreed,
         }
 
@@ -128,6 +133,7 @@ class WindowStats:
             requests=int(data.get("requests", 0)), errors=int(data.get("errors", 0)),
             latency_buckets={int(k): int(v) for k, v in data.get("latency_buckets", {}).items()},
             labeled=int(data.get("labeled", 0)), metric_value=data.get("metric_value"),
+            metric_se=data.get("metric_se"),
             compared=int(data.get("compared", 0)), agreed=int(data.get("agreed", 0)),
         )
 
@@ -138,6 +144,15 @@ def _weighted(a: float | None, na: int, b: float | None, nb: int) -> float | Non
     if b is None or nb == 0:
         return a
     return (a * na + b * nb) / (na + nb)
+
+
+def _weighted_se(a: float | None, na: int, b: float | None, nb: int) -> float | None:
+    """The standard error of the labeled-count weighted mean of two estimates."""
+    if a is None or na == 0:
+        return b if nb else None
+    if b is None or nb == 0:
+        return a
+    return math.sqrt((na * a) ** 2 + (nb * b) ** 2) / (na + nb)
 
 
 __all__ = ["WindowStats", "bucket_of", "bucket_upper_s"]

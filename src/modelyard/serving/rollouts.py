@@ -436,9 +436,10 @@ class Rollouts:
                             "without them", d.model, d.id, metric, exc)
             return
         self._labels_failed.discard(d.id)
-        for variant, (labeled, value) in found.items():
+        for variant, (labeled, value, se) in found.items():
             if variant in merged:
-                merged[variant].labeled, merged[variant].metric_value = labeled, value
+                window = merged[variant]
+                window.labeled, window.metric_value, window.metric_se = labeled, value, se
 
     # -- the request path -----------------------------------------------------------------------
     async def predict(self, held: ActiveRollout, call: Any, to_payload: Callable[[Runner], Any],
