@@ -188,3 +188,28 @@ def test_drifted_batch_retrain_and_rollback(demo: Demo) -> None:
     history = json.loads(ok(modelyard(folder, "history", "fraud", "--json")).stdout)
     assert history[0]["action"] == "rollback" and history[0]["reason"] == "e2e"
     ok(modelyard(folder, "predict", "fraud", "--input", "examples/fraud/example_input.json"))
+
+
+def test_demo_heal_closes_the_loop_with_no_human_step(tmp_path: Path) -> None:
+    """The fraud model's world drifts: the drift is detected, a retraining triggered, the new
+    version passes its gate, goes through a canary and is promoted; no request fails, and the
+    audit trail shows each step with who did it and why."""
+    shutil.copytree(EXAMPLES, tmp_path / "examples",
+                    ignore=shutil.ignore_patterns("data", "__pycache__"))
+    result = ok(modelyard(tmp_path, "demo", "--no-serve", "--heal", "--model", "fraud"))
+    assert "scheduler trigger: drift: share" in result.stdout
+    assert "healed: fraud v2 now serves (was v1), with 0 failed requests" in result.stdout
+    audit = json.loads(ok(modelyard(tmp_path, "audit", "fraud", "--json")).stdout)
+    steps = [(e["actor"], e["action"], e["details"]) for e in reversed(audit)]
+    actions = [action for _, action, _ in steps]
+    triggered = actions.index("retrain.triggered")
+    assert steps[triggered][0] == "scheduler"
+    assert steps[triggered][2]["reason"].startswith("drift: share")
+    started = actions.index("deployment.start")
+    assert started > triggered and steps[started][0].startswith("scheduler:")
+    promoted = actions.index("deployment.promote")
+    assert promoted > started and steps[promoted][0] == "analysis"
+    assert "error rate" in steps[promoted][2]["reason"]
+    assert actions[-1] == "alias.set" and steps[-1][2]["version"] == 2
+    history = json.loads(ok(modelyard(tmp_path, "rollout", "status", "fraud", "--json")).stdout)
+    assert history["deployment"]["state"] == "promoted"

@@ -181,3 +181,20 @@ def test_windows_round_trip_and_merge_the_metric_error():
     assert merged.metric_value == pytest.approx(0.7)
     assert merged.metric_se == pytest.approx(0.04 / 2**0.5)
     assert WindowStats.from_dict(a.to_dict()) == a
+
+
+def test_one_slow_request_in_a_small_window_is_not_a_slow_candidate():
+    from modelyard.rollout.analysis import tail_quantile
+
+    assert tail_quantile(10_000) == 0.99 and tail_quantile(40) == pytest.approx(0.875)
+    rules = Rules(min_requests=40)
+    stable, candidate = WindowStats(), WindowStats()
+    for _ in range(40):
+        stable.observe(0.010)
+        candidate.observe(0.011)
+    candidate.observe(0.140)  # one GC pause
+    decision = analyze(stable, candidate, rules, step=0, n_steps=3)
+    assert decision.action == "advance", decision.reasons
+    for _ in range(10):  # a real tail: a quarter of its requests are slow
+        candidate.observe(0.140)
+    assert analyze(stable, candidate, rules, step=0, n_steps=3).action == "rollback"

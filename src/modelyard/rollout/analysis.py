@@ -11,7 +11,8 @@
 - **p99 latency** — fails when candidate p99 / stable p99 exceeds ``max_p99_ratio`` (unless the
   candidate's p99 is under ``latency_floor_s``, where ratios are noise), or exceeds the absolute
   ``max_p99_s`` when one is set (the only latency check when no stable traffic exists, as in a
-  blue-green switch).
+  blue-green switch). Windows under 500 requests compare a lower quantile instead, one with at
+  least five requests above it (:func:`tail_quantile`): the p99 of 40 requests is their maximum.
 - **declared metric** — where labels have arrived for at least ``min_labels`` predictions of both
   variants, fails when the candidate is worse than stable by more than ``max_metric_regression``
   (relative to stable's value), in the direction :func:`modelyard.metrics.greater_is_better`
@@ -39,6 +40,10 @@ from modelyard.rollout.stats import WindowStats
 
 if TYPE_CHECKING:
     from modelyard.spec import RolloutSpec
+
+
+#: requests a latency tail estimate needs above it (see :func:`tail_quantile`).
+TAIL_SAMPLES = 5
 
 
 @dataclass(frozen=True)
@@ -160,23 +165,35 @@ def _error_rate(stable: WindowStats, candidate: WindowStats, rules: Rules) -> _C
     return _Check(note=f"{summary} ok", details=details)
 
 
+def tail_quantile(requests: int) -> float:
+    """The latency quantile a window of ``requests`` can estimate: 0.99, or lower on small
+    windows so that at least :data:`TAIL_SAMPLES` requests lie above it (the p99 of 40
+    requests is their maximum: one GC pause, not a slow model)."""
+    if requests <= 0:
+        return 0.99
+    return max(0.5, min(0.99, 1.0 - TAIL_SAMPLES / requests))
+
+
 def _latency(stable: WindowStats, candidate: WindowStats, rules: Rules) -> _Check:
-    c99, s99 = candidate.p99_s, stable.p99_s
-    details: dict[str, Any] = {"candidate_p99_s": c99, "stable_p99_s": s99}
+    enough = stable.requests >= rules.min_requests
+    q = tail_quantile(min(candidate.requests, stable.requests) if enough else candidate.requests)
+    label = "p99" if q >= 0.99 else f"p{q * 100:.3g}"
+    c99, s99 = candidate.quantile_s(q), stable.quantile_s(q)
+    details: dict[str, Any] = {"candidate_p99_s": c99, "stable_p99_s": s99, "quantile": q}
     if c99 is None:
         return _Check(details=details)
     if rules.max_p99_s is not None and c99 > rules.max_p99_s:
-        return _Check(failure=f"p99 latency {c99 * 1000:.1f} ms is above the "
+        return _Check(failure=f"{label} latency {c99 * 1000:.1f} ms is above the "
                               f"{rules.max_p99_s * 1000:.1f} ms limit", details=details)
-    if s99 is None or stable.requests < rules.min_requests or c99 <= rules.latency_floor_s:
-        return _Check(note=f"p99 latency {c99 * 1000:.1f} ms ok", details=details)
+    if s99 is None or not enough or c99 <= rules.latency_floor_s:
+        return _Check(note=f"{label} latency {c99 * 1000:.1f} ms ok", details=details)
     ratio = c99 / s99
     details["p99_ratio"] = ratio
     if ratio > rules.max_p99_ratio:
-        return _Check(failure=f"p99 latency {c99 * 1000:.1f} ms is {ratio:.2f}x stable's "
+        return _Check(failure=f"{label} latency {c99 * 1000:.1f} ms is {ratio:.2f}x stable's "
                               f"{s99 * 1000:.1f} ms (limit {rules.max_p99_ratio}x)",
                       details=details)
-    return _Check(note=f"p99 latency {ratio:.2f}x stable's ok", details=details)
+    return _Check(note=f"{label} latency {ratio:.2f}x stable's ok", details=details)
 
 
 def _metric(stable: WindowStats, candidate: WindowStats, rules: Rules) -> _Check:
@@ -251,4 +268,10 @@ def _check_range(name: str, value: Any, low: float, high: float) -> None:
                           f"not {value!r}")
 
 
-__all__ = ["Rules", "analyze", "wilson_interval", "worse_proportion_p"]
+__all__ = [
+    "Rules",
+    "analyze",
+    "tail_quantile",
+    "wilson_interval",
+    "worse_proportion_p",
+]
