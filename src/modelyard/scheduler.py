@@ -40,6 +40,7 @@ from modelyard.registry.leases import Leases
 from modelyard.registry.rows import PRODUCTION, now
 from modelyard.rollout.analysis import Rules
 from modelyard.rollout.deployments import Deployment, Deployments
+from modelyard.spec import ALERT_SIGNALS
 
 if TYPE_CHECKING:
     from modelyard.monitoring.quality import MetricWindow
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 SCHEDULER = "scheduler"  # the actor of runs and audit events the scheduler starts
 STOPPED = "scheduler stopped during the run"
 #: values alert rules may watch besides the declared metrics.
-SIGNALS = ("drift_share", "p99_ms", "error_rate")
+SIGNALS = ALERT_SIGNALS
 _DRIFT_EVERY_S = 60.0  # a drift check reads the whole window: not on every tick
 _LEASE_MARGIN_S = 300.0  # a retraining lease outlives the training timeout by this much
 _TRIGGER_LEN = 100  # the runs table's trigger column

@@ -179,6 +179,10 @@ class RetrainSpec(BaseModel):
         return value
 
 
+#: what alert rules may watch besides the model's declared metrics.
+ALERT_SIGNALS = ("drift_share", "p99_ms", "error_rate")
+
+
 class AlertRule(BaseModel):
     """Fire an alert when a monitored value crosses a bound over the monitoring window.
 
@@ -254,6 +258,12 @@ class Spec(BaseModel):
         missing = sorted(used - set(self.metrics))
         if missing:
             raise ValueError(f"gate uses metrics not listed under metrics: {', '.join(missing)}")
+        watched = {rule.on for rule in self.monitoring.alerts} | set(self.retrain.metric_below)
+        unknown = sorted(watched - set(self.metrics) - set(ALERT_SIGNALS))
+        if unknown:
+            raise ValueError(f"monitoring.alerts / retrain.metric_below watch {', '.join(unknown)}"
+                             f": use a metric listed under metrics or one of "
+                             f"{', '.join(ALERT_SIGNALS)}")
         return self
 
     @classmethod

@@ -15,7 +15,7 @@ from modelyard.monitoring.monitor import Monitor
 from modelyard.registry import Registry
 from modelyard.serving import ServeOptions, create_app
 from modelyard.serving.app import App
-from modelyard.serving.fixtures import register_hgb, tabular_data
+from modelyard.serving.fixtures import register_hgb, register_probe, tabular_data
 
 pytestmark = pytest.mark.anyio
 N_FEATURES = 5
@@ -33,6 +33,7 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
             "metrics": ["accuracy", "f1"],
             "monitoring": {"min_rows": 50, "window_s": 3600, "drift_share": 0.5},
             "serving": {"sensitive": {"f4": "drop"}}})
+        register_probe(reg, "flaky", fail_predict=True)
         yield reg
 
 
@@ -176,3 +177,14 @@ async def test_feedback_needs_the_token_when_one_is_set(
             assert r.status_code == 200 and r.json()["matched"] == 0
     finally:
         await app.shutdown()
+
+
+async def test_failed_requests_are_logged_as_errors_and_give_the_error_rate(
+        app: App, client: httpx.AsyncClient, registry: Registry) -> None:
+    for row in ([0.0, 0.0, 0.0], [1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [4.0, 5.0, 6.0]):
+        r = await client.post("/v1/models/flaky/predict", json={"instances": [row]})
+        assert r.status_code == (200 if not any(row) else 500), r.text
+    app.predlog.flush()
+    latency = Monitor(registry).latency("flaky")
+    assert latency.requests == 4 and latency.error_rate == 0.5
+    assert latency.p99_ms is not None and latency.p99_ms > 0

@@ -91,3 +91,20 @@ def test_include_imports_decorated_specs(tmp_path):
     specs = load_project(write(tmp_path, "include: [models.py]\n"))
     assert "included" in specs
     assert specs["included"].root == tmp_path
+
+
+def test_monitoring_rules_watch_declared_metrics_or_known_signals():
+    base = {"name": "m", "train": "t.py:train", "data": {"path": "d.csv", "target": "y"},
+            "metrics": ["f1"]}
+    spec = Spec.parse({**base, "monitoring": {"alerts": [
+        {"on": "f1", "below": 0.7}, {"on": "drift_share", "above": 0.3, "severity": "critical"},
+        {"on": "p99_ms", "above": 50}]}, "serving": {"sensitive": ["card"]}})
+    assert [r.title for r in spec.monitoring.alerts] == [
+        "f1 below 0.7", "drift_share above 0.3", "p99_ms above 50.0"]
+    assert spec.serving.sensitive == {"card": "hash"}
+    with pytest.raises(ConfigError, match="watch accuracy: use a metric listed under metrics"):
+        Spec.parse({**base, "monitoring": {"alerts": [{"on": "accuracy", "below": 0.9}]}})
+    with pytest.raises(ConfigError, match="exactly one of above or below"):
+        Spec.parse({**base, "monitoring": {"alerts": [{"on": "f1"}]}})
+    with pytest.raises(ConfigError, match="sensitive"):
+        Spec.parse({**base, "serving": {"sensitive": {"card": "encrypt"}}})

@@ -63,7 +63,7 @@ class LatencySummary(Record):
     requests: int
     p50_ms: float | None
     p99_ms: float | None
-    error_rate: float | None = None  # only successful requests are logged: the server counts
+    error_rate: float | None = None  # share of logged requests that failed (5xx)
 
 
 @dataclass(frozen=True)
@@ -231,13 +231,18 @@ class Monitor:
                               errors=errors)
 
     def latency(self, model: str, *, since: datetime | None = None) -> LatencySummary:
-        """p50 and p99 latency of the logged requests in the window."""
+        """p50 and p99 latency of the answered requests in the window, and the share that
+        failed (5xx) among the logged ones."""
         logged = self.predictions(model, since=self._since(model, since), with_inputs=False)
         if not logged:
             return LatencySummary(model, 0, None, None)
-        values = np.fromiter((p.latency_ms for p in logged), float, len(logged))
-        p50, p99 = np.percentile(values, [50, 99])
-        return LatencySummary(model, len(logged), round(float(p50), 3), round(float(p99), 3))
+        answered = [p.latency_ms for p in logged if "error" not in p.outputs]
+        error_rate = round(1.0 - len(answered) / len(logged), 6)
+        if not answered:
+            return LatencySummary(model, len(logged), None, None, error_rate)
+        p50, p99 = np.percentile(np.asarray(answered, dtype=float), [50, 99])
+        return LatencySummary(model, len(logged), round(float(p50), 3), round(float(p99), 3),
+                              error_rate)
 
     # -- drift ----------------------------------------------------------------------------------
     def check_drift(self, model: str, *, version: int | None = None,
@@ -254,7 +259,8 @@ class Monitor:
         settings = self.settings(watched)
         start = self._since(model, since)
         end = until or now()
-        logged = self.predictions(model, since=start, until=end)
+        logged = [p for p in self.predictions(model, since=start, until=end)
+                  if "error" not in p.outputs]
         rows = sum(p.rows for p in logged)
         if rows < settings.min_rows:
             raise MonitoringError(

@@ -1,6 +1,8 @@
 """The prediction log: sampled predictions, written in batches off the request path.
 
-On the request path :meth:`PredictionLog.record` only appends a tuple to a bounded queue: no
+On the request path :meth:`PredictionLog.record` (and :meth:`~PredictionLog.record_error` for a
+failed request, kept as its status so monitoring knows the error rate) only appends a tuple to a
+bounded queue: no
 serialisation, no I/O, no lock beyond the deque's own. A writer thread wakes every
 ``flush_interval_s`` (or once ``batch_size`` entries wait), turns each entry into a row (inputs
 summarised by :func:`modelyard.monitoring.summary.summarize`, sensitive fields dropped or hashed)
@@ -128,6 +130,15 @@ class PredictionLog:
         if len(queue) >= self.batch_size:
             self._wake.set()
 
+    def record_error(self, policy: LogPolicy, request_id: str, variant: str, latency_s: float,
+                     status: int) -> None:
+        """Queue one failed request (a 5xx): counted in the error rate monitoring reports."""
+        queue = self._queue
+        if len(queue) >= self.capacity:
+            self.dropped += 1
+            return
+        queue.append((policy, request_id, variant, time.time(), latency_s, None, 0, status))
+
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         """Start the writer thread."""
@@ -194,16 +205,21 @@ class PredictionLog:
         self.written += len(rows)
 
     def _row(self, policy: LogPolicy, request_id: str, variant: str, at: float,
-             latency_s: float, batch: Any, rows: int, prediction: Prediction) -> dict[str, Any]:
+             latency_s: float, batch: Any, rows: int,
+             prediction: Prediction | int) -> dict[str, Any]:
         from modelyard.monitoring.summary import summarize
 
-        inputs = summarize(batch, policy.signature, policy.reference,
-                           sensitive=policy.sensitive, hash_key=self.hash_key)
+        if isinstance(prediction, int):  # a failed request: its status, nothing to summarise
+            inputs, outputs = {}, {"error": prediction}
+        else:
+            inputs = summarize(batch, policy.signature, policy.reference,
+                               sensitive=policy.sensitive, hash_key=self.hash_key)
+            outputs = outputs_of(prediction)
         return {
             "request_id": request_id, "model": policy.model, "version": policy.version,
             "variant": variant, "at": datetime.fromtimestamp(at, UTC),
             "latency_ms": round(latency_s * 1000.0, 4), "rows": rows,
-            "inputs": inputs, "outputs": outputs_of(prediction),
+            "inputs": inputs, "outputs": outputs,
         }
 
     def _warn(self, message: str, *args: Any) -> None:

@@ -285,10 +285,13 @@ class App:
                                        call.variant)
             runner.metrics.observe_duration(elapsed, call.variant)
             policy = runner.log_policy
-            if (status == 200 and policy is not None and self.predlog is not None
-                    and call.result is not None and policy.sampled()):
-                self.predlog.record(policy, call.request_id, call.variant, elapsed, call.batch,
-                                    call.rows, call.result)
+            if policy is not None and self.predlog is not None and policy.sampled():
+                if status == 200 and call.result is not None:
+                    self.predlog.record(policy, call.request_id, call.variant, elapsed,
+                                        call.batch, call.rows, call.result)
+                elif status >= 500:
+                    self.predlog.record_error(policy, call.request_id, call.variant, elapsed,
+                                              status)
         else:
             known = name if name in self.catalog.models else ""
             self.metrics.count_request(known, "", protocol, status)
