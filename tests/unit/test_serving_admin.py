@@ -256,3 +256,13 @@ def test_openapi_documents_the_admin_routes() -> None:
     assert "/api/v1/models" in paths and "/api/v1/models/{name}/deployment/abort" in paths
     start = paths["/api/v1/models/{name}/deployments"]["post"]
     assert {"201", "401", "403", "409", "422"} <= set(start["responses"])
+
+
+def test_openapi_documents_every_route_the_app_answers() -> None:
+    from modelyard.serving.app import ROUTES
+
+    paths: dict[str, Any] = OPENAPI["paths"]
+    for routes in ROUTES.values():
+        for route in routes:
+            path = "/" + "/".join(route.pattern)
+            assert route.method.lower() in paths.get(path, {}), f"{route.method} {path}"

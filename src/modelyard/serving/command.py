@@ -24,16 +24,20 @@ from modelyard.errors import ModelyardError
               help="Also serve OIP v2 over gRPC on this port (needs modelyard[grpc]).")
 @click.option("--alias", default="production", show_default=True,
               help="The alias /v1/models/{name}/predict serves.")
+@click.option("--prediction-log", default=None, metavar="WHERE",
+              help="Where predictions are logged for monitoring: db (the registry database), "
+                   "parquet:FOLDER or off (default: $MODELYARD_PREDICTION_LOG, else db).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, max_memory: str | None, preload: bool,
           workers: int, max_body: str, timeout_s: float, grpc_port: int | None, alias: str,
-          log_level: str) -> None:
+          prediction_log: str | None, log_level: str) -> None:
     """Serve every model with a production alias over REST and OIP v2 until stopped.
 
     Native REST: POST /v1/models/NAME/predict. Open Inference Protocol v2: /v2/... (REST, and
-    gRPC with --grpc-port). Also /metrics, /healthz, /readyz and OpenAPI at /docs.
+    gRPC with --grpc-port). Feedback: POST /v1/models/NAME/feedback. Also the admin and
+    monitoring API under /api/v1, /metrics, /healthz, /readyz and OpenAPI at /docs.
     """
     from modelyard.serving.options import ServeOptions, parse_size
     from modelyard.serving.server import serve as run
@@ -41,7 +45,7 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None, prel
     try:
         options = ServeOptions(max_memory=parse_size(max_memory), preload=preload, alias=alias,
                                max_body_bytes=parse_size(max_body) or 1,
-                               request_timeout_s=timeout_s,
+                               request_timeout_s=timeout_s, prediction_log=prediction_log,
                                grpc_address=f"{host}:{grpc_port}" if grpc_port else None)
     except ModelyardError as exc:
         raise click.UsageError(str(exc)) from None

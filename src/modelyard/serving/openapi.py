@@ -40,6 +40,8 @@ _PREDICT_OK = {
         "model": {"type": "string"}, "version": {"type": "integer"},
         "predictions": {"type": "array"}, "scores": {"type": "array"},
         "classes": {"type": "array"},
+        "request_id": {"type": "string",
+                       "description": "Names this answer in feedback (also X-Request-Id)"},
     },
 }
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -114,6 +116,43 @@ _ADMIN_PATHS: dict[str, Any] = {
         "Admin: roll the rollout back (bad candidate); traffic back to stable", _REASON),
 }
 
+_SINCE = {"name": "since", "in": "query", "required": False, "schema": {"type": "string"},
+          "description": "Window start: a duration ago (30m, 1h, 2d) or an ISO time "
+                         "(default: the model's monitoring.window_s)"}
+_LABEL = {"type": "object", "required": ["request_id", "label"], "properties": {
+    "request_id": {"type": "string", "maxLength": 100}, "label": {}}}
+_MONITOR_PATHS: dict[str, Any] = {
+    "/v1/models/{name}/feedback": {"post": {
+        "summary": "Ground truth for earlier predictions, by the request_id each answer carries",
+        "parameters": [_NAME], "security": [{"bearer": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+            _LABEL, {"type": "object", "properties": {"labels": {"oneOf": [
+                {"type": "array", "items": _LABEL, "maxItems": 10_000},
+                {"type": "object", "additionalProperties": {}}]}}}]}}}},
+        "responses": {"200": _json({"type": "object", "properties": {
+            "model": {"type": "string"}, "stored": {"type": "integer"},
+            "matched": {"type": "integer"}, "unmatched": {"type": "array"}}}),
+            **_errors(400, 401, 403, 404, 422)},
+    }},
+    "/api/v1/models/{name}/metrics": _get(
+        "Monitor: declared metrics per version and variant from fed-back labels, and latency",
+        [_NAME, _SINCE], None, 400, 404),
+    "/api/v1/models/{name}/drift": {
+        **_get("Monitor: stored drift checks, newest first",
+               [_NAME, {"name": "limit", "in": "query", "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 10_000}}],
+               None, 404),
+        "post": {"summary": "Monitor: check drift of the logged inputs now and store it",
+                 "parameters": [_NAME, _SINCE], "security": [{"bearer": []}],
+                 "responses": {"200": _json({"type": "object"}),
+                               **_errors(400, 401, 403, 404, 409)}},
+    },
+    "/api/v1/models/{name}/events": _get(
+        "Monitor: alerts, retraining triggers and results, newest first",
+        [_NAME, _SINCE, {"name": "kind", "in": "query", "required": False,
+                         "schema": {"type": "string"}}], None, 400, 404),
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "modelyard server", "version": "1",
@@ -148,6 +187,7 @@ OPENAPI: dict[str, Any] = {
         "/docs": {"get": {"summary": "API reference page",
                           "responses": {"200": {"description": "HTML"}}}},
         **_ADMIN_PATHS,
+        **_MONITOR_PATHS,
     },
     "components": {"securitySchemes": {"bearer": {
         "type": "http", "scheme": "bearer",

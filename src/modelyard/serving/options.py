@@ -65,6 +65,11 @@ class ServeOptions:
                               "monitor_interval_s must be > 0")
         if self.predict_threads < 1 or self.load_threads < 1:
             raise ConfigError("predict_threads and load_threads must be at least 1")
+        where = self.prediction_log
+        if where is not None and where not in ("db", "off") and not (
+                where.startswith("parquet:") and len(where) > len("parquet:")):
+            raise ConfigError(f"prediction log {where!r} is not understood; use db, off or "
+                              "parquet:FOLDER")
         if self.worker_start_timeout_s <= 0 or self.worker_max_restarts < 1:
             raise ConfigError("worker_start_timeout_s must be > 0 and worker_max_restarts >= 1")
 
