@@ -143,7 +143,8 @@ class Servicer:
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         from modelyard.serving.app import Call, parse_version
 
-        start, call, status = time.perf_counter(), Call(), 500
+        # the OIP request id names the answer in feedback, as over HTTP
+        start, call, status = time.perf_counter(), Call(request.id[:100] or None), 500
         name = request.model_name
         try:
             number = parse_version(name, request.model_version or None)
