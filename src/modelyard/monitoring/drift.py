@@ -23,22 +23,19 @@ embedding (text, tensor)  MMD, RBF kernel, permutations   p < 0.05
 Large samples make every p-value tiny, so past 1,000 rows the verdict moves to distances.
 
 A numeric reference keeps a sample of 1,000 values, and KS and Wasserstein compare the current
-values with that sample, exactly, without sorting the current values: they are counted into the
-intervals between the sample's distinct values (a lookup table makes that a few array passes).
-That gives the current CDF at and just below every sample value, which is all KS needs; for
-Wasserstein the per-interval sums give the area between the CDFs, except in the few intervals
-where the two CDFs cross, whose values alone are sorted.
+values with that sample exactly, without sorting them: see :mod:`modelyard.monitoring.ecdf`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from modelyard.monitoring.ecdf import Grid, ks_p_value
 from modelyard.pipeline.profile import decode_sample, embed_text, project
 
 #: default threshold per test: a significance level for p-value tests, a distance otherwise.
@@ -59,7 +56,6 @@ _CHOICES: dict[str, tuple[str, str]] = {  # kind -> (small-sample test, large-sa
     "embedding": ("mmd", "mmd"),
 }
 _PSI_FLOOR = 1e-4  # an empty bin would make PSI infinite
-_LOOKUP_CELLS = 32  # lookup cells per distinct reference value: most hold none or one
 
 
 @dataclass(frozen=True)
@@ -137,15 +133,15 @@ def choose_test(kind: str, n_ref: int, n_cur: int) -> str:
 
 def ks_test(ref: Any, cur: Any) -> tuple[float, float]:
     """Two-sample Kolmogorov-Smirnov statistic and p-value (scipy's ``method="asymp"``)."""
-    grid = _Grid(_finite(ref, "ref"))
+    grid = Grid(_finite(ref, "ref"))
     counts = grid.count(_finite(cur, "cur"))
     d = counts.ks()
-    return d, _ks_p_value(d, grid.size, counts.n)
+    return d, ks_p_value(d, grid.size, counts.n)
 
 
 def wasserstein_distance(ref: Any, cur: Any) -> float:
     """Wasserstein-1 (earth mover's) distance between two samples, in the values' units."""
-    return _Grid(_finite(ref, "ref")).count(_finite(cur, "cur")).wasserstein()
+    return Grid(_finite(ref, "ref")).count(_finite(cur, "cur")).wasserstein()
 
 
 def psi(ref: Any, cur: Any, *, edges: Any = None) -> float:
@@ -416,7 +412,7 @@ class _NumericReference:
     def __init__(self, spec: Mapping[str, Any]) -> None:
         self.spec = spec
         self.sample = _snap_integers(decode_sample(spec["sample"]), spec["sample"])
-        self.grid = _Grid(self.sample)
+        self.grid = Grid(self.sample)
 
     @property
     def scale(self) -> float:
@@ -438,7 +434,7 @@ class _NumericReference:
 def _ks(ref: _NumericReference, cur: np.ndarray) -> tuple[float, float | None]:
     counts = ref.grid.count(cur)
     d = counts.ks()
-    return d, _ks_p_value(d, ref.grid.size, counts.n)
+    return d, ks_p_value(d, ref.grid.size, counts.n)
 
 
 def _wasserstein(ref: _NumericReference, cur: np.ndarray) -> tuple[float, float | None]:
@@ -459,146 +455,6 @@ _CATEGORICAL_TESTS: dict[str, Callable[[Any, Any], tuple[float, float | None]]] 
     "chi2": chi_squared,
     "jensen_shannon": lambda ref, cur: (jensen_shannon(ref, cur), None),
 }
-
-
-# -- exact KS and Wasserstein from counts -------------------------------------------------------
-class _Grid:
-    """A reference sample's distinct values, its CDF at them, and a table to place new values.
-
-    :meth:`locate` is ``np.searchsorted(values, x)`` made cheaper for many ``x``: a uniform grid
-    of cells over the values' range tells, per cell, how many values lie in earlier cells, and
-    the few in the same cell are compared one by one. The cell of a number is computed the same
-    monotone way for the values and for ``x``, so rounding can never misplace one.
-    """
-
-    def __init__(self, sample: np.ndarray) -> None:
-        self.values, counts = np.unique(sample, return_counts=True)
-        self.size = int(counts.sum())
-        self.cdf = np.cumsum(counts) / self.size
-        k = len(self.values)
-        span = float(self.values[-1] - self.values[0])
-        cells = _LOOKUP_CELLS * k
-        scale = cells / span if k > 1 and math.isfinite(span) and span > 0 else 0.0
-        # A tiny or huge span would overflow the cell arithmetic: searchsorted does it then.
-        self._scale = scale if math.isfinite(scale) else 0.0
-        self._cells = cells
-        if self._scale:
-            own = self._cell(self.values)
-            self._before = np.searchsorted(own, np.arange(cells), side="left")
-            self._crowded = np.bincount(own, minlength=cells) > 1
-            self._padded = np.concatenate([self.values, [np.inf]])
-
-    def _cell(self, x: np.ndarray) -> np.ndarray:
-        scaled = x - self.values[0]
-        scaled *= self._scale
-        np.clip(scaled, 0, self._cells - 1, out=scaled)
-        return scaled.astype(np.intp)
-
-    def locate(self, x: np.ndarray) -> np.ndarray:
-        """For each ``x``, how many distinct reference values are strictly below it."""
-        if not self._scale:
-            return np.searchsorted(self.values, x, side="left")
-        cell = self._cell(x)
-        start = self._before[cell]
-        # Values in earlier cells are below x, in later cells above; one may share x's cell.
-        where = start + (self._padded[start] < x)
-        if self._crowded.any():
-            crowded = self._crowded[cell]
-            if crowded.any():
-                where[crowded] = np.searchsorted(self.values, x[crowded], side="left")
-        return where
-
-    def count(self, cur: np.ndarray) -> _Counts:
-        """Count the current values into the intervals between the reference values."""
-        k = len(self.values)
-        where = self.locate(cur)
-        # bin j holds values in (values[j-1], values[j]]; bin k those above the largest.
-        per_bin = np.bincount(where, minlength=k + 1)
-        on_value = np.concatenate([self.values, [np.inf]])[where] == cur
-        at = (np.bincount(where[on_value], minlength=k + 1)[:k] if on_value.any()
-              else np.zeros(k, dtype=np.int64))
-        center = float(self.values[k // 2])  # sums of centred values lose less to rounding
-        sums = np.bincount(where, weights=cur - center, minlength=k + 1)
-        return _Counts(self, cur, where, per_bin, at, sums, center)
-
-
-@dataclass
-class _Counts:
-    """Current values counted against a :class:`_Grid`: the current CDF at each reference value."""
-
-    grid: _Grid
-    cur: np.ndarray
-    where: np.ndarray
-    per_bin: np.ndarray
-    at: np.ndarray
-    sums: np.ndarray
-    center: float
-    n: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.n = int(self.cur.size)
-        upto = np.cumsum(self.per_bin)[:-1]
-        self.cdf_at = upto / self.n  # F_cur(v) for each reference value v
-        self.cdf_below = (upto - self.at) / self.n  # F_cur just below v
-
-    def ks(self) -> float:
-        """sup |F_ref - F_cur|: both are steps, so it is reached at or just below a value."""
-        ref = self.grid.cdf
-        ref_below = np.concatenate([[0.0], ref[:-1]])
-        return float(max(np.abs(ref - self.cdf_at).max(),
-                         np.abs(ref_below - self.cdf_below).max()))
-
-    def wasserstein(self) -> float:
-        """The area between the two CDFs, interval by interval."""
-        values, ref, k, n = self.grid.values, self.grid.cdf, len(self.grid.values), self.n
-        u = values - self.center
-        # Below the smallest reference value F_ref is 0, above the largest 1.
-        total = (self.per_bin[0] * u[0] - self.sums[0]) + (self.sums[k] - self.per_bin[k] * u[-1])
-        total /= n
-        if k == 1:
-            return float(total)
-        width = np.diff(values)
-        level = ref[:-1]  # F_ref on each interval
-        low, high = self.cdf_at[:-1], self.cdf_below[1:]  # F_cur at its two ends
-        # The area under F_cur on each interval: its value at the left end, plus what each
-        # current value inside adds up to the right end.
-        inside = self.per_bin[1:k] * u[1:] - self.sums[1:k]
-        area = low * width + inside / n
-        crossing = (low < level) & (level < high)
-        total += float(np.abs(level * width - area)[~crossing].sum())
-        if crossing.any():
-            total += self._crossing_area(np.flatnonzero(crossing) + 1)
-        return float(total)
-
-    def _crossing_area(self, bins: np.ndarray) -> float:
-        """The exact area in intervals where F_cur crosses F_ref: sort their values only."""
-        values, ref = self.grid.values, self.grid.cdf
-        marked = np.zeros(len(values) + 1, dtype=bool)
-        marked[bins] = True
-        inside = np.sort(self.cur[marked[self.where]])
-        where = np.searchsorted(values, inside, side="left")
-        keep = inside < values[np.minimum(where, len(values) - 1)]  # strictly inside
-        x, b = inside[keep], where[keep]
-        first = np.flatnonzero(np.concatenate([[True], b[1:] != b[:-1]]))
-        sizes = np.diff(np.concatenate([first, [len(x)]]))
-        rank = np.arange(len(x)) - np.repeat(first, sizes) + 1
-        level = ref[b - 1]
-        start = self.cdf_at[b - 1]
-        after = start + rank / self.n  # F_cur right after each value
-        right = np.concatenate([x[1:], [0.0]])
-        last = np.concatenate([b[1:] != b[:-1], [True]])
-        right[last] = values[b[last]]
-        area = float(np.sum((right - x) * np.abs(level - after)))
-        head = first  # from the interval's left end to its first value, F_cur is still `start`
-        area += float(np.sum((x[head] - values[b[head] - 1]) * np.abs(level[head] - start[head])))
-        return area
-
-
-def _ks_p_value(d: float, m: int, n: int) -> float:
-    from scipy.stats import kstwo
-
-    effective = max(1, round(m * n / (m + n)))
-    return float(min(max(kstwo.sf(d, effective), 0.0), 1.0))
 
 
 # -- helpers ------------------------------------------------------------------------------------
