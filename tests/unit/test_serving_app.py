@@ -376,7 +376,7 @@ async def test_alias_move_swaps_versions_without_failing_requests(registry: Regi
             await asyncio.sleep(0.1)
             registry.set_alias("const", "production", 2)
             await app.watcher.poll()
-            await asyncio.gather(*list(app.watcher._swaps))
+            await asyncio.gather(*list(app.watcher.spawned))
             await asyncio.sleep(0.1)
             stop.set()
             await asyncio.gather(*workers)

@@ -304,7 +304,7 @@ async def test_poll_applies_a_new_revision_of_a_loaded_rollout_at_once() -> None
         deployments=[newer], cursor="c1")
     await r.poll()
     assert r.active["m"].deployment is newer and r._seen["m"] == (7, 2)
-    assert held.stats["candidate"].requests == 0 and not r._tasks  # nothing spawned
+    assert held.stats["candidate"].requests == 0 and not r.spawned  # nothing spawned
 
 
 def labeled_store(monkeypatch: pytest.MonkeyPatch, metric: Any) -> tuple[Rollouts, Any]:

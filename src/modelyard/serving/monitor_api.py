@@ -16,8 +16,6 @@ labels decide rollbacks and retraining, so not everyone may send them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
@@ -25,13 +23,13 @@ import orjson
 
 from modelyard.errors import InputError
 from modelyard.serving.http import Receive, Scope, Send, read_body, respond
+from modelyard.serving.poller import Poller
 from modelyard.serving.protocol_v1 import BadJSONError
 
 if TYPE_CHECKING:
     from modelyard.monitoring.monitor import Monitor
     from modelyard.serving.app import App
 
-log = logging.getLogger(__name__)
 
 MONITOR_ROUTES: list[tuple[str, str, str]] = [
     ("POST", "/v1/models/{name}/feedback", "monitor_feedback"),
@@ -144,38 +142,25 @@ class MonitorAPI:
                                                "events": [e.to_dict() for e in events]}))
 
 
-class MonitorGauges:
+class MonitorGauges(Poller):
     """Refreshes the monitoring gauges (metrics from labels, latest drift) every interval.
 
     Runs on the default executor, not the registry thread, so a large window never delays
     alias or rollout polling.
     """
 
+    doing = "refresh the monitoring gauges"
+
     def __init__(self, app: App, api: MonitorAPI) -> None:
+        super().__init__()
         self.app = app
         self.api = api
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        """Start refreshing on the running loop."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+    def interval(self) -> float:
+        return float(self.app.options.monitor_interval_s)
 
-    async def stop(self) -> None:
-        """Stop refreshing."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.app.options.monitor_interval_s)
-            try:
-                await asyncio.get_running_loop().run_in_executor(None, self.refresh)
-            except Exception as exc:  # monitoring must never take serving down
-                log.warning("could not refresh the monitoring gauges: %s", exc)
+    async def tick(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.refresh)
 
     def refresh(self) -> None:
         """Read every served model's metric windows and latest drift check into the gauges."""

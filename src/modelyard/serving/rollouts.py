@@ -30,13 +30,12 @@ other processes have applied it and published their share.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -49,6 +48,7 @@ from modelyard.rollout.routing import choose_variant
 from modelyard.rollout.stats import WindowStats
 from modelyard.serving.batching import QueueFullError
 from modelyard.serving.catalog import Catalog
+from modelyard.serving.poller import Poller
 from modelyard.serving.runner import Runner
 
 log = logging.getLogger(__name__)
@@ -210,10 +210,13 @@ def _status(exc: BaseException) -> int:
     return int(getattr(exc, "status_code", 500))
 
 
-class Rollouts:
+class Rollouts(Poller):
     """Apply the registry's deployments to the served models; ``start``/``stop`` on the loop."""
 
+    doing = "read or write rollouts"
+
     def __init__(self, catalog: Catalog) -> None:
+        super().__init__()
         self.catalog = catalog
         #: model name -> its active rollout; read once per request.
         self.active: dict[str, ActiveRollout] = {}
@@ -229,37 +232,15 @@ class Rollouts:
         self._labels_failed: set[int] = set()  # deployments whose label metric failed (warned)
         self._failed: dict[tuple[int, int], float] = {}
         self._applying: set[str] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._task: asyncio.Task[None] | None = None
 
-    # -- lifecycle ------------------------------------------------------------------------------
-    def start(self) -> None:
-        """Start polling on the running loop."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+    # -- the loop -------------------------------------------------------------------------------
+    def interval(self) -> float:
+        return float(self.catalog.options.poll_interval_s)
 
-    async def stop(self) -> None:
-        """Stop polling and wait for deployments being applied."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    async def _run(self) -> None:
-        interval = self.catalog.options.poll_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.poll()
-                await self.publish()
-                await self.analyze_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the registry may be briefly unreachable; keep serving
-                log.warning("could not read or write rollouts: %s", exc)
+    async def tick(self) -> None:
+        await self.poll()
+        await self.publish()
+        await self.analyze_due()
 
     async def _io(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -288,12 +269,7 @@ class Rollouts:
                 self._update(held, d)
                 self._seen[d.model] = ident
                 continue
-            self._spawn(self.apply(d))
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            self.spawn(self.apply(d))
 
     async def apply(self, d: Any) -> None:
         """Route ``d.model`` by deployment ``d``, or back by its alias once ``d`` has ended."""

@@ -9,13 +9,12 @@ assignment, and only then evicts the old runner, which finishes its queued reque
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
 
 from modelyard.serving.catalog import Catalog
+from modelyard.serving.poller import Poller
 
 log = logging.getLogger(__name__)
 
@@ -41,41 +40,22 @@ def alias_moves(
     return moves
 
 
-class Watcher:
+class Watcher(Poller):
     """Poll the registry and apply alias moves to the catalog; ``start``/``stop`` on the loop."""
 
+    doing = "read the registry for alias moves"
+
     def __init__(self, catalog: Catalog) -> None:
+        super().__init__()
         self.catalog = catalog
-        self._task: asyncio.Task[None] | None = None
         self._failed: dict[tuple[str, int], float] = {}
         self._swapping: set[str] = set()
-        self._swaps: set[asyncio.Task[None]] = set()
 
-    def start(self) -> None:
-        """Start polling on the running loop."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+    def interval(self) -> float:
+        return float(self.catalog.options.poll_interval_s)
 
-    async def stop(self) -> None:
-        """Stop polling and wait for swaps in progress."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._swaps:
-            await asyncio.gather(*list(self._swaps), return_exceptions=True)
-
-    async def _run(self) -> None:
-        interval = self.catalog.options.poll_interval_s
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.poll()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the registry may be briefly unreachable; keep serving
-                log.warning("could not read the registry for alias moves: %s", exc)
+    async def tick(self) -> None:
+        await self.poll()
 
     async def poll(self) -> None:
         """Read the registry once and start a swap for each moved alias."""
@@ -89,9 +69,7 @@ class Watcher:
             if target is not None and now < self._failed.get((name, target), 0.0):
                 continue
             self._swapping.add(name)
-            task = asyncio.get_running_loop().create_task(self._swap(name, target))
-            self._swaps.add(task)
-            task.add_done_callback(self._swaps.discard)
+            self.spawn(self._swap(name, target))
 
     async def _swap(self, name: str, target: int | None) -> None:
         catalog = self.catalog
