@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ import click
 
 from modelyard.cli.output import console, fmt_time, print_fields, print_json, print_table
 from modelyard.cli.state import State, pass_state
+from modelyard.config import parse_duration
 from modelyard.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -98,23 +100,29 @@ def drift(state: State, model: str, since: str | None, version: int | None, hist
 @monitor.command(short_help="A model's declared metrics from fed-back labels, per version.")
 @click.argument("model")
 @_SINCE
+@click.option("--every", default=None, metavar="DURATION",
+              help="Cut the window into windows this long (10m, 1h): a series per version.")
 @_JSON
 @pass_state
-def metrics(state: State, model: str, since: str | None, as_json: bool) -> None:
+def metrics(state: State, model: str, since: str | None, every: str | None,
+            as_json: bool) -> None:
     """Show MODEL's declared metrics per version and variant over the window, computed from
     the labels sent with 'modelyard feedback' (or POST /v1/models/MODEL/feedback), and the
     latency of its logged requests."""
     mon = _monitor(state)
     start = _since(since)
-    windows = mon.metrics(model, since=start)
+    step = None if every is None else timedelta(seconds=parse_duration(every))
+    windows = mon.metrics(model, since=start, every=step)
     latency = mon.latency(model, since=start)
     if as_json:
         print_json({"windows": [w.to_dict() for w in windows], "latency": latency.to_dict()})
         return
     names = sorted({n for w in windows for n in w.values})
-    print_table(["version", "variant", "requests", "labeled", *names],
-                [[f"v{w.version}", w.variant, w.requests, w.labeled,
-                  *[_num(w.values.get(n)) for n in names]] for w in windows],
+    window = ["from", "to"] if step is not None else []
+    print_table([*window, "version", "variant", "requests", "labeled", *names],
+                [[*([w.start, w.end] if step is not None else []), f"v{w.version}", w.variant,
+                  w.requests, w.labeled, *[_num(w.values.get(n)) for n in names]]
+                 for w in windows],
                 empty=f"no logged predictions of '{model}' in the window")
     if latency.requests:
         print_fields({"logged requests": latency.requests, "p50": f"{latency.p50_ms} ms",

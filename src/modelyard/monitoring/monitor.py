@@ -218,9 +218,10 @@ class Monitor:
     def metrics(self, model: str, *, since: datetime | None = None,
                 until: datetime | None = None, version: int | None = None,
                 versions: Sequence[int] | None = None, names: Sequence[str] | None = None,
-                by_variant: bool = True, errors: bool = False) -> list[MetricWindow]:
-        """Declared metrics per version (and variant) over the window, from fed-back labels
-        (with bootstrap standard errors when ``errors``)."""
+                by_variant: bool = True, errors: bool = False,
+                every: timedelta | None = None) -> list[MetricWindow]:
+        """Declared metrics per version (and variant) over the window, from fed-back labels;
+        ``every`` splits the window into a series, ``errors`` adds bootstrap standard errors."""
         if names is None:
             names = self.declared_metrics(self.watched_version(model))
         start = self._since(model, since)
@@ -228,7 +229,7 @@ class Monitor:
                                   versions=versions, with_inputs=False)
         labels = self.labels(model, [p.request_id for p in logged])
         return metric_windows(model, logged, labels, names, group_by_variant=by_variant,
-                              errors=errors)
+                              errors=errors, every=every)
 
     def latency(self, model: str, *, since: datetime | None = None) -> LatencySummary:
         """p50 and p99 latency of the answered requests in the window, and the share that

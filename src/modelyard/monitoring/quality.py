@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -72,19 +72,30 @@ def label_rows(label: Any, rows: int, predicted: Sequence[Any]) -> list[Any] | N
 
 def metric_windows(model: str, predictions: Iterable[LoggedPrediction],
                    labels: Mapping[str, Any], names: Sequence[str],
-                   *, group_by_variant: bool = True, errors: bool = False) -> list[MetricWindow]:
+                   *, group_by_variant: bool = True, errors: bool = False,
+                   every: timedelta | None = None) -> list[MetricWindow]:
     """Score each version's (and variant's) labeled predictions on the metrics ``names``.
 
-    ``errors=True`` adds each value's standard error, from :data:`BOOTSTRAP` resamples of the
-    labeled rows (what rollout analysis needs to tell a real regression from chance).
+    ``every`` cuts time into windows of that length (aligned to the epoch) and scores each one
+    apart: a series per version. ``errors=True`` adds each value's standard error, from
+    :data:`BOOTSTRAP` resamples of the labeled rows (what rollout analysis needs to tell a real
+    regression from chance).
     """
-    groups: dict[tuple[int, str], _Pairs] = {}
+    step = every.total_seconds() if every is not None else None
+    if step is not None and step <= 0:
+        raise ValueError("every must be a positive duration")
+    groups: dict[tuple[float, int, str], _Pairs] = {}
     for p in predictions:
-        key = (p.version, p.variant if group_by_variant else "")
+        bucket = (p.at.timestamp() // step) * step if step is not None else 0.0
+        key = (bucket, p.version, p.variant if group_by_variant else "")
         pairs = groups.setdefault(key, _Pairs())
         pairs.requests += 1
-        pairs.first = p.at if pairs.first is None else min(pairs.first, p.at)
-        pairs.last = p.at if pairs.last is None else max(pairs.last, p.at)
+        if step is None:
+            pairs.first = p.at if pairs.first is None else min(pairs.first, p.at)
+            pairs.last = p.at if pairs.last is None else max(pairs.last, p.at)
+        else:
+            pairs.first = datetime.fromtimestamp(bucket, UTC)
+            pairs.last = datetime.fromtimestamp(bucket + step, UTC)
         if p.request_id not in labels or "predictions" not in p.outputs:
             continue
         predicted = p.outputs["predictions"]
@@ -104,7 +115,7 @@ def metric_windows(model: str, predictions: Iterable[LoggedPrediction],
     return [MetricWindow(model, version, variant, g.first, g.last, g.requests, len(g.truth),
                          _score(names, g), g.mismatched,
                          _bootstrap(names, g) if errors else {})
-            for (version, variant), g in sorted(groups.items())]
+            for (_, version, variant), g in sorted(groups.items())]
 
 
 def _bootstrap(names: Sequence[str], pairs: _Pairs, resamples: int = 0,

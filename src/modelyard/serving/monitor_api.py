@@ -16,11 +16,13 @@ labels decide rollbacks and retraining, so not everyone may send them.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 import orjson
 
+from modelyard.config import parse_duration
 from modelyard.errors import InputError
 from modelyard.serving.http import Receive, Scope, Send, read_body, respond
 from modelyard.serving.poller import Poller
@@ -107,9 +109,12 @@ class MonitorAPI:
 
     async def monitor_metrics(self, scope: Scope, receive: Receive, send: Send,
                               name: str) -> None:
-        """``GET /api/v1/models/{name}/metrics[?since=1h]``: metrics and latency in the window."""
+        """``GET /api/v1/models/{name}/metrics[?since=1h&every=10m]``: metrics per version (per
+        sub-window with ``every``) and latency in the window."""
         since = _since(scope)
-        windows = await self.app.admin._io(self.monitor.metrics, name, since=since)
+        every = _param(scope, "every")
+        step = None if every is None else timedelta(seconds=parse_duration(every))
+        windows = await self.app.admin._io(self.monitor.metrics, name, since=since, every=step)
         latency = await self.app.admin._io(self.monitor.latency, name, since=since)
         await respond(send, 200, orjson.dumps({"model": name,
                                                "windows": [w.to_dict() for w in windows],

@@ -136,7 +136,10 @@ _MONITOR_PATHS: dict[str, Any] = {
     }},
     "/api/v1/models/{name}/metrics": _get(
         "Monitor: declared metrics per version and variant from fed-back labels, and latency",
-        [_NAME, _SINCE], None, 400, 404),
+        [_NAME, _SINCE, {"name": "every", "in": "query", "required": False,
+                         "schema": {"type": "string"},
+                         "description": "Sub-window length (10m, 1h): a series per version"}],
+        None, 400, 404),
     "/api/v1/models/{name}/drift": {
         **_get("Monitor: stored drift checks, newest first",
                [_NAME, {"name": "limit", "in": "query", "required": False,
