@@ -104,15 +104,20 @@ def drive(cluster: Cluster, model: str, until: str, timeout_s: float = 40.0) -> 
     return served
 
 
-def assert_merged(cluster: Cluster, event: Any) -> None:
-    """The decision rests on both processes' windows: the merged count is their sum, above
-    either one alone."""
-    shares = event.details["processes"]
-    assert sorted(shares) == sorted(s.name for s in cluster.servers), (event, cluster.logs())
-    per_process = [share["candidate"] for share in shares.values()]
-    assert event.details["candidate_requests"] == sum(per_process)
-    assert event.details["candidate_requests"] > max(per_process), event.details
-    assert event.details["stable_requests"] == sum(s["stable"] for s in shares.values())
+def assert_merged(cluster: Cluster, events: list[Any]) -> None:
+    """Each decision rests on both processes' windows (the merged count is their sum), and
+    both processes' traffic counted. (A process that applied a step a moment before the
+    leader decided may still show an empty window in that one decision: under load, its
+    first publish of the step can land before it has served anything.)"""
+    contributed: Counter[str] = Counter()
+    for event in events:
+        shares = event.details["processes"]
+        assert sorted(shares) == sorted(s.name for s in cluster.servers), (event, cluster.logs())
+        per_process = [share["candidate"] for share in shares.values()]
+        assert event.details["candidate_requests"] == sum(per_process)
+        assert event.details["stable_requests"] == sum(s["stable"] for s in shares.values())
+        contributed.update({name: share["candidate"] for name, share in shares.items()})
+    assert all(contributed[s.name] > 0 for s in cluster.servers), contributed
 
 
 def grpc_answers(address: str, model: str, n: int) -> list[dict[str, str]]:
@@ -146,8 +151,7 @@ def promote_once_per_step(cluster: Cluster, model: str) -> None:
     assert [(e.action, e.actor) for e in events] == [
         ("start", "user:tester"), ("advance", "analysis"), ("promote", "analysis")], events
     assert all(e.deployment_id == d.id for e in events)
-    for event in events[1:]:
-        assert_merged(cluster, event)
+    assert_merged(cluster, events[1:])
     wait_each(cluster, lambda c: predict(c, model).headers["x-model-version"] == "2"
               and predict(c, model).headers["x-model-variant"] == "production")
 
@@ -193,7 +197,7 @@ def test_two_processes_on_sqlite_apply_together_and_decide_once(cluster_on) -> N
     assert [(e.action, e.actor) for e in events] == [
         ("start", "user:tester"), ("rollback", "analysis")], events
     assert "error rate" in events[1].reason
-    assert_merged(cluster, events[1])
+    assert_merged(cluster, events[1:])
     wait_each(cluster, lambda c: not routed("bad")(c))
     assert all(predict(c, "bad").headers["x-model-version"] == "1" for c in cluster.clients)
 
