@@ -175,12 +175,15 @@ def rows(n: int, start: datetime, model: str = "fraud") -> list[dict[str, Any]]:
              "outputs": {"predictions": [i % 2]}} for i in range(n)]
 
 
-@pytest.mark.parametrize("kind", ["db", "parquet"])
+@pytest.mark.parametrize("kind", ["db", "parquet",
+                                  pytest.param("postgres", marks=pytest.mark.integration)])
 def test_stores_read_back_what_they_wrote_by_window_and_version(
-        kind: str, tmp_path: Path) -> None:
-    with Registry.open(Settings.from_env(home=tmp_path / "home", actor="t")) as registry:
-        store = open_store(registry, "db" if kind == "db" else f"parquet:{tmp_path / 'log'}")
-        assert isinstance(store, DatabaseStore if kind == "db" else ParquetStore)
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    db_url = str(request.getfixturevalue("pg_url")) if kind == "postgres" else None
+    settings = Settings.from_env(home=tmp_path / "home", db_url=db_url, actor="t")
+    with Registry.open(settings) as registry:
+        store = open_store(registry, f"parquet:{tmp_path / 'log'}" if kind == "parquet" else "db")
+        assert isinstance(store, ParquetStore if kind == "parquet" else DatabaseStore)
         t0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
         store.write(rows(10, t0))
         store.write(rows(3, t0, model="other"))

@@ -21,6 +21,7 @@ Both read back through :meth:`LogStore.read`, which monitoring uses for metrics 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: entries summarised between two yields of the GIL (a chunk holds it for well under 1 ms).
+_CHUNK = 64
 #: outputs with more values than this (masks, long sequences) are logged as their shape only.
 MAX_OUTPUT_VALUES = 10_000
 ENV = "MODELYARD_PREDICTION_LOG"
@@ -187,13 +190,10 @@ class PredictionLog:
                 entries.append(queue.popleft())
             except IndexError:  # pragma: no cover - only one consumer
                 break
-        rows = []
-        for entry in entries:
-            try:
-                rows.append(self._row(*entry))
-            except Exception as exc:  # one odd input never stops the log
-                self.dropped += 1
-                self._warn("a prediction could not be summarised for the log: %s", exc)
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(entries), _CHUNK):
+            rows.extend(self._rows(entries[start:start + _CHUNK]))
+            time.sleep(0)  # hand the GIL to the event loop between chunks: no latency spikes
         if not rows:
             return
         try:
@@ -204,23 +204,54 @@ class PredictionLog:
             return
         self.written += len(rows)
 
-    def _row(self, policy: LogPolicy, request_id: str, variant: str, at: float,
-             latency_s: float, batch: Any, rows: int,
-             prediction: Prediction | int) -> dict[str, Any]:
-        from modelyard.monitoring.summary import summarize
+    def _rows(self, entries: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        """Log rows of ``entries``; the answered requests of one version are summarised together
+        (:func:`~modelyard.monitoring.summary.summarize_many`)."""
+        inputs: dict[int, dict[str, Any]] = {}
+        groups: dict[int, list[int]] = {}
+        for i, entry in enumerate(entries):
+            if isinstance(entry[7], int):  # a failed request: its status, nothing to summarise
+                inputs[i] = {}
+            else:
+                groups.setdefault(id(entry[0]), []).append(i)
+        for members in groups.values():
+            inputs.update(self._summaries(entries, members))
+        rows = []
+        for i, (policy, request_id, variant, at, latency_s, _, n, answer) in enumerate(entries):
+            if i not in inputs:
+                continue  # its summary failed: counted as dropped
+            try:
+                outputs = {"error": answer} if isinstance(answer, int) else outputs_of(answer)
+            except Exception as exc:
+                self.dropped += 1
+                self._warn("a prediction could not be kept in the log: %s", exc)
+                continue
+            rows.append({
+                "request_id": request_id, "model": policy.model, "version": policy.version,
+                "variant": variant, "at": datetime.fromtimestamp(at, UTC),
+                "latency_ms": round(latency_s * 1000.0, 4), "rows": n,
+                "inputs": inputs[i], "outputs": outputs,
+            })
+        return rows
 
-        if isinstance(prediction, int):  # a failed request: its status, nothing to summarise
-            inputs, outputs = {}, {"error": prediction}
-        else:
-            inputs = summarize(batch, policy.signature, policy.reference,
-                               sensitive=policy.sensitive, hash_key=self.hash_key)
-            outputs = outputs_of(prediction)
-        return {
-            "request_id": request_id, "model": policy.model, "version": policy.version,
-            "variant": variant, "at": datetime.fromtimestamp(at, UTC),
-            "latency_ms": round(latency_s * 1000.0, 4), "rows": rows,
-            "inputs": inputs, "outputs": outputs,
-        }
+    def _summaries(self, entries: list[tuple[Any, ...]],
+                   members: list[int]) -> dict[int, dict[str, Any]]:
+        from modelyard.monitoring.summary import summarize, summarize_many
+
+        policy = entries[members[0]][0]
+        options = {"sensitive": policy.sensitive, "hash_key": self.hash_key}
+        with contextlib.suppress(Exception):  # an odd input spoils a stacked batch: one by one
+            found = summarize_many([entries[i][5] for i in members], policy.signature,
+                                   policy.reference, **options)
+            return dict(zip(members, found, strict=True))
+        out = {}
+        for i in members:
+            try:
+                out[i] = summarize(entries[i][5], policy.signature, policy.reference, **options)
+            except Exception as exc:  # one odd input never stops the log
+                self.dropped += 1
+                self._warn("a prediction could not be summarised for the log: %s", exc)
+        return out
 
     def _warn(self, message: str, *args: Any) -> None:
         now = time.monotonic()
@@ -277,13 +308,22 @@ class DatabaseStore:
         self.registry = registry
 
     def write(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert ``rows`` in one transaction."""
-        from sqlalchemy import insert
+        """Insert ``rows`` in one transaction: one driver-level executemany.
 
-        from modelyard.registry.tables import PredictionRow
-
+        The ORM and SQLAlchemy's per-value type processing cost more than the rest of the log
+        together, so rows go to the driver as tuples: JSON already encoded (orjson), times as
+        naive UTC (text in SQLite's layout, which the registry's column type reads back).
+        """
+        dialect = self.registry.db.dialect
+        mark = "?" if dialect == "sqlite" else "%s"
+        sql = (f"INSERT INTO predictions ({', '.join(_COLUMNS)}) "
+               f"VALUES ({', '.join([mark] * len(_COLUMNS))})")
+        when = _sqlite_time if dialect == "sqlite" else _naive_utc
+        params = [(r["request_id"], r["model"], r["version"], r["variant"], when(r["at"]),
+                   r["latency_ms"], r["rows"], orjson.dumps(r["inputs"]).decode(),
+                   orjson.dumps(r["outputs"]).decode()) for r in rows]
         with self.registry.db.session(write=True) as s:
-            s.execute(insert(PredictionRow), [dict(r) for r in rows])
+            s.connection().exec_driver_sql(sql, params)
 
     def read(self, model: str, *, since: datetime | None = None, until: datetime | None = None,
              versions: Sequence[int] | None = None, limit: int | None = None,
@@ -373,6 +413,18 @@ class ParquetStore:
                         orjson.loads(rec["outputs"])))
         found.sort(key=lambda p: p.at)
         return found[-limit:] if limit is not None else found
+
+
+_COLUMNS = ("request_id", "model", "version", "variant", "at", "latency_ms", "rows", "inputs",
+            "outputs")
+
+
+def _naive_utc(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(tzinfo=None)
+
+
+def _sqlite_time(at: datetime) -> str:
+    return _naive_utc(at).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def open_store(registry: Registry, where: str | None = None) -> LogStore | None:

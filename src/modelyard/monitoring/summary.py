@@ -70,6 +70,51 @@ def summarize(batch: Any, signature: Signature, reference: Mapping[str, Any] | N
                                                    hash_key)
 
 
+def summarize_many(batches: Sequence[Any], signature: Signature,
+                   reference: Mapping[str, Any] | None, *,
+                   sensitive: Mapping[str, str] = _NO_FIELDS,
+                   hash_key: bytes = b"") -> list[dict[str, Any]]:
+    """:func:`summarize` of each batch, in order; tables are converted in one pass.
+
+    The prediction log writes hundreds of one-row requests at a time: stacking their rows and
+    converting each column once costs a few microseconds per request instead of one column
+    conversion per request and field.
+    """
+    stacked = _stack_table(batches, signature, reference) if len(batches) > 1 else None
+    if stacked is None:
+        return [summarize(b, signature, reference, sensitive=sensitive, hash_key=hash_key)
+                for b in batches]
+    whole = summarize(stacked, signature, reference, sensitive=sensitive, hash_key=hash_key)
+    columns = whole["columns"]
+    extra = {k: v for k, v in whole.items() if k != "columns"}
+    out = []
+    start = 0
+    for batch in batches:
+        end = start + len(batch)
+        out.append({"columns": {name: values[start:end] for name, values in columns.items()},
+                    **extra})
+        start = end
+    return out
+
+
+def _stack_table(batches: Sequence[Any], signature: Signature,
+                 reference: Mapping[str, Any] | None) -> Any:
+    """One table of every batch's rows, or None when they do not stack (then one by one)."""
+    if _kind(signature, reference) != "table":
+        return None
+    if all(isinstance(b, np.ndarray) and b.ndim == 2 for b in batches):
+        if len({b.shape[1] for b in batches}) == 1 and len({b.dtype for b in batches}) == 1:
+            return np.concatenate(batches)
+        return None
+    if all(hasattr(b, "columns") and hasattr(b, "iloc") for b in batches):
+        import pandas as pd
+
+        first = list(batches[0].columns)
+        if all(list(b.columns) == first for b in batches):
+            return pd.concat(list(batches), ignore_index=True)
+    return None
+
+
 def current_from_log(inputs: Sequence[Mapping[str, Any]], reference: Mapping[str, Any]) -> Any:
     """Concatenate logged :func:`summarize` records into the ``current`` data of a drift check.
 
@@ -305,4 +350,9 @@ def _stacked(summaries: Sequence[Mapping[str, Any]], dims: int) -> np.ndarray:
                          "records of one version at a time") from None
 
 
-__all__ = ["current_from_log", "hash_value", "summarize"]
+__all__ = [
+    "current_from_log",
+    "hash_value",
+    "summarize",
+    "summarize_many",
+]

@@ -52,13 +52,15 @@ class Database:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(
-                parsed, connect_args={"timeout": 60, "check_same_thread": False}
+                parsed, connect_args={"timeout": 60, "check_same_thread": False},
+                json_serializer=_json_dumps,
             )
             _tune_sqlite(engine)
             return engine
         connect_args = {"connect_timeout": 5} if self.dialect == "postgresql" else {}
         try:
-            return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+            return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args,
+                                 json_serializer=_json_dumps)
         except (ImportError, SQLAlchemyError) as exc:
             raise ConfigError(
                 f"cannot use registry database {self.display_url}: {exc}; "
@@ -171,6 +173,16 @@ def _tune_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Any) -> None:
         mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _json_dumps(value: Any) -> str:
+    """JSON columns through orjson: several times faster than ``json.dumps`` (the prediction
+    log writes thousands of rows a second); numpy values and non-string keys are accepted, and
+    NaN becomes null rather than invalid JSON."""
+    import orjson
+
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+                        ).decode()
 
 
 def _first_line(exc: BaseException) -> str:
