@@ -142,9 +142,10 @@ def heal(examples: Path, spec: Spec, registry: Registry, settings: Settings, out
 
 def tuned(spec: Spec) -> Spec:
     """The fraud spec with a demo's clocks: quick drift checks and canary steps of seconds."""
-    # drift is the trigger to show: no nightly schedule, no label-count trigger
+    # drift is the trigger to show: no nightly schedule, no label-count or metric trigger
+    # (with labels flowing in, F1 could fall below its bound a tick before the drift check)
     retrain = spec.retrain.model_copy(update={"auto_rollout": True, "schedule": None,
-                                              "new_labels": None,
+                                              "new_labels": None, "metric_below": {},
                                               "drift_share": spec.retrain.drift_share or 0.3})
     rollout = spec.rollout.model_copy(update={"strategy": "canary", "steps": [25, 50, 100],
                                               "every_s": 6.0, "min_requests": 40,
