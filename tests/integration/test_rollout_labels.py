@@ -46,12 +46,17 @@ def server(home: Path) -> Iterator[ServerProcess]:
         server.stop()
 
 
+@pytest.mark.parametrize("strategy", ["canary", "shadow"])
 def test_a_less_accurate_candidate_is_rolled_back_on_fed_back_labels(
-        home: Path, server: ServerProcess) -> None:
+        home: Path, server: ServerProcess, strategy: str) -> None:
+    """Canary: the candidate's own answers are labeled. Shadow: clients only ever see stable's
+    answers, but the candidate's shadow answers are logged under the same request ids, so the
+    same labels judge it."""
     X, y = tabular_data(n_rows=4000, n_features=N_FEATURES, seed=11)
     with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
         deps = Deployments(reg)
-        d = deps.start("quality", candidate=2, strategy="canary", steps=[50, 100], every_s=1.0,
+        steps = [50, 100] if strategy == "canary" else [100]
+        d = deps.start("quality", candidate=2, strategy=strategy, steps=steps, every_s=1.0,
                        rules={"metric": "accuracy", "min_labels": 40, "min_requests": 20,
                               "latency_floor_s": 1.0, "max_metric_regression": 0.05,
                               "require_labels": True}, actor="user:tester")
@@ -78,7 +83,8 @@ def test_a_less_accurate_candidate_is_rolled_back_on_fed_back_labels(
         final = deps.get("quality")
         assert failures == 0
         assert final.state == "rolled_back", final
-        assert variants.get("candidate", 0) > 0 and variants.get("stable", 0) > 0
+        assert variants.get("stable", 0) > 0
+        assert (variants.get("candidate", 0) > 0) == (strategy == "canary")
         rollback = deps.history("quality")[0]
         assert rollback.actor == "analysis"
         assert "accuracy" in rollback.reason

@@ -73,6 +73,7 @@ class FakeRunner:
         self.name, self.version, self.version_str = "m", version, str(version)
         self.predictor = SimpleNamespace(signature="same")
         self.answer, self.fail, self.closed, self.submitted = answer, fail, False, 0
+        self.log_policy: Any = None
 
     def prepare(self, payload: Any) -> tuple[Any, int]:
         return payload, 1
@@ -90,7 +91,7 @@ class FakeRunner:
 
 
 def rollouts() -> Rollouts:
-    catalog = SimpleNamespace(metrics=ServerMetrics(),
+    catalog = SimpleNamespace(metrics=ServerMetrics(), predlog=None,
                               options=SimpleNamespace(alias="production", poll_interval_s=1.0))
     return Rollouts(catalog)  # type: ignore[arg-type]
 
@@ -377,3 +378,20 @@ def test_grpc_metadata_names_the_answer_and_carries_the_routing_key() -> None:
     assert 'modelyard_request_duration_seconds_count{model="m",variant="production",version="1"}' \
         in text
     assert 'variant="candidate"' in text
+
+
+async def test_shadow_answers_are_logged_as_their_own_variant_under_the_request_id() -> None:
+    logged: list[tuple[Any, ...]] = []
+    r = rollouts()
+    r.catalog.predlog = SimpleNamespace(  # type: ignore[attr-defined]
+        record=lambda *entry: logged.append(entry))
+    candidate = FakeRunner(2, 3)
+    candidate.log_policy = SimpleNamespace(sampled=lambda: True)
+    held = ActiveRollout(Dep(strategy="shadow", steps=(100,)), FakeRunner(1), candidate)
+    call = SimpleNamespace(runner=None, variant="", request_id="req-9",
+                           answered=lambda batch, n, result: result)
+    await r.predict(held, call, lambda runner: [[1.0]], False, None, None, no_fallback)
+    await asyncio.sleep(0)  # the shadow future's callback runs
+    ((policy, request_id, variant, _latency, _batch, rows, answer),) = logged
+    assert (request_id, variant, rows) == ("req-9", "shadow", 1)
+    assert answer.predictions.tolist() == [3] and policy is candidate.log_policy

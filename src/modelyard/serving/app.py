@@ -172,7 +172,7 @@ class App:
             self.predlog = PredictionLog(store)
             self.predlog.start()
             self.metrics.watch_prediction_log(self.predlog)
-            self.catalog.logging = True
+            self.catalog.predlog = self.predlog
             self.gauges.start()
 
     async def _run_preload(self) -> None:

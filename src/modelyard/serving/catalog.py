@@ -60,8 +60,8 @@ class Catalog:
         self.predict_pool = ThreadPoolExecutor(options.predict_threads, "modelyard-predict")
         self.load_pool = ThreadPoolExecutor(options.load_threads, "modelyard-load")
         self.io_pool = ThreadPoolExecutor(1, "modelyard-registry")
-        #: whether loaded runners get a log policy (the app's prediction log is on).
-        self.logging = False
+        #: the app's PredictionLog when it is on (loaded runners then get a log policy).
+        self.predlog: Any = None
 
     # -- the request path -----------------------------------------------------------------------
     def runner_now(self, name: str, version: int | None = None) -> Runner | None:
@@ -128,7 +128,7 @@ class Catalog:
         record = await self.get_version_record(*key)
         loop = asyncio.get_running_loop()
         runner = await loop.run_in_executor(self.load_pool, self._open, record)
-        if self.logging:
+        if self.predlog is not None:
             runner.log_policy = log_policy(record)
         runner.start()
         return runner

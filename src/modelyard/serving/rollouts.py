@@ -455,12 +455,15 @@ class Rollouts(Poller):
             raise
         held.stats["stable"].observe(time.perf_counter() - start)
         if route.shadow:
-            self._shadow(held, batch, n, scores, result, to_payload)
+            self._shadow(held, batch, n, scores, result, to_payload, call.request_id)
         return call.answered(batch, n, result)  # type: ignore[no-any-return]
 
     def _shadow(self, held: ActiveRollout, batch: Any, n: int, scores: bool,
-                primary: Prediction, to_payload: Callable[[Runner], Any]) -> None:
-        """Send a copy to the candidate without awaiting it; record latency and agreement."""
+                primary: Prediction, to_payload: Callable[[Runner], Any],
+                request_id: str) -> None:
+        """Send a copy to the candidate without awaiting it; record latency and agreement, and
+        log the shadow answer (variant ``shadow``, the same request id) so that labels fed back
+        for the request judge the candidate too."""
         runner = held.candidate
         if runner.closed:
             return
@@ -491,7 +494,11 @@ class Rollouts(Poller):
                 stats.observe(latency, error=_status(exc) >= 500)
                 return
             stats.observe(latency)
-            stats.compare(agrees(primary, f.result()))
+            answer = f.result()
+            stats.compare(agrees(primary, answer))
+            policy, predlog = runner.log_policy, self.catalog.predlog
+            if policy is not None and predlog is not None and policy.sampled():
+                predlog.record(policy, request_id, "shadow", latency, batch, n, answer)
 
         future.add_done_callback(done)
 
