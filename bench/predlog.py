@@ -3,13 +3,14 @@
 Run: ``python bench/predlog.py`` (needs ``wrk`` and ``taskset``: ``apt-get install -y wrk``).
 
 One workload (scikit-learn HistGradientBoostingClassifier, 20 features, one row per request,
-16 connections), the server pinned to core 0 and wrk to core 1 as in ``bench/serve.py``. Each
-configuration runs in the same session, one after another: every request logged
-(``sample_rate: 1``, the default, the worst case for the log) to SQLite and to Parquet, and one
-request in ten (``sample_rate: 0.1``) to SQLite. The script prints throughput, p50/p99 and, from
-``/metrics``, how many predictions were written and dropped, then the overhead of each against
-the log switched off. This model answers in about 0.2 ms of one core, so the log's fixed cost
-per logged request (about 20 us) shows here as much as it ever will.
+16 connections), the server pinned to core 0 and wrk to core 1 as in ``bench/serve.py``. Every
+request logged (``sample_rate: 1``, the default, the worst case for the log) to SQLite and to
+Parquet, and one request in ten (``sample_rate: 0.1``) to SQLite, against the log switched off.
+The configurations run in interleaved rounds and each keeps its best round, so a slow minute of
+the machine does not land on one of them. The script prints throughput, p50/p99 and, from
+``/metrics``, how many predictions were written and dropped, then each one's overhead. This
+model answers in about 0.2 ms of one core, so the log's fixed cost per logged request (40 to
+60 us in the server) shows here as much as it ever will.
 Goal: at most 10 % of throughput and p99, and nothing dropped at this load.
 """
 
@@ -37,6 +38,8 @@ WIDTH = 20
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per measurement")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="interleaved rounds; each configuration keeps its best")
     args = parser.parse_args()
     missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
     if missing:
@@ -58,10 +61,13 @@ def main() -> int:
         runs = {"off": ("off", "tabular"), "sqlite": ("db", "tabular"),
                 "parquet": (f"parquet:{work / 'log'}", "tabular"),
                 "sqlite 10%": ("db", "sampled")}
-        results = {}
-        for label, (where, model) in runs.items():
-            print(f"log {label} ...", flush=True)
-            results[label] = measure(home, work, body, where, model, args.seconds)
+        results: dict[str, dict[str, float]] = {}
+        for round_ in range(args.rounds):  # interleaved rounds: drift of the machine hits all
+            for label, (where, model) in runs.items():
+                print(f"round {round_ + 1}: log {label} ...", flush=True)
+                got = measure(home, work, body, where, model, args.seconds)
+                if label not in results or got["rps"] > results[label]["rps"]:
+                    results[label] = got
         report(results)
     finally:
         shutil.rmtree(work, ignore_errors=True)
