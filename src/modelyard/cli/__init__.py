@@ -59,11 +59,12 @@ class _Main(click.Group):
 @click.version_option(package_name="modelyard", prog_name="modelyard")
 @click.pass_context
 def main(ctx: click.Context, home: str | None, db: str | None, artifacts: str | None) -> None:
-    """One yard for every model: train, version, promote, roll back and predict.
+    """One yard for every model: train, version, serve, roll out, watch and retrain.
 
     Declare models in modelyard.yaml (start with 'modelyard init'), train them with
     'modelyard train NAME', and refer to versions as NAME (its production alias), NAME:3 or
-    NAME@alias. Try 'modelyard demo' for a tour with three real models.
+    NAME@alias. Try 'modelyard demo' for a tour with three real models, and
+    'modelyard demo --heal' to watch one heal itself when its data drifts.
     """
     ctx.obj = State(home=home, db=db, artifacts=artifacts)
 
