@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -74,6 +76,25 @@ ROUTES = compile_routes([
 
 Handler = Callable[..., Awaitable[None]]
 
+class _RequestIds:
+    """Request ids: a random prefix per process and a counter. uuid4 costs a ``getrandom``
+    system call per request; these are unique across processes (a forked worker gets its own
+    prefix), not secret."""
+
+    def __init__(self) -> None:
+        self.pid = -1
+        self.prefix = ""
+        self.counter = itertools.count(1)
+
+    def new(self) -> str:
+        if self.pid != os.getpid():
+            self.pid, self.prefix = os.getpid(), uuid.uuid4().hex[:16]
+            self.counter = itertools.count(1)
+        return f"{self.prefix}{next(self.counter):08x}"
+
+
+_request_ids = _RequestIds()
+
 
 class Call:
     """What one prediction request resolved to, for its response and its metrics.
@@ -88,7 +109,7 @@ class Call:
         self.runner: Runner | None = None
         self.variant = "production"
         #: the id feedback refers to: the client's X-Request-Id (or OIP ``id``), else generated.
-        self.request_id = request_id or uuid.uuid4().hex
+        self.request_id = request_id or _request_ids.new()
         #: the prepared input batch, its rows and the answer, for the prediction log.
         self.batch: Any = None
         self.rows = 0
