@@ -129,10 +129,13 @@ class Monitor:
         names = version.meta.get("metrics")
         return list(names) if isinstance(names, list) else sorted(version.metrics)
 
-    def _since(self, model: str, since: datetime | None) -> datetime:
+    def _since(self, model: str, since: datetime | None,
+               watched: ModelVersion | None = None) -> datetime:
+        """``since``, else the start of the window of the watched version (read once)."""
         if since is not None:
             return since
-        return now() - timedelta(seconds=self.settings(self.watched_version(model)).window_s)
+        watched = watched or self.watched_version(model)
+        return now() - timedelta(seconds=self.settings(watched).window_s)
 
     # -- prediction log -------------------------------------------------------------------------
     def log_predictions(self, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -222,9 +225,10 @@ class Monitor:
                 every: timedelta | None = None) -> list[MetricWindow]:
         """Declared metrics per version (and variant) over the window, from fed-back labels;
         ``every`` splits the window into a series, ``errors`` adds bootstrap standard errors."""
+        watched = self.watched_version(model) if names is None or since is None else None
         if names is None:
-            names = self.declared_metrics(self.watched_version(model))
-        start = self._since(model, since)
+            names = self.declared_metrics(watched)  # type: ignore[arg-type]
+        start = self._since(model, since, watched)
         logged = self.predictions(model, since=start, until=until, version=version,
                                   versions=versions, with_inputs=False)
         labels = self.labels(model, [p.request_id for p in logged])
@@ -258,7 +262,7 @@ class Monitor:
             raise MonitoringError(f"{watched.ref} has no reference statistics to compare with; "
                                   "retrain it with this modelyard version")
         settings = self.settings(watched)
-        start = self._since(model, since)
+        start = self._since(model, since, watched)
         end = until or now()
         logged = [p for p in self.predictions(model, since=start, until=end)
                   if "error" not in p.outputs]

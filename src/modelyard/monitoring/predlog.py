@@ -124,23 +124,22 @@ class PredictionLog:
     def record(self, policy: LogPolicy, request_id: str, variant: str, latency_s: float,
                batch: Any, rows: int, prediction: Prediction) -> None:
         """Queue one answered request (call only for sampled requests; never raises)."""
-        queue = self._queue
-        if len(queue) >= self.capacity:
-            self.dropped += 1
-            return
-        queue.append((policy, request_id, variant, time.time(), latency_s, batch, rows,
-                      prediction))
-        if len(queue) >= self.batch_size:
-            self._wake.set()
+        self._enqueue((policy, request_id, variant, time.time(), latency_s, batch, rows,
+                       prediction))
 
     def record_error(self, policy: LogPolicy, request_id: str, variant: str, latency_s: float,
                      status: int) -> None:
         """Queue one failed request (a 5xx): counted in the error rate monitoring reports."""
+        self._enqueue((policy, request_id, variant, time.time(), latency_s, None, 0, status))
+
+    def _enqueue(self, entry: tuple[Any, ...]) -> None:
         queue = self._queue
         if len(queue) >= self.capacity:
             self.dropped += 1
             return
-        queue.append((policy, request_id, variant, time.time(), latency_s, None, 0, status))
+        queue.append(entry)
+        if len(queue) >= self.batch_size:
+            self._wake.set()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:

@@ -154,7 +154,8 @@ class AdminAPI:
             self._deployments = Deployments(self.registry)
         return self._deployments
 
-    async def _io(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    async def io(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Run a blocking registry call on the catalog's registry thread."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.app.catalog.io_pool, partial(fn, *args, **kw))
 
@@ -202,24 +203,24 @@ class AdminAPI:
     # -- reads ----------------------------------------------------------------------------------
     async def admin_models(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /api/v1/models``: every registered model with its aliases."""
-        models = await self._io(self.registry.list_models)
+        models = await self.io(self.registry.list_models)
         await _ok(send, {"models": [m.to_dict() for m in models]})
 
     async def admin_versions(self, scope: Scope, receive: Receive, send: Send,
                              name: str) -> None:
         """``GET /api/v1/models/{name}/versions``: newest first, without bulky metadata."""
-        versions = await self._io(self.registry.list_versions, name)
+        versions = await self.io(self.registry.list_versions, name)
         await _ok(send, {"model": name, "versions": [v.to_dict(full=False) for v in versions]})
 
     async def admin_deployment(self, scope: Scope, receive: Receive, send: Send,
                                name: str) -> None:
         """``GET /api/v1/models/{name}/deployment``: the current rollout (404: never had one)."""
-        await _ok(send, _deployment_dict(await self._io(self.deployments.get, name)))
+        await _ok(send, _deployment_dict(await self.io(self.deployments.get, name)))
 
     async def admin_deployment_history(self, scope: Scope, receive: Receive, send: Send,
                                        name: str) -> None:
         """``GET /api/v1/models/{name}/deployment/history``: transitions, newest first."""
-        events = await self._io(self.deployments.history, name)
+        events = await self.io(self.deployments.history, name)
         await _ok(send, {"model": name, "events": [e.to_dict() for e in events]})
 
     # -- aliases --------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ class AdminAPI:
         body = await self._mutation(scope, receive, send, _PROMOTE)
         if body is None:
             return
-        event = await self._io(self.registry.set_alias, name, body["alias"], body["version"],
+        event = await self.io(self.registry.set_alias, name, body["alias"], body["version"],
                                actor=self.actor(scope), reason=body["reason"])
         await _ok(send, {"event": event.to_dict()})
 
@@ -245,12 +246,12 @@ class AdminAPI:
         actor = self.actor(scope)
         ended = None
         if body["alias"] == PRODUCTION:
-            ended = await self._io(self._end_active_rollout, name, actor, body["reason"])
+            ended = await self.io(self._end_active_rollout, name, actor, body["reason"])
         deployment = None if ended is None else _deployment_dict(ended)
         if ended is not None and body["to"] is None:
             await _ok(send, {"event": None, "deployment": deployment})
             return
-        event = await self._io(self.registry.rollback, name, alias=body["alias"], to=body["to"],
+        event = await self.io(self.registry.rollback, name, alias=body["alias"], to=body["to"],
                                actor=actor, reason=body["reason"])
         await _ok(send, {"event": event.to_dict(), "deployment": deployment})
 
@@ -273,7 +274,7 @@ class AdminAPI:
         body = await self._mutation(scope, receive, send, _START)
         if body is None:
             return
-        d = await self._io(self.deployments.start, name, body["version"], body["strategy"],
+        d = await self.io(self.deployments.start, name, body["version"], body["strategy"],
                            steps=body["steps"], every_s=body["every_s"], rules=body["rules"],
                            key=body["key"], actor=self.actor(scope), reason=body["reason"])
         await respond(send, 201, orjson.dumps(_deployment_dict(d)), JSON)
@@ -284,7 +285,7 @@ class AdminAPI:
         if body is None:
             return
         method = getattr(self.deployments, action)
-        d = await self._io(method, name, actor=self.actor(scope), reason=body["reason"])
+        d = await self.io(method, name, actor=self.actor(scope), reason=body["reason"])
         await _ok(send, _deployment_dict(d))
 
     async def admin_deployment_promote(self, scope: Scope, receive: Receive, send: Send,

@@ -104,7 +104,7 @@ class MonitorAPI:
             return
         body = await read_body(scope, receive, self.app.options.max_body_bytes)
         pairs = parse_feedback(body)
-        result = await admin._io(self.monitor.feedback, name, pairs, actor=admin.actor(scope))
+        result = await admin.io(self.monitor.feedback, name, pairs, actor=admin.actor(scope))
         await respond(send, 200, orjson.dumps(result.to_dict()))
 
     async def monitor_metrics(self, scope: Scope, receive: Receive, send: Send,
@@ -114,8 +114,8 @@ class MonitorAPI:
         since = _since(scope)
         every = _param(scope, "every")
         step = None if every is None else timedelta(seconds=parse_duration(every))
-        windows = await self.app.admin._io(self.monitor.metrics, name, since=since, every=step)
-        latency = await self.app.admin._io(self.monitor.latency, name, since=since)
+        windows = await self.app.admin.io(self.monitor.metrics, name, since=since, every=step)
+        latency = await self.app.admin.io(self.monitor.latency, name, since=since)
         await respond(send, 200, orjson.dumps({"model": name,
                                                "windows": [w.to_dict() for w in windows],
                                                "latency": latency.to_dict()}))
@@ -123,7 +123,7 @@ class MonitorAPI:
     async def monitor_drift(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """``GET /api/v1/models/{name}/drift[?limit=N]``: stored drift checks, newest first."""
         limit = _int_param(scope, "limit", 20)
-        checks = await self.app.admin._io(self.monitor.drift_reports, name, limit=limit)
+        checks = await self.app.admin.io(self.monitor.drift_reports, name, limit=limit)
         await respond(send, 200, orjson.dumps({"model": name,
                                                "checks": [c.to_dict() for c in checks]}))
 
@@ -133,7 +133,7 @@ class MonitorAPI:
         admin = self.app.admin
         if not await admin.authorized(scope, send):
             return
-        check = await admin._io(self.monitor.check_drift, name, since=_since(scope),
+        check = await admin.io(self.monitor.check_drift, name, since=_since(scope),
                                 actor=admin.actor(scope))
         await respond(send, 200, orjson.dumps(check.to_dict()))
 
@@ -141,7 +141,7 @@ class MonitorAPI:
                              name: str) -> None:
         """``GET /api/v1/models/{name}/events[?kind=alert&limit=N]``: newest first."""
         kind = _param(scope, "kind")
-        events = await self.app.admin._io(self.monitor.events, name, kind=kind, since=_since(scope),
+        events = await self.app.admin.io(self.monitor.events, name, kind=kind, since=_since(scope),
                                           limit=_int_param(scope, "limit", 100))
         await respond(send, 200, orjson.dumps({"model": name,
                                                "events": [e.to_dict() for e in events]}))
