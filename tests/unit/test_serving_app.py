@@ -77,6 +77,7 @@ async def test_v1_predicts_records_columns_and_rows(client: httpx.AsyncClient) -
     r = await client.post("/v1/models/tabular/predict", json={"records": [RECORD, RECORD]})
     assert r.status_code == 200, r.text
     assert r.headers["x-model-version"] == "1"
+    assert r.headers["content-length"] == str(len(r.content))  # not chunked: one write
     doc = r.json()
     assert doc["model"] == "tabular" and doc["version"] == 1 and len(doc["predictions"]) == 2
     cols = {k: [v, v] for k, v in RECORD.items()}

@@ -147,9 +147,10 @@ def inflate(scope: Scope, body: bytes, limit: int) -> bytes:
 
 async def respond(send: Send, status: int, body: bytes,
                   headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    """Send a complete response."""
+    """Send a complete response, with its length (no chunked encoding: one write per answer)."""
+    length = (b"content-length", str(len(body)).encode())
     await send({"type": "http.response.start", "status": status,
-                "headers": JSON if headers is None else headers})
+                "headers": [*(JSON if headers is None else headers), length]})
     await send({"type": "http.response.body", "body": body})
 
 
