@@ -9,17 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 import pytest
 
 from modelyard.config import Settings
 from modelyard.errors import ConfigError
 from modelyard.monitoring.predlog import (
+    LOG_COLUMNS,
     DatabaseStore,
+    LogBatch,
     LogPolicy,
     ParquetStore,
     PredictionLog,
     open_store,
+    outputs_many,
     outputs_of,
 )
 from modelyard.predictor import Prediction
@@ -47,11 +51,13 @@ class ListStore:
         self.gate = threading.Event()
         self.gate.set()
 
-    def write(self, rows: Any) -> None:
+    def write(self, rows: LogBatch) -> None:
         self.gate.wait(10)
         if self.failing:
             raise ConnectionError("store down")
-        self.batches.append([dict(r) for r in rows])
+        self.batches.append([{**dict(zip(LOG_COLUMNS, row, strict=True)),
+                              "inputs": orjson.loads(row[-2]), "outputs": orjson.loads(row[-1])}
+                             for row in zip(*rows.columns(), strict=True)])
 
     def read(self, *args: Any, **kw: Any) -> list[Any]:
         return []
@@ -84,7 +90,7 @@ def test_entries_are_written_in_batches_by_the_writer_thread() -> None:
     assert first["outputs"]["predictions"] == [0, 1]
     assert first["outputs"]["classes"] == [0, 1]
     assert first["inputs"]["columns"]["amount"] == [10.0, 20.0]
-    assert first["at"].tzinfo is not None
+    assert abs(first["at"] - time.time()) < 60  # seconds since the epoch
 
 
 def test_a_full_queue_drops_and_counts_instead_of_growing() -> None:
@@ -168,11 +174,37 @@ def test_big_outputs_keep_their_shape_only() -> None:
     assert floats == {"predictions": [0.5, None]}
 
 
-def rows(n: int, start: datetime, model: str = "fraud") -> list[dict[str, Any]]:
-    return [{"request_id": f"r{i}", "model": model, "version": 1 + i % 2,
-             "variant": "production", "at": start + timedelta(seconds=i), "latency_ms": 1.5,
-             "rows": 1, "inputs": {"columns": {"amount": [float(i)]}},
-             "outputs": {"predictions": [i % 2]}} for i in range(n)]
+def test_answers_of_one_version_convert_together_as_each_would_alone() -> None:
+    scored = [Prediction(np.array([1]), np.array([[0.25, 0.75]]), (0, 1)),
+              Prediction(np.array([0, 0]), np.array([[0.9, 0.1], [1.0, np.nan]]), (0, 1))]
+    plain = [Prediction(np.array([1.5])), Prediction(np.array([np.inf, 2.0]))]
+    texts = [Prediction(np.array(["spam"], dtype=object)), Prediction(np.array(["ham", "eggs"]))]
+    mixed = [scored[0], plain[0], Prediction(np.zeros((1, 200, 200))),
+             Prediction(np.array([[1, 2]]))]
+    for answers in (scored, plain, texts, mixed):
+        assert list(outputs_many(answers)) == [outputs_of(a) for a in answers]
+    assert list(outputs_many(scored))[1] == {
+        "predictions": [0, 0], "scores": [[0.9, 0.1], [1.0, None]], "classes": [0, 1]}
+
+
+def test_a_failed_request_is_logged_with_its_status() -> None:
+    store = ListStore()
+    log = PredictionLog(store)
+    log.record_error(policy(), "boom", "canary", 0.004, 503)
+    log.record(policy(), "fine", "canary", 0.001, X, 2, answer())
+    log.flush()
+    failed, fine = store.batches[0]
+    assert failed["request_id"] == "boom" and failed["outputs"] == {"error": 503}
+    assert failed["inputs"] == {} and failed["rows"] == 0
+    assert fine["outputs"]["predictions"] == [0, 1]
+
+
+def rows(n: int, start: datetime, model: str = "fraud") -> LogBatch:
+    naive = start.astimezone(UTC).replace(tzinfo=None)  # naive times are taken as UTC
+    return LogBatch.of({"request_id": f"r{i}", "model": model, "version": 1 + i % 2,
+                        "variant": "production", "at": naive + timedelta(seconds=i),
+                        "latency_ms": 1.5, "rows": 1, "inputs": {"columns": {"amount": [float(i)]}},
+                        "outputs": {"predictions": [i % 2]}} for i in range(n))
 
 
 @pytest.mark.parametrize("kind", ["db", "parquet",

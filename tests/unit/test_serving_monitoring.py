@@ -3,6 +3,7 @@ from labels, drift checks, the monitoring API and its Prometheus gauges."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -112,6 +113,8 @@ async def test_feedback_joins_labels_to_logged_predictions_and_scores_them(
     assert 'modelyard_model_metric{metric="accuracy",model="fraud",variant="production",' \
            'version="1"} 0.59' in text
     assert 'modelyard_prediction_log_written_total 120.0' in text
+    cpu = re.search(r"^modelyard_prediction_log_cpu_seconds_total (\S+)$", text, re.MULTILINE)
+    assert cpu is not None and float(cpu.group(1)) > 0  # what the log cost, for operators
 
 
 async def test_sensitive_fields_never_reach_the_log(app: App, client: httpx.AsyncClient,

@@ -28,7 +28,7 @@ import orjson
 from sqlalchemy import func, select
 
 from modelyard.errors import ConfigError, MonitoringError, NotFoundError
-from modelyard.monitoring.predlog import LoggedPrediction, LogStore, open_store
+from modelyard.monitoring.predlog import LogBatch, LoggedPrediction, LogStore, open_store
 from modelyard.monitoring.quality import MetricWindow, metric_windows
 from modelyard.registry.records import Record
 from modelyard.registry.rows import audit, model_row, now
@@ -139,11 +139,17 @@ class Monitor:
 
     # -- prediction log -------------------------------------------------------------------------
     def log_predictions(self, rows: Sequence[Mapping[str, Any]]) -> int:
-        """Write prediction log rows directly (the server's log does this in batches)."""
+        """Write prediction log rows directly (the server's log does this in batches): each a
+        mapping of :data:`~modelyard.monitoring.predlog.LOG_COLUMNS` (see
+        :meth:`LogBatch.of <modelyard.monitoring.predlog.LogBatch.of>`)."""
         if self.store is None:
             raise ConfigError("the prediction log is off (MODELYARD_PREDICTION_LOG=off)")
-        self.store.write(rows)
-        return len(rows)
+        try:
+            batch = LogBatch.of(rows)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"a prediction log row is missing or has a bad field: {exc}") from exc
+        self.store.write(batch)
+        return len(batch)
 
     def predictions(self, model: str, *, since: datetime | None = None,
                     until: datetime | None = None, version: int | None = None,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -73,28 +73,26 @@ def summarize(batch: Any, signature: Signature, reference: Mapping[str, Any] | N
 def summarize_many(batches: Sequence[Any], signature: Signature,
                    reference: Mapping[str, Any] | None, *,
                    sensitive: Mapping[str, str] = _NO_FIELDS,
-                   hash_key: bytes = b"") -> list[dict[str, Any]]:
-    """:func:`summarize` of each batch, in order; tables are converted in one pass.
+                   hash_key: bytes = b"") -> Iterator[dict[str, Any]]:
+    """:func:`summarize` of each batch, in order, one at a time; tables are converted in one pass.
 
     The prediction log writes hundreds of one-row requests at a time: stacking their rows and
     converting each column once costs a few microseconds per request instead of one column
-    conversion per request and field.
+    conversion per request and field. Records come one at a time so that a caller which encodes
+    each one keeps no more than one alive.
     """
     stacked = _stack_table(batches, signature, reference) if len(batches) > 1 else None
     if stacked is None:
-        return [summarize(b, signature, reference, sensitive=sensitive, hash_key=hash_key)
-                for b in batches]
+        for batch in batches:
+            yield summarize(batch, signature, reference, sensitive=sensitive, hash_key=hash_key)
+        return
     whole = summarize(stacked, signature, reference, sensitive=sensitive, hash_key=hash_key)
-    columns = whole["columns"]
-    extra = {k: v for k, v in whole.items() if k != "columns"}
-    out = []
+    columns = whole.pop("columns")
     start = 0
     for batch in batches:
         end = start + len(batch)
-        out.append({"columns": {name: values[start:end] for name, values in columns.items()},
-                    **extra})
+        yield {"columns": {name: values[start:end] for name, values in columns.items()}, **whole}
         start = end
-    return out
 
 
 def _stack_table(batches: Sequence[Any], signature: Signature,

@@ -232,6 +232,9 @@ class _LogCollector:
             "Predictions dropped from the log (queue full or store failing).", log.dropped)
         yield GaugeMetricFamily("modelyard_prediction_log_pending",
                                 "Predictions queued for the prediction log.", log.pending)
+        yield CounterMetricFamily(
+            "modelyard_prediction_log_cpu_seconds",
+            "CPU time the prediction log's writer spent summarising and storing.", log.cpu_s)
 
 
 __all__ = ["CONTENT_TYPE", "ServerMetrics", "VersionMetrics"]
