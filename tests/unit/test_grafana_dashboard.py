@@ -131,7 +131,7 @@ def exported() -> dict[str, set[str]]:
               "embedding": {"test": "mmd", "score": 0.1}}
     m.set_drift([SimpleNamespace(model="iris", version=1, share=0.5, drifted=True,
                                  report=report)])
-    m.watch_prediction_log(SimpleNamespace(written=5, dropped=1, pending=2))
+    m.watch_prediction_log(SimpleNamespace(written=5, dropped=1, pending=2, cpu_s=0.25))
 
     families = list(text_string_to_metric_families(m.render().decode()))
     empty = [f.name for f in families if not f.samples]
@@ -145,6 +145,7 @@ def exported() -> dict[str, set[str]]:
 def test_fixture_renders_every_documented_family(exported):
     assert {"modelyard_requests_total", "modelyard_request_duration_seconds_bucket",
             "modelyard_prediction_log_written_total", "modelyard_prediction_log_pending",
+            "modelyard_prediction_log_cpu_seconds_total",
             "modelyard_feature_drift_score"} <= exported.keys()
     assert exported["modelyard_request_duration_seconds_bucket"] >= {"le", "variant"}
 
