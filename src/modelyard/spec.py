@@ -115,6 +115,8 @@ class ServingSpec(BaseModel):
     #: where predict runs: "process" = a device worker that owns the device (restarted if it
     #: dies); "inline" = inside the server process; "auto" = process on a GPU, inline on CPU.
     isolation: Literal["auto", "process", "inline"] = "auto"
+    #: copies of the version to run; not used yet (the server warns): each server process runs
+    #: one, and ``modelyard serve --workers N`` runs N processes.
     replicas: int = Field(1, ge=1, le=64)
     batching: BatchingSpec = Field(default_factory=BatchingSpec)
     preload: bool = True

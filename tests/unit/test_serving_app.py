@@ -4,6 +4,7 @@ the model cache and hot swap, over real registered models."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -390,3 +391,13 @@ async def test_alias_move_swaps_versions_without_failing_requests(registry: Regi
 
 def test_module_paths_exist() -> None:
     assert Path(__file__).name.startswith("test_serving_")
+
+
+async def test_replicas_it_does_not_run_yet_are_named_in_the_log(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with Registry.open(Settings.from_env(home=tmp_path / "home", actor="tester")) as reg:
+        register_constant(reg, "copies", 1, meta={"serving": {"replicas": 2}})
+        with caplog.at_level(logging.WARNING, logger="modelyard.serving.catalog"):
+            app = await started(reg)
+            await app.shutdown()
+    assert "copies:1: serving.replicas=2 is not used yet" in caplog.text

@@ -140,6 +140,10 @@ class Catalog:
         from modelyard.predictor import open_version
 
         spec = serving_spec(record.meta, record.ref)
+        if spec.replicas > 1:
+            log.warning("%s: serving.replicas=%d is not used yet; each server process runs one "
+                        "copy of a version (modelyard serve --workers %d runs more)", record.ref,
+                        spec.replicas, spec.replicas)
         # the adapter module is light (frameworks import lazily); NVML counts GPUs without
         # initialising CUDA in the server, whose workers own the devices
         accelerated = get_adapter(record.flavor).accelerated
