@@ -278,7 +278,7 @@ class PredictionLog:
         for i, entry in enumerate(entries):
             if isinstance(entry[7], int):  # a failed request: its status, nothing to summarise
                 inputs[i] = "{}"
-                outputs[i] = f'{{"error":{entry[7]}}}'
+                outputs[i] = _json({"error": entry[7]})
             else:
                 groups.setdefault(id(entry[0]), []).append(i)
         for members in groups.values():
@@ -493,30 +493,28 @@ class ParquetStore:
         import pyarrow.parquet as pq
 
         times = batch.times()
-        days = times.astype("datetime64[D]")
+        table = pa.table({
+            "request_id": batch.request_id,
+            "version": pa.array(batch.version, pa.int32()),
+            "variant": batch.variant,
+            "at": pa.array(times, pa.timestamp("us", tz="UTC")),
+            "latency_ms": pa.array(batch.latency_ms, pa.float64()),
+            "rows": pa.array(batch.rows, pa.int32()),
+            "inputs": batch.inputs,
+            "outputs": batch.outputs,
+        })
         groups: dict[tuple[str, Any], list[int]] = {}
-        for i, key in enumerate(zip(batch.model, days.tolist(), strict=True)):
+        days = times.astype("datetime64[D]").tolist()
+        for i, key in enumerate(zip(batch.model, days, strict=True)):
             groups.setdefault(key, []).append(i)
         for (model, day), members in groups.items():
-            def column(values: list[Any], members: list[int] = members) -> list[Any]:
-                return values if len(members) == len(batch) else [values[i] for i in members]
-
-            table = pa.table({
-                "request_id": column(batch.request_id),
-                "version": pa.array(column(batch.version), pa.int32()),
-                "variant": column(batch.variant),
-                "at": pa.array(times[members], pa.timestamp("us", tz="UTC")),
-                "latency_ms": pa.array(column(batch.latency_ms), pa.float64()),
-                "rows": pa.array(column(batch.rows), pa.int32()),
-                "inputs": column(batch.inputs),
-                "outputs": column(batch.outputs),
-            })
+            part = table if len(groups) == 1 else table.take(members)
             date = day.isoformat()
             folder = self.folder / f"model={model}" / f"date={date}"
             folder.mkdir(parents=True, exist_ok=True)
             name = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:8]}.parquet"
             partial = folder / f".{name}.tmp"
-            pq.write_table(table, partial, compression="zstd")
+            pq.write_table(part, partial, compression="zstd")
             os.replace(partial, folder / name)
 
     def read(self, model: str, *, since: datetime | None = None, until: datetime | None = None,
