@@ -55,12 +55,22 @@ class Settings:
         return self.home / "cache"
 
 
+#: the highest version number there can be: the registry's column is a 32-bit integer on
+#: PostgreSQL, so a bigger number is no version, on the command line or over HTTP.
+MAX_VERSION = 2**31 - 1
+#: the longest duration accepted (100 years): longer ones overflow dates and timers.
+MAX_DURATION_S = 100 * 365.25 * 86400
+
+
 def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``5m``, ``1h``, ``2d`` or ``500ms``."""
+    """Seconds from ``90``, ``90s``, ``5m``, ``1h``, ``2d`` or ``500ms`` (up to 100 years)."""
     match = _DURATION.match(text.strip())
     if match is None or float(match.group(1)) <= 0:
         raise ConfigError(f"duration {text!r} is not valid; use e.g. 60s, 5m, 1h or 2d")
-    return float(match.group(1)) * _SECONDS[match.group(2) or "s"]
+    seconds = float(match.group(1)) * _SECONDS[match.group(2) or "s"]
+    if seconds > MAX_DURATION_S:
+        raise ConfigError(f"duration {text!r} is out of range; give at most 100 years (36525d)")
+    return seconds
 
 
 def parse_since(text: str) -> datetime:
@@ -83,4 +93,4 @@ def _os_user() -> str:
         return "unknown"
 
 
-__all__ = ["Settings", "parse_duration", "parse_since"]
+__all__ = ["MAX_DURATION_S", "MAX_VERSION", "Settings", "parse_duration", "parse_since"]

@@ -332,7 +332,8 @@ def load_yaml(text: str, *, where: str = "yaml") -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{where} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"{where} is not valid YAML{at}: {problem}") from None
 
 
 def _read_text(file: Path) -> str:

@@ -7,6 +7,7 @@ train commands run the real pipeline on a tiny project written into a temporary 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from modelyard.adapters.sklearn import SklearnAdapter
 from modelyard.cli import main
 from modelyard.config import Settings
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, ModelyardError
 from modelyard.registry import Registry
 
 Invoke = Callable[..., Result]
@@ -249,6 +250,71 @@ def test_malformed_project_exits_2_with_one_line(invoke: Invoke, tmp_path: Path)
     missing = tmp_path / "missing.yaml"
     assert "modelyard init" in assert_one_error(invoke("train", "--all", "--project",
                                                        str(missing)), 2)
+
+
+HUGE = "99999999999999999999"
+
+
+def assert_usage_error(result: Result, fragment: str) -> None:
+    """A click usage error: exit 2, the offending value named, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert fragment in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (("promote", "iris2", HUGE), "range"),
+    (("rollback", "iris2", "--to", HUGE), "range"),
+    (("deploy", "iris2", HUGE), "range"),
+    (("deploy", "iris2", "2", "--min-requests", HUGE), "range"),
+    (("deploy", "iris2", "2", "--max-error-rate", "1e400"), "range"),
+    (("monitor", "drift", "iris2", "--version", HUGE), "range"),
+    (("serve", "--port", HUGE), "range"),
+    (("serve", "--timeout", "1e400"), "range"),
+])
+def test_numbers_out_of_range_are_usage_errors(registered: Registry, invoke: Invoke,
+                                               args: tuple[str, ...], fragment: str) -> None:
+    assert_usage_error(invoke(*args), fragment)
+
+
+@pytest.mark.parametrize(("args", "code", "fragment"), [
+    ((f"iris2:{HUGE}",), 3, f"no version {HUGE}"),
+    (("deploy", "iris2", "2", "--canary", "1e400"), 2, "percentages"),
+    (("monitor", "metrics", "iris2", "--since", f"{HUGE}d"), 2, "out of range"),
+    (("monitor", "metrics", "iris2", "--every", HUGE), 2, "out of range"),
+    (("deploy", "iris2", "2", "--every", "1e400"), 2, "duration"),
+])
+def test_out_of_range_values_are_one_line(registered: Registry, invoke: Invoke,
+                                          args: tuple[str, ...], code: int,
+                                          fragment: str) -> None:
+    if len(args) == 1:
+        args = ("show", *args)
+    assert fragment in assert_one_error(invoke(*args), code)
+    assert registered.resolve("iris2").version == 1  # nothing changed
+
+
+def test_an_overflow_anywhere_is_one_line_exit_2(invoke: Invoke,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def overflow(self: Registry) -> None:
+        raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+    monkeypatch.setattr(Registry, "list_models", overflow)
+    assert "out of range" in assert_one_error(invoke("models"), 2)
+
+
+def test_a_project_file_that_is_not_utf8_exits_2(invoke: Invoke, tmp_path: Path) -> None:
+    bad = tmp_path / "modelyard.yaml"
+    bad.write_bytes(b"models:\n  fraud:\n    description: caf\xe9\n")
+    line = assert_one_error(invoke("train", "fraud", "--project", str(bad)), 2)
+    assert "not UTF-8" in line and "line 3" in line
+    assert "not UTF-8" in assert_one_error(invoke("scheduler", "--once", "--project",
+                                                  str(bad)), 2)
+
+
+def test_serve_with_an_unreachable_database_is_one_line() -> None:
+    result = CliRunner().invoke(main, ["--db", "postgresql://nobody@127.0.0.1:1/x", "serve",
+                                       "--port", "0"])
+    assert "MODELYARD_DB" in assert_one_error(result, 10)
 
 
 def test_train_needs_names_or_all(invoke: Invoke, project: Path) -> None:
@@ -495,3 +561,26 @@ def test_deploy_errors_are_one_line(registered: Registry, invoke: Invoke, args: 
 def test_deploy_refuses_two_strategies(registered: Registry, invoke: Invoke) -> None:
     result = invoke("deploy", "iris2", "2", "--blue-green", "--direct")
     assert result.exit_code == 2 and "choose one strategy" in result.output
+
+
+# -- the exit-code contract ----------------------------------------------------------------------
+def _every_error_class() -> list[type[ModelyardError]]:
+    found, todo = [], [ModelyardError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def test_the_exit_code_tables_list_every_code_the_cli_can_return() -> None:
+    import modelyard.cli as cli_module
+
+    # every error class's code, click's usage errors (2), an unexpected error (1), Ctrl-C (130)
+    codes = {cls.exit_code for cls in _every_error_class()} | {0, 1, 2, 130}
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    in_readme = {int(code) for code in re.findall(r"^\| (\d+) \| ", readme, flags=re.MULTILINE)}
+    assert in_readme == codes, f"README lists {sorted(in_readme)}, the CLI returns {sorted(codes)}"
+    in_docstring = {int(code) for code in re.findall(r"^(\d+) {2,}\S", cli_module.__doc__ or "",
+                                                     flags=re.MULTILINE)}
+    assert in_docstring == codes

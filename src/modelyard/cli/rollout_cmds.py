@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from modelyard.cli.output import console, print_json, print_table
+from modelyard.cli.params import COUNT, VERSION
 from modelyard.cli.state import State, pass_state
 from modelyard.config import parse_duration
 from modelyard.errors import ConfigError
@@ -56,7 +57,7 @@ def _strategy(canary: str | None, blue_green: bool, shadow: int | None, ab: int 
 
 @click.command(short_help="Roll a version out: canary, blue-green, shadow, A/B or direct.")
 @click.argument("model")
-@click.argument("version", type=int)
+@click.argument("version", type=VERSION)
 @click.option("--canary", metavar="STEPS", help="Canary steps in percent, e.g. 5,25,50,100 "
               "(the default strategy).")
 @click.option("--blue-green", is_flag=True, help="Warm the candidate, then switch all at once.")
@@ -71,10 +72,11 @@ def _strategy(canary: str | None, blue_green: bool, shadow: int | None, ab: int 
               "failed requests).")
 @click.option("--every", "every", default="60s", show_default=True, metavar="DURATION",
               help="Dwell time of each step, and the analysis interval.")
-@click.option("--max-error-rate", type=float, help="Roll back above this candidate error rate.")
+@click.option("--max-error-rate", type=click.FloatRange(0, 1),
+              help="Roll back above this candidate error rate.")
 @click.option("--max-p99-ratio", type=float, help="Roll back when the candidate's p99 latency "
               "exceeds stable's by this factor.")
-@click.option("--min-requests", type=int, help="Requests per side before analysis decides.")
+@click.option("--min-requests", type=COUNT, help="Requests per side before analysis decides.")
 @_REASON
 @_JSON
 @pass_state

@@ -33,6 +33,7 @@ from modelyard.registry.rows import (
     model_row,
     move_alias,
     now,
+    possible_version,
     rollback_target,
     to_alias_event,
     to_model,
@@ -226,11 +227,11 @@ class Registry:
         """The version a reference names: ``name:3``, ``name@alias`` or ``name`` (production)."""
         name, version, alias = parse_ref(ref)
         with self.db.session() as s:
-            found = (
-                s.scalars(_VERSION_BY_ALIAS, {"name": name, "alias": alias}).first()
-                if alias is not None
-                else s.scalars(_VERSION_BY_NUMBER, {"name": name, "version": version}).first()
-            )
+            found = None
+            if alias is not None:
+                found = s.scalars(_VERSION_BY_ALIAS, {"name": name, "alias": alias}).first()
+            elif version is not None and possible_version(version):
+                found = s.scalars(_VERSION_BY_NUMBER, {"name": name, "version": version}).first()
             if found is not None:
                 aliases = aliases_by_version(s, found.model_id).get(found.version, ())
                 return to_version(found, name, aliases)
