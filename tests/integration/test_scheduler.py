@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ from modelyard.monitoring.monitor import DriftCheck, Monitor
 from modelyard.pipeline import run_pipeline
 from modelyard.registry import Registry
 from modelyard.registry.leases import Leases
+from modelyard.registry.owners import Owner, this_host
+from modelyard.registry.tables import RunRow
 from modelyard.rollout.deployments import Deployments
 from modelyard.scheduler import STOPPED, Action, Scheduler
 from modelyard.spec import Spec
@@ -259,7 +262,58 @@ def test_the_cli_runs_one_pass(root: Path, tmp_path: Path):
     assert len(lines) == 2 and lines[0].endswith("clf trigger: schedule: 0 3 * * *")
     assert "clf retrain: registered clf:1, promoted to production" in lines[1]
     again = CliRunner().invoke(main, ["--home", home, "scheduler", "-p", project, "--once"])
-    assert again.exit_code == 0 and again.output == ""
+    assert again.exit_code == 0, again.output
+    [line] = again.output.splitlines()  # it did nothing, and says why
+    assert re.search(r"clf idle: not retraining: schedule '0 3 \* \* \*' not due until "
+                     r"\d{4}-\d\d-\d\d 03:00 UTC$", line), line
+
+
+def test_once_says_for_each_model_why_it_did_not_act(registry: Registry, root: Path):
+    specs = {
+        "clf": make_spec(root, retrain={"drift_share": 0.3, "new_labels": 50}),
+        "watched": make_spec(root, name="watched",
+                             monitoring={"alerts": [{"on": "p99_ms", "above": 100}]}),
+        "busy": make_spec(root, name="busy", retrain={"schedule": "0 3 * * *"}),
+    }
+    for name in ("clf", "watched", "busy"):
+        run_pipeline(specs[name], registry)
+    first = registry.resolve("busy")
+    registry.register("busy", registry.artifact_path(first), flavor=first.flavor,
+                      meta=dict(first.meta))
+    deployment = Deployments(registry).start("busy", 2, "canary")
+
+    def clock() -> datetime:  # a day on: busy's schedule is due again
+        return datetime.now(UTC) + timedelta(days=1)
+
+    seen: list[Action] = []
+    actions = Scheduler(registry, specs, clock=clock, explain=True, on_action=seen.append).tick()
+    assert seen == actions
+    said = {a.model: (a.kind, a.message) for a in actions}
+    assert said["clf"] == ("idle", "not retraining: drift: no drift value yet (too few logged "
+                                   "rows in the window); only 0 new labels of 50")
+    assert said["watched"] == ("idle", "not retraining: no retrain policy in the spec")
+    assert said["busy"][0] == "skip"
+    assert (f"not retraining while rollout {deployment.id} of v2 is progressing"
+            in said["busy"][1])
+    # without explain (the long-running loop) nothing is said when nothing is done
+    quiet = Scheduler(registry, {"watched": specs["watched"]}).tick()
+    assert quiet == []
+
+
+def test_a_run_whose_process_is_gone_is_finished_by_the_scheduler(registry: Registry,
+                                                                   root: Path):
+    spec = make_spec(root, retrain={"schedule": "0 3 * * *"})
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    run = registry.start_run("clf", trigger="manual", owner=Owner(this_host(), gone.pid, None))
+    # read straight from the table: the registry's own reads would finish it first
+    with registry.db.session() as s:
+        assert s.get(RunRow, run.id).status == "running"
+    actions = Scheduler(registry, {"clf": spec}, explain=True).tick()
+    assert kinds(actions) == ["recover", "idle"], actions
+    reason = f"abandoned: process {gone.pid} on {this_host()} is gone"
+    assert actions[0].message == f"run {run.id[:8]} finished as failed: {reason}"
+    assert registry.get_run(run.id).failure_reason == reason
 
 
 @pytest.mark.parametrize(("args", "says"), [
