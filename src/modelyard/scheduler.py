@@ -396,6 +396,11 @@ class Scheduler:
             return [*actions, self._outcome(name, kind, f"retraining failed: {exc}", "warning", {
                 "trigger": trigger, "outcome": "failed", "run": getattr(exc, "run_id", None),
                 "error": type(exc).__name__})]
+        if result.unchanged is not None:  # nothing new to learn from: no version, no rollout
+            return [*actions, self._outcome(name, kind, (
+                f"unchanged: identical to {result.unchanged.ref}; nothing registered"), "info", {
+                "trigger": trigger, "outcome": "unchanged", "run": result.run.id,
+                "version": result.unchanged.version})]
         version = result.version
         details: dict[str, Any] = {"trigger": trigger, "outcome": "registered",
                                    "run": result.run.id,

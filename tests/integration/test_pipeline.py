@@ -168,6 +168,37 @@ def test_first_run_registers_and_promotes(project: dict[str, Spec], registry: Re
     assert predictor.predict([{"x0": 3.0, "x1": 0.0, "x2": 0.0, "x3": 0.0}]).tolist() == [1]
 
 
+def test_nothing_new_registers_nothing_unless_forced(project: dict[str, Spec],
+                                                     registry: Registry):
+    first = run_pipeline(project["clf"], registry)
+    stages: list[str] = []
+    again = run_pipeline(project["clf"], registry, progress=stages.append)
+    assert stages == ["load data", "validate"]  # nothing trained
+    assert again.unchanged is not None and again.unchanged.ref == "clf:1"
+    assert again.version is None and not again.promoted and not again.gate.passed
+    assert (again.run.status, again.run.version) == ("unchanged", None)
+    assert again.run.failure_reason.startswith("unchanged: identical to clf:1")
+    assert [v.version for v in registry.list_versions("clf")] == [1]
+    assert registry.get_run(first.run.id).status == "succeeded"
+
+    forced = run_pipeline(project["clf"], registry, force=True)
+    assert forced.unchanged is None and forced.version is not None
+    assert forced.version.version == 2
+    # each of data, params and spec counts: any change trains and registers
+    other_params = project["clf"].model_copy(update={"params": {"C": 0.5}})
+    assert run_pipeline(other_params, registry).version.version == 3
+    assert run_pipeline(other_params, registry).unchanged.ref == "clf:3"
+    other_spec = other_params.model_copy(update={"description": "now documented"})
+    assert run_pipeline(other_spec, registry).version.version == 4
+    _table(50, seed=9).to_csv(project["clf"].root / "data" / "part-9.csv", index=False)
+    assert run_pipeline(other_spec, registry).version.version == 5
+    # and so does the code (the project is no git repository: its .py files are hashed)
+    train_py = project["clf"].root / "train.py"
+    train_py.write_text(train_py.read_text() + "\n# a change\n")
+    assert run_pipeline(other_spec, registry).version.version == 6
+    assert run_pipeline(other_spec, registry).unchanged.ref == "clf:6"
+
+
 def test_worse_candidate_is_rejected_and_production_stays(project: dict[str, Spec],
                                                           registry: Registry):
     run_pipeline(project["clf"], registry)

@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from modelyard.cli import main
+from modelyard.errors import NotFoundError
 from modelyard.monitoring.monitor import DriftCheck, Monitor
 from modelyard.pipeline import run_pipeline
 from modelyard.registry import Registry
@@ -104,10 +105,28 @@ def test_a_due_schedule_retrains_once(any_registry: Registry, root: Path):
     assert len(registry.list_runs("clf")) == 1
 
 
+def test_a_retrain_on_unchanged_data_says_so_and_registers_nothing(registry: Registry,
+                                                                    root: Path):
+    spec = make_spec(root, retrain={"new_labels": 5, "auto_rollout": True})
+    first = run_pipeline(spec, registry, actor="ci")
+    Monitor(registry).feedback("clf", {f"r{i}": 1 for i in range(6)})
+    actions = Scheduler(registry, {"clf": spec}, holder="s1").tick()
+    assert kinds(actions) == ["trigger", "retrain"], actions
+    assert actions[1].message == "unchanged: identical to clf:1; nothing registered"
+    assert actions[1].details["outcome"] == "unchanged"
+    assert [v.version for v in registry.list_versions("clf")] == [1]
+    with pytest.raises(NotFoundError):
+        Deployments(registry).get("clf")  # and nothing to roll out
+    run = registry.list_runs("clf")[0]
+    assert run.id != first.run.id and (run.status, run.version) == ("unchanged", None)
+    assert Monitor(registry).events("clf", kind="retrain")[0].details["outcome"] == "unchanged"
+
+
 def test_auto_rollout_starts_a_canary_and_waits_for_it(registry: Registry, root: Path):
     spec = make_spec(root, retrain={"new_labels": 5, "auto_rollout": True},
                      rollout={"strategy": "canary", "steps": [10, 100], "every_s": 120})
-    run_pipeline(spec, registry, actor="ci")  # v1 in production
+    # v1 in production, trained with other params: the retrain has something new to learn
+    run_pipeline(make_spec(root, params={"C": 0.5}), registry, actor="ci")
     monitor = Monitor(registry)
     monitor.feedback("clf", {f"r{i}": 1 for i in range(6)})
     seen: list[Action] = []
@@ -171,7 +190,7 @@ def test_alerts_and_a_metric_trigger_from_logged_predictions(registry: Registry,
         "window_s": 3600, "min_rows": 5,
         "alerts": [{"on": "accuracy", "below": 0.8, "severity": "critical"},
                    {"on": "p99_ms", "above": 100}]})
-    run_pipeline(spec, registry, actor="ci")
+    run_pipeline(make_spec(root, params={"C": 0.5}), registry, actor="ci")  # other params
     # the scheduler's clock is two hours on, past the cooldown after that run
     later = datetime.now(UTC) + timedelta(hours=2)
     monitor = Monitor(registry)

@@ -404,12 +404,35 @@ def test_train_registers_promotes_and_records_the_run(invoke: Invoke, project: P
     assert shown.exit_code == 0, shown.output
     assert "logs" in shown.stdout and "registered tiny:1" in shown.stdout
 
-    again = invoke("train", "tiny", "--project", str(project), "--no-promote", "--json")
+    again = invoke("train", "tiny", "--project", str(project), "--no-promote", "--force",
+                   "--json")
     assert again.exit_code == 0, again.output
     outcome = json.loads(again.stdout)[0]
     assert outcome["status"] == "registered" and outcome["version"] == 2
     assert outcome["champion_metrics"] is not None
     assert json.loads(invoke("show", "tiny", "--json").stdout)["version"] == 1
+
+
+def test_retraining_on_nothing_new_is_unchanged_unless_forced(invoke: Invoke,
+                                                              project: Path) -> None:
+    assert invoke("train", "tiny", "--project", str(project)).exit_code == 0
+    again = invoke("train", "tiny", "--project", str(project))
+    assert again.exit_code == 0, again.output
+    assert "unchanged: identical to tiny:1" in again.stdout and again.stderr == ""
+    assert " train " not in again.stdout and " register " not in again.stdout  # no such stage
+    assert [v["version"] for v in json.loads(invoke("versions", "tiny", "--json").stdout)] == [1]
+    runs = json.loads(invoke("runs", "tiny", "--json").stdout)
+    assert [(r["status"], r["version"]) for r in runs] == [("unchanged", None),
+                                                           ("succeeded", 1)]
+    as_json = json.loads(invoke("train", "tiny", "--project", str(project), "--json").stdout)
+    assert (as_json[0]["status"], as_json[0]["identical_to"]) == ("unchanged", "tiny:1")
+
+    forced = invoke("train", "tiny", "--project", str(project), "--force")
+    assert forced.exit_code == 0 and "tiny:2" in forced.stdout, forced.output
+    # a changed spec is not the same training: it registers without --force
+    project.write_text(project.read_text().replace("max_drop: 0.05", "max_drop: 0.04"))
+    changed = invoke("train", "tiny", "--project", str(project))
+    assert "tiny:3" in changed.stdout, changed.output
 
 
 def test_train_failure_is_one_line_and_recorded(invoke: Invoke, project: Path) -> None:

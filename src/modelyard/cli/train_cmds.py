@@ -98,17 +98,21 @@ def init() -> None:
               type=click.Path(dir_okay=False), help="The project file declaring the models.")
 @click.option("--no-promote", is_flag=True,
               help="Register a candidate that passes its gate, but leave production alone.")
+@click.option("--force", is_flag=True, help="Train and register even when data, code, params, "
+              "spec and packages equal the latest version's.")
 @click.option("--json", "as_json", is_flag=True, help="Print each run's outcome as JSON.")
 @pass_state
 @click.pass_context
 def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: bool,
-          project: str, no_promote: bool, as_json: bool) -> None:
+          project: str, no_promote: bool, force: bool, as_json: bool) -> None:
     """Train MODEL(s) on fresh data, gate against production, register and promote.
 
     Each run loads the data, validates it, trains in a separate process, evaluates on a holdout,
     compares with the production version and, if the gate passes, registers a new version and
-    moves production to it. Exits non-zero if any model failed (5: bad data, 11: training
-    failed) or was rejected by its gate (12).
+    moves production to it. When nothing changed since the latest version (data, code, params,
+    spec, packages) it says "unchanged: identical to MODEL:N" and registers nothing, unless
+    --force. Exits non-zero if any model failed (5: bad data, 11: training failed) or was
+    rejected by its gate (12).
     """
     from modelyard.spec import load_project
 
@@ -119,7 +123,7 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
     outcomes = []
     for spec in chosen:
         outcome = train_with_progress(spec, registry, out, trigger="manual",
-                                      promote=False if no_promote else None)
+                                      promote=False if no_promote else None, force=force)
         outcomes.append(outcome)
         if not as_json:
             for line in describe(outcome):

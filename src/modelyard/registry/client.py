@@ -403,7 +403,8 @@ class Registry:
         logs: str = "",
         failure_reason: str | None = None,
     ) -> Run:
-        """Record how a run ended: ``succeeded``, ``failed`` or ``rejected`` (by its gate)."""
+        """Record how a run ended: ``succeeded``, ``failed``, ``rejected`` (by its gate) or
+        ``unchanged`` (nothing new to train on)."""
         with self.db.session(write=True) as s:
             row = s.get(RunRow, run_id)
             if row is None:

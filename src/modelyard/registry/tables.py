@@ -115,7 +115,8 @@ class RunRow(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     model_name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(20))  # running | succeeded | failed | rejected
+    # running | succeeded | failed | rejected | unchanged
+    status: Mapped[str] = mapped_column(String(20))
     trigger: Mapped[str] = mapped_column(String(100), default="manual")
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
