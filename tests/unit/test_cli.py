@@ -607,3 +607,13 @@ def test_the_exit_code_tables_list_every_code_the_cli_can_return() -> None:
     in_docstring = {int(code) for code in re.findall(r"^(\d+) {2,}\S", cli_module.__doc__ or "",
                                                      flags=re.MULTILINE)}
     assert in_docstring == codes
+
+
+def test_input_files_that_are_not_utf8_are_one_line(registered: Registry, invoke: Invoke,
+                                                    tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b'\xff\xfe[{"a": 1.0, "b": 2.0}]')
+    assert "not UTF-8" in assert_one_error(invoke("predict", "iris2", "--input", str(bad)), 2)
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(b"request_id,label\nr\xe91,1\n")
+    assert "not UTF-8" in assert_one_error(invoke("feedback", "iris2", "--file", str(labels)), 2)

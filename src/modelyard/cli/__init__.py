@@ -55,6 +55,10 @@ class _Main(click.Group):
             # slipped past a command's own checks is still one line, never a traceback
             report_error(ConfigError(f"a number is out of range ({exc}); give a smaller one"))
             ctx.exit(ConfigError.exit_code)
+        except UnicodeDecodeError as exc:  # likewise a file that is not text
+            report_error(ConfigError(f"a file given is not UTF-8 text ({exc.reason} at byte "
+                                     f"{exc.start}); save it as UTF-8"))
+            ctx.exit(ConfigError.exit_code)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
