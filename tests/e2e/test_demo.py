@@ -199,8 +199,14 @@ def test_demo_heal_closes_the_loop_with_no_human_step(tmp_path: Path) -> None:
     result = ok(modelyard(tmp_path, "demo", "--no-serve", "--heal", "--model", "fraud"))
     assert "scheduler trigger: drift: share" in result.stdout
     assert "healed: fraud v2 now serves (was v1), with 0 failed requests" in result.stdout
-    audit = json.loads(ok(modelyard(tmp_path, "audit", "fraud", "--json")).stdout)
-    steps = [(e["actor"], e["action"], e["details"]) for e in reversed(audit)]
+    audit = json.loads(ok(modelyard(tmp_path, "audit", "fraud", "--json",
+                                    "--limit", "10000")).stdout)
+    # the label batches the traffic fed back and the scheduler's drift checks are audited too
+    fed = [e for e in audit if e["action"] == "labels.store"]
+    assert fed and {e["actor"] for e in fed} == {"api:anonymous"}
+    assert any(e["action"] == "drift.check" and e["actor"] == "scheduler" for e in audit)
+    steps = [(e["actor"], e["action"], e["details"]) for e in reversed(audit)
+             if e["action"] not in ("labels.store", "drift.check")]
     actions = [action for _, action, _ in steps]
     triggered = actions.index("retrain.triggered")
     assert steps[triggered][0] == "scheduler"

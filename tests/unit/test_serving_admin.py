@@ -99,20 +99,17 @@ async def test_unknown_model_is_404_and_no_rollout_is_404(client: httpx.AsyncCli
 
 
 # -- aliases ------------------------------------------------------------------------------------
-async def test_promote_moves_the_alias_and_audits_actor_api(
+async def test_promote_moves_the_alias_and_audits_the_anonymous_actor(
         client: httpx.AsyncClient, registry: Registry) -> None:
     r = await client.post("/api/v1/models/promoted/promote",
                           json={"version": 2, "reason": "better f1"})
     assert r.status_code == 200, r.text
     event = r.json()["event"]
-    assert event["version"] == 2 and event["previous_version"] == 1 and event["actor"] == "api"
+    assert event["version"] == 2 and event["previous_version"] == 1
+    assert event["actor"] == "api:anonymous"  # no token on this server: anyone
     assert production(registry, "promoted") == 2
     audit = registry.audit_events("promoted@production", limit=1)[0]
-    assert audit.actor == "api" and audit.details["reason"] == "better f1"
-    r = await client.post("/api/v1/models/promoted/promote", json={"version": 1},
-                          headers={"X-Actor": "ci-bot"})
-    assert r.status_code == 200 and r.json()["event"]["actor"] == "api:ci-bot"
-    assert registry.audit_events("promoted@production", limit=1)[0].actor == "api:ci-bot"
+    assert audit.actor == "api:anonymous" and audit.details["reason"] == "better f1"
 
 
 async def test_rollback_walks_the_alias_back(client: httpx.AsyncClient,
@@ -129,7 +126,8 @@ async def test_rollback_walks_the_alias_back(client: httpx.AsyncClient,
 
 
 async def test_bad_bodies_are_400_and_422(client: httpx.AsyncClient) -> None:
-    r = await client.post("/api/v1/models/listed/promote", content=b"{nope")
+    r = await client.post("/api/v1/models/listed/promote", content=b"{nope",
+                          headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"] == "BadJSONError"
     r = await client.post("/api/v1/models/listed/promote", json={"version": 2, "colour": "red"})
     assert r.status_code == 422
@@ -157,7 +155,7 @@ async def test_canary_start_status_and_abort(client: httpx.AsyncClient,
     d = r.json()
     assert d["state"] == "progressing" and d["stable_version"] == 1
     assert d["candidate_version"] == 2 and d["steps"] == [5, 25, 50, 100]
-    assert d["key"] == "user_id" and d["created_by"] == "api" and d["active"] is True
+    assert d["key"] == "user_id" and d["created_by"] == "api:anonymous" and d["active"] is True
     assert d["candidate_percent"] == 5.0
     r = await client.get("/api/v1/models/canary/deployment")
     assert r.status_code == 200 and r.json()["id"] == d["id"]
@@ -169,9 +167,9 @@ async def test_canary_start_status_and_abort(client: httpx.AsyncClient,
     r = await client.get("/api/v1/models/canary/deployment/history")
     events = r.json()["events"]
     assert [e["action"] for e in events] == ["abort", "start"]
-    assert events[0]["actor"] == "api" and events[0]["reason"] == "enough"
+    assert events[0]["actor"] == "api:anonymous" and events[0]["reason"] == "enough"
     # nothing left to abort: the finished rollout cannot change again
-    r = await client.post("/api/v1/models/canary/deployment/abort")
+    r = await client.post("/api/v1/models/canary/deployment/abort", json={})
     assert r.status_code == 409 and "already aborted" in r.json()["message"]
 
 
@@ -191,16 +189,15 @@ async def test_rollback_ends_an_active_rollout_first(client: httpx.AsyncClient,
                                                      registry: Registry) -> None:
     r = await client.post("/api/v1/models/ended/deployments", json={"version": 2})
     assert r.status_code == 201
-    r = await client.post("/api/v1/models/ended/rollback", json={"to": 2, "reason": "v1 broke"},
-                          headers={"X-Actor": "ana"})
+    r = await client.post("/api/v1/models/ended/rollback", json={"to": 2, "reason": "v1 broke"})
     assert r.status_code == 200, r.text
     doc = r.json()
     assert doc["deployment"]["state"] == "rolled_back"
-    assert doc["event"]["version"] == 2 and doc["event"]["actor"] == "api:ana"
+    assert doc["event"]["version"] == 2 and doc["event"]["actor"] == "api:anonymous"
     assert production(registry, "ended") == 2
     r = await client.get("/api/v1/models/ended/deployment/history")
-    assert r.json()["events"][0]["actor"] == "api:ana"
-    r = await client.post("/api/v1/models/ended/deployment/rollback")
+    assert r.json()["events"][0]["actor"] == "api:anonymous"
+    r = await client.post("/api/v1/models/ended/deployment/rollback", json={})
     assert r.status_code == 409  # already rolled back: a finished rollout stays finished
 
 
@@ -238,9 +235,13 @@ async def test_token_guards_mutations_but_not_reads(registry: Registry,
                 assert r.status_code == 403 and r.json()["error"] == "ForbiddenError"
             assert production(registry, "authz") == 1
             r = await client.post("/api/v1/models/authz/promote", json={"version": 2},
-                                  headers={"Authorization": "Bearer s3cret"})
+                                  headers={"Authorization": "Bearer s3cret",
+                                           "X-Actor": "someone-else"})
             assert r.status_code == 200, r.text
             assert production(registry, "authz") == 2
+            # the actor is what the credential stands for, not what the client claims
+            assert r.json()["event"]["actor"] == "api:token"
+            assert registry.audit_events("authz@production", limit=1)[0].actor == "api:token"
     finally:
         await app.shutdown()
 
@@ -255,7 +256,11 @@ def test_openapi_documents_the_admin_routes() -> None:
     paths: dict[str, Any] = OPENAPI["paths"]
     assert "/api/v1/models" in paths and "/api/v1/models/{name}/deployment/abort" in paths
     start = paths["/api/v1/models/{name}/deployments"]["post"]
-    assert {"201", "401", "403", "409", "422"} <= set(start["responses"])
+    assert {"201", "401", "403", "409", "415", "422"} <= set(start["responses"])
+    for path in ("/v2/repository/models/{name}/load", "/v2/repository/models/{name}/unload",
+                 "/v1/models/{name}/feedback", "/api/v1/models/{name}/drift"):
+        assert {"401", "403", "415"} <= set(paths[path]["post"]["responses"]), path
+        assert paths[path]["post"]["security"] == [{"bearer": []}], path
 
 
 def test_openapi_documents_every_route_the_app_answers() -> None:

@@ -128,21 +128,27 @@ async def test_sensitive_fields_never_reach_the_log(app: App, client: httpx.Asyn
     assert logged[0].inputs["columns"]["f0"] == [pytest.approx(X[0, 0])]
 
 
-async def test_drift_is_checked_stored_and_exported(app: App, client: httpx.AsyncClient) -> None:
-    r = await client.post("/api/v1/models/fraud/drift")
+async def test_drift_is_checked_stored_audited_and_exported(
+        app: App, client: httpx.AsyncClient, registry: Registry) -> None:
+    r = await client.post("/api/v1/models/fraud/drift", json={})
     assert r.status_code == 409 and "needs 50" in r.json()["message"]  # nothing logged yet
 
     X, _ = tabular_data(n_rows=150, n_features=N_FEATURES, seed=3)
     X[:, :3] += 3.0  # three of the five features move far
     await send(client, X)
     app.predlog.flush()
-    r = await client.post("/api/v1/models/fraud/drift")
+    r = await client.post("/api/v1/models/fraud/drift", json={})
     assert r.status_code == 200, r.text
     check = r.json()
     assert check["drifted"] is True and check["rows"] == 150
     assert check["share"] == pytest.approx(3 / 4)  # f4 is dropped from the log: 4 compared
     features = check["report"]["features"]
     assert {f for f, d in features.items() if d["drifted"]} == {"f0", "f1", "f2"}
+    audit = registry.audit_events("fraud", limit=1)[0]  # the refused first check left none
+    assert (audit.action, audit.target, audit.actor) == ("drift.check", "fraud:1",
+                                                         "api:anonymous")
+    assert audit.details == {"check": check["id"], "rows": 150, "share": check["share"],
+                             "drifted": True}
 
     listed = (await client.get("/api/v1/models/fraud/drift")).json()["checks"]
     assert [c["id"] for c in listed] == [check["id"]]
@@ -157,7 +163,8 @@ async def test_feedback_errors_say_what_to_fix(client: httpx.AsyncClient) -> Non
     assert r.status_code == 404 and "nope" in r.json()["message"]
     r = await client.post("/v1/models/fraud/feedback", json={"labels": [{"label": 1}]})
     assert r.status_code == 422 and "request_id" in r.text
-    r = await client.post("/v1/models/fraud/feedback", content=b"{oops")
+    r = await client.post("/v1/models/fraud/feedback", content=b"{oops",
+                          headers={"content-type": "application/json"})
     assert r.status_code == 400
     r = await client.post("/v1/models/fraud/feedback", json={"something": "else"})
     assert r.status_code == 422
@@ -165,7 +172,7 @@ async def test_feedback_errors_say_what_to_fix(client: httpx.AsyncClient) -> Non
     assert r.status_code == 400 and "since" in r.json()["message"]
 
 
-async def test_feedback_needs_the_token_when_one_is_set(
+async def test_feedback_needs_the_token_when_one_is_set_and_is_audited(
         registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELYARD_TOKEN", "s3cret")
     app = create_app(registry, ServeOptions(poll_interval_s=3600, preload=False))
@@ -176,10 +183,18 @@ async def test_feedback_needs_the_token_when_one_is_set(
             body = {"request_id": "a", "label": 1}
             assert (await c.post("/v1/models/fraud/feedback", json=body)).status_code == 401
             r = await c.post("/v1/models/fraud/feedback", json=body,
-                             headers={"Authorization": "Bearer s3cret"})
+                             headers={"Authorization": "Bearer s3cret", "X-Actor": "bob"})
             assert r.status_code == 200 and r.json()["matched"] == 0
     finally:
         await app.shutdown()
+    audit = registry.audit_events("fraud", limit=1)[0]
+    assert (audit.action, audit.actor, audit.details) == ("labels.store", "api:token",
+                                                          {"labels": 1})
+    # from Python (and the CLI) the registry's actor is recorded
+    Monitor(registry).feedback("fraud", {"b": 0, "c": 1})
+    audit = registry.audit_events("fraud", limit=1)[0]
+    assert (audit.action, audit.actor, audit.details) == ("labels.store", "tester",
+                                                          {"labels": 2})
 
 
 async def test_failed_requests_are_logged_as_errors_and_give_the_error_rate(

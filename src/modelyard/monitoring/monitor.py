@@ -166,7 +166,8 @@ class Monitor:
     # -- feedback -------------------------------------------------------------------------------
     def feedback(self, model: str, labels: Mapping[str, Any] | Iterable[tuple[str, Any]],
                  *, actor: str | None = None) -> FeedbackResult:
-        """Store ground truth by request id (a later label for the same id replaces it)."""
+        """Store ground truth by request id (a later label for the same id replaces it); audited
+        as ``labels.store`` under ``actor``."""
         pairs = list(labels.items()) if isinstance(labels, Mapping) else list(labels)
         if not pairs:
             raise ConfigError("feedback needs at least one {request_id, label} pair")
@@ -188,6 +189,8 @@ class Monitor:
             model_row(s, model)  # unknown model: NotFoundError before anything is written
             _upsert_labels(s, [{"model": model, "request_id": r, "label": v, "at": at,
                                 "actor": who} for r, v in by_id.items()])
+            # labels steer rollbacks and retraining: who sent them is part of the record
+            audit(s, who, "labels.store", model, {"labels": len(by_id)})
         logged = self._logged_ids(model, list(by_id))
         unmatched = [r for r in by_id if r not in logged]
         return FeedbackResult(model, len(by_id), len(by_id) - len(unmatched), unmatched[:20])
@@ -259,7 +262,8 @@ class Monitor:
     def check_drift(self, model: str, *, version: int | None = None,
                     since: datetime | None = None, until: datetime | None = None,
                     actor: str | None = None, store: bool = True) -> DriftCheck:
-        """Compare logged inputs in the window with the version's reference statistics."""
+        """Compare logged inputs in the window with the version's reference statistics; a stored
+        check is audited as ``drift.check`` under ``actor``."""
         from modelyard.monitoring.drift import compare
         from modelyard.monitoring.summary import current_from_log
 
@@ -287,6 +291,9 @@ class Monitor:
             with self.registry.db.session(write=True) as s:
                 s.add(row)
                 s.flush()
+                audit(s, row.created_by, "drift.check", f"{model}:{watched.version}",
+                      {"check": row.id, "rows": report.rows, "share": report.share,
+                       "drifted": report.drifted})
                 return _drift_check(row)
         return _drift_check(row, 0)
 

@@ -58,6 +58,8 @@ _PAUSE_S = 0.001
 MAX_OUTPUT_VALUES = 10_000
 ENV = "MODELYARD_PREDICTION_LOG"
 KEY_ENV = "MODELYARD_LOG_KEY"
+#: the hash key when ``MODELYARD_LOG_KEY`` is unset: public, so it hides nothing from a guesser.
+BUILTIN_KEY = b"modelyard-default-log-key"
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,12 @@ class PredictionLog:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._last_warning = 0.0
+
+    @property
+    def uses_builtin_key(self) -> bool:
+        """Whether sensitive fields are hashed with the public built-in key (no
+        ``MODELYARD_LOG_KEY``): their hashes can be matched against guessed values."""
+        return self.hash_key == BUILTIN_KEY
 
     # -- the request path -----------------------------------------------------------------------
     def record(self, policy: LogPolicy, request_id: str, variant: str, latency_s: float,
@@ -417,7 +425,7 @@ def _hash_key() -> bytes:
         return key.encode()
     # without a configured key, hashes are still stable across processes (joins work), but a
     # low-entropy value could be guessed by hashing candidates: set MODELYARD_LOG_KEY in production
-    return b"modelyard-default-log-key"
+    return BUILTIN_KEY
 
 
 # -- stores -------------------------------------------------------------------------------------
@@ -558,5 +566,6 @@ def open_store(registry: Registry, where: str | None = None) -> LogStore | None:
     raise ConfigError(f"{ENV}={where!r} is not understood; use db, off or parquet:FOLDER")
 
 
-__all__ = ["LOG_COLUMNS", "DatabaseStore", "LogBatch", "LogPolicy", "LogStore", "LoggedPrediction",
-           "ParquetStore", "PredictionLog", "open_store", "outputs_many", "outputs_of"]
+__all__ = ["BUILTIN_KEY", "LOG_COLUMNS", "DatabaseStore", "LogBatch", "LogPolicy", "LogStore",
+           "LoggedPrediction", "ParquetStore", "PredictionLog", "open_store", "outputs_many",
+           "outputs_of"]

@@ -23,12 +23,15 @@ import orjson
 from modelyard.errors import NotFoundError
 from modelyard.predictor import Prediction
 from modelyard.serving import protocol_v1
+from modelyard.serving.access import ACTOR_KEY, Access
 from modelyard.serving.admin import ADMIN_ROUTES, AdminAPI
 from modelyard.serving.batching import RunnerClosedError
 from modelyard.serving.catalog import Catalog
+from modelyard.serving.cors import CrossSite
 from modelyard.serving.http import (
     JSON,
     ClientDisconnectedError,
+    MethodNotAllowedError,
     Receive,
     Scope,
     Send,
@@ -75,6 +78,14 @@ ROUTES = compile_routes([
 ])
 
 Handler = Callable[..., Awaitable[None]]
+
+#: the handlers that change something: the dispatcher admits each (cross-site rules, then the
+#: credential) before it runs, and puts the authenticated actor in the scope for its audit.
+MUTATIONS = frozenset(
+    {h for m, _, h in (*ADMIN_ROUTES, *MONITOR_ROUTES) if m == "POST"} | {"v2_load", "v2_unload"})
+#: mutations whose clients send no Content-Type (tritonclient's repository load/unload).
+_UNTYPED = frozenset({"v2_load", "v2_unload"})
+
 
 class _RequestIds:
     """Request ids: a random prefix per process and a counter. uuid4 costs a ``getrandom``
@@ -148,7 +159,9 @@ class App:
         self._preload: asyncio.Task[None] | None = None
         self._grpc: Any = None
         oip = OIPHandlers(self)
-        self.admin = AdminAPI(self)  # reads MODELYARD_TOKEN now
+        self.access = Access.from_env()  # reads MODELYARD_TOKEN now
+        self.cross_site = CrossSite(self.options.cors_origins)
+        self.admin = AdminAPI(self)
         monitor = MonitorAPI(self)
         self.gauges = MonitorGauges(self, monitor)
         self._handlers: dict[str, Handler] = {}
@@ -250,20 +263,48 @@ class App:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
+        if self.cross_site.enabled:
+            send = self.cross_site.wrap(scope, send)
         try:
             found = match(ROUTES, scope["method"], path)
             if found is None:
                 raise NotFoundError(f"no route {path}; see /docs for the API")
             handler, params = found
+            if handler in MUTATIONS:
+                self.admit(scope, handler)
             await self._handlers[handler](scope, receive, send, **params)
         except ClientDisconnectedError:
             return
+        except MethodNotAllowedError as exc:
+            if scope["method"] == "OPTIONS":
+                await self._options(scope, send, exc.allow)
+            else:
+                await self._fail(scope, send, exc)
         except Exception as exc:
-            if not isinstance(exc, NotFoundError | protocol_v1.InputError) and getattr(
-                    exc, "status_code", 500) >= 500:
-                log.exception("error answering %s %s", scope["method"], path)
-            status, body, headers = error_body(exc, oip=path.startswith("/v2"))
-            await respond(send, status, body, headers)
+            await self._fail(scope, send, exc)
+
+    def admit(self, scope: Scope, handler: str) -> None:
+        """Let a mutation through, or raise: a foreign ``Origin`` or a body not declared JSON
+        (:mod:`~modelyard.serving.cors`), then a missing or wrong credential
+        (:mod:`~modelyard.serving.access`). The actor goes into the scope for the audit."""
+        self.cross_site.check_mutation(scope, json_optional=handler in _UNTYPED)
+        scope[ACTOR_KEY] = self.access.authenticate(header(scope, b"authorization"))
+
+    async def _options(self, scope: Scope, send: Send, methods: list[str]) -> None:
+        """``OPTIONS``: 204 with ``Allow``; a CORS preflight from a listed origin is granted."""
+        allow = {*methods, "OPTIONS", *(["HEAD"] if "GET" in methods else [])}
+        headers = [(b"allow", ", ".join(sorted(allow)).encode()),
+                   *self.cross_site.preflight_headers(scope, methods)]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _fail(self, scope: Scope, send: Send, exc: Exception) -> None:
+        path = scope["path"]
+        if not isinstance(exc, NotFoundError | protocol_v1.InputError) and getattr(
+                exc, "status_code", 500) >= 500:
+            log.exception("error answering %s %s", scope["method"], path)
+        status, body, headers = error_body(exc, oip=path.startswith("/v2"))
+        await respond(send, status, body, headers)
 
     # -- prediction -----------------------------------------------------------------------------
     def predict(self, call: Call, name: str, version: int | None,
@@ -437,4 +478,4 @@ def create_app(registry: Any = None, options: ServeOptions | None = None,
     return App(registry, options, settings=settings)
 
 
-__all__ = ["ROUTES", "App", "Call", "create_app", "parse_version"]
+__all__ = ["MUTATIONS", "ROUTES", "App", "Call", "create_app", "parse_version"]

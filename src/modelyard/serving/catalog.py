@@ -62,6 +62,7 @@ class Catalog:
         self.io_pool = ThreadPoolExecutor(1, "modelyard-registry")
         #: the app's PredictionLog when it is on (loaded runners then get a log policy).
         self.predlog: Any = None
+        self._warned_log_key = False
 
     # -- the request path -----------------------------------------------------------------------
     def runner_now(self, name: str, version: int | None = None) -> Runner | None:
@@ -130,8 +131,20 @@ class Catalog:
         runner = await loop.run_in_executor(self.load_pool, self._open, record)
         if self.predlog is not None:
             runner.log_policy = log_policy(record)
+            self._check_log_key(runner.log_policy)
         runner.start()
         return runner
+
+    def _check_log_key(self, policy: Any) -> None:
+        """Warn once when a version hashes sensitive fields with the public built-in key."""
+        hashed = sorted(f for f, action in policy.sensitive.items() if action == "hash")
+        if hashed and not self._warned_log_key and self.predlog.uses_builtin_key:
+            self._warned_log_key = True
+            log.warning("SECURITY: %s:%s logs its sensitive field(s) %s as keyed hashes, but "
+                        "MODELYARD_LOG_KEY is not set: the built-in key is public, so anyone "
+                        "who reads the prediction log can confirm guessed values. Set "
+                        "MODELYARD_LOG_KEY to a secret (the same on every server).",
+                        policy.model, policy.version, ", ".join(hashed))
 
     def _open(self, record: Any) -> Runner:
         """Load, wrap and warm one version (blocking: runs on a load thread)."""

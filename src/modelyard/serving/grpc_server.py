@@ -10,6 +10,10 @@ metadata names the version and the variant (``production``, or ``stable``/``cand
 a rollout) that answered: ``x-model-version``, ``x-model-variant``. Under a rollout, request
 metadata plays the part of request headers for the routing key (``x-request-key``, or the
 header an A/B rollout names).
+
+Repository load and unload are mutations: with ``MODELYARD_TOKEN`` set they need the metadata
+``authorization: Bearer <token>`` (UNAUTHENTICATED without it, PERMISSION_DENIED with another
+token), and each is audited under the actor the credential stands for, as over REST.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def _modules() -> tuple[Any, Any, Any]:
 def status_code(grpc: Any, exc: BaseException) -> Any:
     """The gRPC status for an error (client mistakes are never INTERNAL)."""
     http = exc.status_code if isinstance(exc, ModelyardError) else 500
-    return {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+    return {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+            403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
             409: grpc.StatusCode.FAILED_PRECONDITION, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
             422: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE,
             504: grpc.StatusCode.DEADLINE_EXCEEDED}.get(http, grpc.StatusCode.INTERNAL)
@@ -174,18 +179,26 @@ class Servicer:
         rows = self.oip.repository_index(bool(request.ready))
         return self.pb.RepositoryIndexResponse(models=[index(**r) for r in rows])
 
+    def _actor(self, context: Any) -> str:
+        """Who is calling: the ``authorization`` metadata (``Bearer <token>``), as over HTTP."""
+        given = next((value for key, value in context.invocation_metadata() or ()
+                      if key == "authorization" and isinstance(value, str)), None)
+        return str(self.app.access.authenticate(given))
+
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         try:
+            actor = self._actor(context)
             version = request.parameters["version"].string_param \
                 if "version" in request.parameters else None
-            await self.oip.load(request.model_name, version)
+            await self.oip.load(request.model_name, version, actor=actor, protocol="grpc")
         except Exception as exc:
             await self._fail(context, exc)
         return self.pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
         try:
-            await self.oip.unload(request.model_name)
+            await self.oip.unload(request.model_name, actor=self._actor(context),
+                                  protocol="grpc")
         except Exception as exc:
             await self._fail(context, exc)
         return self.pb.RepositoryModelUnloadResponse()

@@ -177,6 +177,8 @@ def error_body(
         headers.append((b"retry-after", str(retry_after).encode()))
     if isinstance(exc, MethodNotAllowedError):
         headers.append((b"allow", ", ".join(sorted(set(exc.allow))).encode()))
+    # an error that needs more than its body to be understood (WWW-Authenticate on a 401)
+    headers.extend(getattr(exc, "response_headers", ()))
     return status, orjson.dumps(data), headers
 
 

@@ -9,8 +9,10 @@ GET    ``/api/v1/models/{name}/events``        alerts, triggers and retraining r
 =====  ======================================  ==============================================
 
 ``GET`` calls take ``?since=1h`` (a duration ago or an ISO time) where a window applies.
-``POST`` calls need the bearer token when ``MODELYARD_TOKEN`` is set, like the admin API:
-labels decide rollbacks and retraining, so not everyone may send them.
+``POST`` calls are mutations, admitted by the app's dispatcher like the admin API's (a JSON
+body, no foreign ``Origin``, the bearer token when ``MODELYARD_TOKEN`` is set): labels decide
+rollbacks and retraining, so not everyone may send them. Each is audited under the actor the
+credential stands for.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import orjson
 
 from modelyard.config import parse_duration
 from modelyard.errors import InputError
+from modelyard.serving.access import actor_of
 from modelyard.serving.http import Receive, Scope, Send, read_body, respond
 from modelyard.serving.poller import Poller
 from modelyard.serving.protocol_v1 import BadJSONError
@@ -81,7 +84,7 @@ def parse_feedback(body: bytes) -> list[tuple[str, Any]]:
 
 
 class MonitorAPI:
-    """The ``monitor_*`` handlers; reuses the admin API's token check and registry thread."""
+    """The ``monitor_*`` handlers; reuses the admin API's registry thread."""
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -99,12 +102,10 @@ class MonitorAPI:
     async def monitor_feedback(self, scope: Scope, receive: Receive, send: Send,
                                name: str) -> None:
         """``POST /v1/models/{name}/feedback``: store labels, say how many match a prediction."""
-        admin = self.app.admin
-        if not await admin.authorized(scope, send):
-            return
         body = await read_body(scope, receive, self.app.options.max_body_bytes)
         pairs = parse_feedback(body)
-        result = await admin.io(self.monitor.feedback, name, pairs, actor=admin.actor(scope))
+        result = await self.app.admin.io(self.monitor.feedback, name, pairs,
+                                          actor=actor_of(scope))
         await respond(send, 200, orjson.dumps(result.to_dict()))
 
     async def monitor_metrics(self, scope: Scope, receive: Receive, send: Send,
@@ -130,11 +131,8 @@ class MonitorAPI:
     async def monitor_check_drift(self, scope: Scope, receive: Receive, send: Send,
                                   name: str) -> None:
         """``POST /api/v1/models/{name}/drift[?since=1h]``: check drift now and store it."""
-        admin = self.app.admin
-        if not await admin.authorized(scope, send):
-            return
-        check = await admin.io(self.monitor.check_drift, name, since=_since(scope),
-                                actor=admin.actor(scope))
+        check = await self.app.admin.io(self.monitor.check_drift, name, since=_since(scope),
+                                         actor=actor_of(scope))
         await respond(send, 200, orjson.dumps(check.to_dict()))
 
     async def monitor_events(self, scope: Scope, receive: Receive, send: Send,

@@ -2,6 +2,8 @@
 
 The handlers share the app's catalog and prediction path; the wire format lives in
 :mod:`modelyard.serving.protocol_v2`. Errors answer ``{"error": message}`` as the protocol says.
+Repository load and unload are mutations: the app's dispatcher admits them (token, cross-site
+rules) and each is audited under the actor the credential stands for; the index is a read.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import orjson
 from modelyard.errors import InputError, NotFoundError
 from modelyard.schema import Signature
 from modelyard.serving import protocol_v2 as v2
+from modelyard.serving.access import actor_of
 from modelyard.serving.http import Receive, Scope, Send, error_body, header, read_body, respond
 
 if TYPE_CHECKING:
@@ -142,8 +145,10 @@ class OIPHandlers:
                                  "reason": reason})
         return rows
 
-    async def load(self, name: str, version: Any = None) -> None:
-        """Load ``name`` (a given version, else the served one, else the newest)."""
+    async def load(self, name: str, version: Any = None, *, actor: str,
+                   protocol: str = "rest") -> None:
+        """Load ``name`` (a given version, else the served one, else the newest); audited as
+        ``model.load`` under ``actor``."""
         from modelyard.serving.app import parse_version
 
         if name not in self.catalog.models:
@@ -155,16 +160,24 @@ class OIPHandlers:
         else:
             key = self.catalog.key_for(name, self.catalog.latest.get(name))
         await self.catalog.cache.get(key)
+        await self._audit("model.load", f"{name}:{key[1]}", {"protocol": protocol}, actor)
 
-    async def unload(self, name: str) -> None:
-        """Drain and drop every loaded version of ``name``."""
+    async def unload(self, name: str, *, actor: str, protocol: str = "rest") -> None:
+        """Drain and drop every loaded version of ``name``; audited as ``model.unload``."""
         if name not in self.catalog.models:
             raise NotFoundError(f"model '{name}' is not in the registry")
-        tasks = [self.catalog.cache.evict(k) for k, _ in self.catalog.cache.loaded()
-                 if k[0] == name]
+        keys = [k for k, _ in self.catalog.cache.loaded() if k[0] == name]
+        tasks = [self.catalog.cache.evict(k) for k in keys]
         for task in tasks:
             if task is not None:
                 await task
+        await self._audit("model.unload", name,
+                          {"protocol": protocol, "versions": sorted(v for _, v in keys)}, actor)
+
+    async def _audit(self, action: str, target: str, details: dict[str, Any],
+                     actor: str) -> None:
+        await self.app.admin.io(self.catalog.registry.record, action, target, details,
+                                actor=actor)
 
     async def describe(self, name: str, version: str | None) -> dict[str, Any]:
         """OIP model metadata for ``name`` (and version)."""
@@ -190,13 +203,14 @@ class OIPHandlers:
         """``POST /v2/repository/models/{name}/load``: load the served (or newest) version."""
         body = await read_body(scope, receive, self.app.options.max_body_bytes)
         params = _json_object(body).get("parameters") or {}
-        await self.load(name, params.get("version") if isinstance(params, dict) else None)
+        await self.load(name, params.get("version") if isinstance(params, dict) else None,
+                        actor=actor_of(scope))
         await respond(send, 200, b"{}")
 
     async def v2_unload(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """``POST /v2/repository/models/{name}/unload``: drain and drop every loaded version."""
         await read_body(scope, receive, self.app.options.max_body_bytes)
-        await self.unload(name)
+        await self.unload(name, actor=actor_of(scope))
         await respond(send, 200, b"{}")
 
 

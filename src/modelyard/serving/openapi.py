@@ -18,7 +18,9 @@ def _errors(*codes: int) -> dict[str, Any]:
             413: "body over the size limit", 422: "input does not match the signature",
             500: "the model failed on this request", 503: "queue full (see Retry-After)",
             504: "no result within the request timeout",
-            401: "no bearer token (MODELYARD_TOKEN is set)", 403: "wrong bearer token",
+            401: "no bearer token (MODELYARD_TOKEN is set)",
+            403: "wrong bearer token, or a cross-site request (a foreign Origin)",
+            415: "the body is not declared Content-Type: application/json",
             409: "clashes with the registry's state (e.g. a rollout is already active)"}
     return {str(c): _json(_ERROR, text[c]) for c in codes}
 
@@ -79,8 +81,22 @@ def _admin_post(summary: str, body: dict[str, Any], status: str = "200") -> dict
         "summary": summary, "parameters": [_NAME], "security": [{"bearer": []}],
         "requestBody": {"required": False, "content": {"application/json": {"schema": {
             "type": "object", "additionalProperties": False, "properties": body}}}},
-        "responses": {status: _json({"type": "object"}), **_errors(400, 401, 403, 404, 409, 422)},
+        "responses": {status: _json({"type": "object"}),
+                      **_errors(400, 401, 403, 404, 409, 415, 422)},
     }}
+
+
+def _v2_repository(summary: str) -> dict[str, Any]:
+    """Repository load/unload: mutations (token, cross-site rules), JSON or no body."""
+    return {"post": {"summary": summary, "parameters": [_NAME], "security": [{"bearer": []}],
+                     "requestBody": {"required": False, "content": {
+                         "application/json": {"schema": {"type": "object"}}}},
+                     "responses": {"200": _json({"type": "object"}),
+                                   "400": _json(_V2_ERROR, "bad request"),
+                                   "401": _json(_V2_ERROR, "no bearer token"),
+                                   "403": _json(_V2_ERROR, "wrong token or foreign Origin"),
+                                   "404": _json(_V2_ERROR, "unknown model"),
+                                   "415": _json(_V2_ERROR, "a body that is not JSON")}}}
 
 
 _REASON = {"reason": {"type": "string", "default": ""}}
@@ -132,7 +148,7 @@ _MONITOR_PATHS: dict[str, Any] = {
         "responses": {"200": _json({"type": "object", "properties": {
             "model": {"type": "string"}, "stored": {"type": "integer"},
             "matched": {"type": "integer"}, "unmatched": {"type": "array"}}}),
-            **_errors(400, 401, 403, 404, 422)},
+            **_errors(400, 401, 403, 404, 415, 422)},
     }},
     "/api/v1/models/{name}/metrics": _get(
         "Monitor: declared metrics per version and variant from fed-back labels, and latency",
@@ -148,7 +164,7 @@ _MONITOR_PATHS: dict[str, Any] = {
         "post": {"summary": "Monitor: check drift of the logged inputs now and store it",
                  "parameters": [_NAME, _SINCE], "security": [{"bearer": []}],
                  "responses": {"200": _json({"type": "object"}),
-                               **_errors(400, 401, 403, 404, 409)}},
+                               **_errors(400, 401, 403, 404, 409, 415)}},
     },
     "/api/v1/models/{name}/events": _get(
         "Monitor: alerts, retraining triggers and results, newest first",
@@ -180,8 +196,8 @@ OPENAPI: dict[str, Any] = {
         "/v2/models/{name}/versions/{version}/infer": _v2_post("OIP inference",
                                                                [_NAME, _VERSION]),
         "/v2/repository/index": _v2_post("Model repository index", []),
-        "/v2/repository/models/{name}/load": _v2_post("Load a model", [_NAME]),
-        "/v2/repository/models/{name}/unload": _v2_post("Unload a model", [_NAME]),
+        "/v2/repository/models/{name}/load": _v2_repository("Load a model"),
+        "/v2/repository/models/{name}/unload": _v2_repository("Unload a model"),
         "/metrics": {"get": {"summary": "Prometheus metrics",
                              "responses": {"200": {"description": "text exposition"}}}},
         "/healthz": _get("Liveness"),
@@ -194,7 +210,8 @@ OPENAPI: dict[str, Any] = {
     },
     "components": {"securitySchemes": {"bearer": {
         "type": "http", "scheme": "bearer",
-        "description": "Needed by admin POSTs when the server's MODELYARD_TOKEN is set"}},
+        "description": "Needed by every mutation (admin and monitoring POSTs, feedback, "
+                       "repository load/unload) when the server's MODELYARD_TOKEN is set"}},
                    "schemas": {"Error": {
         "type": "object",
         "properties": {"error": {"type": "string"}, "message": {"type": "string"},

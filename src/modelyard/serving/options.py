@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from modelyard.errors import ConfigError
+from modelyard.serving.cors import normalize_origin
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
@@ -55,6 +56,10 @@ class ServeOptions:
     worker_start_timeout_s: float = 300.0
     #: restart attempts in a row for a dead device worker before its version is unloaded.
     worker_max_restarts: int = 5
+    #: origins (``https://dashboard.example.com``) whose pages may call this server from a
+    #: browser: CORS headers for them, and their mutations are not refused as cross-site.
+    #: Empty: CORS is off and only this server's own pages may send mutations.
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_memory is not None and self.max_memory <= 0:
@@ -72,6 +77,14 @@ class ServeOptions:
                               "parquet:FOLDER")
         if self.worker_start_timeout_s <= 0 or self.worker_max_restarts < 1:
             raise ConfigError("worker_start_timeout_s must be > 0 and worker_max_restarts >= 1")
+        if isinstance(self.cors_origins, str):
+            raise ConfigError("cors_origins must be a list of origins, not one string")
+        if "*" in self.cors_origins:
+            raise ConfigError("a CORS origin of '*' would let every web page change models on "
+                              "this server; list each origin, e.g. https://dashboard.example.com")
+        # a list when the options come back from JSON (several server processes)
+        object.__setattr__(self, "cors_origins",
+                           tuple(dict.fromkeys(normalize_origin(o) for o in self.cors_origins)))
 
 
 __all__ = ["ServeOptions", "parse_size"]

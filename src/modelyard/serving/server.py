@@ -13,6 +13,7 @@ from dataclasses import asdict
 from typing import Any
 
 from modelyard.config import Settings
+from modelyard.serving.access import Access, exposure_warning
 from modelyard.serving.app import App
 from modelyard.serving.options import ServeOptions
 
@@ -33,12 +34,17 @@ def serve(
     """Serve every model with a production alias (and any version on request) until stopped.
 
     ``settings`` names the registry (default: ``MODELYARD_*`` or ``./.modelyard``); ``options``
-    sets memory budget, preloading, body limit and timeouts.
+    sets memory budget, preloading, body limit and timeouts. Listening on an address other
+    machines can reach without ``MODELYARD_TOKEN`` logs a warning: anyone there could change
+    models.
     """
     import uvicorn
 
     settings = settings or Settings.from_env()
     options = options or ServeOptions()
+    exposed = exposure_warning(host, Access.from_env())
+    if exposed is not None:
+        log.warning(exposed)
     common: dict[str, Any] = dict(
         host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
         http=_pick("httptools", "h11"), loop=_pick("uvloop", "asyncio"),
