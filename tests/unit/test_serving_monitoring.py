@@ -97,7 +97,8 @@ async def test_feedback_joins_labels_to_logged_predictions_and_scores_them(
     # a later label for the same request replaces the first
     r = await client.post("/v1/models/fraud/feedback",
                           json={"request_id": answered[0][0], "label": 1 - answered[0][1]})
-    assert r.json() == {"model": "fraud", "stored": 1, "matched": 1, "unmatched": []}
+    assert r.json() == {"model": "fraud", "stored": 1, "matched": 1, "unmatched": [],
+                        "pending": 0, "message": "every label matches a logged prediction"}
 
     r = await client.get("/api/v1/models/fraud/metrics?since=1h")
     assert r.status_code == 200, r.text

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from modelyard.monitoring.drift import compare
-from modelyard.monitoring.summary import current_from_log, hash_value, summarize
+from modelyard.monitoring.summary import current_from_log, hash_value, summarize, summarize_many
 from modelyard.pipeline.profile import embed_text, profile, project
 from modelyard.schema import Signature
 
@@ -173,3 +173,27 @@ def test_logged_texts_and_tensors_rebuild_the_current_data():
         report = compare(reference, current_from_log(summaries, reference))
         assert report.rows == 300 and report.embedding.drifted is drifted
         assert report.features["row_mean"].drifted is drifted
+
+
+def test_a_tensor_models_vector_input_is_logged_as_the_columns_it_was_profiled_as():
+    # A PyTorch MLP over 256 floats: one tensor input in the signature, 256 columns in the
+    # profile. The log used to summarise it as a table of one column and fail on every request.
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(500, 256)).astype(np.float32)
+    signature = Signature.infer(X, layout="tensor")
+    reference = profile(X)
+    assert signature.layout == "tensor" and reference["kind"] == "table"
+    batches = [signature.prepare(X[i:i + 1].tolist())[0] for i in range(3)]
+    stacked = list(summarize_many(batches, signature, reference))
+    alone = [summarize(b, signature, reference) for b in batches]
+    assert stacked == alone
+    assert list(stacked[0]["columns"]) == [f"f{i}" for i in range(256)]
+    assert stacked[2]["columns"]["f7"] == [float(str(X[2, 7]))]
+    _json(stacked[0])
+
+    shifted = [summarize(signature.prepare(row[None] + 1.0)[0], signature, reference)
+               for row in rng.normal(size=(300, 256)).astype(np.float32)]
+    assert compare(reference, current_from_log(shifted, reference)).drifted
+
+    hidden = summarize(batches[0], signature, reference, sensitive={"input": "drop"})
+    assert hidden["columns"] == {} and len(hidden["dropped"]) == 256

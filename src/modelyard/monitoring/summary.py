@@ -141,8 +141,10 @@ def _summarize_table(batch: Any, signature: Signature, reference: Mapping[str, A
     columns: dict[str, list[Any]] = {}
     hashed: list[str] = []
     dropped: list[str] = []
-    for name, values in _batch_columns(batch, signature).items():
-        action = sensitive.get(name)
+    # a tensor model's one input marked sensitive covers every column it is logged as
+    whole = sensitive.get(signature.names[0]) if signature.layout == "tensor" else None
+    for name, values in _batch_columns(batch, signature, reference).items():
+        action = sensitive.get(name, whole)
         if action == "drop":
             dropped.append(name)
         elif action == "hash":
@@ -200,17 +202,35 @@ def _hidden(signature: Signature, sensitive: Mapping[str, str]) -> bool:
     return any(spec.name in sensitive for spec in signature.inputs)
 
 
-def _batch_columns(batch: Any, signature: Signature) -> dict[str, np.ndarray]:
+def _batch_columns(batch: Any, signature: Signature,
+                   reference: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
     if hasattr(batch, "columns") and hasattr(batch, "dtypes"):  # a DataFrame
         return {str(c): batch[c].to_numpy() for c in batch.columns}
     arr = np.asarray(batch)
     if arr.ndim == 1:
         arr = arr[:, None]
-    names = signature.names
+    names = _column_names(signature, reference, arr.shape[1] if arr.ndim == 2 else -1)
     if arr.ndim != 2 or arr.shape[1] != len(names):
         raise ValueError(f"a batch of shape {arr.shape} does not match the signature's "
                          f"{len(names)} inputs")
     return {name: arr[:, i] for i, name in enumerate(names)}
+
+
+def _column_names(signature: Signature, reference: Mapping[str, Any] | None,
+                  width: int) -> list[str]:
+    """The names of a table batch's ``width`` columns: the signature's inputs, or for a tensor
+    model's one vector input, the features its training data was profiled as.
+
+    The profile describes any 2-D training array up to ``MAX_TABLE_FEATURES`` wide column by
+    column (``f0``, ``f1``, ...), a PyTorch MLP's 256 floats included, while the signature names
+    the one tensor input: the log keeps the columns the profile has, so drift checks find them.
+    """
+    names = signature.names
+    features = list((reference or {}).get("features") or ())
+    if len(names) == width or signature.layout != "tensor" or len(features) != width:
+        return names
+    positional = [f"f{i}" for i in range(width)]
+    return positional if set(features) == set(positional) else features
 
 
 def _plain_values(values: np.ndarray) -> list[Any]:

@@ -55,6 +55,12 @@ class ServeOptions:
     worker_start_timeout_s: float = 300.0
     #: restart attempts in a row for a dead device worker before its version is unloaded.
     worker_max_restarts: int = 5
+    #: how often logged predictions and labels older than ``monitoring.retention_days`` are
+    #: deleted (the first sweep runs a minute after start, or sooner when this is shorter).
+    retention_interval_s: float = 3600.0
+    #: the folder ``--workers`` processes share their Prometheus metrics through (set by
+    #: :func:`~modelyard.serving.server.serve`; None: one process, metrics in memory).
+    metrics_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_memory is not None and self.max_memory <= 0:
@@ -72,6 +78,8 @@ class ServeOptions:
                               "parquet:FOLDER")
         if self.worker_start_timeout_s <= 0 or self.worker_max_restarts < 1:
             raise ConfigError("worker_start_timeout_s must be > 0 and worker_max_restarts >= 1")
+        if not self.retention_interval_s > 0:
+            raise ConfigError("retention_interval_s must be > 0")
 
 
 __all__ = ["ServeOptions", "parse_size"]
