@@ -192,3 +192,126 @@ async def test_failed_requests_are_logged_as_errors_and_give_the_error_rate(
     latency = Monitor(registry).latency("flaky")
     assert latency.requests == 4 and latency.error_rate == 0.5
     assert latency.p99_ms is not None and latency.p99_ms > 0
+
+
+async def test_feedback_sent_before_the_log_is_written_is_kept_and_joined_later(
+        app: App, client: httpx.AsyncClient, registry: Registry) -> None:
+    X, _ = tabular_data(n_rows=2, n_features=N_FEATURES, seed=11)
+    (request_id, predicted), (other, _) = await send(client, X)
+    r = await client.post("/v1/models/fraud/feedback",
+                          json={"labels": [{"request_id": request_id, "label": predicted},
+                                           {"request_id": other, "label": 0}]})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["matched"] == 0 and answer["pending"] == 2 and answer["stored"] == 2
+    assert "kept and joined when the prediction is logged" in answer["message"]
+    assert set(answer["unmatched"]) == {request_id, other}
+
+    app.predlog.flush()  # the writer's next wake
+    (window,) = Monitor(registry).metrics("fraud")
+    assert window.requests == 2 and window.labeled == 2
+
+
+async def test_one_request_is_looked_up_by_its_id(app: App, client: httpx.AsyncClient) -> None:
+    X, _ = tabular_data(n_rows=1, n_features=N_FEATURES, seed=12)
+    ((request_id, predicted),) = await send(client, X)
+    r = await client.get(f"/api/v1/models/fraud/predictions/{request_id}")
+    assert r.status_code == 404 and "not written yet" in r.json()["message"]
+    app.predlog.flush()
+    await client.post("/v1/models/fraud/feedback",
+                      json={"request_id": request_id, "label": 1 - predicted})
+
+    r = await client.get(f"/api/v1/models/fraud/predictions/{request_id}")
+    assert r.status_code == 200, r.text
+    found = r.json()
+    assert found["model"] == "fraud" and found["request_id"] == request_id
+    assert found["labeled"] is True and found["label"] == 1 - predicted
+    (logged,) = found["predictions"]
+    assert logged["version"] == 1 and logged["variant"] == "production" and logged["rows"] == 1
+    assert logged["latency_ms"] > 0 and logged["at"].startswith("20")
+    assert logged["outputs"]["predictions"] == [predicted]
+    assert logged["inputs"]["columns"]["f0"] == [pytest.approx(X[0, 0])]
+    assert "f4" not in logged["inputs"]["columns"]  # sensitive: dropped, as logged
+
+    assert (await client.get("/api/v1/models/nope/predictions/x")).status_code == 404
+
+
+async def test_a_lookup_needs_the_token_when_one_is_set(
+        registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODELYARD_TOKEN", "s3cret")  # it shows what clients sent
+    app = create_app(registry, ServeOptions(poll_interval_s=3600, preload=False))
+    await app.startup()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://m") as c:
+            path = "/api/v1/models/fraud/predictions/some-id"
+            assert (await c.get(path)).status_code == 401
+            r = await c.get(path, headers={"Authorization": "Bearer s3cret"})
+            assert r.status_code == 404 and "some-id" in r.json()["message"]
+    finally:
+        await app.shutdown()
+
+
+async def test_a_256_wide_torch_mlp_is_logged_with_its_columns(tmp_path: Path) -> None:
+    from modelyard.serving.fixtures import register_mlp
+
+    with Registry.open(Settings.from_env(home=tmp_path / "mlp", actor="tester")) as registry:
+        version = register_mlp(registry, "mlp", sizes=(256, 32, 10), meta={
+            "monitoring": {"min_rows": 30}})
+        assert version.reference_stats["kind"] == "table"  # 256 columns, one tensor input
+        app = create_app(registry, ServeOptions(poll_interval_s=3600, monitor_interval_s=3600))
+        await app.startup()
+        await app.wait_ready()
+        try:
+            rows = np.random.default_rng(0).normal(size=(40, 256)).astype(np.float32)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                         base_url="http://m") as c:
+                for row in rows:
+                    r = await c.post("/v1/models/mlp/predict", json={"inputs": [row.tolist()]})
+                    assert r.status_code == 200, r.text
+                app.predlog.flush()
+                assert (app.predlog.written, app.predlog.dropped) == (40, 0)
+                text = (await c.get("/metrics")).text
+                assert "modelyard_prediction_log_dropped_total 0.0" in text
+                assert "modelyard_prediction_log_written_total 40.0" in text
+            monitor = Monitor(registry)
+            logged = monitor.predictions("mlp")
+            assert len(logged) == 40
+            assert logged[0].inputs["columns"]["f255"] == [pytest.approx(rows[0, 255])]
+            assert monitor.check_drift("mlp").rows == 40  # the drift check finds the columns
+        finally:
+            await app.shutdown()
+
+
+async def test_a_log_that_drops_everything_is_named_by_readyz_and_a_metric(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MODELYARD_TOKEN", raising=False)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the log's folder should be")
+    app = create_app(registry, ServeOptions(poll_interval_s=3600, monitor_interval_s=3600,
+                                            prediction_log=f"parquet:{blocker}/log"))
+    await app.startup()
+    await app.wait_ready()
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://m") as c:
+            ready = await c.get("/readyz")
+            assert ready.json() == {"status": "ready"}
+            X, _ = tabular_data(n_rows=5, n_features=N_FEATURES, seed=13)
+            await send(c, X)
+            app.predlog.flush()
+            assert (app.predlog.written, app.predlog.dropped) == (0, 5)
+
+            ready = await c.get("/readyz")
+            assert ready.status_code == 200  # the models still answer
+            body = ready.json()
+            assert body["status"] == "ready"
+            (problem,) = body["degraded"]
+            assert problem.startswith("prediction log dropping: 5 dropped, 0 written")
+            assert "store failed" in problem and "not-a-folder" in problem
+            assert body["prediction_log"]["dropping"] is True
+            text = (await c.get("/metrics")).text
+            assert "modelyard_prediction_log_dropping 1.0" in text
+            assert "modelyard_prediction_log_dropped_total 5.0" in text
+    finally:
+        await app.shutdown()

@@ -25,6 +25,7 @@ counts once the prediction is written.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -259,6 +260,19 @@ class Monitor:
                         "outputs": p.outputs} for p in found]
         return RequestLookup(model, request_id, predictions, request_id in labels,
                              labels.get(request_id))
+
+    def lookup_everywhere(self, request_id: str) -> list[RequestLookup]:
+        """:meth:`lookup` of ``request_id`` in every model's log (ids are unique per model only);
+        :class:`NotFoundError` when no model logged it."""
+        found = []
+        for model in self.registry.list_models():
+            with contextlib.suppress(NotFoundError):
+                found.append(self.lookup(model.name, request_id))
+        if not found:
+            raise NotFoundError(f"no model's prediction log has request id {request_id!r}: it "
+                                "was not sampled, not written yet, deleted by "
+                                "monitoring.retention_days, or never answered")
+        return found
 
     def labels(self, model: str, request_ids: Sequence[str]) -> dict[str, Any]:
         """The labels that arrived for ``request_ids``."""

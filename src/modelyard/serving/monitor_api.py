@@ -6,11 +6,13 @@ GET    ``/api/v1/models/{name}/metrics``       declared metrics per version and 
 GET    ``/api/v1/models/{name}/drift``         stored drift checks, newest first
 POST   ``/api/v1/models/{name}/drift``         run a drift check now and store it
 GET    ``/api/v1/models/{name}/events``        alerts, triggers and retraining results
+GET    ``/api/v1/models/{name}/predictions/ID`` what the log holds of one request, its label
 =====  ======================================  ==============================================
 
 ``GET`` calls take ``?since=1h`` (a duration ago or an ISO time) where a window applies.
 ``POST`` calls need the bearer token when ``MODELYARD_TOKEN`` is set, like the admin API:
-labels decide rollbacks and retraining, so not everyone may send them.
+labels decide rollbacks and retraining, so not everyone may send them. So does the lookup of
+one request: it shows what a client sent (sensitive fields hashed or dropped, as logged).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ MONITOR_ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/api/v1/models/{name}/drift", "monitor_drift"),
     ("POST", "/api/v1/models/{name}/drift", "monitor_check_drift"),
     ("GET", "/api/v1/models/{name}/events", "monitor_events"),
+    ("GET", "/api/v1/models/{name}/predictions/{request_id}", "monitor_prediction"),
 ]
 #: most labels one feedback call takes.
 MAX_LABELS = 10_000
@@ -145,6 +148,18 @@ class MonitorAPI:
                                           limit=_int_param(scope, "limit", 100))
         await respond(send, 200, orjson.dumps({"model": name,
                                                "events": [e.to_dict() for e in events]}))
+
+
+    async def monitor_prediction(self, scope: Scope, receive: Receive, send: Send, name: str,
+                                 request_id: str) -> None:
+        """``GET /api/v1/models/{name}/predictions/{request_id}``: the logged rows of one
+        request (time, version, variant, latency, inputs summary, outputs) and its label; 404
+        when the log holds none."""
+        admin = self.app.admin
+        if not await admin.authorized(scope, send):
+            return
+        found = await admin.io(self.monitor.lookup, name, request_id)
+        await respond(send, 200, orjson.dumps(found.to_dict()))
 
 
 class MonitorGauges(Poller):
