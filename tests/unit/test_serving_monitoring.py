@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from sqlalchemy import update
 
 from modelyard.config import Settings
 from modelyard.monitoring.monitor import Monitor
 from modelyard.registry import Registry
+from modelyard.registry.tables import LabelRow
 from modelyard.serving import ServeOptions, create_app
 from modelyard.serving.app import App
 from modelyard.serving.fixtures import register_hgb, register_probe, tabular_data
@@ -315,3 +318,44 @@ async def test_a_log_that_drops_everything_is_named_by_readyz_and_a_metric(
             assert "modelyard_prediction_log_dropped_total 5.0" in text
     finally:
         await app.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["db", "parquet",
+                                  pytest.param("postgres", marks=pytest.mark.integration)])
+async def test_the_server_deletes_predictions_and_labels_past_their_retention(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    db_url = str(request.getfixturevalue("pg_url")) if kind == "postgres" else None
+    settings = Settings.from_env(home=tmp_path / "home", db_url=db_url, actor="tester")
+    with Registry.open(settings) as reg:
+        register_probe(reg, "short", meta={"monitoring": {"retention_days": 7}})
+        register_probe(reg, "kept", meta={"monitoring": {"retention_days": None}})
+        where = f"parquet:{tmp_path / 'log'}" if kind == "parquet" else "db"
+        app = create_app(reg, ServeOptions(poll_interval_s=3600, monitor_interval_s=3600,
+                                           preload=False, prediction_log=where))
+        await app.startup()
+        try:
+            monitor = Monitor(reg, app.predlog.store)
+            at = datetime.now(UTC)
+            ages = (40, 8, 6, 1)  # days; whole days apart, so Parquet's days agree
+            for model in ("short", "kept"):
+                monitor.log_predictions([{
+                    "request_id": f"{model}-{age}d", "model": model, "version": 1,
+                    "variant": "production", "at": at - timedelta(days=age), "latency_ms": 1.0,
+                    "rows": 1, "inputs": {}, "outputs": {"predictions": [0]}} for age in ages])
+                monitor.feedback(model, {f"{model}-{age}d": 0 for age in ages})
+                with reg.db.session(write=True) as s:  # labels arrive with their predictions
+                    for age in ages:
+                        s.execute(update(LabelRow).where(
+                            LabelRow.model == model, LabelRow.request_id == f"{model}-{age}d")
+                            .values(at=at - timedelta(days=age)))
+
+            await app.retention.tick()  # what the server does an hour after the last sweep
+
+            assert [p.request_id for p in monitor.predictions("short", since=at - timedelta(
+                days=60))] == ["short-6d", "short-1d"]
+            assert set(monitor.labels("short", [f"short-{a}d" for a in ages])) == {
+                "short-6d", "short-1d"}
+            assert len(monitor.predictions("kept", since=at - timedelta(days=60))) == 4
+            assert len(monitor.labels("kept", [f"kept-{a}d" for a in ages])) == 4
+        finally:
+            await app.shutdown()
