@@ -280,7 +280,8 @@ async def test_a_256_wide_torch_mlp_is_logged_with_its_columns(tmp_path: Path) -
             monitor = Monitor(registry)
             logged = monitor.predictions("mlp")
             assert len(logged) == 40
-            assert logged[0].inputs["columns"]["f255"] == [pytest.approx(rows[0, 255])]
+            (vector,) = logged[0].inputs["vectors"]
+            assert vector[255] == pytest.approx(rows[0, 255])
             assert monitor.check_drift("mlp").rows == 40  # the drift check finds the columns
         finally:
             await app.shutdown()

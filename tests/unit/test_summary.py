@@ -175,11 +175,12 @@ def test_logged_texts_and_tensors_rebuild_the_current_data():
         assert report.features["row_mean"].drifted is drifted
 
 
-def test_a_tensor_models_vector_input_is_logged_as_the_columns_it_was_profiled_as():
+def test_a_tensor_models_vector_input_is_logged_as_rows_of_its_profiled_columns():
     # A PyTorch MLP over 256 floats: one tensor input in the signature, 256 columns in the
     # profile. The log used to summarise it as a table of one column and fail on every request.
     rng = np.random.default_rng(6)
     X = rng.normal(size=(500, 256)).astype(np.float32)
+    X[1, 3] = np.nan
     signature = Signature.infer(X, layout="tensor")
     reference = profile(X)
     assert signature.layout == "tensor" and reference["kind"] == "table"
@@ -187,13 +188,23 @@ def test_a_tensor_models_vector_input_is_logged_as_the_columns_it_was_profiled_a
     stacked = list(summarize_many(batches, signature, reference))
     alone = [summarize(b, signature, reference) for b in batches]
     assert stacked == alone
-    assert list(stacked[0]["columns"]) == [f"f{i}" for i in range(256)]
-    assert stacked[2]["columns"]["f7"] == [float(str(X[2, 7]))]
+    (row,) = stacked[2]["vectors"]
+    assert len(row) == 256 and row[7] == float(str(X[2, 7]))  # float32 in its shortest form
+    assert stacked[1]["vectors"][0][3] is None  # missing, as in tables
     _json(stacked[0])
 
+    # the drift check rebuilds the profile's columns from the logged rows
+    current = current_from_log(alone, reference)
+    assert list(current.columns) == [f"f{i}" for i in range(256)] and len(current) == 3
+    assert current["f7"].tolist()[2] == pytest.approx(X[2, 7])
     shifted = [summarize(signature.prepare(row[None] + 1.0)[0], signature, reference)
                for row in rng.normal(size=(300, 256)).astype(np.float32)]
     assert compare(reference, current_from_log(shifted, reference)).drifted
+    same = [summarize(signature.prepare(row[None])[0], signature, reference)
+            for row in rng.normal(size=(300, 256)).astype(np.float32)]
+    assert not compare(reference, current_from_log(same, reference)).drifted
 
     hidden = summarize(batches[0], signature, reference, sensitive={"input": "drop"})
-    assert hidden["columns"] == {} and len(hidden["dropped"]) == 256
+    assert hidden == {"dropped": ["vectors"]}
+    with pytest.raises(ValueError, match="do not match the 256 columns"):
+        summarize(np.zeros((1, 8), np.float32), signature, reference)

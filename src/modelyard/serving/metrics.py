@@ -60,6 +60,8 @@ _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: one gauge sample: its label values and its value.
+_Sample = tuple[tuple[str, ...], float]
 
 
 #: the variable prometheus-client reads, when it is imported, to keep values in files.
@@ -152,7 +154,8 @@ class ServerMetrics:
 
     def set_quality(self, windows: Iterable[Any]) -> None:
         """Replace the metric gauges with these :class:`MetricWindow` values."""
-        quality, labeled = [], []
+        quality: list[_Sample] = []
+        labeled: list[_Sample] = []
         for w in windows:
             labeled.append(((w.model, str(w.version), w.variant), float(w.labeled)))
             quality.extend(((w.model, str(w.version), w.variant, metric), float(value))
@@ -161,7 +164,9 @@ class ServerMetrics:
 
     def set_drift(self, checks: Iterable[Any]) -> None:
         """Replace the drift gauges with the latest :class:`DriftCheck` of each model."""
-        share, detected, scores = [], [], []
+        share: list[_Sample] = []
+        detected: list[_Sample] = []
+        scores: list[_Sample] = []
         for check in checks:
             share.append(((check.model, str(check.version)), float(check.share)))
             detected.append(((check.model, str(check.version)), float(int(check.drifted))))
@@ -324,10 +329,9 @@ class _MonitoringCollector:
     }
 
     def __init__(self) -> None:
-        self._values: dict[str, list[tuple[tuple[str, ...], float]]] = {
-            key: [] for key in self._FAMILIES}
+        self._values: dict[str, list[_Sample]] = {key: [] for key in self._FAMILIES}
 
-    def replace(self, **families: list[tuple[tuple[str, ...], float]]) -> None:
+    def replace(self, **families: list[_Sample]) -> None:
         """Swap in new samples for the named families (each one assignment: no lock needed)."""
         self._values = {**self._values, **families}
 
