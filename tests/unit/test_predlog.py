@@ -277,3 +277,29 @@ def test_the_database_store_deletes_in_batches(tmp_path: Path) -> None:
         store.write(rows(25, t0))
         assert store.delete_before("fraud", t0 + timedelta(seconds=23), batch=10) == 23
         assert [p.request_id for p in store.read("fraud")] == ["r23", "r24"]
+
+
+def test_health_says_when_the_log_drops_more_than_it_writes_and_logs_it_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = ListStore()
+    log = PredictionLog(store)
+    assert not log.health().dropping and log.health().last_error is None
+    store.failing = True
+    for round_ in range(3):
+        log.record(policy(), f"lost{round_}", "production", 0.001, X, 2, answer())
+        log.flush()
+        log._tick()  # what the writer does after each wake
+    health = log.health()
+    assert health.dropping and (health.written, health.dropped) == (0, 3)
+    assert health.last_error == "store failed: ConnectionError: store down"
+    assert health.describe().startswith("prediction log dropping: 3 dropped, 0 written")
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "not being logged" in errors[0].getMessage()
+
+    store.failing = False
+    for i in range(4):
+        log.record(policy(), f"kept{i}", "production", 0.001, X, 2, answer())
+    log.flush()
+    log._tick()
+    assert not log.health().dropping  # wrote more than it dropped in the window
+    assert any("writes again" in r.getMessage() for r in caplog.records)
