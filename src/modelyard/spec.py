@@ -225,6 +225,9 @@ class MonitorSpec(BaseModel):
     drift_share: float = Field(0.5, gt=0, le=1)  # share of drifted features = dataset drift
     alerts: list[AlertRule] = Field(default_factory=list)
     webhook: str | None = None  # alerts are POSTed here too (or MODELYARD_ALERT_WEBHOOK)
+    #: logged predictions and labels older than this many days are deleted by the servers
+    #: (None keeps them forever)
+    retention_days: float | None = Field(30.0, gt=0)
 
 
 class Spec(BaseModel):

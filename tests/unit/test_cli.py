@@ -495,3 +495,45 @@ def test_deploy_errors_are_one_line(registered: Registry, invoke: Invoke, args: 
 def test_deploy_refuses_two_strategies(registered: Registry, invoke: Invoke) -> None:
     result = invoke("deploy", "iris2", "2", "--blue-green", "--direct")
     assert result.exit_code == 2 and "choose one strategy" in result.output
+
+
+# -- monitoring ---------------------------------------------------------------------------------
+
+def test_monitor_request_shows_what_the_log_holds_of_one_request(
+        registered: Registry, invoke: Invoke) -> None:
+    from modelyard.monitoring.monitor import Monitor
+
+    monitor = Monitor(registered)
+    monitor.log_predictions([{
+        "request_id": f"r{i}", "model": model, "version": 1, "variant": "production",
+        "at": pd.Timestamp("2026-12-01T10:00:00Z").to_pydatetime(), "latency_ms": 2.5,
+        "rows": 1, "inputs": {"columns": {"a": [0.5], "b": [-1.0]}},
+        "outputs": {"predictions": [i]}} for model in ("iris2", "other") for i in (0, 1)])
+    monitor.feedback("iris2", {"r1": 1})
+
+    result = invoke("monitor", "request", "r1", "--model", "iris2", "--json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["labeled"] is True and found["label"] == 1
+    (logged,) = found["predictions"]
+    assert logged["outputs"] == {"predictions": [1]} and logged["latency_ms"] == 2.5
+    assert logged["inputs"] == {"columns": {"a": [0.5], "b": [-1.0]}}
+
+    everywhere = json.loads(invoke("monitor", "request", "r1", "--json").stdout)
+    assert sorted(f["model"] for f in everywhere) == ["iris2", "other"]  # ids are per model
+    table = invoke("monitor", "request", "r1", "--model", "iris2")
+    assert table.exit_code == 0 and "label 1" in table.stdout and "production" in table.stdout
+
+    missing = assert_one_error(invoke("monitor", "request", "nope", "--model", "iris2"), 3)
+    assert "nope" in missing and "not sampled" in missing
+    assert "nope" in assert_one_error(invoke("monitor", "request", "nope"), 3)
+    assert "ghost" in assert_one_error(invoke("monitor", "request", "r1", "--model", "ghost"), 3)
+
+
+def test_feedback_for_a_prediction_not_logged_yet_says_it_is_kept(
+        registered: Registry, invoke: Invoke) -> None:
+    result = invoke("feedback", "iris2", "not-logged-yet", "1")
+    assert result.exit_code == 0, result.output
+    assert "stored 1 label(s) for iris2: 1 of 1 labels match no logged prediction yet" \
+        in " ".join(result.stdout.split())
+    assert "joined when the prediction is logged" in " ".join(result.stdout.split())

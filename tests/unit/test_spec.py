@@ -108,3 +108,14 @@ def test_monitoring_rules_watch_declared_metrics_or_known_signals():
         Spec.parse({**base, "monitoring": {"alerts": [{"on": "f1"}]}})
     with pytest.raises(ConfigError, match="sensitive"):
         Spec.parse({**base, "serving": {"sensitive": {"card": "encrypt"}}})
+
+
+def test_the_prediction_log_is_kept_30_days_unless_the_spec_says_otherwise():
+    base = {"name": "m", "train": "t.py:train", "data": {"path": "d.csv", "target": "y"}}
+    assert Spec.parse(base).monitoring.retention_days == 30
+    assert Spec.parse({**base, "monitoring": {"retention_days": 0.5}}).monitoring.retention_days \
+        == 0.5
+    assert Spec.parse({**base, "monitoring": {"retention_days": None}}).monitoring \
+        .retention_days is None  # kept forever
+    with pytest.raises(ConfigError, match="retention_days"):
+        Spec.parse({**base, "monitoring": {"retention_days": 0}})

@@ -45,6 +45,7 @@ from modelyard.serving.http import (
 from modelyard.serving.metrics import CONTENT_TYPE, ServerMetrics
 from modelyard.serving.monitor_api import MONITOR_ROUTES, MonitorAPI, MonitorGauges
 from modelyard.serving.options import ServeOptions
+from modelyard.serving.retention import RetentionSweeper
 from modelyard.serving.rollouts import Rollouts
 from modelyard.serving.runner import Runner
 from modelyard.serving.watcher import Watcher
@@ -150,7 +151,7 @@ class App:
         self.options = options or ServeOptions()
         self._settings = settings
         self._owns_registry = registry is None
-        self.metrics = ServerMetrics()
+        self.metrics = ServerMetrics(self.options.metrics_dir)
         self.catalog = Catalog(registry, self.options, self.metrics)
         self.watcher = Watcher(self.catalog)
         self.rollouts = Rollouts(self.catalog)
@@ -164,6 +165,7 @@ class App:
         self.admin = AdminAPI(self)
         monitor = MonitorAPI(self)
         self.gauges = MonitorGauges(self, monitor)
+        self.retention = RetentionSweeper(self, monitor)
         self._handlers: dict[str, Handler] = {}
         for routes in ROUTES.values():
             for route in routes:
@@ -190,6 +192,7 @@ class App:
             settle_heap()
             self.ready = True
         self._open_prediction_log()
+        self.retention.start()
         self.watcher.start()
         self.rollouts.start()
         if self.options.grpc_address:
@@ -229,6 +232,7 @@ class App:
         if self._grpc is not None:
             await self._grpc.stop(5)
         await self.gauges.stop()
+        await self.retention.stop()
         await self.rollouts.stop()
         await self.watcher.stop()
         await self.catalog.close()
@@ -415,15 +419,30 @@ class App:
 
     async def op_readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /readyz``: 200 once the served aliases are preloaded and every device worker
-        answers; 503 while loading or while a worker restarts (the body names it)."""
+        answers; 503 while loading or while a worker restarts (the body names it).
+
+        A prediction log that is dropping (:meth:`PredictionLog.health`) leaves it 200, since
+        the models still answer and taking every replica out of a load balancer because the
+        log's store is down would turn a monitoring outage into a serving one; the body lists
+        it under ``degraded`` with the log's counts, and ``modelyard_prediction_log_dropping``
+        is 1 for alerts.
+        """
         down = self.catalog.unhealthy()
         if self.ready and not down:
-            await respond(send, 200, b'{"status":"ready"}')
+            await respond(send, 200, orjson.dumps({"status": "ready", **self._log_detail()}))
         elif not self.ready:
             await respond(send, 503, b'{"status":"loading"}', [*JSON, (b"retry-after", b"1")])
         else:
-            body = orjson.dumps({"status": "degraded", "down": [f"{n}:{v}" for n, v in down]})
+            body = orjson.dumps({"status": "degraded", "down": [f"{n}:{v}" for n, v in down],
+                                 **self._log_detail()})
             await respond(send, 503, body, [*JSON, (b"retry-after", b"1")])
+
+    def _log_detail(self) -> dict[str, Any]:
+        """What ``/readyz`` says of a prediction log that is dropping (nothing when it is not)."""
+        health = self.predlog.health() if self.predlog is not None else None
+        if health is None or not health.dropping:
+            return {}
+        return {"degraded": [health.describe()], "prediction_log": health.to_dict()}
 
     def is_ready(self) -> bool:
         """Whether preloading is done and no loaded version's device worker is down."""

@@ -6,6 +6,7 @@ GET    ``/api/v1/models/{name}/metrics``       declared metrics per version and 
 GET    ``/api/v1/models/{name}/drift``         stored drift checks, newest first
 POST   ``/api/v1/models/{name}/drift``         run a drift check now and store it
 GET    ``/api/v1/models/{name}/events``        alerts, triggers and retraining results
+GET    ``/api/v1/models/{name}/predictions/ID`` what the log holds of one request, its label
 =====  ======================================  ==============================================
 
 ``GET`` calls take ``?since=1h`` (a duration ago or an ISO time) where a window applies.
@@ -13,6 +14,8 @@ GET    ``/api/v1/models/{name}/events``        alerts, triggers and retraining r
 body, no foreign ``Origin``, the bearer token when ``MODELYARD_TOKEN`` is set): labels decide
 rollbacks and retraining, so not everyone may send them. Each is audited under the actor the
 credential stands for.
+The lookup of one request (``GET .../predictions/{request_id}``) needs the token too: it shows
+what a client sent (sensitive fields hashed or dropped, as logged).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import orjson
 from modelyard.config import parse_duration
 from modelyard.errors import InputError
 from modelyard.serving.access import actor_of
-from modelyard.serving.http import Receive, Scope, Send, read_body, respond
+from modelyard.serving.http import Receive, Scope, Send, header, read_body, respond
 from modelyard.serving.poller import Poller
 from modelyard.serving.protocol_v1 import BadJSONError
 
@@ -42,6 +45,7 @@ MONITOR_ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/api/v1/models/{name}/drift", "monitor_drift"),
     ("POST", "/api/v1/models/{name}/drift", "monitor_check_drift"),
     ("GET", "/api/v1/models/{name}/events", "monitor_events"),
+    ("GET", "/api/v1/models/{name}/predictions/{request_id}", "monitor_prediction"),
 ]
 #: most labels one feedback call takes.
 MAX_LABELS = 10_000
@@ -143,6 +147,17 @@ class MonitorAPI:
                                           limit=_int_param(scope, "limit", 100))
         await respond(send, 200, orjson.dumps({"model": name,
                                                "events": [e.to_dict() for e in events]}))
+
+
+    async def monitor_prediction(self, scope: Scope, receive: Receive, send: Send, name: str,
+                                 request_id: str) -> None:
+        """``GET /api/v1/models/{name}/predictions/{request_id}``: the logged rows of one
+        request (time, version, variant, latency, inputs summary, outputs) and its label; 404
+        when the log holds none."""
+        # a read, but of what a client sent: it needs the credential mutations need
+        self.app.access.authenticate(header(scope, b"authorization"))
+        found = await self.app.admin.io(self.monitor.lookup, name, request_id)
+        await respond(send, 200, orjson.dumps(found.to_dict()))
 
 
 class MonitorGauges(Poller):

@@ -137,6 +137,29 @@ _SINCE = {"name": "since", "in": "query", "required": False, "schema": {"type": 
                          "(default: the model's monitoring.window_s)"}
 _LABEL = {"type": "object", "required": ["request_id", "label"], "properties": {
     "request_id": {"type": "string", "maxLength": 100}, "label": {}}}
+_LOGGED = {"type": "object",
+           "required": ["at", "version", "variant", "latency_ms", "rows", "inputs", "outputs"],
+           "properties": {
+               "at": {"type": "string", "format": "date-time"},
+               "version": {"type": "integer"},
+               "variant": {"type": "string",
+                           "description": "production, stable, candidate or shadow"},
+               "latency_ms": {"type": "number"}, "rows": {"type": "integer"},
+               "inputs": {"type": "object",
+                          "description": "What the log keeps of the inputs: columns for tables "
+                                         "(sensitive fields hashed or left out), statistics and "
+                                         "an embedding for text and tensors"},
+               "outputs": {"type": "object",
+                           "description": "predictions (and scores, classes); {error: status} "
+                                          "for a failed request"}}}
+_LOOKUP = {"type": "object",
+           "required": ["model", "request_id", "predictions", "labeled", "label"],
+           "properties": {
+               "model": {"type": "string"}, "request_id": {"type": "string"},
+               "predictions": {"type": "array", "items": _LOGGED, "minItems": 1,
+                               "description": "Oldest first; a shadow copy shares the id"},
+               "labeled": {"type": "boolean"},
+               "label": {"description": "The label fed back for it (null when none)"}}}
 _MONITOR_PATHS: dict[str, Any] = {
     "/v1/models/{name}/feedback": {"post": {
         "summary": "Ground truth for earlier predictions, by the request_id each answer carries",
@@ -147,7 +170,15 @@ _MONITOR_PATHS: dict[str, Any] = {
                 {"type": "object", "additionalProperties": {}}]}}}]}}}},
         "responses": {"200": _json({"type": "object", "properties": {
             "model": {"type": "string"}, "stored": {"type": "integer"},
-            "matched": {"type": "integer"}, "unmatched": {"type": "array"}}}),
+            "matched": {"type": ["integer", "null"],
+                        "description": "labels whose prediction is logged (null: a Parquet log, "
+                                       "not searched at feedback time)"},
+            "pending": {"type": ["integer", "null"],
+                        "description": "labels whose prediction is not logged yet: kept, and "
+                                       "joined when it is"},
+            "unmatched": {"type": "array", "items": {"type": "string"},
+                          "description": "the first 20 request ids not logged yet"},
+            "message": {"type": "string"}}}),
             **_errors(400, 401, 403, 404, 415, 422)},
     }},
     "/api/v1/models/{name}/metrics": _get(
@@ -170,6 +201,17 @@ _MONITOR_PATHS: dict[str, Any] = {
         "Monitor: alerts, retraining triggers and results, newest first",
         [_NAME, _SINCE, {"name": "kind", "in": "query", "required": False,
                          "schema": {"type": "string"}}], None, 400, 404),
+    "/api/v1/models/{name}/predictions/{request_id}": {"get": {
+        "summary": "Monitor: what the prediction log holds of one request, and its label",
+        "parameters": [_NAME, {"name": "request_id", "in": "path", "required": True,
+                               "schema": {"type": "string"},
+                               "description": "The request_id the answer carried"}],
+        "security": [{"bearer": []}],
+        "responses": {"200": _json(_LOOKUP),
+                      **_errors(401, 403),
+                      "404": _json(_ERROR, "unknown model, or no logged prediction with this id "
+                                           "(not sampled, not written yet, past retention)")},
+    }},
 }
 
 OPENAPI: dict[str, Any] = {
@@ -201,7 +243,16 @@ OPENAPI: dict[str, Any] = {
         "/metrics": {"get": {"summary": "Prometheus metrics",
                              "responses": {"200": {"description": "text exposition"}}}},
         "/healthz": _get("Liveness"),
-        "/readyz": _get("Readiness: 503 until production aliases are loaded"),
+        "/readyz": {"get": {
+            "summary": "Readiness: 503 until production aliases are loaded or while a device "
+                       "worker is down; a prediction log that drops what it is given stays 200 "
+                       "and is listed under degraded",
+            "responses": {code: _json({"type": "object", "properties": {
+                "status": {"type": "string", "enum": ["ready", "loading", "degraded"]},
+                "down": {"type": "array", "items": {"type": "string"}},
+                "degraded": {"type": "array", "items": {"type": "string"}},
+                "prediction_log": {"type": "object"}}}, what)
+                for code, what in (("200", "ready"), ("503", "not ready"))}}},
         "/openapi.json": _get("This document"),
         "/docs": {"get": {"summary": "API reference page",
                           "responses": {"200": {"description": "HTML"}}}},

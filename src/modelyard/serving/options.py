@@ -60,6 +60,12 @@ class ServeOptions:
     #: browser: CORS headers for them, and their mutations are not refused as cross-site.
     #: Empty: CORS is off and only this server's own pages may send mutations.
     cors_origins: tuple[str, ...] = ()
+    #: how often logged predictions and labels older than ``monitoring.retention_days`` are
+    #: deleted (the first sweep runs a minute after start, or sooner when this is shorter).
+    retention_interval_s: float = 3600.0
+    #: the folder ``--workers`` processes share their Prometheus metrics through (set by
+    #: :func:`~modelyard.serving.server.serve`; None: one process, metrics in memory).
+    metrics_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_memory is not None and self.max_memory <= 0:
@@ -85,6 +91,8 @@ class ServeOptions:
         # a list when the options come back from JSON (several server processes)
         object.__setattr__(self, "cors_origins",
                            tuple(dict.fromkeys(normalize_origin(o) for o in self.cors_origins)))
+        if not self.retention_interval_s > 0:
+            raise ConfigError("retention_interval_s must be > 0")
 
 
 __all__ = ["ServeOptions", "parse_size"]

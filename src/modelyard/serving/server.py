@@ -1,7 +1,9 @@
 """Run the server: :func:`serve` starts uvicorn (httptools + uvloop) on the modelyard app.
 
 Several worker processes (``workers > 1``) each build their own app from settings passed through
-the environment, so nothing unpicklable crosses the fork.
+the environment, so nothing unpicklable crosses the fork, and count their requests in a
+Prometheus folder they share (:func:`~modelyard.serving.metrics.shared_dir`), so ``/metrics``
+answers for the whole server whichever worker takes the scrape.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict
+import shutil
+from dataclasses import asdict, replace
 from typing import Any
 
 from modelyard.config import Settings
 from modelyard.serving.access import Access, exposure_warning
 from modelyard.serving.app import App
+from modelyard.serving.metrics import MULTIPROCESS_ENV, shared_dir
 from modelyard.serving.options import ServeOptions
 
 log = logging.getLogger(__name__)
@@ -51,12 +55,29 @@ def serve(
         timeout_keep_alive=30,
     )
     if workers > 1:
-        os.environ[_ENV] = json.dumps({"settings": _settings_dict(settings),
-                                       "options": asdict(options)})
-        uvicorn.run("modelyard.serving.server:app_from_env", factory=True, workers=workers,
-                    **common)
+        _serve_workers(workers, settings, options, common)
         return
     uvicorn.run(App(options=options, settings=settings), **common)
+
+
+def _serve_workers(workers: int, settings: Settings, options: ServeOptions,
+                   common: dict[str, Any]) -> None:
+    """Run ``workers`` processes that share one Prometheus view through a fresh folder.
+
+    The workers are spawned, fresh interpreters: the variables set here reach them before they
+    import prometheus_client, so each keeps its values in the shared folder from the start.
+    """
+    import uvicorn
+
+    folder = shared_dir(os.environ.get(MULTIPROCESS_ENV))
+    os.environ[MULTIPROCESS_ENV] = folder
+    os.environ[_ENV] = json.dumps({"settings": _settings_dict(settings),
+                                   "options": asdict(replace(options, metrics_dir=folder))})
+    try:
+        uvicorn.run("modelyard.serving.server:app_from_env", factory=True, workers=workers,
+                    **common)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def app_from_env() -> App:
