@@ -92,6 +92,8 @@ _START: Fields = {"version": (_INT, True, None), "strategy": (_STR, False, "cana
                   "reason": (_STR, False, "")}
 _REASON: Fields = {"reason": (_STR, False, "")}
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "an object", type(None): "null"}
 
@@ -124,6 +126,9 @@ def parse_fields(body: bytes, fields: Fields) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, types):  # bool is not a number here
             want = " or ".join(_TYPE_NAMES[t] for t in types)
             errors.append({"loc": ["body", name], "msg": f"must be {want}"})
+        elif isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+            # the registry stores 64-bit integers; a larger one would fail in the database
+            errors.append({"loc": ["body", name], "msg": "is out of range (a 64-bit integer)"})
         out[name] = value
     if errors:
         fields_named = ", ".join(str(e["loc"][-1]) for e in errors)

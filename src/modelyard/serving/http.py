@@ -8,6 +8,7 @@ the same limit.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ class BodyTooLargeError(ModelyardError):
     """The request body is over the server's limit; send smaller batches or raise --max-body."""
 
     status_code = 413
+
+
+class BodyTimeoutError(ModelyardError):
+    """The request body stopped arriving for longer than the server's ``--body-timeout``; the
+    answer is 408 and the connection is closed."""
+
+    status_code = 408
 
 
 class MethodNotAllowedError(ModelyardError):
@@ -97,11 +105,29 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def receive_within(receive: Receive, timeout_s: float) -> Receive:
+    """``receive``, raising :class:`BodyTimeoutError` when the next part of the body takes more
+    than ``timeout_s`` seconds to arrive (a client that stalls mid-body holds no handler)."""
+
+    async def receive_body_part() -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await receive()
+        except TimeoutError:
+            raise BodyTimeoutError(
+                f"the request body stopped arriving: nothing for {timeout_s:g} s; send the "
+                "whole body without pausing") from None
+
+    return receive_body_part
+
+
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole request body, or :class:`BodyTooLargeError` past ``limit`` bytes."""
     declared = header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLargeError(f"the body has {int(declared)} bytes; the limit is {limit}")
+    if declared is not None and declared.isdigit() and (
+            len(declared) > 18 or int(declared) > limit):
+        raise BodyTooLargeError(f"the body has {declared.decode()[:40]} bytes; the limit is "
+                                f"{limit}")
     message = await receive()
     body = message.get("body", b"")
     if message["type"] == "http.disconnect":
@@ -175,6 +201,8 @@ def error_body(
     retry_after = getattr(exc, "retry_after", 1 if status == 503 else None)
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
+    if status == 408:  # the rest of that body may still come: the connection cannot be reused
+        headers.append((b"connection", b"close"))
     if isinstance(exc, MethodNotAllowedError):
         headers.append((b"allow", ", ".join(sorted(set(exc.allow))).encode()))
     return status, orjson.dumps(data), headers
@@ -182,6 +210,7 @@ def error_body(
 
 __all__ = [
     "JSON",
+    "BodyTimeoutError",
     "BodyTooLargeError",
     "ClientDisconnectedError",
     "MethodNotAllowedError",
@@ -192,5 +221,6 @@ __all__ = [
     "inflate",
     "match",
     "read_body",
+    "receive_within",
     "respond",
 ]

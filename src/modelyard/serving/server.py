@@ -42,7 +42,7 @@ def serve(
     common: dict[str, Any] = dict(
         host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
         http=_pick("httptools", "h11"), loop=_pick("uvloop", "asyncio"),
-        timeout_keep_alive=30,
+        timeout_keep_alive=max(1, round(options.keep_alive_s)),
     )
     if workers > 1:
         os.environ[_ENV] = json.dumps({"settings": _settings_dict(settings),
