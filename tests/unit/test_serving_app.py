@@ -226,7 +226,7 @@ async def test_v2_health_server_and_model_metadata(client: httpx.AsyncClient) ->
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 8]}]
     assert (await client.get("/v2/models/mlp/versions/1")).status_code == 200
     assert (await client.get("/v2/models/mlp/ready")).status_code == 200
-    assert (await client.get("/v2/models/const/versions/2/ready")).status_code == 503
+    assert (await client.get("/v2/models/const/versions/2/ready")).status_code == 400
     r = await client.get("/v2/models/nope")
     assert r.status_code == 404 and "error" in r.json()
 
@@ -283,7 +283,7 @@ async def test_v2_repository_index_load_unload(client: httpx.AsyncClient) -> Non
     states = {(r["name"], r["version"]): r["state"] for r in rows}
     assert states[("mlp", "1")] == "READY" and states[("const", "2")] == "UNAVAILABLE"
     assert (await client.post("/v2/repository/models/mlp/unload")).status_code == 200
-    assert (await client.get("/v2/models/mlp/ready")).status_code == 503
+    assert (await client.get("/v2/models/mlp/ready")).status_code == 400
     assert (await client.post("/v2/repository/models/mlp/load")).status_code == 200
     assert (await client.get("/v2/models/mlp/ready")).status_code == 200
     ready = (await client.post("/v2/repository/index", json={"ready": True})).json()

@@ -73,9 +73,10 @@ class OIPHandlers:
 
     async def v2_model_ready(self, scope: Scope, receive: Receive, send: Send,
                              name: str, version: str | None = None) -> None:
-        """``GET /v2/models/{name}[/versions/{v}]/ready``: 200 when loaded and answering."""
+        """``GET /v2/models/{name}[/versions/{v}]/ready``: 200 when loaded and answering, else
+        400 (the protocol's "4xx: false"; a version that is not loaded is no server error)."""
         ready = self.is_ready(name, version)
-        await respond(send, 200 if ready else 503, orjson.dumps({"name": name, "ready": ready}))
+        await respond(send, 200 if ready else 400, orjson.dumps({"name": name, "ready": ready}))
 
     async def v2_infer(self, scope: Scope, receive: Receive, send: Send,
                        name: str, version: str | None = None) -> None:
