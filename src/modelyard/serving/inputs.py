@@ -60,9 +60,10 @@ class InputPath:
                     return None
                 arr = np.array(rows, dtype=self._fast)
             elif isinstance(payload, Mapping) and len(payload) == self.width:
-                arr = self._columns(payload)
-                if arr is None:
+                columns = self._columns(payload)
+                if columns is None:
                     return None
+                arr = columns
             else:
                 return None
         except (KeyError, TypeError, ValueError, OverflowError):

@@ -129,7 +129,8 @@ def _v2_post(summary: str, params: list[dict[str, Any]], body: dict[str, Any],
 
 def _v2_ready(summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
     return {"get": {"summary": summary, "parameters": params,
-                    "responses": {"200": _json(_V2_READY), "400": _json(_V2_READY, "not loaded (or its device worker is down)"),
+                    "responses": {"200": _json(_V2_READY),
+                                  "400": _json(_V2_READY, "not loaded (or its worker is down)"),
                                   **_errors(404, oip=True)}}}
 
 
