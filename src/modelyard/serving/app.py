@@ -33,6 +33,7 @@ from modelyard.serving.calls import (
 from modelyard.serving.catalog import Catalog
 from modelyard.serving.http import (
     JSON,
+    BodyDeadlines,
     ClientDisconnectedError,
     Receive,
     Scope,
@@ -41,7 +42,6 @@ from modelyard.serving.http import (
     error_body,
     match,
     read_body,
-    receive_within,
     respond,
 )
 from modelyard.serving.metrics import CONTENT_TYPE, ServerMetrics
@@ -94,6 +94,7 @@ class App:
         self.watcher = Watcher(self.catalog)
         self.rollouts = Rollouts(self.catalog)
         self.ready = False
+        self._body_deadlines = BodyDeadlines(self.options.body_timeout_s)
         self.predlog: Any = None  # the PredictionLog, once started
         self._preload: asyncio.Task[None] | None = None
         self._grpc: Any = None
@@ -201,7 +202,7 @@ class App:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         # a body that stops arriving is answered 408 and its connection closed
-        receive = receive_within(receive, self.options.body_timeout_s)
+        receive = self._body_deadlines.wrap(receive)
         try:
             found = match(ROUTES, scope["method"], path)
             if found is None:
