@@ -95,13 +95,18 @@ def _is_number(value: Any) -> bool:
 def _infer(values: Any, target: np.dtype[Any], field: str, loc: Sequence[Any]) -> np.ndarray:
     """An array of the numbers (already known to be numbers) at full precision."""
     try:
-        source = np.asarray(values)
-    except (ValueError, OverflowError) as exc:
-        if "inhomogeneous" in str(exc) or "sequence" in str(exc):
-            raise _error(field, loc, None, "rows have different lengths") from None
-        source = np.asarray(values, dtype=object)
-    if source.dtype.kind == "O":  # Python ints beyond 64 bits, or a mix numpy cannot widen
-        return _big(source, target, field, loc)
+        try:
+            source = np.asarray(values)
+        except OverflowError:  # an int beyond 64 bits among others
+            source = np.asarray(values, dtype=object)
+    except ValueError:
+        source = None
+    if source is not None and source.dtype.kind == "O" and all(
+            isinstance(v, int | float) for v in source.reshape(-1)):
+        return _big(source, target, field, loc)  # Python ints beyond 64 bits
+    if source is None or source.dtype.kind == "O":
+        raise _error(field, loc, None, "the values are not a regular array (rows of different "
+                                       "lengths, or nested too deep)")
     return source
 
 

@@ -324,3 +324,11 @@ def test_error_message_summarises_the_problems(frame_sig):
     assert message.startswith("input does not match the model's signature")
     assert "sepal.0: expected float64, got the string 'x'" in message
     assert "flag: field required" in message
+
+
+@pytest.mark.parametrize("rows", [[[1.0, 2.0], [3.0]], [[10**30], [1.0, 2.0]],
+                                  [[[[[[[[1.0]]]]]]]] * 1])
+def test_ragged_or_oddly_nested_rows_are_an_input_error(rows):
+    sig = Signature((FieldSpec("v", "float64", (2,)),), layout="tensor")
+    with pytest.raises(InputError):
+        sig.prepare(rows)

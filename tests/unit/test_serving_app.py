@@ -574,6 +574,12 @@ async def test_grpc_validates_like_rest_and_logs_each_5xx_once(
                     await stub.ModelInfer(pb.ModelInferRequest(
                         model_name="mlp", model_version=version, inputs=inputs))
                 assert caught.value.code() == code, caught.value.details()
+            wanted = pb.ModelInferRequest.InferRequestedOutputTensor
+            for outputs in ([wanted(name="scores"), wanted(name="scores")], [wanted(name="x")]):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.ModelInfer(pb.ModelInferRequest(model_name="mlp", inputs=[good],
+                                                               outputs=outputs))
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
             runner = await app.catalog.runner("mlp")
 

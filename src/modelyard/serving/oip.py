@@ -245,6 +245,10 @@ def _output_names(runner: Any) -> tuple[str, ...]:
 
 
 def _check_wanted(wanted: list[str], known: tuple[str, ...]) -> None:
+    twice = sorted({o for o in wanted if wanted.count(o) > 1})
+    if twice:  # REST refuses these while decoding; gRPC requests arrive here as they are
+        raise InputError(f"outputs {', '.join(twice)} are requested twice",
+                         [{"loc": ["outputs", o], "msg": "requested twice"} for o in twice])
     unknown = [o for o in wanted if o not in known]
     if unknown:
         raise InputError(f"unknown outputs {', '.join(unknown)}; this model's outputs: "
