@@ -443,6 +443,9 @@ async def test_oip_bodies_of_the_wrong_shape_are_4xx_not_500(client: httpx.Async
                  {"inputs": [{**x, "datatype": "INT64", "data": [2**63] * 8}]}):
         r = await client.post("/v2/models/mlp/infer", json=body)
         assert r.status_code == 422, (body, r.text)
+    r = await client.post("/v2/models/mlp/infer", json={"id": "line\nbreak", "inputs": [x]})
+    assert r.status_code == 200 and "\n" not in r.headers["x-request-id"]  # no header injection
+    assert r.json()["id"] == "line\nbreak"
     assert (await client.post("/v2/repository/index", json={"ready": "yes"})).status_code == 422
     assert (await client.post("/v2/repository/index", json=[1])).status_code == 422
     r = await client.post("/v2/repository/models/const/load", json={"parameters": [1]})

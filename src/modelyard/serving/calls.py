@@ -79,11 +79,17 @@ class Call:
 
 
 def request_id_of(scope: Scope) -> str | None:
-    """The client's ``X-Request-Id`` (at most 100 characters), if it sent one."""
+    """The client's ``X-Request-Id`` (see :func:`usable_id`), if it sent one."""
     value = header(scope, b"x-request-id")
-    if value is None or not 0 < len(value) <= 100:
-        return None
-    return value.decode("latin-1")
+    return None if value is None else usable_id(value.decode("latin-1"))
+
+
+def usable_id(text: str) -> str | None:
+    """``text`` as a request id: 1 to 100 printable ASCII characters, else ``None`` (it goes
+    back in a header and into logs, where a newline or a control character must not)."""
+    if 0 < len(text) <= 100 and text.isascii() and text.isprintable():
+        return text
+    return None
 
 
 #: versions are stored as 64-bit integers: a larger number names no version.
@@ -123,4 +129,4 @@ def new_request_id() -> str:
 
 
 __all__ = ["MAX_VERSION", "Call", "log_failure", "new_request_id", "parse_version",
-           "request_id_of"]
+           "request_id_of", "usable_id"]

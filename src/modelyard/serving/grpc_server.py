@@ -23,7 +23,13 @@ import numpy as np
 from modelyard.errors import FrameworkMissingError, InputError, ModelyardError
 from modelyard.numeric import to_numeric
 from modelyard.serving import protocol_v2 as v2
-from modelyard.serving.calls import Call, log_failure, new_request_id, parse_version
+from modelyard.serving.calls import (
+    Call,
+    log_failure,
+    new_request_id,
+    parse_version,
+    usable_id,
+)
 from modelyard.serving.oip import OIPHandlers
 
 if TYPE_CHECKING:
@@ -157,7 +163,7 @@ class Servicer:
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         # the OIP request id names the answer in feedback, as over HTTP
-        start, call, status = time.perf_counter(), Call(request.id[:100] or None), 500
+        start, call, status = time.perf_counter(), Call(usable_id(request.id)), 500
         name = request.model_name
         try:
             number = parse_version(name, request.model_version or None)
@@ -226,7 +232,8 @@ class _Complete:
             except abort:
                 raise  # already answered (and logged) by the method itself
             except Exception as exc:
-                await self._servicer.fail(context, exc, name, getattr(request, "id", "") or None)
+                await self._servicer.fail(context, exc, name,
+                                          usable_id(str(getattr(request, "id", ""))))
                 raise  # not reached: abort raises
 
         return call

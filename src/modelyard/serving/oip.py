@@ -15,7 +15,13 @@ import orjson
 from modelyard.errors import InputError, NotFoundError
 from modelyard.schema import OUTPUT_NAMES, FieldSpec, Signature
 from modelyard.serving import protocol_v2 as v2
-from modelyard.serving.calls import Call, log_failure, parse_version, request_id_of
+from modelyard.serving.calls import (
+    Call,
+    log_failure,
+    parse_version,
+    request_id_of,
+    usable_id,
+)
 from modelyard.serving.http import (
     ClientDisconnectedError,
     Receive,
@@ -91,7 +97,7 @@ class OIPHandlers:
             if self.catalog.runner_now(name, number) is None:
                 self.catalog.key_for(name, number)  # 404 before judging the body
             req = v2.decode_infer(body, _header_length(scope))
-            if req.id and len(req.id) <= 100:  # the OIP request id is what feedback names
+            if req.id and usable_id(req.id):  # the OIP request id is what feedback names
                 call.request_id = req.id
             outputs = await self.infer(call, name, number, req.inputs, req.outputs, scope)
             runner = call.runner
