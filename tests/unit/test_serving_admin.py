@@ -145,6 +145,20 @@ async def test_bad_bodies_are_400_and_422(client: httpx.AsyncClient) -> None:
     assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("promote", {"version": 2**63}, "version"),
+    ("rollback", {"to": 2**64 - 1}, "to"),
+    ("rollback", {"to": 2**63}, "to"),
+    ("deployments", {"version": 2**64 - 1}, "version"),
+])
+async def test_integers_beyond_int64_are_422_naming_the_field(
+        client: httpx.AsyncClient, path: str, body: dict[str, int], field: str) -> None:
+    r = await client.post(f"/api/v1/models/listed/{path}", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == [{"loc": ["body", field],
+                                   "msg": "is out of range (a 64-bit integer)"}]
+
+
 # -- rollouts -----------------------------------------------------------------------------------
 async def test_canary_start_status_and_abort(client: httpx.AsyncClient,
                                              registry: Registry) -> None:

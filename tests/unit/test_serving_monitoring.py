@@ -176,6 +176,28 @@ async def test_feedback_errors_say_what_to_fix(client: httpx.AsyncClient) -> Non
     assert r.status_code == 400 and "since" in r.json()["message"]
 
 
+@pytest.mark.parametrize("query", [
+    "since=99999999999d", "since=1e400", "every=99999999999d", "every=0.0000001ms",
+    "since=9999-12-31T23:59:59-01:00", "since=0001-01-01T00:00:00%2B01:00",
+    "since=%D9%A1h",  # Arabic-Indic one: durations are ASCII digits
+])
+async def test_durations_and_times_beyond_any_representable_time_are_400(
+        client: httpx.AsyncClient, query: str) -> None:
+    for path in ("metrics", "events"):
+        r = await client.get(f"/api/v1/models/fraud/{path}?{query}")
+        if path == "events" and query.startswith("every"):
+            continue  # events take no sub-window
+        assert r.status_code == 400, (path, query, r.text)
+    r = await client.post(f"/api/v1/models/fraud/drift?{query}", json={})
+    assert r.status_code in (400, 409) if query.startswith("every") else r.status_code == 400
+
+
+@pytest.mark.parametrize("limit", ["%D9%A1", "%C2%B2", "9" * 50])
+async def test_a_limit_is_ascii_digits(client: httpx.AsyncClient, limit: str) -> None:
+    r = await client.get(f"/api/v1/models/fraud/events?limit={limit}")
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "limit"]
+
+
 async def test_feedback_needs_the_token_when_one_is_set_and_is_audited(
         registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELYARD_TOKEN", "s3cret")

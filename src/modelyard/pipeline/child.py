@@ -241,6 +241,8 @@ def main(job: dict[str, Any], stages: Any) -> None:
         candidate = evaluate.load_predictor(job["name"], 0, adapter.flavor, work / "artifact",
                                             meta, signature, task)
         metrics = evaluate.score(candidate, X_hold, y_hold, job["metrics"])
+        with contextlib.suppress(ModelyardError):  # unrecorded: the server measures on load
+            signature = {**signature, "outputs": evaluate.describe_outputs(candidate, X_hold)}
         champion = (evaluate.score_champion(job["champion"], X_hold, y_hold, job["metrics"])
                     if job["champion"] else None)
         _write_json(work / "result.json", {

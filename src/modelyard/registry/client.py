@@ -91,7 +91,7 @@ def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
         return check_name(name), None, check_alias(alias)
     if ":" in ref:
         name, _, number = ref.rpartition(":")
-        if not number.isdigit():
+        if not (number.isascii() and number.isdigit() and len(number) <= 18):
             raise ConfigError(f"version in {ref!r} must be a number, as in {name}:3")
         return check_name(name), int(number), None
     return check_name(ref), None, PRODUCTION

@@ -78,6 +78,7 @@ _REASON: Fields = {"reason": (_STR, False, "")}
 #: the longest a free-text field may be, in characters: a reason is a sentence or two for the
 #: audit trail, not a document (names and aliases have the registry's own rules).
 MAX_CHARS = {"reason": 1000, "key": 200}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "an object", type(None): "null"}
@@ -114,6 +115,9 @@ def parse_fields(body: bytes, fields: Fields) -> dict[str, Any]:
         elif isinstance(value, str) and len(value) > MAX_CHARS.get(name, len(value)):
             errors.append({"loc": ["body", name], "msg": f"must be at most {MAX_CHARS[name]} "
                                                          f"characters, got {len(value)}"})
+        elif isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+            # the registry stores 64-bit integers; a larger one would fail in the database
+            errors.append({"loc": ["body", name], "msg": "is out of range (a 64-bit integer)"})
         out[name] = value
     if errors:
         fields_named = ", ".join(str(e["loc"][-1]) for e in errors)

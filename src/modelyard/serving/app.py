@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
 import logging
-import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,10 +23,19 @@ from modelyard.serving import protocol_v1
 from modelyard.serving.access import ACTOR_KEY, Access
 from modelyard.serving.admin import ADMIN_ROUTES, AdminAPI
 from modelyard.serving.batching import RunnerClosedError
+from modelyard.serving.calls import (
+    MAX_VERSION,
+    Call,
+    log_failure,
+    new_request_id,
+    parse_version,
+    request_id_of,
+)
 from modelyard.serving.catalog import Catalog
 from modelyard.serving.cors import CrossSite
 from modelyard.serving.http import (
     JSON,
+    BodyDeadlines,
     ClientDisconnectedError,
     MethodNotAllowedError,
     Receive,
@@ -44,12 +50,12 @@ from modelyard.serving.http import (
 )
 from modelyard.serving.metrics import CONTENT_TYPE, ServerMetrics
 from modelyard.serving.monitor_api import MONITOR_ROUTES, MonitorAPI, MonitorGauges
+from modelyard.serving.oip import OIPHandlers
 from modelyard.serving.options import ServeOptions
 from modelyard.serving.retention import RetentionSweeper
 from modelyard.serving.rollouts import Rollouts
 from modelyard.serving.runner import Runner
 from modelyard.serving.watcher import Watcher
-from modelyard.serving.worker import WorkerUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -87,67 +93,11 @@ MUTATIONS = frozenset(
 #: mutations whose clients send no Content-Type (tritonclient's repository load/unload).
 _UNTYPED = frozenset({"v2_load", "v2_unload"})
 
-
-class _RequestIds:
-    """Request ids: a random prefix per process and a counter. uuid4 costs a ``getrandom``
-    system call per request; these are unique across processes (a forked worker gets its own
-    prefix), not secret."""
-
-    def __init__(self) -> None:
-        self.pid = -1
-        self.prefix = ""
-        self.counter = itertools.count(1)
-
-    def new(self) -> str:
-        if self.pid != os.getpid():
-            self.pid, self.prefix = os.getpid(), uuid.uuid4().hex[:16]
-            self.counter = itertools.count(1)
-        return f"{self.prefix}{next(self.counter):08x}"
-
-
-_request_ids = _RequestIds()
-
-
-class Call:
-    """What one prediction request resolved to, for its response and its metrics.
-
-    ``variant`` is ``production`` (the served alias), or ``stable``/``candidate`` while a
-    rollout routes the model.
-    """
-
-    __slots__ = ("batch", "request_id", "result", "rows", "runner", "variant")
-
-    def __init__(self, request_id: str | None = None) -> None:
-        self.runner: Runner | None = None
-        self.variant = "production"
-        #: the id feedback refers to: the client's X-Request-Id (or OIP ``id``), else generated.
-        self.request_id = request_id or _request_ids.new()
-        #: the prepared input batch, its rows and the answer, for the prediction log.
-        self.batch: Any = None
-        self.rows = 0
-        self.result: Prediction | None = None
-
-    def answered(self, batch: Any, rows: int, result: Prediction) -> Prediction:
-        """Keep what the prediction log needs of an answered request; returns ``result``."""
-        self.batch, self.rows, self.result = batch, rows, result
-        return result
-
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        """The response headers naming the version and variant that answered, and the request."""
-        runner = self.runner
-        assert runner is not None
-        return [(b"x-model-version", runner.version_str.encode()),
-                (b"x-model-variant", self.variant.encode()),
-                (b"x-request-id", self.request_id.encode())]
-
-
 class App:
     """The server: ``await app(scope, receive, send)``; lifespan runs ``startup``/``shutdown``."""
 
     def __init__(self, registry: Any = None, options: ServeOptions | None = None,
                  *, settings: Any = None) -> None:
-        from modelyard.serving.oip import OIPHandlers
-
         self.options = options or ServeOptions()
         self._settings = settings
         self._owns_registry = registry is None
@@ -156,6 +106,7 @@ class App:
         self.watcher = Watcher(self.catalog)
         self.rollouts = Rollouts(self.catalog)
         self.ready = False
+        self._body_deadlines = BodyDeadlines(self.options.body_timeout_s)
         self.predlog: Any = None  # the PredictionLog, once started
         self._preload: asyncio.Task[None] | None = None
         self._grpc: Any = None
@@ -269,10 +220,12 @@ class App:
         path = scope["path"]
         if self.cross_site.enabled:
             send = self.cross_site.wrap(scope, send)
+        # a body that stops arriving is answered 408 and its connection closed
+        receive = self._body_deadlines.wrap(receive)
         try:
             found = match(ROUTES, scope["method"], path)
             if found is None:
-                raise NotFoundError(f"no route {path}; see /docs for the API")
+                raise NotFoundError(f"no route {path[:200]}; see /docs for the API")
             handler, params = found
             if handler in MUTATIONS:
                 self.admit(scope, handler)
@@ -303,11 +256,13 @@ class App:
         await send({"type": "http.response.body", "body": b""})
 
     async def _fail(self, scope: Scope, send: Send, exc: Exception) -> None:
+        """Answer an error; a 5xx is logged once with the request id it names."""
         path = scope["path"]
-        if not isinstance(exc, NotFoundError | protocol_v1.InputError) and getattr(
-                exc, "status_code", 500) >= 500:
-            log.exception("error answering %s %s", scope["method"], path)
         status, body, headers = error_body(exc, oip=path.startswith("/v2"))
+        if status >= 500:
+            request_id = request_id_of(scope) or new_request_id()
+            log_failure(f"{scope['method']} {path[:200]}", status, request_id, exc)
+            headers.append((b"x-request-id", request_id.encode()))
         await respond(send, status, body, headers)
 
     # -- prediction -----------------------------------------------------------------------------
@@ -390,9 +345,9 @@ class App:
             status = 499
         except Exception as exc:
             status, err, headers = error_body(exc)
-            if status >= 500 and not isinstance(exc, WorkerUnavailableError):
-                # a worker's death and restart are logged once by its supervisor, not per request
-                log.warning("%s predict failed with %s: %s", name, status, exc)
+            headers.append((b"x-request-id", call.request_id.encode()))
+            if status >= 500:
+                log_failure(f"POST {scope['path'][:200]}", status, call.request_id, exc)
             await respond(send, status, err, headers)
         finally:
             self.record(call, name, "v1", status, start)
@@ -474,27 +429,11 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def request_id_of(scope: Scope) -> str | None:
-    """The client's ``X-Request-Id`` (at most 100 characters), if it sent one."""
-    value = header(scope, b"x-request-id")
-    if value is None or not 0 < len(value) <= 100:
-        return None
-    return value.decode("latin-1")
-
-
-def parse_version(name: str, version: str | None) -> int | None:
-    """The version number in a path, or :class:`NotFoundError` for one that is not a number."""
-    if version is None:
-        return None
-    if not version.isdigit() or int(version) < 1:
-        raise NotFoundError(f"model '{name}' has no version {version!r}; versions are 1, 2, ...")
-    return int(version)
-
-
 def create_app(registry: Any = None, options: ServeOptions | None = None,
                *, settings: Any = None) -> App:
     """A ready-to-run ASGI app over ``registry`` (or the one ``settings``/the environment names)."""
     return App(registry, options, settings=settings)
 
 
-__all__ = ["MUTATIONS", "ROUTES", "App", "Call", "create_app", "parse_version"]
+__all__ = ["MAX_VERSION", "MUTATIONS", "ROUTES", "App", "Call", "create_app", "parse_version",
+           "request_id_of"]

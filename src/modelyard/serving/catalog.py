@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from modelyard.errors import NotFoundError
+from modelyard.schema import FieldSpec
 from modelyard.serving.cache import Key, ModelCache
 from modelyard.serving.metrics import ServerMetrics
 from modelyard.serving.options import ServeOptions
@@ -212,6 +213,8 @@ class Catalog:
             max_restarts=self.options.worker_max_restarts, on_give_up=self._give_up,
         )
         runner.metrics = vm
+        if worker.info.get("outputs"):
+            runner.outputs = tuple(FieldSpec.from_dict(f) for f in worker.info["outputs"])
         log.info("serving %s (%s on %s in worker pid %s, batch %d rows, delay %.1f ms)",
                  record.ref, record.flavor, runner.predictor.device, worker.pid,
                  policy.max_batch_size, policy.max_delay_s * 1e3)

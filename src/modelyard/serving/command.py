@@ -20,6 +20,9 @@ from modelyard.errors import ModelyardError
               help="Largest request body; bigger ones get 413.")
 @click.option("--timeout", "timeout_s", default=60.0, show_default=True, type=float,
               help="Seconds before a queued request gets 504.")
+@click.option("--body-timeout", "body_timeout_s", default=5.0, show_default=True, type=float,
+              help="Seconds a request body may stall mid-way before 408 and a closed "
+                   "connection.")
 @click.option("--grpc-port", default=None, type=int,
               help="Also serve OIP v2 over gRPC on this port (needs modelyard[grpc]).")
 @click.option("--alias", default="production", show_default=True,
@@ -36,8 +39,9 @@ from modelyard.errors import ModelyardError
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, max_memory: str | None, preload: bool,
-          workers: int, max_body: str, timeout_s: float, grpc_port: int | None, alias: str,
-          prediction_log: str | None, cors_origins: tuple[str, ...], log_level: str) -> None:
+          workers: int, max_body: str, timeout_s: float, body_timeout_s: float,
+          grpc_port: int | None, alias: str, prediction_log: str | None,
+          cors_origins: tuple[str, ...], log_level: str) -> None:
     """Serve every model with a production alias over REST and OIP v2 until stopped.
 
     Native REST: POST /v1/models/NAME/predict. Open Inference Protocol v2: /v2/... (REST, and
@@ -53,7 +57,8 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None, prel
     try:
         options = ServeOptions(max_memory=parse_size(max_memory), preload=preload, alias=alias,
                                max_body_bytes=parse_size(max_body) or 1,
-                               request_timeout_s=timeout_s, prediction_log=prediction_log,
+                               request_timeout_s=timeout_s, body_timeout_s=body_timeout_s,
+                               prediction_log=prediction_log,
                                grpc_address=f"{host}:{grpc_port}" if grpc_port else None,
                                cors_origins=tuple(o for value in cors_origins
                                                   for o in value.replace(",", " ").split()))

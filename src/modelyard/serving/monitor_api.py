@@ -209,7 +209,7 @@ def _int_param(scope: Scope, key: str, default: int) -> int:
     text = _param(scope, key)
     if text is None:
         return default
-    if not text.isdigit() or not 0 < int(text) <= 10_000:
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 0 < int(text) <= 10_000:
         raise InputError(f"{key} must be a whole number from 1 to 10000, got {text!r}",
                          [{"loc": ["query", key], "msg": "not a positive integer"}])
     return int(text)

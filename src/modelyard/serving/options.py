@@ -37,6 +37,10 @@ class ServeOptions:
     alias: str = "production"
     #: request bodies above this many bytes get 413.
     max_body_bytes: int = 16 * 1024 * 1024
+    #: a request body that stops arriving for this many seconds gets 408 (connection closed).
+    body_timeout_s: float = 5.0
+    #: an idle keep-alive connection is closed after this many seconds.
+    keep_alive_s: float = 30.0
     #: a request without a result after this many seconds gets 504.
     request_timeout_s: float = 60.0
     #: how often the registry is polled for alias moves.
@@ -71,9 +75,10 @@ class ServeOptions:
         if self.max_memory is not None and self.max_memory <= 0:
             raise ConfigError("max_memory must be a positive number of bytes")
         if (self.max_body_bytes <= 0 or self.request_timeout_s <= 0 or self.poll_interval_s <= 0
-                or self.monitor_interval_s <= 0):
-            raise ConfigError("max_body_bytes, request_timeout_s, poll_interval_s and "
-                              "monitor_interval_s must be > 0")
+                or self.monitor_interval_s <= 0 or self.body_timeout_s <= 0
+                or self.keep_alive_s <= 0):
+            raise ConfigError("max_body_bytes, request_timeout_s, body_timeout_s, keep_alive_s, "
+                              "poll_interval_s and monitor_interval_s must be > 0")
         if self.predict_threads < 1 or self.load_threads < 1:
             raise ConfigError("predict_threads and load_threads must be at least 1")
         where = self.prediction_log

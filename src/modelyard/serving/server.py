@@ -52,7 +52,7 @@ def serve(
     common: dict[str, Any] = dict(
         host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
         http=_pick("httptools", "h11"), loop=_pick("uvloop", "asyncio"),
-        timeout_keep_alive=30,
+        timeout_keep_alive=max(1, round(options.keep_alive_s)),
     )
     if workers > 1:
         _serve_workers(workers, settings, options, common)
