@@ -8,6 +8,7 @@ decides whether a pickle may be loaded before anything loads it.
 
 from __future__ import annotations
 
+import _compat_pickle
 import pickletools
 from collections.abc import Callable, Iterable
 
@@ -43,10 +44,10 @@ def pickle_imports(data: bytes) -> set[str]:
             name = opcode.name
             if name in ("GLOBAL", "INST"):
                 module, _, attr = str(arg).partition(" ")
-                found.add(f"{module}.{attr}")
+                found.add(_python3_name(module, attr))
             elif name == "STACK_GLOBAL":
                 pair = recent[-2:] if len(recent) >= 2 else [None, None]
-                found.add(DYNAMIC if None in pair else f"{pair[0]}.{pair[1]}")
+                found.add(DYNAMIC if None in pair else _python3_name(str(pair[0]), str(pair[1])))
             elif name in _EXTENSIONS:
                 found.add(DYNAMIC)
             if name in _STRINGS:
@@ -62,6 +63,12 @@ def pickle_imports(data: bytes) -> set[str]:
     except Exception:  # genops raises ValueError and friends on a truncated or bad stream
         found.add(UNREADABLE)
     return found
+
+
+def _python3_name(module: str, attr: str) -> str:
+    """``module.attr`` as Python 3 imports it (protocol 2 pickles say ``__builtin__.exec``)."""
+    module, attr = _compat_pickle.NAME_MAPPING.get((module, attr), (module, attr))
+    return f"{_compat_pickle.IMPORT_MAPPING.get(module, module)}.{attr}"
 
 
 def refused_imports(data: bytes, allowed: Callable[[str], bool]) -> list[str]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import sys
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,6 +13,7 @@ import numpy as np
 
 from modelyard.adapters import is_loaded, require
 from modelyard.adapters.base import artifact_file, parse_device, plain, trusted_names
+from modelyard.adapters.pickles import pickle_imports
 from modelyard.adapters.sklearn_types import (
     check_index_arrays,
     untrusted,
@@ -40,6 +43,42 @@ def untrusted_types(reported: Iterable[str], trusted: Iterable[str] = ()) -> lis
     See :mod:`modelyard.adapters.sklearn_types` for the names trusted without being listed.
     """
     return untrusted(reported, trusted)
+
+
+def pickled_arrays(data: bytes) -> list[str]:
+    """What the pickled object arrays in a ``.skops`` file would import, as ``name (in member)``.
+
+    skops never writes object arrays as pickles and loads arrays with ``allow_pickle=False``;
+    a file that holds one was made by hand, and naming its imports says what it tried to run.
+    """
+    found: list[str] = []
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for member, blob in _arrays(archive):
+                imports = sorted(pickle_imports(blob)) or ["a pickled object"]
+                found += [f"{name} (pickled in {member})" for name in imports]
+    except zipfile.BadZipFile:
+        pass  # skops reports a file that is not a zip itself
+    return found
+
+
+def _arrays(archive: zipfile.ZipFile, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+    """``(member, pickle bytes)`` of each object array in ``archive`` (``.npz`` included)."""
+    for member in archive.namelist():
+        if member.endswith(".npz"):
+            with zipfile.ZipFile(io.BytesIO(archive.read(member))) as inner:
+                yield from _arrays(inner, f"{prefix}{member}/")
+        elif member.endswith(".npy"):
+            stream = io.BytesIO(archive.read(member))
+            try:
+                version = np.lib.format.read_magic(stream)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                dtype = read(stream)[2]
+            except (ValueError, OSError, SyntaxError):
+                continue  # not an array numpy can read: loading it fails, it runs nothing
+            if dtype.hasobject:
+                yield f"{prefix}{member}", stream.read()
 
 
 def _refusal(types: list[str], action: str, target: str) -> UnsafeArtifactError:
@@ -137,7 +176,7 @@ class SklearnAdapter:
             reported = list(sio.get_untrusted_types(data=data))
         except Exception as exc:
             raise AdapterError(f"sklearn: cannot read {target.name}: {exc}") from exc
-        refused = untrusted_types(reported, trusted_names(meta))
+        refused = untrusted_types(reported, trusted_names(meta)) + pickled_arrays(data)
         if refused:
             raise _refusal(refused, "load", target.name)
         return data, reported, target.name
