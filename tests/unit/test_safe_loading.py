@@ -11,6 +11,7 @@ import logging
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from modelyard.registry.records import ModelVersion
 from modelyard.registry.rows import now
 from modelyard.registry.tables import VersionRow
 from modelyard.serving import ServeOptions, create_app
-from modelyard.store import pack_dir
+from modelyard.store import LocalStore, pack_dir
 
 RNG = np.random.default_rng(7)
 NOTHING_TRUSTED: Callable[[str], bool] = frozenset().__contains__
@@ -179,7 +180,8 @@ def test_trust_is_by_exact_name_not_by_module() -> None:
     refused = ["numpy.testing._private.utils.runstring", "numpy.full_like", "builtins.min",
                "builtins.eval", "scipy.io.loadmat", "sklearn.utils._testing.assert_run_python_"
                "script_without_output", "sklearn.pipeline.os", "xgboost.core.os.system",
-               "collections.namedtuple", "operator.methodcaller"]
+               "collections.namedtuple", "operator.methodcaller",
+               "sklearn.neighbors._kd_tree.KDTree"]  # raw indices, unchecked: listed by hand
     assert untrusted_types(accepted + refused) == sorted(refused)
     assert untrusted_types(["builtins.min"], trusted=["builtins.min"]) == []
 
@@ -412,46 +414,61 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@dataclass
+class Evil:
+    folder: Path
+    flavor: str
+    meta: dict[str, Any]
+    signature: dict[str, Any]
+
+
 @pytest.fixture()
-def attacked(tmp_path: Path, marker: Path) -> Iterator[Registry]:
-    """A registry holding one malicious version per kind, written past every check."""
+def evil(tmp_path: Path, marker: Path) -> dict[str, Evil]:
+    """One malicious artifact per kind, each carrying a payload that creates ``marker``."""
+    from sklearn.linear_model import LogisticRegression
+
+    from modelyard.schema import Signature
+
     keras = require("keras", "tensorflow")
+    tensor = Signature.infer(RNG.normal(size=(4, 4)).astype(np.float32),
+                             layout="tensor").to_dict()
+    found: dict[str, Evil] = {}
+    predict = skops_dump(runs_on_predict(touch(marker)))
+    found["sk-predict"] = Evil(_skops_folder(tmp_path / "s1", predict), "sklearn",
+                               {"file": "model.skops"}, table_signature())
+    fitted = LogisticRegression().fit(RNG.normal(size=(20, 4)), np.arange(20) % 2)
+    on_load = edit_schema(skops_dump(fitted), lambda schema: schema["content"]["content"]
+                          .__setitem__("C", runs_on_load(touch(marker))))
+    found["sk-load"] = Evil(_skops_folder(tmp_path / "s2", on_load), "sklearn",
+                            {"file": "model.skops"}, table_signature())
+
+    folder = tmp_path / "t"
+    folder.mkdir()
+    meta = exported_model(folder)
+    payload = torch_pickle(((Payload(touch(marker)),), {}))
+    archive = folder / meta["file"]
+    archive.write_bytes(rewrite_zip(archive.read_bytes(),
+                                    lambda n, c: payload if "sample_inputs" in n else None))
+    found["torch-export"] = Evil(folder, "torch", meta, tensor)
+
+    inputs = keras.Input(shape=(4,))
+    # Keras calls the function once while building the model: that run is the attacker's
+    run = eval(f"lambda z: (open({str(marker)!r}, 'w').close(), z)[1]")
+    model = keras.Model(inputs, keras.layers.Lambda(run)(inputs))
+    (tmp_path / "k").mkdir()
+    keras.saving.save_model(model, tmp_path / "k" / "model.keras")
+    marker.unlink()
+    found["keras-lambda"] = Evil(tmp_path / "k", "tensorflow", {"file": "model.keras"}, tensor)
+    return found
+
+
+@pytest.fixture()
+def attacked(tmp_path: Path, evil: dict[str, Evil]) -> Iterator[Registry]:
+    """A registry holding each malicious artifact as a version, written past every check."""
     with Registry.open(Settings.from_env(home=tmp_path / "home", actor="tester")) as reg:
-        register_raw(reg, "sk-predict", _skops_folder(tmp_path / "s1", skops_dump(
-            runs_on_predict(touch(marker)))), flavor="sklearn", meta={"file": "model.skops"},
-            signature=table_signature())
-
-        from sklearn.linear_model import LogisticRegression
-
-        fitted = LogisticRegression().fit(RNG.normal(size=(20, 4)), np.arange(20) % 2)
-        on_load = edit_schema(skops_dump(fitted), lambda schema: schema["content"]["content"]
-                              .__setitem__("C", runs_on_load(touch(marker))))
-        register_raw(reg, "sk-load", _skops_folder(tmp_path / "s2", on_load), flavor="sklearn",
-                     meta={"file": "model.skops"}, signature=table_signature())
-
-        folder = tmp_path / "t"
-        folder.mkdir()
-        meta = exported_model(folder)
-        evil = torch_pickle(((Payload(touch(marker)),), {}))
-        archive = folder / meta["file"]
-        archive.write_bytes(rewrite_zip(archive.read_bytes(),
-                                        lambda n, c: evil if "sample_inputs" in n else None))
-        from modelyard.schema import Signature
-
-        register_raw(reg, "torch-export", folder, flavor="torch", meta=meta,
-                     signature=Signature.infer(RNG.normal(size=(4, 4)).astype(np.float32),
-                                               layout="tensor").to_dict())
-
-        inputs = keras.Input(shape=(4,))
-        # Keras calls the function once while building the model: that run is the attacker's
-        run = eval(f"lambda z: (open({str(marker)!r}, 'w').close(), z)[1]")
-        model = keras.Model(inputs, keras.layers.Lambda(run)(inputs))
-        (tmp_path / "k").mkdir()
-        keras.saving.save_model(model, tmp_path / "k" / "model.keras")
-        marker.unlink()
-        register_raw(reg, "keras-lambda", tmp_path / "k", flavor="tensorflow",
-                     meta={"file": "model.keras"}, signature=Signature.infer(
-                         RNG.normal(size=(4, 4)).astype(np.float32), layout="tensor").to_dict())
+        for name, item in evil.items():
+            register_raw(reg, name, item.folder, flavor=item.flavor, meta=item.meta,
+                         signature=item.signature)
         yield reg
 
 
@@ -489,6 +506,16 @@ async def test_the_server_refuses_and_never_runs_a_malicious_artifact(
                     assert offending in caplog.text  # the refusal is in the server's log
         finally:
             await app.shutdown()
+
+
+def test_registration_refuses_every_kind(registry: Registry, evil: dict[str, Evil]) -> None:
+    for name, item in evil.items():
+        with pytest.raises(UnsafeArtifactError, match=NAMED[name].replace(".", r"\.")):
+            registry.register(name, item.folder, flavor=item.flavor, meta=item.meta,
+                              signature=item.signature)
+    assert registry.list_models() == []
+    assert isinstance(registry.store, LocalStore)
+    assert [p for p in registry.store.root.rglob("*") if p.is_file()] == []  # nothing stored
 
 
 def test_modelyard_load_refuses_every_kind(attacked: Registry, marker: Path) -> None:
