@@ -120,7 +120,9 @@ class TorchAdapter:
         """Save only the weights; loading rebuilds ``type(model)(**init_kwargs)``.
 
         The class must be importable (not defined in ``__main__`` or inside a function) and
-        ``init_kwargs`` JSON-serialisable, since both are stored in the version's metadata.
+        ``init_kwargs`` JSON-serialisable, since both are stored in the version's metadata. A
+        state dict holding more than tensors (objects from ``get_extra_state``) raises
+        :class:`UnsafeArtifactError` now: loading would refuse it.
         """
         torch = require("torch", self.extra)
         ref = class_ref(type(model), self.flavor)
@@ -128,13 +130,19 @@ class TorchAdapter:
             torch.save(model.state_dict(), Path(path) / _STATE)
         except Exception as exc:
             raise AdapterError(f"torch: could not save the state dict: {exc}") from exc
-        return {
+        meta = {
             "format": "state_dict",
             "file": _STATE,
             "class": ref,
             "init_kwargs": dict(init_kwargs or {}),
             "torch_version": torch.__version__,
         }
+        try:
+            self.verify(path, meta)
+        except UnsafeArtifactError:
+            (Path(path) / _STATE).unlink(missing_ok=True)
+            raise
+        return meta
 
     def verify(self, path: Path, meta: dict[str, Any]) -> None:
         """Refuse (:class:`UnsafeArtifactError`) an archive loading would refuse; loads nothing.
