@@ -216,6 +216,19 @@ def test_a_function_called_to_build_an_object_is_refused(tmp_path: Path, marker:
         get_adapter("sklearn").load(tmp_path, meta, "cpu")
 
 
+def test_names_from_the_file_cannot_break_the_one_line_message(tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    def inject(schema: dict[str, Any]) -> None:
+        schema["content"]["content"]["C"] = {"__class__": "x\nERROR forged log line" + "y" * 500,
+                                             "__module__": "builtins", "__loader__": "ObjectNode"}
+
+    meta = write_skops(tmp_path, edit_schema(skops_dump(LogisticRegression()), inject))
+    with pytest.raises(UnsafeArtifactError) as err:
+        get_adapter("sklearn").load(tmp_path, meta, "cpu")
+    assert "\n" not in str(err.value) and len(str(err.value)) < 600
+
+
 def test_a_pickled_object_inside_a_skops_file_is_named(tmp_path: Path, marker: Path) -> None:
     from sklearn.preprocessing import StandardScaler
 

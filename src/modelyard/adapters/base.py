@@ -6,7 +6,7 @@ import ctypes
 import importlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -48,7 +48,8 @@ def artifact_file(path: Path, meta: dict[str, Any], default: str, flavor: str) -
     """
     name = str(meta.get("file", default))
     parts = PurePosixPath(name).parts
-    if not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name:
+    if (not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name
+            or not name.isprintable()):
         raise UnsafeArtifactError(
             f"{flavor}: the version's metadata names the model file {name!r}, which is not inside "
             "its artifact; register the model again with the file its adapter writes"
@@ -62,6 +63,17 @@ def trusted_names(meta: dict[str, Any]) -> frozenset[str]:
     if not isinstance(listed, list | tuple):
         return frozenset()
     return frozenset(name for name in listed if isinstance(name, str))
+
+
+def listed(names: Iterable[str], limit: int = 12) -> str:
+    """Names from an artifact, for a one-line message: escaped, shortened, at most ``limit``.
+
+    The names come from the file being refused, so they may hold newlines or run for pages.
+    """
+    names = list(names)
+    shown = [n if n.isprintable() and len(n) <= 160 else repr(n[:160]) for n in names[:limit]]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(shown) + more
 
 
 def check_gpu(index: int, available: int, flavor: str) -> None:
@@ -170,6 +182,7 @@ __all__ = [
     "classify",
     "cuda_device_count",
     "import_ref",
+    "listed",
     "parse_device",
     "plain",
     "probabilities",

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelyard.adapters import is_loaded, require
-from modelyard.adapters.base import artifact_file, parse_device, plain, trusted_names
+from modelyard.adapters.base import artifact_file, listed, parse_device, plain, trusted_names
 from modelyard.adapters.pickles import pickle_imports
 from modelyard.adapters.sklearn_types import (
     check_index_arrays,
@@ -83,7 +83,7 @@ def _arrays(archive: zipfile.ZipFile, prefix: str = "") -> Iterator[tuple[str, b
 
 def _refusal(types: list[str], action: str, target: str) -> UnsafeArtifactError:
     return UnsafeArtifactError(
-        f"sklearn: refusing to {action} {target}: it holds {', '.join(types)}, which modelyard "
+        f"sklearn: refusing to {action} {target}: it holds {listed(types)}, which modelyard "
         "does not trust (a function or class there would run when the model loads or predicts); "
         "if this is your own code, trust it deliberately: list these names under trusted_types "
         "in the model's spec"

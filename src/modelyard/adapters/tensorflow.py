@@ -14,6 +14,7 @@ from modelyard.adapters import is_loaded, require
 from modelyard.adapters.base import (
     artifact_file,
     check_gpu,
+    listed,
     parse_device,
     probabilities,
     trusted_names,
@@ -105,7 +106,7 @@ class TensorFlowAdapter:
         refused = check_keras(data, trusted_names(meta).__contains__)
         if refused:
             raise UnsafeArtifactError(
-                f"tensorflow: refusing to load {target.name}: it holds {', '.join(refused)}, "
+                f"tensorflow: refusing to load {target.name}: it holds {listed(refused)}, "
                 "which would run Python code from the artifact; replace a Lambda layer with a "
                 "layer class registered with keras.saving.register_keras_serializable, and list "
                 "your own registered classes under trusted_types in the model's spec"

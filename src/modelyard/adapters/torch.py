@@ -29,6 +29,7 @@ from modelyard.adapters.base import (
     check_gpu,
     class_ref,
     import_ref,
+    listed,
     parse_device,
     probabilities,
     trusted_names,
@@ -185,7 +186,7 @@ class TorchAdapter:
         refused = check(data, trusted_names(meta).__contains__)
         if refused:
             raise UnsafeArtifactError(
-                f"torch: refusing to load {target.name} ({fmt}): it holds {'; '.join(refused)}, "
+                f"torch: refusing to load {target.name} ({fmt}): it holds {listed(refused)}, "
                 "which would run code beyond PyTorch's own operators and tensors; if this is your "
                 "own code, trust it deliberately: list these names under trusted_types in the "
                 "model's spec"
@@ -257,7 +258,8 @@ def _load_format(torch: Any, fmt: str, data: io.BytesIO, meta: dict[str, Any], w
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
         # the reference comes from the version's metadata: never call anything but a module
         raise UnsafeArtifactError(
-            f"torch: refusing to load a state dict into {ref}: it is not a torch.nn.Module class"
+            f"torch: refusing to load a state dict into {listed([ref])}: it is not a "
+            "torch.nn.Module class"
         )
     module = cls(**meta.get("init_kwargs", {}))
     module.load_state_dict(torch.load(data, map_location=where, weights_only=True))
