@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import pickle
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from modelyard.adapters import get_adapter, require
+from modelyard.adapters.pickles import DYNAMIC, UNREADABLE, pickle_imports
 from modelyard.adapters.sklearn import untrusted_types
 from modelyard.adapters.torch_archive import check_export, check_torchscript
 from modelyard.config import Settings
@@ -327,6 +329,22 @@ def test_real_scikit_learn_xgboost_and_lightgbm_models_still_load(tmp_path: Path
 
 
 # -- PyTorch ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_a_pickle_s_imports_are_read_in_every_protocol(protocol: int) -> None:
+    assert pickle_imports(pickle.dumps([Payload("1"), Payload("2")], protocol=protocol)) == {
+        "builtins.exec"}
+
+
+def test_a_global_built_on_the_stack_is_not_taken_at_face_value() -> None:
+    def text(value: bytes) -> bytes:
+        return b"\x8c" + bytes([len(value)]) + value  # SHORT_BINUNICODE
+
+    # 'os' 'system' 'decoy' POP STACK_GLOBAL: the unpickler imports os.system
+    stream = b"\x80\x04" + text(b"os") + text(b"system") + text(b"decoy") + b"0\x93."
+    assert pickle_imports(stream) == {DYNAMIC}
+    assert pickle_imports(b"\x80\x04" + text(b"os")) == {UNREADABLE}  # no STOP
+
+
 def test_a_state_dict_with_a_pickled_payload_is_refused(tmp_path: Path, marker: Path) -> None:
     torch = require("torch", "torch")
     (tmp_path / "state_dict.pt").write_bytes(
