@@ -250,7 +250,10 @@ class Spec(BaseModel):
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
     monitoring: MonitorSpec = Field(default_factory=MonitorSpec)
     timeout_s: float = Field(3600.0, gt=0)
-    #: your own classes a scikit-learn model holds, trusted when it is loaded ("module.Class").
+    #: names of your own code the artifact may hold, trusted when it is registered and loaded:
+    #: classes and functions of a scikit-learn model ("module.name"), operators of a torch
+    #: program ("torch.ops.lib.op"), registered Keras objects. Everything else outside the
+    #: frameworks' own types is refused (see "Safe loading" in docs/architecture.md).
     trusted_types: list[str] = Field(default_factory=list)
     #: folder relative paths in this spec are resolved against (the yaml file's folder).
     root: Path = Field(default_factory=Path.cwd)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import inspect
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -58,7 +59,7 @@ class TrainJob:
     flavor: str | None = None
     task: str | None = None
     metrics: list[str] = field(default_factory=list)
-    #: your own classes a scikit-learn artifact may hold (the spec's ``trusted_types``).
+    #: your own code the artifact may hold (the spec's ``trusted_types``).
     trusted_types: list[str] = field(default_factory=list)
     #: the production version to score on the same holdout: ref, flavor, path, meta, signature.
     champion: dict[str, Any] | None = None
@@ -228,9 +229,10 @@ def main(job: dict[str, Any], stages: Any) -> None:
         adapter = get_adapter(job["flavor"]) if job["flavor"] else adapter_for(model)
         (work / "artifact").mkdir()
         options = {"trusted_types": job["trusted_types"]} if job["trusted_types"] else {}
-        if options and adapter.flavor != "sklearn":
+        if options and "trusted_types" not in inspect.signature(adapter.save).parameters:
             raise errors.ConfigError(
-                f"trusted_types applies to sklearn models, not {adapter.flavor}")
+                f"trusted_types applies to sklearn, torch and tensorflow models, not "
+                f"{adapter.flavor}")
         meta = adapter.save(model, work / "artifact", sample=X[:8], **options)
         signature = adapter.infer_signature(model, X, y).to_dict()
         task = job["task"] or infer_task(model, y)
