@@ -158,7 +158,10 @@ async def test_canary_start_status_and_abort(client: httpx.AsyncClient,
     assert d["state"] == "progressing" and d["stable_version"] == 1
     assert d["candidate_version"] == 2 and d["steps"] == [5, 25, 50, 100]
     assert d["key"] == "user_id" and d["created_by"] == "api" and d["active"] is True
-    assert d["candidate_percent"] == 5.0
+    # planned, but no server routes it yet (this app polls hourly): no traffic is claimed
+    assert d["traffic"]["planned_candidate_percent"] == 5.0 and d["candidate_percent"] == 0.0
+    assert "no server routes this rollout yet" in d["traffic"]["note"]
+    assert d["explain"].startswith("Canary: v2 answers 5% of requests, v1 the rest")
     r = await client.get("/api/v1/models/canary/deployment")
     assert r.status_code == 200 and r.json()["id"] == d["id"]
     assert r.json()["state"] == "progressing"

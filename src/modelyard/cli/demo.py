@@ -168,6 +168,7 @@ def _summary(outcomes: list[Outcome], registry: Registry) -> None:
         except NotFoundError:
             alias, flavor = "", ""
         outcome = {"promoted": "new version, promoted", "registered": "new version",
+                   "rollout": "new version, rolling out",
                    "rejected": "kept production (gate)", "failed": "failed"}[o.status]
         rows.append([o.model, f"v{version.version}" if version else "-",
                      version.flavor if version else flavor, fmt_metrics(o.metrics), alias,

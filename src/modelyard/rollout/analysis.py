@@ -64,8 +64,8 @@ TAIL_SAMPLES = 5
 class Rules:
     """Thresholds of a rollout's analysis; stored as JSON in the deployment record.
 
-    The first three come from the model's ``rollout:`` spec (:meth:`from_spec`); the rest are
-    extra knobs with defaults. ``auto_promote`` None means the strategy decides: canary, direct
+    The model's ``rollout:`` spec gives the thresholds it declares (:meth:`from_spec`); the rest
+    are extra knobs with defaults. ``auto_promote`` None means the strategy decides: canary, direct
     and blue-green promote by themselves, A/B and shadow wait for a person.
     """
 
@@ -104,11 +104,14 @@ class Rules:
 
     @classmethod
     def from_spec(cls, spec: RolloutSpec, **extra: Any) -> Rules:
-        """Rules from a model's ``rollout:`` spec, plus any extra knobs (``metric="f1"``)."""
+        """Rules from a model's ``rollout:`` spec, plus any extra knobs (``metric="f1"``); the
+        spec's own ``metric`` wins over an extra one."""
+        declared = {"metric": spec.metric} if spec.metric is not None else {}
         return cls.from_dict({"max_error_rate": spec.max_error_rate,
+                              "max_latency_ratio": spec.max_latency_ratio,
                               "max_p99_ratio": spec.max_p99_ratio,
                               "min_requests": spec.min_requests,
-                              "min_labels": spec.min_labels, **extra})
+                              "min_labels": spec.min_labels, **extra, **declared})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Rules:

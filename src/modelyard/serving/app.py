@@ -353,12 +353,14 @@ class App:
             self.record(call, name, "v1", status, start)
 
     async def v1_models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /v1/models``: served models, their aliases and loaded versions."""
+        """``GET /v1/models``: served models, their aliases and loaded versions; ``not_served``
+        says when the alias points at a version this server could not load, and why."""
         loaded: dict[str, list[int]] = {}
         for (name, version), _ in self.catalog.cache.loaded():
             loaded.setdefault(name, []).append(version)
         models = [{"name": n, "aliases": a, "served_version": self.catalog.routes.get(n),
-                   "loaded_versions": sorted(loaded.get(n, []))}
+                   "loaded_versions": sorted(loaded.get(n, [])),
+                   "not_served": self.catalog.not_served.get(n)}
                   for n, a in sorted(self.catalog.models.items())]
         await respond(send, 200, orjson.dumps({"models": models}))
 
@@ -374,10 +376,15 @@ class App:
 
     async def op_readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /readyz``: 200 once the served aliases are preloaded and every device worker
-        answers; 503 while loading or while a worker restarts (the body names it)."""
+        answers; 503 while loading or while a worker restarts (the body names it). A model
+        whose alias moved to a version that cannot load still answers with the old one: 200,
+        and ``not_served`` names both versions and the reason."""
         down = self.catalog.unhealthy()
         if self.ready and not down:
-            await respond(send, 200, b'{"status":"ready"}')
+            stale = self.catalog.not_served_detail()
+            body = orjson.dumps({"status": "ready", "not_served": stale}) if stale else \
+                b'{"status":"ready"}'
+            await respond(send, 200, body)
         elif not self.ready:
             await respond(send, 503, b'{"status":"loading"}', [*JSON, (b"retry-after", b"1")])
         else:

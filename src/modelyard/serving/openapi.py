@@ -94,18 +94,20 @@ _ADMIN_PATHS: dict[str, Any] = {
     "/api/v1/models/{name}/deployment/history": _get(
         "Admin: the model's rollout transitions, newest first", [_NAME], None, 404),
     "/api/v1/models/{name}/promote": _admin_post(
-        "Admin: point an alias (production) at a version",
+        "Admin: point an alias (production) at a version; the server loads and warms it first "
+        "and refuses (409, the alias untouched) a version that cannot load",
         {"version": {"type": "integer"}, **_ALIAS, **_REASON}),
     "/api/v1/models/{name}/rollback": _admin_post(
         "Admin: move an alias back (ends an active rollout of production first)",
         {"to": {"type": ["integer", "null"]}, **_ALIAS, **_REASON}),
     "/api/v1/models/{name}/deployments": _admin_post(
-        "Admin: start a rollout of a version", {
+        "Admin: start a rollout of a version; unset settings come from the rollout section "
+        "of the spec registered with it (else canary, 60 s)", {
             "version": {"type": "integer"},
-            "strategy": {"type": "string", "default": "canary",
-                         "enum": ["direct", "canary", "ab", "shadow", "blue-green"]},
+            "strategy": {"type": ["string", "null"],
+                         "enum": ["direct", "canary", "ab", "shadow", "blue-green", None]},
             "steps": {"type": ["array", "null"], "items": {"type": "integer"}},
-            "every_s": {"type": "number", "default": 60},
+            "every_s": {"type": ["number", "null"]},
             "key": {"type": ["string", "null"]},
             "rules": {"type": ["object", "null"]}, **_REASON}, "201"),
     "/api/v1/models/{name}/deployment/promote": _admin_post(
