@@ -64,7 +64,11 @@ class Watcher(Poller):
         """Read the registry once and start a swap for each moved alias."""
         catalog = self.catalog
         models = await catalog.read_registry()
-        moves = alias_moves(catalog.routes, models, catalog.options.alias)
+        alias = catalog.options.alias
+        moves = alias_moves(catalog.routes, models, alias)
+        for name, info in list(catalog.not_served.items()):
+            if models.get(name, {}).get(alias) != info["version"]:  # the alias moved on
+                catalog.not_served.pop(name, None)
         now = time.monotonic()
         for name, target in moves.items():
             if name in self._swapping:
