@@ -285,3 +285,17 @@ def test_a_heavier_tail_needs_more_slow_requests_not_just_longer_ones():
         stalls.observe(0.5)
     p_value, share, stable_share = tail_excess_p(stable, stalls, 1.5, 0.99)
     assert p_value < 0.001 and share > 3 * stable_share
+
+
+def test_a_step_where_stable_has_too_few_requests_waits_instead_of_judging_blind():
+    """With fewer stable requests than min_requests the latency comparison was skipped, so a
+    50 ms slower canary advanced whenever stable's count lagged the candidate's."""
+    rules = Rules(min_requests=30)
+    stable, slower = window(requests=29, latency_s=0.001), window(requests=40, latency_s=0.051)
+    held = analyze(stable, slower, rules, step=0, n_steps=2, baseline=True)
+    assert held.action == "hold" and "stable has 29 of the 30 requests" in held.reason
+    # a step where stable gets no traffic (direct, blue-green, 100 %) has only absolute limits
+    assert analyze(stable, slower, rules, step=0, n_steps=2, baseline=False).action == "advance"
+    # a failing check still rolls back at once
+    broken = window(requests=40, errors=40, latency_s=0.051)
+    assert analyze(stable, broken, rules, step=0, n_steps=2, baseline=True).action == "rollback"

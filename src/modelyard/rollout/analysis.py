@@ -37,8 +37,9 @@
 - **shadow agreement** — fails when we are confident the candidate agrees with the primary answer
   less often than ``min_agreement`` (the upper Wilson bound is below it).
 
-Fewer than ``min_requests`` candidate requests: ``hold``. Any failed check: ``rollback``, with
-every failure in ``reasons``. Otherwise ``advance``, or ``promote`` at the last step.
+Fewer than ``min_requests`` candidate requests (or stable requests, where stable answers a share
+of the traffic to compare with): ``hold``. Any failed check: ``rollback``, with every failure in
+``reasons``. Otherwise ``advance``, or ``promote`` at the last step.
 """
 
 from __future__ import annotations
@@ -133,8 +134,14 @@ class Rules:
 
 
 def analyze(stable: WindowStats, candidate: WindowStats, rules: Rules, step: int = 0,
-            n_steps: int = 1) -> Decision:
+            n_steps: int = 1, *, baseline: bool | None = None) -> Decision:
     """Decide what the rollout at ``step`` (0-based, of ``n_steps``) should do next.
+
+    ``baseline``: whether stable answers a share of the traffic at this step (a canary below
+    100 %, A/B, shadow), so that the candidate's latency must be compared with it: then the
+    decision holds until stable has ``min_requests`` too, rather than judging the candidate on
+    the absolute limit alone, which is all a step without stable traffic (direct, blue-green, a
+    canary's 100 % step) can do. None: whether stable has any requests in its window.
 
     Pure: the same windows and rules always give the same decision.
     """
@@ -142,7 +149,10 @@ def analyze(stable: WindowStats, candidate: WindowStats, rules: Rules, step: int
         return Decision("hold", (f"candidate has {candidate.requests} of the "
                                  f"{rules.min_requests} requests analysis needs",),
                         details={"candidate_requests": candidate.requests})
-    checks = [_error_rate(stable, candidate, rules), _latency(stable, candidate, rules),
+    if baseline is None:
+        baseline = stable.requests > 0
+    checks = [_error_rate(stable, candidate, rules),
+              _latency(stable, candidate, rules, baseline),
               _metric(stable, candidate, rules), _agreement(candidate, rules)]
     details: dict[str, Any] = {}
     for check in checks:
@@ -276,7 +286,8 @@ def _at_rank(counts: dict[int, int], rank: int) -> int:
     return max(counts)
 
 
-def _latency(stable: WindowStats, candidate: WindowStats, rules: Rules) -> _Check:
+def _latency(stable: WindowStats, candidate: WindowStats, rules: Rules,
+             baseline: bool) -> _Check:
     enough = stable.requests >= rules.min_requests
     q = tail_quantile(min(candidate.requests, stable.requests) if enough else candidate.requests)
     label = "p99" if q >= 0.99 else f"p{q * 100:.3g}"
@@ -291,6 +302,9 @@ def _latency(stable: WindowStats, candidate: WindowStats, rules: Rules) -> _Chec
     failed = "; ".join(f for f in failures if f)
     if failed:
         return _Check(failure=failed, details=details)
+    if baseline and not enough:
+        return _Check(wait=f"stable has {stable.requests} of the {rules.min_requests} requests "
+                           "a latency comparison needs", details=details)
     ratio = details.get("latency_ratio")
     than = f", typically {ratio:.2f}x stable's" if ratio is not None else ""
     return _Check(note=f"{label} latency {cq * 1000:.1f} ms{than} ok", details=details)

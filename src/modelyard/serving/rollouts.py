@@ -48,7 +48,7 @@ from modelyard.errors import ConflictError
 from modelyard.predictor import Prediction
 from modelyard.rollout.analysis import Rules, analyze
 from modelyard.rollout.decision import Decision
-from modelyard.rollout.routing import choose_variant
+from modelyard.rollout.routing import candidate_share, choose_variant
 from modelyard.rollout.stats import WindowStats
 from modelyard.serving.batching import QueueFullError
 from modelyard.serving.catalog import Catalog
@@ -439,8 +439,10 @@ class Rollouts(Poller):
                 await self._add_labels(d, held.rules.metric, merged)
             if held.deployment is not d:  # a new revision arrived meanwhile: its window restarted
                 continue
+            # stable answers a share to compare with: wait for enough of it (see analyze)
+            baseline = d.strategy == "shadow" or candidate_share(d) < 1.0
             decision = analyze(merged["stable"], merged["candidate"], held.rules, d.step,
-                               len(d.steps))
+                               len(d.steps), baseline=baseline)
             decision.details.update(window_details(windows, merged))
             dropped = held.dropped + sum(int(w.stats.get("shadow_dropped", 0))
                                          for w in published if w.process != self.actor)
