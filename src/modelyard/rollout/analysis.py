@@ -71,11 +71,13 @@ class Rules:
     """
 
     max_error_rate: float = 0.01
+    #: the candidate's latency tail may be this many times heavier than stable's (confidently).
     max_p99_ratio: float = 1.5
-    #: the candidate's typical latency may be this many times stable's before it fails.
+    #: the candidate's typical latency may be this many times stable's (confidently).
     max_latency_ratio: float = 1.2
     min_requests: int = 100
     confidence: float = 0.95
+    #: a slowdown smaller than this never fails, however certain.
     latency_floor_s: float = 0.002
     max_p99_s: float | None = None
     metric: str | None = None

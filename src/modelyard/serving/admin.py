@@ -8,8 +8,11 @@ or ``api:<X-Actor header>`` when the caller names itself.
 Registry calls block, so they run on the catalog's registry thread, off the event loop. Errors
 answer the app's usual ``{"error", "message"[, "detail"]}`` body with their ``status_code``:
 unknown model or version 404, a clash with the registry's state (a rollout already active,
-nothing to roll back to) 409, malformed JSON or invalid settings 400, unknown or mistyped body
-fields 422.
+nothing to roll back to, a promote of the served alias to a version this server cannot load)
+409, malformed JSON or invalid settings 400, unknown or mistyped body fields 422. A rollout's
+unset settings come from the version's registered spec (``Deployments.start_declared``), and
+every rollout answer says what it does and the traffic it really gets
+(``Deployments.describe``).
 """
 
 from __future__ import annotations
