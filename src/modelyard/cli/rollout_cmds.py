@@ -113,11 +113,12 @@ def deploy(state: State, model: str, version: int, canary: str | None, blue_gree
         every_s=None if every is None else parse_duration(every), rules=rules, key=key,
         actor=_actor(state), reason=reason or "modelyard deploy",
     )
+    described = deployments.describe(deployment)
     if as_json:
-        print_json(deployments.describe(deployment))
+        print_json(described)
         return
     _describe(deployment)
-    _explain(deployments.describe(deployment))
+    _explain(described)
 
 
 @click.group(short_help="Show, promote, abort, pause or resume a model's rollout.")

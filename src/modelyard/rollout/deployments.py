@@ -96,7 +96,8 @@ class Deployment(Record):
 
     @property
     def candidate_percent(self) -> float:
-        """Percent of requests the candidate answers now (for shadow: percent copied to it)."""
+        """Percent of requests the rollout plans for the candidate (for shadow: copied to it);
+        what servers really route is :meth:`Deployments.describe`'s ``candidate_percent``."""
         return candidate_share(self) * 100.0
 
     def to_dict(self) -> dict[str, Any]:

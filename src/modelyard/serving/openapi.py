@@ -164,7 +164,8 @@ OPENAPI: dict[str, Any] = {
              "description": "Native REST and Open Inference Protocol v2 for every registered "
                             "model. Binary tensors: send Inference-Header-Content-Length."},
     "paths": {
-        "/v1/models": _get("Served models, aliases and loaded versions"),
+        "/v1/models": _get("Served models, aliases and loaded versions; not_served: the alias "
+                           "points at a version this server cannot load (which, and why)"),
         "/v1/models/{name}/predict": _predict("Predict with the production version",
                                               [_NAME, _SCORES]),
         "/v1/models/{name}/versions/{version}/predict": _predict(
@@ -187,7 +188,8 @@ OPENAPI: dict[str, Any] = {
         "/metrics": {"get": {"summary": "Prometheus metrics",
                              "responses": {"200": {"description": "text exposition"}}}},
         "/healthz": _get("Liveness"),
-        "/readyz": _get("Readiness: 503 until production aliases are loaded"),
+        "/readyz": _get("Readiness: 503 until production aliases are loaded; not_served names "
+                        "aliases moved to a version that cannot load (the old one serves)"),
         "/openapi.json": _get("This document"),
         "/docs": {"get": {"summary": "API reference page",
                           "responses": {"200": {"description": "HTML"}}}},

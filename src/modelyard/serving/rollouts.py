@@ -342,9 +342,13 @@ class Rollouts(Poller):
         the candidate and analysis would wait for requests forever."""
         for model, held in list(self.active.items()):
             for variant in VARIANTS:
-                if getattr(held, variant).closed and (model, variant) not in self._reloading:
-                    self._reloading.add((model, variant))
-                    self.spawn(self._reload(held, variant))
+                if not getattr(held, variant).closed or (model, variant) in self._reloading:
+                    continue
+                if variant == "stable" and \
+                        self.catalog.routes.get(model) != held.deployment.stable_version:
+                    continue  # the alias moved on (a promotion this process applies next)
+                self._reloading.add((model, variant))
+                self.spawn(self._reload(held, variant))
 
     async def _reload(self, held: ActiveRollout, variant: str) -> None:
         d = held.deployment
