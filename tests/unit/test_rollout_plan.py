@@ -58,3 +58,10 @@ def test_without_a_declared_strategy_deploy_runs_a_canary_and_the_first_version_
 def test_a_broken_registered_section_is_a_config_error():
     with pytest.raises(ConfigError, match="registered rollout section is invalid"):
         plan_rollout({"rollout": {"strategy": "sideways"}})
+
+
+def test_a_metric_this_process_does_not_know_is_no_default():
+    # registered by the user's own code at training time: deploy cannot compute it
+    plan = plan_rollout({"metrics": ["house_score", "accuracy"]})
+    assert plan.rules["metric"] == "accuracy"
+    assert plan_rollout({"metrics": ["house_score"]}).rules["metric"] is None

@@ -11,7 +11,7 @@ that into a rollout the same way, :func:`plan_rollout`:
   else the strategy's defaults;
 - **every_s** and **key** (A/B only): asked for, else declared;
 - **rules**: the declared thresholds and metric (``rollout.metric``, else the first metric the
-  model declares), each overridden by a rule asked for by name.
+  model declares that this process knows), each overridden by a rule asked for by name.
 
 A version registered without these sections (by hand, or before they were stored) gets the
 defaults of :class:`~modelyard.spec.RolloutSpec`.
@@ -80,7 +80,7 @@ def plan_rollout(meta: Mapping[str, Any], *, strategy: str | None = None,
     if steps is None and chosen in _STEPPED and "steps" in policy.model_fields_set and \
             chosen == (declared or "canary"):
         steps = policy.steps
-    metrics = [str(m) for m in meta.get("metrics") or []]
+    metrics = _known_metrics(meta.get("metrics") or [])
     base = Rules.from_spec(policy, **({"metric": metrics[0]} if metrics else {})).to_dict()
     return RolloutPlan(
         strategy=chosen,
@@ -89,6 +89,15 @@ def plan_rollout(meta: Mapping[str, Any], *, strategy: str | None = None,
         rules={**base, **(rules or {})},
         key=(key if key is not None else policy.key) if chosen == "ab" else key,
     )
+
+
+def _known_metrics(names: Sequence[Any]) -> list[str]:
+    """The declared metric names this process can compute (a metric the user registers in
+    their own code is unknown to ``modelyard deploy``: it is no default, only named here)."""
+    from modelyard.metrics import metric_names  # numpy: only when a rollout is planned
+
+    known = set(metric_names())
+    return [str(name) for name in names if str(name) in known]
 
 
 __all__ = ["RolloutPlan", "declared_policy", "plan_rollout"]
