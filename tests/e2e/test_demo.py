@@ -175,8 +175,15 @@ def test_drifted_batch_retrain_and_rollback(demo: Demo) -> None:
     assert retrain.returncode in (0, 12), retrain.stdout + retrain.stderr  # 12: gate said no
     if retrain.returncode == 12:
         assert retrain.stderr.startswith("error: ") and "rejected" in retrain.stderr
+    else:  # the example declares a canary: it starts, and production waits for its analysis
+        status = json.loads(ok(modelyard(folder, "rollout", "status", "fraud", "--json")).stdout)
+        deployment = status["deployment"]
+        assert (deployment["strategy"], deployment["state"]) == ("canary", "progressing")
+        assert deployment["candidate_version"] == before + 1
+        ended = ok(modelyard(folder, "rollback", "fraud", "--reason", "not today"))
+        assert "rollout of" in ended.stdout and "rolled back" in ended.stdout
     after = json.loads(ok(modelyard(folder, "show", "fraud", "--json")).stdout)["version"]
-    assert after == (before if retrain.returncode == 12 else before + 1)
+    assert after == before
     ok(modelyard(folder, "predict", "fraud", "--input", "examples/fraud/example_input.json"))
 
     versions = json.loads(ok(modelyard(folder, "versions", "fraud", "--json")).stdout)

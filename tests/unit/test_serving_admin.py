@@ -14,7 +14,7 @@ from modelyard.registry import Registry
 from modelyard.serving import ServeOptions, create_app
 from modelyard.serving.admin import TOKEN_ENV
 from modelyard.serving.app import App
-from modelyard.serving.fixtures import register_constant
+from modelyard.serving.fixtures import register_constant, register_probe
 from modelyard.serving.openapi import OPENAPI
 
 pytestmark = pytest.mark.anyio
@@ -34,6 +34,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
             register_constant(reg, name, 1)
             register_constant(reg, name, 2, promote=False)
         register_constant(reg, "rolled", 3)  # production history: 1 -> 3
+        declared = {"rollout": {"strategy": "shadow", "steps": [20], "every_s": 15,
+                                "max_error_rate": 0.05}, "metrics": ["accuracy"]}
+        register_constant(reg, "declared", 1, meta=declared)
+        register_constant(reg, "declared", 2, meta=declared, promote=False)
+        register_probe(reg, "unloadable")
+        register_probe(reg, "unloadable", fail_load=True, promote=False)
         yield reg
 
 
@@ -112,6 +118,18 @@ async def test_promote_moves_the_alias_and_audits_the_anonymous_actor(
     assert audit.actor == "api:anonymous" and audit.details["reason"] == "better f1"
 
 
+async def test_promote_loads_the_version_first_and_refuses_one_that_cannot(
+        client: httpx.AsyncClient, registry: Registry) -> None:
+    """The alias used to move, and every server then failed to load what it pointed to."""
+    r = await client.post("/api/v1/models/unloadable/promote", json={"version": 2})
+    assert r.status_code == 409, r.text
+    message = r.json()["message"]
+    assert "unloadable:2 cannot be loaded, so the alias stays where it is" in message
+    assert "broken on purpose" in message
+    assert production(registry, "unloadable") == 1
+    assert [e.version for e in registry.alias_history("unloadable", "production")] == [1]
+
+
 async def test_rollback_walks_the_alias_back(client: httpx.AsyncClient,
                                              registry: Registry) -> None:
     assert production(registry, "rolled") == 3
@@ -170,7 +188,10 @@ async def test_canary_start_status_and_abort(client: httpx.AsyncClient,
     assert d["state"] == "progressing" and d["stable_version"] == 1
     assert d["candidate_version"] == 2 and d["steps"] == [5, 25, 50, 100]
     assert d["key"] == "user_id" and d["created_by"] == "api:anonymous" and d["active"] is True
-    assert d["candidate_percent"] == 5.0
+    # planned, but no server routes it yet (this app polls hourly): no traffic is claimed
+    assert d["traffic"]["planned_candidate_percent"] == 5.0 and d["candidate_percent"] == 0.0
+    assert "no server routes this rollout yet" in d["traffic"]["note"]
+    assert d["explain"].startswith("Canary: v2 answers 5% of requests, v1 the rest")
     r = await client.get("/api/v1/models/canary/deployment")
     assert r.status_code == 200 and r.json()["id"] == d["id"]
     assert r.json()["state"] == "progressing"
@@ -185,6 +206,25 @@ async def test_canary_start_status_and_abort(client: httpx.AsyncClient,
     # nothing left to abort: the finished rollout cannot change again
     r = await client.post("/api/v1/models/canary/deployment/abort", json={})
     assert r.status_code == 409 and "already aborted" in r.json()["message"]
+
+
+async def test_a_rollout_takes_the_settings_the_version_declares(
+        client: httpx.AsyncClient) -> None:
+    """Started over HTTP, a rollout used to be a 60 s canary with default rules whatever the
+    version's spec declared."""
+    r = await client.post("/api/v1/models/declared/deployments", json={"version": 2})
+    assert r.status_code == 201, r.text
+    d = r.json()
+    assert (d["strategy"], d["steps"], d["every_s"]) == ("shadow", [20], 15.0)
+    assert d["rules"]["max_error_rate"] == 0.05 and d["rules"]["metric"] == "accuracy"
+    assert "never promotes by itself" in d["explain"]
+    assert (await client.post("/api/v1/models/declared/deployment/abort", json={})).status_code == 200
+    r = await client.post("/api/v1/models/declared/deployments", json={
+        "version": 2, "strategy": "canary", "every_s": 5, "rules": {"min_requests": 7}})
+    d = r.json()
+    assert (d["strategy"], d["steps"], d["every_s"]) == ("canary", [5, 25, 50, 100], 5.0)
+    assert d["rules"]["min_requests"] == 7 and d["rules"]["max_error_rate"] == 0.05
+    assert (await client.post("/api/v1/models/declared/deployment/abort", json={})).status_code == 200
 
 
 async def test_second_rollout_is_409_and_promote_ends_it(client: httpx.AsyncClient,

@@ -23,6 +23,7 @@ from modelyard.serving.fixtures import (
     register_constant,
     register_hgb,
     register_mlp,
+    register_probe,
     register_text,
 )
 
@@ -49,6 +50,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         register_constant(reg, "slow", 0, meta={
             "serving": {"batching": {"max_batch_size": 1, "max_queue": 2}}})
         register_constant(reg, "draft", 5, promote=False)
+        register_probe(reg, "moved")
+        register_probe(reg, "moved", fail_load=True, promote=False)
         yield reg
 
 
@@ -386,6 +389,40 @@ async def test_alias_move_swaps_versions_without_failing_requests(registry: Regi
         assert [k for k, _ in app.catalog.cache.loaded() if k[0] == "const"] == [("const", 2)]
     finally:
         registry.set_alias("const", "production", 1)
+        await app.shutdown()
+
+
+async def test_an_alias_moved_to_a_version_that_cannot_load_is_reported_not_served(
+        registry: Registry) -> None:
+    """The server kept the old version, but /readyz and /v1/models did not say so, or why."""
+    app = await started(registry)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://m") as c:
+            registry.set_alias("moved", "production", 2)  # moved by design, past any check
+            await app.watcher.poll()
+            await asyncio.gather(*list(app.watcher.spawned))
+            r = await c.post("/v1/models/moved/predict", json={"instances": [[1.0, 0, 0]]})
+            assert r.status_code == 200 and r.headers["x-model-version"] == "1"
+            ready = await c.get("/readyz")
+            assert ready.status_code == 200  # it answers, with the old version
+            [stale] = ready.json()["not_served"]
+            assert (stale["model"], stale["alias"], stale["version"], stale["serving"]) == (
+                "moved", "production", 2, 1)
+            assert "broken on purpose" in stale["reason"]
+            models = {m["name"]: m for m in (await c.get("/v1/models")).json()["models"]}
+            assert models["moved"]["aliases"]["production"] == 2
+            assert models["moved"]["served_version"] == 1
+            assert models["moved"]["not_served"]["version"] == 2
+            assert "broken on purpose" in models["moved"]["not_served"]["reason"]
+            assert models["const"]["not_served"] is None
+            # the alias moves back: nothing is stale any more
+            registry.set_alias("moved", "production", 1, reason="back")
+            await app.watcher.poll()
+            await asyncio.gather(*list(app.watcher.spawned))
+            assert (await c.get("/readyz")).json() == {"status": "ready"}
+    finally:
+        registry.set_alias("moved", "production", 1)
         await app.shutdown()
 
 

@@ -1,6 +1,11 @@
 """One training run: load data -> validate -> train and evaluate (in a child process) -> gate ->
 register -> promote, recorded in the registry whether it succeeds, fails or is rejected.
 
+A spec that declares a staged rollout (``rollout.strategy`` other than ``direct``) does not move
+``production`` here once a production version exists: the result says ``rollout_due`` and the
+caller starts that rollout (``Deployments.start_declared``; ``modelyard train`` and the scheduler
+do), so the new version reaches traffic step by step, analysed.
+
 The child scores the candidate through a :class:`~modelyard.predictor.Predictor` loaded from the
 artifact it just saved (the serving input path, and proof that the artifact loads) and scores the
 champion (``name@production``) on the same holdout. The parent only decides: a rejected candidate
@@ -46,6 +51,8 @@ class RunResult:
     gate: GateResult
     metrics: dict[str, float]
     champion_metrics: dict[str, float] | None
+    #: the gate passed and the spec declares a rollout: the caller starts it (not promoted).
+    rollout_due: bool = False
 
 
 class _RunLog:
@@ -85,7 +92,9 @@ def run_pipeline(
 ) -> RunResult:
     """Train ``spec`` on fresh data, gate it against production, register and maybe promote it.
 
-    ``promote`` overrides ``spec.gate.promote``. Raises :class:`DataValidationError`,
+    ``promote`` None follows the spec: ``gate.promote``, and a declared rollout instead of moving
+    ``production`` when there is one to compare with (``rollout_due``). True moves ``production``
+    now, skipping any rollout; False leaves it alone. Raises :class:`DataValidationError`,
     :class:`TrainingError`, :class:`GateFailed`, ...; each carries ``run_id`` once the run is
     recorded (``modelyard runs show <run_id>`` shows its logs).
     """
@@ -164,25 +173,41 @@ def _execute(
               "serving": spec.serving.model_dump(exclude_unset=True),
               # metric names monitoring computes from fed-back labels, and how it watches
               "metrics": list(spec.metrics),
-              "monitoring": spec.monitoring.model_dump(mode="json")},
+              "monitoring": spec.monitoring.model_dump(mode="json"),
+              # what a rollout of this version starts with (deploy, the admin API); unset
+              # fields stay unset so a declared strategy is told from the default
+              "rollout": spec.rollout.model_dump(mode="json", exclude_unset=True)},
         signature=outcome.signature,
         metrics=outcome.metrics, params=dict(spec.params),
         data_fingerprint=fingerprint(dataset.X, dataset.y), code_ref=code_ref(spec.root),
         environment=environment(), reference_stats=profile(train_set.X), run_id=run.id,
         description=spec.description, actor=actor,
     )
-    promoted = spec.gate.promote if promote is None else promote
+    promoted, rollout_due = _goes_live(spec, promote, has_champion=outcome.champion is not None)
     if promoted:
         runlog.stage("promote")
         against = f" vs champion {champion['ref']}" if champion_metrics is not None else ""
         registry.set_alias(spec.name, PRODUCTION, version.version, actor=actor,
                            reason=f"run {run.id}: gate passed ({_show(outcome.metrics)}{against})")
         version = registry.get_version(spec.name, version.version)  # now with its alias
-    runlog.note(f"registered {version.ref}" + (" and promoted to production" if promoted else ""))
+    runlog.note(f"registered {version.ref}" + (" and promoted to production" if promoted else "")
+                + (f"; its {spec.rollout.strategy} rollout starts next" if rollout_due else ""))
     finished = registry.finish_run(run.id, status="succeeded", version=version.version,
                                    promoted=promoted, metrics=outcome.metrics, gate=gate_record,
                                    logs=runlog.text(work))
-    return RunResult(finished, version, promoted, gate, outcome.metrics, champion_metrics)
+    return RunResult(finished, version, promoted, gate, outcome.metrics, champion_metrics,
+                     rollout_due)
+
+
+def _goes_live(spec: Spec, promote: bool | None, *, has_champion: bool) -> tuple[bool, bool]:
+    """``(move production now, start the declared rollout)`` for a candidate that passed."""
+    if promote is not None:
+        return promote, False
+    if not spec.gate.promote:
+        return False, False
+    if spec.rollout.staged and has_champion:
+        return False, True
+    return True, False  # direct, or the first version: nothing to compare a rollout with
 
 
 def _train(spec: Spec, registry: Registry, train_set: Dataset, holdout: Dataset, work: Path,

@@ -10,8 +10,11 @@ a server without a token.
 Registry calls block, so they run on the catalog's registry thread, off the event loop. Errors
 answer the app's usual ``{"error", "message"[, "detail"]}`` body with their ``status_code``:
 unknown model or version 404, a clash with the registry's state (a rollout already active,
-nothing to roll back to) 409, malformed JSON or invalid settings 400, unknown or mistyped body
-fields and free text over its bound 422.
+nothing to roll back to, a promote of the served alias to a version this server cannot load)
+409, malformed JSON or invalid settings 400, unknown or mistyped body fields and free text over
+its bound 422. A rollout's unset settings come from the version's registered spec
+(``Deployments.start_declared``), and every rollout answer says what it does and the traffic it
+really gets (``Deployments.describe``).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ _OPT_INT = (int, type(None))
 _STR = (str,)
 _OPT_STR = (str, type(None))
 _NUM = (int, float)
+_OPT_NUM = (int, float, type(None))
 _OPT_LIST = (list, type(None))
 _OPT_DICT = (dict, type(None))
 
@@ -69,8 +73,9 @@ _PROMOTE: Fields = {"version": (_INT, True, None), "alias": (_STR, False, PRODUC
                     "reason": (_STR, False, "")}
 _ROLLBACK: Fields = {"to": (_OPT_INT, False, None), "alias": (_STR, False, PRODUCTION),
                      "reason": (_STR, False, "")}
-_START: Fields = {"version": (_INT, True, None), "strategy": (_STR, False, "canary"),
-                  "steps": (_OPT_LIST, False, None), "every_s": (_NUM, False, 60.0),
+# unset settings come from the version's registered rollout spec (Deployments.start_declared)
+_START: Fields = {"version": (_INT, True, None), "strategy": (_OPT_STR, False, None),
+                  "steps": (_OPT_LIST, False, None), "every_s": (_OPT_NUM, False, None),
                   "key": (_OPT_STR, False, None), "rules": (_OPT_DICT, False, None),
                   "reason": (_STR, False, "")}
 _REASON: Fields = {"reason": (_STR, False, "")}
@@ -161,6 +166,10 @@ class AdminAPI:
         body = await read_body(scope, receive, self.app.options.max_body_bytes)
         return parse_fields(body, fields)
 
+    async def _describe(self, d: Any) -> dict[str, Any]:
+        """A deployment as status shows it: what it does, and the traffic servers report."""
+        return await self.io(self.deployments.describe, d)  # type: ignore[no-any-return]
+
     # -- reads ----------------------------------------------------------------------------------
     async def admin_models(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /api/v1/models``: every registered model with its aliases."""
@@ -176,7 +185,7 @@ class AdminAPI:
     async def admin_deployment(self, scope: Scope, receive: Receive, send: Send,
                                name: str) -> None:
         """``GET /api/v1/models/{name}/deployment``: the current rollout (404: never had one)."""
-        await _ok(send, _deployment_dict(await self.io(self.deployments.get, name)))
+        await _ok(send, await self._describe(await self.io(self.deployments.get, name)))
 
     async def admin_deployment_history(self, scope: Scope, receive: Receive, send: Send,
                                        name: str) -> None:
@@ -188,6 +197,8 @@ class AdminAPI:
     async def admin_promote(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """``POST /api/v1/models/{name}/promote``: point an alias (production) at a version."""
         body = await self._mutation(scope, receive, _PROMOTE)
+        if body["alias"] == self.app.options.alias:  # what this server serves: load it first
+            await self.app.catalog.check_loads(name, body["version"])
         event = await self.io(self.registry.set_alias, name, body["alias"], body["version"],
                                actor=self.actor(scope), reason=body["reason"])
         await _ok(send, {"event": event.to_dict()})
@@ -204,7 +215,7 @@ class AdminAPI:
         ended = None
         if body["alias"] == PRODUCTION:
             ended = await self.io(self._end_active_rollout, name, actor, body["reason"])
-        deployment = None if ended is None else _deployment_dict(ended)
+        deployment = None if ended is None else await self._describe(ended)
         if ended is not None and body["to"] is None:
             await _ok(send, {"event": None, "deployment": deployment})
             return
@@ -229,17 +240,18 @@ class AdminAPI:
                                      name: str) -> None:
         """``POST /api/v1/models/{name}/deployments``: start rolling a version out (201)."""
         body = await self._mutation(scope, receive, _START)
-        d = await self.io(self.deployments.start, name, body["version"], body["strategy"],
-                           steps=body["steps"], every_s=body["every_s"], rules=body["rules"],
-                           key=body["key"], actor=self.actor(scope), reason=body["reason"])
-        await respond(send, 201, orjson.dumps(_deployment_dict(d)), JSON)
+        d = await self.io(self.deployments.start_declared, name, body["version"],
+                          strategy=body["strategy"], steps=body["steps"],
+                          every_s=body["every_s"], rules=body["rules"], key=body["key"],
+                          actor=self.actor(scope), reason=body["reason"])
+        await respond(send, 201, orjson.dumps(await self._describe(d)), JSON)
 
     async def _transition(self, scope: Scope, receive: Receive, send: Send, name: str,
                           action: str) -> None:
         body = await self._mutation(scope, receive, _REASON)
         method = getattr(self.deployments, action)
         d = await self.io(method, name, actor=self.actor(scope), reason=body["reason"])
-        await _ok(send, _deployment_dict(d))
+        await _ok(send, await self._describe(d))
 
     async def admin_deployment_promote(self, scope: Scope, receive: Receive, send: Send,
                                        name: str) -> None:
@@ -255,13 +267,6 @@ class AdminAPI:
                                         name: str) -> None:
         """``POST .../deployment/rollback``: the candidate is bad; traffic back to stable."""
         await self._transition(scope, receive, send, name, "rollback")
-
-
-def _deployment_dict(d: Any) -> dict[str, Any]:
-    data: dict[str, Any] = d.to_dict()
-    data["active"] = d.active
-    data["candidate_percent"] = d.candidate_percent
-    return data
 
 
 async def _ok(send: Send, doc: Any) -> None:

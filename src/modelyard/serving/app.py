@@ -353,12 +353,14 @@ class App:
             self.record(call, name, "v1", status, start)
 
     async def v1_models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /v1/models``: served models, their aliases and loaded versions."""
+        """``GET /v1/models``: served models, their aliases and loaded versions; ``not_served``
+        says when the alias points at a version this server could not load, and why."""
         loaded: dict[str, list[int]] = {}
         for (name, version), _ in self.catalog.cache.loaded():
             loaded.setdefault(name, []).append(version)
         models = [{"name": n, "aliases": a, "served_version": self.catalog.routes.get(n),
-                   "loaded_versions": sorted(loaded.get(n, []))}
+                   "loaded_versions": sorted(loaded.get(n, [])),
+                   "not_served": self.catalog.not_served.get(n)}
                   for n, a in sorted(self.catalog.models.items())]
         await respond(send, 200, orjson.dumps({"models": models}))
 
@@ -376,15 +378,19 @@ class App:
         """``GET /readyz``: 200 once the served aliases are preloaded and every device worker
         answers; 503 while loading or while a worker restarts (the body names it).
 
-        A prediction log that is dropping (:meth:`PredictionLog.health`) leaves it 200, since
-        the models still answer and taking every replica out of a load balancer because the
-        log's store is down would turn a monitoring outage into a serving one; the body lists
-        it under ``degraded`` with the log's counts, and ``modelyard_prediction_log_dropping``
-        is 1 for alerts.
+        A model whose alias moved to a version that cannot load still answers with the old one:
+        200, and ``not_served`` names both versions and the reason. A prediction log that is
+        dropping (:meth:`PredictionLog.health`) leaves it 200 too, since the models still answer
+        and taking every replica out of a load balancer because the log's store is down would
+        turn a monitoring outage into a serving one; the body lists it under ``degraded`` with
+        the log's counts, and ``modelyard_prediction_log_dropping`` is 1 for alerts.
         """
         down = self.catalog.unhealthy()
         if self.ready and not down:
-            await respond(send, 200, orjson.dumps({"status": "ready", **self._log_detail()}))
+            stale = self.catalog.not_served_detail()
+            body = {"status": "ready", **({"not_served": stale} if stale else {}),
+                    **self._log_detail()}
+            await respond(send, 200, orjson.dumps(body))
         elif not self.ready:
             await respond(send, 503, b'{"status":"loading"}', [*JSON, (b"retry-after", b"1")])
         else:

@@ -15,7 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from modelyard.errors import NotFoundError
+from modelyard.errors import ConflictError, NotFoundError
 from modelyard.schema import FieldSpec
 from modelyard.serving.cache import Key, ModelCache
 from modelyard.serving.metrics import ServerMetrics
@@ -56,6 +56,9 @@ class Catalog:
         self.latest: dict[str, int] = {}
         #: model name -> the version its ``options.alias`` serves now (moved by the watcher).
         self.routes: dict[str, int] = {}
+        #: model name -> why its alias's version is not the one served (it failed to load):
+        #: ``{"version", "serving", "reason", "since"}``, set and cleared by the watcher.
+        self.not_served: dict[str, dict[str, Any]] = {}
         self.cache = ModelCache(self._load, max_memory=options.max_memory,
                                 on_change=self._report_loaded)
         self.predict_pool = ThreadPoolExecutor(options.predict_threads, "modelyard-predict")
@@ -102,6 +105,27 @@ class Catalog:
                 f"versions: 1..{self.latest.get(name, 0)}"
             )
         return (name, version)
+
+    async def check_loads(self, name: str, version: int) -> None:
+        """Load and warm ``name:version`` now, before an alias is moved to it through this server.
+
+        :class:`ConflictError` with the reason when it cannot load (the caller then leaves the
+        alias where it is); :class:`NotFoundError` for an unknown version.
+        """
+        try:
+            await self.cache.get((name, version))
+        except NotFoundError:
+            raise
+        except Exception as exc:
+            raise ConflictError(f"{name}:{version} cannot be loaded, so the alias stays where it "
+                                f"is: {exc}") from None
+
+    def not_served_detail(self) -> list[dict[str, Any]]:
+        """Models whose alias points at a version this server could not load, and what it
+        serves instead (for ``/readyz``)."""
+        alias = self.options.alias
+        return [{"model": name, "alias": alias, **info}
+                for name, info in sorted(self.not_served.items())]
 
     def unhealthy(self) -> list[Key]:
         """Loaded versions that cannot answer now (a device worker is down or restarting)."""

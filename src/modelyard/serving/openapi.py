@@ -193,7 +193,8 @@ _ADMIN_PATHS: dict[str, Any] = {
         _obj(["model", "events"], model=_STR, events={"type": "array", "items": _OBJ}),
         404, *_REGISTRY),
     "/api/v1/models/{name}/promote": _admin_post(
-        "Admin: point an alias (production) at a version",
+        "Admin: point an alias (production) at a version; the server loads and warms it first "
+        "and refuses (409, the alias untouched) a version that cannot load",
         {"version": _INT64, **_ALIAS, **_REASON}, _ALIAS_MOVED),
     "/api/v1/models/{name}/rollback": _admin_post(
         "Admin: move an alias back (ends an active rollout of production first)",
@@ -201,12 +202,13 @@ _ADMIN_PATHS: dict[str, Any] = {
         _obj(["event"], event={"oneOf": [_ALIAS_EVENT, {"type": "null"}]},
              deployment={"oneOf": [_DEPLOYMENT, {"type": "null"}]})),
     "/api/v1/models/{name}/deployments": _admin_post(
-        "Admin: start a rollout of a version", {
+        "Admin: start a rollout of a version; unset settings come from the rollout section "
+        "of the spec registered with it (else canary, 60 s)", {
             "version": _INT64,
-            "strategy": {"type": "string", "default": "canary",
-                         "enum": ["direct", "canary", "ab", "shadow", "blue-green"]},
+            "strategy": {"type": ["string", "null"],
+                         "enum": ["direct", "canary", "ab", "shadow", "blue-green", None]},
             "steps": {"type": ["array", "null"], "items": {"type": "integer"}},
-            "every_s": {"type": "number", "default": 60},
+            "every_s": {"type": ["number", "null"]},
             "key": {"type": ["string", "null"]},
             "rules": {"type": ["object", "null"]}, **_REASON}, _DEPLOYMENT, "201"),
     "/api/v1/models/{name}/deployment/promote": _admin_post(
@@ -317,13 +319,19 @@ _MONITOR_PATHS: dict[str, Any] = {
 }
 
 _STATUS = _obj(["status"], status=_STR)
+#: an alias moved to a version this server cannot load: which, what serves instead, and why.
+_NOT_SERVED = _obj(["version", "serving", "reason"], version=_INT, serving=_OPT_INT,
+                   reason=_STR, since=_STR, retry_in_s=_NUM)
 _READYZ = _obj(["status"], status={"type": "string", "enum": ["ready", "loading", "degraded"]},
                down={"type": "array", "items": _STR},
-               degraded={"type": "array", "items": _STR}, prediction_log=_OBJ)
+               degraded={"type": "array", "items": _STR}, prediction_log=_OBJ,
+               not_served={"type": "array", "items": {**_NOT_SERVED, "required": [
+                   "model", "alias", *_NOT_SERVED["required"]]}})
 _V1_MODELS = _obj(["models"], models={"type": "array", "items": _obj(
-    ["name", "aliases", "served_version", "loaded_versions"], name=_STR,
+    ["name", "aliases", "served_version", "loaded_versions", "not_served"], name=_STR,
     aliases={"type": "object", "additionalProperties": _INT}, served_version=_OPT_INT,
-    loaded_versions={"type": "array", "items": _INT})})
+    loaded_versions={"type": "array", "items": _INT},
+    not_served={"oneOf": [_NOT_SERVED, {"type": "null"}]})})
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "modelyard server", "version": "1",
@@ -331,7 +339,9 @@ OPENAPI: dict[str, Any] = {
                             "model. Binary tensors: send Inference-Header-Content-Length. "
                             "Every answer carries X-Request-Id; every 5xx is logged with it."},
     "paths": {
-        "/v1/models": _get("Served models, aliases and loaded versions", None, _V1_MODELS),
+        "/v1/models": _get("Served models, aliases and loaded versions; not_served: the alias "
+                           "points at a version this server cannot load (which, and why)", None,
+                           _V1_MODELS),
         "/v1/models/{name}/predict": _predict("Predict with the production version",
                                               [_NAME, _SCORES]),
         "/v1/models/{name}/versions/{version}/predict": _predict(
@@ -369,7 +379,8 @@ OPENAPI: dict[str, Any] = {
         "/readyz": {"get": {
             "summary": "Readiness: 503 until production aliases are loaded or while a device "
                        "worker is down; a prediction log that drops what it is given stays 200 "
-                       "and is listed under degraded",
+                       "and is listed under degraded; not_served names aliases moved to a "
+                       "version that cannot load (the old one serves)",
             "responses": {code: _json(_READYZ, what) for code, what in (
                 ("200", "ready"),
                 ("503", "loading, or a device worker is down (the body names it)"))}}},
