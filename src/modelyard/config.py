@@ -17,8 +17,11 @@ from pathlib import Path
 
 from modelyard.errors import ConfigError
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$")
+_DURATION = re.compile(r"^(\d{1,12}(?:\.\d{1,9})?)(ms|s|m|h|d)?$", re.ASCII)
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+#: durations a window, interval or "ago" can have: 1 ms to 100 years (datetimes end at 9999).
+MIN_DURATION_S = 0.001
+MAX_DURATION_S = 100 * 365 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -58,32 +61,32 @@ class Settings:
 #: the highest version number there can be: the registry's column is a 32-bit integer on
 #: PostgreSQL, so a bigger number is no version, on the command line or over HTTP.
 MAX_VERSION = 2**31 - 1
-#: the longest duration accepted (100 years): longer ones overflow dates and timers.
-MAX_DURATION_S = 100 * 365.25 * 86400
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``5m``, ``1h``, ``2d`` or ``500ms`` (up to 100 years)."""
+    """Seconds from ``90``, ``90s``, ``5m``, ``1h``, ``2d`` or ``500ms`` (1 ms to 100 years)."""
     match = _DURATION.match(text.strip())
-    if match is None or float(match.group(1)) <= 0:
-        raise ConfigError(f"duration {text!r} is not valid; use e.g. 60s, 5m, 1h or 2d")
+    if match is None:
+        raise ConfigError(f"duration {text[:40]!r} is not valid; use e.g. 60s, 5m, 1h or 2d")
     seconds = float(match.group(1)) * _SECONDS[match.group(2) or "s"]
-    if seconds > MAX_DURATION_S:
-        raise ConfigError(f"duration {text!r} is out of range; give at most 100 years (36525d)")
+    if not MIN_DURATION_S <= seconds <= MAX_DURATION_S:
+        raise ConfigError(f"duration {text[:40]!r} is out of range; give 1ms to 36500d")
     return seconds
 
 
 def parse_since(text: str) -> datetime:
-    """A point in time from a duration ago (``1h``) or an ISO timestamp (UTC if none given)."""
+    """A point in time (UTC) from a duration ago (``1h``) or an ISO timestamp (UTC if none
+    given)."""
     text = text.strip()
     if _DURATION.match(text):
         return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
     try:
         when = datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"since {text!r} is not valid; give a duration ago (30m, 1h, 2d) "
-                          "or an ISO time (2026-11-26T08:00)") from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+        # in UTC, so the database never meets a time it cannot shift (year 1 at +01:00)
+        return when.astimezone(UTC) if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise ConfigError(f"since {text[:40]!r} is not valid; give a duration ago (30m, 1h, "
+                          "2d) or an ISO time (2026-11-26T08:00)") from None
 
 
 def _os_user() -> str:
@@ -93,4 +96,5 @@ def _os_user() -> str:
         return "unknown"
 
 
-__all__ = ["MAX_DURATION_S", "MAX_VERSION", "Settings", "parse_duration", "parse_since"]
+__all__ = ["MAX_DURATION_S", "MAX_VERSION", "MIN_DURATION_S", "Settings", "parse_duration",
+           "parse_since"]

@@ -96,9 +96,13 @@ class FrameworkMissingError(ModelyardError):
 
 
 class UnsafeArtifactError(ModelyardError):
-    """Loading the artifact would need to trust code or types that are not trusted."""
+    """Loading the artifact would need to trust code or types that are not trusted.
 
-    status_code = 400
+    A server answers 500: the refusal is the server's, about what the registry holds, not about
+    anything in the client's request; the message names the types and how to trust them.
+    """
+
+    status_code = 500
     exit_code = 7
 
 

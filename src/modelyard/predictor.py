@@ -16,7 +16,7 @@ import numpy as np
 from modelyard.adapters import get_adapter
 from modelyard.devices import resolve_device
 from modelyard.errors import AdapterError, ConfigError, ModelyardError
-from modelyard.schema import Signature
+from modelyard.schema import FieldSpec, Signature, dtype_name
 from modelyard.types import Adapter
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,13 @@ class Prediction:
     predictions: np.ndarray
     scores: np.ndarray | None = None
     classes: tuple[Any, ...] | None = None
+
+    def fields(self) -> tuple[FieldSpec, ...]:
+        """Each output's name, dtype and per-row shape (what OIP model metadata states)."""
+        out = [_field("predictions", np.asarray(self.predictions))]
+        if self.scores is not None:
+            out.append(_field("scores", np.asarray(self.scores)))
+        return tuple(out)
 
     def to_dict(self, *, scores: bool = False) -> dict[str, Any]:
         """JSON-ready: ``{"predictions": [...]}`` plus ``"scores"`` and ``"classes"`` if asked."""
@@ -153,6 +160,10 @@ def load(ref: str, *, device: str = "auto", registry: Any = None) -> Predictor:
     finally:
         if own:
             reg.close()
+
+
+def _field(name: str, values: np.ndarray) -> FieldSpec:
+    return FieldSpec(name, dtype_name(values.dtype), tuple(int(d) for d in values.shape[1:]))
 
 
 def _as_probabilities(out: np.ndarray) -> np.ndarray:

@@ -38,7 +38,6 @@ from modelyard.monitoring.alerts import RESOLVED, Alerter, webhook_url
 from modelyard.monitoring.monitor import Monitor, MonitoringError
 from modelyard.registry.leases import Leases
 from modelyard.registry.rows import PRODUCTION, now
-from modelyard.rollout.analysis import Rules
 from modelyard.rollout.deployments import Deployment, Deployments
 from modelyard.spec import ALERT_SIGNALS
 
@@ -384,7 +383,7 @@ class Scheduler:
         self.monitor.add_event(name, "trigger", kind, trigger, details={"reason": trigger})
         actions = [self._emit(Action(name, "trigger", trigger, {"trigger": trigger}))]
         auto = spec.retrain.auto_rollout
-        try:
+        try:  # auto_rollout: a rollout even where the spec declares none (then a canary)
             result = run_pipeline(spec, self.registry, trigger=trigger,
                                   promote=False if auto else None, actor=SCHEDULER)
         except GateFailed as exc:
@@ -409,7 +408,7 @@ class Scheduler:
         message = (f"registered {version.ref if version else 'nothing'}"
                    + (", promoted to production" if result.promoted else "")
                    + f" (gate passed: {_metrics(result.metrics)})")
-        if auto and version is not None:
+        if (auto or result.rollout_due) and version is not None:
             try:
                 deployment = self._roll_out(spec, version.version)
             except ModelyardError as exc:
@@ -422,17 +421,10 @@ class Scheduler:
         return [*actions, self._outcome(name, kind, message, "info", details)]
 
     def _roll_out(self, spec: Spec, version: int) -> Deployment:
-        policy = spec.rollout
-        strategy = policy.strategy if policy.strategy != "direct" else "canary"
-        if self._production(spec.name) is None:
-            strategy = "direct"  # nothing to compare a canary with: the first version goes live
-        own_steps = strategy == "canary" or (strategy in ("ab", "shadow")
-                                             and "steps" in policy.model_fields_set)
-        return self.deployments.start(
-            spec.name, candidate=version, strategy=strategy,
-            steps=list(policy.steps) if own_steps else None, every_s=policy.every_s,
-            rules=Rules.from_spec(policy, metric=spec.metrics[0] if spec.metrics else None),
-            key=policy.key if strategy == "ab" else None,
+        """The rollout the version's registered spec declares (a canary where it declares
+        none), started the way ``modelyard train`` starts one."""
+        return self.deployments.start_declared(
+            spec.name, version,
             # "scheduler:<holder>": a prefixed actor is a process, not a person
             actor=f"{SCHEDULER}:{self.holder}"[:200],
             reason=f"auto_rollout after retraining {spec.name}:{version}")

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from modelyard.errors import InputError
+from modelyard.numeric import to_numeric
 
 Layout = Literal["table", "tensor"]
 
@@ -41,6 +42,9 @@ _NUMPY_DTYPES: dict[str, Any] = {
 }
 
 _NUMERIC = {name for name in _NUMPY_DTYPES if name not in ("string", "bool")}
+
+#: what every version answers: labels or values, and class scores when it has them.
+OUTPUT_NAMES = ("predictions", "scores")
 
 
 def dtype_name(dtype: Any) -> str:
@@ -117,6 +121,13 @@ class Signature:
         """Input names in the order the model expects them."""
         return [f.name for f in self.inputs]
 
+    @property
+    def answers(self) -> tuple[FieldSpec, ...]:
+        """The outputs a version answers with (``predictions``, and ``scores`` for classifiers),
+        as measured on the saved model when it was trained; empty for older versions (the
+        server measures them when it loads the version)."""
+        return tuple(f for f in self.outputs if f.name in OUTPUT_NAMES)
+
     # -- inference ------------------------------------------------------------------------------
     @classmethod
     def infer(cls, X: Any, y: Any = None, *, layout: Layout | None = None) -> Signature:
@@ -161,13 +172,14 @@ class Signature:
             payload = payload[spec.name]
         if spec.dtype == "string":
             return _prepare_strings(spec, payload)
-        try:
-            arr = np.asarray(payload, dtype=_NUMPY_DTYPES.get(spec.dtype, np.float32))
-        except (TypeError, ValueError) as exc:
-            raise InputError(
-                f"input '{spec.name}' must be numbers of dtype {spec.dtype}: {exc}",
-                [{"loc": [spec.name], "msg": f"expected {spec.dtype} values"}],
-            ) from None
+        if spec.dtype == "bool":
+            arr = np.asarray(payload)
+            if arr.dtype != np.bool_:
+                raise InputError(f"input '{spec.name}' must be true or false values",
+                                 [{"loc": [spec.name], "msg": "expected true or false"}])
+        else:
+            arr = to_numeric(payload, _NUMPY_DTYPES.get(spec.dtype, np.float32),
+                             f"input '{spec.name}'", [spec.name])
         row_shape = tuple(spec.shape)
         if arr.ndim == len(row_shape):  # a single row without its batch axis
             arr = arr[np.newaxis, ...]
@@ -318,24 +330,17 @@ def _records_to_columns(records: Sequence[Mapping[str, Any]], names: list[str]) 
 
 
 def _coerce_column(spec: FieldSpec, values: Any, errors: list[dict[str, Any]]) -> Any:
-    target = _NUMPY_DTYPES.get(spec.dtype, object)
     if spec.dtype == "string":
-        arr = np.asarray(values, dtype=object)
-        if arr.ndim != 1:
-            errors.append({"loc": [spec.name], "msg": "expected a flat list of strings"})
+        return _string_column(spec, values, errors)
+    if spec.dtype in _NUMERIC:
+        try:
+            arr = to_numeric(values, _NUMPY_DTYPES[spec.dtype], f"column '{spec.name}'",
+                             [spec.name])
+        except InputError as exc:
+            errors.extend(exc.errors)
             return None
-        return arr
-    if spec.dtype.startswith(("int", "uint")) and _has_fraction(values):
-        errors.append({"loc": [spec.name], "msg": f"expected {spec.dtype}, got a fraction"})
-        return None
-    try:
-        arr = np.asarray(values, dtype=target if spec.dtype in _NUMERIC else None)
-    except (TypeError, ValueError, OverflowError):
-        bad = _first_bad(values, target)
-        errors.append(
-            {"loc": [spec.name, bad], "msg": f"expected {spec.dtype}, got {values[bad]!r}"}
-        )
-        return None
+    else:
+        arr = np.asarray(values)
     if arr.ndim != 1:
         errors.append({"loc": [spec.name], "msg": "expected one scalar per row"})
         return None
@@ -345,24 +350,17 @@ def _coerce_column(spec: FieldSpec, values: Any, errors: list[dict[str, Any]]) -
     return arr
 
 
-def _has_fraction(values: Any) -> bool:
-    # Casting to an int dtype truncates 2.5 to 2 without a word, so look before casting.
-    try:
-        raw = np.asarray(values)
-    except (TypeError, ValueError):
-        return False
-    if raw.dtype.kind != "f":
-        return False
-    return bool(np.any(np.isfinite(raw) & (raw != np.trunc(raw))))
-
-
-def _first_bad(values: Any, target: Any) -> int:
-    for i, v in enumerate(values):
-        try:
-            np.asarray([v], dtype=target)
-        except (TypeError, ValueError, OverflowError):
-            return i
-    return 0
+def _string_column(spec: FieldSpec, values: Any, errors: list[dict[str, Any]]) -> Any:
+    arr = np.asarray(values, dtype=object)
+    if arr.ndim != 1:
+        errors.append({"loc": [spec.name], "msg": "expected a flat list of strings"})
+        return None
+    if not isinstance(values, np.ndarray):  # client values (JSON); in-process arrays may hold NaN
+        bad = next((i for i, v in enumerate(arr) if not isinstance(v, str)), None)
+        if bad is not None:
+            errors.append({"loc": [spec.name, bad], "msg": "expected a string"})
+            return None
+    return arr
 
 
 def _stack(sig: Signature, built: dict[str, np.ndarray]) -> np.ndarray:
@@ -377,4 +375,4 @@ def _summarise(errors: list[dict[str, Any]]) -> str:
     return "input does not match the model's signature: " + "; ".join(parts) + more
 
 
-__all__ = ["FieldSpec", "Layout", "Signature", "dtype_name"]
+__all__ = ["OUTPUT_NAMES", "FieldSpec", "Layout", "Signature", "dtype_name"]

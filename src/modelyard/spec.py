@@ -141,7 +141,13 @@ class ServingSpec(BaseModel):
 
 
 class RolloutSpec(BaseModel):
-    """How a promoted version reaches traffic."""
+    """How a version that passed its gate reaches traffic, and how analysis judges it.
+
+    ``direct`` (the default) moves ``production`` at once; any other strategy makes ``modelyard
+    train`` (and the scheduler) start that rollout instead, which the servers' analysis then
+    advances, promotes or rolls back. The same section, registered with each version, gives
+    ``modelyard deploy`` and the admin API their defaults.
+    """
 
     model_config = _STRICT
 
@@ -150,10 +156,15 @@ class RolloutSpec(BaseModel):
     every_s: float = Field(60.0, gt=0)
     key: str | None = None  # A/B stickiness: a header or an input field
     max_error_rate: float = Field(0.01, ge=0, le=1)
-    max_p99_ratio: float = Field(1.5, gt=0)
+    #: the candidate's typical latency may be this many times stable's (with confidence).
+    max_latency_ratio: float = Field(1.2, ge=1)
+    #: and its tail (p99, or the quantile a small window supports) this many times.
+    max_p99_ratio: float = Field(1.5, ge=1)
     min_requests: int = Field(100, ge=1)
     #: labeled predictions each variant needs before the declared metric is compared.
     min_labels: int = Field(100, ge=1)
+    #: the metric analysis compares on fed-back labels (default: the first under metrics).
+    metric: str | None = None
 
     @field_validator("steps")
     @classmethod
@@ -161,6 +172,25 @@ class RolloutSpec(BaseModel):
         if not value or any(not 0 < s <= 100 for s in value) or value != sorted(value):
             raise ValueError("steps must be increasing percentages between 1 and 100")
         return value
+
+    @model_validator(mode="after")
+    def _steps_fit_strategy(self) -> RolloutSpec:
+        if "steps" not in self.model_fields_set:
+            return self
+        if self.strategy in ("ab", "shadow") and len(self.steps) != 1:
+            raise ValueError(f"a {self.strategy} rollout takes one percentage, e.g. steps: [50]")
+        if self.strategy == "ab" and self.steps == [100]:
+            raise ValueError("an A/B rollout needs both groups: give the candidate 1 to 99 "
+                             "percent")
+        if self.strategy in ("direct", "blue-green") and self.steps != [100]:
+            raise ValueError(f"a {self.strategy} rollout switches all traffic at once; steps "
+                             "apply to canary, ab and shadow")
+        return self
+
+    @property
+    def staged(self) -> bool:
+        """Whether a new version goes through a rollout rather than straight to production."""
+        return self.strategy != "direct"
 
 
 class RetrainSpec(BaseModel):
@@ -226,6 +256,9 @@ class MonitorSpec(BaseModel):
     drift_share: float = Field(0.5, gt=0, le=1)  # share of drifted features = dataset drift
     alerts: list[AlertRule] = Field(default_factory=list)
     webhook: str | None = None  # alerts are POSTed here too (or MODELYARD_ALERT_WEBHOOK)
+    #: logged predictions and labels older than this many days are deleted by the servers
+    #: (None keeps them forever)
+    retention_days: float | None = Field(30.0, gt=0)
 
 
 class Spec(BaseModel):
@@ -248,7 +281,10 @@ class Spec(BaseModel):
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
     monitoring: MonitorSpec = Field(default_factory=MonitorSpec)
     timeout_s: float = Field(3600.0, gt=0)
-    #: your own classes a scikit-learn model holds, trusted when it is loaded ("module.Class").
+    #: names of your own code the artifact may hold, trusted when it is registered and loaded:
+    #: classes and functions of a scikit-learn model ("module.name"), operators of a torch
+    #: program ("torch.ops.lib.op"), registered Keras objects. Everything else outside the
+    #: frameworks' own types is refused (see "Safe loading" in docs/architecture.md).
     trusted_types: list[str] = Field(default_factory=list)
     #: folder relative paths in this spec are resolved against (the yaml file's folder).
     root: Path = Field(default_factory=Path.cwd)
@@ -261,6 +297,8 @@ class Spec(BaseModel):
         missing = sorted(used - set(self.metrics))
         if missing:
             raise ValueError(f"gate uses metrics not listed under metrics: {', '.join(missing)}")
+        if self.rollout.metric is not None and self.rollout.metric not in self.metrics:
+            raise ValueError(f"rollout.metric {self.rollout.metric} is not listed under metrics")
         watched = {rule.on for rule in self.monitoring.alerts} | set(self.retrain.metric_below)
         unknown = sorted(watched - set(self.metrics) - set(ALERT_SIGNALS))
         if unknown:

@@ -36,7 +36,45 @@ def pack_dir(folder: Path, dest: Path) -> Path:
     Symbolic links are stored as the files they point to (snapshot folders are full of them),
     so an artifact is self-contained and unpacks without links.
     """
-    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT, dereference=True) as tar:
+    with open(dest, "wb") as out:
+        _write_tar(folder, out)
+    return dest
+
+
+def digest_dir(folder: Path) -> str:
+    """The sha256 of the tar :func:`pack_dir` would write for ``folder``, written nowhere.
+
+    An unpacked artifact gives back its own digest until a file in it is changed, added or
+    removed, which is how a cached copy is checked before it is loaded. Costs one read of every
+    file (sha256 runs at roughly 1-2 GB/s per core).
+    """
+    sink = _HashingSink()
+    _write_tar(folder, sink)
+    return sink.hexdigest()
+
+
+class _HashingSink:
+    """A write-only file that hashes what is written to it (all ``tarfile`` needs of a file)."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._offset = 0
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        self._offset += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._offset
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _write_tar(folder: Path, out: Any) -> None:
+    with tarfile.TarFile(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, dereference=True,
+                         copybufsize=_CHUNK) as tar:
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(folder).as_posix()
             if path.is_symlink() and not path.exists():
@@ -51,7 +89,6 @@ def pack_dir(folder: Path, dest: Path) -> Path:
                     tar.addfile(info, fh)
             elif path.is_dir():
                 tar.addfile(info)
-    return dest
 
 
 def unpack(archive: Path, dest: Path) -> Path:
@@ -197,4 +234,12 @@ def _verify(path: Path, digest: str) -> None:
         )
 
 
-__all__ = ["FsspecStore", "LocalStore", "open_store", "pack_dir", "sha256_file", "unpack"]
+__all__ = [
+    "FsspecStore",
+    "LocalStore",
+    "digest_dir",
+    "open_store",
+    "pack_dir",
+    "sha256_file",
+    "unpack",
+]

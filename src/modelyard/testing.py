@@ -18,7 +18,7 @@ import numpy as np
 
 from modelyard.errors import DeviceError
 from modelyard.schema import Signature
-from modelyard.types import Adapter
+from modelyard.types import Adapter, ArtifactVerifier
 
 
 def check_adapter(
@@ -27,8 +27,9 @@ def check_adapter(
     """Check that ``adapter`` saves, loads and runs ``model`` (trained on ``X``) as promised.
 
     Checks the protocol attributes, ``handles``, the inferred signature (which must accept ``X``
-    and its records/list form), a relocatable save with JSON-ready metadata, identical predictions
-    after loading (and after a second round trip), one output row per input row for batches of
+    and its records/list form), a relocatable save with JSON-ready metadata that the adapter's own
+    ``verify`` accepts (when it has one), identical predictions after loading (and after a second
+    round trip), one output row per input row for batches of
     1, 3 and ``len(X)``, and that impossible devices raise :class:`DeviceError`. Returns the
     signature.
     """
@@ -90,6 +91,8 @@ def _round_trip(
     moved = where / "moved"
     shutil.copytree(saved, moved)
     shutil.rmtree(saved)
+    if isinstance(adapter, ArtifactVerifier):  # what it saved, it must accept at registration
+        adapter.verify(moved, json.loads(text))
     return adapter.load(moved, json.loads(text), device), moved, meta
 
 

@@ -57,6 +57,19 @@ class Adapter(Protocol):
 
 
 @runtime_checkable
+class ArtifactVerifier(Protocol):
+    """An adapter that can tell, without loading it, whether loading an artifact would be refused.
+
+    Optional: the registry calls ``verify`` on what it is about to store, so an artifact its
+    adapter would refuse to load never becomes a version. ``load`` must refuse the same things.
+    """
+
+    def verify(self, path: Path, meta: dict[str, Any]) -> None:
+        """Raise :class:`~modelyard.errors.UnsafeArtifactError` naming what would run code."""
+        ...
+
+
+@runtime_checkable
 class ArtifactStore(Protocol):
     """Content-addressed blob storage: a blob's name is its sha256 digest."""
 
@@ -77,4 +90,4 @@ class ArtifactStore(Protocol):
         ...
 
 
-__all__ = ["Adapter", "ArtifactStore"]
+__all__ = ["Adapter", "ArtifactStore", "ArtifactVerifier"]

@@ -165,8 +165,10 @@ def test_predict_the_shipped_example_inputs(demo: Demo, name: str) -> None:
 
 def test_drifted_batch_retrain_and_rollback(demo: Demo) -> None:
     folder = demo.folder
-    # a forced retrain on the first batch alone: one more version to roll back from
-    forced = modelyard(folder, "train", "fraud", "--force", "--project", "examples/modelyard.yaml")
+    # a forced retrain on the first batch alone, promoted without the example's canary: one more
+    # version to roll back from
+    forced = modelyard(folder, "train", "fraud", "--force", "--promote", "--project",
+                       "examples/modelyard.yaml")
     assert forced.returncode in (0, 12), forced.stdout + forced.stderr
     generated = subprocess.run(
         [sys.executable, "examples/fraud/generate.py", "--drift", "0.8", "--rows", "4000"],
@@ -179,8 +181,15 @@ def test_drifted_batch_retrain_and_rollback(demo: Demo) -> None:
     assert retrain.returncode in (0, 12), retrain.stdout + retrain.stderr  # 12: gate said no
     if retrain.returncode == 12:
         assert retrain.stderr.startswith("error: ") and "rejected" in retrain.stderr
+    else:  # the example declares a canary: it starts, and production waits for its analysis
+        status = json.loads(ok(modelyard(folder, "rollout", "status", "fraud", "--json")).stdout)
+        deployment = status["deployment"]
+        assert (deployment["strategy"], deployment["state"]) == ("canary", "progressing")
+        assert deployment["candidate_version"] == before + 1
+        ended = ok(modelyard(folder, "rollback", "fraud", "--reason", "not today"))
+        assert "rollout of" in ended.stdout and "rolled back" in ended.stdout
     after = json.loads(ok(modelyard(folder, "show", "fraud", "--json")).stdout)["version"]
-    assert after == (before if retrain.returncode == 12 else before + 1)
+    assert after == before
     ok(modelyard(folder, "predict", "fraud", "--input", "examples/fraud/example_input.json"))
 
     versions = json.loads(ok(modelyard(folder, "versions", "fraud", "--json")).stdout)
@@ -203,8 +212,14 @@ def test_demo_heal_closes_the_loop_with_no_human_step(tmp_path: Path) -> None:
     result = ok(modelyard(tmp_path, "demo", "--no-serve", "--heal", "--model", "fraud"))
     assert "scheduler trigger: drift: share" in result.stdout
     assert "healed: fraud v2 now serves (was v1), with 0 failed requests" in result.stdout
-    audit = json.loads(ok(modelyard(tmp_path, "audit", "fraud", "--json")).stdout)
-    steps = [(e["actor"], e["action"], e["details"]) for e in reversed(audit)]
+    audit = json.loads(ok(modelyard(tmp_path, "audit", "fraud", "--json",
+                                    "--limit", "10000")).stdout)
+    # the label batches the traffic fed back and the scheduler's drift checks are audited too
+    fed = [e for e in audit if e["action"] == "labels.store"]
+    assert fed and {e["actor"] for e in fed} == {"api:anonymous"}
+    assert any(e["action"] == "drift.check" and e["actor"] == "scheduler" for e in audit)
+    steps = [(e["actor"], e["action"], e["details"]) for e in reversed(audit)
+             if e["action"] not in ("labels.store", "drift.check")]
     actions = [action for _, action, _ in steps]
     triggered = actions.index("retrain.triggered")
     assert steps[triggered][0] == "scheduler"

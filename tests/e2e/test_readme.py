@@ -57,13 +57,21 @@ def test_readme_yaml_block_loads(tmp_path, index):
     # a fragment of one model's spec: every key must be a spec field, and it must validate
     unknown = set(doc) - set(Spec.model_fields)
     assert not unknown, f"README yaml block {index} is neither a project nor spec fields: {unknown}"
-    watched = {rule["on"] for rule in doc.get("monitoring", {}).get("alerts", [])}
-    watched |= set(doc.get("retrain", {}).get("metric_below", {}))
     base = {"name": "readme", "train": "train.py:train", "data": {"function": "train.py:load"},
-            "metrics": sorted(watched - {"drift_share", "p99_ms", "error_rate"})}
+            "metrics": sorted(_metrics_named(doc) - {"drift_share", "p99_ms", "error_rate"})}
     spec = Spec.parse({**base, **doc}, where=f"README yaml block {index}")
     for field, value in doc.items():  # nothing the block says was dropped or misread
         got = getattr(spec, field)
         if hasattr(got, "model_dump"):
             got = got.model_dump(mode="json", exclude_unset=True)
         assert got == value, (field, got, value)
+
+
+def _metrics_named(fragment: dict) -> set[str]:
+    """The metrics a spec fragment refers to, which the model around it must declare."""
+    named = {rule["on"] for rule in fragment.get("monitoring", {}).get("alerts", [])}
+    named |= set(fragment.get("retrain", {}).get("metric_below", {}))
+    gate = fragment.get("gate", {})
+    named |= set(gate.get("min", {})) | set(gate.get("max", {}))
+    named |= {gate.get("champion", {}).get("metric"), fragment.get("rollout", {}).get("metric")}
+    return named - {None}

@@ -286,6 +286,10 @@ def test_a_torch_model_goes_through_the_pipeline(project: dict[str, Spec], regis
     result = run_pipeline(project["mlp"], registry)
     assert result.version is not None and result.version.flavor == "torch"
     assert result.metrics["accuracy"] > 0.8 and result.metrics["log_loss"] < 1.0
+    # what the saved model answers is recorded, so OIP metadata states it before any load
+    assert result.version.signature["outputs"] == [
+        {"name": "predictions", "dtype": "int64", "shape": []},
+        {"name": "scores", "dtype": "float32", "shape": [3]}]
     predictor = open_version(registry.resolve("mlp@production"), registry)
     labels = predictor.predict(np.array([[0, 0, 0, 0], [3, 3, 0, 0]], dtype=np.float32))
     assert labels.tolist() == [0, 1]

@@ -154,6 +154,24 @@ def test_auto_rollout_starts_a_canary_and_waits_for_it(registry: Registry, root:
     assert sorted(v.version for v in registry.list_versions("clf")) == [1, 2]
 
 
+def test_a_declared_rollout_starts_the_way_train_starts_it(registry: Registry, root: Path):
+    """Without auto_rollout, retraining used to move production at once, whatever rollout
+    the spec declared."""
+    spec = make_spec(root, retrain={"new_labels": 5},
+                     rollout={"strategy": "shadow", "steps": [50], "every_s": 30})
+    # the first version, straight to production; other params, so the retrain is no repeat
+    run_pipeline(spec.model_copy(update={"params": {"C": 0.5}}), registry, actor="ci")
+    assert registry.resolve("clf@production").version == 1
+    Monitor(registry).feedback("clf", {f"r{i}": 1 for i in range(6)})
+    actions = Scheduler(registry, {"clf": spec}, holder="s1").tick()
+    assert kinds(actions) == ["trigger", "retrain"], actions
+    assert registry.resolve("clf@production").version == 1
+    deployment = Deployments(registry).get("clf")
+    assert (deployment.strategy, deployment.steps, deployment.every_s) == ("shadow", (50,), 30)
+    assert deployment.candidate_version == 2 and deployment.rules["metric"] == "accuracy"
+    assert f"shadow rollout {deployment.id} progressing" in actions[1].message
+
+
 def test_a_held_lease_blocks_a_second_scheduler(any_registry: Registry, root: Path):
     registry = any_registry
     spec = make_spec(root, retrain={"schedule": "0 3 * * *"})

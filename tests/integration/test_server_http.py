@@ -86,7 +86,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         register_mlp(reg, "mlp", sizes=(8, 16, 3))
         register_constant(reg, "flip", 1)
         register_constant(reg, "flip", 2, promote=False)
-    server = start_server(home)
+    server = start_server(home, "--body-timeout", "1")
     yield server
     stop_server(server)
 
@@ -102,6 +102,23 @@ def test_predict_over_http(server: Server) -> None:
         assert c.post("/v1/models/tabular/predict", content=b"x" * (17 * 1024 * 1024),
                       headers={"content-type": "application/json"}).status_code == 413
         assert "modelyard_requests_total" in c.get("/metrics").text
+
+
+def test_a_stalled_body_is_answered_408_and_its_connection_closed(server: Server) -> None:
+    host, _, port = server.host_port.partition(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /v1/models/tabular/predict HTTP/1.1\r\nHost: test\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                     b'{"records": [')  # and then nothing: the client hangs mid-body
+        answer = b""
+        while chunk := sock.recv(65536):  # until the server closes the connection
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer
+    assert b"connection: close" in head.lower()
+    assert b"stopped arriving" in body
+    with httpx.Client(base_url=server.url) as c:  # the server itself answers as before
+        assert c.get("/healthz").status_code == 200
 
 
 def test_tritonclient_http(server: Server) -> None:

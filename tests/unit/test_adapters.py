@@ -245,9 +245,13 @@ def test_tensorflow_refuses_lambda_layers(tmp_path: Path) -> None:
     inputs = keras.Input(shape=(3,))
     model = keras.Model(inputs, keras.layers.Lambda(lambda z: z * 2)(inputs))
     adapter = get_adapter("tensorflow")
-    meta = adapter.save(model, tmp_path)
-    with pytest.raises(UnsafeArtifactError, match="Lambda"):
-        adapter.load(tmp_path, meta, "cpu")
+    (tmp_path / "saved").mkdir()
+    with pytest.raises(UnsafeArtifactError, match=r"keras\.layers\.Lambda"):
+        adapter.save(model, tmp_path / "saved")  # refused when saved, not when deployed
+    assert not (tmp_path / "saved" / "model.keras").exists()
+    keras.saving.save_model(model, tmp_path / "model.keras")  # written without modelyard
+    with pytest.raises(UnsafeArtifactError, match=r"keras\.layers\.Lambda \(Python bytecode\)"):
+        adapter.load(tmp_path, {"file": "model.keras"}, "cpu")
 
 
 # -- onnx and python ------------------------------------------------------------------------------

@@ -278,10 +278,10 @@ def test_numbers_out_of_range_are_usage_errors(registered: Registry, invoke: Inv
 
 
 @pytest.mark.parametrize(("args", "code", "fragment"), [
-    ((f"iris2:{HUGE}",), 3, f"no version {HUGE}"),
+    ((f"iris2:{HUGE}",), 2, HUGE),
     (("deploy", "iris2", "2", "--canary", "1e400"), 2, "percentages"),
-    (("monitor", "metrics", "iris2", "--since", f"{HUGE}d"), 2, "out of range"),
-    (("monitor", "metrics", "iris2", "--every", HUGE), 2, "out of range"),
+    (("monitor", "metrics", "iris2", "--since", f"{HUGE}d"), 2, "since"),
+    (("monitor", "metrics", "iris2", "--every", HUGE), 2, "duration"),
     (("deploy", "iris2", "2", "--every", "1e400"), 2, "duration"),
 ])
 def test_out_of_range_values_are_one_line(registered: Registry, invoke: Invoke,
@@ -617,3 +617,161 @@ def test_input_files_that_are_not_utf8_are_one_line(registered: Registry, invoke
     labels = tmp_path / "labels.csv"
     labels.write_bytes(b"request_id,label\nr\xe91,1\n")
     assert "not UTF-8" in assert_one_error(invoke("feedback", "iris2", "--file", str(labels)), 2)
+
+
+# -- monitoring ---------------------------------------------------------------------------------
+
+def test_monitor_request_shows_what_the_log_holds_of_one_request(
+        registered: Registry, invoke: Invoke) -> None:
+    from modelyard.monitoring.monitor import Monitor
+
+    monitor = Monitor(registered)
+    monitor.log_predictions([{
+        "request_id": f"r{i}", "model": model, "version": 1, "variant": "production",
+        "at": pd.Timestamp("2026-12-01T10:00:00Z").to_pydatetime(), "latency_ms": 2.5,
+        "rows": 1, "inputs": {"columns": {"a": [0.5], "b": [-1.0]}},
+        "outputs": {"predictions": [i]}} for model in ("iris2", "other") for i in (0, 1)])
+    monitor.feedback("iris2", {"r1": 1})
+
+    result = invoke("monitor", "request", "r1", "--model", "iris2", "--json")
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)
+    assert found["labeled"] is True and found["label"] == 1
+    (logged,) = found["predictions"]
+    assert logged["outputs"] == {"predictions": [1]} and logged["latency_ms"] == 2.5
+    assert logged["inputs"] == {"columns": {"a": [0.5], "b": [-1.0]}}
+
+    everywhere = json.loads(invoke("monitor", "request", "r1", "--json").stdout)
+    assert sorted(f["model"] for f in everywhere) == ["iris2", "other"]  # ids are per model
+    table = invoke("monitor", "request", "r1", "--model", "iris2")
+    assert table.exit_code == 0 and "label 1" in table.stdout and "production" in table.stdout
+
+    missing = assert_one_error(invoke("monitor", "request", "nope", "--model", "iris2"), 3)
+    assert "nope" in missing and "not sampled" in missing
+    assert "nope" in assert_one_error(invoke("monitor", "request", "nope"), 3)
+    assert "ghost" in assert_one_error(invoke("monitor", "request", "r1", "--model", "ghost"), 3)
+
+
+def test_feedback_for_a_prediction_not_logged_yet_says_it_is_kept(
+        registered: Registry, invoke: Invoke) -> None:
+    result = invoke("feedback", "iris2", "not-logged-yet", "1")
+    assert result.exit_code == 0, result.output
+    assert "stored 1 label(s) for iris2: 1 of 1 labels match no logged prediction yet" \
+        in " ".join(result.stdout.split())
+    assert "joined when the prediction is logged" in " ".join(result.stdout.split())
+# -- rollouts from the spec -------------------------------------------------------------------
+STAGED_PROJECT = textwrap.dedent('''
+    models:
+      staged:
+        train: train.py:train
+        data: {function: train.py:load}
+        metrics: [accuracy, f1]
+        gate: {min: {accuracy: 0.7}}
+        rollout: {strategy: canary, steps: [10, 100], every_s: 30, min_requests: 40,
+                  metric: f1}
+''')
+
+
+def production_of(home: Path, model: str) -> int | None:
+    with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
+        return reg.get_model(model).aliases.get("production")
+
+
+def test_train_starts_the_rollout_the_spec_declares(invoke: Invoke, home: Path,
+                                                    tmp_path: Path) -> None:
+    """It used to move production at once, whatever the rollout section said."""
+    folder = tmp_path / "staged"
+    folder.mkdir()
+    (folder / "train.py").write_text(TINY_TRAIN)
+    (folder / "modelyard.yaml").write_text(STAGED_PROJECT)
+    project = ("--project", str(folder / "modelyard.yaml"))
+
+    first = invoke("train", "staged", *project)  # nothing to compare with: straight to production
+    assert first.exit_code == 0, first.output
+    assert production_of(home, "staged") == 1
+
+    # --force: the same data again, which would otherwise be "unchanged"
+    second = invoke("train", "staged", *project, "--force", "--json")
+    assert second.exit_code == 0, second.output
+    [outcome] = json.loads(second.stdout)
+    assert (outcome["status"], outcome["version"], outcome["promoted"]) == ("rollout", 2, False)
+    assert outcome["rollout"]["strategy"] == "canary"
+    assert production_of(home, "staged") == 1  # the canary decides, not the train command
+    status = json.loads(invoke("rollout", "status", "staged", "--json").stdout)["deployment"]
+    assert (status["strategy"], status["steps"], status["every_s"]) == ("canary", [10, 100],
+                                                                      30.0)
+    assert (status["stable_version"], status["candidate_version"]) == (1, 2)
+    assert status["rules"]["metric"] == "f1" and status["rules"]["min_requests"] == 40
+    assert status["candidate_percent"] == 0.0  # no server routes it in this test
+    text = invoke("rollout", "status", "staged").stdout
+    assert "Canary: v2 answers 10% of requests, v1 the rest" in text
+    assert "no server routes this rollout yet" in text
+
+    # a rollout is already running: the version is registered, the command says why it stopped
+    third = invoke("train", "staged", *project, "--force")
+    line = assert_one_error(third, 4)
+    assert "already has a progressing canary rollout of version 2" in line
+    assert "rollout not started" in third.stdout and production_of(home, "staged") == 1
+
+    assert invoke("rollout", "abort", "staged").exit_code == 0
+    direct = invoke("train", "staged", *project, "--no-rollout", "--force", "--json")
+    assert json.loads(direct.stdout)[0]["status"] == "promoted"
+    assert production_of(home, "staged") == 4
+    promoted = invoke("train", "staged", *project, "--promote", "--force", "--json")
+    assert json.loads(promoted.stdout)[0]["status"] == "promoted"
+    assert production_of(home, "staged") == 5
+    both = invoke("train", "staged", *project, "--promote", "--no-promote")
+    assert both.exit_code == 2 and "choose one of --no-promote and --promote" in both.output
+
+
+def test_deploy_takes_its_defaults_from_the_versions_spec(invoke: Invoke, home: Path) -> None:
+    """deploy used to start a 5,25,50,100 canary every 60 s with default rules, whatever the
+    version's spec declared."""
+    from modelyard.serving.fixtures import register_constant
+
+    declared = {"rollout": {"strategy": "canary", "steps": [20, 100], "every_s": 15,
+                            "max_error_rate": 0.05, "metric": "accuracy"},
+                "metrics": ["f1", "accuracy"]}
+    with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
+        register_constant(reg, "spec", 1, meta=declared)
+        register_constant(reg, "spec", 2, meta=declared, promote=False)
+    started = invoke("deploy", "spec", "2", "--json")
+    assert started.exit_code == 0, started.output
+    d = json.loads(started.stdout)
+    assert (d["strategy"], d["steps"], d["every_s"]) == ("canary", [20, 100], 15.0)
+    assert d["rules"]["max_error_rate"] == 0.05 and d["rules"]["metric"] == "accuracy"
+    assert "Canary: v2 answers 20% of requests" in d["explain"]
+    assert invoke("rollout", "abort", "spec").exit_code == 0
+    # flags override the declared settings one by one
+    again = json.loads(invoke("deploy", "spec", "2", "--every", "5s", "--max-error-rate",
+                              "0.2", "--metric", "f1", "--json").stdout)
+    assert (again["steps"], again["every_s"]) == ([20, 100], 5.0)
+    assert again["rules"]["max_error_rate"] == 0.2 and again["rules"]["metric"] == "f1"
+    assert invoke("rollout", "abort", "spec").exit_code == 0
+    shadow = json.loads(invoke("deploy", "spec", "2", "--shadow", "--json").stdout)
+    assert (shadow["strategy"], shadow["steps"]) == ("shadow", [100])
+    assert "never promotes by itself" in shadow["explain"]
+
+
+def test_promote_of_a_version_that_cannot_load_leaves_the_alias(invoke: Invoke,
+                                                               home: Path) -> None:
+    """promote used to move the alias to anything registered; servers then kept failing to
+    load it."""
+    from modelyard.serving.fixtures import register_probe
+
+    with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
+        register_probe(reg, "probe")
+        register_probe(reg, "probe", fail_load=True, promote=False)
+        good = register_probe(reg, "probe", promote=False)
+        path = Path(reg.settings.artifacts) / good.artifact_digest[:2] / good.artifact_digest
+        path.write_bytes(path.read_bytes()[:-10] + b"tampered!!")
+    line = assert_one_error(invoke("promote", "probe", "2"), 13)
+    assert "probe:2 cannot be loaded, so probe@production stays at v1" in line
+    assert "broken on purpose" in line
+    line = assert_one_error(invoke("promote", "probe", "3"), 9)
+    assert "probe:3 cannot be loaded, so probe@production stays at v1" in line
+    assert production_of(home, "probe") == 1
+    with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
+        assert [e.version for e in reg.alias_history("probe", "production")] == [1]
+    assert invoke("promote", "probe", "2", "--no-check").exit_code == 0  # on your head
+    assert production_of(home, "probe") == 2

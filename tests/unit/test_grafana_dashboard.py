@@ -15,8 +15,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from modelyard.monitoring.predlog import LogHealth
 from modelyard.serving.metrics import ServerMetrics
 
 DASHBOARD_PATH = Path(__file__).resolve().parents[2] / "deploy/grafana/modelyard-dashboard.json"
@@ -131,7 +133,8 @@ def exported() -> dict[str, set[str]]:
               "embedding": {"test": "mmd", "score": 0.1}}
     m.set_drift([SimpleNamespace(model="iris", version=1, share=0.5, drifted=True,
                                  report=report)])
-    m.watch_prediction_log(SimpleNamespace(written=5, dropped=1, pending=2, cpu_s=0.25))
+    m.watch_prediction_log(SimpleNamespace(written=5, dropped=1, pending=2, cpu_s=0.25,
+                                           health=lambda: LogHealth(0, 1, 60.0, 2)))
 
     families = list(text_string_to_metric_families(m.render().decode()))
     empty = [f.name for f in families if not f.samples]
@@ -250,3 +253,37 @@ def test_every_exported_family_has_a_panel(exported):
     unused = sorted(f for f in families
                     if not any(re.fullmatch(rf"{f}(_total|_bucket|_sum|_count)?", u) for u in used))
     assert not unused, f"add a panel to deploy/grafana/modelyard-dashboard.json for {unused}"
+
+
+# --- the alerting rules -----------------------------------------------------------------------
+
+ALERTS_PATH = DASHBOARD_PATH.with_name("modelyard-alerts.yml")
+RULES = [rule for group in yaml.safe_load(ALERTS_PATH.read_text())["groups"]
+         for rule in group["rules"]]
+
+
+def test_alert_rules_are_well_formed_and_watch_the_prediction_log():
+    names = [rule["alert"] for rule in RULES]
+    assert len(names) == len(set(names)), "alert names repeat"
+    for rule in RULES:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
+    watched = {name for rule in RULES for name in SERIES.findall(rule["expr"])}
+    assert "modelyard_prediction_log_dropping" in watched  # the log that drops everything
+
+
+@pytest.mark.parametrize("rule", RULES, ids=[rule["alert"] for rule in RULES])
+def test_alert_rule_uses_only_exported_series_and_labels(rule, exported):
+    expr = rule["expr"]
+    assert expr.count("(") == expr.count(")"), "unbalanced parentheses"
+    missing = set(SERIES.findall(expr)) - exported.keys()
+    assert not missing, f"not exported by the server: {sorted(missing)}"
+    for name, body in SELECTOR.findall(expr):
+        unknown = set(MATCHER.findall(body)) - exported.get(name, set()) - TARGET_LABELS
+        assert not unknown, f"{name} has no labels {sorted(unknown)}"
+    for labels, aggregated in groupings(expr):
+        for name in SERIES.findall(aggregated):
+            unknown = labels - exported.get(name, set()) - TARGET_LABELS
+            assert not unknown, f"grouping {name} by labels it lacks: {sorted(unknown)}"

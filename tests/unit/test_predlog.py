@@ -238,3 +238,68 @@ def test_open_store_names_what_it_understands(tmp_path: Path) -> None:
         assert open_store(registry, "off") is None
         with pytest.raises(ConfigError, match="db, off or parquet:FOLDER"):
             open_store(registry, "kafka://x")
+
+
+@pytest.mark.parametrize("kind", ["db", "parquet",
+                                  pytest.param("postgres", marks=pytest.mark.integration)])
+def test_stores_find_requests_by_id_and_delete_the_old_ones(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    db_url = str(request.getfixturevalue("pg_url")) if kind == "postgres" else None
+    settings = Settings.from_env(home=tmp_path / "home", db_url=db_url, actor="t")
+    with Registry.open(settings) as registry:
+        store = open_store(registry, f"parquet:{tmp_path / 'log'}" if kind == "parquet" else "db")
+        assert store is not None
+        t0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+        for day in range(4):  # r0..r4 on each of four days
+            store.write(rows(5, t0 + timedelta(days=day)))
+        store.write(rows(2, t0, model="other"))
+        found = store.find("fraud", ["r3", "nope", "r3"])
+        assert [(p.request_id, p.at) for p in found] == [
+            ("r3", t0 + timedelta(days=day, seconds=3)) for day in range(4)]
+        assert found[0].inputs == {"columns": {"amount": [3.0]}}
+        assert store.find("fraud", []) == [] and store.find("nobody", ["r1"]) == []
+
+        # everything before day 2 goes; Parquet deletes whole days, the table any row
+        assert store.delete_before("fraud", t0 + timedelta(days=2)) == 10
+        assert {p.at.date() for p in store.read("fraud")} == {
+            (t0 + timedelta(days=d)).date() for d in (2, 3)}
+        assert store.delete_before("fraud", t0 + timedelta(days=2)) == 0  # nothing left to do
+        assert len(store.read("other")) == 2  # another model's log is its own
+    if kind == "parquet":
+        assert sorted(p.name for p in (tmp_path / "log" / "model=fraud").iterdir()) == [
+            "date=2026-11-22", "date=2026-11-23"]
+
+
+def test_the_database_store_deletes_in_batches(tmp_path: Path) -> None:
+    with Registry.open(Settings.from_env(home=tmp_path / "home", actor="t")) as registry:
+        store = DatabaseStore(registry)
+        t0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+        store.write(rows(25, t0))
+        assert store.delete_before("fraud", t0 + timedelta(seconds=23), batch=10) == 23
+        assert [p.request_id for p in store.read("fraud")] == ["r23", "r24"]
+
+
+def test_health_says_when_the_log_drops_more_than_it_writes_and_logs_it_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = ListStore()
+    log = PredictionLog(store)
+    assert not log.health().dropping and log.health().last_error is None
+    store.failing = True
+    for round_ in range(3):
+        log.record(policy(), f"lost{round_}", "production", 0.001, X, 2, answer())
+        log.flush()
+        log._tick()  # what the writer does after each wake
+    health = log.health()
+    assert health.dropping and (health.written, health.dropped) == (0, 3)
+    assert health.last_error == "store failed: ConnectionError: store down"
+    assert health.describe().startswith("prediction log dropping: 3 dropped, 0 written")
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "not being logged" in errors[0].getMessage()
+
+    store.failing = False
+    for i in range(4):
+        log.record(policy(), f"kept{i}", "production", 0.001, X, 2, answer())
+    log.flush()
+    log._tick()
+    assert not log.health().dropping  # wrote more than it dropped in the window
+    assert any("writes again" in r.getMessage() for r in caplog.records)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from modelyard.errors import ConfigError
-from modelyard.rollout.analysis import Rules, analyze, wilson_interval, worse_proportion_p
+from modelyard.rollout.analysis import (
+    Rules,
+    analyze,
+    latency_ratio,
+    tail_excess_p,
+    wilson_interval,
+    worse_proportion_p,
+)
 from modelyard.rollout.stats import WindowStats, bucket_of
 from modelyard.spec import RolloutSpec
 
@@ -198,3 +207,95 @@ def test_one_slow_request_in_a_small_window_is_not_a_slow_candidate():
     for _ in range(10):  # a real tail: a quarter of its requests are slow
         candidate.observe(0.140)
     assert analyze(stable, candidate, rules, step=0, n_steps=3).action == "rollback"
+
+
+def busy_latency(rng: random.Random) -> float:
+    """One request's latency on a machine whose core a busy loop shares: about 1 ms of work,
+    often a wait for the hog's time slice, now and then a long stall (20-200 ms)."""
+    latency = rng.lognormvariate(-7.0, 0.5)
+    if rng.random() < 0.4:
+        latency += rng.expovariate(1 / 0.004)
+    if rng.random() < 0.05:
+        latency += rng.uniform(0.02, 0.2)
+    return latency
+
+
+def busy_window(rng: random.Random, requests: int, extra_s: float = 0.0) -> WindowStats:
+    w = WindowStats()
+    for _ in range(requests):
+        w.observe(busy_latency(rng) + extra_s)
+    return w
+
+
+SIZES = [(30, 30), (40, 800), (200, 200), (1000, 1000)]  # (candidate, stable) requests
+
+
+@pytest.mark.parametrize("candidate_n,stable_n", SIZES)
+def test_an_identical_candidate_on_a_busy_machine_is_never_rolled_back(candidate_n, stable_n):
+    # one noisy ratio of tail quantiles rolled back about a quarter of these; only a
+    # difference chance cannot explain counts
+    rules = Rules(min_requests=20)
+    for seed in range(40):
+        rng = random.Random(seed)
+        stable, candidate = busy_window(rng, stable_n), busy_window(rng, candidate_n)
+        decision = analyze(stable, candidate, rules, step=0, n_steps=2)
+        assert decision.action == "advance", (seed, decision.reasons)
+
+
+@pytest.mark.parametrize("candidate_n,stable_n", SIZES)
+def test_a_candidate_50_ms_slower_on_a_busy_machine_is_always_rolled_back(candidate_n,
+                                                                         stable_n):
+    # the stalls made the p99 of both versions about 200 ms: the p99 ratio missed 50 ms
+    rules = Rules(min_requests=20)
+    for seed in range(40):
+        rng = random.Random(seed)
+        stable, slower = busy_window(rng, stable_n), busy_window(rng, candidate_n, 0.050)
+        decision = analyze(stable, slower, rules, step=0, n_steps=2)
+        assert decision.action == "rollback", (seed, decision.details)
+        assert "typical latency" in decision.reason
+        assert decision.details["latency_ratio_low"] > rules.max_latency_ratio
+
+
+def test_latency_ratio_estimates_the_typical_slowdown_with_a_lower_bound():
+    rng = random.Random(3)
+    stable = WindowStats()
+    doubled = WindowStats()
+    for _ in range(500):
+        latency = rng.uniform(0.004, 0.006)
+        stable.observe(latency)
+        doubled.observe(2 * rng.uniform(0.004, 0.006))
+    estimate, low = latency_ratio(stable, doubled, 0.95)
+    assert 1.8 < estimate < 2.2 and low is not None and 1.6 < low <= estimate
+    same_estimate, same_low = latency_ratio(stable, stable, 0.95)
+    assert same_estimate == 1.0 and same_low is not None and same_low < 1.0
+    assert latency_ratio(WindowStats(), stable, 0.95) is None
+    tiny = WindowStats()
+    tiny.observe(0.005)
+    assert latency_ratio(tiny, tiny, 0.95) == (1.0, None)  # one pair proves nothing
+
+
+def test_a_heavier_tail_needs_more_slow_requests_not_just_longer_ones():
+    rng = random.Random(5)
+    stable = busy_window(rng, 2000)
+    same = busy_window(rng, 2000)
+    p_value, share, stable_share = tail_excess_p(stable, same, 1.5, 0.99)
+    assert p_value > 0.5 and share < 1.5 * stable_share + 0.01
+    stalls = busy_window(rng, 1900)
+    for _ in range(100):  # 5 % more requests stall for half a second
+        stalls.observe(0.5)
+    p_value, share, stable_share = tail_excess_p(stable, stalls, 1.5, 0.99)
+    assert p_value < 0.001 and share > 3 * stable_share
+
+
+def test_a_step_where_stable_has_too_few_requests_waits_instead_of_judging_blind():
+    """With fewer stable requests than min_requests the latency comparison was skipped, so a
+    50 ms slower canary advanced whenever stable's count lagged the candidate's."""
+    rules = Rules(min_requests=30)
+    stable, slower = window(requests=29, latency_s=0.001), window(requests=40, latency_s=0.051)
+    held = analyze(stable, slower, rules, step=0, n_steps=2, baseline=True)
+    assert held.action == "hold" and "stable has 29 of the 30 requests" in held.reason
+    # a step where stable gets no traffic (direct, blue-green, 100 %) has only absolute limits
+    assert analyze(stable, slower, rules, step=0, n_steps=2, baseline=False).action == "advance"
+    # a failing check still rolls back at once
+    broken = window(requests=40, errors=40, latency_s=0.051)
+    assert analyze(stable, broken, rules, step=0, n_steps=2, baseline=True).action == "rollback"

@@ -200,16 +200,49 @@ def test_a_record_missing_a_key_names_the_record(frame_sig):
 
 
 def test_a_string_in_a_float_column_is_located(frame_sig):
-    payload = {"sepal": [5.0, "1.5", "tall"], "petal": [1, 2, 3], "count": [1, 2, 3],
+    payload = {"sepal": [5.0, 2.0, "tall"], "petal": [1, 2, 3], "count": [1, 2, 3],
                "flag": [True, True, False]}
     errors = _errors(frame_sig, payload)
-    assert errors == [{"loc": ["sepal", 2], "msg": "expected float64, got 'tall'"}]
+    assert errors == [{"loc": ["sepal", 2], "msg": "expected float64, got the string 'tall'"}]
+
+
+@pytest.mark.parametrize(("value", "msg"), [
+    ("NaN", "expected float64, got the string 'NaN'"),
+    ("1.5", "expected float64, got the string '1.5'"),
+    (None, "expected float64, got null (not a number)"),
+    (True, "expected float64, got the boolean true (not a number)"),
+])
+def test_strings_nulls_and_booleans_are_not_numbers(frame_sig, value, msg):
+    payload = {"sepal": [5.0, value], "petal": [1, 2], "count": [1, 2], "flag": [True, False]}
+    assert _errors(frame_sig, payload) == [{"loc": ["sepal", 1], "msg": msg}]
+
+
+def test_a_number_beyond_the_dtype_is_refused_not_wrapped_or_infinite():
+    sig = Signature((FieldSpec("small", "float32"), FieldSpec("count", "int64")))
+    assert _errors(sig, {"small": [1e300], "count": [1]}) == [
+        {"loc": ["small", 0], "msg": "1e+300 is out of range for float32"}]
+    assert _errors(sig, {"small": [1.0], "count": [2**63]}) == [
+        {"loc": ["count", 0], "msg": "9223372036854775808 is out of range for int64"}]
+    assert _errors(sig, {"small": [1.0], "count": [1e30]}) == [
+        {"loc": ["count", 0], "msg": "1e+30 is out of range for int64"}]
+
+
+def test_a_tensor_refuses_non_numbers_and_overflow():
+    sig = Signature((FieldSpec("image", "float32", (2,)),), layout="tensor")
+    for row, msg in [([1.0, None], "expected float32, got null (not a number)"),
+                     ([1.0, "NaN"], "expected float32, got the string 'NaN'"),
+                     ([True, 1.0], "expected float32, got the boolean true (not a number)"),
+                     ([1.0, 1e39], "1e+39 is out of range for float32")]:
+        with pytest.raises(InputError) as caught:
+            sig.prepare([row])
+        assert caught.value.errors[0]["msg"] == msg, row
+    assert sig.prepare([[1.0, 2]])[0].dtype == np.float32
 
 
 def test_a_fraction_in_an_int_column_is_refused_not_truncated(frame_sig):
     payload = {"sepal": [5.0], "petal": [1.0], "count": [2.5], "flag": [True]}
     errors = _errors(frame_sig, payload)
-    assert errors == [{"loc": ["count"], "msg": "expected int64, got a fraction"}]
+    assert errors == [{"loc": ["count", 0], "msg": "2.5 is not a whole number (int64)"}]
     whole = dict(payload, count=[2.0])  # a whole number sent as 2.0 is fine
     assert frame_sig.prepare(whole)[0]["count"].tolist() == [2]
 
@@ -289,4 +322,13 @@ def test_error_message_summarises_the_problems(frame_sig):
         frame_sig.prepare({"sepal": ["x"], "petal": [1.0], "count": [1]})
     message = str(err.value)
     assert message.startswith("input does not match the model's signature")
-    assert "sepal.0: expected float64, got 'x'" in message and "flag: field required" in message
+    assert "sepal.0: expected float64, got the string 'x'" in message
+    assert "flag: field required" in message
+
+
+@pytest.mark.parametrize("rows", [[[1.0, 2.0], [3.0]], [[10**30], [1.0, 2.0]],
+                                  [[[[[[[[1.0]]]]]]]] * 1])
+def test_ragged_or_oddly_nested_rows_are_an_input_error(rows):
+    sig = Signature((FieldSpec("v", "float64", (2,)),), layout="tensor")
+    with pytest.raises(InputError):
+        sig.prepare(rows)

@@ -14,7 +14,7 @@ from modelyard.registry import Registry
 from modelyard.serving import ServeOptions, create_app
 from modelyard.serving.admin import TOKEN_ENV
 from modelyard.serving.app import App
-from modelyard.serving.fixtures import register_constant
+from modelyard.serving.fixtures import register_constant, register_probe
 from modelyard.serving.openapi import OPENAPI
 
 pytestmark = pytest.mark.anyio
@@ -34,6 +34,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
             register_constant(reg, name, 1)
             register_constant(reg, name, 2, promote=False)
         register_constant(reg, "rolled", 3)  # production history: 1 -> 3
+        declared = {"rollout": {"strategy": "shadow", "steps": [20], "every_s": 15,
+                                "max_error_rate": 0.05}, "metrics": ["accuracy"]}
+        register_constant(reg, "declared", 1, meta=declared)
+        register_constant(reg, "declared", 2, meta=declared, promote=False)
+        register_probe(reg, "unloadable")
+        register_probe(reg, "unloadable", fail_load=True, promote=False)
         yield reg
 
 
@@ -99,20 +105,29 @@ async def test_unknown_model_is_404_and_no_rollout_is_404(client: httpx.AsyncCli
 
 
 # -- aliases ------------------------------------------------------------------------------------
-async def test_promote_moves_the_alias_and_audits_actor_api(
+async def test_promote_moves_the_alias_and_audits_the_anonymous_actor(
         client: httpx.AsyncClient, registry: Registry) -> None:
     r = await client.post("/api/v1/models/promoted/promote",
                           json={"version": 2, "reason": "better f1"})
     assert r.status_code == 200, r.text
     event = r.json()["event"]
-    assert event["version"] == 2 and event["previous_version"] == 1 and event["actor"] == "api"
+    assert event["version"] == 2 and event["previous_version"] == 1
+    assert event["actor"] == "api:anonymous"  # no token on this server: anyone
     assert production(registry, "promoted") == 2
     audit = registry.audit_events("promoted@production", limit=1)[0]
-    assert audit.actor == "api" and audit.details["reason"] == "better f1"
-    r = await client.post("/api/v1/models/promoted/promote", json={"version": 1},
-                          headers={"X-Actor": "ci-bot"})
-    assert r.status_code == 200 and r.json()["event"]["actor"] == "api:ci-bot"
-    assert registry.audit_events("promoted@production", limit=1)[0].actor == "api:ci-bot"
+    assert audit.actor == "api:anonymous" and audit.details["reason"] == "better f1"
+
+
+async def test_promote_loads_the_version_first_and_refuses_one_that_cannot(
+        client: httpx.AsyncClient, registry: Registry) -> None:
+    """The alias used to move, and every server then failed to load what it pointed to."""
+    r = await client.post("/api/v1/models/unloadable/promote", json={"version": 2})
+    assert r.status_code == 409, r.text
+    message = r.json()["message"]
+    assert "unloadable:2 cannot be loaded, so the alias stays where it is" in message
+    assert "broken on purpose" in message
+    assert production(registry, "unloadable") == 1
+    assert [e.version for e in registry.alias_history("unloadable", "production")] == [1]
 
 
 async def test_rollback_walks_the_alias_back(client: httpx.AsyncClient,
@@ -129,7 +144,8 @@ async def test_rollback_walks_the_alias_back(client: httpx.AsyncClient,
 
 
 async def test_bad_bodies_are_400_and_422(client: httpx.AsyncClient) -> None:
-    r = await client.post("/api/v1/models/listed/promote", content=b"{nope")
+    r = await client.post("/api/v1/models/listed/promote", content=b"{nope",
+                          headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"] == "BadJSONError"
     r = await client.post("/api/v1/models/listed/promote", json={"version": 2, "colour": "red"})
     assert r.status_code == 422
@@ -147,6 +163,20 @@ async def test_bad_bodies_are_400_and_422(client: httpx.AsyncClient) -> None:
     assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("promote", {"version": 2**63}, "version"),
+    ("rollback", {"to": 2**64 - 1}, "to"),
+    ("rollback", {"to": 2**63}, "to"),
+    ("deployments", {"version": 2**64 - 1}, "version"),
+])
+async def test_integers_beyond_int64_are_422_naming_the_field(
+        client: httpx.AsyncClient, path: str, body: dict[str, int], field: str) -> None:
+    r = await client.post(f"/api/v1/models/listed/{path}", json=body)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == [{"loc": ["body", field],
+                                   "msg": "is out of range (a 64-bit integer)"}]
+
+
 # -- rollouts -----------------------------------------------------------------------------------
 async def test_canary_start_status_and_abort(client: httpx.AsyncClient,
                                              registry: Registry) -> None:
@@ -157,8 +187,11 @@ async def test_canary_start_status_and_abort(client: httpx.AsyncClient,
     d = r.json()
     assert d["state"] == "progressing" and d["stable_version"] == 1
     assert d["candidate_version"] == 2 and d["steps"] == [5, 25, 50, 100]
-    assert d["key"] == "user_id" and d["created_by"] == "api" and d["active"] is True
-    assert d["candidate_percent"] == 5.0
+    assert d["key"] == "user_id" and d["created_by"] == "api:anonymous" and d["active"] is True
+    # planned, but no server routes it yet (this app polls hourly): no traffic is claimed
+    assert d["traffic"]["planned_candidate_percent"] == 5.0 and d["candidate_percent"] == 0.0
+    assert "no server routes this rollout yet" in d["traffic"]["note"]
+    assert d["explain"].startswith("Canary: v2 answers 5% of requests, v1 the rest")
     r = await client.get("/api/v1/models/canary/deployment")
     assert r.status_code == 200 and r.json()["id"] == d["id"]
     assert r.json()["state"] == "progressing"
@@ -169,10 +202,29 @@ async def test_canary_start_status_and_abort(client: httpx.AsyncClient,
     r = await client.get("/api/v1/models/canary/deployment/history")
     events = r.json()["events"]
     assert [e["action"] for e in events] == ["abort", "start"]
-    assert events[0]["actor"] == "api" and events[0]["reason"] == "enough"
+    assert events[0]["actor"] == "api:anonymous" and events[0]["reason"] == "enough"
     # nothing left to abort: the finished rollout cannot change again
-    r = await client.post("/api/v1/models/canary/deployment/abort")
+    r = await client.post("/api/v1/models/canary/deployment/abort", json={})
     assert r.status_code == 409 and "already aborted" in r.json()["message"]
+
+
+async def test_a_rollout_takes_the_settings_the_version_declares(
+        client: httpx.AsyncClient) -> None:
+    """Started over HTTP, a rollout used to be a 60 s canary with default rules whatever the
+    version's spec declared."""
+    r = await client.post("/api/v1/models/declared/deployments", json={"version": 2})
+    assert r.status_code == 201, r.text
+    d = r.json()
+    assert (d["strategy"], d["steps"], d["every_s"]) == ("shadow", [20], 15.0)
+    assert d["rules"]["max_error_rate"] == 0.05 and d["rules"]["metric"] == "accuracy"
+    assert "never promotes by itself" in d["explain"]
+    assert (await client.post("/api/v1/models/declared/deployment/abort", json={})).status_code == 200
+    r = await client.post("/api/v1/models/declared/deployments", json={
+        "version": 2, "strategy": "canary", "every_s": 5, "rules": {"min_requests": 7}})
+    d = r.json()
+    assert (d["strategy"], d["steps"], d["every_s"]) == ("canary", [5, 25, 50, 100], 5.0)
+    assert d["rules"]["min_requests"] == 7 and d["rules"]["max_error_rate"] == 0.05
+    assert (await client.post("/api/v1/models/declared/deployment/abort", json={})).status_code == 200
 
 
 async def test_second_rollout_is_409_and_promote_ends_it(client: httpx.AsyncClient,
@@ -191,16 +243,15 @@ async def test_rollback_ends_an_active_rollout_first(client: httpx.AsyncClient,
                                                      registry: Registry) -> None:
     r = await client.post("/api/v1/models/ended/deployments", json={"version": 2})
     assert r.status_code == 201
-    r = await client.post("/api/v1/models/ended/rollback", json={"to": 2, "reason": "v1 broke"},
-                          headers={"X-Actor": "ana"})
+    r = await client.post("/api/v1/models/ended/rollback", json={"to": 2, "reason": "v1 broke"})
     assert r.status_code == 200, r.text
     doc = r.json()
     assert doc["deployment"]["state"] == "rolled_back"
-    assert doc["event"]["version"] == 2 and doc["event"]["actor"] == "api:ana"
+    assert doc["event"]["version"] == 2 and doc["event"]["actor"] == "api:anonymous"
     assert production(registry, "ended") == 2
     r = await client.get("/api/v1/models/ended/deployment/history")
-    assert r.json()["events"][0]["actor"] == "api:ana"
-    r = await client.post("/api/v1/models/ended/deployment/rollback")
+    assert r.json()["events"][0]["actor"] == "api:anonymous"
+    r = await client.post("/api/v1/models/ended/deployment/rollback", json={})
     assert r.status_code == 409  # already rolled back: a finished rollout stays finished
 
 
@@ -238,9 +289,13 @@ async def test_token_guards_mutations_but_not_reads(registry: Registry,
                 assert r.status_code == 403 and r.json()["error"] == "ForbiddenError"
             assert production(registry, "authz") == 1
             r = await client.post("/api/v1/models/authz/promote", json={"version": 2},
-                                  headers={"Authorization": "Bearer s3cret"})
+                                  headers={"Authorization": "Bearer s3cret",
+                                           "X-Actor": "someone-else"})
             assert r.status_code == 200, r.text
             assert production(registry, "authz") == 2
+            # the actor is what the credential stands for, not what the client claims
+            assert r.json()["event"]["actor"] == "api:token"
+            assert registry.audit_events("authz@production", limit=1)[0].actor == "api:token"
     finally:
         await app.shutdown()
 
@@ -255,7 +310,11 @@ def test_openapi_documents_the_admin_routes() -> None:
     paths: dict[str, Any] = OPENAPI["paths"]
     assert "/api/v1/models" in paths and "/api/v1/models/{name}/deployment/abort" in paths
     start = paths["/api/v1/models/{name}/deployments"]["post"]
-    assert {"201", "401", "403", "409", "422"} <= set(start["responses"])
+    assert {"201", "401", "403", "409", "415", "422"} <= set(start["responses"])
+    for path in ("/v2/repository/models/{name}/load", "/v2/repository/models/{name}/unload",
+                 "/v1/models/{name}/feedback", "/api/v1/models/{name}/drift"):
+        assert {"401", "403", "415"} <= set(paths[path]["post"]["responses"]), path
+        assert paths[path]["post"]["security"] == [{"bearer": []}], path
 
 
 def test_openapi_documents_every_route_the_app_answers() -> None:

@@ -23,6 +23,7 @@ from modelyard.serving.fixtures import (
     register_constant,
     register_hgb,
     register_mlp,
+    register_probe,
     register_text,
 )
 
@@ -49,6 +50,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         register_constant(reg, "slow", 0, meta={
             "serving": {"batching": {"max_batch_size": 1, "max_queue": 2}}})
         register_constant(reg, "draft", 5, promote=False)
+        register_probe(reg, "moved")
+        register_probe(reg, "moved", fail_load=True, promote=False)
         yield reg
 
 
@@ -226,7 +229,7 @@ async def test_v2_health_server_and_model_metadata(client: httpx.AsyncClient) ->
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 8]}]
     assert (await client.get("/v2/models/mlp/versions/1")).status_code == 200
     assert (await client.get("/v2/models/mlp/ready")).status_code == 200
-    assert (await client.get("/v2/models/const/versions/2/ready")).status_code == 503
+    assert (await client.get("/v2/models/const/versions/2/ready")).status_code == 400
     r = await client.get("/v2/models/nope")
     assert r.status_code == 404 and "error" in r.json()
 
@@ -260,8 +263,8 @@ async def test_v2_infer_binary_round_trip(client: httpx.AsyncClient) -> None:
     assert r.status_code == 200, r.text
     length = int(r.headers["inference-header-content-length"])
     doc = orjson.loads(r.content[:length])
-    assert doc["outputs"][0]["datatype"] == "FP64"
-    scores = np.frombuffer(r.content[length:], dtype=np.float64).reshape(2, 3)
+    assert doc["outputs"][0]["datatype"] == "FP32"  # a torch model's float32, as it answered
+    scores = np.frombuffer(r.content[length:], dtype=np.float32).reshape(2, 3)
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, rtol=1e-5)
 
 
@@ -283,7 +286,7 @@ async def test_v2_repository_index_load_unload(client: httpx.AsyncClient) -> Non
     states = {(r["name"], r["version"]): r["state"] for r in rows}
     assert states[("mlp", "1")] == "READY" and states[("const", "2")] == "UNAVAILABLE"
     assert (await client.post("/v2/repository/models/mlp/unload")).status_code == 200
-    assert (await client.get("/v2/models/mlp/ready")).status_code == 503
+    assert (await client.get("/v2/models/mlp/ready")).status_code == 400
     assert (await client.post("/v2/repository/models/mlp/load")).status_code == 200
     assert (await client.get("/v2/models/mlp/ready")).status_code == 200
     ready = (await client.post("/v2/repository/index", json={"ready": True})).json()
@@ -389,6 +392,40 @@ async def test_alias_move_swaps_versions_without_failing_requests(registry: Regi
         await app.shutdown()
 
 
+async def test_an_alias_moved_to_a_version_that_cannot_load_is_reported_not_served(
+        registry: Registry) -> None:
+    """The server kept the old version, but /readyz and /v1/models did not say so, or why."""
+    app = await started(registry)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://m") as c:
+            registry.set_alias("moved", "production", 2)  # moved by design, past any check
+            await app.watcher.poll()
+            await asyncio.gather(*list(app.watcher.spawned))
+            r = await c.post("/v1/models/moved/predict", json={"instances": [[1.0, 0, 0]]})
+            assert r.status_code == 200 and r.headers["x-model-version"] == "1"
+            ready = await c.get("/readyz")
+            assert ready.status_code == 200  # it answers, with the old version
+            [stale] = ready.json()["not_served"]
+            assert (stale["model"], stale["alias"], stale["version"], stale["serving"]) == (
+                "moved", "production", 2, 1)
+            assert "broken on purpose" in stale["reason"]
+            models = {m["name"]: m for m in (await c.get("/v1/models")).json()["models"]}
+            assert models["moved"]["aliases"]["production"] == 2
+            assert models["moved"]["served_version"] == 1
+            assert models["moved"]["not_served"]["version"] == 2
+            assert "broken on purpose" in models["moved"]["not_served"]["reason"]
+            assert models["const"]["not_served"] is None
+            # the alias moves back: nothing is stale any more
+            registry.set_alias("moved", "production", 1, reason="back")
+            await app.watcher.poll()
+            await asyncio.gather(*list(app.watcher.spawned))
+            assert (await c.get("/readyz")).json() == {"status": "ready"}
+    finally:
+        registry.set_alias("moved", "production", 1)
+        await app.shutdown()
+
+
 def test_module_paths_exist() -> None:
     assert Path(__file__).name.startswith("test_serving_")
 
@@ -401,3 +438,201 @@ async def test_replicas_it_does_not_run_yet_are_named_in_the_log(
             app = await started(reg)
             await app.shutdown()
     assert "copies:1: serving.replicas=2 is not used yet" in caplog.text
+
+
+# -- the boundary: no 500 for a client's mistake, every 500 logged once -------------------------
+@pytest.mark.parametrize("version", ["\u00b2", "\u0661", "\uff11", "0", "9" * 5000,
+                                     str(2**63), "1.0"])
+async def test_a_version_is_ascii_digits_in_range_else_404(client: httpx.AsyncClient,
+                                                           version: str) -> None:
+    r = await client.post(f"/v1/models/tabular/versions/{version}/predict",
+                          json={"records": [RECORD]})
+    assert r.status_code == 404, r.text
+    assert (await client.get(f"/v2/models/tabular/versions/{version}")).status_code == 404
+    assert (await client.get(f"/v2/models/tabular/versions/{version}/ready")).status_code == 404
+    infer = {"inputs": [{"name": "input__0", "shape": [1, N_FEATURES], "datatype": "FP64",
+                         "data": [0.0] * N_FEATURES}]}
+    r = await client.post(f"/v2/models/tabular/versions/{version}/infer", json=infer)
+    assert r.status_code == 404
+
+
+@pytest.mark.parametrize("value", ["NaN", None, True, 1e39])
+async def test_non_numbers_and_overflow_are_422_on_both_protocols(
+        client: httpx.AsyncClient, value: object) -> None:
+    r = await client.post("/v1/models/tabular/predict", json={"records": [{**RECORD,
+                                                                            "f1": value}]})
+    if value == 1e39:  # a float64 column holds 1e39: only float32 overflows
+        assert r.status_code == 200, r.text
+    else:
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["f1", 0], r.text
+    r = await client.post("/v1/models/mlp/predict", json={"instances": [[0.5] * 7 + [value]]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["input", 7], r.text
+    r = await client.post("/v2/models/mlp/infer", json={"inputs": [
+        {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 7 + [value]}]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["inputs", 0, "data", 7]
+
+
+async def test_oip_bodies_of_the_wrong_shape_are_4xx_not_500(client: httpx.AsyncClient) -> None:
+    x = {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}
+    for body in ({"inputs": [x], "parameters": [1]}, {"inputs": [{**x, "parameters": "p"}]},
+                 {"inputs": [x], "outputs": [{"name": "scores", "parameters": 1}]},
+                 {"inputs": [x, x]},
+                 {"inputs": [{**x, "datatype": "INT64", "data": [2**63] * 8}]}):
+        r = await client.post("/v2/models/mlp/infer", json=body)
+        assert r.status_code == 422, (body, r.text)
+    r = await client.post("/v2/models/mlp/infer", json={"id": "line\nbreak", "inputs": [x]})
+    assert r.status_code == 200 and "\n" not in r.headers["x-request-id"]  # no header injection
+    assert r.json()["id"] == "line\nbreak"
+    assert (await client.post("/v2/repository/index", json={"ready": "yes"})).status_code == 422
+    assert (await client.post("/v2/repository/index", json=[1])).status_code == 422
+    r = await client.post("/v2/repository/models/const/load", json={"parameters": [1]})
+    assert r.status_code == 422
+    r = await client.post("/v2/repository/models/const/load",
+                          json={"parameters": {"version": "\u0662"}})
+    assert r.status_code == 404
+
+
+async def test_requested_outputs_are_exactly_those_or_422_naming_the_known_ones(
+        client: httpx.AsyncClient) -> None:
+    x = {"name": "input", "shape": [2, 8], "datatype": "FP32", "data": [0.5] * 16}
+    r = await client.post("/v2/models/mlp/infer", json={"inputs": [x],
+                                                         "outputs": [{"name": "scores"}]})
+    assert r.status_code == 200 and [o["name"] for o in r.json()["outputs"]] == ["scores"]
+    r = await client.post("/v2/models/mlp/infer", json={"inputs": [x],
+                                                         "outputs": [{"name": "logits"}]})
+    assert r.status_code == 422
+    assert "logits" in r.json()["error"] and "predictions, scores" in r.json()["error"]
+    col = [{"name": f"f{i}", "shape": [1], "datatype": "FP64", "data": [0.0]} for i in range(3)]
+    r = await client.post("/v2/models/const/infer", json={"inputs": col,
+                                                           "outputs": [{"name": "predictions"}]})
+    assert r.status_code == 200 and [o["name"] for o in r.json()["outputs"]] == ["predictions"]
+
+
+async def test_oip_metadata_states_real_output_shapes_and_datatypes(tmp_path: Path) -> None:
+    from modelyard.serving.fixtures import mlp, register_model
+
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    with Registry.open(Settings.from_env(home=tmp_path / "home", actor="tester")) as reg:
+        register_model(reg, "logits", mlp((4, 8, 10)), "torch", x, sample=x[:8])
+        register_model(reg, "old", mlp((4, 8, 10)), "torch", x, sample=x[:8],
+                       record_outputs=False)  # saved before outputs were recorded
+        register_mlp(reg, "classifier", sizes=(8, 16, 3))
+        register_hgb(reg, "tabular", max_iter=5, n_features=3)
+        app = await started(reg, preload=False)
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://m") as c:
+                meta = (await c.get("/v2/models/logits")).json()  # recorded: not loaded yet
+                assert meta["outputs"] == [{"name": "predictions", "datatype": "FP32",
+                                            "shape": [-1, 10]}]
+                assert (await c.post("/v2/repository/models/old/load")).status_code == 200
+                assert (await c.get("/v2/models/old")).json()["outputs"] == meta["outputs"]
+                scores = (await c.get("/v2/models/classifier")).json()["outputs"][1]
+                assert scores == {"name": "scores", "datatype": "FP32", "shape": [-1, 3]}
+                scores = (await c.get("/v2/models/tabular")).json()["outputs"][1]
+                assert scores == {"name": "scores", "datatype": "FP64", "shape": [-1, 2]}
+                r = await c.post("/v2/models/logits/infer", json={"inputs": [
+                    {"name": "input", "shape": [2, 4], "datatype": "FP32", "data": [0.1] * 8}]})
+                out = r.json()["outputs"][0]
+                assert out["datatype"] == "FP32" and out["shape"] == [2, 10]
+        finally:
+            await app.shutdown()
+
+
+async def _one_failure_line(caplog: pytest.LogCaptureFixture, r: httpx.Response) -> None:
+    assert r.status_code == 500, r.text
+    request_id = r.headers["x-request-id"]
+    lines = [rec for rec in caplog.records if request_id in rec.getMessage()]
+    assert len(lines) == 1, [rec.getMessage() for rec in caplog.records]
+    assert "answered 500" in lines[0].getMessage()
+
+
+async def test_every_5xx_writes_one_log_line_with_the_request_id(
+        client: httpx.AsyncClient, app: App, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = await app.catalog.runner("mlp")
+
+    def broken(batch: Any, *, scores: bool = False) -> Any:
+        raise RuntimeError("the model exploded")
+
+    monkeypatch.setattr(runner.predictor, "predict_batch", broken)
+
+    def no_database(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the database is gone")
+
+    monkeypatch.setattr(app.catalog.registry, "list_models", no_database)
+    monkeypatch.setattr(app.catalog.registry, "list_versions", no_database)
+    from modelyard.monitoring.monitor import Monitor
+
+    monkeypatch.setattr(Monitor, "events", no_database)
+    x = {"name": "input", "shape": [1, 8], "datatype": "FP32", "data": [0.5] * 8}
+    with caplog.at_level(logging.WARNING):
+        r = await client.post("/v1/models/mlp/predict", json={"instances": [[0.5] * 8]},
+                              headers={"x-request-id": "client-chosen-id"})
+        assert r.headers["x-request-id"] == "client-chosen-id"
+        await _one_failure_line(caplog, r)
+        await _one_failure_line(caplog, await client.post("/v2/models/mlp/infer",
+                                                          json={"inputs": [x]}))
+        await _one_failure_line(caplog, await client.get("/api/v1/models"))
+        await _one_failure_line(caplog, await client.get("/api/v1/models/mlp/versions"))
+        await _one_failure_line(caplog, await client.get("/api/v1/models/mlp/events"))
+
+
+async def test_grpc_validates_like_rest_and_logs_each_5xx_once(
+        registry: Registry, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app = await started(registry, grpc_address=f"127.0.0.1:{port}")
+
+    def tensor(name: str, datatype: str, shape: list[int], field: str,
+               values: list[Any]) -> Any:
+        t = pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
+        getattr(t.contents, field).extend(values)
+        return t
+
+    good = tensor("input", "FP32", [1, 8], "fp32_contents", [0.5] * 8)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            for inputs, version, code in [
+                ([good, good], "", grpc.StatusCode.INVALID_ARGUMENT),  # twice the same name
+                ([tensor("input", "INT8", [1, 8], "int_contents", [1000] * 8)], "",
+                 grpc.StatusCode.INVALID_ARGUMENT),  # int32 contents beyond int8
+                ([tensor("input", "FP32", [-1, -8], "fp32_contents", [0.5] * 8)], "",
+                 grpc.StatusCode.INVALID_ARGUMENT),  # negative sizes
+                ([good], "\u00b2", grpc.StatusCode.NOT_FOUND),
+            ]:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.ModelInfer(pb.ModelInferRequest(
+                        model_name="mlp", model_version=version, inputs=inputs))
+                assert caught.value.code() == code, caught.value.details()
+            wanted = pb.ModelInferRequest.InferRequestedOutputTensor
+            for outputs in ([wanted(name="scores"), wanted(name="scores")], [wanted(name="x")]):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.ModelInfer(pb.ModelInferRequest(model_name="mlp", inputs=[good],
+                                                               outputs=outputs))
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+            runner = await app.catalog.runner("mlp")
+
+            def broken(batch: Any, *, scores: bool = False) -> Any:
+                raise RuntimeError("the model exploded")
+
+            monkeypatch.setattr(runner.predictor, "predict_batch", broken)
+            with caplog.at_level(logging.WARNING), pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.ModelInfer(pb.ModelInferRequest(model_name="mlp", id="grpc-call-7",
+                                                           inputs=[good]))
+            assert caught.value.code() == grpc.StatusCode.INTERNAL
+            assert ("x-request-id", "grpc-call-7") in tuple(caught.value.trailing_metadata())
+            lines = [r for r in caplog.records if "grpc-call-7" in r.getMessage()]
+            assert len(lines) == 1 and "gRPC ModelInfer answered 500" in lines[0].getMessage()
+    finally:
+        await app.shutdown()

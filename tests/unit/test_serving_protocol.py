@@ -83,6 +83,8 @@ def test_the_fast_path_builds_exactly_what_prepare_builds(payload: object) -> No
 @pytest.mark.parametrize("payload", [
     [{"f0": 1, "f1": 2}], [{"f0": 1, "f1": 2, "f2": "x"}], [{"f0": 1, "f1": 2, "f9": 3}],
     [[1, 2]], {"f0": [1], "f1": [2, 3], "f2": [4]}, [{"f0": [1], "f1": 2, "f2": 3}],
+    [{"f0": None, "f1": 2, "f2": 3}], [[True, 2, 3]], {"f0": ["NaN"], "f1": [2], "f2": [3]},
+    {"f0": 1, "f1": False, "f2": 3}, [[10**400, 1, 2]],
 ])
 def test_the_fast_path_reports_the_same_errors_as_prepare(payload: object) -> None:
     with pytest.raises(InputError) as ours:
@@ -157,6 +159,85 @@ def test_v2_bad_inputs_are_422_naming_the_input(spec: dict[str, object]) -> None
     assert info.value.status_code == 422 and info.value.errors[0]["loc"][0] == "inputs"
 
 
+def _v2_error(doc: object) -> dict[str, object]:
+    """The one detail entry of the 422 that decoding ``doc`` gives."""
+    with pytest.raises(InputError) as info:
+        protocol_v2.decode_infer(orjson.dumps(doc))
+    assert info.value.status_code == 422
+    return info.value.errors[0]
+
+
+X1 = {"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}
+
+
+@pytest.mark.parametrize(("doc", "loc"), [
+    ({"inputs": [X1], "parameters": [1]}, ["parameters"]),
+    ({"inputs": [X1], "parameters": "binary"}, ["parameters"]),
+    ({"inputs": [{**X1, "parameters": "x"}]}, ["inputs", 0, "parameters"]),
+    ({"inputs": [{**X1, "parameters": 3}]}, ["inputs", 0, "parameters"]),
+    ({"inputs": [X1], "outputs": [{"name": "predictions", "parameters": 5}]},
+     ["outputs", 0, "parameters"]),
+    ({"inputs": [X1], "outputs": {"name": "predictions"}}, ["outputs"]),
+    ({"inputs": [X1], "outputs": 7}, ["outputs"]),
+    ({"inputs": [X1], "parameters": {"binary_data_output": "yes"}},
+     ["parameters", "binary_data_output"]),
+    ({"inputs": [X1], "outputs": [{"name": "p", "parameters": {"binary_data": 1}}]},
+     ["outputs", 0, "parameters", "binary_data"]),
+    ({"inputs": [X1], "id": 5}, ["id"]),
+])
+def test_v2_parameters_outputs_and_id_of_the_wrong_type_are_422_naming_the_field(
+        doc: dict[str, object], loc: list[object]) -> None:
+    assert _v2_error(doc)["loc"] == loc
+
+
+def test_v2_duplicate_input_and_output_names_are_an_error() -> None:
+    assert _v2_error({"inputs": [X1, X1]})["loc"] == ["inputs", 1, "name"]
+    twice = [{"name": "predictions"}, {"name": "predictions"}]
+    assert _v2_error({"inputs": [X1], "outputs": twice})["loc"] == ["outputs", 1, "name"]
+
+
+@pytest.mark.parametrize(("datatype", "data", "msg"), [
+    ("INT64", [2**63], "9223372036854775808 is out of range for int64"),
+    ("INT64", [1e30], "1e+30 is out of range for int64"),
+    ("INT32", [2.5], "2.5 is not a whole number (int32)"),
+    ("INT8", [1000], "1000 is out of range for int8"),
+    ("UINT8", [-1], "-1 is out of range for uint8"),
+    ("FP32", [1e300], "1e+300 is out of range for float32"),
+    ("FP16", [1e6], "1000000.0 is out of range for float16"),
+    ("FP32", ["NaN"], "expected float32, got the string 'NaN'"),
+    ("FP64", [None], "expected float64, got null (not a number)"),
+    ("FP64", [True], "expected float64, got the boolean true (not a number)"),
+    ("INT64", [{"a": 1}], "expected int64, got an object (not a number)"),
+])
+def test_v2_tensor_data_must_be_numbers_the_datatype_holds(datatype: str, data: list[object],
+                                                           msg: str) -> None:
+    error = _v2_error({"inputs": [{"name": "x", "shape": [1], "datatype": datatype,
+                                   "data": data}]})
+    assert error == {"loc": ["inputs", 0, "data", 0], "msg": msg}
+
+
+@pytest.mark.parametrize("spec", [
+    {"name": "x", "shape": [True], "datatype": "FP32", "data": [1]},
+    {"name": "x", "shape": [1], "datatype": ["FP32"], "data": [1]},
+    {"name": "x", "shape": [1], "datatype": "BOOL", "data": [1]},
+    {"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4.0}},
+    {"name": "x", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": -4}},
+    {"name": "x", "shape": [2**62, 2**62], "datatype": "FP32", "data": [1]},
+])
+def test_v2_malformed_shapes_datatypes_and_sizes_are_422(spec: dict[str, object]) -> None:
+    assert _v2_error({"inputs": [spec]})["loc"][:2] == ["inputs", 0]
+
+
+def test_v2_numbers_within_range_decode_exactly() -> None:
+    req = protocol_v2.decode_infer(orjson.dumps({"inputs": [
+        {"name": "i", "shape": [2], "datatype": "INT64", "data": [2**63 - 1, -(2**63)]},
+        {"name": "b", "shape": [2], "datatype": "BOOL", "data": [True, False]},
+        {"name": "h", "shape": [1, 2], "datatype": "FP16", "data": [[65504.0, 2]]},
+    ]}))
+    assert req.inputs["i"].tolist() == [2**63 - 1, -(2**63)]
+    assert req.inputs["b"].dtype == np.bool_ and req.inputs["h"].dtype == np.float16
+
+
 def test_v2_binary_sizes_must_add_up() -> None:
     header = orjson.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32",
                                        "parameters": {"binary_data_size": 4}}]})
@@ -177,6 +258,25 @@ def test_v2_tensors_map_onto_signatures() -> None:
         protocol_v2.to_payload(IMAGE, {"other": np.ones((1, 2, 2))})
     text = protocol_v2.to_payload(TEXT, {"text": np.array(["a"], dtype=object)})
     assert TEXT.prepare(text)[1] == 1
+
+
+def test_v2_metadata_states_the_outputs_the_version_answers() -> None:
+    logits = (FieldSpec("predictions", "float32", (10,)),)
+    meta = protocol_v2.model_metadata("mlp", [1], IMAGE, "torch", logits)
+    assert meta["outputs"] == [{"name": "predictions", "datatype": "FP32", "shape": [-1, 10]}]
+    classifier = (FieldSpec("predictions", "int64"), FieldSpec("scores", "float32", (3,)))
+    meta = protocol_v2.model_metadata("c", [1], IMAGE, "torch", classifier)
+    assert meta["outputs"][1] == {"name": "scores", "datatype": "FP32", "shape": [-1, 3]}
+    assert protocol_v2.output_types(IMAGE, classifier) == {"predictions": "INT64",
+                                                           "scores": "FP32"}
+
+
+def test_prediction_fields_are_what_the_model_answered() -> None:
+    scores = np.zeros((4, 3), dtype=np.float32)
+    fields = Prediction(np.array(["a", "b", "a", "c"], dtype=object), scores).fields()
+    assert fields == (FieldSpec("predictions", "string"), FieldSpec("scores", "float32", (3,)))
+    assert Prediction(np.zeros((4, 10), dtype=np.float32)).fields() == (
+        FieldSpec("predictions", "float32", (10,)),)
 
 
 def test_v2_metadata_uses_oip_datatypes() -> None:

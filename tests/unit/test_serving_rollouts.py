@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelyard.errors import ConflictError, InputError
+from modelyard.errors import AdapterError, ConflictError, InputError, StorageError
 from modelyard.predictor import Prediction
 from modelyard.rollout.deployments import DeploymentWindow
 from modelyard.rollout.stats import WindowStats
@@ -395,3 +395,80 @@ async def test_shadow_answers_are_logged_as_their_own_variant_under_the_request_
     ((policy, request_id, variant, _latency, _batch, rows, answer),) = logged
     assert (request_id, variant, rows) == ("req-9", "shadow", 1)
     assert answer.predictions.tolist() == [3] and policy is candidate.log_policy
+
+
+class FakeCache:
+    """Versions that load (``runners``) and versions whose load raises (``broken``)."""
+
+    def __init__(self, runners: dict[int, Any], broken: dict[int, Exception]) -> None:
+        self.runners, self.broken, self.evicted = runners, broken, []
+
+    async def get(self, key: tuple[str, int]) -> Any:
+        if key[1] in self.broken:
+            raise self.broken[key[1]]
+        return self.runners[key[1]]
+
+    def evict(self, key: tuple[str, int]) -> None:
+        self.evicted.append(key)
+
+
+def applying(cache: FakeCache) -> tuple[Rollouts, FakeDeployments]:
+    r = rollouts()
+    r.actor = "server:a"
+    r.catalog.io_pool = None
+    r.catalog.models, r.catalog.routes = {}, {"m": 1}
+    r.catalog.cache = cache
+    store = FakeDeployments()
+    r.deployments = store  # type: ignore[assignment]
+    return r, store
+
+
+@pytest.mark.parametrize("strategy", ["canary", "blue-green"])
+async def test_a_candidate_that_cannot_load_ends_the_rollout_with_the_reason(
+        strategy: str) -> None:
+    """It used to be retried every 10 s for ever, the rollout 'progressing' at its step."""
+    r, store = applying(FakeCache({1: FakeRunner(1)}, {2: AdapterError("m:2: corrupt weights")}))
+    state = "pending" if strategy == "blue-green" else "progressing"
+    await r.apply(Dep(strategy=strategy, state=state,
+                      steps=(100,) if strategy == "blue-green" else (50, 100)))
+    assert store.calls == [("rollback", 1, "server:a")]
+    [decision] = store.decisions
+    assert decision.automatic and decision.details["error"] == "AdapterError"
+    assert decision.reason == ("candidate m:2 cannot be loaded on server:a: "
+                               "m:2: corrupt weights")
+    assert "m" not in r.active  # traffic never left the alias route
+    # production itself failing to load here is retried, not blamed on the candidate
+    r, store = applying(FakeCache({2: FakeRunner(2)}, {1: StorageError("store unreachable")}))
+    await r.apply(Dep())
+    assert store.calls == [] and "m" not in r.active and (7, 1) in r._failed
+
+
+async def test_a_candidate_that_stops_serving_is_loaded_again_or_rolled_back() -> None:
+    fresh = FakeRunner(2)
+    r, store = applying(FakeCache({1: FakeRunner(1), 2: fresh}, {}))
+    await r.apply(Dep())
+    held = r.active["m"]
+    assert held.snapshot()["candidate_serving"] is True
+    held.candidate.closed = True  # evicted, or its device worker gave up
+    assert held.snapshot()["candidate_serving"] is False
+    r.check_runners()
+    await asyncio.gather(*r.spawned)
+    assert held.candidate is fresh and store.calls == []
+
+    fresh.closed = True
+    r.catalog.cache.broken[2] = AdapterError("the device worker exited with code 1")
+    r.check_runners()
+    await asyncio.gather(*r.spawned)
+    assert store.calls == [("rollback", 1, "server:a")]
+    assert "stopped serving and cannot be loaded again" in store.decisions[0].reason
+    assert "m" not in r.active
+
+
+async def test_the_leader_publishes_its_last_analysis_for_status() -> None:
+    r, held = analysing(FakeDeployments(), "server:a")
+    held.stats = {"stable": window(2), "candidate": window(2)}  # 5 needed: hold
+    held.next_analysis = 0.0
+    await r.analyze_due()
+    await r.publish()
+    published = r.deployments.published["server:a"][1]
+    assert published["analysis"] == "hold: candidate has 2 of the 5 requests analysis needs"

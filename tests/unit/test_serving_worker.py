@@ -356,7 +356,7 @@ async def check_death_and_recovery(app: App) -> ProcessRunner:
         assert "SIGKILL" in r.json()["message"]
         ready = await c.get("/readyz")
         assert ready.status_code == 503 and ready.json()["down"] == ["probe:1"]
-        assert (await c.get("/v2/models/probe/ready")).status_code == 503
+        assert (await c.get("/v2/models/probe/ready")).status_code == 400
         r = await c.post("/v1/models/probe/predict", json={"instances": X.tolist()})
         assert r.status_code == 503 and "restarting" in r.json()["message"]
 

@@ -140,3 +140,41 @@ def test_a_project_that_is_not_utf8_is_a_config_error(tmp_path, raw):
     path.write_bytes(raw)
     with pytest.raises(ConfigError, match=r"not UTF-8 text .*line \d+.*save it as UTF-8"):
         load_project(path)
+
+
+def test_the_prediction_log_is_kept_30_days_unless_the_spec_says_otherwise():
+    base = {"name": "m", "train": "t.py:train", "data": {"path": "d.csv", "target": "y"}}
+    assert Spec.parse(base).monitoring.retention_days == 30
+    assert Spec.parse({**base, "monitoring": {"retention_days": 0.5}}).monitoring.retention_days \
+        == 0.5
+    assert Spec.parse({**base, "monitoring": {"retention_days": None}}).monitoring \
+        .retention_days is None  # kept forever
+    with pytest.raises(ConfigError, match="retention_days"):
+        Spec.parse({**base, "monitoring": {"retention_days": 0}})
+ROLLOUT_BASE = "models:\n  m:\n    train: t.py:f\n    data: {path: a.csv, target: y}\n" \
+               "    metrics: [f1]\n"
+
+
+@pytest.mark.parametrize(
+    ("rollout", "fragment"),
+    [
+        ("{strategy: canary, metric: auc}", "rollout.metric auc is not listed"),
+        ("{strategy: ab, steps: [10, 50]}", "one percentage"),
+        ("{strategy: ab, steps: [100]}", "both groups"),
+        ("{strategy: blue-green, steps: [50, 100]}", "switches all traffic at once"),
+        ("{max_p99_ratio: 0.5}", "max_p99_ratio"),
+        ("{max_latency_ratio: 0.9}", "max_latency_ratio"),
+    ],
+)
+def test_a_rollout_section_that_cannot_start_fails_when_loaded(tmp_path, rollout, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_project(write(tmp_path, f"{ROLLOUT_BASE}    rollout: {rollout}\n"))
+
+
+def test_a_declared_rollout_stages_the_new_version():
+    fields = {"name": "m", "train": "t.py:f", "data": {"path": "a.csv", "target": "y"},
+              "metrics": ["f1"]}
+    assert not Spec.parse(fields).rollout.staged  # direct by default: production moves
+    staged = Spec.parse({**fields, "rollout": {"strategy": "shadow", "steps": [20],
+                                               "metric": "f1"}}).rollout
+    assert staged.staged and staged.metric == "f1" and staged.steps == [20]

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from modelyard.monitoring.drift import compare
-from modelyard.monitoring.summary import current_from_log, hash_value, summarize
+from modelyard.monitoring.summary import current_from_log, hash_value, summarize, summarize_many
 from modelyard.pipeline.profile import embed_text, profile, project
 from modelyard.schema import Signature
 
@@ -173,3 +173,38 @@ def test_logged_texts_and_tensors_rebuild_the_current_data():
         report = compare(reference, current_from_log(summaries, reference))
         assert report.rows == 300 and report.embedding.drifted is drifted
         assert report.features["row_mean"].drifted is drifted
+
+
+def test_a_tensor_models_vector_input_is_logged_as_rows_of_its_profiled_columns():
+    # A PyTorch MLP over 256 floats: one tensor input in the signature, 256 columns in the
+    # profile. The log used to summarise it as a table of one column and fail on every request.
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(500, 256)).astype(np.float32)
+    X[1, 3] = np.nan
+    signature = Signature.infer(X, layout="tensor")
+    reference = profile(X)
+    assert signature.layout == "tensor" and reference["kind"] == "table"
+    batches = [signature.prepare(X[i:i + 1].tolist())[0] for i in range(3)]
+    stacked = list(summarize_many(batches, signature, reference))
+    alone = [summarize(b, signature, reference) for b in batches]
+    assert stacked == alone
+    (row,) = stacked[2]["vectors"]
+    assert len(row) == 256 and row[7] == float(str(X[2, 7]))  # float32 in its shortest form
+    assert stacked[1]["vectors"][0][3] is None  # missing, as in tables
+    _json(stacked[0])
+
+    # the drift check rebuilds the profile's columns from the logged rows
+    current = current_from_log(alone, reference)
+    assert list(current.columns) == [f"f{i}" for i in range(256)] and len(current) == 3
+    assert current["f7"].tolist()[2] == pytest.approx(X[2, 7])
+    shifted = [summarize(signature.prepare(row[None] + 1.0)[0], signature, reference)
+               for row in rng.normal(size=(300, 256)).astype(np.float32)]
+    assert compare(reference, current_from_log(shifted, reference)).drifted
+    same = [summarize(signature.prepare(row[None])[0], signature, reference)
+            for row in rng.normal(size=(300, 256)).astype(np.float32)]
+    assert not compare(reference, current_from_log(same, reference)).drifted
+
+    hidden = summarize(batches[0], signature, reference, sensitive={"input": "drop"})
+    assert hidden == {"dropped": ["vectors"]}
+    with pytest.raises(ValueError, match="do not match the 256 columns"):
+        summarize(np.zeros((1, 8), np.float32), signature, reference)

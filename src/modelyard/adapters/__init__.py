@@ -8,10 +8,12 @@ one (third parties can register their own); ``get_adapter`` returns the instance
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from modelyard.errors import ConfigError, FrameworkMissingError
-from modelyard.types import Adapter
+from modelyard.types import Adapter, ArtifactVerifier
 
 #: flavor -> "module:Class", imported on first use so frameworks stay optional.
 _BUILTIN: dict[str, str] = {
@@ -67,6 +69,19 @@ def adapter_for(model: Any) -> Adapter:
     )
 
 
+def artifact_verifier(flavor: str) -> Callable[[Path, dict[str, Any]], None] | None:
+    """``flavor``'s check of an artifact before it is stored (``verify``), or ``None``.
+
+    ``None`` for a flavor whose adapter has no check (its format runs no code) and for one no
+    adapter is registered for here: loading it needs that adapter, whose ``load`` checks it.
+    """
+    try:
+        adapter = get_adapter(flavor)
+    except ConfigError:
+        return None
+    return adapter.verify if isinstance(adapter, ArtifactVerifier) else None
+
+
 def require(module: str, extra: str) -> Any:
     """Import a framework module or raise :class:`FrameworkMissingError` with the pip command."""
     try:
@@ -84,4 +99,12 @@ def is_loaded(module: str) -> bool:
     return module in sys.modules
 
 
-__all__ = ["adapter_for", "flavors", "get_adapter", "is_loaded", "register_adapter", "require"]
+__all__ = [
+    "adapter_for",
+    "artifact_verifier",
+    "flavors",
+    "get_adapter",
+    "is_loaded",
+    "register_adapter",
+    "require",
+]

@@ -6,12 +6,13 @@ import ctypes
 import importlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
-from modelyard.errors import AdapterError, ConfigError, DeviceError
+from modelyard.errors import AdapterError, ConfigError, DeviceError, UnsafeArtifactError
 
 _RESOLVED = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
@@ -36,6 +37,43 @@ def parse_device(device: str, *, flavor: str, accelerated: bool) -> int | None:
             "set device: cpu or auto"
         )
     return int(match.group(2) or 0)
+
+
+def artifact_file(path: Path, meta: dict[str, Any], default: str, flavor: str) -> Path:
+    """The model file ``meta["file"]`` names (``default`` when unset), inside the folder ``path``.
+
+    The name comes from the version's metadata, so it is checked: an absolute path or one that
+    climbs out (``..``) would load a file nobody verified, and raises
+    :class:`UnsafeArtifactError`.
+    """
+    name = str(meta.get("file", default))
+    parts = PurePosixPath(name).parts
+    if (not parts or PurePosixPath(name).is_absolute() or ".." in parts or "\\" in name
+            or not name.isprintable()):
+        raise UnsafeArtifactError(
+            f"{flavor}: the version's metadata names the model file {name!r}, which is not inside "
+            "its artifact; register the model again with the file its adapter writes"
+        )
+    return Path(path) / name
+
+
+def trusted_names(meta: dict[str, Any]) -> frozenset[str]:
+    """The names a version's ``trusted_types`` lists (what its spec trusts deliberately)."""
+    listed = meta.get("trusted_types")
+    if not isinstance(listed, list | tuple):
+        return frozenset()
+    return frozenset(name for name in listed if isinstance(name, str))
+
+
+def listed(names: Iterable[str], limit: int = 12) -> str:
+    """Names from an artifact, for a one-line message: escaped, shortened, at most ``limit``.
+
+    The names come from the file being refused, so they may hold newlines or run for pages.
+    """
+    names = list(names)
+    shown = [n if n.isprintable() and len(n) <= 160 else repr(n[:160]) for n in names[:limit]]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(shown) + more
 
 
 def check_gpu(index: int, available: int, flavor: str) -> None:
@@ -138,12 +176,15 @@ def import_ref(ref: str, flavor: str) -> Any:
 
 
 __all__ = [
+    "artifact_file",
     "check_gpu",
     "class_ref",
     "classify",
     "cuda_device_count",
     "import_ref",
+    "listed",
     "parse_device",
     "plain",
     "probabilities",
+    "trusted_names",
 ]

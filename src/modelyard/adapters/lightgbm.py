@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelyard.adapters import is_loaded, require
-from modelyard.adapters.base import classify, parse_device, plain
+from modelyard.adapters.base import artifact_file, classify, parse_device, plain
 from modelyard.errors import AdapterError
 from modelyard.schema import Signature
 
@@ -88,7 +88,7 @@ class LightGBMAdapter:
         """A :class:`BoosterClassifier` for a classifier, else a ``lightgbm.Booster``."""
         parse_device(device, flavor=self.flavor, accelerated=self.accelerated)
         lgb = require("lightgbm", self.extra)
-        target = Path(path) / str(meta.get("file", _FILE))
+        target = artifact_file(path, meta, _FILE, self.flavor)
         try:
             booster = lgb.Booster(model_file=str(target))
         except Exception as exc:

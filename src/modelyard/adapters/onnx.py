@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelyard.adapters import is_loaded, require
-from modelyard.adapters.base import check_gpu, cuda_device_count, parse_device
+from modelyard.adapters.base import artifact_file, check_gpu, cuda_device_count, parse_device
 from modelyard.errors import AdapterError, DeviceError
 from modelyard.schema import Signature
 
@@ -102,7 +102,7 @@ class OnnxAdapter:
                 )
             check_gpu(index, cuda_device_count(), self.flavor)
             providers.insert(0, (_CUDA, {"device_id": index}))
-        target = Path(path) / str(meta.get("file", _FILE))
+        target = artifact_file(path, meta, _FILE, self.flavor)
         try:
             data = target.read_bytes()
             session = ort.InferenceSession(data, providers=providers)

@@ -2,94 +2,101 @@
 
 from __future__ import annotations
 
-import importlib.abc
+import io
 import sys
-import threading
-from collections.abc import Iterable
+import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from modelyard.adapters import is_loaded, require
-from modelyard.adapters.base import parse_device, plain
+from modelyard.adapters.base import artifact_file, listed, parse_device, plain, trusted_names
+from modelyard.adapters.pickles import pickle_imports
+from modelyard.adapters.sklearn_types import (
+    check_index_arrays,
+    untrusted,
+    without_array_libraries,
+)
 from modelyard.errors import AdapterError, UnsafeArtifactError
 from modelyard.schema import Signature
 
 _FILE = "model.skops"
 
-#: types from these top-level modules are trusted on load; skops already refuses anything that
-#: would run code while loading, these are the libraries a scikit-learn model is built from.
-_TRUSTED_ROOTS = frozenset(
-    {"sklearn", "numpy", "scipy", "xgboost", "lightgbm", "builtins", "collections"}
-)
-#: builtins that would let a FunctionTransformer run arbitrary code on its input.
-_DANGEROUS = frozenset(
-    f"builtins.{name}"
-    for name in (
-        "eval", "exec", "compile", "open", "__import__", "getattr", "setattr", "delattr",
-        "globals", "locals", "vars", "input", "breakpoint", "exit", "quit", "help",
-    )
-)
-
-
-#: array libraries scikit-learn's estimator discovery would import while skops starts.
-_ARRAY_LIBRARIES = ("torch", "jax", "cupy", "dask", "tensorflow")
-
-
-class _Refuse(importlib.abc.MetaPathFinder):
-    """Refuse some imports, in the importing thread only (other threads load other flavors)."""
-
-    def __init__(self, names: set[str]) -> None:
-        self.names = names
-        self.thread = threading.get_ident()
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> None:
-        if threading.get_ident() == self.thread and name.partition(".")[0] in self.names:
-            raise ImportError(f"{name} is not needed to load scikit-learn models")
-
 
 def _skops_io(extra: str) -> Any:
     """Import ``skops.io`` without dragging in torch, JAX or TensorFlow.
 
-    skops lists scikit-learn's estimators at import time, and that walk imports scikit-learn's
+    skops lists scikit-learn's estimators at import time, which would import scikit-learn's
     array-API shims for every array library installed (seconds, and hundreds of MB for torch).
-    Refusing those imports for the duration is safe: the walk skips modules that fail to import.
     """
     if "skops.io" in sys.modules:
         return sys.modules["skops.io"]
-    blocked = {name for name in _ARRAY_LIBRARIES if name not in sys.modules}
-    finder = _Refuse(blocked)
-    sys.meta_path.insert(0, finder)
-    try:
+    with without_array_libraries():
         return require("skops.io", extra)
-    finally:
-        sys.meta_path.remove(finder)
 
 
 def untrusted_types(reported: Iterable[str], trusted: Iterable[str] = ()) -> list[str]:
-    """The types in ``reported`` that are neither from a trusted library nor in ``trusted``."""
-    allowed = set(trusted)
-    return sorted(
-        t for t in reported
-        if t not in allowed and (t in _DANGEROUS or t.split(".", 1)[0] not in _TRUSTED_ROOTS)
-    )
+    """The types in ``reported`` that are neither trusted by exact name nor in ``trusted``.
+
+    See :mod:`modelyard.adapters.sklearn_types` for the names trusted without being listed.
+    """
+    return untrusted(reported, trusted)
 
 
-def _refusal(types: list[str], action: str) -> UnsafeArtifactError:
+def pickled_arrays(data: bytes) -> list[str]:
+    """What the pickled object arrays in a ``.skops`` file would import, as ``name (in member)``.
+
+    skops never writes object arrays as pickles and loads arrays with ``allow_pickle=False``;
+    a file that holds one was made by hand, and naming its imports says what it tried to run.
+    """
+    found: list[str] = []
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for member, blob in _arrays(archive):
+                imports = sorted(pickle_imports(blob)) or ["a pickled object"]
+                found += [f"{name} (pickled in {member})" for name in imports]
+    except zipfile.BadZipFile:
+        pass  # skops reports a file that is not a zip itself
+    return found
+
+
+def _arrays(archive: zipfile.ZipFile, prefix: str = "") -> Iterator[tuple[str, bytes]]:
+    """``(member, pickle bytes)`` of each object array in ``archive`` (``.npz`` included)."""
+    for member in archive.namelist():
+        if member.endswith(".npz"):
+            with zipfile.ZipFile(io.BytesIO(archive.read(member))) as inner:
+                yield from _arrays(inner, f"{prefix}{member}/")
+        elif member.endswith(".npy"):
+            stream = io.BytesIO(archive.read(member))
+            try:
+                version = np.lib.format.read_magic(stream)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                dtype = read(stream)[2]
+            except (ValueError, OSError, SyntaxError):
+                continue  # not an array numpy can read: loading it fails, it runs nothing
+            if dtype.hasobject:
+                yield f"{prefix}{member}", stream.read()
+
+
+def _refusal(types: list[str], action: str, target: str) -> UnsafeArtifactError:
     return UnsafeArtifactError(
-        f"sklearn: refusing to {action} a model containing types outside scikit-learn, numpy, "
-        f"scipy, xgboost and lightgbm: {', '.join(types)}. If this is your own code, trust it "
-        f"explicitly: SklearnAdapter().save(model, path, trusted_types={types!r})"
+        f"sklearn: refusing to {action} {target}: it holds {listed(types)}, which modelyard "
+        "does not trust (a function or class there would run when the model loads or predicts); "
+        "if this is your own code, trust it deliberately: list these names under trusted_types "
+        "in the model's spec"
     )
 
 
 class SklearnAdapter:
     """Save, load and run scikit-learn estimators and Pipelines (file: ``model.skops``).
 
-    Loading trusts only scikit-learn, numpy, scipy, xgboost and lightgbm types plus the types the
-    user listed in ``trusted_types`` when saving; anything else raises
-    :class:`UnsafeArtifactError`.
+    Saving, registering and loading trust skops' defaults, the exact estimator classes of the
+    installed scikit-learn, XGBoost and LightGBM, and the names listed in ``trusted_types``;
+    any other type or function raises :class:`UnsafeArtifactError` naming it. Trees' node
+    indices are checked after loading, before anything predicts.
     """
 
     flavor: ClassVar[str] = "sklearn"
@@ -127,7 +134,7 @@ class SklearnAdapter:
             raise AdapterError(f"sklearn: could not save {type(model).__name__}: {exc}") from exc
         refused = untrusted_types(reported, trusted)
         if refused:
-            raise _refusal(refused, "save")
+            raise _refusal(refused, "save", type(model).__name__)
         (Path(path) / _FILE).write_bytes(data)
         meta: dict[str, Any] = {
             "file": _FILE,
@@ -140,23 +147,39 @@ class SklearnAdapter:
             meta["classes"] = plain(classes)
         return meta
 
+    def verify(self, path: Path, meta: dict[str, Any]) -> None:
+        """Refuse (:class:`UnsafeArtifactError`) an artifact loading would refuse; loads nothing.
+
+        A folder without the model file passes: there is nothing to run, and loading it fails.
+        """
+        if artifact_file(path, meta, _FILE, self.flavor).is_file():
+            self._checked(path, meta)
+
     def load(self, path: Path, meta: dict[str, Any], device: str) -> Any:
         """Load ``model.skops``, refusing types that are neither well known nor trusted."""
         parse_device(device, flavor=self.flavor, accelerated=self.accelerated)
+        data, reported, name = self._checked(path, meta)
         sio = _skops_io(self.extra)
-        target = Path(path) / str(meta.get("file", _FILE))
-        try:  # check and load the same bytes, so the file cannot change in between
+        try:  # the bytes that were checked, so the file cannot change in between
+            model = sio.loads(data, trusted=reported)
+        except Exception as exc:
+            raise AdapterError(f"sklearn: could not load {name}: {exc}") from exc
+        check_index_arrays(model)
+        return model
+
+    def _checked(self, path: Path, meta: dict[str, Any]) -> tuple[bytes, list[str], str]:
+        """The file's bytes and skops' untrusted types in it, once every one is trusted."""
+        sio = _skops_io(self.extra)
+        target = artifact_file(path, meta, _FILE, self.flavor)
+        try:
             data = target.read_bytes()
-            reported = sio.get_untrusted_types(data=data)
+            reported = list(sio.get_untrusted_types(data=data))
         except Exception as exc:
             raise AdapterError(f"sklearn: cannot read {target.name}: {exc}") from exc
-        refused = untrusted_types(reported, meta.get("trusted_types", ()))
+        refused = untrusted_types(reported, trusted_names(meta)) + pickled_arrays(data)
         if refused:
-            raise _refusal(refused, "load")
-        try:
-            return sio.loads(data, trusted=list(reported))
-        except Exception as exc:
-            raise AdapterError(f"sklearn: could not load {target.name}: {exc}") from exc
+            raise _refusal(refused, "load", target.name)
+        return data, reported, target.name
 
     def predict(self, model: Any, batch: Any) -> Any:
         """``model.predict(batch)``: labels for a classifier, values for a regressor."""

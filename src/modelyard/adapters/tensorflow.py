@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from modelyard.adapters import is_loaded, require
-from modelyard.adapters.base import check_gpu, parse_device, probabilities
+from modelyard.adapters.base import (
+    artifact_file,
+    check_gpu,
+    listed,
+    parse_device,
+    probabilities,
+    trusted_names,
+)
+from modelyard.adapters.keras_archive import check_keras
 from modelyard.errors import AdapterError, UnsafeArtifactError
 from modelyard.schema import Signature
 
@@ -35,8 +44,10 @@ class TensorFlowAdapter:
     """Save, load and run Keras 3 models, including ones that take raw strings.
 
     A model whose first layer is ``TextVectorization`` takes an array of Python strings; numeric
-    models take arrays. Loading uses Keras' ``safe_mode``: a model that would need to run
-    deserialised Python code (a ``Lambda`` layer) raises :class:`UnsafeArtifactError`.
+    models take arrays. Loading first reads the archive's ``config.json`` (:meth:`verify`): a
+    ``Lambda`` layer's Python bytecode, or an object from outside Keras that ``trusted_types``
+    does not list, raises :class:`UnsafeArtifactError` naming it; then Keras loads it in
+    ``safe_mode``, which refuses bytecode again.
     """
 
     flavor: ClassVar[str] = "tensorflow"
@@ -56,23 +67,60 @@ class TensorFlowAdapter:
 
         return isinstance(model, keras.Model)
 
-    def save(self, model: Any, path: Path, *, sample: Any = None) -> dict[str, Any]:
-        """Write ``model.keras`` into ``path``."""
+    def save(
+        self, model: Any, path: Path, *, sample: Any = None, trusted_types: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """Write ``model.keras`` into ``path``; ``trusted_types`` names your registered objects.
+
+        Raises :class:`UnsafeArtifactError` now, not at deploy time, when loading would refuse
+        the model (a ``Lambda`` layer, say); nothing is left in ``path`` then.
+        """
         keras = _keras()
+        target = Path(path) / _FILE
         try:
-            keras.saving.save_model(model, Path(path) / _FILE)
+            keras.saving.save_model(model, target)
         except Exception as exc:
             raise AdapterError(f"tensorflow: could not save {model.name!r}: {exc}") from exc
-        return {"file": _FILE, "keras_version": keras.__version__}
+        meta: dict[str, Any] = {"file": _FILE, "keras_version": keras.__version__}
+        if trusted_types:
+            meta["trusted_types"] = sorted({str(t) for t in trusted_types})
+        try:
+            self.verify(path, meta)
+        except UnsafeArtifactError:
+            target.unlink(missing_ok=True)
+            raise
+        return meta
+
+    def verify(self, path: Path, meta: dict[str, Any]) -> None:
+        """Refuse (:class:`UnsafeArtifactError`) an archive loading would refuse; loads nothing.
+
+        A folder without the model file passes: there is nothing to run, and loading it fails.
+        """
+        target = artifact_file(path, meta, _FILE, self.flavor)
+        if not target.is_file():
+            return
+        try:
+            data = target.read_bytes()
+        except OSError as exc:
+            raise AdapterError(f"tensorflow: cannot read {target.name}: {exc}") from exc
+        refused = check_keras(data, trusted_names(meta).__contains__)
+        if refused:
+            raise UnsafeArtifactError(
+                f"tensorflow: refusing to load {target.name}: it holds {listed(refused)}, "
+                "which would run Python code from the artifact; replace a Lambda layer with a "
+                "layer class registered with keras.saving.register_keras_serializable, and list "
+                "your own registered classes under trusted_types in the model's spec"
+            )
 
     def load(self, path: Path, meta: dict[str, Any], device: str) -> Any:
-        """Load ``model.keras`` onto ``device`` with ``safe_mode=True``."""
+        """Load ``model.keras`` onto ``device``: checked first, then with ``safe_mode=True``."""
         index = parse_device(device, flavor=self.flavor, accelerated=self.accelerated)
         if index is not None:
             check_gpu(index, self.gpu_count(), self.flavor)
+        self.verify(path, meta)
         tf, keras = _tf(), _keras()
         placement = "/CPU:0" if index is None else f"/GPU:{index}"
-        target = Path(path) / str(meta.get("file", _FILE))
+        target = artifact_file(path, meta, _FILE, self.flavor)
         try:
             with tf.device(placement):
                 model = keras.saving.load_model(target, safe_mode=True)

@@ -1,8 +1,11 @@
 """The PyTorch flavor: ``nn.Module`` saved with ``torch.export`` (TorchScript as fallback).
 
-Neither format unpickles arbitrary objects: ``torch.export.load`` reads a serialized graph and
-weights-only tensors, TorchScript reads its own archive, and state dicts are loaded with
-``torch.load(..., weights_only=True)``.
+Loading never unpickles arbitrary objects, and checks first (:meth:`TorchAdapter.verify`, without
+torch) that the archive holds nothing that would run code: ``torch.export.load`` itself unpickles
+some payloads with plain pickle, evaluates size expressions and resolves graph targets by name, so
+a ``.pt2`` may hold only PyTorch operators, sympy sizes and tensors; a TorchScript archive only
+PyTorch's own operators; a state dict only tensors (and ``torch.load(..., weights_only=True)``
+refuses the rest again). The bytes that were checked are the bytes that are loaded.
 
 ``predict`` returns the model's raw output. Turn class scores into labels with
 :func:`modelyard.adapters.base.classify`; :meth:`TorchAdapter.predict_scores` gives probabilities.
@@ -11,8 +14,10 @@ weights-only tensors, TorchScript reads its own archive, and state dicts are loa
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,13 +25,17 @@ import numpy as np
 
 from modelyard.adapters import is_loaded, require
 from modelyard.adapters.base import (
+    artifact_file,
     check_gpu,
     class_ref,
     import_ref,
+    listed,
     parse_device,
     probabilities,
+    trusted_names,
 )
-from modelyard.errors import AdapterError, ConfigError
+from modelyard.adapters.torch_archive import check_export, check_state_dict, check_torchscript
+from modelyard.errors import AdapterError, ConfigError, UnsafeArtifactError
 from modelyard.schema import Signature
 
 log = logging.getLogger(__name__)
@@ -34,6 +43,8 @@ log = logging.getLogger(__name__)
 _EXPORT = "model.pt2"
 _SCRIPT = "model.ts"
 _STATE = "state_dict.pt"
+#: format -> the check of its archive (what loading it would run beyond PyTorch's operators).
+_CHECKS = {"export": check_export, "torchscript": check_torchscript, "state_dict": check_state_dict}
 
 
 class TorchAdapter:
@@ -61,12 +72,27 @@ class TorchAdapter:
 
         return isinstance(model, torch.nn.Module)
 
-    def save(self, model: Any, path: Path, *, sample: Any = None) -> dict[str, Any]:
+    def save(
+        self, model: Any, path: Path, *, sample: Any = None, trusted_types: Iterable[str] = ()
+    ) -> dict[str, Any]:
         """Export ``model`` (in eval mode) into ``path``, falling back to TorchScript.
 
         ``sample`` is a small input batch (array or tensor); it fixes the per-row shape and dtype
         while the batch dimension stays dynamic. Raises :class:`ConfigError` without it.
+        ``trusted_types`` names your own operators (``torch.ops.mylib.op``); a program that
+        loading would refuse raises :class:`UnsafeArtifactError` now, and nothing is kept.
         """
+        meta = self._save(model, Path(path), sample)
+        if trusted_types:
+            meta["trusted_types"] = sorted({str(t) for t in trusted_types})
+        try:
+            self.verify(path, meta)
+        except UnsafeArtifactError:
+            (Path(path) / str(meta["file"])).unlink(missing_ok=True)
+            raise
+        return meta
+
+    def _save(self, model: Any, path: Path, sample: Any) -> dict[str, Any]:
         torch = require("torch", self.extra)
         path = Path(path)
         if isinstance(model, torch.jit.ScriptModule):
@@ -95,7 +121,9 @@ class TorchAdapter:
         """Save only the weights; loading rebuilds ``type(model)(**init_kwargs)``.
 
         The class must be importable (not defined in ``__main__`` or inside a function) and
-        ``init_kwargs`` JSON-serialisable, since both are stored in the version's metadata.
+        ``init_kwargs`` JSON-serialisable, since both are stored in the version's metadata. A
+        state dict holding more than tensors (objects from ``get_extra_state``) raises
+        :class:`UnsafeArtifactError` now: loading would refuse it.
         """
         torch = require("torch", self.extra)
         ref = class_ref(type(model), self.flavor)
@@ -103,45 +131,67 @@ class TorchAdapter:
             torch.save(model.state_dict(), Path(path) / _STATE)
         except Exception as exc:
             raise AdapterError(f"torch: could not save the state dict: {exc}") from exc
-        return {
+        meta = {
             "format": "state_dict",
             "file": _STATE,
             "class": ref,
             "init_kwargs": dict(init_kwargs or {}),
             "torch_version": torch.__version__,
         }
+        try:
+            self.verify(path, meta)
+        except UnsafeArtifactError:
+            (Path(path) / _STATE).unlink(missing_ok=True)
+            raise
+        return meta
+
+    def verify(self, path: Path, meta: dict[str, Any]) -> None:
+        """Refuse (:class:`UnsafeArtifactError`) an archive loading would refuse; loads nothing.
+
+        A folder without the model file passes: there is nothing to run, and loading it fails.
+        """
+        if artifact_file(path, meta, _EXPORT, self.flavor).is_file():
+            self._checked(path, meta)
 
     def load(self, path: Path, meta: dict[str, Any], device: str) -> Any:
         """Load the saved module onto ``device`` (``cpu`` or ``cuda:N``), in eval mode."""
         index = parse_device(device, flavor=self.flavor, accelerated=self.accelerated)
         if index is not None:
             check_gpu(index, self.gpu_count(), self.flavor)
+        data, fmt, name = self._checked(path, meta)
         torch = require("torch", self.extra)
         where = "cpu" if index is None else f"cuda:{index}"
-        fmt = meta.get("format", "export")
-        target = Path(path) / str(meta.get("file", _EXPORT))
         try:
-            if fmt == "export":
-                from torch.export.passes import move_to_device_pass
-
-                # the program keeps the device it was exported on (maybe a GPU): move all of it,
-                # constants included, which .to() on the module can miss
-                module = move_to_device_pass(torch.export.load(target), where).module()
-            elif fmt == "torchscript":
-                module = torch.jit.load(target, map_location=where)
-            elif fmt == "state_dict":
-                module = import_ref(str(meta["class"]), "torch")(**meta.get("init_kwargs", {}))
-                module.load_state_dict(torch.load(target, map_location=where, weights_only=True))
-            else:
-                raise AdapterError(f"torch: unknown format {fmt!r} in the version's metadata")
+            module = _load_format(torch, fmt, io.BytesIO(data), meta, where)
             module = module.to(where)
-        except AdapterError:
+        except (AdapterError, UnsafeArtifactError):
             raise
         except Exception as exc:
-            raise AdapterError(f"torch: could not load {target.name} ({fmt}): {exc}") from exc
+            raise AdapterError(f"torch: could not load {name} ({fmt}): {exc}") from exc
         if fmt != "export":  # an exported module has no train/eval switch; it is inference
             module.eval()
         return module
+
+    def _checked(self, path: Path, meta: dict[str, Any]) -> tuple[bytes, str, str]:
+        """The archive's bytes, its format and file name, once nothing in it would run code."""
+        fmt = str(meta.get("format", "export"))
+        check = _CHECKS.get(fmt)
+        if check is None:
+            raise AdapterError(f"torch: unknown format {fmt!r} in the version's metadata")
+        target = artifact_file(path, meta, _EXPORT, self.flavor)
+        try:
+            data = target.read_bytes()
+        except OSError as exc:
+            raise AdapterError(f"torch: cannot read {target.name}: {exc}") from exc
+        refused = check(data, trusted_names(meta).__contains__)
+        if refused:
+            raise UnsafeArtifactError(
+                f"torch: refusing to load {target.name} ({fmt}): it holds {listed(refused)}, "
+                "which would run code beyond PyTorch's own operators and tensors; if this is your "
+                "own code, trust it deliberately: list these names under trusted_types in the "
+                "model's spec"
+            )
+        return data, fmt, target.name
 
     def predict(self, model: Any, batch: Any) -> Any:
         """The raw model output as numpy (a dict of arrays for several outputs)."""
@@ -192,6 +242,28 @@ class TorchAdapter:
             raise AdapterError(f"torch: could not save TorchScript: {exc}") from exc
         return {"format": "torchscript", "file": _SCRIPT, "torch_version": torch.__version__,
                 **(extra or {})}
+
+
+def _load_format(torch: Any, fmt: str, data: io.BytesIO, meta: dict[str, Any], where: str) -> Any:
+    if fmt == "export":
+        from torch.export.passes import move_to_device_pass
+
+        # the program keeps the device it was exported on (maybe a GPU): move all of it,
+        # constants included, which .to() on the module can miss
+        return move_to_device_pass(torch.export.load(data), where).module()
+    if fmt == "torchscript":
+        return torch.jit.load(data, map_location=where)
+    ref = str(meta.get("class", ""))
+    cls = import_ref(ref, "torch")
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        # the reference comes from the version's metadata: never call anything but a module
+        raise UnsafeArtifactError(
+            f"torch: refusing to load a state dict into {listed([ref])}: it is not a "
+            "torch.nn.Module class"
+        )
+    module = cls(**meta.get("init_kwargs", {}))
+    module.load_state_dict(torch.load(data, map_location=where, weights_only=True))
+    return module
 
 
 def _set_training(model: Any, mode: bool) -> None:

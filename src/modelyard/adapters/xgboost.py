@@ -9,7 +9,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelyard.adapters import is_loaded, require
-from modelyard.adapters.base import check_gpu, cuda_device_count, parse_device, plain
+from modelyard.adapters.base import (
+    artifact_file,
+    check_gpu,
+    cuda_device_count,
+    parse_device,
+    plain,
+)
 from modelyard.errors import AdapterError
 from modelyard.schema import Signature
 
@@ -73,7 +79,7 @@ class XGBoostAdapter:
         kind = str(meta.get("class", "Booster"))
         if kind != "Booster" and kind not in _CLASSES:
             raise AdapterError(f"xgboost: unknown model class {kind!r} in the version's metadata")
-        target = Path(path) / str(meta.get("file", _FILE))
+        target = artifact_file(path, meta, _FILE, self.flavor)
         where = "cpu" if index is None else f"cuda:{index}"
         try:
             model = getattr(xgb, kind)()

@@ -78,7 +78,10 @@ def demo(ctx: click.Context, state: State, project: str | None, serve: bool, hos
     out.print(f"registry: {_safe_url(registry.settings.db_url)}\n", markup=False)
     outcomes = []
     for spec in specs.values():
-        outcome = train_with_progress(spec, registry, out, trigger="demo")
+        # the demo promotes what passes (as its README says); 'modelyard train' would start
+        # the rollout each example declares, which needs a server to progress
+        outcome = train_with_progress(spec, registry, out, trigger="demo",
+                                      promote=spec.gate.promote)
         outcomes.append(outcome)
         for line in describe(outcome):
             out.print(line)
@@ -169,6 +172,7 @@ def _summary(outcomes: list[Outcome], registry: Registry) -> None:
         except NotFoundError:
             alias, flavor = "", ""
         outcome = {"promoted": "new version, promoted", "registered": "new version",
+                   "rollout": "new version, rolling out",
                    "rejected": "kept production (gate)", "failed": "failed",
                    "unchanged": "unchanged: nothing registered"}[o.status]
         rows.append([o.model, f"v{version.version}" if version else "-",

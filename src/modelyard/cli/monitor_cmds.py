@@ -1,4 +1,5 @@
-"""Monitoring commands: ``modelyard monitor drift|metrics|events`` and ``modelyard feedback``."""
+"""Monitoring commands: ``modelyard monitor drift|metrics|events|request`` and
+``modelyard feedback``."""
 
 from __future__ import annotations
 
@@ -149,6 +150,30 @@ def events(state: State, model: str | None, kind: str | None, since: str | None,
                 empty="no monitoring events")
 
 
+@monitor.command(short_help="What the prediction log holds of one request, and its label.")
+@click.argument("request_id")
+@click.option("--model", default=None, help="The model that answered (default: look in every "
+                                            "model's log).")
+@_JSON
+@pass_state
+def request(state: State, request_id: str, model: str | None, as_json: bool) -> None:
+    """Show the logged prediction(s) of REQUEST_ID (the request_id every answer carries): when,
+    which version and variant answered, how fast, what the log kept of the inputs, the outputs,
+    and the label fed back for it, if any."""
+    mon = _monitor(state)
+    found = [mon.lookup(model, request_id)] if model else mon.lookup_everywhere(request_id)
+    if as_json:
+        print_json([f.to_dict() for f in found] if model is None else found[0].to_dict())
+        return
+    for lookup in found:
+        label = json.dumps(lookup.label) if lookup.labeled else "none yet"
+        console().print(f"[bold]{lookup.model}[/bold] request {lookup.request_id}: label {label}")
+        print_table(["at", "version", "variant", "latency ms", "rows", "outputs", "inputs"],
+                    [[fmt_time(p["at"]), f"v{p['version']}", p["variant"], p["latency_ms"],
+                      p["rows"], _short(p["outputs"]), _short(p["inputs"])]
+                     for p in lookup.predictions])
+
+
 @click.command(short_help="Send ground truth for earlier predictions, by request id.")
 @click.argument("model")
 @click.argument("request_id", required=False)
@@ -177,11 +202,9 @@ def feedback(state: State, model: str, request_id: str | None, label: str | None
     if as_json:
         print_json(result.to_dict())
         return
-    console().print(f"stored {result.stored} label(s) for {model}; {result.matched} match a "
-                    "logged prediction")
+    console().print(f"stored {result.stored} label(s) for {model}: {result.message}")
     if result.unmatched:
-        console().print(f"not in the prediction log (not sampled, or unknown): "
-                        f"{', '.join(result.unmatched[:5])}")
+        console().print(f"not in the prediction log yet: {', '.join(result.unmatched[:5])}")
 
 
 def read_labels(path: Path) -> list[tuple[str, Any]]:
@@ -214,10 +237,16 @@ def _label(text: str) -> Any:
         return text
 
 
+def _short(value: Any, width: int = 60) -> str:
+    """Compact JSON of ``value``, cut at ``width`` characters (``--json`` shows it whole)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def _num(value: Any) -> str:
     if value is None:
         return ""
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-__all__ = ["drift", "events", "feedback", "metrics", "monitor", "read_labels"]
+__all__ = ["drift", "events", "feedback", "metrics", "monitor", "read_labels", "request"]

@@ -20,13 +20,15 @@ from modelyard.errors import GateFailed, ModelyardError
 if TYPE_CHECKING:
     from modelyard.pipeline import RunResult
     from modelyard.registry import Registry
+    from modelyard.rollout.deployments import Deployment
     from modelyard.spec import Spec
 
 
 @dataclass
 class Outcome:
-    """How training one model ended: ``promoted``, ``registered``, ``unchanged`` (nothing new
-    to train on: no version registered), ``rejected`` or ``failed``."""
+    """How training one model ended: ``promoted``, ``rollout`` (registered, and the spec's
+    rollout started), ``registered``, ``unchanged`` (nothing new to train on: no version
+    registered), ``rejected`` or ``failed``."""
 
     model: str
     status: str
@@ -36,11 +38,13 @@ class Outcome:
     stages: list[tuple[str, float]] = field(default_factory=list)
     #: the candidate's metrics on the holdout (also for a rejected candidate)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: the rollout the spec declares, started for the new version
+    deployment: Deployment | None = None
 
     @property
     def ok(self) -> bool:
         """Whether a version was registered."""
-        return self.status in ("promoted", "registered")
+        return self.status in ("promoted", "rollout", "registered")
 
     @property
     def run_id(self) -> str | None:
@@ -64,6 +68,8 @@ class Outcome:
                        flavor=None if version is None else version.flavor,
                        promoted=self.result.promoted, champion_metrics=self.result.champion_metrics,
                        gate=self.result.gate.to_dict())
+        if self.deployment is not None:
+            out["rollout"] = self.deployment.to_dict()
         if self.error is not None:
             out["error"] = {**self.error.to_dict(), "exit_code": self.error.exit_code}
             if isinstance(self.error, GateFailed):
@@ -121,7 +127,9 @@ def train_with_progress(
     """Run the pipeline for ``spec`` behind a :class:`StageDisplay`; never raises a modelyard error.
 
     A gate rejection comes back as ``status="rejected"``, any other modelyard error as
-    ``"failed"``, both with the error attached.
+    ``"failed"``, both with the error attached. When the spec declares a rollout (and
+    ``promote`` is None), it is started for the new version (``status="rollout"``); a rollout
+    that cannot start leaves the version registered, with the error attached.
     """
     from modelyard.pipeline import run_pipeline
 
@@ -143,8 +151,30 @@ def train_with_progress(
         status = "unchanged"
     elif result.version is None:  # the pipeline registers every passing candidate; be safe
         status = "rejected"
-    return Outcome(spec.name, status, time.perf_counter() - started, result=result,
-                   stages=display.stages, metrics=dict(result.metrics))
+    outcome = Outcome(spec.name, status, time.perf_counter() - started, result=result,
+                      stages=display.stages, metrics=dict(result.metrics))
+    if result.rollout_due and result.version is not None:
+        _start_rollout(outcome, spec, registry, result, actor)
+    return outcome
+
+
+def _start_rollout(outcome: Outcome, spec: Spec, registry: Registry, result: RunResult,
+                   actor: str | None) -> None:
+    """Start the rollout the spec declares for the version ``result`` registered."""
+    from modelyard.rollout.deployments import Deployments
+
+    version = result.version
+    if version is None:
+        return
+    try:
+        outcome.deployment = Deployments(registry).start_declared(
+            spec.name, version.version, actor=actor,
+            reason=f"run {result.run.id[:8]}: gate passed; the spec's "
+                   f"{spec.rollout.strategy} rollout")
+    except ModelyardError as err:  # the version stays registered; the command fails
+        outcome.error = err
+        return
+    outcome.status = "rollout"
 
 
 def _run_metrics(registry: Registry, err: ModelyardError) -> dict[str, Any]:
@@ -165,13 +195,20 @@ def describe(outcome: Outcome) -> list[str]:
                      "(--force registers anyway)")
     elif result is not None and result.version is not None:
         version = result.version
-        where = "promoted to production" if result.promoted else "registered (not promoted)"
+        where = ("promoted to production" if result.promoted else
+                 "registered, rolling out" if outcome.deployment is not None else
+                 "registered (not promoted)")
         lines.append(f"  [green]{version.ref}[/green] ({version.flavor}) {where} "
                      f"in {fmt_duration(outcome.seconds)}")
         lines.append(f"  metrics  {fmt_metrics(outcome.metrics)}")
         if result.champion_metrics is not None:
             lines.append(f"  champion {fmt_metrics(result.champion_metrics)}")
         lines.append("  gate     passed")
+        if outcome.deployment is not None:
+            lines.append(f"  rollout  {_escape(explain_start(outcome.deployment))}")
+        elif outcome.error is not None:
+            lines.append(f"  [yellow]rollout not started[/yellow]: "
+                         f"{_escape(one_line(str(outcome.error)))}")
     elif outcome.error is not None:
         label = "rejected" if outcome.status == "rejected" else "failed"
         lines.append(f"  [yellow]{label}[/yellow]: {_escape(one_line(str(outcome.error)))}")
@@ -180,6 +217,13 @@ def describe(outcome: Outcome) -> list[str]:
     if outcome.run_id:
         lines.append(f"  run      {outcome.run_id}  (modelyard runs show {outcome.run_id[:8]})")
     return lines
+
+
+def explain_start(d: Deployment) -> str:
+    """One line about a rollout just started, and where to follow it."""
+    from modelyard.rollout.report import explain
+
+    return f"{explain(d)} Follow it: modelyard rollout status {d.model}"
 
 
 def _escape(text: str) -> str:

@@ -125,21 +125,53 @@ def _shape(shape: list[Any]) -> str:
 @click.argument("version", type=VERSION)
 @_ALIAS
 @_REASON
+@click.option("--no-check", is_flag=True,
+              help="Move the alias without first loading VERSION the way a server would.")
 @_JSON
 @pass_state
-def promote(state: State, model: str, version: int, alias: str, reason: str,
+def promote(state: State, model: str, version: int, alias: str, reason: str, no_check: bool,
             as_json: bool) -> None:
     """Point MODEL's alias (production by default) at VERSION.
 
+    First VERSION is loaded and warmed in a fresh process on the CPU, as a server would: its
+    artifact's digest, its adapter, its warm-up. If that fails, the alias stays where it was and
+    the command exits with the reason (9 a corrupted artifact, 13 a load or warm-up error).
     Recorded in the alias history, so 'modelyard rollback MODEL' can undo it.
     """
-    event = state.registry().set_alias(model, alias, version, actor=state.settings().actor,
-                                       reason=reason or "modelyard promote")
+    registry = state.registry()
+    if not no_check:
+        _check_loads(registry, model, version, alias)
+    event = registry.set_alias(model, alias, version, actor=state.settings().actor,
+                               reason=reason or "modelyard promote")
     if as_json:
         print_json(event.to_dict())
         return
     was = f" (was v{event.previous_version})" if event.previous_version is not None else ""
     console().print(f"{model}@{alias} -> v{version}{was}")
+
+
+def _check_loads(registry: Any, model: str, version: int, alias: str) -> None:
+    """Raise, with the reason and where the alias stays, if ``model:version`` cannot load."""
+    from modelyard.errors import ModelyardError
+    from modelyard.serving.worker import check_loads
+
+    record = registry.get_version(model, version)  # an unknown version: 3, before anything
+    try:
+        check_loads(registry, record)
+    except ModelyardError as err:
+        current = registry.get_model(model).aliases.get(alias)
+        stays = f"stays at v{current}" if current is not None else "is not set"
+        message = (f"{model}:{version} cannot be loaded, so {model}@{alias} {stays}: {err}; "
+                   "fix or re-register the version (or promote with --no-check)")
+        raise _reworded(err, message) from None
+
+
+def _reworded(err: Exception, message: str) -> Exception:
+    """``err``'s class (so its exit code) with ``message``; ``err`` itself if that fails."""
+    try:
+        return type(err)(message)
+    except TypeError:  # an error class that takes more than a message
+        return err
 
 
 @click.command(short_help="Move an alias back to its previous version, or end a rollout.")

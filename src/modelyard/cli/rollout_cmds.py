@@ -1,7 +1,8 @@
 """Rollouts from the command line: ``modelyard deploy`` starts one, ``modelyard rollout`` steers it.
 
 The servers sharing the registry pick a change up within about a second: they route traffic by
-the deployment, analyse it, and promote or roll back by themselves.
+the deployment, analyse it, and promote or roll back by themselves. ``deploy`` takes every
+setting it is not given from the rollout section of the spec registered with the version.
 """
 
 from __future__ import annotations
@@ -42,13 +43,16 @@ def _actor(state: State) -> str:
 
 
 def _strategy(canary: str | None, blue_green: bool, shadow: int | None, ab: int | None,
-              direct: bool) -> tuple[str, list[int] | None]:
+              direct: bool) -> tuple[str | None, list[int] | None]:
+    """The strategy and steps the flags ask for; ``(None, None)``: the version's spec decides."""
     chosen = [name for name, on in (("canary", canary is not None), ("blue-green", blue_green),
                                     ("shadow", shadow is not None), ("ab", ab is not None),
                                     ("direct", direct)) if on]
     if len(chosen) > 1:
         raise click.UsageError(f"choose one strategy, not {' and '.join(chosen)}")
-    strategy = chosen[0] if chosen else "canary"
+    if not chosen:
+        return None, None
+    strategy = chosen[0]
     steps = {"canary": parse_steps(canary) if canary else None,
              "shadow": [shadow] if shadow is not None else None,
              "ab": [ab] if ab is not None else None}.get(strategy)
@@ -58,8 +62,7 @@ def _strategy(canary: str | None, blue_green: bool, shadow: int | None, ab: int 
 @click.command(short_help="Roll a version out: canary, blue-green, shadow, A/B or direct.")
 @click.argument("model")
 @click.argument("version", type=VERSION)
-@click.option("--canary", metavar="STEPS", help="Canary steps in percent, e.g. 5,25,50,100 "
-              "(the default strategy).")
+@click.option("--canary", metavar="STEPS", help="Canary steps in percent, e.g. 5,25,50,100.")
 @click.option("--blue-green", is_flag=True, help="Warm the candidate, then switch all at once.")
 @click.option("--shadow", type=click.IntRange(1, 100), metavar="PERCENT", is_flag=False,
               flag_value=100, help="Copy PERCENT of traffic (default 100) to the candidate; "
@@ -70,40 +73,54 @@ def _strategy(canary: str | None, blue_green: bool, shadow: int | None, ab: int 
               "user (default: the X-Request-Key header).")
 @click.option("--direct", is_flag=True, help="Move production now (servers swap without "
               "failed requests).")
-@click.option("--every", "every", default="60s", show_default=True, metavar="DURATION",
-              help="Dwell time of each step, and the analysis interval.")
+@click.option("--every", "every", metavar="DURATION",
+              help="Dwell time of each step, and the analysis interval (default: the spec's "
+                   "rollout.every_s, 60s).")
 @click.option("--max-error-rate", type=click.FloatRange(0, 1),
               help="Roll back above this candidate error rate.")
-@click.option("--max-p99-ratio", type=float, help="Roll back when the candidate's p99 latency "
-              "exceeds stable's by this factor.")
+@click.option("--max-latency-ratio", type=float, help="Roll back when the candidate is "
+              "confidently more than this many times slower than stable, typically.")
+@click.option("--max-p99-ratio", type=float, help="Roll back when the candidate's latency tail "
+              "is confidently more than this many times heavier than stable's.")
 @click.option("--min-requests", type=COUNT, help="Requests per side before analysis decides.")
+@click.option("--metric", help="The metric to compare on fed-back labels (default: the spec's "
+              "rollout.metric, else its first metric).")
 @_REASON
 @_JSON
 @pass_state
 def deploy(state: State, model: str, version: int, canary: str | None, blue_green: bool,
-           shadow: int | None, ab: int | None, key: str | None, direct: bool, every: str,
-           max_error_rate: float | None, max_p99_ratio: float | None,
-           min_requests: int | None, reason: str, as_json: bool) -> None:
+           shadow: int | None, ab: int | None, key: str | None, direct: bool,
+           every: str | None, max_error_rate: float | None, max_latency_ratio: float | None,
+           max_p99_ratio: float | None, min_requests: int | None, metric: str | None,
+           reason: str, as_json: bool) -> None:
     """Roll VERSION of MODEL out against its production version.
 
-    Servers route traffic by the rollout within a second, analyse candidate against stable at
-    each step (error rate, p99 latency, the model's metric once labels arrive) and promote or
-    roll back by themselves. Steer it with 'modelyard rollout status|promote|abort MODEL'.
+    Settings not given come from the rollout section of the spec VERSION was trained with
+    (strategy, steps, dwell time, analysis rules, metric); without one, a canary of
+    5,25,50,100 % every 60 s. Servers route traffic by the rollout within a second, analyse
+    candidate against stable at each step (error rate, latency, the model's metric once labels
+    arrive) and promote or roll back by themselves. Steer it with 'modelyard rollout
+    status|promote|abort MODEL'.
     """
     strategy, steps = _strategy(canary, blue_green, shadow, ab, direct)
-    if key is not None and strategy != "ab":
+    if key is not None and strategy not in (None, "ab"):
         raise click.UsageError("--key applies to --ab rollouts")
     rules: dict[str, Any] = {name: value for name, value in (
-        ("max_error_rate", max_error_rate), ("max_p99_ratio", max_p99_ratio),
-        ("min_requests", min_requests)) if value is not None}
-    deployment = _deployments(state).start(
-        model, version, strategy, steps=steps, every_s=parse_duration(every), rules=rules,
-        key=key, actor=_actor(state), reason=reason or "modelyard deploy",
+        ("max_error_rate", max_error_rate), ("max_latency_ratio", max_latency_ratio),
+        ("max_p99_ratio", max_p99_ratio), ("min_requests", min_requests),
+        ("metric", metric)) if value is not None}
+    deployments = _deployments(state)
+    deployment = deployments.start_declared(
+        model, version, strategy=strategy, steps=steps,
+        every_s=None if every is None else parse_duration(every), rules=rules, key=key,
+        actor=_actor(state), reason=reason or "modelyard deploy",
     )
+    described = deployments.describe(deployment)
     if as_json:
-        print_json(deployment.to_dict())
+        print_json(described)
         return
     _describe(deployment)
+    _explain(described)
 
 
 @click.group(short_help="Show, promote, abort, pause or resume a model's rollout.")
@@ -119,12 +136,13 @@ def status(state: State, model: str, as_json: bool) -> None:
     """Show MODEL's current (or last) rollout and its transitions, newest first."""
     deployments = _deployments(state)
     deployment = deployments.get(model)
+    described = deployments.describe(deployment)
     events = deployments.history(model, limit=20)
     if as_json:
-        print_json({"deployment": deployment.to_dict(),
-                    "history": [e.to_dict() for e in events]})
+        print_json({"deployment": described, "history": [e.to_dict() for e in events]})
         return
     _describe(deployment)
+    _explain(described)
     print_table(["at", "action", "from", "to", "step", "by", "reason"],
                 [[e.at, e.action, e.from_state or "-", e.to_state, e.step, e.actor, e.reason]
                  for e in events], title="transitions")
@@ -170,11 +188,27 @@ def end_active_rollout(state: State, model: str, reason: str) -> Deployment | No
 
 def _describe(d: Deployment) -> None:
     out = console()
-    split = (f"step {d.step + 1}/{len(d.steps)}: {d.steps[d.step]}% to the candidate"
-             if d.strategy in ("canary", "ab", "shadow") else "")
+    split = (f"step {d.step + 1}/{len(d.steps)}" if d.strategy == "canary" and d.active else "")
     out.print(f"[bold]{d.model}[/bold] {d.strategy} rollout: v{d.stable_version or '-'} (stable) "
               f"-> v{d.candidate_version} (candidate), {d.state}"
-              + (f", {split}" if split and d.active else ""), highlight=False)
+              + (f", {split}" if split else ""), highlight=False)
+
+
+def _explain(described: dict[str, Any]) -> None:
+    """What the rollout does and how it ends, then the traffic servers really report."""
+    out = console()
+    out.print(described["explain"], highlight=False, markup=False)
+    seen = described["traffic"]
+    if described["active"]:
+        requests = seen["requests"]
+        servers = len(seen["servers"])
+        out.print(f"traffic: {seen['candidate_percent']:g}% to the candidate now"
+                  + (f" ({seen['note']})" if seen["note"] else
+                     f", on {servers} server{'s' if servers != 1 else ''}: "
+                     f"{requests['stable']} stable and {requests['candidate']} candidate "
+                     "requests this step"), highlight=False, markup=False)
+    if seen.get("analysis"):
+        out.print(f"last analysis: {seen['analysis']}", highlight=False, markup=False)
 
 
 __all__ = ["deploy", "end_active_rollout", "parse_duration", "rollout"]

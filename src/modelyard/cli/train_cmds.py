@@ -91,31 +91,45 @@ def init() -> None:
               "(needs scikit-learn: pip install 'modelyard[sklearn]')", markup=False)
 
 
-@click.command(short_help="Train, gate, register and promote models.")
+@click.command(short_help="Train, gate, register and promote (or roll out) models.")
 @click.argument("names", nargs=-1, metavar="[MODEL]...")
 @click.option("--all", "all_models", is_flag=True, help="Train every model the project declares.")
 @click.option("--project", "-p", default="modelyard.yaml", show_default=True,
               type=click.Path(dir_okay=False), help="The project file declaring the models.")
 @click.option("--no-promote", is_flag=True,
               help="Register a candidate that passes its gate, but leave production alone.")
+@click.option("--promote", "promote_now", is_flag=True,
+              help="Move production to a candidate that passes its gate now, skipping the "
+                   "spec's rollout (even where its gate says promote: false).")
+@click.option("--no-rollout", is_flag=True,
+              help="Skip the spec's rollout: where the spec promotes, move production now.")
 @click.option("--force", is_flag=True, help="Train and register even when data, code, params, "
               "spec and packages equal the latest version's.")
 @click.option("--json", "as_json", is_flag=True, help="Print each run's outcome as JSON.")
 @pass_state
 @click.pass_context
 def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: bool,
-          project: str, no_promote: bool, force: bool, as_json: bool) -> None:
+          project: str, no_promote: bool, promote_now: bool, no_rollout: bool, force: bool,
+          as_json: bool) -> None:
     """Train MODEL(s) on fresh data, gate against production, register and promote.
 
     Each run loads the data, validates it, trains in a separate process, evaluates on a holdout,
-    compares with the production version and, if the gate passes, registers a new version and
-    moves production to it. When nothing changed since the latest version (data, code, params,
-    spec, packages) it says "unchanged: identical to MODEL:N" and registers nothing, unless
-    --force. Exits non-zero if any model failed (5: bad data, 11: training failed) or was
-    rejected by its gate (12).
+    compares with the production version and, if the gate passes, registers a new version.
+    Then production moves to it, or, where the spec declares a rollout (rollout.strategy canary,
+    blue-green, shadow or ab) and a production version exists, that rollout starts and the
+    servers' analysis promotes or rolls it back ('modelyard rollout status MODEL').
+    --promote and --no-rollout move production directly instead. When nothing changed since
+    the latest version (data, code, params, spec, packages) it says "unchanged: identical to
+    MODEL:N" and registers nothing, unless --force. Exits non-zero if any model failed (5: bad
+    data, 11: training failed), was rejected by its gate (12), or its rollout could not start
+    (4: another rollout of the model is active).
     """
     from modelyard.spec import load_project
 
+    given = [flag for flag, on in (("--no-promote", no_promote), ("--promote", promote_now),
+                                   ("--no-rollout", no_rollout)) if on]
+    if len(given) > 1:
+        raise click.UsageError(f"choose one of {' and '.join(given)}")
     specs = load_project(project)
     chosen = _choose(specs, names, all_models, project)
     registry = state.registry()
@@ -123,7 +137,8 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
     outcomes = []
     for spec in chosen:
         outcome = train_with_progress(spec, registry, out, trigger="manual",
-                                      promote=False if no_promote else None, force=force)
+                                      promote=_promote(spec, no_promote, promote_now, no_rollout),
+                                      force=force)
         outcomes.append(outcome)
         if not as_json:
             for line in describe(outcome):
@@ -135,6 +150,14 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
         report_error(err)
     if failed:
         ctx.exit(failed[0].exit_code)
+
+
+def _promote(spec: Spec, no_promote: bool, promote_now: bool, no_rollout: bool) -> bool | None:
+    """``run_pipeline``'s ``promote`` for the flags: False registers only, True moves production
+    now, None does what the spec says (its gate's promote, through its rollout)."""
+    if no_promote or promote_now:
+        return promote_now
+    return spec.gate.promote if no_rollout else None
 
 
 def _choose(specs: dict[str, Spec], names: tuple[str, ...], all_models: bool,

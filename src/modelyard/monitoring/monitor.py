@@ -8,16 +8,24 @@
     m.latency("fraud")                                  # p50/p99 of logged requests
     m.check_drift("fraud")                              # logged inputs vs reference statistics
     m.drift_reports("fraud"); m.events("fraud")
+    m.lookup("fraud", "req-1")                          # what the log holds of one request
+    m.enforce_retention()                               # delete what monitoring.retention_days
+                                                        # no longer keeps (the server does this)
 
 Settings per model come from its production version (``meta["monitoring"]``, written by the
 pipeline from the spec's ``monitoring:`` section): the window, the rows a drift check needs and
 the drift share that makes the dataset drifted. Predictions are read from the prediction log's
-store (:func:`modelyard.monitoring.predlog.open_store`); labels, drift reports and events live in
+store (:func:`modelyard.monitoring.logstore.open_store`); labels, drift reports and events live in
 the registry database.
+
+Labels are stored whether or not their prediction is logged yet, and joined to it whenever
+metrics are computed, so feedback sent right after an answer (before the log's writer has run)
+counts once the prediction is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,10 +33,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from modelyard.errors import ConfigError, MonitoringError, NotFoundError
-from modelyard.monitoring.predlog import LogBatch, LoggedPrediction, LogStore, open_store
+from modelyard.monitoring.logstore import (
+    DatabaseStore,
+    LogBatch,
+    LoggedPrediction,
+    LogStore,
+    open_store,
+)
 from modelyard.monitoring.quality import MetricWindow, metric_windows
 from modelyard.registry.records import Record
 from modelyard.registry.rows import audit, model_row, now
@@ -47,12 +61,43 @@ _UNSET: Any = object()
 
 @dataclass(frozen=True)
 class FeedbackResult(Record):
-    """What a feedback call stored: labels written, and how many match a logged prediction."""
+    """What a feedback call stored: labels written, and how many match a logged prediction.
+
+    A label whose prediction is not logged yet (the log writes about once a second) is kept
+    and joined when it is: ``pending`` counts those. ``matched`` and ``pending`` are None where
+    the store is not searched at feedback time (Parquet files).
+    """
 
     model: str
     stored: int
-    matched: int
+    matched: int | None
     unmatched: list[str] = field(default_factory=list)  # the first few request ids not logged
+    pending: int | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class RequestLookup(Record):
+    """One request id's logged predictions (a shadow copy shares its request's id) and label."""
+
+    model: str
+    request_id: str
+    #: each with ``at``, ``version``, ``variant``, ``latency_ms``, ``rows``, ``inputs`` (the
+    #: summary the log keeps) and ``outputs`` (``{"error": status}`` for a failed request).
+    predictions: list[dict[str, Any]]
+    labeled: bool = False
+    label: Any = None
+
+
+@dataclass(frozen=True)
+class RetentionResult(Record):
+    """What one retention sweep deleted of a model: requests and labels from before ``before``."""
+
+    model: str
+    retention_days: float
+    before: datetime
+    predictions: int
+    labels: int
 
 
 @dataclass(frozen=True)
@@ -140,8 +185,8 @@ class Monitor:
     # -- prediction log -------------------------------------------------------------------------
     def log_predictions(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """Write prediction log rows directly (the server's log does this in batches): each a
-        mapping of :data:`~modelyard.monitoring.predlog.LOG_COLUMNS` (see
-        :meth:`LogBatch.of <modelyard.monitoring.predlog.LogBatch.of>`)."""
+        mapping of :data:`~modelyard.monitoring.logstore.LOG_COLUMNS` (see
+        :meth:`LogBatch.of <modelyard.monitoring.logstore.LogBatch.of>`)."""
         if self.store is None:
             raise ConfigError("the prediction log is off (MODELYARD_PREDICTION_LOG=off)")
         try:
@@ -166,7 +211,8 @@ class Monitor:
     # -- feedback -------------------------------------------------------------------------------
     def feedback(self, model: str, labels: Mapping[str, Any] | Iterable[tuple[str, Any]],
                  *, actor: str | None = None) -> FeedbackResult:
-        """Store ground truth by request id (a later label for the same id replaces it)."""
+        """Store ground truth by request id (a later label for the same id replaces it); audited
+        as ``labels.store`` under ``actor``."""
         pairs = list(labels.items()) if isinstance(labels, Mapping) else list(labels)
         if not pairs:
             raise ConfigError("feedback needs at least one {request_id, label} pair")
@@ -188,21 +234,47 @@ class Monitor:
             model_row(s, model)  # unknown model: NotFoundError before anything is written
             _upsert_labels(s, [{"model": model, "request_id": r, "label": v, "at": at,
                                 "actor": who} for r, v in by_id.items()])
-        logged = self._logged_ids(model, list(by_id))
-        unmatched = [r for r in by_id if r not in logged]
-        return FeedbackResult(model, len(by_id), len(by_id) - len(unmatched), unmatched[:20])
+            # labels steer rollbacks and retraining: who sent them is part of the record
+            audit(s, who, "labels.store", model, {"labels": len(by_id)})
+        return _feedback_result(model, list(by_id), self._logged_ids(model, list(by_id)))
 
-    def _logged_ids(self, model: str, request_ids: list[str]) -> set[str]:
-        from modelyard.monitoring.predlog import DatabaseStore
-        from modelyard.registry.tables import PredictionRow as P
+    def _logged_ids(self, model: str, request_ids: list[str]) -> set[str] | None:
+        """Which of ``request_ids`` are logged; None where finding out costs a scan of files."""
+        if not isinstance(self.store, DatabaseStore):
+            return None
+        return {p.request_id for p in self.store.find(model, request_ids)}
 
-        if not isinstance(self.store, DatabaseStore):  # a file store: not worth a scan here
-            return set(request_ids)
-        found: set[str] = set()
-        with self.registry.db.session() as s:
-            for chunk in _chunks(request_ids, 500):
-                found.update(s.scalars(select(P.request_id).where(
-                    P.model == model, P.request_id.in_(chunk))))
+    def lookup(self, model: str, request_id: str) -> RequestLookup:
+        """What the log holds of one request, and its label: :class:`NotFoundError` if nothing."""
+        self.registry.get_model(model)  # an unknown model: NotFoundError naming it
+        found = self.store.find(model, [request_id]) if self.store is not None else []
+        labels = self.labels(model, [request_id])
+        if not found:
+            where = ("the prediction log is off (MODELYARD_PREDICTION_LOG=off)"
+                     if self.store is None else
+                     "it was not sampled (serving.sample_rate), not written yet (the log writes "
+                     "about once a second), deleted by monitoring.retention_days, or never "
+                     "answered")
+            raise NotFoundError(f"no logged prediction of '{model}' has request id "
+                                f"{request_id!r}: {where}"
+                                + ("; a label is stored for it" if labels else ""))
+        predictions = [{"at": p.at.isoformat(), "version": p.version, "variant": p.variant,
+                        "latency_ms": p.latency_ms, "rows": p.rows, "inputs": p.inputs,
+                        "outputs": p.outputs} for p in found]
+        return RequestLookup(model, request_id, predictions, request_id in labels,
+                             labels.get(request_id))
+
+    def lookup_everywhere(self, request_id: str) -> list[RequestLookup]:
+        """:meth:`lookup` of ``request_id`` in every model's log (ids are unique per model only);
+        :class:`NotFoundError` when no model logged it."""
+        found = []
+        for model in self.registry.list_models():
+            with contextlib.suppress(NotFoundError):
+                found.append(self.lookup(model.name, request_id))
+        if not found:
+            raise NotFoundError(f"no model's prediction log has request id {request_id!r}: it "
+                                "was not sampled, not written yet, deleted by "
+                                "monitoring.retention_days, or never answered")
         return found
 
     def labels(self, model: str, request_ids: Sequence[str]) -> dict[str, Any]:
@@ -214,6 +286,38 @@ class Monitor:
                     LabelRow.model == model, LabelRow.request_id.in_(chunk)))
                 out.update((request_id, label) for request_id, label in rows)
         return out
+
+    # -- retention ------------------------------------------------------------------------------
+    def enforce_retention(self, *, at: datetime | None = None) -> list[RetentionResult]:
+        """Delete each model's logged predictions and labels older than its
+        ``monitoring.retention_days`` (read from the watched version; None keeps them)."""
+        results = []
+        current = at or now()
+        for found in self.registry.list_models():
+            if not found.latest_version:
+                continue
+            days = self.settings(self.watched_version(found.name)).retention_days
+            if days is None:
+                continue
+            before = current - timedelta(days=days)
+            predictions = (self.store.delete_before(found.name, before)
+                           if self.store is not None else 0)
+            results.append(RetentionResult(found.name, days, before, predictions,
+                                           self._delete_labels(found.name, before)))
+        return results
+
+    def _delete_labels(self, model: str, before: datetime, batch: int = 5000) -> int:
+        """Delete the labels of ``model`` that arrived before ``before``, ``batch`` at a time."""
+        old = select(LabelRow.id).where(LabelRow.model == model, LabelRow.at < before)
+        total = 0
+        while True:
+            with self.registry.db.session(write=True) as s:
+                result = s.execute(delete(LabelRow).where(LabelRow.id.in_(old.limit(batch))),
+                                   execution_options={"synchronize_session": False})
+                deleted = int(getattr(result, "rowcount", 0) or 0)
+            total += deleted
+            if deleted < batch:
+                return total
 
     def labels_since(self, model: str, since: datetime | None) -> int:
         """How many labels of ``model`` arrived since ``since`` (all, when None)."""
@@ -259,7 +363,8 @@ class Monitor:
     def check_drift(self, model: str, *, version: int | None = None,
                     since: datetime | None = None, until: datetime | None = None,
                     actor: str | None = None, store: bool = True) -> DriftCheck:
-        """Compare logged inputs in the window with the version's reference statistics."""
+        """Compare logged inputs in the window with the version's reference statistics; a stored
+        check is audited as ``drift.check`` under ``actor``."""
         from modelyard.monitoring.drift import compare
         from modelyard.monitoring.summary import current_from_log
 
@@ -287,6 +392,9 @@ class Monitor:
             with self.registry.db.session(write=True) as s:
                 s.add(row)
                 s.flush()
+                audit(s, row.created_by, "drift.check", f"{model}:{watched.version}",
+                      {"check": row.id, "rows": report.rows, "share": report.share,
+                       "drifted": report.drifted})
                 return _drift_check(row)
         return _drift_check(row, 0)
 
@@ -332,6 +440,26 @@ class Monitor:
             return [_event(r) for r in rows]
 
 
+def _feedback_result(model: str, request_ids: list[str],
+                     logged: set[str] | None) -> FeedbackResult:
+    """How many labels met their prediction, and what happens to the others."""
+    stored = len(request_ids)
+    if logged is None:
+        return FeedbackResult(model, stored, None, [], None,
+                              "labels stored; the Parquet prediction log is not searched at "
+                              "feedback time: labels join their predictions when metrics are "
+                              "computed")
+    unmatched = [r for r in request_ids if r not in logged]
+    if not unmatched:
+        return FeedbackResult(model, stored, stored, [], 0,
+                              "every label matches a logged prediction")
+    return FeedbackResult(
+        model, stored, stored - len(unmatched), unmatched[:20], len(unmatched),
+        f"{len(unmatched)} of {stored} labels match no logged prediction yet: they are kept and "
+        "joined when the prediction is logged (servers write their log about once a second); "
+        "a request that was not sampled (serving.sample_rate) or never answered never matches")
+
+
 def _upsert_labels(s: Any, rows: list[dict[str, Any]]) -> None:
     dialect = s.get_bind().dialect.name
     if dialect == "postgresql":
@@ -363,4 +491,4 @@ def _event(row: MonitorEventRow) -> MonitorEvent:
 
 
 __all__ = ["DriftCheck", "FeedbackResult", "LatencySummary", "MetricWindow", "Monitor",
-           "MonitorEvent", "MonitoringError"]
+           "MonitorEvent", "MonitoringError", "RequestLookup", "RetentionResult"]

@@ -12,13 +12,12 @@ collector to walk. It hands the batch to a :class:`LogStore`. When the queue is 
 fails, entries are dropped and counted (``dropped``), never retried into unbounded memory, and no
 request ever waits for or fails because of the log.
 
-Stores, chosen by ``MODELYARD_PREDICTION_LOG`` (:func:`open_store`):
+The stores (database table, Parquet files) live in :mod:`modelyard.monitoring.logstore`.
 
-``db`` (default)        the ``predictions`` table of the registry database (SQLite/PostgreSQL)
-``parquet:FOLDER``      Parquet files ``FOLDER/model=NAME/date=YYYY-MM-DD/*.parquet``
-``off``                 nothing is logged
-
-Both read back through :meth:`LogStore.read`, which monitoring uses for metrics and drift.
+A log that drops what it is given says so: :meth:`PredictionLog.health` tells what it wrote and
+dropped over the last minute, and whether it is *dropping* (it dropped entries and wrote no more
+than it dropped); the server shows that in ``/readyz`` and exports it as a metric, and the log
+writes an error line when it starts dropping and another when it recovers.
 """
 
 from __future__ import annotations
@@ -29,112 +28,41 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
 from modelyard.errors import ConfigError
+from modelyard.monitoring.logstore import (
+    CHUNK,
+    LOG_COLUMNS,
+    PAUSE_S,
+    DatabaseStore,
+    LogBatch,
+    LoggedPrediction,
+    LogStore,
+    ParquetStore,
+    open_store,
+)
 
 if TYPE_CHECKING:
     from modelyard.predictor import Prediction
-    from modelyard.registry import Registry
     from modelyard.schema import Signature
 
 log = logging.getLogger(__name__)
 
-#: entries summarised (or inserted) at a time, about 1 ms of work, and the pause after each: the
-#: writer's work is spread out rather than taking the core for a whole batch at once, and it
-#: still keeps up with over 15,000 entries a second.
-_CHUNK = 64
-_PAUSE_S = 0.001
 #: outputs with more values than this (masks, long sequences) are logged as their shape only.
 MAX_OUTPUT_VALUES = 10_000
-ENV = "MODELYARD_PREDICTION_LOG"
 KEY_ENV = "MODELYARD_LOG_KEY"
-
-
-@dataclass(frozen=True)
-class LoggedPrediction:
-    """One logged request as read back: who answered, what went in and came out."""
-
-    request_id: str
-    model: str
-    version: int
-    variant: str
-    at: datetime
-    latency_ms: float
-    rows: int
-    inputs: dict[str, Any]
-    outputs: dict[str, Any]
-
-
-@dataclass
-class LogBatch:
-    """Logged requests as a store writes them: one list per column, inputs and outputs as JSON.
-
-    Columns, not rows: the writer appends to them, a database takes ``zip`` of them and Parquet
-    takes them as they are.
-    """
-
-    request_id: list[str] = field(default_factory=list)
-    model: list[str] = field(default_factory=list)
-    version: list[int] = field(default_factory=list)
-    variant: list[str] = field(default_factory=list)
-    #: when each was answered, in seconds since the epoch (``time.time()``).
-    at: list[float] = field(default_factory=list)
-    latency_ms: list[float] = field(default_factory=list)
-    rows: list[int] = field(default_factory=list)
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.request_id)
-
-    def extend(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Append requests, each a tuple of values in :data:`LOG_COLUMNS` order."""
-        for column, values in zip(self.columns(), zip(*rows, strict=True), strict=False):
-            column.extend(values)
-
-    def columns(self) -> tuple[list[Any], ...]:
-        """The columns, in :data:`LOG_COLUMNS` order."""
-        return (self.request_id, self.model, self.version, self.variant, self.at,
-                self.latency_ms, self.rows, self.inputs, self.outputs)
-
-    @classmethod
-    def of(cls, rows: Iterable[Mapping[str, Any]]) -> LogBatch:
-        """A batch of rows given as mappings: ``at`` a datetime (naive means UTC), ``inputs``
-        and ``outputs`` JSON-ready values (what :meth:`LoggedPrediction` reads back)."""
-        batch = cls()
-        batch.extend((r["request_id"], r["model"], int(r["version"]), r["variant"],
-                      _epoch(r["at"]), float(r["latency_ms"]), int(r["rows"]),
-                      _json(r["inputs"]), _json(r["outputs"])) for r in rows)
-        return batch
-
-    def times(self) -> np.ndarray:
-        """``at`` as UTC ``datetime64[us]``."""
-        return (np.asarray(self.at, dtype=np.float64) * 1e6).round().astype("datetime64[us]")
-
-
-#: the columns of a :class:`LogBatch` and of the ``predictions`` table.
-LOG_COLUMNS = tuple(f.name for f in fields(LogBatch))
-_PARQUET_COLUMNS = tuple(c for c in LOG_COLUMNS if c != "model")  # the folder names the model
-
-
-class LogStore(Protocol):
-    """Where logged predictions are kept; ``write`` runs on the log's writer thread."""
-
-    def write(self, batch: LogBatch) -> None: ...
-
-    def read(self, model: str, *, since: datetime | None = None, until: datetime | None = None,
-             versions: Sequence[int] | None = None, limit: int | None = None,
-             with_inputs: bool = True) -> list[LoggedPrediction]: ...
+#: the hash key when ``MODELYARD_LOG_KEY`` is unset: public, so it hides nothing from a guesser.
+BUILTIN_KEY = b"modelyard-default-log-key"
+_QUEUE_FULL = "queue full: the writer does not keep up, or its store hangs"
+#: how far back :meth:`PredictionLog.health` looks.
+HEALTH_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +80,36 @@ class LogPolicy:
         """Whether this request is one of the logged ones."""
         rate = self.sample_rate
         return rate >= 1.0 or (rate > 0.0 and random.random() < rate)
+
+
+@dataclass(frozen=True)
+class LogHealth:
+    """What the prediction log did over about the last minute (:meth:`PredictionLog.health`)."""
+
+    written: int
+    dropped: int
+    #: the seconds these counts cover (about :data:`HEALTH_WINDOW_S`; less just after start).
+    window_s: float
+    pending: int
+    #: why the last entries were dropped, when some were dropped in the window.
+    last_error: str | None = None
+
+    @property
+    def dropping(self) -> bool:
+        """It dropped entries and wrote no more than it dropped: most of the log is being lost."""
+        return self.dropped > 0 and self.dropped >= self.written
+
+    def describe(self) -> str:
+        """One line for ``/readyz`` and the server's log."""
+        text = (f"prediction log dropping: {self.dropped} dropped, {self.written} written in "
+                f"the last {self.window_s:.0f} s")
+        return f"{text} ({self.last_error})" if self.last_error else text
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, for ``/readyz``."""
+        return {"dropping": self.dropping, "written": self.written, "dropped": self.dropped,
+                "window_s": self.window_s, "pending": self.pending,
+                "last_error": self.last_error}
 
 
 class PredictionLog:
@@ -176,6 +134,21 @@ class PredictionLog:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._last_warning = 0.0
+        #: why entries were last dropped (the store's error, a failed summary, a full queue).
+        self.last_error: str | None = None
+        #: called on the writer thread after each wake (about every ``flush_interval_s``): the
+        #: server's metrics read the counters there, so every worker process exports them.
+        self.watchers: list[Callable[[], None]] = []
+        # (monotonic time, written, dropped) about a second apart, back to one HEALTH_WINDOW_S old
+        self._history = deque([(time.monotonic(), 0, 0)])
+        self._history_lock = threading.Lock()
+        self._was_dropping = False
+
+    @property
+    def uses_builtin_key(self) -> bool:
+        """Whether sensitive fields are hashed with the public built-in key (no
+        ``MODELYARD_LOG_KEY``): their hashes can be matched against guessed values."""
+        return self.hash_key == BUILTIN_KEY
 
     # -- the request path -----------------------------------------------------------------------
     def record(self, policy: LogPolicy, request_id: str, variant: str, latency_s: float,
@@ -193,6 +166,7 @@ class PredictionLog:
         queue = self._queue
         if len(queue) >= self.capacity:
             self.dropped += 1
+            self.last_error = _QUEUE_FULL
             return
         queue.append(entry)
         if len(queue) >= self.batch_size:
@@ -227,6 +201,21 @@ class PredictionLog:
         """Entries queued and not yet written."""
         return len(self._queue)
 
+    def health(self) -> LogHealth:
+        """Entries written and dropped over about the last :data:`HEALTH_WINDOW_S` seconds."""
+        now = time.monotonic()
+        written, dropped = self.written, self.dropped
+        with self._history_lock:
+            history = self._history
+            if now - history[-1][0] >= 1.0:
+                history.append((now, written, dropped))
+            while len(history) > 1 and history[1][0] <= now - HEALTH_WINDOW_S:
+                history.popleft()
+            since, written_then, dropped_then = history[0]
+        lost = dropped - dropped_then
+        return LogHealth(written - written_then, lost, round(now - since, 1), self.pending,
+                         self.last_error if lost else None)
+
     # -- the writer -----------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stopping:
@@ -236,7 +225,27 @@ class PredictionLog:
                 self._write_batch()
             if self._queue:
                 self._write_batch()
+            self._tick()
         self.flush()
+        self._tick()
+
+    def _tick(self) -> None:
+        """Say so once when the log starts or stops dropping; let the watchers read it."""
+        health = self.health()
+        if health.dropping != self._was_dropping:
+            self._was_dropping = health.dropping
+            if health.dropping:
+                log.error("%s; predictions are not being logged (metrics from labels, drift "
+                          "checks and alerts go blind): fix the store or lower the load",
+                          health.describe())
+            else:
+                log.warning("the prediction log writes again: %d written in the last %.0f s",
+                            health.written, health.window_s)
+        for watcher in list(self.watchers):
+            try:
+                watcher()
+            except Exception as exc:  # a broken watcher never stops the writer
+                self._warn("a prediction log watcher failed: %s", exc)
 
     def _write_batch(self) -> None:
         started = time.thread_time()
@@ -254,16 +263,17 @@ class PredictionLog:
             except IndexError:  # pragma: no cover - only one consumer
                 break
         batch = LogBatch()
-        for start in range(0, len(entries), _CHUNK):
+        for start in range(0, len(entries), CHUNK):
             if start:
-                time.sleep(_PAUSE_S)
-            self._add(batch, entries[start:start + _CHUNK])
+                time.sleep(PAUSE_S)
+            self._add(batch, entries[start:start + CHUNK])
         if not batch:
             return
         try:
             self.store.write(batch)
         except Exception as exc:
             self.dropped += len(batch)
+            self.last_error = f"store failed: {type(exc).__name__}: {exc}"
             self._warn("the prediction log store failed; dropped %d entries: %s", len(batch),
                        exc)
             return
@@ -321,6 +331,7 @@ class PredictionLog:
                 out.append(_json(one(item)))
             except Exception as exc:  # one odd request never stops the log
                 out.append(None)
+                self.last_error = f"could not be {what}: {exc}"
                 self._warn("a prediction could not be %s for the log: %s", what, exc)
         return out
 
@@ -386,9 +397,6 @@ def _layout(answer: Prediction) -> tuple[Any, ...] | None:
     return values.dtype, values.shape[1:], (scores.dtype, scores.shape[1:]), answer.classes
 
 
-def _epoch(at: datetime) -> float:
-    return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
-
 
 def _json(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
@@ -417,146 +425,10 @@ def _hash_key() -> bytes:
         return key.encode()
     # without a configured key, hashes are still stable across processes (joins work), but a
     # low-entropy value could be guessed by hashing candidates: set MODELYARD_LOG_KEY in production
-    return b"modelyard-default-log-key"
+    return BUILTIN_KEY
 
 
-# -- stores -------------------------------------------------------------------------------------
-class DatabaseStore:
-    """The registry database's ``predictions`` table."""
 
-    def __init__(self, registry: Registry) -> None:
-        self.registry = registry
-
-    def write(self, batch: LogBatch) -> None:
-        """Insert ``batch`` in one transaction, a driver-level executemany per chunk.
-
-        The ORM and SQLAlchemy's per-value type processing cost more than the rest of the log
-        together, so rows go to the driver as they are, times as naive UTC (in SQLite, text in
-        the layout the registry's column type reads back). A pause between chunks spreads the
-        insert out like the rest of the writer's work.
-        """
-        dialect = self.registry.db.dialect
-        mark = "?" if dialect == "sqlite" else "%s"
-        sql = (f"INSERT INTO predictions ({', '.join(LOG_COLUMNS)}) "
-               f"VALUES ({', '.join([mark] * len(LOG_COLUMNS))})")
-        times = batch.times()
-        at = ([t.replace("T", " ") for t in np.datetime_as_string(times, unit="us").tolist()]
-              if dialect == "sqlite" else times.tolist())
-        columns = list(batch.columns())
-        columns[LOG_COLUMNS.index("at")] = at
-        params = list(zip(*columns, strict=True))
-        with self.registry.db.session(write=True) as s:
-            connection = s.connection()
-            for start in range(0, len(params), _CHUNK):
-                if start:
-                    time.sleep(_PAUSE_S)
-                connection.exec_driver_sql(sql, params[start:start + _CHUNK])
-
-    def read(self, model: str, *, since: datetime | None = None, until: datetime | None = None,
-             versions: Sequence[int] | None = None, limit: int | None = None,
-             with_inputs: bool = True) -> list[LoggedPrediction]:
-        """Logged requests of ``model`` in ``[since, until)``, oldest first (newest ``limit``)."""
-        from sqlalchemy import literal, select
-
-        from modelyard.registry.tables import PredictionRow as P
-
-        inputs = P.inputs if with_inputs else literal(None).label("inputs")
-        query = select(P.request_id, P.model, P.version, P.variant, P.at, P.latency_ms, P.rows,
-                       inputs, P.outputs).where(P.model == model)
-        if since is not None:
-            query = query.where(P.at >= since)
-        if until is not None:
-            query = query.where(P.at < until)
-        if versions is not None:
-            query = query.where(P.version.in_(list(versions)))
-        query = query.order_by(P.at.desc(), P.id.desc())
-        if limit is not None:
-            query = query.limit(limit)
-        with self.registry.db.session() as s:
-            found = [LoggedPrediction(*row) for row in s.execute(query)]
-        found.reverse()
-        return found
-
-
-class ParquetStore:
-    """Parquet files, one per written batch and model: ``FOLDER/model=NAME/date=DAY/*.parquet``.
-
-    Each file is written under a temporary name and renamed, so a reader never sees half a file.
-    """
-
-    def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-
-    def write(self, batch: LogBatch) -> None:
-        """Write ``batch`` as one file per model and day (UTC)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        times = batch.times()
-        table = pa.table({
-            "request_id": batch.request_id,
-            "version": pa.array(batch.version, pa.int32()),
-            "variant": batch.variant,
-            "at": pa.array(times, pa.timestamp("us", tz="UTC")),
-            "latency_ms": pa.array(batch.latency_ms, pa.float64()),
-            "rows": pa.array(batch.rows, pa.int32()),
-            "inputs": batch.inputs,
-            "outputs": batch.outputs,
-        })
-        groups: dict[tuple[str, Any], list[int]] = {}
-        days = times.astype("datetime64[D]").tolist()
-        for i, key in enumerate(zip(batch.model, days, strict=True)):
-            groups.setdefault(key, []).append(i)
-        for (model, day), members in groups.items():
-            part = table if len(groups) == 1 else table.take(members)
-            date = day.isoformat()
-            folder = self.folder / f"model={model}" / f"date={date}"
-            folder.mkdir(parents=True, exist_ok=True)
-            name = f"{int(time.time() * 1000):013d}-{uuid.uuid4().hex[:8]}.parquet"
-            partial = folder / f".{name}.tmp"
-            pq.write_table(part, partial, compression="zstd")
-            os.replace(partial, folder / name)
-
-    def read(self, model: str, *, since: datetime | None = None, until: datetime | None = None,
-             versions: Sequence[int] | None = None, limit: int | None = None,
-             with_inputs: bool = True) -> list[LoggedPrediction]:
-        """Logged requests of ``model`` in ``[since, until)``, oldest first (newest ``limit``)."""
-        import pyarrow.parquet as pq
-
-        root = self.folder / f"model={model}"
-        if not root.is_dir():
-            return []
-        found: list[LoggedPrediction] = []
-        for day in sorted(root.glob("date=*")):
-            if since is not None and day.name[5:] < since.strftime("%Y-%m-%d"):
-                continue  # a whole day before the window
-            for file in sorted(day.glob("*.parquet")):
-                columns = None if with_inputs else [c for c in _PARQUET_COLUMNS if c != "inputs"]
-                for rec in pq.read_table(file, columns=columns).to_pylist():
-                    at = rec["at"]
-                    if ((since is not None and at < since) or (until is not None and at >= until)
-                            or (versions is not None and rec["version"] not in versions)):
-                        continue
-                    found.append(LoggedPrediction(
-                        rec["request_id"], model, rec["version"], rec["variant"], at,
-                        rec["latency_ms"], rec["rows"],
-                        orjson.loads(rec["inputs"]) if with_inputs else {},
-                        orjson.loads(rec["outputs"])))
-        found.sort(key=lambda p: p.at)
-        return found[-limit:] if limit is not None else found
-
-
-def open_store(registry: Registry, where: str | None = None) -> LogStore | None:
-    """The store ``where`` (or ``MODELYARD_PREDICTION_LOG``) names; None when logging is off."""
-    where = (where if where is not None else os.environ.get(ENV, "db")).strip()
-    if where in ("", "db"):
-        return DatabaseStore(registry)
-    if where == "off":
-        return None
-    if where.startswith("parquet:") and len(where) > len("parquet:"):
-        return ParquetStore(where.removeprefix("parquet:"))
-    raise ConfigError(f"{ENV}={where!r} is not understood; use db, off or parquet:FOLDER")
-
-
-__all__ = ["LOG_COLUMNS", "DatabaseStore", "LogBatch", "LogPolicy", "LogStore", "LoggedPrediction",
-           "ParquetStore", "PredictionLog", "open_store", "outputs_many", "outputs_of"]
+__all__ = ["BUILTIN_KEY", "HEALTH_WINDOW_S", "LOG_COLUMNS", "DatabaseStore", "LogBatch",
+           "LogHealth", "LogPolicy", "LogStore", "LoggedPrediction", "ParquetStore",
+           "PredictionLog", "open_store", "outputs_many", "outputs_of"]

@@ -23,7 +23,7 @@ BOOTSTRAP = 200
 MAX_BOOTSTRAP_ROWS = 5000
 
 if TYPE_CHECKING:
-    from modelyard.monitoring.predlog import LoggedPrediction
+    from modelyard.monitoring.logstore import LoggedPrediction
     from modelyard.registry import Registry
 
 

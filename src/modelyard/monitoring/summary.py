@@ -7,6 +7,10 @@ a compact, JSON-ready record, shaped by the version's reference profile:
   field marked ``sensitive`` is left out (``"drop"``) or each value replaced by
   :func:`hash_value` (``"hash"``: equal values still match, for joins); the record lists them
   under ``"dropped"`` and ``"hashed"`` so drift checks skip them.
+- vectors: a tensor model's one input of ``k`` numbers per row whose training data was
+  profiled as a table of ``k`` columns (any 2-D array up to 256 wide, a PyTorch MLP's input
+  included): ``{"vectors": [[values], ...]}``, one list per row in the profile's column order,
+  rebuilt into those columns for drift checks. Marked sensitive, the values are left out.
 - text: per row its length in characters, token count and hashed bag-of-words embedding
   (:func:`~modelyard.pipeline.profile.embed_text`, 4 significant digits), never the text.
 - tensors: per row the projection the profile recorded (when there is one) and the row's mean
@@ -28,6 +32,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+import orjson
 
 from modelyard.pipeline.profile import TEXT_DIMS, embed_text, project
 from modelyard.schema import Signature
@@ -66,8 +71,7 @@ def summarize(batch: Any, signature: Signature, reference: Mapping[str, Any] | N
     bad = {name: action for name, action in sensitive.items() if action not in _ACTIONS}
     if bad:
         raise ValueError(f"sensitive fields must be 'drop' or 'hash', got {bad}")
-    return _SUMMARIES[_kind(signature, reference)](batch, signature, reference, sensitive,
-                                                   hash_key)
+    return _KINDS[_kind(signature, reference)](batch, signature, reference, sensitive, hash_key)
 
 
 def summarize_many(batches: Sequence[Any], signature: Signature,
@@ -81,24 +85,30 @@ def summarize_many(batches: Sequence[Any], signature: Signature,
     conversion per request and field. Records come one at a time so that a caller which encodes
     each one keeps no more than one alive.
     """
-    stacked = _stack_table(batches, signature, reference) if len(batches) > 1 else None
+    kind = _kind(signature, reference)
+    stacked = _stack_rows(batches, kind) if len(batches) > 1 else None
     if stacked is None:
         for batch in batches:
             yield summarize(batch, signature, reference, sensitive=sensitive, hash_key=hash_key)
         return
     whole = summarize(stacked, signature, reference, sensitive=sensitive, hash_key=hash_key)
-    columns = whole.pop("columns")
+    columns = whole.pop("columns", None)
+    vectors = whole.pop("vectors", None)
     start = 0
     for batch in batches:
         end = start + len(batch)
-        yield {"columns": {name: values[start:end] for name, values in columns.items()}, **whole}
+        if columns is not None:
+            yield {"columns": {name: values[start:end] for name, values in columns.items()},
+                   **whole}
+        else:
+            yield {**({} if vectors is None else {"vectors": vectors[start:end]}), **whole}
         start = end
 
 
-def _stack_table(batches: Sequence[Any], signature: Signature,
-                 reference: Mapping[str, Any] | None) -> Any:
-    """One table of every batch's rows, or None when they do not stack (then one by one)."""
-    if _kind(signature, reference) != "table":
+def _stack_rows(batches: Sequence[Any], kind: str) -> Any:
+    """One table (or matrix) of every batch's rows, or None when they do not stack (then one
+    by one): text and tensors are summarised per row anyway."""
+    if kind not in ("table", "vector"):
         return None
     if all(isinstance(b, np.ndarray) and b.ndim == 2 for b in batches):
         if len({b.shape[1] for b in batches}) == 1 and len({b.dtype for b in batches}) == 1:
@@ -127,8 +137,11 @@ def current_from_log(inputs: Sequence[Mapping[str, Any]], reference: Mapping[str
 
 
 def _kind(signature: Signature, reference: Mapping[str, Any] | None) -> str:
-    # The profile decides where there is one: a very wide table is profiled as a tensor.
+    # The profile decides where there is one: a very wide table is profiled as a tensor, and a
+    # tensor model's vector input up to 256 wide as a table (logged as "vector" rows).
     if reference is not None and reference.get("kind") in _SUMMARIES:
+        if reference["kind"] == "table" and signature.layout == "tensor":
+            return "vector"
         return str(reference["kind"])
     if signature.layout == "table":
         return "table"
@@ -189,11 +202,25 @@ def _summarize_tensor(batch: Any, signature: Signature, reference: Mapping[str, 
     return out
 
 
+def _summarize_vector(batch: Any, signature: Signature, reference: Mapping[str, Any] | None,
+                      sensitive: Mapping[str, str], hash_key: bytes) -> dict[str, Any]:
+    flat = np.asarray(batch).reshape(len(batch), -1)
+    width = len((reference or {}).get("features") or ())
+    if flat.shape[1] != width:
+        raise ValueError(f"rows of {flat.shape[1]} values do not match the {width} columns the "
+                         "training data was profiled as")
+    if _hidden(signature, sensitive):
+        return {"dropped": ["vectors"]}
+    return {"vectors": _plain_rows(flat)}
+
+
 _SUMMARIES: dict[str, Callable[..., dict[str, Any]]] = {
     "table": _summarize_table,
     "text": _summarize_text,
     "tensor": _summarize_tensor,
 }
+#: kinds a summary may take; "vector" only where the profile is a table and the signature a tensor.
+_KINDS: dict[str, Callable[..., dict[str, Any]]] = {**_SUMMARIES, "vector": _summarize_vector}
 
 
 def _hidden(signature: Signature, sensitive: Mapping[str, str]) -> bool:
@@ -219,14 +246,26 @@ def _plain_values(values: np.ndarray) -> list[Any]:
     if kind in "iub":
         return values.tolist()
     if kind == "f":
-        # float32 through its shortest text, so 0.1 is logged as 0.1, not 0.10000000149011612
-        as_float = (values if values.dtype == np.float64
-                    else values.astype(str).astype(np.float64))
-        out = as_float.tolist()
-        for i in np.flatnonzero(~np.isfinite(as_float)).tolist():
-            out[i] = None
-        return out
+        return _plain_floats(values)
     return [_plain(v) for v in values.tolist()]
+
+
+def _plain_rows(rows: np.ndarray) -> list[Any]:
+    """A 2-D array's rows as lists of plain values (as :func:`_plain_values` makes them)."""
+    kind = rows.dtype.kind
+    if kind in "iub":
+        return rows.tolist()
+    if kind == "f":
+        return _plain_floats(rows)
+    return [[_plain(v) for v in row] for row in rows.tolist()]
+
+
+def _plain_floats(values: np.ndarray) -> Any:
+    """Floats as (nested) lists, None where not finite; float32 through its shortest text, so
+    0.1 is logged as 0.1, not 0.10000000149011612. One orjson round trip does both, about ten
+    times faster than formatting the values as strings."""
+    return orjson.loads(orjson.dumps(np.ascontiguousarray(values),
+                                     option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 def _plain(value: Any) -> Any:
@@ -282,6 +321,7 @@ def _rebuild_table(summaries: Sequence[Mapping[str, Any]], reference: Mapping[st
     import pandas as pd
 
     specs: Mapping[str, Any] = reference.get("features", {})
+    summaries = [_as_columns(s, specs) if "vectors" in s else s for s in summaries]
     skipped = {name for s in summaries for key in ("hashed", "dropped") for name in s.get(key, ())}
     logged = {name for s in summaries for name in s.get("columns", {})}
     names = [name for name in specs if name in logged and name not in skipped]
@@ -295,6 +335,16 @@ def _rebuild_table(summaries: Sequence[Mapping[str, Any]], reference: Mapping[st
         rows += size
     frame = {name: _rebuilt_column(values, specs[name]) for name, values in columns.items()}
     return pd.DataFrame(frame, index=pd.RangeIndex(rows))
+
+
+def _as_columns(summary: Mapping[str, Any], features: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``vectors`` record as the table record of the profile's columns (``f0``, ``f1``, ...
+    by position, as :func:`~modelyard.pipeline.profile.profile` names an array's columns)."""
+    names = [f"f{i}" for i in range(len(features))]
+    if set(names) != set(features):
+        names = list(features)
+    rows = summary["vectors"]
+    return {"columns": {name: [row[i] for row in rows] for i, name in enumerate(names)}}
 
 
 def _rebuilt_column(values: list[Any], spec: Mapping[str, Any]) -> Any:

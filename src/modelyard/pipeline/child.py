@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import inspect
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -59,7 +60,7 @@ class TrainJob:
     flavor: str | None = None
     task: str | None = None
     metrics: list[str] = field(default_factory=list)
-    #: your own classes a scikit-learn artifact may hold (the spec's ``trusted_types``).
+    #: your own code the artifact may hold (the spec's ``trusted_types``).
     trusted_types: list[str] = field(default_factory=list)
     #: the production version to score on the same holdout: ref, flavor, path, meta, signature.
     champion: dict[str, Any] | None = None
@@ -239,9 +240,10 @@ def main(job: dict[str, Any], stages: Any, lifeline: Any = None) -> None:
         adapter = get_adapter(job["flavor"]) if job["flavor"] else adapter_for(model)
         (work / "artifact").mkdir()
         options = {"trusted_types": job["trusted_types"]} if job["trusted_types"] else {}
-        if options and adapter.flavor != "sklearn":
+        if options and "trusted_types" not in inspect.signature(adapter.save).parameters:
             raise errors.ConfigError(
-                f"trusted_types applies to sklearn models, not {adapter.flavor}")
+                f"trusted_types applies to sklearn, torch and tensorflow models, not "
+                f"{adapter.flavor}")
         meta = adapter.save(model, work / "artifact", sample=X[:8], **options)
         signature = adapter.infer_signature(model, X, y).to_dict()
         task = job["task"] or infer_task(model, y)
@@ -252,6 +254,8 @@ def main(job: dict[str, Any], stages: Any, lifeline: Any = None) -> None:
         candidate = evaluate.load_predictor(job["name"], 0, adapter.flavor, work / "artifact",
                                             meta, signature, task)
         metrics = evaluate.score(candidate, X_hold, y_hold, job["metrics"])
+        with contextlib.suppress(ModelyardError):  # unrecorded: the server measures on load
+            signature = {**signature, "outputs": evaluate.describe_outputs(candidate, X_hold)}
         champion = (evaluate.score_champion(job["champion"], X_hold, y_hold, job["metrics"])
                     if job["champion"] else None)
         _write_json(work / "result.json", {

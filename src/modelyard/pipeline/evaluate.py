@@ -57,6 +57,14 @@ def predict_all(predictor: Predictor, X: Any, *, scores: bool) -> Prediction:
     )
 
 
+def describe_outputs(predictor: Predictor, X: Any) -> list[dict[str, Any]]:
+    """What ``predictor`` answers (``predictions``, ``scores``: dtype and per-row shape), from
+    two rows of ``X``: recorded in the version's signature, so OIP metadata states it before the
+    version is ever loaded."""
+    batch, _ = predictor.signature.prepare(_rows(X, 0, 2))
+    return [f.to_dict() for f in predictor.predict_batch(batch, scores=True).fields()]
+
+
 def score(predictor: Predictor, X: Any, y: Any, metrics: list[str], *,
           missing_scores: Literal["raise", "skip"] = "raise") -> dict[str, float]:
     """``metrics`` of ``predictor`` on ``(X, y)``; class scores are computed only if needed."""
@@ -95,4 +103,5 @@ def _rows(batch: Any, start: int, stop: int) -> Any:
     return batch.iloc[start:stop] if hasattr(batch, "iloc") else batch[start:stop]
 
 
-__all__ = ["EVAL_CHUNK", "load_predictor", "predict_all", "score", "score_champion"]
+__all__ = ["EVAL_CHUNK", "describe_outputs", "load_predictor", "predict_all", "score",
+           "score_champion"]

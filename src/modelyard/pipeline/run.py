@@ -1,6 +1,11 @@
 """One training run: load data -> validate -> train and evaluate (in a child process) -> gate ->
 register -> promote, recorded in the registry whether it succeeds, fails or is rejected.
 
+A spec that declares a staged rollout (``rollout.strategy`` other than ``direct``) does not move
+``production`` here once a production version exists: the result says ``rollout_due`` and the
+caller starts that rollout (``Deployments.start_declared``; ``modelyard train`` and the scheduler
+do), so the new version reaches traffic step by step, analysed.
+
 A run whose data, code, params, spec and packages equal the latest version's trains nothing and
 registers nothing: it ends ``unchanged``, naming that version (``force=True`` trains anyway).
 
@@ -52,6 +57,8 @@ class RunResult:
     gate: GateResult
     metrics: dict[str, float]
     champion_metrics: dict[str, float] | None
+    #: the gate passed and the spec declares a rollout: the caller starts it (not promoted).
+    rollout_due: bool = False
     #: the version this run found identical (data, code, params, spec, packages): nothing was
     #: trained or registered, and ``version`` is None
     unchanged: ModelVersion | None = None
@@ -116,8 +123,10 @@ def run_pipeline(
 ) -> RunResult:
     """Train ``spec`` on fresh data, gate it against production, register and maybe promote it.
 
-    ``promote`` overrides ``spec.gate.promote``. When nothing changed since the latest version
-    (data, code, params, spec, packages) the run ends ``unchanged`` with
+    ``promote`` None follows the spec: ``gate.promote``, and a declared rollout instead of moving
+    ``production`` when there is one to compare with (``rollout_due``). True moves ``production``
+    now, skipping any rollout; False leaves it alone. When nothing changed since the latest
+    version (data, code, params, spec, packages) the run ends ``unchanged`` with
     :attr:`RunResult.unchanged` set and nothing registered, unless ``force``. Raises
     :class:`DataValidationError`, :class:`TrainingError`, :class:`GateFailed`, ...; each carries
     ``run_id`` once the run is recorded (``modelyard runs show <run_id>`` shows its logs).
@@ -225,6 +234,9 @@ def _execute(
               # metric names monitoring computes from fed-back labels, and how it watches
               "metrics": list(spec.metrics),
               "monitoring": spec.monitoring.model_dump(mode="json"),
+              # what a rollout of this version starts with (deploy, the admin API); unset
+              # fields stay unset so a declared strategy is told from the default
+              "rollout": spec.rollout.model_dump(mode="json", exclude_unset=True),
               # what the next run compares with to see that nothing changed
               "spec_hash": lineage.spec_hash},
         signature=outcome.signature,
@@ -233,18 +245,31 @@ def _execute(
         environment=lineage.environment, reference_stats=profile(train_set.X), run_id=run.id,
         description=spec.description, actor=actor,
     )
-    promoted = spec.gate.promote if promote is None else promote
+    promoted, rollout_due = _goes_live(spec, promote, has_champion=outcome.champion is not None)
     if promoted:
         runlog.stage("promote")
         against = f" vs champion {champion['ref']}" if champion_metrics is not None else ""
         registry.set_alias(spec.name, PRODUCTION, version.version, actor=actor,
                            reason=f"run {run.id}: gate passed ({_show(outcome.metrics)}{against})")
         version = registry.get_version(spec.name, version.version)  # now with its alias
-    runlog.note(f"registered {version.ref}" + (" and promoted to production" if promoted else ""))
+    runlog.note(f"registered {version.ref}" + (" and promoted to production" if promoted else "")
+                + (f"; its {spec.rollout.strategy} rollout starts next" if rollout_due else ""))
     finished = registry.finish_run(run.id, status="succeeded", version=version.version,
                                    promoted=promoted, metrics=outcome.metrics, gate=gate_record,
                                    logs=runlog.text(work))
-    return RunResult(finished, version, promoted, gate, outcome.metrics, champion_metrics)
+    return RunResult(finished, version, promoted, gate, outcome.metrics, champion_metrics,
+                     rollout_due)
+
+
+def _goes_live(spec: Spec, promote: bool | None, *, has_champion: bool) -> tuple[bool, bool]:
+    """``(move production now, start the declared rollout)`` for a candidate that passed."""
+    if promote is not None:
+        return promote, False
+    if not spec.gate.promote:
+        return False, False
+    if spec.rollout.staged and has_champion:
+        return False, True
+    return True, False  # direct, or the first version: nothing to compare a rollout with
 
 
 def _lineage(spec: Spec, dataset: Dataset) -> _Lineage:

@@ -7,7 +7,7 @@ concurrent registrations from several processes get distinct numbers on SQLite a
 
 from __future__ import annotations
 
-import os
+import logging
 import shutil
 import tempfile
 import uuid
@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from modelyard.adapters import artifact_verifier
 from modelyard.config import Settings
 from modelyard.errors import ConfigError, ConflictError, IntegrityError, NotFoundError
 from modelyard.registry.database import Database
@@ -50,8 +51,10 @@ from modelyard.registry.tables import (
     RunRow,
     VersionRow,
 )
-from modelyard.store import open_store, pack_dir, unpack
+from modelyard.store import digest_dir, open_store, pack_dir, unpack
 from modelyard.types import ArtifactStore
+
+log = logging.getLogger(__name__)
 
 # Hot-path statements are built once with bound parameters: building them per call (literal
 # values) costs more CPU in SQLAlchemy's cache-key generation than the query itself.
@@ -93,7 +96,7 @@ def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
         return check_name(name), None, check_alias(alias)
     if ":" in ref:
         name, _, number = ref.rpartition(":")
-        if not number.isdigit():
+        if not (number.isascii() and number.isdigit() and len(number) <= 18):
             raise ConfigError(f"version in {ref!r} must be a number, as in {name}:3")
         return check_name(name), int(number), None
     return check_name(ref), None, PRODUCTION
@@ -166,10 +169,12 @@ class Registry:
 
         The artifact is written (atomically) before the version row exists, so a version never
         points at a missing or partial artifact. The model is created on its first version.
+        What is stored is first checked by the flavor's adapter: an artifact that loading would
+        refuse (:class:`UnsafeArtifactError`) is never stored and never becomes a version.
         """
         check_name(name)
         actor = actor or self.settings.actor
-        digest, size = self._store_artifact(Path(artifact_dir))
+        digest, size = self._store_artifact(Path(artifact_dir), flavor, meta or {})
         with self.db.session(write=True) as s:
             # Core statements, not the ORM unit of work: this is the hot write path.
             model_id, number = _next_version_number(s, name, actor)
@@ -197,13 +202,15 @@ class Registry:
                    {"flavor": flavor, "digest": digest, "metrics": metrics or {}, "run": run_id})
             return to_version(row, name, ())
 
-    def _store_artifact(self, folder: Path) -> tuple[str, int]:
-        fd, tmp = tempfile.mkstemp(prefix="modelyard-pack-", suffix=".tar")
-        os.close(fd)
-        try:
-            return self.store.put_file(pack_dir(folder, Path(tmp)))
-        finally:
-            os.unlink(tmp)
+    def _store_artifact(self, folder: Path, flavor: str, meta: dict[str, Any]) -> tuple[str, int]:
+        with tempfile.TemporaryDirectory(prefix="modelyard-pack-") as tmp:
+            archive = pack_dir(folder, Path(tmp) / "artifact.tar")
+            verify = artifact_verifier(flavor)
+            if verify is not None:
+                # check the packed bytes that will be stored, not the folder, which its owner
+                # could change between a check and the packing
+                verify(unpack(archive, Path(tmp) / "content"), meta)
+            return self.store.put_file(archive)
 
     def list_versions(self, name: str) -> list[ModelVersion]:
         """Every version of ``name``, newest first."""
@@ -340,12 +347,20 @@ class Registry:
     def artifact_path(self, version: ModelVersion) -> Path:
         """A local folder holding ``version``'s artifact, verified against its digest.
 
-        Unpacked once into the cache; a digest mismatch raises :class:`IntegrityError` naming the
-        version and nothing is loaded.
+        Unpacked once into ``<home>/cache/<digest>/`` and checked again on every call: the
+        folder is re-packed in memory (:func:`~modelyard.store.digest_dir`) and must give back
+        the digest, so a changed or added file is caught; such a copy is logged, removed and
+        unpacked again from the store. A digest mismatch in the store itself raises
+        :class:`IntegrityError` naming the version, and nothing is loaded.
         """
         target = self.settings.cache_dir / version.artifact_digest
         if target.is_dir():
-            return target
+            if digest_dir(target) == version.artifact_digest:
+                return target
+            log.error("the cached copy of %s in %s was changed (a file in it was modified, added "
+                      "or removed); it is discarded and unpacked again from the artifact store",
+                      version.ref, target)
+            _discard(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".unpack-") as tmp:
             archive = Path(tmp) / "a.tar"
@@ -500,6 +515,16 @@ class Registry:
                 AuditEvent(r.id, r.at, r.actor, r.action, r.target, r.details)
                 for r in s.scalars(query)
             ]
+
+
+def _discard(folder: Path) -> None:
+    """Remove a cached folder; renamed first, so a concurrent unpack never sees half of it."""
+    stale = folder.with_name(f".stale-{uuid.uuid4().hex}")
+    try:
+        folder.rename(stale)
+    except OSError:  # another process discarded it first
+        return
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 def _verdict(row: RunRow) -> str | None:

@@ -5,6 +5,7 @@
     deps = Deployments(registry)
     d = deps.start("iris", candidate=4, strategy="canary", steps=[5, 25, 50, 100],
                    every_s=300, rules={"metric": "f1"}, actor="user:ana")
+    deps.start_declared("iris", 4, every_s=30)   # the version's declared rollout, overridden
     deps.get("iris")                  # the current Deployment (a frozen record)
     deps.transition("iris", decision, expected_revision=d.revision)   # analysis applies this
     deps.activate / advance / promote / pause / resume / rollback / abort("iris", actor=...)
@@ -57,6 +58,8 @@ from modelyard.registry.tables import (
 from modelyard.rollout.analysis import Rules
 from modelyard.rollout.decision import Decision
 from modelyard.rollout.machine import ACTIVE_STATES, next_state, plan_steps
+from modelyard.rollout.plan import plan_rollout
+from modelyard.rollout.report import FRESH_S, report
 from modelyard.rollout.routing import candidate_share
 
 ANALYSIS = "analysis"  # the actor of decisions analysis makes
@@ -93,7 +96,8 @@ class Deployment(Record):
 
     @property
     def candidate_percent(self) -> float:
-        """Percent of requests the candidate answers now (for shadow: percent copied to it)."""
+        """Percent of requests the rollout plans for the candidate (for shadow: copied to it);
+        what servers really route is :meth:`Deployments.describe`'s ``candidate_percent``."""
         return candidate_share(self) * 100.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -199,6 +203,24 @@ class Deployments:
                 return self._apply(s, owner, row, first, actor, first.reason)
             return _deployment(row, owner.name)
 
+    def start_declared(self, model: str, candidate: int, *, strategy: str | None = None,
+                       steps: Sequence[int] | None = None, every_s: float | None = None,
+                       rules: dict[str, Any] | None = None, key: str | None = None,
+                       default_strategy: str = "canary", actor: str | None = None,
+                       reason: str = "") -> Deployment:
+        """Start the rollout ``candidate``'s registered spec declares, with any of its settings
+        overridden by the arguments given (see :func:`~modelyard.rollout.plan.plan_rollout`).
+
+        ``modelyard train``, the scheduler, ``modelyard deploy`` and the admin API start
+        rollouts through this one call.
+        """
+        version = self.registry.get_version(model, candidate)  # NotFoundError names it
+        production = self.registry.get_model(model).aliases.get(PRODUCTION)
+        plan = plan_rollout(version.meta, strategy=strategy, steps=steps, every_s=every_s,
+                            rules=rules, key=key, has_production=production is not None,
+                            default_strategy=default_strategy)
+        return self.start(model, candidate, **plan.start_kwargs(), actor=actor, reason=reason)
+
     def get(self, model: str) -> Deployment:
         """The model's current (newest) deployment; :class:`NotFoundError` if it never had one."""
         with self.registry.db.session() as s:
@@ -208,6 +230,16 @@ class Deployments:
                 raise NotFoundError(f"{model} has no rollout yet; start one with "
                                     f"Deployments.start({model!r}, VERSION)")
             return _deployment(row, owner.name)
+
+    def describe(self, d: Deployment, *, fresh_s: float = FRESH_S) -> dict[str, Any]:
+        """``d`` as status shows it (JSON-ready): the record, what it does and how it ends in
+        words (``explain``), and the traffic the servers report for its current revision
+        (``traffic``, see :func:`~modelyard.rollout.report.traffic`). ``candidate_percent`` is
+        the share the candidate really gets: 0 while no server routes the rollout."""
+        windows = self.windows(d.id, d.revision, fresh_s=fresh_s) if d.active else []
+        found = report(d, windows)
+        return {**d.to_dict(), "active": d.active,
+                "candidate_percent": found["traffic"]["candidate_percent"], **found}
 
     def history(self, model: str, *, limit: int = 200) -> list[DeploymentEvent]:
         """Every transition of every rollout of ``model``, newest first."""

@@ -6,7 +6,10 @@ common case). Windows from several processes combine with :meth:`WindowStats.mer
 round trip through :meth:`to_dict` / :meth:`from_dict`, so analysis can run on all the traffic.
 
 Latency lives in a fixed log-spaced histogram (10 % wide buckets from 0.1 ms to ~2 min), so the
-p99 is exact to one bucket and merging two windows is adding counts.
+p99 is exact to one bucket and merging two windows is adding counts. The histogram holds every
+request's bucket, so rank statistics over all of a window's requests (the tests of
+:mod:`modelyard.rollout.analysis`) need no sample of raw latencies: they are exact to one bucket,
+whatever the traffic, and windows from any number of processes merge without loss.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 
 _LOW_S = 1e-4  # the first bucket holds everything up to 0.1 ms
 _GROWTH = 1.1
+#: how much wider each latency bucket is than the one before (10 %).
+GROWTH = _GROWTH
 _BUCKETS = 150  # 1e-4 * 1.1**149 ~ 145 s; slower requests share the last bucket
 _LOG_GROWTH = math.log(_GROWTH)
 
@@ -89,6 +94,11 @@ class WindowStats:
                 return bucket_upper_s(index)
         return bucket_upper_s(max(self.latency_buckets))
 
+    def count_from(self, index: int) -> tuple[int, int]:
+        """``(requests timed in bucket index or slower ones, requests timed)``."""
+        slow = sum(c for i, c in self.latency_buckets.items() if i >= index)
+        return slow, sum(self.latency_buckets.values())
+
     @property
     def p99_s(self) -> float | None:
         """The 99th percentile latency in seconds (None: no requests timed)."""
@@ -155,4 +165,4 @@ def _weighted_se(a: float | None, na: int, b: float | None, nb: int) -> float | 
     return math.sqrt((na * a) ** 2 + (nb * b) ** 2) / (na + nb)
 
 
-__all__ = ["WindowStats", "bucket_of", "bucket_upper_s"]
+__all__ = ["GROWTH", "WindowStats", "bucket_of", "bucket_upper_s"]

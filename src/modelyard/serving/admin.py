@@ -1,37 +1,39 @@
 """The admin API under ``/api/v1``: what the CLI does to models, aliases and rollouts, over HTTP.
 
-Reads (``GET``) are open. Mutations (``POST``) need ``Authorization: Bearer <token>`` when the
-environment variable ``MODELYARD_TOKEN`` was set when the app was built: a missing token answers
-401 (with ``WWW-Authenticate: Bearer``), a wrong one 403. The registry records the actor ``api``,
-or ``api:<X-Actor header>`` when the caller names itself.
+Reads (``GET``) are open. Mutations (``POST``) pass the app's dispatcher first: it refuses
+cross-site requests (a foreign ``Origin`` 403, a body not declared JSON 415; see
+:mod:`modelyard.serving.cors`) and, when ``MODELYARD_TOKEN`` is set, a missing token (401, with
+``WWW-Authenticate: Bearer``) or a wrong one (403). The registry records the actor the
+credential stands for (:mod:`modelyard.serving.access`): ``api:token``, or ``api:anonymous`` on
+a server without a token.
 
 Registry calls block, so they run on the catalog's registry thread, off the event loop. Errors
 answer the app's usual ``{"error", "message"[, "detail"]}`` body with their ``status_code``:
 unknown model or version 404, a clash with the registry's state (a rollout already active,
-nothing to roll back to) 409, malformed JSON or invalid settings 400, unknown or mistyped body
-fields 422.
+nothing to roll back to, a promote of the served alias to a version this server cannot load)
+409, malformed JSON or invalid settings 400, unknown or mistyped body fields and free text over
+its bound 422. A rollout's unset settings come from the version's registered spec
+(``Deployments.start_declared``), and every rollout answer says what it does and the traffic it
+really gets (``Deployments.describe``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import os
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from modelyard.errors import InputError, ModelyardError
+from modelyard.errors import InputError
 from modelyard.registry.rows import PRODUCTION
+from modelyard.serving.access import TOKEN_ENV, ForbiddenError, UnauthorizedError, actor_of
 from modelyard.serving.http import (
     JSON,
     Receive,
     Scope,
     Send,
-    error_body,
-    header,
     read_body,
     respond,
 )
@@ -39,10 +41,6 @@ from modelyard.serving.protocol_v1 import BadJSONError
 
 if TYPE_CHECKING:
     from modelyard.serving.app import App
-
-TOKEN_ENV = "MODELYARD_TOKEN"
-ACTOR = "api"
-_MAX_ACTOR = 100
 
 #: ``(method, path, handler)``; the app registers these next to its own routes.
 ADMIN_ROUTES: list[tuple[str, str, str]] = [
@@ -59,24 +57,13 @@ ADMIN_ROUTES: list[tuple[str, str, str]] = [
 ]
 
 
-class UnauthorizedError(ModelyardError):
-    """A mutating call came without ``Authorization: Bearer <token>``."""
-
-    status_code = 401
-
-
-class ForbiddenError(ModelyardError):
-    """A mutating call's bearer token does not match the server's ``MODELYARD_TOKEN``."""
-
-    status_code = 403
-
-
 # -- body fields: name -> (accepted types, required, default) ----------------------------------
 _INT = (int,)
 _OPT_INT = (int, type(None))
 _STR = (str,)
 _OPT_STR = (str, type(None))
 _NUM = (int, float)
+_OPT_NUM = (int, float, type(None))
 _OPT_LIST = (list, type(None))
 _OPT_DICT = (dict, type(None))
 
@@ -86,11 +73,17 @@ _PROMOTE: Fields = {"version": (_INT, True, None), "alias": (_STR, False, PRODUC
                     "reason": (_STR, False, "")}
 _ROLLBACK: Fields = {"to": (_OPT_INT, False, None), "alias": (_STR, False, PRODUCTION),
                      "reason": (_STR, False, "")}
-_START: Fields = {"version": (_INT, True, None), "strategy": (_STR, False, "canary"),
-                  "steps": (_OPT_LIST, False, None), "every_s": (_NUM, False, 60.0),
+# unset settings come from the version's registered rollout spec (Deployments.start_declared)
+_START: Fields = {"version": (_INT, True, None), "strategy": (_OPT_STR, False, None),
+                  "steps": (_OPT_LIST, False, None), "every_s": (_OPT_NUM, False, None),
                   "key": (_OPT_STR, False, None), "rules": (_OPT_DICT, False, None),
                   "reason": (_STR, False, "")}
 _REASON: Fields = {"reason": (_STR, False, "")}
+
+#: the longest a free-text field may be, in characters: a reason is a sentence or two for the
+#: audit trail, not a document (names and aliases have the registry's own rules).
+MAX_CHARS = {"reason": 1000, "key": 200}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", list: "a list",
                dict: "an object", type(None): "null"}
@@ -124,6 +117,12 @@ def parse_fields(body: bytes, fields: Fields) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, types):  # bool is not a number here
             want = " or ".join(_TYPE_NAMES[t] for t in types)
             errors.append({"loc": ["body", name], "msg": f"must be {want}"})
+        elif isinstance(value, str) and len(value) > MAX_CHARS.get(name, len(value)):
+            errors.append({"loc": ["body", name], "msg": f"must be at most {MAX_CHARS[name]} "
+                                                         f"characters, got {len(value)}"})
+        elif isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+            # the registry stores 64-bit integers; a larger one would fail in the database
+            errors.append({"loc": ["body", name], "msg": "is out of range (a 64-bit integer)"})
         out[name] = value
     if errors:
         fields_named = ", ".join(str(e["loc"][-1]) for e in errors)
@@ -137,8 +136,6 @@ class AdminAPI:
 
     def __init__(self, app: App) -> None:
         self.app = app
-        token = os.environ.get(TOKEN_ENV, "")
-        self.token: bytes | None = token.encode() if token else None
         self._deployments: Any = None
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -159,46 +156,19 @@ class AdminAPI:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.app.catalog.io_pool, partial(fn, *args, **kw))
 
-    def _authorize(self, scope: Scope) -> None:
-        """Raise 401/403 unless the call carries the configured bearer token (if any)."""
-        if self.token is None:
-            return
-        given = header(scope, b"authorization")
-        if given is None or not given.strip():
-            raise UnauthorizedError("this call needs 'Authorization: Bearer <token>' "
-                                    f"(the server's {TOKEN_ENV})")
-        scheme, _, credential = given.strip().partition(b" ")
-        if scheme.lower() != b"bearer" or not credential.strip():
-            raise UnauthorizedError("send the token as 'Authorization: Bearer <token>'")
-        if not hmac.compare_digest(credential.strip(), self.token):
-            raise ForbiddenError("the bearer token is not valid for this server")
-
     @staticmethod
     def actor(scope: Scope) -> str:
-        """``api``, or ``api:<X-Actor>`` when the caller names itself."""
-        raw = header(scope, b"x-actor")
-        if raw is None:
-            return ACTOR
-        name = "".join(c for c in raw.decode("utf-8", "replace") if c.isprintable()).strip()
-        return f"{ACTOR}:{name[:_MAX_ACTOR]}" if name else ACTOR
+        """Who is acting: what the dispatcher authenticated (never a header the client picks)."""
+        return actor_of(scope)
 
-    async def authorized(self, scope: Scope, send: Send) -> bool:
-        """Check the bearer token; False when a 401 was answered (a wrong token raises 403)."""
-        try:
-            self._authorize(scope)
-        except UnauthorizedError as exc:
-            status, body, headers = error_body(exc)
-            await respond(send, status, body, [*headers, (b"www-authenticate", b"Bearer")])
-            return False
-        return True
-
-    async def _mutation(self, scope: Scope, receive: Receive, send: Send,
-                        fields: Fields) -> dict[str, Any] | None:
-        """Authorize, then read and check the body; ``None`` when an auth error was answered."""
-        if not await self.authorized(scope, send):
-            return None
+    async def _mutation(self, scope: Scope, receive: Receive, fields: Fields) -> dict[str, Any]:
+        """The body, checked against ``fields`` (the dispatcher already admitted the call)."""
         body = await read_body(scope, receive, self.app.options.max_body_bytes)
         return parse_fields(body, fields)
+
+    async def _describe(self, d: Any) -> dict[str, Any]:
+        """A deployment as status shows it: what it does, and the traffic servers report."""
+        return await self.io(self.deployments.describe, d)  # type: ignore[no-any-return]
 
     # -- reads ----------------------------------------------------------------------------------
     async def admin_models(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -215,7 +185,7 @@ class AdminAPI:
     async def admin_deployment(self, scope: Scope, receive: Receive, send: Send,
                                name: str) -> None:
         """``GET /api/v1/models/{name}/deployment``: the current rollout (404: never had one)."""
-        await _ok(send, _deployment_dict(await self.io(self.deployments.get, name)))
+        await _ok(send, await self._describe(await self.io(self.deployments.get, name)))
 
     async def admin_deployment_history(self, scope: Scope, receive: Receive, send: Send,
                                        name: str) -> None:
@@ -226,9 +196,9 @@ class AdminAPI:
     # -- aliases --------------------------------------------------------------------------------
     async def admin_promote(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """``POST /api/v1/models/{name}/promote``: point an alias (production) at a version."""
-        body = await self._mutation(scope, receive, send, _PROMOTE)
-        if body is None:
-            return
+        body = await self._mutation(scope, receive, _PROMOTE)
+        if body["alias"] == self.app.options.alias:  # what this server serves: load it first
+            await self.app.catalog.check_loads(name, body["version"])
         event = await self.io(self.registry.set_alias, name, body["alias"], body["version"],
                                actor=self.actor(scope), reason=body["reason"])
         await _ok(send, {"event": event.to_dict()})
@@ -240,14 +210,12 @@ class AdminAPI:
         rollout, if any (all traffic returns to the stable version, still production). Without
         ``to`` that is all it does; with ``to`` the alias then moves there.
         """
-        body = await self._mutation(scope, receive, send, _ROLLBACK)
-        if body is None:
-            return
+        body = await self._mutation(scope, receive, _ROLLBACK)
         actor = self.actor(scope)
         ended = None
         if body["alias"] == PRODUCTION:
             ended = await self.io(self._end_active_rollout, name, actor, body["reason"])
-        deployment = None if ended is None else _deployment_dict(ended)
+        deployment = None if ended is None else await self._describe(ended)
         if ended is not None and body["to"] is None:
             await _ok(send, {"event": None, "deployment": deployment})
             return
@@ -271,22 +239,19 @@ class AdminAPI:
     async def admin_start_deployment(self, scope: Scope, receive: Receive, send: Send,
                                      name: str) -> None:
         """``POST /api/v1/models/{name}/deployments``: start rolling a version out (201)."""
-        body = await self._mutation(scope, receive, send, _START)
-        if body is None:
-            return
-        d = await self.io(self.deployments.start, name, body["version"], body["strategy"],
-                           steps=body["steps"], every_s=body["every_s"], rules=body["rules"],
-                           key=body["key"], actor=self.actor(scope), reason=body["reason"])
-        await respond(send, 201, orjson.dumps(_deployment_dict(d)), JSON)
+        body = await self._mutation(scope, receive, _START)
+        d = await self.io(self.deployments.start_declared, name, body["version"],
+                          strategy=body["strategy"], steps=body["steps"],
+                          every_s=body["every_s"], rules=body["rules"], key=body["key"],
+                          actor=self.actor(scope), reason=body["reason"])
+        await respond(send, 201, orjson.dumps(await self._describe(d)), JSON)
 
     async def _transition(self, scope: Scope, receive: Receive, send: Send, name: str,
                           action: str) -> None:
-        body = await self._mutation(scope, receive, send, _REASON)
-        if body is None:
-            return
+        body = await self._mutation(scope, receive, _REASON)
         method = getattr(self.deployments, action)
         d = await self.io(method, name, actor=self.actor(scope), reason=body["reason"])
-        await _ok(send, _deployment_dict(d))
+        await _ok(send, await self._describe(d))
 
     async def admin_deployment_promote(self, scope: Scope, receive: Receive, send: Send,
                                        name: str) -> None:
@@ -304,16 +269,9 @@ class AdminAPI:
         await self._transition(scope, receive, send, name, "rollback")
 
 
-def _deployment_dict(d: Any) -> dict[str, Any]:
-    data: dict[str, Any] = d.to_dict()
-    data["active"] = d.active
-    data["candidate_percent"] = d.candidate_percent
-    return data
-
-
 async def _ok(send: Send, doc: Any) -> None:
     await respond(send, 200, orjson.dumps(doc), JSON)
 
 
-__all__ = ["ADMIN_ROUTES", "TOKEN_ENV", "AdminAPI", "ForbiddenError", "UnauthorizedError",
-           "parse_fields"]
+__all__ = ["ADMIN_ROUTES", "MAX_CHARS", "TOKEN_ENV", "AdminAPI", "ForbiddenError",
+           "UnauthorizedError", "parse_fields"]

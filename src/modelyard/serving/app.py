@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
 import logging
-import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,12 +20,24 @@ import orjson
 from modelyard.errors import NotFoundError
 from modelyard.predictor import Prediction
 from modelyard.serving import protocol_v1
+from modelyard.serving.access import ACTOR_KEY, Access
 from modelyard.serving.admin import ADMIN_ROUTES, AdminAPI
 from modelyard.serving.batching import RunnerClosedError
+from modelyard.serving.calls import (
+    MAX_VERSION,
+    Call,
+    log_failure,
+    new_request_id,
+    parse_version,
+    request_id_of,
+)
 from modelyard.serving.catalog import Catalog
+from modelyard.serving.cors import CrossSite
 from modelyard.serving.http import (
     JSON,
+    BodyDeadlines,
     ClientDisconnectedError,
+    MethodNotAllowedError,
     Receive,
     Scope,
     Send,
@@ -41,11 +50,12 @@ from modelyard.serving.http import (
 )
 from modelyard.serving.metrics import CONTENT_TYPE, ServerMetrics
 from modelyard.serving.monitor_api import MONITOR_ROUTES, MonitorAPI, MonitorGauges
+from modelyard.serving.oip import OIPHandlers
 from modelyard.serving.options import ServeOptions
+from modelyard.serving.retention import RetentionSweeper
 from modelyard.serving.rollouts import Rollouts
 from modelyard.serving.runner import Runner
 from modelyard.serving.watcher import Watcher
-from modelyard.serving.worker import WorkerUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -76,81 +86,37 @@ ROUTES = compile_routes([
 
 Handler = Callable[..., Awaitable[None]]
 
-class _RequestIds:
-    """Request ids: a random prefix per process and a counter. uuid4 costs a ``getrandom``
-    system call per request; these are unique across processes (a forked worker gets its own
-    prefix), not secret."""
-
-    def __init__(self) -> None:
-        self.pid = -1
-        self.prefix = ""
-        self.counter = itertools.count(1)
-
-    def new(self) -> str:
-        if self.pid != os.getpid():
-            self.pid, self.prefix = os.getpid(), uuid.uuid4().hex[:16]
-            self.counter = itertools.count(1)
-        return f"{self.prefix}{next(self.counter):08x}"
-
-
-_request_ids = _RequestIds()
-
-
-class Call:
-    """What one prediction request resolved to, for its response and its metrics.
-
-    ``variant`` is ``production`` (the served alias), or ``stable``/``candidate`` while a
-    rollout routes the model.
-    """
-
-    __slots__ = ("batch", "request_id", "result", "rows", "runner", "variant")
-
-    def __init__(self, request_id: str | None = None) -> None:
-        self.runner: Runner | None = None
-        self.variant = "production"
-        #: the id feedback refers to: the client's X-Request-Id (or OIP ``id``), else generated.
-        self.request_id = request_id or _request_ids.new()
-        #: the prepared input batch, its rows and the answer, for the prediction log.
-        self.batch: Any = None
-        self.rows = 0
-        self.result: Prediction | None = None
-
-    def answered(self, batch: Any, rows: int, result: Prediction) -> Prediction:
-        """Keep what the prediction log needs of an answered request; returns ``result``."""
-        self.batch, self.rows, self.result = batch, rows, result
-        return result
-
-    def headers(self) -> list[tuple[bytes, bytes]]:
-        """The response headers naming the version and variant that answered, and the request."""
-        runner = self.runner
-        assert runner is not None
-        return [(b"x-model-version", runner.version_str.encode()),
-                (b"x-model-variant", self.variant.encode()),
-                (b"x-request-id", self.request_id.encode())]
-
+#: the handlers that change something: the dispatcher admits each (cross-site rules, then the
+#: credential) before it runs, and puts the authenticated actor in the scope for its audit.
+MUTATIONS = frozenset(
+    {h for m, _, h in (*ADMIN_ROUTES, *MONITOR_ROUTES) if m == "POST"} | {"v2_load", "v2_unload"})
+#: mutations whose clients send no Content-Type (tritonclient's repository load/unload).
+_UNTYPED = frozenset({"v2_load", "v2_unload"})
 
 class App:
     """The server: ``await app(scope, receive, send)``; lifespan runs ``startup``/``shutdown``."""
 
     def __init__(self, registry: Any = None, options: ServeOptions | None = None,
                  *, settings: Any = None) -> None:
-        from modelyard.serving.oip import OIPHandlers
-
         self.options = options or ServeOptions()
         self._settings = settings
         self._owns_registry = registry is None
-        self.metrics = ServerMetrics()
+        self.metrics = ServerMetrics(self.options.metrics_dir)
         self.catalog = Catalog(registry, self.options, self.metrics)
         self.watcher = Watcher(self.catalog)
         self.rollouts = Rollouts(self.catalog)
         self.ready = False
+        self._body_deadlines = BodyDeadlines(self.options.body_timeout_s)
         self.predlog: Any = None  # the PredictionLog, once started
         self._preload: asyncio.Task[None] | None = None
         self._grpc: Any = None
         oip = OIPHandlers(self)
-        self.admin = AdminAPI(self)  # reads MODELYARD_TOKEN now
+        self.access = Access.from_env()  # reads MODELYARD_TOKEN now
+        self.cross_site = CrossSite(self.options.cors_origins)
+        self.admin = AdminAPI(self)
         monitor = MonitorAPI(self)
         self.gauges = MonitorGauges(self, monitor)
+        self.retention = RetentionSweeper(self, monitor)
         self._handlers: dict[str, Handler] = {}
         for routes in ROUTES.values():
             for route in routes:
@@ -177,6 +143,7 @@ class App:
             settle_heap()
             self.ready = True
         self._open_prediction_log()
+        self.retention.start()
         self.watcher.start()
         self.rollouts.start()
         if self.options.grpc_address:
@@ -216,6 +183,7 @@ class App:
         if self._grpc is not None:
             await self._grpc.stop(5)
         await self.gauges.stop()
+        await self.retention.stop()
         await self.rollouts.stop()
         await self.watcher.stop()
         await self.catalog.close()
@@ -250,20 +218,52 @@ class App:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
+        if self.cross_site.enabled:
+            send = self.cross_site.wrap(scope, send)
+        # a body that stops arriving is answered 408 and its connection closed
+        receive = self._body_deadlines.wrap(receive)
         try:
             found = match(ROUTES, scope["method"], path)
             if found is None:
-                raise NotFoundError(f"no route {path}; see /docs for the API")
+                raise NotFoundError(f"no route {path[:200]}; see /docs for the API")
             handler, params = found
+            if handler in MUTATIONS:
+                self.admit(scope, handler)
             await self._handlers[handler](scope, receive, send, **params)
         except ClientDisconnectedError:
             return
+        except MethodNotAllowedError as exc:
+            if scope["method"] == "OPTIONS":
+                await self._options(scope, send, exc.allow)
+            else:
+                await self._fail(scope, send, exc)
         except Exception as exc:
-            if not isinstance(exc, NotFoundError | protocol_v1.InputError) and getattr(
-                    exc, "status_code", 500) >= 500:
-                log.exception("error answering %s %s", scope["method"], path)
-            status, body, headers = error_body(exc, oip=path.startswith("/v2"))
-            await respond(send, status, body, headers)
+            await self._fail(scope, send, exc)
+
+    def admit(self, scope: Scope, handler: str) -> None:
+        """Let a mutation through, or raise: a foreign ``Origin`` or a body not declared JSON
+        (:mod:`~modelyard.serving.cors`), then a missing or wrong credential
+        (:mod:`~modelyard.serving.access`). The actor goes into the scope for the audit."""
+        self.cross_site.check_mutation(scope, json_optional=handler in _UNTYPED)
+        scope[ACTOR_KEY] = self.access.authenticate(header(scope, b"authorization"))
+
+    async def _options(self, scope: Scope, send: Send, methods: list[str]) -> None:
+        """``OPTIONS``: 204 with ``Allow``; a CORS preflight from a listed origin is granted."""
+        allow = {*methods, "OPTIONS", *(["HEAD"] if "GET" in methods else [])}
+        headers = [(b"allow", ", ".join(sorted(allow)).encode()),
+                   *self.cross_site.preflight_headers(scope, methods)]
+        await send({"type": "http.response.start", "status": 204, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _fail(self, scope: Scope, send: Send, exc: Exception) -> None:
+        """Answer an error; a 5xx is logged once with the request id it names."""
+        path = scope["path"]
+        status, body, headers = error_body(exc, oip=path.startswith("/v2"))
+        if status >= 500:
+            request_id = request_id_of(scope) or new_request_id()
+            log_failure(f"{scope['method']} {path[:200]}", status, request_id, exc)
+            headers.append((b"x-request-id", request_id.encode()))
+        await respond(send, status, body, headers)
 
     # -- prediction -----------------------------------------------------------------------------
     def predict(self, call: Call, name: str, version: int | None,
@@ -345,20 +345,22 @@ class App:
             status = 499
         except Exception as exc:
             status, err, headers = error_body(exc)
-            if status >= 500 and not isinstance(exc, WorkerUnavailableError):
-                # a worker's death and restart are logged once by its supervisor, not per request
-                log.warning("%s predict failed with %s: %s", name, status, exc)
+            headers.append((b"x-request-id", call.request_id.encode()))
+            if status >= 500:
+                log_failure(f"POST {scope['path'][:200]}", status, call.request_id, exc)
             await respond(send, status, err, headers)
         finally:
             self.record(call, name, "v1", status, start)
 
     async def v1_models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /v1/models``: served models, their aliases and loaded versions."""
+        """``GET /v1/models``: served models, their aliases and loaded versions; ``not_served``
+        says when the alias points at a version this server could not load, and why."""
         loaded: dict[str, list[int]] = {}
         for (name, version), _ in self.catalog.cache.loaded():
             loaded.setdefault(name, []).append(version)
         models = [{"name": n, "aliases": a, "served_version": self.catalog.routes.get(n),
-                   "loaded_versions": sorted(loaded.get(n, []))}
+                   "loaded_versions": sorted(loaded.get(n, [])),
+                   "not_served": self.catalog.not_served.get(n)}
                   for n, a in sorted(self.catalog.models.items())]
         await respond(send, 200, orjson.dumps({"models": models}))
 
@@ -374,15 +376,34 @@ class App:
 
     async def op_readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /readyz``: 200 once the served aliases are preloaded and every device worker
-        answers; 503 while loading or while a worker restarts (the body names it)."""
+        answers; 503 while loading or while a worker restarts (the body names it).
+
+        A model whose alias moved to a version that cannot load still answers with the old one:
+        200, and ``not_served`` names both versions and the reason. A prediction log that is
+        dropping (:meth:`PredictionLog.health`) leaves it 200 too, since the models still answer
+        and taking every replica out of a load balancer because the log's store is down would
+        turn a monitoring outage into a serving one; the body lists it under ``degraded`` with
+        the log's counts, and ``modelyard_prediction_log_dropping`` is 1 for alerts.
+        """
         down = self.catalog.unhealthy()
         if self.ready and not down:
-            await respond(send, 200, b'{"status":"ready"}')
+            stale = self.catalog.not_served_detail()
+            body = {"status": "ready", **({"not_served": stale} if stale else {}),
+                    **self._log_detail()}
+            await respond(send, 200, orjson.dumps(body))
         elif not self.ready:
             await respond(send, 503, b'{"status":"loading"}', [*JSON, (b"retry-after", b"1")])
         else:
-            body = orjson.dumps({"status": "degraded", "down": [f"{n}:{v}" for n, v in down]})
+            body = orjson.dumps({"status": "degraded", "down": [f"{n}:{v}" for n, v in down],
+                                 **self._log_detail()})
             await respond(send, 503, body, [*JSON, (b"retry-after", b"1")])
+
+    def _log_detail(self) -> dict[str, Any]:
+        """What ``/readyz`` says of a prediction log that is dropping (nothing when it is not)."""
+        health = self.predlog.health() if self.predlog is not None else None
+        if health is None or not health.dropping:
+            return {}
+        return {"degraded": [health.describe()], "prediction_log": health.to_dict()}
 
     def is_ready(self) -> bool:
         """Whether preloading is done and no loaded version's device worker is down."""
@@ -414,27 +435,11 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-def request_id_of(scope: Scope) -> str | None:
-    """The client's ``X-Request-Id`` (at most 100 characters), if it sent one."""
-    value = header(scope, b"x-request-id")
-    if value is None or not 0 < len(value) <= 100:
-        return None
-    return value.decode("latin-1")
-
-
-def parse_version(name: str, version: str | None) -> int | None:
-    """The version number in a path, or :class:`NotFoundError` for one that is not a number."""
-    if version is None:
-        return None
-    if not version.isdigit() or int(version) < 1:
-        raise NotFoundError(f"model '{name}' has no version {version!r}; versions are 1, 2, ...")
-    return int(version)
-
-
 def create_app(registry: Any = None, options: ServeOptions | None = None,
                *, settings: Any = None) -> App:
     """A ready-to-run ASGI app over ``registry`` (or the one ``settings``/the environment names)."""
     return App(registry, options, settings=settings)
 
 
-__all__ = ["ROUTES", "App", "Call", "create_app", "parse_version"]
+__all__ = ["MAX_VERSION", "MUTATIONS", "ROUTES", "App", "Call", "create_app", "parse_version",
+           "request_id_of"]

@@ -15,7 +15,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from modelyard.errors import NotFoundError
+from modelyard.errors import ConflictError, NotFoundError
+from modelyard.schema import FieldSpec
 from modelyard.serving.cache import Key, ModelCache
 from modelyard.serving.metrics import ServerMetrics
 from modelyard.serving.options import ServeOptions
@@ -55,6 +56,9 @@ class Catalog:
         self.latest: dict[str, int] = {}
         #: model name -> the version its ``options.alias`` serves now (moved by the watcher).
         self.routes: dict[str, int] = {}
+        #: model name -> why its alias's version is not the one served (it failed to load):
+        #: ``{"version", "serving", "reason", "since"}``, set and cleared by the watcher.
+        self.not_served: dict[str, dict[str, Any]] = {}
         self.cache = ModelCache(self._load, max_memory=options.max_memory,
                                 on_change=self._report_loaded)
         self.predict_pool = ThreadPoolExecutor(options.predict_threads, "modelyard-predict")
@@ -62,6 +66,7 @@ class Catalog:
         self.io_pool = ThreadPoolExecutor(1, "modelyard-registry")
         #: the app's PredictionLog when it is on (loaded runners then get a log policy).
         self.predlog: Any = None
+        self._warned_log_key = False
 
     # -- the request path -----------------------------------------------------------------------
     def runner_now(self, name: str, version: int | None = None) -> Runner | None:
@@ -101,6 +106,27 @@ class Catalog:
             )
         return (name, version)
 
+    async def check_loads(self, name: str, version: int) -> None:
+        """Load and warm ``name:version`` now, before an alias is moved to it through this server.
+
+        :class:`ConflictError` with the reason when it cannot load (the caller then leaves the
+        alias where it is); :class:`NotFoundError` for an unknown version.
+        """
+        try:
+            await self.cache.get((name, version))
+        except NotFoundError:
+            raise
+        except Exception as exc:
+            raise ConflictError(f"{name}:{version} cannot be loaded, so the alias stays where it "
+                                f"is: {exc}") from None
+
+    def not_served_detail(self) -> list[dict[str, Any]]:
+        """Models whose alias points at a version this server could not load, and what it
+        serves instead (for ``/readyz``)."""
+        alias = self.options.alias
+        return [{"model": name, "alias": alias, **info}
+                for name, info in sorted(self.not_served.items())]
+
     def unhealthy(self) -> list[Key]:
         """Loaded versions that cannot answer now (a device worker is down or restarting)."""
         return [key for key, runner in self.cache.loaded() if not runner.healthy]
@@ -130,8 +156,20 @@ class Catalog:
         runner = await loop.run_in_executor(self.load_pool, self._open, record)
         if self.predlog is not None:
             runner.log_policy = log_policy(record)
+            self._check_log_key(runner.log_policy)
         runner.start()
         return runner
+
+    def _check_log_key(self, policy: Any) -> None:
+        """Warn once when a version hashes sensitive fields with the public built-in key."""
+        hashed = sorted(f for f, action in policy.sensitive.items() if action == "hash")
+        if hashed and not self._warned_log_key and self.predlog.uses_builtin_key:
+            self._warned_log_key = True
+            log.warning("SECURITY: %s:%s logs its sensitive field(s) %s as keyed hashes, but "
+                        "MODELYARD_LOG_KEY is not set: the built-in key is public, so anyone "
+                        "who reads the prediction log can confirm guessed values. Set "
+                        "MODELYARD_LOG_KEY to a secret (the same on every server).",
+                        policy.model, policy.version, ", ".join(hashed))
 
     def _open(self, record: Any) -> Runner:
         """Load, wrap and warm one version (blocking: runs on a load thread)."""
@@ -199,6 +237,8 @@ class Catalog:
             max_restarts=self.options.worker_max_restarts, on_give_up=self._give_up,
         )
         runner.metrics = vm
+        if worker.info.get("outputs"):
+            runner.outputs = tuple(FieldSpec.from_dict(f) for f in worker.info["outputs"])
         log.info("serving %s (%s on %s in worker pid %s, batch %d rows, delay %.1f ms)",
                  record.ref, record.flavor, runner.predictor.device, worker.pid,
                  policy.max_batch_size, policy.max_delay_s * 1e3)

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 @click.option("--timeout", "timeout_s", default=60.0, show_default=True,
               type=click.FloatRange(0, 86400, min_open=True),
               help="Seconds before a queued request gets 504.")
+@click.option("--body-timeout", "body_timeout_s", default=5.0, show_default=True,
+              type=click.FloatRange(0, 86400, min_open=True),
+              help="Seconds a request body may stall mid-way before 408 and a closed "
+                   "connection.")
 @click.option("--grpc-port", default=None, type=click.IntRange(1, 65535),
               help="Also serve OIP v2 over gRPC on this port (needs modelyard[grpc]).")
 @click.option("--alias", default="production", show_default=True,
@@ -34,17 +38,26 @@ if TYPE_CHECKING:
 @click.option("--prediction-log", default=None, metavar="WHERE",
               help="Where predictions are logged for monitoring: db (the registry database), "
                    "parquet:FOLDER or off (default: $MODELYARD_PREDICTION_LOG, else db).")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              envvar="MODELYARD_CORS_ORIGINS",
+              help="A web origin (https://dashboard.example.com) whose pages may call this "
+                   "server from a browser; repeat for more (default: $MODELYARD_CORS_ORIGINS, "
+                   "comma-separated, else none: CORS off).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, max_memory: str | None, preload: bool,
-          workers: int, max_body: str, timeout_s: float, grpc_port: int | None, alias: str,
-          prediction_log: str | None, log_level: str) -> None:
+          workers: int, max_body: str, timeout_s: float, body_timeout_s: float,
+          grpc_port: int | None, alias: str, prediction_log: str | None,
+          cors_origins: tuple[str, ...], log_level: str) -> None:
     """Serve every model with a production alias over REST and OIP v2 until stopped.
 
     Native REST: POST /v1/models/NAME/predict. Open Inference Protocol v2: /v2/... (REST, and
     gRPC with --grpc-port). Feedback: POST /v1/models/NAME/feedback. Also the admin and
     monitoring API under /api/v1, /metrics, /healthz, /readyz and OpenAPI at /docs.
+
+    Mutations need a JSON body and are refused from other sites' pages; with MODELYARD_TOKEN
+    set they also need 'Authorization: Bearer <token>'.
     """
     from modelyard.serving.options import ServeOptions, parse_size
     from modelyard.serving.server import serve as run
@@ -52,8 +65,11 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None, prel
     try:
         options = ServeOptions(max_memory=parse_size(max_memory), preload=preload, alias=alias,
                                max_body_bytes=parse_size(max_body) or 1,
-                               request_timeout_s=timeout_s, prediction_log=prediction_log,
-                               grpc_address=f"{host}:{grpc_port}" if grpc_port else None)
+                               request_timeout_s=timeout_s, body_timeout_s=body_timeout_s,
+                               prediction_log=prediction_log,
+                               grpc_address=f"{host}:{grpc_port}" if grpc_port else None,
+                               cors_origins=tuple(o for value in cors_origins
+                                                  for o in value.replace(",", " ").split()))
     except ModelyardError as exc:
         raise click.UsageError(str(exc)) from None
     # Under the modelyard CLI the global --home/--db/--artifacts options name the registry.

@@ -6,6 +6,7 @@ and, unless ``promote=False``, points ``production`` at it. Frameworks are impor
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import tempfile
 from pathlib import Path
@@ -14,12 +15,19 @@ from typing import Any
 import numpy as np
 
 from modelyard.adapters import get_adapter
+from modelyard.errors import ModelyardError
+from modelyard.predictor import Predictor
+from modelyard.schema import Signature
 
 
 def register_model(registry: Any, name: str, model: Any, flavor: str, X: Any, y: Any = None,
                    *, promote: bool = True, meta: dict[str, Any] | None = None,
-                   sample: Any = None) -> Any:
-    """Save ``model`` with its adapter, register it as a new version of ``name``; return it."""
+                   sample: Any = None, record_outputs: bool = True) -> Any:
+    """Save ``model`` with its adapter, register it as a new version of ``name``; return it.
+
+    ``record_outputs=False`` registers it as versions saved before outputs were recorded.
+    """
+    from modelyard.pipeline.evaluate import describe_outputs
     from modelyard.pipeline.profile import profile
 
     adapter = get_adapter(flavor)
@@ -27,6 +35,11 @@ def register_model(registry: Any, name: str, model: Any, flavor: str, X: Any, y:
         saved = adapter.save(model, Path(tmp), sample=sample) if sample is not None else \
             adapter.save(model, Path(tmp))
         signature = adapter.infer_signature(model, X, y).to_dict()
+        if record_outputs:  # as the pipeline records them (it measures the saved model)
+            predictor = Predictor(name, 0, flavor, model, adapter, Signature.from_dict(signature),
+                                  task=(meta or {}).get("task"))
+            with contextlib.suppress(ModelyardError):  # a model failing on purpose: no record
+                signature["outputs"] = describe_outputs(predictor, X)
         version = registry.register(name, Path(tmp), flavor=flavor,
                                     meta={**saved, **(meta or {})}, signature=signature,
                                     reference_stats=profile(X))

@@ -10,6 +10,10 @@ metadata names the version and the variant (``production``, or ``stable``/``cand
 a rollout) that answered: ``x-model-version``, ``x-model-variant``. Under a rollout, request
 metadata plays the part of request headers for the routing key (``x-request-key``, or the
 header an A/B rollout names).
+
+Repository load and unload are mutations: with ``MODELYARD_TOKEN`` set they need the metadata
+``authorization: Bearer <token>`` (UNAUTHENTICATED without it, PERMISSION_DENIED with another
+token), and each is audited under the actor the credential stands for, as over REST.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelyard.errors import FrameworkMissingError, InputError, ModelyardError
+from modelyard.numeric import to_numeric
 from modelyard.serving import protocol_v2 as v2
+from modelyard.serving.calls import (
+    Call,
+    log_failure,
+    new_request_id,
+    parse_version,
+    usable_id,
+)
+from modelyard.serving.oip import OIPHandlers
 
 if TYPE_CHECKING:
     from modelyard.serving.app import App
@@ -49,7 +62,8 @@ def _modules() -> tuple[Any, Any, Any]:
 def status_code(grpc: Any, exc: BaseException) -> Any:
     """The gRPC status for an error (client mistakes are never INTERNAL)."""
     http = exc.status_code if isinstance(exc, ModelyardError) else 500
-    return {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
+    return {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+            403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
             409: grpc.StatusCode.FAILED_PRECONDITION, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
             422: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE,
             504: grpc.StatusCode.DEADLINE_EXCEEDED}.get(http, grpc.StatusCode.INTERNAL)
@@ -63,24 +77,36 @@ def decode_inputs(request: Any) -> dict[str, np.ndarray]:
                          [{"loc": ["raw_input_contents"], "msg": "one entry per input"}])
     out: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(request.inputs):
-        dt, shape = tensor.datatype, [int(d) for d in tensor.shape]
-        try:
-            if dt not in _CONTENTS:
-                raise ValueError(f"has unknown datatype {dt!r}")
-            if raw:
-                flat = v2.from_raw(dt, raw[i])
-            elif dt == "BYTES":
-                values = [b.decode("utf-8") for b in tensor.contents.bytes_contents]
-                flat = np.empty(len(values), dtype=object)
-                flat[:] = values
-            else:
-                values = getattr(tensor.contents, _CONTENTS[dt])
-                flat = np.asarray(values, dtype=v2.DATATYPES[dt])
-            out[tensor.name] = v2.shaped(flat, shape)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InputError(f"input '{tensor.name}' {exc}",
-                             [{"loc": ["inputs", i], "msg": str(exc)}]) from None
+        if tensor.name in out:
+            raise InputError(f"input '{tensor.name}' is given twice",
+                             [{"loc": ["inputs", i, "name"], "msg": "duplicate input name"}])
+        out[tensor.name] = _decode_tensor(i, tensor, raw[i] if raw else None)
     return out
+
+
+def _decode_tensor(i: int, tensor: Any, raw: bytes | None) -> np.ndarray:
+    dt, shape = tensor.datatype, [int(d) for d in tensor.shape]
+    try:
+        if dt not in _CONTENTS:
+            raise ValueError(f"has unknown datatype {dt!r}")
+        if any(d < 0 for d in shape):
+            raise ValueError(f"shape {shape} has a negative size")
+        if raw is not None:
+            flat = v2.from_raw(dt, raw)
+        elif dt == "BYTES":
+            values = [b.decode("utf-8") for b in tensor.contents.bytes_contents]
+            flat = np.empty(len(values), dtype=object)
+            flat[:] = values
+        elif dt == "BOOL":
+            flat = np.asarray(tensor.contents.bool_contents, dtype=np.bool_)
+        else:  # int_contents carries INT8/INT16 as int32: check their range
+            values = list(getattr(tensor.contents, _CONTENTS[dt]))
+            flat = to_numeric(values, v2.DATATYPES[dt], f"input '{tensor.name}'",
+                              ["inputs", i, "contents"])
+        return v2.shaped(flat, shape)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"input '{tensor.name}' {exc}",
+                         [{"loc": ["inputs", i], "msg": str(exc)}]) from None
 
 
 def metadata_scope(metadata: Any) -> dict[str, Any]:
@@ -98,17 +124,23 @@ class Servicer:
     """``GRPCInferenceService`` methods backed by an :class:`~modelyard.serving.app.App`."""
 
     def __init__(self, app: App, pb: Any, grpc: Any) -> None:
-        from modelyard.serving.oip import OIPHandlers
-
         self.app = app
         self.oip = OIPHandlers(app)
         self.pb = pb
         self.grpc = grpc
 
-    async def _fail(self, context: Any, exc: BaseException) -> None:
-        if not isinstance(exc, ModelyardError) or exc.status_code >= 500:
-            log.warning("gRPC call failed: %s", exc)
-        await context.abort(status_code(self.grpc, exc), str(exc))
+    async def fail(self, context: Any, exc: BaseException, method: str,
+                   request_id: str | None = None) -> None:
+        """Abort the call with the error's gRPC status; a server error (HTTP 5xx) is logged
+        once, with the request id (the request's ``id``, else a new one, also sent back in the
+        ``x-request-id`` trailing metadata)."""
+        http = exc.status_code if isinstance(exc, ModelyardError) else 500
+        trailing: tuple[tuple[str, str], ...] = ()
+        if http >= 500:
+            request_id = request_id or new_request_id()
+            log_failure(f"gRPC {method}", http, request_id, exc)
+            trailing = (("x-request-id", request_id),)
+        await context.abort(status_code(self.grpc, exc), str(exc), trailing)
 
     async def ServerLive(self, request: Any, context: Any) -> Any:
         return self.pb.ServerLiveResponse(live=True)
@@ -123,17 +155,11 @@ class Servicer:
                                               extensions=v2.EXTENSIONS)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        try:
-            ready = self.oip.is_ready(request.name, request.version or None)
-        except ModelyardError as exc:
-            await self._fail(context, exc)
+        ready = self.oip.is_ready(request.name, request.version or None)
         return self.pb.ModelReadyResponse(ready=ready)
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        try:
-            doc = await self.oip.describe(request.name, request.version or None)
-        except ModelyardError as exc:
-            await self._fail(context, exc)
+        doc = await self.oip.describe(request.name, request.version or None)
         tensor = self.pb.ModelMetadataResponse.TensorMetadata
         return self.pb.ModelMetadataResponse(
             name=doc["name"], versions=doc["versions"], platform=doc["platform"],
@@ -141,10 +167,8 @@ class Servicer:
             outputs=[tensor(**t) for t in doc["outputs"]])
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        from modelyard.serving.app import Call, parse_version
-
         # the OIP request id names the answer in feedback, as over HTTP
-        start, call, status = time.perf_counter(), Call(request.id[:100] or None), 500
+        start, call, status = time.perf_counter(), Call(usable_id(request.id)), 500
         name = request.model_name
         try:
             number = parse_version(name, request.model_version or None)
@@ -158,7 +182,7 @@ class Servicer:
             status = 200
         except Exception as exc:
             status = exc.status_code if isinstance(exc, ModelyardError) else 500
-            await self._fail(context, exc)
+            await self.fail(context, exc, "ModelInfer", call.request_id)
         finally:
             self.app.record(call, name, "grpc", status, start)
         assert call.runner is not None
@@ -174,20 +198,21 @@ class Servicer:
         rows = self.oip.repository_index(bool(request.ready))
         return self.pb.RepositoryIndexResponse(models=[index(**r) for r in rows])
 
+    def _actor(self, context: Any) -> str:
+        """Who is calling: the ``authorization`` metadata (``Bearer <token>``), as over HTTP."""
+        given = next((value for key, value in context.invocation_metadata() or ()
+                      if key == "authorization" and isinstance(value, str)), None)
+        return str(self.app.access.authenticate(given))
+
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        try:
-            version = request.parameters["version"].string_param \
-                if "version" in request.parameters else None
-            await self.oip.load(request.model_name, version)
-        except Exception as exc:
-            await self._fail(context, exc)
+        version = request.parameters["version"].string_param \
+            if "version" in request.parameters else None
+        await self.oip.load(request.model_name, version, actor=self._actor(context),
+                            protocol="grpc")
         return self.pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        try:
-            await self.oip.unload(request.model_name)
-        except Exception as exc:
-            await self._fail(context, exc)
+        await self.oip.unload(request.model_name, actor=self._actor(context), protocol="grpc")
         return self.pb.RepositoryModelUnloadResponse()
 
 
@@ -201,13 +226,29 @@ class _Complete:
 
     def __getattr__(self, name: str) -> Any:
         if hasattr(self._servicer, name):
-            return getattr(self._servicer, name)
+            return self._guarded(name, getattr(self._servicer, name))
 
         async def unimplemented(request: Any, context: Any) -> Any:
             await context.abort(self._grpc.StatusCode.UNIMPLEMENTED,
                                 f"{name} is not supported by modelyard")
 
         return unimplemented
+
+    def _guarded(self, name: str, method: Any) -> Any:
+        """``method`` with every error turned into its gRPC status (and 5xx logged once)."""
+        abort = self._grpc.aio.AbortError
+
+        async def call(request: Any, context: Any) -> Any:
+            try:
+                return await method(request, context)
+            except abort:
+                raise  # already answered (and logged) by the method itself
+            except Exception as exc:
+                await self._servicer.fail(context, exc, name,
+                                          usable_id(str(getattr(request, "id", ""))))
+                raise  # not reached: abort raises
+
+        return call
 
 
 async def start_grpc(app: App, address: str) -> Any:

@@ -13,11 +13,13 @@ batch by :meth:`InputPath.finalize`, not once per request.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from modelyard.numeric import plain_numbers
 from modelyard.schema import Signature
 
 _FAST_DTYPES = {"float64": np.float64, "float32": np.float32}
@@ -49,36 +51,52 @@ class InputPath:
         return batch, n
 
     def _try_fast(self, payload: Any) -> np.ndarray | None:
-        names, width = self.names, self.width
         try:
             if isinstance(payload, list) and payload:
-                first = payload[0]
-                if isinstance(first, dict):
-                    if any(len(r) != width for r in payload):
-                        return None
-                    rows = [[r[k] for k in names] for r in payload]
-                elif isinstance(first, list):
-                    rows = payload
-                elif len(payload) == width and isinstance(first, (int, float)):
-                    rows = [payload]  # one flat row
-                else:
+                rows = self._rows(payload)
+                # strings, nulls and booleans go the slow way, which names them (numpy would
+                # take them as numbers)
+                if rows is None or not plain_numbers(itertools.chain.from_iterable(rows)):
                     return None
                 arr = np.array(rows, dtype=self._fast)
-            elif isinstance(payload, Mapping) and len(payload) == width:
-                cols = [payload[k] for k in names]
-                if all(isinstance(c, list) for c in cols):
-                    arr = np.array(cols, dtype=self._fast).T.copy()
-                elif not any(isinstance(c, (list, dict, str)) for c in cols):
-                    arr = np.array([cols], dtype=self._fast)  # one record
-                else:
+            elif isinstance(payload, Mapping) and len(payload) == self.width:
+                columns = self._columns(payload)
+                if columns is None:
                     return None
+                arr = columns
             else:
                 return None
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             return None
-        if arr.ndim != 2 or arr.shape[1] != width or arr.shape[0] == 0:
+        if arr.ndim != 2 or arr.shape[1] != self.width or arr.shape[0] == 0:
             return None
+        if self._fast is np.float32 and not np.isfinite(arr).all():
+            return None  # a float32 overflow: the slow path says which value
         return arr
+
+    def _rows(self, payload: list[Any]) -> list[Any] | None:
+        """Records or row lists as a list of rows in signature order (``None``: not fast)."""
+        first, names, width = payload[0], self.names, self.width
+        if isinstance(first, dict):
+            if any(len(r) != width for r in payload):
+                return None
+            return [[r[k] for k in names] for r in payload]
+        if isinstance(first, list):
+            return payload
+        if len(payload) == width and isinstance(first, int | float):
+            return [payload]  # one flat row
+        return None
+
+    def _columns(self, payload: Mapping[str, Any]) -> np.ndarray | None:
+        """Columns (or one record) as a 2-D array (``None``: not fast)."""
+        cols = [payload[k] for k in self.names]
+        if all(isinstance(c, list) for c in cols):
+            if not plain_numbers(itertools.chain.from_iterable(cols)):
+                return None
+            return np.array(cols, dtype=self._fast).T.copy()
+        if plain_numbers(cols):
+            return np.array([cols], dtype=self._fast)  # one record
+        return None
 
     def concat(self, batches: Sequence[Any]) -> Any:
         """One batch from several prepared ones, rows in order."""

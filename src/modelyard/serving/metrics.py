@@ -1,5 +1,12 @@
 """Prometheus metrics of one server, in a registry of its own (two apps never share counters).
 
+Under ``--workers N`` every worker process counts its own requests: :func:`shared_dir` names a
+fresh folder before the workers start, prometheus-client's multiprocess mode keeps each
+worker's values in files there, and whichever worker answers ``/metrics`` sums them (gauges
+by their ``multiprocess_mode``: loaded versions by the most, memory by the sum, a worker up
+by the least of the live processes). The monitoring gauges come from the shared registry
+database, so the answering worker's own values are the server's.
+
 Every series has ``model`` and ``version`` labels; request counts and durations also have
 ``variant``: ``production`` without a rollout, ``stable`` or ``candidate`` while one routes the
 model.
@@ -20,6 +27,9 @@ create unbounded label values.
 ``modelyard_prediction_log_written_total``  counter  predictions written to the prediction log
 ``modelyard_prediction_log_dropped_total``  counter  predictions dropped (queue full, store down)
 ``modelyard_prediction_log_pending``    gauge      predictions queued for the log
+``modelyard_prediction_log_cpu_seconds_total``  counter  CPU the log's writer spent
+``modelyard_prediction_log_dropping``   gauge      1 while the log drops at least as much as it
+                                                   writes (over the last minute): alert on it
 ``modelyard_model_metric``              gauge      a declared metric over the monitoring window,
                                                    from fed-back labels (``metric`` label)
 ``modelyard_labeled_rows``              gauge      rows with labels in the monitoring window
@@ -31,22 +41,56 @@ create unbounded label values.
 
 from __future__ import annotations
 
+import os
+import tempfile
+import threading
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as prometheus_values
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from modelyard.errors import ConfigError
 
 _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: one gauge sample: its label values and its value.
+_Sample = tuple[tuple[str, ...], float]
+
+
+#: the variable prometheus-client reads, when it is imported, to keep values in files.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def shared_dir(parent: str | None = None) -> str:
+    """A fresh, empty folder for the worker processes' metric files (under ``parent`` if given).
+
+    Fresh per server start: files left by an earlier run would add its counts to this one's.
+    """
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(prefix="modelyard-metrics-", dir=parent)
 
 
 class ServerMetrics:
-    """The server's metric families; ``for_version`` gives cheap per-version handles."""
+    """The server's metric families; ``for_version`` gives cheap per-version handles.
 
-    def __init__(self) -> None:
+    ``multiprocess_dir``: the folder the worker processes of one server share (``--workers``);
+    prometheus-client must have been imported with ``PROMETHEUS_MULTIPROC_DIR`` naming it.
+    """
+
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        if multiprocess_dir is not None and not _values_in_files():
+            raise ConfigError(f"metrics shared by worker processes need {MULTIPROCESS_ENV} set "
+                              "before prometheus_client is imported; start the server with "
+                              "modelyard serve --workers N")
+        self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -67,18 +111,19 @@ class ServerMetrics:
         )
         self.loaded = Gauge(
             "modelyard_model_loaded", "1 while the version is loaded.",
-            ("model", "version"), registry=r,
+            ("model", "version"), registry=r, multiprocess_mode="livemax",
         )
         self.memory = Gauge(
             "modelyard_model_memory_bytes", "Estimated bytes held by the loaded version.",
-            ("model", "version"), registry=r,
+            ("model", "version"), registry=r, multiprocess_mode="livesum",
         )
         self.count = Gauge(
-            "modelyard_models_loaded", "Number of loaded model versions.", registry=r
+            "modelyard_models_loaded", "Number of loaded model versions.", registry=r,
+            multiprocess_mode="livesum",
         )
         self.worker_up = Gauge(
             "modelyard_worker_up", "1 while the version's device worker answers, 0 while down.",
-            ("model", "version"), registry=r,
+            ("model", "version"), registry=r, multiprocess_mode="livemin",
         )
         self.restarts = Counter(
             "modelyard_worker_restarts", "Device worker restart attempts.",
@@ -88,58 +133,51 @@ class ServerMetrics:
             "modelyard_shadow_dropped", "Shadow copies dropped because the candidate was busy.",
             ("model", "version"), registry=r,
         )
-        self.quality = Gauge(
-            "modelyard_model_metric",
-            "A declared metric over the monitoring window, computed from fed-back labels.",
-            ("model", "version", "variant", "metric"), registry=r,
-        )
-        self.labeled = Gauge(
-            "modelyard_labeled_rows", "Rows with fed-back labels in the monitoring window.",
-            ("model", "version", "variant"), registry=r,
-        )
-        self.drift_share = Gauge(
-            "modelyard_drift_share", "Share of drifted features in the latest drift check.",
-            ("model", "version"), registry=r,
-        )
-        self.drift_detected = Gauge(
-            "modelyard_drift_detected", "1 when the latest drift check found dataset drift.",
-            ("model", "version"), registry=r,
-        )
-        self.feature_drift = Gauge(
-            "modelyard_feature_drift_score", "The latest drift statistic of each feature.",
-            ("model", "feature", "test"), registry=r,
-        )
+        # read from the shared registry database, the same in every worker: plain values
+        # rendered by whichever process answers, never summed across workers
+        self._monitoring = _MonitoringCollector()
+        r.register(self._monitoring)
+        self._log: _LogMetrics | None = None
+        self._loaded_keys: set[tuple[str, str]] = set()
         self._status: dict[tuple[str, str, str, int, str], Any] = {}
 
     def watch_prediction_log(self, predlog: Any) -> None:
-        """Export the prediction log's written, dropped and pending counts."""
-        self.registry.register(_LogCollector(predlog))
+        """Export the prediction log's written, dropped, pending and dropping state.
+
+        Read on the log's writer thread after each wake and at every scrape, so each worker
+        process's counts reach the shared files within about a second.
+        """
+        self._log = _LogMetrics(predlog, self.registry)
+        watchers = getattr(predlog, "watchers", None)
+        if watchers is not None:
+            watchers.append(self._log.sync)
 
     def set_quality(self, windows: Iterable[Any]) -> None:
         """Replace the metric gauges with these :class:`MetricWindow` values."""
-        self.quality.clear()
-        self.labeled.clear()
+        quality: list[_Sample] = []
+        labeled: list[_Sample] = []
         for w in windows:
-            self.labeled.labels(w.model, str(w.version), w.variant).set(w.labeled)
-            for metric, value in w.values.items():
-                if value is not None:
-                    self.quality.labels(w.model, str(w.version), w.variant, metric).set(value)
+            labeled.append(((w.model, str(w.version), w.variant), float(w.labeled)))
+            quality.extend(((w.model, str(w.version), w.variant, metric), float(value))
+                           for metric, value in w.values.items() if value is not None)
+        self._monitoring.replace(quality=quality, labeled=labeled)
 
     def set_drift(self, checks: Iterable[Any]) -> None:
         """Replace the drift gauges with the latest :class:`DriftCheck` of each model."""
-        self.drift_share.clear()
-        self.drift_detected.clear()
-        self.feature_drift.clear()
+        share: list[_Sample] = []
+        detected: list[_Sample] = []
+        scores: list[_Sample] = []
         for check in checks:
-            self.drift_share.labels(check.model, str(check.version)).set(check.share)
-            self.drift_detected.labels(check.model, str(check.version)).set(int(check.drifted))
+            share.append(((check.model, str(check.version)), float(check.share)))
+            detected.append(((check.model, str(check.version)), float(int(check.drifted))))
             features = dict(check.report.get("features") or {})
             embedding = check.report.get("embedding")
             if embedding:
                 features["embedding"] = embedding
-            for feature, found in features.items():
-                self.feature_drift.labels(check.model, feature, str(found.get("test", ""))).set(
-                    float(found.get("score") or 0.0))
+            scores.extend(((check.model, feature, str(found.get("test", ""))),
+                           float(found.get("score") or 0.0)) for feature, found in features.items())
+        self._monitoring.replace(drift_share=share, drift_detected=detected,
+                                 feature_drift=scores)
 
     def for_version(self, model: str, version: str) -> VersionMetrics:
         """Handles bound to one version's labels (looked up once, used per request)."""
@@ -157,17 +195,31 @@ class ServerMetrics:
 
     def set_loaded(self, loaded: Iterable[tuple[str, str, int]]) -> None:
         """Replace the loaded-model gauges with ``(model, version, bytes)`` for each loaded one."""
-        rows = list(loaded)
-        self.loaded.clear()
-        self.memory.clear()
-        for model, version, size in rows:
+        rows = {(model, version): size for model, version, size in loaded}
+        for key in self._loaded_keys - rows.keys():
+            # zero first: under --workers the value lives on in the shared file after remove()
+            self.loaded.labels(*key).set(0)
+            self.memory.labels(*key).set(0)
+            self.loaded.remove(*key)
+            self.memory.remove(*key)
+        for (model, version), size in rows.items():
             self.loaded.labels(model, version).set(1)
             self.memory.labels(model, version).set(size)
+        self._loaded_keys = set(rows)
         self.count.set(len(rows))
 
     def render(self) -> bytes:
-        """The text exposition format."""
-        return generate_latest(self.registry)
+        """The text exposition format: this process's series, or every worker's under
+        ``--workers``."""
+        if self._log is not None:
+            self._log.sync()
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        _forget_dead_workers(self.multiprocess_dir)
+        merged = CollectorRegistry(auto_describe=False)
+        MultiProcessCollector(merged, self.multiprocess_dir)
+        merged.register(self._monitoring)
+        return generate_latest(merged)
 
 
 class VersionMetrics:
@@ -212,29 +264,111 @@ class VersionMetrics:
         self._server.restarts.labels(self.model, self.version).inc()
 
 
-class _LogCollector:
-    """Reads the prediction log's counters at scrape time (no work on the request path)."""
+class _LogMetrics:
+    """The prediction log's counters as metrics: its totals copied in as they grow.
 
-    def __init__(self, predlog: Any) -> None:
+    Real counters rather than a collector reading the log at scrape time, so that under
+    ``--workers`` every worker's counts are in the shared files, not only the answering one's.
+    """
+
+    def __init__(self, predlog: Any, registry: CollectorRegistry) -> None:
         self.predlog = predlog
+        self.written = Counter("modelyard_prediction_log_written",
+                               "Predictions written to the prediction log.", registry=registry)
+        self.dropped = Counter(
+            "modelyard_prediction_log_dropped",
+            "Predictions dropped from the log (queue full, summary failed or store failing).",
+            registry=registry)
+        self.cpu = Counter(
+            "modelyard_prediction_log_cpu_seconds",
+            "CPU time the prediction log's writer spent summarising and storing.",
+            registry=registry)
+        self.pending = Gauge("modelyard_prediction_log_pending",
+                             "Predictions queued for the prediction log.", registry=registry,
+                             multiprocess_mode="livesum")
+        self.dropping = Gauge(
+            "modelyard_prediction_log_dropping",
+            "1 while the prediction log drops at least as many predictions as it writes "
+            "(over the last minute).", registry=registry, multiprocess_mode="livemax")
+        self._seen = (0, 0, 0.0)
+        self._lock = threading.Lock()
+
+    def sync(self) -> None:
+        """Add what the log counted since the last call; set its pending and dropping state."""
+        log = self.predlog
+        with self._lock:  # the writer thread and a scrape may both call it
+            now = (log.written, log.dropped, log.cpu_s)
+            for counter, before, after in zip((self.written, self.dropped, self.cpu), self._seen,
+                                              now, strict=True):
+                if after > before:
+                    counter.inc(after - before)
+            self._seen = now
+            self.pending.set(log.pending)
+            self.dropping.set(1 if log.health().dropping else 0)
+
+
+class _MonitoringCollector:
+    """The monitoring gauges (metrics from labels, drift), as plain values replaced whole."""
+
+    _FAMILIES = {
+        "quality": ("modelyard_model_metric",
+                    "A declared metric over the monitoring window, computed from fed-back labels.",
+                    ("model", "version", "variant", "metric")),
+        "labeled": ("modelyard_labeled_rows",
+                    "Rows with fed-back labels in the monitoring window.",
+                    ("model", "version", "variant")),
+        "drift_share": ("modelyard_drift_share",
+                        "Share of drifted features in the latest drift check.",
+                        ("model", "version")),
+        "drift_detected": ("modelyard_drift_detected",
+                           "1 when the latest drift check found dataset drift.",
+                           ("model", "version")),
+        "feature_drift": ("modelyard_feature_drift_score",
+                          "The latest drift statistic of each feature.",
+                          ("model", "feature", "test")),
+    }
+
+    def __init__(self) -> None:
+        self._values: dict[str, list[_Sample]] = {key: [] for key in self._FAMILIES}
+
+    def replace(self, **families: list[_Sample]) -> None:
+        """Swap in new samples for the named families (each one assignment: no lock needed)."""
+        self._values = {**self._values, **families}
 
     def describe(self) -> list[Any]:
         return list(self.collect())
 
     def collect(self) -> Iterable[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        log = self.predlog
-        yield CounterMetricFamily("modelyard_prediction_log_written",
-                                  "Predictions written to the prediction log.", log.written)
-        yield CounterMetricFamily(
-            "modelyard_prediction_log_dropped",
-            "Predictions dropped from the log (queue full or store failing).", log.dropped)
-        yield GaugeMetricFamily("modelyard_prediction_log_pending",
-                                "Predictions queued for the prediction log.", log.pending)
-        yield CounterMetricFamily(
-            "modelyard_prediction_log_cpu_seconds",
-            "CPU time the prediction log's writer spent summarising and storing.", log.cpu_s)
+        values = self._values
+        for key, (name, documentation, labels) in self._FAMILIES.items():
+            family = GaugeMetricFamily(name, documentation, labels=labels)
+            for label_values, value in values[key]:
+                family.add_metric(label_values, value)
+            yield family
 
 
-__all__ = ["CONTENT_TYPE", "ServerMetrics", "VersionMetrics"]
+def _values_in_files() -> bool:
+    """Whether prometheus-client was imported in multiprocess mode (values kept in files)."""
+    return prometheus_values.ValueClass is not prometheus_values.MutexValue
+
+
+def _forget_dead_workers(folder: str) -> None:
+    """Drop the live gauges of worker processes that have died (a restarted worker is new)."""
+    pids = {name.rsplit("_", 1)[-1].removesuffix(".db") for name in os.listdir(folder)
+            if name.startswith("gauge_live")}
+    for pid in pids:
+        if pid.isdigit() and not _alive(int(pid)):
+            mark_process_dead(int(pid), folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+__all__ = ["CONTENT_TYPE", "MULTIPROCESS_ENV", "ServerMetrics", "VersionMetrics", "shared_dir"]

@@ -6,11 +6,16 @@ GET    ``/api/v1/models/{name}/metrics``       declared metrics per version and 
 GET    ``/api/v1/models/{name}/drift``         stored drift checks, newest first
 POST   ``/api/v1/models/{name}/drift``         run a drift check now and store it
 GET    ``/api/v1/models/{name}/events``        alerts, triggers and retraining results
+GET    ``/api/v1/models/{name}/predictions/ID`` what the log holds of one request, its label
 =====  ======================================  ==============================================
 
 ``GET`` calls take ``?since=1h`` (a duration ago or an ISO time) where a window applies.
-``POST`` calls need the bearer token when ``MODELYARD_TOKEN`` is set, like the admin API:
-labels decide rollbacks and retraining, so not everyone may send them.
+``POST`` calls are mutations, admitted by the app's dispatcher like the admin API's (a JSON
+body, no foreign ``Origin``, the bearer token when ``MODELYARD_TOKEN`` is set): labels decide
+rollbacks and retraining, so not everyone may send them. Each is audited under the actor the
+credential stands for.
+The lookup of one request (``GET .../predictions/{request_id}``) needs the token too: it shows
+what a client sent (sensitive fields hashed or dropped, as logged).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import orjson
 
 from modelyard.config import parse_duration
 from modelyard.errors import InputError
-from modelyard.serving.http import Receive, Scope, Send, read_body, respond
+from modelyard.serving.access import actor_of
+from modelyard.serving.http import Receive, Scope, Send, header, read_body, respond
 from modelyard.serving.poller import Poller
 from modelyard.serving.protocol_v1 import BadJSONError
 
@@ -39,6 +45,7 @@ MONITOR_ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/api/v1/models/{name}/drift", "monitor_drift"),
     ("POST", "/api/v1/models/{name}/drift", "monitor_check_drift"),
     ("GET", "/api/v1/models/{name}/events", "monitor_events"),
+    ("GET", "/api/v1/models/{name}/predictions/{request_id}", "monitor_prediction"),
 ]
 #: most labels one feedback call takes.
 MAX_LABELS = 10_000
@@ -81,7 +88,7 @@ def parse_feedback(body: bytes) -> list[tuple[str, Any]]:
 
 
 class MonitorAPI:
-    """The ``monitor_*`` handlers; reuses the admin API's token check and registry thread."""
+    """The ``monitor_*`` handlers; reuses the admin API's registry thread."""
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -99,12 +106,10 @@ class MonitorAPI:
     async def monitor_feedback(self, scope: Scope, receive: Receive, send: Send,
                                name: str) -> None:
         """``POST /v1/models/{name}/feedback``: store labels, say how many match a prediction."""
-        admin = self.app.admin
-        if not await admin.authorized(scope, send):
-            return
         body = await read_body(scope, receive, self.app.options.max_body_bytes)
         pairs = parse_feedback(body)
-        result = await admin.io(self.monitor.feedback, name, pairs, actor=admin.actor(scope))
+        result = await self.app.admin.io(self.monitor.feedback, name, pairs,
+                                          actor=actor_of(scope))
         await respond(send, 200, orjson.dumps(result.to_dict()))
 
     async def monitor_metrics(self, scope: Scope, receive: Receive, send: Send,
@@ -130,11 +135,8 @@ class MonitorAPI:
     async def monitor_check_drift(self, scope: Scope, receive: Receive, send: Send,
                                   name: str) -> None:
         """``POST /api/v1/models/{name}/drift[?since=1h]``: check drift now and store it."""
-        admin = self.app.admin
-        if not await admin.authorized(scope, send):
-            return
-        check = await admin.io(self.monitor.check_drift, name, since=_since(scope),
-                                actor=admin.actor(scope))
+        check = await self.app.admin.io(self.monitor.check_drift, name, since=_since(scope),
+                                         actor=actor_of(scope))
         await respond(send, 200, orjson.dumps(check.to_dict()))
 
     async def monitor_events(self, scope: Scope, receive: Receive, send: Send,
@@ -145,6 +147,17 @@ class MonitorAPI:
                                           limit=_int_param(scope, "limit", 100))
         await respond(send, 200, orjson.dumps({"model": name,
                                                "events": [e.to_dict() for e in events]}))
+
+
+    async def monitor_prediction(self, scope: Scope, receive: Receive, send: Send, name: str,
+                                 request_id: str) -> None:
+        """``GET /api/v1/models/{name}/predictions/{request_id}``: the logged rows of one
+        request (time, version, variant, latency, inputs summary, outputs) and its label; 404
+        when the log holds none."""
+        # a read, but of what a client sent: it needs the credential mutations need
+        self.app.access.authenticate(header(scope, b"authorization"))
+        found = await self.app.admin.io(self.monitor.lookup, name, request_id)
+        await respond(send, 200, orjson.dumps(found.to_dict()))
 
 
 class MonitorGauges(Poller):
@@ -196,7 +209,7 @@ def _int_param(scope: Scope, key: str, default: int) -> int:
     text = _param(scope, key)
     if text is None:
         return default
-    if not text.isdigit() or not 0 < int(text) <= 10_000:
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 0 < int(text) <= 10_000:
         raise InputError(f"{key} must be a whole number from 1 to 10000, got {text!r}",
                          [{"loc": ["query", key], "msg": "not a positive integer"}])
     return int(text)

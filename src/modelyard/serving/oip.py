@@ -2,6 +2,8 @@
 
 The handlers share the app's catalog and prediction path; the wire format lives in
 :mod:`modelyard.serving.protocol_v2`. Errors answer ``{"error": message}`` as the protocol says.
+Repository load and unload are mutations: the app's dispatcher admits them (token, cross-site
+rules) and each is audited under the actor the credential stands for; the index is a read.
 """
 
 from __future__ import annotations
@@ -13,14 +15,29 @@ import numpy as np
 import orjson
 
 from modelyard.errors import InputError, NotFoundError
-from modelyard.schema import Signature
+from modelyard.schema import OUTPUT_NAMES, FieldSpec, Signature
 from modelyard.serving import protocol_v2 as v2
-from modelyard.serving.http import Receive, Scope, Send, error_body, header, read_body, respond
+from modelyard.serving.access import actor_of
+from modelyard.serving.calls import (
+    Call,
+    log_failure,
+    parse_version,
+    request_id_of,
+    usable_id,
+)
+from modelyard.serving.http import (
+    ClientDisconnectedError,
+    Receive,
+    Scope,
+    Send,
+    error_body,
+    header,
+    read_body,
+    respond,
+)
 
 if TYPE_CHECKING:
     from modelyard.serving.app import App
-
-_OUTPUTS = ("predictions", "scores")
 
 
 class OIPHandlers:
@@ -53,27 +70,26 @@ class OIPHandlers:
         """``GET /v2/models/{name}[/versions/{v}]``: inputs and outputs (without loading it)."""
         await respond(send, 200, orjson.dumps(await self.describe(name, version)))
 
-    async def _describe(self, name: str, version: str | None) -> tuple[Signature, str]:
-        from modelyard.serving.app import parse_version
-
+    async def _describe(self, name: str,
+                        version: str | None) -> tuple[Signature, str, tuple[FieldSpec, ...]]:
         key = self.catalog.key_for(name, parse_version(name, version))
         runner = self.catalog.cache.peek(key)
         if runner is not None:
-            return runner.predictor.signature, runner.predictor.flavor
+            return runner.predictor.signature, runner.predictor.flavor, runner.outputs
         record = await self.catalog.get_version_record(*key)
-        return Signature.from_dict(record.signature), record.flavor
+        signature = Signature.from_dict(record.signature)
+        return signature, record.flavor, signature.answers
 
     async def v2_model_ready(self, scope: Scope, receive: Receive, send: Send,
                              name: str, version: str | None = None) -> None:
-        """``GET /v2/models/{name}[/versions/{v}]/ready``: 200 when loaded and answering."""
+        """``GET /v2/models/{name}[/versions/{v}]/ready``: 200 when loaded and answering, else
+        400 (the protocol's "4xx: false"; a version that is not loaded is no server error)."""
         ready = self.is_ready(name, version)
-        await respond(send, 200 if ready else 503, orjson.dumps({"name": name, "ready": ready}))
+        await respond(send, 200 if ready else 400, orjson.dumps({"name": name, "ready": ready}))
 
     async def v2_infer(self, scope: Scope, receive: Receive, send: Send,
                        name: str, version: str | None = None) -> None:
         """``POST /v2/models/{name}[/versions/{v}]/infer``, JSON or binary tensors."""
-        from modelyard.serving.app import Call, parse_version, request_id_of
-
         app = self.app
         start = time.perf_counter()
         call = Call(request_id_of(scope))
@@ -84,7 +100,7 @@ class OIPHandlers:
             if self.catalog.runner_now(name, number) is None:
                 self.catalog.key_for(name, number)  # 404 before judging the body
             req = v2.decode_infer(body, _header_length(scope))
-            if req.id and len(req.id) <= 100:  # the OIP request id is what feedback names
+            if req.id and usable_id(req.id):  # the OIP request id is what feedback names
                 call.request_id = req.id
             outputs = await self.infer(call, name, number, req.inputs, req.outputs, scope)
             runner = call.runner
@@ -98,13 +114,13 @@ class OIPHandlers:
                 headers.append((b"inference-header-content-length", str(length).encode()))
             status = 200
             await respond(send, 200, out, headers)
+        except ClientDisconnectedError:
+            status = 499
         except Exception as exc:
-            from modelyard.serving.http import ClientDisconnectedError
-
-            if isinstance(exc, ClientDisconnectedError):
-                status = 499
-                return
             status, err, headers = error_body(exc, oip=True)
+            headers.append((b"x-request-id", call.request_id.encode()))
+            if status >= 500:
+                log_failure(f"POST {scope['path'][:200]}", status, call.request_id, exc)
             await respond(send, status, err, headers)
         finally:
             app.record(call, name, "v2", status, start)
@@ -112,18 +128,19 @@ class OIPHandlers:
     async def infer(self, call: Any, name: str, version: int | None,
                     inputs: dict[str, np.ndarray], wanted: list[str],
                     scope: Scope | None = None) -> dict[str, np.ndarray]:
-        """Run named input tensors through a model; the requested outputs (all when none)."""
-        unknown = [o for o in wanted if o not in _OUTPUTS]
-        if unknown:
-            raise InputError(f"unknown outputs {unknown}; outputs: {', '.join(_OUTPUTS)}",
-                             [{"loc": ["outputs", o], "msg": "unknown output"} for o in unknown])
+        """Run named input tensors through a model; exactly the requested outputs (all when
+        none), or 422 naming the outputs the model has before anything is predicted."""
 
         def payload(runner: Any) -> Any:
+            if wanted:
+                _check_wanted(wanted, _output_names(runner))
             return v2.to_payload(runner.predictor.signature, inputs)
 
         scores = "scores" in wanted or not wanted
         result = await self.app.predict(call, name, version, payload, scores, scope, inputs)
-        return _outputs(result, wanted, v2.output_types(call.runner.predictor.signature))
+        runner = call.runner
+        return _outputs(result, wanted,
+                        v2.output_types(runner.predictor.signature, runner.outputs))
 
     def repository_index(self, only_ready: bool = False) -> list[dict[str, str]]:
         """Every model version and its state: READY, LOADING or UNAVAILABLE."""
@@ -142,10 +159,10 @@ class OIPHandlers:
                                  "reason": reason})
         return rows
 
-    async def load(self, name: str, version: Any = None) -> None:
-        """Load ``name`` (a given version, else the served one, else the newest)."""
-        from modelyard.serving.app import parse_version
-
+    async def load(self, name: str, version: Any = None, *, actor: str,
+                   protocol: str = "rest") -> None:
+        """Load ``name`` (a given version, else the served one, else the newest); audited as
+        ``model.load`` under ``actor``."""
         if name not in self.catalog.models:
             await self.catalog.read_registry()  # registered since the last poll?
         if version is not None and str(version) != "":
@@ -155,26 +172,32 @@ class OIPHandlers:
         else:
             key = self.catalog.key_for(name, self.catalog.latest.get(name))
         await self.catalog.cache.get(key)
+        await self._audit("model.load", f"{name}:{key[1]}", {"protocol": protocol}, actor)
 
-    async def unload(self, name: str) -> None:
-        """Drain and drop every loaded version of ``name``."""
+    async def unload(self, name: str, *, actor: str, protocol: str = "rest") -> None:
+        """Drain and drop every loaded version of ``name``; audited as ``model.unload``."""
         if name not in self.catalog.models:
             raise NotFoundError(f"model '{name}' is not in the registry")
-        tasks = [self.catalog.cache.evict(k) for k, _ in self.catalog.cache.loaded()
-                 if k[0] == name]
+        keys = [k for k, _ in self.catalog.cache.loaded() if k[0] == name]
+        tasks = [self.catalog.cache.evict(k) for k in keys]
         for task in tasks:
             if task is not None:
                 await task
+        await self._audit("model.unload", name,
+                          {"protocol": protocol, "versions": sorted(v for _, v in keys)}, actor)
+
+    async def _audit(self, action: str, target: str, details: dict[str, Any],
+                     actor: str) -> None:
+        await self.app.admin.io(self.catalog.registry.record, action, target, details,
+                                actor=actor)
 
     async def describe(self, name: str, version: str | None) -> dict[str, Any]:
         """OIP model metadata for ``name`` (and version)."""
-        signature, flavor = await self._describe(name, version)
-        return v2.model_metadata(name, self.catalog.versions(name), signature, flavor)
+        signature, flavor, outputs = await self._describe(name, version)
+        return v2.model_metadata(name, self.catalog.versions(name), signature, flavor, outputs)
 
     def is_ready(self, name: str, version: str | None) -> bool:
         """Whether the version a request would use is loaded and answering (404 for unknown)."""
-        from modelyard.serving.app import parse_version
-
         key = self.catalog.key_for(name, parse_version(name, version))
         runner = self.catalog.cache.peek(key)
         return runner is not None and bool(runner.healthy)
@@ -183,20 +206,28 @@ class OIPHandlers:
     async def v2_index(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /v2/repository/index``: every model version and its state."""
         body = await read_body(scope, receive, self.app.options.max_body_bytes)
-        rows = self.repository_index(bool(_json_object(body).get("ready", False)))
+        ready = _json_object(body).get("ready", False)
+        if not isinstance(ready, bool):
+            raise InputError("'ready' must be true or false",
+                             [{"loc": ["ready"], "msg": "expected a boolean"}])
+        rows = self.repository_index(ready)
         await respond(send, 200, orjson.dumps(rows))
 
     async def v2_load(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """``POST /v2/repository/models/{name}/load``: load the served (or newest) version."""
         body = await read_body(scope, receive, self.app.options.max_body_bytes)
-        params = _json_object(body).get("parameters") or {}
-        await self.load(name, params.get("version") if isinstance(params, dict) else None)
+        version = v2.parameters(_json_object(body), []).get("version")
+        if version is not None and (isinstance(version, bool)
+                                    or not isinstance(version, int | str)):
+            raise InputError("parameters.version must be a version number",
+                             [{"loc": ["parameters", "version"], "msg": "expected a number"}])
+        await self.load(name, version, actor=actor_of(scope))
         await respond(send, 200, b"{}")
 
     async def v2_unload(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """``POST /v2/repository/models/{name}/unload``: drain and drop every loaded version."""
         await read_body(scope, receive, self.app.options.max_body_bytes)
-        await self.unload(name)
+        await self.unload(name, actor=actor_of(scope))
         await respond(send, 200, b"{}")
 
 
@@ -204,7 +235,7 @@ def _header_length(scope: Scope) -> int | None:
     raw = header(scope, b"inference-header-content-length")
     if raw is None:
         return None
-    if not raw.isdigit():
+    if not raw.isdigit() or len(raw) > 18:
         raise InputError("Inference-Header-Content-Length must be a number of bytes",
                          [{"loc": ["header", "Inference-Header-Content-Length"],
                            "msg": "not a number"}])
@@ -220,11 +251,32 @@ def _json_object(body: bytes) -> dict[str, Any]:
         from modelyard.serving.protocol_v1 import BadJSONError
 
         raise BadJSONError(f"the body is not valid JSON: {exc}") from None
-    return doc if isinstance(doc, dict) else {}
+    if not isinstance(doc, dict):
+        raise InputError("the body must be a JSON object",
+                         [{"loc": ["body"], "msg": "expected an object"}])
+    return doc
+
+
+def _output_names(runner: Any) -> tuple[str, ...]:
+    if runner.outputs:
+        return tuple(f.name for f in runner.outputs)
+    return ("predictions", "scores") if runner.predictor.signature.classes else ("predictions",)
+
+
+def _check_wanted(wanted: list[str], known: tuple[str, ...]) -> None:
+    twice = sorted({o for o in wanted if wanted.count(o) > 1})
+    if twice:  # REST refuses these while decoding; gRPC requests arrive here as they are
+        raise InputError(f"outputs {', '.join(twice)} are requested twice",
+                         [{"loc": ["outputs", o], "msg": "requested twice"} for o in twice])
+    unknown = [o for o in wanted if o not in known]
+    if unknown:
+        raise InputError(f"unknown outputs {', '.join(unknown)}; this model's outputs: "
+                         f"{', '.join(known)}",
+                         [{"loc": ["outputs", o], "msg": "unknown output"} for o in unknown])
 
 
 def _outputs(result: Any, wanted: list[str], types: dict[str, str]) -> dict[str, np.ndarray]:
-    names = wanted or [o for o in _OUTPUTS if o == "predictions" or result.scores is not None]
+    names = wanted or [o for o in OUTPUT_NAMES if o == "predictions" or result.scores is not None]
     out: dict[str, np.ndarray] = {}
     for name in names:
         if name == "predictions":
@@ -233,7 +285,7 @@ def _outputs(result: Any, wanted: list[str], types: dict[str, str]) -> dict[str,
             raise InputError("this model gives no class scores; ask for 'predictions'",
                              [{"loc": ["outputs", "scores"], "msg": "not available"}])
         else:
-            out[name] = v2.cast_output(np.asarray(result.scores), types[name])
+            out[name] = v2.cast_output(np.asarray(result.scores), types.get(name, "FP64"))
     return out
 
 

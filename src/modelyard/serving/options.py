@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 
 from modelyard.errors import ConfigError
+from modelyard.serving.cors import normalize_origin
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
@@ -36,6 +37,10 @@ class ServeOptions:
     alias: str = "production"
     #: request bodies above this many bytes get 413.
     max_body_bytes: int = 16 * 1024 * 1024
+    #: a request body that stops arriving for this many seconds gets 408 (connection closed).
+    body_timeout_s: float = 5.0
+    #: an idle keep-alive connection is closed after this many seconds.
+    keep_alive_s: float = 30.0
     #: a request without a result after this many seconds gets 504.
     request_timeout_s: float = 60.0
     #: how often the registry is polled for alias moves.
@@ -55,14 +60,25 @@ class ServeOptions:
     worker_start_timeout_s: float = 300.0
     #: restart attempts in a row for a dead device worker before its version is unloaded.
     worker_max_restarts: int = 5
+    #: origins (``https://dashboard.example.com``) whose pages may call this server from a
+    #: browser: CORS headers for them, and their mutations are not refused as cross-site.
+    #: Empty: CORS is off and only this server's own pages may send mutations.
+    cors_origins: tuple[str, ...] = ()
+    #: how often logged predictions and labels older than ``monitoring.retention_days`` are
+    #: deleted (the first sweep runs a minute after start, or sooner when this is shorter).
+    retention_interval_s: float = 3600.0
+    #: the folder ``--workers`` processes share their Prometheus metrics through (set by
+    #: :func:`~modelyard.serving.server.serve`; None: one process, metrics in memory).
+    metrics_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_memory is not None and self.max_memory <= 0:
             raise ConfigError("max_memory must be a positive number of bytes")
         if (self.max_body_bytes <= 0 or self.request_timeout_s <= 0 or self.poll_interval_s <= 0
-                or self.monitor_interval_s <= 0):
-            raise ConfigError("max_body_bytes, request_timeout_s, poll_interval_s and "
-                              "monitor_interval_s must be > 0")
+                or self.monitor_interval_s <= 0 or self.body_timeout_s <= 0
+                or self.keep_alive_s <= 0):
+            raise ConfigError("max_body_bytes, request_timeout_s, body_timeout_s, keep_alive_s, "
+                              "poll_interval_s and monitor_interval_s must be > 0")
         if self.predict_threads < 1 or self.load_threads < 1:
             raise ConfigError("predict_threads and load_threads must be at least 1")
         where = self.prediction_log
@@ -72,6 +88,16 @@ class ServeOptions:
                               "parquet:FOLDER")
         if self.worker_start_timeout_s <= 0 or self.worker_max_restarts < 1:
             raise ConfigError("worker_start_timeout_s must be > 0 and worker_max_restarts >= 1")
+        if isinstance(self.cors_origins, str):
+            raise ConfigError("cors_origins must be a list of origins, not one string")
+        if "*" in self.cors_origins:
+            raise ConfigError("a CORS origin of '*' would let every web page change models on "
+                              "this server; list each origin, e.g. https://dashboard.example.com")
+        # a list when the options come back from JSON (several server processes)
+        object.__setattr__(self, "cors_origins",
+                           tuple(dict.fromkeys(normalize_origin(o) for o in self.cors_origins)))
+        if not self.retention_interval_s > 0:
+            raise ConfigError("retention_interval_s must be > 0")
 
 
 __all__ = ["ServeOptions", "parse_size"]

@@ -12,7 +12,9 @@ single 2-D input ``[n, features]`` of any name. Outputs are ``predictions`` and,
 
 from __future__ import annotations
 
+import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +22,8 @@ import numpy as np
 import orjson
 
 from modelyard.errors import InputError
-from modelyard.schema import Signature
+from modelyard.numeric import to_numeric
+from modelyard.schema import FieldSpec, Signature
 
 #: OIP datatype -> numpy dtype (BYTES tensors are object arrays of ``str``).
 DATATYPES: dict[str, Any] = {
@@ -59,7 +62,12 @@ class InferRequest:
 
 # -- decoding -----------------------------------------------------------------------------------
 def decode_infer(body: bytes, header_length: int | None = None) -> InferRequest:
-    """Decode an infer request body; :class:`InputError` (422) names the bad input."""
+    """Decode an infer request body; :class:`InputError` (422) names the bad field.
+
+    Every client-given field is checked here, once: ``parameters`` (top level, per input, per
+    output) must be objects, names unique, shapes sizes, data numbers of the declared datatype
+    (:func:`~modelyard.numeric.to_numeric`).
+    """
     header, binary = (body, b"") if header_length is None else (
         body[:header_length], body[header_length:])
     if header_length is not None and not 0 <= header_length <= len(body):
@@ -74,55 +82,98 @@ def decode_infer(body: bytes, header_length: int | None = None) -> InferRequest:
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise InputError("an infer request needs a non-empty 'inputs' list",
                          [{"loc": ["inputs"], "msg": "field required"}])
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise _field_error(["id"], "'id' must be a string")
+    params = parameters(doc, [])
+    req = InferRequest({}, id=request_id,
+                       binary_default=_flag(params, "binary_data_output", ["parameters"]))
     offset = 0
-    inputs: dict[str, np.ndarray] = {}
     for i, spec in enumerate(doc["inputs"]):
-        array, used = _decode_input(i, spec, binary, offset)
+        name, array, used = _decode_input(i, spec, binary, offset)
+        if name in req.inputs:
+            raise _field_error(["inputs", i, "name"], f"input '{name}' is given twice")
         offset += used
-        inputs[str(spec["name"])] = array
+        req.inputs[name] = array
     if offset != len(binary):
         raise InputError(f"{len(binary) - offset} binary bytes are not claimed by any input",
                          [{"loc": ["inputs"], "msg": "binary_data_size does not add up"}])
-    params = doc.get("parameters") or {}
-    req = InferRequest(inputs, id=doc.get("id") if isinstance(doc.get("id"), str) else None,
-                       binary_default=bool(params.get("binary_data_output", False)))
-    for j, out in enumerate(doc.get("outputs") or []):
-        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
-            raise InputError("each requested output needs a name",
-                             [{"loc": ["outputs", j, "name"], "msg": "field required"}])
-        req.outputs.append(out["name"])
-        if (out.get("parameters") or {}).get("binary_data", req.binary_default):
-            req.binary_outputs.add(out["name"])
+    _decode_outputs(doc.get("outputs"), req)
     return req
 
 
-def _decode_input(i: int, spec: Any, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
+def _decode_outputs(outputs: Any, req: InferRequest) -> None:
+    if outputs is None:
+        return
+    if not isinstance(outputs, list):
+        raise _field_error(["outputs"], "'outputs' must be a list of {\"name\": ...} objects")
+    for j, out in enumerate(outputs):
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise InputError("each requested output needs a name",
+                             [{"loc": ["outputs", j, "name"], "msg": "field required"}])
+        name = out["name"]
+        if name in req.outputs:
+            raise _field_error(["outputs", j, "name"], f"output '{name}' is requested twice")
+        req.outputs.append(name)
+        if _flag(parameters(out, ["outputs", j]), "binary_data", ["outputs", j, "parameters"],
+                 req.binary_default):
+            req.binary_outputs.add(name)
+
+
+def parameters(container: dict[str, Any], loc: list[Any]) -> dict[str, Any]:
+    """A request's, input's or output's ``parameters``: an object (absent or null: empty)."""
+    value = container.get("parameters")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _field_error([*loc, "parameters"], "'parameters' must be an object")
+    return value
+
+
+def _flag(params: dict[str, Any], key: str, loc: list[Any], default: bool = False) -> bool:
+    value = params.get(key, default)
+    if not isinstance(value, bool):
+        raise _field_error([*loc, key], f"'{key}' must be true or false")
+    return value
+
+
+def _field_error(loc: list[Any], message: str) -> InputError:
+    return InputError(message, [{"loc": loc, "msg": message}])
+
+
+def _decode_input(i: int, spec: Any, binary: bytes,
+                  offset: int) -> tuple[str, np.ndarray, int]:
     loc: list[Any] = ["inputs", i]
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
         raise InputError(f"input {i} needs a name", [{"loc": [*loc, "name"], "msg": "required"}])
+    name = spec["name"]
     dtype_name, shape = spec.get("datatype"), spec.get("shape")
-    if dtype_name not in DATATYPES:
-        raise InputError(f"input '{spec['name']}': unknown datatype {dtype_name!r}",
+    if not isinstance(dtype_name, str) or dtype_name not in DATATYPES:
+        raise InputError(f"input '{name}': unknown datatype {dtype_name!r}",
                          [{"loc": [*loc, "datatype"], "msg": "one of " + ", ".join(DATATYPES)}])
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InputError(f"input '{spec['name']}': shape must be a list of sizes",
+    if not isinstance(shape, list) or not all(
+            type(d) is int and d >= 0 for d in shape):  # bool is an int to isinstance
+        raise InputError(f"input '{name}': shape must be a list of sizes",
                          [{"loc": [*loc, "shape"], "msg": "expected a list of integers"}])
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+    size = parameters(spec, loc).get("binary_data_size")
+    if size is not None and (type(size) is not int or size < 0):
+        raise _field_error([*loc, "parameters", "binary_data_size"],
+                           f"input '{name}': binary_data_size must be a number of bytes")
     try:
         if size is not None:
-            chunk = binary[offset:offset + int(size)]
-            if len(chunk) != int(size):
+            chunk = binary[offset:offset + size]
+            if len(chunk) != size:
                 raise ValueError(f"needs {size} binary bytes, {len(chunk)} left")
             flat = from_raw(dtype_name, chunk)
         else:
             if "data" not in spec:
                 raise ValueError("has neither 'data' nor parameters.binary_data_size")
-            flat = _json_elements(spec["data"], dtype_name)
+            flat = json_elements(spec["data"], dtype_name, f"input '{name}'", [*loc, "data"])
         array = shaped(flat, shape)
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise InputError(f"input '{spec['name']}' {exc}",
+        raise InputError(f"input '{name}' {exc}",
                          [{"loc": [*loc, "data"], "msg": str(exc)}]) from None
-    return array, int(size or 0)
+    return name, array, size or 0
 
 
 def from_raw(datatype: str, chunk: bytes) -> np.ndarray:
@@ -145,19 +196,25 @@ def to_raw(array: np.ndarray) -> bytes:
 
 def shaped(flat: np.ndarray, shape: list[int]) -> np.ndarray:
     """``flat`` reshaped to ``shape``, or :class:`ValueError` when the element count differs."""
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)  # Python ints: no overflow for absurd shapes
     if flat.size != count:
         raise ValueError(f"has {flat.size} elements, shape {list(shape)} needs {count}")
     return flat.reshape(shape)
 
 
-def _json_elements(data: Any, dtype_name: str) -> np.ndarray:
+def json_elements(data: Any, dtype_name: str, field: str, loc: list[Any]) -> np.ndarray:
+    """A flat array from a JSON tensor's ``data`` (nested lists allowed), strictly typed."""
     if dtype_name == "BYTES":
         arr = np.asarray(data, dtype=object).reshape(-1)
         out = np.empty(arr.size, dtype=object)
         out[:] = [v if isinstance(v, str) else _not_string(v) for v in arr]
         return out
-    return np.asarray(data, dtype=DATATYPES[dtype_name]).reshape(-1)
+    if dtype_name == "BOOL":
+        arr = np.asarray(data)
+        if arr.dtype != np.bool_ and arr.size:
+            raise _field_error(loc, f"{field}: BOOL data must be true or false")
+        return arr.astype(np.bool_).reshape(-1)
+    return to_numeric(data, DATATYPES[dtype_name], field, loc).reshape(-1)
 
 
 def _not_string(value: Any) -> str:
@@ -252,9 +309,15 @@ def encode_infer(
 
 
 def model_metadata(
-    name: str, versions: list[int], signature: Signature, flavor: str
+    name: str, versions: list[int], signature: Signature, flavor: str,
+    outputs: Sequence[FieldSpec] = (),
 ) -> dict[str, Any]:
-    """``GET /v2/models/{name}``: inputs and outputs in OIP datatypes (``-1``: any size)."""
+    """``GET /v2/models/{name}``: inputs and outputs in OIP datatypes (``-1``: any size).
+
+    ``outputs`` are what the version answers (recorded at training time, or measured when the
+    server loaded it); without them (an old version not loaded yet) the outputs are inferred
+    from the signature.
+    """
     if signature.layout == "tensor":
         spec = signature.inputs[0]
         inputs = [{"name": spec.name, "datatype": _SIGNATURE_TYPES.get(spec.dtype, "FP32"),
@@ -262,16 +325,24 @@ def model_metadata(
     else:
         inputs = [{"name": f.name, "datatype": _SIGNATURE_TYPES.get(f.dtype, "FP64"),
                    "shape": [-1]} for f in signature.inputs]
-    outputs = [{"name": "predictions", "datatype": _prediction_type(signature), "shape": [-1]}]
-    if signature.classes:
-        outputs.append({"name": "scores", "datatype": output_types(signature)["scores"],
-                        "shape": [-1, len(signature.classes)]})
+    if outputs:
+        described = [{"name": f.name, "datatype": _SIGNATURE_TYPES.get(f.dtype, "BYTES"),
+                      "shape": [-1, *(-1 if d is None else d for d in f.shape)]}
+                     for f in outputs]
+    else:
+        described = [{"name": "predictions", "datatype": _prediction_type(signature),
+                      "shape": [-1]}]
+        if signature.classes:
+            described.append({"name": "scores", "datatype": "FP64",
+                              "shape": [-1, len(signature.classes)]})
     return {"name": name, "versions": [str(v) for v in versions], "platform": f"modelyard_{flavor}",
-            "inputs": inputs, "outputs": outputs}
+            "inputs": inputs, "outputs": described}
 
 
-def output_types(signature: Signature) -> dict[str, str]:
+def output_types(signature: Signature, outputs: Sequence[FieldSpec] = ()) -> dict[str, str]:
     """The OIP datatype of each output, as :func:`model_metadata` announces it."""
+    if outputs:
+        return {f.name: _SIGNATURE_TYPES.get(f.dtype, "BYTES") for f in outputs}
     return {"predictions": _prediction_type(signature), "scores": "FP64"}
 
 
@@ -303,8 +374,10 @@ __all__ = [
     "encode_bytes",
     "encode_infer",
     "from_raw",
+    "json_elements",
     "model_metadata",
     "output_types",
+    "parameters",
     "shaped",
     "to_payload",
     "to_raw",

@@ -3,9 +3,12 @@
 :class:`Rollouts` polls :meth:`Deployments.changed_since` every ``poll_interval_s`` and keeps, per
 model, the active deployment with both of its versions loaded and warmed
 (:class:`ActiveRollout`). It is applied in one dict assignment, only once both runners answer;
-a blue-green candidate is warmed first, then this process asks for ``activate``. When the
-deployment ends, the model goes back to its alias route (which a promotion has moved) and a
-candidate that did not become production is unloaded.
+a blue-green candidate is warmed first, then this process asks for ``activate``. A candidate
+that cannot be loaded or warmed ends the rollout as rolled back, with the error as the reason,
+at once (the first poll after it was written); so does one that stops serving (evicted, or its
+device worker could not be restarted) and cannot be loaded again. When the deployment ends, the
+model goes back to its alias route (which a promotion has moved) and a candidate that did not
+become production is unloaded.
 
 On the request path (``App.predict``, unversioned requests only) one dict lookup finds the
 rollout; :func:`~modelyard.rollout.routing.choose_variant` picks the variant. A candidate's
@@ -37,14 +40,15 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from modelyard.errors import ConflictError
 from modelyard.predictor import Prediction
 from modelyard.rollout.analysis import Rules, analyze
-from modelyard.rollout.routing import choose_variant
+from modelyard.rollout.decision import Decision
+from modelyard.rollout.routing import candidate_share, choose_variant
 from modelyard.rollout.stats import WindowStats
 from modelyard.serving.batching import QueueFullError
 from modelyard.serving.catalog import Catalog
@@ -109,11 +113,16 @@ class ActiveRollout:
         self.rules = Rules.from_dict(deployment.rules)
         self.stats = {"stable": WindowStats(), "candidate": WindowStats()}
         self.outdated = False
+        #: the last analysis this process made of the revision (published for status)
+        self.analysis = ""
         self.next_analysis = time.monotonic() + max(self.interval_s, self.settle_s)
 
     def snapshot(self) -> dict[str, Any]:
         """This process's window as published (JSON): both variants, and shadow drops."""
         data: dict[str, Any] = {v: self.stats[v].to_dict() for v in VARIANTS}
+        data["candidate_serving"] = not self.candidate.closed
+        if self.analysis:
+            data["analysis"] = self.analysis
         if self.dropped:
             data["shadow_dropped"] = self.dropped
         return data
@@ -232,6 +241,7 @@ class Rollouts(Poller):
         self._labels_failed: set[int] = set()  # deployments whose label metric failed (warned)
         self._failed: dict[tuple[int, int], float] = {}
         self._applying: set[str] = set()
+        self._reloading: set[tuple[str, str]] = set()
 
     # -- the loop -------------------------------------------------------------------------------
     def interval(self) -> float:
@@ -239,6 +249,7 @@ class Rollouts(Poller):
 
     async def tick(self) -> None:
         await self.poll()
+        self.check_runners()
         await self.publish()
         await self.analyze_due()
 
@@ -291,22 +302,70 @@ class Rollouts(Poller):
             self._update(held, d)
         else:
             cache = self.catalog.cache
-            try:  # both load and warm while the model keeps answering as before
-                stable, candidate = await asyncio.gather(
-                    cache.get((d.model, d.stable_version)),
-                    cache.get((d.model, d.candidate_version)))
-            except Exception as exc:
+            # both load and warm while the model keeps answering as before
+            loaded = await asyncio.gather(cache.get((d.model, d.stable_version)),
+                                          cache.get((d.model, d.candidate_version)),
+                                          return_exceptions=True)
+            for result in loaded:
+                if isinstance(result, BaseException) and not isinstance(result, Exception):
+                    raise result  # cancelled: the server is stopping
+            stable, candidate = loaded
+            if isinstance(candidate, Exception) or isinstance(stable, Exception):
                 self._failed[(d.id, d.revision)] = time.monotonic() + RETRY_FAILED_S
-                log.error("cannot apply the %s rollout of %s:%s (stable %s) yet: %s", d.strategy,
-                          d.model, d.candidate_version, d.stable_version, exc)
+                if isinstance(candidate, Exception):
+                    await self._candidate_failed(d, "cannot be loaded", candidate)
+                else:  # production itself does not load here: retried, status says so
+                    log.error("cannot apply the %s rollout of %s:%s (stable %s) yet: %s",
+                              d.strategy, d.model, d.candidate_version, d.stable_version, stable)
                 return False
             # the atomic switch
-            self.active[d.model] = ActiveRollout(d, stable, candidate, settle_s=self._settle_s)
+            self.active[d.model] = ActiveRollout(d, cast(Runner, stable), cast(Runner, candidate),
+                                                 settle_s=self._settle_s)
             log.info("%s: %s rollout %s of version %s against %s, %s", d.model, d.strategy,
                      d.id, d.candidate_version, d.stable_version, d.state)
         if d.state == "pending" and d.strategy == "blue-green":
             await self._decide(d, "activate", self.actor, "the candidate is loaded and warmed")
         return True
+
+    async def _candidate_failed(self, d: Any, what: str, exc: BaseException) -> None:
+        """End ``d`` as rolled back: its candidate cannot serve here (the error is the reason)."""
+        reason = (f"candidate {d.model}:{d.candidate_version} {what} on {self.actor}: "
+                  f"{str(exc) or type(exc).__name__}")
+        log.error("%s rollout %s: %s; rolling back", d.model, d.id, reason)
+        decision = Decision("rollback", (reason,), details={"process": self.actor,
+                                                            "error": type(exc).__name__})
+        await self._decide(d, decision, self.actor, reason)
+
+    def check_runners(self) -> None:
+        """Load again a rollout's version whose runner was unloaded (evicted under the memory
+        budget, or its device worker could not be restarted); without it no request would reach
+        the candidate and analysis would wait for requests forever."""
+        for model, held in list(self.active.items()):
+            for variant in VARIANTS:
+                if not getattr(held, variant).closed or (model, variant) in self._reloading:
+                    continue
+                if variant == "stable" and \
+                        self.catalog.routes.get(model) != held.deployment.stable_version:
+                    continue  # the alias moved on (a promotion this process applies next)
+                self._reloading.add((model, variant))
+                self.spawn(self._reload(held, variant))
+
+    async def _reload(self, held: ActiveRollout, variant: str) -> None:
+        d = held.deployment
+        try:
+            runner = await self.catalog.cache.get((d.model, d.version_of(variant)))
+        except Exception as exc:
+            if variant == "candidate":
+                await self._candidate_failed(d, "stopped serving and cannot be loaded again",
+                                             exc)
+            else:  # requests fall back to the alias route meanwhile
+                log.error("%s: stable version %s of rollout %s cannot be loaded again: %s",
+                          d.model, d.stable_version, d.id, exc)
+            return
+        finally:
+            self._reloading.discard((d.model, variant))
+        if self.active.get(d.model) is held:
+            setattr(held, variant, runner)
 
     @staticmethod
     def _update(held: ActiveRollout, d: Any) -> None:
@@ -384,13 +443,16 @@ class Rollouts(Poller):
                 await self._add_labels(d, held.rules.metric, merged)
             if held.deployment is not d:  # a new revision arrived meanwhile: its window restarted
                 continue
+            # stable answers a share to compare with: wait for enough of it (see analyze)
+            baseline = d.strategy == "shadow" or candidate_share(d) < 1.0
             decision = analyze(merged["stable"], merged["candidate"], held.rules, d.step,
-                               len(d.steps))
+                               len(d.steps), baseline=baseline)
             decision.details.update(window_details(windows, merged))
             dropped = held.dropped + sum(int(w.stats.get("shadow_dropped", 0))
                                          for w in published if w.process != self.actor)
             if dropped:
                 decision.details["shadow_dropped"] = dropped
+            held.analysis = f"{decision.action}: {decision.reason}"
             if decision.action == "hold":
                 log.debug("%s rollout %s holds: %s", model, d.id, decision.reason)
                 continue

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from modelyard.errors import AdapterError
 from modelyard.predictor import Prediction, Predictor
+from modelyard.schema import FieldSpec
 from modelyard.serving.batching import Batcher, BatchPolicy, Item, Observe, split_rows
 from modelyard.spec import ServingSpec
 
@@ -105,6 +106,9 @@ class Runner:
         self.version = predictor.version
         self.version_str = str(predictor.version)
         self.inputs = InputPath(predictor.signature)
+        #: what this version answers (name, dtype, per-row shape): recorded at training time,
+        #: measured again by :meth:`warm` (older versions have no record).
+        self.outputs: tuple[FieldSpec, ...] = predictor.signature.answers
         self.batcher = Batcher(self._run, policy, executor, observe)
         self.memory = memory
         self.metrics: Any = None  # per-version metric children, set by the app
@@ -139,7 +143,8 @@ class Runner:
     def warm(self) -> None:
         """Run one synthetic row through the model (blocking; call off the event loop)."""
         batch, _ = self.inputs.prepare(self.inputs.warmup_payload())
-        self.predictor.predict_batch(self.inputs.finalize(batch), scores=True)
+        self.outputs = self.predictor.predict_batch(self.inputs.finalize(batch),
+                                                    scores=True).fields()
 
     async def close(self) -> None:
         """Stop taking requests, answer the queued ones, then release the loop task."""

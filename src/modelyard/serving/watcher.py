@@ -4,7 +4,9 @@ Every ``poll_interval_s`` the watcher reads the registry's aliases. For each mod
 alias moved (``modelyard promote`` / ``rollback`` from any process), it loads and warms the new
 version while the old one keeps answering, then points the route at the new version in one dict
 assignment, and only then evicts the old runner, which finishes its queued requests first.
-:func:`alias_moves` is the pure decision.
+:func:`alias_moves` is the pure decision. A version that fails to load leaves the old one
+serving; ``Catalog.not_served`` records which and why (``/readyz`` and ``/v1/models`` show it)
+until a retry succeeds or the alias moves again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from modelyard.serving.catalog import Catalog
 from modelyard.serving.poller import Poller
@@ -61,7 +64,11 @@ class Watcher(Poller):
         """Read the registry once and start a swap for each moved alias."""
         catalog = self.catalog
         models = await catalog.read_registry()
-        moves = alias_moves(catalog.routes, models, catalog.options.alias)
+        alias = catalog.options.alias
+        moves = alias_moves(catalog.routes, models, alias)
+        for name, info in list(catalog.not_served.items()):
+            if models.get(name, {}).get(alias) != info["version"]:  # the alias moved on
+                catalog.not_served.pop(name, None)
         now = time.monotonic()
         for name, target in moves.items():
             if name in self._swapping:
@@ -82,10 +89,15 @@ class Watcher(Poller):
                     self._failed[(name, target)] = time.monotonic() + RETRY_FAILED_S
                     log.error("cannot switch %s to version %s, still serving %s: %s",
                               name, target, old, exc)
+                    catalog.not_served[name] = {
+                        "version": target, "serving": old, "reason": str(exc) or repr(exc),
+                        "since": datetime.now(UTC).isoformat(),
+                        "retry_in_s": RETRY_FAILED_S}
                     return
                 catalog.routes[name] = target  # the atomic switch
             else:
                 catalog.routes.pop(name, None)
+            catalog.not_served.pop(name, None)
             log.info("%s@%s: version %s -> %s", name, catalog.options.alias, old, target)
             if old is not None and old != target:
                 catalog.cache.evict((name, old))  # drains its queue before it is released

@@ -306,6 +306,23 @@ class Worker:
                 self._on_exit(self, reason)
 
 
+def check_loads(registry: Any, record: Any, *, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Load and warm a registry version the way a server does, in a fresh process on the CPU,
+    then stop it; returns what the worker reported (device, memory).
+
+    Raises what a server would meet: :class:`~modelyard.errors.IntegrityError` for an artifact
+    that does not match its digest, the adapter's load or warm-up error (rebuilt as its modelyard
+    class), or :class:`AdapterError` when the process dies or takes over ``timeout_s``. A fresh
+    process keeps a crash, a hang or the model's memory out of the caller.
+    """
+    path = registry.artifact_path(record)  # verified against the registered digest
+    worker = Worker(WorkerSpec.from_record(record, path, "cpu", start_timeout_s=timeout_s))
+    try:
+        return worker.start()
+    finally:
+        worker.stop()
+
+
 def _call(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> bool:
     try:
         loop.call_soon_threadsafe(fn, *args)
@@ -344,6 +361,7 @@ __all__ = [
     "WorkerDiedError",
     "WorkerSpec",
     "WorkerUnavailableError",
+    "check_loads",
     "describe",
     "exit_reason",
     "rebuild",

@@ -53,11 +53,12 @@ def main() -> None:
 def serve(spec: WorkerSpec, conn: Any) -> None:
     """Load, warm and report, then answer batches on ``conn`` until told to stop or orphaned."""
     try:
-        predictor = _load(spec)
+        predictor, outputs = _load(spec)
         from modelyard.serving.runner import estimate_memory
 
         info = {"device": predictor.device, "pid": os.getpid(),
-                "memory": estimate_memory(predictor.model, spec.artifact_size)}
+                "memory": estimate_memory(predictor.model, spec.artifact_size),
+                "outputs": [f.to_dict() for f in outputs]}
     except BaseException as exc:
         with contextlib.suppress(OSError):
             conn.send_bytes(pickle.dumps(("failed", describe(exc)), protocol=5))
@@ -82,16 +83,17 @@ def serve(spec: WorkerSpec, conn: Any) -> None:
             return
 
 
-def _load(spec: WorkerSpec) -> Any:
-    """Load the version on its device and run one warm-up row (first calls are slow on GPUs)."""
+def _load(spec: WorkerSpec) -> tuple[Any, Any]:
+    """Load the version on its device and run one warm-up row (first calls are slow on GPUs);
+    returns the predictor and the outputs the warm-up measured."""
     from modelyard.predictor import open_version
     from modelyard.serving.inputs import InputPath
 
     predictor = open_version(spec, _Unpacked(spec.artifact), device=spec.device)
     inputs = InputPath(predictor.signature)
     batch, _ = inputs.prepare(inputs.warmup_payload())
-    predictor.predict_batch(inputs.finalize(batch), scores=True)
-    return predictor
+    outputs = predictor.predict_batch(inputs.finalize(batch), scores=True).fields()
+    return predictor, outputs
 
 
 def _watch_parent(parent_pid: int) -> None:

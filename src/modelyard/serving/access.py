@@ -1,0 +1,125 @@
+"""Who is calling: the credential a mutating request carries, and the actor the audit log records.
+
+Every mutation the server accepts (admin and monitoring POSTs, feedback, OIP repository
+load/unload over REST and gRPC) is authenticated here, once, by :meth:`Access.authenticate`, and
+the actor it returns is what the registry records. A client cannot name itself: the actor comes
+from the credential, never from a header the client chooses.
+
+=============================  ===================  ===========================================
+server                         request              actor recorded
+=============================  ===================  ===========================================
+``MODELYARD_TOKEN`` unset      anything             ``api:anonymous``
+``MODELYARD_TOKEN`` set        the token            ``api:token``
+``MODELYARD_TOKEN`` set        no/malformed header  401 (``WWW-Authenticate: Bearer``)
+``MODELYARD_TOKEN`` set        another token        403
+=============================  ===================  ===========================================
+
+The same over HTTP (``Authorization: Bearer <token>``) and gRPC (metadata ``authorization``).
+Per-user keys will map each key to its own actor in :meth:`Access.actor_for`, the one place
+that turns a credential into a name.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from modelyard.errors import ModelyardError
+
+TOKEN_ENV = "MODELYARD_TOKEN"
+#: the actor of a mutation on a server without a token: anyone who can reach it.
+ANONYMOUS = "api:anonymous"
+#: the actor of a mutation that presented the server's one shared token.
+TOKEN_ACTOR = "api:token"
+#: where the dispatcher leaves the authenticated actor in an ASGI scope.
+ACTOR_KEY = "modelyard.actor"
+
+
+class UnauthorizedError(ModelyardError):
+    """A mutating call came without ``Authorization: Bearer <token>``."""
+
+    status_code = 401
+    #: sent with the 401, as RFC 9110 asks.
+    response_headers = ((b"www-authenticate", b"Bearer"),)
+
+
+class ForbiddenError(ModelyardError):
+    """A mutating call's bearer token does not match the server's ``MODELYARD_TOKEN``."""
+
+    status_code = 403
+
+
+@dataclass(frozen=True)
+class Access:
+    """The server's credentials: build it with :meth:`from_env`; ``token=None`` is open."""
+
+    token: bytes | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Access:
+        """The token ``MODELYARD_TOKEN`` names (an empty value counts as unset)."""
+        token = (os.environ if env is None else env).get(TOKEN_ENV, "")
+        return cls(token.encode() if token else None)
+
+    @property
+    def required(self) -> bool:
+        """Whether mutations need a credential."""
+        return self.token is not None
+
+    def authenticate(self, authorization: bytes | str | None) -> str:
+        """The actor for an ``Authorization`` value; 401 when it is missing or not a bearer
+        token, 403 when the token is not this server's."""
+        if self.token is None:
+            return ANONYMOUS
+        if isinstance(authorization, str):
+            authorization = authorization.encode("latin-1", "replace")
+        given = (authorization or b"").strip()
+        if not given:
+            raise UnauthorizedError(f"this call needs 'Authorization: Bearer <token>' (the "
+                                    f"server's {TOKEN_ENV})")
+        scheme, _, credential = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not credential.strip():
+            raise UnauthorizedError("send the token as 'Authorization: Bearer <token>'")
+        actor = self.actor_for(credential.strip())
+        if actor is None:
+            raise ForbiddenError("the bearer token is not valid for this server")
+        return actor
+
+    def actor_for(self, credential: bytes) -> str | None:
+        """The actor a credential stands for, or None when it stands for nobody."""
+        if self.token is not None and hmac.compare_digest(credential, self.token):
+            return TOKEN_ACTOR
+        return None
+
+
+def actor_of(scope: dict[str, Any]) -> str:
+    """The actor the dispatcher authenticated for this request (mutating routes only)."""
+    return str(scope[ACTOR_KEY])
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address to listen on) is reachable only from this machine."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False  # a host name, "0.0.0.0"-like wildcard or "": assume it is reachable
+
+
+def exposure_warning(host: str, access: Access) -> str | None:
+    """The warning for listening on ``host`` without a token, or None when that is safe."""
+    if access.required or is_loopback(host):
+        return None
+    return (f"SECURITY: listening on {host or 'every address'} without {TOKEN_ENV}: anyone "
+            "who can reach this address can promote, roll back and roll out models, load and "
+            "unload them, and send labels. Set MODELYARD_TOKEN, or listen on 127.0.0.1.")
+
+
+__all__ = ["ACTOR_KEY", "ANONYMOUS", "TOKEN_ACTOR", "TOKEN_ENV", "Access", "ForbiddenError",
+           "UnauthorizedError", "actor_of", "exposure_warning", "is_loopback"]

@@ -1,0 +1,132 @@
+"""One request's identity: its id, the call record that answers it, and the one log line of a
+failure.
+
+Every answer names its request id (``X-Request-Id``; gRPC: the request's ``id``): the client's
+own (``X-Request-Id`` or the OIP ``id``), else one made here. Every 5xx on any route -- native,
+OIP REST, admin, monitoring, gRPC -- writes exactly one log line with that id
+(:func:`log_failure`), so an operator can find the cause from what the client saw.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from modelyard.errors import ModelyardError, NotFoundError
+from modelyard.serving.http import Scope, header
+
+if TYPE_CHECKING:
+    from modelyard.predictor import Prediction
+    from modelyard.serving.runner import Runner
+
+log = logging.getLogger(__name__)
+
+
+class _RequestIds:
+    """Request ids: a random prefix per process and a counter. uuid4 costs a ``getrandom``
+    system call per request; these are unique across processes (a forked worker gets its own
+    prefix), not secret."""
+
+    def __init__(self) -> None:
+        self.pid = -1
+        self.prefix = ""
+        self.counter = itertools.count(1)
+
+    def new(self) -> str:
+        if self.pid != os.getpid():
+            self.pid, self.prefix = os.getpid(), uuid.uuid4().hex[:16]
+            self.counter = itertools.count(1)
+        return f"{self.prefix}{next(self.counter):08x}"
+
+
+_request_ids = _RequestIds()
+
+
+class Call:
+    """What one prediction request resolved to, for its response and its metrics.
+
+    ``variant`` is ``production`` (the served alias), or ``stable``/``candidate`` while a
+    rollout routes the model.
+    """
+
+    __slots__ = ("batch", "request_id", "result", "rows", "runner", "variant")
+
+    def __init__(self, request_id: str | None = None) -> None:
+        self.runner: Runner | None = None
+        self.variant = "production"
+        #: the id feedback refers to: the client's X-Request-Id (or OIP ``id``), else generated.
+        self.request_id = request_id or _request_ids.new()
+        #: the prepared input batch, its rows and the answer, for the prediction log.
+        self.batch: Any = None
+        self.rows = 0
+        self.result: Prediction | None = None
+
+    def answered(self, batch: Any, rows: int, result: Prediction) -> Prediction:
+        """Keep what the prediction log needs of an answered request; returns ``result``."""
+        self.batch, self.rows, self.result = batch, rows, result
+        return result
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The response headers naming the version and variant that answered, and the request."""
+        runner = self.runner
+        assert runner is not None
+        return [(b"x-model-version", runner.version_str.encode()),
+                (b"x-model-variant", self.variant.encode()),
+                (b"x-request-id", self.request_id.encode())]
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The client's ``X-Request-Id`` (see :func:`usable_id`), if it sent one."""
+    value = header(scope, b"x-request-id")
+    return None if value is None else usable_id(value.decode("latin-1"))
+
+
+def usable_id(text: str) -> str | None:
+    """``text`` as a request id: 1 to 100 printable ASCII characters, else ``None`` (it goes
+    back in a header and into logs, where a newline or a control character must not)."""
+    if 0 < len(text) <= 100 and text.isascii() and text.isprintable():
+        return text
+    return None
+
+
+#: versions are stored as 64-bit integers: a larger number names no version.
+MAX_VERSION = 2**63 - 1
+
+
+def parse_version(name: str, version: str | None) -> int | None:
+    """The version number in a path, or :class:`NotFoundError` for one that is not a number.
+
+    Only ASCII digits count (``str.isdigit`` also takes ``'²'`` and Arabic-Indic digits), and
+    only numbers a version can have (1 to 2**63 - 1).
+    """
+    if version is None:
+        return None
+    if not (version.isascii() and version.isdigit() and len(version) <= 19) or not (
+            1 <= int(version) <= MAX_VERSION):
+        raise NotFoundError(f"model '{name}' has no version {version[:40]!r}; versions are "
+                            "1, 2, ...")
+    return int(version)
+
+
+def log_failure(where: str, status: int, request_id: str, exc: BaseException) -> None:
+    """The one log line of a request answered with a 5xx: route, status, request id, cause.
+
+    Errors of our own say what happened in their message; anything else is a bug, logged with
+    its traceback.
+    """
+    known = isinstance(exc, ModelyardError)
+    log.log(logging.ERROR if status == 500 else logging.WARNING,
+            "%s answered %d, request_id=%s: %s", where, status, request_id,
+            exc if known else f"{type(exc).__name__}: {exc}", exc_info=None if known else exc)
+
+
+def new_request_id() -> str:
+    """A fresh request id (for answers to clients that sent none)."""
+    return _request_ids.new()
+
+
+__all__ = ["MAX_VERSION", "Call", "log_failure", "new_request_id", "parse_version",
+           "request_id_of", "usable_id"]
