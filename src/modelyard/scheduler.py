@@ -6,8 +6,10 @@ Each :meth:`Scheduler.tick`, for every model whose spec has a ``retrain:`` polic
    metrics from fed-back labels, the share of drifted features (a drift check at most once a
    minute), p99 latency and error rate, and labels received since the last run;
 2. announce alert rules that start or stop firing (:class:`~modelyard.monitoring.alerts.Alerter`);
-3. decide whether to retrain (:func:`retrain_trigger`, pure): the cron ``schedule`` came due,
-   ``drift_share`` or ``metric_below`` crossed, or ``new_labels`` arrived;
+3. decide whether to retrain (:func:`retrain_decision`, pure): the cron ``schedule`` came due,
+   ``drift_share`` or ``metric_below`` crossed, or ``new_labels`` arrived; or, for each declared
+   trigger, why not (with ``explain``, as ``modelyard scheduler --once`` runs, an ``idle``
+   action says so);
 4. if so, and no rollout of the model is active and no run is in progress, take the lease
    ``retrain:<model>``, run the pipeline in this process (training itself runs in a child), and
    with ``auto_rollout`` start a rollout of the new version that the servers' analysis then
@@ -15,7 +17,9 @@ Each :meth:`Scheduler.tick`, for every model whose spec has a ``retrain:`` polic
 
 Several schedulers may share a registry: the lease lets one retrain a model at a time. A
 scheduler that dies leaves a lease that expires; its runs still marked running are then finished
-as failed by whichever scheduler looks next.
+as failed by whichever scheduler looks next. Every tick also finishes a model's runs whose
+process is gone (:meth:`~modelyard.registry.Registry.reap_runs`: "abandoned"), whoever ran them.
+A retrain on what the latest version was made from registers nothing: it reports ``unchanged``.
 """
 
 from __future__ import annotations
