@@ -58,6 +58,11 @@ class Settings:
         return self.home / "cache"
 
 
+#: the highest version number there can be: the registry's column is a 32-bit integer on
+#: PostgreSQL, so a bigger number is no version, on the command line or over HTTP.
+MAX_VERSION = 2**31 - 1
+
+
 def parse_duration(text: str) -> float:
     """Seconds from ``90``, ``90s``, ``5m``, ``1h``, ``2d`` or ``500ms`` (1 ms to 100 years)."""
     match = _DURATION.match(text.strip())
@@ -91,4 +96,5 @@ def _os_user() -> str:
         return "unknown"
 
 
-__all__ = ["MAX_DURATION_S", "MIN_DURATION_S", "Settings", "parse_duration", "parse_since"]
+__all__ = ["MAX_DURATION_S", "MAX_VERSION", "MIN_DURATION_S", "Settings", "parse_duration",
+           "parse_since"]

@@ -313,12 +313,15 @@ def _ngrams(tokens: list[str], n: int) -> Counter[tuple[str, ...]]:
 
 
 def bleu(y_true: Any, y_pred: Any, scores: Any = None, classes: Any = None) -> float:
-    """Corpus BLEU-4 in [0, 1] with the brevity penalty and exponential smoothing.
+    """Corpus BLEU-4 in [0, 1] with the brevity penalty, exponential smoothing, effective order.
 
     ``y_true`` holds one reference per row (a string, a token list, or a list of several
     references); ``y_pred`` one hypothesis per row. Strings are split on whitespace. An n-gram
-    order with no match counts as ``1 / (2**k * total)`` (the k-th such order), as sacreBLEU's
-    default smoothing does, so short corpora do not collapse to 0.
+    order with no match counts as ``1 / (2**k * total)`` (the k-th such order: the NIST
+    smoothing, Chen & Cherry 2014 method 3, sacreBLEU's default), and orders longer than every
+    hypothesis are left out of the mean (sacreBLEU's "effective order"), so identical sentences
+    of one to three tokens score 1 instead of 0. No matching unigram at all scores 0. Equal to
+    ``sacrebleu.BLEU(tokenize="none", effective_order=True).corpus_score(...) / 100``.
     """
     refs, hyps = list(y_true), list(y_pred)
     if len(refs) != len(hyps):
@@ -336,19 +339,20 @@ def bleu(y_true: Any, y_pred: Any, scores: Any = None, classes: Any = None) -> f
                 best |= _ngrams(r, n)
             matches[n - 1] += sum((counts & best).values())
             totals[n - 1] += max(len(h) - n + 1, 0)
-    if hyp_len == 0:
+    if hyp_len == 0 or not matches.any():
         return 0.0
-    log_p, k = 0.0, 1
+    log_p, k, order = 0.0, 1, 0
     for m, total in zip(matches, totals, strict=True):
-        if total == 0:
-            return 0.0
+        if total == 0:  # no hypothesis is this long: the order is left out, not scored 0
+            break
+        order += 1
         if m == 0:
             k *= 2
             log_p += np.log(1.0 / (k * total))
         else:
             log_p += np.log(m / total)
     brevity = 1.0 if hyp_len > ref_len else np.exp(1 - ref_len / hyp_len)
-    return float(brevity * np.exp(log_p / 4))
+    return float(brevity * np.exp(log_p / order))
 
 
 for _metric in (

@@ -6,8 +6,10 @@ Each :meth:`Scheduler.tick`, for every model whose spec has a ``retrain:`` polic
    metrics from fed-back labels, the share of drifted features (a drift check at most once a
    minute), p99 latency and error rate, and labels received since the last run;
 2. announce alert rules that start or stop firing (:class:`~modelyard.monitoring.alerts.Alerter`);
-3. decide whether to retrain (:func:`retrain_trigger`, pure): the cron ``schedule`` came due,
-   ``drift_share`` or ``metric_below`` crossed, or ``new_labels`` arrived;
+3. decide whether to retrain (:func:`retrain_decision`, pure): the cron ``schedule`` came due,
+   ``drift_share`` or ``metric_below`` crossed, or ``new_labels`` arrived; or, for each declared
+   trigger, why not (with ``explain``, as ``modelyard scheduler --once`` runs, an ``idle``
+   action says so);
 4. if so, and no rollout of the model is active and no run is in progress, take the lease
    ``retrain:<model>``, run the pipeline in this process (training itself runs in a child), and
    with ``auto_rollout`` start a rollout of the new version that the servers' analysis then
@@ -15,7 +17,9 @@ Each :meth:`Scheduler.tick`, for every model whose spec has a ``retrain:`` polic
 
 Several schedulers may share a registry: the lease lets one retrain a model at a time. A
 scheduler that dies leaves a lease that expires; its runs still marked running are then finished
-as failed by whichever scheduler looks next.
+as failed by whichever scheduler looks next. Every tick also finishes a model's runs whose
+process is gone (:meth:`~modelyard.registry.Registry.reap_runs`: "abandoned"), whoever ran them.
+A retrain on what the latest version was made from registers nothing: it reports ``unchanged``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCHEDULER = "scheduler"  # the actor of runs and audit events the scheduler starts
+IDLE = "idle"  # the kind of action that says why a tick did not retrain a model
 STOPPED = "scheduler stopped during the run"
 #: values alert rules may watch besides the declared metrics.
 SIGNALS = ALERT_SIGNALS
@@ -74,35 +79,109 @@ class Evidence:
     new_labels: int | None = None  # labels received since the newest run started
 
 
-def retrain_trigger(policy: RetrainSpec, evidence: Evidence, *, min_labels: int = 100,
-                    cooldown_s: float = 0.0) -> str | None:
-    """The first retrain trigger that holds, as the run's trigger string; None when none does.
+@dataclass(frozen=True)
+class RetrainDecision:
+    """What :func:`retrain_decision` concluded: the trigger that holds, or why none does.
+
+    ``waiting`` has one line per declared trigger that does not hold (``drift share 0.1 below
+    0.3``); ``modelyard scheduler --once`` prints them.
+    """
+
+    trigger: str | None
+    waiting: tuple[str, ...] = ()
+
+
+#: one trigger's verdict: (the trigger string if it holds, else why it does not; None, None when
+#: the policy does not declare it)
+_Check = tuple[str | None, str | None]
+
+
+def retrain_decision(policy: RetrainSpec, evidence: Evidence, *, min_labels: int = 100,
+                     cooldown_s: float = 0.0) -> RetrainDecision:
+    """The first retrain trigger that holds, or the reason each declared one does not.
 
     Checked in order: ``schedule`` (its last due time is after the newest scheduled run, or, when
     there was none, the newest run), ``drift_share``, ``metric_below`` (only on ``min_labels``
     labeled rows), ``new_labels``. Drift and metric triggers wait ``cooldown_s`` after a run
     started, so evidence gathered before it cannot retrain again and again.
     """
-    at = evidence.now
-    if policy.schedule is not None:
-        due = cron.last_at_or_before(policy.schedule, at)
-        since = evidence.last_schedule_run_at or evidence.last_run_at
-        if since is None or due > since:
-            return f"schedule: {policy.schedule}"
-    cooling = (evidence.last_run_at is not None
-               and at - evidence.last_run_at < timedelta(seconds=cooldown_s))
-    if not cooling and policy.drift_share is not None and evidence.drift_share is not None \
-            and evidence.drift_share >= policy.drift_share:
-        return f"drift: share {_num(evidence.drift_share)} >= {_num(policy.drift_share)}"
-    if not cooling and evidence.labeled >= min_labels:
-        for name, bound in policy.metric_below.items():
-            value = evidence.metrics.get(name)
-            if value is not None and value < bound:
-                return f"metric: {name} {_num(value)} < {_num(bound)}"
-    if policy.new_labels is not None and evidence.new_labels is not None \
-            and evidence.new_labels >= policy.new_labels:
-        return f"labels: {evidence.new_labels} new"
-    return None
+    if not has_policy(policy):
+        return RetrainDecision(None, ("no retrain policy in the spec",))
+    since_run = (None if evidence.last_run_at is None
+                 else (evidence.now - evidence.last_run_at).total_seconds())
+    cooling_s = 0.0 if since_run is None else max(0.0, cooldown_s - since_run)
+    waiting = []
+    for fired, why in (_schedule_check(policy, evidence),
+                       _drift_check(policy, evidence, cooling_s),
+                       _metric_check(policy, evidence, cooling_s, min_labels),
+                       _labels_check(policy, evidence)):
+        if fired is not None:
+            return RetrainDecision(fired)
+        if why is not None:
+            waiting.append(why)
+    return RetrainDecision(None, tuple(waiting))
+
+
+def retrain_trigger(policy: RetrainSpec, evidence: Evidence, *, min_labels: int = 100,
+                    cooldown_s: float = 0.0) -> str | None:
+    """The first retrain trigger that holds, as the run's trigger string; None when none does.
+
+    :func:`retrain_decision`'s ``trigger``.
+    """
+    return retrain_decision(policy, evidence, min_labels=min_labels,
+                            cooldown_s=cooldown_s).trigger
+
+
+def _schedule_check(policy: RetrainSpec, evidence: Evidence) -> _Check:
+    if policy.schedule is None:
+        return None, None
+    due = cron.last_at_or_before(policy.schedule, evidence.now)
+    since = evidence.last_schedule_run_at or evidence.last_run_at
+    if since is None or due > since:
+        return f"schedule: {policy.schedule}", None
+    upcoming = cron.next_after(policy.schedule, evidence.now)
+    return None, f"schedule {policy.schedule!r} not due until {upcoming:%Y-%m-%d %H:%M} UTC"
+
+
+def _drift_check(policy: RetrainSpec, evidence: Evidence, cooling_s: float) -> _Check:
+    if policy.drift_share is None:
+        return None, None
+    if cooling_s > 0:
+        return None, f"drift: waiting {cooling_s:.0f}s more after the last run"
+    if evidence.drift_share is None:
+        return None, "drift: no drift value yet (too few logged rows in the window)"
+    if evidence.drift_share >= policy.drift_share:
+        return f"drift: share {_num(evidence.drift_share)} >= {_num(policy.drift_share)}", None
+    return None, f"drift share {_num(evidence.drift_share)} below {_num(policy.drift_share)}"
+
+
+def _metric_check(policy: RetrainSpec, evidence: Evidence, cooling_s: float,
+                  min_labels: int) -> _Check:
+    if not policy.metric_below:
+        return None, None
+    if cooling_s > 0:
+        return None, f"metric: waiting {cooling_s:.0f}s more after the last run"
+    if evidence.labeled < min_labels:
+        return None, (f"metric: only {evidence.labeled} labeled rows in the window, "
+                      f"{min_labels} needed")
+    fine = []
+    for name, bound in policy.metric_below.items():
+        value = evidence.metrics.get(name)
+        if value is not None and value < bound:
+            return f"metric: {name} {_num(value)} < {_num(bound)}", None
+        fine.append(f"no {name} value" if value is None
+                    else f"{name} {_num(value)} not below {_num(bound)}")
+    return None, "metric: " + ", ".join(fine)
+
+
+def _labels_check(policy: RetrainSpec, evidence: Evidence) -> _Check:
+    if policy.new_labels is None:
+        return None, None
+    if evidence.new_labels is None:
+        return None, "labels: not counted"
+    if evidence.new_labels >= policy.new_labels:
+        return f"labels: {evidence.new_labels} new", None
+    return None, f"only {evidence.new_labels} new labels of {policy.new_labels}"
 
 
 def has_policy(policy: RetrainSpec) -> bool:
@@ -131,7 +210,7 @@ class Action:
     """One thing a tick did for a model: an alert, a trigger, a run's result, a skip, an error."""
 
     model: str
-    kind: str  # alert | trigger | retrain | rollout | skip | recover | error
+    kind: str  # alert | trigger | retrain | rollout | skip | recover | error | idle
     message: str
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -144,7 +223,8 @@ class Scheduler:
 
     ``holder`` names this scheduler in leases (default ``host:pid:random``); ``clock`` is for
     tests; ``on_action`` is called with each :class:`Action` as it happens (the CLI prints it);
-    ``drift_every_s`` spaces drift checks of one model (they read the whole window).
+    ``drift_every_s`` spaces drift checks of one model (they read the whole window);
+    ``explain`` adds an ``idle`` action for each model a tick did not retrain, saying why.
     """
 
     def __init__(self, registry: Registry, specs: Mapping[str, Spec], *,
@@ -152,7 +232,7 @@ class Scheduler:
                  clock: Callable[[], datetime] | None = None,
                  monitor: Monitor | None = None,
                  on_action: Callable[[Action], None] | None = None,
-                 drift_every_s: float = _DRIFT_EVERY_S) -> None:
+                 drift_every_s: float = _DRIFT_EVERY_S, explain: bool = False) -> None:
         if not interval_s > 0:
             raise ConfigError(f"the scheduler's interval must be above 0 seconds, "
                               f"not {interval_s!r}")
@@ -170,6 +250,7 @@ class Scheduler:
         self.leases = Leases(registry, clock=self._clock)
         self.deployments = Deployments(registry, clock=self._clock)
         self.on_action = on_action
+        self.explain = explain
         self._drift: dict[str, tuple[datetime, float | None]] = {}  # model -> (checked, share)
         self._stop = threading.Event()
 
@@ -204,8 +285,11 @@ class Scheduler:
 
     def _tick_model(self, name: str, spec: Spec) -> list[Action]:
         at = self._clock()
+        actions = [self._emit(Action(name, "recover", f"run {run.id[:8]} finished as failed: "
+                                     f"{run.failure_reason}", {"run": run.id}))
+                   for run in self.registry.reap_runs(name)]  # its process is gone
         runs = self._runs(name)
-        actions = self._recover(name, runs)
+        actions += self._recover(name, runs)
         production = self._production(name)
         evidence, values = self._gather(name, spec, at, runs, production)
         if spec.monitoring.alerts:
@@ -216,10 +300,13 @@ class Scheduler:
                 actions.append(self._emit(Action(
                     name, "alert", message, {"severity": change.severity, "state": change.state,
                                              "rule": change.rule})))
-        trigger = retrain_trigger(spec.retrain, evidence, min_labels=spec.monitoring.min_rows,
-                                  cooldown_s=spec.monitoring.window_s)
-        if trigger is not None:
-            actions.extend(self._retrain(name, spec, trigger[:_TRIGGER_LEN]))
+        decision = retrain_decision(spec.retrain, evidence, min_labels=spec.monitoring.min_rows,
+                                    cooldown_s=spec.monitoring.window_s)
+        if decision.trigger is not None:
+            actions.extend(self._retrain(name, spec, decision.trigger[:_TRIGGER_LEN]))
+        elif self.explain:
+            actions.append(self._emit(Action(name, IDLE, "not retraining: " + "; ".join(
+                decision.waiting), {"reasons": list(decision.waiting)})))
         return actions
 
     # -- gathering ------------------------------------------------------------------------------
@@ -312,6 +399,11 @@ class Scheduler:
             return [*actions, self._outcome(name, kind, f"retraining failed: {exc}", "warning", {
                 "trigger": trigger, "outcome": "failed", "run": getattr(exc, "run_id", None),
                 "error": type(exc).__name__})]
+        if result.unchanged is not None:  # nothing new to learn from: no version, no rollout
+            return [*actions, self._outcome(name, kind, (
+                f"unchanged: identical to {result.unchanged.ref}; nothing registered"), "info", {
+                "trigger": trigger, "outcome": "unchanged", "run": result.run.id,
+                "version": result.unchanged.version})]
         version = result.version
         details: dict[str, Any] = {"trigger": trigger, "outcome": "registered",
                                    "run": result.run.id,
@@ -407,7 +499,8 @@ class Scheduler:
         return current if current.active else None
 
     def _emit(self, action: Action) -> Action:
-        log.info("%s", action)
+        # "nothing to do" every tick would drown the log; the CLI prints it with --once
+        log.log(logging.DEBUG if action.kind == IDLE else logging.INFO, "%s", action)
         if self.on_action is not None:
             try:
                 self.on_action(action)
@@ -428,5 +521,6 @@ def _metrics(metrics: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {_num(v)}" for k, v in list(metrics.items())[:4]) or "no metrics"
 
 
-__all__ = ["SCHEDULER", "SIGNALS", "STOPPED", "Action", "Evidence", "Scheduler", "has_policy",
-           "retrain_trigger", "watches", "window_values"]
+__all__ = ["IDLE", "SCHEDULER", "SIGNALS", "STOPPED", "Action", "Evidence", "RetrainDecision",
+           "Scheduler", "has_policy", "retrain_decision", "retrain_trigger", "watches",
+           "window_values"]

@@ -17,6 +17,7 @@ Declared in ``modelyard.yaml`` or with the :func:`model` decorator; both build t
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -345,6 +346,47 @@ def declared() -> dict[str, Spec]:
     return dict(_declared)
 
 
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only ``true`` and ``false`` are booleans.
+
+    YAML 1.1 (PyYAML's default) also reads ``on``, ``off``, ``yes``, ``no`` as booleans, so the
+    alert rule ``{on: f1, below: 0.5}`` would arrive with the key ``True``.
+    """
+
+
+_BOOL = "tag:yaml.org,2002:bool"
+SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SpecLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+
+
+def load_yaml(text: str, *, where: str = "yaml") -> Any:
+    """Parse ``text`` with :class:`SpecLoader`; :class:`ConfigError` names the line if invalid."""
+    try:
+        return yaml.load(text, Loader=SpecLoader)  # a SafeLoader: builds plain data only
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", exc)
+        raise ConfigError(f"{where} is not valid YAML{at}: {problem}") from None
+
+
+def _read_text(file: Path) -> str:
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{file} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line "
+                          f"{line}); save it as UTF-8") from None
+
+
 def load_project(path: str | Path = "modelyard.yaml") -> dict[str, Spec]:
     """Every spec in a ``modelyard.yaml`` (and the Python modules it ``include``s), by name."""
     file = Path(path)
@@ -352,12 +394,7 @@ def load_project(path: str | Path = "modelyard.yaml") -> dict[str, Spec]:
         raise ConfigError(
             f"no {file} here; run 'modelyard init' to create one, or pass --project PATH"
         )
-    try:
-        doc = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{file} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    doc = load_yaml(_read_text(file), where=str(file)) or {}
     if not isinstance(doc, dict) or not set(doc) <= {"models", "include"}:
         raise ConfigError(f"{file}: the top level takes 'models' and 'include' only")
     root = file.parent.absolute()
@@ -402,8 +439,10 @@ __all__ = [
     "RolloutSpec",
     "ServingSpec",
     "Spec",
+    "SpecLoader",
     "ValidationSpec",
     "declared",
     "load_project",
+    "load_yaml",
     "model",
 ]

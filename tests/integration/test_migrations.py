@@ -1,6 +1,6 @@
 """Migrations: the schema matches tables.py, and registries written by older versions (0001:
-before deployments, 0002: before monitoring) upgrade with their data kept, and downgrade, on
-SQLite and PostgreSQL."""
+before deployments, 0002: before monitoring, 0003: before run owners) upgrade with their data
+kept, and downgrade, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sqlalchemy import insert, inspect
 from modelyard.config import Settings
 from modelyard.registry import Database, Registry
 from modelyard.registry import database as database_module
-from modelyard.registry.tables import AliasRow, Base, ModelRow, VersionRow
+from modelyard.registry.tables import AliasRow, Base, ModelRow, RunRow, VersionRow
 from modelyard.rollout.deployments import Deployments
 from modelyard.store import open_store
 
@@ -47,8 +47,8 @@ MONITORING_TABLES = {"predictions", "labels", "drift_reports", "monitor_events",
                      "deployment_windows"}
 
 
-def test_head_is_0003():
-    assert database_module.head_revision() == "0003"
+def test_head_is_0004():
+    assert database_module.head_revision() == "0004"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -85,7 +85,7 @@ def test_a_0001_registry_upgrades_with_its_data(backend, tmp_path, request, arti
             "model_id": 1, "alias": "production", "version": 1, "updated_at": at})
 
     db.migrate()  # what Registry.open does
-    assert _revision(db) == "0003"
+    assert _revision(db) == database_module.head_revision()
     with db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
     settings = Settings.from_env(home=tmp_path / "home", db_url=url, actor="tester")
@@ -115,11 +115,40 @@ def test_a_0002_registry_gains_the_monitoring_tables_and_keeps_its_rollouts(
     started = Deployments(reg).start("iris", 2, "canary")
 
     db.migrate()
-    assert _revision(db) == "0003"
+    assert _revision(db) == database_module.head_revision()
     assert set(inspect(db.engine).get_table_names()) >= MONITORING_TABLES
     assert Deployments(reg).get("iris").id == started.id
 
     _alembic(db, "0002", down=True)
     assert not MONITORING_TABLES & set(inspect(db.engine).get_table_names())
     assert Deployments(reg).get("iris").id == started.id
+    db.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_0003_registry_keeps_its_runs_and_gains_run_owners(backend, tmp_path, request):
+    url = _url(backend, tmp_path, request)
+    db = Database(url)
+    _alembic(db, "0003")
+    assert "pid" not in {c["name"] for c in inspect(db.engine).get_columns("runs")}
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    with db.engine.begin() as conn:  # a run recorded before runs had owners, still "running"
+        conn.execute(insert(RunRow.__table__).values(
+            id="old-run", model_name="iris", status="running", trigger="manual", started_at=at,
+            promoted=False, metrics={}, gate={}, logs="", created_by="old"))
+
+    db.migrate()
+    assert _revision(db) == "0004"
+    settings = Settings.from_env(home=tmp_path / "home", db_url=url, actor="tester")
+    reg = Registry(db, open_store(settings.artifacts), settings)
+    old = reg.get_run("old-run")
+    # no owner: nothing can tell whether it lives, so it is left as it was
+    assert (old.status, old.host, old.pid, old.heartbeat_at) == ("running", None, None, None)
+    new = reg.start_run("iris")
+    assert new.pid is not None and new.host is not None
+
+    _alembic(db, "0003", down=True)
+    assert "pid" not in {c["name"] for c in inspect(db.engine).get_columns("runs")}
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM runs").scalar() == 2
     db.dispose()

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
+from modelyard.cli import main
 from modelyard.errors import (
     DataValidationError,
     GateFailed,
@@ -19,6 +26,7 @@ from modelyard.errors import (
 from modelyard.pipeline import run_pipeline
 from modelyard.predictor import open_version
 from modelyard.registry import Registry
+from modelyard.registry.owners import is_running, this_host
 from modelyard.spec import ChampionRule, GateSpec, Spec, load_project
 
 pytestmark = pytest.mark.integration
@@ -52,6 +60,15 @@ def slow(X, y, params):
 
 def crash(X, y, params):
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def linger(X, y, params):
+    from pathlib import Path
+
+    pid_file = Path(__file__).parent / params["pid_file"]
+    pid_file.with_suffix(".tmp").write_text(str(os.getpid()))
+    pid_file.with_suffix(".tmp").replace(pid_file)
+    time.sleep(600)
 
 
 def blobs():
@@ -95,6 +112,10 @@ models:
   crash:
     train: train.py:crash
     data: {path: "data/*.csv", target: label}
+  linger:
+    train: train.py:linger
+    data: {path: "data/*.csv", target: label}
+    params: {pid_file: training.pid}
   checked:
     train: train.py:train
     data: {path: "bad/*.csv", target: label}
@@ -145,6 +166,37 @@ def test_first_run_registers_and_promotes(project: dict[str, Spec], registry: Re
     assert events[0].reason.startswith(f"run {result.run.id}: gate passed")
     predictor = open_version(version, registry)
     assert predictor.predict([{"x0": 3.0, "x1": 0.0, "x2": 0.0, "x3": 0.0}]).tolist() == [1]
+
+
+def test_nothing_new_registers_nothing_unless_forced(project: dict[str, Spec],
+                                                     registry: Registry):
+    first = run_pipeline(project["clf"], registry)
+    stages: list[str] = []
+    again = run_pipeline(project["clf"], registry, progress=stages.append)
+    assert stages == ["load data", "validate"]  # nothing trained
+    assert again.unchanged is not None and again.unchanged.ref == "clf:1"
+    assert again.version is None and not again.promoted and not again.gate.passed
+    assert (again.run.status, again.run.version) == ("unchanged", None)
+    assert again.run.failure_reason.startswith("unchanged: identical to clf:1")
+    assert [v.version for v in registry.list_versions("clf")] == [1]
+    assert registry.get_run(first.run.id).status == "succeeded"
+
+    forced = run_pipeline(project["clf"], registry, force=True)
+    assert forced.unchanged is None and forced.version is not None
+    assert forced.version.version == 2
+    # each of data, params and spec counts: any change trains and registers
+    other_params = project["clf"].model_copy(update={"params": {"C": 0.5}})
+    assert run_pipeline(other_params, registry).version.version == 3
+    assert run_pipeline(other_params, registry).unchanged.ref == "clf:3"
+    other_spec = other_params.model_copy(update={"description": "now documented"})
+    assert run_pipeline(other_spec, registry).version.version == 4
+    _table(50, seed=9).to_csv(project["clf"].root / "data" / "part-9.csv", index=False)
+    assert run_pipeline(other_spec, registry).version.version == 5
+    # and so does the code (the project is no git repository: its .py files are hashed)
+    train_py = project["clf"].root / "train.py"
+    train_py.write_text(train_py.read_text() + "\n# a change\n")
+    assert run_pipeline(other_spec, registry).version.version == 6
+    assert run_pipeline(other_spec, registry).unchanged.ref == "clf:6"
 
 
 def test_worse_candidate_is_rejected_and_production_stays(project: dict[str, Spec],
@@ -286,3 +338,40 @@ def test_custom_classes_need_trusted_types(tmp_path: Path, registry: Registry,
     monkeypatch.syspath_prepend(str(root))  # the class must be importable where it loads
     model = open_version(result.version, registry)
     assert model.predict(_table(5, seed=4).drop(columns="label")).shape == (5,)
+
+
+def _wait_for(condition: Callable[[], object], what: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s  # a bound on a hang, not a speed requirement
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_train_command_killed_with_sigkill_is_shown_abandoned(project: dict[str, Spec],
+                                                                 tmp_path: Path):
+    spec = project["linger"]
+    home = tmp_path / "home"
+    pid_file = spec.root / "training.pid"
+    command = [sys.executable, "-c", "from modelyard.cli import main; main()", "--home",
+               str(home), "train", "linger", "--project", str(spec.root / "modelyard.yaml")]
+    train = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(pid_file.exists, "the train function to start")
+        child = int(pid_file.read_text())
+        assert is_running(child, None)
+        train.kill()  # SIGKILL: no handler runs, nothing records how the run ended
+        train.wait()
+    finally:
+        if train.poll() is None:
+            train.kill()
+            train.wait()
+
+    listed = CliRunner().invoke(main, ["--home", str(home), "runs", "linger", "--json"])
+    assert listed.exit_code == 0, listed.output
+    [run] = json.loads(listed.stdout)
+    assert run["status"] == "failed"
+    assert run["failure_reason"] == f"abandoned: process {train.pid} on {this_host()} is gone"
+    shown = CliRunner().invoke(main, ["--home", str(home), "runs", "show", run["id"]])
+    assert "abandoned" in shown.stdout and "running" not in shown.stdout.splitlines()[0]
+    # the training child follows its parent instead of training on for no one
+    _wait_for(lambda: not is_running(child, None), "the orphaned training child to end", 60)

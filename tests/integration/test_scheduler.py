@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -16,10 +17,13 @@ import pytest
 from click.testing import CliRunner
 
 from modelyard.cli import main
+from modelyard.errors import NotFoundError
 from modelyard.monitoring.monitor import DriftCheck, Monitor
 from modelyard.pipeline import run_pipeline
 from modelyard.registry import Registry
 from modelyard.registry.leases import Leases
+from modelyard.registry.owners import Owner, this_host
+from modelyard.registry.tables import RunRow
 from modelyard.rollout.deployments import Deployments
 from modelyard.scheduler import STOPPED, Action, Scheduler
 from modelyard.spec import Spec
@@ -101,10 +105,28 @@ def test_a_due_schedule_retrains_once(any_registry: Registry, root: Path):
     assert len(registry.list_runs("clf")) == 1
 
 
+def test_a_retrain_on_unchanged_data_says_so_and_registers_nothing(registry: Registry,
+                                                                    root: Path):
+    spec = make_spec(root, retrain={"new_labels": 5, "auto_rollout": True})
+    first = run_pipeline(spec, registry, actor="ci")
+    Monitor(registry).feedback("clf", {f"r{i}": 1 for i in range(6)})
+    actions = Scheduler(registry, {"clf": spec}, holder="s1").tick()
+    assert kinds(actions) == ["trigger", "retrain"], actions
+    assert actions[1].message == "unchanged: identical to clf:1; nothing registered"
+    assert actions[1].details["outcome"] == "unchanged"
+    assert [v.version for v in registry.list_versions("clf")] == [1]
+    with pytest.raises(NotFoundError):
+        Deployments(registry).get("clf")  # and nothing to roll out
+    run = registry.list_runs("clf")[0]
+    assert run.id != first.run.id and (run.status, run.version) == ("unchanged", None)
+    assert Monitor(registry).events("clf", kind="retrain")[0].details["outcome"] == "unchanged"
+
+
 def test_auto_rollout_starts_a_canary_and_waits_for_it(registry: Registry, root: Path):
     spec = make_spec(root, retrain={"new_labels": 5, "auto_rollout": True},
                      rollout={"strategy": "canary", "steps": [10, 100], "every_s": 120})
-    run_pipeline(spec, registry, actor="ci")  # v1 in production
+    # v1 in production, trained with other params: the retrain has something new to learn
+    run_pipeline(make_spec(root, params={"C": 0.5}), registry, actor="ci")
     monitor = Monitor(registry)
     monitor.feedback("clf", {f"r{i}": 1 for i in range(6)})
     seen: list[Action] = []
@@ -137,7 +159,8 @@ def test_a_declared_rollout_starts_the_way_train_starts_it(registry: Registry, r
     the spec declared."""
     spec = make_spec(root, retrain={"new_labels": 5},
                      rollout={"strategy": "shadow", "steps": [50], "every_s": 30})
-    run_pipeline(spec, registry, actor="ci")  # the first version: straight to production
+    # the first version, straight to production; other params, so the retrain is no repeat
+    run_pipeline(spec.model_copy(update={"params": {"C": 0.5}}), registry, actor="ci")
     assert registry.resolve("clf@production").version == 1
     Monitor(registry).feedback("clf", {f"r{i}": 1 for i in range(6)})
     actions = Scheduler(registry, {"clf": spec}, holder="s1").tick()
@@ -185,7 +208,7 @@ def test_alerts_and_a_metric_trigger_from_logged_predictions(registry: Registry,
         "window_s": 3600, "min_rows": 5,
         "alerts": [{"on": "accuracy", "below": 0.8, "severity": "critical"},
                    {"on": "p99_ms", "above": 100}]})
-    run_pipeline(spec, registry, actor="ci")
+    run_pipeline(make_spec(root, params={"C": 0.5}), registry, actor="ci")  # other params
     # the scheduler's clock is two hours on, past the cooldown after that run
     later = datetime.now(UTC) + timedelta(hours=2)
     monitor = Monitor(registry)
@@ -276,7 +299,58 @@ def test_the_cli_runs_one_pass(root: Path, tmp_path: Path):
     assert len(lines) == 2 and lines[0].endswith("clf trigger: schedule: 0 3 * * *")
     assert "clf retrain: registered clf:1, promoted to production" in lines[1]
     again = CliRunner().invoke(main, ["--home", home, "scheduler", "-p", project, "--once"])
-    assert again.exit_code == 0 and again.output == ""
+    assert again.exit_code == 0, again.output
+    [line] = again.output.splitlines()  # it did nothing, and says why
+    assert re.search(r"clf idle: not retraining: schedule '0 3 \* \* \*' not due until "
+                     r"\d{4}-\d\d-\d\d 03:00 UTC$", line), line
+
+
+def test_once_says_for_each_model_why_it_did_not_act(registry: Registry, root: Path):
+    specs = {
+        "clf": make_spec(root, retrain={"drift_share": 0.3, "new_labels": 50}),
+        "watched": make_spec(root, name="watched",
+                             monitoring={"alerts": [{"on": "p99_ms", "above": 100}]}),
+        "busy": make_spec(root, name="busy", retrain={"schedule": "0 3 * * *"}),
+    }
+    for name in ("clf", "watched", "busy"):
+        run_pipeline(specs[name], registry)
+    first = registry.resolve("busy")
+    registry.register("busy", registry.artifact_path(first), flavor=first.flavor,
+                      meta=dict(first.meta))
+    deployment = Deployments(registry).start("busy", 2, "canary")
+
+    def clock() -> datetime:  # a day on: busy's schedule is due again
+        return datetime.now(UTC) + timedelta(days=1)
+
+    seen: list[Action] = []
+    actions = Scheduler(registry, specs, clock=clock, explain=True, on_action=seen.append).tick()
+    assert seen == actions
+    said = {a.model: (a.kind, a.message) for a in actions}
+    assert said["clf"] == ("idle", "not retraining: drift: no drift value yet (too few logged "
+                                   "rows in the window); only 0 new labels of 50")
+    assert said["watched"] == ("idle", "not retraining: no retrain policy in the spec")
+    assert said["busy"][0] == "skip"
+    assert (f"not retraining while rollout {deployment.id} of v2 is progressing"
+            in said["busy"][1])
+    # without explain (the long-running loop) nothing is said when nothing is done
+    quiet = Scheduler(registry, {"watched": specs["watched"]}).tick()
+    assert quiet == []
+
+
+def test_a_run_whose_process_is_gone_is_finished_by_the_scheduler(registry: Registry,
+                                                                   root: Path):
+    spec = make_spec(root, retrain={"schedule": "0 3 * * *"})
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    run = registry.start_run("clf", trigger="manual", owner=Owner(this_host(), gone.pid, None))
+    # read straight from the table: the registry's own reads would finish it first
+    with registry.db.session() as s:
+        assert s.get(RunRow, run.id).status == "running"
+    actions = Scheduler(registry, {"clf": spec}, explain=True).tick()
+    assert kinds(actions) == ["recover", "idle"], actions
+    reason = f"abandoned: process {gone.pid} on {this_host()} is gone"
+    assert actions[0].message == f"run {run.id[:8]} finished as failed: {reason}"
+    assert registry.get_run(run.id).failure_reason == reason
 
 
 @pytest.mark.parametrize(("args", "says"), [

@@ -7,6 +7,7 @@ train commands run the real pipeline on a tiny project written into a temporary 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from modelyard.adapters.sklearn import SklearnAdapter
 from modelyard.cli import main
 from modelyard.config import Settings
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, ModelyardError
 from modelyard.registry import Registry
 
 Invoke = Callable[..., Result]
@@ -251,6 +252,71 @@ def test_malformed_project_exits_2_with_one_line(invoke: Invoke, tmp_path: Path)
                                                        str(missing)), 2)
 
 
+HUGE = "99999999999999999999"
+
+
+def assert_usage_error(result: Result, fragment: str) -> None:
+    """A click usage error: exit 2, the offending value named, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert fragment in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (("promote", "iris2", HUGE), "range"),
+    (("rollback", "iris2", "--to", HUGE), "range"),
+    (("deploy", "iris2", HUGE), "range"),
+    (("deploy", "iris2", "2", "--min-requests", HUGE), "range"),
+    (("deploy", "iris2", "2", "--max-error-rate", "1e400"), "range"),
+    (("monitor", "drift", "iris2", "--version", HUGE), "range"),
+    (("serve", "--port", HUGE), "range"),
+    (("serve", "--timeout", "1e400"), "range"),
+])
+def test_numbers_out_of_range_are_usage_errors(registered: Registry, invoke: Invoke,
+                                               args: tuple[str, ...], fragment: str) -> None:
+    assert_usage_error(invoke(*args), fragment)
+
+
+@pytest.mark.parametrize(("args", "code", "fragment"), [
+    ((f"iris2:{HUGE}",), 2, HUGE),
+    (("deploy", "iris2", "2", "--canary", "1e400"), 2, "percentages"),
+    (("monitor", "metrics", "iris2", "--since", f"{HUGE}d"), 2, "since"),
+    (("monitor", "metrics", "iris2", "--every", HUGE), 2, "duration"),
+    (("deploy", "iris2", "2", "--every", "1e400"), 2, "duration"),
+])
+def test_out_of_range_values_are_one_line(registered: Registry, invoke: Invoke,
+                                          args: tuple[str, ...], code: int,
+                                          fragment: str) -> None:
+    if len(args) == 1:
+        args = ("show", *args)
+    assert fragment in assert_one_error(invoke(*args), code)
+    assert registered.resolve("iris2").version == 1  # nothing changed
+
+
+def test_an_overflow_anywhere_is_one_line_exit_2(invoke: Invoke,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def overflow(self: Registry) -> None:
+        raise OverflowError("Python int too large to convert to SQLite INTEGER")
+
+    monkeypatch.setattr(Registry, "list_models", overflow)
+    assert "out of range" in assert_one_error(invoke("models"), 2)
+
+
+def test_a_project_file_that_is_not_utf8_exits_2(invoke: Invoke, tmp_path: Path) -> None:
+    bad = tmp_path / "modelyard.yaml"
+    bad.write_bytes(b"models:\n  fraud:\n    description: caf\xe9\n")
+    line = assert_one_error(invoke("train", "fraud", "--project", str(bad)), 2)
+    assert "not UTF-8" in line and "line 3" in line
+    assert "not UTF-8" in assert_one_error(invoke("scheduler", "--once", "--project",
+                                                  str(bad)), 2)
+
+
+def test_serve_with_an_unreachable_database_is_one_line() -> None:
+    result = CliRunner().invoke(main, ["--db", "postgresql://nobody@127.0.0.1:1/x", "serve",
+                                       "--port", "0"])
+    assert "MODELYARD_DB" in assert_one_error(result, 10)
+
+
 def test_train_needs_names_or_all(invoke: Invoke, project: Path) -> None:
     result = invoke("train", "--project", str(project))
     assert result.exit_code == 2
@@ -338,12 +404,35 @@ def test_train_registers_promotes_and_records_the_run(invoke: Invoke, project: P
     assert shown.exit_code == 0, shown.output
     assert "logs" in shown.stdout and "registered tiny:1" in shown.stdout
 
-    again = invoke("train", "tiny", "--project", str(project), "--no-promote", "--json")
+    again = invoke("train", "tiny", "--project", str(project), "--no-promote", "--force",
+                   "--json")
     assert again.exit_code == 0, again.output
     outcome = json.loads(again.stdout)[0]
     assert outcome["status"] == "registered" and outcome["version"] == 2
     assert outcome["champion_metrics"] is not None
     assert json.loads(invoke("show", "tiny", "--json").stdout)["version"] == 1
+
+
+def test_retraining_on_nothing_new_is_unchanged_unless_forced(invoke: Invoke,
+                                                              project: Path) -> None:
+    assert invoke("train", "tiny", "--project", str(project)).exit_code == 0
+    again = invoke("train", "tiny", "--project", str(project))
+    assert again.exit_code == 0, again.output
+    assert "unchanged: identical to tiny:1" in again.stdout and again.stderr == ""
+    assert " train " not in again.stdout and " register " not in again.stdout  # no such stage
+    assert [v["version"] for v in json.loads(invoke("versions", "tiny", "--json").stdout)] == [1]
+    runs = json.loads(invoke("runs", "tiny", "--json").stdout)
+    assert [(r["status"], r["version"]) for r in runs] == [("unchanged", None),
+                                                           ("succeeded", 1)]
+    as_json = json.loads(invoke("train", "tiny", "--project", str(project), "--json").stdout)
+    assert (as_json[0]["status"], as_json[0]["identical_to"]) == ("unchanged", "tiny:1")
+
+    forced = invoke("train", "tiny", "--project", str(project), "--force")
+    assert forced.exit_code == 0 and "tiny:2" in forced.stdout, forced.output
+    # a changed spec is not the same training: it registers without --force
+    project.write_text(project.read_text().replace("max_drop: 0.05", "max_drop: 0.04"))
+    changed = invoke("train", "tiny", "--project", str(project))
+    assert "tiny:3" in changed.stdout, changed.output
 
 
 def test_train_failure_is_one_line_and_recorded(invoke: Invoke, project: Path) -> None:
@@ -497,6 +586,39 @@ def test_deploy_refuses_two_strategies(registered: Registry, invoke: Invoke) -> 
     assert result.exit_code == 2 and "choose one strategy" in result.output
 
 
+# -- the exit-code contract ----------------------------------------------------------------------
+def _every_error_class() -> list[type[ModelyardError]]:
+    found, todo = [], [ModelyardError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def test_the_exit_code_tables_list_every_code_the_cli_can_return() -> None:
+    import modelyard.cli as cli_module
+
+    # every error class's code, click's usage errors (2), an unexpected error (1), Ctrl-C (130)
+    codes = {cls.exit_code for cls in _every_error_class()} | {0, 1, 2, 130}
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    in_readme = {int(code) for code in re.findall(r"^\| (\d+) \| ", readme, flags=re.MULTILINE)}
+    assert in_readme == codes, f"README lists {sorted(in_readme)}, the CLI returns {sorted(codes)}"
+    in_docstring = {int(code) for code in re.findall(r"^(\d+) {2,}\S", cli_module.__doc__ or "",
+                                                     flags=re.MULTILINE)}
+    assert in_docstring == codes
+
+
+def test_input_files_that_are_not_utf8_are_one_line(registered: Registry, invoke: Invoke,
+                                                    tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_bytes(b'\xff\xfe[{"a": 1.0, "b": 2.0}]')
+    assert "not UTF-8" in assert_one_error(invoke("predict", "iris2", "--input", str(bad)), 2)
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(b"request_id,label\nr\xe91,1\n")
+    assert "not UTF-8" in assert_one_error(invoke("feedback", "iris2", "--file", str(labels)), 2)
+
+
 # -- monitoring ---------------------------------------------------------------------------------
 
 def test_monitor_request_shows_what_the_log_holds_of_one_request(
@@ -568,7 +690,8 @@ def test_train_starts_the_rollout_the_spec_declares(invoke: Invoke, home: Path,
     assert first.exit_code == 0, first.output
     assert production_of(home, "staged") == 1
 
-    second = invoke("train", "staged", *project, "--json")
+    # --force: the same data again, which would otherwise be "unchanged"
+    second = invoke("train", "staged", *project, "--force", "--json")
     assert second.exit_code == 0, second.output
     [outcome] = json.loads(second.stdout)
     assert (outcome["status"], outcome["version"], outcome["promoted"]) == ("rollout", 2, False)
@@ -585,16 +708,16 @@ def test_train_starts_the_rollout_the_spec_declares(invoke: Invoke, home: Path,
     assert "no server routes this rollout yet" in text
 
     # a rollout is already running: the version is registered, the command says why it stopped
-    third = invoke("train", "staged", *project)
+    third = invoke("train", "staged", *project, "--force")
     line = assert_one_error(third, 4)
     assert "already has a progressing canary rollout of version 2" in line
     assert "rollout not started" in third.stdout and production_of(home, "staged") == 1
 
     assert invoke("rollout", "abort", "staged").exit_code == 0
-    direct = invoke("train", "staged", *project, "--no-rollout", "--json")
+    direct = invoke("train", "staged", *project, "--no-rollout", "--force", "--json")
     assert json.loads(direct.stdout)[0]["status"] == "promoted"
     assert production_of(home, "staged") == 4
-    promoted = invoke("train", "staged", *project, "--promote", "--json")
+    promoted = invoke("train", "staged", *project, "--promote", "--force", "--json")
     assert json.loads(promoted.stdout)[0]["status"] == "promoted"
     assert production_of(home, "staged") == 5
     both = invoke("train", "staged", *project, "--promote", "--no-promote")

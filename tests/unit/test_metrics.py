@@ -151,6 +151,60 @@ def test_bleu_on_known_examples():
     assert score("bleu", [["a b c d e", "a b c d"]], ["a b c d"]) == 1.0
 
 
+@pytest.mark.parametrize("words", [["yes"], ["thank", "you"], ["see", "you", "soon"]])
+def test_bleu_of_identical_short_sentences_is_one(words):
+    # orders longer than the sentence are left out of the mean instead of scoring 0
+    assert score("bleu", [" ".join(words)], [" ".join(words)]) == pytest.approx(1.0)
+    assert score("bleu", [words, words], [words, words]) == pytest.approx(1.0)
+
+
+BLEU_CASES = {
+    "one token": (["hello"], ["hello"]),
+    "two tokens": (["thank you"], ["thank you"]),
+    "three tokens": (["see you soon"], ["see you soon"]),
+    "short, one wrong": (["see you soon"], ["see you later"]),
+    "short, reordered": (["the red car"], ["car the red"]),
+    "no match at all": (["a b c d e"], ["v w x y z"]),
+    "only unigrams match": (["a b c d"], ["d c b a"]),
+    "brevity": (["a b c d e f g h"], ["a b c d e f"]),
+    "longer hypothesis": (["a b c"], ["a b c d e"]),
+    "mixed corpus": (
+        ["the cat is on the mat", "there is a cat here", "hi", "good morning to you"],
+        ["the cat the cat on the mat", "a cat is here", "hi", "good evening to you all"]),
+    "short corpus": (["a b", "c d e", "f"], ["a b", "c e d", "f"]),
+    "several references": ([["a b c d e", "a b c d"], ["x y z w", "x y q"]],
+                           ["a b c d", "x y z"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BLEU_CASES))
+def test_bleu_matches_sacrebleu(case):
+    import sacrebleu  # test-only dependency (the dev extra): the reference implementation
+
+    refs, hyps = BLEU_CASES[case]
+    per_row = [[r] if isinstance(r, str) else list(r) for r in refs]
+    # sacreBLEU takes one stream per reference position; rows with fewer references get None
+    width = max(len(r) for r in per_row)
+    streams = [[row[i] if i < len(row) else None for row in per_row] for i in range(width)]
+    expected = sacrebleu.BLEU(tokenize="none", smooth_method="exp",
+                              effective_order=True).corpus_score(hyps, streams).score / 100
+    assert score("bleu", refs, hyps) == pytest.approx(expected, abs=1e-9)
+
+
+def test_bleu_matches_sacrebleu_on_random_corpora():
+    import sacrebleu
+
+    words = list("abcdefgh")
+    for seed in range(20):
+        local = np.random.default_rng(seed)
+        rows = int(local.integers(1, 6))
+        refs = [" ".join(local.choice(words, int(local.integers(1, 9)))) for _ in range(rows)]
+        hyps = [" ".join(local.choice(words, int(local.integers(1, 9)))) for _ in range(rows)]
+        expected = sacrebleu.BLEU(tokenize="none", effective_order=True).corpus_score(
+            hyps, [refs]).score / 100
+        assert score("bleu", refs, hyps) == pytest.approx(expected, abs=1e-9), (refs, hyps)
+
+
 def test_compute_and_scores_needed():
     pred = Prediction(np.array([0, 1, 1]), np.array([[0.8, 0.2], [0.3, 0.7], [0.4, 0.6]]), (0, 1))
     out = compute(["accuracy", "roc_auc", "log_loss"], [0, 1, 0], pred)

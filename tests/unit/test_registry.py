@@ -7,12 +7,14 @@ the embedded SQLite registry only.
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from modelyard.config import Settings
 from modelyard.errors import (
@@ -24,7 +26,16 @@ from modelyard.errors import (
 )
 from modelyard.registry import ModelVersion, Registry, parse_ref
 from modelyard.registry import client as client_module
-from modelyard.registry.tables import AliasEventRow, AliasRow, AuditRow, ModelRow, VersionRow
+from modelyard.registry.owners import STALE_AFTER_S, Owner, this_host
+from modelyard.registry.rows import now
+from modelyard.registry.tables import (
+    AliasEventRow,
+    AliasRow,
+    AuditRow,
+    ModelRow,
+    RunRow,
+    VersionRow,
+)
 
 US = timedelta(microseconds=1)
 
@@ -454,3 +465,39 @@ def test_open_is_idempotent_and_keeps_data(tmp_path, artifact_dir):
     with Registry.open(settings) as reg:
         assert reg.resolve("iris:1").version == 1
         assert _register(reg, artifact_dir, content="again").version == 2
+
+
+def test_a_run_whose_process_is_gone_is_finished_as_abandoned(any_registry):
+    reg = any_registry
+    here = this_host()
+    live = reg.start_run("iris")  # this process: alive
+    assert (live.host, live.pid, live.heartbeat_at) == (here, os.getpid(), live.started_at)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = reg.start_run("iris", owner=Owner(here, dead.pid, None))
+    reused = reg.start_run("iris", owner=Owner(here, os.getpid(), "another-boot:1"))
+    peer = reg.start_run("iris", owner=Owner("elsewhere", 4242, None))  # beat just now
+
+    runs = {r.id: r for r in reg.list_runs("iris")}
+    assert runs[live.id].status == "running" and runs[peer.id].status == "running"
+    assert (runs[gone.id].status, runs[gone.id].failure_reason) == (
+        "failed", f"abandoned: process {dead.pid} on {here} is gone")
+    assert runs[gone.id].ended_at is not None
+    assert f"failed: abandoned: process {dead.pid}" in reg.get_run(gone.id).logs
+    if os.path.isdir("/proc/self"):  # start tokens: a reused pid is not the owner
+        assert reg.get_run(reused.id).failure_reason == (
+            f"abandoned: process {os.getpid()} on {here} is gone")
+    assert ("run.failed", "tester") in [(e.action, e.actor) for e in reg.audit_events("iris")]
+
+    # a peer whose heartbeat stopped long ago is judged by it; a beat keeps a run alive
+    with reg.db.session(write=True) as s:
+        s.execute(update(RunRow).where(RunRow.id == peer.id)
+                  .values(heartbeat_at=now() - timedelta(seconds=STALE_AFTER_S + 60)))
+    assert reg.beat_run(live.id) and not reg.beat_run(gone.id)
+    reaped = reg.reap_runs("iris")
+    assert [r.id for r in reaped] == [peer.id]
+    assert reaped[0].failure_reason.startswith("abandoned: process 4242 on elsewhere is gone")
+    assert reg.reap_runs() == []
+    assert reg.get_run(live.id).status == "running"
+    # the owner may still finish it: what it reports is the truth
+    assert reg.finish_run(gone.id, status="succeeded").status == "succeeded"

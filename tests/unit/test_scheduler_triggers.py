@@ -8,7 +8,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from modelyard.monitoring.quality import MetricWindow
-from modelyard.scheduler import Evidence, has_policy, retrain_trigger, watches, window_values
+from modelyard.scheduler import (
+    Evidence,
+    RetrainDecision,
+    has_policy,
+    retrain_decision,
+    retrain_trigger,
+    watches,
+    window_values,
+)
 from modelyard.spec import AlertRule, MonitorSpec, RetrainSpec, Spec
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -94,6 +102,41 @@ def test_the_first_matching_trigger_wins_in_a_fixed_order():
     no_drift = Evidence(NOW, last_run_at=ago(hours=1), last_schedule_run_at=ago(hours=1),
                         metrics={"f1": 0.5}, labeled=1000, new_labels=5)
     assert retrain_trigger(policy, no_drift).startswith("metric:")
+
+
+def test_the_decision_says_why_each_declared_trigger_does_not_hold():
+    policy = RetrainSpec(schedule="0 3 * * *", drift_share=0.3,
+                         metric_below={"f1": 0.7, "accuracy": 0.8}, new_labels=500)
+    quiet = Evidence(NOW, last_run_at=ago(hours=2), last_schedule_run_at=ago(hours=8),
+                     drift_share=0.125, metrics={"f1": 0.75, "accuracy": None}, labeled=300,
+                     new_labels=42)
+    assert retrain_decision(policy, quiet, min_labels=100, cooldown_s=3600) == RetrainDecision(
+        None, ("schedule '0 3 * * *' not due until 2024-05-02 03:00 UTC",
+               "drift share 0.125 below 0.3",
+               "metric: f1 0.75 not below 0.7, no accuracy value",
+               "only 42 new labels of 500"))
+
+
+def test_the_decision_says_what_evidence_is_missing_or_cooling_down():
+    policy = RetrainSpec(drift_share=0.3, metric_below={"f1": 0.7})
+    unknown = Evidence(NOW, labeled=12)
+    assert retrain_decision(policy, unknown, min_labels=100).waiting == (
+        "drift: no drift value yet (too few logged rows in the window)",
+        "metric: only 12 labeled rows in the window, 100 needed")
+    cooling = Evidence(NOW, last_run_at=ago(minutes=10), drift_share=0.9, metrics={"f1": 0.1},
+                       labeled=1000)
+    assert retrain_decision(policy, cooling, cooldown_s=3600).waiting == (
+        "drift: waiting 3000s more after the last run",
+        "metric: waiting 3000s more after the last run")
+    assert retrain_decision(RetrainSpec(auto_rollout=True), Evidence(NOW)) == RetrainDecision(
+        None, ("no retrain policy in the spec",))
+
+
+def test_the_decision_and_the_trigger_agree():
+    policy = RetrainSpec(drift_share=0.5, new_labels=10)
+    fired = retrain_decision(policy, Evidence(NOW, drift_share=0.6, new_labels=3))
+    assert fired == RetrainDecision("drift: share 0.6 >= 0.5")
+    assert retrain_trigger(policy, Evidence(NOW, drift_share=0.6)) == fired.trigger
 
 
 def _spec(**fields: object) -> Spec:

@@ -110,6 +110,38 @@ def test_monitoring_rules_watch_declared_metrics_or_known_signals():
         Spec.parse({**base, "serving": {"sensitive": {"card": "encrypt"}}})
 
 
+def test_alert_rules_key_on_loads_from_yaml(tmp_path):
+    # YAML 1.1 reads `on` as the boolean true; the project loader keeps YAML 1.2 booleans only
+    path = write(tmp_path, """
+        models:
+          fraud:
+            train: train.py:train
+            data: {path: "data/*.csv", target: is_fraud}
+            metrics: [f1]
+            serving: {preload: false}
+            monitoring:
+              alerts:
+                - {on: f1, below: 0.5, severity: critical}
+                - on: drift_share
+                  above: 0.3
+            retrain: {auto_rollout: yes, schedule: "0 3 * * *"}
+    """)
+    spec = load_project(path)["fraud"]
+    assert [(r.on, r.below, r.above) for r in spec.monitoring.alerts] == [
+        ("f1", 0.5, None), ("drift_share", None, 0.3)]
+    assert spec.serving.preload is False  # true/false stay booleans
+    # `yes` is a string now, and pydantic reads the string "yes" as a boolean
+    assert spec.retrain.auto_rollout is True
+
+
+@pytest.mark.parametrize("raw", [b"models:\n  fraud: \xff\xfe\n", b"\x80models: {}\n"])
+def test_a_project_that_is_not_utf8_is_a_config_error(tmp_path, raw):
+    path = tmp_path / "modelyard.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError, match=r"not UTF-8 text .*line \d+.*save it as UTF-8"):
+        load_project(path)
+
+
 def test_the_prediction_log_is_kept_30_days_unless_the_spec_says_otherwise():
     base = {"name": "m", "train": "t.py:train", "data": {"path": "d.csv", "target": "y"}}
     assert Spec.parse(base).monitoring.retention_days == 30

@@ -6,15 +6,25 @@ purpose are caught in one place, :meth:`_Main.invoke`, and printed as one line
 ``error: <message>`` on stderr with the error's exit code:
 
 ====  ==============================================================
-0     success
-2     bad usage, bad configuration or bad input
+0     success (a retrain that found nothing changed says ``unchanged``)
+1     an unexpected error (a bug: its traceback is printed)
+2     bad usage, configuration or input (a number out of range too)
 3     unknown model, version, alias or run
 4     conflicts with the registry's state (e.g. nothing to roll back to)
 5     training data failed validation
+6     an optional framework is not installed
+7     loading an artifact would need untrusted code or types
+8     a requested device is not available
+9     an artifact does not match its recorded digest
+10    the registry database or artifact store cannot be reached
 11    training failed
 12    the candidate was rejected by its promotion gate
+13    a framework failed while saving, loading or predicting
+14    monitoring has too little data yet
 130   interrupted
 ====  ==============================================================
+
+The README's exit-code table lists the same codes; a test keeps both complete.
 
 Commands import their heavy dependencies (the pipeline, pandas, frameworks) when they run, so
 ``modelyard --help`` stays fast.
@@ -28,7 +38,7 @@ import click
 
 from modelyard.cli.output import report_error
 from modelyard.cli.state import State, pass_state
-from modelyard.errors import ModelyardError
+from modelyard.errors import ConfigError, ModelyardError
 
 
 class _Main(click.Group):
@@ -40,6 +50,15 @@ class _Main(click.Group):
         except ModelyardError as err:
             report_error(err)
             ctx.exit(err.exit_code)
+        except OverflowError as exc:
+            # a number past what a date, a timer or a database column holds: bad input that
+            # slipped past a command's own checks is still one line, never a traceback
+            report_error(ConfigError(f"a number is out of range ({exc}); give a smaller one"))
+            ctx.exit(ConfigError.exit_code)
+        except UnicodeDecodeError as exc:  # likewise a file that is not text
+            report_error(ConfigError(f"a file given is not UTF-8 text ({exc.reason} at byte "
+                                     f"{exc.start}); save it as UTF-8"))
+            ctx.exit(ConfigError.exit_code)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             ctx.exit(130)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from modelyard.cli.output import console, fmt_duration, fmt_metrics, print_table, report_error
+from modelyard.cli.params import PORT
 from modelyard.cli.progress import Outcome, describe, train_with_progress
 from modelyard.cli.state import State, pass_state
 from modelyard.errors import ConfigError
@@ -36,7 +37,7 @@ _DEFAULT_PROJECT = Path("examples") / "modelyard.yaml"
 @click.option("--serve/--no-serve", default=True, show_default=True,
               help="Serve the models afterwards (until Ctrl-C) and print a curl for each.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port to serve on.")
+@click.option("--port", default=8000, show_default=True, type=PORT, help="Port to serve on.")
 @click.option("--heal", is_flag=True,
               help="Then let the fraud model's world drift: modelyard detects the drift, "
                    "retrains, canaries and promotes the new version by itself.")
@@ -172,7 +173,8 @@ def _summary(outcomes: list[Outcome], registry: Registry) -> None:
             alias, flavor = "", ""
         outcome = {"promoted": "new version, promoted", "registered": "new version",
                    "rollout": "new version, rolling out",
-                   "rejected": "kept production (gate)", "failed": "failed"}[o.status]
+                   "rejected": "kept production (gate)", "failed": "failed",
+                   "unchanged": "unchanged: nothing registered"}[o.status]
         rows.append([o.model, f"v{version.version}" if version else "-",
                      version.flavor if version else flavor, fmt_metrics(o.metrics), alias,
                      outcome])

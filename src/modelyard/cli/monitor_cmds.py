@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from modelyard.cli.output import console, fmt_time, print_fields, print_json, print_table
+from modelyard.cli.params import VERSION
 from modelyard.cli.state import State, pass_state
 from modelyard.config import parse_duration
 from modelyard.errors import ConfigError
@@ -45,7 +46,7 @@ def monitor() -> None:
 @monitor.command(short_help="Check a model's inputs for drift against its training data.")
 @click.argument("model")
 @_SINCE
-@click.option("--version", type=int, default=None,
+@click.option("--version", type=VERSION, default=None,
               help="Compare with this version's reference (default: production).")
 @click.option("--history", is_flag=True, help="List stored checks instead of running one.")
 @click.option("--all-features", is_flag=True, help="Show every feature, not only drifted ones "

@@ -52,6 +52,9 @@ def read_payload(source: str) -> Any:
             text, where = path.read_text(encoding="utf-8"), str(path)
         except OSError as exc:
             raise InputError(f"cannot read --input {source}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise InputError(f"--input {source} is not UTF-8 text (byte {exc.start}); "
+                             "save it as UTF-8 JSON") from None
     if not text.strip():
         raise InputError(f"no input: {where} is empty; give JSON records, columns or rows")
     try:

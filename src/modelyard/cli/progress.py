@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 @dataclass
 class Outcome:
     """How training one model ended: ``promoted``, ``rollout`` (registered, and the spec's
-    rollout started), ``registered``, ``rejected`` or ``failed``."""
+    rollout started), ``registered``, ``unchanged`` (nothing new to train on: no version
+    registered), ``rejected`` or ``failed``."""
 
     model: str
     status: str
@@ -59,7 +60,9 @@ class Outcome:
                                "metrics": self.metrics,
                                "stages": [{"stage": name, "seconds": round(took, 3)}
                                           for name, took in self.stages]}
-        if self.result is not None:
+        if self.result is not None and self.result.unchanged is not None:
+            out.update(version=None, identical_to=self.result.unchanged.ref, promoted=False)
+        elif self.result is not None:
             version = self.result.version
             out.update(version=None if version is None else version.version,
                        flavor=None if version is None else version.flavor,
@@ -119,6 +122,7 @@ def train_with_progress(
     trigger: str = "manual",
     promote: bool | None = None,
     actor: str | None = None,
+    force: bool = False,
 ) -> Outcome:
     """Run the pipeline for ``spec`` behind a :class:`StageDisplay`; never raises a modelyard error.
 
@@ -135,7 +139,7 @@ def train_with_progress(
     try:
         with display:
             result = run_pipeline(spec, registry, trigger=trigger, promote=promote, actor=actor,
-                                  progress=display)
+                                  progress=display, force=force)
     except GateFailed as err:
         return Outcome(spec.name, "rejected", time.perf_counter() - started, error=err,
                        stages=display.stages, metrics=_run_metrics(registry, err))
@@ -143,7 +147,9 @@ def train_with_progress(
         return Outcome(spec.name, "failed", time.perf_counter() - started, error=err,
                        stages=display.stages)
     status = "promoted" if result.promoted else "registered"
-    if result.version is None:  # the pipeline registers every passing candidate; be safe
+    if result.unchanged is not None:
+        status = "unchanged"
+    elif result.version is None:  # the pipeline registers every passing candidate; be safe
         status = "rejected"
     outcome = Outcome(spec.name, status, time.perf_counter() - started, result=result,
                       stages=display.stages, metrics=dict(result.metrics))
@@ -184,7 +190,10 @@ def _run_metrics(registry: Registry, err: ModelyardError) -> dict[str, Any]:
 def describe(outcome: Outcome) -> list[str]:
     """Lines (rich markup) that say how a model's training ended."""
     result, lines = outcome.result, []
-    if result is not None and result.version is not None:
+    if result is not None and result.unchanged is not None:
+        lines.append(f"  unchanged: identical to {result.unchanged.ref}; nothing registered "
+                     "(--force registers anyway)")
+    elif result is not None and result.version is not None:
         version = result.version
         where = ("promoted to production" if result.promoted else
                  "registered, rolling out" if outcome.deployment is not None else

@@ -18,6 +18,7 @@ from modelyard.cli.output import (
     print_json,
     print_table,
 )
+from modelyard.cli.params import VERSION
 from modelyard.cli.state import State, pass_state
 from modelyard.errors import ConfigError
 
@@ -121,7 +122,7 @@ def _shape(shape: list[Any]) -> str:
 
 @click.command(short_help="Point an alias (production) at a version.")
 @click.argument("model")
-@click.argument("version", type=int)
+@click.argument("version", type=VERSION)
 @_ALIAS
 @_REASON
 @click.option("--no-check", is_flag=True,
@@ -175,7 +176,7 @@ def _reworded(err: Exception, message: str) -> Exception:
 
 @click.command(short_help="Move an alias back to its previous version, or end a rollout.")
 @click.argument("model")
-@click.option("--to", "to", type=int, metavar="VERSION",
+@click.option("--to", "to", type=VERSION, metavar="VERSION",
               help="Version to go back to (default: the one before the current).")
 @_ALIAS
 @_REASON

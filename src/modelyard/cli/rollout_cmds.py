@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from modelyard.cli.output import console, print_json, print_table
+from modelyard.cli.params import COUNT, VERSION
 from modelyard.cli.state import State, pass_state
 from modelyard.config import parse_duration
 from modelyard.errors import ConfigError
@@ -60,7 +61,7 @@ def _strategy(canary: str | None, blue_green: bool, shadow: int | None, ab: int 
 
 @click.command(short_help="Roll a version out: canary, blue-green, shadow, A/B or direct.")
 @click.argument("model")
-@click.argument("version", type=int)
+@click.argument("version", type=VERSION)
 @click.option("--canary", metavar="STEPS", help="Canary steps in percent, e.g. 5,25,50,100.")
 @click.option("--blue-green", is_flag=True, help="Warm the candidate, then switch all at once.")
 @click.option("--shadow", type=click.IntRange(1, 100), metavar="PERCENT", is_flag=False,
@@ -75,12 +76,13 @@ def _strategy(canary: str | None, blue_green: bool, shadow: int | None, ab: int 
 @click.option("--every", "every", metavar="DURATION",
               help="Dwell time of each step, and the analysis interval (default: the spec's "
                    "rollout.every_s, 60s).")
-@click.option("--max-error-rate", type=float, help="Roll back above this candidate error rate.")
+@click.option("--max-error-rate", type=click.FloatRange(0, 1),
+              help="Roll back above this candidate error rate.")
 @click.option("--max-latency-ratio", type=float, help="Roll back when the candidate is "
               "confidently more than this many times slower than stable, typically.")
 @click.option("--max-p99-ratio", type=float, help="Roll back when the candidate's latency tail "
               "is confidently more than this many times heavier than stable's.")
-@click.option("--min-requests", type=int, help="Requests per side before analysis decides.")
+@click.option("--min-requests", type=COUNT, help="Requests per side before analysis decides.")
 @click.option("--metric", help="The metric to compare on fed-back labels (default: the spec's "
               "rollout.metric, else its first metric).")
 @_REASON

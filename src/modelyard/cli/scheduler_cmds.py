@@ -34,7 +34,9 @@ def scheduler(state: State, project: str, interval: str, once: bool,
 
     Each pass announces alert rules that start or stop firing, retrains a model when its cron
     schedule comes due or a trigger holds (drift_share, metric_below, new_labels) and, with
-    retrain.auto_rollout, starts a rollout of the new version. Prints one line per action.
+    retrain.auto_rollout, starts a rollout of the new version. Prints one line per action;
+    with --once also, for each model it did not retrain, why not (schedule not due, drift or
+    metric within bounds, too few labels, a rollout active, another scheduler's lease, ...).
     Several schedulers may share a registry: a lease lets one retrain a model at a time.
     Ctrl-C (or SIGTERM) stops after the current step.
     """
@@ -43,7 +45,8 @@ def scheduler(state: State, project: str, interval: str, once: bool,
 
     every = parse_duration(interval)
     specs = _chosen(load_project(project), models, project)
-    runner = Scheduler(state.registry(), specs, interval_s=every, on_action=_print)
+    # with --once, every model gets a line: what was done, or why nothing was
+    runner = Scheduler(state.registry(), specs, interval_s=every, on_action=_print, explain=once)
     if once:
         runner.tick()
         return

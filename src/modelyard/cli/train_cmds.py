@@ -103,11 +103,13 @@ def init() -> None:
                    "spec's rollout (even where its gate says promote: false).")
 @click.option("--no-rollout", is_flag=True,
               help="Skip the spec's rollout: where the spec promotes, move production now.")
+@click.option("--force", is_flag=True, help="Train and register even when data, code, params, "
+              "spec and packages equal the latest version's.")
 @click.option("--json", "as_json", is_flag=True, help="Print each run's outcome as JSON.")
 @pass_state
 @click.pass_context
 def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: bool,
-          project: str, no_promote: bool, promote_now: bool, no_rollout: bool,
+          project: str, no_promote: bool, promote_now: bool, no_rollout: bool, force: bool,
           as_json: bool) -> None:
     """Train MODEL(s) on fresh data, gate against production, register and promote.
 
@@ -116,9 +118,11 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
     Then production moves to it, or, where the spec declares a rollout (rollout.strategy canary,
     blue-green, shadow or ab) and a production version exists, that rollout starts and the
     servers' analysis promotes or rolls it back ('modelyard rollout status MODEL').
-    --promote and --no-rollout move production directly instead. Exits non-zero if any model
-    failed (5: bad data, 11: training failed), was rejected by its gate (12), or its rollout
-    could not start (4: another rollout of the model is active).
+    --promote and --no-rollout move production directly instead. When nothing changed since
+    the latest version (data, code, params, spec, packages) it says "unchanged: identical to
+    MODEL:N" and registers nothing, unless --force. Exits non-zero if any model failed (5: bad
+    data, 11: training failed), was rejected by its gate (12), or its rollout could not start
+    (4: another rollout of the model is active).
     """
     from modelyard.spec import load_project
 
@@ -133,7 +137,8 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
     outcomes = []
     for spec in chosen:
         outcome = train_with_progress(spec, registry, out, trigger="manual",
-                                      promote=_promote(spec, no_promote, promote_now, no_rollout))
+                                      promote=_promote(spec, no_promote, promote_now, no_rollout),
+                                      force=force)
         outcomes.append(outcome)
         if not as_json:
             for line in describe(outcome):

@@ -31,6 +31,7 @@ import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -99,15 +100,19 @@ def train_in_child(
     work = Path(job.work_dir)
     ctx = _get_context()
     receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=main, args=(asdict(job), sender), name="modelyard-train")
+    # the other way round: we hold the only writer, so the child reads EOF when we die
+    lifeline, keep_alive = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=main, args=(asdict(job), sender, lifeline), name="modelyard-train")
     proc.start()
     sender.close()  # the child holds the only writer: EOF tells us it is gone
+    lifeline.close()
     try:
         timed_out = _wait(proc, receiver, time.monotonic() + timeout_s, on_stage)
     finally:
         receiver.close()
         if proc.is_alive():  # timed out, or the parent was interrupted while waiting
             _kill(proc)
+        keep_alive.close()
     code = proc.exitcode
     proc.close()
     hint = f"see logs: modelyard runs show {run_id}"
@@ -203,10 +208,16 @@ def _death(code: int | None) -> str:
 
 
 # -- child side ---------------------------------------------------------------------------------
-def main(job: dict[str, Any], stages: Any) -> None:
-    """The child's entry point: train, save, evaluate; write ``result.json`` or ``error.json``."""
+def main(job: dict[str, Any], stages: Any, lifeline: Any = None) -> None:
+    """The child's entry point: train, save, evaluate; write ``result.json`` or ``error.json``.
+
+    ``lifeline`` is the read end of a pipe only the parent writes to: when it reads EOF, the
+    parent is gone, and the child ends itself with its workers.
+    """
     if hasattr(os, "setpgrp"):  # a group of its own, so a timeout kills its workers too
         os.setpgrp()
+    if lifeline is not None:
+        _follow_parent(lifeline)
     work = Path(job["work_dir"])
     log = open(work / "train.log", "ab", buffering=0)  # noqa: SIM115 - lives as long as we do
     _redirect_output(log)
@@ -263,6 +274,20 @@ def main(job: dict[str, Any], stages: Any) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             stages.close()
+
+
+def _follow_parent(lifeline: Any) -> None:
+    """End this process (and its group) when the parent dies: its run is already abandoned, and
+    a training nobody waits for would hold the CPU, memory or GPU for nothing."""
+
+    def watch() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            lifeline.recv_bytes()
+        if hasattr(os, "killpg"):
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent watch", daemon=True).start()
 
 
 def infer_task(model: Any, y: Any) -> str:

@@ -6,6 +6,9 @@ A spec that declares a staged rollout (``rollout.strategy`` other than ``direct`
 caller starts that rollout (``Deployments.start_declared``; ``modelyard train`` and the scheduler
 do), so the new version reaches traffic step by step, analysed.
 
+A run whose data, code, params, spec and packages equal the latest version's trains nothing and
+registers nothing: it ends ``unchanged``, naming that version (``force=True`` trains anyway).
+
 The child scores the candidate through a :class:`~modelyard.predictor.Predictor` loaded from the
 artifact it just saved (the serving input path, and proof that the artifact loads) and scores the
 champion (``name@production``) on the same holdout. The parent only decides: a rejected candidate
@@ -15,11 +18,13 @@ is never registered, and production is never touched unless the gate passed.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +35,11 @@ from modelyard.metrics import get_metric, greater_is_better
 from modelyard.pipeline import child
 from modelyard.pipeline.data import Dataset, load_dataset, split, write_split
 from modelyard.pipeline.gate import GateResult, evaluate_gate
-from modelyard.pipeline.lineage import code_ref, environment, fingerprint
+from modelyard.pipeline.lineage import code_ref, environment, fingerprint, same_code, spec_hash
 from modelyard.pipeline.profile import profile
 from modelyard.pipeline.validation import check, format_report
 from modelyard.registry import PRODUCTION, ModelVersion, Registry, Run
+from modelyard.registry.owners import HEARTBEAT_S
 from modelyard.spec import Spec
 
 log = logging.getLogger(__name__)
@@ -53,6 +59,30 @@ class RunResult:
     champion_metrics: dict[str, float] | None
     #: the gate passed and the spec declares a rollout: the caller starts it (not promoted).
     rollout_due: bool = False
+    #: the version this run found identical (data, code, params, spec, packages): nothing was
+    #: trained or registered, and ``version`` is None
+    unchanged: ModelVersion | None = None
+
+
+@dataclass(frozen=True)
+class _Lineage:
+    """What a version is made from, compared with the latest version's before training."""
+
+    data_fingerprint: str
+    code_ref: dict[str, Any]
+    params: dict[str, Any]
+    spec_hash: str
+    environment: dict[str, Any]
+
+    def matches(self, version: ModelVersion) -> bool:
+        """Whether ``version`` was made from the same data, code, params, spec and packages."""
+        env = version.environment
+        return (version.data_fingerprint == self.data_fingerprint
+                and version.params == self.params
+                and version.meta.get("spec_hash") == self.spec_hash
+                and same_code(version.code_ref, self.code_ref)
+                and (env.get("python"), env.get("packages")) == (
+                    self.environment["python"], self.environment["packages"]))
 
 
 class _RunLog:
@@ -89,14 +119,17 @@ def run_pipeline(
     promote: bool | None = None,
     actor: str | None = None,
     progress: Progress | None = None,
+    force: bool = False,
 ) -> RunResult:
     """Train ``spec`` on fresh data, gate it against production, register and maybe promote it.
 
     ``promote`` None follows the spec: ``gate.promote``, and a declared rollout instead of moving
     ``production`` when there is one to compare with (``rollout_due``). True moves ``production``
-    now, skipping any rollout; False leaves it alone. Raises :class:`DataValidationError`,
-    :class:`TrainingError`, :class:`GateFailed`, ...; each carries ``run_id`` once the run is
-    recorded (``modelyard runs show <run_id>`` shows its logs).
+    now, skipping any rollout; False leaves it alone. When nothing changed since the latest
+    version (data, code, params, spec, packages) the run ends ``unchanged`` with
+    :attr:`RunResult.unchanged` set and nothing registered, unless ``force``. Raises
+    :class:`DataValidationError`, :class:`TrainingError`, :class:`GateFailed`, ...; each carries
+    ``run_id`` once the run is recorded (``modelyard runs show <run_id>`` shows its logs).
     """
     for name in spec.metrics:  # a typo fails now, not after an hour of training
         get_metric(name)
@@ -107,10 +140,33 @@ def run_pipeline(
     with tempfile.TemporaryDirectory(prefix="modelyard-run-") as tmp:
         run = registry.start_run(spec.name, trigger=trigger, actor=actor)
         try:
-            return _execute(spec, registry, run, runlog, Path(tmp), promote, actor)
+            with _heartbeat(registry, run.id):
+                return _execute(spec, registry, run, runlog, Path(tmp), promote, actor,
+                                force=force)
         except BaseException as exc:
             _record_failure(registry, run, runlog, Path(tmp), exc)
             raise
+
+
+@contextlib.contextmanager
+def _heartbeat(registry: Registry, run_id: str) -> Iterator[None]:
+    """Beat the run's heartbeat while it runs: how other hosts tell a live run from a dead one."""
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_S):
+            try:
+                registry.beat_run(run_id)
+            except Exception:  # a database blip: the next beat tries again
+                log.warning("could not beat the heartbeat of run %s", run_id, exc_info=True)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat {run_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _record_failure(registry: Registry, run: Run, runlog: _RunLog, work: Path,
@@ -134,7 +190,7 @@ def _record_failure(registry: Registry, run: Run, runlog: _RunLog, work: Path,
 
 def _execute(
     spec: Spec, registry: Registry, run: Run, runlog: _RunLog, work: Path,
-    promote: bool | None, actor: str | None,
+    promote: bool | None, actor: str | None, *, force: bool,
 ) -> RunResult:
     runlog.stage("load data")
     dataset = load_dataset(spec.data, spec.root)
@@ -144,6 +200,10 @@ def _execute(
     stratify = spec.data.stratify and spec.task != "regression"
     train_set, holdout = split(dataset, spec.data.holdout, spec.data.seed, stratify)
     runlog.note(f"train {len(train_set)} rows, holdout {len(holdout)} rows")
+    lineage = _lineage(spec, dataset)
+    same = None if force else _identical_version(registry, spec.name, lineage)
+    if same is not None:
+        return _finish_unchanged(registry, run, runlog, work, same)
 
     runlog.stage("train")
     outcome = _train(spec, registry, train_set, holdout, work, run.id, runlog)
@@ -176,11 +236,13 @@ def _execute(
               "monitoring": spec.monitoring.model_dump(mode="json"),
               # what a rollout of this version starts with (deploy, the admin API); unset
               # fields stay unset so a declared strategy is told from the default
-              "rollout": spec.rollout.model_dump(mode="json", exclude_unset=True)},
+              "rollout": spec.rollout.model_dump(mode="json", exclude_unset=True),
+              # what the next run compares with to see that nothing changed
+              "spec_hash": lineage.spec_hash},
         signature=outcome.signature,
-        metrics=outcome.metrics, params=dict(spec.params),
-        data_fingerprint=fingerprint(dataset.X, dataset.y), code_ref=code_ref(spec.root),
-        environment=environment(), reference_stats=profile(train_set.X), run_id=run.id,
+        metrics=outcome.metrics, params=lineage.params,
+        data_fingerprint=lineage.data_fingerprint, code_ref=lineage.code_ref,
+        environment=lineage.environment, reference_stats=profile(train_set.X), run_id=run.id,
         description=spec.description, actor=actor,
     )
     promoted, rollout_due = _goes_live(spec, promote, has_champion=outcome.champion is not None)
@@ -208,6 +270,34 @@ def _goes_live(spec: Spec, promote: bool | None, *, has_champion: bool) -> tuple
     if spec.rollout.staged and has_champion:
         return False, True
     return True, False  # direct, or the first version: nothing to compare a rollout with
+
+
+def _lineage(spec: Spec, dataset: Dataset) -> _Lineage:
+    # params as the registry stores them (JSON), so equal params compare equal after a reload
+    params = json.loads(json.dumps(dict(spec.params), default=str))
+    return _Lineage(fingerprint(dataset.X, dataset.y), code_ref(spec.root), params,
+                    spec_hash(spec), environment())
+
+
+def _identical_version(registry: Registry, name: str, lineage: _Lineage) -> ModelVersion | None:
+    """The latest version of ``name`` if this run would make it again, else None."""
+    try:
+        latest = registry.get_model(name).latest_version
+        version = registry.get_version(name, latest) if latest else None
+    except NotFoundError:  # no model yet, or its latest number was never registered
+        return None
+    return version if version is not None and lineage.matches(version) else None
+
+
+def _finish_unchanged(registry: Registry, run: Run, runlog: _RunLog, work: Path,
+                      same: ModelVersion) -> RunResult:
+    note = (f"unchanged: identical to {same.ref} (data, code, params, spec and packages); "
+            "nothing trained or registered (train with --force to register anyway)")
+    runlog.note(note)
+    finished = registry.finish_run(run.id, status="unchanged", failure_reason=note,
+                                   logs=runlog.text(work))
+    gate = GateResult(False, [f"not trained: unchanged since {same.ref}"])
+    return RunResult(finished, None, False, gate, {}, None, unchanged=same)
 
 
 def _train(spec: Spec, registry: Registry, train_set: Dataset, holdout: Dataset, work: Path,

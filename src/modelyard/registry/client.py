@@ -22,6 +22,7 @@ from modelyard.adapters import artifact_verifier
 from modelyard.config import Settings
 from modelyard.errors import ConfigError, ConflictError, IntegrityError, NotFoundError
 from modelyard.registry.database import Database
+from modelyard.registry.owners import Owner, abandoned, this_host
 from modelyard.registry.records import AliasEvent, AuditEvent, Model, ModelVersion, Run
 from modelyard.registry.rows import (
     PRODUCTION,
@@ -34,6 +35,7 @@ from modelyard.registry.rows import (
     model_row,
     move_alias,
     now,
+    possible_version,
     rollback_target,
     to_alias_event,
     to_model,
@@ -233,11 +235,11 @@ class Registry:
         """The version a reference names: ``name:3``, ``name@alias`` or ``name`` (production)."""
         name, version, alias = parse_ref(ref)
         with self.db.session() as s:
-            found = (
-                s.scalars(_VERSION_BY_ALIAS, {"name": name, "alias": alias}).first()
-                if alias is not None
-                else s.scalars(_VERSION_BY_NUMBER, {"name": name, "version": version}).first()
-            )
+            found = None
+            if alias is not None:
+                found = s.scalars(_VERSION_BY_ALIAS, {"name": name, "alias": alias}).first()
+            elif version is not None and possible_version(version):
+                found = s.scalars(_VERSION_BY_NUMBER, {"name": name, "version": version}).first()
             if found is not None:
                 aliases = aliases_by_version(s, found.model_id).get(found.version, ())
                 return to_version(found, name, aliases)
@@ -382,14 +384,22 @@ class Registry:
         shutil.rmtree(self.settings.cache_dir, ignore_errors=True)
 
     # -- runs -----------------------------------------------------------------------------------
-    def start_run(self, model: str, *, trigger: str = "manual", actor: str | None = None) -> Run:
-        """Record a training run as started."""
+    def start_run(self, model: str, *, trigger: str = "manual", actor: str | None = None,
+                  owner: Owner | None = None) -> Run:
+        """Record a training run as started by ``owner`` (default: this process).
+
+        The owner should beat :meth:`beat_run` while it works (the pipeline does); a run whose
+        owner is gone is finished as failed, "abandoned", when runs are next read.
+        """
         check_name(model)
         actor = actor or self.settings.actor
+        owner = owner or Owner.current()
+        at = now()
         with self.db.session(write=True) as s:
             row = RunRow(
                 id=str(uuid.uuid4()), model_name=model, status="running", trigger=trigger,
-                started_at=now(), metrics={}, gate={}, logs="", created_by=actor,
+                started_at=at, metrics={}, gate={}, logs="", created_by=actor,
+                host=owner.host, pid=owner.pid, process_start=owner.start, heartbeat_at=at,
             )
             s.add(row)
             audit(s, actor, "run.start", model, {"run": row.id, "trigger": trigger})
@@ -408,7 +418,8 @@ class Registry:
         logs: str = "",
         failure_reason: str | None = None,
     ) -> Run:
-        """Record how a run ended: ``succeeded``, ``failed`` or ``rejected`` (by its gate)."""
+        """Record how a run ended: ``succeeded``, ``failed``, ``rejected`` (by its gate) or
+        ``unchanged`` (nothing new to train on)."""
         with self.db.session(write=True) as s:
             row = s.get(RunRow, run_id)
             if row is None:
@@ -422,22 +433,66 @@ class Registry:
                    {"run": run_id, "version": version, "reason": failure_reason})
             return to_run(row)
 
+    def beat_run(self, run_id: str) -> bool:
+        """Record that ``run_id``'s process is still at work; False once the run has ended."""
+        with self.db.session(write=True) as s:
+            beat = s.execute(update(RunRow).where(RunRow.id == run_id, RunRow.status == "running")
+                             .values(heartbeat_at=now()))
+            return bool(beat.rowcount == 1)  # type: ignore[attr-defined]
+
     def get_run(self, run_id: str) -> Run:
-        """One run by id (a unique prefix of it is enough)."""
+        """One run by id (a unique prefix of it is enough); see :meth:`list_runs` on abandoned."""
         with self.db.session() as s:
             rows = s.scalars(select(RunRow).where(RunRow.id.startswith(run_id)).limit(2)).all()
             if len(rows) != 1:
                 raise NotFoundError(f"no run matches {run_id!r}" if not rows
                                     else f"run id {run_id!r} is ambiguous; give more of it")
-            return to_run(rows[0])
+            found = [(to_run(rows[0]), _verdict(rows[0]))]
+        return self._settle(found)[0]
 
     def list_runs(self, model: str | None = None, *, limit: int = 50) -> list[Run]:
-        """Recent runs, newest first, optionally of one model."""
+        """Recent runs, newest first, optionally of one model.
+
+        A running run whose process is gone (on this host: its pid has ended; on another: no
+        heartbeat for :data:`~modelyard.registry.owners.STALE_AFTER_S`) is finished as failed
+        with the reason "abandoned: process PID on HOST is gone" first, so none shows as
+        running when nothing runs it.
+        """
         with self.db.session() as s:
             query = select(RunRow).order_by(RunRow.started_at.desc()).limit(limit)
             if model is not None:
                 query = query.where(RunRow.model_name == model)
-            return [to_run(r) for r in s.scalars(query)]
+            found = [(to_run(r), _verdict(r)) for r in s.scalars(query)]
+        return self._settle(found)
+
+    def reap_runs(self, model: str | None = None) -> list[Run]:
+        """Finish every abandoned running run (of ``model``) as failed; the runs it finished."""
+        with self.db.session() as s:
+            query = select(RunRow).where(RunRow.status == "running")
+            if model is not None:
+                query = query.where(RunRow.model_name == model)
+            dead = [to_run(r) for r in s.scalars(query) if _verdict(r) is not None]
+        return [run for run in map(self._abandon, dead) if run.status == "failed"]
+
+    def _settle(self, found: list[tuple[Run, str | None]]) -> list[Run]:
+        # written after the read transaction ends: SQLite's writer would wait on our own reader
+        return [run if reason is None else self._abandon(run) for run, reason in found]
+
+    def _abandon(self, run: Run) -> Run:
+        """Finish ``run`` as failed if, under its row lock, it is still running and abandoned."""
+        with self.db.session(write=True) as s:
+            row = s.scalars(select(RunRow).where(RunRow.id == run.id).with_for_update()).first()
+            if row is None:
+                return run
+            reason = _verdict(row)  # again: it may have finished or beaten since it was read
+            if reason is None:
+                return to_run(row)
+            row.status, row.failure_reason, row.ended_at = "failed", reason, now()
+            row.duration_s = (row.ended_at - row.started_at).total_seconds()
+            row.logs = f"{row.logs}\nfailed: {reason}".lstrip()[-200_000:]
+            audit(s, row.created_by, "run.failed", row.model_name,
+                  {"run": row.id, "version": None, "reason": reason})
+            return to_run(row)
 
     # -- audit ----------------------------------------------------------------------------------
     def record(self, action: str, target: str, details: dict[str, Any] | None = None,
@@ -470,6 +525,15 @@ def _discard(folder: Path) -> None:
     except OSError:  # another process discarded it first
         return
     shutil.rmtree(stale, ignore_errors=True)
+
+
+def _verdict(row: RunRow) -> str | None:
+    """Why the run in ``row`` is abandoned, or None (it is not running, or may be alive)."""
+    if row.status != "running":
+        return None
+    return abandoned(host=row.host, pid=row.pid, start=row.process_start,
+                     heartbeat_at=row.heartbeat_at, started_at=row.started_at, here=this_host(),
+                     now=now())
 
 
 def _next_version_number(s: Session, name: str, actor: str) -> tuple[int, int]:

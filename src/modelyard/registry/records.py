@@ -106,6 +106,10 @@ class Run(Record):
     logs: str
     failure_reason: str | None
     created_by: str
+    #: the process that runs it, and its last heartbeat (None for runs recorded before these)
+    host: str | None = None
+    pid: int | None = None
+    heartbeat_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
+from modelyard.config import MAX_VERSION
 from modelyard.errors import ConfigError, ConflictError, NotFoundError
 from modelyard.registry.records import AliasEvent, Model, ModelVersion, Run
 from modelyard.registry.tables import (
@@ -71,10 +72,16 @@ def model_row(s: Session, name: str, *, lock: bool = False) -> ModelRow:
     return row
 
 
+def possible_version(version: int) -> bool:
+    """Whether ``version`` could exist: a number the database can hold, from 1 up."""
+    return 1 <= version <= MAX_VERSION
+
+
 def version_row(s: Session, model: ModelRow, version: int) -> VersionRow:
-    row = s.scalars(
-        select(VersionRow).where(VersionRow.model_id == model.id, VersionRow.version == version)
-    ).first()
+    row = None
+    if possible_version(version):  # a number past the column's range never reaches the driver
+        row = s.scalars(select(VersionRow).where(VersionRow.model_id == model.id,
+                                                 VersionRow.version == version)).first()
     if row is None:
         hint = (f"; it has versions 1 to {model.latest_version}" if model.latest_version
                 else "; it has no versions yet")
@@ -196,4 +203,4 @@ def to_alias_event(row: AliasEventRow, name: str) -> AliasEvent:
 def to_run(row: RunRow) -> Run:
     return Run(row.id, row.model_name, row.status, row.trigger, row.started_at, row.ended_at,
                row.duration_s, row.version, row.promoted, row.metrics, row.gate, row.logs,
-               row.failure_reason, row.created_by)
+               row.failure_reason, row.created_by, row.host, row.pid, row.heartbeat_at)

@@ -115,7 +115,8 @@ class RunRow(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     model_name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(20))  # running | succeeded | failed | rejected
+    # running | succeeded | failed | rejected | unchanged
+    status: Mapped[str] = mapped_column(String(20))
     trigger: Mapped[str] = mapped_column(String(100), default="manual")
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -127,6 +128,13 @@ class RunRow(Base):
     logs: Mapped[str] = mapped_column(Text, default="")
     failure_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_by: Mapped[str] = mapped_column(String(200))
+    # the process that runs it (migration 0004): a running run whose process is gone, or whose
+    # heartbeat stopped, is finished as failed ("abandoned") instead of showing as running
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: tells a reused pid apart: the boot and the process's start time (see registry.owners)
+    process_start: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class AuditRow(Base):

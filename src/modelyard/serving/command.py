@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from modelyard.errors import ModelyardError
 
+if TYPE_CHECKING:
+    from modelyard.config import Settings
+
 
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on.")
 @click.option("--max-memory", default=None, metavar="SIZE",
               help="Evict least recently used versions above this, e.g. 4GiB (default: no limit).")
 @click.option("--preload/--no-preload", default=True, show_default=True,
@@ -18,12 +24,14 @@ from modelyard.errors import ModelyardError
               help="Server processes (each loads its own models).")
 @click.option("--max-body", default="16MiB", show_default=True, metavar="SIZE",
               help="Largest request body; bigger ones get 413.")
-@click.option("--timeout", "timeout_s", default=60.0, show_default=True, type=float,
+@click.option("--timeout", "timeout_s", default=60.0, show_default=True,
+              type=click.FloatRange(0, 86400, min_open=True),
               help="Seconds before a queued request gets 504.")
-@click.option("--body-timeout", "body_timeout_s", default=5.0, show_default=True, type=float,
+@click.option("--body-timeout", "body_timeout_s", default=5.0, show_default=True,
+              type=click.FloatRange(0, 86400, min_open=True),
               help="Seconds a request body may stall mid-way before 408 and a closed "
                    "connection.")
-@click.option("--grpc-port", default=None, type=int,
+@click.option("--grpc-port", default=None, type=click.IntRange(1, 65535),
               help="Also serve OIP v2 over gRPC on this port (needs modelyard[grpc]).")
 @click.option("--alias", default="production", show_default=True,
               help="The alias /v1/models/{name}/predict serves.")
@@ -66,7 +74,16 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None, prel
         raise click.UsageError(str(exc)) from None
     # Under the modelyard CLI the global --home/--db/--artifacts options name the registry.
     settings = ctx.obj.settings() if hasattr(ctx.obj, "settings") else None
+    _check_registry(settings)
     run(host, port, settings=settings, options=options, workers=workers, log_level=log_level)
+
+
+def _check_registry(settings: Settings | None) -> None:
+    """Open the registry once before the server starts: an unreachable database or a bad URL
+    is then the CLI's one-line error (StorageError, exit 10), not a failed server startup."""
+    from modelyard.registry import Registry
+
+    Registry.open(settings).close()
 
 
 __all__ = ["serve"]
