@@ -218,13 +218,15 @@ async def test_a_rollout_takes_the_settings_the_version_declares(
     assert (d["strategy"], d["steps"], d["every_s"]) == ("shadow", [20], 15.0)
     assert d["rules"]["max_error_rate"] == 0.05 and d["rules"]["metric"] == "accuracy"
     assert "never promotes by itself" in d["explain"]
-    assert (await client.post("/api/v1/models/declared/deployment/abort", json={})).status_code == 200
+    abort = await client.post("/api/v1/models/declared/deployment/abort", json={})
+    assert abort.status_code == 200
     r = await client.post("/api/v1/models/declared/deployments", json={
         "version": 2, "strategy": "canary", "every_s": 5, "rules": {"min_requests": 7}})
     d = r.json()
     assert (d["strategy"], d["steps"], d["every_s"]) == ("canary", [5, 25, 50, 100], 5.0)
     assert d["rules"]["min_requests"] == 7 and d["rules"]["max_error_rate"] == 0.05
-    assert (await client.post("/api/v1/models/declared/deployment/abort", json={})).status_code == 200
+    abort = await client.post("/api/v1/models/declared/deployment/abort", json={})
+    assert abort.status_code == 200
 
 
 async def test_second_rollout_is_409_and_promote_ends_it(client: httpx.AsyncClient,
