@@ -388,9 +388,9 @@ class App:
         down = self.catalog.unhealthy()
         if self.ready and not down:
             stale = self.catalog.not_served_detail()
-            body = {"status": "ready", **({"not_served": stale} if stale else {}),
-                    **self._log_detail()}
-            await respond(send, 200, orjson.dumps(body))
+            ready = {"status": "ready", **({"not_served": stale} if stale else {}),
+                     **self._log_detail()}
+            await respond(send, 200, orjson.dumps(ready))
         elif not self.ready:
             await respond(send, 503, b'{"status":"loading"}', [*JSON, (b"retry-after", b"1")])
         else:
