@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ from modelyard.monitoring import cron
 from modelyard.monitoring.alerts import RESOLVED, Alerter, webhook_url
 from modelyard.monitoring.monitor import Monitor, MonitoringError
 from modelyard.registry.leases import Leases
+from modelyard.registry.owners import beating
 from modelyard.registry.rows import PRODUCTION, now
 from modelyard.rollout.deployments import Deployment, Deployments
 from modelyard.spec import ALERT_SIGNALS
@@ -460,26 +461,14 @@ class Scheduler:
         finally:
             self.leases.release(lease, self.holder)
 
-    @contextlib.contextmanager
-    def _keep(self, lease: str, ttl_s: float) -> Iterator[None]:
+    def _keep(self, lease: str, ttl_s: float) -> contextlib.AbstractContextManager[None]:
         """Renew ``lease`` while a long step runs, so only a dead scheduler's lease runs out."""
-        done = threading.Event()
 
-        def beat() -> None:
-            while not done.wait(max(1.0, ttl_s / 3)):
-                try:
-                    if not self.leases.renew(lease, self.holder, ttl_s):
-                        log.warning("scheduler %s lost lease %s", self.holder, lease)
-                except Exception:  # a database blip: the next beat tries again
-                    log.exception("could not renew lease %s", lease)
+        def renew() -> None:
+            if not self.leases.renew(lease, self.holder, ttl_s):
+                log.warning("scheduler %s lost lease %s", self.holder, lease)
 
-        thread = threading.Thread(target=beat, name=f"lease {lease}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join()
+        return beating(renew, max(1.0, ttl_s / 3), f"lease {lease}")
 
     # -- reads ----------------------------------------------------------------------------------
     def _runs(self, name: str) -> list[Run]:

@@ -22,9 +22,8 @@ import json
 import logging
 import os
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from modelyard.pipeline.lineage import code_ref, environment, fingerprint, same_
 from modelyard.pipeline.profile import profile
 from modelyard.pipeline.validation import check, format_report
 from modelyard.registry import PRODUCTION, ModelVersion, Registry, Run
-from modelyard.registry.owners import HEARTBEAT_S
+from modelyard.registry.owners import HEARTBEAT_S, beating
 from modelyard.spec import Spec
 
 log = logging.getLogger(__name__)
@@ -140,33 +139,14 @@ def run_pipeline(
     with tempfile.TemporaryDirectory(prefix="modelyard-run-") as tmp:
         run = registry.start_run(spec.name, trigger=trigger, actor=actor)
         try:
-            with _heartbeat(registry, run.id):
+            # the heartbeat tells other hosts a live run from a dead one
+            with beating(lambda: registry.beat_run(run.id), HEARTBEAT_S,
+                         f"heartbeat of run {run.id[:8]}"):
                 return _execute(spec, registry, run, runlog, Path(tmp), promote, actor,
                                 force=force)
         except BaseException as exc:
             _record_failure(registry, run, runlog, Path(tmp), exc)
             raise
-
-
-@contextlib.contextmanager
-def _heartbeat(registry: Registry, run_id: str) -> Iterator[None]:
-    """Beat the run's heartbeat while it runs: how other hosts tell a live run from a dead one."""
-    done = threading.Event()
-
-    def beat() -> None:
-        while not done.wait(HEARTBEAT_S):
-            try:
-                registry.beat_run(run_id)
-            except Exception:  # a database blip: the next beat tries again
-                log.warning("could not beat the heartbeat of run %s", run_id, exc_info=True)
-
-    thread = threading.Thread(target=beat, name=f"heartbeat {run_id[:8]}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
 
 
 def _record_failure(registry: Registry, run: Run, runlog: _RunLog, work: Path,

@@ -14,9 +14,12 @@ gone"), never as running forever.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,6 +30,7 @@ HEARTBEAT_S = 30.0
 #: missed: a busy database or a paused VM does not end a live run).
 STALE_AFTER_S = 300.0
 _PROC = Path("/proc")
+log = logging.getLogger(__name__)
 _MAX_HOST = 255
 
 
@@ -118,5 +122,28 @@ def abandoned(*, host: str | None, pid: int | None, start: str | None,
             f"{silent.total_seconds():.0f}s)")
 
 
-__all__ = ["HEARTBEAT_S", "STALE_AFTER_S", "Owner", "abandoned", "is_running", "start_token",
-           "this_host"]
+@contextlib.contextmanager
+def beating(beat: Callable[[], object], every_s: float, name: str) -> Iterator[None]:
+    """Call ``beat`` every ``every_s`` seconds on a thread while the block runs: how a process
+    keeps a claim alive (a run's heartbeat, a lease). A failing beat is logged, and the next
+    one tries again, since a database blip must not end a live claim."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(every_s):
+            try:
+                beat()
+            except Exception:
+                log.warning("%s failed; trying again in %.0f s", name, every_s, exc_info=True)
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+__all__ = ["HEARTBEAT_S", "STALE_AFTER_S", "Owner", "abandoned", "beating", "is_running",
+           "start_token", "this_host"]
