@@ -310,13 +310,13 @@ async def test_poll_applies_a_new_revision_of_a_loaded_rollout_at_once() -> None
 
 def labeled_store(monkeypatch: pytest.MonkeyPatch, metric: Any) -> tuple[Rollouts, Any]:
     """One process with 20 clean requests per variant and rules on accuracy; ``metric``
-    replaces ``modelyard.monitoring.quality.rollout_metric`` (None: the module is missing)."""
+    replaces ``modelyard.monitoring.monitor.rollout_metric`` (None: the module is missing)."""
     if metric is None:
-        monkeypatch.setitem(sys.modules, "modelyard.monitoring.quality", None)
+        monkeypatch.setitem(sys.modules, "modelyard.monitoring.monitor", None)
     else:
-        import modelyard.monitoring.quality as quality
+        import modelyard.monitoring.monitor as monitor
 
-        monkeypatch.setattr(quality, "rollout_metric", metric, raising=False)
+        monkeypatch.setattr(monitor, "rollout_metric", metric, raising=False)
     store = FakeDeployments()
     started = datetime(2026, 3, 1, tzinfo=UTC)
     dep = Dep(rules={"min_requests": 5, "metric": "accuracy", "min_labels": 10},

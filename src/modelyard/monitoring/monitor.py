@@ -490,5 +490,25 @@ def _event(row: MonitorEventRow) -> MonitorEvent:
                         row.message, dict(row.details))
 
 
+def rollout_metric(registry: Registry, model: str, metric: str, versions: Mapping[str, int],
+                   since: datetime | None,
+                   ) -> dict[str, tuple[int, float | None, float | None]]:
+    """``variant -> (labeled rows, metric value, its standard error)`` of a rollout's versions.
+
+    What rollout analysis compares for the declared metric, over the labels fed back for
+    predictions made since ``since``; reads the prediction log and the labels table.
+    """
+    by_version = Monitor(registry).metrics(model, since=since, names=[metric],
+                                           versions=list(versions.values()), by_variant=False,
+                                           errors=True)
+    found = {w.version: w for w in by_version}
+    out: dict[str, tuple[int, float | None, float | None]] = {}
+    for variant, version in versions.items():
+        window = found.get(version)
+        out[variant] = (0, None, None) if window is None else (
+            window.labeled, window.values.get(metric), window.errors.get(metric))
+    return out
+
+
 __all__ = ["DriftCheck", "FeedbackResult", "LatencySummary", "MetricWindow", "Monitor",
-           "MonitorEvent", "MonitoringError", "RequestLookup", "RetentionResult"]
+           "MonitorEvent", "MonitoringError", "RequestLookup", "RetentionResult", "rollout_metric"]

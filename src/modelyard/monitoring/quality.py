@@ -24,7 +24,6 @@ MAX_BOOTSTRAP_ROWS = 5000
 
 if TYPE_CHECKING:
     from modelyard.monitoring.logstore import LoggedPrediction
-    from modelyard.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -159,26 +158,4 @@ def _score(names: Sequence[str], pairs: _Pairs) -> dict[str, float | None]:
     return out
 
 
-def rollout_metric(registry: Registry, model: str, metric: str, versions: Mapping[str, int],
-                   since: datetime | None,
-                   ) -> dict[str, tuple[int, float | None, float | None]]:
-    """``variant -> (labeled rows, metric value, its standard error)`` of a rollout's versions.
-
-    What rollout analysis compares for the declared metric, over the labels fed back for
-    predictions made since ``since``; reads the prediction log and the labels table.
-    """
-    from modelyard.monitoring.monitor import Monitor
-
-    by_version = Monitor(registry).metrics(model, since=since, names=[metric],
-                                           versions=list(versions.values()), by_variant=False,
-                                           errors=True)
-    found = {w.version: w for w in by_version}
-    out: dict[str, tuple[int, float | None, float | None]] = {}
-    for variant, version in versions.items():
-        window = found.get(version)
-        out[variant] = (0, None, None) if window is None else (
-            window.labeled, window.values.get(metric), window.errors.get(metric))
-    return out
-
-
-__all__ = ["MetricWindow", "label_rows", "metric_windows", "rollout_metric"]
+__all__ = ["MetricWindow", "label_rows", "metric_windows"]

@@ -463,7 +463,7 @@ class Rollouts(Poller):
         merged windows; without it (monitoring missing or failing) analysis goes on unlabeled."""
         versions = {v: d.version_of(v) for v in VARIANTS if d.version_of(v) is not None}
         try:
-            from modelyard.monitoring.quality import rollout_metric
+            from modelyard.monitoring.monitor import rollout_metric
 
             found = await self._io(rollout_metric, self.catalog.registry, d.model, metric,
                                    versions, d.step_started_at or d.created_at)
