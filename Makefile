@@ -28,6 +28,7 @@ test: venv
 
 lint: venv
 	$(PY) -m ruff check src tests examples
+	$(PY) -m mypy
 
 bench: venv
 	$(PIP) install -e ".[bench]"

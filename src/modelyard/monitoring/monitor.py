@@ -461,11 +461,10 @@ def _feedback_result(model: str, request_ids: list[str],
 
 
 def _upsert_labels(s: Any, rows: list[dict[str, Any]]) -> None:
+    from sqlalchemy.dialects import postgresql, sqlite
+
     dialect = s.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     for chunk in _chunks(rows, 500):
         stmt = insert(LabelRow).values(chunk)
         s.execute(stmt.on_conflict_do_update(

@@ -9,9 +9,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import Table, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from modelyard.config import MAX_VERSION
@@ -29,7 +29,7 @@ from modelyard.registry.tables import (
 PRODUCTION = "production"
 # Built once with bound parameters: per-call statements cost more in SQLAlchemy's cache-key
 # generation than the query itself (these run on every register and resolve).
-_INSERT_AUDIT = insert(AuditRow.__table__)
+_INSERT_AUDIT = insert(cast(Table, AuditRow.__table__))  # Core, not an ORM bulk insert
 _ALIASES_OF_MODEL = select(AliasRow.alias, AliasRow.version).where(
     AliasRow.model_id == bindparam("model_id")
 )
