@@ -36,6 +36,7 @@ bench: venv
 	$(PY) bench/serve.py
 	$(PY) bench/drift.py
 	$(PY) bench/predlog.py
+	$(PY) bench/cache_verify.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist
