@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,6 +21,7 @@ from modelyard.schema import FieldSpec
 from modelyard.serving.cache import Key, ModelCache
 from modelyard.serving.metrics import ServerMetrics
 from modelyard.serving.options import ServeOptions
+from modelyard.serving.overrides import for_model
 from modelyard.serving.runner import (
     Runner,
     batch_policy,
@@ -30,11 +32,12 @@ from modelyard.serving.runner import (
 
 log = logging.getLogger(__name__)
 
-def log_policy(record: Any) -> Any:
-    """How a version's answers are logged: its spec's sample rate and sensitive fields."""
+def log_policy(record: Any, override: Mapping[str, Any] | None = None) -> Any:
+    """How a version's answers are logged: its spec's sample rate (or the server's override)
+    and sensitive fields."""
     from modelyard.monitoring.predlog import LogPolicy
 
-    spec = serving_spec(record.meta, record.ref)
+    spec = serving_spec(record.meta, record.ref, override)
     return LogPolicy(record.model, record.version, spec.sample_rate, dict(spec.sensitive),
                      record.get_signature(), record.reference_stats)
 
@@ -155,7 +158,7 @@ class Catalog:
         loop = asyncio.get_running_loop()
         runner = await loop.run_in_executor(self.load_pool, self._open, record)
         if self.predlog is not None:
-            runner.log_policy = log_policy(record)
+            runner.log_policy = log_policy(record, self.override(record.model))
             self._check_log_key(runner.log_policy)
         runner.start()
         return runner
@@ -177,7 +180,8 @@ class Catalog:
         from modelyard.adapters.base import cuda_device_count
         from modelyard.predictor import open_version
 
-        spec = serving_spec(record.meta, record.ref)
+        override = self.override(record.model)
+        spec = serving_spec(record.meta, record.ref, override)
         if spec.replicas > 1:
             log.warning("%s: serving.replicas=%d is not used yet; each server process runs one "
                         "copy of a version (modelyard serve --workers %d runs more)", record.ref,
@@ -207,8 +211,9 @@ class Catalog:
         )
         runner.metrics = vm
         runner.warm()
-        log.info("serving %s (%s on %s, batch %d rows, delay %.1f ms)", record.ref,
-                 record.flavor, predictor.device, policy.max_batch_size, policy.max_delay_s * 1e3)
+        log.info("serving %s (%s on %s, batch %d rows, delay %.1f ms%s)", record.ref,
+                 record.flavor, predictor.device, policy.max_batch_size, policy.max_delay_s * 1e3,
+                 ", tuned by the serve config" if override else "")
         return runner
 
     def _open_worker(self, record: Any, spec: Any) -> Runner:
@@ -243,6 +248,10 @@ class Catalog:
                  record.ref, record.flavor, runner.predictor.device, worker.pid,
                  policy.max_batch_size, policy.max_delay_s * 1e3)
         return runner
+
+    def override(self, model: str) -> dict[str, Any]:
+        """The serving settings this server changes for ``model`` (``--model-config``)."""
+        return for_model(self.options.serving_overrides, model)
 
     def _give_up(self, runner: Runner) -> None:
         """Unload a version whose worker cannot be restarted; its next request loads it anew."""

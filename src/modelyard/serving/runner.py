@@ -21,21 +21,23 @@ from modelyard.errors import AdapterError
 from modelyard.predictor import Prediction, Predictor
 from modelyard.schema import FieldSpec
 from modelyard.serving.batching import Batcher, BatchPolicy, Item, Observe, split_rows
+from modelyard.serving.overrides import merged
 from modelyard.spec import ServingSpec
 
 log = logging.getLogger(__name__)
 
 
-def serving_spec(meta: Mapping[str, Any], ref: str = "model") -> ServingSpec:
-    """The version's serving settings (``meta["serving"]``, from the pipeline) or defaults."""
+def serving_spec(meta: Mapping[str, Any], ref: str = "model",
+                 override: Mapping[str, Any] | None = None) -> ServingSpec:
+    """The version's serving settings (``meta["serving"]``, from the pipeline) or defaults,
+    with the server's ``override`` for its model on top (``serve --model-config``)."""
     raw = meta.get("serving")
-    if not isinstance(raw, Mapping):
-        return ServingSpec.model_validate({})
+    registered = dict(raw) if isinstance(raw, Mapping) else {}
     try:
-        return ServingSpec.model_validate(dict(raw))
+        return ServingSpec.model_validate(merged(registered, override or {}))
     except ValidationError as exc:
         log.warning("%s: ignoring invalid serving settings (%s); using defaults", ref, exc)
-        return ServingSpec.model_validate({})
+        return ServingSpec.model_validate(dict(override or {}))  # checked when the server began
 
 
 def batch_policy(spec: ServingSpec, *, accelerated: bool, timeout_s: float = 60.0) -> BatchPolicy:
