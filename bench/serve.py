@@ -46,6 +46,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -106,6 +107,10 @@ PROTOCOLS = ("native", "v2", "grpc")
 GOAL_NAIVE = 8.0
 GOAL_V2 = 1.2
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
+#: thread roles of the event loop's default executor, where the server runs its timed chores
+#: (monitoring gauges every 30 s, the retention sweep): their CPU depends on the clock and the
+#: size of the log, not on the requests of a phase, so it is printed apart, not divided by them.
+PERIODIC = ("uvloop", "asyncio")
 PORT = 18700
 HERE = Path(__file__).parent
 
@@ -275,18 +280,27 @@ def wrk(url: str, body: Path, work: Path, connections: int, seconds: int,
         cpu: str | None = "1", threads: int = 1) -> dict[str, float]:
     """Saturate ``url`` with POSTs of ``body``: requests/s, latency, errors."""
     prefix = ["taskset", "-c", cpu] if cpu is not None else []
+    before = _children_cpu()
     out = subprocess.run(
         [*prefix, "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
          "-s", str(work / "post.lua"), url],
         env={**os.environ, "BODY_FILE": str(body)}, capture_output=True, text=True, check=True,
     ).stdout
+    client_cpu = _children_cpu() - before
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = float(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {"rps": rps, "requests": total, "p50": _latency(out, "50%"),
             "p99": _latency(out, "99%"), "errors": float(errors.group(1)) if errors else 0.0,
-            "socket_errors": 1.0 if socket_errors else 0.0}
+            "socket_errors": 1.0 if socket_errors else 0.0, "client_cpu_s": client_cpu,
+            "wall_s": float(seconds)}
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children (the load generators it waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _latency(out: str, pct: str) -> float:
@@ -342,10 +356,12 @@ def measured(server: Server, base: str | None, run: Any, settle_s: float = 1.2,
     cpu1, threads1 = procstat.tree_cpu(server.pid), procstat.thread_cpu(server.pid)
     metrics1 = scrape(base) if base else {}
     requests = max(result["requests"], 1.0)
-    result["cpu_us"] = procstat.cpu_between(cpu0, cpu1) / requests * 1e6
     names = procstat.thread_names(server.pid)
-    result["threads"] = {role: s / requests * 1e6 for role, s in
-                         procstat.by_role(threads0, threads1, names).items()}
+    roles = procstat.by_role(threads0, threads1, names)
+    periodic = sum(s for role, s in roles.items() if role in PERIODIC)
+    result["cpu_us"] = (procstat.cpu_between(cpu0, cpu1) - periodic) / requests * 1e6
+    result["periodic_s"] = periodic
+    result["threads"] = {role: s / requests * 1e6 for role, s in roles.items()}
     result["per_process"] = {pid: cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1}
     if metrics1:
         delta = {k: metrics1[k] - metrics0.get(k, 0.0) for k in metrics1}
@@ -500,7 +516,10 @@ def _threads(r: dict[str, Any]) -> None:
         if key not in r:
             continue
         roles = sorted(r[key]["threads"].items(), key=lambda kv: -kv[1])
-        print(f"  {key:7} " + ", ".join(f"{role} {us:.1f}" for role, us in roles if us >= 0.5))
+        chores = r[key].get("periodic_s", 0.0)
+        print(f"  {key:7} " + ", ".join(f"{role} {us:.1f}" for role, us in roles
+                                         if us >= 0.5 and role not in PERIODIC)
+              + (f"; periodic chores {chores:.2f} s (not counted)" if chores >= 0.01 else ""))
     for key in ("native", "v2", "grpc"):
         if key in r and "profile" in r[key]:
             print(f"py-spy, {key} (CPU samples of each thread, us/request):")
@@ -516,9 +535,18 @@ def _workers(r: dict[str, Any]) -> None:
     for n, got in sorted(workers.items()):
         shares = sorted((s for s in got["per_process"].values() if s > 0.05), reverse=True)
         print(f"  {n} worker(s): {got['rps']:.0f} req/s ({got['rps'] / base['rps']:.2f}x), "
-              f"{got['cpu_us']:.1f} CPU us/req, p99 {got['p99']:.2f} ms, RSS "
+              f"{got['cpu_us']:.1f} CPU us/req, {got.get('rows_per_call', 0):.1f} rows/call, "
+              f"p99 {got['p99']:.2f} ms, RSS "
               f"{got['rss'] / 2**20:.0f} MiB, PSS {got['pss'] / 2**20:.0f} MiB; CPU s by "
               f"process: {', '.join(f'{s:.1f}' for s in shares)}")
+    for n, got in sorted(workers.items()):
+        # what the server could answer with every core free of the load generator and of the
+        # machine's other tenants: the cores left after the client, at this CPU a request
+        spare = min(2.0 - got["client_cpu_s"] / got["wall_s"], float(n))  # a worker: ~a core
+        print(f"  {n} worker(s) on two free cores, less the load generator's "
+              f"{got['client_cpu_s'] / got['wall_s']:.2f} core: about "
+              f"{spare / got['cpu_us'] * 1e6:.0f} req/s (server used "
+              f"{sum(got['per_process'].values()) / got['wall_s']:.2f} cores here)")
     if len(workers) > 1:
         low, high = min(workers), max(workers)
         extra = high - low
