@@ -16,7 +16,8 @@
     ├── TrainingError               the user's train function (or its process) failed
     ├── GateFailed                  a candidate did not pass its promotion gate
     ├── MonitoringError             monitoring has too little data to answer (yet)
-    └── AdapterError                a framework raised while saving, loading or predicting
+    ├── AdapterError                a framework raised while saving, loading or predicting
+    └── ServerStartError            a server child process exited or was not ready in time
 
 Each message says what happened and what to do about it. Framework exceptions are translated into
 this tree once, at the adapter boundary.
@@ -154,6 +155,13 @@ class AdapterError(ModelyardError):
     exit_code = 13
 
 
+class ServerStartError(ModelyardError):
+    """A server started as a child process exited or was not ready in time; the message quotes
+    its output, which says why (a port in use, a registry it cannot open)."""
+
+    exit_code = 1
+
+
 __all__ = [
     "AdapterError",
     "ConfigError",
@@ -167,6 +175,7 @@ __all__ = [
     "ModelyardError",
     "MonitoringError",
     "NotFoundError",
+    "ServerStartError",
     "StorageError",
     "TrainingError",
     "UnsafeArtifactError",

@@ -28,7 +28,7 @@ from modelyard.serving.access import (
 )
 from modelyard.serving.app import MUTATIONS, ROUTES, App
 from modelyard.serving.cors import normalize_origin, same_origin
-from modelyard.serving.fixtures import register_constant
+from modelyard.testing import register_constant
 
 pytestmark = pytest.mark.anyio
 DASHBOARD = "https://dash.example.com"

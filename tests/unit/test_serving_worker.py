@@ -28,7 +28,6 @@ from modelyard.registry import Registry
 from modelyard.serving import ServeOptions, create_app
 from modelyard.serving.app import App
 from modelyard.serving.batching import BatchPolicy
-from modelyard.serving.fixtures import register_probe
 from modelyard.serving.metrics import ServerMetrics
 from modelyard.serving.runner import choose_isolation, serving_spec
 from modelyard.serving.supervisor import ProcessRunner, metadata_predictor, restart_delay
@@ -41,6 +40,7 @@ from modelyard.serving.worker import (
     rebuild,
 )
 from modelyard.spec import ServingSpec
+from modelyard.testing import register_probe
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,8 @@ purpose are caught in one place, :meth:`_Main.invoke`, and printed as one line
 
 ====  ==============================================================
 0     success (a retrain that found nothing changed says ``unchanged``)
-1     an unexpected error (a bug: its traceback is printed)
+1     an unexpected error (a bug: its traceback is printed), or a server it
+      started did not start (its output is shown)
 2     bad usage, configuration or input (a number out of range too)
 3     unknown model, version, alias or run
 4     conflicts with the registry's state (e.g. nothing to roll back to)
