@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from modelyard.config import Settings
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, ForbiddenError, UnauthorizedError
 from modelyard.registry import Registry
 from modelyard.serving import ServeOptions, create_app
 from modelyard.serving.access import (
@@ -21,8 +21,6 @@ from modelyard.serving.access import (
     TOKEN_ACTOR,
     TOKEN_ENV,
     Access,
-    ForbiddenError,
-    UnauthorizedError,
     exposure_warning,
     is_loopback,
 )

@@ -22,6 +22,7 @@ purpose are caught in one place, :meth:`_Main.invoke`, and printed as one line
 12    the candidate was rejected by its promotion gate
 13    a framework failed while saving, loading or predicting
 14    monitoring has too little data yet
+15    a server could not answer now (a full queue, a timeout): retry
 130   interrupted
 ====  ==============================================================
 
