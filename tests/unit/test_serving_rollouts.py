@@ -16,12 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelyard.errors import AdapterError, ConflictError, InputError, StorageError
+from modelyard.errors import AdapterError, ConflictError, InputError, QueueFullError, StorageError
 from modelyard.predictor import Prediction
 from modelyard.rollout.deployments import DeploymentWindow
 from modelyard.rollout.stats import WindowStats
 from modelyard.serving.app import Call
-from modelyard.serving.batching import QueueFullError
 from modelyard.serving.grpc_server import answer_metadata, metadata_scope
 from modelyard.serving.metrics import ServerMetrics
 from modelyard.serving.rollouts import (

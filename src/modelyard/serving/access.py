@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modelyard.errors import ModelyardError
+from modelyard.errors import ForbiddenError, UnauthorizedError
 
 TOKEN_ENV = "MODELYARD_TOKEN"
 #: the actor of a mutation on a server without a token: anyone who can reach it.
@@ -37,20 +37,6 @@ ANONYMOUS = "api:anonymous"
 TOKEN_ACTOR = "api:token"
 #: where the dispatcher leaves the authenticated actor in an ASGI scope.
 ACTOR_KEY = "modelyard.actor"
-
-
-class UnauthorizedError(ModelyardError):
-    """A mutating call came without ``Authorization: Bearer <token>``."""
-
-    status_code = 401
-    #: sent with the 401, as RFC 9110 asks.
-    response_headers = ((b"www-authenticate", b"Bearer"),)
-
-
-class ForbiddenError(ModelyardError):
-    """A mutating call's bearer token does not match the server's ``MODELYARD_TOKEN``."""
-
-    status_code = 403
 
 
 @dataclass(frozen=True)
@@ -121,5 +107,13 @@ def exposure_warning(host: str, access: Access) -> str | None:
             "unload them, and send labels. Set MODELYARD_TOKEN, or listen on 127.0.0.1.")
 
 
-__all__ = ["ACTOR_KEY", "ANONYMOUS", "TOKEN_ACTOR", "TOKEN_ENV", "Access", "ForbiddenError",
-           "UnauthorizedError", "actor_of", "exposure_warning", "is_loopback"]
+__all__ = [
+    "ACTOR_KEY",
+    "ANONYMOUS",
+    "TOKEN_ACTOR",
+    "TOKEN_ENV",
+    "Access",
+    "actor_of",
+    "exposure_warning",
+    "is_loopback",
+]

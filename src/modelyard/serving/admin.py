@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from modelyard.errors import InputError
+from modelyard.errors import BadJSONError, InputError
 from modelyard.registry.rows import PRODUCTION
-from modelyard.serving.access import TOKEN_ENV, ForbiddenError, UnauthorizedError, actor_of
+from modelyard.serving.access import TOKEN_ENV, actor_of
 from modelyard.serving.http import (
     JSON,
     Receive,
@@ -37,7 +37,6 @@ from modelyard.serving.http import (
     read_body,
     respond,
 )
-from modelyard.serving.protocol_v1 import BadJSONError
 
 if TYPE_CHECKING:
     from modelyard.serving.app import App
@@ -273,5 +272,4 @@ async def _ok(send: Send, doc: Any) -> None:
     await respond(send, 200, orjson.dumps(doc), JSON)
 
 
-__all__ = ["ADMIN_ROUTES", "MAX_CHARS", "TOKEN_ENV", "AdminAPI", "ForbiddenError",
-           "UnauthorizedError", "parse_fields"]
+__all__ = ["ADMIN_ROUTES", "MAX_CHARS", "TOKEN_ENV", "AdminAPI", "parse_fields"]

@@ -17,12 +17,11 @@ from typing import Any
 
 import orjson
 
-from modelyard.errors import NotFoundError
+from modelyard.errors import MethodNotAllowedError, NotFoundError, RunnerClosedError
 from modelyard.predictor import Prediction
 from modelyard.serving import protocol_v1
 from modelyard.serving.access import ACTOR_KEY, Access
 from modelyard.serving.admin import ADMIN_ROUTES, AdminAPI
-from modelyard.serving.batching import RunnerClosedError
 from modelyard.serving.calls import (
     MAX_VERSION,
     Call,
@@ -37,7 +36,6 @@ from modelyard.serving.http import (
     JSON,
     BodyDeadlines,
     ClientDisconnectedError,
-    MethodNotAllowedError,
     Receive,
     Scope,
     Send,

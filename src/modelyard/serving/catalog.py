@@ -20,21 +20,17 @@ from modelyard.schema import FieldSpec
 from modelyard.serving.cache import Key, ModelCache
 from modelyard.serving.metrics import ServerMetrics
 from modelyard.serving.options import ServeOptions
-from modelyard.serving.runner import (
-    Runner,
-    batch_policy,
-    choose_isolation,
-    estimate_memory,
-    serving_spec,
-)
+from modelyard.serving.runner import Runner, batch_policy, choose_isolation, estimate_memory
+from modelyard.spec import ServingSpec
+from modelyard.version_settings import VersionSettings
 
 log = logging.getLogger(__name__)
 
-def log_policy(record: Any) -> Any:
-    """How a version's answers are logged: its spec's sample rate and sensitive fields."""
+def log_policy(record: Any, spec: ServingSpec) -> Any:
+    """How a version's answers are logged: its serving section's sample rate and sensitive
+    fields."""
     from modelyard.monitoring.predlog import LogPolicy
 
-    spec = serving_spec(record.meta, record.ref)
     return LogPolicy(record.model, record.version, spec.sample_rate, dict(spec.sensitive),
                      record.get_signature(), record.reference_stats)
 
@@ -155,7 +151,6 @@ class Catalog:
         loop = asyncio.get_running_loop()
         runner = await loop.run_in_executor(self.load_pool, self._open, record)
         if self.predlog is not None:
-            runner.log_policy = log_policy(record)
             self._check_log_key(runner.log_policy)
         runner.start()
         return runner
@@ -172,12 +167,21 @@ class Catalog:
                         policy.model, policy.version, ", ".join(hashed))
 
     def _open(self, record: Any) -> Runner:
-        """Load, wrap and warm one version (blocking: runs on a load thread)."""
+        """Load, wrap and warm one version with how its answers are logged (blocking: runs on a
+        load thread). Its registered settings are read once, here; a malformed section is
+        logged and its defaults serve (a bad hint must not take a version off the air)."""
+        settings = VersionSettings.of(record, strict=False)
+        runner = self._open_version(record, settings.serving)
+        if self.predlog is not None:
+            runner.log_policy = log_policy(record, settings.serving)
+        return runner
+
+    def _open_version(self, record: Any, spec: ServingSpec) -> Runner:
+        """Load, wrap and warm one version as its serving section says."""
         from modelyard.adapters import get_adapter
         from modelyard.adapters.base import cuda_device_count
         from modelyard.predictor import open_version
 
-        spec = serving_spec(record.meta, record.ref)
         if spec.replicas > 1:
             log.warning("%s: serving.replicas=%d is not used yet; each server process runs one "
                         "copy of a version (modelyard serve --workers %d runs more)", record.ref,

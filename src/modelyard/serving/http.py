@@ -17,7 +17,13 @@ from typing import Any
 
 import orjson
 
-from modelyard.errors import InputError, ModelyardError
+from modelyard.errors import (
+    BodyTimeoutError,
+    BodyTooLargeError,
+    InputError,
+    MethodNotAllowedError,
+    ModelyardError,
+)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -26,31 +32,12 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 JSON = [(b"content-type", b"application/json")]
 
 
-class BodyTooLargeError(ModelyardError):
-    """The request body is over the server's limit; send smaller batches or raise --max-body."""
-
-    status_code = 413
-
-
-class BodyTimeoutError(ModelyardError):
-    """The request body stopped arriving for longer than the server's ``--body-timeout``; the
-    answer is 408 and the connection is closed."""
-
-    status_code = 408
-
-
-class MethodNotAllowedError(ModelyardError):
-    """The path exists but not for this HTTP method; the ``Allow`` header lists the methods."""
-
-    status_code = 405
-
-    def __init__(self, message: str, allow: Sequence[str]) -> None:
-        super().__init__(message)
-        self.allow = list(allow)
-
-
 class ClientDisconnectedError(Exception):
-    """The client went away before sending its whole body (nothing to answer)."""
+    """The client went away before sending its whole body (nothing to answer).
+
+    Not a :class:`~modelyard.errors.ModelyardError`: no one is left to read an answer, so it is
+    a signal the dispatcher catches to stop the request quietly, never an error a user sees.
+    """
 
 
 @dataclass(frozen=True)
@@ -252,10 +239,7 @@ def error_body(
 __all__ = [
     "JSON",
     "BodyDeadlines",
-    "BodyTimeoutError",
-    "BodyTooLargeError",
     "ClientDisconnectedError",
-    "MethodNotAllowedError",
     "Route",
     "compile_routes",
     "error_body",

@@ -28,11 +28,10 @@ from urllib.parse import parse_qs
 import orjson
 
 from modelyard.config import parse_duration
-from modelyard.errors import InputError
+from modelyard.errors import BadJSONError, InputError
 from modelyard.serving.access import actor_of
 from modelyard.serving.http import Receive, Scope, Send, header, read_body, respond
 from modelyard.serving.poller import Poller
-from modelyard.serving.protocol_v1 import BadJSONError
 
 if TYPE_CHECKING:
     from modelyard.monitoring.monitor import Monitor

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from modelyard.errors import InputError, NotFoundError
+from modelyard.errors import BadJSONError, InputError, NotFoundError
 from modelyard.schema import OUTPUT_NAMES, FieldSpec, Signature
 from modelyard.serving import protocol_v2 as v2
 from modelyard.serving.access import actor_of
@@ -248,8 +248,6 @@ def _json_object(body: bytes) -> dict[str, Any]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        from modelyard.serving.protocol_v1 import BadJSONError
-
         raise BadJSONError(f"the body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InputError("the body must be a JSON object",

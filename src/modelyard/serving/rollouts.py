@@ -44,13 +44,12 @@ from typing import Any, cast
 
 import numpy as np
 
-from modelyard.errors import ConflictError
+from modelyard.errors import ConflictError, QueueFullError
 from modelyard.predictor import Prediction
 from modelyard.rollout.analysis import Rules, analyze
 from modelyard.rollout.decision import Decision
 from modelyard.rollout.routing import candidate_share, choose_variant
 from modelyard.rollout.stats import WindowStats
-from modelyard.serving.batching import QueueFullError
 from modelyard.serving.catalog import Catalog
 from modelyard.serving.poller import Poller
 from modelyard.serving.runner import Runner

@@ -15,27 +15,21 @@ from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from modelyard.errors import AdapterError
 from modelyard.predictor import Prediction, Predictor
 from modelyard.schema import FieldSpec
 from modelyard.serving.batching import Batcher, BatchPolicy, Item, Observe, split_rows
 from modelyard.spec import ServingSpec
+from modelyard.version_settings import VersionSettings
 
 log = logging.getLogger(__name__)
 
 
 def serving_spec(meta: Mapping[str, Any], ref: str = "model") -> ServingSpec:
-    """The version's serving settings (``meta["serving"]``, from the pipeline) or defaults."""
-    raw = meta.get("serving")
-    if not isinstance(raw, Mapping):
-        return ServingSpec.model_validate({})
-    try:
-        return ServingSpec.model_validate(dict(raw))
-    except ValidationError as exc:
-        log.warning("%s: ignoring invalid serving settings (%s); using defaults", ref, exc)
-        return ServingSpec.model_validate({})
+    """The serving section of a version's ``meta`` (:class:`VersionSettings`, not strict: a
+    malformed section is logged and its defaults apply)."""
+    return VersionSettings.from_meta(meta, ref, strict=False).serving
 
 
 def batch_policy(spec: ServingSpec, *, accelerated: bool, timeout_s: float = 60.0) -> BatchPolicy:

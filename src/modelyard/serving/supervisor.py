@@ -25,11 +25,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
+from modelyard.errors import WorkerDiedError, WorkerUnavailableError
 from modelyard.predictor import Prediction, Predictor
 from modelyard.schema import Signature
 from modelyard.serving.batching import Batcher, BatchPolicy, Item, Observe
 from modelyard.serving.runner import Runner
-from modelyard.serving.worker import Worker, WorkerDiedError, WorkerUnavailableError
+from modelyard.serving.worker import Worker
 
 log = logging.getLogger(__name__)
 
