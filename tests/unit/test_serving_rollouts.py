@@ -20,20 +20,12 @@ from modelyard.errors import AdapterError, ConflictError, InputError, StorageErr
 from modelyard.predictor import Prediction
 from modelyard.rollout.deployments import DeploymentWindow
 from modelyard.rollout.stats import WindowStats
+from modelyard.rollout.windows import gather_windows, leader, merge_windows, window_details
 from modelyard.serving.app import Call
 from modelyard.serving.batching import QueueFullError
 from modelyard.serving.grpc_server import answer_metadata, metadata_scope
 from modelyard.serving.metrics import ServerMetrics
-from modelyard.serving.rollouts import (
-    ActiveRollout,
-    Rollouts,
-    agrees,
-    gather_windows,
-    leader,
-    merge_windows,
-    request_key,
-    window_details,
-)
+from modelyard.serving.rollouts import ActiveRollout, Rollouts, agrees, request_key
 
 pytestmark = pytest.mark.anyio
 
