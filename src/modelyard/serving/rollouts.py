@@ -1,4 +1,4 @@
-"""Rollouts in the server: route requests by the model's active deployment, shadow, analyse.
+"""Rollouts in the server: apply the registry's deployments to the served models, and analyse.
 
 :class:`Rollouts` polls :meth:`Deployments.changed_since` every ``poll_interval_s`` and keeps, per
 model, the active deployment with both of its versions loaded and warmed
@@ -10,11 +10,10 @@ device worker could not be restarted) and cannot be loaded again. When the deplo
 model goes back to its alias route (which a promotion has moved) and a candidate that did not
 become production is unloaded.
 
-On the request path (``App.predict``, unversioned requests only) one dict lookup finds the
-rollout; :func:`~modelyard.rollout.routing.choose_variant` picks the variant. A candidate's
-server error is retried on stable, so clients never see it; it still counts as a candidate
-error. A shadow copy goes to the candidate without being awaited (dropped, and counted, when
-its queue is full); its latency and its agreement with the stable answer are recorded.
+The request path (:class:`~modelyard.serving.dataplane.DataPlane`, unversioned requests only)
+finds a model's :class:`ActiveRollout` in :attr:`Rollouts.active` with one dict lookup, routes by
+it and counts into its window; :func:`request_key` and :func:`agrees` are the pure pieces it
+uses.
 
 Several processes (``--workers``, several hosts) share one registry, and analysis is decided
 once, on all their traffic: the windows, their freshness, the leader among the processes, the
@@ -32,10 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
@@ -44,7 +42,6 @@ import numpy as np
 from modelyard.errors import ConflictError
 from modelyard.predictor import Prediction
 from modelyard.rollout.decision import Decision
-from modelyard.rollout.routing import choose_variant
 from modelyard.rollout.stats import WindowStats
 from modelyard.rollout.windows import (
     VARIANTS,
@@ -57,7 +54,6 @@ from modelyard.rollout.windows import (
     settle_seconds,
     shadow_dropped,
 )
-from modelyard.serving.batching import QueueFullError
 from modelyard.serving.catalog import Catalog
 from modelyard.serving.poller import Poller
 from modelyard.serving.runner import Runner
@@ -70,9 +66,6 @@ KEY_HEADER = b"x-request-key"
 MAX_SHADOW_IN_FLIGHT = 256
 #: a deployment whose versions failed to load is retried after this many seconds.
 RETRY_FAILED_S = 10.0
-
-Fallback = Callable[..., Awaitable[Prediction]]
-
 
 class ActiveRollout(ProcessWindow):
     """One model's active deployment in this process: its runners, and its window (see
@@ -134,16 +127,6 @@ def agrees(primary: Prediction, shadow: Prediction) -> bool:
         except TypeError:
             return False
     return bool(np.array_equal(a, b))
-
-
-def _power_of_ten(n: int) -> bool:
-    while n % 10 == 0:
-        n //= 10
-    return n == 1
-
-
-def _status(exc: BaseException) -> int:
-    return int(getattr(exc, "status_code", 500))
 
 
 class Rollouts(Poller):
@@ -397,96 +380,6 @@ class Rollouts(Poller):
             if variant in merged:
                 window = merged[variant]
                 window.labeled, window.metric_value, window.metric_se = labeled, value, se
-
-    # -- the request path -----------------------------------------------------------------------
-    async def predict(self, held: ActiveRollout, call: Any, to_payload: Callable[[Runner], Any],
-                      scores: bool, scope: Any, fields: Any, fallback: Fallback) -> Prediction:
-        """Answer one request of a model under rollout (``App.predict`` calls this)."""
-        d = held.deployment
-        route = choose_variant(d, request_key(scope, d.key, fields), random.random())
-        if route.primary == "candidate" and not held.candidate.closed:
-            runner = held.candidate
-            start = time.perf_counter()
-            try:
-                batch, n = runner.prepare(to_payload(runner))
-                result: Prediction = await runner.submit(batch, n, scores)
-            except Exception as exc:
-                if _status(exc) < 500:
-                    raise
-                held.stats["candidate"].observe(time.perf_counter() - start, error=True)
-                held.retried += 1
-                if _power_of_ten(held.retried):  # 1st, 10th, 100th...: not one line per request
-                    log.warning("%s candidate %s failed %d times, each answered by stable: %s",
-                                d.model, runner.version, held.retried, exc)
-            else:
-                held.stats["candidate"].observe(time.perf_counter() - start)
-                call.runner, call.variant = runner, "candidate"
-                return call.answered(batch, n, result)
-        runner = held.stable
-        if runner.closed:  # unloaded by a promotion the next poll will apply
-            return await fallback(call, d.model, None, to_payload, scores)
-        call.runner, call.variant = runner, "stable"
-        start = time.perf_counter()
-        try:
-            batch, n = runner.prepare(to_payload(runner))
-            result = await runner.submit(batch, n, scores)
-        except Exception as exc:
-            if _status(exc) >= 500:
-                held.stats["stable"].observe(time.perf_counter() - start, error=True)
-            raise
-        held.stats["stable"].observe(time.perf_counter() - start)
-        if route.shadow:
-            self._shadow(held, batch, n, scores, result, to_payload, call.request_id)
-        return call.answered(batch, n, result)  # type: ignore[no-any-return]
-
-    def _shadow(self, held: ActiveRollout, batch: Any, n: int, scores: bool,
-                primary: Prediction, to_payload: Callable[[Runner], Any],
-                request_id: str) -> None:
-        """Send a copy to the candidate without awaiting it; record latency and agreement, and
-        log the shadow answer (variant ``shadow``, the same request id) so that labels fed back
-        for the request judge the candidate too."""
-        runner = held.candidate
-        if runner.closed:
-            return
-        if held.in_flight >= MAX_SHADOW_IN_FLIGHT:
-            self._drop(held)
-            return
-        stats = held.stats["candidate"]
-        start = time.perf_counter()
-        try:
-            if not held.same_inputs:
-                batch, n = runner.prepare(to_payload(runner))
-            future = runner.submit(batch, n, scores)
-        except QueueFullError:
-            self._drop(held)
-            return
-        except Exception:
-            stats.observe(time.perf_counter() - start, error=True)
-            return
-        held.in_flight += 1
-
-        def done(f: asyncio.Future[Any]) -> None:
-            held.in_flight -= 1
-            latency = time.perf_counter() - start
-            if f.cancelled():
-                return
-            exc = f.exception()
-            if exc is not None:
-                stats.observe(latency, error=_status(exc) >= 500)
-                return
-            stats.observe(latency)
-            answer = f.result()
-            stats.compare(agrees(primary, answer))
-            policy, predlog = runner.log_policy, self.catalog.predlog
-            if policy is not None and predlog is not None and policy.sampled():
-                predlog.record(policy, request_id, "shadow", latency, batch, n, answer)
-
-        future.add_done_callback(done)
-
-    def _drop(self, held: ActiveRollout) -> None:
-        held.dropped += 1
-        runner = held.candidate
-        self.catalog.metrics.shadow_dropped.labels(runner.name, runner.version_str).inc()
 
 
 __all__ = ["KEY_HEADER", "MAX_SHADOW_IN_FLIGHT", "RETRY_FAILED_S", "ActiveRollout", "Rollouts",
