@@ -1,6 +1,6 @@
 """The data plane without any protocol: a request resolved, prepared, batched, predicted and
-recorded (metrics and prediction log) over real registered models; versions and 404s before a
-body; payload builders; request ids; readiness; versioned requests bypassing a rollout."""
+recorded (metrics and prediction log) over real registered models; versions and 404s before the
+body is judged; payload builders; request ids; readiness; versioned requests bypassing a rollout."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ async def test_one_request_through_the_data_plane(plane: DataPlane) -> None:
             'version="1"} 1.0') in text
 
 
-async def test_a_version_in_the_path_is_checked_before_any_body(plane: DataPlane) -> None:
+async def test_a_version_is_checked_before_the_body_is_judged(plane: DataPlane) -> None:
     assert plane.version("const", None) is None
     assert plane.version("const", "2") == 2
     for name, version in [("ghost", None), ("const", "3"), ("const", "\u00b2"), ("const", "0"),

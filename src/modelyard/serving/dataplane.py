@@ -6,7 +6,7 @@ a queue consumer would be one more. Each prediction goes the same way::
 
     codec                               data plane
     Call(protocol, model, request id)
-    version in the path          ->     version(): the number, or 404 before any body is read
+    version in the path          ->     version(): the number, or 404 before the body is judged
     decode -> InferenceRequest   ->     infer(): resolve the served alias, the version or the
                                           rollout's variant to a runner; prepare the input
                                           against its signature; queue it for a batch; await
@@ -129,8 +129,9 @@ class DataPlane:
 
     # -- the request path -----------------------------------------------------------------------
     def version(self, name: str, version: str | None) -> int | None:
-        """The version number a request's path names (None: the served alias), or
-        :class:`NotFoundError` for an unknown model or version, before any body is read."""
+        """The version number a request names (None: the served alias), or
+        :class:`NotFoundError` for an unknown model, version or alias: asked before the
+        request's body is decoded, so a 404 is not hidden behind complaints about the body."""
         number = parse_version(name, version)
         if self.catalog.runner_now(name, number) is None:
             self.catalog.key_for(name, number)

@@ -34,8 +34,8 @@ class NativeAPI:
         call = Call("v1", name, request_id_of(scope))
         status = 500
         try:
-            number = plane.version(name, version)  # 404 before the body
             body = await read_body(scope, receive, self.max_body)
+            number = plane.version(name, version)  # 404 before judging the body
             query = scope.get("query_string", b"")
             payload, scores = protocol_v1.decode(
                 body, b"scores=true" in query or b"scores=1" in query)

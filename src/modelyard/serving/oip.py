@@ -92,8 +92,8 @@ class OIPHandlers:
         call = Call("v2", name, request_id_of(scope))
         status = 500
         try:
-            number = plane.version(name, version)  # 404 before the body
             body = await read_body(scope, receive, self.max_body)
+            number = plane.version(name, version)  # 404 before judging the body
             req = v2.decode_infer(body, _header_length(scope))
             # the OIP request id is what feedback names
             request_id = req.id if req.id and usable_id(req.id) else None
