@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from modelyard.errors import ConflictError, NotFoundError
@@ -139,6 +141,11 @@ class Catalog:
         self.models = {m.name: dict(m.aliases) for m in models}
         self.latest = {m.name: int(m.latest_version) for m in models}
         return self.models
+
+    async def io(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Run a blocking registry call on the registry thread, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.io_pool, partial(fn, *args, **kw))
 
     async def get_version_record(self, name: str, version: int) -> Any:
         """The registry's ``ModelVersion`` (read on the registry thread)."""
