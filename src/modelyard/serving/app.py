@@ -55,6 +55,7 @@ from modelyard.serving.options import ServeOptions
 from modelyard.serving.retention import RetentionSweeper
 from modelyard.serving.rollouts import Rollouts
 from modelyard.serving.runner import Runner
+from modelyard.serving.unloader import IdleUnloader, rollout_versions
 from modelyard.serving.watcher import Watcher
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,9 @@ class App:
         self.catalog = Catalog(registry, self.options, self.metrics)
         self.watcher = Watcher(self.catalog)
         self.rollouts = Rollouts(self.catalog)
+        self.idle = None if self.options.idle_unload_s is None else IdleUnloader(
+            self.catalog.cache, self.options.idle_unload_s,
+            keep=lambda: rollout_versions(self.rollouts.active))
         self.ready = False
         self._body_deadlines = BodyDeadlines(self.options.body_timeout_s)
         self.predlog: Any = None  # the PredictionLog, once started
@@ -146,6 +150,8 @@ class App:
         self.retention.start()
         self.watcher.start()
         self.rollouts.start()
+        if self.idle is not None:
+            self.idle.start()
         if self.options.grpc_address:
             from modelyard.serving.grpc_server import start_grpc
 
@@ -186,6 +192,8 @@ class App:
         await self.retention.stop()
         await self.rollouts.stop()
         await self.watcher.stop()
+        if self.idle is not None:
+            await self.idle.stop()
         await self.catalog.close()
         if self.predlog is not None:  # after the runners: their last answers are logged too
             await asyncio.get_running_loop().run_in_executor(None, self.predlog.stop)
@@ -360,6 +368,7 @@ class App:
             loaded.setdefault(name, []).append(version)
         models = [{"name": n, "aliases": a, "served_version": self.catalog.routes.get(n),
                    "loaded_versions": sorted(loaded.get(n, [])),
+                   "memory_bytes": self.catalog.memory_of(n),
                    "not_served": self.catalog.not_served.get(n)}
                   for n, a in sorted(self.catalog.models.items())]
         await respond(send, 200, orjson.dumps({"models": models}))
@@ -383,13 +392,15 @@ class App:
         dropping (:meth:`PredictionLog.health`) leaves it 200 too, since the models still answer
         and taking every replica out of a load balancer because the log's store is down would
         turn a monitoring outage into a serving one; the body lists it under ``degraded`` with
-        the log's counts, and ``modelyard_prediction_log_dropping`` is 1 for alerts.
+        the log's counts, and ``modelyard_prediction_log_dropping`` is 1 for alerts. A served
+        version unloaded after ``--idle-unload`` answers after a load: 200, listed under ``idle``.
         """
         down = self.catalog.unhealthy()
         if self.ready and not down:
             stale = self.catalog.not_served_detail()
+            idle = [f"{n}:{v}" for n, v in self.catalog.idle_unloaded()]
             ready = {"status": "ready", **({"not_served": stale} if stale else {}),
-                     **self._log_detail()}
+                     **({"idle": idle} if idle else {}), **self._log_detail()}
             await respond(send, 200, orjson.dumps(ready))
         elif not self.ready:
             await respond(send, 503, b'{"status":"loading"}', [*JSON, (b"retry-after", b"1")])
