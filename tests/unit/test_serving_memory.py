@@ -283,6 +283,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         register_constant(reg, "const", 7)
         register_probe(reg, "isolated", meta={"serving": {"isolation": "process"}},
                        promote=False)
+        register_probe(reg, "slow", delay_s=0.5, promote=False)
         yield reg
 
 
@@ -378,6 +379,31 @@ async def test_an_idle_version_is_unloaded_then_loads_again_on_the_next_request(
                     f'version="1"}} 1.0') in text
         assert 'modelyard_model_loaded{model="const",version="1"} 1.0' in text
         assert 'modelyard_model_loaded{model="ballast"' not in text
+    finally:
+        await app.shutdown()
+
+
+async def test_a_request_in_flight_when_its_version_goes_idle_is_answered(
+        registry: Registry) -> None:
+    """Unloading drains: the batch that runs (stamped when it began) finishes and answers."""
+    clock = Clock()
+    app = await started(registry, clock, preload=False, idle_unload_s=60)
+    assert app.idle is not None
+    try:
+        async with client(app) as c:
+            pending = asyncio.ensure_future(c.post("/v1/models/slow/versions/1/predict",
+                                                   json={"instances": [[1.0, 0.0, 0.0]]}))
+            began = 'modelyard_batch_size_count{model="slow",version="1"} 1.0'
+            while began not in app.metrics.render().decode():  # until its batch runs
+                await asyncio.sleep(0.005)
+            clock.now += 61
+            await app.idle.tick()
+            assert app.catalog.cache.loaded() == [] and not pending.done()
+            r = await pending
+            assert r.status_code == 200 and r.json()["predictions"] == [2.0]
+            r = await c.post("/v1/models/slow/versions/1/predict",
+                             json={"instances": [[2.0, 0.0, 0.0]]})
+            assert r.status_code == 200 and r.json()["predictions"] == [4.0]
     finally:
         await app.shutdown()
 
