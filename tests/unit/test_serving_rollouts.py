@@ -84,7 +84,8 @@ class FakeRunner:
 
 def rollouts() -> Rollouts:
     catalog = SimpleNamespace(metrics=ServerMetrics(), predlog=None,
-                              options=SimpleNamespace(alias="production", poll_interval_s=1.0))
+                              options=SimpleNamespace(alias="production", poll_interval_s=1.0,
+                                                      idle_unload_s=None))
     return Rollouts(catalog)  # type: ignore[arg-type]
 
 

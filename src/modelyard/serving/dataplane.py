@@ -58,6 +58,7 @@ from modelyard.serving.rollouts import (
     request_key,
 )
 from modelyard.serving.runner import Runner
+from modelyard.serving.unloader import IdleUnloader, rollout_versions
 from modelyard.serving.watcher import Watcher
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,10 @@ class DataPlane:
         self.metrics = catalog.metrics
         self.watcher = Watcher(catalog)
         self.rollouts = Rollouts(catalog)
+        #: unloads versions idle for ``--idle-unload`` (None: off); a routed rollout's stay.
+        self.idle = None if self.options.idle_unload_s is None else IdleUnloader(
+            catalog.cache, self.options.idle_unload_s,
+            keep=lambda: rollout_versions(self.rollouts.active))
         #: the PredictionLog, once started (also the catalog's: loaded runners get a policy).
         self.predlog: Any = None
         #: preloading is done (or was not asked for): ``/readyz`` may say ready.
@@ -309,7 +314,8 @@ class DataPlane:
         answer and taking every replica out of a load balancer because the log's store is down
         would turn a monitoring outage into a serving one; the answer lists it under
         ``degraded`` with the log's counts, and ``modelyard_prediction_log_dropping`` is 1 for
-        alerts.
+        alerts. A served version unloaded after ``--idle-unload`` answers after a load: ready,
+        listed under ``idle``.
         """
         if not self.ready:
             return False, {"status": "loading"}
@@ -318,8 +324,9 @@ class DataPlane:
             return False, {"status": "degraded", "down": [f"{n}:{v}" for n, v in down],
                            **self._log_detail()}
         stale = self.catalog.not_served_detail()
+        idle = [f"{n}:{v}" for n, v in self.catalog.idle_unloaded()]
         return True, {"status": "ready", **({"not_served": stale} if stale else {}),
-                      **self._log_detail()}
+                      **({"idle": idle} if idle else {}), **self._log_detail()}
 
     def _log_detail(self) -> dict[str, Any]:
         """What readiness says of a prediction log that is dropping (nothing when it is not)."""
@@ -356,6 +363,8 @@ class DataPlane:
         self._open_prediction_log()
         self.watcher.start()
         self.rollouts.start()
+        if self.idle is not None:
+            self.idle.start()
 
     def _open_prediction_log(self) -> None:
         """Start the prediction log on the store ``MODELYARD_PREDICTION_LOG`` names (or none)."""
@@ -388,6 +397,8 @@ class DataPlane:
             self._preload.cancel()
         await self.rollouts.stop()
         await self.watcher.stop()
+        if self.idle is not None:
+            await self.idle.stop()
         await self.catalog.close()
         if self.predlog is not None:  # after the runners: their last answers are logged too
             await asyncio.get_running_loop().run_in_executor(None, self.predlog.stop)

@@ -60,6 +60,7 @@ class NativeAPI:
             loaded.setdefault(name, []).append(version)
         models = [{"name": n, "aliases": a, "served_version": catalog.routes.get(n),
                    "loaded_versions": sorted(loaded.get(n, [])),
+                   "memory_bytes": catalog.memory_of(n),
                    "not_served": catalog.not_served.get(n)}
                   for n, a in sorted(catalog.models.items())]
         await respond(send, 200, orjson.dumps({"models": models}))

@@ -153,6 +153,42 @@ def register_probe(registry: Any, name: str = "probe", *, n_features: int = 3,
     return register_model(registry, name, model, "python", X, promote=promote, meta=meta)
 
 
+class BallastModel:
+    """A python-flavor model that holds ``mb`` megabytes once loaded, from an artifact of a few
+    bytes: what a loaded version really costs is then known, and far above its estimate. It
+    answers ``value`` for every row."""
+
+    def __init__(self, mb: int, value: float = 0.0) -> None:
+        self.mb = mb
+        self.value = value
+        self.ballast: Any = None
+
+    def predict(self, batch: Any) -> Any:
+        """``value`` for each row."""
+        return np.full(len(np.asarray(batch)), self.value)
+
+    def save(self, path: Path) -> None:
+        """Write the settings (not the ballast)."""
+        (Path(path) / "ballast.txt").write_text(f"{self.mb} {self.value!r}")
+
+    @classmethod
+    def load(cls, path: Path) -> BallastModel:
+        """Read the settings and take the ballast: ``mb`` MiB, every page written (resident)."""
+        mb, value = (Path(path) / "ballast.txt").read_text().split()
+        model = cls(int(mb), float(value))
+        model.ballast = np.ones(model.mb << 20, dtype=np.uint8)
+        return model
+
+
+def register_ballast(registry: Any, name: str = "ballast", *, mb: int = 32, value: float = 0.0,
+                     n_features: int = 3, promote: bool = True,
+                     meta: dict[str, Any] | None = None) -> Any:
+    """A :class:`BallastModel` over ``n_features`` floats that holds ``mb`` MiB once loaded."""
+    X = np.zeros((4, n_features))
+    return register_model(registry, name, BallastModel(mb, value), "python", X, promote=promote,
+                          meta=meta)
+
+
 def mlp(sizes: tuple[int, ...] = (256, 1024, 1024, 10), seed: int = 0) -> Any:
     """A PyTorch MLP with ReLU between ``sizes`` (eval mode)."""
     import torch
@@ -179,8 +215,10 @@ def register_mlp(registry: Any, name: str = "mlp", *,
 
 
 __all__ = [
+    "BallastModel",
     "ProbeModel",
     "mlp",
+    "register_ballast",
     "register_constant",
     "register_hgb",
     "register_mlp",
