@@ -37,6 +37,7 @@ bench: venv
 	$(PY) bench/drift.py
 	$(PY) bench/predlog.py
 	$(PY) bench/cache_verify.py
+	$(PY) bench/memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist

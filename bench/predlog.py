@@ -104,7 +104,7 @@ def _register_sampled(home: Path) -> None:
     """The same model again, as ``sampled``, logging one request in ten."""
     from modelyard.config import Settings
     from modelyard.registry import Registry
-    from modelyard.serving.fixtures import register_hgb
+    from modelyard.testing import register_hgb
 
     with Registry.open(Settings.from_env(home=home, actor="bench")) as reg:
         register_hgb(reg, "sampled", max_iter=100, n_features=WIDTH,

@@ -174,7 +174,7 @@ def register(home: Path) -> None:
     """The two workloads' models as ``tabular`` and ``dl`` (production)."""
     from modelyard.config import Settings
     from modelyard.registry import Registry
-    from modelyard.serving.fixtures import register_hgb, register_mlp
+    from modelyard.testing import register_hgb, register_mlp
 
     with Registry.open(Settings.from_env(home=home, actor="bench")) as reg:
         register_hgb(reg, "tabular", max_iter=100, n_features=20)

@@ -7,6 +7,7 @@
     ├── NotFoundError               an unknown model, version, alias or run
     ├── ConflictError               the request clashes with the registry's state
     ├── InputError                  prediction input does not match the signature
+    │   └── BadJSONError            a request body is not JSON at all (400)
     ├── DataValidationError         training data failed its checks (carries a report)
     ├── FrameworkMissingError       an optional framework is not installed
     ├── UnsafeArtifactError         a load would have to run untrusted code
@@ -16,14 +17,31 @@
     ├── TrainingError               the user's train function (or its process) failed
     ├── GateFailed                  a candidate did not pass its promotion gate
     ├── MonitoringError             monitoring has too little data to answer (yet)
-    └── AdapterError                a framework raised while saving, loading or predicting
+    ├── AdapterError                a framework raised while saving, loading or predicting
+    ├── RequestError                the server refuses an HTTP request before any model sees it
+    │   ├── BodyTooLargeError       413: the body is over the server's --max-body
+    │   ├── BodyTimeoutError        408: the body stalled past the server's --body-timeout
+    │   ├── MethodNotAllowedError   405: the path exists for other methods (``allow``)
+    │   ├── UnsupportedMediaTypeError  415: a mutation's body is not declared JSON
+    │   ├── UnauthorizedError       401: a mutation without the server's bearer token
+    │   ├── ForbiddenError          403: a bearer token the server does not accept
+    │   └── CrossSiteError          403: a mutation from another site's web page
+    ├── UnavailableError            the server cannot answer now; retry (503, ``retry_after``)
+    │   ├── QueueFullError          the model's request queue is full
+    │   ├── RunnerClosedError       the version was swapped out or unloaded mid-request
+    │   ├── RequestTimeoutError     504: no answer within the server's request timeout
+    │   └── WorkerUnavailableError  the model's device worker is restarting
+    │       └── WorkerDiedError     it exited while the request was in flight
+    └── ServerStartError            a server child process exited or was not ready in time
 
 Each message says what happened and what to do about it. Framework exceptions are translated into
-this tree once, at the adapter boundary.
+this tree once, at the adapter boundary. For the CLI, a refused request is bad usage (exit 2, as
+for ``InputError``) and an unavailable server its own code (15: retry).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -76,6 +94,12 @@ class InputError(ModelyardError):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "detail": self.errors}
+
+
+class BadJSONError(InputError):
+    """The body is not JSON at all (400); send ``Content-Type: application/json`` JSON."""
+
+    status_code = 400
 
 
 class DataValidationError(ModelyardError):
@@ -154,20 +178,143 @@ class AdapterError(ModelyardError):
     exit_code = 13
 
 
+class RequestError(ModelyardError):
+    """The server refuses an HTTP request before any model sees it (its size, method, media type
+    or credentials); the message says what to send instead."""
+
+    status_code = 400
+    exit_code = 2
+
+
+class BodyTooLargeError(RequestError):
+    """The request body is over the server's limit; send smaller batches or raise --max-body."""
+
+    status_code = 413
+
+
+class BodyTimeoutError(RequestError):
+    """The request body stopped arriving for longer than the server's ``--body-timeout``; the
+    answer is 408 and the connection is closed."""
+
+    status_code = 408
+
+
+class MethodNotAllowedError(RequestError):
+    """The path exists but not for this HTTP method; the ``Allow`` header lists the methods."""
+
+    status_code = 405
+
+    def __init__(self, message: str, allow: Sequence[str]) -> None:
+        super().__init__(message)
+        self.allow = list(allow)
+
+
+class UnsupportedMediaTypeError(RequestError):
+    """A mutating request's body is not declared ``application/json``."""
+
+    status_code = 415
+    response_headers = ((b"accept-post", b"application/json"),)
+
+
+class UnauthorizedError(RequestError):
+    """A mutating call came without ``Authorization: Bearer <token>``."""
+
+    status_code = 401
+    #: sent with the 401, as RFC 9110 asks.
+    response_headers = ((b"www-authenticate", b"Bearer"),)
+
+
+class ForbiddenError(RequestError):
+    """A mutating call's bearer token does not match the server's ``MODELYARD_TOKEN``."""
+
+    status_code = 403
+
+
+class CrossSiteError(RequestError):
+    """A mutating request came from a web page on another site (a foreign ``Origin``)."""
+
+    status_code = 403
+
+
+class UnavailableError(ModelyardError):
+    """The server cannot answer this request now (a full queue, a model being swapped, a device
+    worker restarting); retry after ``retry_after`` seconds (the ``Retry-After`` header)."""
+
+    status_code = 503
+    exit_code = 15
+    #: seconds a client should wait before retrying; None sends no ``Retry-After``.
+    retry_after: int | None = 1
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a device worker's errors cross a process boundary pickled, with their retry_after
+        return (type(self), (str(self), self.retry_after))
+
+
+class QueueFullError(UnavailableError):
+    """The model's request queue is full; retry after ``retry_after`` seconds."""
+
+
+class RunnerClosedError(UnavailableError):
+    """The model version stopped taking requests (it was swapped out or unloaded); retry."""
+
+
+class RequestTimeoutError(UnavailableError):
+    """A request waited longer than the server's request timeout; retry or raise the timeout."""
+
+    status_code = 504
+    retry_after = None
+
+
+class WorkerUnavailableError(UnavailableError):
+    """The model's device worker is restarting; retry after ``retry_after`` seconds."""
+
+
+class WorkerDiedError(WorkerUnavailableError):
+    """The device worker exited while this request was in flight; retry shortly."""
+
+
+class ServerStartError(ModelyardError):
+    """A server started as a child process exited or was not ready in time; the message quotes
+    its output, which says why (a port in use, a registry it cannot open)."""
+
+    exit_code = 1
+
+
 __all__ = [
     "AdapterError",
+    "BadJSONError",
+    "BodyTimeoutError",
+    "BodyTooLargeError",
     "ConfigError",
     "ConflictError",
+    "CrossSiteError",
     "DataValidationError",
     "DeviceError",
+    "ForbiddenError",
     "FrameworkMissingError",
     "GateFailed",
     "InputError",
     "IntegrityError",
+    "MethodNotAllowedError",
     "ModelyardError",
     "MonitoringError",
     "NotFoundError",
+    "QueueFullError",
+    "RequestError",
+    "RequestTimeoutError",
+    "RunnerClosedError",
+    "ServerStartError",
     "StorageError",
     "TrainingError",
+    "UnauthorizedError",
+    "UnavailableError",
     "UnsafeArtifactError",
+    "UnsupportedMediaTypeError",
+    "WorkerDiedError",
+    "WorkerUnavailableError",
 ]

@@ -23,7 +23,7 @@ import pytest
 
 from modelyard.config import Settings
 from modelyard.registry import Registry
-from modelyard.serving.fixtures import register_hgb, register_mlp
+from modelyard.testing import register_hgb, register_mlp
 
 pytestmark = pytest.mark.integration
 

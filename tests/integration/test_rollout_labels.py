@@ -14,7 +14,7 @@ import pytest
 from modelyard.config import Settings
 from modelyard.registry import Registry
 from modelyard.rollout.deployments import Deployments
-from modelyard.serving.fixtures import (
+from modelyard.testing import (
     ServerProcess,
     register_constant,
     register_hgb,

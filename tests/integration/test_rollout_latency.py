@@ -19,7 +19,7 @@ import pytest
 from modelyard.config import Settings
 from modelyard.registry import Registry
 from modelyard.rollout.deployments import Deployments
-from modelyard.serving.fixtures import ServerProcess, register_probe
+from modelyard.testing import ServerProcess, register_probe
 
 pytestmark = pytest.mark.integration
 

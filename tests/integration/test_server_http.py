@@ -19,7 +19,7 @@ import pytest
 
 from modelyard.config import Settings
 from modelyard.registry import Registry
-from modelyard.serving.fixtures import (
+from modelyard.testing import (
     register_constant,
     register_hgb,
     register_mlp,

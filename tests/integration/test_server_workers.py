@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.config import Settings
 from modelyard.registry import Registry
-from modelyard.serving.fixtures import register_probe
+from modelyard.testing import register_probe
 
 pytestmark = pytest.mark.integration
 

@@ -727,7 +727,7 @@ def test_train_starts_the_rollout_the_spec_declares(invoke: Invoke, home: Path,
 def test_deploy_takes_its_defaults_from_the_versions_spec(invoke: Invoke, home: Path) -> None:
     """deploy used to start a 5,25,50,100 canary every 60 s with default rules, whatever the
     version's spec declared."""
-    from modelyard.serving.fixtures import register_constant
+    from modelyard.testing import register_constant
 
     declared = {"rollout": {"strategy": "canary", "steps": [20, 100], "every_s": 15,
                             "max_error_rate": 0.05, "metric": "accuracy"},
@@ -757,7 +757,7 @@ def test_promote_of_a_version_that_cannot_load_leaves_the_alias(invoke: Invoke,
                                                                home: Path) -> None:
     """promote used to move the alias to anything registered; servers then kept failing to
     load it."""
-    from modelyard.serving.fixtures import register_probe
+    from modelyard.testing import register_probe
 
     with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
         register_probe(reg, "probe")

@@ -126,6 +126,9 @@ def exported() -> dict[str, set[str]]:
     version.worker_up(True)
     version.count_restart()
     m.set_loaded([("iris", "1", 1024), ("iris", "2", 2048)])
+    m.set_framework("sklearn", 150_000_000)
+    m.set_budget(4 << 30)
+    m.observe_load("iris", "2", "idle", 0.4)
     m.shadow_dropped.labels("iris", "2").inc()
     m.set_quality([SimpleNamespace(model="iris", version=1, variant="stable", labeled=10,
                                    values={"accuracy": 0.9, "f1": None})])

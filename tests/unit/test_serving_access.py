@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from modelyard.config import Settings
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, ForbiddenError, UnauthorizedError
 from modelyard.registry import Registry
 from modelyard.serving import ServeOptions, create_app
 from modelyard.serving.access import (
@@ -21,14 +21,12 @@ from modelyard.serving.access import (
     TOKEN_ACTOR,
     TOKEN_ENV,
     Access,
-    ForbiddenError,
-    UnauthorizedError,
     exposure_warning,
     is_loopback,
 )
 from modelyard.serving.app import MUTATIONS, ROUTES, App
 from modelyard.serving.cors import normalize_origin, same_origin
-from modelyard.serving.fixtures import register_constant
+from modelyard.testing import register_constant
 
 pytestmark = pytest.mark.anyio
 DASHBOARD = "https://dash.example.com"

@@ -14,8 +14,8 @@ from modelyard.registry import Registry
 from modelyard.serving import ServeOptions, create_app
 from modelyard.serving.admin import TOKEN_ENV
 from modelyard.serving.app import App
-from modelyard.serving.fixtures import register_constant, register_probe
 from modelyard.serving.openapi import OPENAPI
+from modelyard.testing import register_constant, register_probe
 
 pytestmark = pytest.mark.anyio
 

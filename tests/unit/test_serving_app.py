@@ -19,7 +19,7 @@ from modelyard.config import Settings
 from modelyard.registry import Registry
 from modelyard.serving import ServeOptions, create_app
 from modelyard.serving.app import App
-from modelyard.serving.fixtures import (
+from modelyard.testing import (
     register_constant,
     register_hgb,
     register_mlp,
@@ -509,7 +509,7 @@ async def test_requested_outputs_are_exactly_those_or_422_naming_the_known_ones(
 
 
 async def test_oip_metadata_states_real_output_shapes_and_datatypes(tmp_path: Path) -> None:
-    from modelyard.serving.fixtures import mlp, register_model
+    from modelyard.testing import mlp, register_model
 
     x = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
     with Registry.open(Settings.from_env(home=tmp_path / "home", actor="tester")) as reg:

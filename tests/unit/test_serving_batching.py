@@ -10,15 +10,8 @@ from typing import Any
 
 import pytest
 
-from modelyard.serving.batching import (
-    Batcher,
-    BatchPolicy,
-    Item,
-    QueueFullError,
-    RequestTimeoutError,
-    RunnerClosedError,
-    split_rows,
-)
+from modelyard.errors import QueueFullError, RequestTimeoutError, RunnerClosedError
+from modelyard.serving.batching import Batcher, BatchPolicy, Item, split_rows
 
 pytestmark = pytest.mark.anyio
 

@@ -19,7 +19,7 @@ from modelyard.registry import Registry
 from modelyard.registry.tables import LabelRow
 from modelyard.serving import ServeOptions, create_app
 from modelyard.serving.app import App
-from modelyard.serving.fixtures import register_hgb, register_probe, tabular_data
+from modelyard.testing import register_hgb, register_probe, tabular_data
 
 pytestmark = pytest.mark.anyio
 N_FEATURES = 5
@@ -293,7 +293,7 @@ async def test_a_lookup_needs_the_token_when_one_is_set(
 
 
 async def test_a_256_wide_torch_mlp_is_logged_with_its_columns(tmp_path: Path) -> None:
-    from modelyard.serving.fixtures import register_mlp
+    from modelyard.testing import register_mlp
 
     with Registry.open(Settings.from_env(home=tmp_path / "mlp", actor="tester")) as registry:
         version = register_mlp(registry, "mlp", sizes=(256, 32, 10), meta={

@@ -15,8 +15,9 @@ from modelyard.config import Settings
 from modelyard.errors import ConfigError
 from modelyard.registry import Registry
 from modelyard.serving import ServeOptions, create_app, overrides
-from modelyard.serving.fixtures import register_constant, register_hgb
 from modelyard.serving.runner import batch_policy, serving_spec
+from modelyard.spec import ServingSpec
+from modelyard.testing import register_constant, register_hgb
 
 pytestmark = pytest.mark.anyio
 
@@ -26,14 +27,21 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def tune(registered: dict[str, Any], override: dict[str, Any]) -> ServingSpec:
+    """``registered`` as a version carries it, tuned for model ``m`` by ``override``."""
+    return overrides.tuned(serving_spec({"serving": registered}, "m:1"), {"m": override}, "m")
+
+
 def test_an_override_merges_field_by_field_over_the_registered_settings() -> None:
     registered = {"batching": {"max_batch_size": 8, "max_delay_ms": 3}, "sample_rate": 0.5}
-    spec = serving_spec({"serving": registered}, "m:1", {"batching": {"max_batch_size": 64}})
+    spec = tune(registered, {"batching": {"max_batch_size": 64}})
     assert spec.batching.max_batch_size == 64
     assert spec.batching.max_delay_ms == 3  # the version's own delay stays
     assert spec.sample_rate == 0.5
-    assert serving_spec({"serving": registered}, "m:1").batching.max_batch_size == 8
-    assert serving_spec({}, "m:1", {"sample_rate": 0.1}).sample_rate == 0.1
+    assert tune(registered, {}).batching.max_batch_size == 8
+    assert tune({}, {"sample_rate": 0.1}).sample_rate == 0.1
+    untouched = serving_spec({"serving": registered}, "m:1")
+    assert overrides.tuned(untouched, {"other": {"sample_rate": 0.1}}, "m") is untouched
 
 
 def test_every_model_then_its_own_entry() -> None:
@@ -47,10 +55,13 @@ def test_every_model_then_its_own_entry() -> None:
 
 
 def test_an_explicit_delay_at_serve_time_makes_a_classic_model_wait() -> None:
-    spec = serving_spec({}, "m:1", {"batching": {"max_delay_ms": 1.5, "max_batch_size": 48}})
+    spec = tune({}, {"batching": {"max_delay_ms": 1.5, "max_batch_size": 48}})
     policy = batch_policy(spec, accelerated=False)
     assert (policy.max_batch_size, policy.max_delay_s) == (48, 0.0015)
-    assert batch_policy(serving_spec({}, "m:1"), accelerated=False).max_delay_s == 0.0
+    assert batch_policy(tune({}, {}), accelerated=False).max_delay_s == 0.0
+    # a delay the version chose stays chosen under an override of something else
+    chosen = tune({"batching": {"max_delay_ms": 4}}, {"batching": {"max_batch_size": 8}})
+    assert batch_policy(chosen, accelerated=False).max_delay_s == 0.004
 
 
 @pytest.mark.parametrize(("entry", "fragment"), [

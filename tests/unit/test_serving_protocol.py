@@ -6,13 +6,13 @@ import numpy as np
 import orjson
 import pytest
 
-from modelyard.errors import InputError
+from modelyard.errors import BadJSONError, InputError, MethodNotAllowedError
 from modelyard.predictor import Prediction
 from modelyard.schema import FieldSpec, Signature
 from modelyard.serving import protocol_v1, protocol_v2
 from modelyard.serving.batching import BatchPolicy
 from modelyard.serving.cache import choose_evictions
-from modelyard.serving.http import MethodNotAllowedError, compile_routes, match
+from modelyard.serving.http import compile_routes, match
 from modelyard.serving.inputs import InputPath
 from modelyard.serving.options import ServeOptions, parse_size
 from modelyard.serving.runner import batch_policy, serving_spec
@@ -44,7 +44,7 @@ def test_v1_decode_rejects_malformed_bodies_with_422_detail(body: bytes) -> None
 
 
 def test_v1_unparseable_json_is_400() -> None:
-    with pytest.raises(protocol_v1.BadJSONError) as info:
+    with pytest.raises(BadJSONError) as info:
         protocol_v1.decode(b'{"records": ')
     assert info.value.status_code == 400
 

@@ -16,24 +16,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from modelyard.errors import AdapterError, ConflictError, InputError, StorageError
+from modelyard.errors import AdapterError, ConflictError, InputError, QueueFullError, StorageError
 from modelyard.predictor import Prediction
 from modelyard.rollout.deployments import DeploymentWindow
 from modelyard.rollout.stats import WindowStats
-from modelyard.serving.app import Call
-from modelyard.serving.batching import QueueFullError
+from modelyard.rollout.windows import gather_windows, leader, merge_windows, window_details
+from modelyard.serving.calls import Call
+from modelyard.serving.dataplane import DataPlane, InferenceRequest
 from modelyard.serving.grpc_server import answer_metadata, metadata_scope
 from modelyard.serving.metrics import ServerMetrics
-from modelyard.serving.rollouts import (
-    ActiveRollout,
-    Rollouts,
-    agrees,
-    gather_windows,
-    leader,
-    merge_windows,
-    request_key,
-    window_details,
-)
+from modelyard.serving.rollouts import ActiveRollout, Rollouts, agrees, request_key
 
 pytestmark = pytest.mark.anyio
 
@@ -92,12 +84,27 @@ class FakeRunner:
 
 def rollouts() -> Rollouts:
     catalog = SimpleNamespace(metrics=ServerMetrics(), predlog=None,
-                              options=SimpleNamespace(alias="production", poll_interval_s=1.0))
+                              options=SimpleNamespace(alias="production", poll_interval_s=1.0,
+                                                      idle_unload_s=None))
     return Rollouts(catalog)  # type: ignore[arg-type]
 
 
-async def no_fallback(*_: Any) -> Prediction:
+def no_fallback(*_: Any) -> Prediction:
     raise AssertionError("the alias route is not used while both runners are loaded")
+
+
+def routed(r: Rollouts, held: ActiveRollout) -> DataPlane:
+    """The data plane of ``r``'s catalog with model ``m`` under ``held``'s rollout."""
+    r.catalog.runner_now = no_fallback  # type: ignore[attr-defined]
+    plane = DataPlane(r.catalog)  # type: ignore[arg-type]
+    plane.rollouts = r
+    r.active["m"] = held
+    return plane
+
+
+def predict(plane: DataPlane, call: Call, payload: Any) -> Any:
+    """An unversioned request for ``m`` through the data plane."""
+    return plane.infer(call, InferenceRequest("m", None, payload))
 
 
 def test_request_key_prefers_the_header_then_the_named_header_or_field() -> None:
@@ -122,7 +129,7 @@ async def test_a_failing_candidate_is_answered_by_stable_and_counted() -> None:
     r = rollouts()
     held = ActiveRollout(Dep(steps=(100,)), FakeRunner(1), FakeRunner(2, fail=RuntimeError("x")))
     call = Call()
-    result = await r.predict(held, call, lambda _r: [[1.0]], False, None, None, no_fallback)
+    result = await predict(routed(r, held), call, [[1.0]])
     assert result.predictions.tolist() == [1] and call.variant == "stable"
     assert held.stats["candidate"].errors == 1 and held.stats["stable"].requests == 1
 
@@ -131,21 +138,22 @@ async def test_a_candidate_input_error_reaches_the_client() -> None:
     held = ActiveRollout(Dep(steps=(100,)), FakeRunner(1),
                          FakeRunner(2, fail=InputError("bad", [])))
     with pytest.raises(InputError):
-        await rollouts().predict(held, Call(), lambda _r: 1, False, None, None, no_fallback)
+        await predict(routed(rollouts(), held), Call(), 1)
 
 
 async def test_shadow_answers_from_stable_and_records_agreement_and_drops() -> None:
     r = rollouts()
     held = ActiveRollout(Dep(strategy="shadow", steps=(100,)), FakeRunner(1), FakeRunner(2, 3))
     call = Call()
+    plane = routed(r, held)
     for _ in range(3):
-        result = await r.predict(held, call, lambda _r: 1, False, None, None, no_fallback)
+        result = await predict(plane, call, 1)
         assert result.predictions.tolist() == [1] and call.variant == "stable"
     await asyncio.sleep(0)  # the shadow futures' callbacks run
     cand = held.stats["candidate"]
     assert (cand.requests, cand.compared, cand.agreed) == (3, 3, 0)
     held.candidate.fail = QueueFullError("full", retry_after=1)  # type: ignore[attr-defined]
-    await r.predict(held, call, lambda _r: 1, False, None, None, no_fallback)
+    await predict(plane, call, 1)
     assert held.dropped == 1
     assert 'modelyard_shadow_dropped_total{model="m",version="2"} 1.0' in \
         r.catalog.metrics.render().decode()
@@ -383,14 +391,12 @@ def test_grpc_metadata_names_the_answer_and_carries_the_routing_key() -> None:
 async def test_shadow_answers_are_logged_as_their_own_variant_under_the_request_id() -> None:
     logged: list[tuple[Any, ...]] = []
     r = rollouts()
-    r.catalog.predlog = SimpleNamespace(  # type: ignore[attr-defined]
-        record=lambda *entry: logged.append(entry))
     candidate = FakeRunner(2, 3)
     candidate.log_policy = SimpleNamespace(sampled=lambda: True)
     held = ActiveRollout(Dep(strategy="shadow", steps=(100,)), FakeRunner(1), candidate)
-    call = SimpleNamespace(runner=None, variant="", request_id="req-9",
-                           answered=lambda batch, n, result: result)
-    await r.predict(held, call, lambda runner: [[1.0]], False, None, None, no_fallback)
+    plane = routed(r, held)
+    plane.predlog = SimpleNamespace(record=lambda *entry: logged.append(entry))
+    await predict(plane, Call(request_id="req-9"), [[1.0]])
     await asyncio.sleep(0)  # the shadow future's callback runs
     ((policy, request_id, variant, _latency, _batch, rows, answer),) = logged
     assert (request_id, variant, rows) == ("req-9", "shadow", 1)

@@ -22,25 +22,23 @@ import pytest
 
 from modelyard.adapters import get_adapter
 from modelyard.config import Settings
-from modelyard.errors import AdapterError, DeviceError
+from modelyard.errors import AdapterError, DeviceError, WorkerDiedError, WorkerUnavailableError
 from modelyard.predictor import Prediction, open_version
 from modelyard.registry import Registry
 from modelyard.serving import ServeOptions, create_app
 from modelyard.serving.app import App
 from modelyard.serving.batching import BatchPolicy
-from modelyard.serving.fixtures import register_probe
 from modelyard.serving.metrics import ServerMetrics
 from modelyard.serving.runner import choose_isolation, serving_spec
 from modelyard.serving.supervisor import ProcessRunner, metadata_predictor, restart_delay
 from modelyard.serving.worker import (
     Worker,
-    WorkerDiedError,
     WorkerSpec,
-    WorkerUnavailableError,
     exit_reason,
     rebuild,
 )
 from modelyard.spec import ServingSpec
+from modelyard.testing import register_probe
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,8 @@ purpose are caught in one place, :meth:`_Main.invoke`, and printed as one line
 
 ====  ==============================================================
 0     success (a retrain that found nothing changed says ``unchanged``)
-1     an unexpected error (a bug: its traceback is printed)
+1     an unexpected error (a bug: its traceback is printed), or a server it
+      started did not start (its output is shown)
 2     bad usage, configuration or input (a number out of range too)
 3     unknown model, version, alias or run
 4     conflicts with the registry's state (e.g. nothing to roll back to)
@@ -21,6 +22,7 @@ purpose are caught in one place, :meth:`_Main.invoke`, and printed as one line
 12    the candidate was rejected by its promotion gate
 13    a framework failed while saving, loading or predicting
 14    monitoring has too little data yet
+15    a server could not answer now (a full queue, a timeout): retry
 130   interrupted
 ====  ==============================================================
 

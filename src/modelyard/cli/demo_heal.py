@@ -98,7 +98,7 @@ def heal(examples: Path, spec: Spec, registry: Registry, settings: Settings, out
     from modelyard.entrypoints import import_file
     from modelyard.rollout.deployments import Deployments
     from modelyard.scheduler import Scheduler
-    from modelyard.serving.fixtures import ServerProcess
+    from modelyard.serving.process import ServerProcess
 
     generator = import_file(examples / "fraud" / "generate.py")
     before = registry.resolve(f"{MODEL}@production")
@@ -111,8 +111,9 @@ def heal(examples: Path, spec: Spec, registry: Registry, settings: Settings, out
     out.print(f"  a new batch landed: {path.name} (the next training run will see it)",
               markup=False)
 
+    # one BLAS thread: the server shares the machine with the training runs the demo starts
     env = {"MODELYARD_HOME": str(settings.home), "MODELYARD_DB": settings.db_url,
-           "MODELYARD_ARTIFACTS": settings.artifacts}
+           "MODELYARD_ARTIFACTS": settings.artifacts, "OMP_NUM_THREADS": "1"}
     server = ServerProcess(settings.home, env=env)
     out.print(f"  a server answers on {server.url}; live traffic starts, labels are fed back")
     traffic = Traffic(server.url, generator.generate(4000, drift=DRIFT, seed=4242 + batch))

@@ -12,9 +12,10 @@
     m.enforce_retention()                               # delete what monitoring.retention_days
                                                         # no longer keeps (the server does this)
 
-Settings per model come from its production version (``meta["monitoring"]``, written by the
-pipeline from the spec's ``monitoring:`` section): the window, the rows a drift check needs and
-the drift share that makes the dataset drifted. Predictions are read from the prediction log's
+Settings per model come from its production version (its registered ``monitoring:`` section and
+metric names, read through :class:`~modelyard.version_settings.VersionSettings`): the window, the
+rows a drift check needs, the drift share that makes the dataset drifted and how long the log
+keeps requests. Predictions are read from the prediction log's
 store (:func:`modelyard.monitoring.logstore.open_store`); labels, drift reports and events live in
 the registry database.
 
@@ -47,7 +48,7 @@ from modelyard.monitoring.quality import MetricWindow, metric_windows
 from modelyard.registry.records import Record
 from modelyard.registry.rows import audit, model_row, now
 from modelyard.registry.tables import DriftReportRow, LabelRow, MonitorEventRow
-from modelyard.spec import MonitorSpec
+from modelyard.version_settings import VersionSettings
 
 if TYPE_CHECKING:
     from modelyard.registry import Registry
@@ -160,27 +161,18 @@ class Monitor:
         return self.registry.get_version(model, served)
 
     @staticmethod
-    def settings(version: ModelVersion) -> MonitorSpec:
-        """The version's monitoring settings (defaults for versions trained before them)."""
-        raw = version.meta.get("monitoring")
-        try:
-            return MonitorSpec.model_validate(raw if isinstance(raw, Mapping) else {})
-        except ValueError:
-            return MonitorSpec.model_validate({})
-
-    @staticmethod
-    def declared_metrics(version: ModelVersion) -> list[str]:
-        """The metric names a version declared (its spec's ``metrics``)."""
-        names = version.meta.get("metrics")
-        return list(names) if isinstance(names, list) else sorted(version.metrics)
+    def settings(version: ModelVersion) -> VersionSettings:
+        """The version's registered settings; a malformed section is logged and its defaults
+        apply (monitoring every other model must go on), as do a missing one's."""
+        return VersionSettings.of(version, strict=False)
 
     def _since(self, model: str, since: datetime | None,
-               watched: ModelVersion | None = None) -> datetime:
+               settings: VersionSettings | None = None) -> datetime:
         """``since``, else the start of the window of the watched version (read once)."""
         if since is not None:
             return since
-        watched = watched or self.watched_version(model)
-        return now() - timedelta(seconds=self.settings(watched).window_s)
+        settings = settings or self.settings(self.watched_version(model))
+        return now() - timedelta(seconds=settings.monitoring.window_s)
 
     # -- prediction log -------------------------------------------------------------------------
     def log_predictions(self, rows: Sequence[Mapping[str, Any]]) -> int:
@@ -296,7 +288,7 @@ class Monitor:
         for found in self.registry.list_models():
             if not found.latest_version:
                 continue
-            days = self.settings(self.watched_version(found.name)).retention_days
+            days = self.settings(self.watched_version(found.name)).monitoring.retention_days
             if days is None:
                 continue
             before = current - timedelta(days=days)
@@ -335,10 +327,12 @@ class Monitor:
                 every: timedelta | None = None) -> list[MetricWindow]:
         """Declared metrics per version (and variant) over the window, from fed-back labels;
         ``every`` splits the window into a series, ``errors`` adds bootstrap standard errors."""
-        watched = self.watched_version(model) if names is None or since is None else None
-        if names is None:
-            names = self.declared_metrics(watched)  # type: ignore[arg-type]
-        start = self._since(model, since, watched)
+        settings = None
+        if names is None or since is None:
+            watched = self.watched_version(model)
+            settings = self.settings(watched)
+            names = settings.watched_metrics(watched.metrics) if names is None else names
+        start = self._since(model, since, settings)
         logged = self.predictions(model, since=start, until=until, version=version,
                                   versions=versions, with_inputs=False)
         labels = self.labels(model, [p.request_id for p in logged])
@@ -372,8 +366,9 @@ class Monitor:
         if not watched.reference_stats:
             raise MonitoringError(f"{watched.ref} has no reference statistics to compare with; "
                                   "retrain it with this modelyard version")
-        settings = self.settings(watched)
-        start = self._since(model, since, watched)
+        declared = self.settings(watched)
+        settings = declared.monitoring
+        start = self._since(model, since, declared)
         end = until or now()
         logged = [p for p in self.predictions(model, since=start, until=end)
                   if "error" not in p.outputs]

@@ -40,6 +40,7 @@ from modelyard.pipeline.validation import check, format_report
 from modelyard.registry import PRODUCTION, ModelVersion, Registry, Run
 from modelyard.registry.owners import HEARTBEAT_S, beating
 from modelyard.spec import Spec
+from modelyard.version_settings import VersionSettings
 
 log = logging.getLogger(__name__)
 
@@ -208,15 +209,9 @@ def _execute(
     version = registry.register(
         spec.name, outcome.artifact_dir, flavor=outcome.flavor,
         meta={**outcome.meta, "task": outcome.task,
-              # the server reads placement and batching from here; unset fields stay unset
-              # so it can tell a chosen max_delay_ms from the default
-              "serving": spec.serving.model_dump(exclude_unset=True),
-              # metric names monitoring computes from fed-back labels, and how it watches
-              "metrics": list(spec.metrics),
-              "monitoring": spec.monitoring.model_dump(mode="json"),
-              # what a rollout of this version starts with (deploy, the admin API); unset
-              # fields stay unset so a declared strategy is told from the default
-              "rollout": spec.rollout.model_dump(mode="json", exclude_unset=True),
+              # serving (placement, batching, the log), monitoring, rollout and metric names:
+              # what the server, the monitor and rollouts read back (VersionSettings.of)
+              **VersionSettings.from_spec(spec).to_meta(),
               # what the next run compares with to see that nothing changed
               "spec_hash": lineage.spec_hash},
         signature=outcome.signature,

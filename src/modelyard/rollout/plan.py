@@ -13,8 +13,10 @@ that into a rollout the same way, :func:`plan_rollout`:
 - **rules**: the declared thresholds and metric (``rollout.metric``, else the first metric the
   model declares that this process knows), each overridden by a rule asked for by name.
 
-A version registered without these sections (by hand, or before they were stored) gets the
-defaults of :class:`~modelyard.spec.RolloutSpec`.
+The registered sections are read through :class:`~modelyard.version_settings.VersionSettings`
+(strictly: a malformed one is a :class:`~modelyard.errors.ConfigError` naming the field), so a
+version registered without them (by hand, or before they were stored) gets the defaults of
+:class:`~modelyard.spec.RolloutSpec`.
 """
 
 from __future__ import annotations
@@ -23,11 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
-
-from modelyard.errors import ConfigError
 from modelyard.rollout.analysis import Rules
-from modelyard.spec import RolloutSpec
+from modelyard.version_settings import VersionSettings
 
 #: strategies whose steps are percentages a spec may declare.
 _STEPPED = ("canary", "ab", "shadow")
@@ -50,18 +49,6 @@ class RolloutPlan:
                 "every_s": self.every_s, "rules": dict(self.rules), "key": self.key}
 
 
-def declared_policy(meta: Mapping[str, Any]) -> RolloutSpec:
-    """The ``rollout:`` section registered with a version (defaults when it has none)."""
-    raw = meta.get("rollout") or {}
-    try:
-        return RolloutSpec.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "rollout"
-        raise ConfigError(f"the version's registered rollout section is invalid ({where}: "
-                          f"{first['msg']}); pass the settings explicitly") from None
-
-
 def plan_rollout(meta: Mapping[str, Any], *, strategy: str | None = None,
                  steps: Sequence[int] | None = None, every_s: float | None = None,
                  rules: Mapping[str, Any] | None = None, key: str | None = None,
@@ -72,7 +59,8 @@ def plan_rollout(meta: Mapping[str, Any], *, strategy: str | None = None,
     when the rollout starts (:func:`~modelyard.rollout.machine.plan_steps`,
     :meth:`Rules.from_dict`); this only decides where each comes from.
     """
-    policy = declared_policy(meta)
+    settings = VersionSettings.from_meta(meta)
+    policy = settings.rollout
     declared = policy.strategy if "strategy" in policy.model_fields_set else None
     chosen = strategy or declared or default_strategy
     if strategy is None and not has_production:
@@ -80,7 +68,7 @@ def plan_rollout(meta: Mapping[str, Any], *, strategy: str | None = None,
     if steps is None and chosen in _STEPPED and "steps" in policy.model_fields_set and \
             chosen == (declared or "canary"):
         steps = policy.steps
-    metrics = _known_metrics(meta.get("metrics") or [])
+    metrics = _known_metrics(settings.metrics or ())
     base = Rules.from_spec(policy, **({"metric": metrics[0]} if metrics else {})).to_dict()
     return RolloutPlan(
         strategy=chosen,
@@ -100,4 +88,4 @@ def _known_metrics(names: Sequence[Any]) -> list[str]:
     return [str(name) for name in names if str(name) in known]
 
 
-__all__ = ["RolloutPlan", "declared_policy", "plan_rollout"]
+__all__ = ["RolloutPlan", "plan_rollout"]

@@ -2,8 +2,10 @@
 
 Every mutation the server accepts (admin and monitoring POSTs, feedback, OIP repository
 load/unload over REST and gRPC) is authenticated here, once, by :meth:`Access.authenticate`, and
-the actor it returns is what the registry records. A client cannot name itself: the actor comes
-from the credential, never from a header the client chooses.
+the actor it returns is what the registry records. Every protocol comes through this module:
+the app's dispatcher calls :func:`admit` for each HTTP mutation (cross-site rules, then the
+credential), gRPC calls :meth:`Access.authenticate_metadata`. A client cannot name itself: the
+actor comes from the credential, never from a header the client chooses.
 
 =============================  ===================  ===========================================
 server                         request              actor recorded
@@ -24,11 +26,13 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modelyard.errors import ModelyardError
+from modelyard.errors import ForbiddenError, UnauthorizedError
+from modelyard.serving.cors import CrossSite
+from modelyard.serving.http import Scope, header
 
 TOKEN_ENV = "MODELYARD_TOKEN"
 #: the actor of a mutation on a server without a token: anyone who can reach it.
@@ -37,20 +41,6 @@ ANONYMOUS = "api:anonymous"
 TOKEN_ACTOR = "api:token"
 #: where the dispatcher leaves the authenticated actor in an ASGI scope.
 ACTOR_KEY = "modelyard.actor"
-
-
-class UnauthorizedError(ModelyardError):
-    """A mutating call came without ``Authorization: Bearer <token>``."""
-
-    status_code = 401
-    #: sent with the 401, as RFC 9110 asks.
-    response_headers = ((b"www-authenticate", b"Bearer"),)
-
-
-class ForbiddenError(ModelyardError):
-    """A mutating call's bearer token does not match the server's ``MODELYARD_TOKEN``."""
-
-    status_code = 403
 
 
 @dataclass(frozen=True)
@@ -89,11 +79,29 @@ class Access:
             raise ForbiddenError("the bearer token is not valid for this server")
         return actor
 
+    def authenticate_http(self, scope: Scope) -> str:
+        """The actor for an HTTP request's ``Authorization`` header (see :meth:`authenticate`)."""
+        return self.authenticate(header(scope, b"authorization"))
+
+    def authenticate_metadata(self, metadata: Iterable[tuple[str, Any]] | None) -> str:
+        """The actor for a gRPC call's ``authorization`` metadata (see :meth:`authenticate`)."""
+        given = next((value for key, value in metadata or ()
+                      if key == "authorization" and isinstance(value, str)), None)
+        return self.authenticate(given)
+
     def actor_for(self, credential: bytes) -> str | None:
         """The actor a credential stands for, or None when it stands for nobody."""
         if self.token is not None and hmac.compare_digest(credential, self.token):
             return TOKEN_ACTOR
         return None
+
+
+def admit(scope: Scope, access: Access, cross_site: CrossSite, *, untyped: bool = False) -> None:
+    """Let an HTTP mutation through, or raise: a foreign ``Origin`` or a body not declared JSON
+    (``untyped``: or not declared at all; :meth:`CrossSite.check_mutation`), then a missing or
+    wrong credential. The actor goes into the scope for the audit (:func:`actor_of`)."""
+    cross_site.check_mutation(scope, json_optional=untyped)
+    scope[ACTOR_KEY] = access.authenticate_http(scope)
 
 
 def actor_of(scope: dict[str, Any]) -> str:
@@ -121,5 +129,5 @@ def exposure_warning(host: str, access: Access) -> str | None:
             "unload them, and send labels. Set MODELYARD_TOKEN, or listen on 127.0.0.1.")
 
 
-__all__ = ["ACTOR_KEY", "ANONYMOUS", "TOKEN_ACTOR", "TOKEN_ENV", "Access", "ForbiddenError",
-           "UnauthorizedError", "actor_of", "exposure_warning", "is_loopback"]
+__all__ = ["ACTOR_KEY", "ANONYMOUS", "TOKEN_ACTOR", "TOKEN_ENV", "Access", "actor_of", "admit",
+           "exposure_warning", "is_loopback"]

@@ -19,42 +19,27 @@ really gets (``Deployments.describe``).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from modelyard.errors import InputError
+from modelyard.errors import BadJSONError, InputError
 from modelyard.registry.rows import PRODUCTION
-from modelyard.serving.access import TOKEN_ENV, ForbiddenError, UnauthorizedError, actor_of
+from modelyard.serving.access import TOKEN_ENV, actor_of
 from modelyard.serving.http import (
     JSON,
+    Endpoint,
     Receive,
+    RouteTable,
     Scope,
     Send,
     read_body,
     respond,
 )
-from modelyard.serving.protocol_v1 import BadJSONError
 
 if TYPE_CHECKING:
-    from modelyard.serving.app import App
-
-#: ``(method, path, handler)``; the app registers these next to its own routes.
-ADMIN_ROUTES: list[tuple[str, str, str]] = [
-    ("GET", "/api/v1/models", "admin_models"),
-    ("GET", "/api/v1/models/{name}/versions", "admin_versions"),
-    ("GET", "/api/v1/models/{name}/deployment", "admin_deployment"),
-    ("GET", "/api/v1/models/{name}/deployment/history", "admin_deployment_history"),
-    ("POST", "/api/v1/models/{name}/promote", "admin_promote"),
-    ("POST", "/api/v1/models/{name}/rollback", "admin_rollback"),
-    ("POST", "/api/v1/models/{name}/deployments", "admin_start_deployment"),
-    ("POST", "/api/v1/models/{name}/deployment/promote", "admin_deployment_promote"),
-    ("POST", "/api/v1/models/{name}/deployment/abort", "admin_deployment_abort"),
-    ("POST", "/api/v1/models/{name}/deployment/rollback", "admin_deployment_rollback"),
-]
+    from modelyard.serving.catalog import Catalog
 
 
 # -- body fields: name -> (accepted types, required, default) ----------------------------------
@@ -132,16 +117,17 @@ def parse_fields(body: bytes, fields: Fields) -> dict[str, Any]:
 
 
 class AdminAPI:
-    """The ``admin_*`` handlers the app routes ``/api/v1`` to (see the module docstring)."""
+    """The ``/api/v1`` endpoints over the server's catalog (see the module docstring)."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.options = catalog.options
         self._deployments: Any = None
 
     # -- plumbing -------------------------------------------------------------------------------
     @property
     def registry(self) -> Any:
-        return self.app.catalog.registry
+        return self.catalog.registry
 
     @property
     def deployments(self) -> Any:
@@ -153,8 +139,7 @@ class AdminAPI:
 
     async def io(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """Run a blocking registry call on the catalog's registry thread."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.app.catalog.io_pool, partial(fn, *args, **kw))
+        return await self.catalog.io(fn, *args, **kw)
 
     @staticmethod
     def actor(scope: Scope) -> str:
@@ -163,7 +148,7 @@ class AdminAPI:
 
     async def _mutation(self, scope: Scope, receive: Receive, fields: Fields) -> dict[str, Any]:
         """The body, checked against ``fields`` (the dispatcher already admitted the call)."""
-        body = await read_body(scope, receive, self.app.options.max_body_bytes)
+        body = await read_body(scope, receive, self.options.max_body_bytes)
         return parse_fields(body, fields)
 
     async def _describe(self, d: Any) -> dict[str, Any]:
@@ -197,8 +182,8 @@ class AdminAPI:
     async def admin_promote(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """``POST /api/v1/models/{name}/promote``: point an alias (production) at a version."""
         body = await self._mutation(scope, receive, _PROMOTE)
-        if body["alias"] == self.app.options.alias:  # what this server serves: load it first
-            await self.app.catalog.check_loads(name, body["version"])
+        if body["alias"] == self.options.alias:  # what this server serves: load it first
+            await self.catalog.check_loads(name, body["version"])
         event = await self.io(self.registry.set_alias, name, body["alias"], body["version"],
                                actor=self.actor(scope), reason=body["reason"])
         await _ok(send, {"event": event.to_dict()})
@@ -273,5 +258,22 @@ async def _ok(send: Send, doc: Any) -> None:
     await respond(send, 200, orjson.dumps(doc), JSON)
 
 
-__all__ = ["ADMIN_ROUTES", "MAX_CHARS", "TOKEN_ENV", "AdminAPI", "ForbiddenError",
-           "UnauthorizedError", "parse_fields"]
+ROUTES: RouteTable = [
+    ("GET", "/api/v1/models", Endpoint(AdminAPI.admin_models)),
+    ("GET", "/api/v1/models/{name}/versions", Endpoint(AdminAPI.admin_versions)),
+    ("GET", "/api/v1/models/{name}/deployment", Endpoint(AdminAPI.admin_deployment)),
+    ("GET", "/api/v1/models/{name}/deployment/history",
+     Endpoint(AdminAPI.admin_deployment_history)),
+    ("POST", "/api/v1/models/{name}/promote", Endpoint(AdminAPI.admin_promote, mutation=True)),
+    ("POST", "/api/v1/models/{name}/rollback", Endpoint(AdminAPI.admin_rollback, mutation=True)),
+    ("POST", "/api/v1/models/{name}/deployments",
+     Endpoint(AdminAPI.admin_start_deployment, mutation=True)),
+    ("POST", "/api/v1/models/{name}/deployment/promote",
+     Endpoint(AdminAPI.admin_deployment_promote, mutation=True)),
+    ("POST", "/api/v1/models/{name}/deployment/abort",
+     Endpoint(AdminAPI.admin_deployment_abort, mutation=True)),
+    ("POST", "/api/v1/models/{name}/deployment/rollback",
+     Endpoint(AdminAPI.admin_deployment_rollback, mutation=True)),
+]
+
+__all__ = ["MAX_CHARS", "ROUTES", "TOKEN_ENV", "AdminAPI", "parse_fields"]

@@ -1,97 +1,71 @@
-"""The modelyard ASGI application: native REST, OIP v2 REST, health, metrics and docs.
+"""The modelyard ASGI application: a route table and a dispatcher around the data plane.
 
 A raw ASGI callable (no framework on the request path): a pure segment router, ``orjson``, and
-one await on the model's batch future. Build one with :func:`create_app` and run it under any ASGI
-server (``modelyard.serving.serve`` runs uvicorn); in tests, drive it in-process with
-``httpx.ASGITransport`` after ``await app.startup()``.
+one await on the model's batch future. Every prediction goes through the one
+:class:`~modelyard.serving.dataplane.DataPlane`; the routes come from the codecs' own tables,
+each route bound to the callable that answers it (:class:`~modelyard.serving.http.Endpoint`):
+
+==============================  ===============================================================
+:mod:`~.native`                 REST v1: predict, the served models
+:mod:`~.oip`                    OIP v2 over REST (and what gRPC shares with it)
+:mod:`~.ops`                    metrics, health, readiness, the API's documents
+:mod:`~.admin`                  ``/api/v1``: models, aliases, rollouts
+:mod:`~.monitor_api`            feedback, quality metrics, drift, events, logged predictions
+==============================  ===============================================================
+
+The dispatcher admits every mutation in one place (:func:`~modelyard.serving.access.admit`),
+answers ``OPTIONS`` and logs each 5xx once with its request id. Build an app with
+:func:`create_app` and run it under any ASGI server (``modelyard.serving.serve`` runs uvicorn);
+in tests, drive it in-process with ``httpx.ASGITransport`` after ``await app.startup()``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import logging
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-
-from modelyard.errors import NotFoundError
-from modelyard.predictor import Prediction
-from modelyard.serving import protocol_v1
-from modelyard.serving.access import ACTOR_KEY, Access
-from modelyard.serving.admin import ADMIN_ROUTES, AdminAPI
-from modelyard.serving.batching import RunnerClosedError
-from modelyard.serving.calls import (
-    MAX_VERSION,
-    Call,
-    log_failure,
-    new_request_id,
-    parse_version,
-    request_id_of,
-)
+from modelyard.errors import MethodNotAllowedError, NotFoundError
+from modelyard.serving import admin, monitor_api, native, oip, ops
+from modelyard.serving.access import Access, admit
+from modelyard.serving.admin import AdminAPI
+from modelyard.serving.calls import log_failure, new_request_id, request_id_of
 from modelyard.serving.catalog import Catalog
 from modelyard.serving.cors import CrossSite
+from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.http import (
-    JSON,
     BodyDeadlines,
     ClientDisconnectedError,
-    MethodNotAllowedError,
     Receive,
+    RouteTable,
     Scope,
     Send,
+    bind_routes,
     compile_routes,
     error_body,
-    header,
     match,
-    read_body,
     respond,
 )
-from modelyard.serving.metrics import CONTENT_TYPE, ServerMetrics
-from modelyard.serving.monitor_api import MONITOR_ROUTES, MonitorAPI, MonitorGauges
+from modelyard.serving.metrics import ServerMetrics
+from modelyard.serving.monitor_api import MonitorAPI, MonitorGauges
+from modelyard.serving.native import NativeAPI
 from modelyard.serving.oip import OIPHandlers
+from modelyard.serving.ops import OpsAPI
 from modelyard.serving.options import ServeOptions
 from modelyard.serving.retention import RetentionSweeper
 from modelyard.serving.rollouts import Rollouts
-from modelyard.serving.runner import Runner
 from modelyard.serving.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
-ROUTES = compile_routes([
-    ("POST", "/v1/models/{name}/predict", "v1_predict"),
-    ("POST", "/v1/models/{name}/versions/{version}/predict", "v1_predict"),
-    ("GET", "/v1/models", "v1_models"),
-    ("GET", "/v2", "v2_server"),
-    ("GET", "/v2/health/live", "v2_live"),
-    ("GET", "/v2/health/ready", "v2_ready"),
-    ("GET", "/v2/models/{name}", "v2_model"),
-    ("GET", "/v2/models/{name}/versions/{version}", "v2_model"),
-    ("GET", "/v2/models/{name}/ready", "v2_model_ready"),
-    ("GET", "/v2/models/{name}/versions/{version}/ready", "v2_model_ready"),
-    ("POST", "/v2/models/{name}/infer", "v2_infer"),
-    ("POST", "/v2/models/{name}/versions/{version}/infer", "v2_infer"),
-    ("POST", "/v2/repository/index", "v2_index"),
-    ("POST", "/v2/repository/models/{name}/load", "v2_load"),
-    ("POST", "/v2/repository/models/{name}/unload", "v2_unload"),
-    ("GET", "/metrics", "op_metrics"),
-    ("GET", "/healthz", "op_healthz"),
-    ("GET", "/readyz", "op_readyz"),
-    ("GET", "/openapi.json", "op_openapi"),
-    ("GET", "/docs", "op_docs"),
-    *ADMIN_ROUTES,
-    *MONITOR_ROUTES,
-])
-
-Handler = Callable[..., Awaitable[None]]
-
-#: the handlers that change something: the dispatcher admits each (cross-site rules, then the
+#: every route the app answers: the codecs' tables, in matching order.
+TABLE: RouteTable = [*native.ROUTES, *oip.ROUTES, *ops.ROUTES, *admin.ROUTES,
+                     *monitor_api.ROUTES]
+#: the same routes by endpoint name (the API's shape, for documents and checks).
+ROUTES = compile_routes([(method, path, e.name) for method, path, e in TABLE])
+#: the endpoints that change something: the dispatcher admits each (cross-site rules, then the
 #: credential) before it runs, and puts the authenticated actor in the scope for its audit.
-MUTATIONS = frozenset(
-    {h for m, _, h in (*ADMIN_ROUTES, *MONITOR_ROUTES) if m == "POST"} | {"v2_load", "v2_unload"})
-#: mutations whose clients send no Content-Type (tritonclient's repository load/unload).
-_UNTYPED = frozenset({"v2_load", "v2_unload"})
+MUTATIONS = frozenset(e.name for _, _, e in TABLE if e.mutation)
+
 
 class App:
     """The server: ``await app(scope, receive, send)``; lifespan runs ``startup``/``shutdown``."""
@@ -99,98 +73,79 @@ class App:
     def __init__(self, registry: Any = None, options: ServeOptions | None = None,
                  *, settings: Any = None) -> None:
         self.options = options or ServeOptions()
-        self._settings = settings
-        self._owns_registry = registry is None
-        self.metrics = ServerMetrics(self.options.metrics_dir)
-        self.catalog = Catalog(registry, self.options, self.metrics)
-        self.watcher = Watcher(self.catalog)
-        self.rollouts = Rollouts(self.catalog)
-        self.ready = False
-        self._body_deadlines = BodyDeadlines(self.options.body_timeout_s)
-        self.predlog: Any = None  # the PredictionLog, once started
-        self._preload: asyncio.Task[None] | None = None
-        self._grpc: Any = None
-        oip = OIPHandlers(self)
+        catalog = Catalog(registry, self.options, ServerMetrics(self.options.metrics_dir))
+        self.plane = DataPlane(catalog, settings=settings, owns_registry=registry is None)
         self.access = Access.from_env()  # reads MODELYARD_TOKEN now
         self.cross_site = CrossSite(self.options.cors_origins)
-        self.admin = AdminAPI(self)
-        monitor = MonitorAPI(self)
-        self.gauges = MonitorGauges(self, monitor)
-        self.retention = RetentionSweeper(self, monitor)
-        self._handlers: dict[str, Handler] = {}
-        for routes in ROUTES.values():
-            for route in routes:
-                prefix = route.handler.partition("_")[0]
-                owner = {"v2": oip, "admin": self.admin, "monitor": monitor}.get(prefix, self)
-                self._handlers[route.handler] = getattr(owner, route.handler)
+        self._body_deadlines = BodyDeadlines(self.options.body_timeout_s)
+        self.oip = OIPHandlers(self.plane)
+        monitor = MonitorAPI(self.plane, self.access)
+        self.gauges = MonitorGauges(self.plane, monitor)
+        self.retention = RetentionSweeper(self.options, monitor)
+        self.routes = compile_routes([
+            *bind_routes(NativeAPI(self.plane), native.ROUTES),
+            *bind_routes(self.oip, oip.ROUTES),
+            *bind_routes(OpsAPI(self.plane), ops.ROUTES),
+            *bind_routes(AdminAPI(catalog), admin.ROUTES),
+            *bind_routes(monitor, monitor_api.ROUTES),
+        ])
+        self._grpc: Any = None
+
+    # -- what the data plane holds (tests and embedding code reach it here) ---------------------
+    @property
+    def catalog(self) -> Catalog:
+        """The served models and their runners."""
+        return self.plane.catalog
+
+    @property
+    def metrics(self) -> ServerMetrics:
+        """The server's Prometheus metrics."""
+        return self.plane.metrics
+
+    @property
+    def watcher(self) -> Watcher:
+        """The alias watcher (hot swap)."""
+        return self.plane.watcher
+
+    @property
+    def rollouts(self) -> Rollouts:
+        """The rollouts loop and the rollouts it applies."""
+        return self.plane.rollouts
+
+    @property
+    def predlog(self) -> Any:
+        """The prediction log, once started (None when off)."""
+        return self.plane.predlog
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def startup(self) -> None:
-        """Open the registry, start preloading (``/readyz`` turns 200 when done) and the watcher."""
-        if self.catalog.registry is None:
-            from modelyard.registry import Registry
-
-            loop = asyncio.get_running_loop()
-            self.catalog.registry = await loop.run_in_executor(
-                self.catalog.io_pool, Registry.open, self._settings)
-        if self.options.preload:
-            self._preload = asyncio.get_running_loop().create_task(self._run_preload())
-        else:
-            await self.catalog.read_registry()
-            alias = self.options.alias
-            self.catalog.routes = {
-                n: a[alias] for n, a in self.catalog.models.items() if alias in a}
-            settle_heap()
-            self.ready = True
-        self._open_prediction_log()
+        """Start the data plane (registry, preloading: ``/readyz`` turns 200 when done, the
+        prediction log, the watcher and rollouts), the monitoring loops and gRPC."""
+        await self.plane.start()
+        if self.plane.predlog is not None:
+            self.gauges.start()
         self.retention.start()
-        self.watcher.start()
-        self.rollouts.start()
         if self.options.grpc_address:
             from modelyard.serving.grpc_server import start_grpc
 
-            self._grpc = await start_grpc(self, self.options.grpc_address)
-
-    def _open_prediction_log(self) -> None:
-        """Start the prediction log on the store ``MODELYARD_PREDICTION_LOG`` names (or none)."""
-        from modelyard.monitoring.predlog import PredictionLog, open_store
-
-        store = open_store(self.catalog.registry, self.options.prediction_log)
-        if store is not None:
-            self.predlog = PredictionLog(store)
-            self.predlog.start()
-            self.metrics.watch_prediction_log(self.predlog)
-            self.catalog.predlog = self.predlog
-            self.gauges.start()
-
-    async def _run_preload(self) -> None:
-        try:
-            await self.catalog.preload()
-        except Exception as exc:
-            log.error("preloading failed: %s; models load on their first request", exc)
-        settle_heap()
-        self.ready = True
+            self._grpc = await start_grpc(self.plane, self.oip, self.access,
+                                          self.options.grpc_address)
 
     async def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Wait until preloading has finished (tests and embedding code)."""
-        if self._preload is not None:
-            await asyncio.wait_for(asyncio.shield(self._preload), timeout_s)
+        await self.plane.wait_ready(timeout_s)
+
+    def is_ready(self) -> bool:
+        """Whether preloading is done and no loaded version's device worker is down."""
+        return self.plane.is_ready()
 
     async def shutdown(self) -> None:
-        """Stop the watcher, drain every runner, release threads and the registry."""
-        if self._preload is not None and not self._preload.done():
-            self._preload.cancel()
+        """Stop gRPC and the loops, drain every runner, release threads and the registry."""
         if self._grpc is not None:
             await self._grpc.stop(5)
         await self.gauges.stop()
         await self.retention.stop()
-        await self.rollouts.stop()
-        await self.watcher.stop()
-        await self.catalog.close()
-        if self.predlog is not None:  # after the runners: their last answers are logged too
-            await asyncio.get_running_loop().run_in_executor(None, self.predlog.stop)
-        if self._owns_registry and self.catalog.registry is not None:
-            self.catalog.registry.close()
+        await self.plane.stop()
 
     # -- ASGI -----------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -223,13 +178,13 @@ class App:
         # a body that stops arriving is answered 408 and its connection closed
         receive = self._body_deadlines.wrap(receive)
         try:
-            found = match(ROUTES, scope["method"], path)
+            found = match(self.routes, scope["method"], path)
             if found is None:
                 raise NotFoundError(f"no route {path[:200]}; see /docs for the API")
-            handler, params = found
-            if handler in MUTATIONS:
-                self.admit(scope, handler)
-            await self._handlers[handler](scope, receive, send, **params)
+            endpoint, params = found
+            if endpoint.mutation:
+                admit(scope, self.access, self.cross_site, untyped=endpoint.untyped)
+            await endpoint.answer(scope, receive, send, **params)
         except ClientDisconnectedError:
             return
         except MethodNotAllowedError as exc:
@@ -239,13 +194,6 @@ class App:
                 await self._fail(scope, send, exc)
         except Exception as exc:
             await self._fail(scope, send, exc)
-
-    def admit(self, scope: Scope, handler: str) -> None:
-        """Let a mutation through, or raise: a foreign ``Origin`` or a body not declared JSON
-        (:mod:`~modelyard.serving.cors`), then a missing or wrong credential
-        (:mod:`~modelyard.serving.access`). The actor goes into the scope for the audit."""
-        self.cross_site.check_mutation(scope, json_optional=handler in _UNTYPED)
-        scope[ACTOR_KEY] = self.access.authenticate(header(scope, b"authorization"))
 
     async def _options(self, scope: Scope, send: Send, methods: list[str]) -> None:
         """``OPTIONS``: 204 with ``Allow``; a CORS preflight from a listed origin is granted."""
@@ -265,175 +213,6 @@ class App:
             headers.append((b"x-request-id", request_id.encode()))
         await respond(send, status, body, headers)
 
-    # -- prediction -----------------------------------------------------------------------------
-    def predict(self, call: Call, name: str, version: int | None,
-                to_payload: Callable[[Runner], Any], scores: bool,
-                scope: Scope | None = None, fields: Any = None) -> Awaitable[Prediction]:
-        """Resolve the runner, validate, queue and await; retried if the version was swapped.
-
-        While a rollout routes ``name`` (unversioned requests only), it picks the variant; its
-        request key comes from ``scope``'s headers or the input ``fields`` (see
-        :func:`~modelyard.serving.rollouts.request_key`).
-        """
-        if version is None:
-            rollout = self.rollouts.active.get(name)
-            if rollout is not None:
-                return self.rollouts.predict(
-                    rollout, call, to_payload, scores, scope, fields, self.predict_alias)
-        # the coroutine itself is returned: no extra frame on the path without a rollout
-        return self.predict_alias(call, name, version, to_payload, scores)
-
-    async def predict_alias(self, call: Call, name: str, version: int | None,
-                            to_payload: Callable[[Runner], Any], scores: bool) -> Prediction:
-        """Predict with the served alias's version (or ``version``), without rollout routing."""
-        catalog = self.catalog
-        for attempt in range(3):
-            runner = catalog.runner_now(name, version)
-            if runner is None or runner.closed:
-                runner = await catalog.runner(name, version)
-            call.runner = runner
-            batch, n = runner.prepare(to_payload(runner))
-            try:
-                return call.answered(batch, n, await runner.submit(batch, n, scores))
-            except RunnerClosedError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def record(self, call: Call, name: str, protocol: str, status: int, start: float) -> None:
-        """Count a prediction request and its duration under the version that answered it."""
-        runner = call.runner
-        if runner is not None:
-            elapsed = time.perf_counter() - start
-            self.metrics.count_request(runner.name, runner.version_str, protocol, status,
-                                       call.variant)
-            runner.metrics.observe_duration(elapsed, call.variant)
-            policy = runner.log_policy
-            if policy is not None and self.predlog is not None and policy.sampled():
-                if status == 200 and call.result is not None:
-                    self.predlog.record(policy, call.request_id, call.variant, elapsed,
-                                        call.batch, call.rows, call.result)
-                elif status >= 500:
-                    self.predlog.record_error(policy, call.request_id, call.variant, elapsed,
-                                              status)
-        else:
-            known = name if name in self.catalog.models else ""
-            self.metrics.count_request(known, "", protocol, status)
-
-    async def v1_predict(self, scope: Scope, receive: Receive, send: Send,
-                         name: str, version: str | None = None) -> None:
-        """``POST /v1/models/{name}[/versions/{v}]/predict``."""
-        start = time.perf_counter()
-        call = Call(request_id_of(scope))
-        status = 500
-        try:
-            body = await read_body(scope, receive, self.options.max_body_bytes)
-            number = parse_version(name, version)
-            if self.catalog.runner_now(name, number) is None:
-                self.catalog.key_for(name, number)  # 404 before judging the body
-            qs = scope.get("query_string", b"")
-            payload, scores = protocol_v1.decode(body, b"scores=true" in qs or b"scores=1" in qs)
-            result = await self.predict(call, name, number, lambda _r: payload, scores,
-                                        scope, payload)
-            runner = call.runner
-            assert runner is not None
-            out = protocol_v1.encode(name, runner.version, result, scores, call.request_id)
-            status = 200
-            await respond(send, 200, out, [(b"content-type", b"application/json"),
-                                           *call.headers()])
-        except ClientDisconnectedError:
-            status = 499
-        except Exception as exc:
-            status, err, headers = error_body(exc)
-            headers.append((b"x-request-id", call.request_id.encode()))
-            if status >= 500:
-                log_failure(f"POST {scope['path'][:200]}", status, call.request_id, exc)
-            await respond(send, status, err, headers)
-        finally:
-            self.record(call, name, "v1", status, start)
-
-    async def v1_models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /v1/models``: served models, their aliases and loaded versions; ``not_served``
-        says when the alias points at a version this server could not load, and why."""
-        loaded: dict[str, list[int]] = {}
-        for (name, version), _ in self.catalog.cache.loaded():
-            loaded.setdefault(name, []).append(version)
-        models = [{"name": n, "aliases": a, "served_version": self.catalog.routes.get(n),
-                   "loaded_versions": sorted(loaded.get(n, [])),
-                   "not_served": self.catalog.not_served.get(n)}
-                  for n, a in sorted(self.catalog.models.items())]
-        await respond(send, 200, orjson.dumps({"models": models}))
-
-    # -- operations -----------------------------------------------------------------------------
-    async def op_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /metrics`` in the Prometheus text format."""
-        await respond(send, 200, self.metrics.render(),
-                      [(b"content-type", CONTENT_TYPE.encode())])
-
-    async def op_healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /healthz``: the process answers."""
-        await respond(send, 200, b'{"status":"ok"}')
-
-    async def op_readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /readyz``: 200 once the served aliases are preloaded and every device worker
-        answers; 503 while loading or while a worker restarts (the body names it).
-
-        A model whose alias moved to a version that cannot load still answers with the old one:
-        200, and ``not_served`` names both versions and the reason. A prediction log that is
-        dropping (:meth:`PredictionLog.health`) leaves it 200 too, since the models still answer
-        and taking every replica out of a load balancer because the log's store is down would
-        turn a monitoring outage into a serving one; the body lists it under ``degraded`` with
-        the log's counts, and ``modelyard_prediction_log_dropping`` is 1 for alerts.
-        """
-        down = self.catalog.unhealthy()
-        if self.ready and not down:
-            stale = self.catalog.not_served_detail()
-            ready = {"status": "ready", **({"not_served": stale} if stale else {}),
-                     **self._log_detail()}
-            await respond(send, 200, orjson.dumps(ready))
-        elif not self.ready:
-            await respond(send, 503, b'{"status":"loading"}', [*JSON, (b"retry-after", b"1")])
-        else:
-            body = orjson.dumps({"status": "degraded", "down": [f"{n}:{v}" for n, v in down],
-                                 **self._log_detail()})
-            await respond(send, 503, body, [*JSON, (b"retry-after", b"1")])
-
-    def _log_detail(self) -> dict[str, Any]:
-        """What ``/readyz`` says of a prediction log that is dropping (nothing when it is not)."""
-        health = self.predlog.health() if self.predlog is not None else None
-        if health is None or not health.dropping:
-            return {}
-        return {"degraded": [health.describe()], "prediction_log": health.to_dict()}
-
-    def is_ready(self) -> bool:
-        """Whether preloading is done and no loaded version's device worker is down."""
-        return self.ready and not self.catalog.unhealthy()
-
-    async def op_openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /openapi.json``."""
-        from modelyard.serving.openapi import OPENAPI
-
-        await respond(send, 200, orjson.dumps(OPENAPI))
-
-    async def op_docs(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /docs``: the API reference page."""
-        from modelyard.serving.openapi import docs_html
-
-        await respond(send, 200, docs_html().encode(),
-                      [(b"content-type", b"text/html; charset=utf-8")])
-
-
-def settle_heap() -> None:
-    """Move what startup loaded (frameworks, models) out of the garbage collector's sight.
-
-    A full collection walks every tracked object, and a server with PyTorch and scikit-learn
-    loaded holds millions: each one paused requests for tens of milliseconds, triggered by the
-    small objects every request (and the prediction log) allocates. Frozen objects are still
-    freed by reference counting; only cycles among them wait for the process to end.
-    """
-    gc.collect()
-    gc.freeze()
-
 
 def create_app(registry: Any = None, options: ServeOptions | None = None,
                *, settings: Any = None) -> App:
@@ -441,5 +220,4 @@ def create_app(registry: Any = None, options: ServeOptions | None = None,
     return App(registry, options, settings=settings)
 
 
-__all__ = ["MAX_VERSION", "MUTATIONS", "ROUTES", "App", "Call", "create_app", "parse_version",
-           "request_id_of"]
+__all__ = ["MUTATIONS", "ROUTES", "TABLE", "App", "create_app"]

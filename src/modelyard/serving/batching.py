@@ -25,29 +25,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelyard.errors import ModelyardError
-
-
-class QueueFullError(ModelyardError):
-    """The model's request queue is full; retry after ``retry_after`` seconds."""
-
-    status_code = 503
-
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class RequestTimeoutError(ModelyardError):
-    """A request waited longer than the server's request timeout; retry or raise the timeout."""
-
-    status_code = 504
-
-
-class RunnerClosedError(ModelyardError):
-    """The model version stopped taking requests (it was swapped out or unloaded); retry."""
-
-    status_code = 503
+from modelyard.errors import QueueFullError, RequestTimeoutError, RunnerClosedError
 
 
 @dataclass(frozen=True)
@@ -268,13 +246,4 @@ def split_rows(counts: Sequence[int]) -> list[slice]:
     return out
 
 
-__all__ = [
-    "BatchPolicy",
-    "Batcher",
-    "Item",
-    "QueueFullError",
-    "RequestTimeoutError",
-    "RunBatchAsync",
-    "RunnerClosedError",
-    "split_rows",
-]
+__all__ = ["BatchPolicy", "Batcher", "Item", "RunBatchAsync", "split_rows"]

@@ -1,5 +1,5 @@
-"""One request's identity: its id, the call record that answers it, and the one log line of a
-failure.
+"""One request's identity: its id, the call record that answers it, and the one log line (and
+HTTP answer) of a failure.
 
 Every answer names its request id (``X-Request-Id``; gRPC: the request's ``id``): the client's
 own (``X-Request-Id`` or the OIP ``id``), else one made here. Every 5xx on any route -- native,
@@ -12,11 +12,19 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from modelyard.errors import ModelyardError, NotFoundError
-from modelyard.serving.http import Scope, header
+from modelyard.serving.http import (
+    ClientDisconnectedError,
+    Scope,
+    Send,
+    error_body,
+    header,
+    respond,
+)
 
 if TYPE_CHECKING:
     from modelyard.predictor import Prediction
@@ -46,28 +54,32 @@ _request_ids = _RequestIds()
 
 
 class Call:
-    """What one prediction request resolved to, for its response and its metrics.
+    """One prediction request's record, from the codec that received it through the data plane.
 
-    ``variant`` is ``production`` (the served alias), or ``stable``/``candidate`` while a
-    rollout routes the model.
+    The codec builds it when the request arrives: the protocol, the model named in the path and
+    the client's request id (else a new one), and the start time. Only the data plane
+    (:class:`~modelyard.serving.dataplane.DataPlane`) writes the rest: what answered
+    (``runner``, and ``variant``: ``production`` for the served alias, ``stable`` or
+    ``candidate`` while a rollout routes the model), the prepared input and the result. The
+    codec reads them to encode its answer; :meth:`DataPlane.record` counts and logs them.
     """
 
-    __slots__ = ("batch", "request_id", "result", "rows", "runner", "variant")
+    __slots__ = ("batch", "model", "protocol", "request_id", "result", "rows", "runner", "start",
+                 "variant")
 
-    def __init__(self, request_id: str | None = None) -> None:
-        self.runner: Runner | None = None
-        self.variant = "production"
+    def __init__(self, protocol: str = "", model: str = "",
+                 request_id: str | None = None) -> None:
+        self.start = time.perf_counter()
+        self.protocol = protocol
+        self.model = model
         #: the id feedback refers to: the client's X-Request-Id (or OIP ``id``), else generated.
         self.request_id = request_id or _request_ids.new()
+        self.runner: Runner | None = None
+        self.variant = "production"
         #: the prepared input batch, its rows and the answer, for the prediction log.
         self.batch: Any = None
         self.rows = 0
         self.result: Prediction | None = None
-
-    def answered(self, batch: Any, rows: int, result: Prediction) -> Prediction:
-        """Keep what the prediction log needs of an answered request; returns ``result``."""
-        self.batch, self.rows, self.result = batch, rows, result
-        return result
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """The response headers naming the version and variant that answered, and the request."""
@@ -123,10 +135,28 @@ def log_failure(where: str, status: int, request_id: str, exc: BaseException) ->
             exc if known else f"{type(exc).__name__}: {exc}", exc_info=None if known else exc)
 
 
+async def fail_http(send: Send, where: str, call: Call, exc: BaseException, *,
+                    oip: bool = False) -> int:
+    """Answer a prediction request that failed, over HTTP; returns the status it answered.
+
+    A client that went away gets nothing (499 in the metrics). Otherwise the error's status and
+    body (OIP routes: the protocol's ``{"error": ...}``), with the request id; a 5xx is logged
+    once (:func:`log_failure`) under ``where``.
+    """
+    if isinstance(exc, ClientDisconnectedError):
+        return 499
+    status, body, headers = error_body(exc, oip=oip)
+    headers.append((b"x-request-id", call.request_id.encode()))
+    if status >= 500:
+        log_failure(where, status, call.request_id, exc)
+    await respond(send, status, body, headers)
+    return status
+
+
 def new_request_id() -> str:
     """A fresh request id (for answers to clients that sent none)."""
     return _request_ids.new()
 
 
-__all__ = ["MAX_VERSION", "Call", "log_failure", "new_request_id", "parse_version",
+__all__ = ["MAX_VERSION", "Call", "fail_http", "log_failure", "new_request_id", "parse_version",
            "request_id_of", "usable_id"]

@@ -5,45 +5,38 @@ request path never touches the database: ``runner_now`` is two dict lookups. Ver
 loaded are loaded through the :class:`~modelyard.serving.cache.ModelCache`, on the load threads:
 in this process (``isolation: inline``) or in a device worker (``isolation: process``, see
 :mod:`modelyard.serving.supervisor`), as :func:`~modelyard.serving.runner.choose_isolation` says.
+What each loaded version costs is measured as it loads (:mod:`~modelyard.serving.footprint`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-from collections.abc import Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from modelyard.errors import ConflictError, NotFoundError
 from modelyard.schema import FieldSpec
 from modelyard.serving.cache import Key, ModelCache
-from modelyard.serving.metrics import ServerMetrics
+from modelyard.serving.footprint import Footprint
+from modelyard.serving.metrics import ServerMetrics, VersionMetrics
 from modelyard.serving.options import ServeOptions
-from modelyard.serving.overrides import for_model
-from modelyard.serving.runner import (
-    Runner,
-    batch_policy,
-    choose_isolation,
-    estimate_memory,
-    serving_spec,
-)
+from modelyard.serving.overrides import tuned
+from modelyard.serving.runner import Runner, batch_policy, choose_isolation, estimate_memory
+from modelyard.spec import ServingSpec
+from modelyard.version_settings import VersionSettings
 
 log = logging.getLogger(__name__)
 
-def log_policy(record: Any, override: Mapping[str, Any] | None = None) -> Any:
-    """How a version's answers are logged: its spec's sample rate (or the server's override)
-    and sensitive fields."""
+def log_policy(record: Any, spec: ServingSpec) -> Any:
+    """How a version's answers are logged: its serving section's sample rate and sensitive
+    fields."""
     from modelyard.monitoring.predlog import LogPolicy
 
-    spec = serving_spec(record.meta, record.ref, override)
     return LogPolicy(record.model, record.version, spec.sample_rate, dict(spec.sensitive),
                      record.get_signature(), record.reference_stats)
-
-
-_first_import = threading.Lock()
-_imported: set[str] = set()
 
 
 class Catalog:
@@ -62,14 +55,21 @@ class Catalog:
         #: model name -> why its alias's version is not the one served (it failed to load):
         #: ``{"version", "serving", "reason", "since"}``, set and cleared by the watcher.
         self.not_served: dict[str, dict[str, Any]] = {}
+        #: measures what each inline load costs (one at a time) and each framework's import.
+        self.footprint = Footprint()
         self.cache = ModelCache(self._load, max_memory=options.max_memory,
-                                on_change=self._report_loaded)
+                                on_change=self._report_loaded, on_load=self._report_load,
+                                release=self._release_memory)
         self.predict_pool = ThreadPoolExecutor(options.predict_threads, "modelyard-predict")
         self.load_pool = ThreadPoolExecutor(options.load_threads, "modelyard-load")
         self.io_pool = ThreadPoolExecutor(1, "modelyard-registry")
+        metrics.set_budget(options.max_memory)
+        # a device worker's resident memory changes while it serves: read it at every scrape
+        metrics.refresh_on_scrape(self._report_loaded)
         #: the app's PredictionLog when it is on (loaded runners then get a log policy).
         self.predlog: Any = None
         self._warned_log_key = False
+        self._release_queued = False
 
     # -- the request path -----------------------------------------------------------------------
     def runner_now(self, name: str, version: int | None = None) -> Runner | None:
@@ -134,6 +134,16 @@ class Catalog:
         """Loaded versions that cannot answer now (a device worker is down or restarting)."""
         return [key for key, runner in self.cache.loaded() if not runner.healthy]
 
+    def idle_unloaded(self) -> list[Key]:
+        """Served versions unloaded after ``--idle-unload``: they answer after a load, so they
+        are no readiness failure (``/readyz`` lists them)."""
+        return [(name, version) for name, version in sorted(self.routes.items())
+                if self.cache.unloaded_because((name, version)) == "idle"]
+
+    def memory_of(self, name: str) -> dict[str, int]:
+        """``{version: bytes charged}`` for each loaded version of ``name``."""
+        return {str(v): int(r.memory) for (n, v), r in self.cache.loaded() if n == name}
+
     def versions(self, name: str) -> list[int]:
         """Version numbers of ``name`` (from the snapshot)."""
         return list(range(1, self.latest.get(name, 0) + 1))
@@ -147,6 +157,11 @@ class Catalog:
         self.latest = {m.name: int(m.latest_version) for m in models}
         return self.models
 
+    async def io(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Run a blocking registry call on the registry thread, off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.io_pool, partial(fn, *args, **kw))
+
     async def get_version_record(self, name: str, version: int) -> Any:
         """The registry's ``ModelVersion`` (read on the registry thread)."""
         loop = asyncio.get_running_loop()
@@ -158,7 +173,6 @@ class Catalog:
         loop = asyncio.get_running_loop()
         runner = await loop.run_in_executor(self.load_pool, self._open, record)
         if self.predlog is not None:
-            runner.log_policy = log_policy(record, self.override(record.model))
             self._check_log_key(runner.log_policy)
         runner.start()
         return runner
@@ -175,13 +189,25 @@ class Catalog:
                         policy.model, policy.version, ", ".join(hashed))
 
     def _open(self, record: Any) -> Runner:
-        """Load, wrap and warm one version (blocking: runs on a load thread)."""
+        """Load, wrap and warm one version with how its answers are logged (blocking: runs on a
+        load thread). Its registered settings are read once, here, with the server's serve-time
+        tuning on top (``--model-config``); a malformed section is logged and its defaults
+        serve (a bad hint must not take a version off the air)."""
+        settings = VersionSettings.of(record, strict=False)
+        serving = tuned(settings.serving, self.options.serving_overrides, record.model)
+        if serving is not settings.serving:
+            log.info("%s: serving settings tuned by the serve config: %s", record.ref,
+                     serving.model_dump(exclude_unset=True))
+        runner = self._open_version(record, serving)
+        if self.predlog is not None:
+            runner.log_policy = log_policy(record, serving)
+        return runner
+
+    def _open_version(self, record: Any, spec: ServingSpec) -> Runner:
+        """Load, wrap and warm one version as its serving section says."""
         from modelyard.adapters import get_adapter
         from modelyard.adapters.base import cuda_device_count
-        from modelyard.predictor import open_version
 
-        override = self.override(record.model)
-        spec = serving_spec(record.meta, record.ref, override)
         if spec.replicas > 1:
             log.warning("%s: serving.replicas=%d is not used yet; each server process runs one "
                         "copy of a version (modelyard serve --workers %d runs more)", record.ref,
@@ -192,29 +218,47 @@ class Catalog:
         if choose_isolation(spec, accelerated=accelerated,
                             gpu_count=cuda_device_count) == "process":
             return self._open_worker(record, spec)
-        if record.flavor in _imported:
-            adapter = get_adapter(record.flavor)
-            predictor = open_version(record, self.registry, device=spec.device)
-        else:
-            # a framework's first import is not safe to run in two threads at once (partially
-            # initialised modules); later loads of the flavor run in parallel
-            with _first_import:
-                adapter = get_adapter(record.flavor)
-                predictor = open_version(record, self.registry, device=spec.device)
-                _imported.add(record.flavor)
+        size = int(record.artifact_size)
+        # one measured load at a time: that also keeps a framework's first import (not safe in
+        # two threads at once: partially initialised modules) to one thread
+        runner, cost = self.footprint.measure(
+            record.flavor, lambda: self._open_inline(record, spec),
+            lambda r: estimate_memory(r.predictor.model, size))
+        runner.memory = cost.bytes
+        if cost.framework:
+            self.metrics.set_framework(record.flavor, cost.framework)
+        policy = runner.batcher.policy
+        log.info("serving %s (%s on %s, batch %d rows, delay %.1f ms, %.1f MB: grew %.1f MB, "
+                 "estimated %.1f MB)", record.ref, record.flavor, runner.predictor.device,
+                 policy.max_batch_size, policy.max_delay_s * 1e3, cost.bytes / 1e6,
+                 cost.grown / 1e6, cost.estimate / 1e6)
+        return runner
+
+    def _open_inline(self, record: Any, spec: Any) -> Runner:
+        """Load and warm one version in this process (blocking; measured by the caller)."""
+        from modelyard.adapters import get_adapter
+        from modelyard.predictor import open_version
+
+        adapter = get_adapter(record.flavor)
+        predictor = open_version(record, self.registry, device=spec.device)
         policy = batch_policy(spec, accelerated=adapter.accelerated,
                               timeout_s=self.options.request_timeout_s)
         vm = self.metrics.for_version(record.model, str(record.version))
-        runner = Runner(
-            predictor, policy, executor=self.predict_pool, observe=vm.observe_batch,
-            memory=estimate_memory(predictor.model, int(record.artifact_size)),
-        )
+        runner = Runner(predictor, policy, executor=self.predict_pool,
+                        observe=self._observer(vm, (record.model, int(record.version))))
         runner.metrics = vm
         runner.warm()
-        log.info("serving %s (%s on %s, batch %d rows, delay %.1f ms%s)", record.ref,
-                 record.flavor, predictor.device, policy.max_batch_size, policy.max_delay_s * 1e3,
-                 ", tuned by the serve config" if override else "")
         return runner
+
+    def _observer(self, vm: VersionMetrics, key: Key) -> Callable[[int, list[float]], None]:
+        """The per-batch callback: the batch's metrics, and a use stamp for idle unloading."""
+        touch, observe = self.cache.touch, vm.observe_batch
+
+        def observe_batch(rows: int, queue_s: list[float]) -> None:
+            touch(key)
+            observe(rows, queue_s)
+
+        return observe_batch
 
     def _open_worker(self, record: Any, spec: Any) -> Runner:
         """Start a device worker for one version and wrap it (blocking: runs on a load thread)."""
@@ -237,21 +281,20 @@ class Catalog:
         vm = self.metrics.for_version(record.model, str(record.version))
         runner = ProcessRunner(
             metadata_predictor(record, adapter, str(worker.info.get("device", spec.device))),
-            policy, worker, spawn=spawn, pool=self.load_pool, observe=vm.observe_batch,
+            policy, worker, spawn=spawn, pool=self.load_pool,
+            observe=self._observer(vm, (record.model, int(record.version))),
+            # the worker's resident memory, read live; this is the fallback while it is down
             memory=int(worker.info.get("memory") or record.artifact_size),
             max_restarts=self.options.worker_max_restarts, on_give_up=self._give_up,
         )
         runner.metrics = vm
         if worker.info.get("outputs"):
             runner.outputs = tuple(FieldSpec.from_dict(f) for f in worker.info["outputs"])
-        log.info("serving %s (%s on %s in worker pid %s, batch %d rows, delay %.1f ms)",
-                 record.ref, record.flavor, runner.predictor.device, worker.pid,
-                 policy.max_batch_size, policy.max_delay_s * 1e3)
+        log.info("serving %s (%s on %s in worker pid %s, batch %d rows, delay %.1f ms, "
+                 "%.1f MB resident)", record.ref, record.flavor, runner.predictor.device,
+                 worker.pid, policy.max_batch_size, policy.max_delay_s * 1e3,
+                 runner.memory / 1e6)
         return runner
-
-    def override(self, model: str) -> dict[str, Any]:
-        """The serving settings this server changes for ``model`` (``--model-config``)."""
-        return for_model(self.options.serving_overrides, model)
 
     def _give_up(self, runner: Runner) -> None:
         """Unload a version whose worker cannot be restarted; its next request loads it anew."""
@@ -265,7 +308,8 @@ class Catalog:
         alias = self.options.alias
         self.routes = {n: a[alias] for n, a in self.models.items() if alias in a}
         keys = list(self.routes.items())
-        results = await asyncio.gather(*(self.cache.get(k) for k in keys), return_exceptions=True)
+        results = await asyncio.gather(*(self.cache.get(k, "preload") for k in keys),
+                                       return_exceptions=True)
         for key, result in zip(keys, results, strict=True):
             if isinstance(result, BaseException):
                 log.error("could not preload %s:%s: %s", *key, result)
@@ -280,6 +324,21 @@ class Catalog:
         self.metrics.set_loaded(
             (k[0], str(k[1]), int(r.memory)) for k, r in self.cache.loaded()
         )
+
+    def _report_load(self, key: Key, seconds: float, reason: str) -> None:
+        self.metrics.observe_load(key[0], str(key[1]), reason, seconds)
+
+    async def _release_memory(self) -> None:
+        """Hand an unloaded version's memory back to the system (on a load thread); versions
+        unloaded together share one release (a full collection costs about 0.2 s)."""
+        if self._release_queued:
+            return
+        self._release_queued = True
+        await asyncio.get_running_loop().run_in_executor(self.load_pool, self._release_now)
+
+    def _release_now(self) -> None:
+        self._release_queued = False  # what drains from now on needs another release
+        self.footprint.release()
 
 
 __all__ = ["Catalog"]

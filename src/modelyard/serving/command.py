@@ -17,7 +17,12 @@ if TYPE_CHECKING:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on.")
 @click.option("--max-memory", default=None, metavar="SIZE",
-              help="Evict least recently used versions above this, e.g. 4GiB (default: no limit).")
+              help="Evict least recently used versions when the loaded ones cost more than "
+                   "this together, e.g. 4GiB; each is charged the memory its load measured "
+                   "(default: no limit).")
+@click.option("--idle-unload", default=None, metavar="DURATION",
+              help="Unload a version no request used for this long, e.g. 10m; it loads again "
+                   "on its next request (default: keep it loaded).")
 @click.option("--preload/--no-preload", default=True, show_default=True,
               help="Load every production version before reporting ready.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
@@ -51,8 +56,9 @@ if TYPE_CHECKING:
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, max_memory: str | None, preload: bool,
-          workers: int, max_body: str, timeout_s: float, body_timeout_s: float,
+def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
+          idle_unload: str | None, preload: bool, workers: int, max_body: str,
+          timeout_s: float, body_timeout_s: float,
           grpc_port: int | None, alias: str, prediction_log: str | None,
           cors_origins: tuple[str, ...], model_config: str | None, log_level: str) -> None:
     """Serve every model with a production alias over REST and OIP v2 until stopped.
@@ -64,6 +70,7 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None, prel
     Mutations need a JSON body and are refused from other sites' pages; with MODELYARD_TOKEN
     set they also need 'Authorization: Bearer <token>'.
     """
+    from modelyard.config import parse_duration
     from modelyard.serving import overrides
     from modelyard.serving.options import ServeOptions, parse_size
     from modelyard.serving.server import serve as run
@@ -71,6 +78,8 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None, prel
     try:
         tuned = overrides.load(model_config) if model_config else {}
         options = ServeOptions(max_memory=parse_size(max_memory), preload=preload, alias=alias,
+                               idle_unload_s=None if idle_unload is None else
+                               parse_duration(idle_unload),
                                max_body_bytes=parse_size(max_body) or 1,
                                request_timeout_s=timeout_s, body_timeout_s=body_timeout_s,
                                prediction_log=prediction_log,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from modelyard.errors import ConfigError, ModelyardError
+from modelyard.errors import ConfigError, CrossSiteError, UnsupportedMediaTypeError
 from modelyard.serving.http import Scope, Send, header
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -37,19 +37,6 @@ _TOKEN_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0
                          b"!#$%&'*+-.^_`|~, ")
 #: how long a browser may cache a granted preflight.
 PREFLIGHT_MAX_AGE_S = 600
-
-
-class CrossSiteError(ModelyardError):
-    """A mutating request came from a web page on another site (a foreign ``Origin``)."""
-
-    status_code = 403
-
-
-class UnsupportedMediaTypeError(ModelyardError):
-    """A mutating request's body is not declared ``application/json``."""
-
-    status_code = 415
-    response_headers = ((b"accept-post", b"application/json"),)
 
 
 def normalize_origin(text: str) -> str:
@@ -165,5 +152,4 @@ class CrossSite:
         return out
 
 
-__all__ = ["PREFLIGHT_MAX_AGE_S", "CrossSite", "CrossSiteError", "UnsupportedMediaTypeError",
-           "normalize_origin", "same_origin"]
+__all__ = ["PREFLIGHT_MAX_AGE_S", "CrossSite", "normalize_origin", "same_origin"]

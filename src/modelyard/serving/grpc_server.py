@@ -1,8 +1,9 @@
 """OIP v2 over gRPC (the KServe/Triton ``GRPCInferenceService``), on the app's event loop.
 
 Uses the service definition that ships with ``tritonclient[grpc]`` (``pip install
-'modelyard[grpc]'``), so ``tritonclient.grpc`` and KServe gRPC clients work unchanged. Every call
-goes through the same catalog, batcher and validation as the REST routes; errors become gRPC
+'modelyard[grpc]'``), so ``tritonclient.grpc`` and KServe gRPC clients work unchanged. A codec
+around the same :class:`~modelyard.serving.dataplane.DataPlane` as the REST routes: the same
+resolution, rollout routing, validation, batcher and record; errors become gRPC
 status codes (422 -> INVALID_ARGUMENT, 404 -> NOT_FOUND, 503 -> UNAVAILABLE, ...).
 
 Like REST's ``X-Model-Version`` / ``X-Model-Variant`` headers, an inference answer's initial
@@ -19,25 +20,17 @@ token), and each is audited under the actor the credential stands for, as over R
 from __future__ import annotations
 
 import logging
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from modelyard.errors import FrameworkMissingError, InputError, ModelyardError
 from modelyard.numeric import to_numeric
 from modelyard.serving import protocol_v2 as v2
-from modelyard.serving.calls import (
-    Call,
-    log_failure,
-    new_request_id,
-    parse_version,
-    usable_id,
-)
-from modelyard.serving.oip import OIPHandlers
-
-if TYPE_CHECKING:
-    from modelyard.serving.app import App
+from modelyard.serving.access import Access
+from modelyard.serving.calls import Call, log_failure, new_request_id, usable_id
+from modelyard.serving.dataplane import DataPlane
+from modelyard.serving.oip import OIPHandlers, infer_request, outputs_of
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +114,15 @@ def answer_metadata(call: Any) -> tuple[tuple[str, str], ...]:
 
 
 class Servicer:
-    """``GRPCInferenceService`` methods backed by an :class:`~modelyard.serving.app.App`."""
+    """``GRPCInferenceService`` methods: a codec around the
+    :class:`~modelyard.serving.dataplane.DataPlane`, sharing OIP's metadata, readiness and
+    repository with the REST routes (``oip``)."""
 
-    def __init__(self, app: App, pb: Any, grpc: Any) -> None:
-        self.app = app
-        self.oip = OIPHandlers(app)
+    def __init__(self, plane: DataPlane, oip: OIPHandlers, access: Access, pb: Any,
+                 grpc: Any) -> None:
+        self.plane = plane
+        self.oip = oip
+        self.access = access
         self.pb = pb
         self.grpc = grpc
 
@@ -146,7 +143,7 @@ class Servicer:
         return self.pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return self.pb.ServerReadyResponse(ready=self.app.is_ready())
+        return self.pb.ServerReadyResponse(ready=self.plane.is_ready())
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         from modelyard import __version__
@@ -167,24 +164,27 @@ class Servicer:
             outputs=[tensor(**t) for t in doc["outputs"]])
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        # the OIP request id names the answer in feedback, as over HTTP
-        start, call, status = time.perf_counter(), Call(usable_id(request.id)), 500
+        plane = self.plane
         name = request.model_name
+        # the OIP request id names the answer in feedback, as over HTTP
+        call = Call("grpc", name, usable_id(request.id))
+        status = 500
         try:
-            number = parse_version(name, request.model_version or None)
+            number = plane.version(name, request.model_version or None)
             inputs = decode_inputs(request)
-            # only a model under rollout reads a routing key: no metadata copy otherwise
-            scope = (metadata_scope(context.invocation_metadata())
-                     if number is None and name in self.app.rollouts.active else None)
-            outputs = await self.oip.infer(call, name, number, inputs,
-                                           [o.name for o in request.outputs], scope)
+            wanted = [o.name for o in request.outputs]
+            # request metadata plays the headers' part for a rollout's key: copied only then
+            result = await plane.infer(call, infer_request(
+                name, number, inputs, wanted,
+                scope=lambda: metadata_scope(context.invocation_metadata())))
+            outputs = outputs_of(call, result, wanted)
             await context.send_initial_metadata(answer_metadata(call))
             status = 200
         except Exception as exc:
             status = exc.status_code if isinstance(exc, ModelyardError) else 500
             await self.fail(context, exc, "ModelInfer", call.request_id)
         finally:
-            self.app.record(call, name, "grpc", status, start)
+            plane.record(call, status)
         assert call.runner is not None
         out = self.pb.ModelInferResponse(model_name=name, model_version=call.runner.version_str,
                                          id=request.id)
@@ -200,9 +200,7 @@ class Servicer:
 
     def _actor(self, context: Any) -> str:
         """Who is calling: the ``authorization`` metadata (``Bearer <token>``), as over HTTP."""
-        given = next((value for key, value in context.invocation_metadata() or ()
-                      if key == "authorization" and isinstance(value, str)), None)
-        return str(self.app.access.authenticate(given))
+        return self.access.authenticate_metadata(context.invocation_metadata())
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         version = request.parameters["version"].string_param \
@@ -251,13 +249,13 @@ class _Complete:
         return call
 
 
-async def start_grpc(app: App, address: str) -> Any:
+async def start_grpc(plane: DataPlane, oip: OIPHandlers, access: Access, address: str) -> Any:
     """Start the gRPC server on ``address`` (``host:port``) on the running loop; returns it."""
     grpc, pb, pb_grpc = _modules()
-    limit = app.options.max_body_bytes
+    limit = plane.options.max_body_bytes
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", 64 * 1024 * 1024)])
-    servicer = Servicer(app, pb, grpc)
+    servicer = Servicer(plane, oip, access, pb, grpc)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Complete(servicer, grpc), server)
     if server.add_insecure_port(address) == 0:
         raise ModelyardError(f"cannot listen for gRPC on {address}; is the port in use?")

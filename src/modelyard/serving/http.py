@@ -1,9 +1,11 @@
 """The few HTTP pieces the raw ASGI app needs: routing, body reading with a limit, responses.
 
-:func:`match` is a pure router over path segments (``{name}`` segments capture). Bodies are read
-with the size limit enforced both from ``Content-Length`` and while streaming; compressed bodies
-(``Content-Encoding: gzip`` or ``deflate``, which ``tritonclient`` can send) are inflated under
-the same limit.
+:func:`match` is a pure router over path segments (``{name}`` segments capture). Each codec
+declares its routes as ``(method, path, Endpoint(function))``; the app binds them to the codec
+it built (:func:`bind_routes`) and compiles one table, as Starlette's ``Route(path, endpoint)``.
+Bodies are read with the size limit enforced both from ``Content-Length`` and while streaming;
+compressed bodies (``Content-Encoding: gzip`` or ``deflate``, which ``tritonclient`` can send)
+are inflated under the same limit.
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ import asyncio
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from types import MethodType
+from typing import Any, Generic, TypeVar
 
 import orjson
 
-from modelyard.errors import InputError, ModelyardError
+from modelyard.errors import (
+    BodyTimeoutError,
+    BodyTooLargeError,
+    InputError,
+    MethodNotAllowedError,
+    ModelyardError,
+)
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -26,45 +35,66 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 JSON = [(b"content-type", b"application/json")]
 
 
-class BodyTooLargeError(ModelyardError):
-    """The request body is over the server's limit; send smaller batches or raise --max-body."""
-
-    status_code = 413
-
-
-class BodyTimeoutError(ModelyardError):
-    """The request body stopped arriving for longer than the server's ``--body-timeout``; the
-    answer is 408 and the connection is closed."""
-
-    status_code = 408
-
-
-class MethodNotAllowedError(ModelyardError):
-    """The path exists but not for this HTTP method; the ``Allow`` header lists the methods."""
-
-    status_code = 405
-
-    def __init__(self, message: str, allow: Sequence[str]) -> None:
-        super().__init__(message)
-        self.allow = list(allow)
-
-
 class ClientDisconnectedError(Exception):
-    """The client went away before sending its whole body (nothing to answer)."""
+    """The client went away before sending its whole body (nothing to answer).
+
+    Not a :class:`~modelyard.errors.ModelyardError`: no one is left to read an answer, so it is
+    a signal the dispatcher catches to stop the request quietly, never an error a user sees.
+    """
+
+
+Handler = Callable[..., Awaitable[None]]
+H = TypeVar("H")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """What a route runs: ``answer(scope, receive, send, **captured)``, and how the app's
+    dispatcher admits it.
+
+    A codec declares its routes with its class's functions (``Endpoint(OIPHandlers.v2_infer)``)
+    and the app binds them to the codec it built (:meth:`bind`). ``mutation``: the request
+    changes something, so the dispatcher admits it first (cross-site rules, then the credential:
+    :func:`modelyard.serving.access.admit`); ``untyped``: a mutation whose clients send no
+    ``Content-Type`` (tritonclient's repository load/unload).
+    """
+
+    answer: Handler
+    mutation: bool = False
+    untyped: bool = False
+
+    @property
+    def name(self) -> str:
+        """The endpoint's name (its function's), for the API table and docs."""
+        return self.answer.__name__
+
+    def bind(self, owner: object) -> Endpoint:
+        """This endpoint answering as ``owner``'s method."""
+        return replace(self, answer=MethodType(self.answer, owner))
+
+
+#: ``(method, path, endpoint)``: how a codec declares its routes.
+RouteTable = Sequence[tuple[str, str, Endpoint]]
+
+
+def bind_routes(owner: object, table: RouteTable) -> list[tuple[str, str, Endpoint]]:
+    """``table``'s routes answered by ``owner`` (the codec whose class declared them)."""
+    return [(method, path, endpoint.bind(owner)) for method, path, endpoint in table]
 
 
 @dataclass(frozen=True)
-class Route:
-    """``method`` + path pattern (segments; ``{x}`` captures) -> handler name."""
+class Route(Generic[H]):
+    """``method`` + path pattern (segments; ``{x}`` captures) -> handler (an :class:`Endpoint`,
+    or any value: a name in the API table)."""
 
     method: str
     pattern: tuple[str, ...]
-    handler: str
+    handler: H
 
 
-def compile_routes(table: Sequence[tuple[str, str, str]]) -> dict[int, list[Route]]:
+def compile_routes(table: Sequence[tuple[str, str, H]]) -> dict[int, list[Route[H]]]:
     """Routes grouped by segment count, for :func:`match`."""
-    out: dict[int, list[Route]] = {}
+    out: dict[int, list[Route[H]]] = {}
     for method, path, handler in table:
         pattern = tuple(p for p in path.split("/") if p)
         out.setdefault(len(pattern), []).append(Route(method, pattern, handler))
@@ -72,8 +102,8 @@ def compile_routes(table: Sequence[tuple[str, str, str]]) -> dict[int, list[Rout
 
 
 def match(
-    routes: dict[int, list[Route]], method: str, path: str
-) -> tuple[str, dict[str, str]] | None:
+    routes: dict[int, list[Route[H]]], method: str, path: str
+) -> tuple[H, dict[str, str]] | None:
     """``(handler, captured)`` for a request; ``None`` when no path matches.
 
     Raises :class:`MethodNotAllowedError` when the path matches only under other methods.
@@ -252,11 +282,12 @@ def error_body(
 __all__ = [
     "JSON",
     "BodyDeadlines",
-    "BodyTimeoutError",
-    "BodyTooLargeError",
     "ClientDisconnectedError",
-    "MethodNotAllowedError",
+    "Endpoint",
+    "Handler",
     "Route",
+    "RouteTable",
+    "bind_routes",
     "compile_routes",
     "error_body",
     "header",

@@ -19,8 +19,19 @@ create unbounded label values.
 ``modelyard_queue_seconds``             histogram  time a request waited for its batch
 ``modelyard_batch_size``                histogram  rows per model call
 ``modelyard_model_loaded``              gauge      1 for each loaded version
-``modelyard_model_memory_bytes``        gauge      estimated bytes held by each loaded version
+``modelyard_model_memory_bytes``        gauge      bytes each loaded version is charged against
+                                                   ``--max-memory``: the resident memory its load
+                                                   grew the process by (or its estimate, when
+                                                   larger); a device worker's resident memory
+``modelyard_framework_memory_bytes``    gauge      what a framework's first import and set-up
+                                                   took (``framework`` label: the flavor); never
+                                                   evicted, not charged to the budget
+``modelyard_memory_budget_bytes``       gauge      ``--max-memory`` (absent without one)
 ``modelyard_models_loaded``             gauge      number of loaded versions
+``modelyard_model_load_seconds``        histogram  time to load and warm a version, by
+                                                   ``reason``: ``preload``, ``first``, ``idle``
+                                                   (after ``--idle-unload``), ``memory`` (after
+                                                   an eviction), ``reload``
 ``modelyard_worker_up``                 gauge      1 while a version's device worker answers
 ``modelyard_worker_restarts_total``     counter    device worker restart attempts
 ``modelyard_shadow_dropped_total``      counter    shadow copies dropped (candidate queue full)
@@ -44,7 +55,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +69,7 @@ from modelyard.errors import ConfigError
 
 _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_LOAD = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 #: one gauge sample: its label values and its value.
@@ -114,12 +126,32 @@ class ServerMetrics:
             ("model", "version"), registry=r, multiprocess_mode="livemax",
         )
         self.memory = Gauge(
-            "modelyard_model_memory_bytes", "Estimated bytes held by the loaded version.",
+            "modelyard_model_memory_bytes",
+            "Bytes the loaded version is charged against the memory budget: the resident memory "
+            "its load and warm-up grew the process by (or its estimate when larger); a device "
+            "worker's resident memory.",
             ("model", "version"), registry=r, multiprocess_mode="livesum",
+        )
+        self.framework_memory = Gauge(
+            "modelyard_framework_memory_bytes",
+            "Resident memory a framework's first import and set-up took in the process; never "
+            "evicted and not charged to the memory budget.",
+            ("framework",), registry=r, multiprocess_mode="livesum",
+        )
+        self.budget = Gauge(
+            "modelyard_memory_budget_bytes",
+            "The memory budget (--max-memory) the loaded versions are evicted under.",
+            registry=r, multiprocess_mode="livesum",
         )
         self.count = Gauge(
             "modelyard_models_loaded", "Number of loaded model versions.", registry=r,
             multiprocess_mode="livesum",
+        )
+        self.load_time = Histogram(
+            "modelyard_model_load_seconds",
+            "Time to load and warm a version, by why it was not loaded: preload, first, idle "
+            "(unloaded after --idle-unload), memory (evicted under --max-memory), reload.",
+            ("model", "version", "reason"), buckets=_LOAD, registry=r,
         )
         self.worker_up = Gauge(
             "modelyard_worker_up", "1 while the version's device worker answers, 0 while down.",
@@ -138,6 +170,7 @@ class ServerMetrics:
         self._monitoring = _MonitoringCollector()
         r.register(self._monitoring)
         self._log: _LogMetrics | None = None
+        self._on_scrape: list[Callable[[], None]] = []
         self._loaded_keys: set[tuple[str, str]] = set()
         self._status: dict[tuple[str, str, str, int, str], Any] = {}
 
@@ -208,11 +241,30 @@ class ServerMetrics:
         self._loaded_keys = set(rows)
         self.count.set(len(rows))
 
+    def set_framework(self, framework: str, size: int) -> None:
+        """Record what importing and setting up ``framework`` (a flavor) took, in bytes."""
+        self.framework_memory.labels(framework).set(size)
+
+    def set_budget(self, size: int | None) -> None:
+        """Export the memory budget (nothing without one)."""
+        if size is not None:
+            self.budget.set(size)
+
+    def observe_load(self, model: str, version: str, reason: str, seconds: float) -> None:
+        """Record one load of a version and why it was not loaded (see ``LOAD_REASONS``)."""
+        self.load_time.labels(model, version, reason).observe(seconds)
+
+    def refresh_on_scrape(self, refresh: Callable[[], None]) -> None:
+        """Call ``refresh`` before each exposition (values that change without an event)."""
+        self._on_scrape.append(refresh)
+
     def render(self) -> bytes:
         """The text exposition format: this process's series, or every worker's under
         ``--workers``."""
         if self._log is not None:
             self._log.sync()
+        for refresh in self._on_scrape:
+            refresh()
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         _forget_dead_workers(self.multiprocess_dir)

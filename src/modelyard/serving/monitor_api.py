@@ -28,25 +28,23 @@ from urllib.parse import parse_qs
 import orjson
 
 from modelyard.config import parse_duration
-from modelyard.errors import InputError
-from modelyard.serving.access import actor_of
-from modelyard.serving.http import Receive, Scope, Send, header, read_body, respond
+from modelyard.errors import BadJSONError, InputError
+from modelyard.serving.access import Access, actor_of
+from modelyard.serving.http import (
+    Endpoint,
+    Receive,
+    RouteTable,
+    Scope,
+    Send,
+    read_body,
+    respond,
+)
 from modelyard.serving.poller import Poller
-from modelyard.serving.protocol_v1 import BadJSONError
 
 if TYPE_CHECKING:
     from modelyard.monitoring.monitor import Monitor
-    from modelyard.serving.app import App
+    from modelyard.serving.dataplane import DataPlane
 
-
-MONITOR_ROUTES: list[tuple[str, str, str]] = [
-    ("POST", "/v1/models/{name}/feedback", "monitor_feedback"),
-    ("GET", "/api/v1/models/{name}/metrics", "monitor_metrics"),
-    ("GET", "/api/v1/models/{name}/drift", "monitor_drift"),
-    ("POST", "/api/v1/models/{name}/drift", "monitor_check_drift"),
-    ("GET", "/api/v1/models/{name}/events", "monitor_events"),
-    ("GET", "/api/v1/models/{name}/predictions/{request_id}", "monitor_prediction"),
-]
 #: most labels one feedback call takes.
 MAX_LABELS = 10_000
 
@@ -88,10 +86,13 @@ def parse_feedback(body: bytes) -> list[tuple[str, Any]]:
 
 
 class MonitorAPI:
-    """The ``monitor_*`` handlers; reuses the admin API's registry thread."""
+    """The monitoring endpoints over one data plane (its registry, on the registry thread, and
+    its prediction log's store); ``access`` checks the credential a prediction lookup needs."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
+    def __init__(self, plane: DataPlane, access: Access) -> None:
+        self.plane = plane
+        self.catalog = plane.catalog
+        self.access = access
         self._monitor: Monitor | None = None
 
     @property
@@ -99,16 +100,17 @@ class MonitorAPI:
         if self._monitor is None:
             from modelyard.monitoring.monitor import Monitor
 
-            store = self.app.predlog.store if self.app.predlog is not None else None
-            self._monitor = Monitor(self.app.catalog.registry, store)
+            predlog = self.plane.predlog
+            self._monitor = Monitor(self.catalog.registry,
+                                    predlog.store if predlog is not None else None)
         return self._monitor
 
     async def monitor_feedback(self, scope: Scope, receive: Receive, send: Send,
                                name: str) -> None:
         """``POST /v1/models/{name}/feedback``: store labels, say how many match a prediction."""
-        body = await read_body(scope, receive, self.app.options.max_body_bytes)
+        body = await read_body(scope, receive, self.plane.options.max_body_bytes)
         pairs = parse_feedback(body)
-        result = await self.app.admin.io(self.monitor.feedback, name, pairs,
+        result = await self.catalog.io(self.monitor.feedback, name, pairs,
                                           actor=actor_of(scope))
         await respond(send, 200, orjson.dumps(result.to_dict()))
 
@@ -119,8 +121,8 @@ class MonitorAPI:
         since = _since(scope)
         every = _param(scope, "every")
         step = None if every is None else timedelta(seconds=parse_duration(every))
-        windows = await self.app.admin.io(self.monitor.metrics, name, since=since, every=step)
-        latency = await self.app.admin.io(self.monitor.latency, name, since=since)
+        windows = await self.catalog.io(self.monitor.metrics, name, since=since, every=step)
+        latency = await self.catalog.io(self.monitor.latency, name, since=since)
         await respond(send, 200, orjson.dumps({"model": name,
                                                "windows": [w.to_dict() for w in windows],
                                                "latency": latency.to_dict()}))
@@ -128,14 +130,14 @@ class MonitorAPI:
     async def monitor_drift(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """``GET /api/v1/models/{name}/drift[?limit=N]``: stored drift checks, newest first."""
         limit = _int_param(scope, "limit", 20)
-        checks = await self.app.admin.io(self.monitor.drift_reports, name, limit=limit)
+        checks = await self.catalog.io(self.monitor.drift_reports, name, limit=limit)
         await respond(send, 200, orjson.dumps({"model": name,
                                                "checks": [c.to_dict() for c in checks]}))
 
     async def monitor_check_drift(self, scope: Scope, receive: Receive, send: Send,
                                   name: str) -> None:
         """``POST /api/v1/models/{name}/drift[?since=1h]``: check drift now and store it."""
-        check = await self.app.admin.io(self.monitor.check_drift, name, since=_since(scope),
+        check = await self.catalog.io(self.monitor.check_drift, name, since=_since(scope),
                                          actor=actor_of(scope))
         await respond(send, 200, orjson.dumps(check.to_dict()))
 
@@ -143,7 +145,7 @@ class MonitorAPI:
                              name: str) -> None:
         """``GET /api/v1/models/{name}/events[?kind=alert&limit=N]``: newest first."""
         kind = _param(scope, "kind")
-        events = await self.app.admin.io(self.monitor.events, name, kind=kind, since=_since(scope),
+        events = await self.catalog.io(self.monitor.events, name, kind=kind, since=_since(scope),
                                           limit=_int_param(scope, "limit", 100))
         await respond(send, 200, orjson.dumps({"model": name,
                                                "events": [e.to_dict() for e in events]}))
@@ -155,8 +157,8 @@ class MonitorAPI:
         request (time, version, variant, latency, inputs summary, outputs) and its label; 404
         when the log holds none."""
         # a read, but of what a client sent: it needs the credential mutations need
-        self.app.access.authenticate(header(scope, b"authorization"))
-        found = await self.app.admin.io(self.monitor.lookup, name, request_id)
+        self.access.authenticate_http(scope)
+        found = await self.catalog.io(self.monitor.lookup, name, request_id)
         await respond(send, 200, orjson.dumps(found.to_dict()))
 
 
@@ -169,13 +171,13 @@ class MonitorGauges(Poller):
 
     doing = "refresh the monitoring gauges"
 
-    def __init__(self, app: App, api: MonitorAPI) -> None:
+    def __init__(self, plane: DataPlane, api: MonitorAPI) -> None:
         super().__init__()
-        self.app = app
+        self.plane = plane
         self.api = api
 
     def interval(self) -> float:
-        return float(self.app.options.monitor_interval_s)
+        return float(self.plane.options.monitor_interval_s)
 
     async def tick(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.refresh)
@@ -184,8 +186,9 @@ class MonitorGauges(Poller):
         """Read every served model's metric windows and latest drift check into the gauges."""
         monitor = self.api.monitor
         windows, checks = [], []
-        for name in sorted(self.app.catalog.models):
-            if not self.app.catalog.models[name]:
+        models = self.plane.catalog.models
+        for name in sorted(models):
+            if not models[name]:
                 continue  # no alias: nothing served, nothing to watch
             if monitor.labels_since(name, None):
                 # without a single label there is no metric to compute, and reading the
@@ -193,8 +196,8 @@ class MonitorGauges(Poller):
                 # of the server's CPU a model, holding the GIL, every interval
                 windows.extend(monitor.metrics(name))
             checks.extend(monitor.drift_reports(name, limit=1))
-        self.app.metrics.set_quality(windows)
-        self.app.metrics.set_drift(checks)
+        self.plane.metrics.set_quality(windows)
+        self.plane.metrics.set_drift(checks)
 
 
 def _param(scope: Scope, key: str) -> str | None:
@@ -219,4 +222,15 @@ def _int_param(scope: Scope, key: str, default: int) -> int:
     return int(text)
 
 
-__all__ = ["MAX_LABELS", "MONITOR_ROUTES", "MonitorAPI", "MonitorGauges", "parse_feedback"]
+ROUTES: RouteTable = [
+    ("POST", "/v1/models/{name}/feedback", Endpoint(MonitorAPI.monitor_feedback, mutation=True)),
+    ("GET", "/api/v1/models/{name}/metrics", Endpoint(MonitorAPI.monitor_metrics)),
+    ("GET", "/api/v1/models/{name}/drift", Endpoint(MonitorAPI.monitor_drift)),
+    ("POST", "/api/v1/models/{name}/drift",
+     Endpoint(MonitorAPI.monitor_check_drift, mutation=True)),
+    ("GET", "/api/v1/models/{name}/events", Endpoint(MonitorAPI.monitor_events)),
+    ("GET", "/api/v1/models/{name}/predictions/{request_id}",
+     Endpoint(MonitorAPI.monitor_prediction)),
+]
+
+__all__ = ["MAX_LABELS", "ROUTES", "MonitorAPI", "MonitorGauges", "parse_feedback"]

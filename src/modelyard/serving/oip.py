@@ -1,51 +1,49 @@
-"""OIP v2 REST endpoints: health, server and model metadata, readiness, infer, repository.
+"""OIP v2 over REST: health, server and model metadata, readiness, infer, repository.
 
-The handlers share the app's catalog and prediction path; the wire format lives in
-:mod:`modelyard.serving.protocol_v2`. Errors answer ``{"error": message}`` as the protocol says.
-Repository load and unload are mutations: the app's dispatcher admits them (token, cross-site
-rules) and each is audited under the actor the credential stands for; the index is a read.
+A codec around the :class:`~modelyard.serving.dataplane.DataPlane`; the wire format lives in
+:mod:`modelyard.serving.protocol_v2`. The parts both OIP transports share -- the infer request
+(:func:`infer_request`), the outputs of an answer (:func:`outputs_of`), model metadata,
+readiness and the repository (:class:`OIPHandlers`' ``describe``, ``repository_index``,
+``load``, ``unload``) -- are here, and :mod:`~modelyard.serving.grpc_server` uses them too.
+Errors answer ``{"error": message}`` as the protocol says. Repository load and unload are
+mutations: the app's dispatcher admits them (token, cross-site rules) and each is audited under
+the actor the credential stands for; the index is a read.
 """
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import orjson
 
-from modelyard.errors import InputError, NotFoundError
+from modelyard.errors import BadJSONError, InputError, NotFoundError
 from modelyard.schema import OUTPUT_NAMES, FieldSpec, Signature
 from modelyard.serving import protocol_v2 as v2
 from modelyard.serving.access import actor_of
-from modelyard.serving.calls import (
-    Call,
-    log_failure,
-    parse_version,
-    request_id_of,
-    usable_id,
-)
+from modelyard.serving.calls import Call, fail_http, parse_version, request_id_of, usable_id
+from modelyard.serving.dataplane import DataPlane, InferenceRequest
 from modelyard.serving.http import (
-    ClientDisconnectedError,
+    Endpoint,
     Receive,
+    RouteTable,
     Scope,
     Send,
-    error_body,
     header,
     read_body,
     respond,
 )
-
-if TYPE_CHECKING:
-    from modelyard.serving.app import App
+from modelyard.serving.runner import Runner
 
 
 class OIPHandlers:
-    """The ``/v2`` routes of one :class:`~modelyard.serving.app.App`."""
+    """The ``/v2`` routes over one data plane, and what OIP over gRPC shares with them."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.catalog = app.catalog
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.catalog = plane.catalog
+        self.max_body = plane.options.max_body_bytes
 
     # -- server ---------------------------------------------------------------------------------
     async def v2_server(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -61,7 +59,7 @@ class OIPHandlers:
 
     async def v2_ready(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /v2/health/ready``: 200 once preloading is done and every device worker is up."""
-        ready = self.app.is_ready()
+        ready = self.plane.is_ready()
         await respond(send, 200 if ready else 503, orjson.dumps({"ready": ready}))
 
     # -- models ---------------------------------------------------------------------------------
@@ -84,25 +82,24 @@ class OIPHandlers:
                              name: str, version: str | None = None) -> None:
         """``GET /v2/models/{name}[/versions/{v}]/ready``: 200 when loaded and answering, else
         400 (the protocol's "4xx: false"; a version that is not loaded is no server error)."""
-        ready = self.is_ready(name, version)
+        ready = self.plane.model_ready(name, version)
         await respond(send, 200 if ready else 400, orjson.dumps({"name": name, "ready": ready}))
 
     async def v2_infer(self, scope: Scope, receive: Receive, send: Send,
                        name: str, version: str | None = None) -> None:
         """``POST /v2/models/{name}[/versions/{v}]/infer``, JSON or binary tensors."""
-        app = self.app
-        start = time.perf_counter()
-        call = Call(request_id_of(scope))
+        plane = self.plane
+        call = Call("v2", name, request_id_of(scope))
         status = 500
         try:
-            body = await read_body(scope, receive, app.options.max_body_bytes)
-            number = parse_version(name, version)
-            if self.catalog.runner_now(name, number) is None:
-                self.catalog.key_for(name, number)  # 404 before judging the body
+            body = await read_body(scope, receive, self.max_body)
+            number = plane.version(name, version)  # 404 before judging the body
             req = v2.decode_infer(body, _header_length(scope))
-            if req.id and usable_id(req.id):  # the OIP request id is what feedback names
-                call.request_id = req.id
-            outputs = await self.infer(call, name, number, req.inputs, req.outputs, scope)
+            # the OIP request id is what feedback names
+            request_id = req.id if req.id and usable_id(req.id) else None
+            result = await plane.infer(call, infer_request(name, number, req.inputs, req.outputs,
+                                                           request_id, scope))
+            outputs = outputs_of(call, result, req.outputs)
             runner = call.runner
             assert runner is not None
             everything = req.binary_default and not req.outputs
@@ -114,33 +111,10 @@ class OIPHandlers:
                 headers.append((b"inference-header-content-length", str(length).encode()))
             status = 200
             await respond(send, 200, out, headers)
-        except ClientDisconnectedError:
-            status = 499
         except Exception as exc:
-            status, err, headers = error_body(exc, oip=True)
-            headers.append((b"x-request-id", call.request_id.encode()))
-            if status >= 500:
-                log_failure(f"POST {scope['path'][:200]}", status, call.request_id, exc)
-            await respond(send, status, err, headers)
+            status = await fail_http(send, f"POST {scope['path'][:200]}", call, exc, oip=True)
         finally:
-            app.record(call, name, "v2", status, start)
-
-    async def infer(self, call: Any, name: str, version: int | None,
-                    inputs: dict[str, np.ndarray], wanted: list[str],
-                    scope: Scope | None = None) -> dict[str, np.ndarray]:
-        """Run named input tensors through a model; exactly the requested outputs (all when
-        none), or 422 naming the outputs the model has before anything is predicted."""
-
-        def payload(runner: Any) -> Any:
-            if wanted:
-                _check_wanted(wanted, _output_names(runner))
-            return v2.to_payload(runner.predictor.signature, inputs)
-
-        scores = "scores" in wanted or not wanted
-        result = await self.app.predict(call, name, version, payload, scores, scope, inputs)
-        runner = call.runner
-        return _outputs(result, wanted,
-                        v2.output_types(runner.predictor.signature, runner.outputs))
+            plane.record(call, status)
 
     def repository_index(self, only_ready: bool = False) -> list[dict[str, str]]:
         """Every model version and its state: READY, LOADING or UNAVAILABLE."""
@@ -188,8 +162,8 @@ class OIPHandlers:
 
     async def _audit(self, action: str, target: str, details: dict[str, Any],
                      actor: str) -> None:
-        await self.app.admin.io(self.catalog.registry.record, action, target, details,
-                                actor=actor)
+        await self.catalog.io(self.catalog.registry.record, action, target, details,
+                              actor=actor)
 
     async def describe(self, name: str, version: str | None) -> dict[str, Any]:
         """OIP model metadata for ``name`` (and version)."""
@@ -198,14 +172,12 @@ class OIPHandlers:
 
     def is_ready(self, name: str, version: str | None) -> bool:
         """Whether the version a request would use is loaded and answering (404 for unknown)."""
-        key = self.catalog.key_for(name, parse_version(name, version))
-        runner = self.catalog.cache.peek(key)
-        return runner is not None and bool(runner.healthy)
+        return self.plane.model_ready(name, version)
 
     # -- repository extension -------------------------------------------------------------------
     async def v2_index(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /v2/repository/index``: every model version and its state."""
-        body = await read_body(scope, receive, self.app.options.max_body_bytes)
+        body = await read_body(scope, receive, self.max_body)
         ready = _json_object(body).get("ready", False)
         if not isinstance(ready, bool):
             raise InputError("'ready' must be true or false",
@@ -215,7 +187,7 @@ class OIPHandlers:
 
     async def v2_load(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """``POST /v2/repository/models/{name}/load``: load the served (or newest) version."""
-        body = await read_body(scope, receive, self.app.options.max_body_bytes)
+        body = await read_body(scope, receive, self.max_body)
         version = v2.parameters(_json_object(body), []).get("version")
         if version is not None and (isinstance(version, bool)
                                     or not isinstance(version, int | str)):
@@ -226,9 +198,36 @@ class OIPHandlers:
 
     async def v2_unload(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """``POST /v2/repository/models/{name}/unload``: drain and drop every loaded version."""
-        await read_body(scope, receive, self.app.options.max_body_bytes)
+        await read_body(scope, receive, self.max_body)
         await self.unload(name, actor=actor_of(scope))
         await respond(send, 200, b"{}")
+
+
+def infer_request(name: str, version: int | None, inputs: dict[str, np.ndarray],
+                  wanted: Sequence[str], request_id: str | None = None,
+                  scope: Any = None) -> InferenceRequest:
+    """The data plane's request for named input tensors and the outputs ``wanted`` (all when
+    none): scores are predicted only when asked for (or when everything is)."""
+    return InferenceRequest(name, version, inputs, "scores" in wanted or not wanted,
+                            build=model_input, outputs=wanted, request_id=request_id,
+                            scope=scope)
+
+
+def model_input(runner: Runner, request: InferenceRequest) -> Any:
+    """A runner's input from an OIP request's tensors, after checking the outputs it asks for
+    against what the version answers (422 naming them before anything is predicted)."""
+    if request.outputs:
+        _check_wanted(list(request.outputs), _output_names(runner))
+    return v2.to_payload(runner.predictor.signature, request.payload)
+
+
+def outputs_of(call: Call, result: Any, wanted: Sequence[str]) -> dict[str, np.ndarray]:
+    """The output tensors of an answered request: exactly those ``wanted`` (all when none),
+    typed as the version answers them."""
+    runner = call.runner
+    assert runner is not None
+    return _outputs(result, list(wanted),
+                    v2.output_types(runner.predictor.signature, runner.outputs))
 
 
 def _header_length(scope: Scope) -> int | None:
@@ -248,8 +247,6 @@ def _json_object(body: bytes) -> dict[str, Any]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        from modelyard.serving.protocol_v1 import BadJSONError
-
         raise BadJSONError(f"the body is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InputError("the body must be a JSON object",
@@ -289,4 +286,22 @@ def _outputs(result: Any, wanted: list[str], types: dict[str, str]) -> dict[str,
     return out
 
 
-__all__ = ["OIPHandlers"]
+ROUTES: RouteTable = [
+    ("GET", "/v2", Endpoint(OIPHandlers.v2_server)),
+    ("GET", "/v2/health/live", Endpoint(OIPHandlers.v2_live)),
+    ("GET", "/v2/health/ready", Endpoint(OIPHandlers.v2_ready)),
+    ("GET", "/v2/models/{name}", Endpoint(OIPHandlers.v2_model)),
+    ("GET", "/v2/models/{name}/versions/{version}", Endpoint(OIPHandlers.v2_model)),
+    ("GET", "/v2/models/{name}/ready", Endpoint(OIPHandlers.v2_model_ready)),
+    ("GET", "/v2/models/{name}/versions/{version}/ready", Endpoint(OIPHandlers.v2_model_ready)),
+    ("POST", "/v2/models/{name}/infer", Endpoint(OIPHandlers.v2_infer)),
+    ("POST", "/v2/models/{name}/versions/{version}/infer", Endpoint(OIPHandlers.v2_infer)),
+    ("POST", "/v2/repository/index", Endpoint(OIPHandlers.v2_index)),
+    # tritonclient sends these without a Content-Type
+    ("POST", "/v2/repository/models/{name}/load",
+     Endpoint(OIPHandlers.v2_load, mutation=True, untyped=True)),
+    ("POST", "/v2/repository/models/{name}/unload",
+     Endpoint(OIPHandlers.v2_unload, mutation=True, untyped=True)),
+]
+
+__all__ = ["ROUTES", "OIPHandlers", "infer_request", "model_input", "outputs_of"]

@@ -325,12 +325,18 @@ _NOT_SERVED = _obj(["version", "serving", "reason"], version=_INT, serving=_OPT_
 _READYZ = _obj(["status"], status={"type": "string", "enum": ["ready", "loading", "degraded"]},
                down={"type": "array", "items": _STR},
                degraded={"type": "array", "items": _STR}, prediction_log=_OBJ,
+               idle={"type": "array", "items": _STR,
+                     "description": "served versions unloaded after --idle-unload "
+                                    "(name:version); each loads again on its next request"},
                not_served={"type": "array", "items": {**_NOT_SERVED, "required": [
                    "model", "alias", *_NOT_SERVED["required"]]}})
 _V1_MODELS = _obj(["models"], models={"type": "array", "items": _obj(
     ["name", "aliases", "served_version", "loaded_versions", "not_served"], name=_STR,
     aliases={"type": "object", "additionalProperties": _INT}, served_version=_OPT_INT,
     loaded_versions={"type": "array", "items": _INT},
+    memory_bytes={"type": "object", "additionalProperties": _INT,
+                  "description": "bytes each loaded version (by number) is charged against "
+                                 "--max-memory: what its load measured"},
     not_served={"oneOf": [_NOT_SERVED, {"type": "null"}]})})
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",

@@ -32,8 +32,12 @@ def parse_size(text: str | int | None) -> int | None:
 class ServeOptions:
     """How the server behaves; every field has a production-safe default."""
 
-    #: evict least recently used versions above this many bytes (None: no limit).
+    #: evict least recently used versions when the loaded ones cost more than this many bytes
+    #: together, each charged what its load measured (None: no limit).
     max_memory: int | None = None
+    #: unload a version no request used for this many seconds; it loads again on its next
+    #: request (None: never).
+    idle_unload_s: float | None = None
     #: load every version with the ``alias`` alias before reporting ready.
     preload: bool = True
     #: the alias ``/v1/models/{name}/predict`` serves.
@@ -80,6 +84,9 @@ class ServeOptions:
     def __post_init__(self) -> None:
         if self.max_memory is not None and self.max_memory <= 0:
             raise ConfigError("max_memory must be a positive number of bytes")
+        if self.idle_unload_s is not None and not self.idle_unload_s > 0:
+            raise ConfigError("idle_unload_s must be a positive number of seconds, or None to "
+                              "keep idle versions loaded")
         if (self.max_body_bytes <= 0 or self.request_timeout_s <= 0 or self.poll_interval_s <= 0
                 or self.monitor_interval_s <= 0 or self.body_timeout_s <= 0
                 or self.keep_alive_s <= 0):

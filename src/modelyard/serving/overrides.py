@@ -17,7 +17,8 @@ Each entry takes the fields of the spec's ``serving`` section except ``sensitive
 fields the prediction log hides is the version's promise, not a tuning knob) and ``replicas``
 (``--workers`` runs copies). The file is checked when the server starts: a field that does not
 exist or a value out of range is a one-line :class:`~modelyard.errors.ConfigError` naming the
-model and the field. :func:`merged` is the one place an override meets a version's settings.
+model and the field. :func:`tuned` is the one place an override meets a version's parsed
+settings (:class:`~modelyard.version_settings.VersionSettings`), through :func:`merged`.
 """
 
 from __future__ import annotations
@@ -53,6 +54,17 @@ def merged(registered: Mapping[str, Any] | None, override: Mapping[str, Any]) ->
 def for_model(overrides: Mapping[str, Mapping[str, Any]], name: str) -> dict[str, Any]:
     """The override of one model: the every-model entry, then the model's own on top."""
     return merged(overrides.get(EVERY_MODEL), overrides.get(name) or {})
+
+
+def tuned(serving: ServingSpec, overrides: Mapping[str, Mapping[str, Any]],
+          model: str) -> ServingSpec:
+    """A version's registered serving section with this server's override for ``model`` on
+    top (the section itself when there is none). The fields the version set stay set, so a
+    classic model's registered ``max_delay_ms`` still counts as chosen."""
+    override = for_model(overrides, model)
+    if not override:
+        return serving
+    return ServingSpec.model_validate(merged(serving.model_dump(exclude_unset=True), override))
 
 
 def check(overrides: Any, where: str = "serve config") -> dict[str, dict[str, Any]]:
@@ -93,4 +105,4 @@ def load(path: str | Path) -> dict[str, dict[str, Any]]:
     return check(doc.get("models") or {}, str(file))
 
 
-__all__ = ["EVERY_MODEL", "FIXED", "check", "for_model", "load", "merged"]
+__all__ = ["EVERY_MODEL", "FIXED", "check", "for_model", "load", "merged", "tuned"]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from modelyard.errors import InputError
+from modelyard.errors import BadJSONError, InputError
 from modelyard.predictor import Prediction
 
 PAYLOAD_KEYS = ("records", "columns", "instances", "inputs")
@@ -74,12 +74,6 @@ def _check_shape(key: str, payload: Any) -> None:
                          [{"loc": ["body", "instances"], "msg": "expected a list"}])
 
 
-class BadJSONError(InputError):
-    """The body is not JSON at all (400); send ``Content-Type: application/json`` JSON."""
-
-    status_code = 400
-
-
 def encode(name: str, version: int, result: Prediction, scores: bool,
            request_id: str | None = None) -> bytes:
     """The JSON response body for one request (``request_id`` is what feedback refers to)."""
@@ -100,4 +94,4 @@ def _jsonable(values: Any) -> Any:
     return np.asarray(values).tolist()
 
 
-__all__ = ["PAYLOAD_KEYS", "BadJSONError", "decode", "encode"]
+__all__ = ["PAYLOAD_KEYS", "decode", "encode"]

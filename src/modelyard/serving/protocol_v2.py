@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from modelyard.errors import InputError
+from modelyard.errors import BadJSONError, InputError
 from modelyard.numeric import to_numeric
 from modelyard.schema import FieldSpec, Signature
 
@@ -81,8 +81,6 @@ def decode_infer(body: bytes, header_length: int | None = None) -> InferRequest:
     try:
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
-        from modelyard.serving.protocol_v1 import BadJSONError
-
         raise BadJSONError(f"the request header is not valid JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise InputError("an infer request needs a non-empty 'inputs' list",

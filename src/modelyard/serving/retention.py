@@ -18,8 +18,8 @@ from modelyard.serving.poller import Poller
 
 if TYPE_CHECKING:
     from modelyard.monitoring.monitor import RetentionResult
-    from modelyard.serving.app import App
     from modelyard.serving.monitor_api import MonitorAPI
+    from modelyard.serving.options import ServeOptions
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +32,14 @@ class RetentionSweeper(Poller):
 
     doing = "delete predictions past their retention"
 
-    def __init__(self, app: App, api: MonitorAPI) -> None:
+    def __init__(self, options: ServeOptions, api: MonitorAPI) -> None:
         super().__init__()
-        self.app = app
+        self.options = options
         self.api = api  # its Monitor reads the server's own log store
         self._swept = False
 
     def interval(self) -> float:
-        every = float(self.app.options.retention_interval_s)
+        every = float(self.options.retention_interval_s)
         return every if self._swept else min(FIRST_SWEEP_S, every)
 
     async def tick(self) -> None:

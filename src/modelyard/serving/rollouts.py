@@ -1,4 +1,4 @@
-"""Rollouts in the server: route requests by the model's active deployment, shadow, analyse.
+"""Rollouts in the server: apply the registry's deployments to the served models, and analyse.
 
 :class:`Rollouts` polls :meth:`Deployments.changed_since` every ``poll_interval_s`` and keeps, per
 model, the active deployment with both of its versions loaded and warmed
@@ -10,24 +10,20 @@ device worker could not be restarted) and cannot be loaded again. When the deplo
 model goes back to its alias route (which a promotion has moved) and a candidate that did not
 become production is unloaded.
 
-On the request path (``App.predict``, unversioned requests only) one dict lookup finds the
-rollout; :func:`~modelyard.rollout.routing.choose_variant` picks the variant. A candidate's
-server error is retried on stable, so clients never see it; it still counts as a candidate
-error. A shadow copy goes to the candidate without being awaited (dropped, and counted, when
-its queue is full); its latency and its agreement with the stable answer are recorded.
+The request path (:class:`~modelyard.serving.dataplane.DataPlane`, unversioned requests only)
+finds a model's :class:`ActiveRollout` in :attr:`Rollouts.active` with one dict lookup, routes by
+it and counts into its window; :func:`request_key` and :func:`agrees` are the pure pieces it
+uses.
 
 Several processes (``--workers``, several hosts) share one registry, and analysis is decided
-once, on all their traffic. Every poll each process publishes its window of each rollout it
-applies (:meth:`Deployments.publish_window`). Every ``every_s`` (at least
-:data:`MIN_ANALYSIS_S`) each process reads the windows of its revision published in the last
-few polls; only the :func:`leader` among them (the smallest process name, this one included)
-goes on: it merges them (:func:`gather_windows`, :func:`merge_windows`), adds the declared
-metric over fed-back labels when the rules name one, runs
-:func:`~modelyard.rollout.analysis.analyze` and writes a decision other than hold with the
-revision it was made on. A :class:`ConflictError` means another process decided first (a
-leader that just changed): the next poll loads what it decided. The window restarts whenever
-the deployment's revision moves; the first analysis of a revision waits two polls, so that the
-other processes have applied it and published their share.
+once, on all their traffic: the windows, their freshness, the leader among the processes, the
+merge and the first analysis's wait are pure (:mod:`modelyard.rollout.windows`); this loop does
+their I/O. Every poll it publishes this process's window of each rollout it applies
+(:meth:`Deployments.publish_window`); when a window's analysis is due it reads the fresh windows
+of its revision and, if this process leads, adds the declared metric over fed-back labels when
+the rules name one, judges and writes a decision other than hold with the revision it was made
+on. A :class:`ConflictError` means another process decided first (a leader that just changed):
+the next poll loads what it decided.
 """
 
 from __future__ import annotations
@@ -35,10 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
@@ -46,124 +41,49 @@ import numpy as np
 
 from modelyard.errors import ConflictError
 from modelyard.predictor import Prediction
-from modelyard.rollout.analysis import Rules, analyze
 from modelyard.rollout.decision import Decision
-from modelyard.rollout.routing import candidate_share, choose_variant
 from modelyard.rollout.stats import WindowStats
-from modelyard.serving.batching import QueueFullError
+from modelyard.rollout.windows import (
+    VARIANTS,
+    ProcessWindow,
+    fresh_seconds,
+    gather_windows,
+    judge,
+    leader,
+    merge_windows,
+    settle_seconds,
+    shadow_dropped,
+)
 from modelyard.serving.catalog import Catalog
 from modelyard.serving.poller import Poller
 from modelyard.serving.runner import Runner
 
 log = logging.getLogger(__name__)
 
-#: the analysis interval's floor in seconds (``every_s`` below it is clamped up).
-MIN_ANALYSIS_S = 1.0
 #: the header that carries a request's key (sticky A/B groups).
 KEY_HEADER = b"x-request-key"
 #: shadow copies of one rollout in flight at once; more are dropped.
 MAX_SHADOW_IN_FLIGHT = 256
 #: a deployment whose versions failed to load is retried after this many seconds.
 RETRY_FAILED_S = 10.0
-#: the variants a window holds, as published.
-VARIANTS = ("stable", "candidate")
-#: a published window counts (and its process may lead) for this many polls, at least
-#: :data:`MIN_FRESH_S`: a process that stopped publishing hands over leadership after that.
-FRESH_POLLS = 3
-MIN_FRESH_S = 5.0
-#: the first analysis of a revision waits this many polls: the other processes apply the
-#: revision at their next poll and publish its window in the same one.
-SETTLE_POLLS = 2
 
-Fallback = Callable[..., Awaitable[Prediction]]
-
-
-class ActiveRollout:
-    """One model's active deployment in this process: its runners and its window statistics.
-
-    ``settle_s``: the least time before the first analysis of a revision (see
-    :data:`SETTLE_POLLS`). ``outdated``: the registry refused this process's window because
-    the deployment moved on; no analysis until the next poll applies the new revision.
-    """
+class ActiveRollout(ProcessWindow):
+    """One model's active deployment in this process: its runners, and its window (see
+    :class:`~modelyard.rollout.windows.ProcessWindow`) that the request path counts into."""
 
     def __init__(self, deployment: Any, stable: Runner, candidate: Runner, *,
                  settle_s: float = 0.0) -> None:
         self.stable = stable
         self.candidate = candidate
         self.same_inputs = stable.predictor.signature == candidate.predictor.signature
-        self.settle_s = settle_s
         self.in_flight = 0
-        self.dropped = 0
         self.retried = 0
-        self.update(deployment)
+        super().__init__(deployment, settle_s=settle_s)
 
     @property
-    def ident(self) -> tuple[int, int]:
-        """``(id, revision)`` of the deployment applied."""
-        return (self.deployment.id, self.deployment.revision)
-
-    @property
-    def interval_s(self) -> float:
-        """Seconds between two analyses of this rollout."""
-        return max(MIN_ANALYSIS_S, self.deployment.every_s)
-
-    def update(self, deployment: Any) -> None:
-        """Take a newer revision of the same deployment; its window starts afresh."""
-        self.deployment = deployment
-        self.rules = Rules.from_dict(deployment.rules)
-        self.stats = {"stable": WindowStats(), "candidate": WindowStats()}
-        self.outdated = False
-        #: the last analysis this process made of the revision (published for status)
-        self.analysis = ""
-        self.next_analysis = time.monotonic() + max(self.interval_s, self.settle_s)
-
-    def snapshot(self) -> dict[str, Any]:
-        """This process's window as published (JSON): both variants, and shadow drops."""
-        data: dict[str, Any] = {v: self.stats[v].to_dict() for v in VARIANTS}
-        data["candidate_serving"] = not self.candidate.closed
-        if self.analysis:
-            data["analysis"] = self.analysis
-        if self.dropped:
-            data["shadow_dropped"] = self.dropped
-        return data
-
-
-def gather_windows(process: str, own: Mapping[str, WindowStats],
-                   published: Iterable[Any]) -> dict[str, dict[str, WindowStats]]:
-    """Each process's windows of one revision, by process name: the ``published`` ones (records
-    with ``process`` and ``stats``), with this ``process``'s live window ``own`` in place of its
-    older published copy (and counted even before it ever published)."""
-    windows: dict[str, dict[str, WindowStats]] = {}
-    for w in published:
-        if w.process != process:
-            windows[w.process] = {v: WindowStats.from_dict(w.stats.get(v) or {})
-                                  for v in VARIANTS}
-    windows[process] = {v: own[v] for v in VARIANTS}
-    return windows
-
-
-def leader(windows: Mapping[str, Any]) -> str:
-    """The process that analyses a revision: the smallest name among those with a window."""
-    return min(windows)
-
-
-def merge_windows(windows: Mapping[str, Mapping[str, WindowStats]]) -> dict[str, WindowStats]:
-    """Both variants' windows over every process (new objects; the inputs are not changed)."""
-    merged = {v: WindowStats() for v in VARIANTS}
-    for per_variant in windows.values():
-        for v in VARIANTS:
-            merged[v] = merged[v].merge(per_variant[v])
-    return merged
-
-
-def window_details(windows: Mapping[str, Mapping[str, WindowStats]],
-                   merged: Mapping[str, WindowStats]) -> dict[str, Any]:
-    """What a decision records about the traffic behind it: the merged request counts and each
-    process's share."""
-    return {"stable_requests": merged["stable"].requests,
-            "candidate_requests": merged["candidate"].requests,
-            "processes": {p: {v: w[v].requests for v in VARIANTS}
-                          for p, w in sorted(windows.items())}}
+    def candidate_serving(self) -> bool:
+        """Whether the candidate's runner takes requests (it may have been unloaded)."""
+        return not self.candidate.closed
 
 
 def request_key(scope: Any, field: str | None, fields: Any) -> str | None:
@@ -209,16 +129,6 @@ def agrees(primary: Prediction, shadow: Prediction) -> bool:
     return bool(np.array_equal(a, b))
 
 
-def _power_of_ten(n: int) -> bool:
-    while n % 10 == 0:
-        n //= 10
-    return n == 1
-
-
-def _status(exc: BaseException) -> int:
-    return int(getattr(exc, "status_code", 500))
-
-
 class Rollouts(Poller):
     """Apply the registry's deployments to the served models; ``start``/``stop`` on the loop."""
 
@@ -233,9 +143,9 @@ class Rollouts(Poller):
         #: who this process is in a deployment's history (it activates blue-green candidates).
         self.actor = f"server:{socket.gethostname()}:{os.getpid()}"
         poll_s = catalog.options.poll_interval_s
-        #: published windows older than this are left out of analysis (see FRESH_POLLS).
-        self.fresh_s = max(MIN_FRESH_S, FRESH_POLLS * poll_s)
-        self._settle_s = SETTLE_POLLS * poll_s
+        #: published windows older than this are left out of analysis (see fresh_seconds).
+        self.fresh_s = fresh_seconds(poll_s)
+        self._settle_s = settle_seconds(poll_s)
         self._cursor: Any = None
         self._seen: dict[str, tuple[int, int]] = {}
         self._labels_failed: set[int] = set()  # deployments whose label metric failed (warned)
@@ -427,10 +337,9 @@ class Rollouts(Poller):
         its revision; write what it decides."""
         now = time.monotonic()
         for model, held in list(self.active.items()):
-            d = held.deployment
-            if now < held.next_analysis or d.state != "progressing" or held.outdated:
+            if not held.due(now):
                 continue
-            held.next_analysis = now + held.interval_s
+            d = held.deployment
             published = await self._io(self.deployments.windows, d.id, d.revision,
                                        fresh_s=self.fresh_s)
             windows = gather_windows(self.actor, held.stats, published)
@@ -443,15 +352,8 @@ class Rollouts(Poller):
                 await self._add_labels(d, held.rules.metric, merged)
             if held.deployment is not d:  # a new revision arrived meanwhile: its window restarted
                 continue
-            # stable answers a share to compare with: wait for enough of it (see analyze)
-            baseline = d.strategy == "shadow" or candidate_share(d) < 1.0
-            decision = analyze(merged["stable"], merged["candidate"], held.rules, d.step,
-                               len(d.steps), baseline=baseline)
-            decision.details.update(window_details(windows, merged))
-            dropped = held.dropped + sum(int(w.stats.get("shadow_dropped", 0))
-                                         for w in published if w.process != self.actor)
-            if dropped:
-                decision.details["shadow_dropped"] = dropped
+            decision = judge(d, held.rules, windows, merged,
+                             dropped=shadow_dropped(self.actor, held.dropped, published))
             held.analysis = f"{decision.action}: {decision.reason}"
             if decision.action == "hold":
                 log.debug("%s rollout %s holds: %s", model, d.id, decision.reason)
@@ -479,99 +381,6 @@ class Rollouts(Poller):
                 window = merged[variant]
                 window.labeled, window.metric_value, window.metric_se = labeled, value, se
 
-    # -- the request path -----------------------------------------------------------------------
-    async def predict(self, held: ActiveRollout, call: Any, to_payload: Callable[[Runner], Any],
-                      scores: bool, scope: Any, fields: Any, fallback: Fallback) -> Prediction:
-        """Answer one request of a model under rollout (``App.predict`` calls this)."""
-        d = held.deployment
-        route = choose_variant(d, request_key(scope, d.key, fields), random.random())
-        if route.primary == "candidate" and not held.candidate.closed:
-            runner = held.candidate
-            start = time.perf_counter()
-            try:
-                batch, n = runner.prepare(to_payload(runner))
-                result: Prediction = await runner.submit(batch, n, scores)
-            except Exception as exc:
-                if _status(exc) < 500:
-                    raise
-                held.stats["candidate"].observe(time.perf_counter() - start, error=True)
-                held.retried += 1
-                if _power_of_ten(held.retried):  # 1st, 10th, 100th...: not one line per request
-                    log.warning("%s candidate %s failed %d times, each answered by stable: %s",
-                                d.model, runner.version, held.retried, exc)
-            else:
-                held.stats["candidate"].observe(time.perf_counter() - start)
-                call.runner, call.variant = runner, "candidate"
-                return call.answered(batch, n, result)
-        runner = held.stable
-        if runner.closed:  # unloaded by a promotion the next poll will apply
-            return await fallback(call, d.model, None, to_payload, scores)
-        call.runner, call.variant = runner, "stable"
-        start = time.perf_counter()
-        try:
-            batch, n = runner.prepare(to_payload(runner))
-            result = await runner.submit(batch, n, scores)
-        except Exception as exc:
-            if _status(exc) >= 500:
-                held.stats["stable"].observe(time.perf_counter() - start, error=True)
-            raise
-        held.stats["stable"].observe(time.perf_counter() - start)
-        if route.shadow:
-            self._shadow(held, batch, n, scores, result, to_payload, call.request_id)
-        return call.answered(batch, n, result)  # type: ignore[no-any-return]
 
-    def _shadow(self, held: ActiveRollout, batch: Any, n: int, scores: bool,
-                primary: Prediction, to_payload: Callable[[Runner], Any],
-                request_id: str) -> None:
-        """Send a copy to the candidate without awaiting it; record latency and agreement, and
-        log the shadow answer (variant ``shadow``, the same request id) so that labels fed back
-        for the request judge the candidate too."""
-        runner = held.candidate
-        if runner.closed:
-            return
-        if held.in_flight >= MAX_SHADOW_IN_FLIGHT:
-            self._drop(held)
-            return
-        stats = held.stats["candidate"]
-        start = time.perf_counter()
-        try:
-            if not held.same_inputs:
-                batch, n = runner.prepare(to_payload(runner))
-            future = runner.submit(batch, n, scores)
-        except QueueFullError:
-            self._drop(held)
-            return
-        except Exception:
-            stats.observe(time.perf_counter() - start, error=True)
-            return
-        held.in_flight += 1
-
-        def done(f: asyncio.Future[Any]) -> None:
-            held.in_flight -= 1
-            latency = time.perf_counter() - start
-            if f.cancelled():
-                return
-            exc = f.exception()
-            if exc is not None:
-                stats.observe(latency, error=_status(exc) >= 500)
-                return
-            stats.observe(latency)
-            answer = f.result()
-            stats.compare(agrees(primary, answer))
-            policy, predlog = runner.log_policy, self.catalog.predlog
-            if policy is not None and predlog is not None and policy.sampled():
-                predlog.record(policy, request_id, "shadow", latency, batch, n, answer)
-
-        future.add_done_callback(done)
-
-    def _drop(self, held: ActiveRollout) -> None:
-        held.dropped += 1
-        runner = held.candidate
-        self.catalog.metrics.shadow_dropped.labels(runner.name, runner.version_str).inc()
-
-
-__all__ = [
-    "FRESH_POLLS", "KEY_HEADER", "MIN_ANALYSIS_S", "MIN_FRESH_S", "SETTLE_POLLS", "VARIANTS",
-    "ActiveRollout", "Rollouts", "agrees", "gather_windows", "leader", "merge_windows",
-    "request_key", "window_details",
-]
+__all__ = ["KEY_HEADER", "MAX_SHADOW_IN_FLIGHT", "RETRY_FAILED_S", "ActiveRollout", "Rollouts",
+           "agrees", "request_key"]

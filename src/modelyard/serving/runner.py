@@ -15,29 +15,21 @@ from concurrent.futures import Executor
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
 from modelyard.errors import AdapterError
 from modelyard.predictor import Prediction, Predictor
 from modelyard.schema import FieldSpec
 from modelyard.serving.batching import Batcher, BatchPolicy, Item, Observe, split_rows
-from modelyard.serving.overrides import merged
 from modelyard.spec import ServingSpec
+from modelyard.version_settings import VersionSettings
 
 log = logging.getLogger(__name__)
 
 
-def serving_spec(meta: Mapping[str, Any], ref: str = "model",
-                 override: Mapping[str, Any] | None = None) -> ServingSpec:
-    """The version's serving settings (``meta["serving"]``, from the pipeline) or defaults,
-    with the server's ``override`` for its model on top (``serve --model-config``)."""
-    raw = meta.get("serving")
-    registered = dict(raw) if isinstance(raw, Mapping) else {}
-    try:
-        return ServingSpec.model_validate(merged(registered, override or {}))
-    except ValidationError as exc:
-        log.warning("%s: ignoring invalid serving settings (%s); using defaults", ref, exc)
-        return ServingSpec.model_validate(dict(override or {}))  # checked when the server began
+def serving_spec(meta: Mapping[str, Any], ref: str = "model") -> ServingSpec:
+    """The serving section of a version's ``meta`` (:class:`VersionSettings`, not strict: a
+    malformed section is logged and its defaults apply)."""
+    return VersionSettings.from_meta(meta, ref, strict=False).serving
 
 
 def batch_policy(spec: ServingSpec, *, accelerated: bool, timeout_s: float = 60.0) -> BatchPolicy:

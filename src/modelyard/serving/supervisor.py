@@ -25,11 +25,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
+from modelyard.errors import WorkerDiedError, WorkerUnavailableError
 from modelyard.predictor import Prediction, Predictor
 from modelyard.schema import Signature
 from modelyard.serving.batching import Batcher, BatchPolicy, Item, Observe
+from modelyard.serving.footprint import rss_bytes
 from modelyard.serving.runner import Runner
-from modelyard.serving.worker import Worker, WorkerDiedError, WorkerUnavailableError
+from modelyard.serving.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,19 @@ class ProcessRunner(Runner):
     def healthy(self) -> bool:
         """Whether the worker is up and answering."""
         return self.state == "up"
+
+    @property
+    def memory(self) -> int:
+        """Bytes this version costs: its worker process's resident memory, read now (all of it
+        comes back when the version is unloaded); while the worker is down, what was given."""
+        # the base initialiser sets memory before the worker and state exist
+        if getattr(self, "state", "") != "up" or self.worker.exited or self.worker.pid is None:
+            return self._memory
+        return rss_bytes(self.worker.pid) or self._memory
+
+    @memory.setter
+    def memory(self, value: int) -> None:
+        self._memory = value
 
     def start(self) -> None:
         """Start batching and reading the worker's answers on the running loop."""

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard import errors
-from modelyard.errors import AdapterError, ModelyardError
+from modelyard.errors import AdapterError, ModelyardError, WorkerDiedError
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +55,6 @@ log = logging.getLogger(__name__)
 _ENTRY = "from modelyard.serving.worker_main import main; main()"
 #: batches above this many bytes are written from a thread, so a big tensor never stalls the loop.
 _INLINE_SEND = 256 * 1024
-
-
-class WorkerUnavailableError(ModelyardError):
-    """The model's device worker is restarting; retry after ``retry_after`` seconds."""
-
-    status_code = 503
-
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (str(self), self.retry_after))
-
-
-class WorkerDiedError(WorkerUnavailableError):
-    """The device worker exited while this request was in flight; retry shortly."""
 
 
 @dataclass(frozen=True)
@@ -356,13 +339,4 @@ def rebuild(kind: str, message: str) -> ModelyardError:
     return AdapterError(message if kind == "AdapterError" else f"{kind}: {message}")
 
 
-__all__ = [
-    "Worker",
-    "WorkerDiedError",
-    "WorkerSpec",
-    "WorkerUnavailableError",
-    "check_loads",
-    "describe",
-    "exit_reason",
-    "rebuild",
-]
+__all__ = ["Worker", "WorkerSpec", "check_loads", "describe", "exit_reason", "rebuild"]

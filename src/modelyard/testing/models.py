@@ -1,4 +1,4 @@
-"""Small real models registered in a registry, for the server's tests, benchmarks and demos.
+"""Small real models registered in a registry, for the server's tests and benchmarks.
 
 Each helper trains (seconds at most), saves through the flavor's adapter, registers the version
 and, unless ``promote=False``, points ``production`` at it. Frameworks are imported inside.
@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
+import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,8 @@ import numpy as np
 
 from modelyard.adapters import get_adapter
 from modelyard.errors import ModelyardError
+from modelyard.pipeline.evaluate import describe_outputs
+from modelyard.pipeline.profile import profile
 from modelyard.predictor import Predictor
 from modelyard.schema import Signature
 
@@ -27,9 +32,6 @@ def register_model(registry: Any, name: str, model: Any, flavor: str, X: Any, y:
 
     ``record_outputs=False`` registers it as versions saved before outputs were recorded.
     """
-    from modelyard.pipeline.evaluate import describe_outputs
-    from modelyard.pipeline.profile import profile
-
     adapter = get_adapter(flavor)
     with tempfile.TemporaryDirectory(prefix="modelyard-fixture-") as tmp:
         saved = adapter.save(model, Path(tmp), sample=sample) if sample is not None else \
@@ -109,10 +111,6 @@ class ProbeModel:
 
     def predict(self, batch: Any) -> Any:
         """Twice the first column, or the misbehaviour its value asks for."""
-        import os
-        import signal
-        import time
-
         x = np.asarray(batch, dtype=np.float64)
         first = x[:, 0]
         if self.delay_s:
@@ -155,6 +153,42 @@ def register_probe(registry: Any, name: str = "probe", *, n_features: int = 3,
     return register_model(registry, name, model, "python", X, promote=promote, meta=meta)
 
 
+class BallastModel:
+    """A python-flavor model that holds ``mb`` megabytes once loaded, from an artifact of a few
+    bytes: what a loaded version really costs is then known, and far above its estimate. It
+    answers ``value`` for every row."""
+
+    def __init__(self, mb: int, value: float = 0.0) -> None:
+        self.mb = mb
+        self.value = value
+        self.ballast: Any = None
+
+    def predict(self, batch: Any) -> Any:
+        """``value`` for each row."""
+        return np.full(len(np.asarray(batch)), self.value)
+
+    def save(self, path: Path) -> None:
+        """Write the settings (not the ballast)."""
+        (Path(path) / "ballast.txt").write_text(f"{self.mb} {self.value!r}")
+
+    @classmethod
+    def load(cls, path: Path) -> BallastModel:
+        """Read the settings and take the ballast: ``mb`` MiB, every page written (resident)."""
+        mb, value = (Path(path) / "ballast.txt").read_text().split()
+        model = cls(int(mb), float(value))
+        model.ballast = np.ones(model.mb << 20, dtype=np.uint8)
+        return model
+
+
+def register_ballast(registry: Any, name: str = "ballast", *, mb: int = 32, value: float = 0.0,
+                     n_features: int = 3, promote: bool = True,
+                     meta: dict[str, Any] | None = None) -> Any:
+    """A :class:`BallastModel` over ``n_features`` floats that holds ``mb`` MiB once loaded."""
+    X = np.zeros((4, n_features))
+    return register_model(registry, name, BallastModel(mb, value), "python", X, promote=promote,
+                          meta=meta)
+
+
 def mlp(sizes: tuple[int, ...] = (256, 1024, 1024, 10), seed: int = 0) -> Any:
     """A PyTorch MLP with ReLU between ``sizes`` (eval mode)."""
     import torch
@@ -180,82 +214,11 @@ def register_mlp(registry: Any, name: str = "mlp", *,
                           sample=X[:8])
 
 
-class ServerProcess:
-    """``python -m modelyard.serving`` in a subprocess on a free port, for tests, benchmarks, demos.
-
-    Ready when constructed unless ``wait=False`` (then call :meth:`wait_ready`, so several start
-    in parallel). ``url`` is its base URL, ``grpc_address`` its OIP gRPC address with
-    ``grpc=True``, ``name`` how it names itself in rollout windows; its output goes to ``log``.
-    ``env`` adds to the environment (``MODELYARD_HOME`` is ``home``).
-    """
-
-    def __init__(self, home: Path, *, env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = (), grpc: bool = False, wait: bool = True) -> None:
-        import os
-        import socket
-        import subprocess
-        import sys
-
-        self.port = _free_port()
-        self.grpc_address = f"127.0.0.1:{_free_port()}" if grpc else None
-        extra = ("--grpc-port", self.grpc_address.rpartition(":")[2]) if self.grpc_address else ()
-        full_env = {**os.environ, "MODELYARD_HOME": str(home), "OMP_NUM_THREADS": "1",
-                    **(env or {})}
-        self.log = Path(home) / f"server-{self.port}.log"
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "wb") as out:  # the child keeps its own handle
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "modelyard.serving", "--port", str(self.port),
-                 "--log-level", "warning", *extra, *args], env=full_env, stdout=out,
-                stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.name = f"server:{socket.gethostname()}:{self.process.pid}"
-        if wait:
-            self.wait_ready()
-
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        """Wait until ``/readyz`` answers 200; raises with the server's output if it does not."""
-        import time
-        import urllib.request
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()}")
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server did not become ready: {self.log.read_text()}")
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after ``timeout_s``) and wait for it."""
-        import subprocess
-
-        self.process.terminate()
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 __all__ = [
+    "BallastModel",
     "ProbeModel",
-    "ServerProcess",
     "mlp",
+    "register_ballast",
     "register_constant",
     "register_hgb",
     "register_mlp",

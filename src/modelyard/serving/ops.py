@@ -1,0 +1,62 @@
+"""The operations endpoints: ``/metrics``, ``/healthz``, ``/readyz``, ``/openapi.json``, ``/docs``.
+
+What they say comes from the data plane (readiness) and its metrics; this module only encodes it.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+from modelyard.serving.dataplane import DataPlane
+from modelyard.serving.http import JSON, Endpoint, Receive, RouteTable, Scope, Send, respond
+from modelyard.serving.metrics import CONTENT_TYPE
+
+
+class OpsAPI:
+    """Health, readiness, metrics and the API's documents for one data plane."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+
+    async def op_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /metrics`` in the Prometheus text format."""
+        await respond(send, 200, self.plane.metrics.render(),
+                      [(b"content-type", CONTENT_TYPE.encode())])
+
+    async def op_healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /healthz``: the process answers."""
+        await respond(send, 200, b'{"status":"ok"}')
+
+    async def op_readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /readyz``: 200 once the served aliases are preloaded and every device worker
+        answers; 503 (with ``Retry-After``) while loading or while a worker restarts, the body
+        naming it (see :meth:`DataPlane.readiness`)."""
+        ready, doc = self.plane.readiness()
+        if ready:
+            await respond(send, 200, orjson.dumps(doc))
+        else:
+            await respond(send, 503, orjson.dumps(doc), [*JSON, (b"retry-after", b"1")])
+
+    async def op_openapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /openapi.json``."""
+        from modelyard.serving.openapi import OPENAPI
+
+        await respond(send, 200, orjson.dumps(OPENAPI))
+
+    async def op_docs(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /docs``: the API reference page."""
+        from modelyard.serving.openapi import docs_html
+
+        await respond(send, 200, docs_html().encode(),
+                      [(b"content-type", b"text/html; charset=utf-8")])
+
+
+ROUTES: RouteTable = [
+    ("GET", "/metrics", Endpoint(OpsAPI.op_metrics)),
+    ("GET", "/healthz", Endpoint(OpsAPI.op_healthz)),
+    ("GET", "/readyz", Endpoint(OpsAPI.op_readyz)),
+    ("GET", "/openapi.json", Endpoint(OpsAPI.op_openapi)),
+    ("GET", "/docs", Endpoint(OpsAPI.op_docs)),
+]
+
+__all__ = ["ROUTES", "OpsAPI"]
