@@ -77,6 +77,8 @@ class ThreadTime:
     tid: int
     comm: str
     cpu_s: float
+    #: of which in the kernel (system calls: socket reads and writes, epoll, futexes).
+    sys_s: float = 0.0
 
 
 def thread_cpu(pid: int) -> dict[int, ThreadTime]:
@@ -90,7 +92,8 @@ def thread_cpu(pid: int) -> dict[int, ThreadTime]:
             except OSError:
                 continue
             tid = int(task.name)
-            out[tid] = ThreadTime(p, tid, comm, (int(fields[11]) + int(fields[12])) / _TICK)
+            out[tid] = ThreadTime(p, tid, comm, (int(fields[11]) + int(fields[12])) / _TICK,
+                                  int(fields[12]) / _TICK)
     return out
 
 
@@ -122,16 +125,21 @@ def py_spy() -> str | None:
 
 
 def by_role(before: dict[int, ThreadTime], after: dict[int, ThreadTime],
-            names: dict[int, str]) -> dict[str, float]:
+            names: dict[int, str], kernel: bool = False) -> dict[str, float]:
     """CPU seconds between two :func:`thread_cpu` snapshots, summed by thread role.
 
     A role is the Python thread name without its pool index (``modelyard-predict_3`` ->
     ``modelyard-predict``), else the kernel's name (threads Python does not know: gRPC's
-    pollers, OpenMP), so two workers' event loops add up as one role.
+    pollers, OpenMP), so two workers' event loops add up as one role. ``kernel``: only the
+    time spent in the kernel.
     """
     out: dict[str, float] = {}
     for tid, now in after.items():
-        spent = now.cpu_s - (before[tid].cpu_s if tid in before else 0.0)
+        then = before.get(tid)
+        if kernel:
+            spent = now.sys_s - (then.sys_s if then is not None else 0.0)
+        else:
+            spent = now.cpu_s - (then.cpu_s if then is not None else 0.0)
         if spent <= 0:
             continue
         name = names.get(tid) or f"[{now.comm}]"

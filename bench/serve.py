@@ -362,6 +362,8 @@ def measured(server: Server, base: str | None, run: Any, settle_s: float = 1.2,
     result["cpu_us"] = (procstat.cpu_between(cpu0, cpu1) - periodic) / requests * 1e6
     result["periodic_s"] = periodic
     result["threads"] = {role: s / requests * 1e6 for role, s in roles.items()}
+    result["threads_sys"] = {role: s / requests * 1e6 for role, s in
+                             procstat.by_role(threads0, threads1, names, kernel=True).items()}
     result["per_process"] = {pid: cpu1[pid] - cpu0.get(pid, 0.0) for pid in cpu1}
     if metrics1:
         delta = {k: metrics1[k] - metrics0.get(k, 0.0) for k in metrics1}
@@ -511,13 +513,15 @@ def _phases(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def _threads(r: dict[str, Any]) -> None:
     """CPU µs/request by thread role for each modelyard phase (and py-spy's view, if taken)."""
-    print("server CPU us/request by thread:")
+    print("server CPU us/request by thread (of which in the kernel: system calls):")
     for key in ("native", "v2", "grpc", "open"):
         if key not in r:
             continue
         roles = sorted(r[key]["threads"].items(), key=lambda kv: -kv[1])
         chores = r[key].get("periodic_s", 0.0)
-        print(f"  {key:7} " + ", ".join(f"{role} {us:.1f}" for role, us in roles
+        sys_us = r[key].get("threads_sys", {})
+        print(f"  {key:7} " + ", ".join(f"{role} {us:.1f} (kernel {sys_us.get(role, 0):.0f})"
+                                         for role, us in roles
                                          if us >= 0.5 and role not in PERIODIC)
               + (f"; periodic chores {chores:.2f} s (not counted)" if chores >= 0.01 else ""))
     for key in ("native", "v2", "grpc"):
