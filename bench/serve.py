@@ -1,5 +1,7 @@
-"""Serving cost: modelyard over native REST, OIP v2 REST and gRPC against a naive FastAPI
-endpoint, side by side, in server CPU per request.
+"""Server CPU per request: modelyard (native REST, OIP v2, gRPC) against a naive endpoint.
+
+modelyard over native REST, OIP v2 REST and gRPC against a naive FastAPI endpoint, side by
+side in one run, in server CPU per request.
 
 Run: ``python bench/serve.py`` (needs ``wrk`` and ``taskset`` on PATH, ``fastapi`` for the naive
 baseline and ``tritonclient[grpc]`` for gRPC; ``py-spy`` for ``--profile``). About five minutes;
