@@ -121,7 +121,7 @@ def measure(home: Path, work: Path, body: Path, where: str, model: str, seconds:
          "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, "/readyz", proc)
+        wait_ready(base + "/readyz", proc)
         url = f"{base}/v1/models/{model}/predict"
         wrk(url, body, work, CONNECTIONS, 2)  # warm up
         if rate is not None:

@@ -13,6 +13,7 @@ checked: a NaN or an infinity that is already a float is the caller's own value,
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from modelyard.errors import InputError
 
 #: the element types a JSON decoder gives for numbers.
 PLAIN_NUMBERS = frozenset((int, float))
+_FLOAT = {float}
 
 
 def plain_numbers(values: Iterable[Any]) -> bool:
@@ -37,6 +39,10 @@ def to_numeric(values: Any, dtype: Any, field: str, loc: Sequence[Any]) -> np.nd
     names the input in the message (``"input 'image'"``), ``loc`` starts each detail's location.
     """
     target = np.dtype(dtype)
+    if target.kind == "f" and type(values) is list:
+        floats = _plain_floats(values, target)
+        if floats is not None:
+            return floats
     if not isinstance(values, list | tuple | np.ndarray) and not _is_number(values):
         values = np.asarray(values)  # a DataFrame, a framework tensor, a string, None, ...
     if isinstance(values, np.ndarray) and values.dtype.kind != "O":
@@ -50,6 +56,27 @@ def to_numeric(values: Any, dtype: Any, field: str, loc: Sequence[Any]) -> np.nd
             raise _error(field, loc, index, f"expected {target.name}, got {_show(value)}")
         source = _infer(values, target, field, loc)
     return _cast(source, target, field, loc)
+
+
+def _plain_floats(values: list[Any], target: np.dtype[Any]) -> np.ndarray | None:
+    """A JSON tensor's common case at a third of the cost: a list (or a list of equal rows) of
+    Python floats only, converted straight to ``target`` -- the same rounding as the long way
+    (float64, then ``target``). ``None`` for anything else (ints, whose conversion to float32
+    the long way rounds once, other types, ragged or deeper lists) and for a value ``target``
+    cannot hold: the long way then converts it or names what is wrong."""
+    if not values:
+        return None
+    try:
+        leaves = itertools.chain.from_iterable(values) if type(values[0]) is list else values
+        if set(map(type, leaves)) != _FLOAT:
+            return None
+        if target.itemsize >= 8:  # a Python float always fits
+            return np.array(values, dtype=target)
+        with np.errstate(over="ignore"):
+            out = np.array(values, dtype=target)
+    except (TypeError, ValueError):  # a row that is a number, rows of different lengths
+        return None
+    return out if np.isfinite(out).all() else None
 
 
 def first_non_number(values: Any) -> tuple[int, Any] | None:

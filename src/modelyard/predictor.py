@@ -14,12 +14,16 @@ from typing import Any
 import numpy as np
 
 from modelyard.adapters import get_adapter
+from modelyard.adapters.base import sums_to_one
 from modelyard.devices import resolve_device
 from modelyard.errors import AdapterError, ConfigError, ModelyardError
 from modelyard.schema import FieldSpec, Signature, dtype_name
 from modelyard.types import Adapter
 
 log = logging.getLogger(__name__)
+
+#: ``postprocess`` asks the adapter for class scores itself (none were computed with the labels).
+_ASK: Any = object()
 
 
 @dataclass
@@ -83,19 +87,33 @@ class Predictor:
         return self.predict_batch(batch, scores=scores)
 
     def predict_batch(self, batch: Any, *, scores: bool = False) -> Prediction:
-        """Predict an already prepared batch (what ``Signature.prepare`` returns)."""
+        """Predict an already prepared batch (what ``Signature.prepare`` returns).
+
+        With ``scores`` a classifier's labels and scores come from one model call when the
+        adapter can give both at once (:class:`~modelyard.types.JointPredictor`).
+        """
+        joint = getattr(self.adapter, "predict_with_scores", None) if (
+            scores and self.signature.classes and self.task in (None, "classification")) else None
         try:
-            raw = self.adapter.predict(self.model, batch)
+            if joint is not None:
+                raw, given = joint(self.model, batch)
+            else:
+                raw, given = self.adapter.predict(self.model, batch), _ASK
         except ModelyardError:
             raise
         except Exception as exc:  # a framework error, translated once here
             raise AdapterError(
                 f"{self.ref} failed to predict: {type(exc).__name__}: {exc}"
             ) from exc
-        return self.postprocess(raw, batch if scores else None)
+        return self.postprocess(raw, batch if scores else None, scores=given)
 
-    def postprocess(self, raw: Any, batch: Any = None) -> Prediction:
-        """Turn raw model output into labels (classification) or values, plus scores."""
+    def postprocess(self, raw: Any, batch: Any = None, *, scores: Any = _ASK) -> Prediction:
+        """Turn raw model output into labels (classification) or values, plus scores.
+
+        Class scores for labels are ``scores`` when the caller has them from the same model
+        call (``None``: the model gives none), else the adapter's ``predict_scores`` on
+        ``batch`` (when given).
+        """
         out = np.asarray(raw) if not isinstance(raw, dict) else raw
         classes = self.signature.classes
         if self.task in (None, "classification") and classes and isinstance(out, np.ndarray):
@@ -103,8 +121,9 @@ class Predictor:
                 probs = _as_probabilities(out)
                 labels = np.asarray(classes, dtype=object)[probs.argmax(axis=1)]
                 return Prediction(_tidy(labels), probs, classes)
-            if out.ndim == 1 and batch is not None:
-                probs = self.adapter.predict_scores(self.model, batch)
+            if out.ndim == 1 and (batch is not None or scores is not _ASK):
+                probs = (self.adapter.predict_scores(self.model, batch) if scores is _ASK
+                         else scores)
                 return Prediction(out, None if probs is None else np.asarray(probs), classes)
         if isinstance(out, dict):
             return Prediction(np.asarray(next(iter(out.values()))))
@@ -167,8 +186,7 @@ def _field(name: str, values: np.ndarray) -> FieldSpec:
 
 
 def _as_probabilities(out: np.ndarray) -> np.ndarray:
-    rows = out.sum(axis=1)
-    if np.all(out >= 0) and np.allclose(rows, 1.0, atol=1e-3):
+    if out.min() >= 0 and sums_to_one(out, 1e-3):
         return out
     shifted = out - out.max(axis=1, keepdims=True)
     exp = np.exp(shifted)

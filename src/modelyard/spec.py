@@ -101,7 +101,10 @@ class BatchingSpec(BaseModel):
 
     model_config = _STRICT
 
-    enabled: bool | None = None  # None: on for DL flavors, off for classic ones
+    #: None (auto) and True batch every flavor; False runs each request alone. Classic flavors
+    #: wait for no more rows unless ``max_delay_ms`` is set (a batch forms from what queued
+    #: while the previous one ran); deep-learning flavors wait up to ``max_delay_ms``.
+    enabled: bool | None = None
     max_batch_size: int = Field(32, ge=1, le=65536)
     max_delay_ms: float = Field(2.0, ge=0.0, le=10_000)
     max_queue: int = Field(1024, ge=1)

@@ -70,6 +70,20 @@ class ArtifactVerifier(Protocol):
 
 
 @runtime_checkable
+class JointPredictor(Protocol):
+    """An adapter that answers labels and class scores from one model call.
+
+    Optional: when a request asks for scores, :class:`~modelyard.predictor.Predictor` calls
+    ``predict_with_scores`` once instead of ``predict`` then ``predict_scores`` (two passes
+    through the model). It must return exactly what those two would.
+    """
+
+    def predict_with_scores(self, model: Any, batch: Any) -> tuple[Any, Any]:
+        """``(predict(model, batch), predict_scores(model, batch))`` from one model call."""
+        ...
+
+
+@runtime_checkable
 class ArtifactStore(Protocol):
     """Content-addressed blob storage: a blob's name is its sha256 digest."""
 
@@ -90,4 +104,4 @@ class ArtifactStore(Protocol):
         ...
 
 
-__all__ = ["Adapter", "ArtifactStore", "ArtifactVerifier"]
+__all__ = ["Adapter", "ArtifactStore", "ArtifactVerifier", "JointPredictor"]

@@ -1,6 +1,6 @@
 """The README's code runs as written: each Python block as a script in an empty folder, and each
 YAML block loads through the project loader (a whole ``models:`` file, or a fragment of one model's
-spec placed into a model)."""
+spec placed into a model), or, starting ``# serve.yaml``, as a serve config."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import modelyard
+from modelyard.serving import overrides
 from modelyard.spec import Spec, load_yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -48,6 +49,11 @@ def test_readme_yaml_block_loads(tmp_path, index):
     text = textwrap.dedent(YAML_BLOCKS[index])
     doc = load_yaml(text, where=f"README yaml block {index}")
     assert isinstance(doc, dict) and doc, f"README yaml block {index} is not a mapping"
+    if text.startswith("# serve.yaml"):  # a serve config: load it as `modelyard serve` would
+        path = tmp_path / "serve.yaml"
+        path.write_text(text, encoding="utf-8")
+        assert overrides.load(path) == doc["models"]
+        return
     if "models" in doc:  # a whole modelyard.yaml: load it as `modelyard train` would
         project = tmp_path / "modelyard.yaml"
         project.write_text(text, encoding="utf-8")

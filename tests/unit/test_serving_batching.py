@@ -99,6 +99,22 @@ async def test_requests_queued_while_a_batch_runs_form_the_next_batch() -> None:
     await batcher.close()
 
 
+async def test_requests_arriving_over_a_few_loop_turns_share_one_batch() -> None:
+    """Without a delay the batch still waits for what the event loop is already handling:
+    requests parsed in the next few turns of the loop join it instead of forming the next."""
+    run = Recorder()
+    batcher = Batcher(run, BatchPolicy(max_batch_size=32, max_delay_s=0.0))
+
+    async def client(i: int) -> Any:
+        for _ in range(i % 3):  # arrive over three turns of the loop
+            await asyncio.sleep(0)
+        return await batcher.submit([i], 1)
+
+    assert await asyncio.gather(*(client(i) for i in range(6))) == [[2 * i] for i in range(6)]
+    assert run.batches == [6]
+    await batcher.close()
+
+
 async def test_a_full_queue_refuses_at_once_with_queue_full() -> None:
     run = Recorder()
     run.gate = threading.Event()

@@ -397,3 +397,28 @@ async def test_the_server_deletes_predictions_and_labels_past_their_retention(
             assert len(monitor.labels("kept", [f"kept-{a}d" for a in ages])) == 4
         finally:
             await app.shutdown()
+
+
+async def test_the_gauges_read_no_log_for_a_model_without_labels(
+        app: App, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    X, _ = tabular_data(n_rows=20, n_features=N_FEATURES, seed=4)
+    answered = await send(client, X)
+    app.predlog.flush()
+    read: list[str] = []
+    metrics = Monitor.metrics
+
+    def counted(self: Monitor, model: str, **kw: object) -> object:
+        read.append(model)
+        return metrics(self, model, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Monitor, "metrics", counted)
+    app.gauges.refresh()
+    assert read == []  # no label was ever fed back: nothing to score, nothing read
+    assert "modelyard_labeled_rows{" not in (await client.get("/metrics")).text
+    r = await client.post("/v1/models/fraud/feedback",
+                          json={"request_id": answered[0][0], "label": answered[0][1]})
+    assert r.status_code == 200, r.text
+    app.gauges.refresh()
+    assert read == ["fraud"]
+    assert 'modelyard_labeled_rows{model="fraud",variant="production",version="1"} 1.0' in (
+        await client.get("/metrics")).text

@@ -94,6 +94,70 @@ def test_the_fast_path_reports_the_same_errors_as_prepare(payload: object) -> No
     assert ours.value.errors == theirs.value.errors
 
 
+F32_TABLE = Signature(tuple(FieldSpec(f"f{i}", "float32") for i in range(3)))
+
+
+@pytest.mark.parametrize("payload", [
+    np.arange(6.0).reshape(2, 3),
+    np.arange(6, dtype=np.float32).reshape(2, 3),
+    np.arange(6, dtype=np.int64).reshape(2, 3) - 3,
+    np.arange(6, dtype=np.uint8).reshape(2, 3),
+    np.array([[np.nan, np.inf, -1e30]]),
+    np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+    {f"f{i}": np.array([1.5, -2.0]) for i in range(3)},
+    {"f0": np.array([1, 2]), "f1": np.array([3.0, 4.0], dtype=np.float32),
+     "f2": np.array([5, 6], dtype=np.uint16)},
+])
+def test_oip_tensors_take_the_fast_path_to_exactly_what_prepare_builds(payload: object) -> None:
+    for sig in (TABLE, FRAME, F32_TABLE):
+        path = InputPath(sig)
+        assert path._try_fast(payload) is not None  # the fast path takes it
+        batch, n = path.prepare(payload)
+        want, want_n = sig.prepare(payload)
+        assert n == want_n
+        got = path.finalize(batch)
+        np.testing.assert_array_equal(got, want)
+        assert np.asarray(got).dtype == np.asarray(want).dtype
+
+
+@pytest.mark.parametrize("payload", [
+    np.array([[1e39, 1.0, 2.0]]),                       # overflows float32
+    np.array([[True, False, True]]),                     # booleans are not numbers
+    np.array([["1", "2", "3"]]),                          # strings neither
+    np.ones((2, 4)),                                      # the wrong width
+    np.ones((0, 3)),                                      # no rows
+    {"f0": np.array([1e39]), "f1": np.array([1.0]), "f2": np.array([2.0])},
+    {"f0": np.array([1.0]), "f1": np.array([1.0, 2.0]), "f2": np.array([2.0])},
+    {"f0": np.array([True]), "f1": np.array([1.0]), "f2": np.array([2.0])},
+    {"f0": np.array([1.0]), "f1": np.array([1.0]), "f9": np.array([2.0])},
+])
+def test_oip_tensors_the_fast_path_refuses_get_prepares_errors(payload: object) -> None:
+    with pytest.raises(InputError) as ours:
+        InputPath(F32_TABLE).prepare(payload)
+    with pytest.raises(InputError) as theirs:
+        F32_TABLE.prepare(payload)
+    assert ours.value.errors == theirs.value.errors
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_an_oip_request_prepares_the_same_batch_through_either_path() -> None:
+    matrix = orjson.dumps({"inputs": [{"name": "input__0", "shape": [2, 3], "datatype": "FP64",
+                                       "data": [1, 2.5, -3, 4, 5, 6e300]}]})
+    columns = orjson.dumps({"inputs": [{"name": f"f{i}", "shape": [2, 1], "datatype": "FP32",
+                                        "data": [i, i + 0.5]} for i in range(3)]})
+    for body in (matrix, columns):
+        for sig in (TABLE, F32_TABLE):
+            payload = protocol_v2.to_payload(sig, protocol_v2.decode_infer(body).inputs)
+            try:
+                want = sig.prepare(payload)[0]
+            except InputError as exc:
+                with pytest.raises(InputError) as ours:
+                    InputPath(sig).prepare(payload)
+                assert ours.value.errors == exc.errors  # 6e300 does not fit a float32
+                continue
+            np.testing.assert_array_equal(InputPath(sig).prepare(payload)[0], want)
+
+
 def test_concat_and_warmup_payloads() -> None:
     path = InputPath(TABLE)
     a, _ = path.prepare([[1, 2, 3]])

@@ -113,6 +113,14 @@ class LightGBMAdapter:
         except Exception as exc:
             raise AdapterError(f"lightgbm: {type(model).__name__} scoring failed: {exc}") from exc
 
+    def predict_with_scores(self, model: Any, batch: Any) -> tuple[Any, Any]:
+        """``predict`` and ``predict_scores`` from one model call (a loaded classifier's labels
+        are the argmax of its probabilities)."""
+        if not isinstance(model, BoosterClassifier):
+            return self.predict(model, batch), self.predict_scores(model, batch)
+        proba = self.predict_scores(model, batch)
+        return np.asarray(classify(proba, model.classes_)), proba
+
     def infer_signature(self, model: Any, X: Any, y: Any = None) -> Signature:
         """A table signature from the training features."""
         return Signature.infer(X, y, layout="table")

@@ -12,7 +12,15 @@ from typing import Any, ClassVar
 import numpy as np
 
 from modelyard.adapters import is_loaded, require
-from modelyard.adapters.base import artifact_file, listed, parse_device, plain, trusted_names
+from modelyard.adapters.base import (
+    artifact_file,
+    labels_from_scores,
+    listed,
+    parse_device,
+    plain,
+    take_rows,
+    trusted_names,
+)
 from modelyard.adapters.pickles import pickle_imports
 from modelyard.adapters.sklearn_types import (
     check_index_arrays,
@@ -23,6 +31,64 @@ from modelyard.errors import AdapterError, UnsafeArtifactError
 from modelyard.schema import Signature
 
 _FILE = "model.skops"
+
+#: classifiers whose ``predict`` is the argmax of (a monotone function of) what
+#: ``predict_proba`` returns, as ``(module, class)``: labels and scores then come from one call.
+#: Others decide differently (an SVC's labels do not follow its Platt-scaled probabilities, a
+#: tuned threshold moves the cut) and keep two calls.
+ARGMAX_CLASSIFIERS = (
+    ("sklearn.ensemble", "HistGradientBoostingClassifier"),
+    ("sklearn.ensemble", "GradientBoostingClassifier"),
+    ("sklearn.ensemble", "RandomForestClassifier"),
+    ("sklearn.ensemble", "ExtraTreesClassifier"),
+    ("sklearn.tree", "DecisionTreeClassifier"),
+    ("sklearn.tree", "ExtraTreeClassifier"),
+    ("sklearn.linear_model", "LogisticRegression"),
+    ("sklearn.linear_model", "LogisticRegressionCV"),
+    ("sklearn.naive_bayes", "GaussianNB"),
+    ("sklearn.neural_network", "MLPClassifier"),
+    ("sklearn.calibration", "CalibratedClassifierCV"),
+    ("xgboost", "XGBClassifier"),
+)
+
+
+def _owner(cls: type, name: str) -> type | None:
+    """The class in ``cls``'s MRO that defines ``name`` (what an instance would run)."""
+    return next((k for k in cls.__mro__ if name in vars(k)), None)
+
+
+def argmax_classifier(model: Any) -> bool:
+    """Whether ``model``'s labels are the argmax of its ``predict_proba`` (a Pipeline: whether
+    its last step's are), so one call gives both."""
+    pipeline = sys.modules.get("sklearn.pipeline")
+    if pipeline is not None and isinstance(model, pipeline.Pipeline):
+        runs = (_owner(type(model), "predict"), _owner(type(model), "predict_proba"))
+        if runs != (pipeline.Pipeline, pipeline.Pipeline):
+            return False
+        return argmax_classifier(model.steps[-1][1])
+    cls = type(model)
+    decided = _DECIDED.get(cls)
+    if decided is None:
+        decided = _DECIDED[cls] = _argmax_class(cls)
+    return decided
+
+
+#: the answer of :func:`_argmax_class` for each class seen.
+_DECIDED: dict[type, bool] = {}
+
+
+def _argmax_class(cls: type) -> bool:
+    """Whether instances of ``cls`` run a listed classifier's own ``predict`` and
+    ``predict_proba`` (matched by the class defining each, so a subclass that overrides either
+    is not taken for its parent). Decided once per class: a model's class is loaded with its
+    module, so the listed class it derives from is too."""
+    key = (_owner(cls, "predict"), _owner(cls, "predict_proba"))
+    for module, name in ARGMAX_CLASSIFIERS:
+        listed_cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(listed_cls, type) and key == (_owner(listed_cls, "predict"),
+                                                    _owner(listed_cls, "predict_proba")):
+            return True
+    return False
 
 
 def _skops_io(extra: str) -> Any:
@@ -198,6 +264,21 @@ class SklearnAdapter:
             raise AdapterError(
                 f"sklearn: {type(model).__name__}.predict_proba failed: {exc}"
             ) from exc
+
+    def predict_with_scores(self, model: Any, batch: Any) -> tuple[Any, Any]:
+        """Labels and class probabilities from one ``predict_proba`` call where the labels are
+        its argmax (:func:`argmax_classifier`); from ``predict`` and ``predict_proba`` otherwise.
+        """
+        if not argmax_classifier(model):
+            return self.predict(model, batch), self.predict_scores(model, batch)
+        proba = self.predict_scores(model, batch)
+        classes = getattr(model, "classes_", None)
+        if (not isinstance(proba, np.ndarray) or proba.ndim != 2 or classes is None
+                or np.ndim(classes) != 1 or proba.shape[1] != len(classes)):
+            return self.predict(model, batch), proba  # multi-output and other shapes
+        labels = labels_from_scores(classes, proba,
+                                    lambda rows: self.predict(model, take_rows(batch, rows)))
+        return labels, proba
 
     def infer_signature(self, model: Any, X: Any, y: Any = None) -> Signature:
         """A table signature from the training features (a DataFrame stays a DataFrame)."""

@@ -158,6 +158,11 @@ class TensorFlowAdapter:
         """Class probabilities for an ``(n, k>1)`` output (logits are soft-maxed), else ``None``."""
         return probabilities(self.predict(model, batch))
 
+    def predict_with_scores(self, model: Any, batch: Any) -> tuple[Any, Any]:
+        """The output and its class probabilities from one forward pass."""
+        out = self.predict(model, batch)
+        return out, probabilities(out)
+
     def infer_signature(self, model: Any, X: Any, y: Any = None) -> Signature:
         """A tensor signature; strings give a ``string`` input of shape ``()``."""
         return Signature.infer(X, y, layout="tensor")

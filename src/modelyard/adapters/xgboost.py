@@ -13,8 +13,10 @@ from modelyard.adapters.base import (
     artifact_file,
     check_gpu,
     cuda_device_count,
+    labels_from_scores,
     parse_device,
     plain,
+    take_rows,
 )
 from modelyard.errors import AdapterError
 from modelyard.schema import Signature
@@ -113,6 +115,24 @@ class XGBoostAdapter:
         except Exception as exc:
             raise AdapterError(f"xgboost: {type(model).__name__} scoring failed: {exc}") from exc
         return None
+
+    def predict_with_scores(self, model: Any, batch: Any) -> tuple[Any, Any]:
+        """``predict`` and ``predict_scores`` from one model call: a classifier's labels are the
+        argmax of its probabilities, a probabilistic ``Booster``'s output is its scores."""
+        if _is_booster(model):
+            out = self.predict(model, batch)
+            try:
+                probabilistic = _objective(model) in _PROBABILISTIC
+            except Exception as exc:
+                raise AdapterError(f"xgboost: Booster scoring failed: {exc}") from exc
+            if not probabilistic:
+                return out, None
+            return out, np.column_stack([1.0 - out, out]) if out.ndim == 1 else out
+        if not hasattr(model, "predict_proba"):
+            return self.predict(model, batch), None
+        proba = self.predict_scores(model, batch)
+        return labels_from_scores(model.classes_, proba,
+                                  lambda rows: self.predict(model, take_rows(batch, rows))), proba
 
     def infer_signature(self, model: Any, X: Any, y: Any = None) -> Signature:
         """A table signature from the training features."""

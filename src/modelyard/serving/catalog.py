@@ -23,6 +23,7 @@ from modelyard.serving.cache import Key, ModelCache
 from modelyard.serving.footprint import Footprint
 from modelyard.serving.metrics import ServerMetrics, VersionMetrics
 from modelyard.serving.options import ServeOptions
+from modelyard.serving.overrides import tuned
 from modelyard.serving.runner import Runner, batch_policy, choose_isolation, estimate_memory
 from modelyard.spec import ServingSpec
 from modelyard.version_settings import VersionSettings
@@ -189,12 +190,17 @@ class Catalog:
 
     def _open(self, record: Any) -> Runner:
         """Load, wrap and warm one version with how its answers are logged (blocking: runs on a
-        load thread). Its registered settings are read once, here; a malformed section is
-        logged and its defaults serve (a bad hint must not take a version off the air)."""
+        load thread). Its registered settings are read once, here, with the server's serve-time
+        tuning on top (``--model-config``); a malformed section is logged and its defaults
+        serve (a bad hint must not take a version off the air)."""
         settings = VersionSettings.of(record, strict=False)
-        runner = self._open_version(record, settings.serving)
+        serving = tuned(settings.serving, self.options.serving_overrides, record.model)
+        if serving is not settings.serving:
+            log.info("%s: serving settings tuned by the serve config: %s", record.ref,
+                     serving.model_dump(exclude_unset=True))
+        runner = self._open_version(record, serving)
         if self.predlog is not None:
-            runner.log_policy = log_policy(record, settings.serving)
+            runner.log_policy = log_policy(record, serving)
         return runner
 
     def _open_version(self, record: Any, spec: ServingSpec) -> Runner:

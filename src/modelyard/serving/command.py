@@ -48,6 +48,11 @@ if TYPE_CHECKING:
               help="A web origin (https://dashboard.example.com) whose pages may call this "
                    "server from a browser; repeat for more (default: $MODELYARD_CORS_ORIGINS, "
                    "comma-separated, else none: CORS off).")
+@click.option("--model-config", "model_config", default=None, metavar="FILE",
+              type=click.Path(dir_okay=False),
+              help="A YAML file of serving settings per model (batching, device, isolation, "
+                   "sample_rate), over what each version registered; see the README's "
+                   "'Serving' section.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.pass_context
@@ -55,7 +60,7 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
           idle_unload: str | None, preload: bool, workers: int, max_body: str,
           timeout_s: float, body_timeout_s: float,
           grpc_port: int | None, alias: str, prediction_log: str | None,
-          cors_origins: tuple[str, ...], log_level: str) -> None:
+          cors_origins: tuple[str, ...], model_config: str | None, log_level: str) -> None:
     """Serve every model with a production alias over REST and OIP v2 until stopped.
 
     Native REST: POST /v1/models/NAME/predict. Open Inference Protocol v2: /v2/... (REST, and
@@ -66,10 +71,12 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
     set they also need 'Authorization: Bearer <token>'.
     """
     from modelyard.config import parse_duration
+    from modelyard.serving import overrides
     from modelyard.serving.options import ServeOptions, parse_size
     from modelyard.serving.server import serve as run
 
     try:
+        tuned = overrides.load(model_config) if model_config else {}
         options = ServeOptions(max_memory=parse_size(max_memory), preload=preload, alias=alias,
                                idle_unload_s=None if idle_unload is None else
                                parse_duration(idle_unload),
@@ -78,7 +85,8 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
                                prediction_log=prediction_log,
                                grpc_address=f"{host}:{grpc_port}" if grpc_port else None,
                                cors_origins=tuple(o for value in cors_origins
-                                                  for o in value.replace(",", " ").split()))
+                                                  for o in value.replace(",", " ").split()),
+                               serving_overrides=tuned)
     except ModelyardError as exc:
         raise click.UsageError(str(exc)) from None
     # Under the modelyard CLI the global --home/--db/--artifacts options name the registry.

@@ -3,8 +3,9 @@
 :meth:`Signature.prepare` is the one definition of what input a model accepts, but it is written
 for generality (about 150 µs for one 20-feature record). :class:`InputPath` adds fast paths for
 the shapes a live server sees most -- numeric records, rows and columns for a table of one float
-dtype -- that build exactly the array ``prepare`` would build. Anything else, and any input the
-fast path cannot take as-is, goes through ``prepare``, so errors are always ``prepare``'s
+dtype, and the OIP tensors of such a table (one ``[n, features]`` tensor, or one ``[n]`` tensor
+per column) -- that build exactly the array ``prepare`` would build. Anything else, and any input
+the fast path cannot take as-is, goes through ``prepare``, so errors are always ``prepare``'s
 field-level :class:`InputError`.
 
 Queued payloads stay plain numpy arrays; a DataFrame (``frame=True`` signatures) is built once per
@@ -51,6 +52,8 @@ class InputPath:
         return batch, n
 
     def _try_fast(self, payload: Any) -> np.ndarray | None:
+        if isinstance(payload, np.ndarray):
+            return self._array(payload)
         try:
             if isinstance(payload, list) and payload:
                 rows = self._rows(payload)
@@ -87,9 +90,31 @@ class InputPath:
             return [payload]  # one flat row
         return None
 
+    def _array(self, payload: np.ndarray) -> np.ndarray | None:
+        """A numeric ``[n, features]`` tensor (OIP) in the table's dtype (``None``: not fast)."""
+        if (payload.ndim != 2 or payload.shape[1] != self.width or not len(payload)
+                or payload.dtype.kind not in "fiu"):
+            return None
+        arr = self._cast(payload)
+        return None if arr is None else np.ascontiguousarray(arr)
+
+    def _cast(self, values: np.ndarray) -> np.ndarray | None:
+        """``values`` in the table's dtype; ``None`` for a value it cannot hold (an overflow to
+        infinity, which ``prepare`` names), as :func:`~modelyard.numeric.to_numeric` judges."""
+        if values.dtype == self._fast:
+            return values
+        with np.errstate(over="ignore"):
+            out = values.astype(self._fast)
+        narrowed = values.dtype.itemsize > out.dtype.itemsize or values.dtype.kind in "iu"
+        if narrowed and (np.isinf(out) & np.isfinite(values)).any():
+            return None
+        return out
+
     def _columns(self, payload: Mapping[str, Any]) -> np.ndarray | None:
         """Columns (or one record) as a 2-D array (``None``: not fast)."""
         cols = [payload[k] for k in self.names]
+        if all(type(c) is np.ndarray for c in cols):
+            return self._tensor_columns(cols)
         if all(isinstance(c, list) for c in cols):
             if not plain_numbers(itertools.chain.from_iterable(cols)):
                 return None
@@ -97,6 +122,19 @@ class InputPath:
         if plain_numbers(cols):
             return np.array([cols], dtype=self._fast)  # one record
         return None
+
+    def _tensor_columns(self, cols: list[np.ndarray]) -> np.ndarray | None:
+        """One numeric ``[n]`` tensor per column (OIP) as a 2-D array (``None``: not fast)."""
+        n = len(cols[0])
+        if n == 0 or any(c.ndim != 1 or len(c) != n or c.dtype.kind not in "fiu" for c in cols):
+            return None
+        out = np.empty((n, self.width), dtype=self._fast)
+        for i, col in enumerate(cols):
+            cast = self._cast(col)
+            if cast is None:
+                return None
+            out[:, i] = cast
+        return out
 
     def concat(self, batches: Sequence[Any]) -> Any:
         """One batch from several prepared ones, rows in order."""

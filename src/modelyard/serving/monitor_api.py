@@ -166,7 +166,7 @@ class MonitorGauges(Poller):
     """Refreshes the monitoring gauges (metrics from labels, latest drift) every interval.
 
     Runs on the default executor, not the registry thread, so a large window never delays
-    alias or rollout polling.
+    alias or rollout polling. A model no label was ever fed back for has no quality series.
     """
 
     doing = "refresh the monitoring gauges"
@@ -190,7 +190,11 @@ class MonitorGauges(Poller):
         for name in sorted(models):
             if not models[name]:
                 continue  # no alias: nothing served, nothing to watch
-            windows.extend(monitor.metrics(name))
+            if monitor.labels_since(name, None):
+                # without a single label there is no metric to compute, and reading the
+                # window's log (up to 50,000 rows, their outputs decoded) costs about a second
+                # of the server's CPU a model, holding the GIL, every interval
+                windows.extend(monitor.metrics(name))
             checks.extend(monitor.drift_reports(name, limit=1))
         self.plane.metrics.set_quality(windows)
         self.plane.metrics.set_drift(checks)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from modelyard.errors import ConfigError
+from modelyard.serving import overrides
 from modelyard.serving.cors import normalize_origin
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
@@ -74,6 +77,9 @@ class ServeOptions:
     #: the folder ``--workers`` processes share their Prometheus metrics through (set by
     #: :func:`~modelyard.serving.server.serve`; None: one process, metrics in memory).
     metrics_dir: str | None = None
+    #: serving settings tuned at serve time, by model name (``"*"``: every model), over what
+    #: each version registered (``--model-config``; see :mod:`~modelyard.serving.overrides`).
+    serving_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.max_memory is not None and self.max_memory <= 0:
@@ -105,6 +111,7 @@ class ServeOptions:
                            tuple(dict.fromkeys(normalize_origin(o) for o in self.cors_origins)))
         if not self.retention_interval_s > 0:
             raise ConfigError("retention_interval_s must be > 0")
+        object.__setattr__(self, "serving_overrides", overrides.check(self.serving_overrides))
 
 
 __all__ = ["ServeOptions", "parse_size"]

@@ -39,14 +39,19 @@ _SIGNATURE_TYPES = {
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
+#: numpy dtype -> OIP datatype, for answers (one lookup per output of every request).
+_BY_DTYPE = {np.dtype(dt): name for name, dt in DATATYPES.items() if dt is not object}
+
+
 def datatype_of(array: np.ndarray) -> str:
     """The OIP datatype of a numpy array (strings and objects are ``BYTES``)."""
-    if array.dtype.kind in "OUS":
+    dtype = array.dtype
+    if dtype.kind in "OUS":
         return "BYTES"
-    for name, dt in DATATYPES.items():
-        if dt is not object and array.dtype == np.dtype(dt):
-            return name
-    return "FP64" if array.dtype.kind == "f" else "INT64"
+    found = _BY_DTYPE.get(dtype)
+    if found is not None:
+        return found
+    return "FP64" if dtype.kind == "f" else "INT64"
 
 
 @dataclass

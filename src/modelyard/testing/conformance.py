@@ -18,7 +18,7 @@ import numpy as np
 
 from modelyard.errors import DeviceError
 from modelyard.schema import Signature
-from modelyard.types import Adapter, ArtifactVerifier
+from modelyard.types import Adapter, ArtifactVerifier, JointPredictor
 
 
 def check_adapter(
@@ -29,7 +29,8 @@ def check_adapter(
     Checks the protocol attributes, ``handles``, the inferred signature (which must accept ``X``
     and its records/list form), a relocatable save with JSON-ready metadata that the adapter's own
     ``verify`` accepts (when it has one), identical predictions after loading (and after a second
-    round trip), one output row per input row for batches of
+    round trip), ``predict_with_scores`` (when it has one) equal to ``predict`` and
+    ``predict_scores``, one output row per input row for batches of
     1, 3 and ``len(X)``, and that impossible devices raise :class:`DeviceError`. Returns the
     signature.
     """
@@ -44,11 +45,13 @@ def check_adapter(
     same_from_records = adapter.predict(model, signature.prepare(_records(signature, X))[0])
     assert _same(expected, same_from_records), f"{name}: records input predicts differently"
     _check_rows(adapter, model, batch, name)
+    _check_joint(adapter, model, batch, name)
 
     with tempfile.TemporaryDirectory() as tmp:
         loaded, path, meta = _round_trip(adapter, model, batch, Path(tmp, "first"), device, name)
         _check_same(adapter, model, loaded, batch, name, "after load")
         _check_rows(adapter, loaded, batch, f"{name} (loaded)")
+        _check_joint(adapter, loaded, batch, f"{name} (loaded)")
         _check_devices(adapter, path, meta, name)
         assert adapter.handles(loaded), f"{name}: handles() is False for a loaded model"
         again, _, _ = _round_trip(adapter, loaded, batch, Path(tmp, "second"), device, name)
@@ -113,6 +116,24 @@ def _check_same(adapter: Any, model: Any, loaded: Any, batch: Any, name: str, wh
         if before is not None:
             assert _n_rows(before) == len(batch), f"{name}: predict_scores rows != input rows"
             assert _same(before, after), f"{name}: predict_scores differ {when}"
+
+
+def _check_joint(adapter: Any, model: Any, batch: Any, name: str) -> None:
+    """An adapter's ``predict_with_scores`` gives exactly ``predict`` and ``predict_scores``."""
+    plain: Any = adapter
+    if not isinstance(adapter, JointPredictor):
+        return
+    labels, scores = adapter.predict_with_scores(model, batch)
+    adapter = plain
+    expected = adapter.predict(model, batch)
+    assert _same(labels, expected), f"{name}: predict_with_scores differs from predict"
+    assert np.asarray(labels).dtype == np.asarray(expected).dtype, (
+        f"{name}: predict_with_scores gives {np.asarray(labels).dtype} labels, predict "
+        f"{np.asarray(expected).dtype}")
+    want = adapter.predict_scores(model, batch)
+    assert (scores is None) == (want is None), f"{name}: predict_with_scores scores differ"
+    if want is not None:
+        assert _same(scores, want), f"{name}: predict_with_scores scores differ"
 
 
 def _check_devices(adapter: Any, path: Path, meta: dict[str, Any], name: str) -> None:
