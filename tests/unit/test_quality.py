@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -63,3 +64,61 @@ def test_bootstrap_errors_shrink_with_more_labels() -> None:
         return w.errors["accuracy"]
 
     assert error(few) > 3 * error(many) > 0
+
+
+def _binary(version: int, start: int, outcomes: dict[tuple[int, int], int]
+            ) -> tuple[list[LoggedPrediction], dict[str, int]]:
+    """Logged one-row predictions of ``version`` and their labels: ``outcomes`` counts rows per
+    (label, predicted)."""
+    rows, labels = [], {}
+    i = start
+    for (truth, predicted), count in outcomes.items():
+        for _ in range(count):
+            rows.append(logged(i, version, [predicted]))
+            labels[f"r{i}"] = truth
+            i += 1
+    return rows, labels
+
+
+def test_a_candidate_that_missed_its_few_positives_is_not_significantly_worse() -> None:
+    """The heal demo's canary met 3 frauds and missed them: F1 0 against stable's 0.43. A z test
+    on bootstrap errors called that certain (every resample of 3 misses scores 0, so its
+    standard error is 0) and rolled back a better model; the permutation test sees chance."""
+    from modelyard.monitoring.quality import regression_p_value
+    from modelyard.rollout.analysis import Rules, analyze
+    from modelyard.rollout.stats import WindowStats
+
+    stable, stable_labels = _binary(1, 0, {(1, 1): 6, (1, 0): 8, (0, 1): 8, (0, 0): 128})
+    candidate, candidate_labels = _binary(2, 1000, {(1, 0): 3, (0, 1): 2, (0, 0): 55})
+    rows, labels = stable + candidate, {**stable_labels, **candidate_labels}
+    s, c = metric_windows("m", rows, labels, ["f1"], group_by_variant=False, errors=True)
+    assert (s.values["f1"], c.values["f1"]) == (pytest.approx(0.4286, abs=1e-4), 0.0)
+    assert c.errors["f1"] == 0.0  # the bootstrap's false certainty
+    p = regression_p_value("f1", rows, labels, 1, 2)
+    assert p is not None and p > 0.1
+
+    rules = Rules(metric="f1", min_labels=40, min_requests=10)
+
+    def window(w: Any, metric_p: float | None = None) -> WindowStats:
+        return WindowStats(requests=100, labeled=w.labeled, metric_value=w.values["f1"],
+                           metric_se=w.errors["f1"], metric_p=metric_p)
+
+    by_errors = analyze(window(s), window(c), rules, step=0, n_steps=3)
+    assert by_errors.action == "rollback"  # what happened before
+    decision = analyze(window(s), window(c, p), rules, step=0, n_steps=3)
+    assert decision.action == "advance", decision.reasons
+    assert "within chance on 60 labels (p" in " ".join(decision.reasons)
+
+
+def test_a_candidate_that_never_finds_a_positive_is_significantly_worse() -> None:
+    from modelyard.monitoring.quality import regression_p_value
+
+    stable, stable_labels = _binary(1, 0, {(1, 1): 70, (1, 0): 30, (0, 1): 20, (0, 0): 280})
+    candidate, candidate_labels = _binary(2, 1000, {(1, 0): 100, (0, 0): 300})
+    rows, labels = stable + candidate, {**stable_labels, **candidate_labels}
+    p = regression_p_value("f1", rows, labels, 1, 2)
+    assert p is not None and p < 0.01
+    # a better candidate is never "worse", and a metric where lower is better turns around
+    assert regression_p_value("f1", rows, labels, 2, 1) == pytest.approx(1.0)
+    assert regression_p_value("accuracy", rows, labels, 1, 2) < 0.01
+    assert regression_p_value("f1", rows, labels, 1, 3) is None  # no such version logged

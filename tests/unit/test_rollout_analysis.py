@@ -299,3 +299,19 @@ def test_a_step_where_stable_has_too_few_requests_waits_instead_of_judging_blind
     # a failing check still rolls back at once
     broken = window(requests=40, errors=40, latency_s=0.051)
     assert analyze(stable, broken, rules, step=0, n_steps=2, baseline=True).action == "rollback"
+
+
+def test_a_permutation_p_value_decides_the_metric_where_it_is_known():
+    rules = Rules(metric="f1", min_labels=40, min_requests=10)
+    stable = WindowStats(requests=100, labeled=400, metric_value=0.47, metric_se=0.02)
+    # the same gap: by the standard errors alone it is certain, by the p-value it is chance
+    chance = WindowStats(requests=100, labeled=400, metric_value=0.30, metric_se=0.02,
+                         metric_p=0.2)
+    decision = analyze(stable, chance, rules, step=0, n_steps=3)
+    assert decision.action == "advance" and "within chance on 400 labels (p 0.2)" in \
+        " ".join(decision.reasons)
+    sure = WindowStats(requests=100, labeled=400, metric_value=0.30, metric_p=0.004)
+    decision = analyze(stable, sure, rules, step=0, n_steps=3)
+    assert decision.action == "rollback" and "p 0.004" in decision.reasons[0]
+    assert decision.details["metric_p"] == 0.004
+    assert WindowStats.from_dict(sure.to_dict()) == sure

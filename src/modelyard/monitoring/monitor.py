@@ -44,7 +44,7 @@ from modelyard.monitoring.logstore import (
     LogStore,
     open_store,
 )
-from modelyard.monitoring.quality import MetricWindow, metric_windows
+from modelyard.monitoring.quality import MetricWindow, metric_windows, regression_p_value
 from modelyard.registry.records import Record
 from modelyard.registry.rows import audit, model_row, now
 from modelyard.registry.tables import DriftReportRow, LabelRow, MonitorEventRow
@@ -486,21 +486,30 @@ def _event(row: MonitorEventRow) -> MonitorEvent:
 
 def rollout_metric(registry: Registry, model: str, metric: str, versions: Mapping[str, int],
                    since: datetime | None,
-                   ) -> dict[str, tuple[int, float | None, float | None]]:
-    """``variant -> (labeled rows, metric value, its standard error)`` of a rollout's versions.
+                   ) -> dict[str, tuple[int, float | None, float | None, float | None]]:
+    """``variant -> (labeled rows, metric value, its standard error, p)`` of a rollout's
+    versions, where ``p`` (the candidate's only) is how likely chance alone makes the candidate
+    look at least this much worse than stable (:func:`~.quality.regression_p_value`).
 
     What rollout analysis compares for the declared metric, over the labels fed back for
     predictions made since ``since``; reads the prediction log and the labels table.
     """
-    by_version = Monitor(registry).metrics(model, since=since, names=[metric],
-                                           versions=list(versions.values()), by_variant=False,
-                                           errors=True)
-    found = {w.version: w for w in by_version}
-    out: dict[str, tuple[int, float | None, float | None]] = {}
+    monitor = Monitor(registry)
+    logged = monitor.predictions(model, since=monitor._since(model, since),
+                                 versions=list(versions.values()), with_inputs=False)
+    labels = monitor.labels(model, [p.request_id for p in logged])
+    windows = metric_windows(model, logged, labels, [metric], group_by_variant=False,
+                             errors=True)
+    found = {w.version: w for w in windows}
+    stable, candidate = versions.get("stable"), versions.get("candidate")
+    p_value = None if stable is None or candidate is None or stable == candidate else \
+        regression_p_value(metric, logged, labels, stable, candidate)
+    out: dict[str, tuple[int, float | None, float | None, float | None]] = {}
     for variant, version in versions.items():
         window = found.get(version)
-        out[variant] = (0, None, None) if window is None else (
-            window.labeled, window.values.get(metric), window.errors.get(metric))
+        p = p_value if variant == "candidate" else None
+        out[variant] = (0, None, None, p) if window is None else (
+            window.labeled, window.values.get(metric), window.errors.get(metric), p)
     return out
 
 

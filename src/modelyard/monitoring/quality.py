@@ -3,7 +3,9 @@
 Pure: :func:`metric_windows` takes logged predictions and the labels that arrived for them and
 returns one :class:`MetricWindow` per (version, variant), scored with the same metric functions
 (:mod:`modelyard.metrics`) that gate training and judge rollouts. A label is one value for a
-one-row request, or a list with one value per row.
+one-row request, or a list with one value per row. :func:`regression_p_value` tells whether one
+version is worse than another on a metric beyond chance (a permutation test over their labeled
+rows), which is what rollout analysis asks.
 """
 
 from __future__ import annotations
@@ -83,6 +85,16 @@ def metric_windows(model: str, predictions: Iterable[LoggedPrediction],
     step = every.total_seconds() if every is not None else None
     if step is not None and step <= 0:
         raise ValueError("every must be a positive duration")
+    groups = _group(predictions, labels, step, group_by_variant)
+    return [MetricWindow(model, version, variant, g.first, g.last, g.requests, len(g.truth),
+                         _score(names, g), g.mismatched,
+                         _bootstrap(names, g) if errors else {})
+            for (_, version, variant), g in sorted(groups.items())]
+
+
+def _group(predictions: Iterable[LoggedPrediction], labels: Mapping[str, Any],
+           step: float | None, group_by_variant: bool) -> dict[tuple[float, int, str], _Pairs]:
+    """Labeled rows per (time bucket, version, variant)."""
     groups: dict[tuple[float, int, str], _Pairs] = {}
     for p in predictions:
         bucket = (p.at.timestamp() // step) * step if step is not None else 0.0
@@ -111,10 +123,79 @@ def metric_windows(model: str, predictions: Iterable[LoggedPrediction],
             pairs.scores.extend(scores)
             if p.outputs.get("classes") is not None:
                 pairs.classes = tuple(p.outputs["classes"])
-    return [MetricWindow(model, version, variant, g.first, g.last, g.requests, len(g.truth),
-                         _score(names, g), g.mismatched,
-                         _bootstrap(names, g) if errors else {})
-            for (_, version, variant), g in sorted(groups.items())]
+    return groups
+
+
+def regression_p_value(name: str, predictions: Iterable[LoggedPrediction],
+                       labels: Mapping[str, Any], stable: int, candidate: int, *,
+                       resamples: int = 0, seed: int = 0) -> float | None:
+    """How likely chance alone makes version ``candidate`` look at least this much worse than
+    ``stable`` on metric ``name``: a one-sided permutation test over their labeled rows.
+
+    The rows of both versions are pooled and dealt out again at random, keeping each side's
+    size; the p-value is the share of deals in which the candidate's side looks at least as much
+    worse as it really does. Unlike a z test on bootstrap standard errors it holds on a handful
+    of labels: a candidate that missed the 3 positives it met is not "significantly" worse than
+    one that caught 6 of 14 (a bootstrap of the 3 misses always scores 0 and claims certainty).
+    None when a side has fewer than two labeled rows or the metric cannot score them.
+    """
+    groups = _group(predictions, labels, None, False)
+    s, c = groups.get((0.0, stable, "")), groups.get((0.0, candidate, ""))
+    if s is None or c is None or len(s.truth) < 2 or len(c.truth) < 2:
+        return None
+    observed = _worse_by(name, s, c)
+    if observed is None:
+        return None
+    pooled, n_stable = _pool(s, c)
+    rng = np.random.default_rng(seed)
+    at_least, dealt = 0, 0
+    for _ in range(resamples or BOOTSTRAP):
+        order = rng.permutation(len(pooled.truth))
+        worse = _worse_by(name, _take(pooled, order[:n_stable]), _take(pooled, order[n_stable:]))
+        if worse is not None:
+            dealt += 1
+            at_least += worse >= observed - 1e-12
+    return (1 + at_least) / (1 + dealt) if dealt else None
+
+
+def _worse_by(name: str, stable: _Pairs, candidate: _Pairs) -> float | None:
+    """How much worse ``candidate`` scores than ``stable`` on ``name`` (negative: better)."""
+    from modelyard.metrics import greater_is_better
+
+    s, c = _score([name], stable)[name], _score([name], candidate)[name]
+    if s is None or c is None or not (np.isfinite(s) and np.isfinite(c)):
+        return None
+    return s - c if greater_is_better(name) else c - s
+
+
+def _pool(stable: _Pairs, candidate: _Pairs) -> tuple[_Pairs, int]:
+    """Both sides' rows in one set (scores only when both logged them over the same classes),
+    at most :data:`MAX_BOOTSTRAP_ROWS` of them, in proportion; and how many are stable's."""
+    scored = (stable.all_scored and candidate.all_scored and bool(stable.scores)
+              and bool(candidate.scores) and stable.classes == candidate.classes)
+    rng = np.random.default_rng(1)
+    total = len(stable.truth) + len(candidate.truth)
+    keep = min(1.0, MAX_BOOTSTRAP_ROWS / total)
+    parts = []
+    for side in (stable, candidate):
+        n = len(side.truth)
+        pick = np.sort(rng.choice(n, max(2, round(n * keep)), replace=False)) if keep < 1 \
+            else np.arange(n)
+        parts.append((side, pick))
+    pooled = _Pairs(classes=stable.classes, all_scored=scored)
+    for side, pick in parts:
+        pooled.truth.extend(side.truth[i] for i in pick)
+        pooled.predicted.extend(side.predicted[i] for i in pick)
+        if scored:
+            pooled.scores.extend(side.scores[i] for i in pick)
+    return pooled, len(parts[0][1])
+
+
+def _take(pairs: _Pairs, rows: np.ndarray) -> _Pairs:
+    return _Pairs(truth=[pairs.truth[i] for i in rows],
+                  predicted=[pairs.predicted[i] for i in rows],
+                  scores=[pairs.scores[i] for i in rows] if pairs.all_scored else [],
+                  classes=pairs.classes, all_scored=pairs.all_scored)
 
 
 def _bootstrap(names: Sequence[str], pairs: _Pairs, resamples: int = 0,
@@ -158,4 +239,4 @@ def _score(names: Sequence[str], pairs: _Pairs) -> dict[str, float | None]:
     return out
 
 
-__all__ = ["MetricWindow", "label_rows", "metric_windows"]
+__all__ = ["MetricWindow", "label_rows", "metric_windows", "regression_p_value"]

@@ -30,10 +30,11 @@
 - **declared metric** — where labels have arrived for at least ``min_labels`` predictions of both
   variants, fails when the candidate is worse than stable by more than ``max_metric_regression``
   (relative to stable's value), in the direction :func:`modelyard.metrics.greater_is_better`
-  gives, *and*, where both windows carry a standard error (``metric_se``, a bootstrap), we are
-  ``confidence`` sure it is worse at all (one-sided z on the difference): F1 on a few dozen
-  labels moves by more than any sensible limit by chance alone. Missing labels skip the check,
-  or hold when ``require_labels`` is set.
+  gives, *and* we are ``confidence`` sure it is worse at all: F1 on a few dozen labels moves by
+  more than any sensible limit by chance alone. The evidence is the candidate's ``metric_p``
+  (a permutation test over both sides' labeled rows, which holds on a handful of positives),
+  else a one-sided z on the difference from both windows' bootstrap standard errors
+  (``metric_se``). Missing labels skip the check, or hold when ``require_labels`` is set.
 - **shadow agreement** — fails when we are confident the candidate agrees with the primary answer
   less often than ``min_agreement`` (the upper Wilson bound is below it).
 
@@ -382,13 +383,20 @@ def _metric(stable: WindowStats, candidate: WindowStats, rules: Rules) -> _Check
     if relative <= rules.max_metric_regression:
         return _Check(note=f"{name} {c:.4g} (stable {s:.4g}) ok", details=details)
     worse = f"{name} {c:.4g} is {relative:.1%} worse than stable's {s:.4g}"
+    labels = min(candidate.labeled, stable.labeled)
+    if candidate.metric_p is not None:  # a permutation test: holds on a handful of labels too
+        details["metric_p"] = candidate.metric_p
+        if candidate.metric_p >= 1 - rules.confidence:
+            return _Check(note=f"{worse}, within chance on {labels} labels (p "
+                               f"{candidate.metric_p:.2g}) ok", details=details)
+        return _Check(failure=f"{worse} (limit {rules.max_metric_regression:.1%}; p "
+                              f"{candidate.metric_p:.2g})", details=details)
     if candidate.metric_se is not None and stable.metric_se is not None:
         spread = math.hypot(candidate.metric_se, stable.metric_se)
         z = worse_by / spread if spread > 0 else math.inf
         details["metric_z"] = z if math.isfinite(z) else None
         needed = NormalDist().inv_cdf(rules.confidence)
         if z < needed:
-            labels = min(candidate.labeled, stable.labeled)
             return _Check(note=f"{worse}, within chance on {labels} labels (z {z:.2f} < "
                                f"{needed:.2f}) ok", details=details)
     return _Check(failure=f"{worse} (limit {rules.max_metric_regression:.1%})", details=details)

@@ -54,6 +54,10 @@ class WindowStats:
     metric_value: float | None = None
     #: standard error of ``metric_value`` (a bootstrap over the labeled rows; None: unknown).
     metric_se: float | None = None
+    #: the candidate's only: how likely chance alone makes it look at least this much worse
+    #: than stable on the metric (a permutation test over both sides' labeled rows; None:
+    #: unknown). Computed on the merged labels, so windows do not merge it.
+    metric_p: float | None = None
     compared: int = 0
     agreed: int = 0
 
@@ -132,7 +136,7 @@ class WindowStats:
             "requests": self.requests, "errors": self.errors,
             "latency_buckets": {str(k): v for k, v in sorted(self.latency_buckets.items())},
             "labeled": self.labeled, "metric_value": self.metric_value,
-            "metric_se": self.metric_se,
+            "metric_se": self.metric_se, "metric_p": self.metric_p,
             "compared": self.compared, "agreed": self.agreed,
         }
 
@@ -143,7 +147,7 @@ class WindowStats:
             requests=int(data.get("requests", 0)), errors=int(data.get("errors", 0)),
             latency_buckets={int(k): int(v) for k, v in data.get("latency_buckets", {}).items()},
             labeled=int(data.get("labeled", 0)), metric_value=data.get("metric_value"),
-            metric_se=data.get("metric_se"),
+            metric_se=data.get("metric_se"), metric_p=data.get("metric_p"),
             compared=int(data.get("compared", 0)), agreed=int(data.get("agreed", 0)),
         )
 

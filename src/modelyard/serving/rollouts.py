@@ -376,10 +376,11 @@ class Rollouts(Poller):
                             "without them", d.model, d.id, metric, exc)
             return
         self._labels_failed.discard(d.id)
-        for variant, (labeled, value, se) in found.items():
+        for variant, (labeled, value, se, *p) in found.items():
             if variant in merged:
                 window = merged[variant]
                 window.labeled, window.metric_value, window.metric_se = labeled, value, se
+                window.metric_p = p[0] if p else None
 
 
 __all__ = ["KEY_HEADER", "MAX_SHADOW_IN_FLIGHT", "RETRY_FAILED_S", "ActiveRollout", "Rollouts",
