@@ -95,7 +95,7 @@ def test_a_candidate_that_missed_its_few_positives_is_not_significantly_worse() 
     assert (s.values["f1"], c.values["f1"]) == (pytest.approx(0.4286, abs=1e-4), 0.0)
     assert c.errors["f1"] == 0.0  # the bootstrap's false certainty
     p = regression_p_value("f1", rows, labels, 1, 2)
-    assert p is not None and p > 0.1
+    assert p is not None and p > 0.05  # about 0.11: chance, at 95 % confidence
 
     rules = Rules(metric="f1", min_labels=40, min_requests=10)
 
