@@ -167,3 +167,27 @@ async def test_observe_sees_batch_rows_and_queue_times() -> None:
     assert seen and seen[0][0] == 3 and len(seen[0][1]) == 3
     assert all(q >= 0 for q in seen[0][1])
     await batcher.close()
+
+
+async def test_a_request_in_a_running_batch_times_out_and_later_ones_still_answer() -> None:
+    run = Recorder()
+    run.gate = threading.Event()
+    batcher = Batcher(run, BatchPolicy(max_batch_size=1, timeout_s=0.2))
+    stuck = batcher.submit([1], 1)
+    with pytest.raises(RequestTimeoutError):
+        await stuck
+    run.gate.set()
+    assert await batcher.submit([2], 1) == [4]
+    await batcher.close()
+
+
+async def test_close_past_its_grace_fails_the_batch_it_cut_short() -> None:
+    run = Recorder()
+    run.gate = threading.Event()
+    batcher = Batcher(run, BatchPolicy(max_batch_size=1, timeout_s=30))
+    stuck = batcher.submit([1], 1)
+    await asyncio.sleep(0.05)
+    await batcher.close(grace_s=0.1)
+    with pytest.raises(RunnerClosedError):
+        await asyncio.wait_for(stuck, 1)
+    run.gate.set()

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from modelyard.errors import QueueFullError, RequestTimeoutError, RunnerClosedError
@@ -46,15 +46,15 @@ class BatchPolicy:
     timeout_s: float = 60.0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Item:
-    """One queued request: its prepared payload, row count, options and future."""
+    """One queued request: its prepared payload, row count, options, future and arrival."""
 
     payload: Any
     n: int
     options: Any
     future: asyncio.Future[Any]
-    enqueued: float = field(default_factory=time.perf_counter)
+    enqueued: float
 
 
 #: ``run(items) -> results``: one result or exception per item, in order (runs in a thread).
@@ -90,6 +90,10 @@ class Batcher:
         self._full: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        #: every unanswered request in arrival order, which is also deadline order (one
+        #: timeout for all): one timer sweeps it (:meth:`_sweep`) instead of a timer a request
+        self._pending: deque[Item] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -116,7 +120,15 @@ class Batcher:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        self.fail_queued(RunnerClosedError("the model version was unloaded; retry"))
+        closed = RunnerClosedError("the model version was unloaded; retry")
+        self.fail_queued(closed)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        while self._pending:  # a batch the grace period cut short answers too
+            future = self._pending.popleft().future
+            if not future.done():
+                future.set_exception(closed)
 
     # -- requests -------------------------------------------------------------------------------
     def submit(self, payload: Any, n: int, options: Any = None) -> asyncio.Future[Any]:
@@ -137,9 +149,10 @@ class Batcher:
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        item = Item(payload, n, options, future)
-        handle = loop.call_later(self.policy.timeout_s, _expire, future, self.policy.timeout_s)
-        future.add_done_callback(lambda _f: handle.cancel())
+        item = Item(payload, n, options, future, time.perf_counter())
+        self._pending.append(item)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self._tick_s(), self._sweep)
         self._queue.append(item)
         self.queued_rows += n
         assert self._wake is not None and self._full is not None and self._idle is not None
@@ -178,12 +191,16 @@ class Batcher:
             finally:
                 self._busy = False
             for item, result in zip(items, results, strict=True):
+                item.payload = None  # answered: the sweep list must not keep inputs alive
                 if item.future.done():
                     continue
                 if isinstance(result, BaseException):
                     item.future.set_exception(result)
                 else:
                     item.future.set_result(result)
+            pending = self._pending
+            while pending and pending[0].future.done():
+                pending.popleft()
 
     async def _wait_for_rows(self) -> None:
         """Wait until the batch is full or the oldest request reached ``max_delay_s``."""
@@ -234,6 +251,20 @@ class Batcher:
             except Exception as exc:
                 results.append(exc)
         return results
+
+    def _tick_s(self) -> float:
+        """How often the sweep runs: a request fails at most a quarter of its timeout late."""
+        return min(1.0, self.policy.timeout_s / 4)
+
+    def _sweep(self) -> None:
+        """Fail the requests past their timeout (queued or in a running batch); re-arm."""
+        self._sweeper = None
+        pending = self._pending
+        oldest = time.perf_counter() - self.policy.timeout_s
+        while pending and (pending[0].future.done() or pending[0].enqueued <= oldest):
+            _expire(pending.popleft().future, self.policy.timeout_s)
+        if pending:
+            self._sweeper = asyncio.get_running_loop().call_later(self._tick_s(), self._sweep)
 
     def fail_queued(self, exc: Exception) -> None:
         """Fail every queued request with ``exc`` now (the model cannot answer them)."""
