@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
+import weakref
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from modelyard.adapters.base import (
     take_rows,
     trusted_names,
 )
+from modelyard.adapters.forest import Forest, forest_of
 from modelyard.adapters.pickles import pickle_imports
 from modelyard.adapters.sklearn_types import (
     check_index_arrays,
@@ -50,6 +52,18 @@ ARGMAX_CLASSIFIERS = (
     ("sklearn.calibration", "CalibratedClassifierCV"),
     ("xgboost", "XGBClassifier"),
 )
+
+
+#: the walkable form of each HistGradientBoosting model this adapter loaded
+#: (:mod:`modelyard.adapters.forest`), dropped with the model.
+_FORESTS: weakref.WeakKeyDictionary[Any, Forest] = weakref.WeakKeyDictionary()
+
+
+def _walked(model: Any, batch: Any) -> Any:
+    """Raw scores of a loaded HistGradientBoosting model for a small numeric ``batch`` from its
+    :class:`~modelyard.adapters.forest.Forest`; ``None`` where scikit-learn should answer."""
+    forest = _FORESTS.get(model)
+    return None if forest is None else forest.raw(batch)
 
 
 def _owner(cls: type, name: str) -> type | None:
@@ -231,6 +245,9 @@ class SklearnAdapter:
         except Exception as exc:
             raise AdapterError(f"sklearn: could not load {name}: {exc}") from exc
         check_index_arrays(model)
+        forest = forest_of(model)
+        if forest is not None:
+            _FORESTS[model] = forest
         return model
 
     def _checked(self, path: Path, meta: dict[str, Any]) -> tuple[bytes, list[str], str]:
@@ -249,6 +266,13 @@ class SklearnAdapter:
 
     def predict(self, model: Any, batch: Any) -> Any:
         """``model.predict(batch)``: labels for a classifier, values for a regressor."""
+        raw = _walked(model, batch)
+        if raw is not None:
+            if not hasattr(model, "classes_"):
+                return model._loss.link.inverse(raw.ravel())
+            # scikit-learn's own rule: a binary model's class 1 needs a raw score above 0
+            classes = (raw.ravel() > 0).astype(np.intp) if raw.shape[1] == 1 else raw.argmax(1)
+            return model.classes_[classes]
         try:
             return np.asarray(model.predict(batch))
         except Exception as exc:
@@ -258,6 +282,9 @@ class SklearnAdapter:
         """Class probabilities ``(n, k)`` in ``model.classes_`` order, or ``None`` without them."""
         if not hasattr(model, "predict_proba"):  # also False when predict_proba is unavailable
             return None
+        raw = _walked(model, batch)
+        if raw is not None:
+            return np.asarray(model._loss.predict_proba(raw))
         try:
             return np.asarray(model.predict_proba(batch))
         except Exception as exc:
