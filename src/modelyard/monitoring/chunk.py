@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,6 +44,10 @@ MAGIC = b"MYL1"
 MAX_OUTPUT_VALUES = 10_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NUMERIC = "biuf"
+_PREDICTIONS = attrgetter("predictions")
+_SCORES = attrgetter("scores")
+_CLASSES = attrgetter("classes")
+_DTYPE = attrgetter("dtype")
 
 
 # -- the container ------------------------------------------------------------------------------
@@ -115,20 +120,57 @@ def encode_inputs(batches: Sequence[Any], signature: Signature,
 
 def encode_outputs(answers: Sequence[Prediction]) -> bytes:
     """The outputs of one version's answers as one record: stacked where they stack."""
-    if (not _stack(answers) or any(a.predictions.size > MAX_OUTPUT_VALUES for a in answers)
-            or any(a.scores is not None and a.scores.size > MAX_OUTPUT_VALUES for a in answers)):
+    stacked = _stacked(answers)
+    if stacked is None:
         return json_part([outputs_of(a) for a in answers])
-    first = answers[0]
+    lengths, predictions, scores = stacked
     packer = _Packer()
-    header = {"kind": "stacked",
-              "lengths": packer.put(np.asarray([len(a.predictions) for a in answers], np.int32)),
-              "predictions": packer.put(_storable(np.concatenate([a.predictions
-                                                                  for a in answers])))}
-    if first.scores is not None:
-        header["scores"] = packer.put(_storable(np.concatenate([a.scores for a in answers])))
-        if first.classes is not None:
-            header["classes"] = [_scalar(c) for c in first.classes]
+    header = {"kind": "stacked", "lengths": packer.put(np.asarray(lengths, np.int32)),
+              "predictions": packer.put(_storable(predictions))}
+    if scores is not None:
+        header["scores"] = packer.put(_storable(scores))
+        classes = answers[0].classes
+        if classes is not None:
+            header["classes"] = [_scalar(c) for c in classes]
     return pack(header, packer.arrays)
+
+
+def _stacked(answers: Sequence[Prediction]
+             ) -> tuple[list[int], np.ndarray, np.ndarray | None] | None:
+    """Each answer's rows, and its predictions and scores concatenated; None unless every
+    answer has the same dtypes, row shapes and classes and none is too big to keep."""
+    first = answers[0]
+    predictions = list(map(_PREDICTIONS, answers))
+    scores = list(map(_SCORES, answers))
+    classes = first.classes
+    if (not isinstance(first.predictions, np.ndarray) or first.predictions.ndim == 0
+            or any(c is not classes and c != classes for c in map(_CLASSES, answers))
+            or len(set(map(_DTYPE, predictions))) != 1):
+        return None
+    try:
+        lengths = list(map(len, predictions))  # a 0-d array has no len: TypeError
+        stacked = np.concatenate(predictions)  # other row shapes: ValueError
+        if first.scores is None:
+            if any(s is not None for s in scores):
+                return None
+            both = None
+        else:
+            if list(map(len, scores)) != lengths or len(set(map(_DTYPE, scores))) != 1:
+                return None
+            both = np.concatenate(scores)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if ((stacked.size > MAX_OUTPUT_VALUES or (both is not None and both.size > MAX_OUTPUT_VALUES))
+            and not _small(answers)):
+        return None
+    return lengths, stacked, both
+
+
+def _small(answers: Sequence[Prediction]) -> bool:
+    """Whether no answer has more values than the log keeps of one."""
+    return not any(a.predictions.size > MAX_OUTPUT_VALUES
+                   or (a.scores is not None and a.scores.size > MAX_OUTPUT_VALUES)
+                   for a in answers)
 
 
 def decode_part(data: bytes) -> list[dict[str, Any]]:
@@ -274,24 +316,6 @@ def outputs_many(answers: Sequence[Prediction]) -> Iterator[dict[str, Any]]:
     if not answers:
         return iter(())
     return iter(decode_part(encode_outputs(answers)))
-
-
-def _stack(answers: Sequence[Prediction]) -> bool:
-    """Whether the answers' arrays concatenate: the same dtypes, row shapes and classes."""
-    first = _layout(answers[0])
-    return first is not None and all(_layout(a) == first for a in answers)
-
-
-def _layout(answer: Prediction) -> tuple[Any, ...] | None:
-    """An answer's dtypes, row shapes and classes; None when it has no rows to stack."""
-    values, scores = answer.predictions, answer.scores
-    if not isinstance(values, np.ndarray) or values.ndim == 0:
-        return None
-    if scores is None:
-        return values.dtype, values.shape[1:], None, answer.classes
-    if not isinstance(scores, np.ndarray) or scores.ndim == 0 or len(scores) != len(values):
-        return None
-    return values.dtype, values.shape[1:], (scores.dtype, scores.shape[1:]), answer.classes
 
 
 def _plain(values: np.ndarray) -> Any:

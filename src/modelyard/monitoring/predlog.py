@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -289,10 +290,15 @@ class PredictionLog:
     def _add(self, batch: LogBatch, entries: list[tuple[Any, ...]]) -> None:
         """Add ``entries`` to ``batch`` as chunks: one per version, variant and outcome (an
         answer or a failure), in the order each first appears."""
+        policies, variants, answers = (list(map(itemgetter(i), entries)) for i in (0, 2, 7))
+        if (len(set(map(id, policies))) == 1 and len(set(variants)) == 1
+                and int not in set(map(type, answers))):  # the usual case: one group
+            batch.add(self._chunk(entries, False))
+            return
         groups: dict[tuple[int, str, bool], list[tuple[Any, ...]]] = {}
-        for entry in entries:
-            groups.setdefault((id(entry[0]), entry[2], isinstance(entry[7], int)),
-                              []).append(entry)
+        for entry, policy, variant, answer in zip(entries, policies, variants, answers,
+                                                  strict=True):
+            groups.setdefault((id(policy), variant, isinstance(answer, int)), []).append(entry)
         for (_, _, failed), members in groups.items():
             batch.add(self._chunk(members, failed))
 
@@ -309,20 +315,24 @@ class PredictionLog:
                 members, inputs, outputs = self._one_by_one(members)
             else:
                 inputs, outputs = packed
-        return Chunk.of(policy.model, policy.version, variant, [e[1] for e in members],
-                        [e[3] for e in members], [e[4] for e in members],
-                        [0 if failed else e[6] for e in members], inputs, outputs)
+        if not members:
+            return Chunk.of(policy.model, policy.version, variant, [], [], [], [], inputs,
+                            outputs)
+        _, ids, _, at, latency, _, rows, _ = zip(*members, strict=True)  # one C-level pass
+        return Chunk.of(policy.model, policy.version, variant, list(ids), at, latency,
+                        [0] * len(members) if failed else rows, inputs, outputs)
 
     def _pack(self, members: list[tuple[Any, ...]]) -> tuple[bytes, bytes] | None:
         """Inputs and outputs of ``members`` packed together; None where they do not stack or
         one of them spoils it (then :meth:`_one_by_one`)."""
         policy = members[0][0]
         try:
-            inputs = encode_inputs([e[5] for e in members], policy.signature, policy.reference,
-                                   sensitive=policy.sensitive, hash_key=self.hash_key)
+            inputs = encode_inputs(list(map(itemgetter(5), members)), policy.signature,
+                                   policy.reference, sensitive=policy.sensitive,
+                                   hash_key=self.hash_key)
             if inputs is None:
                 return None
-            return inputs, encode_outputs([e[7] for e in members])
+            return inputs, encode_outputs(list(map(itemgetter(7), members)))
         except Exception:
             return None
 

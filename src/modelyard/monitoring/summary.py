@@ -29,6 +29,7 @@ import hmac
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -201,10 +202,13 @@ def _stack_rows(batches: Sequence[Any], kind: str) -> Any:
     by one): text and tensors are summarised per row anyway."""
     if kind not in ("table", "vector"):
         return None
-    if all(isinstance(b, np.ndarray) and b.ndim == 2 for b in batches):
-        if len({b.shape[1] for b in batches}) == 1 and len({b.dtype for b in batches}) == 1:
-            return np.concatenate(batches)
-        return None
+    if set(map(type, batches)) == {np.ndarray}:
+        if batches[0].ndim != 2 or len(set(map(attrgetter("dtype"), batches))) != 1:
+            return None
+        try:
+            return np.concatenate(batches)  # other widths or dimensions: ValueError
+        except ValueError:
+            return None
     if all(hasattr(b, "columns") and hasattr(b, "iloc") for b in batches):
         import pandas as pd
 
