@@ -175,13 +175,18 @@ def _small(answers: Sequence[Prediction]) -> bool:
 
 def decode_part(data: bytes) -> list[dict[str, Any]]:
     """The per-request records of an inputs or outputs record."""
+    return list(iter_part(data))
+
+
+def iter_part(data: bytes) -> Iterator[dict[str, Any]]:
+    """:func:`decode_part`, one record at a time."""
     header, arrays = unpack(data)
     kind = header["kind"]
     if kind == "json":
-        return list(header["values"])
+        return iter(header["values"])
     lengths = _get(header["lengths"], arrays).tolist()
     if kind == "stacked":
-        return list(_unstack_outputs(header, arrays, lengths))
+        return _unstack_outputs(header, arrays, lengths)
     groups = [(names, _get(ref, arrays)) for names, ref in header["groups"]]
     return unstack(Stacked(kind, lengths, groups, header.get("extras", {})))
 
@@ -268,6 +273,16 @@ class Chunk:
                              f"{len(inputs)} inputs and {len(outputs)} outputs")
         return inputs, outputs
 
+    def json_records(self) -> tuple[list[str], list[str]]:
+        """Each request's inputs and outputs as JSON text, each encoded as it is decoded (so
+        no more than one request's objects live at a time)."""
+        inputs = [_json(v) for v in iter_part(self.inputs)]
+        outputs = [_json(v) for v in iter_part(self.outputs)]
+        if len(inputs) != len(self) or len(outputs) != len(self):
+            raise ValueError(f"a prediction log chunk of {len(self)} requests holds "
+                             f"{len(inputs)} inputs and {len(outputs)} outputs")
+        return inputs, outputs
+
     def take(self, keep: np.ndarray) -> Chunk:
         """The chunk of the requests where ``keep`` (booleans) is true; their inputs and
         outputs as JSON lists (retention cuts few chunks, so simple beats compact)."""
@@ -327,6 +342,10 @@ def _plain(values: np.ndarray) -> Any:
     return values.tolist()
 
 
+def _json(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
 def _scalar(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -336,5 +355,5 @@ def _scalar(value: Any) -> Any:
 
 
 __all__ = ["MAGIC", "MAX_OUTPUT_VALUES", "Chunk", "decode_part", "encode_inputs",
-           "encode_outputs", "id_hashes", "json_part", "outputs_many", "outputs_of", "pack",
-           "to_us", "unpack"]
+           "encode_outputs", "id_hashes", "iter_part", "json_part", "outputs_many",
+           "outputs_of", "pack", "to_us", "unpack"]

@@ -104,13 +104,13 @@ class LogBatch:
         """The requests as columns in :data:`LOG_COLUMNS` order, inputs and outputs as JSON."""
         out: tuple[list[Any], ...] = tuple([] for _ in LOG_COLUMNS)
         for chunk in self.chunks:
-            inputs, outputs = chunk.records()
+            inputs, outputs = chunk.json_records()
             n = len(chunk)
             for column, values in zip(out, (
                     chunk.request_ids, [chunk.model] * n, [chunk.version] * n,
                     [chunk.variant] * n, (chunk.at_us / 1e6).tolist(),
-                    chunk.latency_ms.tolist(), chunk.rows.tolist(),
-                    [_json(v) for v in inputs], [_json(v) for v in outputs]), strict=True):
+                    chunk.latency_ms.tolist(), chunk.rows.tolist(), inputs, outputs),
+                    strict=True):
                 column.extend(values)
         return out
 
@@ -531,10 +531,6 @@ def _value(value: Any) -> Any:
 
 def _epoch(at: datetime) -> float:
     return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 __all__ = ["CHUNK", "ENV", "LOG_COLUMNS", "PAUSE_S", "DatabaseStore", "LogBatch", "LogStore",

@@ -169,8 +169,9 @@ def summarize_stacked(batches: Sequence[Any], signature: Signature,
                                            if k in extras})
 
 
-def unstack(stacked: Stacked) -> list[dict[str, Any]]:
-    """The records :func:`summarize` makes of each request, from :func:`summarize_stacked`'s."""
+def unstack(stacked: Stacked) -> Iterator[dict[str, Any]]:
+    """The records :func:`summarize` makes of each request, from :func:`summarize_stacked`'s,
+    one at a time (a caller that encodes each keeps no more than one alive)."""
     columns: dict[str, list[Any]] = {}
     for names, values in stacked.groups:
         if isinstance(values, np.ndarray) and values.ndim == 2 and stacked.kind == "table":
@@ -181,15 +182,13 @@ def unstack(stacked: Stacked) -> list[dict[str, Any]]:
                                  else _plain_values(values))
         else:
             columns[names[0]] = values
-    out: list[dict[str, Any]] = []
     start = 0
     for n in stacked.lengths:
         end = start + n
         part = {name: values[start:end] for name, values in columns.items()}
-        out.append({**part, **stacked.extras} if stacked.kind == "vector"
-                   else {"columns": part, **stacked.extras})
+        yield ({**part, **stacked.extras} if stacked.kind == "vector"
+               else {"columns": part, **stacked.extras})
         start = end
-    return out
 
 
 def _numeric_or_plain(values: np.ndarray, plain: Callable[[np.ndarray], list[Any]]) -> Any:
