@@ -191,3 +191,15 @@ def test_reads_take_the_newest_requests_across_chunks_and_retention_cuts_inside_
     assert len(left) == 299 and left[0].request_id == "r301"
     assert left[0].inputs == {"columns": {"x": [301]}}
     assert [p.request_id for p in store.find("w1", ["r300", "r301"])] == ["r301"]
+
+
+def test_a_batch_of_rows_is_cut_into_chunks_and_keeps_values_as_given() -> None:
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    batch = LogBatch.of({"request_id": f"r{i}", "model": "m", "version": 1, "variant": "a",
+                         "at": at, "latency_ms": 2.5, "rows": 1, "inputs": {"n": i},
+                         "outputs": "[1]"} for i in range(600))
+    assert [len(c) for c in batch.chunks] == [250, 250, 100]
+    columns = dict(zip(("request_id", "model", "version", "variant", "at", "latency_ms", "rows",
+                        "inputs", "outputs"), batch.columns(), strict=True))
+    assert columns["inputs"][599] == '{"n":599}' and columns["outputs"][0] == '"[1]"'
+    assert columns["at"][0] == at.timestamp() and columns["latency_ms"][0] == 2.5

@@ -83,22 +83,20 @@ class LogBatch:
         """Append requests, each a tuple of values in :data:`LOG_COLUMNS` order (``at`` in
         seconds since the epoch, inputs and outputs JSON-ready values or JSON text), one chunk
         per model, version and variant."""
+        self._extend(rows, _value)
+
+    def _extend(self, rows: Iterable[tuple[Any, ...]], value: Any) -> None:
+        """:meth:`extend`, inputs and outputs taken through ``value``."""
         groups: dict[tuple[str, int, str], list[tuple[Any, ...]]] = {}
         for row in rows:
             groups.setdefault((row[1], int(row[2]), row[3]), []).append(row)
         for (model, version, variant), group in groups.items():
             for start in range(0, len(group), CHUNK):
-                self._add_json(model, version, variant, group[start:start + CHUNK])
-
-    def _add_json(self, model: str, version: int, variant: str,
-                  members: list[tuple[Any, ...]]) -> None:
-        """A chunk of ``members`` (tuples as :meth:`extend` takes), inputs and outputs as JSON."""
-        if members:
-            columns = list(zip(*members, strict=True))
-            self.add(Chunk.of(model, version, variant, list(columns[0]), columns[4],
-                              [ms / 1000.0 for ms in columns[5]], columns[6],
-                              json_part([_value(v) for v in columns[7]]),
-                              json_part([_value(v) for v in columns[8]])))
+                columns = list(zip(*group[start:start + CHUNK], strict=True))
+                self.add(Chunk.of(model, version, variant, list(columns[0]), columns[4],
+                                  [ms / 1000.0 for ms in columns[5]], columns[6],
+                                  json_part([value(v) for v in columns[7]]),
+                                  json_part([value(v) for v in columns[8]])))
 
     def columns(self) -> tuple[list[Any], ...]:
         """The requests as columns in :data:`LOG_COLUMNS` order, inputs and outputs as JSON."""
@@ -119,9 +117,9 @@ class LogBatch:
         """A batch of rows given as mappings: ``at`` a datetime (naive means UTC), ``inputs``
         and ``outputs`` JSON-ready values (what :meth:`LoggedPrediction` reads back)."""
         batch = cls()
-        batch.extend((r["request_id"], r["model"], int(r["version"]), r["variant"],
-                      _epoch(r["at"]), float(r["latency_ms"]), int(r["rows"]),
-                      r["inputs"], r["outputs"]) for r in rows)
+        batch._extend(((r["request_id"], r["model"], int(r["version"]), r["variant"],
+                        _epoch(r["at"]), float(r["latency_ms"]), int(r["rows"]),
+                        r["inputs"], r["outputs"]) for r in rows), _same)
         return batch
 
     def times(self) -> np.ndarray:
@@ -522,6 +520,10 @@ def _logged(model: str, rec: Mapping[str, Any], with_inputs: bool) -> LoggedPred
                             rec["latency_ms"], rec["rows"],
                             orjson.loads(rec["inputs"]) if with_inputs else {},
                             orjson.loads(rec["outputs"]))
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _value(value: Any) -> Any:
