@@ -69,8 +69,8 @@ def unpack(data: bytes) -> tuple[dict[str, Any], list[np.ndarray]]:
     arrays = []
     for dtype_text, shape in header.pop("arrays"):
         dtype = np.dtype(dtype_text)
-        if dtype.kind not in _NUMERIC:
-            raise ValueError(f"a prediction log record holds a {dtype} array")
+        if dtype.kind not in _NUMERIC or any(int(d) < 0 for d in shape):
+            raise ValueError(f"a prediction log record holds a {dtype} array of shape {shape}")
         count = int(np.prod(shape, dtype=np.int64))
         if end + count * dtype.itemsize > len(data):
             raise ValueError("a prediction log record is cut short")
