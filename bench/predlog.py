@@ -1,8 +1,13 @@
-"""Prediction-log overhead: the same server with the log off, on SQLite, and on Parquet files.
+"""Prediction-log overhead: the writer's CPU per request, then the server with the log off and on.
 
-Run: ``python bench/predlog.py`` (needs ``wrk`` and ``taskset``: ``apt-get install -y wrk``).
+Run: ``python bench/predlog.py`` (the server part needs ``wrk`` and ``taskset``:
+``apt-get install -y wrk``); ``--writer-only`` for the first part alone.
 
-One workload (scikit-learn HistGradientBoostingClassifier, 20 features, one row per request,
+First the log writer alone (:mod:`logwriter`, a sibling script): its CPU per request for W1- and
+W2-shaped predictions on SQLite and PostgreSQL, the encoding of migration 0004 (JSON, a row per
+request) against today's (packed chunks), side by side.
+
+Then one workload (scikit-learn HistGradientBoostingClassifier, 20 features, one row per request,
 16 connections), the server pinned to core 0 and wrk to core 1 as in ``bench/serve.py``. Every
 request logged (``sample_rate: 1``, the default) to SQLite and to Parquet, and one request in
 ten (``sample_rate: 0.1``) to SQLite, against the log switched off. The configurations run in
@@ -42,7 +47,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve import LUA, register, wait_ready, wrk  # a sibling script
+import logwriter  # sibling scripts
+from serve import LUA, register, wait_ready, wrk
 
 CONNECTIONS = 16
 WIDTH = 20
@@ -57,7 +63,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per measurement")
     parser.add_argument("--rounds", type=int, default=2,
                         help="interleaved rounds; each configuration keeps its best")
+    parser.add_argument("--writer-only", action="store_true",
+                        help="measure the log writer alone (no server, no wrk)")
     args = parser.parse_args()
+    logwriter.main()
+    if args.writer_only:
+        return 0
+    print()
     missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
     if missing:
         print(f"needs {', '.join(missing)} on PATH (apt-get install -y wrk util-linux)")

@@ -1,10 +1,11 @@
 """Migrations: the schema matches tables.py, and registries written by older versions (0001:
-before deployments, 0002: before monitoring, 0003: before run owners) upgrade with their data
-kept, and downgrade, on SQLite and PostgreSQL."""
+before deployments, 0002: before monitoring, 0003: before run owners, 0004: a prediction log of
+one row per request) upgrade with their data kept, and downgrade, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import insert, inspect
+from sqlalchemy import column, insert, inspect
 
 from modelyard.config import Settings
 from modelyard.registry import Database, Registry
@@ -47,8 +48,8 @@ MONITORING_TABLES = {"predictions", "labels", "drift_reports", "monitor_events",
                      "deployment_windows"}
 
 
-def test_head_is_0004():
-    assert database_module.head_revision() == "0004"
+def test_head_is_0005():
+    assert database_module.head_revision() == "0005"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -138,7 +139,7 @@ def test_a_0003_registry_keeps_its_runs_and_gains_run_owners(backend, tmp_path, 
             promoted=False, metrics={}, gate={}, logs="", created_by="old"))
 
     db.migrate()
-    assert _revision(db) == "0004"
+    assert _revision(db) == database_module.head_revision()
     settings = Settings.from_env(home=tmp_path / "home", db_url=url, actor="tester")
     reg = Registry(db, open_store(settings.artifacts), settings)
     old = reg.get_run("old-run")
@@ -151,4 +152,48 @@ def test_a_0003_registry_keeps_its_runs_and_gains_run_owners(backend, tmp_path, 
     assert "pid" not in {c["name"] for c in inspect(db.engine).get_columns("runs")}
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM runs").scalar() == 2
+    db.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_0004_prediction_log_becomes_chunks_and_reads_back_the_same(
+        backend, tmp_path, request):
+    from sqlalchemy import table
+
+    from modelyard.monitoring.logstore import DatabaseStore
+
+    url = _url(backend, tmp_path, request)
+    db = Database(url)
+    _alembic(db, "0004")
+    t0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+    old = [{"request_id": f"r{i}", "model": "fraud" if i < 300 else "other",
+            "version": 1 + (i // 100) % 2, "variant": "canary" if i % 7 == 0 else "production",
+            "at": (t0 + timedelta(seconds=i)).replace(tzinfo=None), "latency_ms": 1.25 + i,
+            "rows": 1, "inputs": {"columns": {"amount": [float(i)], "card": ["x"]}},
+            "outputs": {"predictions": [i % 2], "scores": [[0.5, 0.5]], "classes": [0, 1]}}
+           for i in range(310)]
+    with db.engine.begin() as conn:  # the log as 0004's writer left it: a row per request
+        columns = ("request_id", "model", "version", "variant", "at", "latency_ms", "rows",
+                   "inputs", "outputs")
+        conn.execute(insert(table("predictions", *(column(c) for c in columns))),
+                     [{**row, "inputs": json.dumps(row["inputs"]),
+                       "outputs": json.dumps(row["outputs"])} for row in old])
+    db.migrate()
+    assert _revision(db) == database_module.head_revision()
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    settings = Settings.from_env(home=tmp_path / "home", db_url=url, actor="tester")
+    store = DatabaseStore(Registry(db, open_store(settings.artifacts), settings))
+    got = store.read("fraud")
+    assert [p.request_id for p in got] == [f"r{i}" for i in range(300)]
+    for p, row in zip(got, old, strict=False):
+        assert (p.version, p.variant, p.at, p.latency_ms, p.rows, p.inputs, p.outputs) == (
+            row["version"], row["variant"], row["at"].replace(tzinfo=UTC), row["latency_ms"],
+            1, row["inputs"], row["outputs"])
+    assert [p.request_id for p in store.find("other", ["r305", "r1"])] == ["r305"]
+    assert store.delete_before("fraud", t0 + timedelta(seconds=150)) == 150
+    assert len(store.read("fraud")) == 150
+
+    _alembic(db, "0004", down=True)  # back to a row per request (the log does not survive)
+    assert "predictions" in inspect(db.engine).get_table_names()
     db.dispose()

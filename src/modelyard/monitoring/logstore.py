@@ -14,30 +14,35 @@ model's requests back by time window and version (metrics, drift), finds them by
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
 import shutil
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import orjson
 
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, StorageError
+from modelyard.monitoring.chunk import Chunk, id_hashes, json_part, to_us
 
 if TYPE_CHECKING:
     from modelyard.registry import Registry
 
-#: rows inserted at a time, and the pause after each chunk: the log's work is spread out rather
-#: than taking the core for a whole batch at once (the writer summarises in chunks this size too).
-CHUNK = 64
+#: requests the writer packs at a time (at most one chunk each), and its pause after each: the
+#: log's work is spread out rather than taking the core for a whole batch at once (a slice costs
+#: well under a millisecond).
+CHUNK = 250
 PAUSE_S = 0.001
 ENV = "MODELYARD_PREDICTION_LOG"
 _IDS_PER_QUERY = 500
+#: chunks one ``INSERT`` writes at most (10 parameters each: well under SQLite's 32,766).
+_ROWS_PER_INSERT = 500
 
 
 @dataclass(frozen=True)
@@ -57,54 +62,80 @@ class LoggedPrediction:
 
 @dataclass
 class LogBatch:
-    """Logged requests as a store writes them: one list per column, inputs and outputs as JSON.
+    """Logged requests as a store writes them: :class:`~modelyard.monitoring.chunk.Chunk` s,
+    each the requests of one version and variant with their inputs and outputs packed.
 
-    Columns, not rows: the writer appends to them, a database takes ``zip`` of them and Parquet
-    takes them as they are.
+    A database keeps a row per chunk; :meth:`columns` gives the requests one by one (inputs and
+    outputs as JSON) for a store that keeps rows, such as Parquet.
     """
 
-    request_id: list[str] = field(default_factory=list)
-    model: list[str] = field(default_factory=list)
-    version: list[int] = field(default_factory=list)
-    variant: list[str] = field(default_factory=list)
-    #: when each was answered, in seconds since the epoch (``time.time()``).
-    at: list[float] = field(default_factory=list)
-    latency_ms: list[float] = field(default_factory=list)
-    rows: list[int] = field(default_factory=list)
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.request_id)
+        return sum(len(c) for c in self.chunks)
+
+    def add(self, chunk: Chunk) -> None:
+        """Append a chunk (an empty one is left out)."""
+        if len(chunk):
+            self.chunks.append(chunk)
 
     def extend(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Append requests, each a tuple of values in :data:`LOG_COLUMNS` order."""
-        for column, values in zip(self.columns(), zip(*rows, strict=True), strict=False):
-            column.extend(values)
+        """Append requests, each a tuple of values in :data:`LOG_COLUMNS` order (``at`` in
+        seconds since the epoch, inputs and outputs JSON-ready values or JSON text), one chunk
+        per model, version and variant."""
+        self._extend(rows, _value)
+
+    def _extend(self, rows: Iterable[tuple[Any, ...]], value: Any) -> None:
+        """:meth:`extend`, inputs and outputs taken through ``value``."""
+        groups: dict[tuple[str, int, str], list[tuple[Any, ...]]] = {}
+        for row in rows:
+            groups.setdefault((row[1], int(row[2]), row[3]), []).append(row)
+        for (model, version, variant), group in groups.items():
+            for start in range(0, len(group), CHUNK):
+                columns = list(zip(*group[start:start + CHUNK], strict=True))
+                self.add(Chunk.of(model, version, variant, list(columns[0]), columns[4],
+                                  [ms / 1000.0 for ms in columns[5]], columns[6],
+                                  json_part([value(v) for v in columns[7]]),
+                                  json_part([value(v) for v in columns[8]])))
 
     def columns(self) -> tuple[list[Any], ...]:
-        """The columns, in :data:`LOG_COLUMNS` order."""
-        return (self.request_id, self.model, self.version, self.variant, self.at,
-                self.latency_ms, self.rows, self.inputs, self.outputs)
+        """The requests as columns in :data:`LOG_COLUMNS` order, inputs and outputs as JSON."""
+        out: tuple[list[Any], ...] = tuple([] for _ in LOG_COLUMNS)
+        for chunk in self.chunks:
+            inputs, outputs = chunk.json_records()
+            n = len(chunk)
+            for column, values in zip(out, (
+                    chunk.request_ids, [chunk.model] * n, [chunk.version] * n,
+                    [chunk.variant] * n, (chunk.at_us / 1e6).tolist(),
+                    chunk.latency_ms.tolist(), chunk.rows.tolist(), inputs, outputs),
+                    strict=True):
+                column.extend(values)
+        return out
 
     @classmethod
     def of(cls, rows: Iterable[Mapping[str, Any]]) -> LogBatch:
         """A batch of rows given as mappings: ``at`` a datetime (naive means UTC), ``inputs``
         and ``outputs`` JSON-ready values (what :meth:`LoggedPrediction` reads back)."""
         batch = cls()
-        batch.extend((r["request_id"], r["model"], int(r["version"]), r["variant"],
-                      _epoch(r["at"]), float(r["latency_ms"]), int(r["rows"]),
-                      _json(r["inputs"]), _json(r["outputs"])) for r in rows)
+        batch._extend(((r["request_id"], r["model"], int(r["version"]), r["variant"],
+                        _epoch(r["at"]), float(r["latency_ms"]), int(r["rows"]),
+                        r["inputs"], r["outputs"]) for r in rows), _same)
         return batch
 
     def times(self) -> np.ndarray:
-        """``at`` as UTC ``datetime64[us]``."""
-        return (np.asarray(self.at, dtype=np.float64) * 1e6).round().astype("datetime64[us]")
+        """``at`` of every request, in order, as UTC ``datetime64[us]``."""
+        if not self.chunks:
+            return np.empty(0, dtype="datetime64[us]")
+        return np.concatenate([c.at_us for c in self.chunks]).astype("datetime64[us]")
 
 
-#: the columns of a :class:`LogBatch` and of the ``predictions`` table.
-LOG_COLUMNS = tuple(f.name for f in fields(LogBatch))
+#: the columns of a request in a :class:`LogBatch` (:meth:`LogBatch.columns`).
+LOG_COLUMNS = ("request_id", "model", "version", "variant", "at", "latency_ms", "rows", "inputs",
+               "outputs")
 _PARQUET_COLUMNS = tuple(c for c in LOG_COLUMNS if c != "model")  # the folder names the model
+#: the ``predictions`` table's columns a write fills (one row per chunk).
+_CHUNK_COLUMNS = ("model", "version", "variant", "first_at", "last_at", "size", "id_hashes",
+                  "requests", "inputs", "outputs")
 
 
 class LogStore(Protocol):
@@ -122,100 +153,243 @@ class LogStore(Protocol):
 
 
 class DatabaseStore:
-    """The registry database's ``predictions`` table."""
+    """The registry database's ``predictions`` table: one row per :class:`Chunk`."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
     def write(self, batch: LogBatch) -> None:
-        """Insert ``batch`` in one transaction, a driver-level executemany per chunk.
+        """Insert ``batch``'s chunks, a row each, in one multi-row ``INSERT`` committed by itself.
 
-        The ORM and SQLAlchemy's per-value type processing cost more than the rest of the log
-        together, so rows go to the driver as they are, times as naive UTC (in SQLite, text in
-        the layout the registry's column type reads back). A pause between chunks spreads the
-        insert out like the rest of the writer's work.
+        A row per chunk, not per request: the inputs, outputs and request columns go in as
+        packed bytes (:mod:`~modelyard.monitoring.chunk`), times as naive UTC (in SQLite, text in
+        the layout the registry's column type reads back). One statement on an autocommit
+        connection is one round trip and no ORM session: on PostgreSQL that halves the write's
+        CPU against ``executemany`` in a transaction (binary ``COPY`` gains nothing for the few
+        rows a batch has). A batch of more rows than one statement takes (:meth:`LogBatch.of`
+        of a large list) goes in one transaction of several.
         """
-        dialect = self.registry.db.dialect
-        mark = "?" if dialect == "sqlite" else "%s"
-        sql = (f"INSERT INTO predictions ({', '.join(LOG_COLUMNS)}) "
-               f"VALUES ({', '.join([mark] * len(LOG_COLUMNS))})")
-        times = batch.times()
-        at = ([t.replace("T", " ") for t in np.datetime_as_string(times, unit="us").tolist()]
-              if dialect == "sqlite" else times.tolist())
-        columns = list(batch.columns())
-        columns[LOG_COLUMNS.index("at")] = at
-        params = list(zip(*columns, strict=True))
-        with self.registry.db.session(write=True) as s:
-            connection = s.connection()
-            for start in range(0, len(params), CHUNK):
-                if start:
-                    time.sleep(PAUSE_S)
-                connection.exec_driver_sql(sql, params[start:start + CHUNK])
+        from sqlalchemy.exc import OperationalError
+
+        chunks = batch.chunks
+        if not chunks:
+            return
+        db = self.registry.db
+        mark = "?" if db.dialect == "sqlite" else "%s"
+        row = f"({', '.join([mark] * len(_CHUNK_COLUMNS))})"
+        parts = [chunks[i:i + _ROWS_PER_INSERT] for i in range(0, len(chunks), _ROWS_PER_INSERT)]
+        statements = [(f"INSERT INTO predictions ({', '.join(_CHUNK_COLUMNS)}) VALUES "
+                       f"{', '.join([row] * len(part))}",
+                       tuple(value for c in part for value in _chunk_row(c, db.dialect)))
+                      for part in parts]
+        # PostgreSQL: one statement needs no BEGIN and COMMIT round trips; SQLite has none
+        autocommit = db.dialect != "sqlite" and len(statements) == 1
+        options = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
+        try:
+            with db.engine.connect().execution_options(**options) as conn:
+                for sql, params in statements:
+                    conn.exec_driver_sql(sql, params)
+                if not autocommit:
+                    conn.commit()
+        except OperationalError as exc:
+            raise StorageError(f"the prediction log could not write to {db.display_url}: "
+                               f"{str(getattr(exc, 'orig', exc)).strip()}; check that the "
+                               "database is reachable (MODELYARD_DB)") from None
 
     def read(self, model: str, *, since: datetime | None = None, until: datetime | None = None,
              versions: Sequence[int] | None = None, limit: int | None = None,
              with_inputs: bool = True) -> list[LoggedPrediction]:
-        """Logged requests of ``model`` in ``[since, until)``, oldest first (newest ``limit``)."""
+        """Logged requests of ``model`` in ``[since, until)``, oldest first (newest ``limit``).
+
+        Chunks are read newest first and no further once ``limit`` requests newer than the
+        next chunk's are in hand.
+        """
         from sqlalchemy import literal, select
 
         from modelyard.registry.tables import PredictionRow as P
 
         inputs = P.inputs if with_inputs else literal(None).label("inputs")
-        query = select(P.request_id, P.model, P.version, P.variant, P.at, P.latency_ms, P.rows,
-                       inputs, P.outputs).where(P.model == model)
+        query = select(P.id, P.version, P.variant, P.requests, inputs, P.outputs).where(
+            P.model == model)
         if since is not None:
-            query = query.where(P.at >= since)
+            query = query.where(P.last_at >= since)
         if until is not None:
-            query = query.where(P.at < until)
+            query = query.where(P.first_at < until)
         if versions is not None:
             query = query.where(P.version.in_(list(versions)))
-        query = query.order_by(P.at.desc(), P.id.desc())
-        if limit is not None:
-            query = query.limit(limit)
+        query = query.order_by(P.last_at.desc(), P.id.desc())
+        window = (None if since is None else to_us(since), None if until is None else to_us(until))
+        found = _Newest(limit)
         with self.registry.db.session() as s:
-            found = [LoggedPrediction(*row) for row in s.execute(query)]
-        found.reverse()
-        return found
+            for row in s.execute(query):
+                chunk = Chunk.from_row(model, row[1], row[2], row[3], row[4], row[5])
+                if found.complete_before(int(chunk.at_us.max())):
+                    break
+                found.add(row[0], chunk, _within(chunk.at_us, *window), with_inputs)
+        return found.oldest_first()
 
     def find(self, model: str, request_ids: Sequence[str]) -> list[LoggedPrediction]:
         """The logged requests of ``model`` with these ids, oldest first (a shadow copy is
-        logged under its request's id, so one id may have two)."""
+        logged under its request's id, so one id may have two).
+
+        Scans the ids' CRC-32 of the model's chunks (4 bytes a logged request), then reads the
+        chunks that may hold one.
+        """
         from sqlalchemy import select
 
         from modelyard.registry.tables import PredictionRow as P
 
-        wanted = list(dict.fromkeys(request_ids))
-        found: list[tuple[Any, LoggedPrediction]] = []
+        wanted = set(request_ids)
+        if not wanted:
+            return []
+        keys = id_hashes(list(wanted))
+        found = _Newest(None)
         with self.registry.db.session() as s:
-            for start in range(0, len(wanted), _IDS_PER_QUERY):
-                query = select(P.id, P.request_id, P.model, P.version, P.variant, P.at,
-                               P.latency_ms, P.rows, P.inputs, P.outputs).where(
-                    P.model == model, P.request_id.in_(wanted[start:start + _IDS_PER_QUERY]))
-                found.extend(((row[5], row[0]), LoggedPrediction(*row[1:]))
-                             for row in s.execute(query))
-        found.sort(key=lambda pair: pair[0])  # by time, then by the order they were written
-        return [p for _, p in found]
+            hashes = s.execute(select(P.id, P.id_hashes).where(P.model == model))
+            candidates = _candidates(hashes, keys)
+            for start in range(0, len(candidates), _IDS_PER_QUERY):
+                query = select(P.id, P.version, P.variant, P.requests, P.inputs,
+                               P.outputs).where(
+                    P.id.in_(candidates[start:start + _IDS_PER_QUERY]))
+                for row in s.execute(query):
+                    chunk = Chunk.from_row(model, row[1], row[2], row[3], row[4], row[5])
+                    keep = np.fromiter((r in wanted for r in chunk.request_ids), bool,
+                                       len(chunk))
+                    found.add(row[0], chunk, keep, True)
+        return found.oldest_first()
 
     def delete_before(self, model: str, before: datetime, *, batch: int = 5000) -> int:
         """Delete ``model``'s requests logged before ``before``; how many went.
 
-        ``batch`` rows per transaction, so the log's writer (and, on SQLite, every other
-        writer) waits for one short delete at most, never for the whole sweep.
+        Whole chunks ``batch`` at a time per transaction, so the log's writer (and, on SQLite,
+        every other writer) waits for one short delete at most; then the few chunks that
+        straddle ``before`` are rewritten with their newer requests only.
         """
         from sqlalchemy import delete, select
 
         from modelyard.registry.tables import PredictionRow as P
 
-        old = select(P.id).where(P.model == model, P.at < before).limit(batch)
         total = 0
         while True:
             with self.registry.db.session(write=True) as s:
-                result = s.execute(delete(P).where(P.id.in_(old)),
-                                   execution_options={"synchronize_session": False})
-                deleted = int(getattr(result, "rowcount", 0) or 0)
-            total += deleted
-            if deleted < batch:
-                return total
+                old = s.execute(select(P.id, P.size).where(P.model == model, P.last_at < before)
+                                .limit(batch)).all()
+                if old:
+                    s.execute(delete(P).where(P.id.in_([row[0] for row in old])),
+                              execution_options={"synchronize_session": False})
+            total += sum(row[1] for row in old)
+            if len(old) < batch:
+                break
+        return total + self._cut(model, before)
+
+    def _cut(self, model: str, before: datetime) -> int:
+        """Drop the requests before ``before`` from the chunks that straddle it; how many."""
+        from sqlalchemy import select, update
+
+        from modelyard.registry.tables import PredictionRow as P
+
+        cutoff = to_us(before)
+        total = 0
+        with self.registry.db.session(write=True) as s:
+            straddling = s.execute(select(P.id, P.version, P.variant, P.requests, P.inputs,
+                                          P.outputs).where(P.model == model, P.first_at < before,
+                                                           P.last_at >= before)).all()
+            for row in straddling:
+                chunk = Chunk.from_row(model, row[1], row[2], row[3], row[4], row[5])
+                keep = chunk.at_us >= cutoff
+                if keep.all():
+                    continue
+                part = chunk.take(keep)
+                total += len(chunk) - len(part)
+                s.execute(update(P).where(P.id == row[0]).values(
+                    first_at=part.times()[0], size=len(part),
+                    id_hashes=part.id_hashes(), requests=part.requests(), inputs=part.inputs,
+                    outputs=part.outputs))
+        return total
+
+
+class _Newest:
+    """Logged requests gathered from chunks; with a ``limit``, knows when no older chunk can
+    add one of the newest ``limit``."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.found: list[tuple[int, int, int, LoggedPrediction]] = []
+        self._heap: list[int] = []  # the newest ``limit`` times seen, oldest on top
+
+    def complete_before(self, newest_us: int) -> bool:
+        """Whether ``limit`` requests newer than ``newest_us`` are in hand already."""
+        return (self.limit is not None and len(self._heap) >= self.limit
+                and self._heap[0] > newest_us)
+
+    def add(self, chunk_id: int, chunk: Chunk, keep: np.ndarray, with_inputs: bool) -> None:
+        """The requests of ``chunk`` where ``keep``."""
+        if not keep.any():
+            return
+        inputs, outputs = chunk.records(with_inputs=with_inputs)
+        times = chunk.times()
+        at_us, latency, rows = (chunk.at_us.tolist(), chunk.latency_ms.tolist(),
+                                chunk.rows.tolist())
+        for i in np.flatnonzero(keep).tolist():
+            self.found.append((at_us[i], chunk_id, i, LoggedPrediction(
+                chunk.request_ids[i], chunk.model, chunk.version, chunk.variant, times[i],
+                latency[i], rows[i], inputs[i], outputs[i])))
+            if self.limit is not None:
+                heapq.heappush(self._heap, at_us[i])
+                if len(self._heap) > self.limit:
+                    heapq.heappop(self._heap)
+
+    def oldest_first(self) -> list[LoggedPrediction]:
+        """What was gathered, by time then by the order it was written; the newest ``limit``."""
+        self.found.sort(key=lambda item: item[:3])
+        kept = (self.found if self.limit is None
+                else self.found[max(0, len(self.found) - self.limit):])
+        return [item[3] for item in kept]
+
+
+def _within(at_us: np.ndarray, since: int | None, until: int | None) -> np.ndarray:
+    keep = np.ones(len(at_us), dtype=bool)
+    if since is not None:
+        keep &= at_us >= since
+    if until is not None:
+        keep &= at_us < until
+    return keep
+
+
+def _candidates(rows: Iterable[Any], keys: np.ndarray) -> list[int]:
+    """The chunk ids whose id hashes include one of ``keys``, from ``(id, id_hashes)`` rows."""
+    out: list[int] = []
+    ids: list[int] = []
+    blobs: list[bytes] = []
+
+    def scan() -> None:
+        hashes = np.frombuffer(b"".join(blobs), "<u4")
+        owners = np.repeat(np.asarray(ids, dtype=np.int64), [len(b) // 4 for b in blobs])
+        out.extend(np.unique(owners[np.isin(hashes, keys)]).tolist())
+        ids.clear()
+        blobs.clear()
+
+    for chunk_id, blob in rows:
+        ids.append(chunk_id)
+        blobs.append(bytes(blob))
+        if len(ids) >= 5000:
+            scan()
+    if ids:
+        scan()
+    return out
+
+
+def _chunk_row(chunk: Chunk, dialect: str) -> tuple[Any, ...]:
+    """A chunk's values in :data:`_CHUNK_COLUMNS` order, as the driver takes them."""
+    return (chunk.model, chunk.version, chunk.variant, _db_time(int(chunk.at_us.min()), dialect),
+            _db_time(int(chunk.at_us.max()), dialect), len(chunk), chunk.id_hashes(),
+            chunk.requests(), chunk.inputs, chunk.outputs)
+
+
+def _db_time(us: int, dialect: str) -> Any:
+    """µs since the epoch as the driver takes a naive UTC time (SQLite: the registry's text)."""
+    at = datetime(1970, 1, 1) + timedelta(microseconds=us)
+    return at.isoformat(" ", "microseconds") if dialect == "sqlite" else at
 
 
 class ParquetStore:
@@ -232,20 +406,22 @@ class ParquetStore:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        (request_id, models, version, variant, _, latency_ms, rows, inputs,
+         outputs) = batch.columns()
         times = batch.times()
         table = pa.table({
-            "request_id": batch.request_id,
-            "version": pa.array(batch.version, pa.int32()),
-            "variant": batch.variant,
+            "request_id": request_id,
+            "version": pa.array(version, pa.int32()),
+            "variant": variant,
             "at": pa.array(times, pa.timestamp("us", tz="UTC")),
-            "latency_ms": pa.array(batch.latency_ms, pa.float64()),
-            "rows": pa.array(batch.rows, pa.int32()),
-            "inputs": batch.inputs,
-            "outputs": batch.outputs,
+            "latency_ms": pa.array(latency_ms, pa.float64()),
+            "rows": pa.array(rows, pa.int32()),
+            "inputs": inputs,
+            "outputs": outputs,
         })
         groups: dict[tuple[str, Any], list[int]] = {}
         days = times.astype("datetime64[D]").tolist()
-        for i, key in enumerate(zip(batch.model, days, strict=True)):
+        for i, key in enumerate(zip(models, days, strict=True)):
             groups.setdefault(key, []).append(i)
         for (model, day), members in groups.items():
             part = table if len(groups) == 1 else table.take(members)
@@ -346,12 +522,17 @@ def _logged(model: str, rec: Mapping[str, Any], with_inputs: bool) -> LoggedPred
                             orjson.loads(rec["outputs"]))
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
+def _value(value: Any) -> Any:
+    """A JSON-ready value, from itself or from its JSON text."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
 def _epoch(at: datetime) -> float:
     return (at if at.tzinfo is not None else at.replace(tzinfo=UTC)).timestamp()
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 __all__ = ["CHUNK", "ENV", "LOG_COLUMNS", "PAUSE_S", "DatabaseStore", "LogBatch", "LogStore",

@@ -4,13 +4,14 @@ On the request path :meth:`PredictionLog.record` (and :meth:`~PredictionLog.reco
 failed request, kept as its status so monitoring knows the error rate) only appends a tuple to a
 bounded queue: no serialisation, no I/O, no lock beyond the deque's own. A writer thread wakes
 every ``flush_interval_s`` (or once ``batch_size`` entries wait) and turns the entries into
-a :class:`LogBatch` a chunk at a time: the inputs of one version summarised together
-(:func:`modelyard.monitoring.summary.summarize_many`, sensitive fields dropped or hashed), its
-outputs stacked (:func:`outputs_many`), both encoded as JSON at once, so a batch waiting for its
-store holds a few strings per request rather than thousands of small objects for the garbage
-collector to walk. It hands the batch to a :class:`LogStore`. When the queue is full or the store
-fails, entries are dropped and counted (``dropped``), never retried into unbounded memory, and no
-request ever waits for or fails because of the log.
+a :class:`LogBatch` a slice at a time: the requests of one version and variant become one
+:class:`~modelyard.monitoring.chunk.Chunk`, their inputs stacked and packed as the arrays they
+are (:func:`~modelyard.monitoring.summary.summarize_stacked`, sensitive fields dropped or
+hashed), their outputs stacked too, so neither a request's numbers nor its JSON ever become
+Python objects on the writer (text, tensors and odd requests are summarised one by one, as
+JSON). It hands the batch to a :class:`LogStore`, which keeps a row per chunk. When the queue
+is full or the store fails, entries are dropped and counted (``dropped``), never retried into
+unbounded memory, and no request ever waits for or fails because of the log.
 
 The stores (database table, Parquet files) live in :mod:`modelyard.monitoring.logstore`.
 
@@ -29,14 +30,23 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 
 from modelyard.errors import ConfigError
+from modelyard.monitoring.chunk import (
+    MAX_OUTPUT_VALUES,
+    Chunk,
+    encode_inputs,
+    encode_outputs,
+    json_part,
+    outputs_many,
+    outputs_of,
+)
 from modelyard.monitoring.logstore import (
     CHUNK,
     LOG_COLUMNS,
@@ -55,8 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: outputs with more values than this (masks, long sequences) are logged as their shape only.
-MAX_OUTPUT_VALUES = 10_000
 KEY_ENV = "MODELYARD_LOG_KEY"
 #: the hash key when ``MODELYARD_LOG_KEY`` is unset: public, so it hides nothing from a guesser.
 BUILTIN_KEY = b"modelyard-default-log-key"
@@ -280,55 +288,94 @@ class PredictionLog:
         self.written += len(batch)
 
     def _add(self, batch: LogBatch, entries: list[tuple[Any, ...]]) -> None:
-        """Add ``entries`` to ``batch``, in order; the answered requests of one version are
-        summarised and their outputs converted together."""
-        inputs: dict[int, str] = {}
-        outputs: dict[int, str] = {}
-        groups: dict[int, list[int]] = {}
-        for i, entry in enumerate(entries):
-            if isinstance(entry[7], int):  # a failed request: its status, nothing to summarise
-                inputs[i] = "{}"
-                outputs[i] = _json({"error": entry[7]})
-            else:
-                groups.setdefault(id(entry[0]), []).append(i)
-        for members in groups.values():
-            self._encode(entries, members, inputs, outputs)
-        batch.extend((request_id, policy.model, policy.version, variant, at,
-                      round(latency_s * 1000.0, 4), n, inputs[i], outputs[i])
-                     for i, (policy, request_id, variant, at, latency_s, _, n, _)
-                     in enumerate(entries)
-                     if i in inputs)  # the others could not be converted: counted as dropped
+        """Add ``entries`` to ``batch`` as chunks: one per version, variant and outcome (an
+        answer or a failure), in the order each first appears."""
+        policies, variants, answers = (list(map(itemgetter(i), entries)) for i in (0, 2, 7))
+        if (len(set(map(id, policies))) == 1 and len(set(variants)) == 1
+                and int not in set(map(type, answers))):  # the usual case: one group
+            batch.add(self._chunk(entries, False))
+            return
+        groups: dict[tuple[int, str, bool], list[tuple[Any, ...]]] = {}
+        for entry, policy, variant, answer in zip(entries, policies, variants, answers,
+                                                  strict=True):
+            groups.setdefault((id(policy), variant, isinstance(answer, int)), []).append(entry)
+        for (_, _, failed), members in groups.items():
+            batch.add(self._chunk(members, failed))
 
-    def _encode(self, entries: list[tuple[Any, ...]], members: list[int], inputs: dict[int, str],
-                outputs: dict[int, str]) -> None:
-        """JSON of the inputs and outputs of ``members``, answered requests of one version."""
+    def _chunk(self, members: list[tuple[Any, ...]], failed: bool) -> Chunk:
+        """The chunk of ``members``, one version's requests with one variant and outcome; those
+        whose inputs or outputs could not be converted are left out and counted as dropped."""
+        policy, variant = members[0][0], members[0][2]
+        if failed:  # a failed request: its status, nothing to summarise
+            inputs = json_part([{}] * len(members))
+            outputs = json_part([{"error": entry[7]} for entry in members])
+        else:
+            packed = self._pack(members)
+            if packed is None:
+                members, inputs, outputs = self._one_by_one(members)
+            else:
+                inputs, outputs = packed
+        if not members:
+            return Chunk.of(policy.model, policy.version, variant, [], [], [], [], inputs,
+                            outputs)
+        _, ids, _, at, latency, _, rows, _ = zip(*members, strict=True)  # one C-level pass
+        return Chunk.of(policy.model, policy.version, variant, list(ids), at, latency,
+                        [0] * len(members) if failed else rows, inputs, outputs)
+
+    def _pack(self, members: list[tuple[Any, ...]]) -> tuple[bytes, bytes] | None:
+        """Inputs and outputs of ``members`` packed together; None where they do not stack or
+        one of them spoils it (then :meth:`_one_by_one`)."""
+        policy = members[0][0]
+        try:
+            inputs = encode_inputs(list(map(itemgetter(5), members)), policy.signature,
+                                   policy.reference, sensitive=policy.sensitive,
+                                   hash_key=self.hash_key)
+            if inputs is None:
+                return None
+            return inputs, encode_outputs(list(map(itemgetter(7), members)))
+        except Exception:
+            return None
+
+    def _one_by_one(self, members: list[tuple[Any, ...]]
+                    ) -> tuple[list[tuple[Any, ...]], bytes, bytes]:
+        """Each member summarised and converted alone (text, tensors, an odd request): the
+        members kept, their inputs and outputs as JSON lists."""
         from modelyard.monitoring.summary import summarize, summarize_many
 
-        policy = entries[members[0]][0]
+        policy = members[0][0]
         profile = (policy.signature, policy.reference)
         options = {"sensitive": policy.sensitive, "hash_key": self.hash_key}
         summaries = self._convert(lambda batches: summarize_many(batches, *profile, **options),
                                   lambda batch: summarize(batch, *profile, **options),
-                                  [entries[i][5] for i in members], "summarised")
-        answers = self._convert(outputs_many, outputs_of, [entries[i][7] for i in members],
+                                  [e[5] for e in members], "summarised")
+        answers = self._convert(outputs_many, outputs_of, [e[7] for e in members],
                                 "converted")
-        for i, summary, answer in zip(members, summaries, answers, strict=True):
+        kept: list[tuple[Any, ...]] = []
+        inputs: list[Any] = []
+        outputs: list[Any] = []
+        for entry, summary, answer in zip(members, summaries, answers, strict=True):
             if summary is None or answer is None:
                 self.dropped += 1
             else:
-                inputs[i] = summary
-                outputs[i] = answer
+                kept.append(entry)
+                inputs.append(summary)
+                outputs.append(answer)
+        return kept, json_part(inputs), json_part(outputs)
 
     def _convert(self, many: Callable[[list[Any]], Iterable[Any]], one: Callable[[Any], Any],
-                 items: list[Any], what: str) -> list[str | None]:
-        """JSON of each of ``many(items)``, encoded as they come; where an odd item spoils that,
-        of ``one`` of each (None where it fails)."""
+                 items: list[Any], what: str) -> list[Any | None]:
+        """``many(items)``, checked to be JSON; where an odd item spoils that, ``one`` of each
+        (None where it fails)."""
         with contextlib.suppress(Exception):
-            return [_json(value) for value in many(items)]
-        out: list[str | None] = []
+            values = list(many(items))
+            orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY)
+            return values
+        out: list[Any | None] = []
         for item in items:
             try:
-                out.append(_json(one(item)))
+                value = one(item)
+                orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
+                out.append(value)
             except Exception as exc:  # one odd request never stops the log
                 out.append(None)
                 self.last_error = f"could not be {what}: {exc}"
@@ -342,83 +389,6 @@ class PredictionLog:
             log.warning(message, *args)
 
 
-def outputs_of(prediction: Prediction) -> dict[str, Any]:
-    """What the log keeps of a prediction: its values (and scores), or only its shape if big."""
-    values = np.asarray(prediction.predictions)
-    if values.size > MAX_OUTPUT_VALUES:
-        return {"shape": list(values.shape), "truncated": True}
-    out: dict[str, Any] = {"predictions": _plain(values)}
-    scores = prediction.scores
-    if scores is not None and np.asarray(scores).size <= MAX_OUTPUT_VALUES:
-        out["scores"] = _plain(np.asarray(scores))
-        if prediction.classes is not None:
-            out["classes"] = [_scalar(c) for c in prediction.classes]
-    return out
-
-
-def outputs_many(answers: Sequence[Prediction]) -> Iterator[dict[str, Any]]:
-    """:func:`outputs_of` of each answer, one at a time, converted together where they stack
-    (one version's answers do): one conversion per chunk of the log instead of one per request."""
-    first = answers[0]
-    if (not _stack(answers) or any(a.predictions.size > MAX_OUTPUT_VALUES for a in answers)
-            or any(a.scores is not None and a.scores.size > MAX_OUTPUT_VALUES for a in answers)):
-        yield from (outputs_of(a) for a in answers)
-        return
-    predictions = _plain(np.concatenate([a.predictions for a in answers]))
-    scores = None if first.scores is None else _plain(np.concatenate([a.scores for a in answers]))
-    classes = None if first.classes is None else [_scalar(c) for c in first.classes]
-    start = 0
-    for answer in answers:
-        end = start + len(answer.predictions)
-        one: dict[str, Any] = {"predictions": predictions[start:end]}
-        if scores is not None:
-            one["scores"] = scores[start:end]
-            if classes is not None:
-                one["classes"] = classes
-        yield one
-        start = end
-
-
-def _stack(answers: Sequence[Prediction]) -> bool:
-    """Whether the answers' arrays concatenate: the same dtypes, row shapes and classes."""
-    first = _layout(answers[0])
-    return first is not None and all(_layout(a) == first for a in answers)
-
-
-def _layout(answer: Prediction) -> tuple[Any, ...] | None:
-    """An answer's dtypes, row shapes and classes; None when it has no rows to stack."""
-    values, scores = answer.predictions, answer.scores
-    if not isinstance(values, np.ndarray) or values.ndim == 0:
-        return None
-    if scores is None:
-        return values.dtype, values.shape[1:], None, answer.classes
-    if not isinstance(scores, np.ndarray) or scores.ndim == 0 or len(scores) != len(values):
-        return None
-    return values.dtype, values.shape[1:], (scores.dtype, scores.shape[1:]), answer.classes
-
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-
-
-def _plain(values: np.ndarray) -> Any:
-    if values.dtype.kind == "f":
-        values = np.where(np.isfinite(values), values, np.nan).round(6)
-        return orjson.loads(orjson.dumps(values, option=orjson.OPT_SERIALIZE_NUMPY))
-    if values.dtype.kind in "OUS":
-        return [_scalar(v) for v in values.tolist()]
-    return values.tolist()
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return value
-
-
 def _hash_key() -> bytes:
     key = os.environ.get(KEY_ENV)
     if key:
@@ -429,6 +399,6 @@ def _hash_key() -> bytes:
 
 
 
-__all__ = ["BUILTIN_KEY", "HEALTH_WINDOW_S", "LOG_COLUMNS", "DatabaseStore", "LogBatch",
-           "LogHealth", "LogPolicy", "LogStore", "LoggedPrediction", "ParquetStore",
+__all__ = ["BUILTIN_KEY", "HEALTH_WINDOW_S", "LOG_COLUMNS", "MAX_OUTPUT_VALUES", "DatabaseStore",
+           "LogBatch", "LogHealth", "LogPolicy", "LogStore", "LoggedPrediction", "ParquetStore",
            "PredictionLog", "open_store", "outputs_many", "outputs_of"]

@@ -28,6 +28,8 @@ import hashlib
 import hmac
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -105,15 +107,107 @@ def summarize_many(batches: Sequence[Any], signature: Signature,
         start = end
 
 
+@dataclass(frozen=True)
+class Stacked:
+    """Many requests' inputs as :func:`summarize` would keep them, numbers left as arrays: the
+    prediction log's compact form of a table or vector (:mod:`~modelyard.monitoring.chunk`).
+
+    ``groups`` pairs names with their values: one name and a 1-D array or a list of plain
+    values (a column), or several names and a 2-D array with one column each; for a vector,
+    one group ``(["vectors"], rows)``. :func:`unstack` gives back :func:`summarize`'s records.
+    """
+
+    kind: str
+    #: the rows of each request, in order.
+    lengths: list[int]
+    groups: list[tuple[list[str], Any]]
+    #: ``hashed`` and ``dropped``, as :func:`summarize` lists them.
+    extras: dict[str, list[str]]
+
+
+def summarize_stacked(batches: Sequence[Any], signature: Signature,
+                      reference: Mapping[str, Any] | None, *,
+                      sensitive: Mapping[str, str] = _NO_FIELDS,
+                      hash_key: bytes = b"") -> Stacked | None:
+    """:func:`summarize_many` of table or vector inputs without turning numbers into Python
+    objects; None for text and tensors, or batches that do not stack (summarise them one by one).
+    """
+    kind = _kind(signature, reference)
+    stacked = _stack_rows(batches, kind)
+    if stacked is None:
+        return None
+    bad = {name: action for name, action in sensitive.items() if action not in _ACTIONS}
+    if bad:
+        raise ValueError(f"sensitive fields must be 'drop' or 'hash', got {bad}")
+    lengths = [len(b) for b in batches]
+    if kind == "vector":
+        flat = stacked.reshape(len(stacked), -1)
+        width = len((reference or {}).get("features") or ())
+        if flat.shape[1] != width:
+            raise ValueError(f"rows of {flat.shape[1]} values do not match the {width} columns "
+                             "the training data was profiled as")
+        if _hidden(signature, sensitive):
+            return Stacked(kind, lengths, [], {"dropped": ["vectors"]})
+        return Stacked(kind, lengths, [(["vectors"], _numeric_or_plain(flat, _plain_rows))], {})
+    names = signature.names
+    if (isinstance(stacked, np.ndarray) and stacked.ndim == 2 and stacked.dtype.kind in "biuf"
+            and stacked.shape[1] == len(names) and not set(sensitive) & set(names)):
+        return Stacked(kind, lengths, [(list(names), stacked)], {})  # one matrix, no copies
+    groups: list[tuple[list[str], Any]] = []
+    extras: dict[str, list[str]] = {}
+    for name, values in _batch_columns(stacked, signature).items():
+        action = sensitive.get(name)
+        if action == "drop":
+            extras.setdefault("dropped", []).append(name)
+        elif action == "hash":
+            extras.setdefault("hashed", []).append(name)
+            groups.append(([name], [None if _missing(v) else hash_value(v, hash_key)
+                                    for v in values.tolist()]))
+        else:
+            groups.append(([name], _numeric_or_plain(values, _plain_values)))
+    return Stacked(kind, lengths, groups, {k: extras[k] for k in ("hashed", "dropped")
+                                           if k in extras})
+
+
+def unstack(stacked: Stacked) -> Iterator[dict[str, Any]]:
+    """The records :func:`summarize` makes of each request, from :func:`summarize_stacked`'s,
+    one at a time (a caller that encodes each keeps no more than one alive)."""
+    columns: dict[str, list[Any]] = {}
+    for names, values in stacked.groups:
+        if isinstance(values, np.ndarray) and values.ndim == 2 and stacked.kind == "table":
+            columns.update(zip(names, _plain_floats(values.T) if values.dtype.kind == "f"
+                               else values.T.tolist(), strict=True))
+        elif isinstance(values, np.ndarray):
+            columns[names[0]] = (_plain_rows(values) if values.ndim == 2
+                                 else _plain_values(values))
+        else:
+            columns[names[0]] = values
+    start = 0
+    for n in stacked.lengths:
+        end = start + n
+        part = {name: values[start:end] for name, values in columns.items()}
+        yield ({**part, **stacked.extras} if stacked.kind == "vector"
+               else {"columns": part, **stacked.extras})
+        start = end
+
+
+def _numeric_or_plain(values: np.ndarray, plain: Callable[[np.ndarray], list[Any]]) -> Any:
+    """Numbers stay an array (the log packs them as bytes); other values become plain ones."""
+    return values if values.dtype.kind in "biuf" else plain(values)
+
+
 def _stack_rows(batches: Sequence[Any], kind: str) -> Any:
     """One table (or matrix) of every batch's rows, or None when they do not stack (then one
     by one): text and tensors are summarised per row anyway."""
     if kind not in ("table", "vector"):
         return None
-    if all(isinstance(b, np.ndarray) and b.ndim == 2 for b in batches):
-        if len({b.shape[1] for b in batches}) == 1 and len({b.dtype for b in batches}) == 1:
-            return np.concatenate(batches)
-        return None
+    if set(map(type, batches)) == {np.ndarray}:
+        if batches[0].ndim != 2 or len(set(map(attrgetter("dtype"), batches))) != 1:
+            return None
+        try:
+            return np.concatenate(batches)  # other widths or dimensions: ValueError
+        except ValueError:
+            return None
     if all(hasattr(b, "columns") and hasattr(b, "iloc") for b in batches):
         import pandas as pd
 
@@ -399,8 +493,11 @@ def _stacked(summaries: Sequence[Mapping[str, Any]], dims: int) -> np.ndarray:
 
 
 __all__ = [
+    "Stacked",
     "current_from_log",
     "hash_value",
     "summarize",
     "summarize_many",
+    "summarize_stacked",
+    "unstack",
 ]

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -221,25 +222,26 @@ class DeploymentWindowRow(Base):
 
 
 class PredictionRow(Base):
-    """One logged prediction request (sampled): what went in, what came out, how fast."""
+    """Logged prediction requests (sampled) of one version and variant, written together: what
+    went in, what came out, how fast, packed as :mod:`modelyard.monitoring.chunk` describes."""
 
     __tablename__ = "predictions"
-    __table_args__ = (
-        Index("ix_predictions_model_at", "model", "at"),
-        Index("ix_predictions_request", "model", "request_id"),
-    )
+    __table_args__ = (Index("ix_predictions_model_last_at", "model", "last_at"),)
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    request_id: Mapped[str] = mapped_column(String(100))
     model: Mapped[str] = mapped_column(String(200))
     version: Mapped[int] = mapped_column(Integer)
     variant: Mapped[str] = mapped_column(String(20))
-    at: Mapped[datetime] = mapped_column(UTCDateTime)
-    latency_ms: Mapped[float] = mapped_column(Float)
-    rows: Mapped[int] = mapped_column(Integer)
-    inputs: Mapped[dict[str, Any]] = mapped_column(JSON)  # columns, or a summary of tensors/text
-    outputs: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"predictions": [...], "scores"?}
+    #: when its first and last request were answered.
+    first_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: how many requests it holds.
+    size: Mapped[int] = mapped_column(Integer)
+    id_hashes: Mapped[bytes] = mapped_column(LargeBinary)  # CRC-32 of each request id, <u4
+    requests: Mapped[bytes] = mapped_column(LargeBinary)  # ids, times, latencies, rows
+    inputs: Mapped[bytes] = mapped_column(LargeBinary)
+    outputs: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class LabelRow(Base):
