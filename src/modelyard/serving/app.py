@@ -15,7 +15,7 @@ each route bound to the callable that answers it (:class:`~modelyard.serving.htt
 
 The dispatcher admits every mutation in one place (:func:`~modelyard.serving.access.admit`),
 answers ``OPTIONS`` and logs each 5xx once with its request id. Build an app with
-:func:`create_app` and run it under any ASGI server (``modelyard.serving.serve`` runs uvicorn);
+:func:`create_app` and run it under any ASGI server (``modelyard.serving.serve`` runs our own);
 in tests, drive it in-process with ``httpx.ASGITransport`` after ``await app.startup()``.
 """
 

@@ -61,9 +61,12 @@ def run(app: Any, sock: socket.socket, limits: Limits | None = None, *,
         grace_s: float = GRACE_S) -> int:
     """Serve the ASGI ``app`` on the bound ``sock`` until SIGTERM/SIGINT, on a uvloop loop;
     the exit status (0, or :data:`STARTUP_FAILED`)."""
-    import uvloop
-
-    loop = uvloop.new_event_loop()
+    try:
+        import uvloop
+    except ImportError:  # not built for this platform (Windows): the standard loop serves too
+        loop = asyncio.new_event_loop()
+    else:
+        loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         return loop.run_until_complete(_serve(app, sock, limits or Limits(), grace_s))
