@@ -43,6 +43,9 @@ class EchoApp:
             return
         if path == "/crash":
             raise RuntimeError("the app broke")
+        if path == "/crash-after":
+            await self._answer(send, 200, b"answered")
+            raise RuntimeError("the app broke after its answer")
         if path == "/badheader":
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"x-evil", b"a\r\nset-cookie: x=1")]})
@@ -381,6 +384,23 @@ def test_an_app_that_fails_answers_500_and_the_server_goes_on(port: int) -> None
     with connect(port) as sock:
         sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(sock)[0] == 200
+
+
+def test_an_app_that_fails_after_its_answer_keeps_the_connection(port: int) -> None:
+    with connect(port) as sock:
+        sock.sendall(b"GET /crash-after HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock)[2] == b"answered"
+        sock.sendall(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(sock)[2] == b"GET /ok? len=0"
+
+
+def test_an_upgrade_request_is_answered_as_http_and_closed(port: int) -> None:
+    with connect(port) as sock:
+        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                     b"Upgrade: websocket\r\n\r\n")
+        status, headers, _ = read_response(sock)
+        assert status == 200 and headers["connection"] == "close"
+        assert closed(sock)
 
 
 def test_a_chunked_response_when_the_app_gives_no_length(port: int) -> None:

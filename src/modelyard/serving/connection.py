@@ -437,10 +437,12 @@ class Connection(asyncio.Protocol):
         else:
             if not cycle.done:
                 self._unfinished(cycle, "the server gave no answer; see its log")
+        finally:
+            cycle.task = None  # no cycle between the request and its task: plain refcounting
 
     def _unfinished(self, cycle: Cycle, message: str) -> None:
         """The app stopped without a whole answer: 500 if nothing was sent yet, else close."""
-        if cycle.disconnected or self.closed:
+        if cycle.done or cycle.disconnected or self.closed:  # a failure after the answer: logged
             return
         if cycle.started:
             self._close()
