@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from modelyard.errors import BodyTimeoutError
 from modelyard.serving.connection import Connection, Limits, Shared
 
 LIMITS = Limits(head_bytes=4096, headers=20, url_bytes=1024, head_timeout_s=0.4,
@@ -53,7 +54,11 @@ class EchoApp:
         if path == "/wait-disconnect":
             await self._until_disconnect(receive)
             return
-        body = await self._body(receive)
+        try:
+            body = await self._body(receive)
+        except BodyTimeoutError as exc:
+            await self._answer(send, 408, str(exc).encode())
+            return
         text = f"{scope['method']} {path}?{scope['query_string'].decode()} len={len(body)}"
         await self._answer(send, 200, text.encode())
 
@@ -337,6 +342,24 @@ def test_a_stalled_head_and_an_idle_connection_are_closed(port: int) -> None:
         started = time.monotonic()
         assert closed(sock)  # keep-alive idle timeout
         assert 0.6 < time.monotonic() - started < 2.5
+
+
+def test_a_body_that_stalls_raises_in_receive(port: int) -> None:
+    with connect(port) as sock:
+        sock.sendall(b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123")
+        started = time.monotonic()
+        status, _, body = read_response(sock)
+        assert status == 408 and b"stopped arriving" in body
+        assert 0.3 < time.monotonic() - started < 2.5
+
+
+def test_a_body_that_keeps_arriving_slowly_is_read(port: int) -> None:
+    with connect(port) as sock:
+        sock.sendall(b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n")
+        for part in (b"01", b"23", b"45", b"67"):  # each pause shorter than the timeout
+            time.sleep(0.25)
+            sock.sendall(part)
+        assert read_response(sock)[2] == b"POST /c? len=8"
 
 
 def test_a_client_that_leaves_mid_body_is_a_disconnect(port: int, app: EchoApp) -> None:

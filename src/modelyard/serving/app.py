@@ -175,8 +175,10 @@ class App:
         path = scope["path"]
         if self.cross_site.enabled:
             send = self.cross_site.wrap(scope, send)
-        # a body that stops arriving is answered 408 and its connection closed
-        receive = self._body_deadlines.wrap(receive)
+        # a body that stops arriving is answered 408 and its connection closed; modelyard's
+        # server times bodies out itself (no wrapper and no bookkeeping a request)
+        if "modelyard.body_timeout" not in (scope.get("extensions") or ()):
+            receive = self._body_deadlines.wrap(receive)
         try:
             found = match(self.routes, scope["method"], path)
             if found is None:

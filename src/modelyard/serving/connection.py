@@ -7,14 +7,16 @@ response whose body comes in one message is one ``transport.write`` (status line
 body joined once). What a real server owes its clients is here too: keep-alive and
 ``Connection: close``, HTTP/1.0, pipelined requests answered in order, chunked request bodies
 (httptools decodes them), ``Expect: 100-continue`` (answered when the app first reads), limits on
-the request head (431/414) and on the time it takes to arrive, the keep-alive idle timeout,
-400 for what is not HTTP, ``HEAD`` without a body, back-pressure both ways and the client's
-disconnect delivered as ``http.disconnect``.
+the request head (431/414) and on the time it, or a pause in its body, may take, the keep-alive
+idle timeout, 400 for what is not HTTP, ``HEAD`` without a body, back-pressure both ways and
+the client's disconnect delivered as ``http.disconnect``.
 
 :class:`Shared` is what every connection of one server shares: the app, the limits, the ``Date``
 header of this second and one timer that closes the connections whose deadline passed (a
-request pays a float store, not a timer of its own). The body size limit and the stall timeout
-of a body being read are the app's (:func:`~modelyard.serving.http.read_body`).
+request pays a float store, not a timer of its own). The body size limit is the app's
+(:func:`~modelyard.serving.http.read_body`); a body that pauses too long makes ``receive`` raise
+:class:`~modelyard.errors.BodyTimeoutError`, and the scope's ``modelyard.body_timeout``
+extension tells the app so (it adds no deadline of its own).
 """
 
 from __future__ import annotations
@@ -33,11 +35,16 @@ from urllib.parse import unquote
 import httptools
 import orjson
 
+from modelyard.errors import BodyTimeoutError
+
 log = logging.getLogger("modelyard.serving.server")
 
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
+#: says to the app that this server times out a stalled body itself (``receive`` raises
+#: :class:`BodyTimeoutError`), so the app adds no deadline of its own to each request
+_EXTENSIONS: dict[str, dict[str, Any]] = {"modelyard.body_timeout": {}}
 _STATUS = {int(s): f"HTTP/1.1 {int(s)} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _METHODS = {m.encode(): m for m in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -63,7 +70,8 @@ class Limits:
     headers: int = 100
     #: the request target (414 past it).
     url_bytes: int = 8 * 1024
-    #: seconds a request's head may take to arrive; a new connection must start one as soon.
+    #: seconds a request's head may take to arrive, and a body may pause (then ``receive``
+    #: raises :class:`BodyTimeoutError`); a new connection must start a request as soon.
     head_timeout_s: float = 5.0
     #: seconds an idle keep-alive connection stays open.
     keep_alive_s: float = 30.0
@@ -142,7 +150,8 @@ class Cycle:
     """One request and its response: the ASGI ``receive`` and ``send`` the app is called with."""
 
     __slots__ = ("body", "chunked", "complete", "conn", "disconnected", "done", "expect", "head",
-                 "head_only", "keep_alive", "read_all", "scope", "started", "task", "waiter")
+                 "head_only", "keep_alive", "read_all", "scope", "started", "task", "timed_out",
+                 "waiter")
 
     def __init__(self, conn: Connection, scope: dict[str, Any], keep_alive: bool,
                  expect: bool) -> None:
@@ -160,6 +169,7 @@ class Cycle:
         self.chunked = False
         self.head: bytes | None = None  # the response head, written with the first body part
         self.task: asyncio.Task[None] | None = None
+        self.timed_out = False  # the body paused past the head timeout
         self.waiter: asyncio.Future[None] | None = None
 
     def wake(self) -> None:
@@ -171,8 +181,9 @@ class Cycle:
     async def receive(self) -> dict[str, Any]:
         """The next ASGI message: the body (whole when it has arrived), then ``http.disconnect``
         once the response is sent or the client has gone."""
-        if not (self.body or self.complete or self.disconnected or self.done) or (
-                self.read_all and not (self.disconnected or self.done)):
+        if not (self.body or self.complete or self.disconnected or self.done):
+            await self._wait_for_body()
+        elif self.read_all and not (self.disconnected or self.done):
             await self._wait()
         if self.disconnected or self.done or self.read_all:
             return {"type": "http.disconnect"}
@@ -185,12 +196,24 @@ class Cycle:
             self.conn.resume(_BODY)
         return {"type": "http.request", "body": data, "more_body": not self.complete}
 
-    async def _wait(self) -> None:
+    async def _wait_for_body(self) -> None:
         conn = self.conn
-        if self.expect and not self.read_all:
+        if self.expect:
             self.expect = False
             conn.write(_CONTINUE)
         conn.resume(_BODY)
+        timeout_s = conn.shared.limits.head_timeout_s
+        conn.deadline = _now() + timeout_s
+        try:
+            await self._wait()
+        finally:
+            conn.deadline = 0.0
+        if self.timed_out:
+            raise BodyTimeoutError(
+                f"the request body stopped arriving: nothing for {timeout_s:g} s; "
+                "send the whole body without pausing")
+
+    async def _wait(self) -> None:
         self.waiter = asyncio.get_running_loop().create_future()
         try:
             await self.waiter
@@ -369,7 +392,7 @@ class Connection(asyncio.Protocol):
                  "server": self.shared.server, "client": self.client, "scheme": "http",
                  "method": _METHODS.get(method) or method.decode("ascii"), "root_path": "",
                  "path": path, "raw_path": self.url.partition(b"?")[0], "query_string": query,
-                 "headers": self.headers}
+                 "headers": self.headers, "extensions": _EXTENSIONS}
         cycle = Cycle(self, scope, parser.should_keep_alive() and not self.shared.closing,
                       self.expect)
         self.reading = cycle
@@ -554,10 +577,15 @@ class Connection(asyncio.Protocol):
 
     # -- closing --------------------------------------------------------------------------------
     def expire(self) -> None:
-        """The deadline passed: an idle connection, or a head or dropped body that stalled."""
+        """The deadline passed: an idle connection, a head or a dropped body that stalled
+        (closed), or a body the app waits for (its ``receive`` raises)."""
         self.deadline = 0.0
-        if self.active is None:
+        cycle = self.active
+        if cycle is None:
             self._close()
+        elif cycle.waiter is not None and not cycle.read_all:
+            cycle.timed_out = True
+            cycle.wake()
 
     def shutdown(self) -> None:
         """The server is stopping: close now if idle, else after the answers in hand."""
