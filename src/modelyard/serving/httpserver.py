@@ -88,7 +88,10 @@ async def _serve(app: Any, sock: socket.socket, limits: Limits, grace_s: float) 
         stopping.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, Windows
+            log.debug("no handler for %s here: the embedding program stops the server", sig)
     lifespan = Lifespan(app)
     if not await lifespan.startup():
         return STARTUP_FAILED
