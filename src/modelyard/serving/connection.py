@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import unquote
 
 import httptools
@@ -79,14 +79,6 @@ class Limits:
     body_buffer: int = 256 * 1024
     #: requests read ahead of the one being answered before reading pauses.
     pipeline: int = 16
-
-
-class _Rejected(Exception):
-    """A request the server refuses before the app sees it (raised inside parser callbacks)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def error_response(status: int, message: str) -> bytes:
@@ -256,6 +248,7 @@ class Connection(asyncio.Protocol):
         self.write_paused = False
         self.drained: asyncio.Future[None] | None = None
         self.rejection: bytes | None = None
+        self.refusal: tuple[int, str] | None = None  # why a callback stopped the parser
         self.closed = False
         self.deadline = 0.0
 
@@ -295,11 +288,10 @@ class Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._no_upgrade()
-        except httptools.HttpParserCallbackError as exc:
-            reason = exc.__context__
-            if not isinstance(reason, _Rejected):
+        except httptools.HttpParserCallbackError:
+            if self.refusal is None:
                 raise
-            self.reject(reason.status, str(reason))
+            self.reject(*self.refusal)
         except httptools.HttpParserError as exc:
             self.reject(400, f"the request is not valid HTTP/1.1 ({exc}); check the client")
         else:
@@ -361,11 +353,16 @@ class Connection(asyncio.Protocol):
         self.head_bytes = self.head_slack = self.chunk  # at most this chunk so far
         self.deadline = _now() + self.shared.limits.head_timeout_s
 
+    def _refuse(self, status: int, message: str) -> NoReturn:
+        """Stop the parser from inside a callback: :meth:`data_received` answers ``status``."""
+        self.refusal = (status, message)
+        raise ValueError(message)  # httptools raises it again as HttpParserCallbackError
+
     def on_url(self, url: bytes) -> None:
         """A piece of the request target."""
         self.url += url
         if len(self.url) > self.shared.limits.url_bytes:
-            raise _Rejected(414, f"the request target is over {self.shared.limits.url_bytes} "
+            self._refuse(414, f"the request target is over {self.shared.limits.url_bytes} "
                                  "bytes; send long inputs in the body")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -375,7 +372,7 @@ class Connection(asyncio.Protocol):
         if name == b"expect" and value.lower() == b"100-continue":
             self.expect = True
         if len(self.headers) > self.shared.limits.headers:
-            raise _Rejected(431, f"the request has more than {self.shared.limits.headers} "
+            self._refuse(431, f"the request has more than {self.shared.limits.headers} "
                                  "header lines")
 
     def on_headers_complete(self) -> None:
@@ -406,7 +403,7 @@ class Connection(asyncio.Protocol):
     def _check_head_size(self) -> None:
         size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
         if size > self.shared.limits.head_bytes:
-            raise _Rejected(431, "the request's headers are too large; send at most "
+            self._refuse(431, "the request's headers are too large; send at most "
                                  f"{self.shared.limits.head_bytes} bytes of them")
 
     def _target(self) -> tuple[str, bytes]:
@@ -418,7 +415,7 @@ class Connection(asyncio.Protocol):
             try:
                 parsed = httptools.parse_url(url)
             except httptools.HttpParserInvalidURLError:
-                raise _Rejected(400, "the request target is not a valid URL") from None
+                self._refuse(400, "the request target is not a valid URL")
             raw, query = parsed.path or b"/", parsed.query or b""
         path = raw.decode("latin-1")
         return (unquote(path) if "%" in path else path), query
