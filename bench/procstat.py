@@ -3,7 +3,7 @@ and memory (RSS and PSS).
 
 CPU time is the measure that holds on a shared machine: requests a second swing with whatever
 else runs, while the CPU a server spends per request barely moves. A tree, because a server may
-be several processes (``--workers N`` spawns them under uvicorn's supervisor; device workers are
+be several processes (``--workers N`` runs them under its own supervisor; device workers are
 children too). Threads by name, because the question after "how much" is "where": the event
 loop (``MainThread``), the model pool (``modelyard-predict_N``), the prediction log's writer,
 gRPC's threads. ``/proc`` knows a thread only by its id; :func:`thread_names` asks ``py-spy``

@@ -1,4 +1,4 @@
-"""A real ``python -m modelyard.serving`` process (uvicorn) on a free port: native REST,
+"""A real ``python -m modelyard.serving`` process on a free port: native REST,
 ``tritonclient.http`` against the OIP v2 routes, and hot swap under concurrent load."""
 
 from __future__ import annotations

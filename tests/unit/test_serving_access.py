@@ -379,12 +379,11 @@ def test_is_loopback() -> None:
 def test_serving_on_a_reachable_address_without_a_token_warns(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    import uvicorn
-
+    from modelyard.serving import server
     from modelyard.serving.server import serve
 
     started_on: list[str] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: started_on.append(kw["host"]))
+    monkeypatch.setattr(server, "_start", lambda host, *a, **kw: started_on.append(host) or 0)
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     settings = Settings.from_env(home=tmp_path / "home")
     with caplog.at_level(logging.WARNING, logger="modelyard.serving.server"):

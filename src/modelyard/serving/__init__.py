@@ -1,7 +1,8 @@
 """The model server: runners, dynamic batching, model cache, hot swap, REST and OIP v2.
 
-``create_app()`` builds the ASGI app; ``serve()`` runs it under uvicorn; ``command.serve`` is the
-``modelyard serve`` click command. Names are imported on first use, so the CLI starts fast.
+``create_app()`` builds the ASGI app; ``serve()`` runs it on modelyard's own HTTP/1.1 server;
+``command.serve`` is the ``modelyard serve`` click command. Names are imported on first use, so
+the CLI starts fast.
 """
 
 from __future__ import annotations

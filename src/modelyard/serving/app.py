@@ -15,7 +15,7 @@ each route bound to the callable that answers it (:class:`~modelyard.serving.htt
 
 The dispatcher admits every mutation in one place (:func:`~modelyard.serving.access.admit`),
 answers ``OPTIONS`` and logs each 5xx once with its request id. Build an app with
-:func:`create_app` and run it under any ASGI server (``modelyard.serving.serve`` runs uvicorn);
+:func:`create_app` and run it under any ASGI server (``modelyard.serving.serve`` runs our own);
 in tests, drive it in-process with ``httpx.ASGITransport`` after ``await app.startup()``.
 """
 
@@ -175,8 +175,10 @@ class App:
         path = scope["path"]
         if self.cross_site.enabled:
             send = self.cross_site.wrap(scope, send)
-        # a body that stops arriving is answered 408 and its connection closed
-        receive = self._body_deadlines.wrap(receive)
+        # a body that stops arriving is answered 408 and its connection closed; modelyard's
+        # server times bodies out itself (no wrapper and no bookkeeping a request)
+        if "modelyard.body_timeout" not in (scope.get("extensions") or ()):
+            receive = self._body_deadlines.wrap(receive)
         try:
             found = match(self.routes, scope["method"], path)
             if found is None:

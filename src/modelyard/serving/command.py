@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 @click.option("--preload/--no-preload", default=True, show_default=True,
               help="Load every production version before reporting ready.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Server processes (each loads its own models).")
+              help="Server processes sharing the port (each loads its own models; one that "
+                   "dies is started again).")
 @click.option("--max-body", default="16MiB", show_default=True, metavar="SIZE",
               help="Largest request body; bigger ones get 413.")
 @click.option("--timeout", "timeout_s", default=60.0, show_default=True,

@@ -5,6 +5,8 @@ What they say comes from the data plane (readiness) and its metrics; this module
 
 from __future__ import annotations
 
+import os
+
 import orjson
 
 from modelyard.serving.dataplane import DataPlane
@@ -24,8 +26,8 @@ class OpsAPI:
                       [(b"content-type", CONTENT_TYPE.encode())])
 
     async def op_healthz(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /healthz``: the process answers."""
-        await respond(send, 200, b'{"status":"ok"}')
+        """``GET /healthz``: the process answers, and names itself (``--workers N``: which)."""
+        await respond(send, 200, orjson.dumps({"status": "ok", "pid": os.getpid()}))
 
     async def op_readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /readyz``: 200 once the served aliases are preloaded and every device worker

@@ -1,29 +1,29 @@
-"""Run the server: :func:`serve` starts uvicorn (httptools + uvloop) on the modelyard app.
+"""Run the server: :func:`serve` binds the port and serves the app over HTTP/1.1 on uvloop.
 
-Several worker processes (``workers > 1``) each build their own app from settings passed through
-the environment, so nothing unpicklable crosses the fork, and count their requests in a
-Prometheus folder they share (:func:`~modelyard.serving.metrics.shared_dir`), so ``/metrics``
-answers for the whole server whichever worker takes the scrape.
+The HTTP/1.1 protocol is our own (:mod:`~modelyard.serving.connection`: httptools parses, a
+response is one write), so the event loop spends its time on requests rather than on a general
+server's layers; :mod:`~modelyard.serving.httpserver` runs one server process (lifespan,
+signals, graceful shutdown).
+
+``workers > 1``: the parent binds the socket and supervises that many worker processes that
+inherit it (:mod:`~modelyard.serving.server_workers`). Each builds its own app from settings
+passed through the environment, so nothing unpicklable crosses into it, and counts its
+requests in a Prometheus folder they share (:func:`~modelyard.serving.metrics.shared_dir`), so
+``/metrics`` answers for the whole server whichever worker takes the scrape.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
-from dataclasses import asdict, replace
-from typing import Any
 
 from modelyard.config import Settings
 from modelyard.serving.access import Access, exposure_warning
 from modelyard.serving.app import App
-from modelyard.serving.metrics import MULTIPROCESS_ENV, shared_dir
+from modelyard.serving.httpserver import bind, configure_logging, run
 from modelyard.serving.options import ServeOptions
+from modelyard.serving.server_workers import app_from_env, limits_of, supervise, worker_config
 
 log = logging.getLogger(__name__)
-
-_ENV = "MODELYARD_SERVE_CONFIG"
 
 
 def serve(
@@ -40,67 +40,27 @@ def serve(
     ``settings`` names the registry (default: ``MODELYARD_*`` or ``./.modelyard``); ``options``
     sets memory budget, preloading, body limit and timeouts. Listening on an address other
     machines can reach without ``MODELYARD_TOKEN`` logs a warning: anyone there could change
-    models.
+    models. Exits (``SystemExit``) with status 3 when the app fails to start.
     """
-    import uvicorn
-
     settings = settings or Settings.from_env()
     options = options or ServeOptions()
     exposed = exposure_warning(host, Access.from_env())
     if exposed is not None:
         log.warning(exposed)
-    common: dict[str, Any] = dict(
-        host=host, port=port, log_level=log_level, access_log=False, lifespan="on",
-        http=_pick("httptools", "h11"), loop=_pick("uvloop", "asyncio"),
-        timeout_keep_alive=max(1, round(options.keep_alive_s)),
-    )
-    if workers > 1:
-        _serve_workers(workers, settings, options, common)
-        return
-    uvicorn.run(App(options=options, settings=settings), **common)
+    status = _start(host, port, settings, options, workers, log_level)
+    if status:
+        raise SystemExit(status)
 
 
-def _serve_workers(workers: int, settings: Settings, options: ServeOptions,
-                   common: dict[str, Any]) -> None:
-    """Run ``workers`` processes that share one Prometheus view through a fresh folder.
-
-    The workers are spawned, fresh interpreters: the variables set here reach them before they
-    import prometheus_client, so each keeps its values in the shared folder from the start.
-    """
-    import uvicorn
-
-    folder = shared_dir(os.environ.get(MULTIPROCESS_ENV))
-    os.environ[MULTIPROCESS_ENV] = folder
-    os.environ[_ENV] = json.dumps({"settings": _settings_dict(settings),
-                                   "options": asdict(replace(options, metrics_dir=folder))})
-    try:
-        uvicorn.run("modelyard.serving.server:app_from_env", factory=True, workers=workers,
-                    **common)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def app_from_env() -> App:
-    """Build the app from ``MODELYARD_SERVE_CONFIG`` (set by :func:`serve` for its workers)."""
-    raw = json.loads(os.environ.get(_ENV, "{}"))
-    s = raw.get("settings")
-    settings = Settings(**{**s, "home": __import__("pathlib").Path(s["home"])}) if s else None
-    return App(options=ServeOptions(**raw.get("options", {})), settings=settings)
-
-
-def _settings_dict(settings: Settings) -> dict[str, Any]:
-    return {"home": str(settings.home), "db_url": settings.db_url,
-            "artifacts": settings.artifacts, "actor": settings.actor}
-
-
-def _pick(module: str, fallback: str) -> str:
-    try:
-        __import__(module)
-    except ImportError:
-        log.info("%s is not installed; using %s (pip install 'uvicorn[standard]')", module,
-                 fallback)
-        return fallback
-    return module
+def _start(host: str, port: int, settings: Settings, options: ServeOptions, workers: int,
+           log_level: str) -> int:
+    """Bind (a port in use fails before any model loads), then serve in this process or under
+    a supervisor of ``workers`` processes; the exit status."""
+    configure_logging(log_level)
+    with bind(host, port) as sock:
+        if workers > 1:
+            return supervise(workers, sock, worker_config(settings, options, log_level))
+        return run(App(options=options, settings=settings), sock, limits_of(options))
 
 
 __all__ = ["app_from_env", "serve"]
