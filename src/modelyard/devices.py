@@ -11,6 +11,7 @@ from modelyard.errors import DeviceError
 log = logging.getLogger(__name__)
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(?::(\d+))?)$")
+_POOL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 def validate_device(device: str) -> str:
@@ -18,6 +19,22 @@ def validate_device(device: str) -> str:
     if not _DEVICE.match(device):
         raise ValueError(f"device {device!r} is not one of 'auto', 'cpu', 'cuda' or 'cuda:N'")
     return device
+
+
+def validate_pool(pool: str) -> str:
+    """Check a pool name: what a Kubernetes object name allows (``cpu``, ``gpu``, ``nlp-a100``)."""
+    if not _POOL.match(pool):
+        raise ValueError(f"pool {pool!r} must be 1-63 lowercase letters, digits or '-', "
+                         "starting and ending with a letter or digit")
+    return pool
+
+
+def default_pool(device: str, *, accelerated: bool) -> str:
+    """The pool a model serves from when its spec names none: ``gpu`` where its device asks
+    for one (``cuda[:N]``, or ``auto`` for a deep-learning flavor), otherwise ``cpu``."""
+    if device.startswith("cuda") or (device == "auto" and accelerated):
+        return "gpu"
+    return "cpu"
 
 
 def resolve_device(

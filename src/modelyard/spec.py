@@ -25,7 +25,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from modelyard.devices import validate_device
+from modelyard.devices import default_pool, validate_device, validate_pool
 from modelyard.errors import ConfigError
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
@@ -116,6 +116,10 @@ class ServingSpec(BaseModel):
     model_config = _STRICT
 
     device: str = "auto"
+    #: the pool of servers that serves this model (``modelyard serve --pool NAME``; one
+    #: deployment per pool from ``modelyard build``). None: ``gpu`` when ``device`` asks for a
+    #: GPU (``cuda``, or ``auto`` for a deep-learning flavor), otherwise ``cpu``.
+    pool: str | None = None
     #: where predict runs: "process" = a device worker that owns the device (restarted if it
     #: dies); "inline" = inside the server process; "auto" = process on a GPU, inline on CPU.
     isolation: Literal["auto", "process", "inline"] = "auto"
@@ -141,6 +145,15 @@ class ServingSpec(BaseModel):
     @classmethod
     def _device(cls, value: str) -> str:
         return validate_device(value)
+
+    @field_validator("pool")
+    @classmethod
+    def _pool(cls, value: str | None) -> str | None:
+        return None if value is None else validate_pool(value)
+
+    def pool_for(self, *, accelerated: bool) -> str:
+        """The pool serving this model (see ``pool``); ``accelerated``: a deep-learning flavor."""
+        return self.pool or default_pool(self.device, accelerated=accelerated)
 
 
 class RolloutSpec(BaseModel):

@@ -5,7 +5,7 @@ import textwrap
 import pytest
 
 from modelyard.errors import ConfigError
-from modelyard.spec import Spec, declared, load_project, model
+from modelyard.spec import ServingSpec, Spec, declared, load_project, model
 
 GOOD = """
 models:
@@ -178,3 +178,20 @@ def test_a_declared_rollout_stages_the_new_version():
     staged = Spec.parse({**fields, "rollout": {"strategy": "shadow", "steps": [20],
                                                "metric": "f1"}}).rollout
     assert staged.staged and staged.metric == "f1" and staged.steps == [20]
+
+
+@pytest.mark.parametrize(("serving", "accelerated", "pool"), [
+    ({}, False, "cpu"),                       # auto on a classic flavor: the CPU pool
+    ({}, True, "gpu"),                        # auto on a deep-learning flavor: the GPU pool
+    ({"device": "cpu"}, True, "cpu"),
+    ({"device": "cuda:1"}, False, "gpu"),
+    ({"device": "cuda", "pool": "nlp-a100"}, True, "nlp-a100"),
+])
+def test_a_model_serves_from_the_pool_its_device_implies_unless_named(serving, accelerated, pool):
+    assert ServingSpec(**serving).pool_for(accelerated=accelerated) == pool
+
+
+@pytest.mark.parametrize("pool", ["GPU", "-cpu", "a_b", "x" * 64, ""])
+def test_a_pool_name_must_be_a_kubernetes_name(pool):
+    with pytest.raises(ValueError, match="pool"):
+        ServingSpec(pool=pool)
