@@ -1,0 +1,1 @@
+"""From a project to what runs it in production: pools, container images, Kubernetes manifests."""
