@@ -15,6 +15,8 @@ import pytest
 
 from modelyard.config import Settings
 from modelyard.errors import ConfigError
+from modelyard.monitoring import logstore
+from modelyard.monitoring.logstore import ANSWER_WITHIN, time_windows
 from modelyard.monitoring.predlog import (
     LOG_COLUMNS,
     DatabaseStore,
@@ -26,6 +28,7 @@ from modelyard.monitoring.predlog import (
     outputs_many,
     outputs_of,
 )
+from modelyard.monitoring.requestid import RequestIds, issued_ms
 from modelyard.predictor import Prediction
 from modelyard.registry import Registry
 from modelyard.schema import Signature
@@ -268,6 +271,51 @@ def test_stores_find_requests_by_id_and_delete_the_old_ones(
     if kind == "parquet":
         assert sorted(p.name for p in (tmp_path / "log" / "model=fraud").iterdir()) == [
             "date=2026-11-22", "date=2026-11-23"]
+
+
+def answered(ids: list[str], at: datetime) -> LogBatch:
+    naive = at.astimezone(UTC).replace(tzinfo=None)
+    return LogBatch.of({"request_id": rid, "model": "fraud", "version": 1,
+                        "variant": "production", "at": naive, "latency_ms": 1.0, "rows": 1,
+                        "inputs": {"columns": {"amount": [1.0]}},
+                        "outputs": {"predictions": [0]}} for rid in ids)
+
+
+@pytest.mark.parametrize("kind", ["db", pytest.param("postgres", marks=pytest.mark.integration)])
+def test_an_id_a_server_made_is_looked_for_among_its_own_minutes_not_the_whole_log(
+        kind: str, tmp_path: Path, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    db_url = str(request.getfixturevalue("pg_url")) if kind == "postgres" else None
+    settings = Settings.from_env(home=tmp_path / "home", db_url=db_url, actor="t")
+    made = [RequestIds().new() for _ in range(3)]
+    issued = datetime.fromtimestamp(min(map(issued_ms, made)) / 1000, UTC)  # type: ignore[arg-type]
+    scanned: list[int] = []
+    real = logstore._candidates
+
+    def counting(rows: Any, keys: Any) -> list[int]:
+        rows = list(rows)
+        scanned.append(len(rows))
+        return real(rows, keys)
+
+    monkeypatch.setattr(logstore, "_candidates", counting)
+    with Registry.open(settings) as registry:
+        store = DatabaseStore(registry)
+        store.write(answered([f"old{i}" for i in range(600)] + ["client-7"],
+                             issued - timedelta(days=1)))  # three chunks a day earlier
+        store.write(answered(made, issued + timedelta(milliseconds=300)))
+        store.write(answered(["late"], issued + timedelta(hours=2)))
+        found = store.find("fraud", [made[1], "client-7"])
+        assert {p.request_id for p in found} == {made[1], "client-7"}
+        # the server's id: the one chunk of its minutes; the client's: every chunk
+        assert scanned == [1, 5]
+
+
+def test_time_windows_merge_ids_made_close_together() -> None:
+    base = 1_790_000_000_000
+    windows = time_windows({"a": base, "b": base + 60_000, "c": base + 3_600_000})
+    assert [ids for _, _, ids in windows] == [["a", "b"], ["c"]]
+    since, until, _ = windows[0]
+    assert since <= datetime.fromtimestamp(base / 1000, UTC) and until - since > ANSWER_WITHIN
 
 
 def test_the_database_store_deletes_in_batches(tmp_path: Path) -> None:

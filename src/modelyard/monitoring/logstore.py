@@ -30,6 +30,7 @@ import orjson
 
 from modelyard.errors import ConfigError, StorageError
 from modelyard.monitoring.chunk import Chunk, id_hashes, json_part, to_us
+from modelyard.monitoring.requestid import issued_ms
 
 if TYPE_CHECKING:
     from modelyard.registry import Registry
@@ -41,6 +42,16 @@ CHUNK = 250
 PAUSE_S = 0.001
 ENV = "MODELYARD_PREDICTION_LOG"
 _IDS_PER_QUERY = 500
+#: how long after a server made a request id its answer can have been logged: the request
+#: timeout (``modelyard serve --timeout``, 60 s by default) with ample room. A request answered
+#: later than this is not found by its id (its predictions still count in monitoring).
+ANSWER_WITHIN = timedelta(minutes=15)
+#: the longest a chunk spans, first to last answer, with room: the writer packs what queued in
+#: about a second.
+_CHUNK_SPAN = timedelta(hours=1)
+#: an id's time is in whole milliseconds; answers are stamped in microseconds.
+_CLOCK_STEP = timedelta(seconds=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: chunks one ``INSERT`` writes at most (10 parameters each: well under SQLite's 32,766).
 _ROWS_PER_INSERT = 500
 
@@ -232,8 +243,10 @@ class DatabaseStore:
         """The logged requests of ``model`` with these ids, oldest first (a shadow copy is
         logged under its request's id, so one id may have two).
 
-        Scans the ids' CRC-32 of the model's chunks (4 bytes a logged request), then reads the
-        chunks that may hold one.
+        An id a server made (:func:`~modelyard.monitoring.requestid.issued_ms`) is looked for
+        among the chunks answered within :data:`ANSWER_WITHIN` of its time only; any other id
+        in all of the model's chunks. Either way the ids' CRC-32 are scanned (4 bytes a logged
+        request), then the chunks that may hold one are read.
         """
         from sqlalchemy import select
 
@@ -242,11 +255,9 @@ class DatabaseStore:
         wanted = set(request_ids)
         if not wanted:
             return []
-        keys = id_hashes(list(wanted))
         found = _Newest(None)
         with self.registry.db.session() as s:
-            hashes = s.execute(select(P.id, P.id_hashes).where(P.model == model))
-            candidates = _candidates(hashes, keys)
+            candidates = _candidate_chunks(s, model, wanted)
             for start in range(0, len(candidates), _IDS_PER_QUERY):
                 query = select(P.id, P.version, P.variant, P.requests, P.inputs,
                                P.outputs).where(
@@ -354,6 +365,43 @@ def _within(at_us: np.ndarray, since: int | None, until: int | None) -> np.ndarr
     if until is not None:
         keep &= at_us < until
     return keep
+
+
+def _candidate_chunks(s: Any, model: str, wanted: set[str]) -> list[int]:
+    """Ids of ``model``'s chunks that may hold one of ``wanted``: by time for the ids a server
+    made, by a scan of every chunk for the rest."""
+    from sqlalchemy import select
+
+    from modelyard.registry.tables import PredictionRow as P
+
+    issued = {rid: issued_ms(rid) for rid in wanted}
+    chunks: set[int] = set()
+    for since, until, ids in time_windows({r: ms for r, ms in issued.items() if ms is not None}):
+        # last_at's upper bound keeps the index range short: a chunk spans seconds, not hours
+        rows = s.execute(select(P.id, P.id_hashes).where(
+            P.model == model, P.last_at >= since, P.last_at < until + _CHUNK_SPAN,
+            P.first_at < until))
+        chunks.update(_candidates(rows, id_hashes(ids)))
+    others = [rid for rid, ms in issued.items() if ms is None]
+    if others:
+        rows = s.execute(select(P.id, P.id_hashes).where(P.model == model))
+        chunks.update(_candidates(rows, id_hashes(others)))
+    return sorted(chunks)
+
+
+def time_windows(issued: Mapping[str, int]) -> list[tuple[datetime, datetime, list[str]]]:
+    """``(since, until, ids)``: when the requests of these ids (made at ``issued`` ms) can have
+    been answered, overlapping windows merged, oldest first."""
+    out: list[tuple[datetime, datetime, list[str]]] = []
+    for rid, ms in sorted(issued.items(), key=lambda item: item[1]):
+        since = _EPOCH + timedelta(milliseconds=ms) - _CLOCK_STEP
+        until = since + _CLOCK_STEP + ANSWER_WITHIN
+        if out and since <= out[-1][1]:
+            out[-1][2].append(rid)
+            out[-1] = (out[-1][0], until, out[-1][2])
+        else:
+            out.append((since, until, [rid]))
+    return out
 
 
 def _candidates(rows: Iterable[Any], keys: np.ndarray) -> list[int]:

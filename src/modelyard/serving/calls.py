@@ -2,21 +2,20 @@
 HTTP answer) of a failure.
 
 Every answer names its request id (``X-Request-Id``; gRPC: the request's ``id``): the client's
-own (``X-Request-Id`` or the OIP ``id``), else one made here. Every 5xx on any route -- native,
+own (``X-Request-Id`` or the OIP ``id``), else one made here (a UUIDv7, see
+:mod:`modelyard.monitoring.requestid`). Every 5xx on any route -- native,
 OIP REST, admin, monitoring, gRPC -- writes exactly one log line with that id
 (:func:`log_failure`), so an operator can find the cause from what the client saw.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from modelyard.errors import ModelyardError, NotFoundError
+from modelyard.monitoring.requestid import RequestIds
 from modelyard.serving.http import (
     ClientDisconnectedError,
     Scope,
@@ -33,24 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class _RequestIds:
-    """Request ids: a random prefix per process and a counter. uuid4 costs a ``getrandom``
-    system call per request; these are unique across processes (a forked worker gets its own
-    prefix), not secret."""
-
-    def __init__(self) -> None:
-        self.pid = -1
-        self.prefix = ""
-        self.counter = itertools.count(1)
-
-    def new(self) -> str:
-        if self.pid != os.getpid():
-            self.pid, self.prefix = os.getpid(), uuid.uuid4().hex[:16]
-            self.counter = itertools.count(1)
-        return f"{self.prefix}{next(self.counter):08x}"
-
-
-_request_ids = _RequestIds()
+#: ids for requests that came without one (UUIDv7: the prediction log finds them by time).
+_request_ids = RequestIds()
 
 
 class Call:
