@@ -191,3 +191,41 @@ async def test_close_past_its_grace_fails_the_batch_it_cut_short() -> None:
     with pytest.raises(RunnerClosedError):
         await asyncio.wait_for(stuck, 1)
     run.gate.set()
+
+
+async def test_a_cheap_model_runs_on_the_event_loop_and_a_slow_one_in_the_pool() -> None:
+    threads: list[int] = []
+
+    def run(items: Sequence[Item]) -> list[Any]:
+        threads.append(threading.get_ident())
+        if items[0].payload == "slow":
+            time.sleep(0.01)  # 10 ms a row: past the 1 ms budget
+        return [item.payload for item in items]
+
+    batcher = Batcher(run, BatchPolicy(max_batch_size=8, inline_s=0.001))
+    loop_thread = threading.get_ident()
+    # the first batch's cost is unknown: it runs in the pool and is measured
+    assert await batcher.submit("fast", 1) == "fast"
+    assert threads[-1] != loop_thread and batcher.row_cost_s is not None
+    assert await batcher.submit("fast", 1) == "fast"
+    assert threads[-1] == loop_thread  # measured cheap: no hand-over to a thread
+    # a batch that turns slow is measured too, and the next goes back to the pool
+    assert await batcher.submit("slow", 1) == "slow"
+    assert threads[-1] == loop_thread and batcher.row_cost_s > 0.001
+    assert await batcher.submit("slow", 1) == "slow"
+    assert threads[-1] != loop_thread
+    await batcher.close()
+
+
+async def test_no_budget_keeps_every_batch_in_the_pool() -> None:
+    threads: list[int] = []
+
+    def run(items: Sequence[Item]) -> list[Any]:
+        threads.append(threading.get_ident())
+        return [item.payload for item in items]
+
+    batcher = Batcher(run, BatchPolicy(max_batch_size=8))
+    for _ in range(3):
+        await batcher.submit(1, 1)
+    assert threading.get_ident() not in threads
+    await batcher.close()

@@ -377,7 +377,7 @@ def test_parse_size_and_options() -> None:
 
 def test_batch_policy_defaults_per_flavor_kind() -> None:
     auto = ServingSpec()
-    assert batch_policy(auto, accelerated=True) == BatchPolicy(32, 0.002, 1024, 60.0)
+    assert batch_policy(auto, accelerated=True) == BatchPolicy(32, 0.002, 1024, 60.0, 0.001)
     assert batch_policy(auto, accelerated=False).max_delay_s == 0.0
     explicit = ServingSpec.model_validate({"batching": {"max_delay_ms": 5}})
     assert batch_policy(explicit, accelerated=False).max_delay_s == 0.005

@@ -10,6 +10,14 @@ batched even with ``max_delay_s == 0`` and an idle server adds no delay ("natura
 such a batch still lets the event loop turn :data:`GATHER_TURNS` times first, so requests it
 is already reading join it.
 
+A batch whose run is expected to take less than ``policy.inline_s`` (from the measured cost of
+earlier batches) runs on the event loop itself instead of the executor: handing a sub-millisecond
+batch to a thread costs more than the batch (a wake-up through the loop's pipe, a future, and two
+hand-overs of the GIL, each of which can wait out the interpreter's switch interval while the
+other thread runs Python), and the loop has nothing better to do on a busy core than the work
+its requests are waiting for. A batch that costs more goes to the executor, so the loop keeps
+answering health checks and other models.
+
 The batcher is generic: ``run(items)`` is a plain function that receives the queued payloads and
 returns one result (or exception) per item, so it is tested without any model. A runner whose
 model lives in another process passes ``run_async`` instead: a coroutine that sends the batch
@@ -34,6 +42,8 @@ from modelyard.errors import QueueFullError, RequestTimeoutError, RunnerClosedEr
 #: 32 connections): 16 -> 32 rows a call, 143 -> 111 us of server CPU a request; an idle server
 #: pays three loop turns (microseconds) before a lone request runs.
 GATHER_TURNS = 3
+#: weight of the newest batch in the moving average of a row's cost.
+_SMOOTHING = 0.2
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,9 @@ class BatchPolicy:
     max_delay_s: float = 0.0
     max_queue: int = 1024
     timeout_s: float = 60.0
+    #: run a batch on the event loop when earlier batches suggest it takes less than this many
+    #: seconds (0: always in the executor).
+    inline_s: float = 0.0
 
 
 @dataclass(eq=False, slots=True)
@@ -94,6 +107,9 @@ class Batcher:
         #: timeout for all): one timer sweeps it (:meth:`_sweep`) instead of a timer a request
         self._pending: deque[Item] = deque()
         self._sweeper: asyncio.TimerHandle | None = None
+        #: seconds a row has cost lately (moving average over batches; None: nothing ran yet),
+        #: which decides whether the next batch runs inline.
+        self.row_cost_s: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -186,8 +202,10 @@ class Batcher:
                         results = await self._run_async(items)
                     except Exception as exc:  # a broken contract must not kill the loop
                         results = [exc] * len(items)
+                elif self._fits_inline(items):
+                    results = self._run_timed(items)
                 else:
-                    results = await loop.run_in_executor(self._executor, self._run_safely, items)
+                    results = await loop.run_in_executor(self._executor, self._run_timed, items)
             finally:
                 self._busy = False
             for item, result in zip(items, results, strict=True):
@@ -236,6 +254,20 @@ class Batcher:
         if self._full is not None and self.queued_rows < limit:
             self._full.clear()
         return items
+
+    def _fits_inline(self, items: list[Item]) -> bool:
+        cost = self.row_cost_s
+        return cost is not None and cost * sum(i.n for i in items) < self.policy.inline_s
+
+    def _run_timed(self, items: list[Item]) -> Sequence[Any]:
+        """Run a batch and fold what a row cost into :attr:`row_cost_s` (wall time: a model
+        that waits on a device or the GIL counts as slow, so it is not moved onto the loop)."""
+        start = time.perf_counter()
+        results = self._run_safely(items)
+        per_row = (time.perf_counter() - start) / max(1, sum(i.n for i in items))
+        last = self.row_cost_s
+        self.row_cost_s = per_row if last is None else last + _SMOOTHING * (per_row - last)
+        return results
 
     def _run_safely(self, items: list[Item]) -> Sequence[Any]:
         """Run a batch; if it fails, run each request alone so one bad request fails alone."""

@@ -25,6 +25,11 @@ from modelyard.version_settings import VersionSettings
 
 log = logging.getLogger(__name__)
 
+#: a batch expected to take less than this runs on the event loop (see
+#: :mod:`modelyard.serving.batching`). W1 (bench/serve.py, a HistGradientBoosting model, 32
+#: rows a batch at about 11 us a row) runs inline; W2's MLP batches run in the pool.
+INLINE_BUDGET_S = 0.001
+
 
 def serving_spec(meta: Mapping[str, Any], ref: str = "model") -> ServingSpec:
     """The serving section of a version's ``meta`` (:class:`VersionSettings`, not strict: a
@@ -43,10 +48,11 @@ def batch_policy(spec: ServingSpec, *, accelerated: bool, timeout_s: float = 60.
     """
     cfg = spec.batching
     if cfg.enabled is False:
-        return BatchPolicy(1, 0.0, cfg.max_queue, timeout_s)
+        return BatchPolicy(1, 0.0, cfg.max_queue, timeout_s, inline_s=INLINE_BUDGET_S)
     explicit_delay = "max_delay_ms" in cfg.model_fields_set
     delay_ms = cfg.max_delay_ms if (accelerated or explicit_delay) else 0.0
-    return BatchPolicy(cfg.max_batch_size, delay_ms / 1000.0, cfg.max_queue, timeout_s)
+    return BatchPolicy(cfg.max_batch_size, delay_ms / 1000.0, cfg.max_queue, timeout_s,
+                       inline_s=INLINE_BUDGET_S)
 
 
 def choose_isolation(spec: ServingSpec, *, accelerated: bool, gpu_count: Callable[[], int]) -> str:
