@@ -1,7 +1,8 @@
 """The Kubernetes manifests validated offline, as a cluster would check them on apply: each
 overlay rendered by ``kubectl kustomize``, every built-in object validated by
 ``kubernetes-validate --strict`` against the oldest and the newest Kubernetes it knows, and every
-custom resource (Knative Service, ServiceMonitor) against its schema with jsonschema.
+custom resource (Knative Service, ServiceMonitor, KServe ServingRuntime and InferenceService)
+against its schema with jsonschema.
 
 No cluster is involved: nothing here was applied anywhere. The custom-resource schemas in
 ``crd_schemas/`` were written for these tests from the projects' API references (no PyPI package
@@ -10,6 +11,7 @@ ships them); see their ``$comment``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -35,7 +37,11 @@ pytestmark = pytest.mark.integration
 VERSIONS = (all_versions()[0], all_versions()[-1])
 SCHEMAS = Path(__file__).parent / "crd_schemas"
 CRD_SCHEMAS = {("serving.knative.dev/v1", "Service"): "knative-service-v1.json",
-               ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-v1.json"}
+               ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-v1.json",
+               ("serving.kserve.io/v1alpha1", "ServingRuntime"):
+                   "kserve-servingruntime-v1alpha1.json",
+               ("serving.kserve.io/v1beta1", "InferenceService"):
+                   "kserve-inferenceservice-v1beta1.json"}
 POOLS = [Pool("cpu", gpu=False, models=("churn", "fraud"), flavors=("sklearn", "xgboost")),
          Pool("gpu", gpu=True, models=("digits",), flavors=("torch",)),
          Pool("nlp", gpu=False, models=("tickets",), flavors=("tensorflow",))]
@@ -62,21 +68,30 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def rendered(kubectl: str, tree: Path, overlay: str) -> list[dict[str, Any]]:
-    import yaml
-
-    done = subprocess.run([kubectl, "kustomize", str(tree / "overlays" / overlay)],
+@functools.cache
+def _kustomize(kubectl: str, folder: Path) -> str:
+    done = subprocess.run([kubectl, "kustomize", str(folder)],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    return done.stdout
 
 
+def rendered(kubectl: str, tree: Path, overlay: str) -> list[dict[str, Any]]:
+    """The objects ``kubectl kustomize`` renders for ``overlay`` (fresh copies: tests edit)."""
+    import yaml
+
+    return [doc for doc in yaml.safe_load_all(_kustomize(kubectl, tree / "overlays" / overlay))
+            if doc]
+
+
+@functools.cache
 def _core_definitions(version: str) -> referencing.Resource[Any]:
     folder = resources.files("kubernetes_validate") / "kubernetes-json-schema"
     text = (folder / f"v{version}-local-strict" / "_definitions.json").read_text()
     return referencing.Resource.from_contents(json.loads(text))
 
 
+@functools.cache
 def crd_validator(schema_file: str, version: str) -> jsonschema.Draft202012Validator:
     """A validator for one custom resource, its Kubernetes types from ``version``."""
     schema = json.loads((SCHEMAS / schema_file).read_text())
@@ -138,6 +153,18 @@ def test_each_overlay_runs_the_workloads_it_promises(kubectl, tree):
     assert sorted(d["metadata"]["name"] for d in knative) == ["modelyard-cpu", "modelyard-nlp"]
     assert {d["apiVersion"] for d in knative} == {"serving.knative.dev/v1"}
     assert ("ServiceMonitor", "modelyard-servers") in kinds("prometheus-operator")
+    kserve = rendered(kubectl, tree, "kserve")
+    runtimes = {d["metadata"]["name"]: d for d in kserve if d["kind"] == "ServingRuntime"}
+    services = [d for d in kserve if d["kind"] == "InferenceService"]
+    assert sorted(runtimes) == ["modelyard-cpu", "modelyard-gpu", "modelyard-nlp"]
+    for isvc in services:
+        model = isvc["spec"]["predictor"]["model"]
+        assert model["runtime"] in runtimes and model["protocolVersion"] == "v2"
+        assert model["modelFormat"] == {"name": "modelyard", "version": "1"}
+    gpu_runtime = runtimes["modelyard-gpu"]["spec"]
+    assert gpu_runtime["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu_runtime["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "tolerations" not in runtimes["modelyard-cpu"]["spec"]
 
 
 def _first(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -166,3 +193,12 @@ def test_the_validators_reject_what_a_cluster_would(kubectl, tree):
         validate(monitor, VERSIONS[-1])
     monitor["spec"]["endpoints"][0]["interval"] = "1m30s"
     validate(monitor, VERSIONS[-1])
+    kserve = rendered(kubectl, tree, "kserve")
+    runtime = _first(kserve, "ServingRuntime")
+    runtime["spec"]["containers"][0]["securityContext"]["runAsNonroot"] = True
+    with pytest.raises(jsonschema.ValidationError):
+        validate(runtime, VERSIONS[-1])
+    isvc = _first(kserve, "InferenceService")
+    isvc["spec"]["predictor"]["model"]["protocolVersion"] = "v3"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(isvc, VERSIONS[0])

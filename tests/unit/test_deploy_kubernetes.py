@@ -263,3 +263,23 @@ def test_a_pool_without_an_image_or_a_name_too_long_is_refused(pools):
         render(long_pool, {"p" * 60: "img"})
     with pytest.raises(ConfigError, match="no models"):
         render([], IMAGES)
+
+
+def test_kserve_runs_each_pool_as_an_open_inference_protocol_runtime(pools):
+    files = render(pools, IMAGES, KubeOptions(grpc_port=8001))
+    docs = objects(files, "overlays/kserve/")
+    runtimes = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "ServingRuntime"}
+    assert sorted(runtimes) == ["modelyard-cpu", "modelyard-gpu", "modelyard-nlp"]
+    for name, runtime in runtimes.items():
+        assert runtime["protocolVersions"] == ["v2", "grpc-v2"]
+        (served,) = runtime["containers"]
+        assert served["name"] == "kserve-container"
+        assert served["args"][:7] == ["serve", "--host", "0.0.0.0", "--port", "8000", "--pool",
+                                      name.removeprefix("modelyard-")]
+        assert served["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8000}
+        assert served["securityContext"]["readOnlyRootFilesystem"] is True
+        assert ("tolerations" in runtime) == (name == "modelyard-gpu")
+    services = [d for d in docs if d["kind"] == "InferenceService"]
+    assert sorted(s["spec"]["predictor"]["model"]["runtime"] for s in services) == sorted(runtimes)
+    # modelyard pulls its models from the registry: KServe is given no storage URI
+    assert all("storageUri" not in s["spec"]["predictor"]["model"] for s in services)

@@ -76,7 +76,7 @@ def env_from() -> list[Obj]:
     return [{"configMapRef": {"name": CONFIG_NAME}}]
 
 
-def probes(*, port: str | None = HTTP_PORT_NAME, startup: bool = True) -> Obj:
+def probes(*, port: int | str | None = HTTP_PORT_NAME, startup: bool = True) -> Obj:
     """Liveness on /healthz, readiness on /readyz, and a start-up allowance for loading models.
 
     ``port=None`` leaves the port out, as Knative wants (it probes the one port it routes to).

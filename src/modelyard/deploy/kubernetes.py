@@ -11,6 +11,7 @@
     overlays/dev              base + one small server for every pool, one replica
     overlays/knative          base + a Knative Service per CPU pool, scaling to zero
     overlays/prometheus-operator   overlays/gpu + the ServiceMonitor component
+    overlays/kserve           base + a KServe ServingRuntime and InferenceService per pool
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from modelyard.deploy.kube_kserve import inference_service, serving_runtime
 from modelyard.deploy.kube_objects import (
     dev_deployment,
     knative_service,
@@ -40,7 +42,7 @@ _HEADER = ("# Written by `modelyard build --kubernetes`; edit the options and bu
            "rather than this file.\n")
 _KUSTOMIZE = "kustomize.config.k8s.io/v1beta1"
 #: the overlays every build writes, in the order the docs present them
-OVERLAYS = ("cpu", "gpu", "dev", "knative", "prometheus-operator")
+OVERLAYS = ("cpu", "gpu", "dev", "knative", "prometheus-operator", "kserve")
 #: the options a build uses when the team gives none
 DEFAULTS = KubeOptions()
 
@@ -122,19 +124,36 @@ def _overlays(options: KubeOptions, pools: Sequence[Pool], images: Mapping[str, 
         files["overlays/knative/services.yaml"] = _yaml(
             *(knative_service(options, pool, images[pool.name]) for pool in cpu))
         knative.append("services.yaml")
-    files["overlays/knative/names.yaml"] = _yaml(_KNATIVE_NAMES)
+    files["overlays/knative/names.yaml"] = _config_names(
+        "serving.knative.dev", "v1", "Service", "spec/template/spec/containers")
     files["overlays/knative/kustomization.yaml"] = _overlay(
         options, knative, configurations=["names.yaml"])
+    files.update(_kserve(options, pools, images))
     return files
 
 
-#: kustomize knows where built-in kinds refer to a ConfigMap, not where a Knative Service does:
-#: without this the generated ConfigMap's hashed name would not reach the Knative Services.
-_KNATIVE_NAMES = {"nameReference": [{
-    "kind": "ConfigMap", "version": "v1",
-    "fieldSpecs": [{"group": "serving.knative.dev", "version": "v1", "kind": "Service",
-                    "path": "spec/template/spec/containers/envFrom/configMapRef/name"}],
-}]}
+def _kserve(options: KubeOptions, pools: Sequence[Pool], images: Mapping[str, str]
+            ) -> dict[str, str]:
+    runtimes = [doc for pool in pools for doc in (
+        serving_runtime(options, pool, images[pool.name]), inference_service(options, pool))]
+    return {
+        "overlays/kserve/services.yaml": _yaml(*runtimes),
+        "overlays/kserve/names.yaml": _config_names(
+            "serving.kserve.io", "v1alpha1", "ServingRuntime", "spec/containers"),
+        "overlays/kserve/kustomization.yaml": _overlay(
+            options, ["../../base", "services.yaml"], configurations=["names.yaml"]),
+    }
+
+
+def _config_names(group: str, version: str, kind: str, containers: str) -> str:
+    """A kustomize configuration: where a custom resource names the ConfigMap.
+
+    kustomize knows where built-in kinds refer to a ConfigMap, not where a custom resource
+    does; without this the generated ConfigMap's hashed name would not reach it.
+    """
+    return _yaml({"nameReference": [{"kind": "ConfigMap", "version": "v1", "fieldSpecs": [
+        {"group": group, "version": version, "kind": kind,
+         "path": f"{containers}/envFrom/configMapRef/name"}]}]})
 
 
 def render(pools: Sequence[Pool], images: Mapping[str, str],
