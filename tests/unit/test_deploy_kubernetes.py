@@ -271,7 +271,7 @@ def test_kserve_runs_each_pool_as_an_open_inference_protocol_runtime(pools):
     runtimes = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "ServingRuntime"}
     assert sorted(runtimes) == ["modelyard-cpu", "modelyard-gpu", "modelyard-nlp"]
     for name, runtime in runtimes.items():
-        assert runtime["protocolVersions"] == ["v2", "grpc-v2"]
+        assert runtime["protocolVersions"] == ["v2"]
         (served,) = runtime["containers"]
         assert served["name"] == "kserve-container"
         assert served["args"][:7] == ["serve", "--host", "0.0.0.0", "--port", "8000", "--pool",

@@ -26,7 +26,7 @@ MODEL_FORMAT = {"name": "modelyard", "version": "1"}
 
 
 def serving_runtime(options: KubeOptions, pool: Pool, image: str) -> Obj:
-    """The runtime for ``pool``: its image serving OIP v2 over REST (and gRPC when set)."""
+    """The runtime for ``pool``: its image serving the Open Inference Protocol v2 over REST."""
     name = object_name(options, pool.name)
     container = server_container(options, image, pool.name,
                                  options.resources_for(pool.name, gpu=pool.gpu),
@@ -36,11 +36,11 @@ def serving_runtime(options: KubeOptions, pool: Pool, image: str) -> Obj:
     container["ports"] = [{"name": "http1", "containerPort": options.port, "protocol": "TCP"}]
     # by number: a serverless (Knative) deployment accepts only the routed port's number
     container.update(probes(port=options.port))
-    protocols = ["v2"] + (["grpc-v2"] if options.grpc_port is not None else [])
     spec: Obj = {
         # chosen by name from the InferenceService, never picked for other formats
         "supportedModelFormats": [{**MODEL_FORMAT, "autoSelect": False}],
-        "protocolVersions": protocols,
+        # REST only: KServe routes one port, and this one speaks HTTP/1 (OIP v2 REST)
+        "protocolVersions": ["v2"],
         "annotations": {"prometheus.kserve.io/port": str(options.port),
                         "prometheus.kserve.io/path": "/metrics"},
         "containers": [container],
