@@ -283,3 +283,34 @@ def test_kserve_runs_each_pool_as_an_open_inference_protocol_runtime(pools):
     assert sorted(s["spec"]["predictor"]["model"]["runtime"] for s in services) == sorted(runtimes)
     # modelyard pulls its models from the registry: KServe is given no storage URI
     assert all("storageUri" not in s["spec"]["predictor"]["model"] for s in services)
+
+
+def _parses(command: object, args: list[str]) -> None:
+    import click
+
+    assert isinstance(command, click.Command)
+    with command.make_context(command.name, list(args)) as ctx:
+        assert ctx.params  # click accepted every option and value
+
+
+def test_the_control_commands_are_ones_the_cli_accepts(pools):
+    from modelyard.cli import main
+
+    files = render(pools, IMAGES)
+    scheduler = container(find(files, "Deployment", "modelyard-scheduler"))
+    _parses(main.commands["scheduler"], scheduler["args"][1:])
+    job = container(find(files, "Job", "modelyard-migrate"))
+    assert job["args"][0] in main.commands
+    assert job["args"][1] in main.commands[job["args"][0]].commands  # type: ignore[attr-defined]
+
+
+def test_the_server_command_is_one_modelyard_serve_accepts(pools):
+    from modelyard.serving.command import serve
+
+    options = {name for param in serve.params for name in getattr(param, "opts", ())}
+    if not {"--pool", "--drain", "--grace"} <= options:
+        pytest.skip("this tree's `modelyard serve` has no --pool/--drain/--grace yet "
+                    "(they come with the pools and lifecycle work)")
+    files = render(pools, IMAGES, KubeOptions(grpc_port=8001, idle_unload="10m"))
+    for name in ("modelyard-cpu", "modelyard-gpu", "modelyard-dev"):
+        _parses(serve, container(find(files, "Deployment", name))["args"][1:])
