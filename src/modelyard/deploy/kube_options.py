@@ -112,8 +112,9 @@ class KubeOptions:
     #: CPU pool's). The scheduler trains in its own pod: give it an image with every framework
     #: the models it retrains need.
     control_image: str | None = None
-    #: the project file inside the image, relative to its working directory.
-    project_file: str = "modelyard.yaml"
+    #: the project file inside the image the scheduler runs, with the training code beside it.
+    #: Not under /var/lib/modelyard: the pods mount an empty volume there (the artifact cache).
+    project_file: str = "/opt/modelyard/project/modelyard.yaml"
     #: ``MODELYARD_ARTIFACTS`` in the generated ConfigMap: the shared artifact store.
     artifacts: str = "s3://modelyard-artifacts"
     #: ``--idle-unload`` for servers (e.g. ``10m``): unload versions nobody asked for lately.
