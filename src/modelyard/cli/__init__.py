@@ -91,6 +91,7 @@ def main(ctx: click.Context, home: str | None, db: str | None, artifacts: str | 
 
 
 def _register() -> None:
+    from modelyard.cli.db_cmds import db
     from modelyard.cli.demo import demo
     from modelyard.cli.monitor_cmds import feedback, monitor
     from modelyard.cli.predict_cmds import predict
@@ -113,6 +114,7 @@ def _register() -> None:
                     history, runs, audit, predict, serve, monitor, feedback, demo):
         main.add_command(command)
     main.add_command(scheduler)
+    main.add_command(db)
 
 
 _register()

@@ -101,6 +101,17 @@ class Database:
                 "check MODELYARD_DB and that the server is running"
             ) from None
 
+    def revision(self) -> str | None:
+        """The schema revision the database is at now; ``None`` for an empty database."""
+        try:
+            with self.engine.connect() as conn:
+                return _current_revision(conn)
+        except OperationalError as exc:
+            raise StorageError(
+                f"cannot reach the registry database {self.display_url}: {_first_line(exc)}; "
+                "check MODELYARD_DB and that the server is running"
+            ) from None
+
     @contextlib.contextmanager
     def _migration_lock(self) -> Iterator[None]:
         if self.dialect == "sqlite":
