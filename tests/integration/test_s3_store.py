@@ -11,7 +11,9 @@ within a bound, and a restarted replica that needs no download.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -199,6 +201,9 @@ def test_train_on_a_node_serve_from_two_replicas_and_both_swap_on_promote(
     # (no temporary key from an upload)
     assert _objects(s3_server, bucket) == {
         _key(v.artifact_digest): v.artifact_size for v in versions.values()}
+    for v in versions.values():
+        body = s3_server.client().get_object(Bucket=bucket, Key=_key(v.artifact_digest))["Body"]
+        assert hashlib.sha256(body.read()).hexdigest() == v.artifact_digest
     # nothing was written to a shared local path: the node holds its project and its own home
     # without an artifacts folder, each replica only what it unpacked into its own cache
     assert not (node / "home" / "artifacts").exists()
@@ -210,22 +215,34 @@ def test_train_on_a_node_serve_from_two_replicas_and_both_swap_on_promote(
         assert not (tmp_path / f"replica-{name}" / "home" / "artifacts").exists()
 
 
-def test_a_restarted_replica_loads_from_its_verified_cache_without_the_store(
+def _predict_const(url: str) -> int:
+    r = httpx.post(f"{url}/v1/models/const/predict", json={"instances": [[0, 0, 0]]}, timeout=30)
+    assert r.status_code == 200, r.text
+    return int(r.json()["predictions"][0])
+
+
+def test_an_idle_reload_and_a_restart_load_from_the_verified_cache_without_the_store(
         tmp_path: Path, s3_server: Any, bucket: str, s3_env: dict[str, str]) -> None:
     home = tmp_path / "replica" / "home"
     with Registry.open(Settings.from_env(home=tmp_path / "node", actor="tester")) as reg:
         version = register_constant(reg, "const", 7)
         db = reg.settings.db_url
     env = {**s3_env, "MODELYARD_DB": db, "MODELYARD_PREDICTION_LOG": "off"}
+    with ServerProcess(home, env=env, args=("--idle-unload", "1s")) as server:
+        assert _predict_const(server.url) == 7
+        # the object leaves the bucket; the version, idle, is unloaded, and its next request
+        # loads it again from the unpacked copy its digest check accepts (content-addressed,
+        # so that copy is never stale)
+        s3_server.client().delete_object(Bucket=bucket, Key=_key(version.artifact_digest))
+        _wait_for(lambda: "const:1" in httpx.get(f"{server.url}/readyz").json().get("idle", []),
+                  "the idle version to be unloaded")
+        assert _predict_const(server.url) == 7
+        metrics = httpx.get(f"{server.url}/metrics").text
+        assert re.search(r'modelyard_model_load_seconds_count\{[^}]*reason="idle"[^}]*\} 1',
+                         metrics), "the version was not reloaded after going idle"
+    # a replica restarted on the same folder loads without the store too
     with ServerProcess(home, env=env) as server:
-        r = httpx.post(f"{server.url}/v1/models/const/predict", json={"instances": [[0, 0, 0]]})
-        assert r.status_code == 200 and r.json()["predictions"] == [7]
-    # the object is gone from the bucket: a replica restarted on the same folder still loads,
-    # from the unpacked copy its digest check accepts (content-addressed, so never stale)
-    s3_server.client().delete_object(Bucket=bucket, Key=_key(version.artifact_digest))
-    with ServerProcess(home, env=env) as server:
-        r = httpx.post(f"{server.url}/v1/models/const/predict", json={"instances": [[0, 0, 0]]})
-        assert r.status_code == 200 and r.json()["predictions"] == [7]
+        assert _predict_const(server.url) == 7
     # while a replica with an empty folder has to download it, and is told it is missing
     with Registry.open(Settings.from_env(home=tmp_path / "fresh", db_url=db)) as reg, \
             pytest.raises(IntegrityError, match=r"refusing to load const:1.*missing"):
@@ -280,7 +297,9 @@ def test_an_endpoint_that_never_answers_times_out_within_the_bound(
         hole.listen(64)
         env = {**s3_env, "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{hole.getsockname()[1]}",
                "MODELYARD_STORE_TIMEOUT": "1s"}
-        line = _fails_fast(node, env, 30)
+        # three tries of a second each and their backoff, well short of a hang; the rest of
+        # the bound is for starting Python on a busy machine
+        line = _fails_fast(node, env, 45)
     assert "ReadTimeoutError" in line
 
 
