@@ -247,7 +247,7 @@ class FsspecStore:
 
     def get_file(self, digest: str, dest: Path) -> Path:
         try:
-            with self._failures("read artifact from"):
+            with self._failures("read artifact from", missing=True):
                 self.fs.get_file(self._key(digest), str(dest))
         except FileNotFoundError:
             raise IntegrityError(f"artifact {digest[:12]} is missing from {self.url}") from None
@@ -268,13 +268,17 @@ class FsspecStore:
                 self.fs.rm(key)
 
     @contextlib.contextmanager
-    def _failures(self, doing: str) -> Iterator[None]:
-        """Turn what the file system and its client raise into one :class:`StorageError` line
-        (a missing key stays ``FileNotFoundError`` for the caller to name)."""
+    def _failures(self, doing: str, *, missing: bool = False) -> Iterator[None]:
+        """Turn what the file system and its client raise into one :class:`StorageError` line;
+        ``missing=True`` lets a missing key through as ``FileNotFoundError`` for the caller to
+        name (elsewhere a missing key means a missing bucket or folder)."""
         try:
             yield
-        except FileNotFoundError:
-            raise
+        except FileNotFoundError as exc:
+            if missing:
+                raise
+            raise StorageError(f"cannot {doing} {self.url}: {_one_line(exc)}; create the "
+                               "bucket (or folder), or correct MODELYARD_ARTIFACTS") from None
         except Exception as exc:  # botocore, aiohttp, gcsfs... each raises its own kinds
             raise StorageError(f"cannot {doing} {self.url}: {_one_line(exc)}; "
                                f"{_hint(exc)}") from None

@@ -20,6 +20,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,9 @@ import pandas as pd
 import pytest
 
 from modelyard.config import Settings
-from modelyard.errors import IntegrityError
+from modelyard.errors import IntegrityError, StorageError
 from modelyard.registry import Registry
+from modelyard.store import open_store
 from modelyard.testing import ServerProcess, register_constant
 
 pytestmark = pytest.mark.integration
@@ -263,6 +265,17 @@ def test_an_object_changed_in_the_bucket_is_refused(
         reg.artifact_path(reg.get_version("const", 1))
     # nothing of the refused download is left to be loaded by mistake
     assert not any(p.is_file() for p in (reader / "cache").rglob("*"))
+
+
+def test_a_bucket_that_does_not_exist_is_one_line_when_writing(
+        tmp_path: Path, s3_env: dict[str, str]) -> None:
+    store = open_store(f"s3://modelyard-missing-{uuid.uuid4().hex[:12]}/models")
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"weights")
+    with pytest.raises(StorageError, match=r"cannot write artifact to s3://modelyard-missing-"
+                                           r".*create the bucket") as caught:
+        store.put_file(blob)
+    assert "\n" not in str(caught.value)
 
 
 def _fails_fast(node: Path, env: dict[str, str], bound_s: float, *args: str) -> str:
