@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,6 +145,18 @@ def test_health_and_readiness_answer(container: aws_lambda.LambdaServer) -> None
         assert answer["statusCode"] == 200, (path, answer)
     models = aws_lambda.handler(http_api_event("GET", "/v1/models"), CONTEXT)
     assert models["statusCode"] == 200 and "tabular" in models["body"]
+
+
+def test_the_model_is_loaded_once_per_container_not_per_event(
+        container: aws_lambda.LambdaServer) -> None:
+    for _ in range(3):
+        answer = aws_lambda.handler(
+            http_api_event("POST", "/v1/models/tabular/predict", {"records": RECORDS}), CONTEXT)
+        assert answer["statusCode"] == 200
+    metrics = aws_lambda.handler(http_api_event("GET", "/metrics"), CONTEXT)["body"]
+    loads = re.findall(r'modelyard_model_load_seconds_count\{[^}]*model="tabular"[^}]*\} (\S+)',
+                       metrics)
+    assert [float(n) for n in loads] == [1.0], loads
 
 
 def test_the_home_defaults_to_lambdas_writable_folder(tmp_path: Path) -> None:
