@@ -4,6 +4,11 @@
 ``MODELYARD_DB``        SQLAlchemy URL of the registry database (default SQLite in the home)
 ``MODELYARD_ARTIFACTS`` artifact store: a folder or fsspec URL (default ``<home>/artifacts``)
 ``MODELYARD_ACTOR``     who is acting, recorded in the audit trail (default: the OS user)
+``MODELYARD_STORE_TIMEOUT``  how long one try of a remote artifact store request may wait
+                        (a duration, default ``30s``; three tries in all)
+
+A remote store's endpoint, credentials and region come from where its own client looks (for S3:
+``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ``AWS_DEFAULT_REGION``...); see deploy/storage.md.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class Settings:
     db_url: str
     artifacts: str
     actor: str
+    #: seconds one try of a remote artifact store request may wait (connect, or between reads)
+    store_timeout_s: float = 30.0
 
     @classmethod
     def from_env(
@@ -45,11 +52,13 @@ class Settings:
         """Settings from explicit values, then ``MODELYARD_*`` variables, then the defaults."""
         env = os.environ
         home_path = Path(home or env.get("MODELYARD_HOME") or ".modelyard").absolute()
+        timeout = env.get("MODELYARD_STORE_TIMEOUT")
         return cls(
             home=home_path,
             db_url=db_url or env.get("MODELYARD_DB") or f"sqlite:///{home_path / 'registry.db'}",
             artifacts=artifacts or env.get("MODELYARD_ARTIFACTS") or str(home_path / "artifacts"),
             actor=actor or env.get("MODELYARD_ACTOR") or _os_user(),
+            store_timeout_s=30.0 if timeout is None else parse_duration(timeout),
         )
 
     @property

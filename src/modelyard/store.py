@@ -1,22 +1,31 @@
 """Content-addressed artifact storage: a local folder by default, any fsspec URL at scale.
 
 A model artifact is a folder (whatever the adapter wrote). It is packed into a deterministic tar,
-named by the sha256 of its bytes and stored once. Writes are atomic (a temporary name, then a
-rename) so a crash never leaves half an artifact under a real digest; reads verify the digest and
-refuse a mismatch.
+named by the sha256 of its bytes and stored once. Writes are atomic (a temporary name then a
+rename on a file system; one upload, which an object store publishes whole, on S3, GCS or Azure)
+so a crash never leaves half an artifact under a real digest; reads verify the digest and refuse
+a mismatch. A remote store that fails is a one-line :class:`StorageError` within a bounded time
+(:func:`remote_options`), never a hang.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from modelyard.errors import IntegrityError, StorageError
+from modelyard.errors import (
+    ConfigError,
+    FrameworkMissingError,
+    IntegrityError,
+    StorageError,
+)
 
 _CHUNK = 1 << 20
 
@@ -160,14 +169,55 @@ class LocalStore:
         self._path(digest).unlink(missing_ok=True)
 
 
-class FsspecStore:
-    """Blobs under any fsspec URL (``s3://bucket/prefix``, ``gs://...``, ``memory://...``)."""
+#: fsspec protocols of object stores, which publish an upload whole when it completes (one PUT,
+#: or a multipart upload's final request) and never show part of an object under its key.
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "abfs", "abfss", "az"})
+#: tries per store request (the first and its retries), for requests that fail to connect, time
+#: out or are throttled: together with the timeout, how long a dead endpoint is waited for.
+STORE_ATTEMPTS = 3
 
-    def __init__(self, url: str, **options: Any) -> None:
+
+def remote_options(protocol: str, timeout_s: float) -> dict[str, Any]:
+    """fsspec options that bound every wait on a remote store to about ``timeout_s`` a try.
+
+    The endpoint, credentials and region are not among them: s3fs reads those where every AWS
+    tool does (``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ``AWS_DEFAULT_REGION``, a
+    profile, an instance role), so a store URL carries no secret.
+    """
+    if protocol in ("s3", "s3a"):
+        return {"config_kwargs": {
+            "connect_timeout": timeout_s, "read_timeout": timeout_s,
+            "retries": {"max_attempts": STORE_ATTEMPTS, "mode": "standard"}}}
+    return {}  # other stores keep their client's own timeouts (see deploy/storage.md)
+
+
+class FsspecStore:
+    """Blobs under any fsspec URL (``s3://bucket/prefix``, ``gs://...``, ``memory://...``).
+
+    A blob is at ``<prefix>/<aa>/<digest>``. Every failure of the store itself (unreachable,
+    refused credentials, a timeout) is a one-line :class:`StorageError`; a missing or changed
+    blob is an :class:`IntegrityError`. ``timeout_s`` bounds each try of each request.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 30.0, **options: Any) -> None:
         import fsspec
 
         self.url = url.rstrip("/")
-        self.fs, self.base = fsspec.core.url_to_fs(self.url, **options)
+        protocol = self.url.split("://", 1)[0]
+        try:
+            self.fs, self.base = fsspec.core.url_to_fs(
+                self.url, **{**remote_options(protocol, timeout_s), **options})
+        except ImportError as exc:
+            raise FrameworkMissingError(
+                f"the artifact store {self.url} needs a package that is not installed ({exc}); "
+                "for S3: pip install 'modelyard[s3]'") from None
+        except ValueError as exc:
+            raise ConfigError(f"artifact store {self.url!r} is not understood: {exc}") from None
+        if protocol in ("s3", "s3a"):
+            # s3fs retries failed calls itself (5 tries, backing off) around botocore's own
+            # retries; left in place a dead endpoint would be waited for minutes, not seconds
+            self.fs.retries = 1
+        self._atomic = protocol in OBJECT_STORES
 
     def __repr__(self) -> str:
         return f"FsspecStore({self.url!r})"
@@ -179,27 +229,28 @@ class FsspecStore:
         digest = sha256_file(path)
         key = self._key(digest)
         size = path.stat().st_size
-        try:
+        with self._failures("write artifact to"):
             if self.fs.exists(key):
                 return digest, size
-            # Object stores publish a PUT atomically; a temporary key then a move keeps plain
-            # file systems from showing half a blob under its final name.
+            if self._atomic:
+                # An object store never shows an upload before it completes, so the blob's
+                # own key is written directly: a reader finds all of it or nothing.
+                self.fs.put_file(str(path), key)
+                return digest, size
+            # A plain file system shows a file while it is written: a temporary name, then a
+            # move, keeps half a blob from ever appearing under its digest.
             tmp = f"{key}.tmp-{os.getpid()}-{id(path)}"
             self.fs.makedirs(key.rsplit("/", 1)[0], exist_ok=True)
             self.fs.put_file(str(path), tmp)
             self.fs.mv(tmp, key)
-        except (OSError, ValueError) as exc:
-            raise StorageError(f"cannot write artifact to {self.url}: {exc}") from None
         return digest, size
 
     def get_file(self, digest: str, dest: Path) -> Path:
-        key = self._key(digest)
         try:
-            self.fs.get_file(key, str(dest))
+            with self._failures("read artifact from", missing=True):
+                self.fs.get_file(self._key(digest), str(dest))
         except FileNotFoundError:
             raise IntegrityError(f"artifact {digest[:12]} is missing from {self.url}") from None
-        except OSError as exc:
-            raise StorageError(f"cannot read artifact from {self.url}: {exc}") from None
         _verify(dest, digest)
         return dest
 
@@ -207,22 +258,61 @@ class FsspecStore:
         return None
 
     def exists(self, digest: str) -> bool:
-        return bool(self.fs.exists(self._key(digest)))
+        with self._failures("read"):
+            return bool(self.fs.exists(self._key(digest)))
 
     def delete(self, digest: str) -> None:
         key = self._key(digest)
-        if self.fs.exists(key):
-            self.fs.rm(key)
+        with self._failures("delete artifact from"):
+            if self.fs.exists(key):
+                self.fs.rm(key)
+
+    @contextlib.contextmanager
+    def _failures(self, doing: str, *, missing: bool = False) -> Iterator[None]:
+        """Turn what the file system and its client raise into one :class:`StorageError` line;
+        ``missing=True`` lets a missing key through as ``FileNotFoundError`` for the caller to
+        name (elsewhere a missing key means a missing bucket or folder)."""
+        try:
+            yield
+        except FileNotFoundError as exc:
+            if missing:
+                raise
+            raise StorageError(f"cannot {doing} {self.url}: {_one_line(exc)}; create the "
+                               "bucket (or folder), or correct MODELYARD_ARTIFACTS") from None
+        except Exception as exc:  # botocore, aiohttp, gcsfs... each raises its own kinds
+            raise StorageError(f"cannot {doing} {self.url}: {_one_line(exc)}; "
+                               f"{_hint(exc)}") from None
 
 
-def open_store(location: str | Path) -> LocalStore | FsspecStore:
-    """A store for a local path or ``file://`` URL, or an fsspec URL for anything else."""
+def _hint(exc: BaseException) -> str:
+    """What to check for a store that failed this way."""
+    if isinstance(exc, PermissionError):
+        return ("the store refused the credentials or they lack a permission: check "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or the role) and the policy in "
+                "deploy/storage.md")
+    return ("check the store URL, its endpoint (AWS_ENDPOINT_URL_S3 for S3-compatible "
+            "storage), credentials and network; see deploy/storage.md")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one short line: its kind, then the first line of its message."""
+    text = str(exc).strip().splitlines()
+    first = text[0][:300] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def open_store(location: str | Path, *, timeout_s: float = 30.0) -> LocalStore | FsspecStore:
+    """A store for a local path or ``file://`` URL, or an fsspec URL for anything else.
+
+    ``timeout_s`` bounds each try of each request to a remote store (``MODELYARD_STORE_TIMEOUT``
+    through :class:`~modelyard.config.Settings`).
+    """
     text = str(location)
     if "://" not in text:
         return LocalStore(text)
     if text.startswith("file://"):
         return LocalStore(text[len("file://") :])
-    return FsspecStore(text)
+    return FsspecStore(text, timeout_s=timeout_s)
 
 
 def _verify(path: Path, digest: str) -> None:
@@ -235,11 +325,14 @@ def _verify(path: Path, digest: str) -> None:
 
 
 __all__ = [
+    "OBJECT_STORES",
+    "STORE_ATTEMPTS",
     "FsspecStore",
     "LocalStore",
     "digest_dir",
     "open_store",
     "pack_dir",
+    "remote_options",
     "sha256_file",
     "unpack",
 ]

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.errors import IntegrityError, StorageError
+from modelyard.config import Settings
+from modelyard.errors import ConfigError, IntegrityError, StorageError
 from modelyard.store import (
+    STORE_ATTEMPTS,
     FsspecStore,
     LocalStore,
     open_store,
     pack_dir,
+    remote_options,
     sha256_file,
     unpack,
 )
@@ -234,6 +237,45 @@ def test_fsspec_store_round_trip_on_memory(tmp_path):
     assert not store.exists(digest)
     with pytest.raises(IntegrityError, match="missing"):
         store.get_file(digest, tmp_path / "out3.bin")
+
+
+def test_s3_waits_are_bounded_by_the_timeout_and_a_few_tries():
+    options = remote_options("s3", 7.5)["config_kwargs"]
+    assert options["connect_timeout"] == options["read_timeout"] == 7.5
+    assert options["retries"] == {"max_attempts": STORE_ATTEMPTS, "mode": "standard"}
+    assert remote_options("memory", 7.5) == {}  # others keep their client's own
+
+
+def test_the_store_timeout_is_read_once_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("MODELYARD_STORE_TIMEOUT", raising=False)
+    assert Settings.from_env(home=tmp_path).store_timeout_s == 30.0
+    monkeypatch.setenv("MODELYARD_STORE_TIMEOUT", "2m")
+    assert Settings.from_env(home=tmp_path).store_timeout_s == 120.0
+    monkeypatch.setenv("MODELYARD_STORE_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match="soon"):
+        Settings.from_env(home=tmp_path)
+
+
+def test_an_unknown_store_scheme_is_a_config_error():
+    with pytest.raises(ConfigError, match="nosuchfs://bucket"):
+        open_store("nosuchfs://bucket/prefix")
+
+
+def test_a_failing_store_is_one_line_naming_the_url(tmp_path, monkeypatch):
+    store = open_store(f"memory://modelyard-test-{uuid.uuid4().hex}/blobs")
+    assert isinstance(store, FsspecStore)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("Access Denied\nRequestId: 42")
+
+    # the file system object is fsspec's shared instance: patched for this test only
+    monkeypatch.setattr(store.fs, "put_file", refuse)
+    monkeypatch.setattr(store.fs, "exists", refuse)
+    with pytest.raises(StorageError) as caught:
+        store.put_file(_write(tmp_path / "a.bin", b"x"))
+    message = str(caught.value)
+    assert "\n" not in message and store.url in message
+    assert "PermissionError: Access Denied" in message and "refused the credentials" in message
 
 
 def test_open_store_picks_local_for_paths_and_file_urls(tmp_path):

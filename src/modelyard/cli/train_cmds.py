@@ -133,6 +133,7 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
     specs = load_project(project)
     chosen = _choose(specs, names, all_models, project)
     registry = state.registry()
+    registry.check_store()  # an unreachable store fails now, not after the training
     out = live_console(quiet_unless_tty=as_json)
     outcomes = []
     for spec in chosen:

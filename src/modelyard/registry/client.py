@@ -102,6 +102,10 @@ def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
     return check_name(ref), None, PRODUCTION
 
 
+#: a digest no content has (not a sha256 of anything stored): asking for it tests the store
+_NO_BLOB = "0" * 64
+
+
 class Registry:
     """Models, versions, aliases, runs and audit events in one database plus an artifact store.
 
@@ -120,7 +124,17 @@ class Registry:
         settings = settings or Settings.from_env(**overrides)
         db = Database(settings.db_url)
         db.migrate()
-        return cls(db, open_store(settings.artifacts), settings)
+        store = open_store(settings.artifacts, timeout_s=settings.store_timeout_s)
+        return cls(db, store, settings)
+
+    def check_store(self) -> None:
+        """Ask the artifact store once whether it answers, before work that needs it.
+
+        An unreachable store or refused credentials then fail at once with a one-line
+        :class:`StorageError` (exit 10), not after a training run or at a server's first load.
+        The question is about a blob that cannot exist, so it reads nothing.
+        """
+        self.store.exists(_NO_BLOB)
 
     def close(self) -> None:
         """Release database connections."""

@@ -97,11 +97,13 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
 
 
 def _check_registry(settings: Settings | None) -> None:
-    """Open the registry once before the server starts: an unreachable database or a bad URL
-    is then the CLI's one-line error (StorageError, exit 10), not a failed server startup."""
+    """Open the registry and ask its artifact store once before the server starts: an
+    unreachable database or store, refused credentials or a bad URL are then the CLI's
+    one-line error (StorageError, exit 10), not a failed server startup."""
     from modelyard.registry import Registry
 
-    Registry.open(settings).close()
+    with Registry.open(settings) as registry:
+        registry.check_store()
 
 
 __all__ = ["serve"]
