@@ -571,7 +571,7 @@ def test_an_app_shutdown_that_hangs_is_cancelled_at_the_end_of_the_grace() -> No
 
 
 def test_a_second_ctrl_c_cuts_the_drain_short() -> None:
-    with slow_server(10, drain_s=30) as (proc, port):
+    with slow_server(10, drain_s=30) as (proc, _):
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
         started = time.monotonic()
