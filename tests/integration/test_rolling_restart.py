@@ -39,8 +39,8 @@ import pytest
 from modelyard.config import Settings
 from modelyard.monitoring.logstore import DatabaseStore
 from modelyard.registry import Registry
-from modelyard.testing import ServerProcess, register_hgb
 from modelyard.serving.process import free_port
+from modelyard.testing import ServerProcess, register_hgb
 
 pytestmark = pytest.mark.integration
 
