@@ -46,7 +46,7 @@ pytestmark = pytest.mark.integration
 
 REPLICAS = 2
 #: every replica is restarted this many times, one replica at a time.
-ROUNDS = 2
+ROUNDS = 1
 CLIENTS = 3
 DRAIN_S = 1.5
 GRACE_S = 15.0
