@@ -61,12 +61,12 @@ if TYPE_CHECKING:
 @click.option("--models", "models", multiple=True, metavar="A,B",
               help="Serve only these models (comma-separated or repeated; with --pool: those "
                    "of them in the pool).")
-@click.option("--drain", "drain_s", default=5.0, show_default=True,
+@click.option("--drain", "drain_s", default=5.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(0, 3600),
               help="Seconds to keep answering after SIGTERM while /readyz says 503 "
                    "(draining), so load balancers stop sending here before the server stops "
                    "accepting.")
-@click.option("--grace", "grace_s", default=30.0, show_default=True,
+@click.option("--grace", "grace_s", default=30.0, show_default=True, metavar="SECONDS",
               type=click.FloatRange(0, 3600, min_open=True),
               help="Seconds the rest of the shutdown may take after the drain: requests in "
                    "flight finish and the prediction log flushes; past it what still runs is "
