@@ -105,6 +105,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
         register_constant(reg, "tabular", 1)
         register_constant(reg, "digits", 2, meta={"serving": {"pool": "gpu"}})
+        register_constant(reg, "digits", 3, promote=False, meta={"serving": {"pool": "gpu"}})
         register_constant(reg, "moving", 3)
         register_constant(reg, "moving", 4, promote=False, meta={"serving": {"pool": "gpu"}})
         yield reg
@@ -202,3 +203,21 @@ async def test_the_default_server_serves_every_pool(registry: Registry) -> None:
         assert {m["name"]: m["pool"] for m in listed["models"]} == {
             "digits": "gpu", "moving": "cpu", "tabular": "cpu"}
         assert listed["elsewhere"] == {} and "serves" not in (await c.get("/readyz")).json()
+
+
+@pytest.mark.anyio
+async def test_another_pools_rollout_is_left_to_that_pool(registry: Registry,
+                                                          cpu: httpx.AsyncClient) -> None:
+    from modelyard.rollout.deployments import Deployments
+
+    app: App = cpu.app  # type: ignore[attr-defined]
+    deployments = Deployments(registry)
+    deployments.start("digits", 2, "canary", steps=[50, 100], every_s=600)
+    try:
+        await app.rollouts.poll()
+        await app.rollouts.stop()  # what the poll started has finished
+        assert "digits" not in app.rollouts.active
+        assert "digits" not in {k[0] for k, _ in app.catalog.cache.loaded()}
+        assert deployments.get("digits").state == "progressing"  # not rolled back here
+    finally:
+        deployments.abort("digits", reason="test over")
