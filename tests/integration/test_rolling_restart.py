@@ -122,6 +122,8 @@ class Balancer:
         wait_for(lambda: self._status(server) == "UP", timeout_s, f"HAProxy to take {server}")
 
     def _status(self, server: str) -> str | None:
+        if self.process.poll() is not None:
+            raise AssertionError(f"haproxy exited: {self.log.read_text()}")
         try:
             return self.stats()[server]["status"]
         except OSError:  # not listening yet
