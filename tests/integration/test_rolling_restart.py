@@ -62,6 +62,8 @@ defaults
     timeout connect 1s
     timeout client 30s
     timeout server 30s
+    # a slow answer on a busy machine is no failed check: only a 503 or a refusal is
+    timeout check 2s
     # a request that reached no replica (connection refused) goes to another one
     retries 3
     option redispatch 1
