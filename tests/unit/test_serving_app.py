@@ -636,3 +636,20 @@ async def test_grpc_validates_like_rest_and_logs_each_5xx_once(
             assert len(lines) == 1 and "gRPC ModelInfer answered 500" in lines[0].getMessage()
     finally:
         await app.shutdown()
+
+
+async def test_a_draining_app_says_not_ready_and_still_answers(registry: Registry) -> None:
+    app = await started(registry)
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://modelyard") as c:
+            assert (await c.get("/readyz")).status_code == 200
+            app.drain()  # what the server does on SIGTERM
+            r = await c.get("/readyz")
+            assert (r.status_code, r.json()) == (503, {"status": "draining"})
+            assert (await c.get("/v2/health/ready")).status_code == 503
+            assert not app.is_ready()
+            answered = await c.post("/v1/models/tabular/predict", json={"records": [RECORD]})
+            assert answered.status_code == 200
+    finally:
+        await app.shutdown()

@@ -1,5 +1,6 @@
 """The HTTP/1.1 server against real sockets: keep-alive, pipelining, chunked bodies,
-100-continue, limits and timeouts, disconnects, HEAD, back-pressure, graceful shutdown."""
+100-continue, limits and timeouts, disconnects, HEAD, back-pressure, graceful shutdown and its
+drain (readiness false, still accepting, then closing)."""
 
 from __future__ import annotations
 
@@ -438,29 +439,39 @@ def test_a_chunked_response_when_the_app_gives_no_length(port: int) -> None:
 _SLOW_SERVER = """
 import asyncio, sys
 from modelyard.serving.httpserver import bind, run
+state = {"draining": False}
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
             m = await receive()
             if m["type"] == "lifespan.shutdown":
                 print("app shutdown ran", flush=True)
+                await asyncio.sleep(float(sys.argv[3]))  # a shutdown that takes this long
             await send({"type": m["type"] + ".complete"})
             if m["type"] == "lifespan.shutdown":
                 return
-    await asyncio.sleep(float(scope["query_string"] or 0))
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", b"4")]})
-    await send({"type": "http.response.body", "body": b"done"})
+    if scope["path"] == "/readyz":  # as modelyard's app: 503 from the drain on
+        status, body = (503, b"drain") if state["draining"] else (200, b"ready")
+    else:
+        await asyncio.sleep(float(scope["query_string"] or 0))
+        status, body = 200, b"done"
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
 sock = bind("127.0.0.1", 0)
 print(sock.getsockname()[1], flush=True)
-raise SystemExit(run(app, sock, grace_s=float(sys.argv[1])))
+raise SystemExit(run(app, sock, grace_s=float(sys.argv[1]), drain_s=float(sys.argv[2]),
+                     on_drain=lambda: state.update(draining=True)))
 """
 
 
 @contextlib.contextmanager
-def slow_server(grace_s: float) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    """A server process whose app waits ``?seconds`` before answering; its port."""
-    with subprocess.Popen([sys.executable, "-c", _SLOW_SERVER, str(grace_s)],
+def slow_server(grace_s: float, drain_s: float = 0.0, shutdown_s: float = 0.0
+                ) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A server process whose app waits ``?seconds`` before answering, whose ``/readyz``
+    says 503 once draining and whose shutdown takes ``shutdown_s``; its port."""
+    with subprocess.Popen([sys.executable, "-c", _SLOW_SERVER, str(grace_s), str(drain_s),
+                           str(shutdown_s)],
                           stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
@@ -499,6 +510,73 @@ def test_the_grace_period_ends_a_request_that_takes_too_long() -> None:
         assert proc.wait(10) == 0 and time.monotonic() - started < 5
         assert closed(busy)
         assert "app shutdown ran" in proc.stdout.read()  # type: ignore[union-attr]
+
+
+def get(client: Client, path: str) -> tuple[int, dict[str, str], bytes]:
+    client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return read_response(client)
+
+
+def test_a_drain_says_not_ready_and_keeps_answering_then_closes() -> None:
+    with slow_server(10, drain_s=1.5) as (proc, port), connect(port) as kept:
+        assert get(kept, "/readyz")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        # draining: readiness false at once, yet new and kept connections are answered and
+        # kept alive, so a load balancer moves away before anything is refused
+        with connect(port) as fresh:
+            status, headers, body = get(fresh, "/readyz")
+            assert (status, body, "connection" in headers) == (503, b"drain", False)
+            assert get(fresh, "/?0")[0] == 200
+        status, headers, _ = get(kept, "/?0")
+        assert status == 200 and "connection" not in headers
+        assert proc.poll() is None
+        # after the drain: the idle kept connection is closed, new ones are refused
+        assert closed(kept, 3.0)
+        with pytest.raises(OSError):
+            connect(port)
+        assert proc.wait(10) == 0
+        assert "app shutdown ran" in proc.stdout.read()  # type: ignore[union-attr]
+
+
+def test_a_request_running_past_the_drain_finishes_with_connection_close() -> None:
+    with slow_server(10, drain_s=0.5) as (proc, port), connect(port) as busy:
+        busy.sendall(b"GET /?1.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        status, headers, body = read_response(busy)
+        assert (status, body, headers["connection"]) == (200, b"done", "close")
+        assert proc.wait(10) == 0
+
+
+def test_the_grace_period_bounds_the_shutdown_after_the_drain() -> None:
+    with slow_server(1.0, drain_s=0.5) as (proc, port), connect(port) as busy:
+        busy.sendall(b"GET /?30 HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.2)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        # the drain, then the grace less the quarter kept for the app's shutdown, no more
+        assert 1.2 < time.monotonic() - started < 4
+        assert closed(busy)
+        assert "app shutdown ran" in proc.stdout.read()  # type: ignore[union-attr]
+
+
+def test_an_app_shutdown_that_hangs_is_cancelled_at_the_end_of_the_grace() -> None:
+    with slow_server(1.0, shutdown_s=60) as (proc, _):
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0 and time.monotonic() - started < 3
+        assert "app shutdown ran" in proc.stdout.read()  # type: ignore[union-attr]
+
+
+def test_a_second_ctrl_c_cuts_the_drain_short() -> None:
+    with slow_server(10, drain_s=30) as (proc, _):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0 and time.monotonic() - started < 3
 
 
 def _wait_listening(port: int) -> None:

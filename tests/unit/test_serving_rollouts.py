@@ -25,6 +25,7 @@ from modelyard.serving.calls import Call
 from modelyard.serving.dataplane import DataPlane, InferenceRequest
 from modelyard.serving.grpc_server import answer_metadata, metadata_scope
 from modelyard.serving.metrics import ServerMetrics
+from modelyard.serving.pools import Selection
 from modelyard.serving.rollouts import ActiveRollout, Rollouts, agrees, request_key
 
 pytestmark = pytest.mark.anyio
@@ -83,7 +84,7 @@ class FakeRunner:
 
 
 def rollouts() -> Rollouts:
-    catalog = SimpleNamespace(metrics=ServerMetrics(), predlog=None,
+    catalog = SimpleNamespace(metrics=ServerMetrics(), predlog=None, selection=Selection(),
                               options=SimpleNamespace(alias="production", poll_interval_s=1.0,
                                                       idle_unload_s=None))
     return Rollouts(catalog)  # type: ignore[arg-type]

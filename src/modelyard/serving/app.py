@@ -139,6 +139,11 @@ class App:
         """Whether preloading is done and no loaded version's device worker is down."""
         return self.plane.is_ready()
 
+    def drain(self) -> None:
+        """The server is stopping: ``/readyz`` (and OIP readiness) say not ready from now on,
+        while requests are still answered (see :func:`~modelyard.serving.httpserver.run`)."""
+        self.plane.drain()
+
     async def shutdown(self) -> None:
         """Stop gRPC and the loops, drain every runner, release threads and the registry."""
         if self._grpc is not None:

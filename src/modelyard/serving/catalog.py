@@ -6,6 +6,12 @@ loaded are loaded through the :class:`~modelyard.serving.cache.ModelCache`, on t
 in this process (``isolation: inline``) or in a device worker (``isolation: process``, see
 :mod:`modelyard.serving.supervisor`), as :func:`~modelyard.serving.runner.choose_isolation` says.
 What each loaded version costs is measured as it loads (:mod:`~modelyard.serving.footprint`).
+
+A server may serve some pools or models only (``--pool``, ``--models``): the snapshot's
+``models`` then holds those alone and ``elsewhere`` the pool of each other model, so every
+reader of the snapshot (preloading, the alias watcher, rollouts, monitoring) passes the others
+by, a request for one gets a 404 naming its pool (:meth:`Catalog.key_for`) and nothing loads a
+version of one (:meth:`Catalog._load`). :mod:`~modelyard.serving.pools` decides.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from modelyard.serving.footprint import Footprint
 from modelyard.serving.metrics import ServerMetrics, VersionMetrics
 from modelyard.serving.options import ServeOptions
 from modelyard.serving.overrides import tuned
+from modelyard.serving.pools import Placement, placement
 from modelyard.serving.runner import Runner, batch_policy, choose_isolation, estimate_memory
 from modelyard.spec import ServingSpec
 from modelyard.version_settings import VersionSettings
@@ -50,6 +57,15 @@ class Catalog:
         self.models: dict[str, dict[str, int]] = {}
         #: model name -> newest version number.
         self.latest: dict[str, int] = {}
+        #: the models this server serves (``--pool``, ``--models``; default: every one).
+        self.selection = options.selection
+        #: model name -> where its served (else newest) version serves, for every model.
+        self.placed: dict[str, Placement] = {}
+        #: model name -> its pool, for the models another server serves.
+        self.elsewhere: dict[str, str] = {}
+        #: whether the registry has been read once (the snapshot is complete).
+        self.has_read = False
+        self._placements: dict[Key, Placement] = {}  # versions are immutable: read once each
         #: model name -> the version its ``options.alias`` serves now (moved by the watcher).
         self.routes: dict[str, int] = {}
         #: model name -> why its alias's version is not the one served (it failed to load):
@@ -91,6 +107,9 @@ class Catalog:
     def key_for(self, name: str, version: int | None = None) -> Key:
         """``(name, version)`` for a request, or :class:`NotFoundError` naming what exists."""
         if name not in self.models:
+            pool = self.elsewhere.get(name)
+            if pool is not None:
+                raise NotFoundError(self.selection.refusal(name, pool))
             known = ", ".join(sorted(self.models)) or "none yet"
             raise NotFoundError(f"model '{name}' is not in the registry; models: {known}")
         if version is None:
@@ -115,6 +134,10 @@ class Catalog:
         :class:`ConflictError` with the reason when it cannot load (the caller then leaves the
         alias where it is); :class:`NotFoundError` for an unknown version.
         """
+        if not self.selection.everything:
+            record = await self.get_version_record(name, version)
+            if not self._serves_version(record):
+                return  # the pool that serves it checks it as it swaps to it
         try:
             await self.cache.get((name, version))
         except NotFoundError:
@@ -144,18 +167,52 @@ class Catalog:
         """``{version: bytes charged}`` for each loaded version of ``name``."""
         return {str(v): int(r.memory) for (n, v), r in self.cache.loaded() if n == name}
 
+    def placement_of(self, name: str) -> dict[str, Any]:
+        """Where ``name`` serves: its ``pool``, the ``device`` its serving section asks for
+        and, under ``devices``, the device each loaded version runs on."""
+        placed = self.placed.get(name)
+        return {"pool": None if placed is None else placed.pool,
+                "device": None if placed is None else placed.device,
+                "devices": {str(v): str(r.predictor.device) for (n, v), r in self.cache.loaded()
+                            if n == name}}
+
     def versions(self, name: str) -> list[int]:
         """Version numbers of ``name`` (from the snapshot)."""
         return list(range(1, self.latest.get(name, 0) + 1))
 
     # -- registry reads -------------------------------------------------------------------------
     async def read_registry(self) -> dict[str, dict[str, int]]:
-        """Read every model's aliases (on the registry thread) and update the snapshot."""
+        """Read every model's aliases and pool (on the registry thread) and update the
+        snapshot: ``models`` keeps the models this server serves, ``elsewhere`` the others."""
         loop = asyncio.get_running_loop()
         models = await loop.run_in_executor(self.io_pool, self.registry.list_models)
-        self.models = {m.name: dict(m.aliases) for m in models}
-        self.latest = {m.name: int(m.latest_version) for m in models}
+        aliases = {m.name: dict(m.aliases) for m in models}
+        latest = {m.name: int(m.latest_version) for m in models}
+        placed = await loop.run_in_executor(self.io_pool, self._place, aliases, latest)
+        selection = self.selection
+        served = {n for n in aliases
+                  if selection.serves(n, placed[n].pool if n in placed else None)}
+        self.models = {n: a for n, a in aliases.items() if n in served}
+        self.elsewhere = {n: p.pool for n, p in placed.items() if n not in served}
+        self.placed, self.latest, self.has_read = placed, latest, True
         return self.models
+
+    def _place(self, aliases: dict[str, dict[str, int]],
+               latest: dict[str, int]) -> dict[str, Placement]:
+        """Each model's placement: its served alias's version's, else its newest's (blocking:
+        the registry thread, which alone reads and fills the per-version memo)."""
+        alias, placed = self.options.alias, {}
+        for name, versions in aliases.items():
+            version = versions.get(alias) or latest.get(name, 0)
+            if not version:  # registered without a version: nothing to serve
+                continue
+            found = self._placements.get((name, version))
+            if found is None:
+                record = self.registry.get_version(name, version)
+                found = self._placements[(name, version)] = placement(
+                    record, self.options.serving_overrides)
+            placed[name] = found
+        return placed
 
     async def io(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """Run a blocking registry call on the registry thread, off the event loop."""
@@ -170,12 +227,24 @@ class Catalog:
     # -- loading --------------------------------------------------------------------------------
     async def _load(self, key: Key) -> Runner:
         record = await self.get_version_record(*key)
+        if not self._serves_version(record):
+            pool = self.elsewhere.get(record.model) or self._placement(record).pool
+            raise NotFoundError(self.selection.refusal(record.model, pool))
         loop = asyncio.get_running_loop()
         runner = await loop.run_in_executor(self.load_pool, self._open, record)
         if self.predlog is not None:
             self._check_log_key(runner.log_policy)
         runner.start()
         return runner
+
+    def _serves_version(self, record: Any) -> bool:
+        """Whether this server may load ``record``: every version of a model it serves, and a
+        version of another whose own placement is served here (a promotion moving it in)."""
+        return (self.selection.everything or record.model in self.models
+                or self.selection.serves(record.model, self._placement(record).pool))
+
+    def _placement(self, record: Any) -> Placement:
+        return placement(record, self.options.serving_overrides)
 
     def _check_log_key(self, policy: Any) -> None:
         """Warn once when a version hashes sensitive fields with the public built-in key."""

@@ -54,6 +54,24 @@ if TYPE_CHECKING:
               help="A YAML file of serving settings per model (batching, device, isolation, "
                    "sample_rate), over what each version registered; see the README's "
                    "'Serving' section.")
+@click.option("--pool", "pools", multiple=True, metavar="NAME",
+              help="Serve only the models of this pool (a model's serving.pool, else gpu or cpu "
+                   "by its device); repeat or comma-separate for more. Requests for other "
+                   "models get 404 naming the pool that serves them (default: every pool).")
+@click.option("--models", "models", multiple=True, metavar="A,B",
+              help="Serve only these models (comma-separated or repeated; with --pool: those "
+                   "of them in the pool).")
+@click.option("--drain", "drain_s", default=5.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(0, 3600),
+              help="Seconds to keep answering after SIGTERM while /readyz says 503 "
+                   "(draining), so load balancers stop sending here before the server stops "
+                   "accepting.")
+@click.option("--grace", "grace_s", default=30.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(0, 3600, min_open=True),
+              help="Seconds the rest of the shutdown may take after the drain: requests in "
+                   "flight finish and the prediction log flushes; past it what still runs is "
+                   "cancelled and the server exits. On Kubernetes set "
+                   "terminationGracePeriodSeconds to at least drain + grace.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.pass_context
@@ -61,7 +79,8 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
           idle_unload: str | None, preload: bool, workers: int, max_body: str,
           timeout_s: float, body_timeout_s: float,
           grpc_port: int | None, alias: str, prediction_log: str | None,
-          cors_origins: tuple[str, ...], model_config: str | None, log_level: str) -> None:
+          cors_origins: tuple[str, ...], model_config: str | None, pools: tuple[str, ...],
+          models: tuple[str, ...], drain_s: float, grace_s: float, log_level: str) -> None:
     """Serve every model with a production alias over REST and OIP v2 until stopped.
 
     Native REST: POST /v1/models/NAME/predict. Open Inference Protocol v2: /v2/... (REST, and
@@ -70,10 +89,15 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
 
     Mutations need a JSON body and are refused from other sites' pages; with MODELYARD_TOKEN
     set they also need 'Authorization: Bearer <token>'.
+
+    Stopping: on SIGTERM /readyz turns 503 at once and the server keeps answering for --drain
+    seconds, then stops accepting, finishes the requests in flight, flushes the prediction
+    log and exits within --grace seconds more (see deploy/lifecycle.md).
     """
     from modelyard.config import parse_duration
     from modelyard.serving import overrides
     from modelyard.serving.options import ServeOptions, parse_size
+    from modelyard.serving.pools import split_names
     from modelyard.serving.server import serve as run
 
     try:
@@ -87,7 +111,8 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
                                grpc_address=f"{host}:{grpc_port}" if grpc_port else None,
                                cors_origins=tuple(o for value in cors_origins
                                                   for o in value.replace(",", " ").split()),
-                               serving_overrides=tuned)
+                               serving_overrides=tuned, pools=split_names(pools),
+                               models=split_names(models), drain_s=drain_s, grace_s=grace_s)
     except ModelyardError as exc:
         raise click.UsageError(str(exc)) from None
     # Under the modelyard CLI the global --home/--db/--artifacts options name the registry.

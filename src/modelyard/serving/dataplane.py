@@ -128,6 +128,8 @@ class DataPlane:
         self.predlog: Any = None
         #: preloading is done (or was not asked for): ``/readyz`` may say ready.
         self.ready = False
+        #: the server is stopping (SIGTERM): not ready, though it still answers for a while.
+        self.draining = False
         self._settings = settings
         self._owns_registry = owns_registry
         self._preload: asyncio.Task[None] | None = None
@@ -300,8 +302,14 @@ class DataPlane:
 
     # -- readiness ------------------------------------------------------------------------------
     def is_ready(self) -> bool:
-        """Whether preloading is done and no loaded version's device worker is down."""
-        return self.ready and not self.catalog.unhealthy()
+        """Whether preloading is done, the server is not draining and no loaded version's
+        device worker is down."""
+        return self.ready and not self.draining and not self.catalog.unhealthy()
+
+    def drain(self) -> None:
+        """The server is stopping: say not ready from now on, so load balancers stop sending
+        here while requests are still answered (the server stops accepting later)."""
+        self.draining = True
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """``(ready, what /readyz says)``: ready once the served aliases are preloaded and
@@ -315,8 +323,11 @@ class DataPlane:
         would turn a monitoring outage into a serving one; the answer lists it under
         ``degraded`` with the log's counts, and ``modelyard_prediction_log_dropping`` is 1 for
         alerts. A served version unloaded after ``--idle-unload`` answers after a load: ready,
-        listed under ``idle``.
+        listed under ``idle``. Once :meth:`drain` is called it says ``draining`` (503).
+        ``serves`` names the pools and models this server serves, when not every one.
         """
+        if self.draining:
+            return False, {"status": "draining", **self._serves()}
         if not self.ready:
             return False, {"status": "loading"}
         down = self.catalog.unhealthy()
@@ -325,8 +336,13 @@ class DataPlane:
                            **self._log_detail()}
         stale = self.catalog.not_served_detail()
         idle = [f"{n}:{v}" for n, v in self.catalog.idle_unloaded()]
-        return True, {"status": "ready", **({"not_served": stale} if stale else {}),
+        return True, {"status": "ready", **self._serves(),
+                      **({"not_served": stale} if stale else {}),
                       **({"idle": idle} if idle else {}), **self._log_detail()}
+
+    def _serves(self) -> dict[str, Any]:
+        selection = self.catalog.selection
+        return {} if selection.everything else {"serves": selection.to_dict()}
 
     def _log_detail(self) -> dict[str, Any]:
         """What readiness says of a prediction log that is dropping (nothing when it is not)."""

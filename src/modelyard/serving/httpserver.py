@@ -1,29 +1,44 @@
 """Serve an ASGI app over HTTP/1.1 on a uvloop loop: bind, lifespan, signals, graceful stop.
 
 :func:`run` is one server process: the app's lifespan startup, then
-:class:`~modelyard.serving.connection.Connection` per client on the bound socket; on SIGTERM or
-SIGINT it stops accepting, closes idle keep-alive connections, lets the requests in flight
-finish within :data:`GRACE_S` (a second SIGINT cuts that short; SIGTERM, which a supervisor and
-a process group may both send, stays graceful), then runs the app's shutdown (the prediction
-log flushes there). Nothing here knows modelyard's app: any ASGI app runs.
+:class:`~modelyard.serving.connection.Connection` per client on the bound socket. On SIGTERM or
+SIGINT it stops the way a load balancer (a Kubernetes Service, HAProxy) needs, as
+:class:`Shutdown` says::
+
+    SIGTERM -> draining: on_drain() (the app's /readyz turns 503); still accepting and
+               answering for drain_s, so the balancer's health checks take it out
+            -> closing:  stop accepting; idle keep-alive connections close, busy ones answer
+               with "Connection: close"; the requests in flight finish
+            -> app shutdown (the prediction log flushes); exit
+
+Everything after the drain is bounded by ``grace_s``: the requests in flight get it less a
+reserve kept for the app's shutdown (a quarter, at most :data:`SHUTDOWN_RESERVE_S`); what still
+runs then is cancelled. A second SIGINT cuts the drain and the grace short; SIGTERM, which a
+supervisor and a process group may both send, stays graceful. Nothing here knows modelyard's
+app: any ASGI app runs, and ``on_drain`` is how the caller tells its app.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from modelyard.serving.connection import Connection, Limits, Shared
 
 log = logging.getLogger("modelyard.serving.server")
 
-#: seconds the requests in flight have to finish once a shutdown begins.
+#: seconds the shutdown after the drain may take: requests in flight, then the app's shutdown.
 GRACE_S = 30.0
+#: the most of the grace period kept for the app's shutdown (a quarter when that is less).
+SHUTDOWN_RESERVE_S = 5.0
 #: connections the kernel holds for us while the loop is busy.
 BACKLOG = 2048
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
@@ -57,10 +72,27 @@ def configure_logging(log_level: str) -> None:
     target.addHandler(handler)
 
 
+@dataclass(frozen=True)
+class Shutdown:
+    """How a server stops: answer ``drain_s`` seconds after ``on_drain`` is called, then take
+    at most ``grace_s`` seconds more (see the module's docstring)."""
+
+    drain_s: float = 0.0
+    grace_s: float = GRACE_S
+    #: called once as the drain starts (an app's readiness turns false); errors are logged.
+    on_drain: Callable[[], None] | None = None
+
+    def reserve(self) -> float:
+        """Seconds of the grace period kept for the app's shutdown."""
+        return min(SHUTDOWN_RESERVE_S, self.grace_s / 4)
+
+
 def run(app: Any, sock: socket.socket, limits: Limits | None = None, *,
-        grace_s: float = GRACE_S) -> int:
+        grace_s: float = GRACE_S, drain_s: float = 0.0,
+        on_drain: Callable[[], None] | None = None) -> int:
     """Serve the ASGI ``app`` on the bound ``sock`` until SIGTERM/SIGINT, on a uvloop loop;
-    the exit status (0, or :data:`STARTUP_FAILED`)."""
+    the exit status (0, or :data:`STARTUP_FAILED`). ``drain_s``, ``grace_s`` and ``on_drain``
+    shape the shutdown (:class:`Shutdown`)."""
     try:
         import uvloop
     except ImportError:  # not built for this platform (Windows): the standard loop serves too
@@ -69,29 +101,46 @@ def run(app: Any, sock: socket.socket, limits: Limits | None = None, *,
         loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        return loop.run_until_complete(_serve(app, sock, limits or Limits(), grace_s))
+        stop = Shutdown(drain_s=drain_s, grace_s=grace_s, on_drain=on_drain)
+        return loop.run_until_complete(_serve(app, sock, limits or Limits(), stop))
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         asyncio.set_event_loop(None)
         loop.close()
 
 
-async def _serve(app: Any, sock: socket.socket, limits: Limits, grace_s: float) -> int:
+class Signals:
+    """SIGTERM and SIGINT on the running loop: ``stopping`` once one came, ``forced`` once a
+    second SIGINT did (a second Ctrl+C means now)."""
+
+    def __init__(self) -> None:
+        self.stopping, self.forced = asyncio.Event(), asyncio.Event()
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Handle both signals on ``loop`` (where it can: the main thread, not Windows)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.on_signal, sig)
+            except (RuntimeError, ValueError, NotImplementedError):
+                log.debug("no handler for %s here: the embedding program stops the server", sig)
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        """SIGTERM repeats (a supervisor and a process group both send one) and stays
+        graceful; a second SIGINT cuts the drain and the grace short."""
+        if sig == signal.SIGINT and self.stopping.is_set():
+            self.forced.set()
+        self.stopping.set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when ``forced``."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.forced.wait(), seconds)
+
+
+async def _serve(app: Any, sock: socket.socket, limits: Limits, stop: Shutdown) -> int:
     loop = asyncio.get_running_loop()
-    stopping, forced = asyncio.Event(), asyncio.Event()
-
-    def on_signal(sig: signal.Signals) -> None:
-        # a second Ctrl+C cuts the grace period short; SIGTERM repeats (a supervisor and a
-        # process group both send one) and stays graceful
-        if sig == signal.SIGINT and stopping.is_set():
-            forced.set()
-        stopping.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, on_signal, sig)
-        except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, Windows
-            log.debug("no handler for %s here: the embedding program stops the server", sig)
+    signals = Signals()
+    signals.install(loop)
     lifespan = Lifespan(app)
     if not await lifespan.startup():
         return STARTUP_FAILED
@@ -101,21 +150,36 @@ async def _serve(app: Any, sock: socket.socket, limits: Limits, grace_s: float) 
     shared.start()
     log.info("startup complete: serving on http://%s:%d (process %d; Ctrl+C stops it)",
              *shared.server, os.getpid())  # type: ignore[misc]
-    await stopping.wait()
-    log.info("shutting down: no new connections; requests in flight have %g s", grace_s)
+    await signals.stopping.wait()
+    await _drain(stop, signals)
+    deadline = loop.time() + stop.grace_s
+    log.info("shutting down: no new connections; requests in flight have %g s",
+             stop.grace_s - stop.reserve())
     server.close()
     shared.close_idle()
-    await _drain(shared, grace_s, forced)
+    await _finish(shared, deadline - stop.reserve(), signals.forced)
     shared.stop()
-    await lifespan.shutdown()
+    await lifespan.shutdown(max(0.0, deadline - loop.time()))
     log.info("shutdown complete (process %d)", os.getpid())
     return 0
 
 
-async def _drain(shared: Shared, grace_s: float, forced: asyncio.Event) -> None:
-    """Wait until every connection has closed, the grace period ends or a second signal."""
+async def _drain(stop: Shutdown, signals: Signals) -> None:
+    """Tell the app (its readiness turns false), then keep serving for the drain delay."""
+    if stop.on_drain is not None:
+        try:
+            stop.on_drain()
+        except Exception:
+            log.exception("on_drain failed; draining anyway")
+    if stop.drain_s > 0 and not signals.forced.is_set():
+        log.info("draining: not ready, still answering for %g s so load balancers move away "
+                 "(process %d)", stop.drain_s, os.getpid())
+        await signals.sleep(stop.drain_s)
+
+
+async def _finish(shared: Shared, deadline: float, forced: asyncio.Event) -> None:
+    """Wait until every connection has closed, the deadline (loop time) or a second signal."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace_s
     while shared.connections and loop.time() < deadline and not forced.is_set():
         await asyncio.sleep(0.05)
     if shared.connections:
@@ -147,15 +211,25 @@ class Lifespan:
             return False
         return True
 
-    async def shutdown(self) -> None:
-        """Run the app's shutdown (flushes the prediction log) and wait for it."""
+    async def shutdown(self, timeout_s: float | None = None) -> None:
+        """Run the app's shutdown (flushes the prediction log) and wait for it, at most
+        ``timeout_s`` seconds (then it is cancelled)."""
         if self.task is None or self.task.done():
             return
+        try:
+            await asyncio.wait_for(self._shutdown(self.task), timeout_s)
+        except TimeoutError:
+            log.error("the app's shutdown did not finish within the grace period: cancelled")
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    async def _shutdown(self, task: asyncio.Task[None]) -> None:
         await self.inbox.put({"type": "lifespan.shutdown"})
         reply = await self.replies.get()
         if reply is not None and reply["type"] == "lifespan.shutdown.failed":
             log.error("shutdown failed: %s", reply.get("message"))
-        await self.task
+        await task
 
     async def _main(self) -> None:
         scope = {"type": "lifespan", "asgi": _ASGI, "state": {}}
@@ -168,4 +242,5 @@ class Lifespan:
             self.replies.put_nowait(None)
 
 
-__all__ = ["BACKLOG", "GRACE_S", "STARTUP_FAILED", "Lifespan", "bind", "configure_logging", "run"]
+__all__ = ["BACKLOG", "GRACE_S", "SHUTDOWN_RESERVE_S", "STARTUP_FAILED", "Lifespan", "Shutdown",
+           "Signals", "bind", "configure_logging", "run"]

@@ -52,18 +52,23 @@ class NativeAPI:
             plane.record(call, status)
 
     async def v1_models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /v1/models``: served models, their aliases and loaded versions; ``not_served``
-        says when the alias points at a version this server could not load, and why."""
+        """``GET /v1/models``: served models, their pool, device, aliases and loaded versions;
+        ``not_served`` says when the alias points at a version this server could not load, and
+        why. ``serves`` names the pools and models this server serves, ``elsewhere`` the pool
+        of each model another server serves."""
         catalog = self.plane.catalog
         loaded: dict[str, list[int]] = {}
         for (name, version), _ in catalog.cache.loaded():
             loaded.setdefault(name, []).append(version)
-        models = [{"name": n, "aliases": a, "served_version": catalog.routes.get(n),
+        models = [{"name": n, **catalog.placement_of(n), "aliases": a,
+                   "served_version": catalog.routes.get(n),
                    "loaded_versions": sorted(loaded.get(n, [])),
                    "memory_bytes": catalog.memory_of(n),
                    "not_served": catalog.not_served.get(n)}
                   for n, a in sorted(catalog.models.items())]
-        await respond(send, 200, orjson.dumps({"models": models}))
+        await respond(send, 200, orjson.dumps({
+            "models": models, "serves": catalog.selection.to_dict(),
+            "elsewhere": dict(sorted(catalog.elsewhere.items()))}))
 
 
 ROUTES: RouteTable = [

@@ -47,11 +47,13 @@ class OIPHandlers:
 
     # -- server ---------------------------------------------------------------------------------
     async def v2_server(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``GET /v2``: server name, version and extensions."""
+        """``GET /v2``: server name, version and extensions; ``parameters`` names the pools
+        and models it serves (null: every one)."""
         from modelyard import __version__
 
         await respond(send, 200, orjson.dumps(
-            {"name": "modelyard", "version": __version__, "extensions": v2.EXTENSIONS}))
+            {"name": "modelyard", "version": __version__, "extensions": v2.EXTENSIONS,
+             "parameters": self.catalog.selection.to_dict()}))
 
     async def v2_live(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /v2/health/live``."""
@@ -166,9 +168,12 @@ class OIPHandlers:
                               actor=actor)
 
     async def describe(self, name: str, version: str | None) -> dict[str, Any]:
-        """OIP model metadata for ``name`` (and version)."""
+        """OIP model metadata for ``name`` (and version); ``parameters`` says its pool and
+        device (see :meth:`Catalog.placement_of`)."""
         signature, flavor, outputs = await self._describe(name, version)
-        return v2.model_metadata(name, self.catalog.versions(name), signature, flavor, outputs)
+        doc = v2.model_metadata(name, self.catalog.versions(name), signature, flavor, outputs)
+        doc["parameters"] = self.catalog.placement_of(name)
+        return doc
 
     def is_ready(self, name: str, version: str | None) -> bool:
         """Whether the version a request would use is loaded and answering (404 for unknown)."""

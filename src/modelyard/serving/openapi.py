@@ -104,7 +104,9 @@ _V2_INFER_BODY = _obj(["inputs"], id=_STR, parameters=_OBJ,
 _V2_METADATA = _obj(
     ["name", "versions", "platform", "inputs", "outputs"], name=_STR,
     versions={"type": "array", "items": _STR}, platform=_STR,
-    inputs={"type": "array", "items": _TENSOR}, outputs={"type": "array", "items": _TENSOR})
+    inputs={"type": "array", "items": _TENSOR}, outputs={"type": "array", "items": _TENSOR},
+    parameters=_obj(["pool", "device"], pool=_OPT_STR, device=_OPT_STR,
+                    devices={"type": "object", "additionalProperties": _STR}))
 _V2_READY = _obj(["name", "ready"], name=_STR, ready=_BOOL)
 _V2_INDEX = {"type": "array", "items": _obj(["name", "version", "state", "reason"], name=_STR,
                                             version=_STR, state=_STR, reason=_STR)}
@@ -322,7 +324,12 @@ _STATUS = _obj(["status"], status=_STR)
 #: an alias moved to a version this server cannot load: which, what serves instead, and why.
 _NOT_SERVED = _obj(["version", "serving", "reason"], version=_INT, serving=_OPT_INT,
                    reason=_STR, since=_STR, retry_in_s=_NUM)
-_READYZ = _obj(["status"], status={"type": "string", "enum": ["ready", "loading", "degraded"]},
+#: the pools and models a server serves (null: every one; ``--pool``, ``--models``).
+_SERVES = _obj(["pools", "models"], pools={"type": ["array", "null"], "items": _STR},
+               models={"type": ["array", "null"], "items": _STR})
+_READYZ = _obj(["status"], status={"type": "string",
+                                   "enum": ["ready", "loading", "degraded", "draining"]},
+               serves=_SERVES,
                down={"type": "array", "items": _STR},
                degraded={"type": "array", "items": _STR}, prediction_log=_OBJ,
                idle={"type": "array", "items": _STR,
@@ -330,8 +337,14 @@ _READYZ = _obj(["status"], status={"type": "string", "enum": ["ready", "loading"
                                     "(name:version); each loads again on its next request"},
                not_served={"type": "array", "items": {**_NOT_SERVED, "required": [
                    "model", "alias", *_NOT_SERVED["required"]]}})
-_V1_MODELS = _obj(["models"], models={"type": "array", "items": _obj(
-    ["name", "aliases", "served_version", "loaded_versions", "not_served"], name=_STR,
+_V1_MODELS = _obj(["models", "serves", "elsewhere"], serves=_SERVES, elsewhere={
+    "type": "object", "additionalProperties": _STR,
+    "description": "the pool of each model another server serves"},
+    models={"type": "array", "items": _obj(
+    ["name", "pool", "device", "aliases", "served_version", "loaded_versions", "not_served"],
+    name=_STR, pool=_OPT_STR, device={**_OPT_STR, "description": "as its serving section asks"},
+    devices={"type": "object", "additionalProperties": _STR,
+             "description": "the device each loaded version (by number) runs on"},
     aliases={"type": "object", "additionalProperties": _INT}, served_version=_OPT_INT,
     loaded_versions={"type": "array", "items": _INT},
     memory_bytes={"type": "object", "additionalProperties": _INT,
@@ -354,7 +367,7 @@ OPENAPI: dict[str, Any] = {
             "Predict with one version", [_NAME, _VERSION, _SCORES]),
         "/v2": _get("OIP server metadata", None, _obj(
             ["name", "version", "extensions"], name=_STR, version=_STR,
-            extensions={"type": "array", "items": _STR})),
+            extensions={"type": "array", "items": _STR}, parameters=_SERVES)),
         "/v2/health/live": _get("Liveness", None, _obj(["live"], live=_BOOL)),
         "/v2/health/ready": {"get": {"summary": "Readiness (503 while preloading)",
                                      "responses": {"200": _json(_obj(["ready"], ready=_BOOL)),
@@ -383,13 +396,15 @@ OPENAPI: dict[str, Any] = {
                                                    "content": {"text/plain": {}}}}}},
         "/healthz": _get("Liveness", None, _STATUS),
         "/readyz": {"get": {
-            "summary": "Readiness: 503 until production aliases are loaded or while a device "
-                       "worker is down; a prediction log that drops what it is given stays 200 "
-                       "and is listed under degraded; not_served names aliases moved to a "
-                       "version that cannot load (the old one serves)",
+            "summary": "Readiness: 503 until production aliases are loaded, while a device "
+                       "worker is down or, after SIGTERM, while draining; a prediction log "
+                       "that drops what it is given stays 200 and is listed under degraded; "
+                       "not_served names aliases moved to a version that cannot load (the old "
+                       "one serves)",
             "responses": {code: _json(_READYZ, what) for code, what in (
                 ("200", "ready"),
-                ("503", "loading, or a device worker is down (the body names it)"))}}},
+                ("503", "loading, a device worker is down or draining (the body says "
+                        "which)"))}}},
         "/openapi.json": _get("This document"),
         "/docs": {"get": {"summary": "API reference page",
                           "responses": {"200": {"description": "HTML",

@@ -11,6 +11,7 @@ from typing import Any
 from modelyard.errors import ConfigError
 from modelyard.serving import overrides
 from modelyard.serving.cors import normalize_origin
+from modelyard.serving.pools import Selection
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
@@ -80,6 +81,16 @@ class ServeOptions:
     #: serving settings tuned at serve time, by model name (``"*"``: every model), over what
     #: each version registered (``--model-config``; see :mod:`~modelyard.serving.overrides`).
     serving_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: serve only the models of these pools (``--pool``; empty: every pool).
+    pools: tuple[str, ...] = ()
+    #: serve only these models (``--models``; empty: every model of the served pools).
+    models: tuple[str, ...] = ()
+    #: seconds a stopping server keeps answering after SIGTERM, ``/readyz`` saying 503
+    #: (draining), so load balancers stop sending before it stops accepting (``--drain``).
+    drain_s: float = 5.0
+    #: seconds the rest of a shutdown may take after the drain: requests in flight finish,
+    #: the prediction log flushes; past it what still runs is cancelled (``--grace``).
+    grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.max_memory is not None and self.max_memory <= 0:
@@ -112,6 +123,23 @@ class ServeOptions:
         if not self.retention_interval_s > 0:
             raise ConfigError("retention_interval_s must be > 0")
         object.__setattr__(self, "serving_overrides", overrides.check(self.serving_overrides))
+        self._check_lifecycle()
+
+    def _check_lifecycle(self) -> None:
+        """Pools, models, drain and grace (lists when the options come back from JSON)."""
+        if isinstance(self.pools, str) or isinstance(self.models, str):
+            raise ConfigError("pools and models must be lists of names, not one string")
+        Selection.of(self.pools, self.models)  # a malformed pool name is a ConfigError here
+        object.__setattr__(self, "pools", tuple(self.pools))
+        object.__setattr__(self, "models", tuple(self.models))
+        if not (0 <= self.drain_s <= 3600 and 0 < self.grace_s <= 3600):
+            raise ConfigError("drain_s must be 0 to 3600 seconds and grace_s more than 0, "
+                              "at most 3600")
+
+    @property
+    def selection(self) -> Selection:
+        """The models this server serves (``pools`` and ``models``)."""
+        return Selection.of(self.pools, self.models)
 
 
 __all__ = ["ServeOptions", "parse_size"]

@@ -180,7 +180,8 @@ class Rollouts(Poller):
         for d in changes.deployments:
             ident = (d.id, d.revision)
             if (self._seen.get(d.model) == ident or d.model in self._applying
-                    or now < self._failed.get(ident, 0.0)):
+                    or now < self._failed.get(ident, 0.0)
+                    or not await self._served_here(d.model)):
                 continue
             held = self.active.get(d.model)
             if held is not None and held.deployment.id == d.id and d.active and \
@@ -191,6 +192,17 @@ class Rollouts(Poller):
                 self._seen[d.model] = ident
                 continue
             self.spawn(self.apply(d))
+
+    async def _served_here(self, model: str) -> bool:
+        """Whether this server serves ``model`` (``--pool``, ``--models``): another pool's
+        rollout is that pool's to apply, and loading its versions here would be refused."""
+        catalog = self.catalog
+        if catalog.selection.everything:
+            return True
+        if not catalog.has_read or (model not in catalog.models
+                                    and model not in catalog.elsewhere):
+            await catalog.read_registry()  # registered since the last read
+        return model in catalog.models
 
     async def apply(self, d: Any) -> None:
         """Route ``d.model`` by deployment ``d``, or back by its alias once ``d`` has ended."""

@@ -60,7 +60,9 @@ def _start(host: str, port: int, settings: Settings, options: ServeOptions, work
     with bind(host, port) as sock:
         if workers > 1:
             return supervise(workers, sock, worker_config(settings, options, log_level))
-        return run(App(options=options, settings=settings), sock, limits_of(options))
+        app = App(options=options, settings=settings)
+        return run(app, sock, limits_of(options), drain_s=options.drain_s,
+                   grace_s=options.grace_s, on_drain=app.drain)
 
 
 __all__ = ["app_from_env", "serve"]

@@ -9,9 +9,11 @@ sockets hash connections to a worker, busy or not, and drop the ones queued on a
 closes). The parent only watches: a worker that dies is started again, after a pause that
 doubles with each quick death (0.5 s up to 30 s; a worker that lived a minute starts the count
 again); one that fails its app's startup stops the whole server, as it would fail again. SIGTERM
-or SIGINT to the parent stops accepting (its copy of the socket closes), sends SIGTERM to every
-worker, which drains as a single server does, and waits for them. A worker whose parent dies
-gets SIGTERM from the kernel (Linux), so none outlive it.
+or SIGINT to the parent closes its copy of the socket, sends SIGTERM to every worker, which
+drains as a single server does (``/readyz`` 503 at once, still accepting on its copy for
+``--drain``, then closing within ``--grace``), and waits for them, restarting none: a worker that
+exits meanwhile stays down. One still running ``drain + grace + 10`` seconds later is killed. A
+worker whose parent dies gets SIGTERM from the kernel (Linux), so none outlive it.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 from modelyard.config import Settings
 from modelyard.serving.app import App
 from modelyard.serving.connection import Limits
-from modelyard.serving.httpserver import GRACE_S, STARTUP_FAILED, configure_logging, run
+from modelyard.serving.httpserver import STARTUP_FAILED, configure_logging, run
 from modelyard.serving.metrics import MULTIPROCESS_ENV, shared_dir
 from modelyard.serving.options import ServeOptions
 
@@ -48,6 +50,8 @@ _WORKER = ("from modelyard.serving.server_workers import worker_main; "
 BACKOFF_S = (0.5, 30.0)
 #: a worker that lived this long has its quick-death count reset.
 STEADY_S = 60.0
+#: seconds past its drain and grace a stopping worker has before it is killed.
+KILL_AFTER_S = 10.0
 
 
 def supervise(count: int, sock: socket.socket, config: dict[str, Any]) -> int:
@@ -60,8 +64,10 @@ def supervise(count: int, sock: socket.socket, config: dict[str, Any]) -> int:
     env = {**os.environ, MULTIPROCESS_ENV: folder,
            _ENV: json.dumps(with_metrics_dir(config, folder)),
            _FD_ENV: str(sock.fileno()), _PARENT_ENV: str(os.getpid())}
+    options = ServeOptions(**config["options"])
     try:
-        return Supervisor(count, sock, env).run()
+        return Supervisor(count, sock, env,
+                          stop_s=options.drain_s + options.grace_s + KILL_AFTER_S).run()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -69,8 +75,11 @@ def supervise(count: int, sock: socket.socket, config: dict[str, Any]) -> int:
 class Supervisor:
     """Keeps ``count`` worker processes alive on one socket until told to stop."""
 
-    def __init__(self, count: int, sock: socket.socket, env: dict[str, str]) -> None:
+    def __init__(self, count: int, sock: socket.socket, env: dict[str, str], *,
+                 stop_s: float = 30.0 + KILL_AFTER_S) -> None:
         self.count = count
+        #: seconds the workers have to stop before the late ones are killed.
+        self.stop_s = stop_s
         self.sock = sock
         self.env = env
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
@@ -141,7 +150,7 @@ class Supervisor:
         for proc in self.workers.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + GRACE_S + 10
+        deadline = time.monotonic() + self.stop_s
         for slot, proc in self.workers.items():
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
@@ -157,7 +166,9 @@ def worker_main() -> int:
     _die_with_parent(int(os.environ.get(_PARENT_ENV, "0")))
     configure_logging(json.loads(os.environ.get(_ENV, "{}")).get("log_level", "info"))
     sock = socket.socket(fileno=int(os.environ[_FD_ENV]))
-    return run(app_from_env(), sock, limits_of(options_from_env()))
+    app, options = app_from_env(), options_from_env()
+    return run(app, sock, limits_of(options), drain_s=options.drain_s, grace_s=options.grace_s,
+               on_drain=app.drain)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -209,4 +220,5 @@ def _settings_dict(settings: Settings) -> dict[str, Any]:
             "store_timeout_s": settings.store_timeout_s}
 
 
-__all__ = ["Supervisor", "app_from_env", "limits_of", "supervise", "worker_config", "worker_main"]
+__all__ = ["KILL_AFTER_S", "Supervisor", "app_from_env", "limits_of", "supervise", "worker_config",
+           "worker_main"]
