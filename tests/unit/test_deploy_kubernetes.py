@@ -307,10 +307,6 @@ def test_the_control_commands_are_ones_the_cli_accepts(pools):
 def test_the_server_command_is_one_modelyard_serve_accepts(pools):
     from modelyard.serving.command import serve
 
-    options = {name for param in serve.params for name in getattr(param, "opts", ())}
-    if not {"--pool", "--drain", "--grace"} <= options:
-        pytest.skip("this tree's `modelyard serve` has no --pool/--drain/--grace yet "
-                    "(they come with the pools and lifecycle work)")
     files = render(pools, IMAGES, KubeOptions(grpc_port=8001, idle_unload="10m"))
     for name in ("modelyard-cpu", "modelyard-gpu", "modelyard-dev"):
         _parses(serve, container(find(files, "Deployment", name))["args"][1:])
