@@ -163,3 +163,27 @@ def test_the_home_defaults_to_lambdas_writable_folder(tmp_path: Path) -> None:
     assert aws_lambda.lambda_settings({}).home == Path("/tmp/modelyard")
     given = aws_lambda.lambda_settings({"MODELYARD_HOME": str(tmp_path)})
     assert given.home == tmp_path
+
+
+def test_the_function_serves_the_pools_and_models_its_environment_names() -> None:
+    assert aws_lambda.lambda_options({}).pools == ()
+    chosen = aws_lambda.lambda_options({"MODELYARD_POOL": "cpu, nlp",
+                                        "MODELYARD_MODELS": "fraud,churn"})
+    assert chosen.pools == ("cpu", "nlp") and chosen.models == ("fraud", "churn")
+
+
+def test_a_model_of_another_pool_gets_a_404_naming_its_pool(
+        trained: tuple[Path, Any], tmp_path: Path) -> None:
+    registry_home, _ = trained
+    settings = Settings.from_env(home=tmp_path / "scratch",
+                                 db_url=f"sqlite:///{registry_home / 'registry.db'}",
+                                 artifacts=str(registry_home / "artifacts"))
+    function = aws_lambda.LambdaServer(settings, aws_lambda.lambda_options(
+        {"MODELYARD_POOL": "gpu"}))
+    try:
+        answer = function(http_api_event("POST", "/v1/models/tabular/predict",
+                                         {"records": RECORDS}), CONTEXT)
+        assert answer["statusCode"] == 404
+        assert "'cpu' pool" in str(_json(answer))
+    finally:
+        function.close()

@@ -8,8 +8,10 @@ APIs), function URLs and ALB events all reach the same routes: ``/v1``, ``/v2``,
 
 Configuration is the server's environment, read once at that cold start: ``MODELYARD_DB`` (the
 shared registry), ``MODELYARD_ARTIFACTS`` (the store, with the AWS variables it needs),
-``MODELYARD_TOKEN``, ``MODELYARD_PREDICTION_LOG``. ``MODELYARD_HOME`` defaults to
-``/tmp/modelyard``, the one folder Lambda lets a function write.
+``MODELYARD_TOKEN``, ``MODELYARD_PREDICTION_LOG``, and which models the function serves:
+``MODELYARD_POOL`` and ``MODELYARD_MODELS`` (comma lists, as ``serve --pool`` and ``--models``
+take them; unset: every model). ``MODELYARD_HOME`` defaults to ``/tmp/modelyard``, the one
+folder Lambda lets a function write.
 
 Why not Mangum's own lifespan handling: it runs the app's startup and shutdown around every
 invocation, which would load every model for every request. Here Mangum runs with lifespan off
@@ -30,6 +32,7 @@ from modelyard.config import Settings
 from modelyard.errors import FrameworkMissingError
 from modelyard.serving.app import App, create_app
 from modelyard.serving.options import ServeOptions
+from modelyard.serving.pools import split_names
 
 #: where the registry's local files (unpacked artifacts) go when ``MODELYARD_HOME`` is unset:
 #: the only writable folder in a Lambda container.
@@ -69,7 +72,7 @@ class LambdaServer:
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> LambdaServer:
         """The server the function's environment describes (``MODELYARD_*``, ``AWS_*``)."""
-        return cls(lambda_settings(env))
+        return cls(lambda_settings(env), lambda_options(env))
 
     def __call__(self, event: dict[str, Any], context: Any) -> dict[str, Any]:
         """Answer one Lambda event; the prediction log is written before this returns."""
@@ -91,6 +94,12 @@ class LambdaServer:
 def lambda_settings(env: Mapping[str, str]) -> Settings:
     """The server's settings from the environment, its home under ``/tmp`` unless one is set."""
     return Settings.from_env(home=env.get("MODELYARD_HOME") or LAMBDA_HOME)
+
+
+def lambda_options(env: Mapping[str, str]) -> ServeOptions:
+    """What the function serves: ``MODELYARD_POOL`` and ``MODELYARD_MODELS``, comma lists."""
+    return ServeOptions(pools=split_names([env.get("MODELYARD_POOL", "")]),
+                        models=split_names([env.get("MODELYARD_MODELS", "")]))
 
 
 _server: LambdaServer | None = None
@@ -118,4 +127,4 @@ def close() -> None:
 
 
 __all__ = ["LAMBDA_HOME", "READY_TIMEOUT_S", "LambdaServer", "close", "handler",
-           "lambda_settings", "server"]
+           "lambda_options", "lambda_settings", "server"]
