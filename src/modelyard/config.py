@@ -4,6 +4,8 @@
 ``MODELYARD_DB``        SQLAlchemy URL of the registry database (default SQLite in the home)
 ``MODELYARD_ARTIFACTS`` artifact store: a folder or fsspec URL (default ``<home>/artifacts``)
 ``MODELYARD_ACTOR``     who is acting, recorded in the audit trail (default: the OS user)
+``MODELYARD_BAKED_ARTIFACTS`` a read-only folder of artifacts baked into a container image,
+                       read before the artifact store (``modelyard build --bake``; default none)
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class Settings:
     db_url: str
     artifacts: str
     actor: str
+    #: a read-only folder of artifact blobs baked into the image, read before ``artifacts``.
+    baked_artifacts: str | None = None
 
     @classmethod
     def from_env(
@@ -50,6 +54,7 @@ class Settings:
             db_url=db_url or env.get("MODELYARD_DB") or f"sqlite:///{home_path / 'registry.db'}",
             artifacts=artifacts or env.get("MODELYARD_ARTIFACTS") or str(home_path / "artifacts"),
             actor=actor or env.get("MODELYARD_ACTOR") or _os_user(),
+            baked_artifacts=env.get("MODELYARD_BAKED_ARTIFACTS") or None,
         )
 
     @property

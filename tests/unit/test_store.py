@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from modelyard.config import Settings
 from modelyard.errors import IntegrityError, StorageError
+from modelyard.registry import Registry
 from modelyard.store import (
+    BakedStore,
     FsspecStore,
     LocalStore,
     open_store,
@@ -260,3 +263,41 @@ def test_a_dangling_link_is_refused_when_packing(tmp_path):
     (folder / "gone.bin").symlink_to(tmp_path / "missing")
     with pytest.raises(StorageError, match="missing file"):
         pack_dir(folder, tmp_path / "a.tar")
+
+
+def test_a_baked_blob_is_read_before_the_shared_store_and_verified(tmp_path):
+    baked, shared = LocalStore(tmp_path / "baked"), LocalStore(tmp_path / "shared")
+    digest, _ = baked.put_file(_write(tmp_path / "a", b"baked weights"))
+    other, _ = shared.put_file(_write(tmp_path / "b", b"shared weights"))
+    store = open_store(tmp_path / "shared", baked=tmp_path / "baked")
+    assert isinstance(store, BakedStore)
+    assert store.get_file(digest, tmp_path / "got-a").read_bytes() == b"baked weights"
+    assert store.get_file(other, tmp_path / "got-b").read_bytes() == b"shared weights"
+    assert store.exists(digest) and store.exists(other)
+    (baked.root / digest[:2] / digest).write_bytes(b"tampered")
+    with pytest.raises(IntegrityError, match="digest mismatch"):
+        store.get_file(digest, tmp_path / "again")
+
+
+def test_the_baked_folder_is_never_written_or_deleted_from(tmp_path):
+    baked = LocalStore(tmp_path / "baked")
+    digest, _ = baked.put_file(_write(tmp_path / "a", b"baked"))
+    store = BakedStore(baked, LocalStore(tmp_path / "shared"))
+    new, _ = store.put_file(_write(tmp_path / "n", b"new"))
+    assert LocalStore(tmp_path / "shared").exists(new) and not baked.exists(new)
+    store.delete(digest)
+    assert baked.exists(digest)
+
+
+def test_a_registry_loads_a_baked_version_without_the_shared_store(tmp_path, artifact_dir,
+                                                                   monkeypatch):
+    with Registry.open(home=tmp_path / "home") as reg:
+        version = reg.register("m", artifact_dir(), flavor="python")
+        blob = reg.store.local_path(version.artifact_digest)
+        assert blob is not None
+        LocalStore(tmp_path / "baked").put_file(blob)
+        blob.unlink()  # the shared store no longer has it: only the baked copy remains
+    monkeypatch.setenv("MODELYARD_BAKED_ARTIFACTS", str(tmp_path / "baked"))
+    with Registry.open(Settings.from_env(home=tmp_path / "home")) as reg:
+        folder = reg.artifact_path(reg.get_version("m", 1))
+    assert (folder / "model.bin").read_text() == "weights"

@@ -120,7 +120,7 @@ class Registry:
         settings = settings or Settings.from_env(**overrides)
         db = Database(settings.db_url)
         db.migrate()
-        return cls(db, open_store(settings.artifacts), settings)
+        return cls(db, open_store(settings.artifacts, baked=settings.baked_artifacts), settings)
 
     def close(self) -> None:
         """Release database connections."""

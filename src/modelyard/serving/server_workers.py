@@ -205,7 +205,8 @@ def with_metrics_dir(config: dict[str, Any], folder: str) -> dict[str, Any]:
 
 def _settings_dict(settings: Settings) -> dict[str, Any]:
     return {"home": str(settings.home), "db_url": settings.db_url,
-            "artifacts": settings.artifacts, "actor": settings.actor}
+            "artifacts": settings.artifacts, "actor": settings.actor,
+            "baked_artifacts": settings.baked_artifacts}
 
 
 __all__ = ["Supervisor", "app_from_env", "limits_of", "supervise", "worker_config", "worker_main"]
