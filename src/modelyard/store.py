@@ -13,7 +13,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from modelyard.errors import IntegrityError, StorageError
@@ -99,10 +99,33 @@ def unpack(archive: Path, dest: Path) -> Path:
     """
     try:
         with tarfile.open(archive, "r") as tar:
-            tar.extractall(dest, filter="data")
+            if _DATA_FILTER:
+                tar.extractall(dest, filter="data")
+            else:
+                _extract_plain(tar, dest)
     except (tarfile.TarError, OSError) as exc:
         raise IntegrityError(f"artifact archive cannot be unpacked safely: {exc}") from None
     return dest
+
+
+#: whether this Python's tarfile has extraction filters (3.11.4+, 3.12); Debian 12's 3.11.2,
+#: the Python of a Debian-based image, does not.
+_DATA_FILTER = hasattr(tarfile, "data_filter")
+
+
+def _extract_plain(tar: tarfile.TarFile, dest: Path) -> None:
+    """Unpack without tarfile's filters: only plain files and folders, named inside ``dest``
+    (what :func:`pack_dir` writes), all checked before any is written; no owners or modes
+    are taken from the archive."""
+    members = tar.getmembers()
+    for member in members:
+        parts = PurePosixPath(member.name).parts
+        if not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"{member.name!r} is neither a file nor a folder")
+        if member.name.startswith("/") or ".." in parts:
+            raise tarfile.TarError(f"{member.name!r} would be written outside the folder")
+    for member in members:
+        tar.extract(member, dest, set_attrs=False)
 
 
 class LocalStore:
