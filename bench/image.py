@@ -45,7 +45,8 @@ from modelyard.testing.docker import Container, Dockerd, debian_python_image
 
 CACHE = Path(os.environ.get("MODELYARD_TEST_CACHE", "/tmp/modelyard-test-cache"))
 PG_ADMIN = os.environ.get("MODELYARD_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-PROJECT = "models:\n  tabular: {train: t.py:train, flavor: sklearn, data: {path: d.csv, target: y}}\n"
+PROJECT = ("models:\n"
+           "  tabular: {train: t.py:train, flavor: sklearn, data: {path: d.csv, target: y}}\n")
 BODY = json.dumps({"inputs": [[0.5] * 20]}).encode()
 # the image's ENTRYPOINT names its pool; before 'serve --pool' exists the server runs without it
 OVERRIDE: dict[str, object] = ({} if any(p.name == "pool" for p in serve.params) else
@@ -101,7 +102,7 @@ def one_run(dockerd: Dockerd, image: str, env: dict[str, str], volumes: tuple[st
 
 
 def summary(label: str, values: list[float]) -> str:
-    return (f"{label:<40} min {min(values):6.2f} s   median {statistics.median(values):6.2f} s"
+    return (f"{label:<50} min {min(values):6.2f} s   median {statistics.median(values):6.2f} s"
             f"   ({len(values)} runs)")
 
 
