@@ -15,7 +15,9 @@ host's network is timed from ``docker run`` to:
   answers (what a client sees from a scale-from-zero);
 
 once with the model read from the artifact store mounted into the container and once from the
-copy baked into the image (``--bake``). Prints min and median of each.
+copy baked into the image (``--bake``); and, side by side in the same rounds, ``modelyard
+serve`` as a plain process on the host, so the container's own share shows. Prints min and
+median of each.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from modelyard.config import Settings
@@ -40,7 +42,7 @@ from modelyard.deploy.image import BuildRequest, build_contexts
 from modelyard.registry import Registry
 from modelyard.serving.command import serve
 from modelyard.serving.process import free_port
-from modelyard.testing import register_hgb
+from modelyard.testing import ServerProcess, register_hgb
 from modelyard.testing.docker import Container, Dockerd, debian_python_image
 
 CACHE = Path(os.environ.get("MODELYARD_TEST_CACHE", "/tmp/modelyard-test-cache"))
@@ -101,8 +103,22 @@ def one_run(dockerd: Dockerd, image: str, env: dict[str, str], volumes: tuple[st
     return ready_s, cold_s
 
 
+def host_run(home: Path, env: dict[str, str]) -> tuple[float, float]:
+    """The same two times for ``modelyard serve`` as a plain process on the host: the
+    baseline that shows what the container itself adds."""
+    started = time.monotonic()
+    with ServerProcess(home, env=env, wait=False) as cold:
+        first_prediction(cold.url, time.monotonic() + 180)
+        cold_s = time.monotonic() - started
+    started = time.monotonic()
+    with ServerProcess(home, env=env, wait=False) as ready:
+        ready.wait_ready()
+        ready_s = time.monotonic() - started
+    return ready_s, cold_s
+
+
 def summary(label: str, values: list[float]) -> str:
-    return (f"{label:<50} min {min(values):6.2f} s   median {statistics.median(values):6.2f} s"
+    return (f"{label:<58} min {min(values):6.2f} s   median {statistics.median(values):6.2f} s"
             f"   ({len(values)} runs)")
 
 
@@ -138,14 +154,22 @@ def main() -> None:
                                        base).stdout)
         print(f"image {tag}: {size / 1e6:.0f} MB ({base_size / 1e6:.0f} MB of it the Debian "
               f"base with Python); built in {build_s:.0f} s with --network none")
-        modes = {"store mounted": ({"MODELYARD_DB": db_url, "MODELYARD_ARTIFACTS": "/artifacts",
-                                    "MODELYARD_BAKED_ARTIFACTS": ""},
-                                   (f"{work / 'artifacts'}:/artifacts:ro",)),
-                 "baked into the image": ({"MODELYARD_DB": db_url}, ())}
-        for mode, (env, volumes) in modes.items():
-            runs = [one_run(dockerd, tag, env, volumes) for _ in range(args.runs)]
+        store = {"MODELYARD_DB": db_url, "MODELYARD_ARTIFACTS": str(work / "artifacts")}
+        modes: dict[str, Callable[[], tuple[float, float]]] = {
+            "host process, no container": lambda: host_run(work / "host", store),
+            "container, store mounted": lambda: one_run(
+                dockerd, tag, {**store, "MODELYARD_ARTIFACTS": "/artifacts",
+                               "MODELYARD_BAKED_ARTIFACTS": ""},
+                (f"{work / 'artifacts'}:/artifacts:ro",)),
+            "container, baked into the image": lambda: one_run(
+                dockerd, tag, {"MODELYARD_DB": db_url}, ())}
+        times: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
+        for _ in range(args.runs):  # the modes take turns, so a busy moment hits them alike
+            for mode, run in modes.items():
+                times[mode].append(run())
+        for mode, runs in times.items():
             print(summary(f"start -> /readyz ({mode})", [r[0] for r in runs]))
-            print(summary(f"cold start -> first prediction ({mode})", [r[1] for r in runs]))
+            print(summary(f"start -> first prediction ({mode})", [r[1] for r in runs]))
     sys.stdout.flush()
 
 

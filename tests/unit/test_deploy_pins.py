@@ -7,8 +7,16 @@ import importlib.metadata
 import pytest
 from packaging.tags import Tag
 
-from modelyard.deploy.image import BASE_EXTRAS, FLAVOR_EXTRAS
+from modelyard.deploy.dockerfile import GPU_BASE
+from modelyard.deploy.image import (
+    BASE_EXTRAS,
+    FLAVOR_EXTRAS,
+    BuildRequest,
+    ModelyardWheel,
+    image_plan,
+)
 from modelyard.deploy.pins import Installed, Pin, installed, pin_closure
+from modelyard.deploy.plan import Pool
 from modelyard.deploy.wheelhouse import choose_wheels
 from modelyard.errors import ConfigError
 
@@ -89,3 +97,19 @@ def test_versions_compare_as_versions_not_text():
                                      "six-1.16.0-py3-none-any.whl"],
                                     [Tag("cp311", "cp311", "linux_x86_64"), *TAGS])
     assert len(chosen) == 2 and not missing
+
+
+def test_an_image_plan_pins_its_pools_extras_and_modelyard_itself(tmp_path):
+    own = ModelyardWheel(tmp_path / "modelyard-0.3.0-py3-none-any.whl", "0.3.0",
+                         tuple(REQUIRES), ("sklearn", "postgres", "torch"))
+    request = BuildRequest(project=tmp_path / "modelyard.yaml", out=tmp_path, tag="acme/yard")
+    cpu = image_plan(request, Pool("cpu", False, ("fraud",), ("sklearn",)), own,
+                     lookup=ENV.get)
+    assert cpu.tag == "acme/yard-cpu:0.3.0" and cpu.python == "python3"
+    assert cpu.base_image.startswith("python:3.") and cpu.base_image.endswith("-slim-bookworm")
+    assert [str(p) for p in cpu.pins] == [
+        "joblib==1.4.2", "modelyard==0.3.0", "numpy==2.1.0", "psycopg==3.2.3",
+        "psycopg-binary==3.2.3", "scikit-learn==1.5.2"]
+    gpu = image_plan(request, Pool("gpu", True, ("digits",), ("torch",)), own, lookup=ENV.get)
+    assert (gpu.base_image, gpu.python) == (GPU_BASE, "python3.11")
+    assert Pin("torch", "2.5.1+cpu") in gpu.pins and Pin("scikit-learn", "1.5.2") not in gpu.pins

@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING
 
 from modelyard.deploy import wheelhouse
 from modelyard.deploy.dockerfile import GPU_BASE, BakedVersion, ImagePlan, render_context
-from modelyard.deploy.pins import Pin, installed, pin_closure
+from modelyard.deploy.pins import Lookup, Pin, installed, pin_closure
 from modelyard.deploy.plan import Pool, plan_pools
 from modelyard.errors import ConfigError
 from modelyard.spec import Spec, load_project
+from modelyard.types import ArtifactStore
 
 if TYPE_CHECKING:
     from modelyard.registry import Registry
@@ -86,15 +87,54 @@ def build_contexts(request: BuildRequest,
     pools = _chosen(plan_pools(specs, _registered_flavors(specs, registry)), request.pools)
     baked = _baked_by_pool(request.bake, pools, registry)
     cache = request.wheel_cache or request.out / ".wheels"
+    contexts = []
     with tempfile.TemporaryDirectory(prefix="modelyard-wheel-") as tmp:
-        own = modelyard_wheel(Path(tmp))
-        requires, version, provided = _wheel_metadata(own)
-        unknown = sorted(set(request.extras) - set(provided))
+        own = ModelyardWheel.read(modelyard_wheel(Path(tmp)))
+        unknown = sorted(set(request.extras) - set(own.extras))
         if unknown:
             raise ConfigError(f"--extra {unknown[0]!r} is not an extra of modelyard; its "
-                              f"extras: {', '.join(provided)}")
-        return [_write_context(request, pool, own, requires, version, cache,
-                               baked.get(pool.name, ()), registry) for pool in pools]
+                              f"extras: {', '.join(own.extras)}")
+        for pool in pools:
+            plan = image_plan(request, pool, own, baked.get(pool.name, ()))
+            # a GPU pool's CUDA wheels cannot be fetched for this platform: fetch-wheels.sh does
+            others = [] if pool.gpu else [pin for pin in plan.pins if pin.name != "modelyard"]
+            wheels = [own.path, *wheelhouse.cached(others, cache).values()]
+            folder = request.out / pool.name
+            _write_context(folder, plan, wheels, registry.store if registry else None)
+            contexts.append(Context(pool=pool, folder=folder, tag=plan.tag, wheels=len(wheels),
+                                    ready=not pool.gpu,
+                                    baked=tuple(f"{b.model}:{b.version}" for b in plan.baked)))
+    return contexts
+
+
+def image_plan(request: BuildRequest, pool: Pool, own: ModelyardWheel,
+               baked: tuple[BakedVersion, ...] = (), lookup: Lookup = installed) -> ImagePlan:
+    """What ``pool``'s image is made of: its pins (modelyard's requirements with the extras of
+    the pool's flavors, as ``lookup`` finds them installed), base image and tag."""
+    pins = pin_closure(own.requires, _extras(pool, request.extras), lookup)
+    return ImagePlan(pool=pool, tag=f"{request.tag}-{pool.name}:{own.version}", baked=baked,
+                     pins=tuple(sorted([*pins, Pin("modelyard", own.version)])),
+                     base_image=request.gpu_base_image if pool.gpu else
+                     request.base_image or _default_base(),
+                     python="python3.11" if pool.gpu else "python3")
+
+
+@dataclass(frozen=True)
+class ModelyardWheel:
+    """modelyard's own wheel and what its METADATA says."""
+
+    path: Path
+    version: str
+    requires: tuple[str, ...]
+    extras: tuple[str, ...]
+
+    @classmethod
+    def read(cls, wheel: Path) -> ModelyardWheel:
+        with zipfile.ZipFile(wheel) as archive:
+            name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+            meta = email.parser.Parser().parsestr(archive.read(name).decode("utf-8"))
+        return cls(wheel, str(meta["Version"]), tuple(meta.get_all("Requires-Dist") or ()),
+                   tuple(meta.get_all("Provides-Extra") or ()))
 
 
 def modelyard_wheel(dest: Path) -> Path:
@@ -126,15 +166,6 @@ def _build_wheel(root: Path, dest: Path) -> Path:
         tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
         raise ConfigError(f"modelyard's own wheel could not be built from {root}: {tail}")
     return wheels[0]
-
-
-def _wheel_metadata(wheel: Path) -> tuple[list[str], str, list[str]]:
-    """A wheel's ``Requires-Dist`` lines, version and extras, from its METADATA."""
-    with zipfile.ZipFile(wheel) as archive:
-        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
-        meta = email.parser.Parser().parsestr(archive.read(name).decode("utf-8"))
-    return (list(meta.get_all("Requires-Dist") or []), str(meta["Version"]),
-            list(meta.get_all("Provides-Extra") or []))
 
 
 def _installed_version(name: str) -> str:
@@ -182,34 +213,26 @@ def _baked_by_pool(refs: Sequence[str], pools: Sequence[Pool],
     return {pool: tuple(dict.fromkeys(items)) for pool, items in baked.items()}
 
 
-def _write_context(request: BuildRequest, pool: Pool, own: Path, requires: list[str],
-                   version: str, cache: Path, baked: tuple[BakedVersion, ...],
-                   registry: Registry | None) -> Context:
-    extras = _extras(pool, request.extras)
-    pins = pin_closure(requires, extras, installed)
-    tag = f"{request.tag}-{pool.name}:{version}"
-    plan = ImagePlan(pool=pool, tag=tag, baked=baked,
-                     pins=tuple(sorted([*pins, Pin("modelyard", version)])),
-                     base_image=request.gpu_base_image if pool.gpu else
-                     request.base_image or _default_base(),
-                     python="python3.11" if pool.gpu else "python3")
-    folder = request.out / pool.name
+def _write_context(folder: Path, plan: ImagePlan, wheels: Sequence[Path],
+                   store: ArtifactStore | None) -> None:
+    """Write ``plan``'s files, its wheels and its baked blobs into ``folder`` (what an earlier
+    build left in ``wheelhouse/`` and ``baked/`` is removed first)."""
     for stale in ("wheelhouse", "baked"):
         shutil.rmtree(folder / stale, ignore_errors=True)
     (folder / "wheelhouse").mkdir(parents=True)
     for rel, text in render_context(plan).items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_text(text, encoding="utf-8")
-    if pool.gpu:  # CUDA wheels cannot be fetched for this platform here: fetch-wheels.sh does
+    if (folder / "fetch-wheels.sh").exists():
         (folder / "fetch-wheels.sh").chmod(0o755)
-    wheels = [own] if pool.gpu else [own, *wheelhouse.cached(pins, cache).values()]
     for wheel in wheels:
         shutil.copy2(wheel, folder / "wheelhouse" / wheel.name)
-    if baked:
-        assert registry is not None  # _baked_by_pool refused baking without one
-        _copy_baked(registry, baked, folder / "baked")
-    return Context(pool=pool, folder=folder, tag=tag, wheels=len(wheels), ready=not pool.gpu,
-                   baked=tuple(f"{b.model}:{b.version}" for b in baked))
+    for item in plan.baked:  # in a LocalStore's layout; get_file verifies the digest
+        if store is None:
+            raise ConfigError("--bake needs the registry the versions are in")
+        target = folder / "baked" / item.digest[:2] / item.digest
+        target.parent.mkdir(parents=True, exist_ok=True)
+        store.get_file(item.digest, target)
 
 
 def _extras(pool: Pool, more: Sequence[str]) -> list[str]:
@@ -222,13 +245,5 @@ def _default_base() -> str:
     return f"python:{sys.version_info.major}.{sys.version_info.minor}-slim-bookworm"
 
 
-def _copy_baked(registry: Registry, baked: Sequence[BakedVersion], dest: Path) -> None:
-    """Copy each version's blob in a LocalStore's layout; ``get_file`` verifies its digest."""
-    for item in baked:
-        target = dest / item.digest[:2] / item.digest
-        target.parent.mkdir(parents=True, exist_ok=True)
-        registry.store.get_file(item.digest, target)
-
-
-__all__ = ["BASE_EXTRAS", "FLAVOR_EXTRAS", "BuildRequest", "Context", "build_contexts",
-           "modelyard_wheel"]
+__all__ = ["BASE_EXTRAS", "FLAVOR_EXTRAS", "BuildRequest", "Context", "ModelyardWheel",
+           "build_contexts", "image_plan", "modelyard_wheel"]

@@ -70,7 +70,8 @@ class Dockerd:
                ) -> subprocess.CompletedProcess[str]:
         """Run ``docker ARGS`` against this daemon; a failure (with ``check``) is a
         :class:`ServerStartError` carrying docker's output."""
-        assert self.client is not None  # start() refused to run without one
+        if self.client is None:
+            raise ServerStartError("docker is not installed (apt-get install docker.io)")
         env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}", "DOCKER_BUILDKIT": "0",
                "DOCKER_CONFIG": str(self.root / "client")}
         done = subprocess.run([self.client, *args], capture_output=True, text=True, env=env,
