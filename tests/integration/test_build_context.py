@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from dockerfile_parse import DockerfileParser
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
 from modelyard.cli import main
@@ -53,3 +55,17 @@ def test_each_pool_gets_its_context_with_every_pinned_wheel(tmp_path: Path) -> N
     assert [p.name for p in (gpu_dir / "wheelhouse").iterdir()] == [
         wheels[canonicalize_name("modelyard")].name]  # the rest is fetch-wheels.sh's
     assert os.access(gpu_dir / "fetch-wheels.sh", os.X_OK)
+    _check_dockerfile(cpu_dir / "Dockerfile", "cpu")
+    _check_dockerfile(gpu_dir / "Dockerfile", "gpu")
+
+
+def _check_dockerfile(path: Path, pool: str) -> None:
+    """What every written Dockerfile must be, read back with a Dockerfile parser."""
+    parsed = DockerfileParser(fileobj=io.BytesIO(path.read_bytes()))
+    steps = [(i["instruction"], i["value"]) for i in parsed.structure]
+    assert [v for k, v in steps if k == "FROM"] == ["${BASE_IMAGE} AS builder",
+                                                     "${BASE_IMAGE} AS runtime"]
+    assert [v for k, v in steps if k == "USER"] == ["10001:10001"]
+    (entrypoint,) = [json.loads(v) for k, v in steps if k == "ENTRYPOINT"]
+    assert entrypoint[:2] == ["modelyard", "serve"] and entrypoint[-2:] == ["--pool", pool]
+    assert all("--no-index" in v for k, v in steps if k == "RUN" and "pip install" in v)

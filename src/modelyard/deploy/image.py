@@ -11,13 +11,14 @@ after verifying their digests, and writes the files.
 from __future__ import annotations
 
 import email.parser
+import importlib.util
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,7 +72,7 @@ class Context:
     wheels: int
     #: whether ``docker build`` can run now; a GPU context first needs ``fetch-wheels.sh``.
     ready: bool
-    baked: tuple[str, ...] = field(default=())
+    baked: tuple[str, ...] = ()
 
 
 def build_contexts(request: BuildRequest,
@@ -158,7 +159,10 @@ def _build_wheel(root: Path, dest: Path) -> Path:
             shutil.copy2(root / name, source / name)
     shutil.copytree(root / "src", source / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc"))
-    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+    # with setuptools here, build with it (no index needed); else pip fetches the backend
+    isolation = [] if importlib.util.find_spec("setuptools") is None else [
+        "--no-build-isolation"]
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation,
                "--disable-pip-version-check", "--quiet", "--wheel-dir", str(dest), str(source)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     wheels = sorted(dest.glob("modelyard-*.whl"))
