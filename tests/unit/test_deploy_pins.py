@@ -113,3 +113,12 @@ def test_an_image_plan_pins_its_pools_extras_and_modelyard_itself(tmp_path):
     gpu = image_plan(request, Pool("gpu", True, ("digits",), ("torch",)), own, lookup=ENV.get)
     assert (gpu.base_image, gpu.python) == (GPU_BASE, "python3.11")
     assert Pin("torch", "2.5.1+cpu") in gpu.pins and Pin("scikit-learn", "1.5.2") not in gpu.pins
+
+
+def test_the_wheel_is_built_offline_only_when_the_build_backend_is_installed(tmp_path):
+    from modelyard.deploy.image import _backend_installed
+
+    (tmp_path / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=1"]\n')
+    assert _backend_installed(tmp_path)
+    (tmp_path / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools>=999"]\n')
+    assert not _backend_installed(tmp_path)

@@ -11,11 +11,11 @@ after verifying their digests, and writes the files.
 from __future__ import annotations
 
 import email.parser
-import importlib.util
 import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -159,9 +159,9 @@ def _build_wheel(root: Path, dest: Path) -> Path:
             shutil.copy2(root / name, source / name)
     shutil.copytree(root / "src", source / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc"))
-    # with setuptools here, build with it (no index needed); else pip fetches the backend
-    isolation = [] if importlib.util.find_spec("setuptools") is None else [
-        "--no-build-isolation"]
+    # with the build backend installed here, build with it (no index needed); else pip
+    # fetches it into an isolated environment
+    isolation = ["--no-build-isolation"] if _backend_installed(root) else []
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation,
                "--disable-pip-version-check", "--quiet", "--wheel-dir", str(dest), str(source)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -170,6 +170,17 @@ def _build_wheel(root: Path, dest: Path) -> Path:
         tail = " ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
         raise ConfigError(f"modelyard's own wheel could not be built from {root}: {tail}")
     return wheels[0]
+
+
+def _backend_installed(root: Path) -> bool:
+    """Whether every ``[build-system] requires`` of the checkout is installed here."""
+    with open(root / "pyproject.toml", "rb") as fh:
+        needs = tomllib.load(fh).get("build-system", {}).get("requires", [])
+    try:
+        pin_closure(needs, [], installed, needed_by="the build backend")
+    except ConfigError:
+        return False
+    return True
 
 
 def _installed_version(name: str) -> str:
