@@ -13,7 +13,7 @@ import os
 import shutil
 import tarfile
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from modelyard.errors import IntegrityError, StorageError
@@ -119,13 +119,46 @@ def _extract_plain(tar: tarfile.TarFile, dest: Path) -> None:
     are taken from the archive."""
     members = tar.getmembers()
     for member in members:
-        parts = PurePosixPath(member.name).parts
         if not (member.isfile() or member.isdir()):
             raise tarfile.TarError(f"{member.name!r} is neither a file nor a folder")
-        if member.name.startswith("/") or ".." in parts:
+        if member.name.startswith("/") or ".." in member.name.split("/"):
             raise tarfile.TarError(f"{member.name!r} would be written outside the folder")
     for member in members:
         tar.extract(member, dest, set_attrs=False)
+
+
+class BakedStore:
+    """Blobs baked into a container image, read first; the shared store behind it for the rest.
+
+    ``modelyard build --bake`` copies chosen versions' blobs into the image under the same
+    ``<aa>/<digest>`` layout a :class:`LocalStore` uses, so a server on an air-gapped target loads
+    them without reaching the shared store. The baked folder is read-only: writes and deletes go
+    to the shared store, and a baked blob is verified by its digest on every read, like any other.
+    """
+
+    def __init__(self, baked: LocalStore, shared: LocalStore | FsspecStore) -> None:
+        self.baked = baked
+        self.shared = shared
+
+    def __repr__(self) -> str:
+        return f"BakedStore({self.baked!r}, {self.shared!r})"
+
+    def put_file(self, path: Path) -> tuple[str, int]:
+        return self.shared.put_file(path)
+
+    def get_file(self, digest: str, dest: Path) -> Path:
+        if self.baked.exists(digest):
+            return self.baked.get_file(digest, dest)
+        return self.shared.get_file(digest, dest)
+
+    def local_path(self, digest: str) -> Path | None:
+        return self.baked.local_path(digest) or self.shared.local_path(digest)
+
+    def exists(self, digest: str) -> bool:
+        return self.baked.exists(digest) or self.shared.exists(digest)
+
+    def delete(self, digest: str) -> None:
+        self.shared.delete(digest)
 
 
 class LocalStore:
@@ -238,49 +271,7 @@ class FsspecStore:
             self.fs.rm(key)
 
 
-class BakedStore:
-    """Blobs baked into a container image, read first; the shared store behind it for the rest.
-
-    ``modelyard build --bake`` copies chosen versions' blobs into the image under the same
-    ``<aa>/<digest>`` layout a :class:`LocalStore` uses, so a server on an air-gapped target loads
-    them without reaching the shared store. The baked folder is read-only: writes and deletes go
-    to the shared store, and a baked blob is verified by its digest on every read, like any other.
-    """
-
-    def __init__(self, baked: LocalStore, shared: LocalStore | FsspecStore) -> None:
-        self.baked = baked
-        self.shared = shared
-
-    def __repr__(self) -> str:
-        return f"BakedStore({self.baked!r}, {self.shared!r})"
-
-    def put_file(self, path: Path) -> tuple[str, int]:
-        return self.shared.put_file(path)
-
-    def get_file(self, digest: str, dest: Path) -> Path:
-        if self.baked.exists(digest):
-            return self.baked.get_file(digest, dest)
-        return self.shared.get_file(digest, dest)
-
-    def local_path(self, digest: str) -> Path | None:
-        return self.baked.local_path(digest) or self.shared.local_path(digest)
-
-    def exists(self, digest: str) -> bool:
-        return self.baked.exists(digest) or self.shared.exists(digest)
-
-    def delete(self, digest: str) -> None:
-        self.shared.delete(digest)
-
-
-def open_store(location: str | Path, *,
-               baked: str | Path | None = None) -> LocalStore | FsspecStore | BakedStore:
-    """A store for a local path or ``file://`` URL, or an fsspec URL for anything else; with
-    ``baked`` (a folder of blobs an image carries), that folder is read before it."""
-    shared = _open_one(location)
-    return shared if baked is None else BakedStore(LocalStore(baked), shared)
-
-
-def _open_one(location: str | Path) -> LocalStore | FsspecStore:
+def open_store(location: str | Path) -> LocalStore | FsspecStore:
     """A store for a local path or ``file://`` URL, or an fsspec URL for anything else."""
     text = str(location)
     if "://" not in text:
@@ -300,7 +291,6 @@ def _verify(path: Path, digest: str) -> None:
 
 
 __all__ = [
-    "BakedStore",
     "FsspecStore",
     "LocalStore",
     "digest_dir",

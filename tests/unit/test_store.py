@@ -282,8 +282,7 @@ def test_a_baked_blob_is_read_before_the_shared_store_and_verified(tmp_path):
     baked, shared = LocalStore(tmp_path / "baked"), LocalStore(tmp_path / "shared")
     digest, _ = baked.put_file(_write(tmp_path / "a", b"baked weights"))
     other, _ = shared.put_file(_write(tmp_path / "b", b"shared weights"))
-    store = open_store(tmp_path / "shared", baked=tmp_path / "baked")
-    assert isinstance(store, BakedStore)
+    store = BakedStore(baked, shared)
     assert store.get_file(digest, tmp_path / "got-a").read_bytes() == b"baked weights"
     assert store.get_file(other, tmp_path / "got-b").read_bytes() == b"shared weights"
     assert store.exists(digest) and store.exists(other)
