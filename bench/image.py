@@ -51,7 +51,8 @@ PROJECT = ("models:\n"
            "  tabular: {train: t.py:train, flavor: sklearn, data: {path: d.csv, target: y}}\n")
 BODY = json.dumps({"inputs": [[0.5] * 20]}).encode()
 # the image's ENTRYPOINT names its pool; before 'serve --pool' exists the server runs without it
-OVERRIDE: dict[str, object] = ({} if any(p.name == "pool" for p in serve.params) else
+POOL_FLAG = any("--pool" in getattr(param, "opts", ()) for param in serve.params)
+OVERRIDE: dict[str, object] = ({} if POOL_FLAG else
                                {"entrypoint": "modelyard", "args": ("serve", "--host", "0.0.0.0")})
 
 

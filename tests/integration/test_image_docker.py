@@ -45,7 +45,7 @@ models:
 ROW = {"inputs": [[0.5] * 20]}
 #: ``serve --pool`` comes with the pools work (issue 12, part 1). Until it is merged the image's
 #: ENTRYPOINT (which names the pool) cannot start, so the same server runs without the flag.
-POOL_FLAG = any(param.name == "pool" for param in serve.params)
+POOL_FLAG = any("--pool" in getattr(param, "opts", ()) for param in serve.params)
 OVERRIDE = {} if POOL_FLAG else {"entrypoint": "modelyard",
                                  "args": ("serve", "--host", "0.0.0.0")}
 
