@@ -9,6 +9,8 @@
 
 A remote store's endpoint, credentials and region come from where its own client looks (for S3:
 ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ``AWS_DEFAULT_REGION``...); see deploy/storage.md.
+``MODELYARD_BAKED_ARTIFACTS`` a read-only folder of artifacts baked into a container image,
+                       read before the artifact store (``modelyard build --bake``; default none)
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class Settings:
     actor: str
     #: seconds one try of a remote artifact store request may wait (connect, or between reads)
     store_timeout_s: float = 30.0
+    #: a read-only folder of artifact blobs baked into the image, read before ``artifacts``.
+    baked_artifacts: str | None = None
 
     @classmethod
     def from_env(
@@ -59,6 +63,7 @@ class Settings:
             artifacts=artifacts or env.get("MODELYARD_ARTIFACTS") or str(home_path / "artifacts"),
             actor=actor or env.get("MODELYARD_ACTOR") or _os_user(),
             store_timeout_s=30.0 if timeout is None else parse_duration(timeout),
+            baked_artifacts=env.get("MODELYARD_BAKED_ARTIFACTS") or None,
         )
 
     @property

@@ -108,10 +108,66 @@ def unpack(archive: Path, dest: Path) -> Path:
     """
     try:
         with tarfile.open(archive, "r") as tar:
-            tar.extractall(dest, filter="data")
+            if _DATA_FILTER:
+                tar.extractall(dest, filter="data")
+            else:
+                _extract_plain(tar, dest)
     except (tarfile.TarError, OSError) as exc:
         raise IntegrityError(f"artifact archive cannot be unpacked safely: {exc}") from None
     return dest
+
+
+#: whether this Python's tarfile has extraction filters (3.11.4+, 3.12); Debian 12's 3.11.2,
+#: the Python of a Debian-based image, does not.
+_DATA_FILTER = hasattr(tarfile, "data_filter")
+
+
+def _extract_plain(tar: tarfile.TarFile, dest: Path) -> None:
+    """Unpack without tarfile's filters: only plain files and folders, named inside ``dest``
+    (what :func:`pack_dir` writes), all checked before any is written; no owners or modes
+    are taken from the archive."""
+    members = tar.getmembers()
+    for member in members:
+        if not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"{member.name!r} is neither a file nor a folder")
+        if member.name.startswith("/") or ".." in member.name.split("/"):
+            raise tarfile.TarError(f"{member.name!r} would be written outside the folder")
+    for member in members:
+        tar.extract(member, dest, set_attrs=False)
+
+
+class BakedStore:
+    """Blobs baked into a container image, read first; the shared store behind it for the rest.
+
+    ``modelyard build --bake`` copies chosen versions' blobs into the image under the same
+    ``<aa>/<digest>`` layout a :class:`LocalStore` uses, so a server on an air-gapped target loads
+    them without reaching the shared store. The baked folder is read-only: writes and deletes go
+    to the shared store, and a baked blob is verified by its digest on every read, like any other.
+    """
+
+    def __init__(self, baked: LocalStore, shared: LocalStore | FsspecStore) -> None:
+        self.baked = baked
+        self.shared = shared
+
+    def __repr__(self) -> str:
+        return f"BakedStore({self.baked!r}, {self.shared!r})"
+
+    def put_file(self, path: Path) -> tuple[str, int]:
+        return self.shared.put_file(path)
+
+    def get_file(self, digest: str, dest: Path) -> Path:
+        if self.baked.exists(digest):
+            return self.baked.get_file(digest, dest)
+        return self.shared.get_file(digest, dest)
+
+    def local_path(self, digest: str) -> Path | None:
+        return self.baked.local_path(digest) or self.shared.local_path(digest)
+
+    def exists(self, digest: str) -> bool:
+        return self.baked.exists(digest) or self.shared.exists(digest)
+
+    def delete(self, digest: str) -> None:
+        self.shared.delete(digest)
 
 
 class LocalStore:

@@ -11,10 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from modelyard import store as store_module
 from modelyard.config import Settings
 from modelyard.errors import ConfigError, IntegrityError, StorageError
+from modelyard.registry import Registry
 from modelyard.store import (
     STORE_ATTEMPTS,
+    BakedStore,
     FsspecStore,
     LocalStore,
     open_store,
@@ -89,7 +92,11 @@ def test_pack_is_deterministic_regardless_of_mtimes_and_creation_order(tmp_path)
     assert sha256_file(pack_dir(two, tmp_path / "changed.tar")) != d1
 
 
-def test_pack_and_unpack_round_trip(tmp_path):
+@pytest.mark.parametrize("filters", [True, False], ids=["tar-filters", "no-tar-filters"])
+def test_pack_and_unpack_round_trip(tmp_path, filters, monkeypatch):
+    if filters and not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python's tarfile has no extraction filters")
+    monkeypatch.setattr(store_module, "_DATA_FILTER", filters)
     src = _model_folder(tmp_path / "src")
     out = unpack(pack_dir(src, tmp_path / "a.tar"), tmp_path / "out")
     assert [p.relative_to(out) for p in _files(out)] == [p.relative_to(src) for p in _files(src)]
@@ -189,7 +196,11 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile
     ],
     ids=["dotdot", "nested-dotdot", "symlink-abs", "symlink-out", "hardlink", "device"],
 )
-def test_unpack_rejects_malicious_members(tmp_path, member):
+@pytest.mark.parametrize("filters", [True, False], ids=["tar-filters", "no-tar-filters"])
+def test_unpack_rejects_malicious_members(tmp_path, member, filters, monkeypatch):
+    if filters and not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python's tarfile has no extraction filters")
+    monkeypatch.setattr(store_module, "_DATA_FILTER", filters)
     (tmp_path / "in").mkdir()
     archive = _tar_with(tmp_path / "in", member)
     dest = tmp_path / "deep" / "dest"
@@ -201,14 +212,18 @@ def test_unpack_rejects_malicious_members(tmp_path, member):
     assert not (dest / "dev").exists()
 
 
-def test_unpack_never_writes_to_an_absolute_path(tmp_path):
+@pytest.mark.parametrize("filters", [True, False], ids=["tar-filters", "no-tar-filters"])
+def test_unpack_never_writes_to_an_absolute_path(tmp_path, filters, monkeypatch):
+    if filters and not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python's tarfile has no extraction filters")
+    monkeypatch.setattr(store_module, "_DATA_FILTER", filters)
     target = Path(f"/tmp/modelyard-absolute-{uuid.uuid4().hex}.txt")
     (tmp_path / "in").mkdir()
     archive = _tar_with(tmp_path / "in", _member(str(target)))
     dest = tmp_path / "dest"
     try:
         unpack(archive, dest)
-    except tarfile.TarError:
+    except (tarfile.TarError, IntegrityError):
         pass  # refusing is fine too
     else:  # extracted, then only inside dest (the leading '/' is dropped)
         assert (dest / str(target).lstrip("/")).read_bytes() == b"evil"
@@ -302,3 +317,40 @@ def test_a_dangling_link_is_refused_when_packing(tmp_path):
     (folder / "gone.bin").symlink_to(tmp_path / "missing")
     with pytest.raises(StorageError, match="missing file"):
         pack_dir(folder, tmp_path / "a.tar")
+
+
+def test_a_baked_blob_is_read_before_the_shared_store_and_verified(tmp_path):
+    baked, shared = LocalStore(tmp_path / "baked"), LocalStore(tmp_path / "shared")
+    digest, _ = baked.put_file(_write(tmp_path / "a", b"baked weights"))
+    other, _ = shared.put_file(_write(tmp_path / "b", b"shared weights"))
+    store = BakedStore(baked, shared)
+    assert store.get_file(digest, tmp_path / "got-a").read_bytes() == b"baked weights"
+    assert store.get_file(other, tmp_path / "got-b").read_bytes() == b"shared weights"
+    assert store.exists(digest) and store.exists(other)
+    (baked.root / digest[:2] / digest).write_bytes(b"tampered")
+    with pytest.raises(IntegrityError, match="digest mismatch"):
+        store.get_file(digest, tmp_path / "again")
+
+
+def test_the_baked_folder_is_never_written_or_deleted_from(tmp_path):
+    baked = LocalStore(tmp_path / "baked")
+    digest, _ = baked.put_file(_write(tmp_path / "a", b"baked"))
+    store = BakedStore(baked, LocalStore(tmp_path / "shared"))
+    new, _ = store.put_file(_write(tmp_path / "n", b"new"))
+    assert LocalStore(tmp_path / "shared").exists(new) and not baked.exists(new)
+    store.delete(digest)
+    assert baked.exists(digest)
+
+
+def test_a_registry_loads_a_baked_version_without_the_shared_store(tmp_path, artifact_dir,
+                                                                   monkeypatch):
+    with Registry.open(home=tmp_path / "home") as reg:
+        version = reg.register("m", artifact_dir(), flavor="python")
+        blob = reg.store.local_path(version.artifact_digest)
+        assert blob is not None
+        LocalStore(tmp_path / "baked").put_file(blob)
+        blob.unlink()  # the shared store no longer has it: only the baked copy remains
+    monkeypatch.setenv("MODELYARD_BAKED_ARTIFACTS", str(tmp_path / "baked"))
+    with Registry.open(Settings.from_env(home=tmp_path / "home")) as reg:
+        folder = reg.artifact_path(reg.get_version("m", 1))
+    assert (folder / "model.bin").read_text() == "weights"

@@ -91,6 +91,7 @@ def main(ctx: click.Context, home: str | None, db: str | None, artifacts: str | 
 
 
 def _register() -> None:
+    from modelyard.cli.build_cmds import build
     from modelyard.cli.db_cmds import db
     from modelyard.cli.demo import demo
     from modelyard.cli.monitor_cmds import feedback, monitor
@@ -111,7 +112,7 @@ def _register() -> None:
     from modelyard.serving.command import serve
 
     for command in (init, train, models, versions, show, promote, rollback, deploy, rollout,
-                    history, runs, audit, predict, serve, monitor, feedback, demo):
+                    history, runs, audit, predict, serve, monitor, feedback, build, demo):
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)

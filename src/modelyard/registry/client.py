@@ -51,7 +51,7 @@ from modelyard.registry.tables import (
     RunRow,
     VersionRow,
 )
-from modelyard.store import digest_dir, open_store, pack_dir, unpack
+from modelyard.store import BakedStore, LocalStore, digest_dir, open_store, pack_dir, unpack
 from modelyard.types import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,9 @@ class Registry:
         settings = settings or Settings.from_env(**overrides)
         db = Database(settings.db_url)
         db.migrate()
-        store = open_store(settings.artifacts, timeout_s=settings.store_timeout_s)
-        return cls(db, store, settings)
+        shared = open_store(settings.artifacts, timeout_s=settings.store_timeout_s)
+        baked = settings.baked_artifacts  # an image's baked blobs, read before the shared store
+        return cls(db, BakedStore(LocalStore(baked), shared) if baked else shared, settings)
 
     def check_store(self) -> None:
         """Ask the artifact store once whether it answers, before work that needs it.

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
-              help="Port to listen on.")
+              envvar="MODELYARD_PORT", help="Port to listen on (env MODELYARD_PORT; an "
+              "image's health check asks the same port).")
 @click.option("--max-memory", default=None, metavar="SIZE",
               help="Evict least recently used versions when the loaded ones cost more than "
                    "this together, e.g. 4GiB; each is charged the memory its load measured "

@@ -217,7 +217,8 @@ def with_metrics_dir(config: dict[str, Any], folder: str) -> dict[str, Any]:
 def _settings_dict(settings: Settings) -> dict[str, Any]:
     return {"home": str(settings.home), "db_url": settings.db_url,
             "artifacts": settings.artifacts, "actor": settings.actor,
-            "store_timeout_s": settings.store_timeout_s}
+            "store_timeout_s": settings.store_timeout_s,
+            "baked_artifacts": settings.baked_artifacts}
 
 
 __all__ = ["KILL_AFTER_S", "Supervisor", "app_from_env", "limits_of", "supervise", "worker_config",
