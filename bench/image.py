@@ -40,7 +40,6 @@ from pathlib import Path
 from modelyard.config import Settings
 from modelyard.deploy.image import BuildRequest, build_contexts
 from modelyard.registry import Registry
-from modelyard.serving.command import serve
 from modelyard.serving.process import free_port
 from modelyard.testing import ServerProcess, register_hgb
 from modelyard.testing.docker import Container, Dockerd, debian_python_image
@@ -50,10 +49,6 @@ PG_ADMIN = os.environ.get("MODELYARD_TEST_PG", "postgresql://postgres@127.0.0.1:
 PROJECT = ("models:\n"
            "  tabular: {train: t.py:train, flavor: sklearn, data: {path: d.csv, target: y}}\n")
 BODY = json.dumps({"inputs": [[0.5] * 20]}).encode()
-# the image's ENTRYPOINT names its pool; before 'serve --pool' exists the server runs without it
-POOL_FLAG = any("--pool" in getattr(param, "opts", ()) for param in serve.params)
-OVERRIDE: dict[str, object] = ({} if POOL_FLAG else
-                               {"entrypoint": "modelyard", "args": ("serve", "--host", "0.0.0.0")})
 
 
 @contextlib.contextmanager
@@ -85,18 +80,16 @@ def first_prediction(url: str, deadline: float) -> None:
     raise TimeoutError("no prediction within the deadline")
 
 
-def one_run(dockerd: Dockerd, image: str, env: dict[str, str], volumes: tuple[str, ...],
-            ) -> tuple[float, float]:
+def one_run(dockerd: Dockerd, image: str, env: dict[str, str],
+            volumes: tuple[str, ...]) -> tuple[float, float]:
     """(docker run -> /readyz, docker run -> first prediction) of a fresh container, seconds."""
-    cold = Container(dockerd, image, port=free_port(), env=env, volumes=volumes,
-                     **OVERRIDE)  # type: ignore[arg-type]
+    cold = Container(dockerd, image, port=free_port(), env=env, volumes=volumes)
     try:
         first_prediction(cold.url, time.monotonic() + 180)
         cold_s = time.monotonic() - cold.started
     finally:
         cold.remove()
-    ready = Container(dockerd, image, port=free_port(), env=env, volumes=volumes,
-                      **OVERRIDE)  # type: ignore[arg-type]
+    ready = Container(dockerd, image, port=free_port(), env=env, volumes=volumes)
     try:
         ready_s = ready.wait_ready()
     finally:

@@ -69,3 +69,31 @@ def _check_dockerfile(path: Path, pool: str) -> None:
     (entrypoint,) = [json.loads(v) for k, v in steps if k == "ENTRYPOINT"]
     assert entrypoint[:2] == ["modelyard", "serve"] and entrypoint[-2:] == ["--pool", pool]
     assert all("--no-index" in v for k, v in steps if k == "RUN" and "pip install" in v)
+
+
+@pytest.mark.timeout(900)
+def test_kubernetes_manifests_run_the_images_just_built(tmp_path: Path) -> None:
+    from modelyard.deploy.kubernetes import documents
+
+    (tmp_path / "modelyard.yaml").write_text(PROJECT)
+    (tmp_path / "kube.yaml").write_text("namespace: shop\ndrain_s: 7\n")
+    out = tmp_path / "build"
+    result = CliRunner().invoke(main, [
+        "--home", str(tmp_path / "home"), "build", "--project", str(tmp_path / "modelyard.yaml"),
+        "--out", str(out), "--wheel-cache", str(CACHE / "wheels"), "--pool", "cpu",
+        "--tag", "registry.example/shop", "--kubernetes", "--kube-options",
+        str(tmp_path / "kube.yaml"), "--json"])
+    assert result.exit_code == 0, result.output
+    built = json.loads(result.output)
+    (cpu,) = built["contexts"]
+    manifests = Path(built["kubernetes"])
+    assert manifests == out / "kubernetes" and (manifests / "overlays" / "cpu").is_dir()
+    (deployment,) = [doc for doc in documents(
+        (manifests / "pools" / "cpu" / "server.yaml").read_text())
+        if doc["kind"] == "Deployment"]
+    server = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert server["image"] == cpu["image"] and cpu["image"].startswith("registry.example/shop-cpu:")
+    (overlay,) = documents((manifests / "overlays" / "cpu" / "kustomization.yaml").read_text())
+    assert overlay["namespace"] == "shop"
+    assert server["args"][server["args"].index("--drain") + 1] == "7"
+    assert not (manifests / "pools" / "gpu").exists()  # only the pools built

@@ -26,7 +26,6 @@ from modelyard.cli import main
 from modelyard.config import Settings
 from modelyard.errors import ServerStartError
 from modelyard.registry import Registry
-from modelyard.serving.command import serve
 from modelyard.serving.process import free_port
 from modelyard.testing import register_hgb
 from modelyard.testing.docker import Container, Dockerd, debian_python_image
@@ -43,11 +42,6 @@ models:
     data: {path: data.csv, target: y}
 """
 ROW = {"inputs": [[0.5] * 20]}
-#: ``serve --pool`` comes with the pools work (issue 12, part 1). Until it is merged the image's
-#: ENTRYPOINT (which names the pool) cannot start, so the same server runs without the flag.
-POOL_FLAG = any("--pool" in getattr(param, "opts", ()) for param in serve.params)
-OVERRIDE = {} if POOL_FLAG else {"entrypoint": "modelyard",
-                                 "args": ("serve", "--host", "0.0.0.0")}
 
 
 def _unavailable(reason: str) -> None:
@@ -153,7 +147,7 @@ def _serve_from_the_shared_store(dockerd: Dockerd, image: str, settings: Setting
         f"{artifacts}:/artifacts:ro",), env={"MODELYARD_DB": settings.db_url,
                                              "MODELYARD_ARTIFACTS": "/artifacts",
                                              # this run reads the store, not what is baked
-                                             "MODELYARD_BAKED_ARTIFACTS": ""}, **OVERRIDE)
+                                             "MODELYARD_BAKED_ARTIFACTS": ""})
     try:
         container.wait_ready()
         assert _predict(container)[0] == "1"
@@ -171,8 +165,7 @@ def _serve_from_the_shared_store(dockerd: Dockerd, image: str, settings: Setting
 
 
 def _serve_from_the_baked_version(dockerd: Dockerd, image: str, pg_url: str) -> None:
-    container = Container(dockerd, image, port=free_port(), env={"MODELYARD_DB": pg_url},
-                          **OVERRIDE)
+    container = Container(dockerd, image, port=free_port(), env={"MODELYARD_DB": pg_url})
     try:
         container.wait_ready()  # its artifact store is an empty folder: only the baked blob
         version, answer = _predict(container)

@@ -65,3 +65,17 @@ def test_the_flavor_of_an_unnamed_model_comes_from_its_newest_version(
     # the pools are planned (fresh lands in cpu); the unknown pool is refused after that
     line = one_error(build(tmp_path, project, "--pool", "edge"), 2)
     assert "its pools: cpu, gpu" in line
+
+
+def test_kubernetes_options_are_checked_before_any_build_work(tmp_path: Path,
+                                                              project: Path) -> None:
+    options = tmp_path / "kube.yaml"
+    options.write_text("namespace: shop\ndrain_s: soon\n")
+    line = one_error(build(tmp_path, project, "--kube-options", str(options)), 2)
+    assert "--kube-options needs --kubernetes" in line
+    line = one_error(build(tmp_path, project, "--kubernetes", "--kube-options", str(options)), 2)
+    assert "drain_s" in line and "integer" in line
+    options.write_text("namespace: shop\nreplicas: 3\n")
+    line = one_error(build(tmp_path, project, "--kubernetes", "--kube-options", str(options)), 2)
+    assert "replicas" in line
+    assert not (tmp_path / "out").exists()  # nothing was written

@@ -1,13 +1,19 @@
-"""``modelyard build``: a Docker build context per pool (Dockerfile, pinned wheels, bakes)."""
+"""``modelyard build``: a Docker build context per pool (Dockerfile, pinned wheels, bakes), and
+with ``--kubernetes`` the kustomize tree that runs those images."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from modelyard.cli.output import console, print_json, print_table
 from modelyard.cli.state import State, pass_state
+from modelyard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from modelyard.deploy.kube_options import KubeOptions
 
 
 @click.command("build")
@@ -32,11 +38,20 @@ from modelyard.cli.state import State, pass_state
               help="Another modelyard extra every image installs (e.g. grpc); repeat for more.")
 @click.option("--wheel-cache", default=None, type=click.Path(file_okay=False),
               help="Wheels kept between builds (default: OUT/.wheels).")
+@click.option("--kubernetes", is_flag=True,
+              help="Also write Kubernetes manifests for these images into OUT/kubernetes: a "
+                   "kustomize base and overlays cpu, gpu, dev, knative, prometheus-operator, "
+                   "kserve (deploy/kubernetes.md).")
+@click.option("--kube-options", default=None, metavar="FILE",
+              type=click.Path(dir_okay=False, exists=True),
+              help="YAML of the manifests' options: namespace, replicas, resources per pool, "
+                   "drain_s, grace_s, artifacts... (deploy/kubernetes.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the contexts as JSON.")
 @pass_state
 def build(state: State, project: str, out: str, pools: tuple[str, ...], bake: tuple[str, ...],
           base_image: str | None, gpu_base_image: str | None, tag: str,
-          extras: tuple[str, ...], wheel_cache: str | None, as_json: bool) -> None:
+          extras: tuple[str, ...], wheel_cache: str | None, kubernetes: bool,
+          kube_options: str | None, as_json: bool) -> None:
     """Write a Docker build context per pool: build each with no network, run anywhere.
 
     Each context holds a multi-stage Dockerfile, the pinned requirements of the pool's
@@ -52,12 +67,21 @@ def build(state: State, project: str, out: str, pools: tuple[str, ...], bake: tu
                            base_image=base_image, gpu_base_image=gpu_base_image or GPU_BASE,
                            tag=tag, extras=extras,
                            wheel_cache=Path(wheel_cache) if wheel_cache else None)
+    options = _kube_options(kubernetes, kube_options)
     contexts = build_contexts(request, state.registry)
+    manifests = None
+    if options is not None:
+        from modelyard.deploy.kubernetes import write_kubernetes
+
+        manifests = Path(out) / "kubernetes"
+        write_kubernetes([c.pool for c in contexts], manifests,
+                         images={c.pool.name: c.tag for c in contexts}, options=options)
     rows = [{"pool": c.pool.name, "gpu": c.pool.gpu, "models": list(c.pool.models),
              "flavors": list(c.pool.flavors), "context": str(c.folder), "image": c.tag,
              "wheels": c.wheels, "baked": list(c.baked), "ready": c.ready} for c in contexts]
     if as_json:
-        print_json(rows)
+        print_json(rows if manifests is None else {"contexts": rows,
+                                                    "kubernetes": str(manifests)})
         return
     print_table(["pool", "models", "context", "image", "wheels", "baked"],
                 [[c.pool.name, ", ".join(c.pool.models), str(c.folder), c.tag, c.wheels,
@@ -68,6 +92,21 @@ def build(state: State, project: str, out: str, pools: tuple[str, ...], bake: tu
             out_console.print(f"{c.pool.name}: first run {c.folder}/fetch-wheels.sh and build "
                               f"its base from {c.folder}/base.Dockerfile (see deploy/docker.md)")
         out_console.print(f"docker build --network none -t {c.tag} {c.folder}")
+    if manifests is not None:
+        out_console.print(f"kubectl apply -k {manifests}/overlays/gpu   (or cpu, dev, knative, "
+                          f"...; create the Secret first: {manifests}/README.md)")
+
+
+def _kube_options(kubernetes: bool, path: str | None) -> KubeOptions | None:
+    """The manifests' options when ``--kubernetes`` asks for them; checked before any build
+    work, so a bad options file fails at once."""
+    if path is not None and not kubernetes:
+        raise ConfigError("--kube-options needs --kubernetes")
+    if not kubernetes:
+        return None
+    from modelyard.deploy.kube_options import KubeOptions
+
+    return KubeOptions() if path is None else KubeOptions.load(path)
 
 
 __all__ = ["build"]

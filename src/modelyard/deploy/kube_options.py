@@ -10,8 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from modelyard.errors import ConfigError
 
@@ -32,6 +35,10 @@ SECRET_NAME = "modelyard-secrets"
 CONFIG_NAME = "modelyard-config"
 
 
+#: options files name only fields that exist: a typo is an error, not a silent default
+_FORBID = ConfigDict(extra="forbid")
+
+
 @dataclass(frozen=True)
 class Resources:
     """CPU and memory one server container asks for.
@@ -40,6 +47,8 @@ class Resources:
     cannot keep; CPU has no limit unless one is given, since throttling a server mid-request
     costs more latency than it saves.
     """
+
+    __pydantic_config__ = _FORBID
 
     cpu: str = "1"
     memory: str = "2Gi"
@@ -123,6 +132,34 @@ class KubeOptions:
     uid: int = 10001
     #: Knative's concurrency target per pod before it adds one.
     knative_target: int = 10
+
+    __pydantic_config__ = _FORBID
+
+    @classmethod
+    def load(cls, path: str | Path) -> KubeOptions:
+        """Options from a YAML file of these fields (``namespace: shop``, ``resources: {gpu:
+        {cpu: "8", memory: 32Gi}}``); a missing, unknown or mistyped field is a ConfigError
+        naming it."""
+        import yaml
+
+        file = Path(path)
+        try:
+            raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read the Kubernetes options {file}: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{file}: write a mapping of options, e.g. 'namespace: shop'")
+        return cls.of(raw, where=str(file))
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any], *, where: str = "options") -> KubeOptions:
+        """Options from a mapping of these fields, checked as :meth:`load` says."""
+        try:
+            return TypeAdapter(cls).validate_python(dict(raw))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = ".".join(str(part) for part in err["loc"])
+            raise ConfigError(f"{where}: {name}: {err['msg']}") from None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resources", _frozen(self.resources))
