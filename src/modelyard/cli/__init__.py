@@ -23,6 +23,7 @@ purpose are caught in one place, :meth:`_Main.invoke`, and printed as one line
 13    a framework failed while saving, loading or predicting
 14    monitoring has too little data yet
 15    a server could not answer now (a full queue, a timeout): retry
+16    a batch row failed validation under ``batch --on-error fail``
 130   interrupted
 ====  ==============================================================
 
