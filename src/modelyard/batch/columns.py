@@ -54,6 +54,12 @@ def from_arrow(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     kind = column.type
+    if pa.types.is_fixed_size_list(kind) and not column.null_count and \
+            not column.flatten().null_count and len(column):
+        values = from_arrow(column.flatten())  # a tensor column: one more axis
+        if values.dtype.kind in "fiub":
+            # a copy: Arrow's memory is read-only, and frameworks (torch) want to own theirs
+            return np.array(values.reshape(len(column), kind.list_size, *values.shape[1:]))
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or \
             pa.types.is_fixed_size_list(kind):
         return from_values(column.to_pylist())

@@ -13,7 +13,7 @@ the registry as a ``batch`` run; sampled rows go to the prediction log as varian
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +80,8 @@ class ChunkDone:
     #: totals over the whole output so far, resumed chunks included
     total_rows: int
     total_errors: int
+    #: the input's row count, when the source knows it cheaply (Parquet metadata)
+    expected: int | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class BatchSummary:
     #: chunks an earlier run had finished, which this one skipped
     resumed_chunks: int
     duration_s: float
-    #: rows this run scored (good and bad) per second of its own time
+    #: rows this run scored (good and bad) per second of its chunk loop (reading, validating,
+    #: predicting, writing; not loading the model)
     rows_per_s: float = 0.0
     logged: int = 0
 
@@ -175,6 +178,8 @@ class _Run:
     started: float = field(default_factory=time.perf_counter)
     run_id: str | None = None
     logged: int = 0
+    #: seconds spent in the chunk loop (reading, scoring, writing): what the rate divides by
+    loop_s: float = 0.0
 
     def execute(self, on_chunk: Callable[[ChunkDone], None] | None) -> BatchSummary:
         predictor = _load(self.version, self.registry, self.job.device)
@@ -185,8 +190,10 @@ class _Run:
                                          trigger=self.job.trigger, details=self._details(None))
         self.run_id = record.id
         manifest, scored = self.start.manifest, 0
+        looped = time.perf_counter()
         try:
             manifest, scored = self._loop(scorer, manifest, on_chunk, predlog, policy)
+            self.loop_s = time.perf_counter() - looped
         except BaseException as exc:  # recorded as failed, then raised as it was
             reason = str(exc) if isinstance(exc, ModelyardError) else \
                 f"{type(exc).__name__}: {exc}"
@@ -205,7 +212,7 @@ class _Run:
               policy: LogPolicy | None) -> tuple[Manifest, int]:
         chunk_rows, scored = manifest.chunk_rows, 0
         wanted = needed_columns(self.version.get_signature(), self.job.key)
-        index = self.start.skip_chunks
+        index, expected = self.start.skip_chunks, self.source.count_rows()
         for columns in self.source.chunks(wanted, chunk_rows, skip=index):
             rows = len(columns[wanted[0]])
             done = scorer.score(columns, rows, index * chunk_rows)
@@ -219,7 +226,8 @@ class _Run:
                 _sample(predlog, policy, done, self.job.log_sample)
             self.registry.beat_run(str(self.run_id))
             if on_chunk is not None:
-                on_chunk(ChunkDone(index, rows - bad, bad, manifest.rows, manifest.errors))
+                on_chunk(ChunkDone(index, rows - bad, bad, manifest.rows, manifest.errors,
+                                   expected))
             index += 1
         return manifest, scored
 
@@ -246,10 +254,8 @@ class _Run:
             self.start.manifest.chunk_rows, "resumed_chunks": self.start.skip_chunks,
             "engine": self.job.engine}
         if manifest is not None:
-            elapsed = time.perf_counter() - self.started
             out.update(rows=manifest.rows, errors=manifest.errors, chunks=manifest.chunks_done,
-                       rows_per_s=round(scored / elapsed, 1) if elapsed > 0 else 0.0,
-                       logged=self.logged)
+                       rows_per_s=self._rate(scored), logged=self.logged)
         return out
 
     def _finish(self, status: str, manifest: Manifest, scored: int,
@@ -269,8 +275,10 @@ class _Run:
             self.run_id, self.version.model, self.version.version, status,
             self.source.description, manifest.input_fingerprint, self.sink.description,
             self.sink.errors_location, manifest.rows, manifest.errors, manifest.chunks_done,
-            self.start.skip_chunks, round(elapsed, 3),
-            round(scored / elapsed, 1) if elapsed > 0 else 0.0, self.logged)
+            self.start.skip_chunks, round(elapsed, 3), self._rate(scored), self.logged)
+
+    def _rate(self, scored: int) -> float:
+        return round(scored / self.loop_s, 1) if self.loop_s > 0 else 0.0
 
 
 def _load(version: ModelVersion, registry: Registry, device: str | None) -> Predictor:

@@ -109,7 +109,7 @@ class ChunkScorer:
         try:
             self.inputs.prepare(inputs)
         except InputError as exc:
-            return str(exc)
+            return _reason(exc)
         return None
 
     def _errors(self, carried: Columns, bad: list[tuple[int, str]], first_row: int
@@ -123,6 +123,15 @@ class ChunkScorer:
         columns[ROW_COLUMN] = pa.array(where + first_row)
         columns[ERROR_COLUMN] = pa.array([reason for _, reason in bad], pa.string())
         return pa.table(columns).replace_schema_metadata(self._meta)
+
+
+def _reason(exc: InputError) -> str:
+    """The server's reason for refusing one row, without the position inside the check (always
+    0: the row's own number is in the error table)."""
+    if not exc.errors:
+        return str(exc)
+    parts = [f"{e['loc'][0] if e.get('loc') else 'input'}: {e['msg']}" for e in exc.errors[:5]]
+    return "; ".join(parts)
 
 
 __all__ = ["ChunkScorer", "ScoredChunk"]

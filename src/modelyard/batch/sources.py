@@ -36,8 +36,10 @@ LINE_ERROR = "__line_error__"
 class Source(Protocol):
     """Rows to score, in a fixed order, a chunk at a time."""
 
-    #: what it reads, for messages and the run record
-    description: str
+    @property
+    def description(self) -> str:
+        """What it reads, for messages and the run record."""
+        ...
 
     def columns(self) -> list[str]:
         """The column names the input has."""
@@ -66,7 +68,7 @@ def open_source(spec: str | Sequence[str], *, sql_url: str | None = None,
     if len(specs) == 1 and specs[0].startswith(SQL_PREFIX):
         if not sql_url:
             raise ConfigError("--input sql:... needs --sql-db URL (a SQLAlchemy database URL)")
-        return SqlSource(sql_url, specs[0][len(SQL_PREFIX):].strip())
+        return SqlSource(sql_url, specs[0][len(SQL_PREFIX):].strip().rstrip(";"))
     return FileSource.open(specs, file_format)
 
 
@@ -309,6 +311,9 @@ class SqlSource:
     def chunks(self, columns: Sequence[str], chunk_rows: int, skip: int = 0
                ) -> Iterator[Columns]:
         engine = self._engine()
+        if engine.dialect.name == "sqlite":
+            yield from self._pages(engine, columns, chunk_rows, skip)
+            return
         try:
             with engine.connect() as conn:
                 result = conn.execution_options(stream_results=True,
@@ -321,6 +326,29 @@ class SqlSource:
                         yield {c: from_values([r[i] for r in rows])
                                for c, i in zip(columns, where, strict=True)}
                     index += 1
+        finally:
+            engine.dispose()
+
+    def _pages(self, engine: Any, columns: Sequence[str], chunk_rows: int, skip: int
+               ) -> Iterator[Columns]:
+        """SQLite: a page per chunk, each read in its own short transaction, because a reader
+        left open would lock out the writes of an output in the same file."""
+        from sqlalchemy import text
+
+        paged = text(f"SELECT * FROM ({self.query}) LIMIT :limit OFFSET :offset")
+        index = skip
+        try:
+            while True:
+                with engine.connect() as conn:
+                    result = conn.execute(paged, {"limit": chunk_rows,
+                                                  "offset": index * chunk_rows})
+                    where = [list(result.keys()).index(c) for c in columns]
+                    rows = result.fetchall()
+                if not rows:
+                    return
+                yield {c: from_values([r[i] for r in rows])
+                       for c, i in zip(columns, where, strict=True)}
+                index += 1
         finally:
             engine.dispose()
 

@@ -92,6 +92,7 @@ def main(ctx: click.Context, home: str | None, db: str | None, artifacts: str | 
 
 
 def _register() -> None:
+    from modelyard.cli.batch_cmds import batch
     from modelyard.cli.db_cmds import db
     from modelyard.cli.demo import demo
     from modelyard.cli.monitor_cmds import feedback, monitor
@@ -116,6 +117,7 @@ def _register() -> None:
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)
+    main.add_command(batch)
 
 
 _register()
