@@ -12,12 +12,13 @@ the registry as a ``batch`` run; sampled rows go to the prediction log as varian
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from modelyard.batch.columns import check_columns, needed_columns
+from modelyard.batch.columns import Columns, check_columns, needed_columns
 from modelyard.batch.plan import Manifest, OnError, Start, decide_start
 from modelyard.batch.scorer import ChunkScorer, ScoredChunk
 from modelyard.batch.sinks import Sink, open_sink
@@ -158,7 +159,7 @@ def run_local(job: BatchJob, registry: Registry,
     start = decide_start(sink.read_manifest(), wanted, restart=job.restart)
     run = _Run(job, registry, version, source, sink, start)
     if start.action == "complete":
-        return run.summary("succeeded", start.manifest, 0)
+        return run.summary("succeeded", start.manifest)
     return run.execute(on_chunk)
 
 
@@ -180,6 +181,8 @@ class _Run:
     logged: int = 0
     #: seconds spent in the chunk loop (reading, scoring, writing): what the rate divides by
     loop_s: float = 0.0
+    #: rows this run read (answered and refused), not counting resumed chunks
+    scored: int = 0
 
     def execute(self, on_chunk: Callable[[ChunkDone], None] | None) -> BatchSummary:
         predictor = _load(self.version, self.registry, self.job.device)
@@ -189,47 +192,34 @@ class _Run:
         record = self.registry.start_run(self.version.model, kind="batch",
                                          trigger=self.job.trigger, details=self._details(None))
         self.run_id = record.id
-        manifest, scored = self.start.manifest, 0
+        step = _Step(self, scorer, on_chunk, predlog, policy)
         looped = time.perf_counter()
         try:
-            manifest, scored = self._loop(scorer, manifest, on_chunk, predlog, policy)
+            self._loop(step)
             self.loop_s = time.perf_counter() - looped
         except BaseException as exc:  # recorded as failed, then raised as it was
             reason = str(exc) if isinstance(exc, ModelyardError) else \
                 f"{type(exc).__name__}: {exc}"
-            self._finish("failed", manifest, scored, reason)
+            self._finish("failed", step.manifest, reason)
             raise
         finally:
             if predlog is not None:
                 predlog.stop()
                 self.logged = predlog.written
-        manifest = manifest.finished()
+        manifest = step.manifest.finished()
         self.sink.finish(manifest)
-        return self._finish("succeeded", manifest, scored, None)
+        return self._finish("succeeded", manifest, None)
 
-    def _loop(self, scorer: ChunkScorer, manifest: Manifest,
-              on_chunk: Callable[[ChunkDone], None] | None, predlog: PredictionLog | None,
-              policy: LogPolicy | None) -> tuple[Manifest, int]:
-        chunk_rows, scored = manifest.chunk_rows, 0
+    def _loop(self, step: _Step) -> None:
         wanted = needed_columns(self.version.get_signature(), self.job.key)
-        index, expected = self.start.skip_chunks, self.source.count_rows()
-        for columns in self.source.chunks(wanted, chunk_rows, skip=index):
-            rows = len(columns[wanted[0]])
-            done = scorer.score(columns, rows, index * chunk_rows)
-            bad = done.errors.num_rows
-            if bad and self.job.on_error == "fail":
-                raise _rejected(done)
-            manifest = manifest.after_chunk(rows - bad, bad)
-            self.sink.commit(index, done.answers, done.errors, manifest)
-            scored += rows
-            if predlog is not None and policy is not None:
-                _sample(predlog, policy, done, self.job.log_sample)
-            self.registry.beat_run(str(self.run_id))
-            if on_chunk is not None:
-                on_chunk(ChunkDone(index, rows - bad, bad, manifest.rows, manifest.errors,
-                                   expected))
-            index += 1
-        return manifest, scored
+        chunks = self.source.chunks(wanted, step.manifest.chunk_rows,
+                                    skip=self.start.skip_chunks)
+        with contextlib.closing(chunks):  # a stop mid-way closes the source's cursor now
+            for index, columns in enumerate(chunks, start=self.start.skip_chunks):
+                rows = len(columns[wanted[0]])
+                step(index, columns, rows)
+                self.scored += rows
+                self.registry.beat_run(str(self.run_id))
 
     def _prediction_log(self) -> tuple[PredictionLog | None, LogPolicy | None]:
         if self.job.log_sample <= 0:
@@ -246,7 +236,7 @@ class _Run:
         predlog.start()
         return predlog, policy
 
-    def _details(self, manifest: Manifest | None, scored: int = 0) -> dict[str, Any]:
+    def _details(self, manifest: Manifest | None) -> dict[str, Any]:
         out: dict[str, Any] = {
             "input": self.source.description, "input_fingerprint":
             self.start.manifest.input_fingerprint, "output": self.sink.description,
@@ -255,30 +245,60 @@ class _Run:
             "engine": self.job.engine}
         if manifest is not None:
             out.update(rows=manifest.rows, errors=manifest.errors, chunks=manifest.chunks_done,
-                       rows_per_s=self._rate(scored), logged=self.logged)
+                       rows_per_s=self._rate(), logged=self.logged)
         return out
 
-    def _finish(self, status: str, manifest: Manifest, scored: int,
-                reason: str | None) -> BatchSummary:
-        details = self._details(manifest, scored)
+    def _finish(self, status: str, manifest: Manifest, reason: str | None) -> BatchSummary:
+        details = self._details(manifest)
         if self.run_id is not None:
             self.registry.finish_run(
                 self.run_id, status=status, version=self.version.version, details=details,
                 metrics={"rows": manifest.rows, "errors": manifest.errors},
                 failure_reason=reason)
-        return self.summary(status, manifest, scored)
+        return self.summary(status, manifest)
 
-    def summary(self, status: str, manifest: Manifest, scored: int) -> BatchSummary:
+    def summary(self, status: str, manifest: Manifest) -> BatchSummary:
         """The summary of this run, ``manifest`` being where the output stands."""
         elapsed = time.perf_counter() - self.started
         return BatchSummary(
             self.run_id, self.version.model, self.version.version, status,
             self.source.description, manifest.input_fingerprint, self.sink.description,
             self.sink.errors_location, manifest.rows, manifest.errors, manifest.chunks_done,
-            self.start.skip_chunks, round(elapsed, 3), self._rate(scored), self.logged)
+            self.start.skip_chunks, round(elapsed, 3), self._rate(), self.logged)
 
-    def _rate(self, scored: int) -> float:
-        return round(scored / self.loop_s, 1) if self.loop_s > 0 else 0.0
+    def _rate(self) -> float:
+        return round(self.scored / self.loop_s, 1) if self.loop_s > 0 else 0.0
+
+
+@dataclass
+class _Step:
+    """Scores and commits one chunk after another, carrying the manifest forward."""
+
+    run: _Run
+    scorer: ChunkScorer
+    on_chunk: Callable[[ChunkDone], None] | None
+    predlog: PredictionLog | None
+    policy: LogPolicy | None
+    manifest: Manifest = field(init=False)
+    expected: int | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.manifest = self.run.start.manifest
+        self.expected = self.run.source.count_rows()
+
+    def __call__(self, index: int, columns: Columns, rows: int) -> None:
+        done = self.scorer.score(columns, rows, index * self.manifest.chunk_rows)
+        bad = done.errors.num_rows
+        if bad and self.run.job.on_error == "fail":
+            raise _rejected(done)
+        manifest = self.manifest.after_chunk(rows - bad, bad)
+        self.run.sink.commit(index, done.answers, done.errors, manifest)
+        self.manifest = manifest
+        if self.predlog is not None and self.policy is not None:
+            _sample(self.predlog, self.policy, done, self.run.job.log_sample)
+        if self.on_chunk is not None:
+            self.on_chunk(ChunkDone(index, rows - bad, bad, manifest.rows, manifest.errors,
+                                    self.expected))
 
 
 def _load(version: ModelVersion, registry: Registry, device: str | None) -> Predictor:

@@ -158,15 +158,17 @@ def _parquet(table: pa.Table) -> bytes:
 # -- SQL ----------------------------------------------------------------------------------------
 class SqlSink:
     """A SQL table (created from the first chunk's columns), its ``_errors`` table and the
-    manifest row, written in one transaction per chunk."""
+    manifest row, written in one transaction per chunk (a connection per transaction, none
+    held between chunks or left open by a run that stops)."""
 
     def __init__(self, url: str, table: str) -> None:
         from sqlalchemy import create_engine
         from sqlalchemy.engine import make_url
         from sqlalchemy.exc import ArgumentError
+        from sqlalchemy.pool import NullPool
 
         try:
-            self.engine = create_engine(normalize_url(url))
+            self.engine = create_engine(normalize_url(url), poolclass=NullPool)
         except (ArgumentError, ImportError) as exc:
             raise ConfigError(f"--sql-db {url!r} is not a usable database URL: {exc}") from None
         safe = make_url(url).render_as_string(hide_password=True)

@@ -14,7 +14,7 @@ JSON object is a bad row too.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -54,7 +54,7 @@ class Source(Protocol):
         ...
 
     def chunks(self, columns: Sequence[str], chunk_rows: int, skip: int = 0
-               ) -> Iterator[Columns]:
+               ) -> Generator[Columns, None, None]:
         """``columns`` in chunks of ``chunk_rows`` rows, the first ``skip`` chunks left out."""
         ...
 
@@ -122,7 +122,7 @@ class FileSource:
         return int(self._dataset(None).count_rows())
 
     def chunks(self, columns: Sequence[str], chunk_rows: int, skip: int = 0
-               ) -> Iterator[Columns]:
+               ) -> Generator[Columns, None, None]:
         if self.file_format == "json":
             yield from _json_chunks(self.fs, self.paths, columns, chunk_rows, skip)
             return
@@ -250,7 +250,7 @@ def _record(line: bytes) -> Any:
 
 
 def _json_chunks(fs: Any, paths: Sequence[str], columns: Sequence[str], chunk_rows: int,
-                 skip: int) -> Iterator[Columns]:
+                 skip: int) -> Generator[Columns, None, None]:
     """JSON objects, one a line, as columns: a missing field or a line that is not an object
     gives ``None`` in every column plus its reason in :data:`LINE_ERROR`."""
     records: list[Any] = []
@@ -309,7 +309,7 @@ class SqlSource:
         return None
 
     def chunks(self, columns: Sequence[str], chunk_rows: int, skip: int = 0
-               ) -> Iterator[Columns]:
+               ) -> Generator[Columns, None, None]:
         engine = self._engine()
         if engine.dialect.name == "sqlite":
             yield from self._pages(engine, columns, chunk_rows, skip)
@@ -318,19 +318,22 @@ class SqlSource:
             with engine.connect() as conn:
                 result = conn.execution_options(stream_results=True,
                                                 yield_per=chunk_rows).execute(self._text())
-                names = list(result.keys())
-                where = [names.index(c) for c in columns]
-                index = 0
-                while rows := result.fetchmany(chunk_rows):
-                    if index >= skip:
-                        yield {c: from_values([r[i] for r in rows])
-                               for c, i in zip(columns, where, strict=True)}
-                    index += 1
+                try:
+                    names = list(result.keys())
+                    where = [names.index(c) for c in columns]
+                    index = 0
+                    while rows := result.fetchmany(chunk_rows):
+                        if index >= skip:
+                            yield {c: from_values([r[i] for r in rows])
+                                   for c, i in zip(columns, where, strict=True)}
+                        index += 1
+                finally:
+                    result.close()  # the server-side cursor, also when the run stops mid-way
         finally:
             engine.dispose()
 
     def _pages(self, engine: Any, columns: Sequence[str], chunk_rows: int, skip: int
-               ) -> Iterator[Columns]:
+               ) -> Generator[Columns, None, None]:
         """SQLite: a page per chunk, each read in its own short transaction, because a reader
         left open would lock out the writes of an output in the same file."""
         from sqlalchemy import text
@@ -360,9 +363,10 @@ class SqlSource:
     def _engine(self) -> Any:
         from sqlalchemy import create_engine
         from sqlalchemy.exc import ArgumentError
+        from sqlalchemy.pool import NullPool
 
         try:
-            return create_engine(normalize_url(self.url))
+            return create_engine(normalize_url(self.url), poolclass=NullPool)
         except (ArgumentError, ImportError) as exc:
             raise ConfigError(f"--sql-db {self.url!r} is not a usable database URL: {exc}") \
                 from None

@@ -138,7 +138,7 @@ class RunRow(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # what ran (migration 0006): "train" (the pipeline) or "batch" (batch scoring), and what a
     # batch run read and wrote (input fingerprint, output location, rows and errors)
-    kind: Mapped[str] = mapped_column(String(20), default="train", server_default="train")
+    kind: Mapped[str] = mapped_column(String(20), server_default="train")
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
