@@ -127,7 +127,12 @@ class FileSource:
             yield from _json_chunks(self.fs, self.paths, columns, chunk_rows, skip)
             return
         dataset = self._dataset(columns)
-        batches = dataset.to_batches(columns=list(columns), batch_size=chunk_rows)
+        # pyarrow's readers run ahead of a slower consumer (the model) up to whole files,
+        # unless both readaheads are one and they read on this thread: then memory holds a
+        # batch or two, whatever the input's size (bench/batch.py measures it)
+        batches = dataset.to_batches(columns=list(columns), batch_size=chunk_rows,
+                                     use_threads=False, batch_readahead=1,
+                                     fragment_readahead=1)
         for table in rechunk(batches, chunk_rows, skip * chunk_rows):
             yield {name: self._convert(table.column(name)) for name in columns}
 
@@ -140,6 +145,10 @@ class FileSource:
         import pyarrow.dataset as ds
 
         fmt: Any = self.file_format
+        if self.file_format == "parquet":
+            # pre-buffering reads a file's column chunks ahead of the scan, up to whole files
+            scan = ds.ParquetFragmentScanOptions(pre_buffer=False)
+            fmt = ds.ParquetFileFormat(default_fragment_scan_options=scan)
         if self.file_format == "csv" and text_columns is not None:
             import pyarrow.csv as pacsv
 
