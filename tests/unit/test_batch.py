@@ -345,3 +345,47 @@ def test_cli_scores_lists_the_run_and_fails_with_its_exit_codes(reg: Registry,
 
     clash = invoke(home, "batch", "tab", "-i", str(tmp_path / "bad.parquet"), "-o", out)
     assert clash.exit_code == 4 and "--restart" in clash.output
+
+
+def test_a_registered_sink_scheme_receives_each_chunk_with_its_manifest(
+        reg: Registry, tmp_path: Path) -> None:
+    from modelyard.batch.plan import Manifest, Start
+    from modelyard.batch.sinks import SINKS, register_sink
+
+    class ListSink:  # what an online store (precompute) plugs in as
+        def __init__(self, target: str) -> None:
+            self.description = self.errors_location = f"list:{target}"
+            self.commits: list[tuple[int, int, int, Manifest]] = []
+            self.done: Manifest | None = None
+
+        def read_manifest(self) -> Manifest | None:
+            return None
+
+        def begin(self, start: Start) -> None:
+            assert start.action == "fresh"
+
+        def commit(self, index: int, scored: pa.Table, errors: pa.Table,
+                   manifest: Manifest) -> None:
+            self.commits.append((index, scored.num_rows, errors.num_rows, manifest))
+
+        def finish(self, manifest: Manifest) -> None:
+            self.done = manifest
+
+    made: list[ListSink] = []
+
+    def factory(target: str, /, *, sql_url: str | None) -> ListSink:
+        made.append(ListSink(target))
+        return made[-1]
+
+    register_sink("list", factory)
+    try:
+        frame(25).to_parquet(tmp_path / "in.parquet")
+        summary = score(BatchJob("tab", str(tmp_path / "in.parquet"), "list:scores",
+                                 key=("id",), chunk_rows=10), reg)
+    finally:
+        SINKS.pop("list")
+    (sink,) = made
+    assert summary.output == "list:scores"
+    assert [(i, n, e) for i, n, e, _ in sink.commits] == [(0, 10, 0), (1, 10, 0), (2, 5, 0)]
+    assert [m.chunks_done for *_, m in sink.commits] == [1, 2, 3]
+    assert sink.done is not None and sink.done.complete and sink.done.rows == 25

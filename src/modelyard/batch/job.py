@@ -295,7 +295,10 @@ class _Step:
         self.run.sink.commit(index, done.answers, done.errors, manifest)
         self.manifest = manifest
         if self.predlog is not None and self.policy is not None:
-            _sample(self.predlog, self.policy, done, self.run.job.log_sample)
+            # keys name rows across runs (labels fed back by key join them); row numbers
+            # only within this run
+            prefix = "" if self.run.job.key else f"batch-{str(self.run.run_id)[:8]}-"
+            _sample(self.predlog, self.policy, done, self.run.job.log_sample, prefix)
         if self.on_chunk is not None:
             self.on_chunk(ChunkDone(index, rows - bad, bad, manifest.rows, manifest.errors,
                                     self.expected))
@@ -321,9 +324,10 @@ def _rejected(done: ScoredChunk) -> RowRejectedError:
                             + "; fix the input, or give --on-error skip to set bad rows aside")
 
 
-def _sample(predlog: PredictionLog, policy: LogPolicy, done: ScoredChunk, rate: float) -> None:
+def _sample(predlog: PredictionLog, policy: LogPolicy, done: ScoredChunk, rate: float,
+            prefix: str) -> None:
     """Queue a ``rate`` share of a chunk's answered rows for the prediction log, one entry per
-    row, its key (or row number) as its request id so labels fed back later join it."""
+    row, its key (or ``prefix`` and its row number) as its request id."""
     import numpy as np
 
     from modelyard.predictor import Prediction
@@ -338,7 +342,7 @@ def _sample(predlog: PredictionLog, policy: LogPolicy, done: ScoredChunk, rate: 
         answer = Prediction(prediction.predictions[i:i + 1],
                             None if prediction.scores is None else prediction.scores[i:i + 1],
                             prediction.classes)
-        predlog.record(policy, str(done.ids[i]), BATCH_VARIANT, 0.0, row, 1, answer)
+        predlog.record(policy, f"{prefix}{done.ids[i]}", BATCH_VARIANT, 0.0, row, 1, answer)
 
 
 __all__ = ["BATCH_VARIANT", "DEFAULT_CHUNK_ROWS", "ENGINES", "BatchJob",

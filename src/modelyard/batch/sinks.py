@@ -29,7 +29,6 @@ from modelyard.batch.plan import Manifest, Start, part_name
 from modelyard.errors import ConfigError
 from modelyard.registry.database import normalize_url
 
-SQL_PREFIX = "sql:"
 MANIFEST = "_manifest.json"
 ERRORS = "_errors"
 MANIFEST_TABLE = "modelyard_batch_manifests"
@@ -63,16 +62,29 @@ class Sink(Protocol):
         ...
 
 
+class SinkFactory(Protocol):
+    """Builds a sink from the part of ``--output`` after its scheme (``sql:TABLE`` -> TABLE)."""
+
+    def __call__(self, target: str, /, *, sql_url: str | None) -> Sink: ...
+
+
+#: sinks by the scheme that starts ``--output`` (``sql:``); anything else is a Parquet folder
+SINKS: dict[str, SinkFactory] = {}
+
+
+def register_sink(scheme: str, factory: SinkFactory) -> None:
+    """Make ``--output SCHEME:TARGET`` write through ``factory`` (an online store, say)."""
+    SINKS[scheme] = factory
+
+
 def open_sink(spec: str, *, sql_url: str | None = None) -> Sink:
-    """The sink ``spec`` names: ``sql:TABLE`` (with ``sql_url``) or a folder path or URL."""
-    if spec.startswith(SQL_PREFIX):
-        table = spec[len(SQL_PREFIX):].strip()
-        if not sql_url:
-            raise ConfigError("--output sql:TABLE needs --sql-db URL (a SQLAlchemy database URL)")
-        if not table.replace("_", "").isalnum() or len(table) > 100:
-            raise ConfigError(f"--output sql:{table}: a table name is letters, digits and _")
-        return SqlSink(sql_url, table)
-    return ParquetSink(spec)
+    """The sink ``spec`` names: a registered scheme (``sql:TABLE`` with ``sql_url``), else a
+    folder path or fsspec URL of Parquet parts."""
+    scheme, _, target = spec.partition(":")
+    factory = SINKS.get(scheme)
+    if factory is None:
+        return ParquetSink(spec)
+    return factory(target.strip(), sql_url=sql_url)
 
 
 # -- Parquet ------------------------------------------------------------------------------------
@@ -99,7 +111,7 @@ class ParquetSink:
         if start.clear:
             for path in self._ours():
                 self.fs.rm(path)
-        self.fs.makedirs(f"{self.root}/{ERRORS}", exist_ok=True)
+        self.fs.makedirs(self.root, exist_ok=True)
         for path in self._ours():
             if _TEMP_MARK in path.rsplit("/", 1)[-1]:
                 self.fs.rm(path)  # a write a killed run never finished
@@ -126,6 +138,7 @@ class ParquetSink:
             return
         folder, name = path.rsplit("/", 1)
         temp = f"{folder}/.{name}{_TEMP_MARK}{uuid.uuid4().hex[:8]}"
+        os.makedirs(folder, exist_ok=True)  # _errors/ appears with the first bad row
         try:
             with open(temp, "wb") as f:
                 f.write(data)
@@ -156,6 +169,14 @@ def _parquet(table: pa.Table) -> bytes:
 
 
 # -- SQL ----------------------------------------------------------------------------------------
+def _sql_sink(table: str, *, sql_url: str | None) -> Sink:
+    if not sql_url:
+        raise ConfigError("--output sql:TABLE needs --sql-db URL (a SQLAlchemy database URL)")
+    if not table.replace("_", "").isalnum() or len(table) > 100:
+        raise ConfigError(f"--output sql:{table}: a table name is letters, digits and _")
+    return SqlSink(sql_url, table)
+
+
 class SqlSink:
     """A SQL table (created from the first chunk's columns), its ``_errors`` table and the
     manifest row, written in one transaction per chunk (a connection per transaction, none
@@ -251,5 +272,7 @@ def _sql_type(kind: pa.DataType) -> Any:
     return JSON()
 
 
-__all__ = ["ERRORS", "MANIFEST", "MANIFEST_TABLE", "ParquetSink", "Sink", "SqlSink",
-           "open_sink"]
+register_sink("sql", _sql_sink)
+
+__all__ = ["ERRORS", "MANIFEST", "MANIFEST_TABLE", "SINKS", "ParquetSink", "Sink", "SinkFactory",
+           "SqlSink", "open_sink", "register_sink"]

@@ -23,10 +23,9 @@ import orjson
 import pyarrow as pa
 
 from modelyard.batch.columns import Columns, from_arrow, from_values
-from modelyard.errors import ConfigError, StorageError
+from modelyard.errors import ConfigError
 from modelyard.registry.database import normalize_url
 
-SQL_PREFIX = "sql:"
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json",
             ".ndjson": "json", ".json": "json"}
 #: the column a bad JSON line reports its reason in (the line itself cannot be read)
@@ -59,16 +58,32 @@ class Source(Protocol):
         ...
 
 
+class SourceFactory(Protocol):
+    """Builds a source from the part of ``--input`` after its scheme (``sql:SELECT ...``)."""
+
+    def __call__(self, target: str, /, *, sql_url: str | None) -> Source: ...
+
+
+#: sources by the scheme that starts a lone ``--input`` (``sql:``); anything else is files
+SOURCES: dict[str, SourceFactory] = {}
+
+
+def register_source(scheme: str, factory: SourceFactory) -> None:
+    """Make ``--input SCHEME:TARGET`` read through ``factory``."""
+    SOURCES[scheme] = factory
+
+
 def open_source(spec: str | Sequence[str], *, sql_url: str | None = None,
                 file_format: str | None = None) -> Source:
-    """The source ``spec`` names: ``sql:SELECT ...`` (with ``sql_url``), or files and globs."""
+    """The source ``spec`` names: a registered scheme (``sql:SELECT ...`` with ``sql_url``), or
+    files, folders and globs (paths or fsspec URLs)."""
     specs = [spec] if isinstance(spec, str) else list(spec)
     if not specs:
         raise ConfigError("give --input: files, globs, an fsspec URL or sql:SELECT ...")
-    if len(specs) == 1 and specs[0].startswith(SQL_PREFIX):
-        if not sql_url:
-            raise ConfigError("--input sql:... needs --sql-db URL (a SQLAlchemy database URL)")
-        return SqlSource(sql_url, specs[0][len(SQL_PREFIX):].strip().rstrip(";"))
+    scheme, _, target = specs[0].partition(":")
+    factory = SOURCES.get(scheme) if len(specs) == 1 else None
+    if factory is not None:
+        return factory(target.strip(), sql_url=sql_url)
     return FileSource.open(specs, file_format)
 
 
@@ -100,10 +115,10 @@ class FileSource:
     def columns(self) -> list[str]:
         if self.file_format == "json":
             with self.fs.open(self.paths[0], "rb") as f:
-                for line in f:
-                    if line.strip():
-                        first = _record(line)
-                        return list(first) if isinstance(first, dict) else []
+                for line in f:  # the first object's fields (a bad line is a bad row, later)
+                    first = _record(line) if line.strip() else None
+                    if isinstance(first, dict):
+                        return list(first)
             return []
         return list(self._dataset(None).schema.names)
 
@@ -290,6 +305,12 @@ def _json_columns(lines: list[bytes], columns: Sequence[str]) -> Columns:
 
 
 # -- SQL ----------------------------------------------------------------------------------------
+def _sql_source(query: str, *, sql_url: str | None) -> Source:
+    if not sql_url:
+        raise ConfigError("--input sql:... needs --sql-db URL (a SQLAlchemy database URL)")
+    return SqlSource(sql_url, query.rstrip(";"))
+
+
 @dataclass
 class SqlSource:
     """The rows of one SQL query (ordered as the query orders them: add ORDER BY to resume)."""
@@ -302,11 +323,15 @@ class SqlSource:
         return f"sql:{self.query}"
 
     def columns(self) -> list[str]:
-        with self._engine().connect() as conn:
-            result = conn.execute(self._text())
-            names = list(result.keys())
-            result.close()
-        return names
+        from sqlalchemy import text
+
+        engine = self._engine()
+        try:
+            with engine.connect() as conn:  # the names only: no row is fetched
+                return list(conn.execute(text(f"SELECT * FROM ({self.query}) AS q LIMIT 0"))
+                            .keys())
+        finally:
+            engine.dispose()
 
     def fingerprint(self) -> str:
         from sqlalchemy.engine import make_url
@@ -347,7 +372,7 @@ class SqlSource:
         left open would lock out the writes of an output in the same file."""
         from sqlalchemy import text
 
-        paged = text(f"SELECT * FROM ({self.query}) LIMIT :limit OFFSET :offset")
+        paged = text(f"SELECT * FROM ({self.query}) AS q LIMIT :limit OFFSET :offset")
         index = skip
         try:
             while True:
@@ -381,10 +406,7 @@ class SqlSource:
                 from None
 
 
-def storage_error(what: str, exc: Exception) -> StorageError:
-    """A source or sink that failed underneath, as one actionable line."""
-    return StorageError(f"{what} failed: {type(exc).__name__}: {exc}")
+register_source("sql", _sql_source)
 
-
-__all__ = ["LINE_ERROR", "SQL_PREFIX", "FileSource", "Source", "SqlSource", "open_source",
-           "rechunk", "storage_error"]
+__all__ = ["LINE_ERROR", "SOURCES", "FileSource", "Source", "SourceFactory", "SqlSource",
+           "open_source", "rechunk", "register_source"]
