@@ -127,16 +127,10 @@ def find_bad_rows(rows: int, check: Callable[[int, int], str | None]) -> list[tu
     return bad
 
 
-def chunk_bounds(index: int, chunk_rows: int, rows: int) -> tuple[int, int]:
-    """The input rows ``[first, end)`` of chunk ``index`` holding ``rows`` rows."""
-    first = index * chunk_rows
-    return first, first + rows
-
-
 def part_name(index: int) -> str:
     """The file name of chunk ``index``'s part (fixed, so a rerun overwrites, never duplicates)."""
     return f"part-{index:06d}.parquet"
 
 
-__all__ = ["MANIFEST_FORMAT", "Manifest", "OnError", "Start", "chunk_bounds", "decide_start",
-           "find_bad_rows", "part_name"]
+__all__ = ["MANIFEST_FORMAT", "Manifest", "OnError", "Start", "decide_start", "find_bad_rows",
+           "part_name"]
