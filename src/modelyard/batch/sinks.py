@@ -154,10 +154,11 @@ class ParquetSink:
         """Files this sink writes: parts, bad rows, the manifest and temporary files."""
         if not self.fs.exists(self.root):
             return []
+        mine = {self.root, f"{self.root}/{ERRORS}"}  # not parts of folders nested further down
         found = []
         for path in self.fs.find(self.root):
-            name = path.rsplit("/", 1)[-1].lstrip(".")
-            if name.startswith(("part-", MANIFEST)):
+            folder, _, name = path.rpartition("/")
+            if folder in mine and name.lstrip(".").startswith(("part-", MANIFEST)):
                 found.append(path)
         return found
 
