@@ -389,3 +389,15 @@ def test_a_registered_sink_scheme_receives_each_chunk_with_its_manifest(
     assert [(i, n, e) for i, n, e, _ in sink.commits] == [(0, 10, 0), (1, 10, 0), (2, 5, 0)]
     assert [m.chunks_done for *_, m in sink.commits] == [1, 2, 3]
     assert sink.done is not None and sink.done.complete and sink.done.rows == 25
+
+
+def test_a_version_that_cannot_load_is_a_failed_batch_run(reg: Registry, tmp_path: Path) -> None:
+    from modelyard.errors import ModelyardError
+
+    frame(5).to_parquet(tmp_path / "in.parquet")
+    with pytest.raises(ModelyardError) as caught:
+        score(BatchJob("tab", str(tmp_path / "in.parquet"), str(tmp_path / "out"),
+                       device="cuda:7"), reg)
+    (run,) = reg.list_runs("tab")
+    assert (run.kind, run.status, run.failure_reason) == ("batch", "failed", str(caught.value))
+    assert not (tmp_path / "out").exists()  # nothing written before the model loaded

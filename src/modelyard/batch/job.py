@@ -183,36 +183,41 @@ class _Run:
     loop_s: float = 0.0
     #: rows this run read (answered and refused), not counting resumed chunks
     scored: int = 0
+    #: where the output stands: the last committed chunk's manifest
+    manifest: Manifest = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.manifest = self.start.manifest
 
     def execute(self, on_chunk: Callable[[ChunkDone], None] | None) -> BatchSummary:
-        predictor = _load(self.version, self.registry, self.job.device)
-        scorer = ChunkScorer(predictor, self.job.key, scores=self.job.scores)
-        predlog, policy = self._prediction_log()
-        self.sink.begin(self.start)
         record = self.registry.start_run(self.version.model, kind="batch",
                                          trigger=self.job.trigger, details=self._details(None))
         self.run_id = record.id
-        step = _Step(self, scorer, on_chunk, predlog, policy)
-        looped = time.perf_counter()
+        predlog: PredictionLog | None = None
         try:
-            self._loop(step)
+            scorer = ChunkScorer(_load(self.version, self.registry, self.job.device),
+                                 self.job.key, scores=self.job.scores)
+            predlog, policy = self._prediction_log()
+            self.sink.begin(self.start)
+            looped = time.perf_counter()
+            self._loop(_Step(self, scorer, on_chunk, predlog, policy))
             self.loop_s = time.perf_counter() - looped
         except BaseException as exc:  # recorded as failed, then raised as it was
             reason = str(exc) if isinstance(exc, ModelyardError) else \
                 f"{type(exc).__name__}: {exc}"
-            self._finish("failed", step.manifest, reason)
+            self._finish("failed", reason)
             raise
         finally:
             if predlog is not None:
                 predlog.stop()
                 self.logged = predlog.written
-        manifest = step.manifest.finished()
-        self.sink.finish(manifest)
-        return self._finish("succeeded", manifest, None)
+        self.manifest = self.manifest.finished()
+        self.sink.finish(self.manifest)
+        return self._finish("succeeded", None)
 
     def _loop(self, step: _Step) -> None:
         wanted = needed_columns(self.version.get_signature(), self.job.key)
-        chunks = self.source.chunks(wanted, step.manifest.chunk_rows,
+        chunks = self.source.chunks(wanted, self.manifest.chunk_rows,
                                     skip=self.start.skip_chunks)
         with contextlib.closing(chunks):  # a stop mid-way closes the source's cursor now
             for index, columns in enumerate(chunks, start=self.start.skip_chunks):
@@ -248,7 +253,8 @@ class _Run:
                        rows_per_s=self._rate(), logged=self.logged)
         return out
 
-    def _finish(self, status: str, manifest: Manifest, reason: str | None) -> BatchSummary:
+    def _finish(self, status: str, reason: str | None) -> BatchSummary:
+        manifest = self.manifest
         details = self._details(manifest)
         if self.run_id is not None:
             self.registry.finish_run(
@@ -272,28 +278,27 @@ class _Run:
 
 @dataclass
 class _Step:
-    """Scores and commits one chunk after another, carrying the manifest forward."""
+    """Scores and commits one chunk after another, moving the run's manifest forward."""
 
     run: _Run
     scorer: ChunkScorer
     on_chunk: Callable[[ChunkDone], None] | None
     predlog: PredictionLog | None
     policy: LogPolicy | None
-    manifest: Manifest = field(init=False)
     expected: int | None = field(init=False)
 
     def __post_init__(self) -> None:
-        self.manifest = self.run.start.manifest
         self.expected = self.run.source.count_rows()
 
     def __call__(self, index: int, columns: Columns, rows: int) -> None:
-        done = self.scorer.score(columns, rows, index * self.manifest.chunk_rows)
+        run = self.run
+        done = self.scorer.score(columns, rows, index * run.manifest.chunk_rows)
         bad = done.errors.num_rows
-        if bad and self.run.job.on_error == "fail":
+        if bad and run.job.on_error == "fail":
             raise _rejected(done)
-        manifest = self.manifest.after_chunk(rows - bad, bad)
-        self.run.sink.commit(index, done.answers, done.errors, manifest)
-        self.manifest = manifest
+        manifest = run.manifest.after_chunk(rows - bad, bad)
+        run.sink.commit(index, done.answers, done.errors, manifest)
+        run.manifest = manifest
         if self.predlog is not None and self.policy is not None:
             # keys name rows across runs (labels fed back by key join them); row numbers
             # only within this run
