@@ -40,6 +40,8 @@ def test_a_postgres_query_scores_into_a_postgres_table_and_resumes(registry: Reg
     df.loc[[17, 201], "f2"] = None
     engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
     df.to_sql("tx", engine, index=False)
+    with engine.begin() as conn:  # NUMERIC arrives as Decimal: scored as the number it is
+        conn.exec_driver_sql("ALTER TABLE tx ALTER COLUMN f0 TYPE numeric")
     job = BatchJob("tab", "sql:SELECT * FROM tx ORDER BY id", "sql:tx_scores", key=("id",),
                    chunk_rows=40, sql_url=pg_url, scores=True)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Protocol
 
 import numpy as np
@@ -305,6 +306,18 @@ def _json_columns(lines: list[bytes], columns: Sequence[str]) -> Columns:
 
 
 # -- SQL ----------------------------------------------------------------------------------------
+def _sql_columns(rows: Sequence[Any], columns: Sequence[str], where: Sequence[int]) -> Columns:
+    """Query rows as columns; ``NUMERIC`` values (``Decimal``) become floats, the number a JSON
+    client would have sent."""
+    out: Columns = {}
+    for name, i in zip(columns, where, strict=True):
+        values = [r[i] for r in rows]
+        if any(isinstance(v, Decimal) for v in values[:1000]):
+            values = [float(v) if isinstance(v, Decimal) else v for v in values]
+        out[name] = from_values(values)
+    return out
+
+
 def _sql_source(query: str, *, sql_url: str | None) -> Source:
     if not sql_url:
         raise ConfigError("--input sql:... needs --sql-db URL (a SQLAlchemy database URL)")
@@ -358,8 +371,7 @@ class SqlSource:
                     index = 0
                     while rows := result.fetchmany(chunk_rows):
                         if index >= skip:
-                            yield {c: from_values([r[i] for r in rows])
-                                   for c, i in zip(columns, where, strict=True)}
+                            yield _sql_columns(rows, columns, where)
                         index += 1
                 finally:
                     result.close()  # the server-side cursor, also when the run stops mid-way
@@ -383,8 +395,7 @@ class SqlSource:
                     rows = result.fetchall()
                 if not rows:
                     return
-                yield {c: from_values([r[i] for r in rows])
-                       for c, i in zip(columns, where, strict=True)}
+                yield _sql_columns(rows, columns, where)
                 index += 1
         finally:
             engine.dispose()
