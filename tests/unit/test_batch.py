@@ -401,3 +401,21 @@ def test_a_version_that_cannot_load_is_a_failed_batch_run(reg: Registry, tmp_pat
     (run,) = reg.list_runs("tab")
     assert (run.kind, run.status, run.failure_reason) == ("batch", "failed", str(caught.value))
     assert not (tmp_path / "out").exists()  # nothing written before the model loaded
+
+
+def test_unreadable_inputs_and_failing_queries_are_one_line_errors(reg: Registry,
+                                                                    tmp_path: Path) -> None:
+    from modelyard.errors import StorageError
+
+    frame(30).to_parquet(tmp_path / "good.parquet")
+    data = (tmp_path / "good.parquet").read_bytes()
+    # a valid footer over garbled pages: the schema reads, the rows do not
+    (tmp_path / "bad.parquet").write_bytes(data[:4] + b"\x00" * (len(data) - 200) + data[-196:])
+    with pytest.raises(ConfigError, match="cannot read --input"):
+        score(BatchJob("tab", str(tmp_path / "bad.parquet"), str(tmp_path / "o")), reg)
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    with pytest.raises(ConfigError, match="no such table: nope"):
+        score(BatchJob("tab", "sql:SELECT * FROM nope", str(tmp_path / "o"), sql_url=url), reg)
+    with pytest.raises(StorageError, match="cannot connect"):
+        score(BatchJob("tab", "sql:SELECT 1", str(tmp_path / "o"),
+                       sql_url=f"sqlite:///{tmp_path / 'missing' / 'x.db'}"), reg)

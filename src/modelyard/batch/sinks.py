@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from modelyard.batch.plan import Manifest, Start, part_name
+from modelyard.batch.sources import sql_failure
 from modelyard.errors import ConfigError
 from modelyard.registry.database import normalize_url
 
@@ -201,8 +202,13 @@ class SqlSink:
 
     def read_manifest(self) -> Manifest | None:
         from sqlalchemy import inspect, select
+        from sqlalchemy.exc import SQLAlchemyError
 
-        if not inspect(self.engine).has_table(MANIFEST_TABLE):
+        try:
+            known = inspect(self.engine).has_table(MANIFEST_TABLE)
+        except SQLAlchemyError as exc:  # the first contact with the database
+            raise sql_failure(f"--output sql:{self.table}", exc, connecting=True) from None
+        if not known:
             return None
         manifests = _manifest_table()
         with self.engine.connect() as conn:

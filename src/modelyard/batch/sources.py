@@ -24,7 +24,7 @@ import orjson
 import pyarrow as pa
 
 from modelyard.batch.columns import Columns, from_arrow, from_values
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, ModelyardError, StorageError
 from modelyard.registry.database import normalize_url
 
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".jsonl": "json",
@@ -149,7 +149,15 @@ class FileSource:
         batches = dataset.to_batches(columns=list(columns), batch_size=chunk_rows,
                                      use_threads=False, batch_readahead=1,
                                      fragment_readahead=1)
-        for table in rechunk(batches, chunk_rows, skip * chunk_rows):
+        tables = rechunk(batches, chunk_rows, skip * chunk_rows)
+        while True:
+            try:
+                table = next(tables)
+            except StopIteration:
+                return
+            except (pa.ArrowException, OSError) as exc:  # a corrupt or vanished file
+                raise ConfigError(f"cannot read --input {self.description}: "
+                                  f"{str(exc).splitlines()[0]}") from None
             yield {name: self._convert(table.column(name)) for name in columns}
 
     def _convert(self, column: pa.ChunkedArray) -> np.ndarray:
@@ -306,6 +314,18 @@ def _json_columns(lines: list[bytes], columns: Sequence[str]) -> Columns:
 
 
 # -- SQL ----------------------------------------------------------------------------------------
+def sql_failure(what: str, exc: Exception, *, connecting: bool = False) -> ModelyardError:
+    """A database error as one line: failing to connect is a :class:`StorageError`, a
+    statement that fails (a bad query, a missing table) a :class:`ConfigError`."""
+    from sqlalchemy.exc import DBAPIError
+
+    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+    text = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    if connecting:
+        return StorageError(f"{what}: cannot connect to the database: {text}")
+    return ConfigError(f"{what} failed: {text}")
+
+
 def _sql_columns(rows: Sequence[Any], columns: Sequence[str], where: Sequence[int]) -> Columns:
     """Query rows as columns; ``NUMERIC`` values (``Decimal``) become floats, the number a JSON
     client would have sent."""
@@ -337,12 +357,20 @@ class SqlSource:
 
     def columns(self) -> list[str]:
         from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
 
         engine = self._engine()
+        what = f"--input sql:{self.query}"
         try:
-            with engine.connect() as conn:  # the names only: no row is fetched
+            conn = engine.connect()
+        except SQLAlchemyError as exc:
+            raise sql_failure(what, exc, connecting=True) from None
+        try:
+            with conn:  # the names only: no row is fetched
                 return list(conn.execute(text(f"SELECT * FROM ({self.query}) AS q LIMIT 0"))
                             .keys())
+        except SQLAlchemyError as exc:
+            raise sql_failure(what, exc) from None
         finally:
             engine.dispose()
 
@@ -420,4 +448,4 @@ class SqlSource:
 register_source("sql", _sql_source)
 
 __all__ = ["LINE_ERROR", "SOURCES", "FileSource", "Source", "SourceFactory", "SqlSource",
-           "open_source", "rechunk", "register_source"]
+           "open_source", "rechunk", "register_source", "sql_failure"]
