@@ -7,7 +7,8 @@
     ├── NotFoundError               an unknown model, version, alias or run
     ├── ConflictError               the request clashes with the registry's state
     ├── InputError                  prediction input does not match the signature
-    │   └── BadJSONError            a request body is not JSON at all (400)
+    │   ├── BadJSONError            a request body is not JSON at all (400)
+    │   └── RowRejectedError        a batch row failed validation under --on-error fail
     ├── DataValidationError         training data failed its checks (carries a report)
     ├── FrameworkMissingError       an optional framework is not installed
     ├── UnsafeArtifactError         a load would have to run untrusted code
@@ -100,6 +101,14 @@ class BadJSONError(InputError):
     """The body is not JSON at all (400); send ``Content-Type: application/json`` JSON."""
 
     status_code = 400
+
+
+class RowRejectedError(InputError):
+    """A batch job met a row that fails validation and was told to stop (``--on-error fail``);
+    the message names the row and why. Its own exit code tells a script that the data, not the
+    command, needs fixing."""
+
+    exit_code = 16
 
 
 class DataValidationError(ModelyardError):
@@ -307,6 +316,7 @@ __all__ = [
     "QueueFullError",
     "RequestError",
     "RequestTimeoutError",
+    "RowRejectedError",
     "RunnerClosedError",
     "ServerStartError",
     "StorageError",

@@ -1,6 +1,7 @@
 """Migrations: the schema matches tables.py, and registries written by older versions (0001:
 before deployments, 0002: before monitoring, 0003: before run owners, 0004: a prediction log of
-one row per request) upgrade with their data kept, and downgrade, on SQLite and PostgreSQL."""
+one row per request, 0005: before batch runs) upgrade with their data kept, and downgrade, on
+SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ MONITORING_TABLES = {"predictions", "labels", "drift_reports", "monitor_events",
                      "deployment_windows"}
 
 
-def test_head_is_0005():
-    assert database_module.head_revision() == "0005"
+def test_head_is_0006():
+    assert database_module.head_revision() == "0006"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -196,4 +197,36 @@ def test_a_0004_prediction_log_becomes_chunks_and_reads_back_the_same(
 
     _alembic(db, "0004", down=True)  # back to a row per request (the log does not survive)
     assert "predictions" in inspect(db.engine).get_table_names()
+    db.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_0005_registry_keeps_its_runs_as_training_runs_and_gains_batch_runs(
+        backend, tmp_path, request):
+    url = _url(backend, tmp_path, request)
+    db = Database(url)
+    _alembic(db, "0005")
+    assert "kind" not in {c["name"] for c in inspect(db.engine).get_columns("runs")}
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    with db.engine.begin() as conn:  # a training run recorded before batch runs existed
+        conn.execute(insert(RunRow.__table__).values(
+            id="old-run", model_name="iris", status="succeeded", trigger="manual",
+            started_at=at, promoted=False, metrics={}, gate={}, logs="", created_by="old"))
+
+    db.migrate()
+    assert _revision(db) == database_module.head_revision()
+    settings = Settings.from_env(home=tmp_path / "home", db_url=url, actor="tester")
+    reg = Registry(db, open_store(settings.artifacts), settings)
+    old = reg.get_run("old-run")
+    assert (old.kind, old.details) == ("train", None)
+    batch = reg.start_run("iris", kind="batch", details={"input": "in/*.parquet"})
+    done = reg.finish_run(batch.id, status="succeeded", version=1,
+                          details={"input": "in/*.parquet", "rows": 10, "errors": 0})
+    assert (done.kind, done.details["rows"]) == ("batch", 10)
+
+    _alembic(db, "0005", down=True)
+    assert "kind" not in {c["name"] for c in inspect(db.engine).get_columns("runs")}
+    with db.engine.connect() as conn:  # the runs stay, training and batch alike
+        kept = {row[0] for row in conn.exec_driver_sql("SELECT id FROM runs")}
+    assert kept == {"old-run", batch.id}
     db.dispose()

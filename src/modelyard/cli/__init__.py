@@ -23,6 +23,7 @@ purpose are caught in one place, :meth:`_Main.invoke`, and printed as one line
 13    a framework failed while saving, loading or predicting
 14    monitoring has too little data yet
 15    a server could not answer now (a full queue, a timeout): retry
+16    a batch row failed validation under ``batch --on-error fail``
 130   interrupted
 ====  ==============================================================
 
@@ -91,6 +92,7 @@ def main(ctx: click.Context, home: str | None, db: str | None, artifacts: str | 
 
 
 def _register() -> None:
+    from modelyard.cli.batch_cmds import batch
     from modelyard.cli.build_cmds import build
     from modelyard.cli.db_cmds import db
     from modelyard.cli.demo import demo
@@ -112,7 +114,7 @@ def _register() -> None:
     from modelyard.serving.command import serve
 
     for command in (init, train, models, versions, show, promote, rollback, deploy, rollout,
-                    history, runs, audit, predict, serve, monitor, feedback, build, demo):
+                    history, runs, audit, predict, batch, serve, monitor, feedback, build, demo):
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)

@@ -1,8 +1,10 @@
-"""Running the pipeline with a live display of its stages, for ``train`` and ``demo``.
+"""Live progress: the pipeline's stages for ``train`` and ``demo``, rows for ``batch``.
 
 The pipeline reports each stage as it starts (``load data``, ``validate``, ``train``, ...). A
 spinner shows the current one with its elapsed time; a line per finished stage stays behind, so
-logs of non-interactive runs (CI) show the same steps with their timings.
+logs of non-interactive runs (CI) show the same steps with their timings. A batch job reports
+each committed chunk; :class:`RowProgress` shows the rows done (of the total, when the input
+knows it cheaply), the rows refused and the rate.
 """
 
 from __future__ import annotations
@@ -12,12 +14,20 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from modelyard.cli.output import fmt_duration, fmt_metrics, one_line
 from modelyard.errors import GateFailed, ModelyardError
 
 if TYPE_CHECKING:
+    from modelyard.batch import ChunkDone
     from modelyard.pipeline import RunResult
     from modelyard.registry import Registry
     from modelyard.rollout.deployments import Deployment
@@ -112,6 +122,33 @@ class StageDisplay:
         mark = "[red]x[/red]" if failed else f"[green]{self._ok}[/green]"
         self._progress.console.print(f"  {mark} {self._current:<10} {fmt_duration(took)}")
         self._current = None
+
+
+class RowProgress:
+    """The progress callback of a batch job: a bar of rows done, with rows refused and rows/s."""
+
+    def __init__(self, out: Console, what: str, total: int | None = None) -> None:
+        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                  MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
+                                  TimeElapsedColumn(), console=out, transient=True)
+        self._task = self._progress.add_task(what, total=total, note="")
+        self._since = time.perf_counter()
+        self._rows = 0
+
+    def __enter__(self) -> RowProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, done: ChunkDone) -> None:
+        self._rows += done.rows + done.errors
+        rate = self._rows / max(time.perf_counter() - self._since, 1e-9)
+        note = f"{rate:,.0f} rows/s" + (f", {done.total_errors:,} refused"
+                                        if done.total_errors else "")
+        self._progress.update(self._task, completed=done.total_rows + done.total_errors,
+                              total=done.expected, note=note)
 
 
 def train_with_progress(
@@ -232,4 +269,4 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-__all__ = ["Outcome", "StageDisplay", "describe", "train_with_progress"]
+__all__ = ["Outcome", "RowProgress", "StageDisplay", "describe", "train_with_progress"]

@@ -1,4 +1,5 @@
-"""Training runs: ``modelyard runs [MODEL]`` lists them, ``runs show RUN_ID`` shows one."""
+"""Runs, training and batch: ``modelyard runs [MODEL]`` lists them, ``runs show RUN_ID`` shows
+one."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from modelyard.cli.output import (
     print_table,
 )
 from modelyard.cli.state import State, pass_state
+from modelyard.registry.records import Run
 
 
 class _ListByDefault(click.Group):
@@ -29,9 +31,10 @@ class _ListByDefault(click.Group):
         return super().parse_args(ctx, args)
 
 
-@click.group(cls=_ListByDefault, short_help="List training runs, or show one with its logs.")
+@click.group(cls=_ListByDefault, short_help="List training and batch runs, or show one.")
 def runs() -> None:
-    """Training runs: 'runs [MODEL]' lists recent ones, 'runs show RUN_ID' shows one with logs."""
+    """Training and batch scoring runs: 'runs [MODEL]' lists recent ones, 'runs show RUN_ID'
+    shows one (a training run with its logs)."""
 
 
 @runs.command("list", short_help="List recent runs, of every model or of MODEL.")
@@ -41,19 +44,29 @@ def runs() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @pass_state
 def list_runs(state: State, model: str | None, limit: int, as_json: bool) -> None:
-    """List recent training runs, newest first, of every model or of MODEL."""
+    """List recent runs (training and batch), newest first, of every model or of MODEL."""
     found = state.registry().list_runs(model, limit=limit)
     if as_json:
         print_json([{k: v for k, v in r.to_dict().items() if k != "logs"} for r in found])
         return
     print_table(
-        ["run", "model", "status", "trigger", "started", "took", "version", "note"],
-        [[r.id[:8], r.model, r.status, r.trigger, r.started_at, fmt_duration(r.duration_s),
+        ["run", "model", "kind", "status", "trigger", "started", "took", "version", "note"],
+        [[r.id[:8], r.model, r.kind, r.status, r.trigger, r.started_at,
+          fmt_duration(r.duration_s),
           "" if r.version is None else f"v{r.version}" + (" (promoted)" if r.promoted else ""),
-          r.failure_reason or ""] for r in found],
+          _note(r)] for r in found],
         empty=f"no runs{f' of {model}' if model else ''} yet: "
               "start one with 'modelyard train NAME'",
     )
+
+
+def _note(run: Run) -> str:
+    """Why a run failed; for a batch run, what it scored and where it wrote."""
+    details = run.details or {}
+    if run.kind != "batch" or "rows" not in details:
+        return run.failure_reason or ""
+    done = f"{details['rows']:,} rows, {details['errors']:,} refused -> {details['output']}"
+    return f"{run.failure_reason} ({done})" if run.failure_reason else done
 
 
 @runs.command("show", short_help="Show one run with its gate and logs.")
@@ -66,7 +79,10 @@ def show_run(state: State, run_id: str, as_json: bool) -> None:
     if as_json:
         print_json(run.to_dict())
         return
-    console().print(f"[bold]run {run.id}[/bold]  {run.model}  {run.status}")
+    console().print(f"[bold]run {run.id}[/bold]  {run.model}  {run.kind}  {run.status}")
+    if run.kind == "batch":
+        _show_batch(run)
+        return
     gate = run.gate or {}
     print_fields({
         "trigger": run.trigger,
@@ -84,6 +100,22 @@ def show_run(state: State, run_id: str, as_json: bool) -> None:
     out = console()
     out.print("[bold]logs[/bold]")
     out.print(run.logs.rstrip() or "(no logs)", markup=False, highlight=False)
+
+
+def _show_batch(run: Run) -> None:
+    """A batch run's fields: the version, what it read and wrote, and how many rows."""
+    details = run.details or {}
+    print_fields({
+        "trigger": run.trigger, "by": run.created_by, "started": fmt_time(run.started_at),
+        "ended": fmt_time(run.ended_at), "took": fmt_duration(run.duration_s),
+        "version": None if run.version is None else f"v{run.version}",
+        "reason": run.failure_reason, "input": details.get("input"),
+        "fingerprint": details.get("input_fingerprint"), "output": details.get("output"),
+        "rows": details.get("rows"), "refused": details.get("errors"),
+        "errors in": details.get("errors_location") if details.get("errors") else None,
+        "resumed": details.get("resumed_chunks") or None, "rate":
+        None if not details.get("rows_per_s") else f"{details['rows_per_s']:,.0f} rows/s",
+    })
 
 
 __all__ = ["runs"]

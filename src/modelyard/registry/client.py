@@ -400,8 +400,10 @@ class Registry:
 
     # -- runs -----------------------------------------------------------------------------------
     def start_run(self, model: str, *, trigger: str = "manual", actor: str | None = None,
-                  owner: Owner | None = None) -> Run:
-        """Record a training run as started by ``owner`` (default: this process).
+                  owner: Owner | None = None, kind: str = "train",
+                  details: dict[str, Any] | None = None) -> Run:
+        """Record a run (``kind``: ``train`` or ``batch``) as started by ``owner`` (default:
+        this process).
 
         The owner should beat :meth:`beat_run` while it works (the pipeline does); a run whose
         owner is gone is finished as failed, "abandoned", when runs are next read.
@@ -415,6 +417,7 @@ class Registry:
                 id=str(uuid.uuid4()), model_name=model, status="running", trigger=trigger,
                 started_at=at, metrics={}, gate={}, logs="", created_by=actor,
                 host=owner.host, pid=owner.pid, process_start=owner.start, heartbeat_at=at,
+                kind=kind, details=details,
             )
             s.add(row)
             audit(s, actor, "run.start", model, {"run": row.id, "trigger": trigger})
@@ -432,9 +435,10 @@ class Registry:
         gate: dict[str, Any] | None = None,
         logs: str = "",
         failure_reason: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> Run:
         """Record how a run ended: ``succeeded``, ``failed``, ``rejected`` (by its gate) or
-        ``unchanged`` (nothing new to train on)."""
+        ``unchanged`` (nothing new to train on); ``details`` replace the run's details."""
         with self.db.session(write=True) as s:
             row = s.get(RunRow, run_id)
             if row is None:
@@ -442,6 +446,8 @@ class Registry:
             row.status, row.version, row.promoted = status, version, promoted
             row.metrics, row.gate, row.logs = metrics or {}, gate or {}, logs[-200_000:]
             row.failure_reason = failure_reason
+            if details is not None:
+                row.details = details
             row.ended_at = now()
             row.duration_s = (row.ended_at - row.started_at).total_seconds()
             audit(s, row.created_by, f"run.{status}", row.model_name,

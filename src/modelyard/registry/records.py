@@ -90,7 +90,7 @@ class AliasEvent(Record):
 
 @dataclass(frozen=True)
 class Run(Record):
-    """One training run of the pipeline and how it ended."""
+    """One run and how it ended: a training run of the pipeline, or a batch scoring run."""
 
     id: str
     model: str
@@ -110,6 +110,9 @@ class Run(Record):
     host: str | None = None
     pid: int | None = None
     heartbeat_at: datetime | None = None
+    #: ``train`` or ``batch``; a batch run's ``details`` say what it read and wrote
+    kind: str = "train"
+    details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -203,4 +203,5 @@ def to_alias_event(row: AliasEventRow, name: str) -> AliasEvent:
 def to_run(row: RunRow) -> Run:
     return Run(row.id, row.model_name, row.status, row.trigger, row.started_at, row.ended_at,
                row.duration_s, row.version, row.promoted, row.metrics, row.gate, row.logs,
-               row.failure_reason, row.created_by, row.host, row.pid, row.heartbeat_at)
+               row.failure_reason, row.created_by, row.host, row.pid, row.heartbeat_at,
+               row.kind or "train", row.details)

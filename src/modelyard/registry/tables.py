@@ -136,6 +136,10 @@ class RunRow(Base):
     #: tells a reused pid apart: the boot and the process's start time (see registry.owners)
     process_start: Mapped[str | None] = mapped_column(String(100), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # what ran (migration 0006): "train" (the pipeline) or "batch" (batch scoring), and what a
+    # batch run read and wrote (input fingerprint, output location, rows and errors)
+    kind: Mapped[str] = mapped_column(String(20), server_default="train")
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class AuditRow(Base):

@@ -1,0 +1,87 @@
+"""``modelyard batch``: score files or a SQL query with a registered version, resumably."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from modelyard.cli.output import live_console, print_fields, print_json
+from modelyard.cli.state import State, pass_state
+
+
+@click.command(short_help="Score files or a SQL query with a version, into Parquet or SQL.")
+@click.argument("ref", metavar="MODEL[:VERSION|@ALIAS]")
+@click.option("--input", "-i", "inputs", multiple=True, required=True, metavar="SRC",
+              help="Parquet, CSV or JSON-lines files, folders or globs, local or any fsspec URL "
+                   "(repeatable), or 'sql:SELECT ...' with --sql-db.")
+@click.option("--output", "-o", required=True, metavar="DST",
+              help="A folder or fsspec URL for Parquet parts, or 'sql:TABLE' with --sql-db.")
+@click.option("--key", "keys", multiple=True, metavar="COL",
+              help="An id column carried into the output (repeatable); without one, each "
+                   "answer carries its input row number.")
+@click.option("--chunk-rows", default=10_000, show_default=True,
+              type=click.IntRange(1, 10_000_000), help="Rows scored and committed at a time.")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
+              show_default=True, help="skip: set bad rows aside with their reason and go on; "
+                                      "fail: stop at the first one (exit 16).")
+@click.option("--scores", is_flag=True, help="Also write class scores (column 'scores').")
+@click.option("--restart", is_flag=True,
+              help="Replace what the output holds instead of resuming it.")
+@click.option("--log-sample", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              metavar="RATE", help="Share of rows written to the prediction log (variant "
+                                   "'batch'), so drift monitoring sees them.")
+@click.option("--sql-db", metavar="URL", help="SQLAlchemy URL for sql: inputs and outputs.")
+@click.option("--format", "input_format", type=click.Choice(["parquet", "csv", "json"]),
+              help="The input files' format (default: from their names).")
+@click.option("--device", help="Where to run the model (default: its serving section's).")
+@click.option("--engine", default="local", show_default=True,
+              help="Where the job runs: local (this process).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@pass_state
+def batch(state: State, ref: str, inputs: tuple[str, ...], output: str, keys: tuple[str, ...],
+          chunk_rows: int, on_error: str, scores: bool, restart: bool, log_sample: float,
+          sql_db: str | None, input_format: str | None, device: str | None, engine: str,
+          as_json: bool) -> None:
+    """Score an input with a registered version, chunk by chunk, into Parquet or a SQL table.
+
+    Rows are validated as the server validates requests; refused rows go to _errors/ in the
+    output folder (or TABLE_errors) with the reason. A rerun after a kill goes on after the
+    last finished chunk; a run over an output of another version or input is refused unless
+    --restart. The run is listed by 'modelyard runs'.
+
+    \b
+    modelyard batch fraud@production -i 'data/2026-12-*.parquet' -o scores/ --key id
+    modelyard batch fraud:3 -i 'sql:SELECT * FROM tx ORDER BY id' --sql-db postgresql://db/app \\
+        -o sql:fraud_scores --key id
+    """
+    from modelyard.batch import BatchJob, score
+    from modelyard.cli.progress import RowProgress
+
+    job = BatchJob(ref, inputs if len(inputs) > 1 else inputs[0], output, keys, chunk_rows,
+                   "fail" if on_error == "fail" else "skip", scores, restart, log_sample, sql_db,
+                   input_format, device, engine)
+    registry = state.registry()
+    with RowProgress(live_console(quiet_unless_tty=as_json), ref) as progress:
+        summary = score(job, registry, on_chunk=progress)
+    if as_json:
+        print_json(summary.to_dict())
+        return
+    print_fields(_shown(summary.to_dict()), title=f"{summary.model}:{summary.version} "
+                 f"{'already complete' if summary.run_id is None else summary.status}")
+
+
+def _shown(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary's fields worth a line each."""
+    return {"run": summary["run_id"], "rows": f"{summary['rows']:,}",
+            "errors": f"{summary['errors']:,}" + (f" in {summary['errors_location']}"
+                                                  if summary["errors"] else ""),
+            "output": summary["output"], "chunks": summary["chunks"],
+            "resumed": f"{summary['resumed_chunks']} chunks done before"
+            if summary["resumed_chunks"] else None,
+            "took": f"{summary['duration_s']:.2f} s",
+            "rate": f"{summary['rows_per_s']:,.0f} rows/s" if summary["rows_per_s"] else None,
+            "logged": summary["logged"] or None}
+
+
+__all__ = ["batch"]
