@@ -48,7 +48,9 @@ def test_each_pool_gets_its_context_with_every_pinned_wheel(tmp_path: Path) -> N
         # the wheel is this checkout's code: the health check the image runs is in it
         assert "modelyard/deploy/healthcheck.py" in own.namelist()
     assert sorted(p.name for p in cpu_dir.iterdir()) == [
-        ".dockerignore", "Dockerfile", "requirements.txt", "wheelhouse"]
+        ".dockerignore", "Dockerfile", "project", "requirements.txt", "wheelhouse"]
+    # the project file travels (the scheduler retrains from it); the build output does not
+    assert sorted(p.name for p in (cpu_dir / "project").iterdir()) == ["modelyard.yaml"]
 
     gpu_dir = Path(gpu["context"])
     assert "torch==" in (gpu_dir / "requirements.txt").read_text()

@@ -79,3 +79,18 @@ def test_kubernetes_options_are_checked_before_any_build_work(tmp_path: Path,
     line = one_error(build(tmp_path, project, "--kubernetes", "--kube-options", str(options)), 2)
     assert "replicas" in line
     assert not (tmp_path / "out").exists()  # nothing was written
+
+
+def test_the_project_code_is_its_file_and_python_beside_it_without_envs_or_output(
+        tmp_path: Path) -> None:
+    from modelyard.deploy.image import project_files
+
+    root = tmp_path / "shop"
+    for rel in ("modelyard.yaml", "train.py", "features/encode.py", "data/train.csv",
+                ".venv/lib/site.py", "env/lib/x.py", "env/pyvenv.cfg", ".modelyard/x.py",
+                "features/__pycache__/encode.py", "build/cpu/project/train.py"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("")
+    found = project_files(root / "modelyard.yaml", skip=[root / "build"])
+    assert [str(inside) for _, inside in found] == [
+        "modelyard.yaml", "features/encode.py", "train.py"]

@@ -12,6 +12,7 @@ from dockerfile_parse import DockerfileParser
 
 from modelyard.deploy.dockerfile import (
     BAKED,
+    PROJECT,
     UID,
     BakedVersion,
     ImagePlan,
@@ -132,7 +133,18 @@ def test_baked_blobs_are_copied_read_only_with_their_manifest():
 def test_the_context_sends_only_what_the_dockerfile_copies():
     lines = render_context(PLANS["cpu"])[".dockerignore"].splitlines()
     rules = [line for line in lines if line and not line.startswith("#")]
-    assert rules == ["*", "!Dockerfile", "!requirements.txt", "!wheelhouse/*.whl", "!baked/"]
+    assert rules == ["*", "!Dockerfile", "!requirements.txt", "!wheelhouse/*.whl", "!baked/",
+                     "!project/"]
+
+
+def test_the_project_code_is_copied_read_only_and_importable():
+    with_code = ImagePlan(pool=CPU, base_image="python:3.11-slim-bookworm", pins=PINS[:2],
+                          tag="modelyard-cpu:0.1.0", project_file="modelyard.yaml")
+    text = render_context(with_code)["Dockerfile"]
+    assert f"project/ {PROJECT}/" in instructions(text, "COPY")
+    assert f'PYTHONPATH="{PROJECT}"' in instructions(text, "ENV")[0]
+    assert not any("project/" in copy for copy in instructions(
+        render_context(PLANS["cpu"])["Dockerfile"], "COPY"))
 
 
 def test_cpu_requirements_are_the_pins_as_installed():

@@ -38,6 +38,10 @@ if TYPE_CHECKING:
               help="Another modelyard extra every image installs (e.g. grpc); repeat for more.")
 @click.option("--wheel-cache", default=None, type=click.Path(file_okay=False),
               help="Wheels kept between builds (default: OUT/.wheels).")
+@click.option("--code/--no-code", default=True, show_default=True,
+              help="Copy the project file and its Python code into the images, at "
+                   "/opt/modelyard/project (the scheduler retrains from it; a model's "
+                   "trusted_types import from it). Data is not copied.")
 @click.option("--kubernetes", is_flag=True,
               help="Also write Kubernetes manifests for these images into OUT/kubernetes: a "
                    "kustomize base and overlays cpu, gpu, dev, knative, prometheus-operator, "
@@ -50,7 +54,7 @@ if TYPE_CHECKING:
 @pass_state
 def build(state: State, project: str, out: str, pools: tuple[str, ...], bake: tuple[str, ...],
           base_image: str | None, gpu_base_image: str | None, tag: str,
-          extras: tuple[str, ...], wheel_cache: str | None, kubernetes: bool,
+          extras: tuple[str, ...], wheel_cache: str | None, code: bool, kubernetes: bool,
           kube_options: str | None, as_json: bool) -> None:
     """Write a Docker build context per pool: build each with no network, run anywhere.
 
@@ -66,7 +70,7 @@ def build(state: State, project: str, out: str, pools: tuple[str, ...], bake: tu
     request = BuildRequest(project=Path(project), out=Path(out), pools=pools, bake=bake,
                            base_image=base_image, gpu_base_image=gpu_base_image or GPU_BASE,
                            tag=tag, extras=extras,
-                           wheel_cache=Path(wheel_cache) if wheel_cache else None)
+                           wheel_cache=Path(wheel_cache) if wheel_cache else None, code=code)
     options = _kube_options(kubernetes, kube_options)
     contexts = build_contexts(request, state.registry)
     manifests = None

@@ -26,6 +26,9 @@ VENV = "/opt/modelyard/venv"
 HOME = "/var/lib/modelyard"
 #: where ``--bake`` puts artifact blobs (read-only, root-owned), in a LocalStore's layout.
 BAKED = "/opt/modelyard/baked"
+#: the project file and its Python code (training code, the team's own classes), read-only:
+#: the scheduler retrains from it, and ``trusted_types`` resolve against it.
+PROJECT = "/opt/modelyard/project"
 #: the unprivileged user and group the server runs as (numeric, so a cluster can check it).
 UID = 10001
 PORT = 8000
@@ -64,6 +67,9 @@ class ImagePlan:
     #: the Python command in the base image (a CUDA base has ``python3.11`` beside its own).
     python: str = "python3"
     baked: tuple[BakedVersion, ...] = ()
+    #: the project's file name (``modelyard.yaml``) when the context carries the project's
+    #: code in ``project/``; None: an image without it.
+    project_file: str | None = None
 
 
 def render_context(plan: ImagePlan) -> dict[str, str]:
@@ -114,12 +120,15 @@ def render_dockerfile(plan: ImagePlan) -> str:
            "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     if plan.baked:
         env["MODELYARD_BAKED_ARTIFACTS"] = BAKED
+    if plan.project_file is not None:
+        env["PYTHONPATH"] = PROJECT  # the team's own classes import by name, as at training
     head = _HEAD.format(pool=pool.name, models=", ".join(pool.models), tag=plan.tag,
                         gpu_note=_GPU_NOTE if pool.gpu else "")
     body = _BODY.format(base=plan.base_image, python=plan.python, venv=VENV, home=HOME, uid=UID,
                         port=PORT,
                         labels=_continued("LABEL", labels), env=_continued("ENV", env),
-                        baked=f"COPY baked/ {BAKED}/\n" if plan.baked else "",
+                        baked=(f"COPY baked/ {BAKED}/\n" if plan.baked else "")
+                        + (f"COPY project/ {PROJECT}/\n" if plan.project_file else ""),
                         entrypoint=json.dumps(server_command(pool.name)))
     return head + body
 
@@ -177,6 +186,7 @@ _DOCKERIGNORE = """\
 !requirements.txt
 !wheelhouse/*.whl
 !baked/
+!project/
 """
 
 _GPU_BASE_DOCKERFILE = """\
@@ -203,5 +213,5 @@ python3 -m pip download --dest wheelhouse --only-binary :all: \\
 """
 
 
-__all__ = ["BAKED", "HOME", "PORT", "UID", "VENV", "BakedVersion", "ImagePlan",
+__all__ = ["BAKED", "HOME", "PORT", "PROJECT", "UID", "VENV", "BakedVersion", "ImagePlan",
            "render_context", "render_dockerfile", "render_requirements", "server_command"]

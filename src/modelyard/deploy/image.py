@@ -60,6 +60,8 @@ class BuildRequest:
     extras: tuple[str, ...] = ()
     #: wheels kept between builds (None: ``<out>/.wheels``).
     wheel_cache: Path | None = None
+    #: copy the project file and its Python code into the images (:func:`project_files`).
+    code: bool = True
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ def build_contexts(request: BuildRequest,
     pools = _chosen(plan_pools(specs, _registered_flavors(specs, registry)), request.pools)
     baked = _baked_by_pool(request.bake, pools, registry)
     cache = request.wheel_cache or request.out / ".wheels"
+    code = project_files(request.project, skip=(request.out, cache)) if request.code else []
     contexts = []
     with tempfile.TemporaryDirectory(prefix="modelyard-wheel-") as tmp:
         own = ModelyardWheel.read(modelyard_wheel(Path(tmp)))
@@ -101,7 +104,7 @@ def build_contexts(request: BuildRequest,
             others = [] if pool.gpu else [pin for pin in plan.pins if pin.name != "modelyard"]
             wheels = [own.path, *wheelhouse.cached(others, cache).values()]
             folder = request.out / pool.name
-            _write_context(folder, plan, wheels, registry.store if registry else None)
+            _write_context(folder, plan, wheels, registry.store if registry else None, code)
             contexts.append(Context(pool=pool, folder=folder, tag=plan.tag, wheels=len(wheels),
                                     ready=not pool.gpu,
                                     baked=tuple(f"{b.model}:{b.version}" for b in plan.baked)))
@@ -114,6 +117,7 @@ def image_plan(request: BuildRequest, pool: Pool, own: ModelyardWheel,
     the pool's flavors, as ``lookup`` finds them installed), base image and tag."""
     pins = pin_closure(own.requires, _extras(pool, request.extras), lookup)
     return ImagePlan(pool=pool, tag=f"{request.tag}-{pool.name}:{own.version}", baked=baked,
+                     project_file=request.project.name if request.code else None,
                      pins=tuple(sorted([*pins, Pin("modelyard", own.version)])),
                      base_image=request.gpu_base_image if pool.gpu else
                      request.base_image or _default_base(),
@@ -228,12 +232,37 @@ def _baked_by_pool(refs: Sequence[str], pools: Sequence[Pool],
     return {pool: tuple(dict.fromkeys(items)) for pool, items in baked.items()}
 
 
+def project_files(project: Path, skip: Sequence[Path] = ()) -> list[tuple[Path, Path]]:
+    """``(file, path in the image's project folder)`` for the project file and every Python
+    file under its folder: the training code the scheduler runs and the classes a model's
+    ``trusted_types`` name. Hidden folders (``.git``, ``.venv``, ``.modelyard``), virtual
+    environments, ``__pycache__`` and the ``skip`` folders (the build's output) are left out,
+    and so is data: a pod reads it from where the spec's ``data`` points."""
+    root = project.parent.resolve()
+    skipped = {folder.resolve() for folder in skip}
+    found = [(project, Path(project.name))]
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        folders = [root.joinpath(*rel.parts[:i]) for i in range(1, len(rel.parts))]
+        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts[:-1]) or any(
+                folder in skipped or (folder / "pyvenv.cfg").exists() for folder in folders):
+            continue
+        found.append((path, rel))
+    return found
+
+
 def _write_context(folder: Path, plan: ImagePlan, wheels: Sequence[Path],
-                   store: ArtifactStore | None) -> None:
-    """Write ``plan``'s files, its wheels and its baked blobs into ``folder`` (what an earlier
-    build left in ``wheelhouse/`` and ``baked/`` is removed first)."""
-    for stale in ("wheelhouse", "baked"):
+                   store: ArtifactStore | None,
+                   code: Sequence[tuple[Path, Path]] = ()) -> None:
+    """Write ``plan``'s files, its wheels, its baked blobs and the project's ``code`` into
+    ``folder`` (what an earlier build left in ``wheelhouse/``, ``baked/`` and ``project/`` is
+    removed first)."""
+    for stale in ("wheelhouse", "baked", "project"):
         shutil.rmtree(folder / stale, ignore_errors=True)
+    for source, inside in code:
+        target = folder / "project" / inside
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
     (folder / "wheelhouse").mkdir(parents=True)
     for rel, text in render_context(plan).items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
