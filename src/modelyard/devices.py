@@ -37,6 +37,24 @@ def default_pool(device: str, *, accelerated: bool) -> str:
     return "cpu"
 
 
+def cpu_quota(cpu_max: str | None) -> int | None:
+    """CPUs a cgroup v2 ``cpu.max`` (``"200000 100000"``: quota and period in µs) allows,
+    rounded up; None for no limit (``"max 100000"``) or nothing readable."""
+    parts = (cpu_max or "").split()
+    if len(parts) != 2 or not (parts[0].isdigit() and parts[1].isdigit()) or not int(parts[1]):
+        return None
+    return max(1, -(-int(parts[0]) // int(parts[1])))
+
+
+def compute_threads(affinity: int, cpu_max: str | None) -> int | None:
+    """Threads the frameworks' thread pools (OpenMP, BLAS, torch) should use, when fewer than
+    they would pick themselves: they count the CPUs the process may run on, not the CPU time a
+    container's quota (a Kubernetes CPU limit) allows, and so run more threads than the quota
+    can keep busy, each throttled in turn. None: their own choice is right."""
+    quota = cpu_quota(cpu_max)
+    return quota if quota is not None and quota < affinity else None
+
+
 def resolve_device(
     requested: str,
     *,

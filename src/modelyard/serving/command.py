@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import MutableMapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from modelyard.devices import compute_threads
 from modelyard.errors import ModelyardError
 
 if TYPE_CHECKING:
@@ -119,6 +123,7 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
     # Under the modelyard CLI the global --home/--db/--artifacts options name the registry.
     settings = ctx.obj.settings() if hasattr(ctx.obj, "settings") else None
     _check_registry(settings)
+    _fit_threads_to_quota(os.environ)
     run(host, port, settings=settings, options=options, workers=workers, log_level=log_level)
 
 
@@ -131,5 +136,27 @@ def _check_registry(settings: Settings | None) -> None:
     with Registry.open(settings) as registry:
         registry.check_store()
 
+
+def _fit_threads_to_quota(env: MutableMapping[str, str],
+                          cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> None:
+    """Size the frameworks' thread pools to the container's CPU quota before any of them loads
+    (``--workers`` processes and device workers inherit it); a count already set wins."""
+    try:
+        quota_text: str | None = cpu_max.read_text()
+    except OSError:  # no cgroup v2 here: nothing limits the CPUs
+        quota_text = None
+    threads = compute_threads(len(os.sched_getaffinity(0)), quota_text)
+    if threads is None:
+        return
+    for variable in THREAD_VARIABLES:
+        env.setdefault(variable, str(threads))
+    # logging is set up by the server later: this one line goes out as it is
+    click.echo(f"a CPU quota of {threads}: the frameworks' thread pools use "
+               + ", ".join(f"{v}={env[v]}" for v in THREAD_VARIABLES), err=True)
+
+
+#: what OpenMP, the BLAS libraries and PyTorch (the first) and TensorFlow (the second) take
+#: their thread counts from.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS")
 
 __all__ = ["serve"]
