@@ -23,7 +23,6 @@ median of each.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import stat
@@ -33,9 +32,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
+
+from registry import pg_database  # a sibling script
 
 from modelyard.config import Settings
 from modelyard.deploy.image import BuildRequest, build_contexts
@@ -49,20 +49,6 @@ PG_ADMIN = os.environ.get("MODELYARD_TEST_PG", "postgresql://postgres@127.0.0.1:
 PROJECT = ("models:\n"
            "  tabular: {train: t.py:train, flavor: sklearn, data: {path: d.csv, target: y}}\n")
 BODY = json.dumps({"inputs": [[0.5] * 20]}).encode()
-
-
-@contextlib.contextmanager
-def database() -> Iterator[str]:
-    import psycopg
-
-    name = f"modelyard_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN.rpartition('/')[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def first_prediction(url: str, deadline: float) -> None:
@@ -139,7 +125,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="modelyard-bench-image-") as tmp, \
-            database() as db_url, Dockerd() as dockerd:
+            pg_database(PG_ADMIN) as db_url, Dockerd() as dockerd:
         work = Path(tmp)
         base = debian_python_image(dockerd, CACHE)
         tag, build_s = build_image(dockerd, base, db_url, work)

@@ -122,6 +122,13 @@ def _database(backend: str, home: Path, pg_admin_url: str) -> Iterator[str]:
     if backend == "sqlite":
         yield f"sqlite:///{home / 'registry.db'}"
         return
+    with pg_database(pg_admin_url) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def pg_database(pg_admin_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database on the server of ``pg_admin_url``, dropped afterwards."""
     import psycopg
 
     name = f"modelyard_bench_{uuid.uuid4().hex[:10]}"

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -28,6 +27,7 @@ from modelyard.predictor import open_version
 from modelyard.registry import Registry
 from modelyard.registry.owners import is_running, this_host
 from modelyard.spec import ChampionRule, GateSpec, Spec, load_project
+from modelyard.testing import labeled_frame
 
 pytestmark = pytest.mark.integration
 
@@ -128,20 +128,13 @@ models:
 '''
 
 
-def _table(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, 4))
-    label = (X @ np.array([2.0, -1.0, 0.5, 0.0]) + rng.normal(scale=0.5, size=n) > 0).astype(int)
-    return pd.DataFrame({**{f"x{i}": X[:, i] for i in range(4)}, "label": label})
-
-
 @pytest.fixture()
 def project(tmp_path: Path) -> dict[str, Spec]:
     root = tmp_path / "project"
     (root / "data").mkdir(parents=True)
     (root / "train.py").write_text(textwrap.dedent(TRAIN_PY))
     (root / "modelyard.yaml").write_text(YAML)
-    _table(300, seed=1).to_csv(root / "data" / "part-1.csv", index=False)
+    labeled_frame(300, seed=1).to_csv(root / "data" / "part-1.csv", index=False)
     return load_project(root / "modelyard.yaml")
 
 
@@ -190,7 +183,7 @@ def test_nothing_new_registers_nothing_unless_forced(project: dict[str, Spec],
     assert run_pipeline(other_params, registry).unchanged.ref == "clf:3"
     other_spec = other_params.model_copy(update={"description": "now documented"})
     assert run_pipeline(other_spec, registry).version.version == 4
-    _table(50, seed=9).to_csv(project["clf"].root / "data" / "part-9.csv", index=False)
+    labeled_frame(50, seed=9).to_csv(project["clf"].root / "data" / "part-9.csv", index=False)
     assert run_pipeline(other_spec, registry).version.version == 5
     # and so does the code (the project is no git repository: its .py files are hashed)
     train_py = project["clf"].root / "train.py"
@@ -218,7 +211,7 @@ def test_worse_candidate_is_rejected_and_production_stays(project: dict[str, Spe
 def test_new_data_is_picked_up_and_a_lenient_gate_passes(project: dict[str, Spec],
                                                          registry: Registry):
     first = run_pipeline(project["clf"], registry)
-    _table(200, seed=2).to_csv(project["clf"].root / "data" / "part-2.csv", index=False)
+    labeled_frame(200, seed=2).to_csv(project["clf"].root / "data" / "part-2.csv", index=False)
     lenient = project["clf"].model_copy(update={"gate": GateSpec(
         champion=ChampionRule(metric="f1", max_drop=0.5))})
     second = run_pipeline(lenient, registry, promote=False)
@@ -247,7 +240,7 @@ def test_malformed_data_fails_validation_with_a_report(project: dict[str, Spec],
                                                         registry: Registry):
     bad = project["checked"].root / "bad"
     bad.mkdir()
-    frame = _table(30, seed=3)
+    frame = labeled_frame(30, seed=3)
     frame.loc[0, "x0"] = 99.0
     frame.loc[1:3, "x1"] = np.nan
     frame.to_csv(bad / "d.csv", index=False)
@@ -324,7 +317,7 @@ def test_custom_classes_need_trusted_types(tmp_path: Path, registry: Registry,
     (root / "data").mkdir(parents=True)
     (root / "custom_steps.py").write_text(CUSTOM_STEP)
     (root / "train.py").write_text(CUSTOM_TRAIN)
-    _table(200, seed=3).to_csv(root / "data" / "part-1.csv", index=False)
+    labeled_frame(200, seed=3).to_csv(root / "data" / "part-1.csv", index=False)
     base = {"name": "custom", "train": "train.py:train", "root": root,
             "data": {"path": "data/*.csv", "target": "label"}, "metrics": ["accuracy"]}
 
@@ -337,7 +330,7 @@ def test_custom_classes_need_trusted_types(tmp_path: Path, registry: Registry,
     result = run_pipeline(trusted, registry)
     monkeypatch.syspath_prepend(str(root))  # the class must be importable where it loads
     model = open_version(result.version, registry)
-    assert model.predict(_table(5, seed=4).drop(columns="label")).shape == (5,)
+    assert model.predict(labeled_frame(5, seed=4).drop(columns="label")).shape == (5,)
 
 
 def _wait_for(condition: Callable[[], object], what: str, timeout_s: float = 120.0) -> None:

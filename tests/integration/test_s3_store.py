@@ -26,15 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
-import pandas as pd
 import pytest
 
 from modelyard.config import Settings
 from modelyard.errors import IntegrityError, StorageError
 from modelyard.registry import Registry
 from modelyard.store import open_store
-from modelyard.testing import ServerProcess, register_constant
+from modelyard.testing import ServerProcess, labeled_frame, register_constant
 
 pytestmark = pytest.mark.integration
 
@@ -58,13 +56,6 @@ models:
 RECORD = {"x0": 0.5, "x1": -0.2, "x2": 1.0, "x3": 0.0}
 
 
-def _table(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, 4))
-    label = (X @ np.array([2.0, -1.0, 0.5, 0.0]) + rng.normal(scale=0.5, size=n) > 0).astype(int)
-    return pd.DataFrame({**{f"x{i}": X[:, i] for i in range(4)}, "label": label})
-
-
 @pytest.fixture()
 def node(tmp_path: Path) -> Path:
     """The training node's own folder: the project (code and data) and nothing else."""
@@ -72,7 +63,7 @@ def node(tmp_path: Path) -> Path:
     (root / "project" / "data").mkdir(parents=True)
     (root / "project" / "train.py").write_text(textwrap.dedent(TRAIN_PY))
     (root / "project" / "modelyard.yaml").write_text(YAML)
-    _table(300, seed=1).to_csv(root / "project" / "data" / "part1.csv", index=False)
+    labeled_frame(300, seed=1).to_csv(root / "project" / "data" / "part1.csv", index=False)
     return root
 
 

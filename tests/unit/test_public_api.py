@@ -40,7 +40,8 @@ def test_errors_share_one_root():
 
 
 TESTING = {
-    "ProbeModel", "ServerProcess", "check_adapter", "mlp", "register_constant", "register_hgb",
+    "ProbeModel", "ServerProcess", "check_adapter", "labeled_frame", "mlp", "register_constant",
+    "register_hgb",
     "register_mlp", "register_model", "register_probe", "register_text", "tabular_data",
 }
 

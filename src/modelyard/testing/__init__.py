@@ -2,6 +2,7 @@
 
 - :func:`check_adapter`: the conformance check every adapter passes, like scikit-learn's
   ``check_estimator`` (:mod:`~modelyard.testing.conformance`);
+- :func:`tabular_data` and :func:`labeled_frame`: training data to fit them on;
 - small real models registered in a registry in seconds: :func:`register_hgb`,
   :func:`register_constant`, :func:`register_text`, :func:`register_mlp`,
   :func:`register_probe` (a :class:`ProbeModel` that fails, hangs or crashes on request) and
@@ -15,6 +16,7 @@ The server and the CLI never import this package (a test walks their imports to 
 from modelyard.testing.conformance import check_adapter
 from modelyard.testing.models import (
     ProbeModel,
+    labeled_frame,
     mlp,
     register_constant,
     register_hgb,
@@ -30,6 +32,7 @@ __all__ = [
     "ProbeModel",
     "ServerProcess",
     "check_adapter",
+    "labeled_frame",
     "mlp",
     "register_constant",
     "register_hgb",

@@ -58,6 +58,17 @@ def tabular_data(n_rows: int = 2000, n_features: int = 20, seed: int = 0) -> tup
     return X, y
 
 
+def labeled_frame(n_rows: int, seed: int) -> Any:
+    """A training table as a project reads it from CSV: float columns ``x0..x3`` and an int
+    ``label`` a linear rule plus noise decides (a pandas ``DataFrame``)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n_rows, 4))
+    label = (X @ np.array([2.0, -1.0, 0.5, 0.0]) + rng.normal(scale=0.5, size=n_rows) > 0)
+    return pd.DataFrame({**{f"x{i}": X[:, i] for i in range(4)}, "label": label.astype(int)})
+
+
 def register_hgb(registry: Any, name: str = "tabular", *, max_iter: int = 100,
                  n_features: int = 20, seed: int = 0, promote: bool = True,
                  meta: dict[str, Any] | None = None) -> Any:
