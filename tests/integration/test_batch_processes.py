@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,3 +109,38 @@ def test_a_batch_process_killed_between_chunks_resumes_exactly(registry: Registr
     killed, resumed = registry.list_runs("tab")[::-1]
     assert killed.status == "failed" and "abandoned" in (killed.failure_reason or "")
     assert resumed.status == "succeeded" and resumed.details["resumed_chunks"] == 3
+
+
+def test_the_cli_scores_parquet_in_a_bucket_into_the_bucket(registry: Registry, s3_server: Any,
+                                                            tmp_path: Path) -> None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    register_hgb(registry, "tab", max_iter=10, n_features=4)
+    bucket, s3 = s3_server.new_bucket(), s3_server.client()
+    df = frame(700)
+    for name, part in (("a", df.iloc[:400]), ("b", df.iloc[400:])):
+        body = io.BytesIO()
+        part.to_parquet(body)
+        s3.put_object(Bucket=bucket, Key=f"in/{name}.parquet", Body=body.getvalue())
+    cli = [str(Path(sys.executable).with_name("modelyard")), "--home", str(registry.settings.home),
+           "batch", "tab", "-i", f"s3://{bucket}/in/*.parquet", "-o", f"s3://{bucket}/scores",
+           "--key", "id", "--chunk-rows", "300", "--scores"]
+    # the endpoint and credentials come from the environment only, as in production
+    done = subprocess.run(cli, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **s3_server.env()})
+    assert done.returncode == 0, done.stderr
+
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="scores/")
+                  ["Contents"])
+    assert keys == ["scores/_manifest.json", *(f"scores/part-00000{i}.parquet"
+                                               for i in range(3))]  # whole parts, no temporaries
+    parts = [pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
+             for key in keys[1:]]
+    got = pd.concat([part.to_pandas() for part in parts])
+    assert got["id"].tolist() == df["id"].tolist()
+    want = load("tab", registry=registry).predict(df[FEATURES].to_numpy())
+    assert got["predictions"].tolist() == want.tolist()
+    (run,) = registry.list_runs("tab")
+    assert run.status == "succeeded" and run.details["output"] == f"s3://{bucket}/scores"
