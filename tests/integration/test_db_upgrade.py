@@ -59,6 +59,11 @@ def test_upgrades_a_database_an_older_release_wrote(backend, tmp_path, request):
     result = _upgrade(url)
     assert result.exit_code == 0, result.output
     assert f"upgraded from revision 0003 to {database_module.head_revision()}" in result.stdout
+    from modelyard.registry import Registry
+
+    with Registry.open(db_url=url, home=tmp_path / "home") as registry:
+        (event,) = [e for e in registry.audit_events("registry") if e.action == "db.upgrade"]
+    assert event.details == {"from": "0003", "to": database_module.head_revision()}
 
 
 def test_an_unreachable_database_is_one_line_exit_10():

@@ -29,13 +29,19 @@ def upgrade(state: State) -> None:
     from modelyard.registry import Database
     from modelyard.registry.database import head_revision
 
-    database = Database(state.settings().db_url)
+    settings = state.settings()
+    database = Database(settings.db_url)
     try:
         before = database.revision()
         database.migrate()
+        head = head_revision()
+        if before not in (None, head):  # an upgrade of a registry in use: who did it, when
+            from modelyard.registry.rows import audit
+
+            with database.session(write=True) as s:
+                audit(s, settings.actor, "db.upgrade", "registry", {"from": before, "to": head})
     finally:
         database.dispose()
-    head = head_revision()
     if before == head:
         click.echo(f"{database.display_url} is at revision {head} (the newest): nothing to do")
     else:
