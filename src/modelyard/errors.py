@@ -24,9 +24,10 @@
     │   ├── BodyTimeoutError        408: the body stalled past the server's --body-timeout
     │   ├── MethodNotAllowedError   405: the path exists for other methods (``allow``)
     │   ├── UnsupportedMediaTypeError  415: a mutation's body is not declared JSON
-    │   ├── UnauthorizedError       401: a mutation without the server's bearer token
-    │   ├── ForbiddenError          403: a bearer token the server does not accept
-    │   └── CrossSiteError          403: a mutation from another site's web page
+    │   ├── UnauthorizedError       401: a call that needs a credential came without one
+    │   ├── ForbiddenError          403: a credential not valid here, or without the role
+    │   ├── CrossSiteError          403: a mutation from another site's web page
+    │   └── TooManyAttemptsError    429: too many failed attempts from one client
     ├── UnavailableError            the server cannot answer now; retry (503, ``retry_after``)
     │   ├── QueueFullError          the model's request queue is full
     │   ├── RunnerClosedError       the version was swapped out or unloaded mid-request
@@ -226,7 +227,7 @@ class UnsupportedMediaTypeError(RequestError):
 
 
 class UnauthorizedError(RequestError):
-    """A mutating call came without ``Authorization: Bearer <token>``."""
+    """A call that needs a credential came without ``Authorization: Bearer <key>``."""
 
     status_code = 401
     #: sent with the 401, as RFC 9110 asks.
@@ -234,7 +235,8 @@ class UnauthorizedError(RequestError):
 
 
 class ForbiddenError(RequestError):
-    """A mutating call's bearer token does not match the server's ``MODELYARD_TOKEN``."""
+    """A credential that is not valid here (unknown, expired, revoked), or whose role or scope
+    does not allow the call."""
 
     status_code = 403
 
@@ -243,6 +245,16 @@ class CrossSiteError(RequestError):
     """A mutating request came from a web page on another site (a foreign ``Origin``)."""
 
     status_code = 403
+
+
+class TooManyAttemptsError(RequestError):
+    """A client failed to authenticate too often; retry after ``retry_after`` seconds (429)."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class UnavailableError(ModelyardError):
@@ -320,6 +332,7 @@ __all__ = [
     "RunnerClosedError",
     "ServerStartError",
     "StorageError",
+    "TooManyAttemptsError",
     "TrainingError",
     "UnauthorizedError",
     "UnavailableError",

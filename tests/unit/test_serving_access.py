@@ -21,7 +21,6 @@ from modelyard.serving.access import (
     TOKEN_ACTOR,
     TOKEN_ENV,
     Access,
-    exposure_warning,
     is_loopback,
 )
 from modelyard.serving.app import MUTATIONS, ROUTES, App
@@ -100,18 +99,30 @@ def test_every_post_but_predictions_and_the_index_is_a_mutation() -> None:
 
 
 # -- the credential and the actor --------------------------------------------------------------
-def test_the_actor_comes_from_the_credential() -> None:
-    assert Access().authenticate(None) == ANONYMOUS == "api:anonymous"
-    assert Access().authenticate(b"Bearer whatever") == ANONYMOUS
+def _scope(authorization: bytes | None = None) -> dict[str, Any]:
+    headers = [(b"authorization", authorization)] if authorization is not None else []
+    return {"headers": headers, "client": ("10.0.0.9", 5000)}
+
+
+async def test_the_actor_comes_from_the_credential() -> None:
+    open_server = Access()
+    assert await open_server.admit(_scope(), "deploy", "m", credential_needed=True) == ANONYMOUS
+    assert await open_server.admit(_scope(b"Bearer whatever"), "deploy", "m") == ANONYMOUS
     access = Access.from_env({TOKEN_ENV: "s3cret"})
     assert access.required and not Access.from_env({TOKEN_ENV: ""}).required
-    assert access.authenticate(b"Bearer s3cret") == TOKEN_ACTOR == "api:token"
-    assert access.authenticate("bearer  s3cret ") == TOKEN_ACTOR  # gRPC metadata is text
+    assert not access.enforced  # a token guards mutations only
+    assert await access.admit(_scope(), "predict", "m") == ANONYMOUS
+    scope = _scope(b"Bearer s3cret")
+    assert await access.admit(scope, "deploy", "m", credential_needed=True) == TOKEN_ACTOR
+    assert scope["modelyard.actor"] == TOKEN_ACTOR == "api:token"
+    metadata = [("authorization", "bearer  s3cret ")]  # gRPC metadata is text
+    assert await access.admit_metadata(metadata, "peer", "deploy", "m",
+                                       credential_needed=True) == TOKEN_ACTOR
     for bad in (None, b"", b"s3cret", b"Basic s3cret", b"Bearer "):
         with pytest.raises(UnauthorizedError):
-            access.authenticate(bad)
+            await access.admit(_scope(bad), "deploy", "m", credential_needed=True)
     with pytest.raises(ForbiddenError):
-        access.authenticate(b"Bearer s3cre")
+        await access.admit(_scope(b"Bearer s3cre"), "deploy", "m", credential_needed=True)
 
 
 async def test_x_actor_no_longer_names_the_actor(client: httpx.AsyncClient,
@@ -376,28 +387,29 @@ def test_is_loopback() -> None:
         assert not is_loopback(host), host
 
 
-def test_serving_on_a_reachable_address_without_a_token_warns(
+def test_serving_on_a_reachable_address_enforces_auth_unless_insecure(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     from modelyard.serving import server
     from modelyard.serving.server import serve
 
-    started_on: list[str] = []
-    monkeypatch.setattr(server, "_start", lambda host, *a, **kw: started_on.append(host) or 0)
+    started: list[tuple[str, ServeOptions]] = []
+    monkeypatch.setattr(server, "_start",
+                        lambda host, port, settings, options, *a: started.append((host, options))
+                        or 0)
     monkeypatch.delenv(TOKEN_ENV, raising=False)
     settings = Settings.from_env(home=tmp_path / "home")
     with caplog.at_level(logging.WARNING, logger="modelyard.serving.server"):
         serve("0.0.0.0", 0, settings=settings)
-    (record,) = caplog.records
-    assert record.levelno == logging.WARNING and TOKEN_ENV in record.getMessage()
-    assert "0.0.0.0" in record.getMessage()
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="modelyard.serving.server"):
         serve("127.0.0.1", 0, settings=settings)
-        monkeypatch.setenv(TOKEN_ENV, "s3cret")
-        serve("0.0.0.0", 0, settings=settings)
-    assert caplog.records == [] and started_on == ["0.0.0.0", "127.0.0.1", "0.0.0.0"]
-    assert exposure_warning("::", Access()) is not None
+    assert caplog.records == []
+    assert [(h, o.exposed) for h, o in started] == [("0.0.0.0", True), ("127.0.0.1", False)]
+    assert Access(exposed=True).enforced and not Access(exposed=True, insecure=True).enforced
+    with caplog.at_level(logging.WARNING, logger="modelyard.serving.server"):
+        serve("0.0.0.0", 0, settings=settings, options=ServeOptions(insecure=True))
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING and "--insecure" in record.getMessage()
+    assert "0.0.0.0" in record.getMessage()
 
 
 async def test_the_built_in_log_key_warns_once_when_a_model_hashes_fields(

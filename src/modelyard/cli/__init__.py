@@ -92,6 +92,7 @@ def main(ctx: click.Context, home: str | None, db: str | None, artifacts: str | 
 
 
 def _register() -> None:
+    from modelyard.cli.auth_cmds import auth
     from modelyard.cli.batch_cmds import batch
     from modelyard.cli.build_cmds import build
     from modelyard.cli.db_cmds import db
@@ -118,6 +119,7 @@ def _register() -> None:
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)
+    main.add_command(auth)
 
 
 _register()

@@ -22,6 +22,7 @@ from modelyard.adapters import artifact_verifier
 from modelyard.config import Settings
 from modelyard.errors import ConfigError, ConflictError, IntegrityError, NotFoundError
 from modelyard.registry.database import Database
+from modelyard.registry.keys import KeyStore
 from modelyard.registry.owners import Owner, abandoned, this_host
 from modelyard.registry.records import AliasEvent, AuditEvent, Model, ModelVersion, Run
 from modelyard.registry.rows import (
@@ -127,6 +128,11 @@ class Registry:
         shared = open_store(settings.artifacts, timeout_s=settings.store_timeout_s)
         baked = settings.baked_artifacts  # an image's baked blobs, read before the shared store
         return cls(db, BakedStore(LocalStore(baked), shared) if baked else shared, settings)
+
+    @property
+    def keys(self) -> KeyStore:
+        """Principals and API keys (see :mod:`modelyard.registry.keys`)."""
+        return KeyStore(self.db)
 
     def check_store(self) -> None:
         """Ask the artifact store once whether it answers, before work that needs it.

@@ -312,8 +312,41 @@ class LeaseRow(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class PrincipalRow(Base):
+    """A user or a service account (migration 0007): who an API key stands for."""
+
+    __tablename__ = "principals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(20))  # "user" or "service"
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(200))
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class ApiKeyRow(Base):
+    """One API key (migration 0007): its public id, a slow salted hash of its secret (never the
+    secret), the role and model scope it grants, and when it expires or was revoked."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_principal", "principal_id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    principal_id: Mapped[int] = mapped_column(ForeignKey("principals.id"))
+    role: Mapped[str] = mapped_column(String(40))
+    models: Mapped[str] = mapped_column(String(200))
+    secret_hash: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    note: Mapped[str] = mapped_column(String(300), server_default="")
+
+
 __all__ = [
-    "AliasEventRow", "AliasRow", "AuditRow", "Base", "DeploymentEventRow", "DeploymentRow",
-    "DeploymentWindowRow", "DriftReportRow", "LabelRow", "LeaseRow", "ModelRow",
-    "MonitorEventRow", "PredictionRow", "RunRow", "UTCDateTime", "VersionRow",
+    "AliasEventRow", "AliasRow", "ApiKeyRow", "AuditRow", "Base", "DeploymentEventRow",
+    "DeploymentRow", "DeploymentWindowRow", "DriftReportRow", "LabelRow", "LeaseRow", "ModelRow",
+    "MonitorEventRow", "PredictionRow", "PrincipalRow", "RunRow", "UTCDateTime", "VersionRow",
 ]

@@ -1,11 +1,12 @@
 """The admin API under ``/api/v1``: what the CLI does to models, aliases and rollouts, over HTTP.
 
-Reads (``GET``) are open. Mutations (``POST``) pass the app's dispatcher first: it refuses
-cross-site requests (a foreign ``Origin`` 403, a body not declared JSON 415; see
-:mod:`modelyard.serving.cors`) and, when ``MODELYARD_TOKEN`` is set, a missing token (401, with
-``WWW-Authenticate: Bearer``) or a wrong one (403). The registry records the actor the
-credential stands for (:mod:`modelyard.serving.access`): ``api:token``, or ``api:anonymous`` on
-a server without a token.
+Reads (``GET``) need the ``read`` action (viewer, deployer, trainer, admin), mutations
+(``POST``) ``deploy`` (deployer, admin) when auth is enforced; each route's model must be in the
+key's scope. Mutations pass the app's dispatcher first: it refuses cross-site requests (a
+foreign ``Origin`` 403, a body not declared JSON 415; see :mod:`modelyard.serving.cors`), then
+a missing credential (401, with ``WWW-Authenticate: Bearer``) or one without the role (403).
+The registry records the actor the credential stands for (:mod:`modelyard.serving.access`):
+the key's principal, ``api:token``, or ``api:anonymous`` on a server that enforces nothing.
 
 Registry calls block, so they run on the catalog's registry thread, off the event loop. Errors
 answer the app's usual ``{"error", "message"[, "detail"]}`` body with their ``status_code``:
@@ -259,21 +260,23 @@ async def _ok(send: Send, doc: Any) -> None:
 
 
 ROUTES: RouteTable = [
-    ("GET", "/api/v1/models", Endpoint(AdminAPI.admin_models)),
-    ("GET", "/api/v1/models/{name}/versions", Endpoint(AdminAPI.admin_versions)),
-    ("GET", "/api/v1/models/{name}/deployment", Endpoint(AdminAPI.admin_deployment)),
+    ("GET", "/api/v1/models", Endpoint(AdminAPI.admin_models, action="read")),
+    ("GET", "/api/v1/models/{name}/versions", Endpoint(AdminAPI.admin_versions, action="read")),
+    ("GET", "/api/v1/models/{name}/deployment", Endpoint(AdminAPI.admin_deployment, action="read")),
     ("GET", "/api/v1/models/{name}/deployment/history",
-     Endpoint(AdminAPI.admin_deployment_history)),
-    ("POST", "/api/v1/models/{name}/promote", Endpoint(AdminAPI.admin_promote, mutation=True)),
-    ("POST", "/api/v1/models/{name}/rollback", Endpoint(AdminAPI.admin_rollback, mutation=True)),
+     Endpoint(AdminAPI.admin_deployment_history, action="read")),
+    ("POST", "/api/v1/models/{name}/promote",
+     Endpoint(AdminAPI.admin_promote, mutation=True, action="deploy")),
+    ("POST", "/api/v1/models/{name}/rollback",
+     Endpoint(AdminAPI.admin_rollback, mutation=True, action="deploy")),
     ("POST", "/api/v1/models/{name}/deployments",
-     Endpoint(AdminAPI.admin_start_deployment, mutation=True)),
+     Endpoint(AdminAPI.admin_start_deployment, mutation=True, action="deploy")),
     ("POST", "/api/v1/models/{name}/deployment/promote",
-     Endpoint(AdminAPI.admin_deployment_promote, mutation=True)),
+     Endpoint(AdminAPI.admin_deployment_promote, mutation=True, action="deploy")),
     ("POST", "/api/v1/models/{name}/deployment/abort",
-     Endpoint(AdminAPI.admin_deployment_abort, mutation=True)),
+     Endpoint(AdminAPI.admin_deployment_abort, mutation=True, action="deploy")),
     ("POST", "/api/v1/models/{name}/deployment/rollback",
-     Endpoint(AdminAPI.admin_deployment_rollback, mutation=True)),
+     Endpoint(AdminAPI.admin_deployment_rollback, mutation=True, action="deploy")),
 ]
 
 __all__ = ["MAX_CHARS", "ROUTES", "TOKEN_ENV", "AdminAPI", "parse_fields"]

@@ -13,7 +13,8 @@ each route bound to the callable that answers it (:class:`~modelyard.serving.htt
 :mod:`~.monitor_api`            feedback, quality metrics, drift, events, logged predictions
 ==============================  ===============================================================
 
-The dispatcher admits every mutation in one place (:func:`~modelyard.serving.access.admit`),
+The dispatcher admits every request in one place (:meth:`~modelyard.serving.access.Access.admit`:
+the action the route declares, against the caller's role and scope),
 answers ``OPTIONS`` and logs each 5xx once with its request id. Build an app with
 :func:`create_app` and run it under any ASGI server (``modelyard.serving.serve`` runs our own);
 in tests, drive it in-process with ``httpx.ASGITransport`` after ``await app.startup()``.
@@ -21,12 +22,13 @@ in tests, drive it in-process with ``httpx.ASGITransport`` after ``await app.sta
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from modelyard.errors import MethodNotAllowedError, NotFoundError
 from modelyard.serving import admin, monitor_api, native, oip, ops
-from modelyard.serving.access import Access, admit
+from modelyard.serving.access import Access
 from modelyard.serving.admin import AdminAPI
 from modelyard.serving.calls import log_failure, new_request_id, request_id_of
 from modelyard.serving.catalog import Catalog
@@ -75,11 +77,13 @@ class App:
         self.options = options or ServeOptions()
         catalog = Catalog(registry, self.options, ServerMetrics(self.options.metrics_dir))
         self.plane = DataPlane(catalog, settings=settings, owns_registry=registry is None)
-        self.access = Access.from_env()  # reads MODELYARD_TOKEN now
+        self.access = Access.from_env(  # reads MODELYARD_TOKEN now
+            exposed=self.options.exposed, insecure=self.options.insecure,
+            on_failure=catalog.metrics.auth_failed)
         self.cross_site = CrossSite(self.options.cors_origins)
         self._body_deadlines = BodyDeadlines(self.options.body_timeout_s)
         self.oip = OIPHandlers(self.plane)
-        monitor = MonitorAPI(self.plane, self.access)
+        monitor = MonitorAPI(self.plane)
         self.gauges = MonitorGauges(self.plane, monitor)
         self.retention = RetentionSweeper(self.options, monitor)
         self.routes = compile_routes([
@@ -122,6 +126,11 @@ class App:
         """Start the data plane (registry, preloading: ``/readyz`` turns 200 when done, the
         prediction log, the watcher and rollouts), the monitoring loops and gRPC."""
         await self.plane.start()
+        loop = asyncio.get_running_loop()
+        await self.access.attach(  # the slow hash of a new key runs off the registry thread
+            self.catalog.registry.keys,
+            lambda fn, *args: loop.run_in_executor(None, fn, *args))
+        self.access.watch()
         if self.plane.predlog is not None:
             self.gauges.start()
         self.retention.start()
@@ -148,6 +157,7 @@ class App:
         """Stop gRPC and the loops, drain every runner, release threads and the registry."""
         if self._grpc is not None:
             await self._grpc.stop(5)
+        await self.access.stop()
         await self.gauges.stop()
         await self.retention.stop()
         await self.plane.stop()
@@ -190,7 +200,12 @@ class App:
                 raise NotFoundError(f"no route {path[:200]}; see /docs for the API")
             endpoint, params = found
             if endpoint.mutation:
-                admit(scope, self.access, self.cross_site, untyped=endpoint.untyped)
+                self.cross_site.check_mutation(scope, json_optional=endpoint.untyped)
+            access = self.access
+            if endpoint.action != "public" and (
+                    access.enforced or (endpoint.credential_needed and access.required)):
+                await access.admit(scope, endpoint.action, params.get("name"),
+                                   credential_needed=endpoint.credential_needed)
             await endpoint.answer(scope, receive, send, **params)
         except ClientDisconnectedError:
             return

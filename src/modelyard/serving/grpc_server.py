@@ -12,13 +12,17 @@ a rollout) that answered: ``x-model-version``, ``x-model-variant``. Under a roll
 metadata plays the part of request headers for the routing key (``x-request-key``, or the
 header an A/B rollout names).
 
-Repository load and unload are mutations: with ``MODELYARD_TOKEN`` set they need the metadata
-``authorization: Bearer <token>`` (UNAUTHENTICATED without it, PERMISSION_DENIED with another
-token), and each is audited under the actor the credential stands for, as over REST.
+Every method declares the action it needs (:data:`ACTIONS`), as the REST routes do, and is
+admitted by the same :class:`~modelyard.serving.access.Access`: with auth enforced, the
+metadata ``authorization: Bearer <key>`` must carry a key whose role allows it on the model
+(UNAUTHENTICATED without it, PERMISSION_DENIED with a wrong key or without the role).
+Repository load and unload are mutations: with ``MODELYARD_TOKEN`` set they need it even when
+auth is not enforced, and each is audited under the actor the credential stands for.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from typing import Any
 
@@ -27,12 +31,22 @@ import numpy as np
 from modelyard.errors import FrameworkMissingError, InputError, ModelyardError
 from modelyard.numeric import to_numeric
 from modelyard.serving import protocol_v2 as v2
-from modelyard.serving.access import Access
+from modelyard.serving.access import ANONYMOUS, Access
 from modelyard.serving.calls import Call, log_failure, new_request_id, usable_id
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.oip import OIPHandlers, infer_request, outputs_of
 
 log = logging.getLogger(__name__)
+
+#: what each method needs the caller's role to allow (see :mod:`modelyard.registry.policy`);
+#: a method not listed needs ``admin`` (deny by default).
+ACTIONS = {"ServerLive": "public", "ServerReady": "public", "ServerMetadata": "public",
+           "ModelReady": "describe", "ModelMetadata": "describe", "RepositoryIndex": "describe",
+           "ModelInfer": "predict", "RepositoryModelLoad": "deploy",
+           "RepositoryModelUnload": "deploy"}
+#: the methods that change something (a credential even when auth is not enforced).
+MUTATIONS = frozenset({"RepositoryModelLoad", "RepositoryModelUnload"})
+_actor: contextvars.ContextVar[str] = contextvars.ContextVar("modelyard_grpc_actor")
 
 #: which ``InferTensorContents`` field holds each datatype's values.
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
@@ -198,19 +212,27 @@ class Servicer:
         rows = self.oip.repository_index(bool(request.ready))
         return self.pb.RepositoryIndexResponse(models=[index(**r) for r in rows])
 
-    def _actor(self, context: Any) -> str:
-        """Who is calling: the ``authorization`` metadata (``Bearer <token>``), as over HTTP."""
-        return self.access.authenticate_metadata(context.invocation_metadata())
+    async def admit(self, name: str, request: Any, context: Any) -> None:
+        """Let the call through or raise 401/403/429 (as over HTTP); the actor is kept for the
+        audit of a mutation."""
+        access = self.access
+        action = ACTIONS.get(name, "admin")
+        needed = name in MUTATIONS
+        if action == "public" or not (access.enforced or (needed and access.required)):
+            return
+        model = getattr(request, "model_name", "") or getattr(request, "name", "") or None
+        _actor.set(await access.admit_metadata(context.invocation_metadata(), context.peer(),
+                                               action, model, credential_needed=needed))
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
         version = request.parameters["version"].string_param \
             if "version" in request.parameters else None
-        await self.oip.load(request.model_name, version, actor=self._actor(context),
+        await self.oip.load(request.model_name, version, actor=_actor.get(ANONYMOUS),
                             protocol="grpc")
         return self.pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        await self.oip.unload(request.model_name, actor=self._actor(context), protocol="grpc")
+        await self.oip.unload(request.model_name, actor=_actor.get(ANONYMOUS), protocol="grpc")
         return self.pb.RepositoryModelUnloadResponse()
 
 
@@ -238,6 +260,7 @@ class _Complete:
 
         async def call(request: Any, context: Any) -> Any:
             try:
+                await self._servicer.admit(name, request, context)
                 return await method(request, context)
             except abort:
                 raise  # already answered (and logged) by the method itself

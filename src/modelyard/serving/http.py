@@ -55,13 +55,24 @@ class Endpoint:
     A codec declares its routes with its class's functions (``Endpoint(OIPHandlers.v2_infer)``)
     and the app binds them to the codec it built (:meth:`bind`). ``mutation``: the request
     changes something, so the dispatcher admits it first (cross-site rules, then the credential:
-    :func:`modelyard.serving.access.admit`); ``untyped``: a mutation whose clients send no
-    ``Content-Type`` (tritonclient's repository load/unload).
+    :meth:`modelyard.serving.access.Access.admit`); ``untyped``: a mutation whose clients send no
+    ``Content-Type`` (tritonclient's repository load/unload). ``action``: what the caller's role
+    must allow (:data:`modelyard.registry.policy.ACTIONS`; undeclared, only an admin may call
+    it: deny by default); ``sensitive``: a read of what clients sent, which needs a credential
+    even when auth is not enforced, as mutations do.
     """
 
     answer: Handler
     mutation: bool = False
     untyped: bool = False
+    action: str = "admin"
+    sensitive: bool = False
+
+    @property
+    def credential_needed(self) -> bool:
+        """Whether the route needs a credential even on a server that does not enforce auth
+        (when ``MODELYARD_TOKEN`` is set)."""
+        return self.mutation or self.sensitive
 
     @property
     def name(self) -> str:

@@ -161,6 +161,11 @@ class ServerMetrics:
             "modelyard_worker_restarts", "Device worker restart attempts.",
             ("model", "version"), registry=r,
         )
+        self.auth_failures = Counter(
+            "modelyard_auth_failures", "Refused credentials: missing, invalid (unknown, "
+            "expired, revoked), forbidden (no role or out of scope).",
+            ("reason",), registry=r,
+        )
         self.shadow_dropped = Counter(
             "modelyard_shadow_dropped", "Shadow copies dropped because the candidate was busy.",
             ("model", "version"), registry=r,
@@ -244,6 +249,10 @@ class ServerMetrics:
     def set_framework(self, framework: str, size: int) -> None:
         """Record what importing and setting up ``framework`` (a flavor) took, in bytes."""
         self.framework_memory.labels(framework).set(size)
+
+    def auth_failed(self, reason: str) -> None:
+        """Count one refused credential (``missing``, ``invalid``, ``forbidden``)."""
+        self.auth_failures.labels(reason).inc()
 
     def set_budget(self, size: int | None) -> None:
         """Export the memory budget (nothing without one)."""

@@ -29,7 +29,7 @@ import orjson
 
 from modelyard.config import parse_duration
 from modelyard.errors import BadJSONError, InputError
-from modelyard.serving.access import Access, actor_of
+from modelyard.serving.access import actor_of
 from modelyard.serving.http import (
     Endpoint,
     Receive,
@@ -87,12 +87,11 @@ def parse_feedback(body: bytes) -> list[tuple[str, Any]]:
 
 class MonitorAPI:
     """The monitoring endpoints over one data plane (its registry, on the registry thread, and
-    its prediction log's store); ``access`` checks the credential a prediction lookup needs."""
+    its prediction log's store)."""
 
-    def __init__(self, plane: DataPlane, access: Access) -> None:
+    def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self.catalog = plane.catalog
-        self.access = access
         self._monitor: Monitor | None = None
 
     @property
@@ -156,8 +155,7 @@ class MonitorAPI:
         """``GET /api/v1/models/{name}/predictions/{request_id}``: the logged rows of one
         request (time, version, variant, latency, inputs summary, outputs) and its label; 404
         when the log holds none."""
-        # a read, but of what a client sent: it needs the credential mutations need
-        self.access.authenticate_http(scope)
+        # a read, but of what a client sent: its route is ``sensitive`` (credential needed)
         found = await self.catalog.io(self.monitor.lookup, name, request_id)
         await respond(send, 200, orjson.dumps(found.to_dict()))
 
@@ -223,14 +221,15 @@ def _int_param(scope: Scope, key: str, default: int) -> int:
 
 
 ROUTES: RouteTable = [
-    ("POST", "/v1/models/{name}/feedback", Endpoint(MonitorAPI.monitor_feedback, mutation=True)),
-    ("GET", "/api/v1/models/{name}/metrics", Endpoint(MonitorAPI.monitor_metrics)),
-    ("GET", "/api/v1/models/{name}/drift", Endpoint(MonitorAPI.monitor_drift)),
+    ("POST", "/v1/models/{name}/feedback",
+     Endpoint(MonitorAPI.monitor_feedback, mutation=True, action="feedback")),
+    ("GET", "/api/v1/models/{name}/metrics", Endpoint(MonitorAPI.monitor_metrics, action="read")),
+    ("GET", "/api/v1/models/{name}/drift", Endpoint(MonitorAPI.monitor_drift, action="read")),
     ("POST", "/api/v1/models/{name}/drift",
-     Endpoint(MonitorAPI.monitor_check_drift, mutation=True)),
-    ("GET", "/api/v1/models/{name}/events", Endpoint(MonitorAPI.monitor_events)),
+     Endpoint(MonitorAPI.monitor_check_drift, mutation=True, action="read")),
+    ("GET", "/api/v1/models/{name}/events", Endpoint(MonitorAPI.monitor_events, action="read")),
     ("GET", "/api/v1/models/{name}/predictions/{request_id}",
-     Endpoint(MonitorAPI.monitor_prediction)),
+     Endpoint(MonitorAPI.monitor_prediction, action="read", sensitive=True)),
 ]
 
 __all__ = ["MAX_LABELS", "ROUTES", "MonitorAPI", "MonitorGauges", "parse_feedback"]

@@ -72,9 +72,10 @@ class NativeAPI:
 
 
 ROUTES: RouteTable = [
-    ("POST", "/v1/models/{name}/predict", Endpoint(NativeAPI.v1_predict)),
-    ("POST", "/v1/models/{name}/versions/{version}/predict", Endpoint(NativeAPI.v1_predict)),
-    ("GET", "/v1/models", Endpoint(NativeAPI.v1_models)),
+    ("POST", "/v1/models/{name}/predict", Endpoint(NativeAPI.v1_predict, action="predict")),
+    ("POST", "/v1/models/{name}/versions/{version}/predict",
+     Endpoint(NativeAPI.v1_predict, action="predict")),
+    ("GET", "/v1/models", Endpoint(NativeAPI.v1_models, action="describe")),
 ]
 
 __all__ = ["ROUTES", "NativeAPI"]

@@ -292,21 +292,24 @@ def _outputs(result: Any, wanted: list[str], types: dict[str, str]) -> dict[str,
 
 
 ROUTES: RouteTable = [
-    ("GET", "/v2", Endpoint(OIPHandlers.v2_server)),
-    ("GET", "/v2/health/live", Endpoint(OIPHandlers.v2_live)),
-    ("GET", "/v2/health/ready", Endpoint(OIPHandlers.v2_ready)),
-    ("GET", "/v2/models/{name}", Endpoint(OIPHandlers.v2_model)),
-    ("GET", "/v2/models/{name}/versions/{version}", Endpoint(OIPHandlers.v2_model)),
-    ("GET", "/v2/models/{name}/ready", Endpoint(OIPHandlers.v2_model_ready)),
-    ("GET", "/v2/models/{name}/versions/{version}/ready", Endpoint(OIPHandlers.v2_model_ready)),
-    ("POST", "/v2/models/{name}/infer", Endpoint(OIPHandlers.v2_infer)),
-    ("POST", "/v2/models/{name}/versions/{version}/infer", Endpoint(OIPHandlers.v2_infer)),
-    ("POST", "/v2/repository/index", Endpoint(OIPHandlers.v2_index)),
+    ("GET", "/v2", Endpoint(OIPHandlers.v2_server, action="public")),
+    ("GET", "/v2/health/live", Endpoint(OIPHandlers.v2_live, action="public")),
+    ("GET", "/v2/health/ready", Endpoint(OIPHandlers.v2_ready, action="public")),
+    ("GET", "/v2/models/{name}", Endpoint(OIPHandlers.v2_model, action="describe")),
+    ("GET", "/v2/models/{name}/versions/{version}",
+     Endpoint(OIPHandlers.v2_model, action="describe")),
+    ("GET", "/v2/models/{name}/ready", Endpoint(OIPHandlers.v2_model_ready, action="describe")),
+    ("GET", "/v2/models/{name}/versions/{version}/ready",
+     Endpoint(OIPHandlers.v2_model_ready, action="describe")),
+    ("POST", "/v2/models/{name}/infer", Endpoint(OIPHandlers.v2_infer, action="predict")),
+    ("POST", "/v2/models/{name}/versions/{version}/infer",
+     Endpoint(OIPHandlers.v2_infer, action="predict")),
+    ("POST", "/v2/repository/index", Endpoint(OIPHandlers.v2_index, action="describe")),
     # tritonclient sends these without a Content-Type
     ("POST", "/v2/repository/models/{name}/load",
-     Endpoint(OIPHandlers.v2_load, mutation=True, untyped=True)),
+     Endpoint(OIPHandlers.v2_load, mutation=True, untyped=True, action="deploy")),
     ("POST", "/v2/repository/models/{name}/unload",
-     Endpoint(OIPHandlers.v2_unload, mutation=True, untyped=True)),
+     Endpoint(OIPHandlers.v2_unload, mutation=True, untyped=True, action="deploy")),
 ]
 
 __all__ = ["ROUTES", "OIPHandlers", "infer_request", "model_input", "outputs_of"]

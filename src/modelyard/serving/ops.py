@@ -54,11 +54,11 @@ class OpsAPI:
 
 
 ROUTES: RouteTable = [
-    ("GET", "/metrics", Endpoint(OpsAPI.op_metrics)),
-    ("GET", "/healthz", Endpoint(OpsAPI.op_healthz)),
-    ("GET", "/readyz", Endpoint(OpsAPI.op_readyz)),
-    ("GET", "/openapi.json", Endpoint(OpsAPI.op_openapi)),
-    ("GET", "/docs", Endpoint(OpsAPI.op_docs)),
+    ("GET", "/metrics", Endpoint(OpsAPI.op_metrics, action="read")),
+    ("GET", "/healthz", Endpoint(OpsAPI.op_healthz, action="public")),
+    ("GET", "/readyz", Endpoint(OpsAPI.op_readyz, action="public")),
+    ("GET", "/openapi.json", Endpoint(OpsAPI.op_openapi, action="public")),
+    ("GET", "/docs", Endpoint(OpsAPI.op_docs, action="public")),
 ]
 
 __all__ = ["ROUTES", "OpsAPI"]

@@ -91,6 +91,11 @@ class ServeOptions:
     #: seconds the rest of a shutdown may take after the drain: requests in flight finish,
     #: the prediction log flushes; past it what still runs is cancelled (``--grace``).
     grace_s: float = 30.0
+    #: the server listens beyond loopback: auth is enforced even before any API key exists
+    #: (set by :func:`~modelyard.serving.server.serve` from the host).
+    exposed: bool = False
+    #: ``--insecure``: do not enforce auth on an exposed server (warned about at start).
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if self.max_memory is not None and self.max_memory <= 0:

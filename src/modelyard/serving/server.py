@@ -15,9 +15,10 @@ requests in a Prometheus folder they share (:func:`~modelyard.serving.metrics.sh
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from modelyard.config import Settings
-from modelyard.serving.access import Access, exposure_warning
+from modelyard.serving.access import insecure_warning, is_loopback
 from modelyard.serving.app import App
 from modelyard.serving.httpserver import bind, configure_logging, run
 from modelyard.serving.options import ServeOptions
@@ -39,14 +40,14 @@ def serve(
 
     ``settings`` names the registry (default: ``MODELYARD_*`` or ``./.modelyard``); ``options``
     sets memory budget, preloading, body limit and timeouts. Listening on an address other
-    machines can reach without ``MODELYARD_TOKEN`` logs a warning: anyone there could change
-    models. Exits (``SystemExit``) with status 3 when the app fails to start.
+    machines can reach enforces auth (an API key with the right role for every call but
+    health and documents) unless ``options.insecure``, which logs a warning. Exits
+    (``SystemExit``) with status 3 when the app fails to start.
     """
     settings = settings or Settings.from_env()
-    options = options or ServeOptions()
-    exposed = exposure_warning(host, Access.from_env())
-    if exposed is not None:
-        log.warning(exposed)
+    options = replace(options or ServeOptions(), exposed=not is_loopback(host))
+    if options.insecure and options.exposed:
+        log.warning(insecure_warning(host))
     status = _start(host, port, settings, options, workers, log_level)
     if status:
         raise SystemExit(status)
