@@ -44,7 +44,7 @@ from typing import Any
 
 from modelyard.errors import ForbiddenError, TooManyAttemptsError, UnauthorizedError
 from modelyard.registry.keys import Identity, KeyStore, identity_of, split_key
-from modelyard.registry.policy import Grant, decide
+from modelyard.registry.policy import Grant, decide, visible
 from modelyard.serving.http import Scope, header
 
 TOKEN_ENV = "MODELYARD_TOKEN"
@@ -297,6 +297,11 @@ def identity_of_scope(scope: dict[str, Any]) -> Identity:
     return found if isinstance(found, Identity) else _OPEN
 
 
+def in_scope(scope: dict[str, Any], action: str, names: Iterable[str]) -> set[str]:
+    """The names among ``names`` the caller may ``action`` on (what a list route shows)."""
+    return set(visible(identity_of_scope(scope).grants, action, names))
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (an address to listen on) is reachable only from this machine."""
     name = host.strip().strip("[]").lower()
@@ -309,5 +314,5 @@ def is_loopback(host: str) -> bool:
 
 
 __all__ = ["ACTOR_KEY", "ANONYMOUS", "IDENTITY_KEY", "TOKEN_ACTOR", "TOKEN_ENV", "Access",
-           "FailureLimiter", "actor_of", "identity_of_scope", "insecure_warning",
+           "FailureLimiter", "actor_of", "identity_of_scope", "in_scope", "insecure_warning",
            "is_loopback"]

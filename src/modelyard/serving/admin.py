@@ -27,7 +27,7 @@ import orjson
 
 from modelyard.errors import BadJSONError, InputError
 from modelyard.registry.rows import PRODUCTION
-from modelyard.serving.access import TOKEN_ENV, actor_of
+from modelyard.serving.access import TOKEN_ENV, actor_of, in_scope
 from modelyard.serving.http import (
     JSON,
     Endpoint,
@@ -160,7 +160,8 @@ class AdminAPI:
     async def admin_models(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /api/v1/models``: every registered model with its aliases."""
         models = await self.io(self.registry.list_models)
-        await _ok(send, {"models": [m.to_dict() for m in models]})
+        shown = in_scope(scope, "read", (m.name for m in models))  # a scoped key: its models
+        await _ok(send, {"models": [m.to_dict() for m in models if m.name in shown]})
 
     async def admin_versions(self, scope: Scope, receive: Receive, send: Send,
                              name: str) -> None:

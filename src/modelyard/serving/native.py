@@ -13,6 +13,7 @@ from __future__ import annotations
 import orjson
 
 from modelyard.serving import protocol_v1
+from modelyard.serving.access import in_scope
 from modelyard.serving.calls import Call, fail_http, request_id_of
 from modelyard.serving.dataplane import DataPlane, InferenceRequest
 from modelyard.serving.http import Endpoint, Receive, RouteTable, Scope, Send, read_body, respond
@@ -57,6 +58,7 @@ class NativeAPI:
         why. ``serves`` names the pools and models this server serves, ``elsewhere`` the pool
         of each model another server serves."""
         catalog = self.plane.catalog
+        shown = in_scope(scope, "describe", catalog.models)  # a scoped key sees its models
         loaded: dict[str, list[int]] = {}
         for (name, version), _ in catalog.cache.loaded():
             loaded.setdefault(name, []).append(version)
@@ -65,7 +67,7 @@ class NativeAPI:
                    "loaded_versions": sorted(loaded.get(n, [])),
                    "memory_bytes": catalog.memory_of(n),
                    "not_served": catalog.not_served.get(n)}
-                  for n, a in sorted(catalog.models.items())]
+                  for n, a in sorted(catalog.models.items()) if n in shown]
         await respond(send, 200, orjson.dumps({
             "models": models, "serves": catalog.selection.to_dict(),
             "elsewhere": dict(sorted(catalog.elsewhere.items()))}))

@@ -21,7 +21,7 @@ import orjson
 from modelyard.errors import BadJSONError, InputError, NotFoundError
 from modelyard.schema import OUTPUT_NAMES, FieldSpec, Signature
 from modelyard.serving import protocol_v2 as v2
-from modelyard.serving.access import actor_of
+from modelyard.serving.access import actor_of, in_scope
 from modelyard.serving.calls import Call, fail_http, parse_version, request_id_of, usable_id
 from modelyard.serving.dataplane import DataPlane, InferenceRequest
 from modelyard.serving.http import (
@@ -188,7 +188,8 @@ class OIPHandlers:
             raise InputError("'ready' must be true or false",
                              [{"loc": ["ready"], "msg": "expected a boolean"}])
         rows = self.repository_index(ready)
-        await respond(send, 200, orjson.dumps(rows))
+        shown = in_scope(scope, "describe", {r["name"] for r in rows})
+        await respond(send, 200, orjson.dumps([r for r in rows if r["name"] in shown]))
 
     async def v2_load(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """``POST /v2/repository/models/{name}/load``: load the served (or newest) version."""
