@@ -46,6 +46,7 @@ from modelyard.errors import ForbiddenError, TooManyAttemptsError, UnauthorizedE
 from modelyard.registry.keys import Identity, KeyStore, identity_of, split_key
 from modelyard.registry.policy import Grant, decide, visible
 from modelyard.serving.http import Scope, header
+from modelyard.serving.oidc import TokenVerifier, looks_like_jwt
 
 TOKEN_ENV = "MODELYARD_TOKEN"
 #: the actor of a call on a server that does not enforce auth: anyone who can reach it.
@@ -116,10 +117,12 @@ class Access:
     """
 
     def __init__(self, token: bytes | None = None, *, exposed: bool = False,
-                 insecure: bool = False, limiter: FailureLimiter | None = None,
+                 insecure: bool = False, tokens: TokenVerifier | None = None,
+                 limiter: FailureLimiter | None = None,
                  on_failure: Callable[[str], None] | None = None) -> None:
         self.token = token
         self.exposed = exposed and not insecure
+        self.tokens = tokens
         self.keys: KeyStore | None = None
         self.keys_exist = False
         self.limiter = limiter or FailureLimiter()
@@ -138,7 +141,7 @@ class Access:
     @property
     def enforced(self) -> bool:
         """Whether every non-public route needs a credential with the right role now."""
-        return self.exposed or self.keys_exist
+        return self.exposed or self.keys_exist or self.tokens is not None
 
     @property
     def required(self) -> bool:
@@ -219,7 +222,9 @@ class Access:
             return _TOKEN
         digest = hashlib.sha256(credential).digest()
         known = self._known.get(digest)
-        if known is None or time.monotonic() - known.checked > RECHECK_S:
+        if known is None and self.tokens is not None and looks_like_jwt(credential):
+            known = await self._check_jwt(credential, digest)
+        elif known is None or _stale(known):
             known = await self._check(credential, digest, known)
         if known.identity is None or _expired(known.identity):
             raise ForbiddenError("the API key is not valid: unknown, expired or revoked")
@@ -241,6 +246,19 @@ class Access:
         if identity is not None and identity.key_id is not None:
             await self._touch(identity.key_id)
         remembered = _Remembered(identity, time.monotonic())
+        self._known[digest] = remembered
+        return remembered
+
+    async def _check_jwt(self, credential: bytes, digest: bytes) -> _Remembered:
+        """Verify a JWT once (signature, issuer, audience, expiry): it is valid until its
+        ``exp``, which every use checks."""
+        assert self.tokens is not None
+        loop = asyncio.get_running_loop()  # a JWKS URL may be fetched: off the event loop
+        identity = await loop.run_in_executor(None, self.tokens.verify,
+                                              credential.decode("latin-1"))
+        remembered = _Remembered(identity, time.monotonic())
+        if len(self._known) > 50_000:
+            self._known.clear()
         self._known[digest] = remembered
         return remembered
 
@@ -275,6 +293,13 @@ def _bearer(authorization: bytes | str | None) -> bytes:
     if scheme.lower() != b"bearer" or not credential.strip():
         raise UnauthorizedError("send the key as 'Authorization: Bearer <key>'")
     return credential.strip()
+
+
+def _stale(known: _Remembered) -> bool:
+    """Whether a remembered key should be read again (revoked since?); a JWT never is: it
+    holds until its ``exp``."""
+    is_jwt = known.identity is not None and known.identity.key_id is None
+    return not is_jwt and time.monotonic() - known.checked > RECHECK_S
 
 
 def _expired(identity: Identity) -> bool:

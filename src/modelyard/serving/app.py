@@ -50,6 +50,7 @@ from modelyard.serving.http import (
 from modelyard.serving.metrics import ServerMetrics
 from modelyard.serving.monitor_api import MonitorAPI, MonitorGauges
 from modelyard.serving.native import NativeAPI
+from modelyard.serving.oidc import OIDCConfig, TokenVerifier
 from modelyard.serving.oip import OIPHandlers
 from modelyard.serving.ops import OpsAPI
 from modelyard.serving.options import ServeOptions
@@ -79,7 +80,7 @@ class App:
         self.plane = DataPlane(catalog, settings=settings, owns_registry=registry is None)
         self.access = Access.from_env(  # reads MODELYARD_TOKEN now
             exposed=self.options.exposed, insecure=self.options.insecure,
-            on_failure=catalog.metrics.auth_failed)
+            tokens=_token_verifier(self.options.oidc), on_failure=catalog.metrics.auth_failed)
         self.cross_site = CrossSite(self.options.cors_origins)
         self._body_deadlines = BodyDeadlines(self.options.body_timeout_s)
         self.oip = OIPHandlers(self.plane)
@@ -234,6 +235,11 @@ class App:
             log_failure(f"{scope['method']} {path[:200]}", status, request_id, exc)
             headers.append((b"x-request-id", request_id.encode()))
         await respond(send, status, body, headers)
+
+
+def _token_verifier(path: str | None) -> TokenVerifier | None:
+    """The OIDC token checker ``--oidc`` names, or None."""
+    return TokenVerifier(OIDCConfig.load(path)) if path is not None else None
 
 
 def create_app(registry: Any = None, options: ServeOptions | None = None,

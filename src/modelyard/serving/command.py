@@ -77,6 +77,12 @@ if TYPE_CHECKING:
                    "flight finish and the prediction log flushes; past it what still runs is "
                    "cancelled and the server exits. On Kubernetes set "
                    "terminationGracePeriodSeconds to at least drain + grace.")
+@click.option("--oidc", default=None, metavar="FILE",
+              help="Accept bearer JWTs of an OpenID Connect issuer: a YAML file naming the "
+                   "issuer, audience, JWKS and how claims map to roles (docs/security.md).")
+@click.option("--insecure", is_flag=True,
+              help="Listening beyond loopback, do not enforce auth until an API key exists "
+                   "(a warning is logged). Never in production.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.pass_context
@@ -85,15 +91,18 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
           timeout_s: float, body_timeout_s: float,
           grpc_port: int | None, alias: str, prediction_log: str | None,
           cors_origins: tuple[str, ...], model_config: str | None, pools: tuple[str, ...],
-          models: tuple[str, ...], drain_s: float, grace_s: float, log_level: str) -> None:
+          models: tuple[str, ...], drain_s: float, grace_s: float, oidc: str | None,
+          insecure: bool, log_level: str) -> None:
     """Serve every model with a production alias over REST and OIP v2 until stopped.
 
     Native REST: POST /v1/models/NAME/predict. Open Inference Protocol v2: /v2/... (REST, and
     gRPC with --grpc-port). Feedback: POST /v1/models/NAME/feedback. Also the admin and
     monitoring API under /api/v1, /metrics, /healthz, /readyz and OpenAPI at /docs.
 
-    Mutations need a JSON body and are refused from other sites' pages; with MODELYARD_TOKEN
-    set they also need 'Authorization: Bearer <token>'.
+    Access: once an API key exists (modelyard auth create-key), or when listening beyond
+    loopback, every call but health and documents needs 'Authorization: Bearer <key>' whose
+    role allows it (docs/security.md). Mutations need a JSON body and are refused from other
+    sites' pages.
 
     Stopping: on SIGTERM /readyz turns 503 at once and the server keeps answering for --drain
     seconds, then stops accepting, finishes the requests in flight, flushes the prediction
@@ -117,7 +126,12 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
                                cors_origins=tuple(o for value in cors_origins
                                                   for o in value.replace(",", " ").split()),
                                serving_overrides=tuned, pools=split_names(pools),
-                               models=split_names(models), drain_s=drain_s, grace_s=grace_s)
+                               models=split_names(models), drain_s=drain_s, grace_s=grace_s,
+                               oidc=oidc, insecure=insecure)
+        if oidc:
+            from modelyard.serving.oidc import OIDCConfig
+
+            OIDCConfig.load(oidc)  # a malformed file is a usage error here, not at startup
     except ModelyardError as exc:
         raise click.UsageError(str(exc)) from None
     # Under the modelyard CLI the global --home/--db/--artifacts options name the registry.

@@ -96,6 +96,9 @@ class ServeOptions:
     exposed: bool = False
     #: ``--insecure``: do not enforce auth on an exposed server (warned about at start).
     insecure: bool = False
+    #: ``--oidc``: the file naming an OpenID Connect issuer whose bearer JWTs are accepted
+    #: (see :mod:`~modelyard.serving.oidc`); None: API keys only.
+    oidc: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_memory is not None and self.max_memory <= 0:
