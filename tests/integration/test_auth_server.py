@@ -115,6 +115,17 @@ def test_every_route_declares_the_action_expected_of_it() -> None:
     assert declared == EXPECTED_ACTIONS
 
 
+def test_the_openapi_document_says_which_routes_need_a_credential() -> None:
+    from modelyard.serving.openapi import OPENAPI, PUBLIC
+
+    assert PUBLIC == {path for (_, path), action in EXPECTED_ACTIONS.items()
+                      if action == "public"}
+    for path, item in OPENAPI["paths"].items():
+        for op in item.values():
+            secured = "security" in op and {"401", "403", "429"} <= set(op["responses"])
+            assert secured == (path not in PUBLIC), path
+
+
 async def _status(client: httpx.AsyncClient, method: str, path: str,
                   headers: dict[str, str]) -> int:
     kw: dict[str, Any] = {"json": {}} if method == "POST" else {}

@@ -30,8 +30,10 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 #: what each status means, on every route that can answer it.
 _MEANING = {
     400: "malformed JSON, a bad query parameter or invalid settings",
-    401: "no bearer token (MODELYARD_TOKEN is set)",
-    403: "wrong bearer token, or a cross-site request (a foreign Origin)",
+    401: "no bearer credential (auth is enforced, or MODELYARD_TOKEN guards this mutation)",
+    403: "a credential not valid here, or whose role or model scope does not allow this call; "
+         "or a cross-site request (a foreign Origin)",
+    429: "too many failed attempts from this client (see Retry-After)",
     404: "unknown model, version or route", 405: "wrong method",
     408: "the body stopped arriving (--body-timeout); the connection is closed",
     409: "clashes with the registry's state (e.g. a rollout is already active)",
@@ -414,9 +416,11 @@ OPENAPI: dict[str, Any] = {
     },
     "components": {"securitySchemes": {"bearer": {
         "type": "http", "scheme": "bearer",
-        "description": "Needed by every mutation (admin and monitoring POSTs, feedback, "
-                       "repository load/unload) and the lookup of one logged request when "
-                       "the server's MODELYARD_TOKEN is set"}},
+        "description": "An API key (myk_...) or, with --oidc, a JWT of the trusted issuer. "
+                       "Needed by every route but health, readiness and the documents once "
+                       "auth is enforced (keys exist, or the server listens beyond "
+                       "loopback); before that, by mutations and the lookup of one logged "
+                       "request when the server's MODELYARD_TOKEN is set"}},
                    "schemas": {"Error": {
         "type": "object", "required": ["error", "message"],
         "properties": {"error": {"type": "string"}, "message": {"type": "string"},
@@ -428,6 +432,29 @@ OPENAPI: dict[str, Any] = {
         "properties": {"error": {"type": "string"}, "detail": {"type": "array"}},
     }}},
 }
+
+
+#: the routes every caller may use: health, readiness and the documents (see
+#: :mod:`modelyard.registry.policy`; a test keeps this list equal to the routes' declarations).
+PUBLIC = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/v2", "/v2/health/live",
+                    "/v2/health/ready"})
+
+
+def _secured(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation but :data:`PUBLIC`'s needs a bearer credential when auth is enforced:
+    it says so and lists 401, 403 and 429."""
+    for path, item in paths.items():
+        if path in PUBLIC:
+            continue
+        for op in item.values():
+            op.setdefault("security", [{"bearer": []}])
+            oip = path.startswith("/v2")
+            for code in (401, 403, 429):
+                op["responses"].setdefault(str(code), _errors(code, oip=oip)[str(code)])
+    return paths
+
+
+_secured(OPENAPI["paths"])
 
 
 def docs_html() -> str:
