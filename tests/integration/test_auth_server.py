@@ -216,6 +216,17 @@ async def test_lists_show_a_scoped_key_only_its_models(
         await app.shutdown()
 
 
+async def test_public_metrics_opens_only_metrics(
+        keyed: tuple[Registry, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    app = await started(keyed[0], monkeypatch, public_metrics=True)
+    try:
+        async with client_of(app) as client:
+            assert (await client.get("/metrics")).status_code == 200
+            assert (await client.get("/api/v1/models")).status_code == 401
+    finally:
+        await app.shutdown()
+
+
 async def test_expired_and_revoked_keys_stop_working(
         tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(access_module, "RECHECK_S", 0.0)

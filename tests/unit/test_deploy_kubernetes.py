@@ -310,3 +310,12 @@ def test_the_server_command_is_one_modelyard_serve_accepts(pools):
     files = render(pools, IMAGES, KubeOptions(grpc_port=8001, idle_unload="10m"))
     for name in ("modelyard-cpu", "modelyard-gpu", "modelyard-dev"):
         _parses(serve, container(find(files, "Deployment", name))["args"][1:])
+
+
+def test_prometheus_scrapes_without_a_key_unless_told_otherwise(pools):
+    """Pods listen beyond loopback, so auth is enforced: /metrics is opened for the scraper
+    (the annotations and the ServiceMonitor carry no credential) unless public_metrics=False."""
+    for options, opened in ((KubeOptions(), True), (KubeOptions(public_metrics=False), False)):
+        files = render(pools, IMAGES, options)
+        args = container(find(files, "Deployment", "modelyard-cpu"))["args"]
+        assert ("--public-metrics" in args) == opened

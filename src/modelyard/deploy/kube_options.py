@@ -101,6 +101,10 @@ class KubeOptions:
     drain_s: int = 10
     grace_s: int = 20
     margin_s: int = 5
+    #: ``/metrics`` answers without a key (``serve --public-metrics``), so Prometheus scrapes
+    #: by the pod annotations or a ServiceMonitor with no credentials; set false to require a
+    #: viewer key there too (then give the scraper one).
+    public_metrics: bool = True
     #: HorizontalPodAutoscaler bounds per pool, and the CPU utilisation it aims at.
     min_replicas: int = 2
     max_replicas: int = 10

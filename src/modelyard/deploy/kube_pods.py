@@ -51,6 +51,8 @@ def server_args(options: KubeOptions, pool: str | None) -> list[str]:
     if pool is not None:
         args += ["--pool", pool]
     args += ["--drain", str(options.drain_s), "--grace", str(options.grace_s)]
+    if options.public_metrics:
+        args.append("--public-metrics")
     if options.grpc_port is not None:
         args += ["--grpc-port", str(options.grpc_port)]
     if options.idle_unload is not None:

@@ -90,7 +90,8 @@ class App:
         self.routes = compile_routes([
             *bind_routes(NativeAPI(self.plane), native.ROUTES),
             *bind_routes(self.oip, oip.ROUTES),
-            *bind_routes(OpsAPI(self.plane), ops.ROUTES),
+            *bind_routes(OpsAPI(self.plane), ops.routes(
+                public_metrics=self.options.public_metrics)),
             *bind_routes(AdminAPI(catalog), admin.ROUTES),
             *bind_routes(monitor, monitor_api.ROUTES),
         ])

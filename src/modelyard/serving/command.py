@@ -80,6 +80,9 @@ if TYPE_CHECKING:
 @click.option("--oidc", default=None, metavar="FILE",
               help="Accept bearer JWTs of an OpenID Connect issuer: a YAML file naming the "
                    "issuer, audience, JWKS and how claims map to roles (docs/security.md).")
+@click.option("--public-metrics", is_flag=True,
+              help="Let /metrics answer without a key when auth is enforced (for a "
+                   "Prometheus that scrapes without credentials).")
 @click.option("--insecure", is_flag=True,
               help="Listening beyond loopback, do not enforce auth until an API key exists "
                    "(a warning is logged). Never in production.")
@@ -92,7 +95,7 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
           grpc_port: int | None, alias: str, prediction_log: str | None,
           cors_origins: tuple[str, ...], model_config: str | None, pools: tuple[str, ...],
           models: tuple[str, ...], drain_s: float, grace_s: float, oidc: str | None,
-          insecure: bool, log_level: str) -> None:
+          public_metrics: bool, insecure: bool, log_level: str) -> None:
     """Serve every model with a production alias over REST and OIP v2 until stopped.
 
     Native REST: POST /v1/models/NAME/predict. Open Inference Protocol v2: /v2/... (REST, and
@@ -127,7 +130,7 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
                                                   for o in value.replace(",", " ").split()),
                                serving_overrides=tuned, pools=split_names(pools),
                                models=split_names(models), drain_s=drain_s, grace_s=grace_s,
-                               oidc=oidc, insecure=insecure)
+                               oidc=oidc, insecure=insecure, public_metrics=public_metrics)
         if oidc:
             from modelyard.serving.oidc import OIDCConfig
 

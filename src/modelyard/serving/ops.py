@@ -6,6 +6,7 @@ What they say comes from the data plane (readiness) and its metrics; this module
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import orjson
 
@@ -51,6 +52,14 @@ class OpsAPI:
 
         await respond(send, 200, docs_html().encode(),
                       [(b"content-type", b"text/html; charset=utf-8")])
+
+
+def routes(*, public_metrics: bool = False) -> RouteTable:
+    """:data:`ROUTES`, with ``/metrics`` open to every caller when ``public_metrics``
+    (``serve --public-metrics``: Prometheus scrapes without a key)."""
+    if not public_metrics:
+        return ROUTES
+    return [(m, p, replace(e, action="public") if p == "/metrics" else e) for m, p, e in ROUTES]
 
 
 ROUTES: RouteTable = [

@@ -99,6 +99,9 @@ class ServeOptions:
     #: ``--oidc``: the file naming an OpenID Connect issuer whose bearer JWTs are accepted
     #: (see :mod:`~modelyard.serving.oidc`); None: API keys only.
     oidc: str | None = None
+    #: ``--public-metrics``: ``/metrics`` answers without a credential even when auth is
+    #: enforced (Prometheus scrapes it with no key; it shows model names and traffic).
+    public_metrics: bool = False
 
     def __post_init__(self) -> None:
         if self.max_memory is not None and self.max_memory <= 0:
