@@ -221,7 +221,9 @@ class Servicer:
         if action == "public" or not (access.enforced or (needed and access.required)):
             return
         model = getattr(request, "model_name", "") or getattr(request, "name", "") or None
-        _actor.set(await access.admit_metadata(context.invocation_metadata(), context.peer(),
+        # the peer is "ipv4:10.0.0.5:51234": failures count per address, not per connection
+        client = str(context.peer()).rsplit(":", 1)[0]
+        _actor.set(await access.admit_metadata(context.invocation_metadata(), client,
                                                action, model, credential_needed=needed))
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
