@@ -63,7 +63,8 @@ def bearer(key: str) -> dict[str, str]:
 
 def _path(pattern: str) -> str:
     return (pattern.replace("{name}", MODEL).replace("{version}", "1")
-            .replace("{request_id}", str(uuid.uuid4())))
+            .replace("{request_id}", str(uuid.uuid4())).replace("{run_id}", "nosuchrun")
+            .replace("{key_id}", "000000000000"))
 
 
 #: what each route needs, written out here so a changed declaration fails this test.
@@ -98,6 +99,16 @@ EXPECTED_ACTIONS = {
     ("POST", "/api/v1/models/{name}/deployment/promote"): "deploy",
     ("POST", "/api/v1/models/{name}/deployment/abort"): "deploy",
     ("POST", "/api/v1/models/{name}/deployment/rollback"): "deploy",
+    ("GET", "/api/v1/models/{name}"): "read",
+    ("GET", "/api/v1/models/{name}/versions/{version}"): "read",
+    ("GET", "/api/v1/models/{name}/history"): "read",
+    ("GET", "/api/v1/runs"): "read",
+    ("GET", "/api/v1/runs/{run_id}"): "read",
+    ("GET", "/api/v1/audit"): "read",
+    ("GET", "/api/v1/auth/keys"): "admin",
+    ("POST", "/api/v1/auth/keys"): "admin",
+    ("POST", "/api/v1/auth/keys/{key_id}/revoke"): "admin",
+    ("POST", "/api/v1/auth/keys/{key_id}/rotate"): "admin",
     ("POST", "/v1/models/{name}/feedback"): "feedback",
     ("GET", "/api/v1/models/{name}/metrics"): "read",
     ("GET", "/api/v1/models/{name}/drift"): "read",

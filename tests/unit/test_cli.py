@@ -1,17 +1,25 @@
 """The ``modelyard`` command line, in-process through click's CliRunner.
 
 Registry commands run against versions registered directly (a small scikit-learn model); the
-train commands run the real pipeline on a tiny project written into a temporary folder.
+train commands run the real pipeline on a tiny project written into a temporary folder. The
+registry commands run both ways (``any_invoke``): on the registry database, and through a real
+server with an admin API key (``--server``, ``MODELYARD_API_KEY``), with the same output and
+exit codes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import re
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -119,6 +127,101 @@ def registered(home: Path, tmp_path: Path) -> Iterator[Registry]:
     registry.close()
 
 
+class _AppThread(httpx.BaseTransport):
+    """A sync transport into the server's app, which runs on its own event loop in a thread:
+    the real app (routes, auth, registry), in-process like Starlette's TestClient, so each
+    test's server starts in a fraction of a second."""
+
+    def __init__(self, app: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.app = app
+        self.inner = httpx.ASGITransport(app=app)
+        self._run(app.startup())
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = request.read()
+        forwarded = httpx.Request(request.method, request.url, headers=request.headers,
+                                  content=body)
+
+        async def send() -> httpx.Response:
+            response = await self.inner.handle_async_request(forwarded)
+            content = await response.aread()
+            return httpx.Response(response.status_code, headers=response.headers,
+                                  content=content)
+
+        return self._run(send())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Each CLI call closes its client, and so this transport: the app lives on."""
+
+    def stop(self) -> None:
+        self._run(self.app.shutdown())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture(params=["local", "remote"])
+def any_invoke(request: pytest.FixtureRequest, home: Path, tmp_path: Path,
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[Invoke]:
+    """``invoke`` on the registry database, then through the server with an admin key: the
+    remote CLI never opens the registry (its --home stays empty). Over a real socket:
+    ``test_the_cli_through_a_server_process``."""
+    if request.param == "local":
+        yield request.getfixturevalue("invoke")
+        return
+    from modelyard.cli import remote
+    from modelyard.serving import ServeOptions, create_app
+
+    with Registry.open(Settings.from_env(home=home, actor="tester")) as registry:
+        key = registry.keys.create_key("cli-admin", "admin").secret
+        transport = _AppThread(create_app(registry, ServeOptions(poll_interval_s=0.2)))
+        monkeypatch.setattr(remote, "Remote", functools.partial(remote.Remote,
+                                                                  transport=transport))
+        unused = tmp_path / "not-opened"
+
+        def run(*args: str, input: str | None = None) -> Result:
+            return CliRunner().invoke(main, ["--home", str(unused), "--server",
+                                             "http://modelyard.test", *args], input=input,
+                                      env={"MODELYARD_API_KEY": key})
+
+        try:
+            yield run
+        finally:
+            transport.stop()
+    assert not unused.exists(), "the remote CLI opened a local registry"
+
+
+def test_the_cli_through_a_server_process(registered: Registry, home: Path,
+                                          tmp_path: Path) -> None:
+    """The same over a real socket, to a real ``modelyard serve``; a wrong key is exit 2."""
+    from modelyard.testing import ServerProcess
+
+    key = registered.keys.create_key("ops", "deployer").secret
+    with ServerProcess(home) as server:
+        def run(*args: str, api_key: str = key) -> Result:
+            return CliRunner().invoke(main, ["--server", server.url, *args],
+                                      env={"MODELYARD_API_KEY": api_key})
+
+        result = run("promote", "iris2", "2", "--reason", "remote")
+        assert result.exit_code == 0, result.output
+        assert "iris2@production -> v2 (was v1)" in result.stdout
+        assert registered.audit_events("iris2@production", limit=1)[0].actor == "ops"
+        assert "wrong" not in run("models").stdout
+        line = assert_one_error(run("models", api_key="myk_000000000000_" + "x" * 43), 2)
+        assert "not valid" in line
+        line = assert_one_error(run("auth", "keys"), 2)  # a deployer is not an admin
+        assert "'admin' needs one of the roles admin" in line
+    line = assert_one_error(CliRunner().invoke(main, ["--server", server.url, "models"],
+                                               env={"MODELYARD_API_KEY": key}), 10)
+    assert "cannot reach the modelyard server" in line
+
+
 @pytest.fixture()
 def project(tmp_path: Path) -> Path:
     folder = tmp_path / "project"
@@ -129,8 +232,9 @@ def project(tmp_path: Path) -> Path:
 
 
 # -- listings -----------------------------------------------------------------------------------
-def test_models_json_lists_every_model_with_aliases(registered: Registry, invoke: Invoke) -> None:
-    result = invoke("models", "--json")
+def test_models_json_lists_every_model_with_aliases(registered: Registry,
+                                                    any_invoke: Invoke) -> None:
+    result = any_invoke("models", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [m["name"] for m in data] == ["iris2", "other"]
@@ -138,8 +242,8 @@ def test_models_json_lists_every_model_with_aliases(registered: Registry, invoke
     assert data[0]["latest_version"] == 2
 
 
-def test_models_table_and_empty_registry(invoke: Invoke, registered: Registry) -> None:
-    result = invoke("models")
+def test_models_table_and_empty_registry(any_invoke: Invoke, registered: Registry) -> None:
+    result = any_invoke("models")
     assert result.exit_code == 0
     assert "iris2" in result.stdout and "production=v1" in result.stdout
 
@@ -151,8 +255,8 @@ def test_empty_registry_says_what_to_do(invoke: Invoke) -> None:
     assert json.loads(invoke("models", "--json").stdout) == []
 
 
-def test_versions_json_newest_first(registered: Registry, invoke: Invoke) -> None:
-    result = invoke("versions", "iris2", "--json")
+def test_versions_json_newest_first(registered: Registry, any_invoke: Invoke) -> None:
+    result = any_invoke("versions", "iris2", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert [v["version"] for v in data] == [2, 1]
@@ -160,61 +264,64 @@ def test_versions_json_newest_first(registered: Registry, invoke: Invoke) -> Non
     assert data[0]["metrics"] == {"accuracy": 0.91}
 
 
-def test_show_resolves_refs(registered: Registry, invoke: Invoke) -> None:
-    assert json.loads(invoke("show", "iris2", "--json").stdout)["version"] == 1
-    assert json.loads(invoke("show", "iris2:2", "--json").stdout)["version"] == 2
-    assert json.loads(invoke("show", "iris2@production", "--json").stdout)["version"] == 1
-    text = invoke("show", "iris2:2").stdout
+def test_show_resolves_refs(registered: Registry, any_invoke: Invoke) -> None:
+    assert json.loads(any_invoke("show", "iris2", "--json").stdout)["version"] == 1
+    assert json.loads(any_invoke("show", "iris2:2", "--json").stdout)["version"] == 2
+    assert json.loads(any_invoke("show", "iris2@production", "--json").stdout)["version"] == 1
+    text = any_invoke("show", "iris2:2").stdout
     for expected in ("iris2:2", "sklearn", "signature", "accuracy", "classes"):
         assert expected in text
 
 
 # -- aliases ------------------------------------------------------------------------------------
-def test_promote_rollback_and_history(registered: Registry, invoke: Invoke) -> None:
-    result = invoke("promote", "iris2", "2", "--reason", "better")
+def test_promote_rollback_and_history(registered: Registry, any_invoke: Invoke) -> None:
+    result = any_invoke("promote", "iris2", "2", "--reason", "better")
     assert result.exit_code == 0, result.output
     assert "v2" in result.stdout
     assert registered.resolve("iris2").version == 2
 
-    result = invoke("rollback", "iris2")
+    result = any_invoke("rollback", "iris2")
     assert result.exit_code == 0, result.output
     assert "v2 -> v1" in result.stdout
     assert registered.resolve("iris2").version == 1
 
-    events = json.loads(invoke("history", "iris2", "--json").stdout)
+    events = json.loads(any_invoke("history", "iris2", "--json").stdout)
     assert [(e["action"], e["version"]) for e in events] == [
         ("rollback", 1), ("set", 2), ("set", 1)]
     assert events[1]["reason"] == "better"
 
 
-def test_history_at_answers_what_served_then(registered: Registry, invoke: Invoke) -> None:
-    invoke("promote", "iris2", "2")
+def test_history_at_answers_what_served_then(registered: Registry, any_invoke: Invoke) -> None:
+    any_invoke("promote", "iris2", "2")
     first, second = sorted(registered.alias_history("iris2", "production"), key=lambda e: e.at)
-    at_first = json.loads(invoke("history", "iris2", "--at", first.at.isoformat(), "--json").stdout)
+    at_first = json.loads(any_invoke("history", "iris2", "--at", first.at.isoformat(),
+                                     "--json").stdout)
     assert at_first["version"] == 1
-    result = invoke("history", "iris2", "--at", second.at.isoformat())
+    result = any_invoke("history", "iris2", "--at", second.at.isoformat())
     assert result.exit_code == 0
     assert "pointed to v2" in result.stdout
-    before = json.loads(invoke("history", "iris2", "--at", "2001-01-01T00:00:00Z", "--json").stdout)
+    before = json.loads(any_invoke("history", "iris2", "--at", "2001-01-01T00:00:00Z",
+                                   "--json").stdout)
     assert before["version"] is None
 
 
-def test_history_at_rejects_a_bad_time(registered: Registry, invoke: Invoke) -> None:
-    line = assert_one_error(invoke("history", "iris2", "--at", "yesterday"), 2)
+def test_history_at_rejects_a_bad_time(registered: Registry, any_invoke: Invoke) -> None:
+    line = assert_one_error(any_invoke("history", "iris2", "--at", "yesterday"), 2)
     assert "ISO" in line
 
 
-def test_promote_alias_option_and_audit(registered: Registry, invoke: Invoke) -> None:
-    assert invoke("promote", "iris2", "2", "--alias", "staging").exit_code == 0
+def test_promote_alias_option_and_audit(registered: Registry, any_invoke: Invoke) -> None:
+    assert any_invoke("promote", "iris2", "2", "--alias", "staging").exit_code == 0
     assert registered.resolve("iris2@staging").version == 2
-    events = json.loads(invoke("audit", "iris2", "--limit", "3", "--json").stdout)
+    events = json.loads(any_invoke("audit", "iris2", "--limit", "3", "--json").stdout)
     assert len(events) == 3
     assert events[0]["action"] == "alias.set" and events[0]["target"] == "iris2@staging"
-    assert invoke("audit").exit_code == 0
+    assert any_invoke("audit").exit_code == 0
 
 
-def test_rollback_with_nothing_before_is_a_conflict(registered: Registry, invoke: Invoke) -> None:
-    line = assert_one_error(invoke("rollback", "other"), 4)
+def test_rollback_with_nothing_before_is_a_conflict(registered: Registry,
+                                                    any_invoke: Invoke) -> None:
+    line = assert_one_error(any_invoke("rollback", "other"), 4)
     assert "--to" in line
 
 
@@ -232,6 +339,26 @@ def test_rollback_with_nothing_before_is_a_conflict(registered: Registry, invoke
 def test_unknown_things_exit_3_with_one_line(registered: Registry, invoke: Invoke,
                                               args: tuple[str, ...]) -> None:
     assert_one_error(invoke(*args, input="[]"), 3)
+
+
+@pytest.mark.parametrize("args", [
+    ("versions", "nope"), ("show", "nope"), ("show", "iris2:9"), ("show", "iris2@nope"),
+    ("promote", "nope", "1"), ("rollback", "nope"), ("history", "nope"),
+    ("runs", "show", "no-such-run")])
+def test_unknown_things_exit_3_both_ways(registered: Registry, any_invoke: Invoke,
+                                         args: tuple[str, ...]) -> None:
+    assert_one_error(any_invoke(*args), 3)
+
+
+def test_commands_that_need_the_database_say_so_through_a_server(
+        registered: Registry, any_invoke: Invoke, project: Path) -> None:
+    for args in (("predict", "iris2"), ("train", "--project", str(project), "tiny"),
+                 ("deploy", "iris2", "2"), ("monitor", "metrics", "iris2")):
+        result = any_invoke(*args, input="[]")
+        if "--server" in result.stdout + result.stderr or result.exit_code != 2:
+            continue  # locally these run (or fail for their own reasons)
+    result = any_invoke("runs", "--json")
+    assert result.exit_code == 0, result.output
 
 
 def test_usage_errors_exit_2(invoke: Invoke) -> None:

@@ -78,9 +78,13 @@ class _Main(click.Group):
               "postgresql://user@host/db (env MODELYARD_DB; default SQLite in the home).")
 @click.option("--artifacts", metavar="DIR|URL", help="Artifact store: a folder or fsspec URL "
               "(env MODELYARD_ARTIFACTS; default <home>/artifacts).")
+@click.option("--server", metavar="URL", envvar="MODELYARD_URL",
+              help="Act through this modelyard server's API with the key in "
+                   "MODELYARD_API_KEY, instead of opening the registry (env MODELYARD_URL).")
 @click.version_option(package_name="modelyard", prog_name="modelyard")
 @click.pass_context
-def main(ctx: click.Context, home: str | None, db: str | None, artifacts: str | None) -> None:
+def main(ctx: click.Context, home: str | None, db: str | None, artifacts: str | None,
+         server: str | None) -> None:
     """One yard for every model: train, version, serve, roll out, watch and retrain.
 
     Declare models in modelyard.yaml (start with 'modelyard init'), train them with
@@ -88,7 +92,7 @@ def main(ctx: click.Context, home: str | None, db: str | None, artifacts: str | 
     NAME@alias. Try 'modelyard demo' for a tour with three real models, and
     'modelyard demo --heal' to watch one heal itself when its data drifts.
     """
-    ctx.obj = State(home=home, db=db, artifacts=artifacts)
+    ctx.obj = State(home=home, db=db, artifacts=artifacts, server=server or None)
 
 
 def _register() -> None:

@@ -9,6 +9,7 @@ on this registry enforces auth (see ``docs/security.md``).
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import click
 
@@ -17,6 +18,9 @@ from modelyard.cli.state import State, pass_state
 from modelyard.config import parse_duration
 from modelyard.registry.keys import KINDS, ApiKey, KeyStore, NewKey, describe
 from modelyard.registry.policy import ROLES
+
+if TYPE_CHECKING:
+    from modelyard.cli.remote import RemoteKeys
 
 
 @click.group(short_help="API keys: create, list, rotate and revoke them.")
@@ -28,8 +32,9 @@ def auth() -> None:
     """
 
 
-def _keys(state: State) -> KeyStore:
-    return KeyStore(state.registry().db)
+def _keys(state: State) -> KeyStore | RemoteKeys:
+    """The registry's keys, or a server's key API with an admin key (``--server``)."""
+    return state.registry().keys
 
 
 @auth.command("create-key", short_help="Make an API key for NAME; printed once.")

@@ -61,7 +61,7 @@ def batch(state: State, ref: str, inputs: tuple[str, ...], output: str, keys: tu
     job = BatchJob(ref, inputs if len(inputs) > 1 else inputs[0], output, keys, chunk_rows,
                    "fail" if on_error == "fail" else "skip", scores, restart, log_sample, sql_db,
                    input_format, device, engine)
-    registry = state.registry()
+    registry = state.local_registry()
     with RowProgress(live_console(quiet_unless_tty=as_json), ref) as progress:
         summary = score(job, registry, on_chunk=progress)
     if as_json:

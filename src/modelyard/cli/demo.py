@@ -74,7 +74,7 @@ def demo(ctx: click.Context, state: State, project: str | None, serve: bool, hos
     if only:
         specs = {name: spec for name, spec in specs.items() if name in only or
                  (heal and name == "fraud")}
-    registry = state.registry()
+    registry = state.local_registry()
     out.print(f"registry: {_safe_url(registry.settings.db_url)}\n", markup=False)
     outcomes = []
     for spec in specs.values():

@@ -29,7 +29,7 @@ _SINCE = click.option("--since", default=None, metavar="AGO|TIME",
 def _monitor(state: State) -> Monitor:
     from modelyard.monitoring.monitor import Monitor
 
-    return Monitor(state.registry())
+    return Monitor(state.local_registry())
 
 
 def _since(text: str | None) -> Any:

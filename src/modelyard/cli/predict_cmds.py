@@ -33,7 +33,7 @@ def predict(state: State, ref: str, source: str, scores: bool, device: str) -> N
     payload = read_payload(source)
     from modelyard.predictor import load
 
-    predictor = load(ref, device=device, registry=state.registry())
+    predictor = load(ref, device=device, registry=state.local_registry())
     result = predictor.predict_full(payload, scores=scores)
     print_json_flat({"model": predictor.name, "version": predictor.version,
                 **result.to_dict(scores=scores)})

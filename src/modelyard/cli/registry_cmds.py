@@ -139,7 +139,7 @@ def promote(state: State, model: str, version: int, alias: str, reason: str, no_
     Recorded in the alias history, so 'modelyard rollback MODEL' can undo it.
     """
     registry = state.registry()
-    if not no_check:
+    if not no_check and not state.remote:  # through a server: it loads the version first
         _check_loads(registry, model, version, alias)
     event = registry.set_alias(model, alias, version, actor=state.settings().actor,
                                reason=reason or "modelyard promote")
@@ -192,6 +192,9 @@ def rollback(state: State, model: str, to: int | None, alias: str, reason: str,
     """
     from modelyard.cli.rollout_cmds import end_active_rollout
 
+    if state.remote:
+        _rollback_remote(state, model, to, alias, reason, as_json)
+        return
     if alias == "production":
         ended = end_active_rollout(state, model, reason)
         if ended is not None and to is None:
@@ -203,6 +206,28 @@ def rollback(state: State, model: str, to: int | None, alias: str, reason: str,
             return
     event = state.registry().rollback(model, alias=alias, to=to, actor=state.settings().actor,
                                       reason=reason)
+    if as_json:
+        print_json(event.to_dict())
+        return
+    console().print(f"{model}@{alias} rolled back: v{event.previous_version} -> v{event.version}")
+
+
+def _rollback_remote(state: State, model: str, to: int | None, alias: str, reason: str,
+                     as_json: bool) -> None:
+    """``rollback`` through a server: it ends an active rollout first, as locally."""
+    from modelyard.cli.remote import RemoteRegistry
+
+    registry = state.registry()
+    assert isinstance(registry, RemoteRegistry)
+    event, ended = registry.rollback_or_end(model, alias=alias, to=to, reason=reason)
+    if event is None and ended is not None:
+        if as_json:
+            print_json(ended)
+        else:
+            console().print(f"{model}: rollout of v{ended['candidate_version']} rolled back; "
+                            f"traffic is back on v{ended['stable_version']}")
+        return
+    assert event is not None
     if as_json:
         print_json(event.to_dict())
         return

@@ -35,7 +35,7 @@ def parse_steps(text: str) -> list[int]:
 def _deployments(state: State) -> Deployments:
     from modelyard.rollout.deployments import Deployments
 
-    return Deployments(state.registry())
+    return Deployments(state.local_registry())
 
 
 def _actor(state: State) -> str:

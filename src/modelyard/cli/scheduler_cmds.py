@@ -46,7 +46,8 @@ def scheduler(state: State, project: str, interval: str, once: bool,
     every = parse_duration(interval)
     specs = _chosen(load_project(project), models, project)
     # with --once, every model gets a line: what was done, or why nothing was
-    runner = Scheduler(state.registry(), specs, interval_s=every, on_action=_print, explain=once)
+    runner = Scheduler(state.local_registry(), specs, interval_s=every, on_action=_print,
+                       explain=once)
     if once:
         runner.tick()
         return

@@ -132,7 +132,7 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
         raise click.UsageError(f"choose one of {' and '.join(given)}")
     specs = load_project(project)
     chosen = _choose(specs, names, all_models, project)
-    registry = state.registry()
+    registry = state.local_registry()
     registry.check_store()  # an unreachable store fails now, not after the training
     out = live_console(quiet_unless_tty=as_json)
     outcomes = []

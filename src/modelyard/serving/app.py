@@ -10,6 +10,7 @@ each route bound to the callable that answers it (:class:`~modelyard.serving.htt
 :mod:`~.oip`                    OIP v2 over REST (and what gRPC shares with it)
 :mod:`~.ops`                    metrics, health, readiness, the API's documents
 :mod:`~.admin`                  ``/api/v1``: models, aliases, rollouts
+:mod:`~.registry_api`           ``/api/v1``: a model, a version, history, runs, audit, keys
 :mod:`~.monitor_api`            feedback, quality metrics, drift, events, logged predictions
 ==============================  ===============================================================
 
@@ -27,7 +28,7 @@ import logging
 from typing import Any
 
 from modelyard.errors import MethodNotAllowedError, NotFoundError
-from modelyard.serving import admin, monitor_api, native, oip, ops
+from modelyard.serving import admin, monitor_api, native, oip, ops, registry_api
 from modelyard.serving.access import Access
 from modelyard.serving.admin import AdminAPI
 from modelyard.serving.calls import log_failure, new_request_id, request_id_of
@@ -54,6 +55,7 @@ from modelyard.serving.oidc import OIDCConfig, TokenVerifier
 from modelyard.serving.oip import OIPHandlers
 from modelyard.serving.ops import OpsAPI
 from modelyard.serving.options import ServeOptions
+from modelyard.serving.registry_api import RegistryAPI
 from modelyard.serving.retention import RetentionSweeper
 from modelyard.serving.rollouts import Rollouts
 from modelyard.serving.watcher import Watcher
@@ -62,7 +64,7 @@ log = logging.getLogger(__name__)
 
 #: every route the app answers: the codecs' tables, in matching order.
 TABLE: RouteTable = [*native.ROUTES, *oip.ROUTES, *ops.ROUTES, *admin.ROUTES,
-                     *monitor_api.ROUTES]
+                     *registry_api.ROUTES, *monitor_api.ROUTES]
 #: the same routes by endpoint name (the API's shape, for documents and checks).
 ROUTES = compile_routes([(method, path, e.name) for method, path, e in TABLE])
 #: the endpoints that change something: the dispatcher admits each (cross-site rules, then the
@@ -93,6 +95,7 @@ class App:
             *bind_routes(OpsAPI(self.plane), ops.routes(
                 public_metrics=self.options.public_metrics)),
             *bind_routes(AdminAPI(catalog), admin.ROUTES),
+            *bind_routes(RegistryAPI(catalog), registry_api.ROUTES),
             *bind_routes(monitor, monitor_api.ROUTES),
         ])
         self._grpc: Any = None

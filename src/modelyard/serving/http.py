@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from types import MethodType
 from typing import Any, Generic, TypeVar
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -290,6 +291,25 @@ def error_body(
     return status, orjson.dumps(data), headers
 
 
+
+def query_param(scope: Scope, key: str) -> str | None:
+    """The last value of ``key`` in the request's query string, or None."""
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(key)
+    return values[-1] if values else None
+
+
+def query_int(scope: Scope, key: str, default: int) -> int:
+    """``key`` from the query as a whole number from 1 to 10000 (``default`` when absent);
+    :class:`InputError` (422) naming it otherwise."""
+    text = query_param(scope, key)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 0 < int(text) <= 10_000:
+        raise InputError(f"{key} must be a whole number from 1 to 10000, got {text!r}",
+                         [{"loc": ["query", key], "msg": "not a positive integer"}])
+    return int(text)
+
+
 __all__ = [
     "JSON",
     "BodyDeadlines",
@@ -304,6 +324,8 @@ __all__ = [
     "header",
     "inflate",
     "match",
+    "query_int",
+    "query_param",
     "read_body",
     "respond",
 ]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
 
 import orjson
 
@@ -36,6 +35,8 @@ from modelyard.serving.http import (
     RouteTable,
     Scope,
     Send,
+    query_int,
+    query_param,
     read_body,
     respond,
 )
@@ -118,7 +119,7 @@ class MonitorAPI:
         """``GET /api/v1/models/{name}/metrics[?since=1h&every=10m]``: metrics per version (per
         sub-window with ``every``) and latency in the window."""
         since = _since(scope)
-        every = _param(scope, "every")
+        every = query_param(scope, "every")
         step = None if every is None else timedelta(seconds=parse_duration(every))
         windows = await self.catalog.io(self.monitor.metrics, name, since=since, every=step)
         latency = await self.catalog.io(self.monitor.latency, name, since=since)
@@ -128,7 +129,7 @@ class MonitorAPI:
 
     async def monitor_drift(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """``GET /api/v1/models/{name}/drift[?limit=N]``: stored drift checks, newest first."""
-        limit = _int_param(scope, "limit", 20)
+        limit = query_int(scope, "limit", 20)
         checks = await self.catalog.io(self.monitor.drift_reports, name, limit=limit)
         await respond(send, 200, orjson.dumps({"model": name,
                                                "checks": [c.to_dict() for c in checks]}))
@@ -143,9 +144,9 @@ class MonitorAPI:
     async def monitor_events(self, scope: Scope, receive: Receive, send: Send,
                              name: str) -> None:
         """``GET /api/v1/models/{name}/events[?kind=alert&limit=N]``: newest first."""
-        kind = _param(scope, "kind")
+        kind = query_param(scope, "kind")
         events = await self.catalog.io(self.monitor.events, name, kind=kind, since=_since(scope),
-                                          limit=_int_param(scope, "limit", 100))
+                                          limit=query_int(scope, "limit", 100))
         await respond(send, 200, orjson.dumps({"model": name,
                                                "events": [e.to_dict() for e in events]}))
 
@@ -198,26 +199,11 @@ class MonitorGauges(Poller):
         self.plane.metrics.set_drift(checks)
 
 
-def _param(scope: Scope, key: str) -> str | None:
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(key)
-    return values[-1] if values else None
-
-
 def _since(scope: Scope) -> Any:
     from modelyard.config import parse_since
 
-    text = _param(scope, "since")
+    text = query_param(scope, "since")
     return None if text is None else parse_since(text)
-
-
-def _int_param(scope: Scope, key: str, default: int) -> int:
-    text = _param(scope, key)
-    if text is None:
-        return default
-    if not (text.isascii() and text.isdigit() and len(text) <= 5) or not 0 < int(text) <= 10_000:
-        raise InputError(f"{key} must be a whole number from 1 to 10000, got {text!r}",
-                         [{"loc": ["query", key], "msg": "not a positive integer"}])
-    return int(text)
 
 
 ROUTES: RouteTable = [

@@ -353,6 +353,61 @@ _V1_MODELS = _obj(["models", "serves", "elsewhere"], serves=_SERVES, elsewhere={
                   "description": "bytes each loaded version (by number) is charged against "
                                  "--max-memory: what its load measured"},
     not_served={"oneOf": [_NOT_SERVED, {"type": "null"}]})})
+_RUN = _obj(["id", "model", "status", "kind"], id=_STR, model=_STR, status=_STR, kind=_STR,
+            trigger=_STR, version=_OPT_INT, metrics=_OBJ, started_at=_STR)
+_KEY = _obj(["id", "principal", "role", "models", "state"], id=_STR, principal=_STR,
+            kind=_STR, role=_STR, models=_STR, state=_STR, expires_at=_OPT_STR,
+            revoked_at=_OPT_STR, last_used_at=_OPT_STR, note=_STR)
+_NEW_KEY = {**_KEY, "required": [*_KEY["required"], "key"],
+            "properties": {**_KEY["properties"], "key": _STR}}
+_KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_QUERY = [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
+          for n in ("alias", "at", "model", "target", "principal")]
+
+
+def _key_post(summary: str, body: dict[str, Any], ok: dict[str, Any], status: str,
+              params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"post": {
+        "summary": summary, "parameters": params,
+        "requestBody": {"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "additionalProperties": False, "properties": body}}}},
+        "responses": {status: _json(ok), **_errors(*_BODY, 404, 409, 415, *_REGISTRY)}}}
+
+
+#: the registry reads and key management the remote CLI uses (serving.registry_api).
+_REGISTRY_PATHS: dict[str, Any] = {
+    "/api/v1/models/{name}": _get("Registry: one model with its aliases", [_NAME], _MODEL,
+                                  404, *_REGISTRY),
+    "/api/v1/models/{name}/versions/{version}": _get(
+        "Registry: one version in full (lineage, signature, metrics), by number or alias",
+        [_NAME, {**_VERSION, "schema": {"type": "string"}}],
+        _VERSION_ROW, 404, *_REGISTRY),
+    "/api/v1/models/{name}/history": _get(
+        "Registry: every alias move, newest first; with at, the version then", [
+            _NAME, *_QUERY[:2]], _OBJ, 404, 422, *_REGISTRY),
+    "/api/v1/runs": _get("Registry: recent runs, newest first", [_QUERY[2], _LIMIT],
+                         _obj(["runs"], runs={"type": "array", "items": _RUN}), 422,
+                         *_REGISTRY),
+    "/api/v1/runs/{run_id}": _get(
+        "Registry: one run with its logs", [{"name": "run_id", "in": "path", "required": True,
+                                             "schema": {"type": "string"}}],
+        _RUN, 404, 409, *_REGISTRY),
+    "/api/v1/audit": _get("Registry: who changed what, newest first", [_QUERY[3], _LIMIT],
+                          _obj(["events"], events={"type": "array", "items": _OBJ}), 422,
+                          *_REGISTRY),
+    "/api/v1/auth/keys": {
+        **_get("Keys (admin): every API key, never a secret", [_QUERY[4]],
+               _obj(["keys"], keys={"type": "array", "items": _KEY}), *_REGISTRY),
+        **_key_post("Keys (admin): make a key; its secret is in key, shown this once", {
+            "principal": _STR, "role": _STR, "models": _STR, "kind": _STR,
+            "expires_s": {"type": ["number", "null"]}, "note": _STR}, _NEW_KEY, "201", []),
+    },
+    "/api/v1/auth/keys/{key_id}/revoke": _key_post("Keys (admin): end a key now", {}, _KEY,
+                                                   "200", [_KEY_ID]),
+    "/api/v1/auth/keys/{key_id}/rotate": _key_post(
+        "Keys (admin): a new key like this one; the old works for grace_s more",
+        {"grace_s": _NUM}, _NEW_KEY, "201", [_KEY_ID]),
+}
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {"title": "modelyard server", "version": "1",
@@ -412,6 +467,7 @@ OPENAPI: dict[str, Any] = {
                           "responses": {"200": {"description": "HTML",
                                                 "content": {"text/html": {}}}}}},
         **_ADMIN_PATHS,
+        **_REGISTRY_PATHS,
         **_MONITOR_PATHS,
     },
     "components": {"securitySchemes": {"bearer": {

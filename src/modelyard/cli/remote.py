@@ -1,0 +1,233 @@
+"""The CLI acting through a server: ``MODELYARD_URL`` (or ``--server``) and
+``MODELYARD_API_KEY`` make the registry commands call the server's API with the caller's key
+instead of opening the registry database, so engineers and CI never hold its credentials.
+
+:class:`RemoteRegistry` answers the calls the commands make of a
+:class:`~modelyard.registry.Registry` with the same records, and the server's errors come back
+as the same exceptions (so the same one-line messages and exit codes): the server names each
+error's class, and a refused key is :class:`~modelyard.errors.UnauthorizedError` (401) or
+:class:`~modelyard.errors.ForbiddenError` (403), both exit 2. An unreachable server is a
+:class:`~modelyard.errors.StorageError` (exit 10), as an unreachable database is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from modelyard import errors
+from modelyard.errors import ConfigError, ModelyardError, StorageError
+from modelyard.registry.client import PRODUCTION, parse_ref
+from modelyard.registry.keys import ApiKey, NewKey
+from modelyard.registry.records import AliasEvent, AuditEvent, Model, ModelVersion, Record, Run
+
+R = TypeVar("R", bound=Record)
+URL_ENV = "MODELYARD_URL"
+KEY_ENV = "MODELYARD_API_KEY"
+#: what a status means when the server's body does not name a modelyard error.
+_BY_STATUS: Mapping[int, type[ModelyardError]] = {
+    400: errors.ConfigError, 401: errors.UnauthorizedError, 403: errors.ForbiddenError,
+    404: errors.NotFoundError, 409: errors.ConflictError, 413: errors.InputError,
+    415: errors.InputError, 422: errors.InputError, 429: errors.TooManyAttemptsError,
+    503: errors.UnavailableError, 504: errors.RequestTimeoutError}
+
+
+class Remote:
+    """One server's API with one key: JSON in, JSON out, errors as modelyard's."""
+
+    def __init__(self, url: str, key: str | None, *, timeout_s: float = 60.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{URL_ENV} {url[:100]!r} is not an http(s) URL, e.g. "
+                              "https://models.example.com")
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s,
+                                 transport=transport)
+
+    def get(self, path: str, **params: Any) -> Any:
+        """``GET path`` with the query ``params`` (None values left out)."""
+        query = {k: v for k, v in params.items() if v is not None}
+        return self._call("GET", path, params=query)
+
+    def post(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        """``POST path`` with a JSON body."""
+        return self._call("POST", path, json=dict(body or {}))
+
+    def _call(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kw)
+        except httpx.HTTPError as exc:
+            raise StorageError(f"cannot reach the modelyard server at {self.url}: {exc}; "
+                               f"check {URL_ENV}") from None
+        if response.status_code >= 400:
+            raise error_of(response)
+        return response.json()
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def error_of(response: httpx.Response) -> ModelyardError:
+    """The modelyard error a server's error answer stands for (its class when it names one)."""
+    try:
+        doc = response.json()
+    except ValueError:
+        doc = {}
+    if not isinstance(doc, dict):
+        doc = {}
+    message = str(doc.get("message") or doc.get("error") or response.reason_phrase)
+    named = getattr(errors, str(doc.get("error", "")), None)
+    cls = named if isinstance(named, type) and issubclass(named, ModelyardError) else None
+    cls = cls or _BY_STATUS.get(response.status_code, ModelyardError)
+    try:
+        return cls(message)
+    except TypeError:  # an error class that needs more than a message
+        return _BY_STATUS.get(response.status_code, ModelyardError)(message)
+
+
+def record(cls: type[R], data: Mapping[str, Any]) -> R:
+    """A registry record back from its ``to_dict`` form (times parsed, lists as tuples)."""
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, hint = data[f.name], hints[f.name]
+        if isinstance(value, str) and _is(hint, datetime):
+            value = datetime.fromisoformat(value)
+        elif isinstance(value, list) and _is(hint, tuple):
+            value = tuple(value)
+        values[f.name] = value
+    return cls(**_defaults(cls, values))
+
+
+def _is(hint: Any, kind: type) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_is(h, kind) for h in typing.get_args(hint))
+    return hint is kind or typing.get_origin(hint) is kind
+
+
+def _defaults(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Fields a short form leaves out (a version listed without its signature) as empty."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values and f.default is dataclasses.MISSING and \
+                f.default_factory is dataclasses.MISSING:
+            values[f.name] = {} if f.name in ("meta", "signature", "environment") else None
+    return values
+
+
+def _p(name: str) -> str:
+    return quote(name, safe="")
+
+
+class RemoteKeys:
+    """:class:`~modelyard.registry.keys.KeyStore`'s calls, through the server (admin key)."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+
+    def create_key(self, principal: str, role: str, *, models: str = "*", kind: str = "user",
+                   expires: timedelta | None = None, note: str = "",
+                   actor: str | None = None) -> NewKey:
+        doc = self.remote.post("/api/v1/auth/keys", {
+            "principal": principal, "role": role, "models": models, "kind": kind, "note": note,
+            "expires_s": None if expires is None else expires.total_seconds()})
+        return _new_key(doc)
+
+    def list_keys(self, principal: str | None = None) -> list[ApiKey]:
+        doc = self.remote.get("/api/v1/auth/keys", principal=principal)
+        return [record(ApiKey, k) for k in doc["keys"]]
+
+    def revoke(self, key_id: str, *, actor: str | None = None) -> ApiKey:
+        return record(ApiKey, self.remote.post(f"/api/v1/auth/keys/{_p(key_id)}/revoke"))
+
+    def rotate(self, key_id: str, *, grace: timedelta = timedelta(hours=1),
+               actor: str | None = None) -> NewKey:
+        doc = self.remote.post(f"/api/v1/auth/keys/{_p(key_id)}/rotate",
+                               {"grace_s": grace.total_seconds()})
+        return _new_key(doc)
+
+
+def _new_key(doc: Mapping[str, Any]) -> NewKey:
+    return NewKey(record(ApiKey, doc), str(doc["key"]))
+
+
+class RemoteRegistry:
+    """The registry calls the CLI makes, answered by a server's API (see the module doc).
+    ``actor`` arguments are ignored: the server records the key's principal."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        self.keys = RemoteKeys(remote)
+
+    # -- models and versions --------------------------------------------------------------------
+    def list_models(self) -> list[Model]:
+        return [record(Model, m) for m in self.remote.get("/api/v1/models")["models"]]
+
+    def get_model(self, name: str) -> Model:
+        return record(Model, self.remote.get(f"/api/v1/models/{_p(name)}"))
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        doc = self.remote.get(f"/api/v1/models/{_p(name)}/versions")
+        return [record(ModelVersion, v) for v in doc["versions"]]
+
+    def get_version(self, name: str, version: int) -> ModelVersion:
+        return record(ModelVersion,
+                      self.remote.get(f"/api/v1/models/{_p(name)}/versions/{version}"))
+
+    def resolve(self, ref: str) -> ModelVersion:
+        """``name``, ``name:3`` or ``name@alias`` to a version, as the registry resolves it."""
+        name, number, alias = parse_ref(ref)
+        which = str(number) if number is not None else _p(alias or PRODUCTION)
+        return record(ModelVersion, self.remote.get(f"/api/v1/models/{_p(name)}/versions/{which}"))
+
+    # -- aliases --------------------------------------------------------------------------------
+    def set_alias(self, name: str, alias: str, version: int, *, actor: str | None = None,
+                  reason: str = "") -> AliasEvent:
+        doc = self.remote.post(f"/api/v1/models/{_p(name)}/promote",
+                               {"version": version, "alias": alias, "reason": reason})
+        return record(AliasEvent, doc["event"])
+
+    def rollback_or_end(self, name: str, *, alias: str = PRODUCTION, to: int | None = None,
+                        reason: str = "") -> tuple[AliasEvent | None, dict[str, Any] | None]:
+        """Roll ``alias`` back, the server first ending an active rollout of production (as
+        ``modelyard rollback`` does locally): ``(alias event or None, ended rollout or None)``."""
+        doc = self.remote.post(f"/api/v1/models/{_p(name)}/rollback",
+                               {"to": to, "alias": alias, "reason": reason})
+        event = doc.get("event")
+        return (record(AliasEvent, event) if event else None), doc.get("deployment")
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
+        doc = self.remote.get(f"/api/v1/models/{_p(name)}/history", alias=alias)
+        return [record(AliasEvent, e) for e in doc["events"]]
+
+    def alias_at(self, name: str, alias: str, when: datetime) -> int | None:
+        doc = self.remote.get(f"/api/v1/models/{_p(name)}/history", alias=alias,
+                              at=when.isoformat())
+        return None if doc["version"] is None else int(doc["version"])
+
+    # -- runs and audit -------------------------------------------------------------------------
+    def list_runs(self, model: str | None = None, *, limit: int = 50) -> list[Run]:
+        doc = self.remote.get("/api/v1/runs", model=model, limit=limit)
+        return [record(Run, r) for r in doc["runs"]]
+
+    def get_run(self, run_id: str) -> Run:
+        return record(Run, self.remote.get(f"/api/v1/runs/{_p(run_id)}"))
+
+    def audit_events(self, target: str | None = None, *, limit: int = 100) -> list[AuditEvent]:
+        doc = self.remote.get("/api/v1/audit", target=target, limit=limit)
+        return [record(AuditEvent, e) for e in doc["events"]]
+
+    def close(self) -> None:
+        self.remote.close()
+
+
+__all__ = ["KEY_ENV", "URL_ENV", "Remote", "RemoteKeys", "RemoteRegistry", "error_of", "record"]
