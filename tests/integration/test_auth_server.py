@@ -129,8 +129,8 @@ def test_every_route_declares_the_action_expected_of_it() -> None:
 def test_the_openapi_document_says_which_routes_need_a_credential() -> None:
     from modelyard.serving.openapi import OPENAPI, PUBLIC
 
-    assert PUBLIC == {path for (_, path), action in EXPECTED_ACTIONS.items()
-                      if action == "public"}
+    assert {path for (_, path), action in EXPECTED_ACTIONS.items()
+                      if action == "public"} == PUBLIC
     for path, item in OPENAPI["paths"].items():
         for op in item.values():
             secured = "security" in op and {"401", "403", "429"} <= set(op["responses"])
