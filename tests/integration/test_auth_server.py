@@ -99,6 +99,8 @@ EXPECTED_ACTIONS = {
     ("POST", "/api/v1/models/{name}/deployment/promote"): "deploy",
     ("POST", "/api/v1/models/{name}/deployment/abort"): "deploy",
     ("POST", "/api/v1/models/{name}/deployment/rollback"): "deploy",
+    ("POST", "/api/v1/models/{name}/deployment/pause"): "deploy",
+    ("POST", "/api/v1/models/{name}/deployment/resume"): "deploy",
     ("GET", "/api/v1/models/{name}"): "read",
     ("GET", "/api/v1/models/{name}/versions/{version}"): "read",
     ("GET", "/api/v1/models/{name}/history"): "read",

@@ -657,38 +657,43 @@ def test_corrupted_artifact_is_refused_naming_the_version(registered: Registry,
 
 
 # -- rollouts ------------------------------------------------------------------------------------
-def test_deploy_canary_then_status_and_abort(registered: Registry, invoke: Invoke) -> None:
-    started = invoke("deploy", "iris2", "2", "--canary", "10,50,100", "--every", "30s",
+def _by_caller(actor: str) -> bool:
+    """The actor of a rollout change: the local user, or the key's principal remotely."""
+    return actor.startswith("user:") or actor == "cli-admin"
+
+
+def test_deploy_canary_then_status_and_abort(registered: Registry, any_invoke: Invoke) -> None:
+    started = any_invoke("deploy", "iris2", "2", "--canary", "10,50,100", "--every", "30s",
                      "--min-requests", "50", "--json")
     assert started.exit_code == 0, started.output
     record = json.loads(started.stdout)
     assert (record["strategy"], record["steps"], record["state"]) == ("canary", [10, 50, 100],
                                                                      "progressing")
     assert record["every_s"] == 30.0 and record["rules"]["min_requests"] == 50
-    again = invoke("deploy", "iris2", "2")
+    again = any_invoke("deploy", "iris2", "2")
     assert "already" in assert_one_error(again, 4)
 
-    status = json.loads(invoke("rollout", "status", "iris2", "--json").stdout)
+    status = json.loads(any_invoke("rollout", "status", "iris2", "--json").stdout)
     assert status["deployment"]["candidate_version"] == 2
-    assert status["history"][0]["actor"].startswith("user:")
+    assert _by_caller(status["history"][0]["actor"])
 
-    aborted = invoke("rollout", "abort", "iris2", "--reason", "changed my mind", "--json")
+    aborted = any_invoke("rollout", "abort", "iris2", "--reason", "changed my mind", "--json")
     assert json.loads(aborted.stdout)["state"] == "aborted"
     assert registered.resolve("iris2").version == 1  # production untouched
 
 
-def test_rollout_promote_moves_production(registered: Registry, invoke: Invoke) -> None:
-    assert invoke("deploy", "iris2", "2", "--ab", "30", "--key", "user_id").exit_code == 0
-    assert invoke("rollout", "promote", "iris2").exit_code == 0
+def test_rollout_promote_moves_production(registered: Registry, any_invoke: Invoke) -> None:
+    assert any_invoke("deploy", "iris2", "2", "--ab", "30", "--key", "user_id").exit_code == 0
+    assert any_invoke("rollout", "promote", "iris2").exit_code == 0
     assert registered.resolve("iris2").version == 2
-    assert registered.alias_history("iris2", "production")[0].actor.startswith("user:")
+    assert _by_caller(registered.alias_history("iris2", "production")[0].actor)
 
 
-def test_rollback_ends_an_active_rollout_first(registered: Registry, invoke: Invoke) -> None:
-    assert invoke("deploy", "iris2", "2", "--shadow").exit_code == 0
-    ended = invoke("rollback", "iris2")
+def test_rollback_ends_an_active_rollout_first(registered: Registry, any_invoke: Invoke) -> None:
+    assert any_invoke("deploy", "iris2", "2", "--shadow").exit_code == 0
+    ended = any_invoke("rollback", "iris2")
     assert ended.exit_code == 0 and "rolled back" in ended.stdout
-    status = json.loads(invoke("rollout", "status", "iris2", "--json").stdout)
+    status = json.loads(any_invoke("rollout", "status", "iris2", "--json").stdout)
     assert status["deployment"]["state"] == "rolled_back"
     assert registered.resolve("iris2").version == 1
 
@@ -703,9 +708,9 @@ def test_rollback_ends_an_active_rollout_first(registered: Registry, invoke: Inv
         (["rollout", "status", "other"], 3, "no rollout"),
     ],
 )
-def test_deploy_errors_are_one_line(registered: Registry, invoke: Invoke, args: list[str],
+def test_deploy_errors_are_one_line(registered: Registry, any_invoke: Invoke, args: list[str],
                                     code: int, fragment: str) -> None:
-    assert fragment in assert_one_error(invoke(*args), code)
+    assert fragment in assert_one_error(any_invoke(*args), code)
 
 
 def test_deploy_refuses_two_strategies(registered: Registry, invoke: Invoke) -> None:

@@ -72,7 +72,7 @@ def build(state: State, project: str, out: str, pools: tuple[str, ...], bake: tu
                            tag=tag, extras=extras,
                            wheel_cache=Path(wheel_cache) if wheel_cache else None, code=code)
     options = _kube_options(kubernetes, kube_options)
-    contexts = build_contexts(request, state.registry)
+    contexts = build_contexts(request, state.local_registry)
     manifests = None
     if options is not None:
         from modelyard.deploy.kubernetes import write_kubernetes

@@ -204,8 +204,8 @@ def rollback(state: State, model: str, to: int | None, alias: str, reason: str,
                 console().print(f"{model}: rollout of v{ended.candidate_version} rolled back; "
                                 f"traffic is back on v{ended.stable_version}")
             return
-    event = state.registry().rollback(model, alias=alias, to=to, actor=state.settings().actor,
-                                      reason=reason)
+    event = state.local_registry().rollback(model, alias=alias, to=to, actor=state.settings().actor,
+                                            reason=reason)
     if as_json:
         print_json(event.to_dict())
         return

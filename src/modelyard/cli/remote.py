@@ -27,6 +27,7 @@ from modelyard.errors import ConfigError, ModelyardError, StorageError
 from modelyard.registry.client import PRODUCTION, parse_ref
 from modelyard.registry.keys import ApiKey, NewKey
 from modelyard.registry.records import AliasEvent, AuditEvent, Model, ModelVersion, Record, Run
+from modelyard.rollout.deployments import Deployment, DeploymentEvent
 
 R = TypeVar("R", bound=Record)
 URL_ENV = "MODELYARD_URL"
@@ -160,6 +161,60 @@ def _new_key(doc: Mapping[str, Any]) -> NewKey:
     return NewKey(record(ApiKey, doc), str(doc["key"]))
 
 
+class RemoteDeployments:
+    """The rollout calls ``deploy`` and ``rollout`` make of
+    :class:`~modelyard.rollout.deployments.Deployments`, through the server."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        self._described: dict[int, dict[str, Any]] = {}
+
+    def _deployment(self, doc: dict[str, Any]) -> Deployment:
+        found = record(Deployment, doc)
+        self._described[found.id] = doc
+        return found
+
+    def start_declared(self, model: str, version: int, *, strategy: str | None = None,
+                       steps: list[int] | None = None, every_s: float | None = None,
+                       rules: dict[str, Any] | None = None, key: str | None = None,
+                       actor: str | None = None, reason: str = "") -> Deployment:
+        return self._deployment(self.remote.post(
+            f"/api/v1/models/{_p(model)}/deployments",
+            {"version": version, "strategy": strategy, "steps": steps, "every_s": every_s,
+             "rules": rules or None, "key": key, "reason": reason}))
+
+    def get(self, model: str) -> Deployment:
+        return self._deployment(self.remote.get(f"/api/v1/models/{_p(model)}/deployment"))
+
+    def describe(self, d: Deployment) -> dict[str, Any]:
+        """What the server said of ``d`` when it was read (status, traffic, analysis)."""
+        return self._described.get(d.id) or self.remote.get(
+            f"/api/v1/models/{_p(d.model)}/deployment")
+
+    def history(self, model: str, *, limit: int = 200) -> list[DeploymentEvent]:
+        doc = self.remote.get(f"/api/v1/models/{_p(model)}/deployment/history")
+        return [record(DeploymentEvent, e) for e in doc["events"][:limit]]
+
+    def _steer(self, action: str, model: str, reason: str) -> Deployment:
+        return self._deployment(self.remote.post(
+            f"/api/v1/models/{_p(model)}/deployment/{action}", {"reason": reason}))
+
+    def promote(self, model: str, *, actor: str | None = None, reason: str = "") -> Deployment:
+        return self._steer("promote", model, reason)
+
+    def abort(self, model: str, *, actor: str | None = None, reason: str = "") -> Deployment:
+        return self._steer("abort", model, reason)
+
+    def pause(self, model: str, *, actor: str | None = None, reason: str = "") -> Deployment:
+        return self._steer("pause", model, reason)
+
+    def resume(self, model: str, *, actor: str | None = None, reason: str = "") -> Deployment:
+        return self._steer("resume", model, reason)
+
+    def rollback(self, model: str, *, actor: str | None = None, reason: str = "") -> Deployment:
+        return self._steer("rollback", model, reason)
+
+
 class RemoteRegistry:
     """The registry calls the CLI makes, answered by a server's API (see the module doc).
     ``actor`` arguments are ignored: the server records the key's principal."""
@@ -167,6 +222,7 @@ class RemoteRegistry:
     def __init__(self, remote: Remote) -> None:
         self.remote = remote
         self.keys = RemoteKeys(remote)
+        self.deployments = RemoteDeployments(remote)
 
     # -- models and versions --------------------------------------------------------------------
     def list_models(self) -> list[Model]:

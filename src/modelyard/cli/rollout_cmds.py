@@ -18,6 +18,7 @@ from modelyard.config import parse_duration
 from modelyard.errors import ConfigError
 
 if TYPE_CHECKING:
+    from modelyard.cli.remote import RemoteDeployments
     from modelyard.rollout.deployments import Deployment, Deployments
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -32,10 +33,15 @@ def parse_steps(text: str) -> list[int]:
         raise ConfigError(f"steps {text!r} must be percentages like 5,25,50,100") from None
 
 
-def _deployments(state: State) -> Deployments:
+def _deployments(state: State) -> Deployments | RemoteDeployments:
+    """The registry's rollouts, or the server's (``--server``)."""
+    from modelyard.cli.remote import RemoteRegistry
     from modelyard.rollout.deployments import Deployments
 
-    return Deployments(state.local_registry())
+    registry = state.registry()
+    if isinstance(registry, RemoteRegistry):
+        return registry.deployments
+    return Deployments(registry)
 
 
 def _actor(state: State) -> str:

@@ -255,6 +255,16 @@ class AdminAPI:
         """``POST .../deployment/rollback``: the candidate is bad; traffic back to stable."""
         await self._transition(scope, receive, send, name, "rollback")
 
+    async def admin_deployment_pause(self, scope: Scope, receive: Receive, send: Send,
+                                     name: str) -> None:
+        """``POST .../deployment/pause``: freeze the traffic split."""
+        await self._transition(scope, receive, send, name, "pause")
+
+    async def admin_deployment_resume(self, scope: Scope, receive: Receive, send: Send,
+                                      name: str) -> None:
+        """``POST .../deployment/resume``: resume a paused rollout."""
+        await self._transition(scope, receive, send, name, "resume")
+
 
 async def _ok(send: Send, doc: Any) -> None:
     await respond(send, 200, orjson.dumps(doc), JSON)
@@ -278,6 +288,10 @@ ROUTES: RouteTable = [
      Endpoint(AdminAPI.admin_deployment_abort, mutation=True, action="deploy")),
     ("POST", "/api/v1/models/{name}/deployment/rollback",
      Endpoint(AdminAPI.admin_deployment_rollback, mutation=True, action="deploy")),
+    ("POST", "/api/v1/models/{name}/deployment/pause",
+     Endpoint(AdminAPI.admin_deployment_pause, mutation=True, action="deploy")),
+    ("POST", "/api/v1/models/{name}/deployment/resume",
+     Endpoint(AdminAPI.admin_deployment_resume, mutation=True, action="deploy")),
 ]
 
 __all__ = ["MAX_CHARS", "ROUTES", "TOKEN_ENV", "AdminAPI", "parse_fields"]

@@ -222,6 +222,10 @@ _ADMIN_PATHS: dict[str, Any] = {
     "/api/v1/models/{name}/deployment/rollback": _admin_post(
         "Admin: roll the rollout back (bad candidate); traffic back to stable", _REASON,
         _DEPLOYMENT),
+    "/api/v1/models/{name}/deployment/pause": _admin_post(
+        "Admin: freeze the rollout's traffic split", _REASON, _DEPLOYMENT),
+    "/api/v1/models/{name}/deployment/resume": _admin_post(
+        "Admin: resume a paused rollout", _REASON, _DEPLOYMENT),
 }
 
 _SINCE = {"name": "since", "in": "query", "required": False, "schema": {"type": "string"},
