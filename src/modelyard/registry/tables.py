@@ -313,7 +313,7 @@ class LeaseRow(Base):
 
 
 class PrincipalRow(Base):
-    """A user or a service account (migration 0007): who an API key stands for."""
+    """A user or a service account (migration 0008): who an API key stands for."""
 
     __tablename__ = "principals"
 
@@ -326,7 +326,7 @@ class PrincipalRow(Base):
 
 
 class ApiKeyRow(Base):
-    """One API key (migration 0007): its public id, a slow salted hash of its secret (never the
+    """One API key (migration 0008): its public id, a slow salted hash of its secret (never the
     secret), the role and model scope it grants, and when it expires or was revoked."""
 
     __tablename__ = "api_keys"
