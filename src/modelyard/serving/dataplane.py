@@ -50,6 +50,7 @@ from modelyard.predictor import Prediction
 from modelyard.rollout.routing import choose_variant
 from modelyard.serving.calls import Call, parse_version
 from modelyard.serving.catalog import Catalog
+from modelyard.serving.graphs import current_request, step_label
 from modelyard.serving.rollouts import (
     MAX_SHADOW_IN_FLIGHT,
     ActiveRollout,
@@ -133,6 +134,7 @@ class DataPlane:
         self._settings = settings
         self._owns_registry = owns_registry
         self._preload: asyncio.Task[None] | None = None
+        catalog.dispatch = self.step  # a graph version calls its members through here
 
     # -- the request path -----------------------------------------------------------------------
     def version(self, name: str, version: str | None) -> int | None:
@@ -153,12 +155,34 @@ class DataPlane:
         """
         if request.request_id is not None:
             call.request_id = request.request_id
+        current_request.set(call.request_id)  # a graph's member calls share it
         if request.version is None:
             held = self.rollouts.active.get(request.model)
             if held is not None:
                 return self._rolled_out(held, call, request)
         # the coroutine itself is returned: no extra frame on the path without a rollout
         return self._served(call, request)
+
+    async def step(self, name: str, version: int | None, payload: Any, scores: bool,
+                   request_id: str | None) -> tuple[Prediction, str]:
+        """One member call of a graph, as a request of its own for ``name`` (``version`` None:
+        its served alias, under its rollout if one routes it): counted and logged under the
+        graph's ``request_id`` with protocol ``graph``. Returns the answer and its step label
+        (:func:`~modelyard.serving.graphs.step_label`)."""
+        call = Call("graph", name, request_id)
+        status = 500
+        try:
+            self.version(name, None if version is None else str(version))  # 404 names it
+            result = await self.infer(call, InferenceRequest(name, version, payload, scores))
+            status = 200
+        except Exception as exc:
+            status = _status(exc)
+            raise
+        finally:
+            self.record(call, status)
+        runner = call.runner
+        assert runner is not None
+        return result, step_label(name, runner.version, call.variant)
 
     async def _served(self, call: Call, request: InferenceRequest) -> Prediction:
         """Predict with the served alias's version (or the one asked for); retried on a
