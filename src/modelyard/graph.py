@@ -202,7 +202,7 @@ class GraphSpec(BaseModel):
     graph: Graph
 
 
-def parse_graph(data: Any, *, where: str = "graph") -> SequenceGraph | EnsembleGraph | SwitchGraph:
+def parse_graph(data: Any, *, where: str = "") -> SequenceGraph | EnsembleGraph | SwitchGraph:
     """A declaration from plain data (a spec section or ``graph.json``); :class:`ConfigError`
     names the bad field."""
     from pydantic import ValidationError
@@ -213,7 +213,8 @@ def parse_graph(data: Any, *, where: str = "graph") -> SequenceGraph | EnsembleG
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"] if p not in ("sequence", "ensemble", "switch"))
         loc = loc.replace("members_", "members")
-        raise ConfigError(f"{where}: {loc}: {err['msg'].removeprefix('Value error, ')}") from None
+        message = f"{loc}: {err['msg'].removeprefix('Value error, ')}"
+        raise ConfigError(f"{where}: {message}" if where else message) from None
 
 
 def to_data(graph: SequenceGraph | EnsembleGraph | SwitchGraph) -> dict[str, Any]:
