@@ -97,13 +97,18 @@ def graphs(home: Path, registry: Registry) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(home: Path, graphs: Path) -> Iterator[httpx.Client]:
-    server = ServerProcess(home)
+def server(home: Path, graphs: Path) -> Iterator[ServerProcess]:
+    server = ServerProcess(home, grpc=True)
     try:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            yield c
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
 
 
 def eventually(check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
@@ -146,7 +151,7 @@ def test_registration_refuses_missing_members_cycles_and_unfit_rules(registry: R
     with pytest.raises(ConfigError, match="graph vote contains itself: vote -> nested -> vote"):
         compose(registry, "vote", {"kind": "ensemble", "members": ["nested", "one"],
                                    "rule": "vote"})
-    with pytest.raises(ConfigError, match="graph.rule: mean needs members with the same classes"):
+    with pytest.raises(ConfigError, match=r"graph\.rule: mean needs members with the same classes"):
         compose(registry, "bad", {"kind": "ensemble", "members": ["one", "zero"], "rule": "mean"})
     assert registry.resolve("vote").version == 1  # nothing registered by the refusals
 
@@ -241,3 +246,23 @@ def test_a_member_canary_rolls_out_inside_the_graph(client: httpx.Client,
         assert seen <= {"canm:1", "canm:1(stable)", "canm:2(candidate)"}
     finally:
         deployments.abort("canm", reason="test over")
+
+
+def test_grpc_names_the_steps_too(server: ServerProcess) -> None:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    tensor = service_pb2.ModelInferRequest.InferInputTensor(name="input", datatype="FP64",
+                                                            shape=[1, 3])
+    tensor.contents.fp64_contents.extend(ROWS[0])
+    request = service_pb2.ModelInferRequest(model_name="vote", inputs=[tensor])
+    assert server.grpc_address is not None
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        response, call = stub.ModelInfer.with_call(request, timeout=10)
+    metadata = dict(call.initial_metadata())
+    assert metadata["x-model-version"] == "1"
+    assert metadata["x-model-steps"] == "one:1,zero:1,also_one:1"
+    out = response.outputs[0]
+    assert out.name == "predictions" and out.datatype == "INT64"
+    assert np.frombuffer(response.raw_output_contents[0], np.int64).tolist() == [1]

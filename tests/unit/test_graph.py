@@ -146,7 +146,7 @@ def test_vote_takes_the_majority_and_the_first_member_breaks_ties() -> None:
 
 def test_registered_classes_must_suit_the_rule() -> None:
     graph = ensemble("mean")
-    with pytest.raises(ConfigError, match="graph.rule: mean needs members with the same classes"):
+    with pytest.raises(ConfigError, match=r"graph\.rule: mean needs members with the same classes"):
         check_classes(graph, {"a": (0, 1), "b": (0, 1), "c": (1,)})
     check_classes(graph, {"a": (0, 1), "b": (0, 1), "c": (0, 1)})
     check_classes(ensemble("vote"), {"a": (0, 1), "b": (2,), "c": None})

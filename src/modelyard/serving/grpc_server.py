@@ -110,7 +110,9 @@ def metadata_scope(metadata: Any) -> dict[str, Any]:
 
 def answer_metadata(call: Any) -> tuple[tuple[str, str], ...]:
     """The metadata naming the version and variant that answered (REST sends them as headers)."""
-    return (("x-model-version", call.runner.version_str), ("x-model-variant", call.variant))
+    out = (("x-model-version", call.runner.version_str), ("x-model-variant", call.variant))
+    steps = getattr(call.result, "steps", None)  # a graph's answer names its members
+    return (*out, ("x-model-steps", ",".join(steps))) if steps else out
 
 
 class Servicer:
