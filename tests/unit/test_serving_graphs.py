@@ -127,10 +127,10 @@ def test_a_switch_splits_rows_by_field_and_puts_them_back() -> None:
 def test_an_error_in_a_step_names_it_and_a_loop_is_refused() -> None:
     plane = FakePlane()
     runner = graph_runner(plane, "g", {"kind": "sequence", "steps": ["e", "bad"]})
-    with pytest.raises(InputError, match="^step bad: no") as err:
+    with pytest.raises(InputError, match=r"^step bad: no") as err:
         asyncio.run(runner.answer(RECORDS, 3))
     assert err.value.errors[0]["loc"] == ["step", "bad", "x"]
     looping = graph_runner(plane, "loop", {"kind": "ensemble", "members": ["e", "loop"],
                                            "rule": "vote"})
-    with pytest.raises(ConflictError, match="step loop: graph loop reaches itself"):
+    with pytest.raises(ConflictError, match=r"step loop: graph loop reaches itself"):
         asyncio.run(looping.answer(RECORDS, 3))
