@@ -49,8 +49,10 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     X, y = training_data()
     with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
         embedder = mlp((3, 8, 2))
-        register_model(reg, "embed", embedder, "torch", X, None, meta={"task": "raw"},
-                       sample=X[:8])
+        # the embedding runs in a device worker process of its own (where a GPU would be),
+        # the classifier inside the server: one graph, two runners, two placements
+        register_model(reg, "embed", embedder, "torch", X, None, sample=X[:8],
+                       meta={"task": "raw", "serving": {"isolation": "process"}})
         import torch
 
         with torch.no_grad():
@@ -166,6 +168,10 @@ def test_a_sequence_feeds_an_embedding_to_a_classifier(client: httpx.Client) -> 
     np.testing.assert_allclose(r.json()["scores"], direct["scores"])
     placed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
     assert placed["embed"]["devices"] == {"1": "cpu"} and placed["clf"]["devices"] == {"1": "cpu"}
+    workers = [line for line in client.get("/metrics").text.splitlines()
+               if line.startswith("modelyard_worker_up{")]
+    assert any('model="embed"' in line and line.endswith(" 1.0") for line in workers), workers
+    assert not any('model="clf"' in line for line in workers), workers
     oip = client.post("/v2/models/seq/infer", json={"inputs": [
         {"name": "input", "datatype": "FP32", "shape": [3, 3],
          "data": [v for row in ROWS for v in row]}]})
