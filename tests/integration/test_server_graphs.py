@@ -95,6 +95,10 @@ def graphs(home: Path, registry: Registry) -> Path:
     compose(registry, "mismatch", {"kind": "sequence", "steps": ["embed", "lr"]})
     compose(registry, "nested", {"kind": "ensemble", "members": ["vote", "zero", "one"],
                                  "rule": "vote"})
+    compose(registry, "gswap", {"kind": "ensemble", "members": ["one", "zero"], "rule": "vote"})
+    run_pipeline(Spec.parse({"name": "gswap", "graph": {  # a second version, not promoted
+        "kind": "ensemble", "members": ["zero", "one"], "rule": "vote"}}), registry,
+        promote=False)
     return project
 
 
@@ -252,6 +256,25 @@ def test_a_member_canary_rolls_out_inside_the_graph(client: httpx.Client,
         assert seen <= {"canm:1", "canm:1(stable)", "canm:2(candidate)"}
     finally:
         deployments.abort("canm", reason="test over")
+
+
+def test_a_graph_rolls_out_between_its_own_versions(client: httpx.Client,
+                                                    registry: Registry) -> None:
+    deployments = Deployments(registry)
+    deployments.start("gswap", 2, "canary", steps=[50], every_s=600, rules=HOLD)
+    try:
+        def answers() -> set[tuple[str, str, int]]:
+            out = set()
+            for _ in range(40):
+                r = predict(client, "gswap", {"instances": ROWS[:1]})
+                out.add((r.headers["x-model-variant"], r.headers["x-model-steps"],
+                         r.json()["predictions"][0]))
+            return out
+
+        seen = eventually(lambda: len(s := answers()) == 2 and s)
+        assert seen == {("stable", "one:1,zero:1", 1), ("candidate", "zero:1,one:1", 0)}
+    finally:
+        deployments.abort("gswap", reason="test over")
 
 
 def test_grpc_names_the_steps_too(server: ServerProcess) -> None:
