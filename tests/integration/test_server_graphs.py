@@ -243,6 +243,28 @@ def test_steps_are_in_the_prediction_log_under_the_request_id(client: httpx.Clie
     assert eventually(lambda: logged("embed"))
 
 
+def test_graphs_on_table_inputs_are_logged_too(client: httpx.Client) -> None:
+    records = [{"f0": 1.0, "f1": 2.0, "f2": 3.0}]
+    for model in ("mean", "by_router"):
+        rid = f"graph-log-{model}"
+        r = client.post(f"/v1/models/{model}/predict", json={"records": records},
+                        headers={"X-Request-Id": rid})
+        assert r.status_code == 200, r.text
+        found = eventually(lambda m=model, i=rid: client.get(
+            f"/api/v1/models/{m}/predictions/{i}").json().get("predictions"))
+        (row,) = found
+        assert row["inputs"]["columns"]["f0"] == [1.0]
+        assert row["outputs"]["steps"] == r.headers["x-model-steps"].split(",")
+    rid = "graph-log-split"  # rows split between members: each member logs its own rows
+    r = client.post("/v1/models/by_region/predict", headers={"X-Request-Id": rid}, json={
+        "records": [{**records[0], "region": "eu"}, {**records[0], "region": "us"}]})
+    assert r.status_code == 200, r.text
+    for member in ("one", "zero"):
+        (row,) = eventually(lambda m=member: client.get(
+            f"/api/v1/models/{m}/predictions/{rid}").json().get("predictions"))
+        assert row["rows"] == 1
+
+
 def test_a_member_canary_rolls_out_inside_the_graph(client: httpx.Client,
                                                    registry: Registry) -> None:
     deployments = Deployments(registry)

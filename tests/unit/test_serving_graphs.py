@@ -92,16 +92,17 @@ class FakePlane:
         self.graphs: dict[str, GraphRunner] = {}
 
     async def dispatch(self, name: str, version: int | None, payload: Any, scores: bool,
-                       request_id: str | None) -> tuple[Prediction, str]:
+                       request_id: str | None) -> tuple[Prediction, str, Any]:
         self.calls.append((name, version, payload))
         if name in self.graphs:
             runner = self.graphs[name]
-            return await runner.answer(payload, count_rows(payload), scores), f"{name}:1"
+            return (await runner.answer(payload, count_rows(payload), scores), f"{name}:1",
+                    None)
         if name == "bad":
             raise InputError("no", [{"loc": ["x"], "msg": "wrong"}])
         rows = np.asarray([r["a"] for r in payload] if isinstance(payload, list) else payload,
                           dtype=float).reshape(-1)
-        return Prediction(rows * 10 + len(name)), f"{name}:{version or 1}"
+        return Prediction(rows * 10 + len(name)), f"{name}:{version or 1}", rows
 
 
 def graph_runner(plane: FakePlane, name: str, graph: dict[str, Any]) -> GraphRunner:

@@ -164,11 +164,11 @@ class DataPlane:
         return self._served(call, request)
 
     async def step(self, name: str, version: int | None, payload: Any, scores: bool,
-                   request_id: str | None) -> tuple[Prediction, str]:
+                   request_id: str | None) -> tuple[Prediction, str, Any]:
         """One member call of a graph, as a request of its own for ``name`` (``version`` None:
         its served alias, under its rollout if one routes it): counted and logged under the
-        graph's ``request_id`` with protocol ``graph``. Returns the answer and its step label
-        (:func:`~modelyard.serving.graphs.step_label`)."""
+        graph's ``request_id`` with protocol ``graph``. Returns the answer, its step label
+        (:func:`~modelyard.serving.graphs.step_label`) and the member's prepared input."""
         call = Call("graph", name, request_id)
         status = 500
         try:
@@ -182,7 +182,7 @@ class DataPlane:
             self.record(call, status)
         runner = call.runner
         assert runner is not None
-        return result, step_label(name, runner.version, call.variant)
+        return result, step_label(name, runner.version, call.variant), call.batch
 
     async def _served(self, call: Call, request: InferenceRequest) -> Prediction:
         """Predict with the served alias's version (or the one asked for); retried on a
@@ -293,7 +293,9 @@ class DataPlane:
             stats.compare(agrees(primary, answer))
             policy, predlog = runner.log_policy, self.predlog
             if policy is not None and predlog is not None and policy.sampled():
-                predlog.record(policy, request_id, "shadow", latency, batch, n, answer)
+                logged = getattr(answer, "logged", batch)  # a graph's: see record()
+                if logged is not None:
+                    predlog.record(policy, request_id, "shadow", latency, logged, n, answer)
 
         future.add_done_callback(done)
 
@@ -318,8 +320,11 @@ class DataPlane:
         policy = runner.log_policy
         if policy is not None and self.predlog is not None and policy.sampled():
             if status == 200 and call.result is not None:
-                self.predlog.record(policy, call.request_id, call.variant, elapsed,
-                                    call.batch, call.rows, call.result)
+                # a graph's answer says what to log as its input (None: its members log)
+                batch = getattr(call.result, "logged", call.batch)
+                if batch is not None:
+                    self.predlog.record(policy, call.request_id, call.variant, elapsed, batch,
+                                        call.rows, call.result)
             elif status >= 500:
                 self.predlog.record_error(policy, call.request_id, call.variant, elapsed,
                                           status)

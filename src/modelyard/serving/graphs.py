@@ -44,10 +44,12 @@ from modelyard.predictor import Prediction, Predictor
 from modelyard.serving.batching import BatchPolicy
 from modelyard.serving.runner import Runner
 
-#: ``dispatch(member, version or None, payload, scores, request_id) -> (answer, step label)``:
-#: one member call through the data plane (the data plane's ``step``).
+#: ``dispatch(member, version or None, payload, scores, request_id) -> (answer, step label,
+#: prepared input)``: one member call through the data plane (the data plane's ``step``).
 Dispatch = Callable[[str, "int | None", Any, bool, "str | None"],
-                    Awaitable[tuple[Prediction, str]]]
+                    Awaitable[tuple[Prediction, str, Any]]]
+#: a kind's answer and what the graph's log entry summarises as its input (None: no entry).
+Answered = tuple[Prediction, Any]
 #: ``(model, alias) -> version`` from the server's registry snapshot (None: no such alias).
 AliasLookup = Callable[[str, str], "int | None"]
 
@@ -59,9 +61,15 @@ current_request: ContextVar[str | None] = ContextVar("modelyard_request_id", def
 
 @dataclass
 class GraphPrediction(Prediction):
-    """A graph's answer, with the member versions that made it (``"embed:3"``, ...)."""
+    """A graph's answer, with the member versions that made it (``"embed:3"``, ...).
+
+    ``logged``: the input the graph's prediction log entry summarises: the prepared batch of
+    the member that took the whole request under the graph's signature (the first step, the
+    first member, the router), or None when none did (a switch that split rows by a field:
+    then only the members' own entries are logged)."""
 
     steps: tuple[str, ...] = ()
+    logged: Any = None
 
 
 def in_step(exc: BaseException, member: str) -> ModelyardError:
@@ -214,13 +222,14 @@ class GraphRunner(Runner):
         token = _inside.set((*inside, self.name))
         steps: list[str] = []
         try:
-            result = await _KINDS[type(self.graph)](self, payload, n, scores, steps)
+            result, logged = await _KINDS[type(self.graph)](self, payload, n, scores, steps)
         finally:
             _inside.reset(token)
         return GraphPrediction(result.predictions, result.scores, result.classes,
-                               tuple(steps))
+                               tuple(steps), logged)
 
-    async def call(self, member: str, payload: Any, scores: bool) -> tuple[Prediction, str]:
+    async def call(self, member: str, payload: Any, scores: bool
+                   ) -> tuple[Prediction, str, Any]:
         """One member's answer through the data plane, and its step label; errors name it."""
         ref = self._refs[member]
         version = ref.version
@@ -242,44 +251,46 @@ class GraphRunner(Runner):
 
 
 async def _sequence(runner: GraphRunner, payload: Any, n: int, scores: bool,
-                    steps: list[str]) -> Prediction:
+                    steps: list[str]) -> Answered:
     graph = runner.graph
     assert isinstance(graph, SequenceGraph)
-    current, last = payload, len(graph.steps) - 1
+    current, last, logged = payload, len(graph.steps) - 1, None
     result: Prediction | None = None
     for i, step in enumerate(graph.steps):
         wants = scores if i == last else graph.steps[i + 1].output == "scores"
-        result, label = await runner.call(step.model, current, wants)
+        result, label, batch = await runner.call(step.model, current, wants)
         steps.append(label)
+        logged = batch if i == 0 else logged
         if i < last:
             nxt = graph.steps[i + 1]
             current = feed(nxt, result, payload, n, nxt.model)
     assert result is not None
-    return result
+    return result, logged
 
 
 async def _ensemble(runner: GraphRunner, payload: Any, n: int, scores: bool,
-                    steps: list[str]) -> Prediction:
+                    steps: list[str]) -> Answered:
     graph = runner.graph
     assert isinstance(graph, EnsembleGraph)
     wants = graph.rule != "vote"
     answered = await asyncio.gather(*(runner.call(m, payload, wants) for m in graph.members()))
-    steps.extend(label for _, label in answered)
+    steps.extend(label for _, label, _ in answered)
     combined = combine(graph, [Answer(np.asarray(p.predictions), p.scores, p.classes)
-                               for p, _ in answered])
-    return Prediction(combined.predictions, combined.scores, combined.classes)
+                               for p, _, _ in answered])
+    return Prediction(combined.predictions, combined.scores, combined.classes), answered[0][2]
 
 
 async def _switch(runner: GraphRunner, payload: Any, n: int, scores: bool,
-                  steps: list[str]) -> Prediction:
+                  steps: list[str]) -> Answered:
     graph = runner.graph
     assert isinstance(graph, SwitchGraph)
+    logged = None
     if graph.field is not None:
         values = field_values(payload, graph.field, n)
         source = f"field '{graph.field}'"
     else:
         assert graph.router is not None
-        routed, label = await runner.call(graph.router, payload, False)
+        routed, label, logged = await runner.call(graph.router, payload, False)
         steps.append(label)
         values = np.asarray(routed.predictions).tolist()
         source = f"router {graph.router}'s label"
@@ -288,13 +299,14 @@ async def _switch(runner: GraphRunner, payload: Any, n: int, scores: bool,
     members = list(chosen)
     answered = await asyncio.gather(*(
         runner.call(m, take(payload, chosen[m], n, drop), scores) for m in members))
-    steps.extend(label for _, label in answered)
+    steps.extend(label for _, label, _ in answered)
     if len(members) == 1:
-        return answered[0][0]
-    return reassemble([(chosen[m], a) for m, (a, _) in zip(members, answered, strict=True)], n)
+        return answered[0][0], logged
+    return reassemble([(chosen[m], a) for m, (a, _, _) in zip(members, answered, strict=True)],
+                      n), logged
 
 
-_KINDS: dict[type, Callable[[GraphRunner, Any, int, bool, list[str]], Awaitable[Prediction]]] = {
+_KINDS: dict[type, Callable[[GraphRunner, Any, int, bool, list[str]], Awaitable[Answered]]] = {
     SequenceGraph: _sequence,
     EnsembleGraph: _ensemble,
     SwitchGraph: _switch,
