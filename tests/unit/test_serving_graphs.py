@@ -135,3 +135,22 @@ def test_an_error_in_a_step_names_it_and_a_loop_is_refused() -> None:
                                            "rule": "vote"})
     with pytest.raises(ConflictError, match=r"step loop: graph loop reaches itself"):
         asyncio.run(looping.answer(RECORDS, 3))
+
+
+def test_each_request_marks_the_graph_used_for_idle_unloading() -> None:
+    plane = FakePlane()
+    runner = graph_runner(plane, "g", {"kind": "ensemble", "members": ["e", "f"],
+                                       "rule": "mean"})
+    used: list[int] = []
+    runner.touch = lambda: used.append(1)
+
+    async def twice() -> list[Any]:
+        runner.start()
+        try:
+            return [await runner.submit(RECORDS, 3) for _ in range(2)]
+        finally:
+            await runner.close()
+
+    first, _ = asyncio.run(twice())
+    assert used == [1, 1] and first.steps == ("e:1", "f:1")
+    np.testing.assert_allclose(first.predictions, [11.0, 21.0, 31.0])

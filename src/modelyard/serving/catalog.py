@@ -338,7 +338,8 @@ class Catalog:
         refuse_cycle(record.model, graph_children(self.registry, record.model, predictor.model))
         policy = batch_policy(spec, accelerated=False, timeout_s=self.options.request_timeout_s)
         runner = GraphRunner(predictor, policy, dispatch=self.dispatch,
-                             aliases=self.alias_version, memory=int(record.artifact_size))
+                             aliases=self.alias_version, memory=int(record.artifact_size),
+                             touch=partial(self.cache.touch, (record.model, int(record.version))))
         runner.metrics = self.metrics.for_version(record.model, str(record.version))
         log.info("serving %s (graph: %s of %s)", record.ref, predictor.model.kind,
                  ", ".join(predictor.model.members()))

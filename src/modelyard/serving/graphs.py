@@ -186,8 +186,11 @@ class GraphRunner(Runner):
     input), batches nothing itself (each member batches on its own runner)."""
 
     def __init__(self, predictor: Predictor, policy: BatchPolicy, *, dispatch: Dispatch,
-                 aliases: AliasLookup, memory: int = 0) -> None:
+                 aliases: AliasLookup, memory: int = 0,
+                 touch: Callable[[], None] | None = None) -> None:
         super().__init__(predictor, policy, memory=memory)
+        #: marks the version used (its batcher never runs, so idle unloading would not see it)
+        self.touch = touch
         self.graph: SequenceGraph | EnsembleGraph | SwitchGraph = predictor.model
         self.dispatch = dispatch
         self.aliases = aliases
@@ -204,6 +207,8 @@ class GraphRunner(Runner):
             from modelyard.errors import RunnerClosedError
 
             raise RunnerClosedError(f"{self.predictor.ref} was unloaded; retry")
+        if self.touch is not None:
+            self.touch()
         future = asyncio.ensure_future(self.answer(batch, n, scores))
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)
