@@ -155,7 +155,6 @@ class DataPlane:
         """
         if request.request_id is not None:
             call.request_id = request.request_id
-        current_request.set(call.request_id)  # a graph's member calls share it
         if request.version is None:
             held = self.rollouts.active.get(request.model)
             if held is not None:
@@ -193,6 +192,8 @@ class DataPlane:
             if runner is None or runner.closed:
                 runner = await catalog.runner(request.model, request.version)
             call.runner = runner
+            if getattr(runner, "composed", False):  # a graph: members share the id
+                current_request.set(call.request_id)
             batch, n = runner.prepare(request.input_for(runner))
             try:
                 result: Prediction = await runner.submit(batch, n, request.scores)
@@ -218,6 +219,8 @@ class DataPlane:
         if runner.closed:  # unloaded by a promotion the next poll will apply
             return await self._served(call, request)
         call.runner, call.variant = runner, "stable"
+        if getattr(runner, "composed", False):
+            current_request.set(call.request_id)
         start = time.perf_counter()
         try:
             batch, n = runner.prepare(request.input_for(runner))
@@ -236,6 +239,8 @@ class DataPlane:
                          request: InferenceRequest) -> Prediction | None:
         """The candidate's answer, or None after a server error (stable answers instead)."""
         runner = held.candidate
+        if getattr(runner, "composed", False):
+            current_request.set(call.request_id)
         start = time.perf_counter()
         try:
             batch, n = runner.prepare(request.input_for(runner))

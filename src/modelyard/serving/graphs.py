@@ -24,7 +24,7 @@ import copy
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -55,7 +55,8 @@ AliasLookup = Callable[[str, str], "int | None"]
 
 #: the graphs the current request is inside (outermost first): a graph met again is a loop.
 _inside: ContextVar[tuple[str, ...]] = ContextVar("modelyard_graphs_inside", default=())
-#: the id of the request being answered (set by the data plane), which member calls share.
+#: the id of the request a graph answers (the data plane sets it before a composed runner's
+#: ``submit``), which its member calls share.
 current_request: ContextVar[str | None] = ContextVar("modelyard_request_id", default=None)
 
 
@@ -184,6 +185,8 @@ def reassemble(parts: Sequence[tuple[list[int], Prediction]], n: int) -> Predict
 class GraphRunner(Runner):
     """A ``graph`` version on a server: validates nothing itself (each member checks its own
     input), batches nothing itself (each member batches on its own runner)."""
+
+    composed: ClassVar[bool] = True
 
     def __init__(self, predictor: Predictor, policy: BatchPolicy, *, dispatch: Dispatch,
                  aliases: AliasLookup, memory: int = 0,
