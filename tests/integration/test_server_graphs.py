@@ -64,6 +64,9 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for name, value in (("one", 1), ("also_one", 1), ("zero", 0), ("two", 2), ("canm", 1)):
             register_constant(reg, name, value)
         register_constant(reg, "canm", 1, promote=False)  # the canary's candidate
+        # waits up to 300 ms for more rows: concurrent graph requests share its batches
+        register_constant(reg, "batched", 1, meta={"serving": {
+            "batching": {"max_batch_size": 64, "max_delay_ms": 300}}})
     return home
 
 
@@ -95,6 +98,8 @@ def graphs(home: Path, registry: Registry) -> Path:
     compose(registry, "mismatch", {"kind": "sequence", "steps": ["embed", "lr"]})
     compose(registry, "nested", {"kind": "ensemble", "members": ["vote", "zero", "one"],
                                  "rule": "vote"})
+    compose(registry, "via_batched", {"kind": "ensemble", "members": ["batched", "one"],
+                                      "rule": "vote"})
     compose(registry, "gswap", {"kind": "ensemble", "members": ["one", "zero"], "rule": "vote"})
     run_pipeline(Spec.parse({"name": "gswap", "graph": {  # a second version, not promoted
         "kind": "ensemble", "members": ["zero", "one"], "rule": "vote"}}), registry,
@@ -293,10 +298,33 @@ def test_a_graph_rolls_out_between_its_own_versions(client: httpx.Client,
                          r.json()["predictions"][0]))
             return out
 
-        seen = eventually(lambda: len(s := answers()) == 2 and s)
-        assert seen == {("stable", "one:1,zero:1", 1), ("candidate", "zero:1,one:1", 0)}
+        expected = {("stable", "one:1,zero:1", 1), ("candidate", "zero:1,one:1", 0)}
+        # until the server applies the rollout (its next poll) answers say production
+        assert eventually(lambda: answers() == expected)
     finally:
         deployments.abort("gswap", reason="test over")
+
+
+def test_concurrent_graph_requests_share_a_member_batch(client: httpx.Client) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def batches() -> tuple[float, float]:
+        lines = client.get("/metrics").text.splitlines()
+        picked = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in lines
+                  if line.startswith("modelyard_batch_size_") and 'model="batched"' in line
+                  and "_bucket" not in line}
+        return picked.get("modelyard_batch_size_count", 0.0), picked.get(
+            "modelyard_batch_size_sum", 0.0)
+
+    predict(client, "via_batched", {"instances": ROWS[:1]})  # loaded and warm
+    count, rows = batches()
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: predict(client, "via_batched",
+                                                  {"instances": ROWS[:1]}), range(8)))
+    assert all(a.headers["x-model-steps"] == "batched:1,one:1" for a in answers)
+    more_count, more_rows = batches()
+    assert more_rows - rows == 8  # every graph request's row went through the member's batcher
+    assert more_count - count < 8  # in fewer model calls than requests
 
 
 def test_grpc_names_the_steps_too(server: ServerProcess) -> None:
