@@ -17,6 +17,7 @@ choice; the registry checks and the serving live above.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -386,7 +387,48 @@ def check_classes(graph: SequenceGraph | EnsembleGraph | SwitchGraph,
                           f"({shown}); use rule: vote")
 
 
+def _row_width(fields: Sequence[Mapping[str, Any]]) -> int | None:
+    """Values a row of one field holds (its shape's product), or None when unknown."""
+    if len(fields) != 1:
+        return None
+    width = 1
+    for dim in fields[0].get("shape") or []:
+        if not isinstance(dim, int) or dim < 0:
+            return None
+        width *= dim
+    return width
+
+
+def check_feeds(graph: SequenceGraph | EnsembleGraph | SwitchGraph,
+                signatures: Mapping[str, Mapping[str, Any]]) -> None:
+    """Refuse a sequence whose step cannot take what the step before it answers, by the
+    registered signatures (outputs and inputs): the values a row of the previous step's output
+    holds must be as many as the next step's inputs (or its ``columns``). Unknown shapes pass:
+    the server still checks every call."""
+    if not isinstance(graph, SequenceGraph):
+        return
+    for i, (before, step) in enumerate(itertools.pairwise(graph.steps), start=1):
+        if step.input_field is not None:
+            continue
+        outputs = [f for f in signatures[before.model].get("outputs", [])
+                   if f.get("name") == step.output]
+        given = _row_width(outputs)
+        taken = _taken_width(step, signatures[step.model])
+        if given is not None and taken is not None and given != taken:
+            raise ConfigError(f"graph.steps.{i}: {step.model} takes {taken} values a row, but "
+                              f"{before.model} answers {given} {step.output} a row")
+
+
+def _taken_width(step: Step, signature: Mapping[str, Any]) -> int | None:
+    if step.columns is not None:
+        return len(step.columns)
+    inputs = signature.get("inputs", [])
+    if signature.get("layout") == "tensor":
+        return _row_width(inputs)
+    return len(inputs) or None
+
+
 __all__ = ["RULES", "Answer", "EnsembleGraph", "Graph", "GraphSpec", "MemberRef",
-           "SequenceGraph", "Step", "SwitchGraph", "check_classes", "choose_routes", "combine",
-           "find_cycle", "groups", "mean_rule", "member_names", "parse_graph", "parse_ref",
-           "refuse_cycle", "to_data", "vote_rule", "weighted_rule"]
+           "SequenceGraph", "Step", "SwitchGraph", "check_classes", "check_feeds",
+           "choose_routes", "combine", "find_cycle", "groups", "mean_rule", "member_names",
+           "parse_graph", "parse_ref", "refuse_cycle", "to_data", "vote_rule", "weighted_rule"]

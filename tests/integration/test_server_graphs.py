@@ -64,6 +64,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for name, value in (("one", 1), ("also_one", 1), ("zero", 0), ("two", 2), ("canm", 1)):
             register_constant(reg, name, value)
         register_constant(reg, "canm", 1, promote=False)  # the canary's candidate
+        register_constant(reg, "shape", 1, n_features=2)  # takes what embed answers...
+        register_constant(reg, "shape", 1, n_features=3, promote=False)  # ...and then not
         # waits up to 300 ms for more rows: concurrent graph requests share its batches
         register_constant(reg, "batched", 1, meta={"serving": {
             "batching": {"max_batch_size": 64, "max_delay_ms": 300}}})
@@ -95,7 +97,7 @@ def graphs(home: Path, registry: Registry) -> Path:
                                     "routes": {"1": "zero", "2": "one@production"}})
     compose(registry, "with_canary", {"kind": "ensemble", "members": ["canm", "one"],
                                       "rule": "vote"})
-    compose(registry, "mismatch", {"kind": "sequence", "steps": ["embed", "lr"]})
+    compose(registry, "reshaped", {"kind": "sequence", "steps": ["embed", "shape"]})
     compose(registry, "nested", {"kind": "ensemble", "members": ["vote", "zero", "one"],
                                  "rule": "vote"})
     compose(registry, "via_batched", {"kind": "ensemble", "members": ["batched", "one"],
@@ -162,6 +164,9 @@ def test_registration_refuses_missing_members_cycles_and_unfit_rules(registry: R
     with pytest.raises(ConfigError, match="graph vote contains itself: vote -> nested -> vote"):
         compose(registry, "vote", {"kind": "ensemble", "members": ["nested", "one"],
                                    "rule": "vote"})
+    with pytest.raises(ConfigError, match=r"graph\.steps\.1: lr takes 3 values a row, but "
+                       r"embed answers 2 predictions a row"):
+        compose(registry, "bad", {"kind": "sequence", "steps": ["embed", "lr"]})
     with pytest.raises(ConfigError, match=r"graph\.rule: mean needs members with the same classes"):
         compose(registry, "bad", {"kind": "ensemble", "members": ["one", "zero"], "rule": "mean"})
     assert registry.resolve("vote").version == 1  # nothing registered by the refusals
@@ -223,9 +228,6 @@ def test_bad_input_is_refused_with_the_failing_step_named(client: httpx.Client) 
     r = predict(client, "seq", {"instances": [[1.0, 2.0]]}, 422)
     assert r.json()["message"].startswith("step embed: ")
     assert r.json()["detail"][0]["loc"][:2] == ["step", "embed"]
-    r = predict(client, "mismatch", {"instances": ROWS}, 422)  # embed answers 2 values, lr
-    assert r.json()["message"].startswith("step lr: ")      # takes 3
-    assert "x-request-id" in r.headers
     missing = predict(client, "by_region", {"instances": ROWS}, 422)
     assert "field 'region' is missing" in missing.json()["message"]
 
@@ -325,6 +327,19 @@ def test_concurrent_graph_requests_share_a_member_batch(client: httpx.Client) ->
     more_count, more_rows = batches()
     assert more_rows - rows == 8  # every graph request's row went through the member's batcher
     assert more_count - count < 8  # in fewer model calls than requests
+
+
+def test_a_member_moved_under_the_graph_fails_its_step_with_a_4xx(client: httpx.Client,
+                                                                  registry: Registry) -> None:
+    assert predict(client, "reshaped", {"instances": ROWS}).json()["predictions"] == [1, 1, 1]
+    registry.set_alias("shape", "production", 2)  # now takes 3 values; embed answers 2
+    try:
+        r = eventually(lambda: (r := client.post("/v1/models/reshaped/predict", json={
+            "instances": ROWS})).status_code != 200 and r)
+        assert r.status_code == 422, r.text
+        assert r.json()["message"].startswith("step shape: ") and "x-request-id" in r.headers
+    finally:
+        registry.set_alias("shape", "production", 1)
 
 
 def test_grpc_names_the_steps_too(server: ServerProcess) -> None:

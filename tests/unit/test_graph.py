@@ -14,6 +14,7 @@ from modelyard.graph import (
     SequenceGraph,
     SwitchGraph,
     check_classes,
+    check_feeds,
     choose_routes,
     combine,
     find_cycle,
@@ -169,3 +170,28 @@ def test_a_switch_without_default_refuses_an_unknown_value_naming_it() -> None:
     with pytest.raises(InputError, match="router's label is 'fr' in row 1: no route") as err:
         choose_routes(graph, ["en", "fr"], source="router's label")
     assert err.value.errors[0]["loc"] == ["router", 1]
+
+
+def test_a_sequence_step_must_take_what_the_step_before_answers() -> None:
+    table3 = {"layout": "table", "inputs": [{"name": f"f{i}"} for i in range(3)],
+              "outputs": [{"name": "predictions", "shape": []},
+                          {"name": "scores", "shape": [2]}]}
+    embed = {"layout": "tensor", "inputs": [{"name": "input", "shape": [3]}],
+             "outputs": [{"name": "predictions", "shape": [2]}]}
+    clf2 = {"layout": "table", "inputs": [{"name": "a"}, {"name": "b"}],
+            "outputs": [{"name": "predictions", "shape": []}]}
+    sigs = {"embed": embed, "clf2": clf2, "t3": table3, "old": {"inputs": [], "outputs": []}}
+
+    def check(*steps: object) -> None:
+        check_feeds(parse_graph({"kind": "sequence", "steps": list(steps)}), sigs)
+
+    check("embed", "clf2")
+    check("t3", {"model": "clf2", "output": "scores"})  # two class scores, two inputs
+    check("old", "t3")  # nothing recorded: the server checks each call
+    check("embed", {"model": "t3", "input_field": "x"})
+    with pytest.raises(ConfigError, match=r"graph\.steps\.1: t3 takes 3 values a row, but "
+                       r"embed answers 2 predictions a row"):
+        check("embed", "t3")
+    with pytest.raises(ConfigError, match=r"graph\.steps\.2: embed takes 3 values a row, but "
+                       r"clf2 answers 1"):
+        check("embed", "clf2", "embed")

@@ -24,6 +24,7 @@ from modelyard.graph import (
     SequenceGraph,
     SwitchGraph,
     check_classes,
+    check_feeds,
     member_names,
     parse_graph,
     parse_ref,
@@ -120,6 +121,7 @@ def prepare_graph(spec: Spec, registry: Registry) -> tuple[AnyGraph, dict[str, M
     members = resolve_members(graph, registry)
     refuse_cycle(spec.name, graph_children(registry, spec.name, graph))
     check_classes(graph, {m: _classes(v) for m, v in members.items()})
+    check_feeds(graph, {m: v.signature for m, v in members.items()})
     return graph, members
 
 
