@@ -112,6 +112,7 @@ def _register() -> None:
     from modelyard.cli.rollout_cmds import deploy, rollout
     from modelyard.cli.runs_cmds import runs
     from modelyard.cli.scheduler_cmds import scheduler
+    from modelyard.cli.store_cmds import store
     from modelyard.cli.train_cmds import init, train
     from modelyard.serving.command import serve
 
@@ -120,6 +121,7 @@ def _register() -> None:
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)
+    main.add_command(store)
 
 
 _register()
