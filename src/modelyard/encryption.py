@@ -255,9 +255,10 @@ class EncryptedStore:
 def artifact_store(settings: Settings) -> LocalStore | FsspecStore | BakedStore | EncryptedStore:
     """The artifact store ``settings`` name: an image's baked blobs read first, and sealed with
     ``MODELYARD_ARTIFACT_KEY`` when one is set."""
-    store: Inner = open_store(settings.artifacts, timeout_s=settings.store_timeout_s)
+    shared = open_store(settings.artifacts, timeout_s=settings.store_timeout_s)
+    store: Inner = shared
     if settings.baked_artifacts:  # an image's baked blobs, read before the shared store
-        store = BakedStore(LocalStore(settings.baked_artifacts), store)
+        store = BakedStore(LocalStore(settings.baked_artifacts), shared)
     keyring = Keyring.from_settings(settings.artifact_key, settings.artifact_previous_keys)
     return store if keyring is None else EncryptedStore(store, keyring)
 

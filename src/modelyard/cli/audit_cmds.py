@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import IO, Any
 
@@ -99,7 +100,7 @@ def export(state: State, fmt: str, output: Path | None, after_id: int) -> None:
     target, details, prev_hash and hash (docs/security.md says how to recompute the hash)."""
     registry = state.registry()
     if output is None:
-        _write(registry, click.get_text_stream("stdout"), after_id)
+        _write(registry, sys.stdout, after_id)
         return
     try:
         with output.open("w", encoding="utf-8") as fh:

@@ -19,15 +19,14 @@ Verifying is pure (:func:`verify`): it takes rows and returns the first bad one,
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, text, update
+from sqlalchemy import CursorResult, Table, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from modelyard.registry.tables import AuditRow
@@ -96,7 +95,7 @@ def append_pending(s: Session) -> None:
         return
     bind = s.get_bind()
     _LOCKS.get(bind.dialect.name, _lock_by_insert)(s)
-    ids = [s.execute(_INSERT, event).inserted_primary_key[0] for event in events]
+    ids = [_inserted_id(s.execute(_INSERT, event)) for event in events]
     prev = s.execute(
         select(AuditRow.hash).where(AuditRow.id < ids[0]).order_by(AuditRow.id.desc()).limit(1)
     ).scalar() or GENESIS
@@ -106,6 +105,12 @@ def append_pending(s: Session) -> None:
         s.execute(update(_TABLE).where(_TABLE.c.id == row_id)
                   .values(prev_hash=prev, hash=digest))
         prev = digest
+
+
+def _inserted_id(result: Any) -> int:
+    key = cast(CursorResult[Any], result).inserted_primary_key
+    assert key is not None  # a single-row insert of a table with an integer primary key
+    return int(key[0])
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,7 @@ def _row_problem(at: datetime, actor: str, action: str, target: str, details: An
     return ""
 
 
-def chain_rows(s: Session, *, after_id: int = 0) -> Iterator[ChainRow]:
+def chain_rows(s: Session, *, after_id: int = 0) -> Generator[ChainRow, None, None]:
     """Every audit row with ``id > after_id`` in chain order, streamed (bounded memory)."""
     query = (select(*_COLUMNS).where(AuditRow.id > after_id).order_by(AuditRow.id)
              .execution_options(yield_per=1000))
@@ -175,8 +180,11 @@ def chain_rows(s: Session, *, after_id: int = 0) -> Iterator[ChainRow]:
 
 def verify_session(s: Session, *, anchor: str | None = None) -> ChainReport:
     """:func:`verify` over every audit row of the database ``s`` reads."""
-    with contextlib.closing(chain_rows(s)) as rows:
+    rows = chain_rows(s)
+    try:
         return verify(rows, anchor=anchor)
+    finally:
+        rows.close()
 
 
 def export_record(row: ChainRow) -> dict[str, Any]:
