@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from modelyard.config import Settings
+from modelyard.deploy import healthcheck
 from modelyard.registry import Registry
 from modelyard.serving.process import free_port
 from modelyard.testing import register_constant
@@ -169,6 +170,11 @@ def _context(certs: Certs, *, client: bool = False, ca: Path | None = None) -> s
     return context
 
 
+def _healthy(env: dict[str, str]) -> bool:
+    url, context = healthcheck.target(env)
+    return healthcheck.healthy(url, context=context)
+
+
 PREDICT = {"inputs": [[0.0, 0.0, 0.0]]}
 
 
@@ -185,6 +191,9 @@ def test_https_with_the_ca_and_never_plain_http(home, certs, workers):
             httpx.get(url.replace("https://", "http://") + "/healthz", timeout=5)
         with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
             httpx.get(f"{url}/healthz", verify=_context(certs, ca=certs.other_ca), timeout=5)
+        port = url.rsplit(":", 1)[1]  # the image's health check, with the server's variables
+        env = {"MODELYARD_PORT": port, "MODELYARD_TLS_CERT": str(certs.cert)}
+        assert _healthy(env)
 
 
 def test_client_certificates_required_with_a_client_ca(home, certs):
@@ -194,6 +203,12 @@ def test_client_certificates_required_with_a_client_ca(home, certs):
         assert ok.status_code == 200, ok.text
         with pytest.raises(httpx.HTTPError):  # no client certificate: the handshake fails
             httpx.get(f"{url}/healthz", verify=_context(certs), timeout=5)
+        env = {"MODELYARD_PORT": url.rsplit(":", 1)[1], "MODELYARD_TLS_CERT": str(certs.cert),
+               "MODELYARD_TLS_CLIENT_CA": str(certs.ca)}
+        assert not _healthy(env)
+        env.update(MODELYARD_TLS_HEALTHCHECK_CERT=str(certs.client_cert),
+                   MODELYARD_TLS_HEALTHCHECK_KEY=str(certs.client_key))
+        assert _healthy(env)
 
 
 def test_grpc_over_tls_with_the_ca(home, certs):
