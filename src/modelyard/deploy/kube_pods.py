@@ -23,6 +23,9 @@ SECRET_KEYS: tuple[tuple[str, bool], ...] = (
     ("MODELYARD_TOKEN", False),
     ("AWS_ACCESS_KEY_ID", False),
     ("AWS_SECRET_ACCESS_KEY", False),
+    # artifacts encrypted at rest (docs/security.md): the key, and older ones during a rotation
+    ("MODELYARD_ARTIFACT_KEY", False),
+    ("MODELYARD_ARTIFACT_KEY_PREVIOUS", False),
 )
 GPU_RESOURCE = "nvidia.com/gpu"
 HTTP_PORT_NAME = "http"
