@@ -4,9 +4,10 @@ every artifact with the current key (after a rotation, or to encrypt older plain
 from __future__ import annotations
 
 import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import select
 
-from modelyard.cli.output import print_json
+from modelyard.cli.output import console, print_json
 from modelyard.cli.state import State, pass_state
 from modelyard.encryption import EncryptedStore, key_id, new_key
 from modelyard.errors import ConfigError
@@ -45,7 +46,13 @@ def rekey(state: State, as_json: bool) -> None:
                           "(make one with: modelyard store keygen)")
     with registry.db.session() as s:
         digests = sorted(set(s.scalars(select(VersionRow.artifact_digest))))
-    rewritten = sum(1 for digest in digests if sealed.rekey(digest))
+    rewritten = 0
+    with Progress(TextColumn("re-encrypting"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console(stderr=True), transient=True) as bar:
+        task = bar.add_task("rekey", total=len(digests))
+        for digest in digests:
+            rewritten += sealed.rekey(digest)
+            bar.advance(task)
     kid = key_id(sealed.keyring.current).hex()
     if as_json:
         print_json({"artifacts": len(digests), "rewritten": rewritten, "key": kid})
