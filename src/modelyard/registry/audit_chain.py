@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Table, insert, select, text, update
+from sqlalchemy import Connection, CursorResult, Table, bindparam, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from modelyard.registry.tables import AuditRow
@@ -77,15 +77,24 @@ def queue(s: Session, event: dict[str, Any]) -> None:
     s.info.setdefault(_PENDING, []).append(event)
 
 
-def _lock_postgresql(s: Session) -> None:
-    s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_AUDIT_LOCK})
+# Built once with bound parameters: a statement built per call costs more in SQLAlchemy's
+# cache-key generation than the query itself (these run on every audited transaction).
+_PG_LOCK = text("SELECT pg_advisory_xact_lock(:k)")
+_PREVIOUS = (select(AuditRow.hash).where(AuditRow.id < bindparam("first"))
+             .order_by(AuditRow.id.desc()).limit(1))
+_SET_HASH = (update(_TABLE).where(_TABLE.c.id == bindparam("rid"))
+             .values(prev_hash=bindparam("p"), hash=bindparam("h")))
 
 
-def _lock_by_insert(s: Session) -> None:
+def _lock_postgresql(conn: Connection) -> None:
+    conn.execute(_PG_LOCK, {"k": _PG_AUDIT_LOCK})
+
+
+def _lock_by_insert(conn: Connection) -> None:
     """SQLite (one writer at a time): the first insert takes the write lock; read after it."""
 
 
-_LOCKS: dict[str, Callable[[Session], None]] = {"postgresql": _lock_postgresql}
+_LOCKS: dict[str, Callable[[Connection], None]] = {"postgresql": _lock_postgresql}
 
 
 def append_pending(s: Session) -> None:
@@ -93,18 +102,18 @@ def append_pending(s: Session) -> None:
     events: list[dict[str, Any]] = s.info.pop(_PENDING, [])
     if not events:
         return
-    bind = s.get_bind()
-    _LOCKS.get(bind.dialect.name, _lock_by_insert)(s)
-    ids = [_inserted_id(s.execute(_INSERT, event)) for event in events]
-    prev = s.execute(
-        select(AuditRow.hash).where(AuditRow.id < ids[0]).order_by(AuditRow.id.desc()).limit(1)
-    ).scalar() or GENESIS
+    s.flush()
+    conn = s.connection()  # Core from here: the ORM adds nothing to four plain statements
+    _LOCKS.get(conn.dialect.name, _lock_by_insert)(conn)
+    ids = [_inserted_id(conn.execute(_INSERT, event)) for event in events]
+    prev = conn.execute(_PREVIOUS, {"first": ids[0]}).scalar() or GENESIS
+    hashes = []
     for row_id, event in zip(ids, events, strict=True):
         digest = event_hash(event["at"], event["actor"], event["action"], event["target"],
                             event["details"], prev)
-        s.execute(update(_TABLE).where(_TABLE.c.id == row_id)
-                  .values(prev_hash=prev, hash=digest))
+        hashes.append({"rid": row_id, "p": prev, "h": digest})
         prev = digest
+    conn.execute(_SET_HASH, hashes)
 
 
 def _inserted_id(result: Any) -> int:
