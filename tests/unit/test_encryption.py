@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -280,3 +281,27 @@ def test_the_store_wrapper_keeps_the_protocol(tmp_path, key):
     assert store.get_file(digest, tmp_path / "out").read_bytes() == b"y" * 1000
     store.delete(digest)
     assert not store.exists(digest)
+
+
+def test_batch_scores_with_an_encrypted_artifact(tmp_path, key):
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from modelyard.testing import register_constant
+
+    with Registry.open(_settings(tmp_path, key)) as reg:
+        version = register_constant(reg, "const", 1)
+        assert _blob(reg, version.artifact_digest).read_bytes().startswith(MAGIC)
+    frame = pd.DataFrame(np.zeros((5, 3)), columns=["f0", "f1", "f2"])
+    frame.to_parquet(tmp_path / "in.parquet")
+    args = ["--home", str(tmp_path / "home"), "batch", "const", "-i",
+            str(tmp_path / "in.parquet"), "-o", str(tmp_path / "out"), "--json"]
+    done = CliRunner().invoke(main, args, env={"MODELYARD_ARTIFACT_KEY": key})
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["rows"] == 5
+    shutil.rmtree(tmp_path / "home" / "cache")  # the unpacked copy is plaintext (documented)
+    args[args.index("-o") + 1] = str(tmp_path / "out2")
+    refused = CliRunner().invoke(main, args, env={"MODELYARD_ARTIFACT_KEY": new_key()})
+    assert refused.exit_code == 18, refused.output
