@@ -225,6 +225,21 @@ def test_grpc_over_tls_with_the_ca(home, certs):
             plain.is_server_live(client_timeout=5)
 
 
+def test_grpc_requires_the_client_certificate_with_a_client_ca(home, certs):
+    import tritonclient.grpc as grpcclient
+
+    port = free_port()
+    with _server(home, certs, "--no-preload", "--tls-client-ca", str(certs.ca), grpc_port=port):
+        with_cert = grpcclient.InferenceServerClient(
+            url=f"localhost:{port}", ssl=True, root_certificates=str(certs.ca),
+            private_key=str(certs.client_key), certificate_chain=str(certs.client_cert))
+        assert with_cert.is_server_live()
+        without = grpcclient.InferenceServerClient(
+            url=f"localhost:{port}", ssl=True, root_certificates=str(certs.ca))
+        with pytest.raises(Exception, match=r"(?i)unavailable|ssl|handshake|certificate"):
+            without.is_server_live(client_timeout=5)
+
+
 @pytest.mark.parametrize("which", ["--tls-cert", "--tls-key", "--tls-client-ca"])
 def test_a_missing_certificate_file_is_one_line_and_exit_2(home, certs, tmp_path, which):
     files = {"--tls-cert": str(certs.cert), "--tls-key": str(certs.key),
