@@ -14,6 +14,7 @@ from modelyard.errors import ModelyardError
 
 if TYPE_CHECKING:
     from modelyard.config import Settings
+    from modelyard.serving.options import ServeOptions
 
 
 @click.command("serve")
@@ -77,6 +78,14 @@ if TYPE_CHECKING:
                    "flight finish and the prediction log flushes; past it what still runs is "
                    "cancelled and the server exits. On Kubernetes set "
                    "terminationGracePeriodSeconds to at least drain + grace.")
+@click.option("--tls-cert", default=None, metavar="FILE", envvar="MODELYARD_TLS_CERT",
+              help="Serve HTTPS (and gRPC over TLS) with this PEM certificate chain; needs "
+                   "--tls-key (env MODELYARD_TLS_CERT).")
+@click.option("--tls-key", default=None, metavar="FILE", envvar="MODELYARD_TLS_KEY",
+              help="The certificate's PEM private key (env MODELYARD_TLS_KEY).")
+@click.option("--tls-client-ca", default=None, metavar="FILE", envvar="MODELYARD_TLS_CLIENT_CA",
+              help="Require a client certificate signed by this PEM CA on every connection "
+                   "(mutual TLS; env MODELYARD_TLS_CLIENT_CA).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.pass_context
@@ -85,7 +94,8 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
           timeout_s: float, body_timeout_s: float,
           grpc_port: int | None, alias: str, prediction_log: str | None,
           cors_origins: tuple[str, ...], model_config: str | None, pools: tuple[str, ...],
-          models: tuple[str, ...], drain_s: float, grace_s: float, log_level: str) -> None:
+          models: tuple[str, ...], drain_s: float, grace_s: float, tls_cert: str | None,
+          tls_key: str | None, tls_client_ca: str | None, log_level: str) -> None:
     """Serve every model with a production alias over REST and OIP v2 until stopped.
 
     Native REST: POST /v1/models/NAME/predict. Open Inference Protocol v2: /v2/... (REST, and
@@ -117,14 +127,25 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
                                cors_origins=tuple(o for value in cors_origins
                                                   for o in value.replace(",", " ").split()),
                                serving_overrides=tuned, pools=split_names(pools),
-                               models=split_names(models), drain_s=drain_s, grace_s=grace_s)
+                               models=split_names(models), drain_s=drain_s, grace_s=grace_s,
+                               tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca)
     except ModelyardError as exc:
         raise click.UsageError(str(exc)) from None
+    _check_tls(options)
     # Under the modelyard CLI the global --home/--db/--artifacts options name the registry.
     settings = ctx.obj.settings() if hasattr(ctx.obj, "settings") else None
     _check_registry(settings)
     _fit_threads_to_quota(os.environ)
     run(host, port, settings=settings, options=options, workers=workers, log_level=log_level)
+
+
+def _check_tls(options: ServeOptions) -> None:
+    """Read the TLS files once before anything starts: a missing or unreadable one is the
+    CLI's one-line error (ConfigError, exit 2), not a failed worker."""
+    from modelyard.serving.tls import server_context
+
+    if options.tls is not None:
+        server_context(options.tls)
 
 
 def _check_registry(settings: Settings | None) -> None:

@@ -31,6 +31,7 @@ from modelyard.serving.access import Access
 from modelyard.serving.calls import Call, log_failure, new_request_id, usable_id
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.oip import OIPHandlers, infer_request, outputs_of
+from modelyard.serving.tls import grpc_credentials
 
 log = logging.getLogger(__name__)
 
@@ -259,10 +260,13 @@ async def start_grpc(plane: DataPlane, oip: OIPHandlers, access: Access, address
                                       ("grpc.max_send_message_length", 64 * 1024 * 1024)])
     servicer = Servicer(plane, oip, access, pb, grpc)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Complete(servicer, grpc), server)
-    if server.add_insecure_port(address) == 0:
+    files = plane.options.tls
+    port = (server.add_insecure_port(address) if files is None
+            else server.add_secure_port(address, grpc_credentials(files, grpc)))
+    if port == 0:
         raise ModelyardError(f"cannot listen for gRPC on {address}; is the port in use?")
     await server.start()
-    log.info("OIP v2 gRPC on %s", address)
+    log.info("OIP v2 gRPC%s on %s", "" if files is None else " over TLS", address)
     return server
 
 
