@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from modelyard.predictor import Prediction, Predictor, load
     from modelyard.registry import Registry
     from modelyard.schema import Signature
-    from modelyard.spec import Spec, load_project, model
+    from modelyard.spec import Spec, compose, load_project, model
 
 __version__ = "0.1.0"
 
@@ -45,6 +45,7 @@ _LAZY = {
     "Registry": "modelyard.registry",
     "Signature": "modelyard.schema",
     "Spec": "modelyard.spec",
+    "compose": "modelyard.spec",
     "load_project": "modelyard.spec",
     "model": "modelyard.spec",
 }
@@ -81,6 +82,7 @@ __all__ = [
     "StorageError",
     "TrainingError",
     "__version__",
+    "compose",
     "load",
     "load_project",
     "model",

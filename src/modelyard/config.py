@@ -11,6 +11,9 @@ A remote store's endpoint, credentials and region come from where its own client
 ``AWS_ENDPOINT_URL_S3``, ``AWS_ACCESS_KEY_ID``, ``AWS_DEFAULT_REGION``...); see deploy/storage.md.
 ``MODELYARD_BAKED_ARTIFACTS`` a read-only folder of artifacts baked into a container image,
                        read before the artifact store (``modelyard build --bake``; default none)
+``MODELYARD_ARTIFACT_KEY``  encrypt artifacts at rest with this key (base64 of 32 bytes;
+                       ``modelyard store keygen``); unset: artifacts are stored as they are
+``MODELYARD_ARTIFACT_KEY_PREVIOUS``  older keys (comma-separated) still accepted for reading
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import getpass
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -43,6 +46,10 @@ class Settings:
     store_timeout_s: float = 30.0
     #: a read-only folder of artifact blobs baked into the image, read before ``artifacts``.
     baked_artifacts: str | None = None
+    #: the key artifacts are encrypted with (base64), and older keys they may be read with;
+    #: kept out of ``repr`` so a logged Settings never shows them
+    artifact_key: str | None = field(default=None, repr=False)
+    artifact_previous_keys: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_env(
@@ -64,6 +71,10 @@ class Settings:
             actor=actor or env.get("MODELYARD_ACTOR") or _os_user(),
             store_timeout_s=30.0 if timeout is None else parse_duration(timeout),
             baked_artifacts=env.get("MODELYARD_BAKED_ARTIFACTS") or None,
+            artifact_key=env.get("MODELYARD_ARTIFACT_KEY") or None,
+            artifact_previous_keys=tuple(
+                k.strip() for k in env.get("MODELYARD_ARTIFACT_KEY_PREVIOUS", "").split(",")
+                if k.strip()),
         )
 
     @property

@@ -14,6 +14,8 @@
     ├── UnsafeArtifactError         a load would have to run untrusted code
     ├── DeviceError                 a requested device is not available
     ├── IntegrityError              an artifact's digest does not match the registry
+    │   └── ArtifactDecryptError    an encrypted artifact fails to decrypt (key or tamper)
+    ├── AuditChainError             the audit chain is broken: an event was altered
     ├── StorageError                the registry database or artifact store is unreachable
     ├── TrainingError               the user's train function (or its process) failed
     ├── GateFailed                  a candidate did not pass its promotion gate
@@ -150,6 +152,20 @@ class IntegrityError(ModelyardError):
     """An artifact's content does not match the digest the registry recorded."""
 
     exit_code = 9
+
+
+class ArtifactDecryptError(IntegrityError):
+    """An encrypted artifact did not decrypt: it was written under a key this process does not
+    hold (set ``MODELYARD_ARTIFACT_KEY_PREVIOUS``), or it was altered, truncated or reordered."""
+
+    exit_code = 18
+
+
+class AuditChainError(ModelyardError):
+    """The audit chain is broken (``modelyard audit verify``): the message names the first
+    event that does not follow from the one before it, and why."""
+
+    exit_code = 17
 
 
 class StorageError(ModelyardError):
@@ -308,6 +324,8 @@ class ServerStartError(ModelyardError):
 
 __all__ = [
     "AdapterError",
+    "ArtifactDecryptError",
+    "AuditChainError",
     "BadJSONError",
     "BodyTimeoutError",
     "BodyTooLargeError",

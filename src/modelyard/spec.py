@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from modelyard.devices import default_pool, validate_device, validate_pool
 from modelyard.errors import ConfigError
+from modelyard.graph import Graph
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -283,8 +284,12 @@ class Spec(BaseModel):
     model_config = _STRICT
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-    train: str | Callable[..., Any]
-    data: DataSpec
+    #: the training function; a graph spec has none (see ``graph``).
+    train: str | Callable[..., Any] | None = None
+    data: DataSpec | None = None
+    #: a composed model: a graph of registered models instead of training code
+    #: (:mod:`modelyard.graph`); registering it trains nothing.
+    graph: Graph | None = None
     flavor: str | None = None
     description: str = ""
     params: dict[str, Any] = Field(default_factory=dict)
@@ -304,6 +309,20 @@ class Spec(BaseModel):
     trusted_types: list[str] = Field(default_factory=list)
     #: folder relative paths in this spec are resolved against (the yaml file's folder).
     root: Path = Field(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _trains_or_composes(self) -> Spec:
+        if self.graph is not None:
+            given = [k for k in ("train", "data") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"a graph spec trains nothing: remove {' and '.join(given)}, "
+                                 "or the graph")
+            return self
+        missing = [k for k in ("train", "data") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"{' and '.join(missing)} required: a model declares its training "
+                             "(train, data) or a graph of other models (graph)")
+        return self
 
     @model_validator(mode="after")
     def _gate_metrics_declared(self) -> Spec:
@@ -355,6 +374,19 @@ def model(name: str | None = None, **fields: Any) -> Callable[[Callable[..., Any
         return fn
 
     return decorate
+
+
+def compose(name: str, graph: dict[str, Any], **fields: Any) -> Spec:
+    """Declare a composed model in Python: the same fields as a ``graph`` spec in
+    ``modelyard.yaml`` (``graph``, ``serving``, ``description``...); ``modelyard train NAME``
+    registers it. Returns the :class:`Spec`."""
+    caller = inspect.currentframe()
+    source = caller.f_back.f_code.co_filename if caller and caller.f_back else None
+    root = Path(source).parent if source and Path(source).is_file() else Path.cwd()
+    spec = Spec.parse({"name": name, "graph": graph, "root": root, **fields},
+                      where=f"compose({name!r})")
+    _declared[spec.name] = spec
+    return spec
 
 
 def declared() -> dict[str, Spec]:
@@ -436,11 +468,16 @@ def _import_declared(path: Path) -> dict[str, Spec]:
     return {n: s for n, s in _declared.items() if n not in before or s.root == path.parent}
 
 
+#: a graph's kind tags, left out of error locations (``graph.rule``, not ``graph.ensemble.rule``).
+_GRAPH_KINDS = ("sequence", "ensemble", "switch")
+
+
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"]) or "spec"
-        parts.append(f"{loc}: {err['msg']}")
+        loc = ".".join(str(p) for p in err["loc"] if p not in _GRAPH_KINDS) or "spec"
+        parts.append(f"{loc.replace('members_', 'members')}: "
+                     f"{err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 
@@ -457,6 +494,7 @@ __all__ = [
     "Spec",
     "SpecLoader",
     "ValidationSpec",
+    "compose",
     "declared",
     "load_project",
     "load_yaml",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.errors import (
+    ArtifactDecryptError,
     ConfigError,
     FrameworkMissingError,
     IntegrityError,
@@ -28,6 +29,8 @@ from modelyard.errors import (
 )
 
 _CHUNK = 1 << 20
+#: the first bytes of an encrypted artifact (modelyard/encryption.py); a tar never starts so
+MAGIC = b"\x89MYA\r\n\x1a\n"
 
 
 def sha256_file(path: Path) -> str:
@@ -160,6 +163,14 @@ class BakedStore:
             return self.baked.get_file(digest, dest)
         return self.shared.get_file(digest, dest)
 
+    def put_as(self, path: Path, digest: str, *, replace: bool = False) -> None:
+        self.shared.put_as(path, digest, replace=replace)
+
+    def get_raw(self, digest: str, dest: Path) -> Path:
+        if self.baked.exists(digest):
+            return self.baked.get_raw(digest, dest)
+        return self.shared.get_raw(digest, dest)
+
     def local_path(self, digest: str) -> Path | None:
         return self.baked.local_path(digest) or self.shared.local_path(digest)
 
@@ -185,9 +196,15 @@ class LocalStore:
     def put_file(self, path: Path) -> tuple[str, int]:
         """Store the file at ``path`` (atomically); return its digest and size."""
         digest = sha256_file(path)
+        self.put_as(path, digest)
+        return digest, self._path(digest).stat().st_size
+
+    def put_as(self, path: Path, digest: str, *, replace: bool = False) -> None:
+        """Store the file at ``path`` under the name ``digest`` (atomically; an encrypted
+        blob is named by its plaintext's digest). An existing blob is kept unless ``replace``."""
         target = self._path(digest)
-        if target.exists():
-            return digest, target.stat().st_size
+        if target.exists() and not replace:
+            return
         tmp: Path | None = None
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -202,15 +219,19 @@ class LocalStore:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
             raise StorageError(f"cannot write artifact to {self.root}: {exc}") from None
-        return digest, target.stat().st_size
 
     def get_file(self, digest: str, dest: Path) -> Path:
         """Copy blob ``digest`` to ``dest`` and verify it."""
+        self.get_raw(digest, dest)
+        verify_file(dest, digest)
+        return dest
+
+    def get_raw(self, digest: str, dest: Path) -> Path:
+        """Copy blob ``digest`` to ``dest`` as stored, unverified (it may be encrypted)."""
         source = self._path(digest)
         if not source.exists():
             raise IntegrityError(f"artifact {digest[:12]} is missing from {self.root}")
         shutil.copyfile(source, dest)
-        _verify(dest, digest)
         return dest
 
     def local_path(self, digest: str) -> Path | None:
@@ -283,31 +304,40 @@ class FsspecStore:
 
     def put_file(self, path: Path) -> tuple[str, int]:
         digest = sha256_file(path)
+        self.put_as(path, digest)
+        return digest, path.stat().st_size
+
+    def put_as(self, path: Path, digest: str, *, replace: bool = False) -> None:
+        """Store the file at ``path`` under the name ``digest``; an existing blob is kept
+        unless ``replace`` (then overwritten whole: one upload, or a temporary name moved)."""
         key = self._key(digest)
-        size = path.stat().st_size
         with self._failures("write artifact to"):
-            if self.fs.exists(key):
-                return digest, size
+            if not replace and self.fs.exists(key):
+                return
             if self._atomic:
                 # An object store never shows an upload before it completes, so the blob's
                 # own key is written directly: a reader finds all of it or nothing.
                 self.fs.put_file(str(path), key)
-                return digest, size
+                return
             # A plain file system shows a file while it is written: a temporary name, then a
             # move, keeps half a blob from ever appearing under its digest.
             tmp = f"{key}.tmp-{os.getpid()}-{id(path)}"
             self.fs.makedirs(key.rsplit("/", 1)[0], exist_ok=True)
             self.fs.put_file(str(path), tmp)
             self.fs.mv(tmp, key)
-        return digest, size
 
     def get_file(self, digest: str, dest: Path) -> Path:
+        self.get_raw(digest, dest)
+        verify_file(dest, digest)
+        return dest
+
+    def get_raw(self, digest: str, dest: Path) -> Path:
+        """Download blob ``digest`` to ``dest`` as stored, unverified (it may be encrypted)."""
         try:
             with self._failures("read artifact from", missing=True):
                 self.fs.get_file(self._key(digest), str(dest))
         except FileNotFoundError:
             raise IntegrityError(f"artifact {digest[:12]} is missing from {self.url}") from None
-        _verify(dest, digest)
         return dest
 
     def local_path(self, digest: str) -> Path | None:
@@ -371,24 +401,39 @@ def open_store(location: str | Path, *, timeout_s: float = 30.0) -> LocalStore |
     return FsspecStore(text, timeout_s=timeout_s)
 
 
-def _verify(path: Path, digest: str) -> None:
+def is_sealed(path: Path) -> bool:
+    """Whether the file at ``path`` is an encrypted artifact (it starts with :data:`MAGIC`)."""
+    with open(path, "rb") as fh:
+        return fh.read(len(MAGIC)) == MAGIC
+
+
+def verify_file(path: Path, digest: str) -> None:
+    """Check that the file at ``path`` has the sha256 ``digest``; remove it and raise if not."""
     actual = sha256_file(path)
     if actual != digest:
+        sealed = is_sealed(path)
         path.unlink(missing_ok=True)
+        if sealed:
+            raise ArtifactDecryptError(
+                f"artifact {digest[:12]} is encrypted and no artifact key is set; set "
+                "MODELYARD_ARTIFACT_KEY (and MODELYARD_ARTIFACT_KEY_PREVIOUS for older keys)")
         raise IntegrityError(
             f"artifact digest mismatch: expected {digest[:12]}, got {actual[:12]}"
         )
 
 
 __all__ = [
+    "MAGIC",
     "OBJECT_STORES",
     "STORE_ATTEMPTS",
     "FsspecStore",
     "LocalStore",
     "digest_dir",
+    "is_sealed",
     "open_store",
     "pack_dir",
     "remote_options",
     "sha256_file",
     "unpack",
+    "verify_file",
 ]

@@ -1,7 +1,7 @@
 """Migrations: the schema matches tables.py, and registries written by older versions (0001:
 before deployments, 0002: before monitoring, 0003: before run owners, 0004: a prediction log of
-one row per request, 0005: before batch runs) upgrade with their data kept, and downgrade, on
-SQLite and PostgreSQL."""
+one row per request, 0005: before batch runs, 0006: before the audit chain) upgrade with their
+data kept, and downgrade, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from sqlalchemy import column, insert, inspect
 from modelyard.config import Settings
 from modelyard.registry import Database, Registry
 from modelyard.registry import database as database_module
-from modelyard.registry.tables import AliasRow, Base, ModelRow, RunRow, VersionRow
+from modelyard.registry.audit_chain import verify_session
+from modelyard.registry.tables import AliasRow, AuditRow, Base, ModelRow, RunRow, VersionRow
 from modelyard.rollout.deployments import Deployments
 from modelyard.store import open_store
 
@@ -49,8 +50,8 @@ MONITORING_TABLES = {"predictions", "labels", "drift_reports", "monitor_events",
                      "deployment_windows"}
 
 
-def test_head_is_0007():
-    assert database_module.head_revision() == "0007"
+def test_head_is_0008():
+    assert database_module.head_revision() == "0008"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -107,14 +108,15 @@ def test_a_0002_registry_gains_the_monitoring_tables_and_keeps_its_rollouts(
         backend, tmp_path, request, artifact_dir):
     url = _url(backend, tmp_path, request)
     db = Database(url)
-    _alembic(db, "0002")
-    assert not MONITORING_TABLES & set(inspect(db.engine).get_table_names())
+    db.migrate()  # written by today's code (its audit events need the chain's columns) ...
     settings = Settings.from_env(home=tmp_path / "home", db_url=url, actor="tester")
     reg = Registry(db, open_store(settings.artifacts), settings)
     for _ in range(2):
         reg.register("iris", artifact_dir(), flavor="sklearn")
     reg.set_alias("iris", "production", 1)
     started = Deployments(reg).start("iris", 2, "canary")
+    _alembic(db, "0002", down=True)  # ... then taken back to 0002 with its data
+    assert not MONITORING_TABLES & set(inspect(db.engine).get_table_names())
 
     db.migrate()
     assert _revision(db) == database_module.head_revision()
@@ -229,4 +231,30 @@ def test_a_0005_registry_keeps_its_runs_as_training_runs_and_gains_batch_runs(
     with db.engine.connect() as conn:  # the runs stay, training and batch alike
         kept = {row[0] for row in conn.exec_driver_sql("SELECT id FROM runs")}
     assert kept == {"old-run", batch.id}
+    db.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_0006_registry_chains_its_existing_audit_events(backend, tmp_path, request):
+    url = _url(backend, tmp_path, request)
+    db = Database(url)
+    _alembic(db, "0006")
+    at = datetime(2026, 1, 1, 12, 0, 0, 250_000, tzinfo=UTC)
+    with db.engine.begin() as conn:  # audit events written before the chain existed
+        for i in range(2500):  # more than one page of the backfill
+            conn.execute(insert(AuditRow.__table__), {
+                "at": at + timedelta(seconds=i), "actor": "old", "action": "version.register",
+                "target": f"iris:{i}", "details": {"i": i, "x": [1.5, None, "é"]}})
+
+    db.migrate()
+    settings = Settings.from_env(home=tmp_path / "home", db_url=url, actor="tester")
+    reg = Registry(db, open_store(settings.artifacts), settings)
+    reg.record("after.upgrade", "iris", {})
+    with db.session() as s:
+        report = verify_session(s)
+    assert report.intact, report.reason
+    assert report.events == 2501
+
+    _alembic(db, "0006", down=True)
+    assert "hash" not in {c["name"] for c in inspect(db.engine).get_columns("audit_events")}
     db.dispose()

@@ -11,7 +11,8 @@ EXPECTED = {
     "ConfigError", "ConflictError", "DataValidationError", "GateFailed", "InputError",
     "IntegrityError", "ModelyardError", "Monitor", "MonitoringError", "NotFoundError",
     "Prediction", "Predictor", "Registry",
-    "Signature", "Spec", "StorageError", "TrainingError", "__version__", "load", "load_project",
+    "Signature", "Spec", "StorageError", "TrainingError", "__version__", "compose", "load",
+    "load_project",
     "model",
 }
 

@@ -24,6 +24,7 @@ _BUILTIN: dict[str, str] = {
     "tensorflow": "modelyard.adapters.tensorflow:TensorFlowAdapter",
     "onnx": "modelyard.adapters.onnx:OnnxAdapter",
     "python": "modelyard.adapters.python:PythonAdapter",
+    "graph": "modelyard.adapters.graph:GraphAdapter",
 }
 
 #: when picking a flavor for an object, the more specific frameworks go first

@@ -24,6 +24,8 @@ purpose are caught in one place, :meth:`_Main.invoke`, and printed as one line
 14    monitoring has too little data yet
 15    a server could not answer now (a full queue, a timeout): retry
 16    a batch row failed validation under ``batch --on-error fail``
+17    ``audit verify`` found the audit chain broken (an event altered, added or removed)
+18    an encrypted artifact did not decrypt (wrong or missing key, or altered)
 130   interrupted
 ====  ==============================================================
 
@@ -96,6 +98,7 @@ def main(ctx: click.Context, home: str | None, db: str | None, artifacts: str | 
 
 
 def _register() -> None:
+    from modelyard.cli.audit_cmds import audit
     from modelyard.cli.auth_cmds import auth
     from modelyard.cli.batch_cmds import batch
     from modelyard.cli.build_cmds import build
@@ -104,7 +107,6 @@ def _register() -> None:
     from modelyard.cli.monitor_cmds import feedback, monitor
     from modelyard.cli.predict_cmds import predict
     from modelyard.cli.registry_cmds import (
-        audit,
         history,
         models,
         promote,
@@ -115,6 +117,7 @@ def _register() -> None:
     from modelyard.cli.rollout_cmds import deploy, rollout
     from modelyard.cli.runs_cmds import runs
     from modelyard.cli.scheduler_cmds import scheduler
+    from modelyard.cli.store_cmds import store
     from modelyard.cli.train_cmds import init, train
     from modelyard.serving.command import serve
 
@@ -124,6 +127,7 @@ def _register() -> None:
     main.add_command(scheduler)
     main.add_command(db)
     main.add_command(auth)
+    main.add_command(store)
 
 
 _register()

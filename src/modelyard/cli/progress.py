@@ -237,10 +237,14 @@ def describe(outcome: Outcome) -> list[str]:
                  "registered (not promoted)")
         lines.append(f"  [green]{version.ref}[/green] ({version.flavor}) {where} "
                      f"in {fmt_duration(outcome.seconds)}")
-        lines.append(f"  metrics  {fmt_metrics(outcome.metrics)}")
-        if result.champion_metrics is not None:
-            lines.append(f"  champion {fmt_metrics(result.champion_metrics)}")
-        lines.append("  gate     passed")
+        members = version.meta.get("members") if version.flavor == "graph" else None
+        if members:  # a composed model: no training, its members' versions instead
+            lines.append(f"  members  {', '.join(members.values())}")
+        else:
+            lines.append(f"  metrics  {fmt_metrics(outcome.metrics)}")
+            if result.champion_metrics is not None:
+                lines.append(f"  champion {fmt_metrics(result.champion_metrics)}")
+            lines.append("  gate     passed")
         if outcome.deployment is not None:
             lines.append(f"  rollout  {_escape(explain_start(outcome.deployment))}")
         elif outcome.error is not None:

@@ -1,4 +1,4 @@
-"""Registry commands: models, versions, show, promote, rollback, alias history and audit."""
+"""Registry commands: models, versions, show, promote, rollback, alias history."""
 
 from __future__ import annotations
 
@@ -269,25 +269,6 @@ def history(state: State, model: str, alias: str | None, at: str | None, as_json
     )
 
 
-@click.command(short_help="Show who changed what, and when.")
-@click.argument("target", required=False)
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10_000),
-              help="How many events to show.")
-@_JSON
-@pass_state
-def audit(state: State, target: str | None, limit: int, as_json: bool) -> None:
-    """Show who changed what and when, newest first; TARGET is a model name (or MODEL:V)."""
-    events = state.registry().audit_events(target, limit=limit)
-    if as_json:
-        print_json([e.to_dict() for e in events])
-        return
-    print_table(
-        ["at", "actor", "action", "target", "details"],
-        [[e.at, e.actor, e.action, e.target, e.details] for e in events],
-        empty="no audit events",
-    )
-
-
 def parse_time(text: str) -> datetime:
     """An ISO 8601 time; without a zone it is local time. Raises :class:`ConfigError`."""
     try:
@@ -303,4 +284,4 @@ def _v(version: int | None) -> str:
     return "" if version is None else f"v{version}"
 
 
-__all__ = ["audit", "history", "models", "parse_time", "promote", "rollback", "show", "versions"]
+__all__ = ["history", "models", "parse_time", "promote", "rollback", "show", "versions"]

@@ -26,6 +26,8 @@ _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([A-Za-z0-9._-]{0,61}"
                         r"[A-Za-z0-9])?$")
 _V = TypeVar("_V")
+#: a Secret's name: a DNS subdomain (lowercase, digits, '-' and '.')
+_SECRET = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?)?$")
 
 #: the Secret every workload reads its credentials from; modelyard never writes it.
@@ -136,6 +138,12 @@ class KubeOptions:
     uid: int = 10001
     #: Knative's concurrency target per pod before it adds one.
     knative_target: int = 10
+    #: a ``kubernetes.io/tls`` Secret (``tls.crt``, ``tls.key``): servers serve HTTPS (and gRPC
+    #: over TLS) with it, probed over HTTPS; none: plain HTTP (TLS ends at the ingress).
+    tls_secret: str | None = None
+    #: also require client certificates signed by the Secret's ``ca.crt`` (mutual TLS); the
+    #: kubelet has no client certificate, so the probes become TCP checks.
+    tls_client_ca: bool = False
 
     __pydantic_config__ = _FORBID
 
@@ -184,6 +192,10 @@ class KubeOptions:
                 raise ConfigError(f"gpu_node_selector {key}={value} is not a valid node label")
         if not _LABEL_KEY.match(self.gpu_taint):
             raise ConfigError(f"gpu_taint {self.gpu_taint!r} is not a valid taint key")
+        if self.tls_secret is not None and not _SECRET.match(self.tls_secret):
+            raise ConfigError(f"tls_secret {self.tls_secret!r} is not a Secret name")
+        if self.tls_client_ca and self.tls_secret is None:
+            raise ConfigError("tls_client_ca needs tls_secret: the Secret holds ca.crt too")
 
     def _check_numbers(self) -> None:
         ports = {"port": self.port, "grpc_port": self.grpc_port}

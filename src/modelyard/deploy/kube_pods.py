@@ -23,10 +23,15 @@ SECRET_KEYS: tuple[tuple[str, bool], ...] = (
     ("MODELYARD_TOKEN", False),
     ("AWS_ACCESS_KEY_ID", False),
     ("AWS_SECRET_ACCESS_KEY", False),
+    # artifacts encrypted at rest (docs/security.md): the key, and older ones during a rotation
+    ("MODELYARD_ARTIFACT_KEY", False),
+    ("MODELYARD_ARTIFACT_KEY_PREVIOUS", False),
 )
 GPU_RESOURCE = "nvidia.com/gpu"
 HTTP_PORT_NAME = "http"
 GRPC_PORT_NAME = "grpc"
+#: where a server mounts its ``tls_secret`` (read-only)
+TLS_DIR = "/etc/modelyard/tls"
 
 
 def labels(options: KubeOptions, component: str, instance: str) -> dict[str, str]:
@@ -57,6 +62,10 @@ def server_args(options: KubeOptions, pool: str | None) -> list[str]:
         args += ["--grpc-port", str(options.grpc_port)]
     if options.idle_unload is not None:
         args += ["--idle-unload", options.idle_unload]
+    if options.tls_secret is not None:
+        args += ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key"]
+        if options.tls_client_ca:
+            args += ["--tls-client-ca", f"{TLS_DIR}/ca.crt"]
     return args
 
 
@@ -78,27 +87,44 @@ def env_from() -> list[Obj]:
     return [{"configMapRef": {"name": CONFIG_NAME}}]
 
 
-def probes(*, port: int | str | None = HTTP_PORT_NAME, startup: bool = True) -> Obj:
+def probes(*, port: int | str | None = HTTP_PORT_NAME, startup: bool = True,
+           scheme: str = "HTTP") -> Obj:
     """Liveness on /healthz, readiness on /readyz, and a start-up allowance for loading models.
 
     ``port=None`` leaves the port out, as Knative wants (it probes the one port it routes to).
     Readiness is checked often and fails fast, so a draining server leaves the Service within a
-    few seconds of SIGTERM, well inside the drain delay.
+    few seconds of SIGTERM, well inside the drain delay. ``scheme="HTTPS"`` for a TLS server
+    (the kubelet does not check its certificate); ``"TCP"`` for one that requires client
+    certificates, which the kubelet cannot present: then only the port is checked.
     """
     at: Obj = {} if port is None else {"port": port}
+
+    def check(path: str) -> Obj:
+        if scheme == "TCP":
+            return {"tcpSocket": {"port": port if port is not None else HTTP_PORT_NAME}}
+        return {"httpGet": {"path": path, **at, **({"scheme": scheme} if scheme != "HTTP"
+                                                   else {})}}
+
     found: Obj = {
-        "livenessProbe": {"httpGet": {"path": "/healthz", **at}, "periodSeconds": 10,
+        "livenessProbe": {**check("/healthz"), "periodSeconds": 10,
                           "timeoutSeconds": 5, "failureThreshold": 3},
         # a draining server says so on /readyz at once: two failed checks 2 s apart take it
         # out of any balancer that probes it well inside the drain
-        "readinessProbe": {"httpGet": {"path": "/readyz", **at}, "periodSeconds": 2,
+        "readinessProbe": {**check("/readyz"), "periodSeconds": 2,
                            "timeoutSeconds": 2, "failureThreshold": 2},
     }
     if startup:
         # preloading every production version can take minutes; liveness waits for it
-        found["startupProbe"] = {"httpGet": {"path": "/healthz", **at}, "periodSeconds": 5,
+        found["startupProbe"] = {**check("/healthz"), "periodSeconds": 5,
                                  "timeoutSeconds": 3, "failureThreshold": 60}
     return found
+
+
+def probe_scheme(options: KubeOptions) -> str:
+    """How a server's probes reach it: HTTP, HTTPS (``tls_secret``) or TCP (mutual TLS)."""
+    if options.tls_secret is None:
+        return "HTTP"
+    return "TCP" if options.tls_client_ca else "HTTPS"
 
 
 def security_context(options: KubeOptions) -> Obj:
@@ -167,14 +193,20 @@ def server_container(options: KubeOptions, image: str, pool: str | None, wanted:
     """``modelyard serve`` with its ports and probes."""
     container = base_container(options, image, server_args(options, pool), wanted, gpus=gpus)
     container["ports"] = container_ports(options)
-    container.update(probes())
+    container.update(probes(scheme=probe_scheme(options)))
+    if options.tls_secret is not None:
+        container["volumeMounts"].append({"name": "tls", "mountPath": TLS_DIR,
+                                          "readOnly": True})
     return container
 
 
 def scrape_annotations(options: KubeOptions) -> dict[str, str]:
     """The ``prometheus.io/*`` pod annotations a plain Prometheus discovers scrape targets by."""
-    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(options.port),
-            "prometheus.io/path": "/metrics"}
+    found = {"prometheus.io/scrape": "true", "prometheus.io/port": str(options.port),
+             "prometheus.io/path": "/metrics"}
+    if options.tls_secret is not None:
+        found["prometheus.io/scheme"] = "https"
+    return found
 
 
 def gpu_placement(options: KubeOptions) -> Obj:
@@ -195,6 +227,8 @@ def pod_spec(options: KubeOptions, container: Obj, *, gpu: bool = False,
         "containers": [container],
         "volumes": volumes(),
     }
+    if any(m["name"] == "tls" for m in container.get("volumeMounts", [])):
+        spec["volumes"].append({"name": "tls", "secret": {"secretName": options.tls_secret}})
     if restart_policy is not None:
         spec["restartPolicy"] = restart_policy
     if gpu:

@@ -140,6 +140,8 @@ def _stacked(answers: Sequence[Prediction]
     """Each answer's rows, and its predictions and scores concatenated; None unless every
     answer has the same dtypes, row shapes and classes and none is too big to keep."""
     first = answers[0]
+    if getattr(first, "steps", None):  # a graph's answers keep their steps, one by one
+        return None
     predictions = list(map(_PREDICTIONS, answers))
     scores = list(map(_SCORES, answers))
     classes = first.classes
@@ -322,6 +324,9 @@ def outputs_of(prediction: Prediction) -> dict[str, Any]:
         out["scores"] = _plain(np.asarray(scores))
         if prediction.classes is not None:
             out["classes"] = [_scalar(c) for c in prediction.classes]
+    steps = getattr(prediction, "steps", None)
+    if steps:  # a graph's answer: the member versions that made it
+        out["steps"] = list(steps)
     return out
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.entrypoints import callable_ref
-from modelyard.errors import GateFailed, ModelyardError, NotFoundError
+from modelyard.errors import ConfigError, GateFailed, ModelyardError, NotFoundError
 from modelyard.metrics import get_metric, greater_is_better
 from modelyard.pipeline import child
 from modelyard.pipeline.data import Dataset, load_dataset, split, write_split
@@ -131,6 +131,8 @@ def run_pipeline(
     :class:`DataValidationError`, :class:`TrainingError`, :class:`GateFailed`, ...; each carries
     ``run_id`` once the run is recorded (``modelyard runs show <run_id>`` shows its logs).
     """
+    if spec.graph is not None:  # a composed model: registered, never trained
+        return _compose(spec, registry, trigger, promote, actor, force=force)
     for name in spec.metrics:  # a typo fails now, not after an hour of training
         get_metric(name)
     # The fork server preloads while the data loads. Started before the run is recorded: a script
@@ -148,6 +150,39 @@ def run_pipeline(
         except BaseException as exc:
             _record_failure(registry, run, runlog, Path(tmp), exc)
             raise
+
+
+def _compose(spec: Spec, registry: Registry, trigger: str, promote: bool | None,
+             actor: str | None, *, force: bool) -> RunResult:
+    """Register a graph spec's declaration as a version (a recorded run, like training); move
+    production to it unless ``promote`` is False (a graph has no gate or rollout of its own)."""
+    from modelyard.pipeline.compose import passed, register_graph
+
+    runlog = _RunLog(None)
+    run = registry.start_run(spec.name, trigger=trigger, actor=actor)
+    try:
+        version, same = register_graph(spec, registry, actor=actor, run_id=run.id, force=force)
+        if version is None:
+            assert same is not None
+            runlog.note(f"unchanged: identical to {same.ref}")
+            finished = registry.finish_run(run.id, status="unchanged", version=same.version,
+                                           failure_reason=f"identical to {same.ref}",
+                                           logs="\n".join(runlog.lines))
+            return RunResult(finished, None, False, passed(), {}, None, unchanged=same)
+        promoted = promote is not False
+        if promoted:
+            registry.set_alias(spec.name, PRODUCTION, version.version, actor=actor,
+                               reason=f"run {run.id}: graph registered")
+            version = registry.get_version(spec.name, version.version)
+        runlog.note(f"registered {version.ref} (graph of "
+                    f"{', '.join(version.meta.get('members', {}).values())})")
+        finished = registry.finish_run(run.id, status="succeeded", version=version.version,
+                                       promoted=promoted, logs="\n".join(runlog.lines))
+        return RunResult(finished, version, promoted, passed(), {}, None)
+    except BaseException as exc:
+        with tempfile.TemporaryDirectory(prefix="modelyard-run-") as tmp:
+            _record_failure(registry, run, runlog, Path(tmp), exc)
+        raise
 
 
 def _record_failure(registry: Registry, run: Run, runlog: _RunLog, work: Path,
@@ -173,13 +208,16 @@ def _execute(
     spec: Spec, registry: Registry, run: Run, runlog: _RunLog, work: Path,
     promote: bool | None, actor: str | None, *, force: bool,
 ) -> RunResult:
+    if spec.data is None:
+        raise ConfigError(f"{spec.name} declares no data to train on")
     runlog.stage("load data")
     dataset = load_dataset(spec.data, spec.root)
     runlog.note(f"loaded {len(dataset)} rows, features: {', '.join(dataset.feature_names[:20])}")
     runlog.stage("validate")
     check(dataset, spec.validation)
-    stratify = spec.data.stratify and spec.task != "regression"
-    train_set, holdout = split(dataset, spec.data.holdout, spec.data.seed, stratify)
+    data = spec.data
+    stratify = data.stratify and spec.task != "regression"
+    train_set, holdout = split(dataset, data.holdout, data.seed, stratify)
     runlog.note(f"train {len(train_set)} rows, holdout {len(holdout)} rows")
     lineage = _lineage(spec, dataset)
     same = None if force else _identical_version(registry, spec.name, lineage)
@@ -278,6 +316,8 @@ def _finish_unchanged(registry: Registry, run: Run, runlog: _RunLog, work: Path,
 def _train(spec: Spec, registry: Registry, train_set: Dataset, holdout: Dataset, work: Path,
            run_id: str, runlog: _RunLog) -> child.TrainOutcome:
     """Train, save and score in the child; the parent never imports the framework."""
+    if spec.train is None:
+        raise ConfigError(f"{spec.name} declares no train function")
     ref = spec.train if isinstance(spec.train, str) else callable_ref(spec.train)
     write_split(train_set.X, train_set.y, work / "train")
     write_split(holdout.X, holdout.y, work / "holdout")

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from modelyard.adapters import artifact_verifier
 from modelyard.config import Settings
+from modelyard.encryption import artifact_store
 from modelyard.errors import ConfigError, ConflictError, IntegrityError, NotFoundError
 from modelyard.registry.database import Database
 from modelyard.registry.keys import KeyStore
@@ -52,7 +53,7 @@ from modelyard.registry.tables import (
     RunRow,
     VersionRow,
 )
-from modelyard.store import BakedStore, LocalStore, digest_dir, open_store, pack_dir, unpack
+from modelyard.store import digest_dir, pack_dir, unpack
 from modelyard.types import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -125,9 +126,7 @@ class Registry:
         settings = settings or Settings.from_env(**overrides)
         db = Database(settings.db_url)
         db.migrate()
-        shared = open_store(settings.artifacts, timeout_s=settings.store_timeout_s)
-        baked = settings.baked_artifacts  # an image's baked blobs, read before the shared store
-        return cls(db, BakedStore(LocalStore(baked), shared) if baked else shared, settings)
+        return cls(db, artifact_store(settings), settings)
 
     @property
     def keys(self) -> KeyStore:
@@ -387,8 +386,8 @@ class Registry:
             archive = Path(tmp) / "a.tar"
             try:
                 self.store.get_file(version.artifact_digest, archive)
-            except IntegrityError as exc:
-                raise IntegrityError(
+            except IntegrityError as exc:  # and ArtifactDecryptError: a key or a tamper
+                raise type(exc)(
                     f"refusing to load {version.ref}: {exc}; the stored artifact is corrupt or "
                     "was changed; re-register the model or restore the artifact store"
                 ) from None

@@ -15,6 +15,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelyard.errors import ConfigError, StorageError
+from modelyard.registry.audit_chain import append_pending
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 7_318_042_991  # advisory lock key: one migrator at a time
@@ -79,6 +80,7 @@ class Database:
                 if write and self.dialect == "sqlite":
                     session.connection(execution_options={"sqlite_begin": "IMMEDIATE"})
                 yield session
+                append_pending(session)  # the audit chain's appends, last, under their lock
                 session.commit()
         except OperationalError as exc:
             raise StorageError(

@@ -9,18 +9,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from modelyard.config import MAX_VERSION
 from modelyard.errors import ConfigError, ConflictError, NotFoundError
+from modelyard.registry.audit_chain import normalized, queue
 from modelyard.registry.records import AliasEvent, Model, ModelVersion, Run
 from modelyard.registry.tables import (
     AliasEventRow,
     AliasRow,
-    AuditRow,
     ModelRow,
     RunRow,
     VersionRow,
@@ -29,7 +29,6 @@ from modelyard.registry.tables import (
 PRODUCTION = "production"
 # Built once with bound parameters: per-call statements cost more in SQLAlchemy's cache-key
 # generation than the query itself (these run on every register and resolve).
-_INSERT_AUDIT = insert(cast(Table, AuditRow.__table__))  # Core, not an ORM bulk insert
 _ALIASES_OF_MODEL = select(AliasRow.alias, AliasRow.version).where(
     AliasRow.model_id == bindparam("model_id")
 )
@@ -174,8 +173,9 @@ def aliases_by_version(s: Session, model_id: int) -> dict[int, tuple[str, ...]]:
 
 
 def audit(s: Session, actor: str, action: str, target: str, details: dict[str, Any]) -> None:
-    s.execute(_INSERT_AUDIT, {"at": now(), "actor": actor, "action": action, "target": target,
-                              "details": details})
+    """Audit a change made in ``s``: appended to the hash chain when ``s`` commits."""
+    queue(s, {"at": now(), "actor": actor, "action": action, "target": target,
+              "details": normalized(details)})
 
 
 def to_model(row: ModelRow, aliases: dict[str, int]) -> Model:

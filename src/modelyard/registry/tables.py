@@ -152,6 +152,10 @@ class AuditRow(Base):
     action: Mapped[str] = mapped_column(String(100))
     target: Mapped[str] = mapped_column(String(300))
     details: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: the audit chain (registry/audit_chain.py): the previous event's hash and this one's;
+    #: NULL only inside the transaction that appends the row
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class DeploymentRow(Base):

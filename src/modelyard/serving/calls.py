@@ -68,9 +68,13 @@ class Call:
         """The response headers naming the version and variant that answered, and the request."""
         runner = self.runner
         assert runner is not None
-        return [(b"x-model-version", runner.version_str.encode()),
-                (b"x-model-variant", self.variant.encode()),
-                (b"x-request-id", self.request_id.encode())]
+        out = [(b"x-model-version", runner.version_str.encode()),
+               (b"x-model-variant", self.variant.encode()),
+               (b"x-request-id", self.request_id.encode())]
+        steps = getattr(self.result, "steps", None)  # a graph's answer names its members
+        if steps:
+            out.append((b"x-model-steps", ",".join(steps).encode()))
+        return out
 
 
 def request_id_of(scope: Scope) -> str | None:

@@ -86,6 +86,8 @@ class Catalog:
         self.predlog: Any = None
         self._warned_log_key = False
         self._release_queued = False
+        #: how a graph version calls a member (the data plane's ``step``; None: no graphs).
+        self.dispatch: Any = None
 
     # -- the request path -----------------------------------------------------------------------
     def runner_now(self, name: str, version: int | None = None) -> Runner | None:
@@ -283,7 +285,10 @@ class Catalog:
                         spec.replicas, spec.replicas)
         # the adapter module is light (frameworks import lazily); NVML counts GPUs without
         # initialising CUDA in the server, whose workers own the devices
-        accelerated = get_adapter(record.flavor).accelerated
+        adapter = get_adapter(record.flavor)
+        if getattr(adapter, "composed", False):
+            return self._open_graph(record, spec)
+        accelerated = adapter.accelerated
         if choose_isolation(spec, accelerated=accelerated,
                             gpu_count=cuda_device_count) == "process":
             return self._open_worker(record, spec)
@@ -318,6 +323,31 @@ class Catalog:
         runner.metrics = vm
         runner.warm()
         return runner
+
+    def _open_graph(self, record: Any, spec: Any) -> Runner:
+        """A graph version's runner, which answers by calling its members through the data
+        plane (blocking: reads the declaration; refuses a graph that contains itself)."""
+        from modelyard.graph import refuse_cycle
+        from modelyard.pipeline.compose import graph_children
+        from modelyard.predictor import open_version
+        from modelyard.serving.graphs import GraphRunner
+
+        if self.dispatch is None:
+            raise ConflictError(f"{record.ref} is a graph: it is served by a data plane")
+        predictor = open_version(record, self.registry, device="cpu")
+        refuse_cycle(record.model, graph_children(self.registry, record.model, predictor.model))
+        policy = batch_policy(spec, accelerated=False, timeout_s=self.options.request_timeout_s)
+        runner = GraphRunner(predictor, policy, dispatch=self.dispatch,
+                             aliases=self.alias_version, memory=int(record.artifact_size),
+                             touch=partial(self.cache.touch, (record.model, int(record.version))))
+        runner.metrics = self.metrics.for_version(record.model, str(record.version))
+        log.info("serving %s (graph: %s of %s)", record.ref, predictor.model.kind,
+                 ", ".join(predictor.model.members()))
+        return runner
+
+    def alias_version(self, name: str, alias: str) -> int | None:
+        """The version ``name@alias`` points at in the last registry read (None: no such)."""
+        return self.models.get(name, {}).get(alias)
 
     def _observer(self, vm: VersionMetrics, key: Key) -> Callable[[int, list[float]], None]:
         """The per-batch callback: the batch's metrics, and a use stamp for idle unloading."""

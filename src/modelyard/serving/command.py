@@ -14,6 +14,7 @@ from modelyard.errors import ModelyardError
 
 if TYPE_CHECKING:
     from modelyard.config import Settings
+    from modelyard.serving.options import ServeOptions
 
 
 @click.command("serve")
@@ -77,6 +78,14 @@ if TYPE_CHECKING:
                    "flight finish and the prediction log flushes; past it what still runs is "
                    "cancelled and the server exits. On Kubernetes set "
                    "terminationGracePeriodSeconds to at least drain + grace.")
+@click.option("--tls-cert", default=None, metavar="FILE", envvar="MODELYARD_TLS_CERT",
+              help="Serve HTTPS (and gRPC over TLS) with this PEM certificate chain; needs "
+                   "--tls-key (env MODELYARD_TLS_CERT).")
+@click.option("--tls-key", default=None, metavar="FILE", envvar="MODELYARD_TLS_KEY",
+              help="The certificate's PEM private key (env MODELYARD_TLS_KEY).")
+@click.option("--tls-client-ca", default=None, metavar="FILE", envvar="MODELYARD_TLS_CLIENT_CA",
+              help="Require a client certificate signed by this PEM CA on every connection "
+                   "(mutual TLS; env MODELYARD_TLS_CLIENT_CA).")
 @click.option("--oidc", default=None, metavar="FILE",
               help="Accept bearer JWTs of an OpenID Connect issuer: a YAML file naming the "
                    "issuer, audience, JWKS and how claims map to roles (docs/security.md).")
@@ -94,7 +103,8 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
           timeout_s: float, body_timeout_s: float,
           grpc_port: int | None, alias: str, prediction_log: str | None,
           cors_origins: tuple[str, ...], model_config: str | None, pools: tuple[str, ...],
-          models: tuple[str, ...], drain_s: float, grace_s: float, oidc: str | None,
+          models: tuple[str, ...], drain_s: float, grace_s: float, tls_cert: str | None,
+          tls_key: str | None, tls_client_ca: str | None, oidc: str | None,
           public_metrics: bool, insecure: bool, log_level: str) -> None:
     """Serve every model with a production alias over REST and OIP v2 until stopped.
 
@@ -130,6 +140,7 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
                                                   for o in value.replace(",", " ").split()),
                                serving_overrides=tuned, pools=split_names(pools),
                                models=split_names(models), drain_s=drain_s, grace_s=grace_s,
+                               tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
                                oidc=oidc, insecure=insecure, public_metrics=public_metrics)
         if oidc:
             from modelyard.serving.oidc import OIDCConfig
@@ -137,11 +148,21 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
             OIDCConfig.load(oidc)  # a malformed file is a usage error here, not at startup
     except ModelyardError as exc:
         raise click.UsageError(str(exc)) from None
+    _check_tls(options)
     # Under the modelyard CLI the global --home/--db/--artifacts options name the registry.
     settings = ctx.obj.settings() if hasattr(ctx.obj, "settings") else None
     _check_registry(settings)
     _fit_threads_to_quota(os.environ)
     run(host, port, settings=settings, options=options, workers=workers, log_level=log_level)
+
+
+def _check_tls(options: ServeOptions) -> None:
+    """Read the TLS files once before anything starts: a missing or unreadable one is the
+    CLI's one-line error (ConfigError, exit 2), not a failed worker."""
+    from modelyard.serving.tls import server_context
+
+    if options.tls is not None:
+        server_context(options.tls)
 
 
 def _check_registry(settings: Settings | None) -> None:

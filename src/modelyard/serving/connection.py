@@ -94,10 +94,11 @@ class Shared:
     """What the connections of one server share: the app, limits, ``Date``, the deadline timer."""
 
     def __init__(self, app: App, limits: Limits | None = None,
-                 server: tuple[str, int] | None = None) -> None:
+                 server: tuple[str, int] | None = None, scheme: str = "http") -> None:
         self.app = app
         self.limits = limits or Limits()
         self.server = server
+        self.scheme = scheme  # "https" when the server's listener speaks TLS
         self.connections: set[Connection] = set()
         self.closing = False
         self.tick_s = min(1.0, self.limits.head_timeout_s / 4, self.limits.keep_alive_s / 4)
@@ -386,7 +387,7 @@ class Connection(asyncio.Protocol):
         path, query = self._target()
         method = parser.get_method()
         scope = {"type": "http", "asgi": _ASGI, "http_version": version,
-                 "server": self.shared.server, "client": self.client, "scheme": "http",
+                 "server": self.shared.server, "client": self.client, "scheme": self.shared.scheme,
                  "method": _METHODS.get(method) or method.decode("ascii"), "root_path": "",
                  "path": path, "raw_path": self.url.partition(b"?")[0], "query_string": query,
                  "headers": self.headers, "extensions": _EXTENSIONS}

@@ -50,6 +50,7 @@ from modelyard.predictor import Prediction
 from modelyard.rollout.routing import choose_variant
 from modelyard.serving.calls import Call, parse_version
 from modelyard.serving.catalog import Catalog
+from modelyard.serving.graphs import current_request, step_label
 from modelyard.serving.rollouts import (
     MAX_SHADOW_IN_FLIGHT,
     ActiveRollout,
@@ -133,6 +134,7 @@ class DataPlane:
         self._settings = settings
         self._owns_registry = owns_registry
         self._preload: asyncio.Task[None] | None = None
+        catalog.dispatch = self.step  # a graph version calls its members through here
 
     # -- the request path -----------------------------------------------------------------------
     def version(self, name: str, version: str | None) -> int | None:
@@ -160,6 +162,27 @@ class DataPlane:
         # the coroutine itself is returned: no extra frame on the path without a rollout
         return self._served(call, request)
 
+    async def step(self, name: str, version: int | None, payload: Any, scores: bool,
+                   request_id: str | None) -> tuple[Prediction, str, Any]:
+        """One member call of a graph, as a request of its own for ``name`` (``version`` None:
+        its served alias, under its rollout if one routes it): counted and logged under the
+        graph's ``request_id`` with protocol ``graph``. Returns the answer, its step label
+        (:func:`~modelyard.serving.graphs.step_label`) and the member's prepared input."""
+        call = Call("graph", name, request_id)
+        status = 500
+        try:
+            self.version(name, None if version is None else str(version))  # 404 names it
+            result = await self.infer(call, InferenceRequest(name, version, payload, scores))
+            status = 200
+        except Exception as exc:
+            status = _status(exc)
+            raise
+        finally:
+            self.record(call, status)
+        runner = call.runner
+        assert runner is not None
+        return result, step_label(name, runner.version, call.variant), call.batch
+
     async def _served(self, call: Call, request: InferenceRequest) -> Prediction:
         """Predict with the served alias's version (or the one asked for); retried on a
         runner that closed under the request (its version was just swapped out)."""
@@ -169,6 +192,8 @@ class DataPlane:
             if runner is None or runner.closed:
                 runner = await catalog.runner(request.model, request.version)
             call.runner = runner
+            if getattr(runner, "composed", False):  # a graph: members share the id
+                current_request.set(call.request_id)
             batch, n = runner.prepare(request.input_for(runner))
             try:
                 result: Prediction = await runner.submit(batch, n, request.scores)
@@ -194,6 +219,8 @@ class DataPlane:
         if runner.closed:  # unloaded by a promotion the next poll will apply
             return await self._served(call, request)
         call.runner, call.variant = runner, "stable"
+        if getattr(runner, "composed", False):
+            current_request.set(call.request_id)
         start = time.perf_counter()
         try:
             batch, n = runner.prepare(request.input_for(runner))
@@ -212,6 +239,8 @@ class DataPlane:
                          request: InferenceRequest) -> Prediction | None:
         """The candidate's answer, or None after a server error (stable answers instead)."""
         runner = held.candidate
+        if getattr(runner, "composed", False):
+            current_request.set(call.request_id)
         start = time.perf_counter()
         try:
             batch, n = runner.prepare(request.input_for(runner))
@@ -269,7 +298,9 @@ class DataPlane:
             stats.compare(agrees(primary, answer))
             policy, predlog = runner.log_policy, self.predlog
             if policy is not None and predlog is not None and policy.sampled():
-                predlog.record(policy, request_id, "shadow", latency, batch, n, answer)
+                logged = getattr(answer, "logged", batch)  # a graph's: see record()
+                if logged is not None:
+                    predlog.record(policy, request_id, "shadow", latency, logged, n, answer)
 
         future.add_done_callback(done)
 
@@ -294,8 +325,11 @@ class DataPlane:
         policy = runner.log_policy
         if policy is not None and self.predlog is not None and policy.sampled():
             if status == 200 and call.result is not None:
-                self.predlog.record(policy, call.request_id, call.variant, elapsed,
-                                    call.batch, call.rows, call.result)
+                # a graph's answer says what to log as its input (None: its members log)
+                batch = getattr(call.result, "logged", call.batch)
+                if batch is not None:
+                    self.predlog.record(policy, call.request_id, call.variant, elapsed, batch,
+                                        call.rows, call.result)
             elif status >= 500:
                 self.predlog.record_error(policy, call.request_id, call.variant, elapsed,
                                           status)

@@ -35,6 +35,7 @@ from modelyard.serving.access import ANONYMOUS, Access
 from modelyard.serving.calls import Call, log_failure, new_request_id, usable_id
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.oip import OIPHandlers, infer_request, outputs_of
+from modelyard.serving.tls import grpc_credentials
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,9 @@ def metadata_scope(metadata: Any) -> dict[str, Any]:
 
 def answer_metadata(call: Any) -> tuple[tuple[str, str], ...]:
     """The metadata naming the version and variant that answered (REST sends them as headers)."""
-    return (("x-model-version", call.runner.version_str), ("x-model-variant", call.variant))
+    out = (("x-model-version", call.runner.version_str), ("x-model-variant", call.variant))
+    steps = getattr(call.result, "steps", None)  # a graph's answer names its members
+    return (*out, ("x-model-steps", ",".join(steps))) if steps else out
 
 
 class Servicer:
@@ -282,10 +285,13 @@ async def start_grpc(plane: DataPlane, oip: OIPHandlers, access: Access, address
                                       ("grpc.max_send_message_length", 64 * 1024 * 1024)])
     servicer = Servicer(plane, oip, access, pb, grpc)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(_Complete(servicer, grpc), server)
-    if server.add_insecure_port(address) == 0:
+    files = plane.options.tls
+    port = (server.add_insecure_port(address) if files is None
+            else server.add_secure_port(address, grpc_credentials(files, grpc)))
+    if port == 0:
         raise ModelyardError(f"cannot listen for gRPC on {address}; is the port in use?")
     await server.start()
-    log.info("OIP v2 gRPC on %s", address)
+    log.info("OIP v2 gRPC%s on %s", "" if files is None else " over TLS", address)
     return server
 
 

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,10 +90,11 @@ class Shutdown:
 
 def run(app: Any, sock: socket.socket, limits: Limits | None = None, *,
         grace_s: float = GRACE_S, drain_s: float = 0.0,
-        on_drain: Callable[[], None] | None = None) -> int:
+        on_drain: Callable[[], None] | None = None,
+        tls: ssl.SSLContext | None = None) -> int:
     """Serve the ASGI ``app`` on the bound ``sock`` until SIGTERM/SIGINT, on a uvloop loop;
     the exit status (0, or :data:`STARTUP_FAILED`). ``drain_s``, ``grace_s`` and ``on_drain``
-    shape the shutdown (:class:`Shutdown`)."""
+    shape the shutdown (:class:`Shutdown`); with ``tls`` every connection is HTTPS."""
     try:
         import uvloop
     except ImportError:  # not built for this platform (Windows): the standard loop serves too
@@ -102,7 +104,7 @@ def run(app: Any, sock: socket.socket, limits: Limits | None = None, *,
     asyncio.set_event_loop(loop)
     try:
         stop = Shutdown(drain_s=drain_s, grace_s=grace_s, on_drain=on_drain)
-        return loop.run_until_complete(_serve(app, sock, limits or Limits(), stop))
+        return loop.run_until_complete(_serve(app, sock, limits or Limits(), stop, tls))
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         asyncio.set_event_loop(None)
@@ -137,7 +139,8 @@ class Signals:
             await asyncio.wait_for(self.forced.wait(), seconds)
 
 
-async def _serve(app: Any, sock: socket.socket, limits: Limits, stop: Shutdown) -> int:
+async def _serve(app: Any, sock: socket.socket, limits: Limits, stop: Shutdown,
+                 tls: ssl.SSLContext | None = None) -> int:
     loop = asyncio.get_running_loop()
     signals = Signals()
     signals.install(loop)
@@ -145,11 +148,13 @@ async def _serve(app: Any, sock: socket.socket, limits: Limits, stop: Shutdown) 
     if not await lifespan.startup():
         return STARTUP_FAILED
     address = sock.getsockname()
-    shared = Shared(app, limits, server=(str(address[0]), int(address[1])))
-    server = await loop.create_server(lambda: Connection(shared), sock=sock, backlog=BACKLOG)
+    shared = Shared(app, limits, server=(str(address[0]), int(address[1])),
+                    scheme="https" if tls else "http")
+    server = await loop.create_server(lambda: Connection(shared), sock=sock, backlog=BACKLOG,
+                                      ssl=tls)
     shared.start()
-    log.info("startup complete: serving on http://%s:%d (process %d; Ctrl+C stops it)",
-             *shared.server, os.getpid())  # type: ignore[misc]
+    log.info("startup complete: serving on %s://%s:%d (process %d; Ctrl+C stops it)",
+             shared.scheme, *shared.server, os.getpid())  # type: ignore[misc]
     await signals.stopping.wait()
     await _drain(stop, signals)
     deadline = loop.time() + stop.grace_s

@@ -12,6 +12,7 @@ from modelyard.errors import ConfigError
 from modelyard.serving import overrides
 from modelyard.serving.cors import normalize_origin
 from modelyard.serving.pools import Selection
+from modelyard.serving.tls import TLSFiles
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
@@ -102,6 +103,11 @@ class ServeOptions:
     #: ``--public-metrics``: ``/metrics`` answers without a credential even when auth is
     #: enforced (Prometheus scrapes it with no key; it shows model names and traffic).
     public_metrics: bool = False
+    #: PEM files: HTTPS and gRPC over TLS with a cert and key; client certificates required
+    #: and checked against ``tls_client_ca`` when it is set (serving/tls.py)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_memory is not None and self.max_memory <= 0:
@@ -135,6 +141,7 @@ class ServeOptions:
             raise ConfigError("retention_interval_s must be > 0")
         object.__setattr__(self, "serving_overrides", overrides.check(self.serving_overrides))
         self._check_lifecycle()
+        TLSFiles.of(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     def _check_lifecycle(self) -> None:
         """Pools, models, drain and grace (lists when the options come back from JSON)."""
@@ -146,6 +153,11 @@ class ServeOptions:
         if not (0 <= self.drain_s <= 3600 and 0 < self.grace_s <= 3600):
             raise ConfigError("drain_s must be 0 to 3600 seconds and grace_s more than 0, "
                               "at most 3600")
+
+    @property
+    def tls(self) -> TLSFiles | None:
+        """The TLS files, or ``None`` for plain HTTP and gRPC."""
+        return TLSFiles.of(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     @property
     def selection(self) -> Selection:

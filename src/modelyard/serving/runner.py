@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -91,6 +91,10 @@ def estimate_memory(model: Any, artifact_size: int) -> int:
 
 class Runner:
     """One loaded version: ``prepare`` input, then ``await predict(...)``; ``close`` drains it."""
+
+    #: a composed model's runner (:class:`~modelyard.serving.graphs.GraphRunner`), whose member
+    #: calls the data plane tells the request id.
+    composed: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -22,7 +22,13 @@ from modelyard.serving.access import insecure_warning, is_loopback
 from modelyard.serving.app import App
 from modelyard.serving.httpserver import bind, configure_logging, run
 from modelyard.serving.options import ServeOptions
-from modelyard.serving.server_workers import app_from_env, limits_of, supervise, worker_config
+from modelyard.serving.server_workers import (
+    app_from_env,
+    limits_of,
+    supervise,
+    tls_context,
+    worker_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,7 @@ def _start(host: str, port: int, settings: Settings, options: ServeOptions, work
             return supervise(workers, sock, worker_config(settings, options, log_level))
         app = App(options=options, settings=settings)
         return run(app, sock, limits_of(options), drain_s=options.drain_s,
-                   grace_s=options.grace_s, on_drain=app.drain)
+                   grace_s=options.grace_s, on_drain=app.drain, tls=tls_context(options))
 
 
 __all__ = ["app_from_env", "serve"]

@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ from modelyard.serving.connection import Limits
 from modelyard.serving.httpserver import STARTUP_FAILED, configure_logging, run
 from modelyard.serving.metrics import MULTIPROCESS_ENV, shared_dir
 from modelyard.serving.options import ServeOptions
+from modelyard.serving.tls import server_context
 
 log = logging.getLogger("modelyard.serving.server")
 
@@ -168,7 +170,13 @@ def worker_main() -> int:
     sock = socket.socket(fileno=int(os.environ[_FD_ENV]))
     app, options = app_from_env(), options_from_env()
     return run(app, sock, limits_of(options), drain_s=options.drain_s, grace_s=options.grace_s,
-               on_drain=app.drain)
+               on_drain=app.drain, tls=tls_context(options))
+
+
+def tls_context(options: ServeOptions) -> ssl.SSLContext | None:
+    """The HTTPS context the options name (each worker builds its own), or ``None``."""
+    files = options.tls
+    return None if files is None else server_context(files)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -198,7 +206,8 @@ def app_from_env() -> App:
     """Build the app from ``MODELYARD_SERVE_CONFIG`` (set by :func:`serve` for its workers)."""
     raw = json.loads(os.environ.get(_ENV, "{}"))
     s = raw.get("settings")
-    settings = Settings(**{**s, "home": Path(s["home"])}) if s else None
+    settings = Settings(**{**s, "home": Path(s["home"]), "artifact_previous_keys": tuple(
+        s.get("artifact_previous_keys", ()))}) if s else None
     options = ServeOptions(**raw.get("options", {}))
     return App(options=options, settings=settings)
 
@@ -218,7 +227,10 @@ def _settings_dict(settings: Settings) -> dict[str, Any]:
     return {"home": str(settings.home), "db_url": settings.db_url,
             "artifacts": settings.artifacts, "actor": settings.actor,
             "store_timeout_s": settings.store_timeout_s,
-            "baked_artifacts": settings.baked_artifacts}
+            "baked_artifacts": settings.baked_artifacts,
+            # the workers inherit this process's environment, where these came from anyway
+            "artifact_key": settings.artifact_key,
+            "artifact_previous_keys": list(settings.artifact_previous_keys)}
 
 
 __all__ = ["KILL_AFTER_S", "Supervisor", "app_from_env", "limits_of", "supervise", "worker_config",
