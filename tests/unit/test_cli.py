@@ -175,6 +175,17 @@ def any_invoke(request: pytest.FixtureRequest, home: Path, tmp_path: Path,
     if request.param == "local":
         yield request.getfixturevalue("invoke")
         return
+    yield from _remote(home, tmp_path, monkeypatch)
+
+
+@pytest.fixture()
+def remote_invoke(home: Path, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[Invoke]:
+    """Only through the server (see ``any_invoke``)."""
+    yield from _remote(home, tmp_path, monkeypatch)
+
+
+def _remote(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Invoke]:
     from modelyard.cli import remote
     from modelyard.serving import ServeOptions, create_app
 
@@ -351,14 +362,37 @@ def test_unknown_things_exit_3_both_ways(registered: Registry, any_invoke: Invok
 
 
 def test_commands_that_need_the_database_say_so_through_a_server(
-        registered: Registry, any_invoke: Invoke, project: Path) -> None:
-    for args in (("predict", "iris2"), ("train", "--project", str(project), "tiny"),
-                 ("deploy", "iris2", "2"), ("monitor", "metrics", "iris2")):
-        result = any_invoke(*args, input="[]")
-        if "--server" in result.stdout + result.stderr or result.exit_code != 2:
-            continue  # locally these run (or fail for their own reasons)
-    result = any_invoke("runs", "--json")
-    assert result.exit_code == 0, result.output
+        registered: Registry, remote_invoke: Invoke, project: Path, tmp_path: Path) -> None:
+    for args in (("train", "--project", str(project), "tiny"),
+                 ("batch", "iris2", "--input", str(tmp_path / "x.csv"), "--output",
+                  str(tmp_path / "out")),
+                 ("scheduler", "--project", str(project), "--once"),
+                 ("audit", "verify"), ("store", "rekey")):
+        line = assert_one_error(remote_invoke(*args), 2)
+        assert "cannot act through a server" in line, args
+
+
+def test_monitoring_through_a_server_answers_as_locally(registered: Registry,
+                                                          any_invoke: Invoke) -> None:
+    from modelyard.monitoring.monitor import Monitor
+
+    Monitor(registered).log_predictions([{
+        "request_id": f"r{i}", "model": "iris2", "version": 1, "variant": "production",
+        "at": pd.Timestamp.now(tz="UTC").to_pydatetime(), "latency_ms": 2.0 + i, "rows": 1,
+        "inputs": {"columns": {"a": [0.5], "b": [-1.0]}}, "outputs": {"predictions": [i % 2]}}
+        for i in range(6)])
+    labels = any_invoke("feedback", "iris2", "r1", "1", "--json")
+    assert labels.exit_code == 0, labels.output
+    assert json.loads(labels.stdout)["stored"] == 1
+    metrics = any_invoke("monitor", "metrics", "iris2", "--since", "1h", "--json")
+    assert metrics.exit_code == 0, metrics.output
+    found = json.loads(metrics.stdout)
+    assert found["latency"]["requests"] == 6
+    assert [(w["version"], w["requests"], w["labeled"]) for w in found["windows"]] == [(1, 6, 1)]
+    events = any_invoke("monitor", "events", "--json")
+    assert events.exit_code == 0 and json.loads(events.stdout) == []
+    history = any_invoke("monitor", "drift", "iris2", "--history", "--json")
+    assert history.exit_code == 0 and json.loads(history.stdout) == []
 
 
 def test_usage_errors_exit_2(invoke: Invoke) -> None:
@@ -461,9 +495,9 @@ def test_help_on_every_command(invoke: Invoke) -> None:
 
 
 # -- predict ------------------------------------------------------------------------------------
-def test_predict_from_stdin(registered: Registry, invoke: Invoke) -> None:
+def test_predict_from_stdin(registered: Registry, any_invoke: Invoke) -> None:
     records = [{"a": 1.5, "b": 0.0}, {"a": -2.0, "b": 0.3}]
-    result = invoke("predict", "iris2", "--scores", input=json.dumps(records))
+    result = any_invoke("predict", "iris2", "--scores", input=json.dumps(records))
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["model"] == "iris2" and data["version"] == 1
@@ -472,13 +506,15 @@ def test_predict_from_stdin(registered: Registry, invoke: Invoke) -> None:
     assert len(data["scores"]) == 2
 
 
-def test_predict_from_file_with_columns(registered: Registry, invoke: Invoke,
+def test_predict_from_file_with_columns(registered: Registry, any_invoke: Invoke,
                                         tmp_path: Path) -> None:
     source = tmp_path / "input.json"
     source.write_text(json.dumps({"a": [2.0, -2.0], "b": [0.0, 0.0]}))
-    result = invoke("predict", "iris2:2", "--input", str(source))
+    result = any_invoke("predict", "iris2:2", "--input", str(source))
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout) == {"model": "iris2", "version": 2, "predictions": [1, 0]}
+    answer = json.loads(result.stdout)
+    answer.pop("request_id", None)  # through a server: the id its log keeps, for feedback
+    assert answer == {"model": "iris2", "version": 2, "predictions": [1, 0]}
 
 
 @pytest.mark.parametrize(("payload", "needle"), [
@@ -486,13 +522,13 @@ def test_predict_from_file_with_columns(registered: Registry, invoke: Invoke,
     ("", "empty"),
     ('[{"a": 1.0}]', "b"),
 ])
-def test_predict_bad_input_exits_2(registered: Registry, invoke: Invoke, payload: str,
+def test_predict_bad_input_exits_2(registered: Registry, any_invoke: Invoke, payload: str,
                                    needle: str) -> None:
-    assert needle in assert_one_error(invoke("predict", "iris2", input=payload), 2)
+    assert needle in assert_one_error(any_invoke("predict", "iris2", input=payload), 2)
 
 
-def test_predict_missing_file(registered: Registry, invoke: Invoke, tmp_path: Path) -> None:
-    assert_one_error(invoke("predict", "iris2", "--input", str(tmp_path / "nope.json")), 2)
+def test_predict_missing_file(registered: Registry, any_invoke: Invoke, tmp_path: Path) -> None:
+    assert_one_error(any_invoke("predict", "iris2", "--input", str(tmp_path / "nope.json")), 2)
 
 
 # -- init ---------------------------------------------------------------------------------------
@@ -754,7 +790,7 @@ def test_input_files_that_are_not_utf8_are_one_line(registered: Registry, invoke
 # -- monitoring ---------------------------------------------------------------------------------
 
 def test_monitor_request_shows_what_the_log_holds_of_one_request(
-        registered: Registry, invoke: Invoke) -> None:
+        registered: Registry, any_invoke: Invoke) -> None:
     from modelyard.monitoring.monitor import Monitor
 
     monitor = Monitor(registered)
@@ -765,7 +801,7 @@ def test_monitor_request_shows_what_the_log_holds_of_one_request(
         "outputs": {"predictions": [i]}} for model in ("iris2", "other") for i in (0, 1)])
     monitor.feedback("iris2", {"r1": 1})
 
-    result = invoke("monitor", "request", "r1", "--model", "iris2", "--json")
+    result = any_invoke("monitor", "request", "r1", "--model", "iris2", "--json")
     assert result.exit_code == 0, result.output
     found = json.loads(result.stdout)
     assert found["labeled"] is True and found["label"] == 1
@@ -773,24 +809,27 @@ def test_monitor_request_shows_what_the_log_holds_of_one_request(
     assert logged["outputs"] == {"predictions": [1]} and logged["latency_ms"] == 2.5
     assert logged["inputs"] == {"columns": {"a": [0.5], "b": [-1.0]}}
 
-    everywhere = json.loads(invoke("monitor", "request", "r1", "--json").stdout)
+    everywhere = json.loads(any_invoke("monitor", "request", "r1", "--json").stdout)
     assert sorted(f["model"] for f in everywhere) == ["iris2", "other"]  # ids are per model
-    table = invoke("monitor", "request", "r1", "--model", "iris2")
+    table = any_invoke("monitor", "request", "r1", "--model", "iris2")
     assert table.exit_code == 0 and "label 1" in table.stdout and "production" in table.stdout
 
-    missing = assert_one_error(invoke("monitor", "request", "nope", "--model", "iris2"), 3)
+    missing = assert_one_error(any_invoke("monitor", "request", "nope", "--model", "iris2"), 3)
     assert "nope" in missing and "not sampled" in missing
-    assert "nope" in assert_one_error(invoke("monitor", "request", "nope"), 3)
-    assert "ghost" in assert_one_error(invoke("monitor", "request", "r1", "--model", "ghost"), 3)
+    assert "nope" in assert_one_error(any_invoke("monitor", "request", "nope"), 3)
+    assert "ghost" in assert_one_error(
+        any_invoke("monitor", "request", "r1", "--model", "ghost"), 3)
 
 
 def test_feedback_for_a_prediction_not_logged_yet_says_it_is_kept(
-        registered: Registry, invoke: Invoke) -> None:
-    result = invoke("feedback", "iris2", "not-logged-yet", "1")
+        registered: Registry, any_invoke: Invoke) -> None:
+    result = any_invoke("feedback", "iris2", "not-logged-yet", "1")
     assert result.exit_code == 0, result.output
     assert "stored 1 label(s) for iris2: 1 of 1 labels match no logged prediction yet" \
         in " ".join(result.stdout.split())
     assert "joined when the prediction is logged" in " ".join(result.stdout.split())
+
+
 # -- rollouts from the spec -------------------------------------------------------------------
 STAGED_PROJECT = textwrap.dedent('''
     models:

@@ -18,6 +18,7 @@ from modelyard.config import parse_duration
 from modelyard.errors import ConfigError
 
 if TYPE_CHECKING:
+    from modelyard.cli.remote import RemoteMonitor
     from modelyard.monitoring.monitor import Monitor
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -26,10 +27,16 @@ _SINCE = click.option("--since", default=None, metavar="AGO|TIME",
                            "(default: the model's monitoring.window_s).")
 
 
-def _monitor(state: State) -> Monitor:
+def _monitor(state: State) -> Monitor | RemoteMonitor:
+    """The monitor over the registry, or the server's monitoring API (``--server``)."""
+    from modelyard.cli.remote import RemoteRegistry
+
+    registry = state.registry()
+    if isinstance(registry, RemoteRegistry):
+        return registry.monitor
     from modelyard.monitoring.monitor import Monitor
 
-    return Monitor(state.local_registry())
+    return Monitor(registry)
 
 
 def _since(text: str | None) -> Any:

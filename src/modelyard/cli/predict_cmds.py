@@ -31,6 +31,13 @@ def predict(state: State, ref: str, source: str, scores: bool, device: str) -> N
     echo '["my parcel never came"]' | modelyard predict tickets --scores
     """
     payload = read_payload(source)
+    if state.remote:  # the server predicts (and logs it); its request_id names it in feedback
+        from modelyard.cli.remote import RemoteRegistry
+
+        remote = state.registry()
+        assert isinstance(remote, RemoteRegistry)
+        print_json_flat(remote.predict(ref, payload, scores=scores))
+        return
     from modelyard.predictor import load
 
     predictor = load(ref, device=device, registry=state.local_registry())

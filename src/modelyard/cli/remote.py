@@ -24,10 +24,19 @@ import httpx
 
 from modelyard import errors
 from modelyard.errors import ConfigError, ModelyardError, StorageError
+from modelyard.monitoring.monitor import (
+    DriftCheck,
+    FeedbackResult,
+    LatencySummary,
+    MonitorEvent,
+    RequestLookup,
+)
+from modelyard.monitoring.quality import MetricWindow
 from modelyard.registry.client import PRODUCTION, parse_ref
 from modelyard.registry.keys import ApiKey, NewKey
 from modelyard.registry.records import AliasEvent, AuditEvent, Model, ModelVersion, Record, Run
 from modelyard.rollout.deployments import Deployment, DeploymentEvent
+from modelyard.serving.monitor_api import MAX_LABELS
 
 R = TypeVar("R", bound=Record)
 URL_ENV = "MODELYARD_URL"
@@ -215,6 +224,81 @@ class RemoteDeployments:
         return self._steer("rollback", model, reason)
 
 
+class RemoteMonitor:
+    """The monitoring calls ``monitor`` and ``feedback`` make of
+    :class:`~modelyard.monitoring.monitor.Monitor`, through the server."""
+
+    def __init__(self, remote: Remote) -> None:
+        self.remote = remote
+        self._last: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
+    def feedback(self, model: str, labels: list[tuple[str, Any]], *,
+                 actor: str | None = None) -> FeedbackResult:
+        """Labels in calls of at most the server's limit each, the answers added up."""
+        results = [self.remote.post(f"/v1/models/{_p(model)}/feedback", {"labels": [
+            {"request_id": r, "label": v} for r, v in labels[i:i + MAX_LABELS]]})
+            for i in range(0, len(labels), MAX_LABELS)]
+        first = results[0]
+        return FeedbackResult(
+            model=model, stored=sum(r["stored"] for r in results),
+            matched=_total(r.get("matched") for r in results),
+            unmatched=[u for r in results for u in r.get("unmatched", [])][:20],
+            pending=_total(r.get("pending") for r in results),
+            message=str(first.get("message", "")))
+
+    def _metrics(self, model: str, since: datetime | None,
+                 every: timedelta | None) -> dict[str, Any]:
+        key = (model, since, every)
+        if self._last is None or self._last[0] != key:  # metrics and latency: one call
+            self._last = (key, self.remote.get(
+                f"/api/v1/models/{_p(model)}/metrics", since=_iso(since),
+                every=None if every is None else f"{every.total_seconds():g}s"))
+        return self._last[1]
+
+    def metrics(self, model: str, *, since: datetime | None = None,
+                every: timedelta | None = None) -> list[MetricWindow]:
+        doc = self._metrics(model, since, every)
+        return [record(MetricWindow, w) for w in doc["windows"]]
+
+    def latency(self, model: str, *, since: datetime | None = None) -> LatencySummary:
+        every = self._last[0][2] if self._last and self._last[0][:2] == (model, since) else None
+        return record(LatencySummary, self._metrics(model, since, every)["latency"])
+
+    def drift_reports(self, model: str, *, limit: int = 20) -> list[DriftCheck]:
+        doc = self.remote.get(f"/api/v1/models/{_p(model)}/drift", limit=limit)
+        return [record(DriftCheck, c) for c in doc["checks"]]
+
+    def check_drift(self, model: str, *, version: int | None = None,
+                    since: datetime | None = None, actor: str | None = None) -> DriftCheck:
+        query = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in
+                         (("since", _iso(since)), ("version", version)) if v is not None)
+        path = f"/api/v1/models/{_p(model)}/drift" + (f"?{query}" if query else "")
+        return record(DriftCheck, self.remote.post(path))
+
+    def events(self, model: str | None = None, *, kind: str | None = None,
+               since: datetime | None = None, limit: int = 100) -> list[MonitorEvent]:
+        doc = self.remote.get("/api/v1/events", model=model, kind=kind, since=_iso(since),
+                              limit=limit)
+        return [record(MonitorEvent, e) for e in doc["events"]]
+
+    def lookup(self, model: str, request_id: str) -> RequestLookup:
+        return record(RequestLookup, self.remote.get(
+            f"/api/v1/models/{_p(model)}/predictions/{_p(request_id)}"))
+
+    def lookup_everywhere(self, request_id: str) -> list[RequestLookup]:
+        doc = self.remote.get(f"/api/v1/predictions/{_p(request_id)}")
+        return [record(RequestLookup, f) for f in doc["lookups"]]
+
+
+def _total(values: Any) -> int | None:
+    found = [v for v in values if v is not None]
+    return sum(found) if found else None
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
 class RemoteRegistry:
     """The registry calls the CLI makes, answered by a server's API (see the module doc).
     ``actor`` arguments are ignored: the server records the key's principal."""
@@ -223,6 +307,7 @@ class RemoteRegistry:
         self.remote = remote
         self.keys = RemoteKeys(remote)
         self.deployments = RemoteDeployments(remote)
+        self.monitor = RemoteMonitor(remote)
 
     # -- models and versions --------------------------------------------------------------------
     def list_models(self) -> list[Model]:
@@ -269,6 +354,22 @@ class RemoteRegistry:
         doc = self.remote.get(f"/api/v1/models/{_p(name)}/history", alias=alias,
                               at=when.isoformat())
         return None if doc["version"] is None else int(doc["version"])
+
+    # -- predictions ----------------------------------------------------------------------------
+    def predict(self, ref: str, payload: Any, *, scores: bool = False) -> dict[str, Any]:
+        """The server's answer for ``payload`` (the CLI's JSON input: records, columns, rows, a
+        tensor or strings) from the version ``ref`` names."""
+        name, number, _ = parse_ref(ref)
+        if number is None:
+            number = self.resolve(ref).version
+        if isinstance(payload, dict):
+            body: dict[str, Any] = {"columns": payload}
+        elif isinstance(payload, list) and payload and all(isinstance(r, dict) for r in payload):
+            body = {"records": payload}
+        else:
+            body = {"instances": payload}
+        return dict(self.remote.post(f"/v1/models/{_p(name)}/versions/{number}/predict",
+                                     {**body, "scores": scores}))
 
     # -- runs and audit -------------------------------------------------------------------------
     def list_runs(self, model: str | None = None, *, limit: int = 50) -> list[Run]:

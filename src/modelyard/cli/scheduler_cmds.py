@@ -43,6 +43,7 @@ def scheduler(state: State, project: str, interval: str, once: bool,
     from modelyard.scheduler import Scheduler
     from modelyard.spec import load_project
 
+    state.require_local()
     every = parse_duration(interval)
     specs = _chosen(load_project(project), models, project)
     # with --once, every model gets a line: what was done, or why nothing was

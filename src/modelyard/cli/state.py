@@ -56,13 +56,17 @@ class State:
             click.get_current_context().call_on_close(self._registry.close)
         return self._registry
 
-    def local_registry(self) -> Registry:
-        """The registry database itself, for commands that cannot act through a server."""
+    def require_local(self) -> None:
+        """Refuse, in one line, a command that cannot act through a server (``--server``)."""
         if self.remote:
             name = click.get_current_context().command_path
             raise ConfigError(f"'{name}' works on the registry database and artifacts "
                               "directly and cannot act through a server: run it where they "
                               "are reachable, without MODELYARD_URL or --server")
+
+    def local_registry(self) -> Registry:
+        """The registry database itself, for commands that cannot act through a server."""
+        self.require_local()
         from modelyard.registry import Registry
 
         registry = self.registry()

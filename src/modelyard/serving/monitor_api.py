@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from modelyard.config import parse_duration
-from modelyard.errors import BadJSONError, InputError
-from modelyard.serving.access import actor_of
+from modelyard.errors import BadJSONError, InputError, NotFoundError
+from modelyard.serving.access import actor_of, in_scope
 from modelyard.serving.http import (
     Endpoint,
     Receive,
@@ -136,9 +136,13 @@ class MonitorAPI:
 
     async def monitor_check_drift(self, scope: Scope, receive: Receive, send: Send,
                                   name: str) -> None:
-        """``POST /api/v1/models/{name}/drift[?since=1h]``: check drift now and store it."""
+        """``POST /api/v1/models/{name}/drift[?since=1h][&version=N]``: check drift now (against
+        version N's reference, default production's) and store it."""
+        version = query_param(scope, "version")
         check = await self.catalog.io(self.monitor.check_drift, name, since=_since(scope),
-                                         actor=actor_of(scope))
+                                      version=None if version is None else
+                                      query_int(scope, "version", 1),
+                                      actor=actor_of(scope))
         await respond(send, 200, orjson.dumps(check.to_dict()))
 
     async def monitor_events(self, scope: Scope, receive: Receive, send: Send,
@@ -150,6 +154,27 @@ class MonitorAPI:
         await respond(send, 200, orjson.dumps({"model": name,
                                                "events": [e.to_dict() for e in events]}))
 
+
+    async def monitor_all_events(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /api/v1/events[?model=M][&kind=alert][&since=1h][&limit=N]``: every model's
+        monitoring events (those the caller's key covers), newest first."""
+        events = await self.catalog.io(
+            self.monitor.events, query_param(scope, "model"), kind=query_param(scope, "kind"),
+            since=_since(scope), limit=query_int(scope, "limit", 100))
+        shown = in_scope(scope, "read", {e.model for e in events})
+        await respond(send, 200, orjson.dumps({"events": [e.to_dict() for e in events
+                                                          if e.model in shown]}))
+
+    async def monitor_find_prediction(self, scope: Scope, receive: Receive, send: Send,
+                                      request_id: str) -> None:
+        """``GET /api/v1/predictions/{request_id}``: the request in every model's log (those
+        the caller's key covers); 404 when none holds it."""
+        found = await self.catalog.io(self.monitor.lookup_everywhere, request_id)
+        shown = in_scope(scope, "read", {f.model for f in found})
+        if not shown:  # as if no log held it
+            raise NotFoundError(f"no model's prediction log has request id {request_id!r}")
+        await respond(send, 200, orjson.dumps({"lookups": [f.to_dict() for f in found
+                                                           if f.model in shown]}))
 
     async def monitor_prediction(self, scope: Scope, receive: Receive, send: Send, name: str,
                                  request_id: str) -> None:
@@ -214,6 +239,9 @@ ROUTES: RouteTable = [
     ("POST", "/api/v1/models/{name}/drift",
      Endpoint(MonitorAPI.monitor_check_drift, mutation=True, action="read")),
     ("GET", "/api/v1/models/{name}/events", Endpoint(MonitorAPI.monitor_events, action="read")),
+    ("GET", "/api/v1/events", Endpoint(MonitorAPI.monitor_all_events, action="read")),
+    ("GET", "/api/v1/predictions/{request_id}",
+     Endpoint(MonitorAPI.monitor_find_prediction, action="read", sensitive=True)),
     ("GET", "/api/v1/models/{name}/predictions/{request_id}",
      Endpoint(MonitorAPI.monitor_prediction, action="read", sensitive=True)),
 ]
