@@ -317,7 +317,7 @@ class LeaseRow(Base):
 
 
 class PrincipalRow(Base):
-    """A user or a service account (migration 0008): who an API key stands for."""
+    """A user or a service account (migration 0009): who an API key stands for."""
 
     __tablename__ = "principals"
 
@@ -330,7 +330,7 @@ class PrincipalRow(Base):
 
 
 class ApiKeyRow(Base):
-    """One API key (migration 0008): its public id, a slow salted hash of its secret (never the
+    """One API key (migration 0009): its public id, a slow salted hash of its secret (never the
     secret), the role and model scope it grants, and when it expires or was revoked."""
 
     __tablename__ = "api_keys"
