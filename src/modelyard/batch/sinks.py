@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import pyarrow as pa
@@ -29,6 +30,9 @@ from modelyard.batch.plan import Manifest, Start, part_name
 from modelyard.batch.sources import sql_failure
 from modelyard.errors import ConfigError
 from modelyard.registry.database import normalize_url
+
+if TYPE_CHECKING:
+    from modelyard.registry.records import ModelVersion
 
 MANIFEST = "_manifest.json"
 ERRORS = "_errors"
@@ -63,10 +67,20 @@ class Sink(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SinkOwner:
+    """Whose answers a sink receives: the version being scored and the registry's database
+    URL (an online store keys answers by version; ``precomputed:registry`` writes there)."""
+
+    version: ModelVersion
+    registry_url: str
+
+
 class SinkFactory(Protocol):
     """Builds a sink from the part of ``--output`` after its scheme (``sql:TABLE`` -> TABLE)."""
 
-    def __call__(self, target: str, /, *, sql_url: str | None) -> Sink: ...
+    def __call__(self, target: str, /, *, sql_url: str | None,
+                 owner: SinkOwner | None = None) -> Sink: ...
 
 
 #: sinks by the scheme that starts ``--output`` (``sql:``); anything else is a Parquet folder
@@ -78,14 +92,14 @@ def register_sink(scheme: str, factory: SinkFactory) -> None:
     SINKS[scheme] = factory
 
 
-def open_sink(spec: str, *, sql_url: str | None = None) -> Sink:
+def open_sink(spec: str, *, sql_url: str | None = None, owner: SinkOwner | None = None) -> Sink:
     """The sink ``spec`` names: a registered scheme (``sql:TABLE`` with ``sql_url``), else a
     folder path or fsspec URL of Parquet parts."""
     scheme, _, target = spec.partition(":")
     factory = SINKS.get(scheme)
     if factory is None:
         return ParquetSink(spec)
-    return factory(target.strip(), sql_url=sql_url)
+    return factory(target.strip(), sql_url=sql_url, owner=owner)
 
 
 # -- Parquet ------------------------------------------------------------------------------------
@@ -171,7 +185,7 @@ def _parquet(table: pa.Table) -> bytes:
 
 
 # -- SQL ----------------------------------------------------------------------------------------
-def _sql_sink(table: str, *, sql_url: str | None) -> Sink:
+def _sql_sink(table: str, *, sql_url: str | None, owner: SinkOwner | None = None) -> Sink:
     if not sql_url:
         raise ConfigError("--output sql:TABLE needs --sql-db URL (a SQLAlchemy database URL)")
     if not table.replace("_", "").isalnum() or len(table) > 100:
@@ -281,5 +295,5 @@ def _sql_type(kind: pa.DataType) -> Any:
 
 register_sink("sql", _sql_sink)
 
-__all__ = ["ERRORS", "MANIFEST", "MANIFEST_TABLE", "SINKS", "ParquetSink", "Sink", "SinkFactory",
+__all__ = ["ERRORS", "MANIFEST", "MANIFEST_TABLE", "SINKS", "ParquetSink", "Sink", "SinkFactory", "SinkOwner",
            "SqlSink", "open_sink", "register_sink"]
