@@ -295,5 +295,5 @@ def _sql_type(kind: pa.DataType) -> Any:
 
 register_sink("sql", _sql_sink)
 
-__all__ = ["ERRORS", "MANIFEST", "MANIFEST_TABLE", "SINKS", "ParquetSink", "Sink", "SinkFactory", "SinkOwner",
-           "SqlSink", "open_sink", "register_sink"]
+__all__ = ["ERRORS", "MANIFEST", "MANIFEST_TABLE", "SINKS", "ParquetSink", "Sink", "SinkFactory",
+           "SinkOwner", "SqlSink", "open_sink", "register_sink"]

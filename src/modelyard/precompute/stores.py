@@ -10,7 +10,8 @@ another's. Two stores are registered by URL scheme in :data:`STORES`:
 - **Redis** (``redis://``, ``rediss://``, ``unix://``; redis-py): one string per answer under
   ``<prefix><model>:<version>:<key>`` (prefix ``modelyard:precomputed:`` unless the URL's
   ``prefix`` query parameter says otherwise), holding the time it was written and the answer,
-  set with ``EX`` from the TTL in one pipeline per chunk; the manifest under ``<prefix><model>:<version>#manifest``.
+  set with ``EX`` from the TTL in one pipeline per chunk; the manifest under
+  ``<prefix><model>:<version>#manifest``.
 
 Every failure to reach a store is a :class:`~modelyard.errors.StorageError` naming it; the
 server turns one into a live answer.

@@ -338,5 +338,6 @@ class PrecomputedManifestRow(Base):
 __all__ = [
     "AliasEventRow", "AliasRow", "AuditRow", "Base", "DeploymentEventRow", "DeploymentRow",
     "DeploymentWindowRow", "DriftReportRow", "LabelRow", "LeaseRow", "ModelRow",
-    "MonitorEventRow", "PrecomputedManifestRow", "PrecomputedRow", "PredictionRow", "RunRow", "UTCDateTime", "VersionRow",
+    "MonitorEventRow", "PrecomputedManifestRow", "PrecomputedRow", "PredictionRow", "RunRow",
+    "UTCDateTime", "VersionRow",
 ]
