@@ -67,19 +67,23 @@ class Precomputed:
     # -- POST predict ---------------------------------------------------------------------------
     def runner_for(self, request: InferenceRequest) -> Runner | None:
         """The loaded runner whose precomputed answers may answer ``request``, or None (answer
-        it live, as usual): the version has a precompute section, no rollout routes the model
-        and some row carries the key."""
+        it live, as usual): the version has a precompute section and no rollout routes the
+        model."""
         if request.version is None and request.model in self.plane.rollouts.active:
             return None
         runner = self.catalog.runner_now(request.model, request.version)
         if runner is None or runner.closed or runner.precompute is None:
             return None
-        return runner if has_keys(request.payload, runner.precompute.key) else None
+        return runner
 
     async def infer(self, call: Call, request: InferenceRequest, runner: Runner
                     ) -> tuple[Prediction, Source]:
         """Answer ``request`` from the store where fresh, live for the rest (same version)."""
         section = runner.precompute
+        if not has_keys(request.payload, section.key):  # nothing to look up: live as usual
+            result = await self.plane.infer(call, request)
+            self.plane.metrics.count_source(runner.name, runner.version_str, LIVE)
+            return result, LIVE
         keys = keys_of(request.payload, section.key)
         found = await self.read(runner, [k for k in keys if k is not None])
         split = split_rows(keys, found, time.time(), section.ttl, scores=request.scores)
