@@ -126,7 +126,7 @@ def test_the_section_travels_with_the_version() -> None:
     back = VersionSettings.from_meta(orjson.loads(orjson.dumps(settings.to_meta())))
     assert back.precompute == settings.precompute
     assert VersionSettings.from_meta({}).precompute is None
-    with pytest.raises(ConfigError, match="precompute.ttl"):
+    with pytest.raises(ConfigError, match=r"precompute\.ttl"):
         VersionSettings.from_meta({"precompute": {"input": "x", "key": "id", "ttl": "x"}})
     assert VersionSettings.from_meta({"precompute": {"input": "x"}}, strict=False
                                      ).precompute is None
