@@ -79,12 +79,21 @@ class SinkOwner:
 class SinkFactory(Protocol):
     """Builds a sink from the part of ``--output`` after its scheme (``sql:TABLE`` -> TABLE)."""
 
-    def __call__(self, target: str, /, *, sql_url: str | None,
-                 owner: SinkOwner | None = None) -> Sink: ...
+    def __call__(self, target: str, /, *, sql_url: str | None) -> Sink: ...
+
+
+class OwnedSinkFactory(Protocol):
+    """Builds a sink that also needs to know whose answers it receives (an online store)."""
+
+    def __call__(self, target: str, /, *, sql_url: str | None, owner: SinkOwner) -> Sink: ...
 
 
 #: sinks by the scheme that starts ``--output`` (``sql:``); anything else is a Parquet folder
 SINKS: dict[str, SinkFactory] = {}
+
+
+#: sinks by scheme whose factories are also told the version and registry (``precomputed:``)
+OWNED_SINKS: dict[str, OwnedSinkFactory] = {}
 
 
 def register_sink(scheme: str, factory: SinkFactory) -> None:
@@ -92,14 +101,25 @@ def register_sink(scheme: str, factory: SinkFactory) -> None:
     SINKS[scheme] = factory
 
 
+def register_owned_sink(scheme: str, factory: OwnedSinkFactory) -> None:
+    """Like :func:`register_sink`, for a factory that is also given the :class:`SinkOwner`."""
+    OWNED_SINKS[scheme] = factory
+
+
 def open_sink(spec: str, *, sql_url: str | None = None, owner: SinkOwner | None = None) -> Sink:
     """The sink ``spec`` names: a registered scheme (``sql:TABLE`` with ``sql_url``), else a
     folder path or fsspec URL of Parquet parts."""
     scheme, _, target = spec.partition(":")
+    owned = OWNED_SINKS.get(scheme)
+    if owned is not None:
+        if owner is None:
+            raise ConfigError(f"--output {scheme}: is written by a batch job of a registered "
+                              "version")
+        return owned(target.strip(), sql_url=sql_url, owner=owner)
     factory = SINKS.get(scheme)
     if factory is None:
         return ParquetSink(spec)
-    return factory(target.strip(), sql_url=sql_url, owner=owner)
+    return factory(target.strip(), sql_url=sql_url)
 
 
 # -- Parquet ------------------------------------------------------------------------------------
@@ -185,7 +205,7 @@ def _parquet(table: pa.Table) -> bytes:
 
 
 # -- SQL ----------------------------------------------------------------------------------------
-def _sql_sink(table: str, *, sql_url: str | None, owner: SinkOwner | None = None) -> Sink:
+def _sql_sink(table: str, *, sql_url: str | None) -> Sink:
     if not sql_url:
         raise ConfigError("--output sql:TABLE needs --sql-db URL (a SQLAlchemy database URL)")
     if not table.replace("_", "").isalnum() or len(table) > 100:
@@ -295,5 +315,6 @@ def _sql_type(kind: pa.DataType) -> Any:
 
 register_sink("sql", _sql_sink)
 
-__all__ = ["ERRORS", "MANIFEST", "MANIFEST_TABLE", "SINKS", "ParquetSink", "Sink", "SinkFactory",
-           "SinkOwner", "SqlSink", "open_sink", "register_sink"]
+__all__ = ["ERRORS", "MANIFEST", "MANIFEST_TABLE", "OWNED_SINKS", "SINKS", "OwnedSinkFactory",
+           "ParquetSink", "Sink", "SinkFactory", "SinkOwner", "SqlSink", "open_sink",
+           "register_owned_sink", "register_sink"]

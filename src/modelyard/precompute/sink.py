@@ -16,7 +16,7 @@ import orjson
 import pyarrow as pa
 
 from modelyard.batch.plan import Manifest, Start
-from modelyard.batch.sinks import Sink, SinkOwner, register_sink
+from modelyard.batch.sinks import Sink, SinkOwner, register_owned_sink
 from modelyard.errors import ConfigError
 from modelyard.precompute.freshness import encode_answer, key_of
 from modelyard.precompute.stores import OnlineStore, open_store, store_url
@@ -86,11 +86,7 @@ def rows_of(scored: pa.Table, key: str) -> list[tuple[str, bytes]]:
     return out
 
 
-def _precomputed_sink(target: str, *, sql_url: str | None,
-                      owner: SinkOwner | None = None) -> Sink:
-    if owner is None:
-        raise ConfigError("--output precomputed: is written by a batch job of a registered "
-                          "version")
+def _precomputed_sink(target: str, *, sql_url: str | None, owner: SinkOwner) -> Sink:
     if not target:
         raise ConfigError("--output precomputed:STORE names a store: 'registry' or a redis:// "
                           "URL")
@@ -102,6 +98,6 @@ def _precomputed_sink(target: str, *, sql_url: str | None,
     return PrecomputedSink(store, owner.version.model, owner.version.version, ttl)
 
 
-register_sink(SCHEME, _precomputed_sink)
+register_owned_sink(SCHEME, _precomputed_sink)
 
 __all__ = ["SCHEME", "PrecomputedSink", "rows_of"]
