@@ -71,6 +71,17 @@ def expected(reg: Registry, ref: str, rows: list[dict[str, float]]) -> Any:
     return got.predictions.tolist(), got.scores.tolist()
 
 
+def logged_variants(c: httpx.Client, request_id: str) -> list[str]:
+    """The variants the prediction log holds for a request (it writes in the background)."""
+    deadline = time.monotonic() + 30
+    while True:
+        r = c.get(f"/api/v1/models/tab/predictions/{request_id}")
+        if (r.status_code == 200 and len(r.json()["predictions"]) == 2) or \
+                time.monotonic() > deadline:
+            return [p["variant"] for p in r.json().get("predictions", [])]
+        time.sleep(0.2)
+
+
 @pytest.fixture()
 def served(setup: Setup) -> Iterator[tuple[Registry, ServerProcess]]:
     settings = Settings.from_env(home=setup.home, actor="tester",
@@ -109,6 +120,18 @@ def test_answers_by_key_from_the_store_live_for_the_rest_and_never_another_versi
         assert r.status_code == 200, r.text
         assert r.headers["x-prediction-source"] == "precomputed"
         assert len(r.json()["scores"]) == 2 and r.json()["classes"] == [0, 1]
+
+        # columns carry keys too; the answer's rows keep the request's order
+        r = c.post("/v1/models/tab/predict", json={"columns": {
+            "id": [999, 100], **{f: [row999[f], row100[f]] for f in FEATURES}}})
+        assert r.headers["x-prediction-source"] == "mixed"
+        assert r.json()["predictions"] == [want[2], want[0]]
+
+        # the prediction log says where each part came from
+        r = c.post("/v1/models/tab/predict", headers={"X-Request-Id": "pc-mixed"},
+                   json={"records": [{"id": 104, **features(setup, 104)}, {"id": 998, **row999}]})
+        assert r.headers["x-prediction-source"] == "mixed"
+        assert sorted(logged_variants(c, "pc-mixed")) == ["precomputed", "production"]
 
         # no key: live, and the answer says so
         r = c.post("/v1/models/tab/predict", json={"records": [row999]})

@@ -32,6 +32,7 @@ REGISTRY = "registry"
 ANSWERS_TABLE = "precomputed"
 MANIFESTS_TABLE = "precomputed_manifests"
 DEFAULT_PREFIX = "modelyard:precomputed:"
+_READ_KEYS = 500  # keys per SELECT: well under SQLite's limit on bound parameters
 
 
 class OnlineStore(Protocol):
@@ -145,13 +146,16 @@ class SqlStore:
     def read(self, model: str, version: int, keys: Sequence[str]) -> dict[str, Stored]:
         from sqlalchemy import select
 
-        if not keys:
-            return {}
         t = _ANSWERS
-        query = select(t.c.key, t.c.answer, t.c.written_at).where(
-            t.c.model == model, t.c.version == version, t.c.key.in_(list(set(keys))))
+        unique = list(dict.fromkeys(keys))
+        out: dict[str, Stored] = {}
         with self._failures("read from"), self.engine.connect() as conn:
-            return {k: Stored(a.encode(), float(w)) for k, a, w in conn.execute(query)}
+            for start in range(0, len(unique), _READ_KEYS):  # bound parameters per statement
+                query = select(t.c.key, t.c.answer, t.c.written_at).where(
+                    t.c.model == model, t.c.version == version,
+                    t.c.key.in_(unique[start:start + _READ_KEYS]))
+                out.update((k, Stored(a.encode(), float(w))) for k, a, w in conn.execute(query))
+        return out
 
     def read_manifest(self, model: str, version: int) -> bytes | None:
         from sqlalchemy import select

@@ -253,7 +253,8 @@ _LOGGED = {"type": "object",
                "at": {"type": "string", "format": "date-time"},
                "version": {"type": "integer"},
                "variant": {"type": "string",
-                           "description": "production, stable, candidate or shadow"},
+                           "description": "production, stable, candidate, shadow, or "
+                                          "precomputed (rows answered from a store)"},
                "latency_ms": {"type": "number"}, "rows": {"type": "integer"},
                "inputs": {"type": "object",
                           "description": "What the log keeps of the inputs: columns for tables "
