@@ -140,7 +140,7 @@ class SqlStore:
             return
         values = [{"model": model, "version": version, "key": key, "answer": answer.decode(),
                    "written_at": written_at} for key, answer in rows]
-        with self._failures("write to"), self.engine.begin() as conn:
+        with self._failures("write"), self.engine.begin() as conn:
             conn.execute(self._upsert, values)
 
     def read(self, model: str, version: int, keys: Sequence[str]) -> dict[str, Stored]:
@@ -149,7 +149,7 @@ class SqlStore:
         t = _ANSWERS
         unique = list(dict.fromkeys(keys))
         out: dict[str, Stored] = {}
-        with self._failures("read from"), self.engine.connect() as conn:
+        with self._failures("read"), self.engine.connect() as conn:
             for start in range(0, len(unique), _READ_KEYS):  # bound parameters per statement
                 query = select(t.c.key, t.c.answer, t.c.written_at).where(
                     t.c.model == model, t.c.version == version,
@@ -161,7 +161,7 @@ class SqlStore:
         from sqlalchemy import select
 
         m = _MANIFESTS
-        with self._failures("read from"), self.engine.connect() as conn:
+        with self._failures("read"), self.engine.connect() as conn:
             found = conn.execute(select(m.c.manifest).where(
                 m.c.model == model, m.c.version == version)).scalar()
         return None if found is None else str(found).encode()
@@ -170,7 +170,7 @@ class SqlStore:
         from sqlalchemy import delete, insert
 
         m = _MANIFESTS
-        with self._failures("write to"), self.engine.begin() as conn:
+        with self._failures("write"), self.engine.begin() as conn:
             conn.execute(delete(m).where(m.c.model == model, m.c.version == version))
             if manifest is not None:
                 conn.execute(insert(m).values(model=model, version=version,
@@ -241,7 +241,7 @@ class RedisStore:
               written_at: float, ttl_s: float) -> None:
         expire = max(1, math.ceil(ttl_s))
         stamp = f"{written_at:.6f} ".encode()
-        with self._failures("write to"):
+        with self._failures("write"):
             pipe = self.client.pipeline(transaction=False)
             for key, answer in rows:
                 pipe.set(self._name(model, version, key), stamp + answer, ex=expire)
@@ -251,7 +251,7 @@ class RedisStore:
         if not keys:
             return {}
         unique = list(dict.fromkeys(keys))
-        with self._failures("read from"):
+        with self._failures("read"):
             values = self.client.mget([self._name(model, version, k) for k in unique])
         out: dict[str, Stored] = {}
         for key, value in zip(unique, values, strict=True):
@@ -265,13 +265,13 @@ class RedisStore:
         return out
 
     def read_manifest(self, model: str, version: int) -> bytes | None:
-        with self._failures("read from"):
+        with self._failures("read"):
             found = self.client.get(self._manifest(model, version))
         return None if found is None else bytes(found)
 
     def write_manifest(self, model: str, version: int, manifest: bytes | None) -> None:
         name = self._manifest(model, version)
-        with self._failures("write to"):
+        with self._failures("write"):
             if manifest is None:
                 self.client.delete(name)
             else:
