@@ -202,3 +202,31 @@ def test_the_cli_precomputes_and_fails_with_its_exit_codes(reg: Registry,
     no_key = invoke(home, "batch", "plain", "-i", str(tmp_path / "population.parquet"),
                     "-o", "precomputed:registry", "--restart")
     assert no_key.exit_code == 2 and "exactly one --key" in no_key.stderr
+
+
+# -- when the scheduler runs it (pure) ----------------------------------------------------------
+def test_when_the_scheduler_precomputes() -> None:
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from modelyard.precompute.schedule import last_precompute, precompute_trigger
+
+    section = spec().precompute
+    quiet = spec(on_promotion=False).precompute
+    assert section is not None and quiet is not None
+    at = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+    before_2am, after_2am = at.replace(hour=1), at.replace(hour=3)
+    assert precompute_trigger(section, None, None, False, None, at) is None  # nothing served
+    assert precompute_trigger(section, None, 3, False, None, at) == (
+        "precompute:promotion: v3 has no precomputed answers yet")
+    assert precompute_trigger(quiet, None, 3, False, None, at) is None
+    assert precompute_trigger(section, "0 2 * * *", 3, True, before_2am, at) == (
+        "precompute:schedule: 0 2 * * *")
+    assert precompute_trigger(section, "0 2 * * *", 3, True, after_2am, at) is None
+    assert precompute_trigger(quiet, "0 2 * * *", 3, False, None, at) is not None
+
+    runs = [SimpleNamespace(kind="train", trigger="schedule: x", started_at=after_2am),
+            SimpleNamespace(kind="batch", trigger="manual", started_at=after_2am),
+            SimpleNamespace(kind="batch", trigger="precompute:manual", started_at=before_2am)]
+    assert last_precompute(runs) == before_2am  # type: ignore[arg-type]
+    assert last_precompute([]) is None

@@ -17,13 +17,17 @@ import orjson
 from modelyard.batch import BatchJob, BatchSummary, ChunkDone, Manifest, score
 from modelyard.errors import ConfigError, ConflictError
 from modelyard.precompute.sink import SCHEME
-from modelyard.precompute.stores import open_store, store_url
+from modelyard.precompute.stores import REGISTRY, open_store, store_url
 from modelyard.version_settings import VersionSettings
 
 if TYPE_CHECKING:
     from modelyard.registry import Registry
     from modelyard.registry.records import ModelVersion
     from modelyard.spec import PrecomputeSpec
+
+
+#: the trigger of a run started by hand (``modelyard precompute``); the scheduler's say why
+MANUAL = "precompute:manual"
 
 
 def section_of(version: ModelVersion) -> PrecomputeSpec:
@@ -45,7 +49,9 @@ def should_restart(found: Manifest | None) -> bool:
 def read_manifest(registry: Registry, version: ModelVersion, section: PrecomputeSpec
                   ) -> Manifest | None:
     """The manifest of the version's last precompute run, if any."""
-    store = open_store(store_url(section.store, registry.db.url))
+    own = section.store == REGISTRY  # the registry's own engine, not one more
+    store = open_store(store_url(section.store, registry.db.url),
+                       engine=registry.db.engine if own else None)
     try:
         found = store.read_manifest(version.model, version.version)
     finally:
@@ -53,7 +59,7 @@ def read_manifest(registry: Registry, version: ModelVersion, section: Precompute
     return None if found is None else Manifest.from_dict(orjson.loads(found))
 
 
-def precompute(registry: Registry, ref: str, *, trigger: str = "manual",
+def precompute(registry: Registry, ref: str, *, trigger: str = MANUAL,
                on_chunk: Callable[[ChunkDone], None] | None = None) -> BatchSummary:
     """Score the precompute input of the version ``ref`` names into its online store."""
     version = registry.resolve(ref)
@@ -78,4 +84,4 @@ def job_for(version: ModelVersion, section: PrecomputeSpec, *, trigger: str,
                     sql_url=section.url, trigger=trigger)
 
 
-__all__ = ["job_for", "precompute", "read_manifest", "section_of", "should_restart"]
+__all__ = ["MANUAL", "job_for", "precompute", "read_manifest", "section_of", "should_restart"]
