@@ -185,10 +185,12 @@ class Precomputed:
         if policy is None or predlog is None or not policy.sampled():
             return
         rows = sorted(split.hits)
+        inputs = rows_of(request.payload, rows, runner.precompute.key, drop=drop)
+        if not has_inputs(inputs, runner.predictor.signature.names):
+            return  # keys sent without their inputs: nothing to log them by
         try:
-            batch, n = runner.prepare(rows_of(request.payload, rows, runner.precompute.key,
-                                              drop=drop))
-        except Exception:  # keys sent without their inputs: nothing to log them by
+            batch, n = runner.prepare(inputs)
+        except Exception:  # inputs the model would refuse: logged by no one
             return
         answer = _merged(len(rows), Split({j: split.hits[i] for j, i in enumerate(rows)}, []),
                          None, request.scores)
@@ -209,6 +211,13 @@ def has_keys(payload: Any, key: str) -> bool:
     if isinstance(payload, dict):
         return key in payload  # one record, or columns
     return isinstance(payload, list) and any(isinstance(r, dict) and key in r for r in payload)
+
+
+def has_inputs(payload: Any, names: Any) -> bool:
+    """Whether every row of a records or columns payload has every input ``names`` lists."""
+    if isinstance(payload, dict):
+        return all(name in payload for name in names)
+    return all(isinstance(r, dict) and all(name in r for name in names) for r in payload)
 
 
 def keys_of(payload: Any, key: str) -> list[str | None]:
@@ -241,4 +250,4 @@ def _merged(n: int, split: Split, live: Prediction | None, scores: bool) -> Pred
                       None if merged_scores is None else np.asarray(merged_scores), classes)
 
 
-__all__ = ["HEADER", "Precomputed", "has_keys", "keys_of", "rows_of"]
+__all__ = ["HEADER", "Precomputed", "has_inputs", "has_keys", "keys_of", "rows_of"]
