@@ -16,7 +16,8 @@ Lookups are always by the version that answers (the served alias's version, or t
 path), so after a promotion the old version's answers are never served as the new one's. Not
 while a rollout routes the model (its variants answer live). Store reads run on the catalog's
 I/O thread, never on the event loop; a store that fails answers nothing, so every row goes
-live (logged at most once a minute), never a 500.
+live (logged at most once a minute), never a 500, and it is not asked again for 5 s, so a
+store that hangs until its timeouts does not hold every request (and the I/O thread) that long.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 
 HEADER = b"x-prediction-source"
 _QUIET_S = 60.0  # one log line per minute while a store is down
+_RETRY_S = 5.0  # after a failed read, rows go live without asking the store for this long
 
 
 class Precomputed:
@@ -62,6 +64,8 @@ class Precomputed:
         self._stores: dict[str, OnlineStore] = {}
         self._rows = RowReader()
         self._complained = 0.0
+        #: store -> until when it is not asked (monotonic seconds), after a failed read
+        self._down_until: dict[str, float] = {}
         plane.closers.append(self.close)
 
     # -- POST predict ---------------------------------------------------------------------------
@@ -138,15 +142,17 @@ class Precomputed:
     async def read(self, runner: Runner, keys: list[str]) -> dict[str, Stored]:
         """The stored answers of ``keys`` for the runner's version; nothing when the store
         fails (the rows then go live)."""
-        if not keys:
-            return {}
         section = runner.precompute
+        if not keys or time.monotonic() < self._down_until.get(section.store, 0.0):
+            return {}
         try:
             found: dict[str, Stored] = await self.catalog.io(
                 self._read, section.store, runner.name, runner.version, keys)
         except Exception as exc:  # an outage degrades to live answers, never to a 500
+            # and for a while no request waits on the store's timeouts (nor the I/O thread)
+            self._down_until[section.store] = time.monotonic() + _RETRY_S
             self._complain(f"precomputed answers of {runner.name}:{runner.version} unreadable, "
-                           f"answering live: {exc}")
+                           f"answering live for {_RETRY_S:g} s: {exc}")
             return {}
         return found
 
