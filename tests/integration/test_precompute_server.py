@@ -172,6 +172,9 @@ def test_a_stale_answer_is_answered_live(setup: Setup,
         assert r.json()["predictions"] == want
         r = c.post("/v1/models/tab/predict", json={"records": [{"id": 105}]})
         assert r.status_code == 422  # stale, and no inputs to answer it live with
+        r = c.post("/v1/models/tab/predict", json={"records": [{"id": 100}, {"id": 105}]})
+        assert r.status_code == 422  # its error names the request's row, not the live part's
+        assert {tuple(e["loc"]) for e in r.json()["detail"]} == {(1, f) for f in FEATURES}
 
 
 def test_a_promotion_never_serves_the_old_versions_answers(

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from modelyard.batch import ChunkDone
 from modelyard.cli import main
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, InputError
 from modelyard.precompute.freshness import (
     Split,
     Stored,
@@ -30,7 +30,7 @@ from modelyard.precompute.lookup import key_query
 from modelyard.precompute.stores import open_store
 from modelyard.predictor import load
 from modelyard.registry import Registry
-from modelyard.serving.precomputed import has_keys, keys_of, rows_of
+from modelyard.serving.precomputed import has_inputs, has_keys, keys_of, renumbered, rows_of
 from modelyard.spec import Spec, parse_duration
 from modelyard.testing.models import register_hgb, tabular_data
 from modelyard.version_settings import VersionSettings
@@ -82,6 +82,21 @@ def test_payloads_by_key_records_and_columns() -> None:
     assert rows_of(columns, [1], "id", drop=True) == {"f0": [0.6]}
     assert rows_of(columns, [1], "id", drop=False) == {"id": [2], "f0": [0.6]}
     assert keys_of({"id": 5, "f0": 1.0}, "id") == ["5"]  # one record
+    assert has_inputs([{"f0": 1}], ["f0"]) and not has_inputs([{"f0": 1}, {}], ["f0"])
+    assert has_inputs(columns, ["f0"]) and not has_inputs(columns, ["f1"])
+
+
+def test_errors_of_the_live_rows_name_the_requests_rows() -> None:
+    # the live part held request rows 1 and 3; its row 1 (request row 3) lacked f2
+    exc = renumbered(InputError("record 1 has no 'f2'", [{"loc": [1, "f2"], "msg": "field "
+                                                            "required"}]), [1, 3], "id")
+    assert exc.errors == [{"loc": [3, "f2"], "msg": "field required"}]
+    assert str(exc) == ("the rows without a fresh precomputed answer for their id must carry "
+                        "the model's inputs: 3.f2: field required")
+    columns = renumbered(InputError("x", [{"loc": ["f1", 0], "msg": "bad"}]), [2], "id")
+    assert columns.errors == [{"loc": ["f1", 2], "msg": "bad"}]
+    one = renumbered(InputError("x", [{"loc": ["f1"], "msg": "field required"}]), [4], "id")
+    assert one.errors == [{"loc": [4, "f1"], "msg": "field required"}]
 
 
 def test_the_input_row_query_binds_the_key() -> None:

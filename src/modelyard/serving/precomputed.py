@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelyard.errors import NotFoundError
+from modelyard.errors import InputError, NotFoundError
 from modelyard.precompute.freshness import (
     LIVE,
     PRECOMPUTED,
@@ -96,8 +96,13 @@ class Precomputed:
         live: Prediction | None = None
         if split.live:
             rest = rows_of(request.payload, split.live, section.key, drop=drop)
-            live = await self.plane.infer(call, InferenceRequest(
-                request.model, runner.version, rest, request.scores))
+            try:
+                live = await self.plane.infer(call, InferenceRequest(
+                    request.model, runner.version, rest, request.scores))
+            except InputError as exc:  # its row numbers are the live rows': the request's
+                if not split.hits:
+                    raise
+                raise renumbered(exc, split.live, section.key) from None
         result = _merged(len(keys), split, live, request.scores)
         self.plane.metrics.count_source(runner.name, runner.version_str, split.source)
         if split.hits:
@@ -243,6 +248,25 @@ def rows_of(payload: Any, rows: list[int], key: str, *, drop: bool) -> Any:
     return [{k: v for k, v in records[i].items() if not (drop and k == key)} for i in rows]
 
 
+def renumbered(exc: InputError, rows: list[int], key: str) -> InputError:
+    """``exc`` of a request made of the request's ``rows`` (those without a fresh answer), with
+    its row numbers turned back into the request's."""
+    errors = []
+    for error in exc.errors:
+        loc = list(error.get("loc", ()))
+        for i, part in enumerate(loc[:2]):  # records: [row, field]; columns: [field, row]
+            if isinstance(part, int) and 0 <= part < len(rows):
+                loc[i] = rows[part]
+                break
+        else:
+            if len(rows) == 1:  # a one-row input's errors name no row
+                loc.insert(0, rows[0])
+        errors.append({**error, "loc": loc})
+    shown = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
+    return InputError(f"the rows without a fresh precomputed answer for their {key} must carry "
+                      f"the model's inputs: {shown or exc}", errors)
+
+
 def _merged(n: int, split: Split, live: Prediction | None, scores: bool) -> Prediction:
     predictions, merged_scores = merge(
         n, split, [] if live is None else np.asarray(live.predictions).tolist(),
@@ -256,4 +280,5 @@ def _merged(n: int, split: Split, live: Prediction | None, scores: bool) -> Pred
                       None if merged_scores is None else np.asarray(merged_scores), classes)
 
 
-__all__ = ["HEADER", "Precomputed", "has_inputs", "has_keys", "keys_of", "rows_of"]
+__all__ = ["HEADER", "Precomputed", "has_inputs", "has_keys", "keys_of", "renumbered",
+           "rows_of"]
