@@ -57,7 +57,10 @@ _REGISTRY = (500, 503)
 
 _PREDICT_BODY = {
     "type": "object",
-    "description": "Exactly one of records, columns, instances or inputs.",
+    "description": "Exactly one of records, columns, instances or inputs. For a version "
+                   "with precomputed answers, records (or columns) carrying the key field "
+                   "are answered from the store where fresh and live for the rest "
+                   "(X-Prediction-Source: precomputed, live or mixed).",
     "properties": {
         "records": {"type": "array", "items": {"type": "object"}},
         "columns": {"type": "object", "additionalProperties": {"type": "array"}},
@@ -73,6 +76,10 @@ _PREDICT_OK = _obj(
     request_id={"type": "string",
                 "description": "Names this answer in feedback (also X-Request-Id)"})
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"},
+        "description": "A value of the precompute section's key column"}
+_PRECOMPUTED_OK = {**_PREDICT_OK, "required": [*_PREDICT_OK["required"], "key"],
+                   "properties": {**_PREDICT_OK["properties"], "key": _STR}}
 _VERSION = {"name": "version", "in": "path", "required": True,
             "schema": {"type": "integer", "minimum": 1}}
 _SCORES = {"name": "scores", "in": "query", "required": False, "schema": {"type": "boolean"}}
@@ -246,7 +253,8 @@ _LOGGED = {"type": "object",
                "at": {"type": "string", "format": "date-time"},
                "version": {"type": "integer"},
                "variant": {"type": "string",
-                           "description": "production, stable, candidate or shadow"},
+                           "description": "production, stable, candidate, shadow, or "
+                                          "precomputed (rows answered from a store)"},
                "latency_ms": {"type": "number"}, "rows": {"type": "integer"},
                "inputs": {"type": "object",
                           "description": "What the log keeps of the inputs: columns for tables "
@@ -365,6 +373,17 @@ OPENAPI: dict[str, Any] = {
                                               [_NAME, _SCORES]),
         "/v1/models/{name}/versions/{version}/predict": _predict(
             "Predict with one version", [_NAME, _VERSION, _SCORES]),
+        "/v1/models/{name}/precomputed/{key}": {"get": {
+            "summary": "The served version's precomputed answer for one key (X-Prediction-"
+                       "Source: precomputed), or live from its input row when that is missing "
+                       "or older than the TTL and the precompute input is SQL (live)",
+            "parameters": [_NAME, _KEY, _SCORES],
+            "responses": {"200": _json(_PRECOMPUTED_OK), **_errors(500, 503, 504),
+                          "404": _json(_ERROR, "unknown model, a version without precomputed "
+                                               "answers, or no fresh answer for the key and "
+                                               "no input row to answer it live from: POST "
+                                               "its inputs to /v1/models/{name}/predict")},
+        }},
         "/v2": _get("OIP server metadata", None, _obj(
             ["name", "version", "extensions"], name=_STR, version=_STR,
             extensions={"type": "array", "items": _STR}, parameters=_SERVES)),
