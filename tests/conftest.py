@@ -4,7 +4,8 @@ artifact folders.
 PostgreSQL tests get a database of their own, created here and dropped afterwards. Where the
 server is unreachable they are skipped with the reason, except under ``CI``, where a missing
 server is a failure so that nothing is silently skipped. The same holds for the S3 endpoint
-(moto's server, started here once a session on 127.0.0.1).
+(moto's server, started here once a session on 127.0.0.1) and the local Redis (``redis_url``:
+a key prefix of the test's own, its keys deleted afterwards).
 """
 
 from __future__ import annotations
@@ -188,6 +189,39 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+REDIS_URL = os.environ.get("MODELYARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture()
+def redis_url() -> Iterator[str]:
+    """The local Redis as a precompute store URL with a key prefix of this test's own; every
+    key under it is deleted afterwards. Skipped when Redis is unreachable, failed under CI."""
+    try:
+        import redis
+    except ImportError:
+        _redis_unavailable("redis-py is not installed (pip install 'modelyard[redis]')")
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        _redis_unavailable(str(exc))
+    prefix = f"modelyard-test-{uuid.uuid4().hex[:12]}:"
+    try:
+        yield f"{REDIS_URL}?prefix={prefix}"
+    finally:
+        for key in list(client.scan_iter(match=f"{prefix}*", count=1000)):
+            client.delete(key)
+        client.close()
+
+
+def _redis_unavailable(reason: str) -> NoReturn:
+    message = f"Redis at {REDIS_URL} is not usable: {reason}"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (CI is set, so this fails instead of skipping)")
+    pytest.skip(message)
 
 
 @pytest.fixture()

@@ -192,8 +192,10 @@ def has_policy(policy: RetrainSpec) -> bool:
 
 
 def watches(spec: Spec) -> bool:
-    """Whether the scheduler has anything to do for ``spec``: a retrain policy or alert rules."""
-    return has_policy(spec.retrain) or bool(spec.monitoring.alerts)
+    """Whether the scheduler has anything to do for ``spec``: a retrain policy, alert rules or
+    precomputed answers."""
+    return has_policy(spec.retrain) or bool(spec.monitoring.alerts) or \
+        spec.precompute is not None
 
 
 def window_values(windows: Sequence[MetricWindow], version: int | None) -> tuple[Values, int]:
@@ -211,7 +213,7 @@ class Action:
     """One thing a tick did for a model: an alert, a trigger, a run's result, a skip, an error."""
 
     model: str
-    kind: str  # alert | trigger | retrain | rollout | skip | recover | error | idle
+    kind: str  # alert | trigger | retrain | rollout | precompute | skip | recover | error | idle
     message: str
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -238,8 +240,10 @@ class Scheduler:
             raise ConfigError(f"the scheduler's interval must be above 0 seconds, "
                               f"not {interval_s!r}")
         for spec in specs.values():
-            if spec.retrain.schedule is not None:
-                cron.parse(spec.retrain.schedule)  # a bad schedule fails now, not at 3 am
+            for schedule in (spec.retrain.schedule,
+                             spec.precompute.schedule if spec.precompute else None):
+                if schedule is not None:
+                    cron.parse(schedule)  # a bad schedule fails now, not at 3 am
         self.registry = registry
         self.specs = dict(specs)
         self.interval_s = float(interval_s)
@@ -301,6 +305,8 @@ class Scheduler:
                 actions.append(self._emit(Action(
                     name, "alert", message, {"severity": change.severity, "state": change.state,
                                              "rule": change.rule})))
+        if spec.precompute is not None:
+            actions.extend(self._precompute(name, spec, runs, production, at))
         decision = retrain_decision(spec.retrain, evidence, min_labels=spec.monitoring.min_rows,
                                     cooldown_s=spec.monitoring.window_s)
         if decision.trigger is not None:
@@ -332,13 +338,14 @@ class Scheduler:
         if production is not None and watched & {"p99_ms", "error_rate"}:
             latency = self.monitor.latency(name, since=since)
             values["p99_ms"], values["error_rate"] = latency.p99_ms, latency.error_rate
-        last_run = runs[0].started_at if runs else None
+        trained = [r for r in runs if r.kind == "train"]  # batch runs are no retraining
+        last_run = trained[0].started_at if trained else None
         new_labels = None
         if policy.new_labels is not None:
             new_labels = self.monitor.labels_since(name, last_run)
         evidence = Evidence(
             now=at, last_run_at=last_run,
-            last_schedule_run_at=next((r.started_at for r in runs
+            last_schedule_run_at=next((r.started_at for r in trained
                                        if r.trigger.startswith("schedule")), None),
             drift_share=drift, metrics=metrics, labeled=labeled, new_labels=new_labels)
         return evidence, values
@@ -439,6 +446,45 @@ class Scheduler:
         self.monitor.add_event(name, "retrain", kind, message, severity=severity,
                                details=details)
         return self._emit(Action(name, "retrain", message, details))
+
+    # -- precomputed answers --------------------------------------------------------------------
+    def _precompute(self, name: str, spec: Spec, runs: list[Run], production: int | None,
+                    at: datetime) -> list[Action]:
+        """Precompute the production version's answers when promoted or on the cron, under the
+        lease ``precompute:<model>`` (one scheduler at a time)."""
+        from modelyard.precompute.job import precompute, read_manifest
+        from modelyard.precompute.schedule import last_precompute, precompute_trigger
+        from modelyard.version_settings import VersionSettings
+
+        if production is None or spec.precompute is None:
+            return []
+        version = self.registry.get_version(name, production)
+        section = VersionSettings.of(version, strict=False).precompute
+        if section is None:
+            return []  # registered without a precompute section: the server answers live
+        has_answers = read_manifest(self.registry, version, section) is not None
+        trigger = precompute_trigger(section, spec.precompute.schedule, production,
+                                     has_answers, last_precompute(runs), at)
+        if trigger is None:
+            return []
+        lease, ttl = f"precompute:{name}", spec.timeout_s + _LEASE_MARGIN_S
+        if not self.leases.acquire(lease, self.holder, ttl):
+            return [self._emit(Action(name, "skip", f"{trigger}; "
+                                      f"{self.leases.holder(lease) or 'another scheduler'} "
+                                      f"holds {lease}", {"trigger": trigger}))]
+        try:
+            with self._keep(lease, ttl):
+                summary = precompute(self.registry, version.ref, trigger=trigger[:_TRIGGER_LEN])
+        except ModelyardError as exc:
+            return [self._emit(Action(name, "error", f"{trigger}; precompute of {version.ref} "
+                                      f"failed: {exc}", {"trigger": trigger}))]
+        finally:
+            self.leases.release(lease, self.holder)
+        return [self._emit(Action(name, "precompute", (
+            f"{trigger}; {summary.rows} answers of {version.ref} in {section.store}"
+            + (f", {summary.errors} rows refused" if summary.errors else "")),
+            {"trigger": trigger, "run": summary.run_id, "version": production,
+             "rows": summary.rows, "errors": summary.errors}))]
 
     # -- recovery and leases --------------------------------------------------------------------
     def _recover(self, name: str, runs: list[Run]) -> list[Action]:

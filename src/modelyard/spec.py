@@ -229,6 +229,98 @@ class RetrainSpec(BaseModel):
         return value
 
 
+#: seconds per unit of a duration such as ``"24h"`` (``precompute.ttl``).
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_KEY_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a duration such as ``"90s"``, ``"15m"``, ``"24h"``, ``"7d"``;
+    :class:`ValueError` for anything else or a value not above 0."""
+    if isinstance(value, bool):
+        raise ValueError("expected seconds or a duration such as '24h'")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        found = _DURATION.match(str(value))
+        if found is None:
+            raise ValueError(f"{value!r} is not a duration; use seconds or a number with s, m, "
+                             "h or d, such as '24h'")
+        seconds = float(found.group(1)) * _UNITS[found.group(2) or "s"]
+    if not 0 < seconds < float("inf"):
+        raise ValueError("must be above 0 seconds")
+    return seconds
+
+
+class PrecomputeSpec(BaseModel):
+    """Score a known population ahead of time and serve its answers by key (live fallback).
+
+    ``input`` takes what ``modelyard batch --input`` takes (files, globs, fsspec URLs, or
+    ``sql:SELECT ...`` with ``url``); ``key`` is its id column; ``store`` is ``registry`` (the
+    registry database) or a ``redis://`` URL; answers older than ``ttl`` are answered live.
+    """
+
+    model_config = _STRICT
+
+    input: str | list[str]
+    key: str
+    url: str | None = None  # the database a sql: input runs against
+    store: str = "registry"
+    ttl: float = 86400.0
+    schedule: str | None = None  # cron, e.g. "0 2 * * *"
+    on_promotion: bool = True
+    chunk_rows: int = Field(10_000, ge=1, le=10_000_000)
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _ttl(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not _KEY_COLUMN.match(value):
+            raise ValueError("key must be a column name: letters, digits and _")
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        if value != "registry" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("store must be 'registry' (the registry database) or a "
+                             "redis:// URL")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError("schedule must be a 5-field cron expression, e.g. '0 2 * * *'")
+        return value
+
+    @model_validator(mode="after")
+    def _sql_needs_url(self) -> PrecomputeSpec:
+        inputs = [self.input] if isinstance(self.input, str) else self.input
+        if not inputs:
+            raise ValueError("input names no files")
+        if any(i.startswith("sql:") for i in inputs) and not self.url:
+            raise ValueError("a sql: input needs url: the database URL to run it against")
+        return self
+
+    @property
+    def inputs(self) -> str | tuple[str, ...]:
+        """``input`` as a batch job takes it."""
+        return self.input if isinstance(self.input, str) else tuple(self.input)
+
+    @property
+    def sql_query(self) -> str | None:
+        """The query of a ``sql:`` input (None for files)."""
+        if isinstance(self.input, str) and self.input.startswith("sql:"):
+            return self.input[4:].strip()
+        return None
+
+
 #: what alert rules may watch besides the model's declared metrics.
 ALERT_SIGNALS = ("drift_share", "p99_ms", "error_rate")
 
@@ -301,6 +393,7 @@ class Spec(BaseModel):
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
     monitoring: MonitorSpec = Field(default_factory=MonitorSpec)
+    precompute: PrecomputeSpec | None = None
     timeout_s: float = Field(3600.0, gt=0)
     #: names of your own code the artifact may hold, trusted when it is registered and loaded:
     #: classes and functions of a scikit-learn model ("module.name"), operators of a torch
@@ -488,6 +581,7 @@ __all__ = [
     "DataSpec",
     "GateSpec",
     "MonitorSpec",
+    "PrecomputeSpec",
     "RetrainSpec",
     "RolloutSpec",
     "ServingSpec",
@@ -499,4 +593,5 @@ __all__ = [
     "load_project",
     "load_yaml",
     "model",
+    "parse_duration",
 ]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from modelyard.errors import ConfigError
-from modelyard.spec import MonitorSpec, RolloutSpec, ServingSpec
+from modelyard.spec import MonitorSpec, PrecomputeSpec, RolloutSpec, ServingSpec
 
 if TYPE_CHECKING:
     from modelyard.registry.records import ModelVersion
@@ -51,6 +51,8 @@ class VersionSettings:
     monitoring: MonitorSpec = field(default_factory=MonitorSpec)
     rollout: RolloutSpec = field(default_factory=RolloutSpec)
     metrics: tuple[str, ...] | None = None
+    #: the ``precompute`` section (None: the version's answers are never precomputed)
+    precompute: PrecomputeSpec | None = None
 
     @classmethod
     def of(cls, version: ModelVersion, *, strict: bool = True) -> VersionSettings:
@@ -68,13 +70,14 @@ class VersionSettings:
         return cls(serving=_section(meta, "serving", ServingSpec, ref, strict),
                    monitoring=_section(meta, "monitoring", MonitorSpec, ref, strict),
                    rollout=_section(meta, "rollout", RolloutSpec, ref, strict),
-                   metrics=_metrics(meta, ref, strict))
+                   metrics=_metrics(meta, ref, strict),
+                   precompute=_precompute(meta, ref, strict))
 
     @classmethod
     def from_spec(cls, spec: Spec) -> VersionSettings:
         """What a version trained from ``spec`` carries."""
         return cls(serving=spec.serving, monitoring=spec.monitoring, rollout=spec.rollout,
-                   metrics=tuple(spec.metrics))
+                   metrics=tuple(spec.metrics), precompute=spec.precompute)
 
     def to_meta(self) -> dict[str, Any]:
         """The sections as the registry stores them in a version's ``meta``."""
@@ -85,6 +88,8 @@ class VersionSettings:
             "metrics": list(self.metrics or ()),
             "monitoring": self.monitoring.model_dump(mode="json"),
             "rollout": self.rollout.model_dump(mode="json", exclude_unset=True),
+            **({} if self.precompute is None else
+               {"precompute": self.precompute.model_dump(mode="json")}),
         }
 
     def watched_metrics(self, measured: Mapping[str, Any]) -> list[str]:
@@ -117,6 +122,18 @@ def _parse(model: type[_Section], name: str, raw: Any, ref: str) -> _Section:
             where, why = ".".join([name, *(str(p) for p in first["loc"])]), first["msg"]
     raise ConfigError(f"{ref}: its registered {name} section is invalid ({where}: {why}); "
                       "register a new version from a valid spec")
+
+
+def _precompute(meta: Mapping[str, Any], ref: str, strict: bool) -> PrecomputeSpec | None:
+    if meta.get("precompute") is None:
+        return None
+    try:
+        return _parse(PrecomputeSpec, "precompute", meta["precompute"], ref)
+    except ConfigError as exc:
+        if strict:
+            raise
+        _warn_once(f"{exc}; answering live meanwhile")
+        return None
 
 
 def _metrics(meta: Mapping[str, Any], ref: str, strict: bool) -> tuple[str, ...] | None:

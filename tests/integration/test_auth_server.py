@@ -64,13 +64,14 @@ def bearer(key: str) -> dict[str, str]:
 def _path(pattern: str) -> str:
     return (pattern.replace("{name}", MODEL).replace("{version}", "1")
             .replace("{request_id}", str(uuid.uuid4())).replace("{run_id}", "nosuchrun")
-            .replace("{key_id}", "000000000000"))
+            .replace("{key_id}", "000000000000").replace("{key}", "k1"))
 
 
 #: what each route needs, written out here so a changed declaration fails this test.
 EXPECTED_ACTIONS = {
     ("POST", "/v1/models/{name}/predict"): "predict",
     ("POST", "/v1/models/{name}/versions/{version}/predict"): "predict",
+    ("GET", "/v1/models/{name}/precomputed/{key}"): "predict",
     ("GET", "/v1/models"): "describe",
     ("GET", "/v2"): "public",
     ("GET", "/v2/health/live"): "public",
@@ -116,6 +117,8 @@ EXPECTED_ACTIONS = {
     ("GET", "/api/v1/models/{name}/drift"): "read",
     ("POST", "/api/v1/models/{name}/drift"): "read",
     ("GET", "/api/v1/models/{name}/events"): "read",
+    ("GET", "/api/v1/events"): "read",
+    ("GET", "/api/v1/predictions/{request_id}"): "read",
     ("GET", "/api/v1/models/{name}/predictions/{request_id}"): "read",
 }
 #: every route the app answers, with the action this test expects of it.

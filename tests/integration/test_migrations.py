@@ -50,8 +50,8 @@ MONITORING_TABLES = {"predictions", "labels", "drift_reports", "monitor_events",
                      "deployment_windows"}
 
 
-def test_head_is_0008():
-    assert database_module.head_revision() == "0008"
+def test_head_is_0009():
+    assert database_module.head_revision() == "0009"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from modelyard.batch.columns import Columns, check_columns, needed_columns
 from modelyard.batch.plan import Manifest, OnError, Start, decide_start
 from modelyard.batch.scorer import ChunkScorer, ScoredChunk
-from modelyard.batch.sinks import Sink, open_sink
+from modelyard.batch.sinks import Sink, SinkOwner, open_sink
 from modelyard.batch.sources import Source, open_source
 from modelyard.errors import ConfigError, ModelyardError, RowRejectedError
 
@@ -151,7 +151,8 @@ def run_local(job: BatchJob, registry: Registry,
     """Score ``job`` in this process, one chunk after another."""
     version = registry.resolve(job.ref)
     source = open_source(job.input, sql_url=job.sql_url, file_format=job.input_format)
-    sink = open_sink(job.output, sql_url=job.sql_url)
+    sink = open_sink(job.output, sql_url=job.sql_url,
+                     owner=SinkOwner(version, registry.db.url))
     signature = version.get_signature()
     check_columns(source.columns(), signature, job.key, f"--input {source.description}")
     fingerprint = source.fingerprint()

@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import pyarrow as pa
@@ -29,6 +30,9 @@ from modelyard.batch.plan import Manifest, Start, part_name
 from modelyard.batch.sources import sql_failure
 from modelyard.errors import ConfigError
 from modelyard.registry.database import normalize_url
+
+if TYPE_CHECKING:
+    from modelyard.registry.records import ModelVersion
 
 MANIFEST = "_manifest.json"
 ERRORS = "_errors"
@@ -63,14 +67,33 @@ class Sink(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class SinkOwner:
+    """Whose answers a sink receives: the version being scored and the registry's database
+    URL (an online store keys answers by version; ``precomputed:registry`` writes there)."""
+
+    version: ModelVersion
+    registry_url: str
+
+
 class SinkFactory(Protocol):
     """Builds a sink from the part of ``--output`` after its scheme (``sql:TABLE`` -> TABLE)."""
 
     def __call__(self, target: str, /, *, sql_url: str | None) -> Sink: ...
 
 
+class OwnedSinkFactory(Protocol):
+    """Builds a sink that also needs to know whose answers it receives (an online store)."""
+
+    def __call__(self, target: str, /, *, sql_url: str | None, owner: SinkOwner) -> Sink: ...
+
+
 #: sinks by the scheme that starts ``--output`` (``sql:``); anything else is a Parquet folder
 SINKS: dict[str, SinkFactory] = {}
+
+
+#: sinks by scheme whose factories are also told the version and registry (``precomputed:``)
+OWNED_SINKS: dict[str, OwnedSinkFactory] = {}
 
 
 def register_sink(scheme: str, factory: SinkFactory) -> None:
@@ -78,10 +101,21 @@ def register_sink(scheme: str, factory: SinkFactory) -> None:
     SINKS[scheme] = factory
 
 
-def open_sink(spec: str, *, sql_url: str | None = None) -> Sink:
+def register_owned_sink(scheme: str, factory: OwnedSinkFactory) -> None:
+    """Like :func:`register_sink`, for a factory that is also given the :class:`SinkOwner`."""
+    OWNED_SINKS[scheme] = factory
+
+
+def open_sink(spec: str, *, sql_url: str | None = None, owner: SinkOwner | None = None) -> Sink:
     """The sink ``spec`` names: a registered scheme (``sql:TABLE`` with ``sql_url``), else a
     folder path or fsspec URL of Parquet parts."""
     scheme, _, target = spec.partition(":")
+    owned = OWNED_SINKS.get(scheme)
+    if owned is not None:
+        if owner is None:
+            raise ConfigError(f"--output {scheme}: is written by a batch job of a registered "
+                              "version")
+        return owned(target.strip(), sql_url=sql_url, owner=owner)
     factory = SINKS.get(scheme)
     if factory is None:
         return ParquetSink(spec)
@@ -281,5 +315,6 @@ def _sql_type(kind: pa.DataType) -> Any:
 
 register_sink("sql", _sql_sink)
 
-__all__ = ["ERRORS", "MANIFEST", "MANIFEST_TABLE", "SINKS", "ParquetSink", "Sink", "SinkFactory",
-           "SqlSink", "open_sink", "register_sink"]
+__all__ = ["ERRORS", "MANIFEST", "MANIFEST_TABLE", "OWNED_SINKS", "SINKS", "OwnedSinkFactory",
+           "ParquetSink", "Sink", "SinkFactory", "SinkOwner", "SqlSink", "open_sink",
+           "register_owned_sink", "register_sink"]

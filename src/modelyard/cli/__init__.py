@@ -105,6 +105,7 @@ def _register() -> None:
     from modelyard.cli.db_cmds import db
     from modelyard.cli.demo import demo
     from modelyard.cli.monitor_cmds import feedback, monitor
+    from modelyard.cli.precompute_cmds import precompute
     from modelyard.cli.predict_cmds import predict
     from modelyard.cli.registry_cmds import (
         history,
@@ -122,7 +123,8 @@ def _register() -> None:
     from modelyard.serving.command import serve
 
     for command in (init, train, models, versions, show, promote, rollback, deploy, rollout,
-                    history, runs, audit, predict, batch, serve, monitor, feedback, build, demo):
+                    history, runs, audit, predict, batch, precompute, serve, monitor, feedback,
+                    build, demo):
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)

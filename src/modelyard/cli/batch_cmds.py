@@ -16,7 +16,8 @@ from modelyard.cli.state import State, pass_state
               help="Parquet, CSV or JSON-lines files, folders or globs, local or any fsspec URL "
                    "(repeatable), or 'sql:SELECT ...' with --sql-db.")
 @click.option("--output", "-o", required=True, metavar="DST",
-              help="A folder or fsspec URL for Parquet parts, or 'sql:TABLE' with --sql-db.")
+              help="A folder or fsspec URL for Parquet parts, 'sql:TABLE' with --sql-db, or "
+                   "'precomputed:STORE' (registry or a redis:// URL; needs one --key).")
 @click.option("--key", "keys", multiple=True, metavar="COL",
               help="An id column carried into the output (repeatable); without one, each "
                    "answer carries its input row number.")
@@ -55,6 +56,7 @@ def batch(state: State, ref: str, inputs: tuple[str, ...], output: str, keys: tu
     modelyard batch fraud:3 -i 'sql:SELECT * FROM tx ORDER BY id' --sql-db postgresql://db/app \\
         -o sql:fraud_scores --key id
     """
+    import modelyard.precompute.sink  # noqa: F401  (registers --output precomputed:STORE)
     from modelyard.batch import BatchJob, score
     from modelyard.cli.progress import RowProgress
 

@@ -83,7 +83,7 @@ def _chosen(specs: dict[str, Spec], names: tuple[str, ...], project: str) -> dic
     watched = {n: s for n, s in chosen.items() if watches(s)}
     if not watched:
         raise ConfigError(f"nothing to watch: no model{' named' if names else ''} in {project} "
-                          "has a retrain: policy or monitoring.alerts; add e.g. "
+                          "has a retrain: policy, monitoring.alerts or precompute:; add e.g. "
                           "retrain: {schedule: '0 3 * * *'}")
     return watched
 

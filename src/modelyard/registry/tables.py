@@ -316,6 +316,30 @@ class LeaseRow(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class PrecomputedRow(Base):
+    """A precomputed answer of one version for one key (migration 0008; the online store
+    ``store: registry``). ``written_at`` is unix seconds: the server compares it with the TTL."""
+
+    __tablename__ = "precomputed"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    answer: Mapped[str] = mapped_column(Text)
+    written_at: Mapped[float] = mapped_column(Float)
+
+
+class PrecomputedManifestRow(Base):
+    """The batch manifest of a version's last precompute run (resume, or start afresh)."""
+
+    __tablename__ = "precomputed_manifests"
+
+    model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    manifest: Mapped[str] = mapped_column(Text)
+
+
+
 class PrincipalRow(Base):
     """A user or a service account (migration 0009): who an API key stands for."""
 
@@ -352,5 +376,6 @@ class ApiKeyRow(Base):
 __all__ = [
     "AliasEventRow", "AliasRow", "ApiKeyRow", "AuditRow", "Base", "DeploymentEventRow",
     "DeploymentRow", "DeploymentWindowRow", "DriftReportRow", "LabelRow", "LeaseRow", "ModelRow",
-    "MonitorEventRow", "PredictionRow", "PrincipalRow", "RunRow", "UTCDateTime", "VersionRow",
+    "MonitorEventRow", "PrecomputedManifestRow", "PrecomputedRow", "PredictionRow",
+    "PrincipalRow", "RunRow", "UTCDateTime", "VersionRow",
 ]

@@ -270,6 +270,7 @@ class Catalog:
             log.info("%s: serving settings tuned by the serve config: %s", record.ref,
                      serving.model_dump(exclude_unset=True))
         runner = self._open_version(record, serving)
+        runner.precompute = settings.precompute
         if self.predlog is not None:
             runner.log_policy = log_policy(record, serving)
         return runner

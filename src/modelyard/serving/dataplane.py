@@ -135,6 +135,8 @@ class DataPlane:
         self._owns_registry = owns_registry
         self._preload: asyncio.Task[None] | None = None
         catalog.dispatch = self.step  # a graph version calls its members through here
+        #: released when the data plane stops, after the runners (a codec's own connections)
+        self.closers: list[Callable[[], None]] = []
 
     # -- the request path -----------------------------------------------------------------------
     def version(self, name: str, version: str | None) -> int | None:
@@ -450,6 +452,11 @@ class DataPlane:
         if self.idle is not None:
             await self.idle.stop()
         await self.catalog.close()
+        for close in self.closers:
+            try:
+                close()
+            except Exception:  # one codec's connections must not keep the others open
+                log.exception("closing %r failed", close)
         if self.predlog is not None:  # after the runners: their last answers are logged too
             await asyncio.get_running_loop().run_in_executor(None, self.predlog.stop)
         if self._owns_registry and self.catalog.registry is not None:

@@ -16,6 +16,8 @@ create unbounded label values.
 ======================================  =========  ===========================================
 ``modelyard_requests_total``            counter    requests by protocol, status and variant
 ``modelyard_request_duration_seconds``  histogram  time from request to response, by variant
+``modelyard_prediction_source_total``   counter    requests of models with precomputed answers
+                                                   by ``source``: precomputed, live, mixed
 ``modelyard_queue_seconds``             histogram  time a request waited for its batch
 ``modelyard_batch_size``                histogram  rows per model call
 ``modelyard_model_loaded``              gauge      1 for each loaded version
@@ -108,6 +110,11 @@ class ServerMetrics:
         self.requests = Counter(
             "modelyard_requests", "Prediction requests by status.",
             ("model", "version", "protocol", "status", "variant"), registry=r,
+        )
+        self.sources = Counter(
+            "modelyard_prediction_source", "Prediction requests of models with precomputed "
+            "answers, by where their answer came from (precomputed, live, mixed).",
+            ("model", "version", "source"), registry=r,
         )
         self.duration = Histogram(
             "modelyard_request_duration_seconds", "Time from request to response.",
@@ -230,6 +237,11 @@ class ServerMetrics:
             child = self._status[key] = self.requests.labels(model, version, protocol,
                                                              str(status), variant)
         child.inc()
+
+    def count_source(self, model: str, version: str, source: str) -> None:
+        """Count one request of a model with precomputed answers under where its answer came
+        from (``precomputed``, ``live`` or ``mixed``)."""
+        self.sources.labels(model, version, source).inc()
 
     def set_loaded(self, loaded: Iterable[tuple[str, str, int]]) -> None:
         """Replace the loaded-model gauges with ``(model, version, bytes)`` for each loaded one."""

@@ -17,6 +17,7 @@ from modelyard.serving.access import in_scope
 from modelyard.serving.calls import Call, fail_http, request_id_of
 from modelyard.serving.dataplane import DataPlane, InferenceRequest
 from modelyard.serving.http import Endpoint, Receive, RouteTable, Scope, Send, read_body, respond
+from modelyard.serving.precomputed import HEADER, Precomputed
 
 _JSON = (b"content-type", b"application/json")
 
@@ -27,6 +28,7 @@ class NativeAPI:
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
         self.max_body = plane.options.max_body_bytes
+        self.precomputed = Precomputed(plane)
 
     async def v1_predict(self, scope: Scope, receive: Receive, send: Send,
                          name: str, version: str | None = None) -> None:
@@ -40,15 +42,46 @@ class NativeAPI:
             query = scope.get("query_string", b"")
             payload, scores = protocol_v1.decode(
                 body, b"scores=true" in query or b"scores=1" in query)
-            result = await plane.infer(call, InferenceRequest(name, number, payload, scores,
-                                                              scope=scope))
+            request = InferenceRequest(name, number, payload, scores, scope=scope)
+            keyed = self.precomputed.runner_for(request)
+            extra: list[tuple[bytes, bytes]] = []
+            if keyed is None:
+                result = await plane.infer(call, request)
+            else:
+                result, source = await self.precomputed.infer(call, request, keyed)
+                extra.append((HEADER, source.encode()))
             runner = call.runner
             assert runner is not None
             out = protocol_v1.encode(name, runner.version, result, scores, call.request_id)
             status = 200
-            await respond(send, 200, out, [_JSON, *call.headers()])
+            await respond(send, 200, out, [_JSON, *call.headers(), *extra])
         except Exception as exc:
             status = await fail_http(send, f"POST {scope['path'][:200]}", call, exc)
+        finally:
+            plane.record(call, status)
+
+    async def v1_precomputed(self, scope: Scope, receive: Receive, send: Send,
+                             name: str, key: str) -> None:
+        """``GET /v1/models/{name}/precomputed/{key}``: the served version's precomputed answer
+        for ``key`` (live from its input row when it is missing or stale and the input is SQL;
+        else 404). ``?scores=true`` adds class scores."""
+        plane = self.plane
+        call = Call("v1", name, request_id_of(scope))
+        status = 500
+        try:
+            query = scope.get("query_string", b"")
+            scores = b"scores=true" in query or b"scores=1" in query
+            result, source = await self.precomputed.by_key(call, name, key, scores)
+            runner = call.runner
+            assert runner is not None
+            body = orjson.loads(protocol_v1.encode(name, runner.version, result, scores,
+                                                   call.request_id))
+            body["key"] = key
+            status = 200
+            await respond(send, 200, orjson.dumps(body),
+                          [_JSON, *call.headers(), (HEADER, source.encode())])
+        except Exception as exc:
+            status = await fail_http(send, f"GET {scope['path'][:200]}", call, exc)
         finally:
             plane.record(call, status)
 
@@ -77,6 +110,8 @@ ROUTES: RouteTable = [
     ("POST", "/v1/models/{name}/predict", Endpoint(NativeAPI.v1_predict, action="predict")),
     ("POST", "/v1/models/{name}/versions/{version}/predict",
      Endpoint(NativeAPI.v1_predict, action="predict")),
+    ("GET", "/v1/models/{name}/precomputed/{key}",
+     Endpoint(NativeAPI.v1_precomputed, action="predict")),
     ("GET", "/v1/models", Endpoint(NativeAPI.v1_models, action="describe")),
 ]
 

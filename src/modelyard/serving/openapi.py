@@ -59,7 +59,10 @@ _REGISTRY = (500, 503)
 
 _PREDICT_BODY = {
     "type": "object",
-    "description": "Exactly one of records, columns, instances or inputs.",
+    "description": "Exactly one of records, columns, instances or inputs. For a version "
+                   "with precomputed answers, records (or columns) carrying the key field "
+                   "are answered from the store where fresh and live for the rest "
+                   "(X-Prediction-Source: precomputed, live or mixed).",
     "properties": {
         "records": {"type": "array", "items": {"type": "object"}},
         "columns": {"type": "object", "additionalProperties": {"type": "array"}},
@@ -75,6 +78,10 @@ _PREDICT_OK = _obj(
     request_id={"type": "string",
                 "description": "Names this answer in feedback (also X-Request-Id)"})
 _NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+_KEY = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"},
+        "description": "A value of the precompute section's key column"}
+_PRECOMPUTED_OK = {**_PREDICT_OK, "required": [*_PREDICT_OK["required"], "key"],
+                   "properties": {**_PREDICT_OK["properties"], "key": _STR}}
 _VERSION = {"name": "version", "in": "path", "required": True,
             "schema": {"type": "integer", "minimum": 1}}
 _SCORES = {"name": "scores", "in": "query", "required": False, "schema": {"type": "boolean"}}
@@ -252,7 +259,8 @@ _LOGGED = {"type": "object",
                "at": {"type": "string", "format": "date-time"},
                "version": {"type": "integer"},
                "variant": {"type": "string",
-                           "description": "production, stable, candidate or shadow"},
+                           "description": "production, stable, candidate, shadow, or "
+                                          "precomputed (rows answered from a store)"},
                "latency_ms": {"type": "number"}, "rows": {"type": "integer"},
                "inputs": {"type": "object",
                           "description": "What the log keeps of the inputs: columns for tables "
@@ -302,9 +310,10 @@ _MONITOR_PATHS: dict[str, Any] = {
                _obj(["model", "checks"], model=_STR, checks={"type": "array", "items": _DRIFT}),
                404, 422, *_REGISTRY),
         "post": {"summary": "Monitor: check drift of the logged inputs now and store it",
-                 "parameters": [_NAME, _SINCE], "security": [{"bearer": []}],
+                 "parameters": [_NAME, _SINCE, {**_LIMIT, "name": "version"}],
+                 "security": [{"bearer": []}],
                  "responses": {"200": _json(_DRIFT),
-                               **_errors(400, 401, 403, 404, 408, 409, 413, 415,
+                               **_errors(400, 401, 403, 404, 408, 409, 413, 415, 422,
                                          *_REGISTRY)}},
     },
     "/api/v1/models/{name}/events": _get(
@@ -324,6 +333,20 @@ _MONITOR_PATHS: dict[str, Any] = {
                       "404": _json(_ERROR, "unknown model, or no logged prediction with this id "
                                            "(not sampled, not written yet, past retention)")},
     }},
+    "/api/v1/events": _get(
+        "Monitor: every model's events (those the key covers), newest first",
+        [{"name": "model", "in": "query", "required": False, "schema": {"type": "string"}},
+         _SINCE, _LIMIT, {"name": "kind", "in": "query", "required": False,
+                          "schema": {"type": "string"}}],
+        _obj(["events"], events={"type": "array", "items": _EVENT}), 400, 422, *_REGISTRY),
+    "/api/v1/predictions/{request_id}": {"get": {
+        "summary": "Monitor: one request in every model's prediction log (those the key covers)",
+        "parameters": [{"name": "request_id", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "security": [{"bearer": []}],
+        "responses": {"200": _json(_obj(["lookups"], lookups={"type": "array",
+                                                              "items": _LOOKUP})),
+                      **_errors(404, *_REGISTRY)}}},
 }
 
 _STATUS = _obj(["status"], status=_STR)
@@ -359,11 +382,11 @@ _V1_MODELS = _obj(["models", "serves", "elsewhere"], serves=_SERVES, elsewhere={
     not_served={"oneOf": [_NOT_SERVED, {"type": "null"}]})})
 _RUN = _obj(["id", "model", "status", "kind"], id=_STR, model=_STR, status=_STR, kind=_STR,
             trigger=_STR, version=_OPT_INT, metrics=_OBJ, started_at=_STR)
-_KEY = _obj(["id", "principal", "role", "models", "state"], id=_STR, principal=_STR,
-            kind=_STR, role=_STR, models=_STR, state=_STR, expires_at=_OPT_STR,
-            revoked_at=_OPT_STR, last_used_at=_OPT_STR, note=_STR)
-_NEW_KEY = {**_KEY, "required": [*_KEY["required"], "key"],
-            "properties": {**_KEY["properties"], "key": _STR}}
+_KEY_FIELDS: dict[str, Any] = {
+    "id": _STR, "principal": _STR, "kind": _STR, "role": _STR, "models": _STR, "state": _STR,
+    "expires_at": _OPT_STR, "revoked_at": _OPT_STR, "last_used_at": _OPT_STR, "note": _STR}
+_KEY = _obj(["id", "principal", "role", "models", "state"], **_KEY_FIELDS)
+_NEW_KEY = _obj(["id", "principal", "role", "models", "state", "key"], **_KEY_FIELDS, key=_STR)
 _KEY_ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _QUERY = [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
           for n in ("alias", "at", "model", "target", "principal")]
@@ -426,6 +449,17 @@ OPENAPI: dict[str, Any] = {
                                               [_NAME, _SCORES]),
         "/v1/models/{name}/versions/{version}/predict": _predict(
             "Predict with one version", [_NAME, _VERSION, _SCORES]),
+        "/v1/models/{name}/precomputed/{key}": {"get": {
+            "summary": "The served version's precomputed answer for one key (X-Prediction-"
+                       "Source: precomputed), or live from its input row when that is missing "
+                       "or older than the TTL and the precompute input is SQL (live)",
+            "parameters": [_NAME, _KEY, _SCORES],
+            "responses": {"200": _json(_PRECOMPUTED_OK), **_errors(500, 503, 504),
+                          "404": _json(_ERROR, "unknown model, a version without precomputed "
+                                               "answers, or no fresh answer for the key and "
+                                               "no input row to answer it live from: POST "
+                                               "its inputs to /v1/models/{name}/predict")},
+        }},
         "/v2": _get("OIP server metadata", None, _obj(
             ["name", "version", "extensions"], name=_STR, version=_STR,
             extensions={"type": "array", "items": _STR}, parameters=_SERVES)),

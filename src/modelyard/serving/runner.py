@@ -119,6 +119,8 @@ class Runner:
         self.memory = memory
         self.metrics: Any = None  # per-version metric children, set by the app
         self.log_policy: Any = None  # how answers are logged (a LogPolicy), set by the catalog
+        #: the version's ``precompute`` section (a PrecomputeSpec), set by the catalog
+        self.precompute: Any = None
 
     @property
     def closed(self) -> bool:
