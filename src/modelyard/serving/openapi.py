@@ -408,7 +408,7 @@ _REGISTRY_PATHS: dict[str, Any] = {
     "/api/v1/models/{name}/versions/{version}": _get(
         "Registry: one version in full (lineage, signature, metrics), by number or alias",
         [_NAME, {**_VERSION, "schema": {"type": "string"}}],
-        _VERSION_ROW, 404, *_REGISTRY),
+        _VERSION_ROW, 400, 404, *_REGISTRY),
     "/api/v1/models/{name}/history": _get(
         "Registry: every alias move, newest first; with at, the version then", [
             _NAME, *_QUERY[:2]], _OBJ, 404, 422, *_REGISTRY),
