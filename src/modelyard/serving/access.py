@@ -47,6 +47,7 @@ from modelyard.registry.keys import Identity, KeyStore, identity_of, split_key
 from modelyard.registry.policy import Grant, decide, visible
 from modelyard.serving.http import Scope, header
 from modelyard.serving.oidc import TokenVerifier, looks_like_jwt
+from modelyard.serving.poller import Poller
 
 TOKEN_ENV = "MODELYARD_TOKEN"
 #: the actor of a call on a server that does not enforce auth: anyone who can reach it.
@@ -130,7 +131,7 @@ class Access:
         self._known: dict[bytes, _Remembered] = {}
         self._touched: dict[str, float] = {}
         self._io: IO | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._watch: _KeysWatch | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **kw: Any) -> Access:
@@ -156,23 +157,20 @@ class Access:
 
     def watch(self) -> None:
         """Poll the registry for keys in the background (see :data:`KEYS_POLL_S`)."""
-        if self._task is None and self.keys is not None:
-            self._task = asyncio.get_running_loop().create_task(self._poll())
+        if self._watch is None and self.keys is not None:
+            self._watch = _KeysWatch(self)
+            self._watch.start()
 
     async def stop(self) -> None:
         """Stop polling."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        if self._watch is not None:
+            await self._watch.stop()
+            self._watch = None
 
-    async def _poll(self) -> None:
+    async def refresh(self) -> None:
+        """Read again whether a key exists (a registry outage keeps the last answer)."""
         assert self.keys is not None and self._io is not None
-        while True:
-            await asyncio.sleep(KEYS_POLL_S)
-            with contextlib.suppress(Exception):  # a registry outage keeps the last answer
-                self.keys_exist = await self._io(self.keys.any_active)
+        self.keys_exist = await self._io(self.keys.any_active)
 
     # -- deciding -------------------------------------------------------------------------------
     async def admit(self, scope: Scope, action: str, model: str | None, *,
@@ -280,6 +278,22 @@ def insecure_warning(host: str) -> str:
             "auth until an API key exists: anyone who can reach this address can predict, read "
             "the registry, promote, roll back and roll out models. Create keys (modelyard auth "
             "create-key) and drop --insecure.")
+
+
+class _KeysWatch(Poller):
+    """Auth turns on by itself when the first key is made, and off when the last one ends."""
+
+    doing = "read whether API keys exist"
+
+    def __init__(self, access: Access) -> None:
+        super().__init__()
+        self.access = access
+
+    def interval(self) -> float:
+        return KEYS_POLL_S
+
+    async def tick(self) -> None:
+        await self.access.refresh()
 
 
 def _bearer(authorization: bytes | str | None) -> bytes:

@@ -1,4 +1,5 @@
-"""The server's background loops (alias watcher, rollouts, monitoring gauges) share this shape.
+"""The server's background loops (alias watcher, rollouts, monitoring gauges, the API-keys
+watch) share this shape.
 
 A :class:`Poller` calls :meth:`Poller.tick` every :meth:`Poller.interval` seconds on the event
 loop until stopped. A failing tick is logged and the loop goes on (the registry may be briefly
