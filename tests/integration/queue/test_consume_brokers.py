@@ -78,7 +78,66 @@ def body_of(message: dict[str, Any]) -> bytes:
     return body if isinstance(body, bytes) else json.dumps(body).encode()
 
 
-@pytest.fixture(params=["redis"])
+# -- NATS JetStream -----------------------------------------------------------------------------
+class NatsClient:
+    """Subjects of the test's own, each kept in a stream of its own (deleted at the end)."""
+
+    def __init__(self, url: str, consumers: Any) -> None:
+        self.url = url
+        self.names = {k: consumers.unique(f"consume-{k}") for k in ("in", "out", "dlq")}
+        self._run(self._declare)
+
+    def _run(self, action: Any, *args: Any) -> Any:
+        import nats
+
+        async def go() -> Any:
+            connection = await nats.connect(self.url)
+            try:
+                return await action(connection.jetstream(), *args)
+            finally:
+                await connection.close()
+
+        return asyncio.run(go())
+
+    async def _declare(self, js: Any) -> None:
+        for name in self.names.values():
+            await js.add_stream(name=name, subjects=[name])
+
+    def publish(self, messages: list[dict[str, Any]]) -> None:
+        async def send(js: Any) -> None:
+            for m in messages:
+                headers = {**m.get("headers", {}), "Nats-Msg-Id": m["message_id"],
+                           "correlation_id": m["correlation_id"]}
+                await js.publish(self.names["in"], body_of(m), headers=headers)
+
+        self._run(send)
+
+    def read(self, queue: str) -> list[dict[str, Any]]:
+        async def everything(js: Any) -> list[dict[str, Any]]:
+            name = self.names[queue]
+            info = await js.stream_info(name)
+            out = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                if not info.state.messages:
+                    break
+                m = await js.get_msg(name, seq)
+                headers = dict(m.headers or {})
+                out.append({"body": json.loads(m.data), "headers": headers,
+                            "correlation_id": headers.get("correlation_id")})
+            return out
+
+        result: list[dict[str, Any]] = self._run(everything)
+        return result
+
+    def delete(self) -> None:
+        async def drop(js: Any) -> None:
+            for name in self.names.values():
+                await js.delete_stream(name)
+
+        self._run(drop)
+
+
+@pytest.fixture(params=["redis", "nats"])
 def broker(request: pytest.FixtureRequest, consumers: Any) -> Iterator[Client]:
     url = request.getfixturevalue(f"{request.param}_url")
     client: Client = CLIENTS[request.param](url, consumers)
@@ -89,7 +148,7 @@ def broker(request: pytest.FixtureRequest, consumers: Any) -> Iterator[Client]:
         client.delete()
 
 
-CLIENTS: dict[str, Any] = {"redis": RedisClient}
+CLIENTS: dict[str, Any] = {"redis": RedisClient, "nats": NatsClient}
 
 
 # -- the scenarios ------------------------------------------------------------------------------
@@ -135,7 +194,8 @@ def test_answers_and_dead_letters(consumers: Any, broker: Client) -> None:
         "c-bad-json": "BadJSONError", "c-unknown": "NotFoundError", "c-short": "InputError"}
     assert consumers.stop(process) == 0
     assert len(broker.read("out")) == 3  # the repeat was not answered again
-    assert "answered 3, dead_lettered 3, requeued 0, duplicates 1" in consumers.log_of(process)
+    # (JetStream drops a repeated Nats-Msg-Id itself; elsewhere the consumer's window does)
+    assert "answered 3, dead_lettered 3, requeued 0" in consumers.log_of(process)
 
 
 def test_a_consumer_killed_mid_stream_loses_no_message(consumers: Any, broker: Client) -> None:
