@@ -30,7 +30,15 @@ from nats.js.api import ConsumerConfig
 from nats.js.errors import NotFoundError as StreamNotFound
 
 from modelyard.serving.queue.envelope import Delivery, Settle
-from modelyard.serving.queue.transport import Endpoint, Handler, header_text, raw_body
+from modelyard.serving.queue.transport import (
+    BROKER_LOG,
+    GRACE_S,
+    MESSAGE_LOG_LEVEL,
+    Endpoint,
+    Handler,
+    header_text,
+    raw_body,
+)
 
 #: the longest a pull waits to fill its batch when fewer messages are there (seconds).
 FETCH_WAIT_S = 0.05
@@ -41,7 +49,8 @@ class NatsTransport:
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self.broker = NatsBroker(endpoint.url, logger=None, graceful_timeout=30.0)
+        self.broker = NatsBroker(endpoint.url, logger=BROKER_LOG, log_level=MESSAGE_LOG_LEVEL,
+                                 graceful_timeout=GRACE_S)
         self._js: Any = None
 
     async def start(self, handle: Handler, declare: tuple[str, ...]) -> None:

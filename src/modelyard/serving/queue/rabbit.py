@@ -17,7 +17,16 @@ from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 
 from modelyard.serving.queue.envelope import Delivery
-from modelyard.serving.queue.transport import Endpoint, Handler, header_text, raw_body, settle
+from modelyard.serving.queue.transport import (
+    BROKER_LOG,
+    GRACE_S,
+    MESSAGE_LOG_LEVEL,
+    Endpoint,
+    Handler,
+    header_text,
+    raw_body,
+    settle,
+)
 
 
 class RabbitTransport:
@@ -25,7 +34,8 @@ class RabbitTransport:
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self.broker = RabbitBroker(endpoint.url, logger=None, graceful_timeout=30.0,
+        self.broker = RabbitBroker(endpoint.url, logger=BROKER_LOG, log_level=MESSAGE_LOG_LEVEL,
+                                   graceful_timeout=GRACE_S,
                                    default_channel=Channel(prefetch_count=endpoint.prefetch))
 
     async def start(self, handle: Handler, declare: tuple[str, ...]) -> None:
@@ -46,8 +56,9 @@ class RabbitTransport:
     async def publish(self, destination: str, body: bytes, correlation_id: str | None,
                       headers: dict[str, str]) -> None:
         """Publish ``body`` to the queue ``destination``, persistent, confirmed."""
+        fields: dict[str, Any] = dict(headers)
         await self.broker.publish(body, queue=destination, correlation_id=correlation_id,
-                                  headers=headers, content_type="application/json",
+                                  headers=fields, content_type="application/json",
                                   persist=True)
 
     async def stop(self) -> None:

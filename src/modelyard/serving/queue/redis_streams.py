@@ -23,7 +23,16 @@ from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.annotations import RedisStreamMessage
 
 from modelyard.serving.queue.envelope import Delivery
-from modelyard.serving.queue.transport import Endpoint, Handler, header_text, raw_body, settle
+from modelyard.serving.queue.transport import (
+    BROKER_LOG,
+    GRACE_S,
+    MESSAGE_LOG_LEVEL,
+    Endpoint,
+    Handler,
+    header_text,
+    raw_body,
+    settle,
+)
 
 #: how often an idle subscriber asks for new (ms): the first message waits at most this long.
 _POLL_MS = 100
@@ -34,7 +43,8 @@ class RedisTransport:
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
-        self.broker = RedisBroker(endpoint.url, logger=None, graceful_timeout=30.0)
+        self.broker = RedisBroker(endpoint.url, logger=BROKER_LOG, log_level=MESSAGE_LOG_LEVEL,
+                                  graceful_timeout=GRACE_S)
 
     async def start(self, handle: Handler, declare: tuple[str, ...]) -> None:
         """Join the group (created when new) and start reading and claiming."""

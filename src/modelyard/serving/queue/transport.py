@@ -22,6 +22,7 @@ returns once the broker has the message.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,13 @@ from urllib.parse import urlsplit
 
 from modelyard.errors import ConfigError, FrameworkMissingError
 from modelyard.serving.queue.envelope import Delivery, Settle
+
+#: what FastStream logs: its line per message at DEBUG (off unless asked), its errors as they are.
+BROKER_LOG = logging.getLogger("modelyard.serving.queue.broker")
+#: FastStream's level for its line per message.
+MESSAGE_LOG_LEVEL = logging.DEBUG
+#: seconds a stopping consumer waits for the messages in flight to be answered.
+GRACE_S = 30.0
 
 #: the consumer's side: a message in, what to tell the broker out.
 Handler = Callable[[Delivery], Awaitable[Settle]]
@@ -136,5 +144,5 @@ async def raw_body(message: Any, original: Any = None) -> Any:
     return message.body
 
 
-__all__ = ["TRANSPORTS", "Endpoint", "Handler", "Transport", "check_url", "header_text",
-           "raw_body", "settle", "transport_for"]
+__all__ = ["BROKER_LOG", "GRACE_S", "MESSAGE_LOG_LEVEL", "TRANSPORTS", "Endpoint", "Handler",
+           "Transport", "check_url", "header_text", "raw_body", "settle", "transport_for"]
