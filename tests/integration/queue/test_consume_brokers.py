@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 class Client(Protocol):
     url: str
     names: dict[str, str]
+    ready: str
 
     def publish(self, messages: list[dict[str, Any]]) -> None: ...
     def read(self, queue: str) -> list[dict[str, Any]]: ...
@@ -34,6 +35,8 @@ class Client(Protocol):
 # -- Redis Streams ------------------------------------------------------------------------------
 class RedisClient:
     """Streams of the test's own, written and read in FastStream's stream format."""
+
+    ready = "consuming "
 
     def __init__(self, url: str, consumers: Any) -> None:
         self.url = url
@@ -81,6 +84,8 @@ def body_of(message: dict[str, Any]) -> bytes:
 # -- NATS JetStream -----------------------------------------------------------------------------
 class NatsClient:
     """Subjects of the test's own, each kept in a stream of its own (deleted at the end)."""
+
+    ready = "consuming "
 
     def __init__(self, url: str, consumers: Any) -> None:
         self.url = url
@@ -137,10 +142,68 @@ class NatsClient:
         self._run(drop)
 
 
-@pytest.fixture(params=["redis", "nats"])
+# -- Kafka, on librdkafka's mock cluster -----------------------------------------------------------
+class KafkaClient:
+    """Topics on a mock Kafka cluster that lives as long as this client: librdkafka's own
+    (``test.mock.num.brokers``), a real Kafka protocol endpoint on loopback."""
+
+    #: a consumer reads once the group has given it partitions.
+    ready = "partitions assigned: consume-in"
+
+    def __init__(self, consumers: Any) -> None:
+        from confluent_kafka import Producer
+
+        self.producer = Producer({"test.mock.num.brokers": 1, "log_level": 2})
+        (found,) = self.producer.list_topics(timeout=10).brokers.values()
+        self.bootstrap = f"{found.host}:{found.port}"
+        self.url = f"kafka://{self.bootstrap}"
+        self.names = {k: consumers.unique(f"consume-{k}") for k in ("in", "out", "dlq")}
+        # the mock cluster makes a topic, of 4 partitions, when it is first named
+        self.partitions = {n: len(self.producer.list_topics(n, timeout=10).topics[n].partitions)
+                           for n in self.names.values()}
+        self.seen: dict[str, list[dict[str, Any]]] = {}
+        self.readers: dict[str, Any] = {}
+
+    def publish(self, messages: list[dict[str, Any]]) -> None:
+        for m in messages:
+            headers = {**m.get("headers", {}), "message_id": m["message_id"],
+                       "correlation_id": m["correlation_id"]}
+            self.producer.produce(self.names["in"], body_of(m), key=m["message_id"],
+                                  headers=list(headers.items()))
+        assert self.producer.flush(30) == 0
+
+    def read(self, queue: str) -> list[dict[str, Any]]:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        name = self.names[queue]
+        if name not in self.readers:
+            reader = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"r-{name}",
+                               "enable.auto.commit": False, "log_level": 2})
+            reader.assign([TopicPartition(name, p, OFFSET_BEGINNING)
+                           for p in range(self.partitions[name])])
+            self.readers[name] = reader
+        seen = self.seen.setdefault(name, [])
+        while (record := self.readers[name].poll(0.2)) is not None:
+            if record.error():
+                continue
+            headers = {k: v.decode() for k, v in record.headers() or []}
+            seen.append({"body": json.loads(record.value()), "headers": headers,
+                         "correlation_id": headers.get("correlation_id")})
+        return list(seen)
+
+    def delete(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
+
+
+@pytest.fixture(params=["redis", "nats", "kafka"])
 def broker(request: pytest.FixtureRequest, consumers: Any) -> Iterator[Client]:
-    url = request.getfixturevalue(f"{request.param}_url")
-    client: Client = CLIENTS[request.param](url, consumers)
+    if request.param == "kafka":
+        pytest.importorskip("confluent_kafka")
+        client: Client = KafkaClient(consumers)
+    else:
+        url = request.getfixturevalue(f"{request.param}_url")
+        client = CLIENTS[request.param](url, consumers)
     try:
         yield client
     finally:
@@ -155,7 +218,7 @@ CLIENTS: dict[str, Any] = {"redis": RedisClient, "nats": NatsClient}
 def start(consumers: Any, broker: Client, *args: str) -> Any:
     q = broker.names
     return consumers.start(broker.url, q["in"], "--output", q["out"], "--dead-letter", q["dlq"],
-                           "--group", f"g-{q['in']}", *args)
+                           "--group", f"g-{q['in']}", *args, ready=broker.ready)
 
 
 def good(consumers: Any, i: int, model: str = "probe") -> dict[str, Any]:
@@ -215,6 +278,9 @@ def test_two_consumers_of_a_group_answer_each_message_once(consumers: Any,
                                                            broker: Client) -> None:
     a = start(consumers, broker, "--prefetch", "4")
     b = start(consumers, broker, "--prefetch", "4")
+    # Kafka: the first consumer has given up half its partitions to the second
+    consumers.wait_until(lambda: consumers.log_of(a).count(broker.ready) >= 2
+                         or broker.ready == "consuming ", 120, "the group's rebalance")
     n = 120
     broker.publish([good(consumers, i, "slow") for i in range(n)])
     wait_for(consumers, broker, "out", n)
