@@ -64,8 +64,8 @@ class KafkaTransport:
         # declare=False: FastStream would create the topic through the admin API first, which
         # waits out a timeout where that API is missing (librdkafka's mock cluster); reading a
         # topic still creates it where the cluster allows automatic creation
-        self.broker.subscriber(Topic(e.queue, declare=False), group_id=e.group, auto_offset_reset="earliest",
-                               batch=True, max_records=e.prefetch,
+        self.broker.subscriber(Topic(e.queue, declare=False), group_id=e.group,
+                               auto_offset_reset="earliest", batch=True, max_records=e.prefetch,
                                ack_policy=AckPolicy.MANUAL, no_reply=True,
                                on_assign=_assigned, decoder=raw_body)(on_batch)
         await self.broker.start()
