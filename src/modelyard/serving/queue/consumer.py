@@ -19,7 +19,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, ModelyardError, UnavailableError
 from modelyard.serving.catalog import Catalog
 from modelyard.serving.dataplane import DataPlane
 from modelyard.serving.metrics import CONTENT_TYPE, ServerMetrics
@@ -102,16 +102,25 @@ class Consumer:
                                                        self.settings.metrics_host,
                                                        self.settings.metrics_port)
         outputs = tuple(q for q in (self.settings.output, self.settings.dead_letter_queue) if q)
-        await self.transport.start(self.codec.handle, outputs)
         endpoint = self.settings.endpoint
-        log.info("consuming %s from %s://... as %s of group %s (prefetch %d)", endpoint.queue,
-                 endpoint.scheme, endpoint.name, endpoint.group, endpoint.prefetch)
+        try:
+            await self.transport.start(self.codec.handle, outputs)
+        except ModelyardError:
+            raise
+        except Exception as exc:  # the broker libraries' own errors: one line, exit 15
+            raise UnavailableError(
+                f"the broker at {endpoint.address} cannot be used: {type(exc).__name__}: "
+                f"{exc}; check the URL and that the broker runs") from None
+        log.info("consuming %s from %s as %s of group %s (prefetch %d)", endpoint.queue,
+                 endpoint.address, endpoint.name, endpoint.group, endpoint.prefetch)
 
     async def stop(self) -> None:
         """Stop taking messages; those in flight are answered and acknowledged; then drain
         the runners and flush the prediction log."""
         try:
             await self.transport.stop()
+        except Exception as exc:  # a connection that never opened, or broke: nothing to settle
+            log.warning("the broker connection did not close cleanly: %s", exc)
         finally:
             if self._metrics is not None:
                 self._metrics.close()

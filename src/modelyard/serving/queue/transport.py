@@ -64,6 +64,12 @@ class Endpoint:
         return urlsplit(self.url).scheme.lower()
 
     @property
+    def address(self) -> str:
+        """``scheme://host:port`` without credentials (for messages and logs)."""
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+    @property
     def name(self) -> str:
         """This consumer's name in its group: ``consumer``, else ``host-pid``."""
         return self.consumer or f"{socket.gethostname()}-{os.getpid()}"
