@@ -8,13 +8,14 @@ import asyncio
 import json
 import os
 import signal
+import socket
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import aio_pika
 import pytest
-
-aio_pika = pytest.importorskip("aio_pika")
 
 pytestmark = pytest.mark.integration
 
@@ -119,8 +120,15 @@ def good(consumers: Any, i: int, model: str = "probe") -> dict[str, Any]:
             "message_id": f"m-{i}", "correlation_id": f"c-{i}"}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def test_answers_rpc_oip_and_dead_letters(consumers: Any, rabbit: Rabbit) -> None:
-    process = start(consumers, rabbit)
+    port = free_port()
+    process = start(consumers, rabbit, "--metrics-port", str(port))
     row = consumers.row
     rabbit.publish([
         good(consumers, 1),
@@ -159,6 +167,11 @@ def test_answers_rpc_oip_and_dead_letters(consumers: Any, rabbit: Rabbit) -> Non
     assert dead["c-unknown"]["body"]["status"] == 404
     assert dead["c-short"]["body"]["error"] == "InputError"
     assert dead["c-short"]["body"]["message_id"] == "short"
+    # the same metrics as the server's, under protocol "queue"
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as scrape:
+        metrics = scrape.read().decode()
+    assert 'protocol="queue"' in metrics and 'model="probe"' in metrics
+    assert 'status="404"' in metrics and 'status="422"' in metrics
     # nothing else came: the repeat of m-5 was not answered a second time
     assert consumers.stop(process) == 0
     assert rabbit.depth("out") == 0 and rabbit.depth("dlq") == 0 and rabbit.depth("in") == 0
