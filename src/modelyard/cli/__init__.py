@@ -121,10 +121,11 @@ def _register() -> None:
     from modelyard.cli.store_cmds import store
     from modelyard.cli.train_cmds import init, train
     from modelyard.serving.command import serve
+    from modelyard.serving.queue.command import consume
 
     for command in (init, train, models, versions, show, promote, rollback, deploy, rollout,
-                    history, runs, audit, predict, batch, precompute, serve, monitor, feedback,
-                    build, demo):
+                    history, runs, audit, predict, batch, precompute, serve, consume, monitor,
+                    feedback, build, demo):
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)

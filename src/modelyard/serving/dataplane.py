@@ -1,8 +1,8 @@
 """The data plane: the one place a decoded prediction request becomes an answer.
 
 Every protocol is a thin codec around it: REST v1 (:mod:`~modelyard.serving.native`), OIP v2
-over REST (:mod:`~modelyard.serving.oip`) and over gRPC (:mod:`~modelyard.serving.grpc_server`);
-a queue consumer would be one more. Each prediction goes the same way::
+over REST (:mod:`~modelyard.serving.oip`) and over gRPC (:mod:`~modelyard.serving.grpc_server`),
+and queue messages (:mod:`~modelyard.serving.queue.codec`). Each prediction goes the same way::
 
     codec                               data plane
     Call(protocol, model, request id)

@@ -36,6 +36,11 @@ def decode(body: bytes, query_scores: bool = False) -> tuple[Any, bool]:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadJSONError(f"the body is not valid JSON: {exc}") from None
+    return decode_doc(doc, query_scores)
+
+
+def decode_doc(doc: Any, query_scores: bool = False) -> tuple[Any, bool]:
+    """:func:`decode` for a body already parsed (a queue message whose envelope was read)."""
     if not isinstance(doc, dict):
         raise InputError(
             "the body must be a JSON object with one of: records, columns, instances, inputs",
@@ -94,4 +99,4 @@ def _jsonable(values: Any) -> Any:
     return np.asarray(values).tolist()
 
 
-__all__ = ["PAYLOAD_KEYS", "decode", "encode"]
+__all__ = ["PAYLOAD_KEYS", "decode", "decode_doc", "encode"]

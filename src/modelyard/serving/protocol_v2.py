@@ -82,6 +82,11 @@ def decode_infer(body: bytes, header_length: int | None = None) -> InferRequest:
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         raise BadJSONError(f"the request header is not valid JSON: {exc}") from None
+    return decode_infer_doc(doc, binary)
+
+
+def decode_infer_doc(doc: Any, binary: bytes = b"") -> InferRequest:
+    """:func:`decode_infer` for a JSON header already parsed (a queue message's body)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
         raise InputError("an infer request needs a non-empty 'inputs' list",
                          [{"loc": ["inputs"], "msg": "field required"}])
@@ -374,6 +379,7 @@ __all__ = [
     "cast_output",
     "datatype_of",
     "decode_infer",
+    "decode_infer_doc",
     "encode_bytes",
     "encode_infer",
     "from_raw",
