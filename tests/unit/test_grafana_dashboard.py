@@ -131,6 +131,7 @@ def exported() -> dict[str, set[str]]:
     m.observe_load("iris", "2", "idle", 0.4)
     m.shadow_dropped.labels("iris", "2").inc()
     m.count_source("iris", "1", "mixed")
+    m.auth_failed("forbidden")
     m.set_quality([SimpleNamespace(model="iris", version=1, variant="stable", labeled=10,
                                    values={"accuracy": 0.9, "f1": None})])
     report = {"features": {"petal_width": {"test": "psi", "score": 0.3}},
