@@ -108,6 +108,8 @@ EXPECTED_ACTIONS = {
     ("GET", "/api/v1/runs"): "read",
     ("GET", "/api/v1/runs/{run_id}"): "read",
     ("GET", "/api/v1/audit"): "read",
+    ("GET", "/api/v1/audit/verify"): "admin",
+    ("GET", "/api/v1/audit/export"): "admin",
     ("GET", "/api/v1/auth/keys"): "admin",
     ("POST", "/api/v1/auth/keys"): "admin",
     ("POST", "/api/v1/auth/keys/{key_id}/revoke"): "admin",

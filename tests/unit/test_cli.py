@@ -366,10 +366,29 @@ def test_commands_that_need_the_database_say_so_through_a_server(
     for args in (("train", "--project", str(project), "tiny"),
                  ("batch", "iris2", "--input", str(tmp_path / "x.csv"), "--output",
                   str(tmp_path / "out")),
-                 ("scheduler", "--project", str(project), "--once"),
-                 ("audit", "verify"), ("store", "rekey")):
+                 ("scheduler", "--project", str(project), "--once"), ("store", "rekey")):
         line = assert_one_error(remote_invoke(*args), 2)
         assert "cannot act through a server" in line, args
+
+
+def test_the_audit_chain_verifies_and_exports_through_a_server(
+        registered: Registry, any_invoke: Invoke, tmp_path: Path) -> None:
+    verified = any_invoke("audit", "verify", "--json")
+    assert verified.exit_code == 0, verified.output
+    report = json.loads(verified.stdout)
+    assert report["intact"] and report["events"] >= 5
+    out = tmp_path / "audit.jsonl"
+    exported = any_invoke("audit", "export", "-o", str(out))
+    assert exported.exit_code == 0, exported.output
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == report["events"] and lines[-1]["hash"] == report["head"]
+    later = any_invoke("audit", "export", "--after", str(lines[1]["id"]))
+    assert [json.loads(x)["id"] for x in later.stdout.splitlines()] == [
+        x["id"] for x in lines[2:]]
+    with registered.db.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE audit_events SET actor = 'mallory' WHERE id = 2")
+    line = assert_one_error(any_invoke("audit", "verify"), 17)
+    assert "event 2" in line and "edited" in line
 
 
 def test_monitoring_through_a_server_answers_as_locally(registered: Registry,

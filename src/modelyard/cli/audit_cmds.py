@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -13,7 +14,12 @@ import click
 from modelyard.cli.output import print_json, print_table
 from modelyard.cli.state import State, pass_state
 from modelyard.errors import AuditChainError, StorageError
-from modelyard.registry.audit_chain import chain_rows, export_record, verify_session
+from modelyard.registry.audit_chain import (
+    ChainReport,
+    chain_rows,
+    export_record,
+    verify_session,
+)
 
 _JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
@@ -67,8 +73,7 @@ def verify_chain(state: State, anchor: str | None, as_json: bool) -> None:
     Prints the number of events and the head hash; keep the head somewhere else and pass it
     back with --head next time.
     """
-    with state.local_registry().db.session() as s:
-        report = verify_session(s, anchor=anchor)
+    report = _report(state, anchor)
     if report.bad_id is not None:
         raise AuditChainError(
             f"audit chain broken at event {report.bad_id}: {report.reason}; "
@@ -98,25 +103,60 @@ def verify_chain(state: State, anchor: str | None, as_json: bool) -> None:
 def export(state: State, fmt: str, output: Path | None, after_id: int) -> None:
     """Write every audit event in chain order, one JSON object a line: id, at, actor, action,
     target, details, prev_hash and hash (docs/security.md says how to recompute the hash)."""
-    registry = state.local_registry()
     if output is None:
-        _write(registry, sys.stdout, after_id)
+        _write(state, sys.stdout, after_id)
         return
     try:
         with output.open("w", encoding="utf-8") as fh:
-            count = _write(registry, fh, after_id)
+            count = _write(state, fh, after_id)
     except OSError as exc:
         raise StorageError(f"cannot write {output}: {exc.strerror}") from None
     click.echo(f"exported {count} audit events to {output}", err=True)
 
 
-def _write(registry: Any, stream: IO[str], after_id: int) -> int:
-    count = 0
+def _report(state: State, anchor: str | None) -> ChainReport:
+    """The chain's verification, here or by the server (``--server``, an admin key)."""
+    from modelyard.cli.remote import RemoteRegistry
+
+    registry = state.registry()
+    if isinstance(registry, RemoteRegistry):
+        found = registry.remote.get("/api/v1/audit/verify", head=anchor)
+        return ChainReport(found["events"], found["head"], found["bad_id"], found["reason"],
+                           found["anchor_found"])
     with registry.db.session() as s:
-        for row in chain_rows(s, after_id=after_id):
-            stream.write(json.dumps(export_record(row), sort_keys=True) + "\n")
-            count += 1
+        return verify_session(s, anchor=anchor)
+
+
+def _records(state: State, after_id: int) -> Iterator[dict[str, Any]]:
+    """Every event above ``after_id`` in chain order: streamed from the database, or paged
+    from the server (``--server``, an admin key)."""
+    from modelyard.cli.remote import RemoteRegistry
+
+    registry = state.registry()
+    if not isinstance(registry, RemoteRegistry):
+        with registry.db.session() as s:
+            for row in chain_rows(s, after_id=after_id):
+                yield export_record(row)
+        return
+    while True:
+        page = registry.remote.text("/api/v1/audit/export", after=after_id, limit=_PAGE)
+        records = [json.loads(line) for line in page.splitlines() if line.strip()]
+        yield from records
+        if len(records) < _PAGE:
+            return
+        after_id = int(records[-1]["id"])
+
+
+def _write(state: State, stream: IO[str], after_id: int) -> int:
+    count = 0
+    for record in _records(state, after_id):
+        stream.write(json.dumps(record, sort_keys=True) + "\n")
+        count += 1
     return count
+
+
+#: events a page of a remote export holds
+_PAGE = 10_000
 
 
 __all__ = ["audit"]

@@ -67,11 +67,16 @@ class Remote:
         query = {k: v for k, v in params.items() if v is not None}
         return self._call("GET", path, params=query)
 
+    def text(self, path: str, **params: Any) -> str:
+        """``GET path`` whose answer is text (JSON lines)."""
+        query = {k: v for k, v in params.items() if v is not None}
+        return str(self._call("GET", path, params=query, text=True))
+
     def post(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
         """``POST path`` with a JSON body."""
         return self._call("POST", path, json=dict(body or {}))
 
-    def _call(self, method: str, path: str, **kw: Any) -> Any:
+    def _call(self, method: str, path: str, *, text: bool = False, **kw: Any) -> Any:
         try:
             response = self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
@@ -79,7 +84,7 @@ class Remote:
                                f"check {URL_ENV}") from None
         if response.status_code >= 400:
             raise error_of(response)
-        return response.json()
+        return response.text if text else response.json()
 
     def close(self) -> None:
         self.http.close()

@@ -422,6 +422,20 @@ _REGISTRY_PATHS: dict[str, Any] = {
     "/api/v1/audit": _get("Registry: who changed what, newest first", [_QUERY[3], _LIMIT],
                           _obj(["events"], events={"type": "array", "items": _OBJ}), 422,
                           *_REGISTRY),
+    "/api/v1/audit/verify": _get(
+        "Audit (admin): walk the hash chain; intact, events, head, the first bad event",
+        [{"name": "head", "in": "query", "required": False, "schema": {"type": "string"}}],
+        _obj(["intact", "events", "head"], intact=_BOOL, events=_INT, head=_STR,
+             bad_id=_OPT_INT, reason=_STR, anchor_found={"type": ["boolean", "null"]}),
+        *_REGISTRY),
+    "/api/v1/audit/export": {"get": {
+        "summary": "Audit (admin): events above ?after in chain order as JSON lines, with both "
+                   "hashes (?limit per page, default 10000)",
+        "parameters": [{"name": "after", "in": "query", "required": False,
+                        "schema": {"type": "integer", "minimum": 0}}, _LIMIT],
+        "responses": {"200": {"description": "JSON lines",
+                              "content": {"application/x-ndjson": {}}},
+                      **_errors(422, *_REGISTRY)}}},
     "/api/v1/auth/keys": {
         **_get("Keys (admin): every API key, never a secret", [_QUERY[4]],
                _obj(["keys"], keys={"type": "array", "items": _KEY}), *_REGISTRY),

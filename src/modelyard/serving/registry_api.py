@@ -10,6 +10,8 @@ catalog's registry thread.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,7 @@ import orjson
 
 from modelyard.config import MAX_VERSION
 from modelyard.errors import ForbiddenError, InputError, NotFoundError
+from modelyard.registry.audit_chain import ChainReport, chain_rows, export_record, verify_session
 from modelyard.registry.keys import describe
 from modelyard.serving.access import actor_of, identity_of_scope, in_scope
 from modelyard.serving.admin import Fields, parse_fields
@@ -114,6 +117,36 @@ class RegistryAPI:
         await _ok(send, {"events": [e.to_dict() for e in events
                                     if _model_of(e.target) in shown]})
 
+    async def audit_verify(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /api/v1/audit/verify[?head=HASH]`` (admin): walk the hash chain; the report
+        says whether it is intact, how many events verify, the head, the first bad event."""
+        report = await self.io(self._verify, query_param(scope, "head"))
+        await _ok(send, {**dataclasses.asdict(report), "intact": report.intact})
+
+    def _verify(self, anchor: str | None) -> ChainReport:
+        with self.registry.db.session() as s:
+            return verify_session(s, anchor=anchor)
+
+    async def audit_export(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /api/v1/audit/export[?after=ID][&limit=N]`` (admin): up to N events (default
+        10000) with an id above ``after`` in chain order, as JSON lines with both hashes; page
+        with the last id."""
+        after = query_param(scope, "after")
+        if after is not None and not (after.isascii() and after.isdigit() and len(after) < 19):
+            raise InputError(f"after must be an event id, got {after[:40]!r}",
+                             [{"loc": ["query", "after"], "msg": "not a whole number"}])
+        lines = await self.io(self._export, int(after or 0), query_int(scope, "limit", 10_000))
+        await respond(send, 200, lines, [(b"content-type", b"application/x-ndjson")])
+
+    def _export(self, after_id: int, limit: int) -> bytes:
+        with self.registry.db.session() as s:
+            rows = chain_rows(s, after_id=after_id)
+            try:
+                return b"".join(orjson.dumps(export_record(row), option=orjson.OPT_SORT_KEYS)
+                                + b"\n" for row in itertools.islice(rows, limit))
+            finally:
+                rows.close()
+
     # -- keys (admin) ---------------------------------------------------------------------------
     async def auth_keys(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /api/v1/auth/keys[?principal=P]``: every key, never a secret."""
@@ -202,6 +235,8 @@ ROUTES: RouteTable = [
     ("GET", "/api/v1/runs", Endpoint(RegistryAPI.registry_runs, action="read")),
     ("GET", "/api/v1/runs/{run_id}", Endpoint(RegistryAPI.registry_run, action="read")),
     ("GET", "/api/v1/audit", Endpoint(RegistryAPI.registry_audit, action="read")),
+    ("GET", "/api/v1/audit/verify", Endpoint(RegistryAPI.audit_verify, action="admin")),
+    ("GET", "/api/v1/audit/export", Endpoint(RegistryAPI.audit_export, action="admin")),
     ("GET", "/api/v1/auth/keys", Endpoint(RegistryAPI.auth_keys, action="admin")),
     ("POST", "/api/v1/auth/keys",
      Endpoint(RegistryAPI.auth_create_key, mutation=True, action="admin")),
