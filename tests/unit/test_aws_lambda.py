@@ -85,6 +85,7 @@ def container(trained: tuple[Path, Any],
         env.setenv("MODELYARD_ARTIFACTS", str(registry_home / "artifacts"))
         env.setenv("MODELYARD_HOME", str(scratch))
         env.delenv("MODELYARD_TOKEN", raising=False)
+        env.setenv("MODELYARD_INSECURE", "1")  # no keys in this registry: open on purpose
         try:
             answer = aws_lambda.handler(http_api_event("GET", "/healthz"), CONTEXT)
             assert answer["statusCode"] == 200
@@ -172,6 +173,29 @@ def test_the_function_serves_the_pools_and_models_its_environment_names() -> Non
     assert chosen.pools == ("cpu", "nlp") and chosen.models == ("fraud", "churn")
 
 
+def test_a_function_enforces_api_keys_unless_told_it_is_insecure(
+        trained: tuple[Path, Any], tmp_path: Path) -> None:
+    registry_home, _ = trained
+    settings = Settings.from_env(home=tmp_path / "scratch",
+                                 db_url=f"sqlite:///{registry_home / 'registry.db'}",
+                                 artifacts=str(registry_home / "artifacts"))
+    assert aws_lambda.lambda_options({"MODELYARD_INSECURE": "1"}).insecure
+    function = aws_lambda.LambdaServer(settings, aws_lambda.lambda_options({}))
+    event = http_api_event("POST", "/v1/models/tabular/predict", {"records": RECORDS})
+    try:
+        assert function(event, CONTEXT)["statusCode"] == 401
+        assert function(http_api_event("GET", "/healthz"), CONTEXT)["statusCode"] == 200
+        with Registry.open(settings) as registry:
+            key = registry.keys.create_key("checkout", "predictor", kind="service").secret
+        event["headers"]["authorization"] = f"Bearer {key}"
+        assert function(event, CONTEXT)["statusCode"] == 200
+    finally:
+        function.close()
+        with Registry.open(settings) as registry:  # the module's other tests run open
+            for made in registry.keys.list_keys():
+                registry.keys.revoke(made.id)
+
+
 def test_a_model_of_another_pool_gets_a_404_naming_its_pool(
         trained: tuple[Path, Any], tmp_path: Path) -> None:
     registry_home, _ = trained
@@ -179,7 +203,7 @@ def test_a_model_of_another_pool_gets_a_404_naming_its_pool(
                                  db_url=f"sqlite:///{registry_home / 'registry.db'}",
                                  artifacts=str(registry_home / "artifacts"))
     function = aws_lambda.LambdaServer(settings, aws_lambda.lambda_options(
-        {"MODELYARD_POOL": "gpu"}))
+        {"MODELYARD_POOL": "gpu", "MODELYARD_INSECURE": "1"}))
     try:
         answer = function(http_api_event("POST", "/v1/models/tabular/predict",
                                          {"records": RECORDS}), CONTEXT)

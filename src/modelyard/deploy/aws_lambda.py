@@ -11,7 +11,9 @@ shared registry), ``MODELYARD_ARTIFACTS`` (the store, with the AWS variables it 
 ``MODELYARD_TOKEN``, ``MODELYARD_PREDICTION_LOG``, and which models the function serves:
 ``MODELYARD_POOL`` and ``MODELYARD_MODELS`` (comma lists, as ``serve --pool`` and ``--models``
 take them; unset: every model). ``MODELYARD_HOME`` defaults to ``/tmp/modelyard``, the one
-folder Lambda lets a function write.
+folder Lambda lets a function write. A function is reachable beyond loopback, so it enforces
+API keys as ``serve --host 0.0.0.0`` does (docs/security.md); ``MODELYARD_INSECURE=1`` lifts
+that until a key exists, as ``--insecure`` does.
 
 Why not Mangum's own lifespan handling: it runs the app's startup and shutdown around every
 invocation, which would load every model for every request. Here Mangum runs with lifespan off
@@ -97,9 +99,11 @@ def lambda_settings(env: Mapping[str, str]) -> Settings:
 
 
 def lambda_options(env: Mapping[str, str]) -> ServeOptions:
-    """What the function serves: ``MODELYARD_POOL`` and ``MODELYARD_MODELS``, comma lists."""
+    """What the function serves: ``MODELYARD_POOL`` and ``MODELYARD_MODELS``, comma lists;
+    auth enforced (an exposed server) unless ``MODELYARD_INSECURE`` is ``1`` or ``true``."""
     return ServeOptions(pools=split_names([env.get("MODELYARD_POOL", "")]),
-                        models=split_names([env.get("MODELYARD_MODELS", "")]))
+                        models=split_names([env.get("MODELYARD_MODELS", "")]), exposed=True,
+                        insecure=env.get("MODELYARD_INSECURE", "").lower() in ("1", "true"))
 
 
 _server: LambdaServer | None = None
