@@ -79,11 +79,14 @@ def _readable(folder: Path) -> None:
         path.chmod(path.stat().st_mode | stat.S_IROTH | (stat.S_IXOTH if path.is_dir() else 0))
 
 
-def _predict(container: Container) -> tuple[str, dict[str, object]]:
-    """The version that answered and its answer; a refusal fails with the container's log."""
+def _predict(container: Container, key: str) -> tuple[str, dict[str, object]]:
+    """The version that answered and its answer; a refusal fails with the container's log.
+    The server listens on 0.0.0.0 in its container, so it enforces API keys: ``key`` is a
+    predictor's."""
     request = urllib.request.Request(f"{container.url}/v1/models/tabular/predict",
                                      data=json.dumps(ROW).encode(),
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {key}"})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.headers["X-Model-Version"], json.loads(response.read())
@@ -91,10 +94,11 @@ def _predict(container: Container) -> tuple[str, dict[str, object]]:
         pytest.fail(f"{exc.code} {exc.read()[:500]!r}; the container's log:\n{container.logs()}")
 
 
-def _serves_version(container: Container, version: str, timeout_s: float = 60.0) -> bool:
+def _serves_version(container: Container, version: str, key: str,
+                    timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if _predict(container)[0] == version:
+        if _predict(container, key)[0] == version:
             return True
         time.sleep(0.2)
     return False
@@ -116,6 +120,7 @@ def test_a_cpu_image_builds_offline_serves_from_the_registry_and_from_baked_arti
                                  artifacts=str(artifacts), actor="tester")
     with Registry.open(settings) as registry:
         register_hgb(registry, "tabular", max_iter=5)
+        key = registry.keys.create_key("shop", "predictor", kind="service").secret
     (tmp_path / "modelyard.yaml").write_text(PROJECT)
     out = tmp_path / "build"
     result = CliRunner().invoke(main, [
@@ -135,14 +140,14 @@ def test_a_cpu_image_builds_offline_serves_from_the_registry_and_from_baked_arti
     assert frameworks.strip() == "['sklearn']"  # an sklearn-only pool carries no torch or TF
 
     _readable(artifacts)
-    _serve_from_the_shared_store(dockerd, context["image"], settings, artifacts)
+    _serve_from_the_shared_store(dockerd, context["image"], settings, artifacts, key)
     with Registry.open(settings) as registry:
         registry.set_alias("tabular", "production", 1)
-    _serve_from_the_baked_version(dockerd, context["image"], pg_url)
+    _serve_from_the_baked_version(dockerd, context["image"], pg_url, key)
 
 
 def _serve_from_the_shared_store(dockerd: Dockerd, image: str, settings: Settings,
-                                 artifacts: Path) -> None:
+                                 artifacts: Path, key: str) -> None:
     container = Container(dockerd, image, port=free_port(), volumes=(
         f"{artifacts}:/artifacts:ro",), env={"MODELYARD_DB": settings.db_url,
                                              "MODELYARD_ARTIFACTS": "/artifacts",
@@ -150,7 +155,7 @@ def _serve_from_the_shared_store(dockerd: Dockerd, image: str, settings: Setting
                                              "MODELYARD_BAKED_ARTIFACTS": ""})
     try:
         container.wait_ready()
-        assert _predict(container)[0] == "1"
+        assert _predict(container, key)[0] == "1"
         uid, cmdline = _pid1(container)  # the server itself is PID 1, so SIGTERM reaches it
         assert uid != 0
         assert cmdline[1] == "/opt/modelyard/venv/bin/modelyard" and "serve" in cmdline
@@ -158,17 +163,17 @@ def _serve_from_the_shared_store(dockerd: Dockerd, image: str, settings: Setting
             register_hgb(registry, "tabular", max_iter=6, seed=1, promote=False)
             _readable(artifacts)
             registry.set_alias("tabular", "production", 2)
-        assert _serves_version(container, "2"), container.logs()
+        assert _serves_version(container, "2", key), container.logs()
         assert container.stop() == 0, container.logs()  # SIGTERM: a clean exit, not a kill
     finally:
         container.remove()
 
 
-def _serve_from_the_baked_version(dockerd: Dockerd, image: str, pg_url: str) -> None:
+def _serve_from_the_baked_version(dockerd: Dockerd, image: str, pg_url: str, key: str) -> None:
     container = Container(dockerd, image, port=free_port(), env={"MODELYARD_DB": pg_url})
     try:
         container.wait_ready()  # its artifact store is an empty folder: only the baked blob
-        version, answer = _predict(container)
+        version, answer = _predict(container, key)
         assert version == "1" and len(answer["predictions"]) == 1  # type: ignore[arg-type]
         started = time.monotonic()
         assert container.stop() == 0, container.logs()
