@@ -34,6 +34,7 @@
     │   ├── QueueFullError          the model's request queue is full
     │   ├── RunnerClosedError       the version was swapped out or unloaded mid-request
     │   ├── RequestTimeoutError     504: no answer within the server's request timeout
+    │   ├── PublishError            a broker did not take a queue answer (the message goes back)
     │   └── WorkerUnavailableError  the model's device worker is restarting
     │       └── WorkerDiedError     it exited while the request was in flight
     └── ServerStartError            a server child process exited or was not ready in time
@@ -307,6 +308,11 @@ class RequestTimeoutError(UnavailableError):
     retry_after = None
 
 
+class PublishError(UnavailableError):
+    """A broker did not take a queue answer or dead letter (``modelyard consume``): the message
+    it answers is given back to the queue, to be answered again."""
+
+
 class WorkerUnavailableError(UnavailableError):
     """The model's device worker is restarting; retry after ``retry_after`` seconds."""
 
@@ -343,6 +349,7 @@ __all__ = [
     "ModelyardError",
     "MonitoringError",
     "NotFoundError",
+    "PublishError",
     "QueueFullError",
     "RequestError",
     "RequestTimeoutError",

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from modelyard.errors import NotFoundError
+from modelyard.errors import NotFoundError, PublishError
 from modelyard.predictor import Prediction
 from modelyard.serving import protocol_v1
 from modelyard.serving import protocol_v2 as v2
@@ -54,10 +54,6 @@ log = logging.getLogger(__name__)
 #: ``publish(destination, body, correlation_id, headers)``: the broker adapter's send, which
 #: returns once the broker has the message (a publisher confirm where the broker has them).
 Publish = Callable[[str, bytes, "str | None", dict[str, str]], Awaitable[None]]
-
-
-class PublishFailed(Exception):
-    """The broker did not take an answer or a dead letter: the message is given back."""
 
 
 class QueueCodec:
@@ -92,7 +88,7 @@ class QueueCodec:
         settle = Settle.REQUEUE
         try:
             settle = await self._answer(delivery)
-        except PublishFailed as exc:
+        except PublishError as exc:
             log.warning("message %s given back: the broker did not take its answer: %s",
                         key, exc.__cause__ or exc)
         finally:
@@ -117,7 +113,7 @@ class QueueCodec:
             status = 200
             self.counts["answered"] += 1
             return Settle.ACK
-        except PublishFailed:
+        except PublishError:
             status = 503
             raise
         except Exception as exc:
@@ -197,7 +193,7 @@ class QueueCodec:
         try:
             await self.publish(where, body, delivery.correlation_id, headers)
         except Exception as exc:
-            raise PublishFailed(str(exc)) from exc
+            raise PublishError(str(exc)) from exc
 
 
-__all__ = ["Publish", "PublishFailed", "QueueCodec"]
+__all__ = ["Publish", "QueueCodec"]
