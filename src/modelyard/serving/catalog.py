@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-from modelyard.errors import ConflictError, NotFoundError
+from modelyard.errors import ConflictError, NotFoundError, UnavailableError
 from modelyard.schema import FieldSpec
 from modelyard.serving.cache import Key, ModelCache
 from modelyard.serving.footprint import Footprint
@@ -109,6 +109,9 @@ class Catalog:
     def key_for(self, name: str, version: int | None = None) -> Key:
         """``(name, version)`` for a request, or :class:`NotFoundError` naming what exists."""
         if name not in self.models:
+            if not self.has_read:
+                raise UnavailableError("the server has not read the registry yet (it is "
+                                       "starting, or the registry is unreachable); retry")
             pool = self.elsewhere.get(name)
             if pool is not None:
                 raise NotFoundError(self.selection.refusal(name, pool))

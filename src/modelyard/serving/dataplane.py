@@ -38,6 +38,7 @@ the runner's batch future, as before; a codec allocates a :class:`Call` and an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import random
@@ -405,6 +406,11 @@ class DataPlane:
             catalog.registry = await loop.run_in_executor(catalog.io_pool, Registry.open,
                                                           self._settings)
         if self.options.preload:
+            # the snapshot first (a query), so a request that comes before its model is loaded
+            # loads it instead of meeting an empty catalog; a failure here is preloading's to
+            # report (it reads again)
+            with contextlib.suppress(Exception):
+                await catalog.read_registry()
             self._preload = asyncio.get_running_loop().create_task(self._run_preload())
         else:
             await catalog.read_registry()
