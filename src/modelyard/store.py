@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,54 @@ from modelyard.errors import (
 )
 
 _CHUNK = 1 << 20
+log = logging.getLogger(__name__)
 #: the first bytes of an encrypted artifact (modelyard/encryption.py); a tar never starts so
 MAGIC = b"\x89MYA\r\n\x1a\n"
+
+
+def cached_artifact(cache_dir: Path, digest: str, ref: str,
+                    fetch: Callable[[Path], Path]) -> Path:
+    """A local folder holding the artifact ``digest`` (of version ``ref``), verified.
+
+    Unpacked once into ``cache_dir/<digest>/`` and checked again on every call: the folder is
+    re-packed in memory (:func:`digest_dir`) and must give back the digest, so a changed or
+    added file is caught; such a copy is logged, removed and unpacked again. ``fetch(dest)``
+    writes the verified archive to ``dest`` (from the store, or a server); its
+    :class:`IntegrityError` is raised naming ``ref``, and nothing is unpacked.
+    """
+    target = cache_dir / digest
+    if target.is_dir():
+        if digest_dir(target) == digest:
+            return target
+        log.error("the cached copy of %s in %s was changed (a file in it was modified, added "
+                  "or removed); it is discarded and unpacked again", ref, target)
+        _discard(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".unpack-") as tmp:
+        archive = Path(tmp) / "a.tar"
+        try:
+            fetch(archive)
+        except IntegrityError as exc:  # and ArtifactDecryptError: a key or a tamper
+            raise type(exc)(
+                f"refusing to load {ref}: {exc}; the stored artifact is corrupt or was "
+                "changed; re-register the model or restore the artifact store") from None
+        staged = unpack(archive, Path(tmp) / "content")
+        try:
+            staged.rename(target)
+        except OSError:  # another process unpacked it first
+            if not target.is_dir():
+                raise
+    return target
+
+
+def _discard(folder: Path) -> None:
+    """Remove a cached folder; renamed first, so a concurrent unpack never sees half of it."""
+    stale = folder.with_name(f".stale-{uuid.uuid4().hex}")
+    try:
+        folder.rename(stale)
+    except OSError:  # another process discarded it first
+        return
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 def sha256_file(path: Path) -> str:
@@ -428,6 +476,7 @@ __all__ = [
     "STORE_ATTEMPTS",
     "FsspecStore",
     "LocalStore",
+    "cached_artifact",
     "digest_dir",
     "is_sealed",
     "open_store",

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from modelyard.adapters import artifact_verifier
 from modelyard.config import Settings
 from modelyard.encryption import artifact_store
-from modelyard.errors import ConfigError, ConflictError, IntegrityError, NotFoundError
+from modelyard.errors import ConfigError, ConflictError, NotFoundError
 from modelyard.registry.database import Database
 from modelyard.registry.keys import KeyStore
 from modelyard.registry.owners import Owner, abandoned, this_host
@@ -53,7 +53,7 @@ from modelyard.registry.tables import (
     RunRow,
     VersionRow,
 )
-from modelyard.store import digest_dir, pack_dir, unpack
+from modelyard.store import cached_artifact, pack_dir, unpack
 from modelyard.types import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -373,31 +373,9 @@ class Registry:
         unpacked again from the store. A digest mismatch in the store itself raises
         :class:`IntegrityError` naming the version, and nothing is loaded.
         """
-        target = self.settings.cache_dir / version.artifact_digest
-        if target.is_dir():
-            if digest_dir(target) == version.artifact_digest:
-                return target
-            log.error("the cached copy of %s in %s was changed (a file in it was modified, added "
-                      "or removed); it is discarded and unpacked again from the artifact store",
-                      version.ref, target)
-            _discard(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".unpack-") as tmp:
-            archive = Path(tmp) / "a.tar"
-            try:
-                self.store.get_file(version.artifact_digest, archive)
-            except IntegrityError as exc:  # and ArtifactDecryptError: a key or a tamper
-                raise type(exc)(
-                    f"refusing to load {version.ref}: {exc}; the stored artifact is corrupt or "
-                    "was changed; re-register the model or restore the artifact store"
-                ) from None
-            staged = unpack(archive, Path(tmp) / "content")
-            try:
-                staged.rename(target)
-            except OSError:  # another process unpacked it first
-                if not target.is_dir():
-                    raise
-        return target
+        return cached_artifact(
+            self.settings.cache_dir, version.artifact_digest, version.ref,
+            lambda dest: self.store.get_file(version.artifact_digest, dest))
 
     def clear_cache(self) -> None:
         """Remove every unpacked artifact (they are unpacked again on the next load)."""
@@ -541,16 +519,6 @@ class Registry:
                 AuditEvent(r.id, r.at, r.actor, r.action, r.target, r.details)
                 for r in s.scalars(query)
             ]
-
-
-def _discard(folder: Path) -> None:
-    """Remove a cached folder; renamed first, so a concurrent unpack never sees half of it."""
-    stale = folder.with_name(f".stale-{uuid.uuid4().hex}")
-    try:
-        folder.rename(stale)
-    except OSError:  # another process discarded it first
-        return
-    shutil.rmtree(stale, ignore_errors=True)
 
 
 def _verdict(row: RunRow) -> str | None:
