@@ -110,10 +110,16 @@ EXPECTED_ACTIONS = {
     ("GET", "/api/v1/audit"): "read",
     ("GET", "/api/v1/audit/verify"): "admin",
     ("GET", "/api/v1/audit/export"): "admin",
+    ("GET", "/api/v1/auth/whoami"): "describe",
     ("GET", "/api/v1/auth/keys"): "admin",
     ("POST", "/api/v1/auth/keys"): "admin",
     ("POST", "/api/v1/auth/keys/{key_id}/revoke"): "admin",
     ("POST", "/api/v1/auth/keys/{key_id}/rotate"): "admin",
+    ("POST", "/api/v1/models/{name}/runs"): "train",
+    ("POST", "/api/v1/runs/{run_id}/beat"): "train",
+    ("POST", "/api/v1/runs/{run_id}/finish"): "train",
+    ("POST", "/api/v1/models/{name}/versions"): "train",
+    ("GET", "/api/v1/models/{name}/versions/{version}/artifact"): "train",
     ("POST", "/v1/models/{name}/feedback"): "feedback",
     ("GET", "/api/v1/models/{name}/metrics"): "read",
     ("GET", "/api/v1/models/{name}/drift"): "read",
@@ -126,6 +132,8 @@ EXPECTED_ACTIONS = {
 #: every route the app answers, with the action this test expects of it.
 ROUTES = [(method, path, EXPECTED_ACTIONS.get((method, path), "undeclared"))
           for method, path, _ in TABLE]
+#: the routes whose body is not JSON (a version upload's tar), by route.
+MEDIA = {(method, path): e.media for method, path, e in TABLE if e.media is not None}
 
 
 def test_every_route_declares_the_action_expected_of_it() -> None:
@@ -147,6 +155,10 @@ def test_the_openapi_document_says_which_routes_need_a_credential() -> None:
 async def _status(client: httpx.AsyncClient, method: str, path: str,
                   headers: dict[str, str]) -> int:
     kw: dict[str, Any] = {"json": {}} if method == "POST" else {}
+    media = MEDIA.get((method, path))
+    if media is not None:
+        kw = {"content": b""}
+        headers = {**headers, "content-type": media.decode()}
     r = await client.request(method, _path(path), headers=headers, **kw)
     return r.status_code
 

@@ -568,78 +568,78 @@ def test_init_writes_a_starter_and_never_overwrites(tmp_path: Path,
 
 
 # -- train (the real pipeline) ------------------------------------------------------------------
-def test_train_registers_promotes_and_records_the_run(invoke: Invoke, project: Path) -> None:
-    result = invoke("train", "tiny", "--project", str(project))
+def test_train_registers_promotes_and_records_the_run(any_invoke: Invoke, project: Path) -> None:
+    result = any_invoke("train", "tiny", "--project", str(project))
     assert result.exit_code == 0, result.output
     for stage in ("load data", "validate", "train", "evaluate", "gate", "register", "promote"):
         assert stage in result.stdout
     assert "tiny:1" in result.stdout and "accuracy=" in result.stdout
     assert result.stderr == ""
 
-    models = json.loads(invoke("models", "--json").stdout)
+    models = json.loads(any_invoke("models", "--json").stdout)
     assert models[0]["name"] == "tiny" and models[0]["aliases"] == {"production": 1}
 
-    runs = json.loads(invoke("runs", "--json").stdout)
+    runs = json.loads(any_invoke("runs", "--json").stdout)
     assert [(r["model"], r["status"], r["version"]) for r in runs] == [("tiny", "succeeded", 1)]
-    assert json.loads(invoke("runs", "tiny", "--json").stdout)[0]["id"] == runs[0]["id"]
-    shown = invoke("runs", "show", runs[0]["id"][:8])
+    assert json.loads(any_invoke("runs", "tiny", "--json").stdout)[0]["id"] == runs[0]["id"]
+    shown = any_invoke("runs", "show", runs[0]["id"][:8])
     assert shown.exit_code == 0, shown.output
     assert "logs" in shown.stdout and "registered tiny:1" in shown.stdout
 
-    again = invoke("train", "tiny", "--project", str(project), "--no-promote", "--force",
+    again = any_invoke("train", "tiny", "--project", str(project), "--no-promote", "--force",
                    "--json")
     assert again.exit_code == 0, again.output
     outcome = json.loads(again.stdout)[0]
     assert outcome["status"] == "registered" and outcome["version"] == 2
     assert outcome["champion_metrics"] is not None
-    assert json.loads(invoke("show", "tiny", "--json").stdout)["version"] == 1
+    assert json.loads(any_invoke("show", "tiny", "--json").stdout)["version"] == 1
 
 
-def test_retraining_on_nothing_new_is_unchanged_unless_forced(invoke: Invoke,
+def test_retraining_on_nothing_new_is_unchanged_unless_forced(any_invoke: Invoke,
                                                               project: Path) -> None:
-    assert invoke("train", "tiny", "--project", str(project)).exit_code == 0
-    again = invoke("train", "tiny", "--project", str(project))
+    assert any_invoke("train", "tiny", "--project", str(project)).exit_code == 0
+    again = any_invoke("train", "tiny", "--project", str(project))
     assert again.exit_code == 0, again.output
     assert "unchanged: identical to tiny:1" in again.stdout and again.stderr == ""
     assert " train " not in again.stdout and " register " not in again.stdout  # no such stage
-    assert [v["version"] for v in json.loads(invoke("versions", "tiny", "--json").stdout)] == [1]
-    runs = json.loads(invoke("runs", "tiny", "--json").stdout)
+    assert [v["version"] for v in json.loads(any_invoke("versions", "tiny", "--json").stdout)] == [1]
+    runs = json.loads(any_invoke("runs", "tiny", "--json").stdout)
     assert [(r["status"], r["version"]) for r in runs] == [("unchanged", None),
                                                            ("succeeded", 1)]
-    as_json = json.loads(invoke("train", "tiny", "--project", str(project), "--json").stdout)
+    as_json = json.loads(any_invoke("train", "tiny", "--project", str(project), "--json").stdout)
     assert (as_json[0]["status"], as_json[0]["identical_to"]) == ("unchanged", "tiny:1")
 
-    forced = invoke("train", "tiny", "--project", str(project), "--force")
+    forced = any_invoke("train", "tiny", "--project", str(project), "--force")
     assert forced.exit_code == 0 and "tiny:2" in forced.stdout, forced.output
     # a changed spec is not the same training: it registers without --force
     project.write_text(project.read_text().replace("max_drop: 0.05", "max_drop: 0.04"))
-    changed = invoke("train", "tiny", "--project", str(project))
+    changed = any_invoke("train", "tiny", "--project", str(project))
     assert "tiny:3" in changed.stdout, changed.output
 
 
-def test_train_failure_is_one_line_and_recorded(invoke: Invoke, project: Path) -> None:
-    result = invoke("train", "broken", "--project", str(project))
+def test_train_failure_is_one_line_and_recorded(any_invoke: Invoke, project: Path) -> None:
+    result = any_invoke("train", "broken", "--project", str(project))
     line = assert_one_error(result, 11)
     assert "boom" in line
-    runs = json.loads(invoke("runs", "broken", "--json").stdout)
+    runs = json.loads(any_invoke("runs", "broken", "--json").stdout)
     assert runs[0]["status"] == "failed"
 
 
-def test_gate_rejection_exits_12(invoke: Invoke, project: Path) -> None:
-    result = invoke("train", "strict", "--project", str(project))
+def test_gate_rejection_exits_12(any_invoke: Invoke, project: Path) -> None:
+    result = any_invoke("train", "strict", "--project", str(project))
     line = assert_one_error(result, 12)
     assert "accuracy" in line
     assert "rejected" in result.stdout
-    assert invoke("versions", "strict").exit_code == 3  # nothing was registered
+    assert any_invoke("versions", "strict").exit_code == 3  # nothing was registered
 
 
-def test_data_validation_failure_exits_5_with_report(invoke: Invoke, project: Path) -> None:
-    result = invoke("train", "hungry", "--project", str(project))
+def test_data_validation_failure_exits_5_with_report(any_invoke: Invoke, project: Path) -> None:
+    result = any_invoke("train", "hungry", "--project", str(project))
     assert "min_rows" in assert_one_error(result, 5)  # one failed check: the message says it
     project.write_text(TINY_PROJECT.replace(
         "validation: {min_rows: 100000}",
         "validation: {min_rows: 100000, columns: {f0: string, f1: string, f2: string}}"))
-    result = invoke("train", "hungry", "--project", str(project))
+    result = any_invoke("train", "hungry", "--project", str(project))
     assert result.exit_code == 5, result.output
     lines = error_lines(result)
     # the message names the first three failed checks; the report's others follow it
@@ -867,7 +867,7 @@ def production_of(home: Path, model: str) -> int | None:
         return reg.get_model(model).aliases.get("production")
 
 
-def test_train_starts_the_rollout_the_spec_declares(invoke: Invoke, home: Path,
+def test_train_starts_the_rollout_the_spec_declares(any_invoke: Invoke, home: Path,
                                                     tmp_path: Path) -> None:
     """It used to move production at once, whatever the rollout section said."""
     folder = tmp_path / "staged"
@@ -876,41 +876,41 @@ def test_train_starts_the_rollout_the_spec_declares(invoke: Invoke, home: Path,
     (folder / "modelyard.yaml").write_text(STAGED_PROJECT)
     project = ("--project", str(folder / "modelyard.yaml"))
 
-    first = invoke("train", "staged", *project)  # nothing to compare with: straight to production
+    first = any_invoke("train", "staged", *project)  # nothing to compare with: straight to production
     assert first.exit_code == 0, first.output
     assert production_of(home, "staged") == 1
 
     # --force: the same data again, which would otherwise be "unchanged"
-    second = invoke("train", "staged", *project, "--force", "--json")
+    second = any_invoke("train", "staged", *project, "--force", "--json")
     assert second.exit_code == 0, second.output
     [outcome] = json.loads(second.stdout)
     assert (outcome["status"], outcome["version"], outcome["promoted"]) == ("rollout", 2, False)
     assert outcome["rollout"]["strategy"] == "canary"
     assert production_of(home, "staged") == 1  # the canary decides, not the train command
-    status = json.loads(invoke("rollout", "status", "staged", "--json").stdout)["deployment"]
+    status = json.loads(any_invoke("rollout", "status", "staged", "--json").stdout)["deployment"]
     assert (status["strategy"], status["steps"], status["every_s"]) == ("canary", [10, 100],
                                                                       30.0)
     assert (status["stable_version"], status["candidate_version"]) == (1, 2)
     assert status["rules"]["metric"] == "f1" and status["rules"]["min_requests"] == 40
     assert status["candidate_percent"] == 0.0  # no server routes it in this test
-    text = invoke("rollout", "status", "staged").stdout
+    text = any_invoke("rollout", "status", "staged").stdout
     assert "Canary: v2 answers 10% of requests, v1 the rest" in text
     assert "no server routes this rollout yet" in text
 
     # a rollout is already running: the version is registered, the command says why it stopped
-    third = invoke("train", "staged", *project, "--force")
+    third = any_invoke("train", "staged", *project, "--force")
     line = assert_one_error(third, 4)
     assert "already has a progressing canary rollout of version 2" in line
     assert "rollout not started" in third.stdout and production_of(home, "staged") == 1
 
-    assert invoke("rollout", "abort", "staged").exit_code == 0
-    direct = invoke("train", "staged", *project, "--no-rollout", "--force", "--json")
+    assert any_invoke("rollout", "abort", "staged").exit_code == 0
+    direct = any_invoke("train", "staged", *project, "--no-rollout", "--force", "--json")
     assert json.loads(direct.stdout)[0]["status"] == "promoted"
     assert production_of(home, "staged") == 4
-    promoted = invoke("train", "staged", *project, "--promote", "--force", "--json")
+    promoted = any_invoke("train", "staged", *project, "--promote", "--force", "--json")
     assert json.loads(promoted.stdout)[0]["status"] == "promoted"
     assert production_of(home, "staged") == 5
-    both = invoke("train", "staged", *project, "--promote", "--no-promote")
+    both = any_invoke("train", "staged", *project, "--promote", "--no-promote")
     assert both.exit_code == 2 and "choose one of --no-promote and --promote" in both.output
 
 

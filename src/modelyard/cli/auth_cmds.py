@@ -16,8 +16,9 @@ import click
 from modelyard.cli.output import console, fmt_time, print_json, print_table
 from modelyard.cli.state import State, pass_state
 from modelyard.config import parse_duration
+from modelyard.errors import ConfigError
 from modelyard.registry.keys import KINDS, ApiKey, KeyStore, NewKey, describe
-from modelyard.registry.policy import ROLES
+from modelyard.registry.policy import ROLES, check_roles
 
 if TYPE_CHECKING:
     from modelyard.cli.remote import RemoteKeys
@@ -27,9 +28,17 @@ if TYPE_CHECKING:
 def auth() -> None:
     """Principals (users and service accounts) and their API keys, in the registry database.
 
-    Each key grants one role over the models a pattern names: viewer, predictor, deployer,
-    trainer or admin (see docs/security.md for what each may do).
+    Each key grants a role over the models a pattern names: viewer, predictor, deployer,
+    trainer or admin (see docs/security.md for what each may do); a few joined by commas
+    (trainer,deployer: a CI key that trains and promotes).
     """
+
+
+def _roles(value: str) -> str:
+    try:
+        return check_roles(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _keys(state: State) -> KeyStore | RemoteKeys:
@@ -39,8 +48,9 @@ def _keys(state: State) -> KeyStore | RemoteKeys:
 
 @auth.command("create-key", short_help="Make an API key for NAME; printed once.")
 @click.argument("name")
-@click.option("--role", required=True, type=click.Choice(sorted(ROLES)),
-              help="What the key may do.")
+@click.option("--role", required=True, callback=lambda _c, _p, v: _roles(v),
+              help=f"What the key may do: {', '.join(ROLES)}; or a few, comma-separated "
+                   "(trainer,deployer).")
 @click.option("--models", default="*", show_default=True,
               help="Which models: a name or a glob (fraud-*).")
 @click.option("--expires", default=None, metavar="DURATION",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
 from rich.progress import (
@@ -29,9 +29,18 @@ from modelyard.errors import GateFailed, ModelyardError
 if TYPE_CHECKING:
     from modelyard.batch import ChunkDone
     from modelyard.pipeline import RunResult
-    from modelyard.registry import Registry
+    from modelyard.pipeline.run_registry import RunRegistry
     from modelyard.rollout.deployments import Deployment
     from modelyard.spec import Spec
+
+
+class RolloutStarter(Protocol):
+    """Starts a spec's declared rollout: the registry's rollouts, or a server's."""
+
+    def start_declared(self, model: str, version: int, *, actor: str | None = ...,
+                       reason: str = ...) -> Deployment:
+        """Start ``model``'s declared rollout of ``version``."""
+        ...
 
 
 @dataclass
@@ -153,13 +162,14 @@ class RowProgress:
 
 def train_with_progress(
     spec: Spec,
-    registry: Registry,
+    registry: RunRegistry,
     out: Console,
     *,
     trigger: str = "manual",
     promote: bool | None = None,
     actor: str | None = None,
     force: bool = False,
+    deployments: RolloutStarter | None = None,
 ) -> Outcome:
     """Run the pipeline for ``spec`` behind a :class:`StageDisplay`; never raises a modelyard error.
 
@@ -191,20 +201,26 @@ def train_with_progress(
     outcome = Outcome(spec.name, status, time.perf_counter() - started, result=result,
                       stages=display.stages, metrics=dict(result.metrics))
     if result.rollout_due and result.version is not None:
-        _start_rollout(outcome, spec, registry, result, actor)
+        _start_rollout(outcome, spec, deployments or _local_deployments(registry), result, actor)
     return outcome
 
 
-def _start_rollout(outcome: Outcome, spec: Spec, registry: Registry, result: RunResult,
-                   actor: str | None) -> None:
-    """Start the rollout the spec declares for the version ``result`` registered."""
+def _local_deployments(registry: RunRegistry) -> RolloutStarter:
+    from modelyard.registry import Registry
     from modelyard.rollout.deployments import Deployments
 
+    assert isinstance(registry, Registry), "a remote registry brings its own deployments"
+    return Deployments(registry)
+
+
+def _start_rollout(outcome: Outcome, spec: Spec, deployments: RolloutStarter,
+                   result: RunResult, actor: str | None) -> None:
+    """Start the rollout the spec declares for the version ``result`` registered."""
     version = result.version
     if version is None:
         return
     try:
-        outcome.deployment = Deployments(registry).start_declared(
+        outcome.deployment = deployments.start_declared(
             spec.name, version.version, actor=actor,
             reason=f"run {result.run.id[:8]}: gate passed; the spec's "
                    f"{spec.rollout.strategy} rollout")
@@ -214,7 +230,7 @@ def _start_rollout(outcome: Outcome, spec: Spec, registry: Registry, result: Run
     outcome.status = "rollout"
 
 
-def _run_metrics(registry: Registry, err: ModelyardError) -> dict[str, Any]:
+def _run_metrics(registry: RunRegistry, err: ModelyardError) -> dict[str, Any]:
     run_id = getattr(err, "run_id", None)
     if run_id is None:
         return {}

@@ -13,10 +13,16 @@ error's class, and a refused key is :class:`~modelyard.errors.UnauthorizedError`
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
+import shutil
+import tarfile
+import tempfile
 import types
 import typing
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -34,9 +40,12 @@ from modelyard.monitoring.monitor import (
 from modelyard.monitoring.quality import MetricWindow
 from modelyard.registry.client import PRODUCTION, parse_ref
 from modelyard.registry.keys import ApiKey, NewKey
+from modelyard.registry.owners import Owner
 from modelyard.registry.records import AliasEvent, AuditEvent, Model, ModelVersion, Record, Run
 from modelyard.rollout.deployments import Deployment, DeploymentEvent
 from modelyard.serving.monitor_api import MAX_LABELS
+from modelyard.serving.training_api import RECORD, TAR
+from modelyard.store import cached_artifact, digest_dir, verify_file
 
 R = TypeVar("R", bound=Record)
 URL_ENV = "MODELYARD_URL"
@@ -76,15 +85,38 @@ class Remote:
         """``POST path`` with a JSON body."""
         return self._call("POST", path, json=dict(body or {}))
 
+    def upload(self, path: str, file: Path, media: str) -> Any:
+        """``POST path`` with the file at ``file`` as the body (streamed), answered in JSON."""
+        with open(file, "rb") as body:
+            return self._call("POST", path, content=body, headers={"content-type": media},
+                              timeout=httpx.Timeout(self.http.timeout.read, read=None))
+
+    def download(self, path: str, dest: Path) -> Path:
+        """``GET path`` into the file ``dest`` (streamed)."""
+        try:
+            with self.http.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise error_of(response)
+                with open(dest, "wb") as out:
+                    for chunk in response.iter_bytes(1 << 20):
+                        out.write(chunk)
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        return dest
+
     def _call(self, method: str, path: str, *, text: bool = False, **kw: Any) -> Any:
         try:
             response = self.http.request(method, path, **kw)
         except httpx.HTTPError as exc:
-            raise StorageError(f"cannot reach the modelyard server at {self.url}: {exc}; "
-                               f"check {URL_ENV}") from None
+            raise self._unreachable(exc) from None
         if response.status_code >= 400:
             raise error_of(response)
         return response.text if text else response.json()
+
+    def _unreachable(self, exc: httpx.HTTPError) -> StorageError:
+        return StorageError(f"cannot reach the modelyard server at {self.url}: {exc}; "
+                            f"check {URL_ENV}")
 
     def close(self) -> None:
         self.http.close()
@@ -313,6 +345,15 @@ class RemoteRegistry:
         self.keys = RemoteKeys(remote)
         self.deployments = RemoteDeployments(remote)
         self.monitor = RemoteMonitor(remote)
+        self._cache: Path | None = None
+
+    def whoami(self) -> dict[str, Any]:
+        """The key's principal and grants, as the server sees them."""
+        return dict(self.remote.get("/api/v1/auth/whoami"))
+
+    def check_store(self) -> None:
+        """Ask the server once, before work that needs it: it answers and takes the key."""
+        self.whoami()
 
     # -- models and versions --------------------------------------------------------------------
     def list_models(self) -> list[Model]:
@@ -376,6 +417,72 @@ class RemoteRegistry:
         return dict(self.remote.post(f"/v1/models/{_p(name)}/versions/{number}/predict",
                                      {**body, "scores": scores}))
 
+    # -- training -------------------------------------------------------------------------------
+    def register(self, name: str, artifact_dir: Path, *, flavor: str,
+                 meta: dict[str, Any] | None = None, signature: dict[str, Any] | None = None,
+                 metrics: dict[str, Any] | None = None, params: dict[str, Any] | None = None,
+                 data_fingerprint: str | None = None, code_ref: dict[str, Any] | None = None,
+                 environment: dict[str, Any] | None = None,
+                 reference_stats: dict[str, Any] | None = None, run_id: str | None = None,
+                 description: str = "", actor: str | None = None) -> ModelVersion:
+        """Upload the artifact folder with its record; the server registers it (as
+        :meth:`Registry.register <modelyard.registry.Registry.register>` does) for the key's
+        principal."""
+        manifest = {"flavor": flavor, "digest": digest_dir(Path(artifact_dir)), "meta": meta,
+                    "signature": signature, "metrics": metrics, "params": params,
+                    "data_fingerprint": data_fingerprint, "code_ref": code_ref,
+                    "environment": environment, "reference_stats": reference_stats,
+                    "run_id": run_id, "description": description}
+        manifest = {k: v for k, v in manifest.items() if v is not None}
+        with tempfile.TemporaryDirectory(prefix="modelyard-upload-") as tmp:
+            upload = Path(tmp) / "upload.tar"
+            with tarfile.open(upload, "w", dereference=True) as tar:
+                info = tarfile.TarInfo(RECORD)
+                data = json.dumps(manifest, default=str).encode()
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+                tar.add(artifact_dir, arcname="artifact")
+            doc = self.remote.upload(f"/api/v1/models/{_p(name)}/versions", upload,
+                                     TAR.decode())
+        return record(ModelVersion, doc)
+
+    def artifact_path(self, version: ModelVersion) -> Path:
+        """A local copy of ``version``'s artifact, downloaded from the server and verified
+        against its digest; kept (in a temporary folder) until :meth:`close`."""
+        if self._cache is None:
+            self._cache = Path(tempfile.mkdtemp(prefix="modelyard-remote-cache-"))
+
+        def fetch(dest: Path) -> Path:
+            self.remote.download(f"/api/v1/models/{_p(version.model)}/versions/"
+                                 f"{version.version}/artifact", dest)
+            verify_file(dest, version.artifact_digest)
+            return dest
+
+        return cached_artifact(self._cache, version.artifact_digest, version.ref, fetch)
+
+    def start_run(self, model: str, *, trigger: str = "manual", actor: str | None = None,
+                  owner: Owner | None = None, kind: str = "train",
+                  details: dict[str, Any] | None = None) -> Run:
+        owner = owner or Owner.current()
+        return record(Run, self.remote.post(f"/api/v1/models/{_p(model)}/runs", {
+            "trigger": trigger, "kind": kind, "details": details, "host": owner.host,
+            "pid": owner.pid}))
+
+    def beat_run(self, run_id: str) -> bool:
+        return bool(self.remote.post(f"/api/v1/runs/{_p(run_id)}/beat")["running"])
+
+    def finish_run(self, run_id: str, *, status: str, version: int | None = None,
+                   promoted: bool = False, metrics: dict[str, Any] | None = None,
+                   gate: dict[str, Any] | None = None, logs: str = "",
+                   failure_reason: str | None = None,
+                   details: dict[str, Any] | None = None) -> Run:
+        """Record how the run ended; the server judges ``promoted`` from the alias itself."""
+        body = json.loads(json.dumps({
+            "status": status, "version": version, "metrics": metrics, "gate": gate,
+            "logs": logs[-200_000:], "failure_reason": failure_reason, "details": details},
+            default=str))
+        return record(Run, self.remote.post(f"/api/v1/runs/{_p(run_id)}/finish", body))
+
     # -- runs and audit -------------------------------------------------------------------------
     def list_runs(self, model: str | None = None, *, limit: int = 50) -> list[Run]:
         doc = self.remote.get("/api/v1/runs", model=model, limit=limit)
@@ -390,6 +497,8 @@ class RemoteRegistry:
 
     def close(self) -> None:
         self.remote.close()
+        if self._cache is not None:
+            shutil.rmtree(self._cache, ignore_errors=True)
 
 
 __all__ = ["KEY_ENV", "URL_ENV", "Remote", "RemoteKeys", "RemoteRegistry", "error_of", "record"]

@@ -34,14 +34,7 @@ def parse_steps(text: str) -> list[int]:
 
 
 def _deployments(state: State) -> Deployments | RemoteDeployments:
-    """The registry's rollouts, or the server's (``--server``)."""
-    from modelyard.cli.remote import RemoteRegistry
-    from modelyard.rollout.deployments import Deployments
-
-    registry = state.registry()
-    if isinstance(registry, RemoteRegistry):
-        return registry.deployments
-    return Deployments(registry)
+    return state.deployments()
 
 
 def _actor(state: State) -> str:

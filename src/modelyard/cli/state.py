@@ -11,9 +11,10 @@ import click
 from modelyard.errors import ConfigError
 
 if TYPE_CHECKING:
-    from modelyard.cli.remote import RemoteRegistry
+    from modelyard.cli.remote import RemoteDeployments, RemoteRegistry
     from modelyard.config import Settings
     from modelyard.registry import Registry
+    from modelyard.rollout.deployments import Deployments
 
 
 @dataclass
@@ -55,6 +56,16 @@ class State:
                 self._registry = Registry.open(self.settings())
             click.get_current_context().call_on_close(self._registry.close)
         return self._registry
+
+    def deployments(self) -> Deployments | RemoteDeployments:
+        """The registry's rollouts, or the server's (``--server``)."""
+        from modelyard.cli.remote import RemoteRegistry
+        from modelyard.rollout.deployments import Deployments
+
+        registry = self.registry()
+        if isinstance(registry, RemoteRegistry):
+            return registry.deployments
+        return Deployments(registry)
 
     def require_local(self) -> None:
         """Refuse, in one line, a command that cannot act through a server (``--server``)."""

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from modelyard.cli.output import console, live_console, print_json, report_error
 from modelyard.cli.progress import describe, train_with_progress
 from modelyard.cli.state import State, pass_state
-from modelyard.errors import ConfigError, ConflictError, NotFoundError
+from modelyard.errors import ConfigError, ConflictError, ForbiddenError, NotFoundError
+from modelyard.registry.policy import Grant, decide
 
 if TYPE_CHECKING:
     from modelyard.spec import Spec
@@ -132,14 +133,21 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
         raise click.UsageError(f"choose one of {' and '.join(given)}")
     specs = load_project(project)
     chosen = _choose(specs, names, all_models, project)
-    registry = state.local_registry()
-    registry.check_store()  # an unreachable store fails now, not after the training
+    registry = state.registry()
+    registry.check_store()  # an unreachable store (or server) fails now, not after training
+    promotes = {spec.name: _promote(spec, no_promote, promote_now, no_rollout) for spec in chosen}
+    if state.remote:
+        from modelyard.cli.remote import RemoteRegistry
+
+        assert isinstance(registry, RemoteRegistry)
+        may_go_live(registry.whoami(), chosen, promotes)
+    deployments = state.deployments()
     out = live_console(quiet_unless_tty=as_json)
     outcomes = []
     for spec in chosen:
         outcome = train_with_progress(spec, registry, out, trigger="manual",
-                                      promote=_promote(spec, no_promote, promote_now, no_rollout),
-                                      force=force)
+                                      promote=promotes[spec.name], force=force,
+                                      deployments=deployments)
         outcomes.append(outcome)
         if not as_json:
             for line in describe(outcome):
@@ -151,6 +159,27 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
         report_error(err)
     if failed:
         ctx.exit(failed[0].exit_code)
+
+
+def may_go_live(whoami: dict[str, Any], specs: list[Spec],
+                promotes: dict[str, bool | None]) -> None:
+    """Refuse, before any training, a run through a server that would move ``production`` or
+    start a rollout with a key that may not deploy that model (``trainer`` alone registers
+    candidates; ``trainer,deployer`` also promotes them): what to do instead, in one line."""
+    held = [Grant(g["role"], g["models"]) for g in whoami.get("grants", ())]
+    for spec in specs:
+        promote = promotes[spec.name]
+        # a graph moves production unless told not to; a trained model as its gate says
+        goes_live = promote is not False if spec.graph is not None else (
+            promote is True or (promote is None and spec.gate.promote))
+        if goes_live and not decide(held, "deploy", spec.name).allowed:
+            roles = ",".join(sorted({g.role for g in held})) or "none"
+            raise ForbiddenError(
+                f"{whoami.get('principal')}'s key ({roles}) may train {spec.name} but not "
+                "promote it or start its rollout, which this run would do: train with "
+                "--no-promote to register the candidate only, or use a key that also deploys "
+                f"(modelyard auth create-key NAME --role trainer,deployer --models "
+                f"{spec.name})")
 
 
 def _promote(spec: Spec, no_promote: bool, promote_now: bool, no_rollout: bool) -> bool | None:

@@ -33,14 +33,15 @@ from modelyard.graph import (
 )
 from modelyard.pipeline.gate import GateResult
 from modelyard.pipeline.lineage import spec_hash
-from modelyard.registry import PRODUCTION, ModelVersion, Registry
+from modelyard.pipeline.run_registry import RunRegistry
+from modelyard.registry import PRODUCTION, ModelVersion
 from modelyard.spec import Spec
 from modelyard.version_settings import VersionSettings
 
 AnyGraph = SequenceGraph | EnsembleGraph | SwitchGraph
 
 
-def resolve_members(graph: AnyGraph, registry: Registry, alias: str = PRODUCTION
+def resolve_members(graph: AnyGraph, registry: RunRegistry, alias: str = PRODUCTION
                     ) -> dict[str, ModelVersion]:
     """Each member reference -> the version it names now (a bare name: ``alias``'s version).
 
@@ -56,7 +57,7 @@ def resolve_members(graph: AnyGraph, registry: Registry, alias: str = PRODUCTION
     return out
 
 
-def graph_children(registry: Registry, root: str, graph: AnyGraph) -> Callable[[str], list[str]]:
+def graph_children(registry: RunRegistry, root: str, graph: AnyGraph) -> Callable[[str], list[str]]:
     """Member names of each model, for cycle detection: ``root``'s from ``graph``, a registered
     graph's from its served (else newest) version's declaration, nothing for other models."""
     def children(name: str) -> list[str]:
@@ -110,7 +111,7 @@ def _classes(version: ModelVersion) -> tuple[Any, ...] | None:
     return None if classes is None else tuple(classes)
 
 
-def prepare_graph(spec: Spec, registry: Registry) -> tuple[AnyGraph, dict[str, ModelVersion]]:
+def prepare_graph(spec: Spec, registry: RunRegistry) -> tuple[AnyGraph, dict[str, ModelVersion]]:
     """Check ``spec``'s graph against the registry: its members resolve, it contains no cycle,
     its rule suits its members. Returns the graph and its resolved members."""
     graph = spec.graph
@@ -125,7 +126,7 @@ def prepare_graph(spec: Spec, registry: Registry) -> tuple[AnyGraph, dict[str, M
     return graph, members
 
 
-def register_graph(spec: Spec, registry: Registry, *, actor: str | None = None,
+def register_graph(spec: Spec, registry: RunRegistry, *, actor: str | None = None,
                    run_id: str | None = None, force: bool = False
                    ) -> tuple[ModelVersion | None, ModelVersion | None]:
     """Register ``spec``'s graph as a new ``graph`` version: ``(new, None)``, or ``(None,
@@ -152,7 +153,7 @@ def register_graph(spec: Spec, registry: Registry, *, actor: str | None = None,
     return version, None
 
 
-def _latest_same(registry: Registry, name: str, digest: str) -> ModelVersion | None:
+def _latest_same(registry: RunRegistry, name: str, digest: str) -> ModelVersion | None:
     try:
         latest = registry.get_model(name).latest_version
     except NotFoundError:

@@ -36,8 +36,9 @@ from modelyard.pipeline.data import Dataset, load_dataset, split, write_split
 from modelyard.pipeline.gate import GateResult, evaluate_gate
 from modelyard.pipeline.lineage import code_ref, environment, fingerprint, same_code, spec_hash
 from modelyard.pipeline.profile import profile
+from modelyard.pipeline.run_registry import RunRegistry
 from modelyard.pipeline.validation import check, format_report
-from modelyard.registry import PRODUCTION, ModelVersion, Registry, Run
+from modelyard.registry import PRODUCTION, ModelVersion, Run
 from modelyard.registry.owners import HEARTBEAT_S, beating
 from modelyard.spec import Spec
 from modelyard.version_settings import VersionSettings
@@ -113,7 +114,7 @@ class _RunLog:
 
 def run_pipeline(
     spec: Spec,
-    registry: Registry,
+    registry: RunRegistry,
     *,
     trigger: str = "manual",
     promote: bool | None = None,
@@ -152,7 +153,7 @@ def run_pipeline(
             raise
 
 
-def _compose(spec: Spec, registry: Registry, trigger: str, promote: bool | None,
+def _compose(spec: Spec, registry: RunRegistry, trigger: str, promote: bool | None,
              actor: str | None, *, force: bool) -> RunResult:
     """Register a graph spec's declaration as a version (a recorded run, like training); move
     production to it unless ``promote`` is False (a graph has no gate or rollout of its own)."""
@@ -185,7 +186,7 @@ def _compose(spec: Spec, registry: Registry, trigger: str, promote: bool | None,
         raise
 
 
-def _record_failure(registry: Registry, run: Run, runlog: _RunLog, work: Path,
+def _record_failure(registry: RunRegistry, run: Run, runlog: _RunLog, work: Path,
                     exc: BaseException) -> None:
     """Finish the run as failed (a gate rejection is already recorded) and tag ``exc``."""
     with contextlib.suppress(AttributeError):
@@ -205,7 +206,7 @@ def _record_failure(registry: Registry, run: Run, runlog: _RunLog, work: Path,
 
 
 def _execute(
-    spec: Spec, registry: Registry, run: Run, runlog: _RunLog, work: Path,
+    spec: Spec, registry: RunRegistry, run: Run, runlog: _RunLog, work: Path,
     promote: bool | None, actor: str | None, *, force: bool,
 ) -> RunResult:
     if spec.data is None:
@@ -292,7 +293,7 @@ def _lineage(spec: Spec, dataset: Dataset) -> _Lineage:
                     spec_hash(spec), environment())
 
 
-def _identical_version(registry: Registry, name: str, lineage: _Lineage) -> ModelVersion | None:
+def _identical_version(registry: RunRegistry, name: str, lineage: _Lineage) -> ModelVersion | None:
     """The latest version of ``name`` if this run would make it again, else None."""
     try:
         latest = registry.get_model(name).latest_version
@@ -302,7 +303,7 @@ def _identical_version(registry: Registry, name: str, lineage: _Lineage) -> Mode
     return version if version is not None and lineage.matches(version) else None
 
 
-def _finish_unchanged(registry: Registry, run: Run, runlog: _RunLog, work: Path,
+def _finish_unchanged(registry: RunRegistry, run: Run, runlog: _RunLog, work: Path,
                       same: ModelVersion) -> RunResult:
     note = (f"unchanged: identical to {same.ref} (data, code, params, spec and packages); "
             "nothing trained or registered (train with --force to register anyway)")
@@ -313,7 +314,7 @@ def _finish_unchanged(registry: Registry, run: Run, runlog: _RunLog, work: Path,
     return RunResult(finished, None, False, gate, {}, None, unchanged=same)
 
 
-def _train(spec: Spec, registry: Registry, train_set: Dataset, holdout: Dataset, work: Path,
+def _train(spec: Spec, registry: RunRegistry, train_set: Dataset, holdout: Dataset, work: Path,
            run_id: str, runlog: _RunLog) -> child.TrainOutcome:
     """Train, save and score in the child; the parent never imports the framework."""
     if spec.train is None:
@@ -340,7 +341,7 @@ def _train(spec: Spec, registry: Registry, train_set: Dataset, holdout: Dataset,
     return outcome
 
 
-def _champion(spec: Spec, registry: Registry) -> dict[str, Any] | None:
+def _champion(spec: Spec, registry: RunRegistry) -> dict[str, Any] | None:
     """What the child needs to score ``name@production``, or None when there is none."""
     try:
         version = registry.resolve(f"{spec.name}@{PRODUCTION}")

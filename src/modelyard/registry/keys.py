@@ -2,10 +2,10 @@
 
 A key reads ``myk_<id>_<secret>``: the id is public (it names the key in lists, the audit log
 and ``revoke``); the secret is shown once, when the key is made, and stored only as a salted
-scrypt hash, so a copy of the database lets no one call the server. Each key grants one role
-(:data:`~modelyard.registry.policy.ROLES`) over the models a pattern names, until it expires or
-is revoked. Rotation without downtime: :meth:`KeyStore.rotate` makes a new key with the same
-grant and lets the old one live on for a grace period, while clients switch.
+scrypt hash, so a copy of the database lets no one call the server. Each key grants a role,
+or a few (:data:`~modelyard.registry.policy.ROLES`), over the models a pattern names, until it
+expires or is revoked. Rotation without downtime: :meth:`KeyStore.rotate` makes a new key with
+the same grant and lets the old one live on for a grace period, while clients switch.
 
 Every change is audited in the same transaction as the change (``auth.key.create``,
 ``auth.key.revoke``, ``auth.key.rotate``, ``auth.principal.create``).
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from modelyard.errors import ConfigError, ConflictError, NotFoundError
 from modelyard.registry.database import Database
-from modelyard.registry.policy import Grant, check_pattern, check_role
+from modelyard.registry.policy import Grant, check_pattern, check_roles, grants
 from modelyard.registry.records import Record
 from modelyard.registry.rows import audit, now
 from modelyard.registry.tables import ApiKeyRow, PrincipalRow
@@ -127,8 +127,10 @@ class KeyStore:
                    expires: timedelta | None = None, note: str = "",
                    actor: str = "local") -> NewKey:
         """A new key for ``principal`` (made on first use, as a ``kind``), granting ``role`` on
-        the models ``models`` names, until ``expires`` from now (None: until revoked)."""
-        check_role(role)
+        the models ``models`` names, until ``expires`` from now (None: until revoked).
+        ``role`` may name several roles, comma-separated (``trainer,deployer``: a CI key that
+        trains and promotes)."""
+        role = check_roles(role)
         check_pattern(models)
         if kind not in KINDS:
             raise ConfigError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -260,7 +262,7 @@ def identity_of(key: ApiKey, at: datetime) -> Identity | None:
     """The identity a key grants at ``at``; None once it is expired or revoked."""
     if key.state(at) != "active":
         return None
-    return Identity(key.principal, (Grant(key.role, key.models),), key.id, key.expires_at)
+    return Identity(key.principal, grants(key.role, key.models), key.id, key.expires_at)
 
 
 def _to_key(row: ApiKeyRow, owner: PrincipalRow) -> ApiKey:

@@ -110,6 +110,18 @@ def check_role(role: str) -> str:
     return role
 
 
+def check_roles(roles: str) -> str:
+    """``roles`` (one role, or several joined by commas: ``trainer,deployer``) in
+    :data:`ROLES`' order without repeats, else a :class:`ConfigError` naming the roles."""
+    given = {check_role(r.strip()) for r in roles.split(",")}
+    return ",".join(r for r in ROLES if r in given)
+
+
+def grants(roles: str, models: str = "*") -> tuple[Grant, ...]:
+    """The grants a key holding ``roles`` (comma-separated) over ``models`` stands for."""
+    return tuple(Grant(role, models) for role in roles.split(","))
+
+
 def check_pattern(pattern: str) -> str:
     """``pattern`` when it is a usable model-name glob, else a :class:`ConfigError`."""
     if not _PATTERN.match(pattern):
@@ -118,5 +130,5 @@ def check_pattern(pattern: str) -> str:
     return pattern
 
 
-__all__ = ["ACTIONS", "ROLES", "Decision", "Grant", "check_pattern", "check_role", "decide",
-           "roles_allowing", "visible"]
+__all__ = ["ACTIONS", "ROLES", "Decision", "Grant", "check_pattern", "check_role", "check_roles",
+           "decide", "grants", "roles_allowing", "visible"]

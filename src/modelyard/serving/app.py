@@ -11,6 +11,7 @@ each route bound to the callable that answers it (:class:`~modelyard.serving.htt
 :mod:`~.ops`                    metrics, health, readiness, the API's documents
 :mod:`~.admin`                  ``/api/v1``: models, aliases, rollouts
 :mod:`~.registry_api`           ``/api/v1``: a model, a version, history, runs, audit, keys
+:mod:`~.training_api`           runs and version uploads: training through the server
 :mod:`~.monitor_api`            feedback, quality metrics, drift, events, logged predictions
 ==============================  ===============================================================
 
@@ -28,7 +29,15 @@ import logging
 from typing import Any
 
 from modelyard.errors import MethodNotAllowedError, NotFoundError
-from modelyard.serving import admin, monitor_api, native, oip, ops, registry_api
+from modelyard.serving import (
+    admin,
+    monitor_api,
+    native,
+    oip,
+    ops,
+    registry_api,
+    training_api,
+)
 from modelyard.serving.access import Access
 from modelyard.serving.admin import AdminAPI
 from modelyard.serving.calls import log_failure, new_request_id, request_id_of
@@ -58,13 +67,14 @@ from modelyard.serving.options import ServeOptions
 from modelyard.serving.registry_api import RegistryAPI
 from modelyard.serving.retention import RetentionSweeper
 from modelyard.serving.rollouts import Rollouts
+from modelyard.serving.training_api import TrainingAPI
 from modelyard.serving.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
 #: every route the app answers: the codecs' tables, in matching order.
 TABLE: RouteTable = [*native.ROUTES, *oip.ROUTES, *ops.ROUTES, *admin.ROUTES,
-                     *registry_api.ROUTES, *monitor_api.ROUTES]
+                     *registry_api.ROUTES, *training_api.ROUTES, *monitor_api.ROUTES]
 #: the same routes by endpoint name (the API's shape, for documents and checks).
 ROUTES = compile_routes([(method, path, e.name) for method, path, e in TABLE])
 #: the endpoints that change something: the dispatcher admits each (cross-site rules, then the
@@ -96,6 +106,7 @@ class App:
                 public_metrics=self.options.public_metrics)),
             *bind_routes(AdminAPI(catalog), admin.ROUTES),
             *bind_routes(RegistryAPI(catalog), registry_api.ROUTES),
+            *bind_routes(TrainingAPI(catalog), training_api.ROUTES),
             *bind_routes(monitor, monitor_api.ROUTES),
         ])
         self._grpc: Any = None
@@ -205,7 +216,8 @@ class App:
                 raise NotFoundError(f"no route {path[:200]}; see /docs for the API")
             endpoint, params = found
             if endpoint.mutation:
-                self.cross_site.check_mutation(scope, json_optional=endpoint.untyped)
+                self.cross_site.check_mutation(scope, json_optional=endpoint.untyped,
+                                               media=endpoint.media)
             access = self.access
             if endpoint.action != "public" and (
                     access.enforced or (endpoint.credential_needed and access.required)):

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
                    "dies is started again).")
 @click.option("--max-body", default="16MiB", show_default=True, metavar="SIZE",
               help="Largest request body; bigger ones get 413.")
+@click.option("--max-upload", default="16GiB", show_default=True, metavar="SIZE",
+              help="Largest version upload (training through this server, streamed to disk); "
+                   "bigger ones get 413.")
 @click.option("--timeout", "timeout_s", default=60.0, show_default=True,
               type=click.FloatRange(0, 86400, min_open=True),
               help="Seconds before a queued request gets 504.")
@@ -100,6 +103,7 @@ if TYPE_CHECKING:
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
           idle_unload: str | None, preload: bool, workers: int, max_body: str,
+          max_upload: str,
           timeout_s: float, body_timeout_s: float,
           grpc_port: int | None, alias: str, prediction_log: str | None,
           cors_origins: tuple[str, ...], model_config: str | None, pools: tuple[str, ...],
@@ -133,6 +137,7 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
                                idle_unload_s=None if idle_unload is None else
                                parse_duration(idle_unload),
                                max_body_bytes=parse_size(max_body) or 1,
+                               max_upload_bytes=parse_size(max_upload) or 1,
                                request_timeout_s=timeout_s, body_timeout_s=body_timeout_s,
                                prediction_log=prediction_log,
                                grpc_address=f"{host}:{grpc_port}" if grpc_port else None,

@@ -99,8 +99,10 @@ class CrossSite:
         """Whether ``origin`` is a configured CORS origin (browsers send origins normalised)."""
         return origin.lower() in self._listed
 
-    def check_mutation(self, scope: Scope, *, json_optional: bool = False) -> None:
-        """Refuse a foreign ``Origin`` (403) and a body not declared JSON (415)."""
+    def check_mutation(self, scope: Scope, *, json_optional: bool = False,
+                       media: bytes | None = None) -> None:
+        """Refuse a foreign ``Origin`` (403) and a body not declared JSON, or ``media`` where
+        the route takes that instead (415)."""
         origin = header(scope, b"origin")
         if origin is not None and not self.listed(origin) and not same_origin(
                 origin, header(scope, b"host")):
@@ -111,6 +113,11 @@ class CrossSite:
                 "to allow a dashboard on that origin, start the server with --cors-origin")
         content_type = header(scope, b"content-type")
         if content_type is None and json_optional:
+            return
+        if media is not None:
+            if content_type is None or content_type.split(b";")[0].strip().lower() != media:
+                raise UnsupportedMediaTypeError(
+                    f"this call takes a body of Content-Type {media.decode()}")
             return
         if content_type is None or not _is_json(content_type):
             shown = "none" if content_type is None else \

@@ -15,6 +15,7 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import MethodType
 from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qs
@@ -34,6 +35,8 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 JSON = [(b"content-type", b"application/json")]
+#: how much of a streamed file body is written or sent at a time.
+_FILE_CHUNK = 1 << 20
 
 
 class ClientDisconnectedError(Exception):
@@ -68,6 +71,7 @@ class Endpoint:
     untyped: bool = False
     action: str = "admin"
     sensitive: bool = False
+    media: bytes | None = None
 
     @property
     def credential_needed(self) -> bool:
@@ -229,6 +233,54 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     return inflate(scope, b"".join(chunks), limit)
 
 
+async def read_body_to_file(scope: Scope, receive: Receive, dest: Path, limit: int) -> int:
+    """Stream the request body into the file ``dest``, never holding more than a megabyte of
+    it; :class:`BodyTooLargeError` past ``limit`` bytes (what was written is the caller's to
+    remove). Returns the body's size. For uploads too large for :func:`read_body`; the body is
+    taken as it is sent (no ``Content-Encoding``)."""
+    declared = header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and (
+            len(declared) > 18 or int(declared) > limit):
+        raise BodyTooLargeError(f"the body has {declared.decode()[:40]} bytes; the limit is "
+                                f"{limit}")
+    encoding = header(scope, b"content-encoding")
+    if encoding not in (None, b"", b"identity"):
+        raise InputError("send this body without Content-Encoding",
+                         [{"loc": ["header", "content-encoding"], "msg": "unsupported"}])
+    loop = asyncio.get_running_loop()
+    size, pending, more = 0, bytearray(), True
+    with open(dest, "wb") as out:
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnectedError
+            chunk = message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLargeError(f"the body is over the limit of {limit} bytes")
+            pending += chunk
+            if len(pending) >= _FILE_CHUNK or (not more and pending):
+                await loop.run_in_executor(None, out.write, bytes(pending))
+                pending.clear()
+    return size
+
+
+async def send_file(send: Send, path: Path, headers: list[tuple[bytes, bytes]]) -> None:
+    """Answer 200 with the file at ``path`` as the body, a megabyte at a time."""
+    loop = asyncio.get_running_loop()
+    size = path.stat().st_size
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [*headers, (b"content-length", str(size).encode())]})
+    with open(path, "rb") as fh:
+        while True:
+            chunk = await loop.run_in_executor(None, fh.read, _FILE_CHUNK)
+            await send({"type": "http.response.body", "body": chunk,
+                        "more_body": len(chunk) == _FILE_CHUNK})
+            if len(chunk) < _FILE_CHUNK:
+                return
+
+
 def inflate(scope: Scope, body: bytes, limit: int) -> bytes:
     """Decompress a ``gzip``/``deflate`` body without letting it grow past ``limit``."""
     if len(body) > limit:
@@ -327,5 +379,7 @@ __all__ = [
     "query_int",
     "query_param",
     "read_body",
+    "read_body_to_file",
     "respond",
+    "send_file",
 ]

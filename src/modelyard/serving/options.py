@@ -46,6 +46,9 @@ class ServeOptions:
     alias: str = "production"
     #: request bodies above this many bytes get 413.
     max_body_bytes: int = 16 * 1024 * 1024
+    #: a version upload (training through the server) above this many bytes gets 413; it is
+    #: streamed to disk, never held in memory.
+    max_upload_bytes: int = 16 * 1024 ** 3
     #: a request body that stops arriving for this many seconds gets 408 (connection closed).
     body_timeout_s: float = 5.0
     #: an idle keep-alive connection is closed after this many seconds.
@@ -115,11 +118,12 @@ class ServeOptions:
         if self.idle_unload_s is not None and not self.idle_unload_s > 0:
             raise ConfigError("idle_unload_s must be a positive number of seconds, or None to "
                               "keep idle versions loaded")
-        if (self.max_body_bytes <= 0 or self.request_timeout_s <= 0 or self.poll_interval_s <= 0
-                or self.monitor_interval_s <= 0 or self.body_timeout_s <= 0
-                or self.keep_alive_s <= 0):
-            raise ConfigError("max_body_bytes, request_timeout_s, body_timeout_s, keep_alive_s, "
-                              "poll_interval_s and monitor_interval_s must be > 0")
+        if min(self.max_body_bytes, self.max_upload_bytes, self.request_timeout_s,
+               self.poll_interval_s, self.monitor_interval_s, self.body_timeout_s,
+               self.keep_alive_s) <= 0:
+            raise ConfigError("max_body_bytes, max_upload_bytes, request_timeout_s, "
+                              "body_timeout_s, keep_alive_s, poll_interval_s and "
+                              "monitor_interval_s must be > 0")
         if self.predict_threads < 1 or self.load_threads < 1:
             raise ConfigError("predict_threads and load_threads must be at least 1")
         where = self.prediction_log

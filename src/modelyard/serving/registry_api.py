@@ -71,7 +71,7 @@ class RegistryAPI:
         """``GET /api/v1/models/{name}/versions/{version}``: one version in full; ``version``
         is its number or an alias (``production``)."""
         if version.isascii() and version.isdigit():
-            found = await self.io(self.registry.get_version, name, _version(version))
+            found = await self.io(self.registry.get_version, name, parse_version(version))
         else:
             found = await self.io(self.registry.resolve, f"{name}@{version}")
         await _ok(send, found.to_dict())
@@ -147,7 +147,17 @@ class RegistryAPI:
             finally:
                 rows.close()
 
-    # -- keys (admin) ---------------------------------------------------------------------------
+    # -- keys -----------------------------------------------------------------------------------
+    async def auth_whoami(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``GET /api/v1/auth/whoami``: the caller's principal, key and grants (what the
+        remote CLI checks before work that needs a role, such as promoting after training)."""
+        identity = identity_of_scope(scope)
+        expires = identity.expires_at
+        await _ok(send, {"principal": identity.actor, "key": identity.key_id,
+                         "grants": [{"role": g.role, "models": g.models}
+                                    for g in identity.grants],
+                         "expires_at": None if expires is None else expires.isoformat()})
+
     async def auth_keys(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``GET /api/v1/auth/keys[?principal=P]``: every key, never a secret."""
         keys = await self.io(self.registry.keys.list_keys, query_param(scope, "principal"))
@@ -196,7 +206,8 @@ class RegistryAPI:
                                  "admin key, or rotate it")
 
 
-def _version(text: str) -> int:
+def parse_version(text: str) -> int:
+    """A version number from a path segment; 404 naming it when it is not one."""
     if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= MAX_VERSION:
         raise NotFoundError(f"no version {text[:20]!r}: versions are numbered 1, 2, 3, ...")
     return int(text)
@@ -237,6 +248,7 @@ ROUTES: RouteTable = [
     ("GET", "/api/v1/audit", Endpoint(RegistryAPI.registry_audit, action="read")),
     ("GET", "/api/v1/audit/verify", Endpoint(RegistryAPI.audit_verify, action="admin")),
     ("GET", "/api/v1/audit/export", Endpoint(RegistryAPI.audit_export, action="admin")),
+    ("GET", "/api/v1/auth/whoami", Endpoint(RegistryAPI.auth_whoami, action="describe")),
     ("GET", "/api/v1/auth/keys", Endpoint(RegistryAPI.auth_keys, action="admin")),
     ("POST", "/api/v1/auth/keys",
      Endpoint(RegistryAPI.auth_create_key, mutation=True, action="admin")),
@@ -246,4 +258,4 @@ ROUTES: RouteTable = [
      Endpoint(RegistryAPI.auth_rotate_key, mutation=True, action="admin")),
 ]
 
-__all__ = ["ROUTES", "RegistryAPI"]
+__all__ = ["ROUTES", "RegistryAPI", "parse_version"]
