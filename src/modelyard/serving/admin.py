@@ -117,18 +117,37 @@ def parse_fields(body: bytes, fields: Fields) -> dict[str, Any]:
     return out
 
 
-class AdminAPI:
-    """The ``/api/v1`` endpoints over the server's catalog (see the module docstring)."""
+class CatalogAPI:
+    """What every control-plane API over the server's catalog stands on: its registry, the
+    registry thread for blocking calls, and request bodies checked against their fields."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.options = catalog.options
-        self._deployments: Any = None
 
-    # -- plumbing -------------------------------------------------------------------------------
     @property
     def registry(self) -> Any:
         return self.catalog.registry
+
+    async def io(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """Run a blocking registry call on the catalog's registry thread."""
+        return await self.catalog.io(fn, *args, **kw)
+
+    async def body(self, scope: Scope, receive: Receive, fields: Fields) -> dict[str, Any]:
+        """The JSON body, checked against ``fields`` (the dispatcher already admitted the
+        call)."""
+        body = await read_body(scope, receive, self.options.max_body_bytes)
+        return parse_fields(body, fields)
+
+
+class AdminAPI(CatalogAPI):
+    """The ``/api/v1`` endpoints over the server's catalog (see the module docstring)."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        super().__init__(catalog)
+        self._deployments: Any = None
+
+    # -- plumbing -------------------------------------------------------------------------------
 
     @property
     def deployments(self) -> Any:
@@ -138,19 +157,10 @@ class AdminAPI:
             self._deployments = Deployments(self.registry)
         return self._deployments
 
-    async def io(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        """Run a blocking registry call on the catalog's registry thread."""
-        return await self.catalog.io(fn, *args, **kw)
-
     @staticmethod
     def actor(scope: Scope) -> str:
         """Who is acting: what the dispatcher authenticated (never a header the client picks)."""
         return actor_of(scope)
-
-    async def _mutation(self, scope: Scope, receive: Receive, fields: Fields) -> dict[str, Any]:
-        """The body, checked against ``fields`` (the dispatcher already admitted the call)."""
-        body = await read_body(scope, receive, self.options.max_body_bytes)
-        return parse_fields(body, fields)
 
     async def _describe(self, d: Any) -> dict[str, Any]:
         """A deployment as status shows it: what it does, and the traffic servers report."""
@@ -183,7 +193,7 @@ class AdminAPI:
     # -- aliases --------------------------------------------------------------------------------
     async def admin_promote(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """``POST /api/v1/models/{name}/promote``: point an alias (production) at a version."""
-        body = await self._mutation(scope, receive, _PROMOTE)
+        body = await self.body(scope, receive, _PROMOTE)
         if body["alias"] == self.options.alias:  # what this server serves: load it first
             await self.catalog.check_loads(name, body["version"])
         event = await self.io(self.registry.set_alias, name, body["alias"], body["version"],
@@ -197,7 +207,7 @@ class AdminAPI:
         rollout, if any (all traffic returns to the stable version, still production). Without
         ``to`` that is all it does; with ``to`` the alias then moves there.
         """
-        body = await self._mutation(scope, receive, _ROLLBACK)
+        body = await self.body(scope, receive, _ROLLBACK)
         actor = self.actor(scope)
         ended = None
         if body["alias"] == PRODUCTION:
@@ -226,7 +236,7 @@ class AdminAPI:
     async def admin_start_deployment(self, scope: Scope, receive: Receive, send: Send,
                                      name: str) -> None:
         """``POST /api/v1/models/{name}/deployments``: start rolling a version out (201)."""
-        body = await self._mutation(scope, receive, _START)
+        body = await self.body(scope, receive, _START)
         d = await self.io(self.deployments.start_declared, name, body["version"],
                           strategy=body["strategy"], steps=body["steps"],
                           every_s=body["every_s"], rules=body["rules"], key=body["key"],
@@ -235,7 +245,7 @@ class AdminAPI:
 
     async def _transition(self, scope: Scope, receive: Receive, send: Send, name: str,
                           action: str) -> None:
-        body = await self._mutation(scope, receive, _REASON)
+        body = await self.body(scope, receive, _REASON)
         method = getattr(self.deployments, action)
         d = await self.io(method, name, actor=self.actor(scope), reason=body["reason"])
         await _ok(send, await self._describe(d))
@@ -294,4 +304,4 @@ ROUTES: RouteTable = [
      Endpoint(AdminAPI.admin_deployment_resume, mutation=True, action="deploy")),
 ]
 
-__all__ = ["MAX_CHARS", "ROUTES", "TOKEN_ENV", "AdminAPI", "parse_fields"]
+__all__ = ["MAX_CHARS", "ROUTES", "TOKEN_ENV", "AdminAPI", "CatalogAPI", "parse_fields"]

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -23,7 +22,7 @@ from modelyard.errors import ForbiddenError, InputError, NotFoundError
 from modelyard.registry.audit_chain import ChainReport, chain_rows, export_record, verify_session
 from modelyard.registry.keys import describe
 from modelyard.serving.access import actor_of, identity_of_scope, in_scope
-from modelyard.serving.admin import Fields, parse_fields
+from modelyard.serving.admin import CatalogAPI, Fields
 from modelyard.serving.http import (
     JSON,
     Endpoint,
@@ -33,12 +32,8 @@ from modelyard.serving.http import (
     Send,
     query_int,
     query_param,
-    read_body,
     respond,
 )
-
-if TYPE_CHECKING:
-    from modelyard.serving.catalog import Catalog
 
 _CREATE_KEY: Fields = {"principal": ((str,), True, None), "role": ((str,), True, None),
                        "models": ((str,), False, "*"), "kind": ((str,), False, "user"),
@@ -47,18 +42,8 @@ _CREATE_KEY: Fields = {"principal": ((str,), True, None), "role": ((str,), True,
 _ROTATE: Fields = {"grace_s": ((int, float), False, 3600)}
 
 
-class RegistryAPI:
+class RegistryAPI(CatalogAPI):
     """``/api/v1`` reads of the registry and key management (see the module docstring)."""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-
-    @property
-    def registry(self) -> Any:
-        return self.catalog.registry
-
-    async def io(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return await self.catalog.io(fn, *args, **kw)
 
     # -- models and versions --------------------------------------------------------------------
     async def registry_model(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
@@ -166,7 +151,7 @@ class RegistryAPI:
 
     async def auth_create_key(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``POST /api/v1/auth/keys``: a new key, its secret in ``key`` (shown this once)."""
-        body = await self._body(scope, receive, _CREATE_KEY)
+        body = await self.body(scope, receive, _CREATE_KEY)
         expires = body["expires_s"]
         made = await self.io(self.registry.keys.create_key, body["principal"], body["role"],
                              models=body["models"], kind=body["kind"], note=body["note"],
@@ -177,7 +162,7 @@ class RegistryAPI:
     async def auth_revoke_key(self, scope: Scope, receive: Receive, send: Send,
                               key_id: str) -> None:
         """``POST /api/v1/auth/keys/{key_id}/revoke``: end a key now."""
-        await self._body(scope, receive, {})
+        await self.body(scope, receive, {})
         self._not_own_key(scope, key_id)
         key = await self.io(self.registry.keys.revoke, key_id, actor=actor_of(scope))
         await _ok(send, describe(key, datetime.now(UTC)))
@@ -186,17 +171,13 @@ class RegistryAPI:
                               key_id: str) -> None:
         """``POST /api/v1/auth/keys/{key_id}/rotate``: a new key like it; the old one works for
         ``grace_s`` more seconds."""
-        body = await self._body(scope, receive, _ROTATE)
+        body = await self.body(scope, receive, _ROTATE)
         if not 0 <= body["grace_s"] <= 90 * 86400:
             raise InputError("grace_s must be from 0 to 90 days in seconds",
                              [{"loc": ["body", "grace_s"], "msg": "out of range"}])
         made = await self.io(self.registry.keys.rotate, key_id,
                              grace=timedelta(seconds=body["grace_s"]), actor=actor_of(scope))
         await _new_key(send, made)
-
-    async def _body(self, scope: Scope, receive: Receive, fields: Fields) -> dict[str, Any]:
-        body = await read_body(scope, receive, self.catalog.options.max_body_bytes)
-        return parse_fields(body, fields)
 
     @staticmethod
     def _not_own_key(scope: Scope, key_id: str) -> None:

@@ -32,9 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -49,7 +48,7 @@ from modelyard.registry.owners import Owner
 from modelyard.registry.records import ModelVersion, Run
 from modelyard.registry.rows import check_name
 from modelyard.serving.access import actor_of, identity_of_scope, in_scope
-from modelyard.serving.admin import Fields, parse_fields
+from modelyard.serving.admin import CatalogAPI, Fields, parse_fields
 from modelyard.serving.http import (
     JSON,
     Endpoint,
@@ -57,16 +56,12 @@ from modelyard.serving.http import (
     RouteTable,
     Scope,
     Send,
-    read_body,
     read_body_to_file,
     respond,
     send_file,
 )
 from modelyard.serving.registry_api import parse_version
 from modelyard.store import digest_dir, unpack
-
-if TYPE_CHECKING:
-    from modelyard.serving.catalog import Catalog
 
 #: the media type of a version upload and of an artifact download.
 TAR = b"application/x-tar"
@@ -97,23 +92,13 @@ _RECORD: Fields = {"digest": ((str,), True, None), "flavor": ((str,), True, None
                    "run_id": (_OPT_STR, False, None), "description": ((str,), False, "")}
 
 
-class TrainingAPI:
+class TrainingAPI(CatalogAPI):
     """Runs and version uploads for a trainer's key (see the module docstring)."""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-
-    @property
-    def registry(self) -> Any:
-        return self.catalog.registry
-
-    async def io(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-        return await self.catalog.io(fn, *args, **kw)
 
     # -- runs -----------------------------------------------------------------------------------
     async def start_run(self, scope: Scope, receive: Receive, send: Send, name: str) -> None:
         """``POST /api/v1/models/{name}/runs``: a run of ``name``, started by the caller."""
-        body = await self._body(scope, receive, _START)
+        body = await self.body(scope, receive, _START)
         if body["kind"] not in ("train", "batch"):
             raise _invalid("kind", "must be train or batch")
         owner = Owner(f"{REMOTE_HOST}{body['host']}"[:255], max(0, body["pid"]))
@@ -124,7 +109,7 @@ class TrainingAPI:
 
     async def beat_run(self, scope: Scope, receive: Receive, send: Send, run_id: str) -> None:
         """``POST /api/v1/runs/{run_id}/beat``: ``{"running": false}`` once the run has ended."""
-        await self._body(scope, receive, {})
+        await self.body(scope, receive, {})
         run = await self._own_run(scope, run_id)
         running = await self.io(self.registry.beat_run, run.id)
         await respond(send, 200, orjson.dumps({"running": running}), JSON)
@@ -134,7 +119,7 @@ class TrainingAPI:
 
         ``promoted`` is not taken from the client: it is whether ``production`` points at the
         run's version when the run finishes (the deployer's route moved it, or not)."""
-        body = await self._body(scope, receive, _FINISH)
+        body = await self.body(scope, receive, _FINISH)
         if body["status"] not in ENDINGS:
             raise _invalid("status", f"must be one of {', '.join(ENDINGS)}")
         run = await self._own_run(scope, run_id)
@@ -207,11 +192,6 @@ class TrainingAPI:
                                               Path(tmp) / "artifact.tar")
             await send_file(send, path, [(b"content-type", TAR),
                                          (b"x-artifact-digest", digest.encode())])
-
-    async def _body(self, scope: Scope, receive: Receive, fields: Fields) -> dict[str, Any]:
-        body = await read_body(scope, receive, self.catalog.options.max_body_bytes)
-        return parse_fields(body, fields)
-
 
 def _open_upload(upload: Path, dest: Path) -> tuple[Path, dict[str, Any]]:
     """The unpacked upload and its record, checked: a safe tar of ``version.json`` and
