@@ -26,11 +26,10 @@ from faststream.confluent.annotations import KafkaMessage
 
 from modelyard.serving.queue.envelope import Delivery, Settle
 from modelyard.serving.queue.transport import (
-    BROKER_LOG,
-    GRACE_S,
-    MESSAGE_LOG_LEVEL,
+    BrokerTransport,
     Endpoint,
     Handler,
+    broker_options,
     header_text,
     raw_body,
 )
@@ -38,14 +37,12 @@ from modelyard.serving.queue.transport import (
 log = logging.getLogger(__name__)
 
 
-class KafkaTransport:
+class KafkaTransport(BrokerTransport):
     """Consume one topic in a consumer group, a batch at a time; publish to topics."""
 
     def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
         servers = endpoint.url.split("://", 1)[1].strip("/")
-        self.broker = KafkaBroker(servers, logger=BROKER_LOG, log_level=MESSAGE_LOG_LEVEL,
-                                  graceful_timeout=GRACE_S)
+        super().__init__(endpoint, KafkaBroker(servers, **broker_options()))
 
     async def start(self, handle: Handler, declare: tuple[str, ...]) -> None:
         """Join the group and start polling (the topic must exist, or the cluster create
@@ -76,9 +73,6 @@ class KafkaTransport:
         await self.broker.publish(body, topic=destination, correlation_id=correlation_id,
                                   headers=headers)
 
-    async def stop(self) -> None:
-        """Stop polling, wait for the batch in flight, leave the group."""
-        await self.broker.stop()
 
 
 def _assigned(consumer: Any, partitions: Any) -> None:

@@ -31,11 +31,10 @@ from nats.js.errors import NotFoundError as StreamNotFound
 
 from modelyard.serving.queue.envelope import Delivery, Settle
 from modelyard.serving.queue.transport import (
-    BROKER_LOG,
-    GRACE_S,
-    MESSAGE_LOG_LEVEL,
+    BrokerTransport,
     Endpoint,
     Handler,
+    broker_options,
     header_text,
     raw_body,
 )
@@ -44,13 +43,11 @@ from modelyard.serving.queue.transport import (
 FETCH_WAIT_S = 0.05
 
 
-class NatsTransport:
+class NatsTransport(BrokerTransport):
     """Pull from a durable JetStream consumer; publish to subjects kept in streams."""
 
     def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        self.broker = NatsBroker(endpoint.url, logger=BROKER_LOG, log_level=MESSAGE_LOG_LEVEL,
-                                 graceful_timeout=GRACE_S)
+        super().__init__(endpoint, NatsBroker(endpoint.url, **broker_options()))
         self._js: Any = None
 
     async def start(self, handle: Handler, declare: tuple[str, ...]) -> None:
@@ -79,9 +76,6 @@ class NatsTransport:
             headers = {**headers, "correlation_id": correlation_id}
         await self._js.publish(destination, body, headers=headers)
 
-    async def stop(self) -> None:
-        """Stop pulling, wait for the batch in flight, disconnect."""
-        await self.broker.stop()
 
 
 async def answer(handle: Handler, raw: Any) -> None:

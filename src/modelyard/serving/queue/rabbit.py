@@ -18,25 +18,23 @@ from faststream.rabbit.annotations import RabbitMessage
 
 from modelyard.serving.queue.envelope import Delivery
 from modelyard.serving.queue.transport import (
-    BROKER_LOG,
-    GRACE_S,
-    MESSAGE_LOG_LEVEL,
+    BrokerTransport,
     Endpoint,
     Handler,
+    broker_options,
     header_text,
     raw_body,
     settle,
 )
 
 
-class RabbitTransport:
+class RabbitTransport(BrokerTransport):
     """Consume one RabbitMQ queue; publish to queues by name (the default exchange)."""
 
     def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        self.broker = RabbitBroker(endpoint.url, logger=BROKER_LOG, log_level=MESSAGE_LOG_LEVEL,
-                                   graceful_timeout=GRACE_S,
-                                   default_channel=Channel(prefetch_count=endpoint.prefetch))
+        super().__init__(endpoint, RabbitBroker(
+            endpoint.url, default_channel=Channel(prefetch_count=endpoint.prefetch),
+            **broker_options()))
 
     async def start(self, handle: Handler, declare: tuple[str, ...]) -> None:
         """Connect, declare the queues and start consuming."""
@@ -61,9 +59,6 @@ class RabbitTransport:
                                   headers=fields, content_type="application/json",
                                   persist=True)
 
-    async def stop(self) -> None:
-        """Stop consuming, wait for the messages in flight, close the connection."""
-        await self.broker.stop()
 
 
 def delivery_of(message: Any) -> Delivery:

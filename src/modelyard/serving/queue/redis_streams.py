@@ -24,11 +24,10 @@ from faststream.redis.annotations import RedisStreamMessage
 
 from modelyard.serving.queue.envelope import Delivery
 from modelyard.serving.queue.transport import (
-    BROKER_LOG,
-    GRACE_S,
-    MESSAGE_LOG_LEVEL,
+    BrokerTransport,
     Endpoint,
     Handler,
+    broker_options,
     header_text,
     raw_body,
     settle,
@@ -38,13 +37,11 @@ from modelyard.serving.queue.transport import (
 _POLL_MS = 100
 
 
-class RedisTransport:
+class RedisTransport(BrokerTransport):
     """Consume one stream in a consumer group; publish to streams by name."""
 
     def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        self.broker = RedisBroker(endpoint.url, logger=BROKER_LOG, log_level=MESSAGE_LOG_LEVEL,
-                                  graceful_timeout=GRACE_S)
+        super().__init__(endpoint, RedisBroker(endpoint.url, **broker_options()))
 
     async def start(self, handle: Handler, declare: tuple[str, ...]) -> None:
         """Join the group (created when new) and start reading and claiming."""
@@ -71,9 +68,6 @@ class RedisTransport:
         await self.broker.publish(body, stream=destination, correlation_id=correlation_id,
                                   headers=headers)
 
-    async def stop(self) -> None:
-        """Stop reading, wait for the messages in flight, disconnect."""
-        await self.broker.stop()
 
 
 def delivery_of(message: Any) -> Delivery:

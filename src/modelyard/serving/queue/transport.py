@@ -44,6 +44,25 @@ GRACE_S = 30.0
 Handler = Callable[[Delivery], Awaitable[Settle]]
 
 
+def broker_options() -> dict[str, Any]:
+    """What every FastStream broker here is made with: modelyard's logger, its line per
+    message at DEBUG, and :data:`GRACE_S` for the messages in flight when it stops."""
+    return {"logger": BROKER_LOG, "log_level": MESSAGE_LOG_LEVEL, "graceful_timeout": GRACE_S}
+
+
+class BrokerTransport:
+    """What every FastStream transport shares: its endpoint, its broker, and stopping (stop
+    consuming, wait for the messages in flight, disconnect)."""
+
+    def __init__(self, endpoint: Endpoint, broker: Any) -> None:
+        self.endpoint = endpoint
+        self.broker = broker
+
+    async def stop(self) -> None:
+        """Stop consuming, wait for the messages in flight, disconnect."""
+        await self.broker.stop()
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Where a consumer reads: the broker's URL, the queue (stream, subject, topic), the
@@ -150,5 +169,6 @@ async def raw_body(message: Any, original: Any = None) -> Any:
     return message.body
 
 
-__all__ = ["BROKER_LOG", "GRACE_S", "MESSAGE_LOG_LEVEL", "TRANSPORTS", "Endpoint", "Handler",
-           "Transport", "check_url", "header_text", "raw_body", "settle", "transport_for"]
+__all__ = ["BROKER_LOG", "GRACE_S", "MESSAGE_LOG_LEVEL", "TRANSPORTS", "BrokerTransport",
+           "Endpoint", "Handler", "Transport", "broker_options", "check_url", "header_text",
+           "raw_body", "settle", "transport_for"]
