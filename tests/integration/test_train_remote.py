@@ -227,6 +227,10 @@ def test_an_upload_is_checked_whole_before_anything_is_stored(
                                      422),
         "a link out of the folder": (_upload(record, folder, [_member(
             "artifact/passwd", kind=tarfile.SYMTYPE, target="/etc/passwd")]), 422),
+        "a link inside the folder": (_upload(record, folder, [_member(
+            "artifact/again", kind=tarfile.SYMTYPE, target=".")]), 422),
+        "a device": (_upload(record, folder, [_member("artifact/null", kind=tarfile.CHRTYPE)]),
+                     422),
         "an entry beside the two": (_upload(record, folder, [_member("extra.txt")]), 422),
         "no record": (_upload(None, folder), 422),
         "a digest that is not the artifact's": (

@@ -602,7 +602,8 @@ def test_retraining_on_nothing_new_is_unchanged_unless_forced(any_invoke: Invoke
     assert again.exit_code == 0, again.output
     assert "unchanged: identical to tiny:1" in again.stdout and again.stderr == ""
     assert " train " not in again.stdout and " register " not in again.stdout  # no such stage
-    assert [v["version"] for v in json.loads(any_invoke("versions", "tiny", "--json").stdout)] == [1]
+    versions = json.loads(any_invoke("versions", "tiny", "--json").stdout)
+    assert [v["version"] for v in versions] == [1]
     runs = json.loads(any_invoke("runs", "tiny", "--json").stdout)
     assert [(r["status"], r["version"]) for r in runs] == [("unchanged", None),
                                                            ("succeeded", 1)]
@@ -876,7 +877,7 @@ def test_train_starts_the_rollout_the_spec_declares(any_invoke: Invoke, home: Pa
     (folder / "modelyard.yaml").write_text(STAGED_PROJECT)
     project = ("--project", str(folder / "modelyard.yaml"))
 
-    first = any_invoke("train", "staged", *project)  # nothing to compare with: straight to production
+    first = any_invoke("train", "staged", *project)  # nothing to compare with: to production
     assert first.exit_code == 0, first.output
     assert production_of(home, "staged") == 1
 

@@ -21,8 +21,9 @@ both; see docs/security.md).
 
 The upload is a tar holding ``version.json`` (the record: flavor, metrics, signature, lineage,
 reference statistics, the artifact's digest) and ``artifact/`` (the folder the adapter saved).
-It is streamed to disk under ``--max-upload``, unpacked with tar's ``data`` filter (no links
-out, no devices, nothing outside the folder), the artifact re-digested and compared with the
+It is streamed to disk under ``--max-upload``, its members checked before anything is written
+(plain files and folders only, unpacking to no more than ``--max-upload``), unpacked with
+tar's ``data`` filter (nothing outside the folder), the artifact re-digested and compared with the
 digest the client computed before sending, and then registered exactly as a local run
 registers (the flavor's loader checks it first; nothing unsafe is ever stored). The actor of
 every audit event is the caller's principal.
@@ -31,6 +32,7 @@ every audit event is the caller's principal.
 from __future__ import annotations
 
 import asyncio
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from typing import Any
 import orjson
 
 from modelyard.errors import (
+    BodyTooLargeError,
     ConflictError,
     ForbiddenError,
     InputError,
@@ -73,6 +76,8 @@ ENDINGS = ("succeeded", "failed", "rejected", "unchanged")
 #: liveness is judged by its heartbeat alone (a pid means nothing on the server's host).
 REMOTE_HOST = "remote:"
 _MAX_RECORD = 64 * 1024 * 1024
+#: the most files and folders one upload may hold.
+_MAX_MEMBERS = 100_000
 _OPT_STR: tuple[type, ...] = (str, type(None))
 _OPT_DICT: tuple[type, ...] = (dict, type(None))
 
@@ -161,7 +166,7 @@ class TrainingAPI(CatalogAPI):
             upload = Path(tmp) / "upload.tar"
             await read_body_to_file(scope, receive, upload, limit)
             content, record = await loop.run_in_executor(None, _open_upload, upload,
-                                                          Path(tmp) / "content")
+                                                          Path(tmp) / "content", limit)
             if record["run_id"] is not None:
                 run = await self._own_run(scope, record["run_id"])
                 if run.model != name or run.status != "running":
@@ -193,9 +198,11 @@ class TrainingAPI(CatalogAPI):
             await send_file(send, path, [(b"content-type", TAR),
                                          (b"x-artifact-digest", digest.encode())])
 
-def _open_upload(upload: Path, dest: Path) -> tuple[Path, dict[str, Any]]:
+def _open_upload(upload: Path, dest: Path, limit: int) -> tuple[Path, dict[str, Any]]:
     """The unpacked upload and its record, checked: a safe tar of ``version.json`` and
-    ``artifact/`` only, whose artifact has the digest the record names."""
+    ``artifact/`` only, of plain files and folders that unpack to at most ``limit`` bytes,
+    whose artifact has the digest the record names."""
+    _check_members(upload, limit)
     try:
         content = unpack(upload, dest)
     except IntegrityError as exc:
@@ -216,6 +223,25 @@ def _open_upload(upload: Path, dest: Path) -> tuple[Path, dict[str, Any]]:
                                  f"{str(record['digest'])[:12]}: it changed on the way; "
                                  "send it again")
     return content, record
+
+
+def _check_members(upload: Path, limit: int) -> None:
+    """Refuse, before anything is written, an upload with links or special files (the client
+    sends the files links point to) or one that would unpack to more than ``limit`` bytes or
+    :data:`_MAX_MEMBERS` entries (sparse members claim sizes their bytes do not hold)."""
+    total = 0
+    try:
+        with tarfile.open(upload, "r:") as tar:
+            for count, member in enumerate(tar, start=1):
+                if not (member.isreg() or member.isdir()):
+                    raise _invalid("body", f"{member.name[:200]!r} is a link or a special "
+                                           "file; send plain files and folders only")
+                total += member.size
+                if total > limit or count > _MAX_MEMBERS:
+                    raise BodyTooLargeError(f"the upload unpacks to more than {limit} bytes "
+                                            f"or {_MAX_MEMBERS} entries")
+    except tarfile.TarError as exc:
+        raise _invalid("body", f"the upload is not a tar: {exc}") from None
 
 
 def _invalid(field: str, message: str) -> InputError:
