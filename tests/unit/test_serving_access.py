@@ -150,7 +150,8 @@ async def test_mutations_need_a_json_body(client: httpx.AsyncClient, registry: R
             assert r.status_code == 200, (path, r.text)
             continue
         assert r.status_code == 415, (path, r.status_code, r.text)
-        assert "application/json" in r.text and r.headers["accept-post"] == "application/json"
+        wanted = "application/x-tar" if path.endswith("/versions") else "application/json"
+        assert wanted in r.text and r.headers["accept-post"] == wanted
     assert production(registry, "guarded") == 1  # nothing changed
     untyped_repository_calls = 2 if content_type is None else 0
     assert audit_count(registry, "guarded") == before + untyped_repository_calls

@@ -116,8 +116,10 @@ class CrossSite:
             return
         if media is not None:
             if content_type is None or content_type.split(b";")[0].strip().lower() != media:
-                raise UnsupportedMediaTypeError(
+                refused = UnsupportedMediaTypeError(
                     f"this call takes a body of Content-Type {media.decode()}")
+                refused.response_headers = ((b"accept-post", media),)
+                raise refused
             return
         if content_type is None or not _is_json(content_type):
             shown = "none" if content_type is None else \
