@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode
 
 import orjson
 
 from modelyard.console import pages
+from modelyard.console.exchange import HTML, Request, Response, redirect
 from modelyard.console.render import STATIC, render
 from modelyard.console.session import (
     CSRF_COOKIE,
@@ -28,7 +28,6 @@ from modelyard.console.session import (
     SESSION_MAX_AGE_S,
     check_csrf,
     clear_cookie,
-    csrf_token,
     new_secret,
     parse_cookies,
     same_origin,
@@ -41,7 +40,6 @@ from modelyard.errors import (
     NotFoundError,
     UnauthorizedError,
 )
-from modelyard.registry.policy import decide
 from modelyard.serving.access import identity_of_scope
 from modelyard.serving.http import Receive, Scope, Send, compile_routes, header, match, read_body
 from modelyard.serving.mounts import Mount
@@ -49,64 +47,11 @@ from modelyard.serving.mounts import Mount
 log = logging.getLogger(__name__)
 
 PREFIX = "/ui"
-HTML = b"text/html; charset=utf-8"
 _MEDIA = {".js": b"text/javascript; charset=utf-8", ".css": b"text/css; charset=utf-8",
           ".txt": b"text/plain; charset=utf-8", ".md": b"text/plain; charset=utf-8",
           ".png": b"image/png", ".svg": b"image/svg+xml"}
 #: the biggest form the console accepts (a login, a button), in bytes.
 MAX_FORM_BYTES = 16 * 1024
-
-
-@dataclass
-class Request:
-    """One console request: its scope, cookies, query, who is asking and the answer's cookies."""
-
-    scope: Scope
-    receive: Receive
-    cookies: dict[str, str]
-    query: dict[str, str]
-    console: Console
-    identity: Any = None
-    set_cookies: list[bytes] = field(default_factory=list)
-    form: dict[str, str] = field(default_factory=dict)
-
-    def q(self, name: str) -> str | None:
-        value = self.query.get(name, "").strip()
-        return value or None
-
-    @property
-    def partial(self) -> bool:
-        """Whether htmx asks only for the live part of the page."""
-        return header(self.scope, b"hx-request") is not None
-
-    def may(self, action: str, model: str | None = None) -> bool:
-        """Whether the caller's key allows ``action`` (on ``model``): which buttons show."""
-        return self.identity is not None and decide(self.identity.grants, action, model).allowed
-
-    @property
-    def csrf(self) -> str:
-        return csrf_token(self.cookies.get(CSRF_COOKIE, ""), self.cookies.get(SESSION_COOKIE))
-
-    def context(self, **extra: Any) -> dict[str, Any]:
-        """What every template gets: who is signed in, the CSRF token, the flash message."""
-        return {"me": self.identity, "csrf": self.csrf, "enforced": self.console.enforced,
-                "flash": self.q("msg"), "flash_error": self.q("err"), "path": self.scope["path"],
-                "may": self.may, **extra}
-
-
-@dataclass
-class Response:
-    """What a page answers."""
-
-    body: bytes = b""
-    status: int = 200
-    media: bytes = HTML
-    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-
-
-def redirect(to: str, status: int = 303) -> Response:
-    """A redirect to a path of this console."""
-    return Response(status=status, headers=[(b"location", to.encode("latin-1"))])
 
 
 Handler = Callable[..., Awaitable[Response]]
@@ -291,4 +236,4 @@ def mount(server: Any) -> Mount:
     return Mount(PREFIX, Console(server), name="console")
 
 
-__all__ = ["PREFIX", "Console", "Request", "Response", "mount", "redirect"]
+__all__ = ["PREFIX", "Console", "mount"]

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from modelyard.console import views
+from modelyard.console.exchange import Request, Response, redirect
 from modelyard.console.paging import filter_rows, page_number, paginate, sort_rows
 from modelyard.console.render import render
 from modelyard.errors import InputError, NotFoundError
 
 if TYPE_CHECKING:
-    from modelyard.console.app import Console, Request, Response
+    from modelyard.console.app import Console
 
 #: a button's verb -> (the JSON API path under the model, the form fields it sends).
 ACTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -29,8 +30,6 @@ ACTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def _html(template: str, request: Request, status: int = 200, **context: Any) -> Response:
-    from modelyard.console.app import Response
-
     return Response(render(template, **request.context(**context)), status)
 
 
@@ -159,8 +158,6 @@ async def vendor(request: Request, name: str) -> Response:
 
 async def act(request: Request, name: str, verb: str) -> Response:
     """A button: admitted for ``deploy``, then sent to the JSON API with the same key."""
-    from modelyard.console.app import redirect
-
     if verb not in ACTIONS:
         raise NotFoundError(f"no console action {verb[:40]!r}")
     await request.console.admit(request, "deploy", name)
