@@ -186,9 +186,10 @@ def _body(form: dict[str, str], fields: tuple[str, ...]) -> dict[str, Any]:
             body[field] = int(value) if value.isdigit() else value
         elif field == "steps":
             try:
-                body[field] = [float(s) for s in value.replace(",", " ").split()]
+                body[field] = [int(s) for s in value.replace(",", " ").split()]
             except ValueError:
-                raise InputError(f"steps {value[:40]!r}: write percents, e.g. 10 50") from None
+                raise InputError(f"steps {value[:40]!r}: write whole percents, e.g. 10 50"
+                                 ) from None
         elif field == "every_s":
             try:
                 body[field] = float(value)

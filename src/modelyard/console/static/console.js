@@ -32,7 +32,11 @@
         series.push({label: l, stroke: palette[i % palette.length], width: 2, spanGaps: true});
       });
       var width = Math.min(el.clientWidth || 600, 760);
-      new uPlot({width: width, height: 220, series: series}, data, el);
+      var opts = {width: width, height: 220, series: series};
+      if (data[0].length === 1) {  // one window: an hour either side, not a degenerate axis
+        opts.scales = {x: {time: true, range: [data[0][0] - 3600, data[0][0] + 3600]}};
+      }
+      new uPlot(opts, data, el);
       el.dataset.drawn = "1";
     });
   }
