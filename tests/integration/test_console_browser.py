@@ -42,7 +42,8 @@ def _playwright() -> Any:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
+def served(tmp_path_factory: pytest.TempPathFactory,
+           ) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
     home = tmp_path_factory.mktemp("console-browser") / "home"
     with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
         # churn's rollouts analyse after a few requests, so a canary advances in seconds
@@ -127,7 +128,7 @@ def test_the_console_in_a_browser(served: tuple[ServerProcess, dict[str, str]],
         start.locator("input[name=steps]").fill("20 50")
         start.locator("input[name=every_s]").fill("1")
         start.locator("button").click()
-        page.wait_for_url(f"**/ui/models/churn/rollout**")
+        page.wait_for_url("**/ui/models/churn/rollout**")
         stop = threading.Event()
         feeder = threading.Thread(target=_traffic, args=(server, keys["predictor"], "churn", stop))
         feeder.start()
