@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import MutableMapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -150,8 +151,9 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
                                serving_overrides=tuned, pools=split_names(pools),
                                models=split_names(models), drain_s=drain_s, grace_s=grace_s,
                                tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
-                               oidc=oidc, insecure=insecure, public_metrics=public_metrics,
-                               **({} if console else {"mounts": ()}))
+                               oidc=oidc, insecure=insecure, public_metrics=public_metrics)
+        if not console:
+            options = replace(options, mounts=())
         if oidc:
             from modelyard.serving.oidc import OIDCConfig
 
