@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from modelyard.config import Settings
 from modelyard.registry import Registry
-from modelyard.testing import ServerProcess, register_constant
+from modelyard.testing import ServerProcess, register_constant, register_hgb
 
 CHROMIUM = "/usr/bin/chromium"
 DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
@@ -49,9 +50,10 @@ def served(tmp_path_factory: pytest.TempPathFactory,
         # churn's rollouts analyse after a few requests, so a canary advances in seconds
         quick = {"rollout": {"strategy": "canary", "steps": [20, 50], "every_s": 1,
                              "min_requests": 5}, "metrics": ["accuracy"]}
-        for name in ("fraud", "churn", "ranker"):
+        for name in ("fraud", "churn"):
             register_constant(reg, name, 1, meta=quick if name == "churn" else None)
             register_constant(reg, name, 2, meta=quick if name == "churn" else None)
+        register_hgb(reg, "ranker", max_iter=10, n_features=4)  # profiled: drift to draw
         keys = {role: reg.keys.create_key(f"{role}-ann", role).secret
                 for role in ("viewer", "deployer", "predictor")}
     server = ServerProcess(home)
@@ -88,6 +90,25 @@ def _traffic(server: ServerProcess, key: str, name: str, stop: threading.Event) 
                     labels.append({"request_id": rid, "label": 1})
             client.post(f"/v1/models/{name}/feedback", json={"labels": labels})
             time.sleep(0.05)
+
+
+def _drifted(server: ServerProcess, keys: dict[str, str], name: str) -> None:
+    """Shifted inputs for ``name``, then a stored drift check (the monitoring page's picture)."""
+    rng = np.random.default_rng(1)
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for _ in range(12):
+            rows = (rng.normal(size=(20, 4)) + np.array([1.5, 0.0, 0.0, -1.0])).tolist()
+            r = client.post(f"/v1/models/{name}/predict", json={"instances": rows},
+                            headers={"Authorization": f"Bearer {keys['predictor']}"})
+            assert r.status_code == 200, r.text
+        for _ in range(40):  # the prediction log writes in the background
+            r = client.post(f"/api/v1/models/{name}/drift",
+                            headers={"Authorization": f"Bearer {keys['deployer']}",
+                                     "Content-Type": "application/json"})
+            if r.status_code == 200:
+                return
+            time.sleep(0.25)
+        raise AssertionError(r.text)
 
 
 def test_the_console_in_a_browser(served: tuple[ServerProcess, dict[str, str]],
@@ -149,8 +170,10 @@ def test_the_console_in_a_browser(served: tuple[ServerProcess, dict[str, str]],
         page.goto(f"{server.url}/ui/?sort=requests&dir=desc")
         page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
+        _drifted(server, keys, "ranker")
         for path, name in (("/ui/runs", "runs"), ("/ui/audit", "audit"),
                            ("/ui/models/churn/monitoring", "monitoring"),
+                           ("/ui/models/ranker/monitoring", "drift"),
                            ("/ui/models/fraud/compare?a=1&b=2", "compare")):
             page.goto(server.url + path)
             page.screenshot(path=str(shots / f"{name}.png"), full_page=True)

@@ -90,3 +90,15 @@ def test_mounts_own_their_prefix() -> None:
     assert mount_for([ui], "/uix") is None and mount_for([ui], "/api/v1/models") is None
     with pytest.raises(ConfigError):
         Mount("ui/", app)
+
+
+def test_current_values_fall_into_the_reference_bins() -> None:
+    from modelyard.console.distributions import distributions
+
+    reference = {"kind": "table", "features": {
+        "x": {"histogram": {"edges": [0.0, 1.0, 2.0], "counts": [3, 1]}},
+        "label": {"type": "categorical"}}}
+    inputs = [{"columns": {"x": [0.5, 1.5, 9.0, None]}}, {"columns": {"x": [-4.0]}}]
+    (x,) = distributions(reference, inputs)
+    assert x.reference == [0.75, 0.25] and x.current == [0.5, 0.5] and x.rows == 4
+    assert distributions(None, inputs) == [] and distributions({"kind": "text"}, inputs) == []

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from modelyard.console.compare import compare
+from modelyard.console.distributions import distributions
 from modelyard.console.paging import PER_PAGE, Page, offset_of, page_of
 from modelyard.console.traffic import by_model, samples
 from modelyard.errors import NotFoundError
@@ -150,8 +151,28 @@ async def monitoring_page(app: Any, name: str, since: datetime) -> dict[str, Any
         error = str(exc)
     drift = await catalog.io(monitor.drift_reports, name, limit=1)
     events = await catalog.io(monitor.events, name, limit=50)
+    drawn = await catalog.io(_distributions, monitor, name, drift[0] if drift else None)
     return {"name": name, "windows": windows, "series": series(windows), "error": error,
-            "drift": drift[0] if drift else None, "events": events, "since": since}
+            "drift": drift[0] if drift else None, "events": events, "since": since,
+            "distributions": drawn}
+
+
+#: logged requests read at most for the current distributions (newest hour).
+DISTRIBUTION_REQUESTS = 2000
+
+
+def _distributions(monitor: Any, name: str, check: Any) -> list[Any]:
+    """Reference against current distributions of the checked (else watched) version's
+    features, from at most :data:`DISTRIBUTION_REQUESTS` requests of the last hour."""
+    try:
+        version = monitor.watched_version(name, None if check is None else check.version)
+    except Exception:  # nothing served, nothing to compare
+        return []
+    if not version.reference_stats:
+        return []
+    logged = monitor.predictions(name, since=datetime.now(UTC) - timedelta(hours=1),
+                                 version=version.version, limit=DISTRIBUTION_REQUESTS)
+    return distributions(version.reference_stats, [p.inputs for p in logged])
 
 
 def series(windows: list[Any]) -> dict[str, dict[str, list[Any]]]:
