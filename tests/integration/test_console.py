@@ -127,3 +127,28 @@ async def test_keys_roles_and_the_session_cookie(app: App, registry: Registry) -
     assert registry.get_model("alpha").aliases["production"] == 1
     moved = registry.audit_events("alpha", limit=1, action="alias.rollback")
     assert moved and moved[0].actor == "dora"
+
+
+async def test_the_console_is_outside_the_api_table_and_can_be_left_out(
+        registry: Registry, app: App) -> None:
+    async with _client(app) as c:
+        paths = (await c.get("/openapi.json")).json()["paths"]
+        assert not any(p.startswith("/ui") for p in paths)
+    bare = create_app(registry, ServeOptions(poll_interval_s=3600, preload=False, mounts=()))
+    await bare.startup()
+    try:
+        async with _client(bare) as c:
+            assert (await c.get("/ui/")).status_code == 404
+    finally:
+        await bare.shutdown()
+
+
+def test_registry_pages_are_bounded(registry: Registry) -> None:
+    assert [v.version for v in registry.list_versions("alpha", limit=1)] == [2]
+    assert [v.version for v in registry.list_versions("alpha", limit=1, offset=1)] == [1]
+    assert len(registry.alias_history("alpha", limit=1)) == 1
+    assert set(registry.versions_at_alias("production")) >= {"alpha", "beta", "gamma"}
+    first, second = (registry.audit_events(limit=1, offset=n) for n in (0, 1))
+    assert first[0].id > second[0].id
+    assert all(e.actor == "tester" for e in registry.audit_events(actor="tester", limit=5))
+    assert registry.audit_events(action="no.such.action") == []
