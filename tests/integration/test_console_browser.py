@@ -163,10 +163,10 @@ def test_the_console_in_a_browser(served: tuple[ServerProcess, dict[str, str]],
                 page.wait_for_timeout(250)
             assert page.locator("ol.steps li.done").count() or page.locator(
                 "text=promoted").count(), page.inner_text("#rollout")
+            page.screenshot(path=str(shots / "rollout.png"), full_page=True)
         finally:
             stop.set()
             feeder.join()
-        page.screenshot(path=str(shots / "rollout.png"), full_page=True)
         page.goto(f"{server.url}/ui/?sort=requests&dir=desc")
         page.screenshot(path=str(shots / "overview.png"), full_page=True)
 

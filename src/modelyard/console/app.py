@@ -190,7 +190,10 @@ class Console:
 
     # -- session --------------------------------------------------------------------------------
     async def login(self, request: Request, key: str) -> Response:
-        """Check ``key`` through Access; on success the session cookie holds it."""
+        """Check ``key`` through Access; on success the session cookie holds it (a server
+        that needs no credential keeps none: its pages are open)."""
+        if not self.server.access.required:
+            return redirect(_next(request))
         scope = self.credential_scope(request, key)
         try:
             await self.server.access.admit(scope, "describe", None, credential_needed=True)
