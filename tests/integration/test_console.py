@@ -148,6 +148,7 @@ def test_registry_pages_are_bounded(registry: Registry) -> None:
     assert [v.version for v in registry.list_versions("alpha", limit=1, offset=1)] == [1]
     assert len(registry.alias_history("alpha", limit=1)) == 1
     assert set(registry.versions_at_alias("production")) >= {"alpha", "beta", "gamma"}
+    assert registry.last_moves("production")["gamma"].version == 1
     first, second = (registry.audit_events(limit=1, offset=n) for n in (0, 1))
     assert first[0].id > second[0].id
     assert all(e.actor == "tester" for e in registry.audit_events(actor="tester", limit=5))

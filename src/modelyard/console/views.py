@@ -18,8 +18,8 @@ from modelyard.console.traffic import by_model, samples
 from modelyard.errors import NotFoundError
 
 #: the overview's columns, in order (the sortable keys of each row).
-OVERVIEW_COLUMNS = ("name", "version", "flavor", "pool", "requests", "p50_ms", "p99_ms",
-                    "error_rate", "drift", "alerts", "rollout")
+OVERVIEW_COLUMNS = ("name", "version", "since", "flavor", "pool", "requests", "p50_ms",
+                    "p99_ms", "error_rate", "drift", "alerts", "rollout")
 #: how far back the overview counts open alerts.
 ALERTS_SINCE = timedelta(hours=24)
 
@@ -42,6 +42,7 @@ async def overview_rows(app: Any, allowed: set[str] | None) -> list[dict[str, An
     registry, monitor = catalog.registry, monitor_of(app)
     models = await catalog.io(registry.list_models)
     served = await catalog.io(registry.versions_at_alias, app.options.alias)
+    moves = await catalog.io(registry.last_moves, app.options.alias)
     active = {d.model: d for d in await catalog.io(deployments_of(app).list_active)}
     alerts: dict[str, int] = {}
     since = datetime.now(UTC) - ALERTS_SINCE
@@ -53,9 +54,14 @@ async def overview_rows(app: Any, allowed: set[str] | None) -> list[dict[str, An
     for model in models:
         if allowed is not None and model.name not in allowed:
             continue
-        rows.append(_row(model, served.get(model.name), catalog.placed.get(model.name),
-                         traffic.get(model.name), drift.get(model.name), alerts.get(model.name, 0),
-                         active.get(model.name)))
+        row = _row(model, served.get(model.name), catalog.placed.get(model.name),
+                   traffic.get(model.name), drift.get(model.name), alerts.get(model.name, 0),
+                   active.get(model.name))
+        moved = moves.get(model.name)
+        if moved is not None:
+            row.update(since=moved.at, why=f"{moved.action} by {moved.actor}"
+                       + (f": {moved.reason}" if moved.reason else ""))
+        rows.append(row)
     return rows
 
 
@@ -76,7 +82,7 @@ def _row(model: Any, version: Any, placed: Any, seen: Any, drift: Any, alerts: i
         "alerts": alerts,
         "rollout": None if rollout is None else
         f"{rollout.strategy} v{rollout.candidate_version} {rollout.state}",
-        "since": None if version is None else version.created_at,
+        "since": None, "why": None,
     }
 
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.adapters import artifact_verifier
@@ -161,8 +161,7 @@ class Registry:
             return [to_model(r, aliases.get(r.id, {})) for r in rows]
 
     def versions_at_alias(self, alias: str) -> dict[str, ModelVersion]:
-        """The version ``alias`` names of every model that has it, by model name (one query:
-        the console's overview)."""
+        """By model name, the version ``alias`` names (one query: the console's overview)."""
         with self.db.session() as s:
             query = (select(VersionRow, ModelRow.name)
                      .join(ModelRow, VersionRow.model_id == ModelRow.id)
@@ -170,6 +169,16 @@ class Registry:
                            & (AliasRow.version == VersionRow.version))
                      .where(AliasRow.alias == alias))
             return {name: to_version(row, name, (alias,)) for row, name in s.execute(query)}
+
+    def last_moves(self, alias: str) -> dict[str, AliasEvent]:
+        """By model name, the latest move of ``alias``: since when and why (one query)."""
+        newest = (select(func.max(AliasEventRow.id)).where(AliasEventRow.alias == alias)
+                  .group_by(AliasEventRow.model_id))
+        with self.db.session() as s:
+            query = (select(AliasEventRow, ModelRow.name)
+                     .join(ModelRow, AliasEventRow.model_id == ModelRow.id)
+                     .where(AliasEventRow.id.in_(newest)))
+            return {name: to_alias_event(row, name) for row, name in s.execute(query)}
 
     def get_model(self, name: str) -> Model:
         """One model by name; :class:`NotFoundError` if there is none."""
@@ -245,8 +254,7 @@ class Registry:
 
     def list_versions(self, name: str, *, limit: int | None = None,
                       offset: int = 0) -> list[ModelVersion]:
-        """The versions of ``name``, newest first: every one, or a page of ``limit`` after
-        skipping ``offset`` (the console's pages)."""
+        """The versions of ``name``, newest first (a page of ``limit`` after ``offset``)."""
         with self.db.session() as s:
             model = model_row(s, name)
             rows = s.scalars(
@@ -526,9 +534,8 @@ class Registry:
                      actor: str | None = None, action: str | None = None,
                      since: datetime | None = None,
                      until: datetime | None = None) -> list[AuditEvent]:
-        """Recent audit events, newest first; ``target`` filters by model name (or ``name:v``),
-        ``actor`` and ``action`` exactly, ``since``/``until`` by time; a page of ``limit``
-        after ``offset``."""
+        """Recent audit events, newest first, a page of ``limit`` after ``offset``; filtered by
+        model (``target``: ``name`` or ``name:v``), ``actor``, ``action`` and time."""
         with self.db.session() as s:
             query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit).offset(offset)
             for column, value in ((AuditRow.actor, actor), (AuditRow.action, action)):
