@@ -76,7 +76,8 @@ def _production(server: ServerProcess, key: str, name: str) -> int:
 
 
 def _traffic(server: ServerProcess, key: str, name: str, stop: threading.Event) -> None:
-    """Predictions, and a label for each (the monitoring page's metric per version)."""
+    """Predictions, and a label for each (the monitoring page's metric per version): the
+    answer itself, so the canary's analysis never sees the candidate regress."""
     with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"},
                       timeout=10) as client:
         while not stop.is_set():
@@ -86,8 +87,8 @@ def _traffic(server: ServerProcess, key: str, name: str, stop: threading.Event) 
                 r = client.post(f"/v1/models/{name}/predict",
                                 json={"instances": [[0.0, 0.0, 0.0]]},
                                 headers={"X-Request-Id": rid})
-                if r.status_code == 200:
-                    labels.append({"request_id": rid, "label": 1})
+                if r.status_code == 200:  # right whichever version answered: no regression
+                    labels.append({"request_id": rid, "label": r.json()["predictions"][0]})
             client.post(f"/v1/models/{name}/feedback", json={"labels": labels})
             time.sleep(0.05)
 
