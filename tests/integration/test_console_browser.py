@@ -168,8 +168,6 @@ def test_the_console_in_a_browser(served: tuple[ServerProcess, dict[str, str]],
         finally:
             stop.set()
             feeder.join()
-        page.goto(f"{server.url}/ui/?sort=requests&dir=desc")
-        page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
         _drifted(server, keys, "ranker")
         for path, name in (("/ui/runs", "runs"), ("/ui/audit", "audit"),
@@ -178,6 +176,8 @@ def test_the_console_in_a_browser(served: tuple[ServerProcess, dict[str, str]],
                            ("/ui/models/fraud/compare?a=1&b=2", "compare")):
             page.goto(server.url + path)
             page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+        page.goto(f"{server.url}/ui/?sort=requests&dir=desc")  # traffic, a rollout, drift
+        page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
         # a viewer sees no buttons
         viewer = browser.new_page(viewport={"width": 420, "height": 800})  # a narrow window
