@@ -401,6 +401,13 @@ class Monitor:
                              .order_by(DriftReportRow.id.desc()).limit(limit))
             return [_drift_check(r) for r in rows]
 
+    def latest_drift(self) -> dict[str, DriftCheck]:
+        """Each model's newest stored drift check, by model name (one query)."""
+        newest = select(func.max(DriftReportRow.id)).group_by(DriftReportRow.model)
+        with self.registry.db.session() as s:
+            rows = s.scalars(select(DriftReportRow).where(DriftReportRow.id.in_(newest)))
+            return {r.model: _drift_check(r) for r in rows}
+
     # -- events ---------------------------------------------------------------------------------
     def add_event(self, model: str, kind: str, name: str, message: str, *,
                   severity: str = "info", details: Mapping[str, Any] | None = None,

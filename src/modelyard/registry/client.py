@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.adapters import artifact_verifier
@@ -160,6 +160,26 @@ class Registry:
             aliases = aliases_by_model(s)
             return [to_model(r, aliases.get(r.id, {})) for r in rows]
 
+    def versions_at_alias(self, alias: str) -> dict[str, ModelVersion]:
+        """By model name, the version ``alias`` names (one query: the console's overview)."""
+        with self.db.session() as s:
+            query = (select(VersionRow, ModelRow.name)
+                     .join(ModelRow, VersionRow.model_id == ModelRow.id)
+                     .join(AliasRow, (AliasRow.model_id == ModelRow.id)
+                           & (AliasRow.version == VersionRow.version))
+                     .where(AliasRow.alias == alias))
+            return {name: to_version(row, name, (alias,)) for row, name in s.execute(query)}
+
+    def last_moves(self, alias: str) -> dict[str, AliasEvent]:
+        """By model name, the latest move of ``alias``: since when and why (one query)."""
+        newest = (select(func.max(AliasEventRow.id)).where(AliasEventRow.alias == alias)
+                  .group_by(AliasEventRow.model_id))
+        with self.db.session() as s:
+            query = (select(AliasEventRow, ModelRow.name)
+                     .join(ModelRow, AliasEventRow.model_id == ModelRow.id)
+                     .where(AliasEventRow.id.in_(newest)))
+            return {name: to_alias_event(row, name) for row, name in s.execute(query)}
+
     def get_model(self, name: str) -> Model:
         """One model by name; :class:`NotFoundError` if there is none."""
         with self.db.session() as s:
@@ -232,14 +252,15 @@ class Registry:
                 verify(unpack(archive, Path(tmp) / "content"), meta)
             return self.store.put_file(archive)
 
-    def list_versions(self, name: str) -> list[ModelVersion]:
-        """Every version of ``name``, newest first."""
+    def list_versions(self, name: str, *, limit: int | None = None,
+                      offset: int = 0) -> list[ModelVersion]:
+        """The versions of ``name``, newest first (a page of ``limit`` after ``offset``)."""
         with self.db.session() as s:
             model = model_row(s, name)
             rows = s.scalars(
                 select(VersionRow)
                 .where(VersionRow.model_id == model.id)
-                .order_by(VersionRow.version.desc())
+                .order_by(VersionRow.version.desc()).limit(limit).offset(offset)
             ).all()
             by_version = aliases_by_version(s, model.id)
             return [to_version(r, name, by_version.get(r.version, ())) for r in rows]
@@ -306,14 +327,17 @@ class Registry:
             model = model_row(s, name, lock=True)
             return move_alias(s, model, alias, None, actor, reason, "delete")
 
-    def alias_history(self, name: str, alias: str | None = None) -> list[AliasEvent]:
-        """Every move of ``alias`` (or of all aliases) of ``name``, newest first."""
+    def alias_history(self, name: str, alias: str | None = None, *,
+                      limit: int | None = None) -> list[AliasEvent]:
+        """Every move of ``alias`` (or of all aliases) of ``name``, newest first (the newest
+        ``limit`` of them when given)."""
         with self.db.session() as s:
             model = model_row(s, name)
             query = select(AliasEventRow).where(AliasEventRow.model_id == model.id)
             if alias is not None:
                 query = query.where(AliasEventRow.alias == alias)
-            rows = s.scalars(query.order_by(AliasEventRow.at.desc(), AliasEventRow.id.desc()))
+            rows = s.scalars(query.order_by(AliasEventRow.at.desc(), AliasEventRow.id.desc())
+                             .limit(limit))
             return [to_alias_event(r, name) for r in rows]
 
     def alias_at(self, name: str, alias: str, when: datetime) -> int | None:
@@ -454,7 +478,8 @@ class Registry:
             found = [(to_run(rows[0]), _verdict(rows[0]))]
         return self._settle(found)[0]
 
-    def list_runs(self, model: str | None = None, *, limit: int = 50) -> list[Run]:
+    def list_runs(self, model: str | None = None, *, limit: int = 50,
+                  offset: int = 0) -> list[Run]:
         """Recent runs, newest first, optionally of one model.
 
         A running run whose process is gone (on this host: its pid has ended; on another: no
@@ -463,7 +488,7 @@ class Registry:
         running when nothing runs it.
         """
         with self.db.session() as s:
-            query = select(RunRow).order_by(RunRow.started_at.desc()).limit(limit)
+            query = select(RunRow).order_by(RunRow.started_at.desc()).limit(limit).offset(offset)
             if model is not None:
                 query = query.where(RunRow.model_name == model)
             found = [(to_run(r), _verdict(r)) for r in s.scalars(query)]
@@ -505,10 +530,21 @@ class Registry:
         with self.db.session(write=True) as s:
             audit(s, actor or self.settings.actor, action, target, details or {})
 
-    def audit_events(self, target: str | None = None, *, limit: int = 100) -> list[AuditEvent]:
-        """Recent audit events, newest first; ``target`` filters by model name (or ``name:v``)."""
+    def audit_events(self, target: str | None = None, *, limit: int = 100, offset: int = 0,
+                     actor: str | None = None, action: str | None = None,
+                     since: datetime | None = None,
+                     until: datetime | None = None) -> list[AuditEvent]:
+        """Recent audit events, newest first, a page of ``limit`` after ``offset``; filtered by
+        model (``target``: ``name`` or ``name:v``), ``actor``, ``action`` and time."""
         with self.db.session() as s:
-            query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
+            query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit).offset(offset)
+            for column, value in ((AuditRow.actor, actor), (AuditRow.action, action)):
+                if value is not None:
+                    query = query.where(column == value)
+            if since is not None:
+                query = query.where(AuditRow.at >= since)
+            if until is not None:
+                query = query.where(AuditRow.at < until)
             if target is not None:
                 query = query.where(
                     (AuditRow.target == target)

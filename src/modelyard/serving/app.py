@@ -15,6 +15,10 @@ each route bound to the callable that answers it (:class:`~modelyard.serving.htt
 :mod:`~.monitor_api`            feedback, quality metrics, drift, events, logged predictions
 ==============================  ===============================================================
 
+Beside the API, :attr:`~modelyard.serving.options.ServeOptions.mounts` names applications served
+under their own prefix (:mod:`~modelyard.serving.mounts`): the web console at ``/ui``
+(:mod:`modelyard.console`), loaded by name so that serving never imports it.
+
 The dispatcher admits every request in one place (:meth:`~modelyard.serving.access.Access.admit`:
 the action the route declares, against the caller's role and scope),
 answers ``OPTIONS`` and logs each 5xx once with its request id. Build an app with
@@ -59,6 +63,7 @@ from modelyard.serving.http import (
 )
 from modelyard.serving.metrics import ServerMetrics
 from modelyard.serving.monitor_api import MonitorAPI, MonitorGauges
+from modelyard.serving.mounts import load_mounts, mount_for
 from modelyard.serving.native import NativeAPI
 from modelyard.serving.oidc import OIDCConfig, TokenVerifier
 from modelyard.serving.oip import OIPHandlers
@@ -110,6 +115,8 @@ class App:
             *bind_routes(monitor, monitor_api.ROUTES),
         ])
         self._grpc: Any = None
+        #: what is served beside the API under its own prefix (the web console at /ui)
+        self.mounts = load_mounts(self.options.mounts, self)
 
     # -- what the data plane holds (tests and embedding code reach it here) ---------------------
     @property
@@ -155,6 +162,9 @@ class App:
 
             self._grpc = await start_grpc(self.plane, self.oip, self.access,
                                           self.options.grpc_address)
+        for mounted in self.mounts:
+            if mounted.startup is not None:
+                await mounted.startup()
 
     async def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Wait until preloading has finished (tests and embedding code)."""
@@ -173,6 +183,9 @@ class App:
         """Stop gRPC and the loops, drain every runner, release threads and the registry."""
         if self._grpc is not None:
             await self._grpc.stop(5)
+        for mounted in self.mounts:
+            if mounted.shutdown is not None:
+                await mounted.shutdown()
         await self.access.stop()
         await self.gauges.stop()
         await self.retention.stop()
@@ -210,6 +223,9 @@ class App:
         # server times bodies out itself (no wrapper and no bookkeeping a request)
         if "modelyard.body_timeout" not in (scope.get("extensions") or ()):
             receive = self._body_deadlines.wrap(receive)
+        if self.mounts and (mounted := mount_for(self.mounts, path)) is not None:
+            await mounted.app(scope, receive, send)  # the console: its own pages and rules
+            return
         try:
             found = match(self.routes, scope["method"], path)
             if found is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import MutableMapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -98,6 +99,9 @@ if TYPE_CHECKING:
 @click.option("--insecure", is_flag=True,
               help="Listening beyond loopback, do not enforce auth until an API key exists "
                    "(a warning is logged). Never in production.")
+@click.option("--console/--no-console", "console", default=True, show_default=True,
+              help="Serve the web console at /ui (its pages need a signed-in key with the "
+                   "read role wherever the API needs one).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.pass_context
@@ -109,12 +113,13 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
           cors_origins: tuple[str, ...], model_config: str | None, pools: tuple[str, ...],
           models: tuple[str, ...], drain_s: float, grace_s: float, tls_cert: str | None,
           tls_key: str | None, tls_client_ca: str | None, oidc: str | None,
-          public_metrics: bool, insecure: bool, log_level: str) -> None:
+          public_metrics: bool, insecure: bool, console: bool, log_level: str) -> None:
     """Serve every model with a production alias over REST and OIP v2 until stopped.
 
     Native REST: POST /v1/models/NAME/predict. Open Inference Protocol v2: /v2/... (REST, and
     gRPC with --grpc-port). Feedback: POST /v1/models/NAME/feedback. Also the admin and
-    monitoring API under /api/v1, /metrics, /healthz, /readyz and OpenAPI at /docs.
+    monitoring API under /api/v1, /metrics, /healthz, /readyz, OpenAPI at /docs and the web
+    console at /ui.
 
     Access: once an API key exists (modelyard auth create-key), or when listening beyond
     loopback, every call but health and documents needs 'Authorization: Bearer <key>' whose
@@ -147,6 +152,8 @@ def serve(ctx: click.Context, host: str, port: int, max_memory: str | None,
                                models=split_names(models), drain_s=drain_s, grace_s=grace_s,
                                tls_cert=tls_cert, tls_key=tls_key, tls_client_ca=tls_client_ca,
                                oidc=oidc, insecure=insecure, public_metrics=public_metrics)
+        if not console:
+            options = replace(options, mounts=())
         if oidc:
             from modelyard.serving.oidc import OIDCConfig
 

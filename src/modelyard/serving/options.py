@@ -111,6 +111,11 @@ class ServeOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    #: applications served beside the API under their own path prefix, each named
+    #: ``module:function`` (the function takes the app and returns a
+    #: :class:`~modelyard.serving.mounts.Mount`): by default the web console at ``/ui``
+    #: (``--no-console``: none). Loaded by name, so nothing in serving imports them.
+    mounts: tuple[str, ...] = ("modelyard.console.app:mount",)
 
     def __post_init__(self) -> None:
         if self.max_memory is not None and self.max_memory <= 0:
@@ -153,6 +158,7 @@ class ServeOptions:
             raise ConfigError("pools and models must be lists of names, not one string")
         Selection.of(self.pools, self.models)  # a malformed pool name is a ConfigError here
         object.__setattr__(self, "pools", tuple(self.pools))
+        object.__setattr__(self, "mounts", tuple(self.mounts))
         object.__setattr__(self, "models", tuple(self.models))
         if not (0 <= self.drain_s <= 3600 and 0 < self.grace_s <= 3600):
             raise ConfigError("drain_s must be 0 to 3600 seconds and grace_s more than 0, "
