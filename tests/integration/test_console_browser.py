@@ -2,7 +2,8 @@
 ``modelyard serve``. Each page loads without console errors; a deployer signs in, rolls back
 and sees production move, starts a canary and watches it advance; a viewer sees no buttons.
 Screenshots of every page go to the test artifacts folder (``MODELYARD_TEST_ARTIFACTS``, else
-the test's tmp folder); the overview and rollout ones also to docs/images/ for the README."""
+the test's tmp folder); with ``MODELYARD_UPDATE_SCREENSHOTS=1`` the overview and rollout ones
+also to docs/images/ for the README."""
 
 from __future__ import annotations
 
@@ -189,6 +190,7 @@ def test_the_console_in_a_browser(served: tuple[ServerProcess, dict[str, str]],
         viewer.screenshot(path=str(shots / "model-viewer-narrow.png"), full_page=True)
         browser.close()
     assert errors == []
-    DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
-    for name in ("overview", "rollout"):
-        shutil.copyfile(shots / f"{name}.png", DOCS_IMAGES / f"console-{name}.png")
+    if os.environ.get("MODELYARD_UPDATE_SCREENSHOTS"):  # never rewrite tracked files unasked
+        DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
+        for name in ("overview", "rollout"):
+            shutil.copyfile(shots / f"{name}.png", DOCS_IMAGES / f"console-{name}.png")
