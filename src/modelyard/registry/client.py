@@ -37,6 +37,7 @@ from modelyard.registry.rows import (
     model_row,
     move_alias,
     now,
+    parse_ref,
     possible_version,
     rollback_target,
     to_alias_event,
@@ -86,22 +87,6 @@ _VERSION_BY_ALIAS = (
 )
 
 
-
-
-def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
-    """Split ``name``, ``name:3`` or ``name@alias`` into ``(name, version, alias)``.
-
-    A bare name means its ``production`` alias.
-    """
-    if "@" in ref:
-        name, _, alias = ref.partition("@")
-        return check_name(name), None, check_alias(alias)
-    if ":" in ref:
-        name, _, number = ref.rpartition(":")
-        if not (number.isascii() and number.isdigit() and len(number) <= 18):
-            raise ConfigError(f"version in {ref!r} must be a number, as in {name}:3")
-        return check_name(name), int(number), None
-    return check_name(ref), None, PRODUCTION
 
 
 #: a digest no content has (not a sha256 of anything stored): asking for it tests the store

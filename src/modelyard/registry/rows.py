@@ -41,6 +41,22 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
+    """Split ``name``, ``name:3`` or ``name@alias`` into ``(name, version, alias)``.
+
+    A bare name means its ``production`` alias.
+    """
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        return check_name(name), None, check_alias(alias)
+    if ":" in ref:
+        name, _, number = ref.rpartition(":")
+        if not (number.isascii() and number.isdigit() and len(number) <= 18):
+            raise ConfigError(f"version in {ref!r} must be a number, as in {name}:3")
+        return check_name(name), int(number), None
+    return check_name(ref), None, PRODUCTION
+
+
 def check_name(name: str) -> str:
     if not _MODEL_NAME.match(name or ""):
         raise ConfigError(
