@@ -92,7 +92,7 @@ def start_cluster() -> tuple[Any, float]:
         port = int(s.getsockname()[1])
     start = time.perf_counter()
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 1, "object_store_memory": STORE_BYTES, "port": port,
+        "num_cpus": 1, "object_store_memory": STORE_BYTES, "gcs_server_port": port,
         "include_dashboard": False})
     cluster.add_node(num_cpus=1, object_store_memory=STORE_BYTES)
     cluster.wait_for_nodes()

@@ -68,3 +68,22 @@ def test_importing_modelyard_and_its_batch_cli_never_imports_ray() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_cluster_failure_is_the_modelyard_error_at_its_root_or_unavailable() -> None:
+    from modelyard.batch.ray_engine import cluster_failure
+    from modelyard.errors import AdapterError, UnavailableError
+
+    class TaskError(Exception):  # as Ray wraps an actor's error: .cause
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__("task failed")
+            self.cause = cause
+
+    root = AdapterError("fraud:3 failed to predict")
+    wrapped = RuntimeError("Ray Data")
+    wrapped.__cause__ = TaskError(root)
+    assert cluster_failure(wrapped) is root
+    lost = cluster_failure(ConnectionError("The actor died\nmore"))
+    assert isinstance(lost, UnavailableError)
+    assert str(lost).startswith("the Ray cluster stopped scoring (ConnectionError: The actor "
+                                "died); every chunk committed before is kept")

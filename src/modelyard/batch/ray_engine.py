@@ -27,8 +27,11 @@ left on the driver:
   So the outputs are the same files, a run stopped anywhere resumes after its last committed
   chunk on either engine, and the registry holds the same ``batch`` run (``engine: ray``).
 
-A lost actor (its node died) is not restarted: the run fails with the reason, recorded as
-failed, and its output resumes from the last committed chunk on the next run. (Restarting the
+A lost actor (its node died) is not restarted: the run fails with
+:class:`~modelyard.errors.UnavailableError` (exit 15) and Ray's reason, recorded as failed, and
+its output resumes from the last committed chunk on the next run. An error an actor or the
+reader raises (a model that fails to load, an input the cluster reads differently) is raised as
+itself. (Restarting the
 actor would re-score chunks in flight, which is harmless, but would wait forever when the node
 that offered its resources is gone.) ``--log-sample`` is refused: the sampled rows' model input
 stays on the actors. Nothing here imports Ray until a job asks for this engine.
@@ -56,7 +59,7 @@ from modelyard.batch.job import (
     run_with,
 )
 from modelyard.batch.scorer import ScoredChunk
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, ModelyardError, UnavailableError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -194,17 +197,17 @@ class ScorerSpec:
 
 def _dataset(plan: ChunkPlan, shape: ActorShape, actors: int) -> Any:
     import ray.data
-    from ray.data import DataContext
 
     job = plan.job
     read = ReadSpec(job.input, job.sql_url, job.input_format, plan.source.fingerprint(),
                     plan.columns, plan.chunk_rows, plan.skip)
     scorer = ScorerSpec(plan.registry.settings, plan.version, shape.device, job.key, job.scores)
-    context = DataContext.get_current()
+    dataset: Any = ray.data.from_items([{"reader": 0}])
+    context = dataset.context  # this dataset's own copy: the process's defaults stay as they are
     context.execution_options.preserve_order = True  # chunks come back in input order
     # a block per chunk: each one travels to an actor alone, whatever its size
     context.target_max_block_size = 1
-    dataset = ray.data.from_items([{"reader": 0}])
+    context.enable_progress_bars = False  # the CLI shows its own, per committed chunk
     dataset = dataset.map_batches(read_chunks, batch_size=None, batch_format="pyarrow",
                                   fn_kwargs={"spec": read}, num_cpus=READER_CPUS)
     remote: dict[str, Any] = {"num_cpus": shape.num_cpus, "max_restarts": 0,
@@ -214,13 +217,22 @@ def _dataset(plan: ChunkPlan, shape: ActorShape, actors: int) -> Any:
     if shape.resources:
         remote["resources"] = shape.resources
     return dataset.map_batches(ChunkActor, fn_constructor_kwargs={"spec": scorer},
-                               batch_size=1, batch_format="pyarrow", concurrency=actors,
-                               **remote)
+                               batch_size=1, batch_format="pyarrow",
+                               compute=ray.data.ActorPoolStrategy(size=actors), **remote)
 
 
 def read_chunks(table: pa.Table, spec: ReadSpec) -> Iterator[pa.Table]:
     """The reader (a Ray Data task): the input's chunks from ``spec.skip`` on, one row each
-    (``index``, ``rows``, ``first_row``, ``chunk``: its columns, pickled)."""
+    (``index``, ``rows``, ``first_row``, ``chunk``: its columns, pickled). A modelyard error
+    (an input it cannot read, or not the one planned) travels on as a last row whose ``chunk``
+    is the error, so the driver raises it as itself."""
+    try:
+        yield from _read(spec)
+    except ModelyardError as exc:
+        yield _chunk_row(-1, 0, 0, exc)
+
+
+def _read(spec: ReadSpec) -> Iterator[pa.Table]:
     from modelyard.batch.sources import open_source
     from modelyard.errors import ConflictError
 
@@ -233,17 +245,22 @@ def read_chunks(table: pa.Table, spec: ReadSpec) -> Iterator[pa.Table]:
     try:
         for index, columns in enumerate(chunks, start=spec.skip):
             rows = len(columns[spec.columns[0]])
-            payload = pickle.dumps(columns, protocol=pickle.HIGHEST_PROTOCOL)
-            yield pa.table({"index": pa.array([index], pa.int64()),
-                            "rows": pa.array([rows], pa.int64()),
-                            "first_row": pa.array([index * spec.chunk_rows], pa.int64()),
-                            "chunk": pa.array([payload], pa.large_binary())})
+            yield _chunk_row(index, rows, index * spec.chunk_rows, columns)
     finally:
         chunks.close()
 
 
+def _chunk_row(index: int, rows: int, first_row: int, chunk: Any) -> pa.Table:
+    payload = pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL)
+    return pa.table({"index": pa.array([index], pa.int64()), "rows": pa.array([rows], pa.int64()),
+                     "first_row": pa.array([first_row], pa.int64()),
+                     "chunk": pa.array([payload], pa.large_binary())})
+
+
 class ChunkActor:
-    """A scoring actor: the version loaded once, then one chunk scored per call."""
+    """A scoring actor: the version loaded once, then one chunk scored per call. A modelyard
+    error (a model that fails to load or to predict) is answered as the row's ``failure``, so
+    the driver raises it as itself rather than as Ray's wrapper."""
 
     def __init__(self, spec: ScorerSpec) -> None:
         from modelyard.batch.job import _load
@@ -252,31 +269,69 @@ class ChunkActor:
         from modelyard.registry import Registry
         from modelyard.registry.database import Database
 
-        # the artifact store and the cache only: the actor never touches the database
-        registry = Registry(Database(spec.settings.db_url), artifact_store(spec.settings),
-                            spec.settings)
-        self.scorer = ChunkScorer(_load(spec.version, registry, spec.device), spec.key,
-                                  scores=spec.scores)
+        self.failure: ModelyardError | None = None
+        try:
+            # the artifact store and the cache only: the actor never touches the database
+            registry = Registry(Database(spec.settings.db_url), artifact_store(spec.settings),
+                                spec.settings)
+            self.scorer = ChunkScorer(_load(spec.version, registry, spec.device), spec.key,
+                                      scores=spec.scores)
+        except ModelyardError as exc:
+            self.failure = exc
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        out: dict[str, list[Any]] = {"index": [], "rows": [], "answers": [], "errors": []}
+        out: dict[str, list[Any]] = {"index": [], "rows": [], "answers": [], "errors": [],
+                                     "failure": []}
         for row in batch.to_pylist():
-            columns = pickle.loads(row["chunk"])
-            done = self.scorer.score(columns, int(row["rows"]), int(row["first_row"]))
-            out["index"].append(row["index"])
-            out["rows"].append(row["rows"])
-            out["answers"].append(_ipc(done.answers))
-            out["errors"].append(_ipc(done.errors))
+            chunk = pickle.loads(row["chunk"])  # our own reader's chunk
+            answers = errors = failure = None
+            try:
+                stop = chunk if isinstance(chunk, ModelyardError) else self.failure
+                if stop is not None:
+                    raise stop
+                done = self.scorer.score(chunk, int(row["rows"]), int(row["first_row"]))
+                answers, errors = _ipc(done.answers), _ipc(done.errors)
+            except ModelyardError as exc:
+                failure = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+            for name, value in (("index", row["index"]), ("rows", row["rows"]),
+                                ("answers", answers), ("errors", errors), ("failure", failure)):
+                out[name].append(value)
         return pa.table({"index": pa.array(out["index"], pa.int64()),
                          "rows": pa.array(out["rows"], pa.int64()),
-                         "answers": pa.array(out["answers"], pa.large_binary()),
-                         "errors": pa.array(out["errors"], pa.large_binary())})
+                         **{name: pa.array(out[name], pa.large_binary())
+                            for name in ("answers", "errors", "failure")}})
 
 
 def _results(dataset: Any) -> Iterator[tuple[int, int, ScoredChunk]]:
-    for row in dataset.iter_rows():
-        yield (int(row["index"]), int(row["rows"]),
-               ScoredChunk(_table(row["answers"]), _table(row["errors"])))
+    """The scored chunks as they come back; a failure on the cluster is the modelyard error an
+    actor or the reader raised, or :class:`UnavailableError` for a lost actor or node."""
+    from ray.exceptions import RayError
+
+    try:
+        for row in dataset.iter_rows():
+            if row["failure"] is not None:
+                raise pickle.loads(row["failure"])  # our own actor's error
+            yield (int(row["index"]), int(row["rows"]),
+                   ScoredChunk(_table(row["answers"]), _table(row["errors"])))
+    except RayError as exc:
+        raise cluster_failure(exc) from None
+
+
+def cluster_failure(exc: BaseException) -> ModelyardError:
+    """What a run that failed on the cluster raises: the modelyard error at the root of ``exc``
+    (a model that failed to load or predict, an input the cluster reads differently), else
+    :class:`UnavailableError` naming Ray's reason (an actor or its node was lost)."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # Ray wraps a task's error, and Ray Data wraps Ray's
+        if seen is None:
+            break
+        if isinstance(seen, ModelyardError):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    return UnavailableError(f"the Ray cluster stopped scoring ({type(exc).__name__}: {first}); "
+                            "every chunk committed before is kept, and a rerun goes on from "
+                            "there")
 
 
 def _in_order(results: Iterator[tuple[int, int, ScoredChunk]], skip: int) -> ChunkStream:
@@ -312,5 +367,5 @@ def _table(data: bytes) -> pa.Table:
 register_engine("ray", run_ray)
 
 __all__ = ["ADDRESS_ENV", "INSTALL_HINT", "ActorShape", "ChunkActor", "ReadSpec", "ScorerSpec",
-           "actor_shape", "default_actors", "parse_resources", "read_chunks", "require_ray",
-           "run_ray", "score_on_ray"]
+           "actor_shape", "cluster_failure", "default_actors", "parse_resources", "read_chunks",
+           "require_ray", "run_ray", "score_on_ray"]
