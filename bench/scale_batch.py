@@ -9,11 +9,15 @@ temporary registry, writes ``--rows`` rows of Parquet, then scores them into Par
 - ``local``: ``BatchJob(engine="local")``, this process, chunk after chunk;
 - ``ray x1`` / ``ray x2``: ``BatchJob(engine="ray")`` on a ``ray.cluster_utils.Cluster`` of two
   nodes (a head and a worker, one CPU each, object stores of 100 MB), with one actor and with
-  two (one a node).
+  two (one a node);
+- ``local'``: the local engine again, after the cluster is gone (the ratios divide by the mean
+  of the two local runs: the machine is shared and its rates drift).
 
 For each it prints the rate of the job's own chunk loop (the summary's ``rows_per_s``: reading,
 scoring, committing; on Ray it includes starting the actors and loading the model in them), the
-end-to-end rate, and the CPU seconds spent, side by side: this process's (the driver: plan,
+steady rate (the rows after the first committed chunk over the time after it: the cluster's
+throughput once its actors are up), the time to the first committed chunk, the end-to-end
+rate, and the CPU seconds spent, side by side: this process's (the driver: plan,
 commits, and for ``local`` everything) and the whole machine's (``/proc/stat``, so the cluster's
 raylets, reader and actors are counted; other load on the machine is too), then the ratios
 against ``local``. Ray's start-up (two nodes) is reported apart.
@@ -69,12 +73,22 @@ def write_input(path: Path, rows: int) -> None:
 
 def timed(label: str, registry: Any, job: Any) -> dict[str, Any]:
     """Run ``job``; its rates and the CPU it took."""
-    from modelyard.batch import score
+    from modelyard.batch import ChunkDone, score
+
+    first: list[tuple[float, int]] = []
+
+    def mark(done: ChunkDone) -> None:
+        if not first:
+            first.append((time.perf_counter(), done.total_rows + done.total_errors))
 
     cpu, machine, start = own_cpu_s(), machine_cpu_s(), time.perf_counter()
-    summary = score(job, registry)
-    wall = time.perf_counter() - start
+    summary = score(job, registry, on_chunk=mark)
+    end = time.perf_counter()
+    wall = end - start
+    at, done_rows = first[0]
+    steady = (summary.rows - done_rows) / (end - at) if end > at else 0.0
     return {"engine": label, "rows": summary.rows, "loop_rows_per_s": summary.rows_per_s,
+            "steady_rows_per_s": round(steady, 1), "first_chunk_s": round(at - start, 2),
             "e2e_rows_per_s": round(summary.rows / wall, 1), "wall_s": round(wall, 2),
             "driver_cpu_s": round(own_cpu_s() - cpu, 2),
             "machine_cpu_s": round(machine_cpu_s() - machine, 2)}
@@ -129,6 +143,8 @@ def batch_section(rows: int = 200_000, chunk_rows: int = 10_000) -> list[dict[st
         finally:
             ray.shutdown()
             cluster.shutdown()
+        # again after, on the quiet machine: the machine is shared and rates drift
+        results.append(timed("local'", registry, job("local-after")))
     report(results, rows, chunk_rows, started_s)
     return results
 
@@ -138,14 +154,19 @@ def report(results: list[dict[str, Any]], rows: int, chunk_rows: int, started_s:
     print(f"batch scoring, HGB W1, {rows:,} rows in chunks of {chunk_rows:,} "
           f"({os.cpu_count()} CPUs on this machine); two-node Ray cluster started and joined in "
           f"{started_s:.1f} s")
-    print(f"{'engine':<8} {'loop rows/s':>12} {'e2e rows/s':>11} {'wall s':>7} "
-          f"{'driver CPU s':>13} {'machine CPU s':>14} {'vs local':>9}")
-    base = results[0]["e2e_rows_per_s"]
+    print(f"{'engine':<8} {'loop rows/s':>12} {'steady rows/s':>14} {'e2e rows/s':>11} "
+          f"{'1st chunk s':>12} {'wall s':>7} {'driver CPU s':>13} {'machine CPU s':>14} "
+          f"{'e2e vs local':>13} {'steady vs local':>16}")
+    locals_ = [r for r in results if r["engine"].startswith("local")]
+    base = sum(r["e2e_rows_per_s"] for r in locals_) / len(locals_)
+    steady = sum(r["steady_rows_per_s"] for r in locals_) / len(locals_)
     for r in results:
-        print(f"{r['engine']:<8} {r['loop_rows_per_s']:>12,.0f} {r['e2e_rows_per_s']:>11,.0f} "
-              f"{r['wall_s']:>7.2f} {r['driver_cpu_s']:>13.2f} {r['machine_cpu_s']:>14.2f} "
-              f"{r['e2e_rows_per_s'] / base:>8.2f}x")
-    two = results[-1]
+        print(f"{r['engine']:<8} {r['loop_rows_per_s']:>12,.0f} {r['steady_rows_per_s']:>14,.0f} "
+              f"{r['e2e_rows_per_s']:>11,.0f} {r['first_chunk_s']:>12.2f} {r['wall_s']:>7.2f} "
+              f"{r['driver_cpu_s']:>13.2f} {r['machine_cpu_s']:>14.2f} "
+              f"{r['e2e_rows_per_s'] / base:>12.2f}x "
+              f"{(r['steady_rows_per_s'] / steady) if steady else 0:>15.2f}x")
+    two = results[-2]
     if two["driver_cpu_s"] > 0:
         print(f"driver-only ceiling on Ray (rows / driver CPU s, x2): "
               f"{two['rows'] / two['driver_cpu_s']:,.0f} rows/s")

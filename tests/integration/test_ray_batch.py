@@ -145,6 +145,7 @@ def test_a_run_stopped_midway_resumes_on_either_engine(
         score(job, registry, on_chunk=stop_after_third)
     stopped = registry.list_runs("tab")[0]
     assert stopped.status == "failed" and "KeyboardInterrupt" in (stopped.failure_reason or "")
+    _wait_released()  # the stopped run's actor is gone: the worker node's resource is free
     assert json.loads((out / "_manifest.json").read_text())["chunks_done"] == 3
     cli = [str(Path(sys.executable).with_name("modelyard")), "--home",
            str(registry.settings.home), "batch", "tab", "-i", str(tab_input), "-o", str(out),
@@ -168,6 +169,17 @@ def test_a_run_stopped_midway_resumes_on_either_engine(
     resumed = score(BatchJob("tab", str(tab_input), str(out), key=("id",), chunk_rows=150,
                              scores=True), registry)
     assert resumed.resumed_chunks == 3 and files(out) == want
+
+
+def _wait_released(timeout_s: float = 20.0) -> None:
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while ray.available_resources().get("scorer", 0.0) < 1.0:
+        assert time.monotonic() < deadline, "a stopped run left its actor holding the node"
+        time.sleep(0.2)
 
 
 def _local_reference(registry: Registry, tab_input: Path, tmp_path: Path) -> Path:

@@ -13,8 +13,10 @@ left on the driver:
   checks the input's fingerprint first, so the cluster scores the input the driver planned. A
   single reader keeps the chunks the same rows as on every other run (chunk N means rows
   ``N*chunk_rows`` on), which resume depends on; the scoring is what spreads.
-- **Scoring, on the cluster.** ``map_batches`` with a fixed pool of actors (``--actors``, by
-  default as many as the cluster's resources fit), one chunk a call. Each actor loads the
+- **Scoring, on the cluster.** ``map_batches`` with a pool of actors, one chunk a call: it
+  starts with one and grows to ``--actors`` (by default as many as the cluster's resources fit)
+  while chunks wait and the cluster has room, so a count the cluster cannot hold never stalls
+  the run; a run whose first actor cannot start in 5 minutes fails. Each actor loads the
   version once, the way the server and the local engine do (artifact verified against its
   digest, safe loading), and scores with the same :class:`~modelyard.batch.scorer.ChunkScorer`.
   An actor asks for one CPU, or one GPU where the version's device asks for CUDA (``cuda[:N]``,
@@ -71,9 +73,13 @@ if TYPE_CHECKING:
 #: the variable that names the cluster when ``--ray-address`` does not
 ADDRESS_ENV = "MODELYARD_RAY_ADDRESS"
 INSTALL_HINT = "pip install 'modelyard[ray]'"
-#: the reader's CPU share: small, and unlike the actors', so Ray Data never fuses the two
+#: the reader's CPU share: none reserved (it reads and pickles; the actors score), so actors
+#: that take every CPU never starve it, and unlike the actors', so Ray Data never fuses the two
 #: stages (a fused stage would read and score every chunk in one actor)
-READER_CPUS = 0.25
+READER_CPUS = 0.0
+#: how long a run waits for its first actor (a node with the resources it asks for) before
+#: failing, instead of waiting for ever
+ACTOR_START_TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -208,6 +214,7 @@ def _dataset(plan: ChunkPlan, shape: ActorShape, actors: int) -> Any:
     # a block per chunk: each one travels to an actor alone, whatever its size
     context.target_max_block_size = 1
     context.enable_progress_bars = False  # the CLI shows its own, per committed chunk
+    context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     dataset = dataset.map_batches(read_chunks, batch_size=None, batch_format="pyarrow",
                                   fn_kwargs={"spec": read}, num_cpus=READER_CPUS)
     remote: dict[str, Any] = {"num_cpus": shape.num_cpus, "max_restarts": 0,
@@ -218,7 +225,8 @@ def _dataset(plan: ChunkPlan, shape: ActorShape, actors: int) -> Any:
         remote["resources"] = shape.resources
     return dataset.map_batches(ChunkActor, fn_constructor_kwargs={"spec": scorer},
                                batch_size=1, batch_format="pyarrow",
-                               compute=ray.data.ActorPoolStrategy(size=actors), **remote)
+                               compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+                               **remote)
 
 
 def read_chunks(table: pa.Table, spec: ReadSpec) -> Iterator[pa.Table]:
