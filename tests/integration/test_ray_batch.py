@@ -60,6 +60,8 @@ def two_nodes() -> Iterator[TwoNodes]:
         if os.environ.get("CI"):
             pytest.fail(message + " (CI is set, so this fails instead of skipping)")
         pytest.skip(message)
+    if ray.is_initialized():  # another module's cluster: this one starts its own
+        ray.shutdown()
     # not 6379, where the machine's Redis listens; quick health checks so a lost node is seen
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={
         "num_cpus": 1, "object_store_memory": STORE_BYTES, "gcs_server_port": _free_port(),
