@@ -78,6 +78,8 @@ def batch(state: State, ref: str, inputs: tuple[str, ...], output: str, keys: tu
                    "fail" if on_error == "fail" else "skip", scores, restart, log_sample, sql_db,
                    input_format, device, engine, ray_address=ray_address, actors=actors,
                    actor_resources=parse_resources(actor_resources))
+    if engine == "ray":
+        _quiet_ray_data()
     registry = state.local_registry()
     with RowProgress(live_console(quiet_unless_tty=as_json), ref) as progress:
         summary = score(job, registry, on_chunk=progress)
@@ -86,6 +88,19 @@ def batch(state: State, ref: str, inputs: tuple[str, ...], output: str, keys: tu
         return
     print_fields(_shown(summary.to_dict()), title=f"{summary.model}:{summary.version} "
                  f"{'already complete' if summary.run_id is None else summary.status}")
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data's own progress lines off the terminal: the command shows its progress and
+    summary, and Ray Data's errors still print. (Set after importing it: its
+    import configures its loggers.)"""
+    import logging
+
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        return  # the engine says what to install
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def _shown(summary: dict[str, Any]) -> dict[str, Any]:
