@@ -28,6 +28,7 @@ and its commits stay on the driver. What they cannot show: a speed-up, since bot
 driver and the reader share the same two cores. On N real nodes the scoring spreads over the
 actors; the ceiling is then the driver (the commits, measured here as driver CPU per row) and
 the single reader, whichever is slower, which the ``driver-only ceiling`` line estimates.
+The numbers measured here, and what they project, are in docs/batch-ray.md.
 """
 
 from __future__ import annotations
