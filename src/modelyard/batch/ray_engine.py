@@ -31,12 +31,12 @@ left on the driver:
 
 A lost actor (its node died) is not restarted: the run fails with
 :class:`~modelyard.errors.UnavailableError` (exit 15) and Ray's reason, recorded as failed, and
-its output resumes from the last committed chunk on the next run. An error an actor or the
-reader raises (a model that fails to load, an input the cluster reads differently) is raised as
-itself. (Restarting the
-actor would re-score chunks in flight, which is harmless, but would wait forever when the node
-that offered its resources is gone.) ``--log-sample`` is refused: the sampled rows' model input
-stays on the actors. Nothing here imports Ray until a job asks for this engine.
+its output resumes from the last committed chunk on the next run. (Restarting the actor would
+re-score the chunks in flight, which is harmless, but would wait for ever when the node that
+offered its resources is gone.) An error an actor or the reader raises (a model that fails to
+load or predict, an input the cluster reads differently) travels back as data and is raised as
+itself. ``--log-sample`` is refused: the sampled rows' model input stays on the actors. Nothing
+here imports Ray until a job asks for this engine.
 """
 
 from __future__ import annotations
@@ -93,11 +93,11 @@ class ActorShape:
 
 
 def actor_shape(device: str, *, accelerated: bool, cluster_gpus: float,
-                resources: Mapping[str, float] = ()) -> ActorShape:  # type: ignore[assignment]
+                resources: Mapping[str, float] | None = None) -> ActorShape:
     """The actor for a version served on ``device``: one GPU (the actor sees it as ``cuda``)
     where ``device`` is ``cuda[:N]``, or ``auto`` for an ``accelerated`` (deep-learning) flavor
     on a cluster with GPUs; one CPU otherwise."""
-    custom = dict(resources)
+    custom = dict(resources or {})
     if device.startswith("cuda") or (device == "auto" and accelerated and cluster_gpus > 0):
         return ActorShape(1.0, 1.0, custom, "cuda")
     return ActorShape(1.0, 0.0, custom, "cpu" if device == "auto" else device)
@@ -357,8 +357,8 @@ def _in_order(results: Iterator[tuple[int, int, ScoredChunk]], skip: int) -> Chu
         if close is not None:
             close()  # stops the dataset's execution, and with it the actors
     if waiting:
-        raise RuntimeError(f"the Ray cluster returned chunk {waiting[0][0]} but never chunk "
-                           f"{following}")
+        raise UnavailableError(f"the Ray cluster returned chunk {waiting[0][0]} but never chunk "
+                               f"{following}; a rerun goes on from the last committed chunk")
 
 
 def _ipc(table: pa.Table) -> bytes:
