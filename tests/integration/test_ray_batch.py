@@ -3,9 +3,11 @@ a head and a worker node, one CPU each, the worker offering the custom resource 
 pins the scoring actors to it).
 
 The ray engine's output must be the local engine's, file for file and byte for byte (answers,
-errors file, manifest); a run stopped mid-way resumes from its last committed chunk on either
-engine (the CLI included); and losing the worker node mid-run fails the run cleanly (recorded
-failed, the output resumable once a node is back). Under ``CI`` a missing Ray fails instead of
+errors file, manifest); a run stopped mid-way (interrupted, or its driver process SIGKILLed)
+releases its actor and resumes from its last committed chunk on either engine (the CLI
+included); losing the worker node mid-run fails the run cleanly (UnavailableError, recorded
+failed, the output resumable once a node is back); and a model that fails on the cluster fails
+the run with its own error. Under ``CI`` a missing Ray fails instead of
 skipping.
 """
 
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,15 +166,32 @@ def test_a_run_stopped_midway_resumes_on_either_engine(
     assert files(out) == want
     assert registry.list_runs("tab")[0].details["engine"] == "ray"
 
-    # stopped on the cluster, resumed locally
-    out = tmp_path / "ray-then-local"
-    with pytest.raises(KeyboardInterrupt):
-        score(BatchJob("tab", str(tab_input), str(out), key=("id",), chunk_rows=150,
-                       scores=True, engine="ray", actor_resources=PINNED, actors=1),
-              registry, on_chunk=stop_after_third)
+    # a driver SIGKILLed after its third chunk, resumed locally
+    out = tmp_path / "killed-then-local"
+    script = textwrap.dedent(f"""
+        import os, signal
+        from modelyard.batch import BatchJob, score
+        from modelyard.config import Settings
+        from modelyard.registry import Registry
+
+        def die(done):
+            if done.index == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        with Registry.open(Settings.from_env(home={str(registry.settings.home)!r})) as reg:
+            score(BatchJob("tab", {str(tab_input)!r}, {str(out)!r}, key=("id",), chunk_rows=150,
+                           scores=True, engine="ray", ray_address={two_nodes.address!r},
+                           actor_resources={PINNED!r}, actors=1), reg, on_chunk=die)
+    """)
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
     resumed = score(BatchJob("tab", str(tab_input), str(out), key=("id",), chunk_rows=150,
                              scores=True), registry)
     assert resumed.resumed_chunks == 3 and files(out) == want
+    killed = registry.list_runs("tab")[1]
+    assert killed.status == "failed" and "abandoned" in (killed.failure_reason or "")
+    _wait_released()  # Ray ended the dead driver's actor
 
 
 def _wait_released(timeout_s: float = 20.0) -> None:
