@@ -2,7 +2,9 @@
 
 :class:`BatchJob` says what to score (a plain, picklable record the CLI, the scheduler and a Ray
 engine can all build); :func:`score` runs it on an engine from :data:`ENGINES` (``local``: this
-process, chunk after chunk) and returns a :class:`BatchSummary`. The version is loaded exactly as
+process, chunk after chunk; ``ray``: a Ray cluster, :mod:`~modelyard.batch.ray_engine`) and
+returns a :class:`BatchSummary`. Every engine runs :func:`run_with`, supplying only its
+:data:`Scoring`, so the output, the resume and the run record are the same on all. The version is loaded exactly as
 the server loads it (its artifact verified against its digest, safe loading, the serving
 section's device), chunks are validated by the server's input path
 (:class:`~modelyard.batch.scorer.ChunkScorer`), and each finished chunk is committed with the
@@ -114,7 +116,8 @@ class BatchSummary:
     resumed_chunks: int
     duration_s: float
     #: rows this run scored (good and bad) per second of its chunk loop (reading, validating,
-    #: predicting, writing; not loading the model)
+    #: predicting, writing; not loading the model locally, but starting the actors that load it
+    #: on a cluster engine)
     rows_per_s: float = 0.0
     logged: int = 0
 
