@@ -4,9 +4,9 @@
 engine can all build); :func:`score` runs it on an engine from :data:`ENGINES` (``local``: this
 process, chunk after chunk; ``ray``: a Ray cluster, :mod:`~modelyard.batch.ray_engine`) and
 returns a :class:`BatchSummary`. Every engine runs :func:`run_with`, supplying only its
-:data:`Scoring`, so the output, the resume and the run record are the same on all. The version is loaded exactly as
-the server loads it (its artifact verified against its digest, safe loading, the serving
-section's device), chunks are validated by the server's input path
+:data:`Scoring`, so the output, the resume and the run record are the same on all. The
+version is loaded exactly as the server loads it (its artifact verified against its digest,
+safe loading, the serving section's device), chunks are validated by the server's input path
 (:class:`~modelyard.batch.scorer.ChunkScorer`), and each finished chunk is committed with the
 manifest that lets a rerun go on after it (:mod:`~modelyard.batch.plan`). The run is recorded in
 the registry as a ``batch`` run; sampled rows go to the prediction log as variant ``batch``.
