@@ -237,8 +237,8 @@ def test_missing_columns_and_bad_settings_are_one_clear_error(reg: Registry,
         score(BatchJob("tab", str(tmp_path / "*.csv"), str(tmp_path / "o")), reg)
     with pytest.raises(ConfigError, match="chunk-rows"):
         BatchJob("tab", "x", "y", chunk_rows=0)
-    with pytest.raises(ConfigError, match="unknown batch engine 'ray'"):
-        score(BatchJob("tab", "x", "y", engine="ray"), reg)
+    with pytest.raises(ConfigError, match="unknown batch engine 'spark'; known: local, ray"):
+        score(BatchJob("tab", "x", "y", engine="spark"), reg)
 
 
 def test_sqlite_query_in_and_table_out_with_errors_and_resume(reg: Registry,

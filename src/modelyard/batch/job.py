@@ -2,9 +2,11 @@
 
 :class:`BatchJob` says what to score (a plain, picklable record the CLI, the scheduler and a Ray
 engine can all build); :func:`score` runs it on an engine from :data:`ENGINES` (``local``: this
-process, chunk after chunk) and returns a :class:`BatchSummary`. The version is loaded exactly as
-the server loads it (its artifact verified against its digest, safe loading, the serving
-section's device), chunks are validated by the server's input path
+process, chunk after chunk; ``ray``: a Ray cluster, :mod:`~modelyard.batch.ray_engine`) and
+returns a :class:`BatchSummary`. Every engine runs :func:`run_with`, supplying only its
+:data:`Scoring`, so the output, the resume and the run record are the same on all. The
+version is loaded exactly as the server loads it (its artifact verified against its digest,
+safe loading, the serving section's device), chunks are validated by the server's input path
 (:class:`~modelyard.batch.scorer.ChunkScorer`), and each finished chunk is committed with the
 manifest that lets a rerun go on after it (:mod:`~modelyard.batch.plan`). The run is recorded in
 the registry as a ``batch`` run; sampled rows go to the prediction log as variant ``batch``.
@@ -14,11 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from modelyard.batch.columns import Columns, check_columns, needed_columns
+from modelyard.batch.columns import check_columns, needed_columns
 from modelyard.batch.plan import Manifest, OnError, Start, decide_start
 from modelyard.batch.scorer import ChunkScorer, ScoredChunk
 from modelyard.batch.sinks import Sink, SinkOwner, open_sink
@@ -59,6 +61,13 @@ class BatchJob:
     engine: str = "local"
     #: why it runs, recorded with the run (``manual``, ``scheduler``, ...)
     trigger: str = "manual"
+    #: the Ray cluster a ``ray`` engine joins (None: ``MODELYARD_RAY_ADDRESS``, else a local one)
+    ray_address: str | None = None
+    #: scoring actors a cluster engine starts (None: as many as the cluster's resources fit)
+    actors: int | None = None
+    #: custom Ray resources each scoring actor asks for, ``(("scorer", 1.0),)`` (pins actors to
+    #: the nodes that offer them)
+    actor_resources: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.chunk_rows < 1:
@@ -69,6 +78,8 @@ class BatchJob:
             raise ConfigError(f"--log-sample must be between 0 and 1, not {self.log_sample}")
         if len(set(self.key)) != len(self.key):
             raise ConfigError("--key names a column twice")
+        if self.actors is not None and self.actors < 1:
+            raise ConfigError(f"--actors must be at least 1, not {self.actors}")
 
 
 @dataclass(frozen=True)
@@ -105,7 +116,8 @@ class BatchSummary:
     resumed_chunks: int
     duration_s: float
     #: rows this run scored (good and bad) per second of its chunk loop (reading, validating,
-    #: predicting, writing; not loading the model)
+    #: predicting, writing; not loading the model locally, but starting the actors that load it
+    #: on a cluster engine)
     rows_per_s: float = 0.0
     logged: int = 0
 
@@ -117,6 +129,9 @@ class BatchSummary:
 Engine = Callable[[BatchJob, "Registry", Callable[[ChunkDone], None] | None], BatchSummary]
 #: how a job runs, by ``BatchJob.engine``; a cluster engine registers itself here
 ENGINES: dict[str, Engine] = {}
+#: engines whose module registers them when first asked for (their libraries are optional
+#: extras, never imported with modelyard)
+LAZY_ENGINES = {"ray": "modelyard.batch.ray_engine"}
 
 
 def register_engine(name: str, engine: Engine) -> None:
@@ -133,10 +148,14 @@ def score(job: BatchJob, registry: Registry | None = None, *,
     input's run (``restart=True`` replaces it) and :class:`~modelyard.errors.RowRejectedError`
     for a bad row under ``on_error="fail"``.
     """
+    if job.engine not in ENGINES and job.engine in LAZY_ENGINES:
+        import importlib
+
+        importlib.import_module(LAZY_ENGINES[job.engine])
     engine = ENGINES.get(job.engine)
     if engine is None:
         raise ConfigError(f"unknown batch engine {job.engine!r}; known: "
-                          + ", ".join(sorted(ENGINES)))
+                          + ", ".join(sorted({*ENGINES, *LAZY_ENGINES})))
     if registry is not None:
         return engine(job, registry, on_chunk)
     from modelyard.registry import Registry
@@ -145,10 +164,34 @@ def score(job: BatchJob, registry: Registry | None = None, *,
         return engine(job, own, on_chunk)
 
 
-# -- the local engine ---------------------------------------------------------------------------
-def run_local(job: BatchJob, registry: Registry,
-              on_chunk: Callable[[ChunkDone], None] | None = None) -> BatchSummary:
-    """Score ``job`` in this process, one chunk after another."""
+# -- the engines' shared run ----------------------------------------------------------------
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What an engine scores: ``source``'s chunks of ``chunk_rows`` rows (``columns`` of them)
+    from chunk ``skip`` on, with ``version`` loaded as ``job`` says."""
+
+    job: BatchJob
+    registry: Registry
+    version: ModelVersion
+    source: Source
+    columns: tuple[str, ...]
+    #: the output's chunk size (a resumed run keeps the one its output was started with)
+    chunk_rows: int
+    skip: int
+
+
+#: scored chunks in chunk order: ``(index, rows read, scored)``; the run commits each in turn
+ChunkStream = Generator[tuple[int, int, ScoredChunk], None, None]
+#: an engine's scoring: starts it (loads the model, or the cluster's actors) and streams the
+#: scored chunks back to the run, which validates, commits and records them the same way for
+#: every engine
+Scoring = Callable[[ChunkPlan], ChunkStream]
+
+
+def run_with(job: BatchJob, registry: Registry, on_chunk: Callable[[ChunkDone], None] | None,
+             scoring: Scoring) -> BatchSummary:
+    """Run ``job`` with ``scoring`` doing the scoring: the plan, the resume decision, the sink's
+    commits, the errors file and the run record are the same whatever the engine."""
     version = registry.resolve(job.ref)
     source = open_source(job.input, sql_url=job.sql_url, file_format=job.input_format)
     sink = open_sink(job.output, sql_url=job.sql_url,
@@ -161,7 +204,30 @@ def run_local(job: BatchJob, registry: Registry,
     run = _Run(job, registry, version, source, sink, start)
     if start.action == "complete":
         return run.summary("succeeded", start.manifest)
-    return run.execute(on_chunk)
+    return run.execute(on_chunk, scoring)
+
+
+# -- the local engine ---------------------------------------------------------------------------
+def run_local(job: BatchJob, registry: Registry,
+              on_chunk: Callable[[ChunkDone], None] | None = None) -> BatchSummary:
+    """Score ``job`` in this process, one chunk after another."""
+    return run_with(job, registry, on_chunk, score_here)
+
+
+def score_here(plan: ChunkPlan) -> ChunkStream:
+    """The local engine's scoring: the model loaded now, in this process, then each chunk read
+    and scored in turn."""
+    scorer = ChunkScorer(_load(plan.version, plan.registry, plan.job.device), plan.job.key,
+                         scores=plan.job.scores)
+    return _scored_here(plan, scorer)
+
+
+def _scored_here(plan: ChunkPlan, scorer: ChunkScorer) -> ChunkStream:
+    chunks = plan.source.chunks(plan.columns, plan.chunk_rows, skip=plan.skip)
+    with contextlib.closing(chunks):  # a stop mid-way closes the source's cursor now
+        for index, columns in enumerate(chunks, start=plan.skip):
+            rows = len(columns[plan.columns[0]])
+            yield index, rows, scorer.score(columns, rows, index * plan.chunk_rows)
 
 
 register_engine("local", run_local)
@@ -169,7 +235,7 @@ register_engine("local", run_local)
 
 @dataclass
 class _Run:
-    """One local run: the loop over chunks and its record in the registry."""
+    """One run, on any engine: the loop over scored chunks and its record in the registry."""
 
     job: BatchJob
     registry: Registry
@@ -190,18 +256,21 @@ class _Run:
     def __post_init__(self) -> None:
         self.manifest = self.start.manifest
 
-    def execute(self, on_chunk: Callable[[ChunkDone], None] | None) -> BatchSummary:
+    def execute(self, on_chunk: Callable[[ChunkDone], None] | None,
+                scoring: Scoring) -> BatchSummary:
+        """Score and commit every chunk left, recording the run; raises what stopped it."""
         record = self.registry.start_run(self.version.model, kind="batch",
                                          trigger=self.job.trigger, details=self._details(None))
         self.run_id = record.id
         predlog: PredictionLog | None = None
         try:
-            scorer = ChunkScorer(_load(self.version, self.registry, self.job.device),
-                                 self.job.key, scores=self.job.scores)
+            wanted = tuple(needed_columns(self.version.get_signature(), self.job.key))
+            stream = scoring(ChunkPlan(self.job, self.registry, self.version, self.source,
+                                       wanted, self.manifest.chunk_rows, self.start.skip_chunks))
             predlog, policy = self._prediction_log()
             self.sink.begin(self.start)
             looped = time.perf_counter()
-            self._loop(_Step(self, scorer, on_chunk, predlog, policy))
+            self._loop(_Step(self, on_chunk, predlog, policy), stream)
             self.loop_s = time.perf_counter() - looped
         except BaseException as exc:  # recorded as failed, then raised as it was
             reason = str(exc) if isinstance(exc, ModelyardError) else \
@@ -216,14 +285,10 @@ class _Run:
         self.sink.finish(self.manifest)
         return self._finish("succeeded", None)
 
-    def _loop(self, step: _Step) -> None:
-        wanted = needed_columns(self.version.get_signature(), self.job.key)
-        chunks = self.source.chunks(wanted, self.manifest.chunk_rows,
-                                    skip=self.start.skip_chunks)
-        with contextlib.closing(chunks):  # a stop mid-way closes the source's cursor now
-            for index, columns in enumerate(chunks, start=self.start.skip_chunks):
-                rows = len(columns[wanted[0]])
-                step(index, columns, rows)
+    def _loop(self, step: _Step, stream: ChunkStream) -> None:
+        with contextlib.closing(stream):
+            for index, rows, done in stream:
+                step(index, done, rows)
                 self.scored += rows
                 self.registry.beat_run(str(self.run_id))
 
@@ -282,7 +347,6 @@ class _Step:
     """Scores and commits one chunk after another, moving the run's manifest forward."""
 
     run: _Run
-    scorer: ChunkScorer
     on_chunk: Callable[[ChunkDone], None] | None
     predlog: PredictionLog | None
     policy: LogPolicy | None
@@ -291,9 +355,8 @@ class _Step:
     def __post_init__(self) -> None:
         self.expected = self.run.source.count_rows()
 
-    def __call__(self, index: int, columns: Columns, rows: int) -> None:
+    def __call__(self, index: int, done: ScoredChunk, rows: int) -> None:
         run = self.run
-        done = self.scorer.score(columns, rows, index * run.manifest.chunk_rows)
         bad = done.errors.num_rows
         if bad and run.job.on_error == "fail":
             raise _rejected(done)
@@ -351,5 +414,6 @@ def _sample(predlog: PredictionLog, policy: LogPolicy, done: ScoredChunk, rate: 
         predlog.record(policy, f"{prefix}{done.ids[i]}", BATCH_VARIANT, 0.0, row, 1, answer)
 
 
-__all__ = ["BATCH_VARIANT", "DEFAULT_CHUNK_ROWS", "ENGINES", "BatchJob",
-           "BatchSummary", "ChunkDone", "Engine", "register_engine", "run_local", "score"]
+__all__ = ["BATCH_VARIANT", "DEFAULT_CHUNK_ROWS", "ENGINES", "BatchJob", "BatchSummary",
+           "ChunkDone", "ChunkPlan", "ChunkStream", "Engine", "Scoring", "register_engine",
+           "run_local", "run_with", "score", "score_here"]

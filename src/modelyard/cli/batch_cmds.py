@@ -37,12 +37,23 @@ from modelyard.cli.state import State, pass_state
               help="The input files' format (default: from their names).")
 @click.option("--device", help="Where to run the model (default: its serving section's).")
 @click.option("--engine", default="local", show_default=True,
-              help="Where the job runs: local (this process).")
+              help="Where the job runs: local (this process) or ray (read and scored on a Ray "
+                   "cluster, committed here; pip install 'modelyard[ray]').")
+@click.option("--ray-address", metavar="ADDRESS", envvar="MODELYARD_RAY_ADDRESS",
+              help="The Ray cluster for --engine ray (ray://host:10001, or host:6379 on a "
+                   "node; env MODELYARD_RAY_ADDRESS; default: a local one).")
+@click.option("--actors", type=click.IntRange(1, 100_000), metavar="N",
+              help="Scoring actors for --engine ray, each loading the model once (default: as "
+                   "many as the cluster's CPUs, or GPUs for a CUDA model, fit).")
+@click.option("--actor-resource", "actor_resources", multiple=True, metavar="NAME[=N]",
+              help="A custom Ray resource each actor asks for (repeatable): pins scoring to "
+                   "the nodes that offer it.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_state
 def batch(state: State, ref: str, inputs: tuple[str, ...], output: str, keys: tuple[str, ...],
           chunk_rows: int, on_error: str, scores: bool, restart: bool, log_sample: float,
           sql_db: str | None, input_format: str | None, device: str | None, engine: str,
+          ray_address: str | None, actors: int | None, actor_resources: tuple[str, ...],
           as_json: bool) -> None:
     """Score an input with a registered version, chunk by chunk, into Parquet or a SQL table.
 
@@ -55,14 +66,20 @@ def batch(state: State, ref: str, inputs: tuple[str, ...], output: str, keys: tu
     modelyard batch fraud@production -i 'data/2026-12-*.parquet' -o scores/ --key id
     modelyard batch fraud:3 -i 'sql:SELECT * FROM tx ORDER BY id' --sql-db postgresql://db/app \\
         -o sql:fraud_scores --key id
+    modelyard batch fraud@production -i 's3://lake/tx/*.parquet' -o s3://lake/scores/ \\
+        --key id --engine ray --ray-address ray://head:10001 --actors 8
     """
     import modelyard.precompute.sink  # noqa: F401  (registers --output precomputed:STORE)
     from modelyard.batch import BatchJob, score
+    from modelyard.batch.ray_engine import parse_resources
     from modelyard.cli.progress import RowProgress
 
     job = BatchJob(ref, inputs if len(inputs) > 1 else inputs[0], output, keys, chunk_rows,
                    "fail" if on_error == "fail" else "skip", scores, restart, log_sample, sql_db,
-                   input_format, device, engine)
+                   input_format, device, engine, ray_address=ray_address, actors=actors,
+                   actor_resources=parse_resources(actor_resources))
+    if engine == "ray":
+        _quiet_ray_data()
     registry = state.local_registry()
     with RowProgress(live_console(quiet_unless_tty=as_json), ref) as progress:
         summary = score(job, registry, on_chunk=progress)
@@ -71,6 +88,19 @@ def batch(state: State, ref: str, inputs: tuple[str, ...], output: str, keys: tu
         return
     print_fields(_shown(summary.to_dict()), title=f"{summary.model}:{summary.version} "
                  f"{'already complete' if summary.run_id is None else summary.status}")
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data's own progress lines off the terminal: the command shows its progress and
+    summary, and Ray Data's errors still print. (Set after importing it: its
+    import configures its loggers.)"""
+    import logging
+
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:
+        return  # the engine says what to install
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def _shown(summary: dict[str, Any]) -> dict[str, Any]:
