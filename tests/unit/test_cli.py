@@ -363,12 +363,35 @@ def test_unknown_things_exit_3_both_ways(registered: Registry, any_invoke: Invok
 
 def test_commands_that_need_the_database_say_so_through_a_server(
         registered: Registry, remote_invoke: Invoke, project: Path, tmp_path: Path) -> None:
-    for args in (("train", "--project", str(project), "tiny"),
+    for args in (("batch", "iris2", "--input", str(tmp_path / "x.csv"), "--output",
+                  str(tmp_path / "out"), "--log-sample", "0.5"),
                  ("batch", "iris2", "--input", str(tmp_path / "x.csv"), "--output",
-                  str(tmp_path / "out")),
+                  "precomputed:registry", "--key", "a"),
                  ("scheduler", "--project", str(project), "--once"), ("store", "rekey")):
         line = assert_one_error(remote_invoke(*args), 2)
         assert "cannot act through a server" in line, args
+
+
+def test_batch_scores_and_records_its_run_both_ways(registered: Registry, any_invoke: Invoke,
+                                                    tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    rows = pd.DataFrame({"id": range(25), "a": rng.normal(size=25), "b": rng.normal(size=25)})
+    rows.to_parquet(tmp_path / "in.parquet")
+    out = tmp_path / "scores"
+    done = any_invoke("batch", "iris2@production", "-i", str(tmp_path / "in.parquet"), "-o",
+                      str(out), "--key", "id", "--chunk-rows", "10", "--json")
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    assert (summary["rows"], summary["errors"], summary["version"]) == (25, 0, 1)
+    scored = pd.read_parquet(out).sort_values("id")
+    assert list(scored["id"]) == list(range(25))
+    [run] = [r for r in json.loads(any_invoke("runs", "iris2", "--json").stdout)
+             if r["id"] == summary["run_id"]]
+    assert (run["kind"], run["status"], run["version"]) == ("batch", "succeeded", 1)
+    assert run["details"]["rows"] == 25
+    again = any_invoke("batch", "iris2@production", "-i", str(tmp_path / "in.parquet"), "-o",
+                       str(out), "--key", "id", "--chunk-rows", "10", "--json")
+    assert json.loads(again.stdout)["run_id"] is None  # already complete: nothing scored
 
 
 def test_the_audit_chain_verifies_and_exports_through_a_server(

@@ -29,6 +29,7 @@ from modelyard.errors import ConfigError, ModelyardError, RowRejectedError
 
 if TYPE_CHECKING:
     from modelyard.monitoring.predlog import LogPolicy, PredictionLog
+    from modelyard.pipeline.run_registry import RunRegistry
     from modelyard.predictor import Predictor
     from modelyard.registry import Registry
     from modelyard.registry.records import ModelVersion
@@ -126,7 +127,7 @@ class BatchSummary:
         return asdict(self)
 
 
-Engine = Callable[[BatchJob, "Registry", Callable[[ChunkDone], None] | None], BatchSummary]
+Engine = Callable[[BatchJob, "RunRegistry", Callable[[ChunkDone], None] | None], BatchSummary]
 #: how a job runs, by ``BatchJob.engine``; a cluster engine registers itself here
 ENGINES: dict[str, Engine] = {}
 #: engines whose module registers them when first asked for (their libraries are optional
@@ -139,7 +140,7 @@ def register_engine(name: str, engine: Engine) -> None:
     ENGINES[name] = engine
 
 
-def score(job: BatchJob, registry: Registry | None = None, *,
+def score(job: BatchJob, registry: RunRegistry | None = None, *,
           on_chunk: Callable[[ChunkDone], None] | None = None) -> BatchSummary:
     """Run ``job`` and return its summary; ``on_chunk`` is called after each committed chunk.
 
@@ -171,7 +172,7 @@ class ChunkPlan:
     from chunk ``skip`` on, with ``version`` loaded as ``job`` says."""
 
     job: BatchJob
-    registry: Registry
+    registry: RunRegistry
     version: ModelVersion
     source: Source
     columns: tuple[str, ...]
@@ -188,14 +189,14 @@ ChunkStream = Generator[tuple[int, int, ScoredChunk], None, None]
 Scoring = Callable[[ChunkPlan], ChunkStream]
 
 
-def run_with(job: BatchJob, registry: Registry, on_chunk: Callable[[ChunkDone], None] | None,
+def run_with(job: BatchJob, registry: RunRegistry, on_chunk: Callable[[ChunkDone], None] | None,
              scoring: Scoring) -> BatchSummary:
     """Run ``job`` with ``scoring`` doing the scoring: the plan, the resume decision, the sink's
     commits, the errors file and the run record are the same whatever the engine."""
     version = registry.resolve(job.ref)
     source = open_source(job.input, sql_url=job.sql_url, file_format=job.input_format)
     sink = open_sink(job.output, sql_url=job.sql_url,
-                     owner=SinkOwner(version, registry.db.url))
+                     owner=SinkOwner(version, _database_url(registry)))
     signature = version.get_signature()
     check_columns(source.columns(), signature, job.key, f"--input {source.description}")
     fingerprint = source.fingerprint()
@@ -208,7 +209,7 @@ def run_with(job: BatchJob, registry: Registry, on_chunk: Callable[[ChunkDone], 
 
 
 # -- the local engine ---------------------------------------------------------------------------
-def run_local(job: BatchJob, registry: Registry,
+def run_local(job: BatchJob, registry: RunRegistry,
               on_chunk: Callable[[ChunkDone], None] | None = None) -> BatchSummary:
     """Score ``job`` in this process, one chunk after another."""
     return run_with(job, registry, on_chunk, score_here)
@@ -238,7 +239,7 @@ class _Run:
     """One run, on any engine: the loop over scored chunks and its record in the registry."""
 
     job: BatchJob
-    registry: Registry
+    registry: RunRegistry
     version: ModelVersion
     source: Source
     sink: Sink
@@ -301,7 +302,7 @@ class _Run:
 
         serving = VersionSettings.of(self.version, strict=False).serving
         policy = replace(log_policy(self.version, serving), sample_rate=self.job.log_sample)
-        store = open_store(self.registry, "db")
+        store = open_store(require_local(self.registry, "--log-sample"), "db")
         assert store is not None  # "db" always names a store
         predlog = PredictionLog(store, capacity=1_000_000, batch_size=2_000)
         predlog.start()
@@ -373,7 +374,26 @@ class _Step:
                                     self.expected))
 
 
-def _load(version: ModelVersion, registry: Registry, device: str | None) -> Predictor:
+def _database_url(registry: RunRegistry) -> str:
+    """The registry database's URL (where ``precomputed:registry`` writes); empty through a
+    server, which refuses that output (:func:`require_local`)."""
+    from modelyard.registry import Registry
+
+    return str(registry.db.url) if isinstance(registry, Registry) else ""
+
+
+def require_local(registry: RunRegistry, what: str) -> Registry:
+    """``registry`` when it is the registry database itself; a :class:`ConfigError` naming
+    ``what`` needs it when it is a server's API."""
+    from modelyard.registry import Registry
+
+    if not isinstance(registry, Registry):
+        raise ConfigError(f"{what} writes to the registry database directly: run it where the "
+                          "database is reachable, without MODELYARD_URL or --server")
+    return registry
+
+
+def _load(version: ModelVersion, registry: RunRegistry, device: str | None) -> Predictor:
     """The version loaded as the server loads it: verified digest, safe loading, its serving
     section's device unless ``device`` says otherwise."""
     from modelyard.predictor import open_version
@@ -416,4 +436,4 @@ def _sample(predlog: PredictionLog, policy: LogPolicy, done: ScoredChunk, rate: 
 
 __all__ = ["BATCH_VARIANT", "DEFAULT_CHUNK_ROWS", "ENGINES", "BatchJob", "BatchSummary",
            "ChunkDone", "ChunkPlan", "ChunkStream", "Engine", "Scoring", "register_engine",
-           "run_local", "run_with", "score", "score_here"]
+           "require_local", "run_local", "run_with", "score", "score_here"]

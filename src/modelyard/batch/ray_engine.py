@@ -58,6 +58,7 @@ from modelyard.batch.job import (
     ChunkPlan,
     ChunkStream,
     register_engine,
+    require_local,
     run_with,
 )
 from modelyard.batch.scorer import ScoredChunk
@@ -67,7 +68,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from modelyard.config import Settings
-    from modelyard.registry import Registry
+    from modelyard.pipeline.run_registry import RunRegistry
     from modelyard.registry.records import ModelVersion
 
 #: the variable that names the cluster when ``--ray-address`` does not
@@ -136,9 +137,10 @@ def require_ray() -> Any:
 
 
 # -- the engine ---------------------------------------------------------------------------------
-def run_ray(job: BatchJob, registry: Registry,
+def run_ray(job: BatchJob, registry: RunRegistry,
             on_chunk: Callable[[ChunkDone], None] | None = None) -> BatchSummary:
     """Score ``job`` on a Ray cluster (see the module's description)."""
+    require_local(registry, "--engine ray (the cluster reads the artifact store itself)")
     require_ray()
     if job.log_sample > 0:
         raise ConfigError("--log-sample is not available with --engine ray; score with the "
@@ -207,7 +209,8 @@ def _dataset(plan: ChunkPlan, shape: ActorShape, actors: int) -> Any:
     job = plan.job
     read = ReadSpec(job.input, job.sql_url, job.input_format, plan.source.fingerprint(),
                     plan.columns, plan.chunk_rows, plan.skip)
-    scorer = ScorerSpec(plan.registry.settings, plan.version, shape.device, job.key, job.scores)
+    settings = require_local(plan.registry, "--engine ray").settings
+    scorer = ScorerSpec(settings, plan.version, shape.device, job.key, job.scores)
     dataset: Any = ray.data.from_items([{"reader": 0}])
     context = dataset.context  # this dataset's own copy: the process's defaults stay as they are
     context.execution_options.preserve_order = True  # chunks come back in input order

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from modelyard.cli.output import live_console, print_fields, print_json
 from modelyard.cli.state import State, pass_state
+from modelyard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from modelyard.batch import BatchJob
 
 
 @click.command(short_help="Score files or a SQL query with a version, into Parquet or SQL.")
@@ -80,7 +84,10 @@ def batch(state: State, ref: str, inputs: tuple[str, ...], output: str, keys: tu
                    actor_resources=parse_resources(actor_resources))
     if engine == "ray":
         _quiet_ray_data()
-    registry = state.local_registry()
+    registry = state.registry()
+    if state.remote:
+        _through_a_server(job)
+    registry.check_store()  # an unreachable store (or server) fails now, not mid-run
     with RowProgress(live_console(quiet_unless_tty=as_json), ref) as progress:
         summary = score(job, registry, on_chunk=progress)
     if as_json:
@@ -88,6 +95,19 @@ def batch(state: State, ref: str, inputs: tuple[str, ...], output: str, keys: tu
         return
     print_fields(_shown(summary.to_dict()), title=f"{summary.model}:{summary.version} "
                  f"{'already complete' if summary.run_id is None else summary.status}")
+
+
+def _through_a_server(job: BatchJob) -> None:
+    """Refuse, in one line before any work, what a batch run through a server cannot do: the
+    parts that write the registry database or read the store directly."""
+    needs = [what for what, used in (
+        ("--engine ray (the cluster reads the artifact store itself)", job.engine != "local"),
+        ("--log-sample (it writes the prediction log)", job.log_sample > 0),
+        ("--output precomputed:registry (it writes the registry database)",
+         str(job.output).startswith("precomputed:registry"))) if used]
+    if needs:
+        raise ConfigError(f"{' and '.join(needs)} cannot act through a server: run it where the "
+                          "registry database is reachable, without MODELYARD_URL or --server")
 
 
 def _quiet_ray_data() -> None:
