@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 import click
 
 from modelyard.cli.output import console, live_console, print_json, report_error
-from modelyard.cli.progress import describe, train_with_progress
+from modelyard.cli.progress import describe, train_many_with_progress, train_with_progress
 from modelyard.cli.state import State, pass_state
 from modelyard.errors import ConfigError, ConflictError, NotFoundError
 
 if TYPE_CHECKING:
+    from modelyard.executors import ExecutorOptions
     from modelyard.spec import Spec
+    from modelyard.types import Executor
 
 STARTER_YAML = """\
 # modelyard.yaml: declare each model once; modelyard trains, gates, versions and serves it.
@@ -105,12 +107,17 @@ def init() -> None:
               help="Skip the spec's rollout: where the spec promotes, move production now.")
 @click.option("--force", is_flag=True, help="Train and register even when data, code, params, "
               "spec and packages equal the latest version's.")
+@click.option("--executor", "executor_name", default=None, metavar="NAME",
+              help="Where the runs execute: local or ray (default: each spec's executor).")
+@click.option("--ray-address", envvar="MODELYARD_RAY_ADDRESS", default=None, metavar="ADDRESS",
+              help="The Ray cluster to run on (HOST:PORT or ray://HOST:10001; env "
+                   "MODELYARD_RAY_ADDRESS; default RAY_ADDRESS, else a Ray started here).")
 @click.option("--json", "as_json", is_flag=True, help="Print each run's outcome as JSON.")
 @pass_state
 @click.pass_context
 def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: bool,
           project: str, no_promote: bool, promote_now: bool, no_rollout: bool, force: bool,
-          as_json: bool) -> None:
+          executor_name: str | None, ray_address: str | None, as_json: bool) -> None:
     """Train MODEL(s) on fresh data, gate against production, register and promote.
 
     Each run loads the data, validates it, trains in a separate process, evaluates on a holdout,
@@ -123,7 +130,13 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
     MODEL:N" and registers nothing, unless --force. Exits non-zero if any model failed (5: bad
     data, 11: training failed), was rejected by its gate (12), or its rollout could not start
     (4: another rollout of the model is active).
+
+    With --executor ray (or executor: ray in a spec) each run executes as a task on the Ray
+    cluster with the resources its spec declares, and several models train at once, each with
+    its own progress line. Ctrl-C cancels the runs (exit 19: cancelled); 20: a worker's
+    Python or framework versions differ from this machine's.
     """
+    from modelyard.executors import ExecutorOptions
     from modelyard.spec import load_project
 
     given = [flag for flag, on in (("--no-promote", no_promote), ("--promote", promote_now),
@@ -135,15 +148,27 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
     registry = state.local_registry()
     registry.check_store()  # an unreachable store fails now, not after the training
     out = live_console(quiet_unless_tty=as_json)
-    outcomes = []
-    for spec in chosen:
-        outcome = train_with_progress(spec, registry, out, trigger="manual",
-                                      promote=_promote(spec, no_promote, promote_now, no_rollout),
-                                      force=force)
-        outcomes.append(outcome)
+    options = ExecutorOptions.from_env(ray_address=ray_address,
+                                       artifacts=registry.settings.artifacts)
+    executors = _executors({executor_name or spec.executor for spec in chosen}, options)
+    runs = [(spec, executors[executor_name or spec.executor],
+             _promote(spec, no_promote, promote_now, no_rollout)) for spec in chosen]
+    if len(runs) > 1 and any(executor.name != "local" for _, executor, _ in runs):
+        outcomes = train_many_with_progress(runs, registry, out, trigger="manual", force=force)
         if not as_json:
-            for line in describe(outcome):
-                console().print(line)
+            for outcome in outcomes:
+                console().print(f"[bold]{outcome.model}[/bold]")
+                for line in describe(outcome):
+                    console().print(line)
+    else:
+        outcomes = []
+        for spec, executor, promote in runs:
+            outcome = train_with_progress(spec, registry, out, trigger="manual",
+                                          promote=promote, force=force, executor=executor)
+            outcomes.append(outcome)
+            if not as_json:
+                for line in describe(outcome):
+                    console().print(line)
     if as_json:
         print_json([o.to_dict() for o in outcomes])
     failed = [o.error for o in outcomes if o.error is not None]
@@ -151,6 +176,14 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
         report_error(err)
     if failed:
         ctx.exit(failed[0].exit_code)
+
+
+def _executors(names: set[str], options: ExecutorOptions) -> dict[str, Executor]:
+    """One executor per name for the whole command (one connection to a cluster); a missing
+    framework (Ray) fails here, before any run is recorded."""
+    from modelyard.executors import get_executor
+
+    return {name: get_executor(name, options) for name in sorted(names)}
 
 
 def _promote(spec: Spec, no_promote: bool, promote_now: bool, no_rollout: bool) -> bool | None:
