@@ -1,5 +1,5 @@
 """Executors by name, the spec's resources and the mapping form of train, the environment check:
-the pure parts of running training elsewhere (the real cluster: tests/integration/test_ray_train)."""
+the pure parts of training elsewhere (the real cluster: tests/integration/test_ray_train)."""
 
 from __future__ import annotations
 
