@@ -116,7 +116,10 @@ class TwoNodes:
         # never Ray's default port 6379: Redis listens there on this machine
         self.cluster = Cluster(initialize_head=True, head_node_args={
             **_NODE, "redis_port": _free_port(), "include_dashboard": False,
-            "resources": {"head": 1}, "env_vars": {"MODELYARD_TEST_NODE": "head"}})
+            "resources": {"head": 1}, "env_vars": {"MODELYARD_TEST_NODE": "head"},
+            # a killed node is noticed in about 2 s, not Ray's default 15-30
+            "_system_config": {"health_check_period_ms": 500,
+                               "health_check_failure_threshold": 4}})
         self.worker = self.add_worker()
 
     def add_worker(self) -> Any:
