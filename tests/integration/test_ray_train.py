@@ -316,3 +316,17 @@ def test_a_worker_with_other_framework_versions_is_refused_before_training(
     run = registry.list_runs("clf")[0]
     assert run.status == "failed" and "differs from the client's" in (run.failure_reason or "")
     assert _versions(registry, "clf") == [] and EnvironmentMismatchError.exit_code == 20
+
+
+def test_the_scheduler_sends_retraining_to_the_executor_the_spec_names(
+        cluster: TwoNodes, project: dict[str, Spec], registry: Registry) -> None:
+    from modelyard.executors import ExecutorOptions
+    from modelyard.scheduler import Scheduler
+
+    options = ExecutorOptions(artifacts=registry.settings.artifacts)
+    scheduler = Scheduler(registry, {"clf": project["clf"]}, executor_options=options)
+    actions = scheduler._retrain("clf", project["clf"], "schedule:0 3 * * *")
+    assert [a.kind for a in actions][-1] == "retrain", actions
+    run = registry.list_runs("clf")[0]
+    assert run.status == "succeeded" and run.trigger == "schedule:0 3 * * *"
+    assert "executor: ray" in run.logs and "trained on node worker" in run.logs
