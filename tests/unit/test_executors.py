@@ -92,3 +92,18 @@ def test_environment_differences_name_python_and_packages_not_the_platform() -> 
     check_environment(here, "this test")  # the same: no error
     with pytest.raises(EnvironmentMismatchError, match="on this test differs"):
         check_environment(other, "this test")
+
+
+def test_a_ray_address_where_nothing_listens_fails_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray")  # the integration tests require it under CI
+    import socket
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh CLI process
+    from modelyard.executors.ray_cluster import RayExecutor
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConfigError, match=f"cannot reach the Ray cluster at 127.0.0.1:{port}"):
+        RayExecutor(address=f"127.0.0.1:{port}", artifacts="/tmp").connect()

@@ -113,15 +113,20 @@ class RayExecutor:
     def connect(self) -> Any:
         """Connect this process to the cluster once (``ray.init``); the ``ray`` module."""
         ray = import_ray()
-        if not ray.is_initialized():
-            try:
-                ray.init(address=self.address, log_to_driver=False, configure_logging=False,
-                         include_dashboard=False if self.address is None else None)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ConfigError(
-                    f"cannot connect to the Ray cluster at {self.address or 'RAY_ADDRESS'}: "
-                    f"{exc}; start one ('ray start --head') or give its address with "
-                    "--ray-address / MODELYARD_RAY_ADDRESS") from None
+        if ray.is_initialized():
+            return ray
+        where = self.address or "RAY_ADDRESS"
+        hint = ("start one ('ray start --head') or give its address with --ray-address / "
+                "MODELYARD_RAY_ADDRESS")
+        refused = _unreachable(self.address)
+        if refused:  # Ray itself would retry for minutes, then exit the process
+            raise ConfigError(f"cannot reach the Ray cluster at {where}: {refused}; {hint}")
+        try:
+            ray.init(address=self.address, log_to_driver=False, configure_logging=False,
+                     include_dashboard=False if self.address is None else None)
+        except (ConnectionError, RuntimeError, ValueError, SystemExit) as exc:
+            raise ConfigError(f"cannot connect to the Ray cluster at {where}: {exc}; {hint}"
+                              ) from None
         return ray
 
     def _staging_at(self) -> str:
@@ -129,6 +134,21 @@ class RayExecutor:
             raise ConfigError("the ray executor needs an artifact store its workers can reach: "
                               "set MODELYARD_ARTIFACTS to a shared folder or an s3:// URL")
         return f"{str(self.artifacts).rstrip('/')}/staging"
+
+
+def _unreachable(address: str | None) -> str | None:
+    """Why nothing answers at a ``HOST:PORT`` address (within 3 s), or None (it answers, or the
+    address is not of that form: ``auto``, ``ray://...``, None)."""
+    if not address or "://" in address or ":" not in address:
+        return None
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=3.0).close()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _check_feasible(ray: Any, job: RunJob) -> None:
