@@ -330,3 +330,19 @@ def test_the_scheduler_sends_retraining_to_the_executor_the_spec_names(
     run = registry.list_runs("clf")[0]
     assert run.status == "succeeded" and run.trigger == "schedule:0 3 * * *"
     assert "executor: ray" in run.logs and "trained on node worker" in run.logs
+
+
+def test_the_cli_in_its_own_process_connects_by_modelyard_ray_address(
+        cluster: TwoNodes, project: dict[str, Spec], registry: Registry,
+        tmp_path: Path) -> None:
+    import subprocess
+
+    env = {**os.environ, "MODELYARD_HOME": str(tmp_path / "home"),
+           "MODELYARD_RAY_ADDRESS": cluster.cluster.address}
+    done = subprocess.run([sys.executable, "-c", "from modelyard.cli import main; main()",
+                           "train", "clf", "--json"],
+                          cwd=tmp_path / "project", env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = registry.list_runs("clf")[0]
+    assert run.status == "succeeded" and "trained on node worker" in run.logs
