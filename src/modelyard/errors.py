@@ -18,6 +18,8 @@
     ├── AuditChainError             the audit chain is broken: an event was altered
     ├── StorageError                the registry database or artifact store is unreachable
     ├── TrainingError               the user's train function (or its process) failed
+    │   └── RunCancelled            the run was cancelled (Ctrl-C, or 'modelyard runs cancel')
+    ├── EnvironmentMismatchError    a Ray worker's Python or framework versions differ from ours
     ├── GateFailed                  a candidate did not pass its promotion gate
     ├── MonitoringError             monitoring has too little data to answer (yet)
     ├── AdapterError                a framework raised while saving, loading or predicting
@@ -182,6 +184,21 @@ class TrainingError(ModelyardError):
     exit_code = 11
 
 
+class RunCancelled(TrainingError):
+    """The run was cancelled before it finished (Ctrl-C, or ``modelyard runs cancel RUN``); its
+    training was stopped and nothing was registered."""
+
+    exit_code = 19
+
+
+class EnvironmentMismatchError(ModelyardError):
+    """The Ray worker that would train has other Python or framework versions than the client,
+    so the version it makes would not load or score the same here; nothing was trained."""
+
+    status_code = 409
+    exit_code = 20
+
+
 class GateFailed(ModelyardError):
     """A candidate did not pass its promotion gate; ``reasons`` lists each failed rule."""
 
@@ -340,6 +357,7 @@ __all__ = [
     "CrossSiteError",
     "DataValidationError",
     "DeviceError",
+    "EnvironmentMismatchError",
     "ForbiddenError",
     "FrameworkMissingError",
     "GateFailed",
@@ -354,6 +372,7 @@ __all__ = [
     "RequestError",
     "RequestTimeoutError",
     "RowRejectedError",
+    "RunCancelled",
     "RunnerClosedError",
     "ServerStartError",
     "StorageError",

@@ -47,6 +47,7 @@ from modelyard.rollout.deployments import Deployment, Deployments
 from modelyard.spec import ALERT_SIGNALS
 
 if TYPE_CHECKING:
+    from modelyard.executors import ExecutorOptions
     from modelyard.monitoring.quality import MetricWindow
     from modelyard.registry import Registry, Run
     from modelyard.spec import RetrainSpec, Spec
@@ -228,6 +229,8 @@ class Scheduler:
     tests; ``on_action`` is called with each :class:`Action` as it happens (the CLI prints it);
     ``drift_every_s`` spaces drift checks of one model (they read the whole window);
     ``explain`` adds an ``idle`` action for each model a tick did not retrain, saying why.
+    Retraining runs go to the executor each spec names (``executor: ray``: the cluster in
+    ``executor_options``, default ``MODELYARD_RAY_ADDRESS``).
     """
 
     def __init__(self, registry: Registry, specs: Mapping[str, Spec], *,
@@ -235,7 +238,8 @@ class Scheduler:
                  clock: Callable[[], datetime] | None = None,
                  monitor: Monitor | None = None,
                  on_action: Callable[[Action], None] | None = None,
-                 drift_every_s: float = _DRIFT_EVERY_S, explain: bool = False) -> None:
+                 drift_every_s: float = _DRIFT_EVERY_S, explain: bool = False,
+                 executor_options: ExecutorOptions | None = None) -> None:
         if not interval_s > 0:
             raise ConfigError(f"the scheduler's interval must be above 0 seconds, "
                               f"not {interval_s!r}")
@@ -256,6 +260,7 @@ class Scheduler:
         self.deployments = Deployments(registry, clock=self._clock)
         self.on_action = on_action
         self.explain = explain
+        self.executor_options = executor_options
         self._drift: dict[str, tuple[datetime, float | None]] = {}  # model -> (checked, share)
         self._stop = threading.Event()
 
@@ -388,6 +393,7 @@ class Scheduler:
             self.leases.release(lease, self.holder)
 
     def _retrain_held(self, name: str, spec: Spec, trigger: str) -> list[Action]:
+        from modelyard.executors import get_executor
         from modelyard.pipeline.run import run_pipeline  # pandas and friends: only to train
 
         kind = trigger.partition(":")[0]
@@ -396,8 +402,11 @@ class Scheduler:
         actions = [self._emit(Action(name, "trigger", trigger, {"trigger": trigger}))]
         auto = spec.retrain.auto_rollout
         try:  # auto_rollout: a rollout even where the spec declares none (then a canary)
+            executor = (None if self.executor_options is None
+                        else get_executor(spec.executor, self.executor_options))
             result = run_pipeline(spec, self.registry, trigger=trigger,
-                                  promote=False if auto else None, actor=SCHEDULER)
+                                  promote=False if auto else None, actor=SCHEDULER,
+                                  executor=executor)
         except GateFailed as exc:
             message = f"candidate rejected by its gate: {'; '.join(exc.reasons) or exc}"
             return [*actions, self._outcome(name, kind, message, "warning", {

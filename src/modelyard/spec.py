@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from modelyard.devices import default_pool, validate_device, validate_pool
 from modelyard.errors import ConfigError
 from modelyard.graph import Graph
+from modelyard.resources import ResourcesSpec, flatten_train
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -395,6 +396,11 @@ class Spec(BaseModel):
     monitoring: MonitorSpec = Field(default_factory=MonitorSpec)
     precompute: PrecomputeSpec | None = None
     timeout_s: float = Field(3600.0, gt=0)
+    #: where its training runs execute: ``local`` (a process here) or ``ray`` (a cluster), and
+    #: what one run needs there; ``retries``: runs again when its worker node dies (Ray)
+    executor: str = Field("local", pattern=r"^[a-z][a-z0-9_-]{0,39}$")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    retries: int = Field(0, ge=0, le=10)
     #: names of your own code the artifact may hold, trusted when it is registered and loaded:
     #: classes and functions of a scikit-learn model ("module.name"), operators of a torch
     #: program ("torch.ops.lib.op"), registered Keras objects. Everything else outside the
@@ -402,6 +408,11 @@ class Spec(BaseModel):
     trusted_types: list[str] = Field(default_factory=list)
     #: folder relative paths in this spec are resolved against (the yaml file's folder).
     root: Path = Field(default_factory=Path.cwd)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_mapping(cls, data: Any) -> Any:
+        return flatten_train(data)  # train: {entrypoint, executor, resources, retries}
 
     @model_validator(mode="after")
     def _trains_or_composes(self) -> Spec:

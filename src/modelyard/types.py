@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from modelyard.schema import Signature
+
+if TYPE_CHECKING:
+    from modelyard.pipeline.job import Executed, RunHooks, RunJob
 
 
 @runtime_checkable
@@ -104,4 +107,25 @@ class ArtifactStore(Protocol):
         ...
 
 
-__all__ = ["Adapter", "ArtifactStore", "ArtifactVerifier", "JointPredictor"]
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where a training run's work executes: here (``local``) or on a cluster (``ray``).
+
+    :meth:`run` carries out :func:`modelyard.pipeline.job.execute` for ``job`` somewhere and
+    leaves its results on this machine: the training output in ``work/train.log`` and the
+    outcome's artifact as a local folder, so the pipeline gates and registers the same way
+    whatever ran it. It reports through ``hooks`` and stops when ``hooks.stop()`` gives a reason
+    (:class:`~modelyard.errors.RunCancelled`); it never touches the registry.
+    """
+
+    #: the name a spec's ``executor:`` and ``--executor`` give.
+    name: ClassVar[str]
+
+    def run(self, job: RunJob, work: Path, hooks: RunHooks) -> Executed:
+        """Execute ``job``; raises the modelyard error the work raised, wherever it ran."""
+        ...
+
+
+__all__ = ["Adapter", "ArtifactStore", "ArtifactVerifier", "Executor", "JointPredictor"]

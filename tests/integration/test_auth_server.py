@@ -118,6 +118,7 @@ EXPECTED_ACTIONS = {
     ("POST", "/api/v1/models/{name}/runs"): "train",
     ("POST", "/api/v1/runs/{run_id}/beat"): "train",
     ("POST", "/api/v1/runs/{run_id}/finish"): "train",
+    ("POST", "/api/v1/runs/{run_id}/cancel"): "train",
     ("POST", "/api/v1/models/{name}/versions"): "train",
     ("GET", "/api/v1/models/{name}/versions/{version}/artifact"): "train",
     ("POST", "/v1/models/{name}/feedback"): "feedback",

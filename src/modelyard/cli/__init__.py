@@ -26,6 +26,8 @@ purpose are caught in one place, :meth:`_Main.invoke`, and printed as one line
 16    a batch row failed validation under ``batch --on-error fail``
 17    ``audit verify`` found the audit chain broken (an event altered, added or removed)
 18    an encrypted artifact did not decrypt (wrong or missing key, or altered)
+19    a training run was cancelled (``runs cancel``; Ctrl-C of several runs at once)
+20    a Ray worker's Python or framework versions differ from this machine's
 130   interrupted
 ====  ==============================================================
 

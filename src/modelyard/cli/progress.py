@@ -9,7 +9,10 @@ knows it cheaply), the rows refused and the rate.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from modelyard.pipeline.run_registry import RunRegistry
     from modelyard.rollout.deployments import Deployment
     from modelyard.spec import Spec
+    from modelyard.types import Executor
 
 
 class RolloutStarter(Protocol):
@@ -133,6 +137,72 @@ class StageDisplay:
         self._current = None
 
 
+class ModelLines:
+    """One live display for several runs at once: a spinner line per model with its current
+    stage, and a line per finished stage (``model: stage  took``) left behind."""
+
+    def __init__(self, out: Console) -> None:
+        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                                  TimeElapsedColumn(), console=out, transient=True)
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> ModelLines:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def line(self, model: str) -> ModelLine:
+        """The stage callback of ``model``'s run."""
+        with self._lock:
+            return ModelLine(self._progress, self._progress.add_task(f"{model}: waiting"),
+                             model)
+
+
+class ModelLine:
+    """One model's line of a :class:`ModelLines`: a progress callback like
+    :class:`StageDisplay`, safe to call from the model's own thread."""
+
+    def __init__(self, progress: Progress, task: Any, model: str) -> None:
+        self._progress, self._task, self.model = progress, task, model
+        self.stages: list[tuple[str, float]] = []
+        self._current: str | None = None
+        self._since = time.perf_counter()
+
+    def __enter__(self) -> ModelLine:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self._finish(failed=exc_type is not None)
+        self._progress.update(self._task, visible=False)
+
+    def __call__(self, stage: str) -> None:
+        self._finish(failed=False)
+        self._current, self._since = stage, time.perf_counter()
+        self._progress.update(self._task, description=f"{self.model}: {stage}")
+
+    def _finish(self, *, failed: bool) -> None:
+        if self._current is None:
+            return
+        took = time.perf_counter() - self._since
+        self.stages.append((self._current, took))
+        mark = "[red]x[/red]" if failed else "[green]+[/green]"
+        self._progress.console.print(f"  {mark} {self.model}: {self._current:<10} "
+                                     f"{fmt_duration(took)}")
+        self._current = None
+
+
+class _Display(Protocol):
+    stages: list[tuple[str, float]]
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None: ...
+
+    def __call__(self, stage: str) -> None: ...
+
+
 class RowProgress:
     """The progress callback of a batch job: a bar of rows done, with rows refused and rows/s."""
 
@@ -169,9 +239,13 @@ def train_with_progress(
     promote: bool | None = None,
     actor: str | None = None,
     force: bool = False,
+    executor: Executor | None = None,
+    cancel: threading.Event | None = None,
+    display: _Display | None = None,
     deployments: RolloutStarter | None = None,
 ) -> Outcome:
-    """Run the pipeline for ``spec`` behind a :class:`StageDisplay`; never raises a modelyard error.
+    """Run the pipeline for ``spec`` behind a :class:`StageDisplay` (or ``display``, a line of
+    a :class:`ModelLines`) on ``executor``; never raises a modelyard error.
 
     A gate rejection comes back as ``status="rejected"``, any other modelyard error as
     ``"failed"``, both with the error attached. When the spec declares a rollout (and
@@ -181,12 +255,14 @@ def train_with_progress(
     from modelyard.pipeline import run_pipeline
 
     started = time.perf_counter()
-    out.print(f"[bold]{spec.name}[/bold]")
-    display = StageDisplay(out, spec.name)
+    if display is None:
+        out.print(f"[bold]{spec.name}[/bold]")
+        display = StageDisplay(out, spec.name)
     try:
         with display:
             result = run_pipeline(spec, registry, trigger=trigger, promote=promote, actor=actor,
-                                  progress=display, force=force)
+                                  progress=display, force=force, executor=executor,
+                                  cancel=cancel)
     except GateFailed as err:
         return Outcome(spec.name, "rejected", time.perf_counter() - started, error=err,
                        stages=display.stages, metrics=_run_metrics(registry, err))
@@ -203,6 +279,30 @@ def train_with_progress(
     if result.rollout_due and result.version is not None:
         _start_rollout(outcome, spec, deployments or _local_deployments(registry), result, actor)
     return outcome
+
+
+def train_many_with_progress(
+    runs: Sequence[tuple[Spec, Executor, bool | None]], registry: RunRegistry, out: Console, *,
+    trigger: str = "manual", actor: str | None = None, force: bool = False,
+    deployments: RolloutStarter | None = None,
+) -> list[Outcome]:
+    """Train every ``(spec, executor, promote)`` at once (a thread each, waiting on its
+    executor: a cluster runs them in parallel), behind one :class:`ModelLines`; the outcomes in
+    the order given. Ctrl-C cancels every run (each is recorded "cancelled"), then re-raises."""
+    cancel = threading.Event()
+    with ModelLines(out) as lines, ThreadPoolExecutor(max(1, len(runs))) as pool:
+        futures = [pool.submit(train_with_progress, spec, registry, out, trigger=trigger,
+                               promote=promote, actor=actor, force=force, executor=executor,
+                               cancel=cancel, display=lines.line(spec.name),
+                               deployments=deployments)
+                   for spec, executor, promote in runs]
+        try:
+            return [f.result() for f in futures]
+        except KeyboardInterrupt:
+            cancel.set()
+            for f in futures:
+                f.exception()  # each run stops within a second and records its cancellation
+            raise
 
 
 def _local_deployments(registry: RunRegistry) -> RolloutStarter:
@@ -289,4 +389,5 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-__all__ = ["Outcome", "RowProgress", "StageDisplay", "describe", "train_with_progress"]
+__all__ = ["ModelLine", "ModelLines", "Outcome", "RowProgress", "StageDisplay", "describe",
+           "train_many_with_progress", "train_with_progress"]

@@ -468,8 +468,13 @@ class RemoteRegistry:
             "trigger": trigger, "kind": kind, "details": details, "host": owner.host,
             "pid": owner.pid}))
 
-    def beat_run(self, run_id: str) -> bool:
-        return bool(self.remote.post(f"/api/v1/runs/{_p(run_id)}/beat")["running"])
+    def beat_run(self, run_id: str, *, logs: str | None = None) -> bool:
+        body = {} if logs is None else {"logs": logs[-200_000:]}
+        return bool(self.remote.post(f"/api/v1/runs/{_p(run_id)}/beat", body)["running"])
+
+    def request_cancel(self, run_id: str, *, actor: str | None = None) -> Run:
+        """Ask the process running ``run_id`` to stop it (``modelyard runs cancel``)."""
+        return record(Run, self.remote.post(f"/api/v1/runs/{_p(run_id)}/cancel"))
 
     def finish_run(self, run_id: str, *, status: str, version: int | None = None,
                    promoted: bool = False, metrics: dict[str, Any] | None = None,

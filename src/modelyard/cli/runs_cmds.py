@@ -1,7 +1,9 @@
 """Runs, training and batch: ``modelyard runs [MODEL]`` lists them, ``runs show RUN_ID`` shows
-one."""
+one, ``runs cancel RUN_ID`` stops one."""
 
 from __future__ import annotations
+
+import time
 
 import click
 
@@ -100,6 +102,35 @@ def show_run(state: State, run_id: str, as_json: bool) -> None:
     out = console()
     out.print("[bold]logs[/bold]")
     out.print(run.logs.rstrip() or "(no logs)", markup=False, highlight=False)
+
+
+@runs.command("cancel", short_help="Stop a running training run.")
+@click.argument("run_id")
+@click.option("--wait", "wait_s", default=0.0, show_default=True, type=click.FloatRange(0, 3600),
+              help="Seconds to wait for the run to stop (0: ask and return).")
+@pass_state
+@click.pass_context
+def cancel_run(ctx: click.Context, state: State, run_id: str, wait_s: float) -> None:
+    """Ask the process running RUN_ID (a local 'modelyard train', the scheduler, or a client
+    waiting on a Ray task) to stop it. It looks about once a second: it kills the training
+    (the child process, or the Ray task), registers nothing and records the run as failed,
+    "cancelled". With --wait, waits for that and exits 1 if the run is still running then.
+    Exits 4 if the run is not running."""
+    registry = state.registry()
+    run = registry.request_cancel(run_id)
+    out = console()
+    out.print(f"asked run {run.id[:8]} ({run.model}) to stop")
+    deadline = time.monotonic() + wait_s
+    while wait_s and run.status == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        run = registry.get_run(run.id)
+    if not wait_s:
+        return
+    if run.status == "running":
+        out.print(f"run {run.id[:8]} is still running after {wait_s:g}s", markup=False)
+        ctx.exit(1)
+    out.print(f"run {run.id[:8]} {run.status}: {run.failure_reason or ''}".rstrip(": "),
+              markup=False)
 
 
 def _show_batch(run: Run) -> None:

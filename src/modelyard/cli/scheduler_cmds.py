@@ -47,8 +47,12 @@ def scheduler(state: State, project: str, interval: str, once: bool,
     every = parse_duration(interval)
     specs = _chosen(load_project(project), models, project)
     # with --once, every model gets a line: what was done, or why nothing was
-    runner = Scheduler(state.local_registry(), specs, interval_s=every, on_action=_print,
-                       explain=once)
+    from modelyard.executors import ExecutorOptions
+
+    registry = state.local_registry()
+    options = ExecutorOptions.from_env(artifacts=registry.settings.artifacts)
+    runner = Scheduler(registry, specs, interval_s=every, on_action=_print,
+                       explain=once, executor_options=options)
     if once:
         runner.tick()
         return

@@ -8,13 +8,19 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from modelyard.cli.output import console, live_console, print_json, report_error
-from modelyard.cli.progress import describe, train_with_progress
+from modelyard.cli.progress import describe, train_many_with_progress, train_with_progress
 from modelyard.cli.state import State, pass_state
 from modelyard.errors import ConfigError, ConflictError, ForbiddenError, NotFoundError
 from modelyard.registry.policy import Grant, decide
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
+    from modelyard.cli.progress import Outcome, RolloutStarter
+    from modelyard.executors import ExecutorOptions
+    from modelyard.pipeline.run_registry import RunRegistry
     from modelyard.spec import Spec
+    from modelyard.types import Executor
 
 STARTER_YAML = """\
 # modelyard.yaml: declare each model once; modelyard trains, gates, versions and serves it.
@@ -106,12 +112,17 @@ def init() -> None:
               help="Skip the spec's rollout: where the spec promotes, move production now.")
 @click.option("--force", is_flag=True, help="Train and register even when data, code, params, "
               "spec and packages equal the latest version's.")
+@click.option("--executor", "executor_name", default=None, metavar="NAME",
+              help="Where the runs execute: local or ray (default: each spec's executor).")
+@click.option("--ray-address", envvar="MODELYARD_RAY_ADDRESS", default=None, metavar="ADDRESS",
+              help="The Ray cluster to run on (HOST:PORT or ray://HOST:10001; env "
+                   "MODELYARD_RAY_ADDRESS; default RAY_ADDRESS, else a Ray started here).")
 @click.option("--json", "as_json", is_flag=True, help="Print each run's outcome as JSON.")
 @pass_state
 @click.pass_context
 def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: bool,
           project: str, no_promote: bool, promote_now: bool, no_rollout: bool, force: bool,
-          as_json: bool) -> None:
+          executor_name: str | None, ray_address: str | None, as_json: bool) -> None:
     """Train MODEL(s) on fresh data, gate against production, register and promote.
 
     Each run loads the data, validates it, trains in a separate process, evaluates on a holdout,
@@ -124,7 +135,13 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
     MODEL:N" and registers nothing, unless --force. Exits non-zero if any model failed (5: bad
     data, 11: training failed), was rejected by its gate (12), or its rollout could not start
     (4: another rollout of the model is active).
+
+    With --executor ray (or executor: ray in a spec) each run executes as a task on the Ray
+    cluster with the resources its spec declares, and several models train at once, each with
+    its own progress line. Ctrl-C cancels the runs (exit 19: cancelled); 20: a worker's
+    Python or framework versions differ from this machine's.
     """
+    from modelyard.executors import ExecutorOptions
     from modelyard.spec import load_project
 
     given = [flag for flag, on in (("--no-promote", no_promote), ("--promote", promote_now),
@@ -135,23 +152,19 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
     chosen = _choose(specs, names, all_models, project)
     registry = state.registry()
     registry.check_store()  # an unreachable store (or server) fails now, not after training
-    promotes = {spec.name: _promote(spec, no_promote, promote_now, no_rollout) for spec in chosen}
+    executor_names = {executor_name or spec.executor for spec in chosen}
     if state.remote:
-        from modelyard.cli.remote import RemoteRegistry
-
-        assert isinstance(registry, RemoteRegistry)
-        may_go_live(registry.whoami(), chosen, promotes)
+        _through_a_server(registry, chosen, executor_names, {
+            spec.name: _promote(spec, no_promote, promote_now, no_rollout) for spec in chosen})
     deployments = state.deployments()
     out = live_console(quiet_unless_tty=as_json)
-    outcomes = []
-    for spec in chosen:
-        outcome = train_with_progress(spec, registry, out, trigger="manual",
-                                      promote=promotes[spec.name], force=force,
-                                      deployments=deployments)
-        outcomes.append(outcome)
-        if not as_json:
-            for line in describe(outcome):
-                console().print(line)
+    options = ExecutorOptions.from_env(ray_address=ray_address,
+                                       artifacts=state.settings().artifacts)
+    executors = _executors(executor_names, options)
+    runs = [(spec, executors[executor_name or spec.executor],
+             _promote(spec, no_promote, promote_now, no_rollout)) for spec in chosen]
+    outcomes = _train_runs(runs, registry, out, force=force, deployments=deployments,
+                           quiet=as_json)
     if as_json:
         print_json([o.to_dict() for o in outcomes])
     failed = [o.error for o in outcomes if o.error is not None]
@@ -159,6 +172,43 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
         report_error(err)
     if failed:
         ctx.exit(failed[0].exit_code)
+
+
+def _train_runs(runs: list[tuple[Spec, Executor, bool | None]], registry: RunRegistry,
+                out: Console, *, force: bool, deployments: RolloutStarter,
+                quiet: bool) -> list[Outcome]:
+    """Train each run: at once behind a line per model when a cluster runs them, else one
+    after another; each model's outcome printed unless ``quiet``."""
+    if len(runs) > 1 and any(executor.name != "local" for _, executor, _ in runs):
+        outcomes = train_many_with_progress(runs, registry, out, trigger="manual", force=force,
+                                            deployments=deployments)
+        if not quiet:
+            for outcome in outcomes:
+                console().print(f"[bold]{outcome.model}[/bold]")
+                for line in describe(outcome):
+                    console().print(line)
+        return outcomes
+    outcomes = []
+    for spec, executor, promote in runs:
+        outcome = train_with_progress(spec, registry, out, trigger="manual", promote=promote,
+                                      force=force, executor=executor, deployments=deployments)
+        outcomes.append(outcome)
+        if not quiet:
+            for line in describe(outcome):
+                console().print(line)
+    return outcomes
+
+
+def _through_a_server(registry: Any, specs: list[Spec], executors: set[str],
+                      promotes: dict[str, bool | None]) -> None:
+    """What a run through a server is refused before it starts: another executor than the
+    local one (a cluster stages artifacts in the store, which a server's client does not
+    reach), and promoting with a key that may not deploy (:func:`may_go_live`)."""
+    if executors != {"local"}:
+        raise ConfigError("--executor ray (or executor: ray in a spec) cannot act through a "
+                          "server: the cluster stages artifacts in the artifact store; run it "
+                          "where the registry is reachable, without MODELYARD_URL or --server")
+    may_go_live(registry.whoami(), specs, promotes)
 
 
 def may_go_live(whoami: dict[str, Any], specs: list[Spec],
@@ -180,6 +230,14 @@ def may_go_live(whoami: dict[str, Any], specs: list[Spec],
                 "--no-promote to register the candidate only, or use a key that also deploys "
                 f"(modelyard auth create-key NAME --role trainer,deployer --models "
                 f"{spec.name})")
+
+
+def _executors(names: set[str], options: ExecutorOptions) -> dict[str, Executor]:
+    """One executor per name for the whole command (one connection to a cluster); a missing
+    framework (Ray) fails here, before any run is recorded."""
+    from modelyard.executors import get_executor
+
+    return {name: get_executor(name, options) for name in sorted(names)}
 
 
 def _promote(spec: Spec, no_promote: bool, promote_now: bool, no_rollout: bool) -> bool | None:

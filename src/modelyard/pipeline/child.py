@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 import modelyard.errors as errors
-from modelyard.errors import ModelyardError, TrainingError
+from modelyard.errors import ModelyardError, RunCancelled, TrainingError
 
 LOG_TAIL = 200_000
 _context: Any = None
@@ -91,11 +91,14 @@ def warm() -> None:
 
 
 def train_in_child(
-    job: TrainJob, *, timeout_s: float, run_id: str, on_stage: Callable[[str], None] | None = None
+    job: TrainJob, *, timeout_s: float, run_id: str, on_stage: Callable[[str], None] | None = None,
+    should_stop: Callable[[], str | None] | None = None,
 ) -> TrainOutcome:
     """Train and evaluate in a child process; :class:`TrainingError` if it fails, dies or hangs.
 
-    ``on_stage`` is called with each stage the child starts (``"evaluate"``).
+    ``on_stage`` is called with each stage the child starts (``"evaluate"``). ``should_stop`` is
+    asked about twice a second: a reason it returns kills the child and raises
+    :class:`RunCancelled` with that reason.
     """
     work = Path(job.work_dir)
     ctx = _get_context()
@@ -107,7 +110,8 @@ def train_in_child(
     sender.close()  # the child holds the only writer: EOF tells us it is gone
     lifeline.close()
     try:
-        timed_out = _wait(proc, receiver, time.monotonic() + timeout_s, on_stage)
+        timed_out, stopped = _wait(proc, receiver, time.monotonic() + timeout_s, on_stage,
+                                   should_stop)
     finally:
         receiver.close()
         if proc.is_alive():  # timed out, or the parent was interrupted while waiting
@@ -116,6 +120,8 @@ def train_in_child(
     code = proc.exitcode
     proc.close()
     hint = f"see logs: modelyard runs show {run_id}"
+    if stopped is not None:
+        raise RunCancelled(f"{stopped}; the training process was stopped")
     if timed_out:
         raise TrainingError(f"training ran longer than timeout_s={timeout_s:g}s and was stopped; "
                             f"raise timeout_s in the spec or train on less data ({hint})")
@@ -146,12 +152,15 @@ def read_log(work_dir: Path) -> str:
         return fh.read().decode("utf-8", errors="replace")
 
 
-def _wait(proc: Any, receiver: Any, deadline: float,
-          on_stage: Callable[[str], None] | None) -> bool:
-    """Relay the child's stages until it exits; True if the deadline passed first."""
+def _wait(proc: Any, receiver: Any, deadline: float, on_stage: Callable[[str], None] | None,
+          should_stop: Callable[[], str | None] | None) -> tuple[bool, str | None]:
+    """Relay the child's stages until it exits: ``(deadline passed first, why it was stopped)``."""
     watch = [proc.sentinel, receiver]
     while (remaining := deadline - time.monotonic()) > 0:
-        ready = multiprocessing.connection.wait(watch, timeout=remaining)
+        if should_stop is not None and (reason := should_stop()) is not None:
+            return False, reason
+        ready = multiprocessing.connection.wait(
+            watch, timeout=remaining if should_stop is None else min(remaining, 0.5))
         if receiver in ready:
             try:
                 stage = receiver.recv_bytes().decode()
@@ -161,8 +170,8 @@ def _wait(proc: Any, receiver: Any, deadline: float,
                 if on_stage is not None:
                     on_stage(stage)
         if proc.sentinel in ready:
-            return False
-    return True
+            return False, None
+    return True, None
 
 
 def _kill(proc: Any) -> None:

@@ -73,8 +73,9 @@ def same_code(before: Mapping[str, Any], now: Mapping[str, Any]) -> bool:
 
 def spec_hash(spec: Spec) -> str:
     """A sha256 of everything a spec declares but its folder: the same declaration, the same
-    hash, in any process (callables count by their import path)."""
-    body = spec.model_dump(exclude={"root"})
+    hash, in any process (callables count by their import path). Where runs execute
+    (``executor``, ``resources``, ``retries``) does not change the model, so it is left out."""
+    body = spec.model_dump(exclude={"root", "executor", "resources", "retries"})
     text = json.dumps(body, sort_keys=True, default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -9,6 +9,11 @@ do), so the new version reaches traffic step by step, analysed.
 A run whose data, code, params, spec and packages equal the latest version's trains nothing and
 registers nothing: it ends ``unchanged``, naming that version (``force=True`` trains anyway).
 
+Where the work runs (load data, validate, split, train, evaluate) is the spec's ``executor``
+(:mod:`modelyard.executors`: ``local``, or ``ray`` for a cluster); gate, register and promote
+happen here, the same for every executor. While it runs, the run's log is written back into the
+run record, and a cancellation asked there (``modelyard runs cancel``) stops it.
+
 The child scores the candidate through a :class:`~modelyard.predictor.Predictor` loaded from the
 artifact it just saved (the serving input path, and proof that the artifact loads) and scores the
 champion (``name@production``) on the same holdout. The parent only decides: a rejected candidate
@@ -22,6 +27,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,17 +36,18 @@ from typing import Any
 
 from modelyard.entrypoints import callable_ref
 from modelyard.errors import ConfigError, GateFailed, ModelyardError, NotFoundError
+from modelyard.executors import ExecutorOptions, get_executor
 from modelyard.metrics import get_metric, greater_is_better
 from modelyard.pipeline import child
-from modelyard.pipeline.data import Dataset, load_dataset, split, write_split
 from modelyard.pipeline.gate import GateResult, evaluate_gate
-from modelyard.pipeline.lineage import code_ref, environment, fingerprint, same_code, spec_hash
-from modelyard.pipeline.profile import profile
+from modelyard.pipeline.job import RunHooks, RunJob
+from modelyard.pipeline.lineage import code_ref, environment, same_code, spec_hash
 from modelyard.pipeline.run_registry import RunRegistry
-from modelyard.pipeline.validation import check, format_report
+from modelyard.pipeline.validation import format_report
 from modelyard.registry import PRODUCTION, ModelVersion, Run
 from modelyard.registry.owners import HEARTBEAT_S, beating
 from modelyard.spec import Spec
+from modelyard.types import Executor
 from modelyard.version_settings import VersionSettings
 
 log = logging.getLogger(__name__)
@@ -77,9 +84,12 @@ class _Lineage:
 
     def matches(self, version: ModelVersion) -> bool:
         """Whether ``version`` was made from the same data, code, params, spec and packages."""
+        return version.data_fingerprint == self.data_fingerprint and self.matches_code(version)
+
+    def matches_code(self, version: ModelVersion) -> bool:
+        """Whether ``version`` was made from the same code, params, spec and packages."""
         env = version.environment
-        return (version.data_fingerprint == self.data_fingerprint
-                and version.params == self.params
+        return (version.params == self.params
                 and version.meta.get("spec_hash") == self.spec_hash
                 and same_code(version.code_ref, self.code_ref)
                 and (env.get("python"), env.get("packages")) == (
@@ -121,6 +131,8 @@ def run_pipeline(
     actor: str | None = None,
     progress: Progress | None = None,
     force: bool = False,
+    executor: Executor | None = None,
+    cancel: threading.Event | None = None,
 ) -> RunResult:
     """Train ``spec`` on fresh data, gate it against production, register and maybe promote it.
 
@@ -128,17 +140,25 @@ def run_pipeline(
     ``production`` when there is one to compare with (``rollout_due``). True moves ``production``
     now, skipping any rollout; False leaves it alone. When nothing changed since the latest
     version (data, code, params, spec, packages) the run ends ``unchanged`` with
-    :attr:`RunResult.unchanged` set and nothing registered, unless ``force``. Raises
-    :class:`DataValidationError`, :class:`TrainingError`, :class:`GateFailed`, ...; each carries
-    ``run_id`` once the run is recorded (``modelyard runs show <run_id>`` shows its logs).
+    :attr:`RunResult.unchanged` set and nothing registered, unless ``force``. ``executor`` runs
+    the work (default: the one the spec names, :mod:`modelyard.executors`); setting ``cancel``
+    stops it as cancelled. Raises :class:`DataValidationError`, :class:`TrainingError`,
+    :class:`GateFailed`, :class:`RunCancelled`, ...; each carries ``run_id`` once the run is
+    recorded (``modelyard runs show <run_id>`` shows its logs).
     """
     if spec.graph is not None:  # a composed model: registered, never trained
         return _compose(spec, registry, trigger, promote, actor, force=force)
     for name in spec.metrics:  # a typo fails now, not after an hour of training
         get_metric(name)
-    # The fork server preloads while the data loads. Started before the run is recorded: a script
-    # without a __main__ guard, re-imported in the child, fails here without a stray run.
-    child.warm()
+    if executor is None:
+        settings = getattr(registry, "settings", None)
+        executor = get_executor(spec.executor, ExecutorOptions.from_env(
+            artifacts=getattr(settings, "artifacts", None)))
+    if executor.name == "local":
+        # The fork server preloads while the data loads. Started before the run is recorded: a
+        # script without a __main__ guard, re-imported in the child, fails here without a stray
+        # run.
+        child.warm()
     runlog = _RunLog(progress)
     with tempfile.TemporaryDirectory(prefix="modelyard-run-") as tmp:
         run = registry.start_run(spec.name, trigger=trigger, actor=actor)
@@ -146,11 +166,58 @@ def run_pipeline(
             # the heartbeat tells other hosts a live run from a dead one
             with beating(lambda: registry.beat_run(run.id), HEARTBEAT_S,
                          f"heartbeat of run {run.id[:8]}"):
+                watch = _Watch(registry, run, runlog, Path(tmp), cancel)
                 return _execute(spec, registry, run, runlog, Path(tmp), promote, actor,
-                                force=force)
+                                force=force, executor=executor, watch=watch)
         except BaseException as exc:
             _record_failure(registry, run, runlog, Path(tmp), exc)
             raise
+
+
+class _Watch:
+    """Between the run's steps: writes its log so far into the run record (``runs show`` shows
+    a live run's progress) and asks whether to stop: ``cancel`` set here (Ctrl-C of one of
+    several runs), or a cancellation asked in the registry (``modelyard runs cancel``)."""
+
+    #: seconds between looks at the registry
+    EVERY_S = 1.0
+
+    def __init__(self, registry: RunRegistry, run: Run, runlog: _RunLog, work: Path,
+                 cancel: threading.Event | None) -> None:
+        self.registry, self.run, self.runlog, self.work = registry, run, runlog, work
+        self.cancel = cancel
+        self._next = time.monotonic() + self.EVERY_S
+        self._written = ""
+
+    def stop(self) -> str | None:
+        """Why the run must stop now, or None."""
+        if self.cancel is not None and self.cancel.is_set():
+            return "cancelled: interrupted"
+        if time.monotonic() < self._next:
+            return None
+        self._next = time.monotonic() + self.EVERY_S
+        try:
+            self._write_logs()
+            run = self.registry.get_run(self.run.id)
+        except Exception:  # a database blip must not end a live run
+            log.warning("could not look at run %s", self.run.id, exc_info=True)
+            return None
+        asked = (run.details or {}).get("cancel_requested")
+        if asked:
+            return f"cancelled by {asked.get('by') or 'someone'} (modelyard runs cancel)"
+        if run.status != "running":
+            return f"cancelled: the run was finished elsewhere as {run.status}"
+        return None
+
+    def _write_logs(self) -> None:
+        text = self.runlog.text(self.work)
+        if text != self._written:
+            self.registry.beat_run(self.run.id, logs=text)
+            self._written = text
+
+    def hooks(self) -> RunHooks:
+        """What the executor reports to and asks."""
+        return RunHooks(stage=self.runlog.stage, note=self.runlog.note, stop=self.stop)
 
 
 def _compose(spec: Spec, registry: RunRegistry, trigger: str, promote: bool | None,
@@ -193,7 +260,12 @@ def _record_failure(registry: RunRegistry, run: Run, runlog: _RunLog, work: Path
         exc.run_id = run.id  # type: ignore[attr-defined]
     if isinstance(exc, GateFailed):
         return
-    reason = str(exc) if isinstance(exc, ModelyardError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        reason = "cancelled: interrupted (Ctrl-C); the training was stopped"
+    elif isinstance(exc, ModelyardError):
+        reason = str(exc)
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
     report = getattr(exc, "report", None)
     if report:
         runlog.note(format_report(report))
@@ -207,26 +279,26 @@ def _record_failure(registry: RunRegistry, run: Run, runlog: _RunLog, work: Path
 
 def _execute(
     spec: Spec, registry: RunRegistry, run: Run, runlog: _RunLog, work: Path,
-    promote: bool | None, actor: str | None, *, force: bool,
+    promote: bool | None, actor: str | None, *, force: bool, executor: Executor, watch: _Watch,
 ) -> RunResult:
     if spec.data is None:
         raise ConfigError(f"{spec.name} declares no data to train on")
-    runlog.stage("load data")
-    dataset = load_dataset(spec.data, spec.root)
-    runlog.note(f"loaded {len(dataset)} rows, features: {', '.join(dataset.feature_names[:20])}")
-    runlog.stage("validate")
-    check(dataset, spec.validation)
-    data = spec.data
-    stratify = data.stratify and spec.task != "regression"
-    train_set, holdout = split(dataset, data.holdout, data.seed, stratify)
-    runlog.note(f"train {len(train_set)} rows, holdout {len(holdout)} rows")
-    lineage = _lineage(spec, dataset)
-    same = None if force else _identical_version(registry, spec.name, lineage)
-    if same is not None:
+    if spec.train is None:
+        raise ConfigError(f"{spec.name} declares no train function")
+    lineage = _lineage(spec)
+    same = None if force else _same_code_version(registry, spec.name, lineage)
+    job = _job(spec, registry, run.id, lineage,
+               unchanged_if=same.data_fingerprint if same is not None else None)
+    if executor.name != "local":
+        runlog.note(f"executor: {executor.name}")
+    executed = executor.run(job, work, watch.hooks())
+    if executed.outcome is None:
+        assert same is not None  # the executor only skips training for an unchanged fingerprint
         return _finish_unchanged(registry, run, runlog, work, same)
-
-    runlog.stage("train")
-    outcome = _train(spec, registry, train_set, holdout, work, run.id, runlog)
+    outcome = executed.outcome
+    _note_outcome(runlog, outcome)
+    lineage = _Lineage(executed.data_fingerprint, lineage.code_ref, lineage.params,
+                       lineage.spec_hash, executed.environment)
     champion = outcome.champion or {}
     champion_metrics = champion.get("metrics")
 
@@ -256,8 +328,8 @@ def _execute(
         signature=outcome.signature,
         metrics=outcome.metrics, params=lineage.params,
         data_fingerprint=lineage.data_fingerprint, code_ref=lineage.code_ref,
-        environment=lineage.environment, reference_stats=profile(train_set.X), run_id=run.id,
-        description=spec.description, actor=actor,
+        environment=lineage.environment, reference_stats=executed.reference_stats,
+        run_id=run.id, description=spec.description, actor=actor,
     )
     promoted, rollout_due = _goes_live(spec, promote, has_champion=outcome.champion is not None)
     if promoted:
@@ -286,21 +358,22 @@ def _goes_live(spec: Spec, promote: bool | None, *, has_champion: bool) -> tuple
     return True, False  # direct, or the first version: nothing to compare a rollout with
 
 
-def _lineage(spec: Spec, dataset: Dataset) -> _Lineage:
+def _lineage(spec: Spec) -> _Lineage:
+    """What this run is made from, but its data (the executor fingerprints that where it runs)."""
     # params as the registry stores them (JSON), so equal params compare equal after a reload
     params = json.loads(json.dumps(dict(spec.params), default=str))
-    return _Lineage(fingerprint(dataset.X, dataset.y), code_ref(spec.root), params,
-                    spec_hash(spec), environment())
+    return _Lineage("", code_ref(spec.root), params, spec_hash(spec), environment())
 
 
-def _identical_version(registry: RunRegistry, name: str, lineage: _Lineage) -> ModelVersion | None:
-    """The latest version of ``name`` if this run would make it again, else None."""
+def _same_code_version(registry: RunRegistry, name: str, lineage: _Lineage) -> ModelVersion | None:
+    """The latest version of ``name`` if this run has its code, params, spec and packages (the
+    run is then unchanged if its data is too), else None."""
     try:
         latest = registry.get_model(name).latest_version
         version = registry.get_version(name, latest) if latest else None
     except NotFoundError:  # no model yet, or its latest number was never registered
         return None
-    return version if version is not None and lineage.matches(version) else None
+    return version if version is not None and lineage.matches_code(version) else None
 
 
 def _finish_unchanged(registry: RunRegistry, run: Run, runlog: _RunLog, work: Path,
@@ -314,22 +387,25 @@ def _finish_unchanged(registry: RunRegistry, run: Run, runlog: _RunLog, work: Pa
     return RunResult(finished, None, False, gate, {}, None, unchanged=same)
 
 
-def _train(spec: Spec, registry: RunRegistry, train_set: Dataset, holdout: Dataset, work: Path,
-           run_id: str, runlog: _RunLog) -> child.TrainOutcome:
-    """Train, save and score in the child; the parent never imports the framework."""
-    if spec.train is None:
-        raise ConfigError(f"{spec.name} declares no train function")
+def _job(spec: Spec, registry: RunRegistry, run_id: str, lineage: _Lineage, *,
+         unchanged_if: str | None) -> RunJob:
+    """The run's work as plain values, for whichever executor runs it."""
+    assert spec.data is not None and spec.train is not None
     ref = spec.train if isinstance(spec.train, str) else callable_ref(spec.train)
-    write_split(train_set.X, train_set.y, work / "train")
-    write_split(holdout.X, holdout.y, work / "holdout")
-    job = child.TrainJob(
-        name=spec.name, train_ref=ref, root=str(spec.root), work_dir=str(work),
+    train = child.TrainJob(
+        name=spec.name, train_ref=ref, root=str(spec.root), work_dir="",
         params=dict(spec.params), flavor=spec.flavor, task=spec.task, metrics=list(spec.metrics),
         trusted_types=list(spec.trusted_types),
         champion=_champion(spec, registry), env=dict(os.environ),
     )
-    outcome = child.train_in_child(job, timeout_s=spec.timeout_s, run_id=run_id,
-                                   on_stage=runlog.stage)
+    return RunJob(run_id=run_id, data=spec.data, validation=spec.validation, train=train,
+                  stratify=spec.data.stratify and spec.task != "regression",
+                  timeout_s=spec.timeout_s, unchanged_if=unchanged_if,
+                  environment=lineage.environment, resources=spec.resources,
+                  retries=spec.retries)
+
+
+def _note_outcome(runlog: _RunLog, outcome: child.TrainOutcome) -> None:
     runlog.note(f"trained a {outcome.flavor} model (task: {outcome.task})")
     runlog.note(f"candidate: {_show(outcome.metrics)}")
     if outcome.champion is not None:
@@ -338,7 +414,6 @@ def _train(spec: Spec, registry: RunRegistry, train_set: Dataset, holdout: Datas
                         f"{_show(outcome.champion['metrics'])}")
         if outcome.champion["note"]:
             runlog.note(outcome.champion["note"])
-    return outcome
 
 
 def _champion(spec: Spec, registry: RunRegistry) -> dict[str, Any] | None:

@@ -55,8 +55,9 @@ class RunRegistry(Protocol):
         """Record a run as started."""
         ...
 
-    def beat_run(self, run_id: str) -> bool:
-        """The run is still at work; False once it has ended."""
+    def beat_run(self, run_id: str, *, logs: str | None = ...) -> bool:
+        """The run is still at work (its log so far, given ``logs``); False once it has
+        ended."""
         ...
 
     def finish_run(self, run_id: str, *, status: str, version: int | None = ...,

@@ -446,12 +446,32 @@ class Registry:
                    {"run": run_id, "version": version, "reason": failure_reason})
             return to_run(row)
 
-    def beat_run(self, run_id: str) -> bool:
-        """Record that ``run_id``'s process is still at work; False once the run has ended."""
+    def beat_run(self, run_id: str, *, logs: str | None = None) -> bool:
+        """Record that ``run_id``'s process is still at work (and, given ``logs``, its log so
+        far, which ``runs show`` then shows); False once the run has ended."""
+        values: dict[str, Any] = {"heartbeat_at": now()}
+        if logs is not None:
+            values["logs"] = logs[-200_000:]
         with self.db.session(write=True) as s:
             beat = s.execute(update(RunRow).where(RunRow.id == run_id, RunRow.status == "running")
-                             .values(heartbeat_at=now()))
+                             .values(**values))
             return bool(beat.rowcount == 1)  # type: ignore[attr-defined]
+
+    def request_cancel(self, run_id: str, *, actor: str | None = None) -> Run:
+        """Ask the process running ``run_id`` to stop it: the run is marked (``details``:
+        ``cancel_requested``), and its owner, which looks every second, stops the training and
+        finishes the run as failed, "cancelled". :class:`ConflictError` if it is not running."""
+        run = self.get_run(run_id)  # a prefix is enough; an abandoned run is settled first
+        actor = actor or self.settings.actor
+        with self.db.session(write=True) as s:
+            row = s.scalars(select(RunRow).where(RunRow.id == run.id).with_for_update()).first()
+            if row is None or row.status != "running":
+                raise ConflictError(f"run {run.id[:8]} is not running (it is "
+                                    f"{row.status if row else 'gone'}): nothing to cancel")
+            row.details = {**(row.details or {}),
+                           "cancel_requested": {"by": actor, "at": now().isoformat()}}
+            audit(s, actor, "run.cancel", row.model_name, {"run": row.id})
+            return to_run(row)
 
     def get_run(self, run_id: str) -> Run:
         """One run by id (a unique prefix of it is enough); see :meth:`list_runs` on abandoned."""

@@ -123,8 +123,12 @@ TRAINING_PATHS: dict[str, Any] = {
         {"trigger": STR, "kind": {"enum": ["train", "batch"]}, "details": _OPT_OBJ,
          "host": STR, "pid": INT}, [], _RUN_FULL, "201"),
     "/api/v1/runs/{run_id}/beat": _train_post(
-        "Training (trainer): the caller's run is still at work (running: false once ended)",
-        [_RUN_ID], {}, [], obj(["running"], running=BOOL), "200", 403, 404),
+        "Training (trainer): the caller's run is still at work (running: false once ended), "
+        "with its log so far", [_RUN_ID], {"logs": OPT_STR}, [], obj(["running"], running=BOOL),
+        "200", 403, 404),
+    "/api/v1/runs/{run_id}/cancel": _train_post(
+        "Training (trainer): ask the process running a run to stop it (it records the run "
+        "failed, cancelled)", [_RUN_ID], {}, [], _RUN_FULL, "200", 404, 409),
     "/api/v1/runs/{run_id}/finish": _train_post(
         "Training (trainer): how the caller's run ended; promoted is read off the alias",
         [_RUN_ID], {"status": {"enum": ["succeeded", "failed", "rejected", "unchanged"]},

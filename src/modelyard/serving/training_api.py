@@ -7,6 +7,7 @@ route                                                    what it does
 ``POST /api/v1/models/{name}/runs``                      record a run started by the caller
 ``POST /api/v1/runs/{run_id}/beat``                      the caller's run is still at work
 ``POST /api/v1/runs/{run_id}/finish``                    how the caller's run ended
+``POST /api/v1/runs/{run_id}/cancel``                    ask a run's process to stop it
 ``POST /api/v1/models/{name}/versions``                  register a version: its artifact and
                                                          record in one ``application/x-tar`` body
 ``GET /api/v1/models/{name}/versions/{version}/artifact``  a version's artifact (the champion the
@@ -84,6 +85,7 @@ _OPT_DICT: tuple[type, ...] = (dict, type(None))
 _START: Fields = {"trigger": ((str,), False, "manual"), "kind": ((str,), False, "train"),
                   "details": (_OPT_DICT, False, None), "host": ((str,), False, "unknown"),
                   "pid": ((int,), False, 0)}
+_BEAT: Fields = {"logs": (_OPT_STR, False, None)}
 _FINISH: Fields = {"status": ((str,), True, None), "version": ((int, type(None)), False, None),
                    "metrics": (_OPT_DICT, False, None), "gate": (_OPT_DICT, False, None),
                    "logs": ((str,), False, ""), "failure_reason": (_OPT_STR, False, None),
@@ -113,10 +115,11 @@ class TrainingAPI(CatalogAPI):
         await respond(send, 201, orjson.dumps(run.to_dict()), JSON)
 
     async def beat_run(self, scope: Scope, receive: Receive, send: Send, run_id: str) -> None:
-        """``POST /api/v1/runs/{run_id}/beat``: ``{"running": false}`` once the run has ended."""
-        await self.body(scope, receive, {})
+        """``POST /api/v1/runs/{run_id}/beat``: ``{"running": false}`` once the run has ended;
+        ``logs``, the run's log so far (``runs show`` shows a live run's progress)."""
+        body = await self.body(scope, receive, _BEAT)
         run = await self._own_run(scope, run_id)
-        running = await self.io(self.registry.beat_run, run.id)
+        running = await self.io(self.registry.beat_run, run.id, logs=body["logs"])
         await respond(send, 200, orjson.dumps({"running": running}), JSON)
 
     async def finish_run(self, scope: Scope, receive: Receive, send: Send, run_id: str) -> None:
@@ -138,6 +141,16 @@ class TrainingAPI(CatalogAPI):
             promoted=promoted, metrics=body["metrics"], gate=body["gate"], logs=body["logs"],
             failure_reason=body["failure_reason"], details=body["details"])
         await respond(send, 200, orjson.dumps(finished.to_dict()), JSON)
+
+    async def cancel_run(self, scope: Scope, receive: Receive, send: Send, run_id: str) -> None:
+        """``POST /api/v1/runs/{run_id}/cancel``: ask the process running a run of a model the
+        caller may train to stop it (409 when it is not running)."""
+        await self.body(scope, receive, {})
+        run: Run = await self.io(self.registry.get_run, run_id)
+        if not in_scope(scope, "train", [run.model]):
+            raise NotFoundError(f"no run {run_id!r}")
+        asked = await self.io(self.registry.request_cancel, run.id, actor=actor_of(scope))
+        await respond(send, 200, orjson.dumps(asked.to_dict()), JSON)
 
     def _is_production(self, name: str, version: int) -> bool:
         return bool(self.registry.get_model(name).aliases.get("production") == version)
@@ -255,6 +268,8 @@ ROUTES: RouteTable = [
      Endpoint(TrainingAPI.beat_run, mutation=True, action="train")),
     ("POST", "/api/v1/runs/{run_id}/finish",
      Endpoint(TrainingAPI.finish_run, mutation=True, action="train")),
+    ("POST", "/api/v1/runs/{run_id}/cancel",
+     Endpoint(TrainingAPI.cancel_run, mutation=True, action="train")),
     ("POST", "/api/v1/models/{name}/versions",
      Endpoint(TrainingAPI.register_version, mutation=True, action="train", media=TAR)),
     ("GET", "/api/v1/models/{name}/versions/{version}/artifact",
