@@ -288,3 +288,25 @@ def test_only_the_runs_owner_reports_on_it(server: ServerProcess, keys: dict[str
                       headers=_bearer(keys["ci"])).json() == {"running": False}
     run = registry.get_run(run_id)
     assert (run.status, run.created_by, run.failure_reason) == ("failed", "ci", "on purpose")
+
+
+def test_a_runs_live_log_and_its_cancellation_go_through_the_server(
+        server: ServerProcess, keys: dict[str, str], registry: Registry, tmp_path: Path) -> None:
+    started = httpx.post(f"{server.url}/api/v1/models/owned/runs", json={"pid": 1},
+                         headers=_bearer(keys["ci"]))
+    run_id = started.json()["id"]
+    beat = httpx.post(f"{server.url}/api/v1/runs/{run_id}/beat",
+                      json={"logs": "[   0.10s] load data"}, headers=_bearer(keys["ci"]))
+    assert beat.json() == {"running": True}
+    assert registry.get_run(run_id).logs == "[   0.10s] load data"
+
+    asked = cli(server, keys["bob"], tmp_path, "runs", "cancel", run_id[:8])
+    assert asked.exit_code == 0, asked.output
+    details = registry.get_run(run_id).details or {}
+    assert details["cancel_requested"]["by"] == "bob"  # the key's principal, audited
+    assert [e.actor for e in registry.audit_events("owned") if e.action == "run.cancel"] == \
+        ["bob"]
+    assert cli(server, keys["watcher"], tmp_path, "runs", "cancel", run_id).exit_code == 2
+    httpx.post(f"{server.url}/api/v1/runs/{run_id}/finish", json={"status": "failed"},
+               headers=_bearer(keys["ci"]))
+    one_error(cli(server, keys["ci"], tmp_path, "runs", "cancel", run_id), 4)
