@@ -12,6 +12,9 @@ Training (``section_training``):
     python bench/scale.py --quick         # smaller models, fewer repeats
     python bench/scale.py --sections training
 
+Batch scoring (``section_batch``, in ``bench/scale_batch.py``): rows/s of the local engine
+versus ``--engine ray`` on the same two-node cluster, with the CPU each costs.
+
 CPU is the whole machine's busy CPU time over a phase (``/proc/stat``), divided by the runs in
 it: Ray's own daemons (GCS, raylets, workers) are separate processes, so a process tree would
 miss some of them; anything else running on the machine is counted too, so run it on a quiet
@@ -25,6 +28,7 @@ import argparse
 import os
 import socket
 import statistics
+import sys
 import tempfile
 import textwrap
 import threading
@@ -208,7 +212,16 @@ def _report_training(local_wall: float, local_cpu: float, ray_wall: float, ray_c
         costs about {max(tiny_ray_cpu - tiny_local_cpu, 0):.1f} CPU-s more than locally."""))
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"training": section_training}
+def section_batch(args: argparse.Namespace) -> None:
+    """Batch scoring rows/s locally versus on the cluster (``bench/scale_batch.py``)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from scale_batch import batch_section
+
+    batch_section(rows=50_000 if args.quick else 200_000)
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"training": section_training,
+                                                             "batch": section_batch}
 
 
 def main(argv: list[str] | None = None) -> None:
