@@ -113,6 +113,10 @@ def test_metrics_count_every_workers_requests(server: str) -> None:
         assert sum(durations.values()) == sent
         loaded = samples(server, "modelyard_model_loaded")
         assert loaded == {(("model", "probe"), ("version", "1")): 1.0}
+    for _ in range(4):  # the console's overview too: whichever worker renders it
+        page = httpx.get(server + "/ui/", timeout=10)
+        assert page.status_code == 200, page.text[:300]
+        assert re.search(rf'<td class="num">{sent:,}</td>', page.text), page.text[-3000:]
     # each worker's prediction log writes within a second or so of its requests
     wait_until(lambda: samples(server, "modelyard_prediction_log_written_total")
                .get((), 0) == sent, 30)

@@ -1,6 +1,7 @@
 """What the server itself measured for each model: requests, errors, p50 and p99 latency.
 
-Read from the server's Prometheus families (``modelyard_requests``,
+Read from the server's Prometheus families (every worker's under ``--workers``:
+``ServerMetrics.samples_of``; ``modelyard_requests``,
 ``modelyard_request_duration_seconds``), so the overview costs a walk over in-memory series,
 never a scan of the prediction log. Percentiles are estimated from the histogram's buckets as
 Prometheus's ``histogram_quantile`` does (linear within a bucket). Pure functions over samples.
@@ -71,9 +72,4 @@ def by_model(requests: Iterable[Any], durations: Iterable[Any]) -> dict[str, Tra
     return out
 
 
-def samples(family: Any) -> list[Any]:
-    """Every sample of one prometheus-client metric family object."""
-    return [s for metric in family.collect() for s in metric.samples]
-
-
-__all__ = ["Traffic", "by_model", "quantile", "samples"]
+__all__ = ["Traffic", "by_model", "quantile"]

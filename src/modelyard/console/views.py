@@ -14,7 +14,7 @@ from typing import Any
 from modelyard.console.compare import compare
 from modelyard.console.distributions import distributions
 from modelyard.console.paging import PER_PAGE, Page, offset_of, page_of
-from modelyard.console.traffic import by_model, samples
+from modelyard.console.traffic import by_model
 from modelyard.errors import NotFoundError
 
 #: the overview's columns, in order (the sortable keys of each row).
@@ -49,7 +49,8 @@ async def overview_rows(app: Any, allowed: set[str] | None) -> list[dict[str, An
     for event in await catalog.io(monitor.events, kind="alert", since=since, limit=1000):
         alerts[event.model] = alerts.get(event.model, 0) + 1
     drift = await catalog.io(monitor.latest_drift)
-    traffic = by_model(samples(catalog.metrics.requests), samples(catalog.metrics.duration))
+    metrics = catalog.metrics  # every worker's series under --workers, as /metrics shows them
+    traffic = by_model(metrics.samples_of(metrics.requests), metrics.samples_of(metrics.duration))
     rows = []
     for model in models:
         if allowed is not None and model.name not in allowed:

@@ -279,6 +279,16 @@ class ServerMetrics:
         """Call ``refresh`` before each exposition (values that change without an event)."""
         self._on_scrape.append(refresh)
 
+    def samples_of(self, family: Any) -> list[Any]:
+        """Every sample of ``family`` (one of this object's metrics): this process's, or every
+        worker's together under ``--workers`` (what ``/metrics`` would show of it)."""
+        if self.multiprocess_dir is None:
+            return [s for metric in family.collect() for s in metric.samples]
+        wanted = {metric.name for metric in family.describe()}
+        merged = MultiProcessCollector(None, self.multiprocess_dir)  # read now, registered nowhere
+        return [s for metric in merged.collect() if metric.name in wanted
+                for s in metric.samples]
+
     def render(self) -> bytes:
         """The text exposition format: this process's series, or every worker's under
         ``--workers``."""
