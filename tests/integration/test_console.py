@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx
+import numpy as np
+import pandas as pd
 import pytest
+from sqlalchemy import update
 
 from modelyard.config import Settings
+from modelyard.pipeline.profile import profile
 from modelyard.registry import Registry
+from modelyard.registry.tables import VersionRow
 from modelyard.serving import ServeOptions, create_app
 from modelyard.serving.admin import TOKEN_ENV
 from modelyard.serving.app import App
@@ -153,3 +159,27 @@ def test_registry_pages_are_bounded(registry: Registry) -> None:
     assert first[0].id > second[0].id
     assert all(e.actor == "tester" for e in registry.audit_events(actor="tester", limit=5))
     assert registry.audit_events(action="no.such.action") == []
+
+
+async def test_the_monitoring_page_draws_numeric_and_categorical_features(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"amount": rng.normal(size=200),
+                          "city": rng.choice(["oslo", "rome", "lima"], size=200)})
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    with Registry.open(Settings.from_env(home=tmp_path / "home", actor="tester")) as registry:
+        register_constant(registry, "cities", 1)
+        with registry.db.session(write=True) as s:  # the profile a trained version carries
+            s.execute(update(VersionRow).values(reference_stats=profile(frame)))
+        app = create_app(registry, ServeOptions(poll_interval_s=3600, preload=False))
+        await app.startup()
+        try:
+            async with _client(app) as c:
+                answer = await c.get("/ui/models/cities/monitoring")
+        finally:
+            await app.shutdown()
+    assert answer.status_code == 200, answer.text[:300]
+    assert "<figcaption>amount" in answer.text
+    caption = re.search(r"<figcaption>city <span class=\"muted\">\(([^;]+);", answer.text)
+    assert caption is not None, answer.text[-3000:]
+    assert set(caption.group(1).split(" · ")) == {"oslo", "rome", "lima", "other"}

@@ -97,8 +97,14 @@ def test_current_values_fall_into_the_reference_bins() -> None:
 
     reference = {"kind": "table", "features": {
         "x": {"histogram": {"edges": [0.0, 1.0, 2.0], "counts": [3, 1]}},
-        "label": {"type": "categorical"}}}
-    inputs = [{"columns": {"x": [0.5, 1.5, 9.0, None]}}, {"columns": {"x": [-4.0]}}]
-    (x,) = distributions(reference, inputs)
+        "label": {"type": "categorical"},  # no values profiled: nothing to draw
+        "city": {"type": "categorical", "count": 10, "values": {"oslo": 6, "rome": 2}}}}
+    inputs = [{"columns": {"x": [0.5, 1.5, 9.0, None], "city": ["rome", "rome", "paris"]}},
+              {"columns": {"x": [-4.0], "city": ["oslo", None]}}]
+    x, city = distributions(reference, inputs)
     assert x.reference == [0.75, 0.25] and x.current == [0.5, 0.5] and x.rows == 4
+    assert x.labels is None
+    # the most frequent values at training, then every other value (paris was never seen)
+    assert city.labels == ["oslo", "rome", "other"] and city.rows == 4
+    assert city.reference == [0.6, 0.2, 0.2] and city.current == [0.25, 0.5, 0.25]
     assert distributions(None, inputs) == [] and distributions({"kind": "text"}, inputs) == []
