@@ -180,13 +180,21 @@ def test_the_console_in_a_browser(served: tuple[ServerProcess, dict[str, str]],
         page.goto(f"{server.url}/ui/?sort=requests&dir=desc")  # traffic, a rollout, drift
         page.screenshot(path=str(shots / "overview.png"), full_page=True)
 
-        # a viewer sees no buttons
-        viewer = browser.new_page(viewport={"width": 420, "height": 800})  # a narrow window
+        # a viewer sees no buttons; in Tokyo (UTC+9), "what served at a time" is typed in the
+        # viewer's zone and sent as UTC
+        viewer = browser.new_page(viewport={"width": 420, "height": 800},  # a narrow window
+                                  timezone_id="Asia/Tokyo")
         viewer.goto(f"{server.url}/ui/login")
         viewer.fill("input[name=key]", keys["viewer"])
         viewer.click("button[type=submit].primary")
         viewer.goto(f"{server.url}/ui/models/fraud")
         assert viewer.locator("form[action*='/act/']").count() == 0
+        asked = viewer.locator("form[data-local-time-form]")
+        assert asked.locator("[data-zone-label]").inner_text() == "Time (your zone)"
+        asked.locator("input[data-local-time]").fill("2030-01-01T09:00:00")
+        asked.locator("button[type=submit]").click()
+        viewer.wait_for_url("**at=2030-01-01T00%3A00%3A00.000Z*")
+        assert viewer.locator("input[data-local-time]").input_value().startswith("2030-01-01T09:00")
         viewer.screenshot(path=str(shots / "model-viewer-narrow.png"), full_page=True)
         browser.close()
     assert errors == []

@@ -40,7 +40,9 @@ def _time(text: str | None) -> datetime | None:
         found = datetime.fromisoformat(text)
     except ValueError:
         raise InputError(f"{text[:40]!r} is not a time: write 2026-01-31T12:00") from None
-    return found if found.tzinfo is not None else found.replace(tzinfo=UTC)
+    # a time with an offset (the page's script sends the viewer's time as UTC) or a bare one
+    # (typed without JavaScript, read as UTC, as the form says)
+    return found.astimezone(UTC) if found.tzinfo is not None else found.replace(tzinfo=UTC)
 
 
 def _shown(request: Request, names: Any) -> set[str] | None:

@@ -40,7 +40,37 @@
       el.dataset.drawn = "1";
     });
   }
-  function all(root) { localTimes(root); charts(root); }
+  function pad(n) { return (n < 10 ? "0" : "") + n; }
+  function localInput(at) {
+    return at.getFullYear() + "-" + pad(at.getMonth() + 1) + "-" + pad(at.getDate()) + "T" +
+      pad(at.getHours()) + ":" + pad(at.getMinutes()) + ":" + pad(at.getSeconds());
+  }
+  // "What served at a time": typed in the viewer's zone, sent as UTC (without JavaScript the
+  // field is UTC, as its label says)
+  function localTimeForms(root) {
+    root.querySelectorAll("form[data-local-time-form]").forEach(function (form) {
+      if (form.dataset.local) { return; }
+      var input = form.querySelector("input[data-local-time]");
+      var label = form.querySelector("[data-zone-label]");
+      if (!input) { return; }
+      if (input.value) {
+        var shown = new Date(input.value + "Z");
+        if (!isNaN(shown.getTime())) { input.value = localInput(shown); }
+      }
+      if (label) { label.textContent = "Time (your zone)"; }
+      form.addEventListener("submit", function () {
+        if (!input.value) { return; }
+        var at = new Date(input.value);  // a datetime-local value: the viewer's zone
+        if (isNaN(at.getTime())) { return; }
+        var sent = document.createElement("input");
+        sent.type = "hidden"; sent.name = "at"; sent.value = at.toISOString();
+        input.removeAttribute("name");
+        form.appendChild(sent);
+      });
+      form.dataset.local = "1";
+    });
+  }
+  function all(root) { localTimes(root); localTimeForms(root); charts(root); }
   document.addEventListener("DOMContentLoaded", function () { all(document); });
   document.addEventListener("htmx:afterSwap", function (e) { all(e.target); });
 })();
