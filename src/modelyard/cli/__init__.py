@@ -109,6 +109,7 @@ def _register() -> None:
     from modelyard.cli.monitor_cmds import feedback, monitor
     from modelyard.cli.precompute_cmds import precompute
     from modelyard.cli.predict_cmds import predict
+    from modelyard.cli.register_cmds import register
     from modelyard.cli.registry_cmds import (
         history,
         models,
@@ -125,9 +126,9 @@ def _register() -> None:
     from modelyard.serving.command import serve
     from modelyard.serving.queue.command import consume
 
-    for command in (init, train, models, versions, show, promote, rollback, deploy, rollout,
-                    history, runs, audit, predict, batch, precompute, serve, consume, monitor,
-                    feedback, build, demo):
+    for command in (init, train, register, models, versions, show, promote, rollback, deploy,
+                    rollout, history, runs, audit, predict, batch, precompute, serve, consume,
+                    monitor, feedback, build, demo):
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)
