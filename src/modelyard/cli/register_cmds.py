@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from modelyard.cli.output import console, print_json
+from modelyard.cli.output import print_json
 from modelyard.cli.state import State, pass_state
 from modelyard.errors import ConfigError, InputError
 
@@ -61,7 +61,7 @@ def register(state: State, name: str, path: Path, flavor: str, data: Path | None
         print_json(version.to_dict())
         return
     source = version.meta.get("source", {})
-    console().print(f"registered {version.ref} ({version.flavor}, {version.meta.get('task')})"
+    click.echo(f"registered {version.ref} ({version.flavor}, {version.meta.get('task')})"
                     + (f"; trusted pickle sha256 {source['sha256'][:12]} audited"
                        if source.get("trusted") else ""))
 
