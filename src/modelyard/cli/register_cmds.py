@@ -62,8 +62,8 @@ def register(state: State, name: str, path: Path, flavor: str, data: Path | None
         return
     source = version.meta.get("source", {})
     click.echo(f"registered {version.ref} ({version.flavor}, {version.meta.get('task')})"
-                    + (f"; trusted pickle sha256 {source['sha256'][:12]} audited"
-                       if source.get("trusted") else ""))
+               + (f"; trusted pickle sha256 {source['sha256'][:12]} audited"
+                  if source.get("trusted") else ""))
 
 
 def parse_metrics(args: tuple[str, ...]) -> dict[str, float]:
