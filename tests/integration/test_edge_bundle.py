@@ -4,6 +4,7 @@ onnxruntime and numpy, from the local package index) and answers as the register
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,8 +49,10 @@ print(json.dumps(out))
 
 
 def _run(*args: str | Path, timeout: float = 600) -> str:
+    # without PYTHONPATH: this process's may point at modelyard's sources
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([str(a) for a in args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+                          timeout=timeout, check=False, env=env)
     assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -66,8 +69,9 @@ def bare_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _install_and_predict(python: Path, bundle: Path, package: str, rows: list[dict[str, float]],
                          tmp_path: Path) -> dict[str, list[object]]:
-    _run(python, "-m", "pip", "install", "--quiet", "--no-index", "--no-build-isolation",
-         bundle)
+    # pip builds it as for any user: setuptools comes into an isolated build environment from
+    # the package index (a local one here), and only the package lands in the venv
+    _run(python, "-m", "pip", "install", "--quiet", bundle)
     (tmp_path / "rows.json").write_text(json.dumps(rows))
     (tmp_path / "probe.py").write_text(PROBE.format(package=package))
     return dict(json.loads(_run(python, tmp_path / "probe.py", tmp_path / "rows.json")))
