@@ -31,13 +31,13 @@ def test_samples_are_read_from_tables_and_arrays(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is not a column"):
         read_sample(tmp_path / "s.csv", "label")
     (tmp_path / "s.txt").write_text("x")
-    with pytest.raises(InputError, match="give a .csv"):
+    with pytest.raises(InputError, match=r"give a \.csv"):
         read_sample(tmp_path / "s.txt")
 
 
 def test_an_object_array_file_is_not_unpickled(tmp_path: Path) -> None:
     np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(InputError, match="cannot read --data o.npy"):
+    with pytest.raises(InputError, match=r"cannot read --data o\.npy"):
         read_sample(tmp_path / "o.npy")
 
 
