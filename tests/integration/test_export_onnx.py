@@ -141,3 +141,28 @@ def test_an_unsupported_transformer_is_named_and_nothing_is_registered(tmp_path:
     assert "does not support sklearn.kernel_approximation.Nystroem" in lines[0]
     with Registry.open(Settings.from_env(home=home)) as registry:
         assert [v.version for v in registry.list_versions("kernel")] == [1]
+
+
+def test_a_keras_file_is_registered_and_exported(tmp_path: Path) -> None:
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(3, activation="softmax")])
+    model.save(tmp_path / "net.keras")
+    sample = np.random.default_rng(4).normal(size=(200, 5)).astype(np.float32)
+    np.save(tmp_path / "sample.npy", sample)
+    home = tmp_path / "home"
+    done = _cli(home, "register", "knet", str(tmp_path / "net.keras"), "--data",
+                str(tmp_path / "sample.npy"))
+    assert done.exit_code == 0, done.output
+    assert "registered knet:1 (tensorflow, raw)" in done.output
+    done = _cli(home, "export", "knet:1", "--data", str(tmp_path / "sample.npy"), "--json")
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    assert report["parity"]["parity_label_agreement"] == 1.0
+    assert report["parity"]["parity_max_abs_diff"] < 1e-5
+    with Registry.open(Settings.from_env(home=home)) as registry:
+        got = modelyard.load("knet:2", registry=registry).predict(sample[:10].tolist())
+    np.testing.assert_allclose(np.asarray(got), model.predict(sample[:10], verbose=0),
+                               atol=1e-5)

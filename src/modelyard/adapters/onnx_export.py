@@ -3,8 +3,9 @@
 ``to_onnx(flavor, model, sample)`` returns the ONNX model's bytes. ``sample`` is a float32 array
 of input rows (a table's columns in signature order, or tensor rows); it fixes the per-row shape
 while the batch dimension stays dynamic. The converters are the frameworks' own: skl2onnx for
-scikit-learn, onnxmltools for XGBoost and LightGBM, ``torch.onnx.export`` for PyTorch and tf2onnx
-for Keras. A part of the model a converter does not support raises :class:`ExportError` naming
+scikit-learn, onnxmltools for XGBoost and LightGBM, ``torch.onnx.export`` for PyTorch and Keras'
+own ``Model.export(format="onnx")`` (tf2onnx underneath) for Keras. A part of the model a
+converter does not support raises :class:`ExportError` naming
 it; a converter not installed raises :class:`FrameworkMissingError` with its pip command.
 
 Classifiers come out with two outputs, ``label`` and ``probabilities`` (no ZipMap), regressors
@@ -16,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import tempfile
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -145,11 +148,16 @@ def _inference_only(torch: Any, model: Any) -> Any:
 
 
 def _keras(model: Any, sample: np.ndarray) -> bytes:
-    tf2onnx = require("tf2onnx", EXTRA)
-    tf = require("tensorflow", "tensorflow")
-    spec = (tf.TensorSpec((None, *sample.shape[1:]), tf.float32, name=INPUT),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec)
-    return bytes(proto.SerializeToString())
+    """Keras' own ONNX export (``Model.export(format="onnx")``, tf2onnx underneath, patched for
+    Keras 3, which tf2onnx's ``from_keras`` cannot read)."""
+    require("tf2onnx", EXTRA)
+    with tempfile.TemporaryDirectory(prefix="modelyard-keras-onnx-") as tmp:
+        target = Path(tmp) / "model.onnx"
+        model(np.ascontiguousarray(sample[:2]))  # a model never called cannot be exported
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.export(str(target), format="onnx", verbose=False)
+        return target.read_bytes()
 
 
 _CONVERTERS: dict[str, Converter] = {
