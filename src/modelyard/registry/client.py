@@ -228,10 +228,8 @@ class Registry:
             return to_version(row, name, ())
 
     def register_model(self, name: str, model_or_path: Any, **options: Any) -> ModelVersion:
-        """Register a model trained elsewhere, an object or a file (options and safe loading:
-        :func:`modelyard.pipeline.bring.register_model`)."""
+        """Register a model trained elsewhere: :func:`modelyard.pipeline.bring.register_model`."""
         from modelyard.pipeline.bring import register_model
-
         return register_model(self, name, model_or_path, **options)
 
     def _store_artifact(self, folder: Path, flavor: str, meta: dict[str, Any]) -> tuple[str, int]:
