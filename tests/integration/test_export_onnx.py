@@ -81,6 +81,9 @@ def test_boosted_trees_export_with_a_given_sample(registry: Registry, make: Any)
     assert result.parity.label_agreement in (None, 1.0)
     assert result.version.meta["derived_from"] == "boost:1"
     assert result.version.metrics["parity_rows"] == 200.0
+    got = modelyard.load(result.version.ref, registry=registry).predict(X.head(5))
+    want = modelyard.load("boost:1", registry=registry).predict(X.head(5))
+    assert np.asarray(got).shape == np.asarray(want).shape
 
 
 class _MLP(torch.nn.Module):

@@ -69,6 +69,8 @@ def export_onnx(
     batch, origin = _parity_batch(source, predictor, sample)
     rows = _float_rows(batch)
     data = to_onnx(source.flavor, predictor.model, rows)
+    if predictor.task == "regression":
+        data = _one_value_per_row(data)
     if quantize == "int8":
         data = _quantize_int8(data)
     onnx = get_adapter("onnx")
@@ -192,6 +194,30 @@ def _onnx_answers(out: Any, task: str | None) -> Answers:
 def _argmax(raw: Any) -> Any:
     arr = np.asarray(raw)
     return arr.argmax(axis=1) if arr.ndim == 2 and arr.shape[1] > 1 else None
+
+
+def _one_value_per_row(data: bytes) -> bytes:
+    """A regressor's single ``(n, 1)`` output reshaped to ``(n,)``, as its source answers."""
+    onnx = require("onnx", EXTRA)
+    proto = onnx.load_model_from_string(data)
+    graph = proto.graph
+    if len(graph.output) != 1:
+        return data
+    dims = graph.output[0].type.tensor_type.shape.dim
+    if len(dims) != 2 or dims[1].dim_value != 1:
+        return data
+    old = graph.output[0]
+    flat = onnx.helper.make_tensor_value_info(
+        f"{old.name}_flat", old.type.tensor_type.elem_type, [dims[0].dim_param or None])
+    shape = onnx.helper.make_tensor("one_value_per_row_shape", onnx.TensorProto.INT64, [1], [-1])
+    graph.initializer.append(shape)
+    graph.node.append(onnx.helper.make_node(
+        "Reshape", [old.name, shape.name], [flat.name], name="one_value_per_row"))
+    graph.output.remove(old)
+    graph.output.append(flat)
+    if not any(o.domain in ("", "ai.onnx") for o in proto.opset_import):  # trees: ai.onnx.ml only
+        proto.opset_import.append(onnx.helper.make_opsetid("", 13))
+    return bytes(proto.SerializeToString())
 
 
 def _quantize_int8(data: bytes) -> bytes:
