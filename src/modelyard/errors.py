@@ -23,6 +23,7 @@
     ├── GateFailed                  a candidate did not pass its promotion gate
     ├── MonitoringError             monitoring has too little data to answer (yet)
     ├── AdapterError                a framework raised while saving, loading or predicting
+    ├── ExportError                 an export was refused: unsupported, or outside parity tolerance
     ├── RequestError                the server refuses an HTTP request before any model sees it
     │   ├── BodyTooLargeError       413: the body is over the server's --max-body
     │   ├── BodyTimeoutError        408: the body stalled past the server's --body-timeout
@@ -222,6 +223,14 @@ class AdapterError(ModelyardError):
     exit_code = 13
 
 
+class ExportError(ModelyardError):
+    """An export (ONNX) was refused: its converter does not support a part of the model (named),
+    or the converted model disagrees with the original beyond the parity tolerance."""
+
+    status_code = 422
+    exit_code = 21
+
+
 class RequestError(ModelyardError):
     """The server refuses an HTTP request before any model sees it (its size, method, media type
     or credentials); the message says what to send instead."""
@@ -358,6 +367,7 @@ __all__ = [
     "DataValidationError",
     "DeviceError",
     "EnvironmentMismatchError",
+    "ExportError",
     "ForbiddenError",
     "FrameworkMissingError",
     "GateFailed",

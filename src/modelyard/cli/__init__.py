@@ -28,6 +28,7 @@ purpose are caught in one place, :meth:`_Main.invoke`, and printed as one line
 18    an encrypted artifact did not decrypt (wrong or missing key, or altered)
 19    a training run was cancelled (``runs cancel``; Ctrl-C of several runs at once)
 20    a Ray worker's Python or framework versions differ from this machine's
+21    an export was refused: an unsupported part of the model, or parity outside tolerance
 130   interrupted
 ====  ==============================================================
 
@@ -106,9 +107,11 @@ def _register() -> None:
     from modelyard.cli.build_cmds import build
     from modelyard.cli.db_cmds import db
     from modelyard.cli.demo import demo
+    from modelyard.cli.export_cmds import export
     from modelyard.cli.monitor_cmds import feedback, monitor
     from modelyard.cli.precompute_cmds import precompute
     from modelyard.cli.predict_cmds import predict
+    from modelyard.cli.register_cmds import register
     from modelyard.cli.registry_cmds import (
         history,
         models,
@@ -125,9 +128,9 @@ def _register() -> None:
     from modelyard.serving.command import serve
     from modelyard.serving.queue.command import consume
 
-    for command in (init, train, models, versions, show, promote, rollback, deploy, rollout,
-                    history, runs, audit, predict, batch, precompute, serve, consume, monitor,
-                    feedback, build, demo):
+    for command in (init, train, register, models, versions, show, promote, rollback, deploy,
+                    rollout, history, runs, audit, predict, batch, precompute, serve, consume,
+                    monitor, feedback, export, build, demo):
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)

@@ -227,6 +227,11 @@ class Registry:
                    {"flavor": flavor, "digest": digest, "metrics": metrics or {}, "run": run_id})
             return to_version(row, name, ())
 
+    def register_model(self, name: str, model_or_path: Any, **options: Any) -> ModelVersion:
+        """Register a model trained elsewhere: :func:`modelyard.pipeline.bring.register_model`."""
+        from modelyard.pipeline.bring import register_model
+        return register_model(self, name, model_or_path, **options)
+
     def _store_artifact(self, folder: Path, flavor: str, meta: dict[str, Any]) -> tuple[str, int]:
         with tempfile.TemporaryDirectory(prefix="modelyard-pack-") as tmp:
             archive = pack_dir(folder, Path(tmp) / "artifact.tar")
