@@ -100,27 +100,15 @@ class Outcome:
         return out
 
 
-class StageDisplay:
-    """The progress callback: a spinner on the running stage, a line per finished stage."""
+class _Stages:
+    """A run's stages as they start: the current one on a live line, each finished one timed
+    and printed (:meth:`_line`), all kept in ``stages``."""
 
-    def __init__(self, out: Console, model: str) -> None:
-        self.out = out
-        self.model = model
+    def __init__(self, progress: Progress, task: Any, model: str) -> None:
+        self._progress, self._task, self.model = progress, task, model
         self.stages: list[tuple[str, float]] = []
         self._current: str | None = None
         self._since = time.perf_counter()
-        self._ok = "✓" if (out.encoding or "").lower().startswith("utf") else "+"
-        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                                  TimeElapsedColumn(), console=out, transient=True)
-        self._task = self._progress.add_task(f"{model}: starting")
-
-    def __enter__(self) -> StageDisplay:
-        self._progress.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        self._finish(failed=exc_type is not None)
-        self._progress.stop()
 
     def __call__(self, stage: str) -> None:
         self._finish(failed=False)
@@ -132,9 +120,34 @@ class StageDisplay:
             return
         took = time.perf_counter() - self._since
         self.stages.append((self._current, took))
-        mark = "[red]x[/red]" if failed else f"[green]{self._ok}[/green]"
-        self._progress.console.print(f"  {mark} {self._current:<10} {fmt_duration(took)}")
+        self._progress.console.print(self._line(failed, self._current, took))
         self._current = None
+
+    def _line(self, failed: bool, stage: str, took: float) -> str:
+        raise NotImplementedError
+
+
+class StageDisplay(_Stages):
+    """The progress callback: a spinner on the running stage, a line per finished stage."""
+
+    def __init__(self, out: Console, model: str) -> None:
+        self.out = out
+        self._ok = "✓" if (out.encoding or "").lower().startswith("utf") else "+"
+        progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                            TimeElapsedColumn(), console=out, transient=True)
+        super().__init__(progress, progress.add_task(f"{model}: starting"), model)
+
+    def __enter__(self) -> StageDisplay:
+        self._progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self._finish(failed=exc_type is not None)
+        self._progress.stop()
+
+    def _line(self, failed: bool, stage: str, took: float) -> str:
+        mark = "[red]x[/red]" if failed else f"[green]{self._ok}[/green]"
+        return f"  {mark} {stage:<10} {fmt_duration(took)}"
 
 
 class ModelLines:
@@ -160,15 +173,9 @@ class ModelLines:
                              model)
 
 
-class ModelLine:
+class ModelLine(_Stages):
     """One model's line of a :class:`ModelLines`: a progress callback like
     :class:`StageDisplay`, safe to call from the model's own thread."""
-
-    def __init__(self, progress: Progress, task: Any, model: str) -> None:
-        self._progress, self._task, self.model = progress, task, model
-        self.stages: list[tuple[str, float]] = []
-        self._current: str | None = None
-        self._since = time.perf_counter()
 
     def __enter__(self) -> ModelLine:
         return self
@@ -177,20 +184,9 @@ class ModelLine:
         self._finish(failed=exc_type is not None)
         self._progress.update(self._task, visible=False)
 
-    def __call__(self, stage: str) -> None:
-        self._finish(failed=False)
-        self._current, self._since = stage, time.perf_counter()
-        self._progress.update(self._task, description=f"{self.model}: {stage}")
-
-    def _finish(self, *, failed: bool) -> None:
-        if self._current is None:
-            return
-        took = time.perf_counter() - self._since
-        self.stages.append((self._current, took))
+    def _line(self, failed: bool, stage: str, took: float) -> str:
         mark = "[red]x[/red]" if failed else "[green]+[/green]"
-        self._progress.console.print(f"  {mark} {self.model}: {self._current:<10} "
-                                     f"{fmt_duration(took)}")
-        self._current = None
+        return f"  {mark} {self.model}: {stage:<10} {fmt_duration(took)}"
 
 
 class _Display(Protocol):
