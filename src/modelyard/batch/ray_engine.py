@@ -220,6 +220,8 @@ def _dataset(plan: ChunkPlan, shape: ActorShape, actors: int) -> Any:
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     dataset = dataset.map_batches(read_chunks, batch_size=None, batch_format="pyarrow",
                                   fn_kwargs={"spec": read}, num_cpus=READER_CPUS)
+    # no restarts: a lost actor fails the run, which resumes from its last committed chunk
+    # (Ray 2.60 deprecates passing these as remote args, with no named replacement yet)
     remote: dict[str, Any] = {"num_cpus": shape.num_cpus, "max_restarts": 0,
                               "max_task_retries": 0}
     if shape.num_gpus:
