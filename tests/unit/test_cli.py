@@ -367,7 +367,8 @@ def test_commands_that_need_the_database_say_so_through_a_server(
                   str(tmp_path / "out"), "--log-sample", "0.5"),
                  ("batch", "iris2", "--input", str(tmp_path / "x.csv"), "--output",
                   "precomputed:registry", "--key", "a"),
-                 ("scheduler", "--project", str(project), "--once"), ("store", "rekey")):
+                 ("scheduler", "--project", str(project), "--once"), ("store", "rekey"),
+                 ("db", "upgrade")):
         line = assert_one_error(remote_invoke(*args), 2)
         assert "cannot act through a server" in line, args
 

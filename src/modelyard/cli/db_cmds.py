@@ -29,6 +29,7 @@ def upgrade(state: State) -> None:
     from modelyard.registry import Database
     from modelyard.registry.database import head_revision
 
+    state.require_local()  # never the local default when --server names another registry
     settings = state.settings()
     database = Database(settings.db_url)
     try:
