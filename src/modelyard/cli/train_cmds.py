@@ -151,11 +151,12 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
     specs = load_project(project)
     chosen = _choose(specs, names, all_models, project)
     registry = state.registry()
-    registry.check_store()  # an unreachable store (or server) fails now, not after training
     executor_names = {executor_name or spec.executor for spec in chosen}
-    if state.remote:
+    if state.remote:  # asks the server who the key is: it answers, and it takes the key
         _through_a_server(registry, chosen, executor_names, {
             spec.name: _promote(spec, no_promote, promote_now, no_rollout) for spec in chosen})
+    else:
+        registry.check_store()  # an unreachable store fails now, not after the training
     deployments = state.deployments()
     out = live_console(quiet_unless_tty=as_json)
     options = ExecutorOptions.from_env(ray_address=ray_address,

@@ -223,12 +223,15 @@ class App:
         # server times bodies out itself (no wrapper and no bookkeeping a request)
         if "modelyard.body_timeout" not in (scope.get("extensions") or ()):
             receive = self._body_deadlines.wrap(receive)
-        if self.mounts and (mounted := mount_for(self.mounts, path)) is not None:
-            await mounted.app(scope, receive, send)  # the console: its own pages and rules
-            return
         try:
             found = match(self.routes, scope["method"], path)
             if found is None:
+                # no API route: a mount's (the console's own pages and rules), looked for only
+                # here so that predictions never pay for it
+                mounted = mount_for(self.mounts, path)
+                if mounted is not None:
+                    await mounted.app(scope, receive, send)
+                    return
                 raise NotFoundError(f"no route {path[:200]}; see /docs for the API")
             endpoint, params = found
             if endpoint.mutation:
