@@ -64,7 +64,9 @@ def batch(state: State, ref: str, inputs: tuple[str, ...], output: str, keys: tu
     Rows are validated as the server validates requests; refused rows go to _errors/ in the
     output folder (or TABLE_errors) with the reason. A rerun after a kill goes on after the
     last finished chunk; a run over an output of another version or input is refused unless
-    --restart. The run is listed by 'modelyard runs'.
+    --restart. The run is listed by 'modelyard runs'. Through a server (MODELYARD_URL, a key
+    that may train) the model comes down from it and the run is recorded there; --engine ray,
+    --log-sample and --output precomputed:registry need the database itself.
 
     \b
     modelyard batch fraud@production -i 'data/2026-12-*.parquet' -o scores/ --key id

@@ -140,6 +140,11 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
     cluster with the resources its spec declares, and several models train at once, each with
     its own progress line. Ctrl-C cancels the runs (exit 19: cancelled); 20: a worker's
     Python or framework versions differ from this machine's.
+
+    With MODELYARD_URL (or --server) and a key that may train (MODELYARD_API_KEY), the run
+    happens here and is recorded through the server: no database or store credentials. A
+    trainer key registers candidates only: a run that would promote or start a rollout needs a
+    key that may also deploy (--role trainer,deployer), else it is refused before training.
     """
     from modelyard.executors import ExecutorOptions
     from modelyard.spec import load_project
