@@ -115,5 +115,3 @@ def test_card_errors_are_one_line(trained: Path, tmp_path: Path) -> None:
         missing.output.strip()] and "ghost" in missing.output
     nowhere = _cli(trained, "card", "scorer", "--out", str(tmp_path / "no" / "card.md"))
     assert nowhere.exit_code == 2 and "does not exist" in nowhere.output
-    remote = _cli(trained, "--server", "http://127.0.0.1:9", "card", "scorer")
-    assert remote.exit_code == 2 and len(remote.output.strip().splitlines()) == 1

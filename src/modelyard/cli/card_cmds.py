@@ -24,7 +24,8 @@ def card(state: State, ref: str, fmt: str | None, out: Path | None) -> None:
     """Generate REF's model card from the registry: purpose, data and lineage, metrics and the
     gate, fairness figures, drift at promotion, approvals and rollouts from the audit trail.
 
-    A card is generated, never edited: regenerate it whenever it is needed.
+    A card is generated, never edited: regenerate it whenever it is needed. Through a server
+    (--server or MODELYARD_URL) the server generates it, for a key that may read the model.
 
     \b
     modelyard card fraud:3
@@ -32,12 +33,16 @@ def card(state: State, ref: str, fmt: str | None, out: Path | None) -> None:
     """
     from modelyard.governance.card import gather, render
     from modelyard.monitoring.monitor import Monitor
+    from modelyard.registry import Registry
 
-    registry = state.local_registry()
     chosen = fmt or ("html" if out is not None and out.suffix.lower() in (".html", ".htm")
                      else "markdown")
-    text = render(gather(registry, Monitor(registry), ref),
-                  "html" if chosen == "html" else "markdown")
+    registry = state.registry()
+    if isinstance(registry, Registry):
+        text = render(gather(registry, Monitor(registry), ref),
+                      "html" if chosen == "html" else "markdown")
+    else:  # through a server (--server / MODELYARD_URL): it generates the card
+        text = registry.card(ref, chosen)
     if out is None:
         click.echo(text, nl=False)
         return
