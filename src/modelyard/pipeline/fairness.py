@@ -188,14 +188,21 @@ def _number(value: Any) -> float | None:
 
 
 # -- gate ---------------------------------------------------------------------------------------
-def checks(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The gate checks of the fairness ``records`` (:func:`measure`): one per bound of each
-    rule, failed when the figure exceeds it or could not be computed."""
-    out = []
-    for record in records:
-        bounds = (("gap", record.get("max_gap")),
-                  ("demographic_parity", record.get("max_demographic_parity")),
-                  ("equalized_odds", record.get("max_equalized_odds")))
+def checks(rules: Sequence[FairnessRule],
+           records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The gate checks of ``rules`` on their ``records`` (:func:`measure` of the same rules, in
+    order): one per bound of each rule, failed when the figure exceeds it or was not computed.
+    Records that do not match the rules fail one check saying so."""
+    same = len(rules) == len(records) and all(
+        rule.group == rec.get("group") and rule.metric == rec.get("metric")
+        for rule, rec in zip(rules, records, strict=False))
+    if not same:
+        return [{"rule": "fairness", "passed": False,
+                 "message": "fairness rules were not measured on the holdout"}] if rules else []
+    out: list[dict[str, Any]] = []
+    for rule, record in zip(rules, records, strict=True):
+        bounds = (("gap", rule.max_gap), ("demographic_parity", rule.max_demographic_parity),
+                  ("equalized_odds", rule.max_equalized_odds))
         out.extend(_check(record, kind, bound) for kind, bound in bounds if bound is not None)
     return out
 

@@ -223,11 +223,11 @@ def _describe(exc: ValidationError) -> str:
 
 __all__ = [
     "ALERT_SIGNALS",
+    "FAIRNESS_GAP",
     "AlertRule",
     "BatchingSpec",
     "ChampionRule",
     "DataSpec",
-    "FAIRNESS_GAP",
     "FairnessRule",
     "GateSpec",
     "MonitorSpec",
