@@ -139,6 +139,7 @@ def test_a_biased_candidate_is_rejected_with_each_groups_figures(home: Path,
     assert record["gap"] == pytest.approx(check["value"]) and record["rows"] == 240
     shown = cli(home, "runs", "show", run["id"])
     assert "rejected: recall gap across sex" in shown.stdout
+    assert "kept for fairness rules only, not trained on: sex" in shown.stdout
     assert "fairness on the holdout  by sex, recall, 240 rows" in shown.stdout
 
 

@@ -93,6 +93,8 @@ def execute(job: RunJob, work: Path, hooks: RunHooks) -> Executed:
     hooks.note(f"train {len(train_set)} rows, holdout {len(holdout)} rows")
     # a group column that is no feature still decides the gate: its changes count as new data
     extra = dataset.extra_groups()
+    if extra is not None:
+        hooks.note(f"kept for fairness rules only, not trained on: {', '.join(extra.columns)}")
     data_fingerprint = fingerprint(dataset.X, dataset.y)
     if extra is not None:
         data_fingerprint = hashlib.sha256(
