@@ -39,6 +39,8 @@ from modelyard.errors import ConfigError, GateFailed, ModelyardError, NotFoundEr
 from modelyard.executors import ExecutorOptions, get_executor
 from modelyard.metrics import get_metric, greater_is_better
 from modelyard.pipeline import child
+from modelyard.pipeline.fairness import META_KEY as FAIRNESS
+from modelyard.pipeline.fairness import group_columns
 from modelyard.pipeline.gate import GateResult, evaluate_gate
 from modelyard.pipeline.job import RunHooks, RunJob
 from modelyard.pipeline.lineage import code_ref, environment, same_code, spec_hash
@@ -304,9 +306,11 @@ def _execute(
 
     runlog.stage("gate")
     gate = evaluate_gate(spec.gate, outcome.metrics, champion_metrics, greater_is_better,
-                         champion_ref=champion.get("ref"), champion_note=champion.get("note"))
+                         champion_ref=champion.get("ref"), champion_note=champion.get("note"),
+                         fairness=outcome.fairness)
     gate_record = {**gate.to_dict(), "champion": {"ref": champion.get("ref"),
-                                                  "metrics": champion_metrics}}
+                                                  "metrics": champion_metrics},
+                   **({FAIRNESS: outcome.fairness} if outcome.fairness else {})}
     if not gate.passed:
         runlog.note("rejected: " + "; ".join(gate.reasons))
         registry.finish_run(run.id, status="rejected", metrics=outcome.metrics,
@@ -324,7 +328,9 @@ def _execute(
               # what the server, the monitor and rollouts read back (VersionSettings.of)
               **VersionSettings.from_spec(spec).to_meta(),
               # what the next run compares with to see that nothing changed
-              "spec_hash": lineage.spec_hash},
+              "spec_hash": lineage.spec_hash,
+              # the per-group figures on the holdout; the monitor reads the rules back
+              **({FAIRNESS: outcome.fairness} if outcome.fairness else {})},
         signature=outcome.signature,
         metrics=outcome.metrics, params=lineage.params,
         data_fingerprint=lineage.data_fingerprint, code_ref=lineage.code_ref,
@@ -397,12 +403,13 @@ def _job(spec: Spec, registry: RunRegistry, run_id: str, lineage: _Lineage, *,
         params=dict(spec.params), flavor=spec.flavor, task=spec.task, metrics=list(spec.metrics),
         trusted_types=list(spec.trusted_types),
         champion=_champion(spec, registry), env=dict(os.environ),
+        fairness=[rule.model_dump(mode="json") for rule in spec.gate.fairness],
     )
     return RunJob(run_id=run_id, data=spec.data, validation=spec.validation, train=train,
                   stratify=spec.data.stratify and spec.task != "regression",
                   timeout_s=spec.timeout_s, unchanged_if=unchanged_if,
                   environment=lineage.environment, resources=spec.resources,
-                  retries=spec.retries)
+                  retries=spec.retries, groups=group_columns(spec.gate.fairness))
 
 
 def _note_outcome(runlog: _RunLog, outcome: child.TrainOutcome) -> None:
