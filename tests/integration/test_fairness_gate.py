@@ -162,6 +162,9 @@ def test_a_fair_candidate_passes_shows_its_figures_and_is_monitored(home: Path,
     assert second["metric"] is None and second["gap"] is None
     for group in first["groups"].values():
         assert group["n"] > 90 and group["value"] > 0.9
+    card = cli(home, "card", "fair:1").stdout  # the reviewer's copy of the same figures
+    assert "## Fairness" in card and "group sex, metric recall, max\\_gap 0.1" in card
+    assert "| group | rows | recall | selection rate | true positive rate |" in card
 
     # live traffic where one group's labels now disagree with the model
     with Registry.open(Settings.from_env(home=home, actor="tester")) as registry:

@@ -200,11 +200,20 @@ def _fairness(f: CardFacts) -> list[Block]:
     for rule in figures:
         blocks.append(Paragraph(_flat({k: val for k, val in rule.items() if k != "groups"})))
         groups = rule.get("groups") or {}
+        shown = [(key, title) for key, title in _GROUP_FIGURES
+                 if any(key in d for d in groups.values())]
         if groups:
-            blocks.append(Table(["group", "rows", rule.get("metric", "value")],
-                                [[g, d.get("n"), d.get("value")] for g, d in groups.items()],
-                                numeric=frozenset({1, 2})))
+            header = ["group"] + [rule.get("metric") or "value" if key == "value" else title
+                                  for key, title in shown]
+            blocks.append(Table(header, [[g, *(d.get(key) for key, _ in shown)]
+                                         for g, d in groups.items()],
+                                numeric=frozenset(range(1, len(header)))))
     return blocks
+
+
+#: the per-group figures a fairness record may hold, in the card's column order.
+_GROUP_FIGURES = (("n", "rows"), ("value", "value"), ("selection_rate", "selection rate"),
+                  ("tpr", "true positive rate"), ("fpr", "false positive rate"))
 
 
 def _drift(f: CardFacts) -> list[Block]:
