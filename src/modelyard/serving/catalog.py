@@ -272,11 +272,20 @@ class Catalog:
         if serving is not settings.serving:
             log.info("%s: serving settings tuned by the serve config: %s", record.ref,
                      serving.model_dump(exclude_unset=True))
-        runner = self._open_version(record, serving)
+        runner = self._open_version(self._runtime_record(record, serving), serving)
         runner.precompute = settings.precompute
         if self.predlog is not None:
             runner.log_policy = log_policy(record, serving)
         return runner
+
+    def _runtime_record(self, record: Any, spec: ServingSpec) -> Any:
+        """What loads for ``record``: itself, or under ``runtime: onnx`` its ONNX derivative
+        wearing its name and version (:func:`~modelyard.serving.onnx_runtime.served_record`)."""
+        if spec.runtime != "onnx":
+            return record
+        from modelyard.serving.onnx_runtime import served_record
+
+        return served_record(self.registry, record)
 
     def _open_version(self, record: Any, spec: ServingSpec) -> Runner:
         """Load, wrap and warm one version as its serving section says."""
@@ -319,6 +328,10 @@ class Catalog:
 
         adapter = get_adapter(record.flavor)
         predictor = open_version(record, self.registry, device=spec.device)
+        if spec.runtime == "onnx":
+            from modelyard.serving.onnx_runtime import as_source
+
+            predictor = as_source(predictor)
         policy = batch_policy(spec, accelerated=adapter.accelerated,
                               timeout_s=self.options.request_timeout_s)
         vm = self.metrics.for_version(record.model, str(record.version))
@@ -373,7 +386,8 @@ class Catalog:
             # resolved on each (re)start: the digest is checked here, and a cleared cache refills
             path = self.registry.artifact_path(record)
             worker = Worker(WorkerSpec.from_record(
-                record, path, spec.device, start_timeout_s=self.options.worker_start_timeout_s))
+                record, path, spec.device, start_timeout_s=self.options.worker_start_timeout_s,
+                runtime=spec.runtime))
             worker.start()
             return worker
 

@@ -77,6 +77,9 @@ class WorkerSpec:
     metrics: dict[str, Any] = field(default_factory=dict)
     #: a load (plus warm-up) slower than this is killed and reported as a failure.
     start_timeout_s: float = 300.0
+    #: the serving section's ``runtime``: ``onnx`` answers in the source version's shape
+    #: (:func:`~modelyard.serving.onnx_runtime.as_source`).
+    runtime: str = "native"
 
     @property
     def ref(self) -> str:
