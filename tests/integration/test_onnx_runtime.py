@@ -190,3 +190,79 @@ def test_a_later_export_of_another_artifact_is_not_taken(tmp_path: Path) -> None
         assert derivative(versions, source).ref == "m:3"
         other: Any = type("V", (), {"ref": "m:1", "artifact_digest": "0" * 64})()
         assert derivative(versions, other) is None
+
+
+TRAIN_PY = '''
+def train(X, y, params):
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=500).fit(X, y)
+
+
+def kernel(X, y, params):
+    from sklearn.kernel_approximation import Nystroem
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(Nystroem(n_components=10, random_state=0),
+                         LogisticRegression(max_iter=500)).fit(X, y)
+'''
+
+PROJECT = '''
+models:
+  fast:
+    train: train.py:train
+    data: {path: "data/*.csv", target: label}
+    serving: {runtime: onnx}
+  odd:
+    train: train.py:kernel
+    data: {path: "data/*.csv", target: label}
+    serving: {runtime: onnx}
+'''
+
+
+def project(root: Path) -> dict[str, Any]:
+    from modelyard.spec import load_project
+    from modelyard.testing import labeled_frame
+
+    (root / "data").mkdir(parents=True)
+    (root / "train.py").write_text(TRAIN_PY)
+    (root / "modelyard.yaml").write_text(PROJECT)
+    labeled_frame(300, seed=1).to_csv(root / "data" / "part-1.csv", index=False)
+    return load_project(root / "modelyard.yaml")
+
+
+def test_training_a_runtime_onnx_spec_exports_before_promoting(tmp_path: Path) -> None:
+    from modelyard.pipeline import run_pipeline
+
+    specs = project(tmp_path / "project")
+    with Registry.open(Settings.from_env(home=tmp_path / "home")) as reg:
+        stages: list[str] = []
+        result = run_pipeline(specs["fast"], reg, progress=stages.append)
+        assert stages[-3:] == ["register", "export", "promote"]
+        assert result.promoted and result.version is not None
+        assert result.version.ref == "fast:1" and result.version.flavor == "sklearn"
+        assert reg.resolve("fast@production").version == 1  # the source serves, by its number
+        export = reg.get_version("fast", 2)
+        assert export.flavor == "onnx" and export.meta["derived_from"] == "fast:1"
+        assert "exported fast:1 -> fast:2" in (result.run.logs or "")
+        # the export is its source's twin: the same data and code trains nothing new
+        again = run_pipeline(specs["fast"], reg)
+        assert again.unchanged is not None and again.unchanged.ref == "fast:1"
+
+
+def test_a_refused_export_fails_the_run_and_promotes_nothing(tmp_path: Path) -> None:
+    from modelyard.errors import ExportError
+    from modelyard.pipeline import run_pipeline
+
+    specs = project(tmp_path / "project")
+    with Registry.open(Settings.from_env(home=tmp_path / "home")) as reg:
+        with pytest.raises(ExportError) as info:
+            run_pipeline(specs["odd"], reg)
+        message = str(info.value)
+        assert message.startswith("registered odd:1, not promoted: serving.runtime onnx needs")
+        assert "modelyard export odd:1 --format onnx" in message
+        assert "\n" not in message
+        assert [v.version for v in reg.list_versions("odd")] == [1]
+        assert reg.get_model("odd").aliases == {}
+        assert reg.list_runs("odd")[0].status == "failed"
