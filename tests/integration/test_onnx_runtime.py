@@ -43,7 +43,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
         register_hgb(reg, "tab", max_iter=20, n_features=FEATURES, meta=ONNX)  # tab:1
         export_onnx(reg, "tab:1")  # tab:2, derived
-        register_mlp(reg, "mlp", sizes=(8, 16, 3), meta=RUNTIME)  # raw logits: no task
+        register_mlp(reg, "mlp", sizes=(8, 16, 3), meta=RUNTIME)  # logits: no task
         export_onnx(reg, "mlp:1")
         register_hgb(reg, "plain", max_iter=10, n_features=FEATURES, meta=TASK)  # native by its spec
         export_onnx(reg, "plain:1")
@@ -80,6 +80,8 @@ async def test_a_classifier_answers_like_its_native_self_from_onnxruntime(
     assert isinstance(runner.predictor.model, OnnxModel)
     assert isinstance(runner.predictor.model.session, onnxruntime.InferenceSession)
     assert runner.predictor.metadata["runtime"] == "onnx"
+    # batched as the tree model it is: an idle server answers at once, as it did natively
+    assert runner.batcher.policy.max_delay_s == 0.0
 
     payload = rows()
     r = await client.post("/v1/models/tab/predict", json={"instances": payload, "scores": True})
@@ -103,7 +105,7 @@ async def test_a_classifier_answers_like_its_native_self_from_onnxruntime(
                                {"name": "scores", "datatype": "FP64", "shape": [-1, 2]}]
     infer = await client.post("/v2/models/tab/infer", json={"inputs": [
         {"name": "x", "shape": [3, FEATURES], "datatype": "FP64",
-         "data": sum(payload[:3], [])}]})
+         "data": np.ravel(payload[:3]).tolist()}]})
     assert infer.status_code == 200, infer.text
     outputs = {o["name"]: o for o in infer.json()["outputs"]}
     assert outputs["predictions"]["datatype"] == "INT64"

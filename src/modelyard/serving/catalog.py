@@ -28,6 +28,7 @@ from modelyard.schema import FieldSpec
 from modelyard.serving.cache import Key, ModelCache
 from modelyard.serving.footprint import Footprint
 from modelyard.serving.metrics import ServerMetrics, VersionMetrics
+from modelyard.serving.onnx_runtime import as_source, batches_as_accelerated, served_record
 from modelyard.serving.options import ServeOptions
 from modelyard.serving.overrides import tuned
 from modelyard.serving.pools import Placement, placement
@@ -283,8 +284,6 @@ class Catalog:
         wearing its name and version (:func:`~modelyard.serving.onnx_runtime.served_record`)."""
         if spec.runtime != "onnx":
             return record
-        from modelyard.serving.onnx_runtime import served_record
-
         return served_record(self.registry, record)
 
     def _open_version(self, record: Any, spec: ServingSpec) -> Runner:
@@ -329,10 +328,8 @@ class Catalog:
         adapter = get_adapter(record.flavor)
         predictor = open_version(record, self.registry, device=spec.device)
         if spec.runtime == "onnx":
-            from modelyard.serving.onnx_runtime import as_source
-
             predictor = as_source(predictor)
-        policy = batch_policy(spec, accelerated=adapter.accelerated,
+        policy = batch_policy(spec, accelerated=batches_as_accelerated(record, adapter),
                               timeout_s=self.options.request_timeout_s)
         vm = self.metrics.for_version(record.model, str(record.version))
         runner = Runner(predictor, policy, executor=self.predict_pool,
@@ -393,7 +390,7 @@ class Catalog:
 
         adapter = get_adapter(record.flavor)
         worker = spawn()
-        policy = batch_policy(spec, accelerated=adapter.accelerated,
+        policy = batch_policy(spec, accelerated=batches_as_accelerated(record, adapter),
                               timeout_s=self.options.request_timeout_s)
         vm = self.metrics.for_version(record.model, str(record.version))
         runner = ProcessRunner(

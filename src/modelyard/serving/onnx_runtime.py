@@ -69,7 +69,20 @@ def served_record(registry: Any, record: Any) -> Any:
     return dataclasses.replace(
         record, flavor=ONNX, artifact_digest=found.artifact_digest,
         artifact_size=found.artifact_size,
-        meta={**found.meta, "task": record.meta.get("task"), "served_by": found.ref})
+        meta={**found.meta, "task": record.meta.get("task"), "served_by": found.ref,
+              "source_flavor": record.flavor})
+
+
+def batches_as_accelerated(record: Any, adapter: Adapter) -> bool:
+    """Whether ``record`` batches as a deep-learning flavor (waiting ``max_delay_ms`` for a
+    fuller batch): as its source's flavor under ``runtime: onnx``, so a tree model served by
+    ONNX Runtime answers an idle server at once, as it did natively."""
+    source = record.meta.get("source_flavor")
+    if source is None or source == record.flavor:
+        return bool(adapter.accelerated)
+    from modelyard.adapters import get_adapter
+
+    return bool(get_adapter(str(source)).accelerated)
 
 
 def as_source(predictor: Predictor) -> Predictor:
@@ -164,5 +177,5 @@ def _cast(values: np.ndarray, dtype: Any) -> np.ndarray:
     return values.astype(dtype)
 
 
-__all__ = ["ONNX", "SourceShaped", "as_source", "derivative",
+__all__ = ["ONNX", "SourceShaped", "as_source", "batches_as_accelerated", "derivative",
            "served_record"]
