@@ -45,7 +45,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         export_onnx(reg, "tab:1")  # tab:2, derived
         register_mlp(reg, "mlp", sizes=(8, 16, 3), meta=RUNTIME)  # logits: no task
         export_onnx(reg, "mlp:1")
-        register_hgb(reg, "plain", max_iter=10, n_features=FEATURES, meta=TASK)  # native by its spec
+        register_hgb(reg, "plain", max_iter=10, n_features=FEATURES, meta=TASK)  # native spec
         export_onnx(reg, "plain:1")
         register_hgb(reg, "bare", max_iter=5, n_features=FEATURES, meta=ONNX)  # never exported
         yield reg
