@@ -129,3 +129,28 @@ def test_one_output_passes_through_a_1d_one_in_the_recorded_dtype() -> None:
                      FieldSpec("predictions", "string"))
     assert strings.predict(None, None).tolist() == ["a", "b"]
     assert strings.predict_scores(None, None) is None
+
+
+@pytest.mark.parametrize(("threads", "want"), [("1", 1), ("3", 3), ("", 0), ("many", 0)])
+def test_onnx_runtime_takes_its_threads_from_omp_num_threads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: str, want: int) -> None:
+    """The server sets OMP_NUM_THREADS under a CPU quota; ONNX Runtime does not read it, so the
+    adapter passes it on (0: ONNX Runtime's own default, a thread per core)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from modelyard.adapters import get_adapter
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "id",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    adapter = get_adapter("onnx")
+    meta = adapter.save(model, tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)
+    loaded = adapter.load(tmp_path, meta, "cpu")
+    assert loaded.session.get_session_options().intra_op_num_threads == want
+    assert adapter.predict(loaded, np.ones((1, 2))).tolist() == [[1.0, 1.0]]
