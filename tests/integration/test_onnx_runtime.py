@@ -164,6 +164,30 @@ async def test_the_runtime_is_chosen_at_serve_time_per_model(registry: Registry)
         await app.shutdown()
 
 
+async def test_a_device_worker_serves_the_export_in_the_source_shape(registry: Registry) -> None:
+    from modelyard.serving.supervisor import ProcessRunner
+
+    app = create_app(registry, ServeOptions(
+        poll_interval_s=3600, prediction_log="off",
+        serving_overrides={"plain": {"runtime": "onnx", "isolation": "process"}}))
+    await app.startup()
+    try:
+        await app.wait_ready()
+        runner = app.catalog.runner_now("plain")
+        assert isinstance(runner, ProcessRunner)
+        assert (runner.version, runner.predictor.flavor) == (1, "onnx")
+        assert [(f.name, f.dtype) for f in runner.outputs] == [("predictions", "int64"),
+                                                              ("scores", "float64")]
+        payload = np.asarray(rows(10))
+        native = load("plain:1", registry=registry, device="cpu").predict_full(
+            payload, scores=True)
+        served = await runner.predict(*runner.prepare(payload.tolist()), scores=True)
+        assert served.predictions.tolist() == native.predictions.tolist()
+        np.testing.assert_allclose(served.scores, native.scores, atol=1e-5)
+    finally:
+        await app.shutdown()
+
+
 def test_the_derivative_of_an_exported_version_is_found(registry: Registry) -> None:
     from modelyard.serving.onnx_runtime import derivative, served_record
 
