@@ -292,3 +292,24 @@ def test_a_refused_export_fails_the_run_and_promotes_nothing(tmp_path: Path) -> 
         assert [v.version for v in reg.list_versions("odd")] == [1]
         assert reg.get_model("odd").aliases == {}
         assert reg.list_runs("odd")[0].status == "failed"
+
+
+def test_promote_checks_the_export_a_server_would_load(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from modelyard.cli import main
+
+    home = tmp_path / "home"
+    with Registry.open(Settings.from_env(home=home)) as reg:
+        register_hgb(reg, "m", max_iter=5, n_features=FEATURES, meta=ONNX)
+        register_hgb(reg, "m", max_iter=5, n_features=FEATURES, meta=ONNX, promote=False)
+        export_onnx(reg, "m:1")
+    cli = CliRunner()
+    refused = cli.invoke(main, ["--home", str(home), "promote", "m", "2"])
+    assert refused.exit_code == ConflictError.exit_code, refused.output
+    assert "m:2 cannot be loaded, so m@production stays at v1" in refused.output
+    assert "run `modelyard export m:2 --format onnx`" in refused.output
+    with Registry.open(Settings.from_env(home=home)) as reg:
+        export_onnx(reg, "m:2")
+    done = cli.invoke(main, ["--home", str(home), "promote", "m", "2"])
+    assert done.exit_code == 0, done.output
