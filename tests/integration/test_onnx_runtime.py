@@ -141,6 +141,10 @@ async def test_a_version_without_an_export_is_refused_naming_the_command(
     assert "bare:1 is served with runtime onnx but has no ONNX export" in message
     assert "modelyard export bare:1 --format onnx" in message
     assert app.catalog.runner_now("bare") is None
+    # its metadata (read from the registry: nothing loaded) names what would run it
+    meta = (await client.get("/v2/models/bare")).json()
+    assert meta["platform"] == "modelyard_onnx"
+    assert [o["name"] for o in meta["outputs"]] == ["predictions", "scores"]
 
 
 async def test_the_runtime_is_chosen_at_serve_time_per_model(registry: Registry) -> None:

@@ -279,6 +279,14 @@ class Catalog:
             runner.log_policy = log_policy(record, serving)
         return runner
 
+    def served_flavor(self, record: Any) -> str:
+        """The flavor that answers for ``record`` here: ``onnx`` when its serving section (with
+        this server's tuning) says ``runtime: onnx``, else its own (OIP metadata of a version
+        not loaded yet)."""
+        serving = tuned(VersionSettings.of(record, strict=False).serving,
+                        self.options.serving_overrides, record.model)
+        return "onnx" if serving.runtime == "onnx" else str(record.flavor)
+
     def _runtime_record(self, record: Any, spec: ServingSpec) -> Any:
         """What loads for ``record``: itself, or under ``runtime: onnx`` its ONNX derivative
         wearing its name and version (:func:`~modelyard.serving.onnx_runtime.served_record`)."""
