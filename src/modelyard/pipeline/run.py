@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.entrypoints import callable_ref
-from modelyard.errors import ConfigError, GateFailed, ModelyardError, NotFoundError
+from modelyard.errors import (
+    ConfigError,
+    ExportError,
+    GateFailed,
+    ModelyardError,
+    NotFoundError,
+)
 from modelyard.executors import ExecutorOptions, get_executor
 from modelyard.metrics import get_metric, greater_is_better
 from modelyard.pipeline import child
@@ -337,6 +343,9 @@ def _execute(
         environment=lineage.environment, reference_stats=executed.reference_stats,
         run_id=run.id, description=spec.description, actor=actor,
     )
+    if spec.serving.runtime == "onnx" and version.flavor != "onnx":
+        runlog.stage("export")
+        _export_for_runtime(registry, version, runlog, actor)
     promoted, rollout_due = _goes_live(spec, promote, has_champion=outcome.champion is not None)
     if promoted:
         runlog.stage("promote")
@@ -351,6 +360,24 @@ def _execute(
                                    logs=runlog.text(work))
     return RunResult(finished, version, promoted, gate, outcome.metrics, champion_metrics,
                      rollout_due)
+
+
+def _export_for_runtime(registry: RunRegistry, version: ModelVersion, runlog: _RunLog,
+                        actor: str | None) -> None:
+    """Export ``version`` to ONNX before it can go live: a spec served with ``runtime: onnx``
+    is answered from that export, and a server refuses the version without one. A refused
+    export fails the run with the version registered but not promoted."""
+    from modelyard.pipeline.export import export_onnx
+
+    try:
+        result = export_onnx(registry, version.ref, actor=actor)
+    except ModelyardError as exc:
+        raise ExportError(
+            f"registered {version.ref}, not promoted: serving.runtime onnx needs its ONNX "
+            f"export, which failed: {exc}; set serving.runtime: native, or fix it and run "
+            f"`modelyard export {version.ref} --format onnx`") from exc
+    runlog.note(f"exported {version.ref} -> {result.version.ref} (onnx for serving; parity on "
+                f"{result.sample} {result.parity.summary()})")
 
 
 def _goes_live(spec: Spec, promote: bool | None, *, has_champion: bool) -> tuple[bool, bool]:
@@ -377,6 +404,9 @@ def _same_code_version(registry: RunRegistry, name: str, lineage: _Lineage) -> M
     try:
         latest = registry.get_model(name).latest_version
         version = registry.get_version(name, latest) if latest else None
+        if version is not None and version.meta.get("derived_from"):
+            # an export (runtime: onnx makes one after each run) is its source's twin
+            version = registry.resolve(str(version.meta["derived_from"]))
     except NotFoundError:  # no model yet, or its latest number was never registered
         return None
     return version if version is not None and lineage.matches_code(version) else None
