@@ -29,6 +29,9 @@ class Dataset:
     y: np.ndarray
     feature_names: list[str]
     frame: bool
+    #: the source table's columns that are neither features nor the target (keys, timestamps):
+    #: the data checks read them (``validation.unique``, ``freshness``); training never does
+    others: Any = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -252,7 +255,9 @@ def _from_frame(df: Any, spec: DataSpec, what: str) -> Dataset:
         )
     y = df[spec.target].to_numpy()
     X = _select(df.drop(columns=[spec.target]), spec.features, what)
-    return Dataset(X.reset_index(drop=True), y, [str(c) for c in X.columns], True)
+    rest = [c for c in df.columns if c != spec.target and c not in X.columns]
+    others = df[rest].reset_index(drop=True) if rest else None
+    return Dataset(X.reset_index(drop=True), y, [str(c) for c in X.columns], True, others)
 
 
 def _from_pair(X: Any, y: Any, spec: DataSpec) -> Dataset:
