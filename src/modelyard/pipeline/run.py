@@ -45,11 +45,11 @@ from modelyard.errors import (
 from modelyard.executors import ExecutorOptions, get_executor
 from modelyard.metrics import get_metric, greater_is_better
 from modelyard.pipeline import child
+from modelyard.pipeline.checks import PROFILE_KEY
 from modelyard.pipeline.gate import GateResult, evaluate_gate
 from modelyard.pipeline.job import RunHooks, RunJob
 from modelyard.pipeline.lineage import code_ref, environment, same_code, spec_hash
 from modelyard.pipeline.run_registry import RunRegistry
-from modelyard.pipeline.checks import PROFILE_KEY
 from modelyard.pipeline.validation import format_report
 from modelyard.registry import PRODUCTION, ModelVersion, Run
 from modelyard.registry.owners import HEARTBEAT_S, beating
