@@ -148,11 +148,16 @@ def _dtype_failures(columns: dict[str, Any], expected: dict[str, str]) -> list[s
             out.append(f"column {name!r} is missing (validation.columns expects {want})")
             continue
         got = dtype_name(columns[name].dtype)
-        family = next((f for f in _COMPATIBLE if want.startswith(f)), None)
-        ok = got in _COMPATIBLE[family] if family else got == want
-        if not ok:
+        if not dtype_matches(got, want):
             out.append(f"column {name!r} is {got}, expected {want}")
     return out
+
+
+def dtype_matches(got: str, want: str) -> bool:
+    """Whether a column of dtype ``got`` satisfies ``validation.columns``' ``want`` (an int
+    column is a fine float column)."""
+    family = next((f for f in _COMPATIBLE if want.startswith(f)), None)
+    return got in _COMPATIBLE[family] if family else got == want
 
 
 def _range_failures(
@@ -204,4 +209,4 @@ def _show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float | np.floating) else repr(value)
 
 
-__all__ = ["check", "check_all", "format_report", "validate"]
+__all__ = ["check", "check_all", "dtype_matches", "format_report", "validate"]
