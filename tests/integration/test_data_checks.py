@@ -17,6 +17,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from modelyard.cli import main
+from modelyard.errors import DataValidationError
+from modelyard.pipeline import run_pipeline
+from modelyard.registry import Registry
+from modelyard.spec import load_project
 
 TRAIN = textwrap.dedent('''
     from sklearn.linear_model import LogisticRegression
@@ -153,6 +157,29 @@ def test_a_great_expectations_suite_fails_a_batch(tmp_path: Path, project: Path)
     assert "expect_column_values_to_be_in_set" not in result.stderr  # that one passed
     data.loc[[2, 7], "amount"] = [55.0, 45.0]
     assert train(tmp_path, project, data).exit_code == 0
+
+
+def test_the_accepted_profile_round_trips_on_both_databases(project: Path,
+                                                           any_registry: Registry) -> None:
+    """The pipeline itself, on SQLite and PostgreSQL: the profile stored in the run's JSON
+    details is read back as the next run's history."""
+    (project / "modelyard.yaml").write_text(PROJECT.replace(
+        "      min_rows: 50\n", "      min_rows: 50\n      same_schema: true\n"))
+    batch(seed=0).to_csv(project / "batch.csv", index=False)
+    spec = load_project(project / "modelyard.yaml")["fraud"]
+    first = run_pipeline(spec, any_registry)
+    assert first.run.details["batch_profile"]["rows"] == 300
+    assert any_registry.get_run(first.run.id).details["batch_profile"]["columns"] == {
+        "amount": "float64", "age": "int64", "id": "int64", "ts": "string"}
+    batch(seed=1, start=300).drop(columns=["age"]).assign(age=1.5).to_csv(
+        project / "batch.csv", index=False)
+    with pytest.raises(DataValidationError) as caught:
+        run_pipeline(spec, any_registry)
+    assert ("schema: column 'age' changed dtype from int64 to float64 since the previous "
+            "accepted batch (validation.same_schema)") in caught.value.report
+    failed = any_registry.get_run(caught.value.run_id)  # type: ignore[attr-defined]
+    assert failed.status == "failed" and failed.details["checks"]["failed"] == \
+        caught.value.report
 
 
 def _needs_great_expectations() -> None:
