@@ -158,6 +158,15 @@ def test_a_great_expectations_suite_fails_a_batch(tmp_path: Path, project: Path)
     data.loc[[2, 7], "amount"] = [55.0, 45.0]
     assert train(tmp_path, project, data).exit_code == 0
 
+    # an expectation Great Expectations does not know is refused, not silently left out
+    suite["expectations"].append({"type": "expect_nonsense", "kwargs": {}})
+    (project / "suite.json").write_text(json.dumps(suite))
+    result = train(tmp_path, project, data)
+    assert result.exit_code == 2, result.output
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        "error: validation.expectations: suite 'fraud-suite': cannot use expect_nonsense({}): "
+        "unknown type, or arguments it does not take"]
+
 
 def test_the_accepted_profile_round_trips_on_both_databases(project: Path,
                                                            any_registry: Registry) -> None:

@@ -4,6 +4,7 @@ good data."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -170,3 +171,23 @@ def test_check_all_returns_the_profile_and_compares_with_history():
     assert [line.split(":")[0] for line in report] == [
         "freshness", "unique", "volume", "null shift", "distribution shift"]
     assert caught.value.exit_code == 5
+
+
+# -- Great Expectations suites (read here without it; run in tests/integration) -----------------
+def test_a_suite_file_is_read_in_either_format_and_refused_when_it_is_not_one(tmp_path):
+    from modelyard.errors import ConfigError
+    from modelyard.pipeline.expectations import load_suite
+
+    old = {"expectation_suite_name": "legacy", "expectations": [
+        {"expectation_type": "expect_column_to_exist", "kwargs": {"column": "id"}}]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert load_suite(tmp_path / "old.json") == {"name": "legacy", "expectations": [
+        {"type": "expect_column_to_exist", "kwargs": {"column": "id"}, "meta": {}}]}
+    (tmp_path / "none.json").write_text('{"name": "x"}')
+    with pytest.raises(ConfigError, match="has no 'expectations' list"):
+        load_suite(tmp_path / "none.json")
+    (tmp_path / "typeless.json").write_text('{"expectations": [{"kwargs": {}}]}')
+    with pytest.raises(ConfigError, match="every expectation needs a 'type'"):
+        load_suite(tmp_path / "typeless.json")
+    with pytest.raises(ConfigError, match="no suite file"):
+        load_suite(tmp_path / "missing.json")

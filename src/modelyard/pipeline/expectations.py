@@ -57,23 +57,53 @@ def run_suite(suite: dict[str, Any], frame: Any) -> list[str]:
                                progress_bars=ProgressBarsConfig(globally=False,
                                                                 metric_calculations=False))
     context = gx.get_context(mode="ephemeral", project_config=config)
-    try:
-        expectation_suite = gx.ExpectationSuite(**suite)
-    except Exception as exc:  # the suite names an expectation or argument GX does not know
-        raise ConfigError(f"validation.expectations: suite {suite['name']!r}: {exc}") from None
+    expectation_suite = _build(gx, suite)
     source = context.data_sources.add_pandas("modelyard")
     whole = source.add_dataframe_asset("batch").add_batch_definition_whole_dataframe("batch")
     result = whole.get_batch(batch_parameters={"dataframe": frame}).validate(expectation_suite)
     return [_describe(suite["name"], r) for r in result.results if not r.success]
 
 
+def _build(gx: Any, suite: dict[str, Any]) -> Any:
+    """The suite as Great Expectations' object; :class:`ConfigError` naming the first
+    expectation it does not know or cannot configure (which it would log and leave out)."""
+    import logging
+
+    quiet = logging.getLogger("great_expectations")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # it logs a traceback for each one it leaves out
+    try:
+        for item in suite["expectations"]:
+            try:
+                built = gx.ExpectationSuite(name=suite["name"], expectations=[item])
+            except Exception as exc:
+                built, why = None, str(exc).splitlines()[0]
+            else:
+                why = "unknown type, or arguments it does not take"
+            if built is None or len(built.expectations) != 1:
+                raise ConfigError(f"validation.expectations: suite {suite['name']!r}: cannot "
+                                  f"use {item['type']}({item['kwargs']}): {why}")
+        return gx.ExpectationSuite(**suite)
+    finally:
+        quiet.setLevel(level)
+
+
+def _raised(info: Any) -> str | None:
+    """The message of an exception an expectation raised (GX nests them per metric)."""
+    if not isinstance(info, dict):
+        return None
+    if "raised_exception" in info:
+        return str(info.get("exception_message")) if info["raised_exception"] else None
+    return next(filter(None, map(_raised, info.values())), None)
+
+
 def _describe(suite: str, result: Any) -> str:
     config = result.expectation_config
     kwargs = {k: v for k, v in dict(config.kwargs).items() if k != "batch_id"}
     args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    info = result.exception_info or {}
-    if info.get("raised_exception"):
-        why = f"could not run: {str(info.get('exception_message')).splitlines()[0]}"
+    raised = _raised(result.exception_info)
+    if raised is not None:
+        why = f"could not run: {(raised.strip().splitlines() or [''])[-1]}"
     else:
         found = result.result or {}
         count = found.get("unexpected_count")
