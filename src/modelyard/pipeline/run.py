@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 #: how many recent runs are searched for the accepted batches the data checks compare with
-ACCEPTED_LOOKBACK = 100
+ACCEPTED_LOOKBACK = 50
 
 
 @dataclass(frozen=True)
