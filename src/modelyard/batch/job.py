@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from modelyard.predictor import Predictor
     from modelyard.registry import Registry
     from modelyard.registry.records import ModelVersion
+    from modelyard.spec import ValidationSpec
 
 #: the prediction log's variant for rows a batch job scored
 BATCH_VARIANT = "batch"
@@ -69,6 +70,9 @@ class BatchJob:
     #: custom Ray resources each scoring actor asks for, ``(("scorer", 1.0),)`` (pins actors to
     #: the nodes that offer them)
     actor_resources: tuple[tuple[str, float], ...] = ()
+    #: data checks the whole input must pass before anything is scored (``--checks``;
+    #: :mod:`~modelyard.batch.checks`)
+    checks: ValidationSpec | None = None
 
     def __post_init__(self) -> None:
         if self.chunk_rows < 1:
@@ -253,6 +257,8 @@ class _Run:
     scored: int = 0
     #: where the output stands: the last committed chunk's manifest
     manifest: Manifest = field(init=False)
+    #: what the input's data checks found (``--checks``), for the run's details
+    checked: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.manifest = self.start.manifest
@@ -265,6 +271,8 @@ class _Run:
         self.run_id = record.id
         predlog: PredictionLog | None = None
         try:
+            if self.job.checks is not None:
+                self._check_input(self.job.checks)
             wanted = tuple(needed_columns(self.version.get_signature(), self.job.key))
             stream = scoring(ChunkPlan(self.job, self.registry, self.version, self.source,
                                        wanted, self.manifest.chunk_rows, self.start.skip_chunks))
@@ -285,6 +293,23 @@ class _Run:
         self.manifest = self.manifest.finished()
         self.sink.finish(self.manifest)
         return self._finish("succeeded", None)
+
+    def _check_input(self, spec: ValidationSpec) -> None:
+        """Read the whole input once, chunk by chunk, through its data checks; raise
+        :class:`~modelyard.errors.DataValidationError` listing every failed one."""
+        from modelyard.batch.checks import InputChecks, refuse
+        from modelyard.pipeline.checks import utcnow
+
+        available = self.source.columns()
+        found = InputChecks(spec, now=utcnow())
+        chunks = self.source.chunks(available, self.manifest.chunk_rows)
+        with contextlib.closing(chunks):
+            for columns in chunks:
+                found.add(columns)
+        failures = found.failures(available)
+        self.checked = {"rows": found.rows, "failed": failures, "not_checked": found.skipped}
+        if failures:
+            raise refuse(failures, f"--input {self.source.description}")
 
     def _loop(self, step: _Step, stream: ChunkStream) -> None:
         with contextlib.closing(stream):
@@ -315,6 +340,8 @@ class _Run:
             "errors_location": self.sink.errors_location, "chunk_rows":
             self.start.manifest.chunk_rows, "resumed_chunks": self.start.skip_chunks,
             "engine": self.job.engine}
+        if self.checked is not None:
+            out["checks"] = self.checked
         if manifest is not None:
             out.update(rows=manifest.rows, errors=manifest.errors, chunks=manifest.chunks_done,
                        rows_per_s=self._rate(), logged=self.logged)

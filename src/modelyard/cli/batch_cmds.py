@@ -52,13 +52,17 @@ if TYPE_CHECKING:
 @click.option("--actor-resource", "actor_resources", multiple=True, metavar="NAME[=N]",
               help="A custom Ray resource each actor asks for (repeatable): pins scoring to "
                    "the nodes that offer it.")
+@click.option("--checks", "checks_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Data checks the whole input must pass before anything is scored (exit 5 "
+                   "if not): a YAML/JSON file of a spec's validation section, or the project "
+                   "file, whose model's section is used.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @pass_state
 def batch(state: State, ref: str, inputs: tuple[str, ...], output: str, keys: tuple[str, ...],
           chunk_rows: int, on_error: str, scores: bool, restart: bool, log_sample: float,
           sql_db: str | None, input_format: str | None, device: str | None, engine: str,
           ray_address: str | None, actors: int | None, actor_resources: tuple[str, ...],
-          as_json: bool) -> None:
+          checks_file: str | None, as_json: bool) -> None:
     """Score an input with a registered version, chunk by chunk, into Parquet or a SQL table.
 
     Rows are validated as the server validates requests; refused rows go to _errors/ in the
@@ -67,6 +71,11 @@ def batch(state: State, ref: str, inputs: tuple[str, ...], output: str, keys: tu
     --restart. The run is listed by 'modelyard runs'. Through a server (MODELYARD_URL, a key
     that may train) the model comes down from it and the run is recorded there; --engine ray,
     --log-sample and --output precomputed:registry need the database itself.
+
+    With --checks, the input is first read once through the data checks that a pass over its
+    chunks can decide (rows, missing values, dtypes, ranges, allowed values, unique keys,
+    freshness); a failed one stops the run before anything is written (exit 5), one line per
+    failed check. Volume, shift, schema and Great Expectations checks run before training only.
 
     \b
     modelyard batch fraud@production -i 'data/2026-12-*.parquet' -o scores/ --key id
@@ -80,10 +89,22 @@ def batch(state: State, ref: str, inputs: tuple[str, ...], output: str, keys: tu
     from modelyard.batch.ray_engine import parse_resources
     from modelyard.cli.progress import RowProgress
 
+    checks = None
+    if checks_file is not None:
+        from pathlib import Path
+
+        from modelyard.batch.checks import TRAINING_ONLY, load_checks
+        from modelyard.registry.rows import parse_ref
+
+        checks = load_checks(Path(checks_file), parse_ref(ref)[0])
+        skipped = [name for name in TRAINING_ONLY if getattr(checks, name)]
+        if skipped and not as_json:
+            click.echo(f"note: {', '.join(skipped)} check(s) run before training only; not on "
+                       "a batch input", err=True)
     job = BatchJob(ref, inputs if len(inputs) > 1 else inputs[0], output, keys, chunk_rows,
                    "fail" if on_error == "fail" else "skip", scores, restart, log_sample, sql_db,
                    input_format, device, engine, ray_address=ray_address, actors=actors,
-                   actor_resources=parse_resources(actor_resources))
+                   actor_resources=parse_resources(actor_resources), checks=checks)
     if engine == "ray":
         _quiet_ray_data()
     registry = state.registry()

@@ -36,6 +36,9 @@ class Dataset:
     feature_names: list[str]
     frame: bool
     groups: dict[str, np.ndarray] = field(default_factory=dict)
+    #: the source table's columns that are neither features nor the target (keys, timestamps):
+    #: the data checks read them (``validation.unique``, ``freshness``); training never does
+    others: Any = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -298,7 +301,9 @@ def _from_frame(df: Any, spec: DataSpec, what: str, groups: Sequence[str]) -> Da
     rest = df.drop(columns=[spec.target])
     kept = _groups(rest, groups, what)
     X = _select(rest, spec.features, what)
-    return Dataset(X.reset_index(drop=True), y, [str(c) for c in X.columns], True, kept)
+    unused = [c for c in rest.columns if c not in X.columns]
+    others = rest[unused].reset_index(drop=True) if unused else None
+    return Dataset(X.reset_index(drop=True), y, [str(c) for c in X.columns], True, kept, others)
 
 
 def _from_pair(X: Any, y: Any, spec: DataSpec, groups: Sequence[str]) -> Dataset:

@@ -22,7 +22,7 @@ from modelyard.pipeline import child
 from modelyard.pipeline.data import load_dataset, split, write_groups, write_split
 from modelyard.pipeline.lineage import environment, fingerprint
 from modelyard.pipeline.profile import profile
-from modelyard.pipeline.validation import check
+from modelyard.pipeline.validation import check_all
 from modelyard.resources import ResourcesSpec
 from modelyard.spec import DataSpec, ValidationSpec
 
@@ -49,6 +49,9 @@ class RunJob:
     #: columns the gate's fairness rules compare groups of: kept with the holdout for
     #: evaluation, whether or not they are features
     groups: list[str] = field(default_factory=list)
+    #: the batch profiles of the model's last accepted batches, newest first, which the data
+    #: checks compare this batch with (:mod:`~modelyard.pipeline.checks`)
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -60,6 +63,8 @@ class Executed:
     data_fingerprint: str
     reference_stats: dict[str, Any]
     environment: dict[str, Any]
+    #: the profile of the batch that passed the data checks, stored with the run
+    batch_profile: dict[str, Any] | None = None
 
 
 def _never() -> str | None:
@@ -88,7 +93,8 @@ def execute(job: RunJob, work: Path, hooks: RunHooks) -> Executed:
     dataset = load_dataset(job.data, Path(job.train.root), job.groups)
     hooks.note(f"loaded {len(dataset)} rows, features: {', '.join(dataset.feature_names[:20])}")
     hooks.stage("validate")
-    check(dataset, job.validation)
+    accepted = check_all(dataset, job.validation, history=job.history,
+                         root=Path(job.train.root), target=job.data.target)
     train_set, holdout = split(dataset, job.data.holdout, job.data.seed, job.stratify)
     hooks.note(f"train {len(train_set)} rows, holdout {len(holdout)} rows")
     # a group column that is no feature still decides the gate: its changes count as new data
@@ -101,7 +107,7 @@ def execute(job: RunJob, work: Path, hooks: RunHooks) -> Executed:
             (data_fingerprint + fingerprint(extra)).encode()).hexdigest()
     here = environment()
     if job.unchanged_if is not None and job.unchanged_if == data_fingerprint:
-        return Executed(None, data_fingerprint, {}, here)
+        return Executed(None, data_fingerprint, {}, here, accepted)
     reference = profile(train_set.X)
     hooks.stage("train")
     write_split(train_set.X, train_set.y, work / "train")
@@ -111,7 +117,7 @@ def execute(job: RunJob, work: Path, hooks: RunHooks) -> Executed:
     train = dataclasses.replace(job.train, work_dir=str(work))
     outcome = child.train_in_child(train, timeout_s=job.timeout_s, run_id=job.run_id,
                                    on_stage=hooks.stage, should_stop=hooks.stop)
-    return Executed(outcome, data_fingerprint, reference, here)
+    return Executed(outcome, data_fingerprint, reference, here, accepted)
 
 
 def environment_differences(client: dict[str, Any], worker: dict[str, Any]) -> list[str]:

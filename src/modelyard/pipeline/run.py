@@ -37,6 +37,7 @@ from typing import Any
 from modelyard.entrypoints import callable_ref
 from modelyard.errors import (
     ConfigError,
+    DataValidationError,
     ExportError,
     GateFailed,
     ModelyardError,
@@ -45,6 +46,7 @@ from modelyard.errors import (
 from modelyard.executors import ExecutorOptions, get_executor
 from modelyard.metrics import get_metric, greater_is_better
 from modelyard.pipeline import child
+from modelyard.pipeline.checks import PROFILE_KEY
 from modelyard.pipeline.fairness import META_KEY as FAIRNESS
 from modelyard.pipeline.fairness import group_columns
 from modelyard.pipeline.gate import GateResult, evaluate_gate
@@ -61,6 +63,8 @@ from modelyard.version_settings import VersionSettings
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+#: how many recent runs are searched for the accepted batches the data checks compare with
+ACCEPTED_LOOKBACK = 50
 
 
 @dataclass(frozen=True)
@@ -278,9 +282,11 @@ def _record_failure(registry: RunRegistry, run: Run, runlog: _RunLog, work: Path
     if report:
         runlog.note(format_report(report))
     runlog.note(f"failed: {reason}")
+    details = {"checks": {"failed": list(report)}} if isinstance(exc, DataValidationError) \
+        and report else None
     try:
         registry.finish_run(run.id, status="failed", failure_reason=reason,
-                            logs=runlog.text(work))
+                            logs=runlog.text(work), details=details)
     except Exception:  # never hide the real error behind a database error
         log.exception("could not record the failure of run %s", run.id)
 
@@ -302,7 +308,7 @@ def _execute(
     executed = executor.run(job, work, watch.hooks())
     if executed.outcome is None:
         assert same is not None  # the executor only skips training for an unchanged fingerprint
-        return _finish_unchanged(registry, run, runlog, work, same)
+        return _finish_unchanged(registry, run, runlog, work, same, executed.batch_profile)
     outcome = executed.outcome
     _note_outcome(runlog, outcome)
     lineage = _Lineage(executed.data_fingerprint, lineage.code_ref, lineage.params,
@@ -320,7 +326,8 @@ def _execute(
     if not gate.passed:
         runlog.note("rejected: " + "; ".join(gate.reasons))
         registry.finish_run(run.id, status="rejected", metrics=outcome.metrics,
-                            gate=gate_record, logs=runlog.text(work))
+                            gate=gate_record, logs=runlog.text(work),
+                            details=_accepted_batch(executed.batch_profile))
         where = (f"production stays at {champion['ref']}" if champion.get("ref")
                  else "nothing promoted")
         raise GateFailed(f"{spec.name}: candidate rejected by its gate: "
@@ -357,7 +364,8 @@ def _execute(
                 + (f"; its {spec.rollout.strategy} rollout starts next" if rollout_due else ""))
     finished = registry.finish_run(run.id, status="succeeded", version=version.version,
                                    promoted=promoted, metrics=outcome.metrics, gate=gate_record,
-                                   logs=runlog.text(work))
+                                   logs=runlog.text(work),
+                                   details=_accepted_batch(executed.batch_profile))
     return RunResult(finished, version, promoted, gate, outcome.metrics, champion_metrics,
                      rollout_due)
 
@@ -413,12 +421,12 @@ def _same_code_version(registry: RunRegistry, name: str, lineage: _Lineage) -> M
 
 
 def _finish_unchanged(registry: RunRegistry, run: Run, runlog: _RunLog, work: Path,
-                      same: ModelVersion) -> RunResult:
+                      same: ModelVersion, profile: dict[str, Any] | None) -> RunResult:
     note = (f"unchanged: identical to {same.ref} (data, code, params, spec and packages); "
             "nothing trained or registered (train with --force to register anyway)")
     runlog.note(note)
     finished = registry.finish_run(run.id, status="unchanged", failure_reason=note,
-                                   logs=runlog.text(work))
+                                   logs=runlog.text(work), details=_accepted_batch(profile))
     gate = GateResult(False, [f"not trained: unchanged since {same.ref}"])
     return RunResult(finished, None, False, gate, {}, None, unchanged=same)
 
@@ -439,7 +447,32 @@ def _job(spec: Spec, registry: RunRegistry, run_id: str, lineage: _Lineage, *,
                   stratify=spec.data.stratify and spec.task != "regression",
                   timeout_s=spec.timeout_s, unchanged_if=unchanged_if,
                   environment=lineage.environment, resources=spec.resources,
-                  retries=spec.retries, groups=group_columns(spec.gate.fairness))
+                  retries=spec.retries, groups=group_columns(spec.gate.fairness),
+                  history=_history(spec, registry, run_id))
+
+
+def _accepted_batch(profile: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run's details that make its data an accepted batch, which the next runs' checks
+    compare with (:mod:`modelyard.pipeline.checks`)."""
+    return None if profile is None else {PROFILE_KEY: profile}
+
+
+def _history(spec: Spec, registry: RunRegistry, run_id: str) -> list[dict[str, Any]]:
+    """The profiles of ``spec``'s last accepted batches, newest first: as many as its checks
+    compare with (none when no check compares with earlier batches)."""
+    rules = spec.validation
+    wanted = max(rules.volume.window if rules.volume is not None else 0,
+                 1 if rules.shift is not None or rules.same_schema else 0)
+    if not wanted:
+        return []
+    found: list[dict[str, Any]] = []
+    for earlier in registry.list_runs(spec.name, limit=ACCEPTED_LOOKBACK):
+        profile = (earlier.details or {}).get(PROFILE_KEY)
+        if earlier.id != run_id and earlier.kind == "train" and isinstance(profile, dict):
+            found.append({**profile, "run": earlier.id})
+        if len(found) == wanted:
+            break
+    return found
 
 
 def _note_outcome(runlog: _RunLog, outcome: child.TrainOutcome) -> None:

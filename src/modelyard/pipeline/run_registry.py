@@ -72,5 +72,9 @@ class RunRegistry(Protocol):
         """One run by id."""
         ...
 
+    def list_runs(self, model: str | None = None, *, limit: int = ...) -> list[Run]:
+        """Recent runs, newest first (the data checks read the accepted batches' profiles)."""
+        ...
+
 
 __all__ = ["RunRegistry"]

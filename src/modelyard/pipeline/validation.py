@@ -2,10 +2,16 @@
 
 ``validate`` is pure and returns one sentence per failed check; ``check`` raises
 :class:`DataValidationError` carrying them all, so a person fixes every problem in one pass.
+:func:`check_all` adds the batch checks of :mod:`modelyard.pipeline.checks` (freshness,
+uniqueness, and volume, shift and schema against the accepted batches) and a Great Expectations
+suite, and returns the profile the run stores when they all pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,7 +55,34 @@ def validate(dataset: Dataset, spec: ValidationSpec) -> list[str]:
 
 def check(dataset: Dataset, spec: ValidationSpec) -> None:
     """Raise :class:`DataValidationError` listing every failed check (``report``), if any."""
+    _raise(validate(dataset, spec))
+
+
+def check_all(dataset: Dataset, spec: ValidationSpec, *,
+              history: Sequence[dict[str, Any]] = (), root: Path = Path("."),
+              target: str | None = None, now: datetime | None = None) -> dict[str, Any]:
+    """Every check of ``spec`` on ``dataset``, the batch checks against ``history`` (the last
+    accepted batches' profiles, newest first) included; the suite file of
+    ``validation.expectations`` is read relative to ``root``. Returns this batch's profile
+    (:func:`~modelyard.pipeline.checks.batch_profile`), to store with the run; raises
+    :class:`DataValidationError` listing every failed check."""
+    from modelyard.pipeline import checks
+
+    columns = {**_columns(dataset), **_others(dataset)}
     failures = validate(dataset, spec)
+    failures += checks.batch_failures(columns, spec, now=now or checks.utcnow())
+    profile = checks.batch_profile(columns, len(dataset), dataset.X)
+    failures += checks.history_checks(profile, dataset.X, spec, history)
+    if spec.expectations:
+        from modelyard.pipeline.expectations import load_suite, run_suite
+
+        suite = load_suite(root / spec.expectations)
+        failures += run_suite(suite, _frame(columns, dataset.y, target or "target"))
+    _raise(failures)
+    return profile
+
+
+def _raise(failures: list[str]) -> None:
     if not failures:
         return
     shown = "; ".join(failures[:3]) + (f"; and {len(failures) - 3} more" if len(failures) > 3
@@ -78,6 +111,23 @@ def _columns(dataset: Dataset) -> dict[str, Any]:
     return {}
 
 
+def _others(dataset: Dataset) -> dict[str, Any]:
+    """The source's columns that are not features (keys, timestamps), if it was a table."""
+    if dataset.others is None:
+        return {}
+    return {str(c): dataset.others[c] for c in dataset.others.columns}
+
+
+def _frame(columns: dict[str, Any], y: Any, target: str) -> Any:
+    """The whole batch as one DataFrame (features, other columns, the target)."""
+    import pandas as pd
+
+    frame = pd.DataFrame({name: np.asarray(values) if not hasattr(values, "to_numpy") else
+                          values.to_numpy() for name, values in columns.items()})
+    frame[target] = np.asarray(y)
+    return frame
+
+
 def _missing(values: Any) -> np.ndarray:
     if hasattr(values, "isna"):
         return np.asarray(values.isna())
@@ -98,11 +148,16 @@ def _dtype_failures(columns: dict[str, Any], expected: dict[str, str]) -> list[s
             out.append(f"column {name!r} is missing (validation.columns expects {want})")
             continue
         got = dtype_name(columns[name].dtype)
-        family = next((f for f in _COMPATIBLE if want.startswith(f)), None)
-        ok = got in _COMPATIBLE[family] if family else got == want
-        if not ok:
+        if not dtype_matches(got, want):
             out.append(f"column {name!r} is {got}, expected {want}")
     return out
+
+
+def dtype_matches(got: str, want: str) -> bool:
+    """Whether a column of dtype ``got`` satisfies ``validation.columns``' ``want`` (an int
+    column is a fine float column)."""
+    family = next((f for f in _COMPATIBLE if want.startswith(f)), None)
+    return got in _COMPATIBLE[family] if family else got == want
 
 
 def _range_failures(
@@ -154,4 +209,4 @@ def _show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float | np.floating) else repr(value)
 
 
-__all__ = ["check", "format_report", "validate"]
+__all__ = ["check", "check_all", "dtype_matches", "format_report", "validate"]

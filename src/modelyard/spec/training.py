@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, StrictStr, field_validator, model_validator
 
 from modelyard.metrics import CLASSIFICATION_METRICS
-from modelyard.spec.base import STRICT
+from modelyard.spec.base import STRICT, parse_duration
 
 
 class DataSpec(BaseModel):
@@ -44,6 +44,58 @@ class DataSpec(BaseModel):
         return self
 
 
+class FreshnessRule(BaseModel):
+    """The newest timestamp in ``column`` is at most ``max_age`` old (``"24h"``, seconds)."""
+
+    model_config = STRICT
+
+    column: str
+    max_age: float
+
+    @field_validator("max_age", mode="before")
+    @classmethod
+    def _age(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class VolumeRule(BaseModel):
+    """The batch's row count, as a ratio of the median of the last ``window`` accepted ones."""
+
+    model_config = STRICT
+
+    min_ratio: float = Field(0.5, ge=0.0)
+    max_ratio: float | None = Field(2.0, gt=0.0)
+    window: int = Field(5, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _order(self) -> VolumeRule:
+        if self.max_ratio is not None and self.max_ratio < self.min_ratio:
+            raise ValueError("max_ratio must not be below min_ratio")
+        return self
+
+
+class ShiftRule(BaseModel):
+    """How far the batch may move from the previous accepted one: per-column null rates, and
+    the share of features the drift tests find drifted (None: not checked)."""
+
+    model_config = STRICT
+
+    max_null_increase: float | None = Field(0.05, ge=0.0, le=1.0)
+    max_drift_share: float | None = Field(0.3, ge=0.0, le=1.0)
+
+
+def _keys(value: Any) -> Any:
+    """``[id]`` or ``[customer, day]`` is one key; ``[[id], [customer, day]]`` several."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [[value]]
+    items = list(value)
+    if items and all(isinstance(v, str) for v in items):
+        return [items]
+    return [[v] if isinstance(v, str) else list(v) for v in items]
+
+
 class ValidationSpec(BaseModel):
     """Checks the training data must pass before anything is trained."""
 
@@ -54,6 +106,23 @@ class ValidationSpec(BaseModel):
     columns: dict[str, str] | None = None  # expected dtype per column: float64, int64, string, ...
     ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
     allowed: dict[str, list[Any]] = Field(default_factory=dict)  # categorical values
+    freshness: FreshnessRule | None = None
+    volume: VolumeRule | None = None  # against the last accepted batches
+    shift: ShiftRule | None = None  # against the previous accepted batch
+    #: keys that name one row each: ``[id]``, ``[customer, day]`` (composite), or a list of keys
+    unique: list[list[str]] | None = None
+    #: the columns and dtypes must be the previous accepted batch's (each change is a failure)
+    same_schema: bool = False
+    #: a Great Expectations suite (JSON file, relative to the project) run as one more check
+    expectations: str | None = None
+
+    @field_validator("unique", mode="before")
+    @classmethod
+    def _unique(cls, value: Any) -> Any:
+        keys = _keys(value)
+        if keys is not None and any(not key for key in keys):
+            raise ValueError("a unique key names at least one column")
+        return keys
 
 
 class ChampionRule(BaseModel):
@@ -141,4 +210,6 @@ class RetrainSpec(BaseModel):
         return value
 
 
-__all__ = ["ChampionRule", "DataSpec", "FairnessRule", "GateSpec", "RetrainSpec", "ValidationSpec"]
+
+__all__ = ["ChampionRule", "DataSpec", "FairnessRule", "FreshnessRule", "GateSpec",
+           "RetrainSpec", "ShiftRule", "ValidationSpec", "VolumeRule"]
