@@ -34,7 +34,8 @@ def frame(n: int = 400, seed: int = 0, shift: float = 0.0) -> pd.DataFrame:
 
 def dataset(df: pd.DataFrame, features: tuple[str, ...] = ("amount", "country")) -> Dataset:
     others = df[[c for c in df.columns if c not in features]]
-    return Dataset(df[list(features)], np.arange(len(df)) % 2, list(features), True, others)
+    return Dataset(df[list(features)], np.arange(len(df)) % 2, list(features), True,
+                   others=others)
 
 
 def columns(df: pd.DataFrame) -> dict[str, pd.Series]:
