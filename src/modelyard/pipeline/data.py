@@ -45,6 +45,37 @@ def load_dataset(spec: DataSpec, root: Path) -> Dataset:
         return _from_frame(_read_files(spec, root), spec, f"files {spec.path!r}")
     if spec.sql is not None:
         return _from_frame(_read_sql(spec), spec, "the query")
+    out = _call(spec, root)
+    if _is_frame(out):
+        return _from_frame(out, spec, "the data function's DataFrame")
+    if isinstance(out, tuple) and len(out) == 2:
+        return _from_pair(out[0], out[1], spec)
+    raise ConfigError(
+        f"data function {spec.function} returned {type(out).__name__}; "
+        "return a DataFrame (with data.target set) or a tuple (X, y)"
+    )
+
+
+def read_frame(spec: DataSpec, root: Path) -> Any:
+    """The source's rows as one DataFrame, as read (a file, a query, or a data function that
+    returns a DataFrame): the entity rows a feature store completes."""
+    if spec.path is not None:
+        return _read_files(spec, root)
+    if spec.sql is not None:
+        return _read_sql(spec)
+    out = _call(spec, root)
+    if not _is_frame(out):
+        raise ConfigError(f"data function {spec.function} returned {type(out).__name__}; with "
+                          "features from a store it must return a DataFrame of entity rows")
+    return out
+
+
+def table_dataset(df: Any, spec: DataSpec, what: str) -> Dataset:
+    """A :class:`Dataset` from a table holding ``spec.target`` (``what`` names it in errors)."""
+    return _from_frame(df, spec, what)
+
+
+def _call(spec: DataSpec, root: Path) -> Any:
     fn = resolve_callable(spec.function, root)  # type: ignore[arg-type]
     try:
         out = fn()
@@ -53,14 +84,7 @@ def load_dataset(spec: DataSpec, root: Path) -> Dataset:
             f"data function {getattr(fn, '__qualname__', fn)} raised "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    if _is_frame(out):
-        return _from_frame(out, spec, "the data function's DataFrame")
-    if isinstance(out, tuple) and len(out) == 2:
-        return _from_pair(out[0], out[1], spec)
-    raise ConfigError(
-        f"data function {getattr(fn, '__qualname__', fn)} returned {type(out).__name__}; "
-        "return a DataFrame (with data.target set) or a tuple (X, y)"
-    )
+    return out
 
 
 def split(dataset: Dataset, holdout: float, seed: int, stratify: bool = True) -> tuple[Dataset,
@@ -295,4 +319,5 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-__all__ = ["Dataset", "load_dataset", "read_split", "split", "write_split"]
+__all__ = ["Dataset", "load_dataset", "read_frame", "read_split", "split", "table_dataset",
+           "write_split"]

@@ -324,7 +324,9 @@ def _execute(
               # what the server, the monitor and rollouts read back (VersionSettings.of)
               **VersionSettings.from_spec(spec).to_meta(),
               # what the next run compares with to see that nothing changed
-              "spec_hash": lineage.spec_hash},
+              "spec_hash": lineage.spec_hash,
+              # the feature service it was trained on, which the server fetches online
+              **({"features": executed.features} if executed.features else {})},
         signature=outcome.signature,
         metrics=outcome.metrics, params=lineage.params,
         data_fingerprint=lineage.data_fingerprint, code_ref=lineage.code_ref,
@@ -402,7 +404,7 @@ def _job(spec: Spec, registry: RunRegistry, run_id: str, lineage: _Lineage, *,
                   stratify=spec.data.stratify and spec.task != "regression",
                   timeout_s=spec.timeout_s, unchanged_if=unchanged_if,
                   environment=lineage.environment, resources=spec.resources,
-                  retries=spec.retries)
+                  retries=spec.retries, features=spec.features)
 
 
 def _note_outcome(runlog: _RunLog, outcome: child.TrainOutcome) -> None:

@@ -29,7 +29,14 @@ from modelyard.resources import ResourcesSpec, flatten_train
 from modelyard.spec.base import STRICT, parse_duration
 from modelyard.spec.monitoring import ALERT_SIGNALS, AlertRule, MonitorSpec
 from modelyard.spec.serving import BatchingSpec, PrecomputeSpec, RolloutSpec, ServingSpec
-from modelyard.spec.training import ChampionRule, DataSpec, GateSpec, RetrainSpec, ValidationSpec
+from modelyard.spec.training import (
+    ChampionRule,
+    DataSpec,
+    FeaturesSpec,
+    GateSpec,
+    RetrainSpec,
+    ValidationSpec,
+)
 from modelyard.spec.yaml_loader import SpecLoader, load_yaml, read_text
 
 
@@ -42,6 +49,9 @@ class Spec(BaseModel):
     #: the training function; a graph spec has none (see ``graph``).
     train: str | Callable[..., Any] | None = None
     data: DataSpec | None = None
+    #: training features looked up in a feature store for ``data``'s entity rows, and the same
+    #: features fetched online for each request's entity keys (:mod:`modelyard.features`)
+    features: FeaturesSpec | None = None
     #: a composed model: a graph of registered models instead of training code
     #: (:mod:`modelyard.graph`); registering it trains nothing.
     graph: Graph | None = None
@@ -79,7 +89,7 @@ class Spec(BaseModel):
     @model_validator(mode="after")
     def _trains_or_composes(self) -> Spec:
         if self.graph is not None:
-            given = [k for k in ("train", "data") if getattr(self, k) is not None]
+            given = [k for k in ("train", "data", "features") if getattr(self, k) is not None]
             if given:
                 raise ValueError(f"a graph spec trains nothing: remove {' and '.join(given)}, "
                                  "or the graph")
@@ -212,6 +222,7 @@ __all__ = [
     "BatchingSpec",
     "ChampionRule",
     "DataSpec",
+    "FeaturesSpec",
     "GateSpec",
     "MonitorSpec",
     "PrecomputeSpec",
