@@ -166,7 +166,7 @@ def test_entity_rows_without_their_keys_or_timestamp_are_refused(
     with pytest.raises(ConfigError, match="'nope' is not in the Feast registry"):
         load_feature_dataset(data, FeaturesSpec(repo=str(repo.path), service="nope",
                                                 entities=["driver_id"]), tmp_path)
-    with pytest.raises(ConfigError, match="holds no feature_store.yaml"):
+    with pytest.raises(ConfigError, match=r"holds no feature_store\.yaml"):
         load_feature_dataset(data, FeaturesSpec(repo="elsewhere", service="s",
                                                 entities=["driver_id"]), tmp_path)
 
