@@ -64,6 +64,7 @@ def _feature_runner(predictor: Any, policy: Any, features: Any, pool: Any,
     from modelyard.serving.features import FeatureRunner
 
     online = OnlineFeatures(features)
+    online.warm()
     log.info("%s fetches its features online from Feast service %s (%s)", predictor.ref,
              features.service, features.repo)
     return FeatureRunner(predictor, policy, keys=features.entities, service=features.service,
