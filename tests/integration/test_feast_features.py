@@ -219,6 +219,22 @@ def test_a_model_trained_through_modelyard_train_records_its_feature_service(
     assert recorded["digest"].startswith("sha256:")
 
 
+def test_train_names_a_feature_service_feast_does_not_know_in_one_line(
+        repo: Repo, trained: Path) -> None:
+    from click.testing import CliRunner
+
+    from modelyard.cli import main
+
+    project = trained.parent
+    spec = json.loads((project / "modelyard.yaml").read_text())
+    spec["models"]["drivers"]["features"]["service"] = "nope"
+    (project / "other.yaml").write_text(json.dumps(spec))
+    result = CliRunner().invoke(main, ["--home", str(project / "home2"), "train", "drivers",
+                                       "--project", str(project / "other.yaml")])
+    assert result.exit_code == 2, result.output
+    assert "feature service 'nope' is not in the Feast registry" in result.output
+
+
 def _online(repo: Repo, drivers: list[int]) -> np.ndarray:
     """The online values of ``drivers`` (those materialized: the last write)."""
     return np.array([list(_value(d, WRITE_DAYS[-1])) for d in drivers], dtype=float)
