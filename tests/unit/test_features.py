@@ -3,6 +3,7 @@ its feature service (and its digest), a request's entity keys, unknown entities.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -103,3 +104,88 @@ def test_the_features_section_is_checked_where_the_spec_is_read() -> None:
     with pytest.raises(ConfigError, match="a graph spec trains nothing: remove features"):
         Spec.parse({"name": "g", "graph": {"kind": "sequence", "steps": ["a", "b"]},
                     "features": {"repo": "r", "service": "s", "entities": ["a"]}})
+
+
+# -- the serving side: a FeatureRunner over a real model, its store a table in memory ---------
+def feature_runner(table: dict[int, dict[str, Any]], calls: list[int]) -> Any:
+    import numpy as np
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+
+    from modelyard.adapters import get_adapter
+    from modelyard.predictor import Predictor
+    from modelyard.serving.batching import BatchPolicy
+    from modelyard.serving.features import FeatureRunner
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"rate": rng.random(60), "trips": rng.integers(0, 50, 60).astype(float)})
+    y = (X["rate"] > 0.5).astype(int).to_numpy()
+    adapter = get_adapter("sklearn")
+    model = LogisticRegression().fit(X, y)
+    predictor = Predictor("m", 1, "sklearn", model, adapter, adapter.infer_signature(model, X, y))
+
+    def fetch(rows: Any) -> dict[str, list[Any]]:
+        calls.append(len(rows))
+        found = [table.get(r["driver_id"], {}) for r in rows]
+        return {"driver_id": [r["driver_id"] for r in rows],
+                "rate": [f.get("rate") for f in found], "trips": [f.get("trips") for f in found]}
+
+    return FeatureRunner(predictor, BatchPolicy(64, 0.05, 1024, 10.0), keys=["driver_id"],
+                         service="svc", fetch=fetch)
+
+
+def test_a_feature_runner_fetches_once_per_batch_and_fails_bad_requests_alone() -> None:
+    import asyncio
+
+    import numpy as np
+
+    table = {1: {"rate": 0.9, "trips": 3}, 2: {"rate": 0.1, "trips": 40},
+             3: {"rate": None, "trips": 5}}
+    calls: list[int] = []
+    runner = feature_runner(table, calls)
+    assert runner.batcher.policy.inline_s == 0.0  # never on the event loop
+
+    async def run() -> list[Any]:
+        runner.start()
+        futures = [runner.submit(*runner.prepare(p)) for p in
+                   ([{"driver_id": 1}], [{"driver_id": 7}], [{"driver_id": 3}],
+                    {"driver_id": [2, 1]})]
+        out = await asyncio.gather(*futures, return_exceptions=True)
+        await runner.close()
+        return out
+
+    ok1, unknown, null, ok2 = asyncio.run(run())
+    assert calls == [5]
+    want = runner.predictor.predict(np.array([[0.9, 3.0], [0.1, 40.0], [0.9, 3.0]]))
+    assert ok1.predictions.tolist() == want[:1].tolist()
+    assert ok2.predictions.tolist() == want[1:].tolist()
+    np.testing.assert_array_equal(np.asarray(ok2.logged, dtype=float), [[0.1, 40.0], [0.9, 3.0]])
+    assert unknown.status_code == 404 and "driver_id=7" in str(unknown)
+    assert null.status_code == 422 and "rate" in str(null)
+
+
+def test_a_rollout_re_prepares_for_a_candidate_that_takes_other_inputs() -> None:
+    from modelyard.serving.rollouts import ActiveRollout
+    from modelyard.serving.runner import Runner
+
+    features = feature_runner({}, [])
+    plain = Runner(features.predictor, features.batcher.policy)
+
+    @dataclass
+    class Deployment:  # the fields a rollout reads of its deployment record
+        strategy: str = "shadow"
+        steps: tuple[int, ...] = (100,)
+        state: str = "progressing"
+        step: int = 0
+        id: int = 1
+        model: str = "m"
+        revision: int = 1
+        every_s: float = 60.0
+        step_started_at: Any = None
+        rules: dict[str, Any] = field(default_factory=dict)
+        key: str | None = None
+        stable_version: int = 1
+        candidate_version: int = 2
+
+    assert not ActiveRollout(Deployment(), plain, features).same_inputs
+    assert ActiveRollout(Deployment(), features, features).same_inputs

@@ -96,6 +96,10 @@ def historical(store: Any, definition: FeatureDefinition, rows: Any) -> Any:
         raise StorageError(f"the Feast historical retrieval failed: {_line(exc)}") from None
     # the store may reorder rows and leave out those with nothing to join: back to one row per
     # entity row, in order, with nulls where nothing was known at its time
+    absent = [c for c in [_ROW, *definition.feature_names] if c not in found.columns]
+    if absent:
+        raise StorageError(f"the Feast historical retrieval returned no column(s) "
+                           f"{', '.join(absent)}")
     found = found.set_index(_ROW)[definition.feature_names]
     out = rows.reset_index(drop=True).join(found.reindex(range(len(rows))).reset_index(drop=True))
     return out

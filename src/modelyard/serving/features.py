@@ -44,6 +44,8 @@ class FeatureRunner(Runner):
         super().__init__(predictor, dataclasses.replace(policy, inline_s=0.0),
                          executor=executor, observe=observe)
         self.keys = EntityKeys(keys)
+        #: what a request carries instead of the signature's fields (a rollout compares them)
+        self.entity_keys = tuple(keys)
         self.service = service
         self.fetch = fetch
         #: online fetches made (one per formed batch)
