@@ -8,6 +8,7 @@ left out, and the training table is the service's features and the label.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,12 @@ class FeatureData:
     unknown: int
 
 
-def load_feature_dataset(data: DataSpec, features: FeaturesSpec, root: Path) -> FeatureData:
-    """Read ``data``'s entity rows and complete them from the store (see the module)."""
+def load_feature_dataset(data: DataSpec, features: FeaturesSpec, root: Path,
+                         groups: Sequence[str] = ()) -> FeatureData:
+    """Read ``data``'s entity rows and complete them from the store (see the module).
+
+    ``groups``: columns kept for the gate's fairness rules (from the entity rows or the
+    features); the model is trained on the service's features only (or ``data.features``)."""
     from modelyard.features.feast_store import describe, historical
 
     if data.target is None:
@@ -45,8 +50,11 @@ def load_feature_dataset(data: DataSpec, features: FeaturesSpec, root: Path) -> 
         raise DataValidationError(
             f"none of the {len(rows)} entity rows has a value of service {features.service}'s "
             "features at its timestamp; materialize or ingest the features' history first")
-    table = joined.loc[known, [*names, data.target]].reset_index(drop=True)
-    dataset = table_dataset(table, data, f"feature service {features.service}'s rows")
+    kept = [g for g in dict.fromkeys(groups) if g not in names and g in joined.columns]
+    table = joined.loc[known, [*names, *kept, data.target]].reset_index(drop=True)
+    # the server fetches only the service's features: nothing else may become one
+    only = data.model_copy(update={"features": data.features or names})
+    dataset = table_dataset(table, only, f"feature service {features.service}'s rows", groups)
     return FeatureData(dataset, definition.to_meta(), unknown)
 
 

@@ -11,6 +11,7 @@ back (stages, notes) and asks (whether to stop).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from modelyard.errors import EnvironmentMismatchError
 from modelyard.pipeline import child
-from modelyard.pipeline.data import load_dataset, split, write_split
+from modelyard.pipeline.data import load_dataset, split, write_groups, write_split
 from modelyard.pipeline.lineage import environment, fingerprint
 from modelyard.pipeline.profile import profile
 from modelyard.pipeline.validation import check
@@ -47,6 +48,9 @@ class RunJob:
     retries: int = 0
     #: the spec's ``features`` section: ``data`` then gives entity rows the store completes
     features: FeaturesSpec | None = None
+    #: columns the gate's fairness rules compare groups of: kept with the holdout for
+    #: evaluation, whether or not they are features
+    groups: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -87,11 +91,11 @@ def execute(job: RunJob, work: Path, hooks: RunHooks) -> Executed:
     hooks.stage("load data")
     definition = None
     if job.features is None:
-        dataset = load_dataset(job.data, Path(job.train.root))
+        dataset = load_dataset(job.data, Path(job.train.root), job.groups)
     else:
         from modelyard.pipeline.feature_data import load_feature_dataset
 
-        loaded = load_feature_dataset(job.data, job.features, Path(job.train.root))
+        loaded = load_feature_dataset(job.data, job.features, Path(job.train.root), job.groups)
         dataset, definition = loaded.dataset, loaded.definition
         hooks.note(f"features of service {job.features.service} as of each row's "
                    f"{job.features.timestamp} ({definition['digest']}); "
@@ -101,7 +105,14 @@ def execute(job: RunJob, work: Path, hooks: RunHooks) -> Executed:
     check(dataset, job.validation)
     train_set, holdout = split(dataset, job.data.holdout, job.data.seed, job.stratify)
     hooks.note(f"train {len(train_set)} rows, holdout {len(holdout)} rows")
+    # a group column that is no feature still decides the gate: its changes count as new data
+    extra = dataset.extra_groups()
+    if extra is not None:
+        hooks.note(f"kept for fairness rules only, not trained on: {', '.join(extra.columns)}")
     data_fingerprint = fingerprint(dataset.X, dataset.y)
+    if extra is not None:
+        data_fingerprint = hashlib.sha256(
+            (data_fingerprint + fingerprint(extra)).encode()).hexdigest()
     here = environment()
     if job.unchanged_if is not None and job.unchanged_if == data_fingerprint:
         return Executed(None, data_fingerprint, {}, here, definition)
@@ -109,6 +120,7 @@ def execute(job: RunJob, work: Path, hooks: RunHooks) -> Executed:
     hooks.stage("train")
     write_split(train_set.X, train_set.y, work / "train")
     write_split(holdout.X, holdout.y, work / "holdout")
+    write_groups(holdout.groups, work / "holdout")
     del dataset, train_set, holdout
     train = dataclasses.replace(job.train, work_dir=str(work))
     outcome = child.train_in_child(train, timeout_s=job.timeout_s, run_id=job.run_id,
