@@ -152,6 +152,21 @@ def test_a_training_row_never_gets_a_value_written_after_its_timestamp(
     assert definition["digest"].startswith("sha256:") and len(definition["digest"]) == 71
 
 
+def test_a_fairness_group_of_the_entity_rows_is_kept_but_never_trained_on(
+        repo: Repo, tmp_path: Path) -> None:
+    from modelyard.pipeline.feature_data import load_feature_dataset
+    from modelyard.spec import DataSpec
+
+    events = entity_rows()
+    events["city"] = ["north" if d % 2 else "south" for d in events["driver_id"]]
+    events.to_parquet(tmp_path / "events.parquet")
+    data = DataSpec(path=str(tmp_path / "events.parquet"), target="label")
+    dataset = load_feature_dataset(data, _spec(repo), tmp_path, ["city"]).dataset
+    assert dataset.feature_names == FEATURES  # the server fetches these, and only these
+    kept = events.iloc[:-1].reset_index(drop=True)  # the row before any write is left out
+    assert dataset.groups["city"].tolist() == kept["city"].tolist()
+
+
 def test_entity_rows_without_their_keys_or_timestamp_are_refused(
         repo: Repo, tmp_path: Path) -> None:
     from modelyard.errors import ConfigError, DataValidationError
