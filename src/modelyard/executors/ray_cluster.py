@@ -250,7 +250,8 @@ def _collect(result: dict[str, Any], work: Path, staging: Any) -> Executed:
                                outcome["signature"], outcome["task"], outcome["metrics"],
                                outcome["champion"], outcome.get("fairness") or [])
     return Executed(outcome, result["data_fingerprint"], result["reference_stats"],
-                    result["environment"], result.get("batch_profile"))
+                    result["environment"], result.get("batch_profile"),
+                    result.get("features"))
 
 
 def _rebuild(error: dict[str, Any]) -> ModelyardError:
@@ -319,7 +320,7 @@ def _work(job: RunJob, staging_at: str, root: Path, events: queue.SimpleQueue[An
                        "champion": o.champion, "fairness": o.fairness}
         box.update(outcome=outcome, data_fingerprint=executed.data_fingerprint,
                    reference_stats=executed.reference_stats, environment=executed.environment,
-                   batch_profile=executed.batch_profile)
+                   batch_profile=executed.batch_profile, features=executed.features)
     except BaseException as exc:
         box["error"] = {"type": type(exc).__name__, "message": str(exc),
                         "report": list(getattr(exc, "report", None) or [])}

@@ -68,22 +68,49 @@ def load_dataset(spec: DataSpec, root: Path, groups: Sequence[str] = ()) -> Data
         return _from_frame(_read_files(spec, root), spec, f"files {spec.path!r}", groups)
     if spec.sql is not None:
         return _from_frame(_read_sql(spec), spec, "the query", groups)
-    fn = resolve_callable(spec.function, root)  # type: ignore[arg-type]
-    try:
-        out = fn()
-    except Exception as exc:
-        raise DataValidationError(
-            f"data function {getattr(fn, '__qualname__', fn)} raised "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
+    out = _call(spec, root)
     if _is_frame(out):
         return _from_frame(out, spec, "the data function's DataFrame", groups)
     if isinstance(out, tuple) and len(out) == 2:
         return _from_pair(out[0], out[1], spec, groups)
     raise ConfigError(
-        f"data function {getattr(fn, '__qualname__', fn)} returned {type(out).__name__}; "
+        f"data function {_name(spec)} returned {type(out).__name__}; "
         "return a DataFrame (with data.target set) or a tuple (X, y)"
     )
+
+
+def read_frame(spec: DataSpec, root: Path) -> Any:
+    """The source's rows as one DataFrame, as read (a file, a query, or a data function that
+    returns a DataFrame): the entity rows a feature store completes."""
+    if spec.path is not None:
+        return _read_files(spec, root)
+    if spec.sql is not None:
+        return _read_sql(spec)
+    out = _call(spec, root)
+    if not _is_frame(out):
+        raise ConfigError(f"data function {_name(spec)} returned {type(out).__name__}; with "
+                          "features from a store it must return a DataFrame of entity rows")
+    return out
+
+
+def table_dataset(df: Any, spec: DataSpec, what: str, groups: Sequence[str] = ()) -> Dataset:
+    """A :class:`Dataset` from a table holding ``spec.target`` (``what`` names it in errors)."""
+    return _from_frame(df, spec, what, groups)
+
+
+def _call(spec: DataSpec, root: Path) -> Any:
+    fn = resolve_callable(spec.function, root)  # type: ignore[arg-type]
+    try:
+        return fn()
+    except Exception as exc:
+        raise DataValidationError(
+            f"data function {getattr(fn, '__qualname__', fn)} raised "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _name(spec: DataSpec) -> str:
+    return str(getattr(spec.function, "__qualname__", spec.function))
 
 
 def split(dataset: Dataset, holdout: float, seed: int, stratify: bool = True) -> tuple[Dataset,
@@ -361,5 +388,5 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-__all__ = ["Dataset", "load_dataset", "read_groups", "read_split", "split", "write_groups",
-           "write_split"]
+__all__ = ["Dataset", "load_dataset", "read_frame", "read_groups", "read_split", "split",
+           "table_dataset", "write_groups", "write_split"]

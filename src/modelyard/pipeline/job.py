@@ -24,7 +24,7 @@ from modelyard.pipeline.lineage import environment, fingerprint
 from modelyard.pipeline.profile import profile
 from modelyard.pipeline.validation import check_all
 from modelyard.resources import ResourcesSpec
-from modelyard.spec import DataSpec, ValidationSpec
+from modelyard.spec import DataSpec, FeaturesSpec, ValidationSpec
 
 
 @dataclass
@@ -46,6 +46,8 @@ class RunJob:
     environment: dict[str, Any] = field(default_factory=dict)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     retries: int = 0
+    #: the spec's ``features`` section: ``data`` then gives entity rows the store completes
+    features: FeaturesSpec | None = None
     #: columns the gate's fairness rules compare groups of: kept with the holdout for
     #: evaluation, whether or not they are features
     groups: list[str] = field(default_factory=list)
@@ -65,6 +67,8 @@ class Executed:
     environment: dict[str, Any]
     #: the profile of the batch that passed the data checks, stored with the run
     batch_profile: dict[str, Any] | None = None
+    #: the feature service's definition the version records (None: no feature store)
+    features: dict[str, Any] | None = None
 
 
 def _never() -> str | None:
@@ -90,7 +94,17 @@ def execute(job: RunJob, work: Path, hooks: RunHooks) -> Executed:
     process with ``work`` as its folder (``work/train.log``, ``work/artifact``)."""
     work.mkdir(parents=True, exist_ok=True)
     hooks.stage("load data")
-    dataset = load_dataset(job.data, Path(job.train.root), job.groups)
+    definition = None
+    if job.features is None:
+        dataset = load_dataset(job.data, Path(job.train.root), job.groups)
+    else:
+        from modelyard.pipeline.feature_data import load_feature_dataset
+
+        loaded = load_feature_dataset(job.data, job.features, Path(job.train.root), job.groups)
+        dataset, definition = loaded.dataset, loaded.definition
+        hooks.note(f"features of service {job.features.service} as of each row's "
+                   f"{job.features.timestamp} ({definition['digest']}); "
+                   f"{loaded.unknown} row(s) with no feature value at their time left out")
     hooks.note(f"loaded {len(dataset)} rows, features: {', '.join(dataset.feature_names[:20])}")
     hooks.stage("validate")
     accepted = check_all(dataset, job.validation, history=job.history,
@@ -107,7 +121,7 @@ def execute(job: RunJob, work: Path, hooks: RunHooks) -> Executed:
             (data_fingerprint + fingerprint(extra)).encode()).hexdigest()
     here = environment()
     if job.unchanged_if is not None and job.unchanged_if == data_fingerprint:
-        return Executed(None, data_fingerprint, {}, here, accepted)
+        return Executed(None, data_fingerprint, {}, here, accepted, definition)
     reference = profile(train_set.X)
     hooks.stage("train")
     write_split(train_set.X, train_set.y, work / "train")
@@ -117,7 +131,7 @@ def execute(job: RunJob, work: Path, hooks: RunHooks) -> Executed:
     train = dataclasses.replace(job.train, work_dir=str(work))
     outcome = child.train_in_child(train, timeout_s=job.timeout_s, run_id=job.run_id,
                                    on_stage=hooks.stage, should_stop=hooks.stop)
-    return Executed(outcome, data_fingerprint, reference, here, accepted)
+    return Executed(outcome, data_fingerprint, reference, here, accepted, definition)
 
 
 def environment_differences(client: dict[str, Any], worker: dict[str, Any]) -> list[str]:

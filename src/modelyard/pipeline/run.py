@@ -343,7 +343,9 @@ def _execute(
               # what the next run compares with to see that nothing changed
               "spec_hash": lineage.spec_hash,
               # the per-group figures on the holdout; the monitor reads the rules back
-              **({FAIRNESS: outcome.fairness} if outcome.fairness else {})},
+              **({FAIRNESS: outcome.fairness} if outcome.fairness else {}),
+              # the feature service it was trained on, which the server fetches online
+              **({"features": executed.features} if executed.features else {})},
         signature=outcome.signature,
         metrics=outcome.metrics, params=lineage.params,
         data_fingerprint=lineage.data_fingerprint, code_ref=lineage.code_ref,
@@ -448,7 +450,7 @@ def _job(spec: Spec, registry: RunRegistry, run_id: str, lineage: _Lineage, *,
                   timeout_s=spec.timeout_s, unchanged_if=unchanged_if,
                   environment=lineage.environment, resources=spec.resources,
                   retries=spec.retries, groups=group_columns(spec.gate.fairness),
-                  history=_history(spec, registry, run_id))
+                  history=_history(spec, registry, run_id), features=spec.features)
 
 
 def _accepted_batch(profile: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-from modelyard.errors import ConflictError, NotFoundError, UnavailableError
+from modelyard.errors import ConfigError, ConflictError, NotFoundError, UnavailableError
 from modelyard.schema import FieldSpec
 from modelyard.serving.cache import Key, ModelCache
 from modelyard.serving.footprint import Footprint
@@ -45,6 +45,31 @@ def log_policy(record: Any, spec: ServingSpec) -> Any:
 
     return LogPolicy(record.model, record.version, spec.sample_rate, dict(spec.sensitive),
                      record.get_signature(), record.reference_stats)
+
+
+def _feature_definition(record: Any) -> Any:
+    """The feature service a version was trained on (None: it takes its features in the
+    request); a malformed record is a :class:`ConfigError` (the version cannot be served)."""
+    from modelyard.features.definition import FeatureDefinition
+
+    try:
+        return FeatureDefinition.from_meta(record.meta)
+    except ValueError as exc:
+        raise ConfigError(f"{record.ref}: {exc}") from None
+
+
+def _feature_runner(predictor: Any, policy: Any, features: Any, pool: Any,
+                    observe: Any) -> Runner:
+    """A runner that fetches ``features`` online per batch (opens the store: blocking)."""
+    from modelyard.features.feast_store import OnlineFeatures
+    from modelyard.serving.features import FeatureRunner
+
+    online = OnlineFeatures(features)
+    online.warm()
+    log.info("%s fetches its features online from Feast service %s (%s)", predictor.ref,
+             features.service, features.repo)
+    return FeatureRunner(predictor, policy, keys=features.entities, service=features.service,
+                         fetch=online.fetch, executor=pool, observe=observe)
 
 
 class Catalog:
@@ -340,8 +365,12 @@ class Catalog:
         policy = batch_policy(spec, accelerated=batches_as_accelerated(record, adapter),
                               timeout_s=self.options.request_timeout_s)
         vm = self.metrics.for_version(record.model, str(record.version))
-        runner = Runner(predictor, policy, executor=self.predict_pool,
-                        observe=self._observer(vm, (record.model, int(record.version))))
+        observe = self._observer(vm, (record.model, int(record.version)))
+        features = _feature_definition(record)
+        if features is None:
+            runner = Runner(predictor, policy, executor=self.predict_pool, observe=observe)
+        else:
+            runner = _feature_runner(predictor, policy, features, self.predict_pool, observe)
         runner.metrics = vm
         runner.warm()
         return runner
@@ -396,6 +425,10 @@ class Catalog:
             worker.start()
             return worker
 
+        if _feature_definition(record) is not None:
+            raise ConfigError(f"{record.ref} takes its features from a feature store, which is "
+                              "fetched in the server process: serve it with serving.isolation: "
+                              "inline")
         adapter = get_adapter(record.flavor)
         worker = spawn()
         policy = batch_policy(spec, accelerated=batches_as_accelerated(record, adapter),

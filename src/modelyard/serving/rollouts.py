@@ -75,7 +75,10 @@ class ActiveRollout(ProcessWindow):
                  settle_s: float = 0.0) -> None:
         self.stable = stable
         self.candidate = candidate
-        self.same_inputs = stable.predictor.signature == candidate.predictor.signature
+        # a version that fetches its features takes entity keys, not its signature's fields
+        self.same_inputs = (stable.predictor.signature == candidate.predictor.signature
+                            and getattr(stable, "entity_keys", None)
+                            == getattr(candidate, "entity_keys", None))
         self.in_flight = 0
         self.retried = 0
         super().__init__(deployment, settle_s=settle_s)

@@ -33,6 +33,7 @@ from modelyard.spec.training import (
     ChampionRule,
     DataSpec,
     FairnessRule,
+    FeaturesSpec,
     GateSpec,
     RetrainSpec,
     ValidationSpec,
@@ -49,6 +50,9 @@ class Spec(BaseModel):
     #: the training function; a graph spec has none (see ``graph``).
     train: str | Callable[..., Any] | None = None
     data: DataSpec | None = None
+    #: training features looked up in a feature store for ``data``'s entity rows, and the same
+    #: features fetched online for each request's entity keys (:mod:`modelyard.features`)
+    features: FeaturesSpec | None = None
     #: a composed model: a graph of registered models instead of training code
     #: (:mod:`modelyard.graph`); registering it trains nothing.
     graph: Graph | None = None
@@ -86,7 +90,7 @@ class Spec(BaseModel):
     @model_validator(mode="after")
     def _trains_or_composes(self) -> Spec:
         if self.graph is not None:
-            given = [k for k in ("train", "data") if getattr(self, k) is not None]
+            given = [k for k in ("train", "data", "features") if getattr(self, k) is not None]
             if given:
                 raise ValueError(f"a graph spec trains nothing: remove {' and '.join(given)}, "
                                  "or the graph")
@@ -229,6 +233,7 @@ __all__ = [
     "ChampionRule",
     "DataSpec",
     "FairnessRule",
+    "FeaturesSpec",
     "GateSpec",
     "MonitorSpec",
     "PrecomputeSpec",

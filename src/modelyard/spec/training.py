@@ -96,6 +96,32 @@ def _keys(value: Any) -> Any:
     return [[v] if isinstance(v, str) else list(v) for v in items]
 
 
+class FeaturesSpec(BaseModel):
+    """Features from a feature store: training rows by point-in-time lookup, served rows online.
+
+    ``repo``: the Feast repository (the folder of ``feature_store.yaml``; relative to the spec's
+    folder); ``service``: the feature service whose features the model uses; ``entities``: the
+    entity key columns (in ``data``'s rows and in each prediction request); ``timestamp``: the
+    column of ``data``'s rows that says when each row's label was known.
+    """
+
+    model_config = STRICT
+
+    store: Literal["feast"] = "feast"
+    repo: str = Field(min_length=1)
+    service: str = Field(min_length=1)
+    entities: list[str] = Field(min_length=1)
+    timestamp: str = Field("event_timestamp", min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> FeaturesSpec:
+        if len(set(self.entities)) != len(self.entities):
+            raise ValueError("entities names a column twice")
+        if self.timestamp in self.entities:
+            raise ValueError("the timestamp column cannot also be an entity key")
+        return self
+
+
 class ValidationSpec(BaseModel):
     """Checks the training data must pass before anything is trained."""
 
@@ -210,6 +236,5 @@ class RetrainSpec(BaseModel):
         return value
 
 
-
-__all__ = ["ChampionRule", "DataSpec", "FairnessRule", "FreshnessRule", "GateSpec",
-           "RetrainSpec", "ShiftRule", "ValidationSpec", "VolumeRule"]
+__all__ = ["ChampionRule", "DataSpec", "FairnessRule", "FeaturesSpec", "FreshnessRule",
+           "GateSpec", "RetrainSpec", "ShiftRule", "ValidationSpec", "VolumeRule"]
