@@ -231,6 +231,14 @@ class ExportError(ModelyardError):
     exit_code = 21
 
 
+class FederationError(ModelyardError):
+    """Federated training failed: the Flower SuperLink or a SuperNode did not start, too few
+    sites joined, a site's data or parameters did not fit the model, or a round timed out."""
+
+    status_code = 502
+    exit_code = 23
+
+
 class RequestError(ModelyardError):
     """The server refuses an HTTP request before any model sees it (its size, method, media type
     or credentials); the message says what to send instead."""
@@ -368,6 +376,7 @@ __all__ = [
     "DeviceError",
     "EnvironmentMismatchError",
     "ExportError",
+    "FederationError",
     "ForbiddenError",
     "FrameworkMissingError",
     "GateFailed",

@@ -29,7 +29,14 @@ from modelyard.resources import ResourcesSpec, flatten_train
 from modelyard.spec.base import STRICT, parse_duration
 from modelyard.spec.monitoring import ALERT_SIGNALS, AlertRule, MonitorSpec
 from modelyard.spec.serving import BatchingSpec, PrecomputeSpec, RolloutSpec, ServingSpec
-from modelyard.spec.training import ChampionRule, DataSpec, GateSpec, RetrainSpec, ValidationSpec
+from modelyard.spec.training import (
+    ChampionRule,
+    DataSpec,
+    FederatedSpec,
+    GateSpec,
+    RetrainSpec,
+    ValidationSpec,
+)
 from modelyard.spec.yaml_loader import SpecLoader, load_yaml, read_text
 
 
@@ -57,6 +64,9 @@ class Spec(BaseModel):
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
     monitoring: MonitorSpec = Field(default_factory=MonitorSpec)
     precompute: PrecomputeSpec | None = None
+    #: trained across sites with ``modelyard federate`` (then ``train`` and ``data`` are
+    #: optional: ``data``, if given, is the holdout each round's global model is gated on)
+    federated: FederatedSpec | None = None
     timeout_s: float = Field(3600.0, gt=0)
     #: where its training runs execute: ``local`` (a process here) or ``ray`` (a cluster), and
     #: what one run needs there; ``retries``: runs again when its worker node dies (Ray)
@@ -85,9 +95,10 @@ class Spec(BaseModel):
                                  "or the graph")
             return self
         missing = [k for k in ("train", "data") if getattr(self, k) is None]
-        if missing:
+        if missing and self.federated is None:
             raise ValueError(f"{' and '.join(missing)} required: a model declares its training "
-                             "(train, data) or a graph of other models (graph)")
+                             "(train, data), a federated section, or a graph of other models "
+                             "(graph)")
         return self
 
     @model_validator(mode="after")
@@ -212,6 +223,7 @@ __all__ = [
     "BatchingSpec",
     "ChampionRule",
     "DataSpec",
+    "FederatedSpec",
     "GateSpec",
     "MonitorSpec",
     "PrecomputeSpec",
