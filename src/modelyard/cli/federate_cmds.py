@@ -7,7 +7,9 @@ runs a site (a SuperNode training on FILE, which never leaves the site).
 
 from __future__ import annotations
 
+import signal
 import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,7 @@ def run_server(state: State, model: str, project: str, rounds: int | None,
                             f"{', '.join(sorted(specs)) or 'none'}")
     registry = state.local_registry()
     out = console(stderr=as_json)
+    _stop_on_sigterm()
     plan = Plan(specs[model], Path(project), address, rounds, min_clients, round_timeout)
     run = run_federation(plan, registry, state.settings(),
                          progress=lambda line: out.print(line, markup=False))
@@ -120,6 +123,7 @@ def client(model: str, data: str, server: str, site: str | None, port: int | Non
     if not Path(data).is_file():
         raise ConfigError(f"--data {data}: no such file")
     name = site or socket.gethostname()
+    _stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="modelyard-site-") as tmp:
         node = SuperNode(server, model=model, data=Path(data), site=name, work=Path(tmp),
                          port=port)
@@ -132,6 +136,17 @@ def client(model: str, data: str, server: str, site: str | None, port: int | Non
         if code != 0:
             raise FederationError(f"the Flower SuperNode exited with code {code}: "
                                   f"{node.tail(1)}")
+
+
+def _stop_on_sigterm() -> None:
+    """A SIGTERM ends this command as Ctrl-C does, so the Flower processes it started stop too
+    (they run in their own process groups, where no signal to this one reaches them)."""
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if sys.platform != "win32":
+        signal.signal(signal.SIGTERM, stop)
 
 
 def _summary(run: Any) -> dict[str, Any]:

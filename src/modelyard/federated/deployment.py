@@ -138,7 +138,7 @@ class FlowerProcess:
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
 
-    def stop(self, grace_s: float = 10.0) -> None:
+    def stop(self, grace_s: float = 5.0) -> None:
         """Stop it and whatever it started (SIGTERM to its group, then SIGKILL)."""
         if self.alive():
             with contextlib.suppress(ProcessLookupError):

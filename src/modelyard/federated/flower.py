@@ -8,9 +8,12 @@ with weights (``arrays``), its row count and metrics (``metrics``) and its name 
 or with ``config["error"]``: one line the server reports.
 
 A round: the server sends the global weights to train, averages what comes back by rows,
-sends the average to evaluate at every site, then gates and registers it
-(:class:`~modelyard.federated.rounds.Federation`). Before the first round each site describes
-its data (a query: its feature names, class labels and row count, never a row).
+then gates and registers the average (:class:`~modelyard.federated.rounds.Federation`). With a
+holdout of its own (the spec's ``data``) the server scores it there, and the sites' metrics are
+those of their own updates on their own holdouts; without one, the average goes back to every
+site to be scored on its holdout (an evaluate message), and the gate sees those scores.
+Before the first round each site describes its data (a query: its feature names, class labels
+and row count, never a row).
 """
 
 from __future__ import annotations
@@ -95,13 +98,18 @@ def _drive(grid: Grid, federation: Federation, *, rounds: int, min_clients: int,
     task, weights = federation.start(schemas)
     nodes = [reply.metadata.src_node_id for _, reply in answers]
     for number in range(1, rounds + 1):
+        federation.note(f"round {number}: training at {len(nodes)} site(s)")
         trained = _ask(grid, nodes, MessageType.TRAIN, task, weights, number, timeout,
                        min_clients)
         weights = weighted_average([(_weights(reply), _examples(reply))
                                     for _, reply in trained])
-        scored = _ask(grid, nodes, MessageType.EVALUATE, task, weights, number, timeout,
-                      min_clients)
-        reports = [SiteReport(name, _examples(reply), _metrics(reply)) for name, reply in scored]
+        reports = [SiteReport(name, _examples(reply), _metrics(reply))
+                   for name, reply in trained]
+        if federation.holdout is None:  # the sites' holdouts are all there is to gate on
+            scored = _ask(grid, nodes, MessageType.EVALUATE, task, weights, number, timeout,
+                          min_clients)
+            reports = [SiteReport(name, _examples(reply), _metrics(reply), "global")
+                       for name, reply in scored]
         federation.conclude(number, weights, reports)
 
 

@@ -4,6 +4,7 @@ schemas, average their weights, then gate and register each round's global model
 Each round's global model is scored on the spec's holdout (its ``data`` section, split as
 ``train`` splits it) when the spec has one, and compared with ``production`` there; without
 one, on the sites' own holdouts (their metrics averaged by rows), with no champion comparison.
+Either way each site's own metrics are kept.
 A model that passes the gate is registered as a new version, linked to the run, with the
 round, the sites that took part and each site's metrics in ``meta["federated"]``; a rejected
 round registers nothing and the next round goes on. The run records every round in
@@ -13,6 +14,7 @@ round registers nothing and the next round goes on. The run records every round 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,10 +41,13 @@ class SiteReport:
     site: str
     examples: int
     metrics: dict[str, float]
+    #: what was scored on the site's holdout: its own ``update`` or the ``global`` average
+    of: str = "update"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, as stored on the version and the run."""
-        return {"site": self.site, "examples": self.examples, "metrics": dict(self.metrics)}
+        return {"site": self.site, "examples": self.examples, "metrics": dict(self.metrics),
+                "of": self.of}
 
 
 @dataclass
@@ -158,6 +163,7 @@ class Federation:
         self.task: Task | None = None
         self.rounds: list[RoundRecord] = []
         self.lines: list[str] = []
+        self.started = time.monotonic()
 
     def start(self, schemas: Mapping[str, Mapping[str, Any]]) -> tuple[Task, list[np.ndarray]]:
         """Plan the task from the sites' schemas; the task and the starting weights."""
@@ -171,7 +177,8 @@ class Federation:
     def conclude(self, number: int, weights: list[np.ndarray],
                  reports: Sequence[SiteReport]) -> RoundRecord:
         """Score round ``number``'s global ``weights``, gate them and register them if they
-        pass; ``reports`` are the sites' metrics of these weights on their own holdouts."""
+        pass; ``reports`` are the sites' metrics on their own holdouts (of these weights when
+        the server has no holdout: then the gate sees their average by rows)."""
         model = estimators.set_weights(self._build(), weights)
         site_metrics = {r.site: r.to_dict() for r in reports}
         if self.holdout is not None:
@@ -189,7 +196,6 @@ class Federation:
             self._register(model, record, has_champion=champion.get("ref") is not None)
         else:
             self.note(f"round {number}: rejected: {'; '.join(gate.reasons)}")
-        self.registry.beat_run(self.run_id, logs="\n".join(self.lines))
         return record
 
     def finish(self) -> None:
@@ -225,8 +231,13 @@ class Federation:
             "rounds": [r.to_dict() for r in self.rounds]}}
 
     def note(self, line: str) -> None:
-        """A line of the run's log."""
-        self.lines.append(line)
+        """A line of the run's log, with the seconds since the federation started; written
+        into the run at once, so ``modelyard federate`` and ``runs show`` follow it."""
+        self.lines.append(f"[{time.monotonic() - self.started:7.2f}s] {line}")
+        self._write_logs()
+
+    def _write_logs(self) -> None:
+        self.registry.beat_run(self.run_id, logs="\n".join(self.lines))
 
     def _build(self) -> Any:
         assert self.task is not None
