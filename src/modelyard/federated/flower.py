@@ -12,8 +12,8 @@ then gates and registers the average (:class:`~modelyard.federated.rounds.Federa
 holdout of its own (the spec's ``data``) the server scores it there, and the sites' metrics are
 those of their own updates on their own holdouts; without one, the average goes back to every
 site to be scored on its holdout (an evaluate message), and the gate sees those scores.
-Before the first round each site describes its data (a query: its feature names, class labels
-and row count, never a row).
+Without a server holdout each site first describes its data (a query: its feature names, class
+labels and row count, never a row), to agree on the columns and the classes.
 """
 
 from __future__ import annotations
@@ -87,16 +87,14 @@ def _serve(grid: Grid, context: Context) -> None:
 def _drive(grid: Grid, federation: Federation, *, rounds: int, min_clients: int,
            timeout: float) -> None:
     nodes = _wait_for_nodes(grid, min_clients, timeout)
-    answers = _ask(grid, nodes, MessageType.QUERY, probe(federation.spec), None, 0, timeout,
-                   min_clients)
-    names = [name for name, _ in answers]
-    if len(set(names)) != len(names):
-        raise FederationError(f"two SuperNodes call themselves the same site ({names}); give "
-                              "each 'modelyard federate client' its own --site")
-    schemas = {name: json.loads(str(reply.content.config_records["config"]["schema"]))
-               for name, reply in answers}
+    schemas: dict[str, Any] = {}
+    if federation.holdout is None:  # else the server's holdout has the columns and classes
+        answers = _ask(grid, nodes, MessageType.QUERY, probe(federation.spec), None, 0,
+                       timeout, min_clients)
+        schemas = {name: json.loads(str(reply.content.config_records["config"]["schema"]))
+                   for name, reply in _distinct(answers)}
+        nodes = [reply.metadata.src_node_id for _, reply in answers]
     task, weights = federation.start(schemas)
-    nodes = [reply.metadata.src_node_id for _, reply in answers]
     for number in range(1, rounds + 1):
         federation.note(f"round {number}: training at {len(nodes)} site(s)")
         trained = _ask(grid, nodes, MessageType.TRAIN, task, weights, number, timeout,
@@ -104,13 +102,21 @@ def _drive(grid: Grid, federation: Federation, *, rounds: int, min_clients: int,
         weights = weighted_average([(_weights(reply), _examples(reply))
                                     for _, reply in trained])
         reports = [SiteReport(name, _examples(reply), _metrics(reply))
-                   for name, reply in trained]
+                   for name, reply in _distinct(trained)]
         if federation.holdout is None:  # the sites' holdouts are all there is to gate on
             scored = _ask(grid, nodes, MessageType.EVALUATE, task, weights, number, timeout,
                           min_clients)
             reports = [SiteReport(name, _examples(reply), _metrics(reply), "global")
                        for name, reply in scored]
         federation.conclude(number, weights, reports)
+
+
+def _distinct(answers: list[tuple[str, Message]]) -> list[tuple[str, Message]]:
+    names = [name for name, _ in answers]
+    if len(set(names)) != len(names):
+        raise FederationError(f"two SuperNodes call themselves the same site ({names}); give "
+                              "each 'modelyard federate client' its own --site")
+    return answers
 
 
 def _wait_for_nodes(grid: Grid, min_clients: int, timeout: float) -> list[int]:

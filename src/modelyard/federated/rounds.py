@@ -105,7 +105,7 @@ def plan(spec: Spec, schemas: Mapping[str, Mapping[str, Any]],
     fed = spec.federated
     if fed is None:
         raise FederationError(f"{spec.name} declares no federated section")
-    if not schemas:
+    if not schemas and holdout is None:
         raise FederationError("no site described its data")
     features = _agreed_features(schemas, holdout)
     classes = None
@@ -169,7 +169,8 @@ class Federation:
         """Plan the task from the sites' schemas; the task and the starting weights."""
         self.task = plan(self.spec, schemas, self.holdout)
         rows = ", ".join(f"{site} {s.get('rows')} rows" for site, s in schemas.items())
-        self.note(f"sites: {rows}; features {self.task.features}"
+        self.note((f"sites: {rows}; " if rows else "")
+                  + f"features {self.task.features}"
                   + (f"; classes {self.task.classes}" if self.task.classes else ""))
         model = self._build()
         return self.task, estimators.get_weights(model)

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: seconds between looks at the registry run, and between asking Flower about its run.
-_LOOK_S, _ASK_FLOWER_S = 0.5, 5.0
+#: seconds between looks at the registry run, and between asking Flower about its run (each
+#: ask is a ``flwr`` process: a second of CPU)
+_LOOK_S, _ASK_FLOWER_S = 0.5, 15.0
 #: how long the registry run may stay open after Flower says its run ended.
 _SETTLE_S = 10.0
 
