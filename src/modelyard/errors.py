@@ -24,6 +24,7 @@
     ├── MonitoringError             monitoring has too little data to answer (yet)
     ├── AdapterError                a framework raised while saving, loading or predicting
     ├── ExportError                 an export was refused: unsupported, or outside parity tolerance
+    ├── FederationError             federated training failed: Flower, too few sites, a site
     ├── RequestError                the server refuses an HTTP request before any model sees it
     │   ├── BodyTooLargeError       413: the body is over the server's --max-body
     │   ├── BodyTimeoutError        408: the body stalled past the server's --body-timeout
