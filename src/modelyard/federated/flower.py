@@ -64,10 +64,16 @@ def _serve(grid: Grid, context: Context) -> None:
     from modelyard.registry import Registry
     from modelyard.spec import load_project
 
-    spec = load_project(str(config["project"]))[str(config["model"])]
     with Registry.open(Settings.from_env()) as registry:
-        federation = Federation(spec, registry, str(config["run-id"]),
-                                holdout=server_holdout(spec), actor=str(config["actor"]) or None)
+        run_id = str(config["run-id"])
+        try:
+            spec = load_project(str(config["project"]))[str(config["model"])]
+            federation = Federation(spec, registry, run_id, holdout=server_holdout(spec),
+                                    actor=str(config["actor"]) or None)
+        except ModelyardError as exc:  # recorded at once: the CLI would only see Flower's end
+            registry.finish_run(run_id, status="failed", failure_reason=str(exc),
+                                logs=f"failed: {exc}")
+            raise
         try:
             _drive(grid, federation, rounds=int(config["rounds"]),
                    min_clients=int(config["min-clients"]),
@@ -90,7 +96,7 @@ def _drive(grid: Grid, federation: Federation, *, rounds: int, min_clients: int,
     schemas: dict[str, Any] = {}
     if federation.holdout is None:  # else the server's holdout has the columns and classes
         answers = _ask(grid, nodes, MessageType.QUERY, probe(federation.spec), None, 0,
-                       timeout, min_clients)
+                       timeout, min_clients, federation.note)
         schemas = {name: json.loads(str(reply.content.config_records["config"]["schema"]))
                    for name, reply in _distinct(answers)}
         nodes = [reply.metadata.src_node_id for _, reply in answers]
@@ -98,14 +104,14 @@ def _drive(grid: Grid, federation: Federation, *, rounds: int, min_clients: int,
     for number in range(1, rounds + 1):
         federation.note(f"round {number}: training at {len(nodes)} site(s)")
         trained = _ask(grid, nodes, MessageType.TRAIN, task, weights, number, timeout,
-                       min_clients)
+                       min_clients, federation.note)
         weights = weighted_average([(_weights(reply), _examples(reply))
                                     for _, reply in trained])
         reports = [SiteReport(name, _examples(reply), _metrics(reply))
                    for name, reply in _distinct(trained)]
         if federation.holdout is None:  # the sites' holdouts are all there is to gate on
             scored = _ask(grid, nodes, MessageType.EVALUATE, task, weights, number, timeout,
-                          min_clients)
+                          min_clients, federation.note)
             reports = [SiteReport(name, _examples(reply), _metrics(reply), "global")
                        for name, reply in scored]
         federation.conclude(number, weights, reports)
@@ -134,9 +140,10 @@ def _wait_for_nodes(grid: Grid, min_clients: int, timeout: float) -> list[int]:
 
 def _ask(grid: Grid, nodes: Sequence[int], kind: str, task: site.Task,
          weights: list[np.ndarray] | None, number: int, timeout: float,
-         min_clients: int) -> list[tuple[str, Message]]:
+         min_clients: int, note: Callable[[str], None]) -> list[tuple[str, Message]]:
     """Send ``task`` (and ``weights``) to every node; the answers of those that answered, by
-    site name. Fewer than ``min_clients`` answers is a :class:`FederationError` naming why."""
+    site name. Sites that failed are left out (``note`` says why) while ``min_clients``
+    answer; fewer is a :class:`FederationError` naming why."""
     messages = []
     for node in nodes:
         content = RecordDict({"config": ConfigRecord({"task": task.to_json(), "round": number})})
@@ -157,6 +164,9 @@ def _ask(grid: Grid, nodes: Sequence[int], kind: str, task: site.Task,
             problems.append(f"{name}: {config['error']!s}")
         else:
             answered.append((name, reply))
+    if problems and len(answered) >= min_clients:
+        stage = "describing their data" if kind == MessageType.QUERY else f"round {number}"
+        note(f"{stage}: left out {'; '.join(problems)}")
     if len(answered) < min_clients:
         missing = len(nodes) - len(answered) - len(problems)
         why = "; ".join(problems + ([f"{missing} site(s) did not answer within {timeout:g}s"]
