@@ -219,3 +219,6 @@ def test_federate_refuses_in_one_line_with_its_exit_codes(tmp_path: Path) -> Non
     out = runner.invoke(main, ["federate", "client", "plain", "--data",
                                str(tmp_path / "missing.csv"), "--insecure"])
     assert out.exit_code == 2 and "no such file" in out.output
+    out = runner.invoke(main, ["--server", "http://127.0.0.1:9", "federate", "plain", *project,
+                               "--insecure"])
+    assert out.exit_code == 2 and "cannot act through a server" in out.output

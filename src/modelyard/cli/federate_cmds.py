@@ -76,6 +76,7 @@ def run_server(state: State, model: str, project: str, rounds: int | None,
     from modelyard.federated.server import federate as run_federation
     from modelyard.spec import load_project
 
+    state.require_local()  # the ServerApp registers versions in the database itself
     if not insecure:
         raise ConfigError(_TLS_NOTE)
     parse_address(address)
