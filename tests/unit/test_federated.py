@@ -164,8 +164,9 @@ def test_without_a_server_holdout_the_sites_must_agree_and_their_metrics_gate(
         registry: Registry, tmp_path: Path) -> None:
     spec = Spec.parse({"name": "risk", "root": tmp_path, "metrics": ["accuracy"],
                        "gate": {"min": {"accuracy": 0.7}},
-                       "data": {"function": "nowhere:load", "target": "label"},
-                       "federated": {"estimator": "SGDClassifier", "classes": [0, 1]}})
+                       "federated": {"estimator": "SGDClassifier", "classes": [0, 1],
+                                     "target": "label"}})
+    assert server_holdout(spec) is None
     schemas = {"a": {"features": FEATURES, "classes": [0], "rows": 10},
                "b": {"features": ["x0", "x1"], "classes": [1], "rows": 10}}
     with pytest.raises(FederationError, match="same feature columns"):
@@ -183,10 +184,14 @@ def test_without_a_server_holdout_the_sites_must_agree_and_their_metrics_gate(
 
 
 def test_a_federated_spec_needs_no_train_function_but_a_known_estimator() -> None:
-    spec = Spec.parse({"name": "m", "federated": {"estimator": "MLPClassifier"}})
+    spec = Spec.parse({"name": "m", "federated": {"estimator": "MLPClassifier",
+                                                  "target": "y"}})
     assert spec.federated is not None and spec.federated.rounds == 3
+    with pytest.raises(ConfigError, match="federated.target required"):
+        Spec.parse({"name": "m", "federated": {"estimator": "MLPClassifier"}})
     with pytest.raises(ConfigError, match="estimator"):
-        Spec.parse({"name": "m", "federated": {"estimator": "RandomForestClassifier"}})
+        Spec.parse({"name": "m", "federated": {"estimator": "RandomForestClassifier",
+                                               "target": "y"}})
     with pytest.raises(ConfigError, match="train and data required"):
         Spec.parse({"name": "m"})
 

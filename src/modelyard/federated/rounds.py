@@ -131,10 +131,12 @@ def probe(spec: Spec) -> Task:
 
 
 def _target(spec: Spec) -> str:
-    target = spec.data.target if spec.data is not None else None
+    fed = spec.federated
+    target = (fed.target if fed is not None else None) or (
+        spec.data.target if spec.data is not None else None)
     if not target:
-        raise FederationError(f"{spec.name}: name the label column as data.target, so the "
-                              "sites know which of their columns to learn")
+        raise FederationError(f"{spec.name}: name the label column as federated.target (or "
+                              "data.target), so the sites know which of their columns to learn")
     return target
 
 

@@ -95,6 +95,9 @@ class Spec(BaseModel):
                                  "or the graph")
             return self
         missing = [k for k in ("train", "data") if getattr(self, k) is None]
+        if self.federated is not None and self.data is None and not self.federated.target:
+            raise ValueError("federated.target required: the label column at the sites (or a "
+                             "data section with its target)")
         if missing and self.federated is None:
             raise ValueError(f"{' and '.join(missing)} required: a model declares its training "
                              "(train, data), a federated section, or a graph of other models "

@@ -112,6 +112,7 @@ class FederatedSpec(BaseModel):
     local_epochs: int = Field(1, ge=1, le=1000)  # passes over its data a site makes per round
     round_timeout_s: float = Field(300.0, gt=0)  # how long a round waits for the sites
     classes: list[Any] | None = None  # every class label, when no site or holdout has them all
+    target: str | None = None  # the label column at the sites, when there is no data section
 
 
 __all__ = ["FEDERATED_ESTIMATORS", "ChampionRule", "DataSpec", "FederatedSpec", "GateSpec",
