@@ -187,7 +187,7 @@ def test_a_federated_spec_needs_no_train_function_but_a_known_estimator() -> Non
     spec = Spec.parse({"name": "m", "federated": {"estimator": "MLPClassifier",
                                                   "target": "y"}})
     assert spec.federated is not None and spec.federated.rounds == 3
-    with pytest.raises(ConfigError, match="federated.target required"):
+    with pytest.raises(ConfigError, match=r"federated\.target required"):
         Spec.parse({"name": "m", "federated": {"estimator": "MLPClassifier"}})
     with pytest.raises(ConfigError, match="estimator"):
         Spec.parse({"name": "m", "federated": {"estimator": "RandomForestClassifier",

@@ -89,7 +89,7 @@ def run_server(state: State, model: str, project: str, rounds: int | None,
     _stop_on_sigterm()
     plan = Plan(specs[model], Path(project), address, rounds, min_clients, round_timeout)
     run = run_federation(plan, registry, state.settings(),
-                         progress=lambda line: out.print(line, markup=False))
+                         progress=lambda line: out.print(line, markup=False, soft_wrap=True))
     if as_json:
         print_json(_summary(run))
         return
