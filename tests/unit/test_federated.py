@@ -218,6 +218,13 @@ def test_federate_refuses_in_one_line_with_its_exit_codes(tmp_path: Path) -> Non
     assert out.exit_code == 3 and "declares no model 'nope'" in out.output
     out = runner.invoke(main, [*home, "federate", "plain", *project, "--insecure"])
     assert out.exit_code == 2 and "no federated section" in out.output
+    (tmp_path / "fair.yaml").write_text(
+        "models:\n  fair:\n    metrics: [accuracy]\n"
+        "    gate: {fairness: [{group: sex, metric: accuracy, max_gap: 0.1}]}\n"
+        "    federated: {estimator: SGDClassifier, target: y}\n")
+    out = runner.invoke(main, [*home, "federate", "fair", "--project",
+                               str(tmp_path / "fair.yaml"), "--insecure"])
+    assert out.exit_code == 2 and "gate.fairness" in out.output, out.output
     out = runner.invoke(main, [*home, "federate", "plain", *project, "--insecure",
                                "--address", "nowhere"])
     assert out.exit_code == 2 and "HOST:PORT" in out.output

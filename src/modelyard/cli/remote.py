@@ -376,6 +376,12 @@ class RemoteRegistry:
         which = str(number) if number is not None else _p(alias or PRODUCTION)
         return record(ModelVersion, self.remote.get(f"/api/v1/models/{_p(name)}/versions/{which}"))
 
+    def card(self, ref: str, fmt: str) -> str:
+        """Version ``ref``'s model card as the server generates it (``markdown`` or ``html``)."""
+        name, number, alias = parse_ref(ref)
+        which = str(number) if number is not None else _p(alias or PRODUCTION)
+        return self.remote.text(f"/api/v1/models/{_p(name)}/versions/{which}/card", format=fmt)
+
     # -- aliases --------------------------------------------------------------------------------
     def set_alias(self, name: str, alias: str, version: int, *, actor: str | None = None,
                   reason: str = "") -> AliasEvent:

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from modelyard.errors import FederationError, GateFailed, ModelyardError, NotFoundError
+from modelyard.errors import (
+    ConfigError,
+    FederationError,
+    GateFailed,
+    ModelyardError,
+    NotFoundError,
+)
 from modelyard.federated import estimators
 from modelyard.federated.site import Task
 from modelyard.metrics import compute, get_metric, greater_is_better
@@ -123,6 +129,18 @@ def plan(spec: Spec, schemas: Mapping[str, Mapping[str, Any]],
                 seed=data.seed if data else 0, epochs=fed.local_epochs)
 
 
+def check_spec(spec: Spec) -> None:
+    """Refuse, before any site trains, a spec ``federate`` cannot run (:class:`ConfigError`)."""
+    if spec.federated is None:
+        raise ConfigError(f"{spec.name} declares no federated section: add one with its "
+                          "estimator, e.g. federated: {estimator: SGDClassifier}")
+    if spec.gate.fairness:
+        raise ConfigError(f"{spec.name}: federate does not measure gate.fairness (its groups "
+                          "are in rows the server never sees); remove it from this spec")
+    for name in spec.metrics:  # a typo fails before any site trains
+        get_metric(name)
+
+
 def probe(spec: Spec) -> Task:
     """The task sent before the first round, for the sites to describe their data."""
     if spec.federated is None:
@@ -158,8 +176,7 @@ class Federation:
 
     def __init__(self, spec: Spec, registry: Registry, run_id: str, *,
                  holdout: Dataset | None, actor: str | None = None) -> None:
-        for name in spec.metrics:  # a typo fails before any site trains
-            get_metric(name)
+        check_spec(spec)
         self.spec, self.registry, self.run_id = spec, registry, run_id
         self.holdout, self.actor = holdout, actor
         self.task: Task | None = None
@@ -309,6 +326,6 @@ def _show(metrics: Mapping[str, float]) -> str:
     return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no metrics"
 
 
-__all__ = ["Federation", "RoundRecord", "SiteReport", "mean_metrics", "plan", "probe",
+__all__ = ["Federation", "RoundRecord", "SiteReport", "check_spec", "mean_metrics", "plan", "probe",
            "server_holdout",
            "weighted_average"]

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelyard.errors import ConfigError, FederationError, GateFailed, ModelyardError
+from modelyard.errors import FederationError, GateFailed, ModelyardError
 from modelyard.federated.deployment import SuperLink
+from modelyard.federated.rounds import check_spec
 
 if TYPE_CHECKING:
     from modelyard.config import Settings
@@ -54,10 +55,9 @@ def federate(plan: Plan, registry: Registry, settings: Settings, *,
     :class:`GateFailed` when no round's model passed the gate.
     """
     spec = plan.spec
+    check_spec(spec)
     fed = spec.federated
-    if fed is None:
-        raise ConfigError(f"{spec.name} declares no federated section: add one with its "
-                          "estimator, e.g. federated: {estimator: SGDClassifier}")
+    assert fed is not None
     rounds = plan.rounds or fed.rounds
     min_clients = plan.min_clients or fed.min_clients
     timeout = plan.round_timeout_s or fed.round_timeout_s
