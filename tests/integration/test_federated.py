@@ -98,7 +98,6 @@ def test_two_sites_train_a_gated_version_per_round(
     result = CliRunner().invoke(main, [
         "--home", str(project / "home"), "federate", "risk", "--project",
         str(project / "modelyard.yaml"), "--address", address, "--insecure"])
-    print(result.output)
     elapsed = time.monotonic() - started
     assert result.exit_code == 0, result.output + _outputs(nodes)
     assert "round 2: registered risk:2" in result.output

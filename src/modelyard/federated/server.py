@@ -66,10 +66,11 @@ def federate(plan: Plan, registry: Registry, settings: Settings, *,
                              details={"flower": {"address": plan.address, "rounds": rounds,
                                                  "min_clients": min_clients}})
     with tempfile.TemporaryDirectory(prefix="modelyard-federate-") as tmp:
-        link = SuperLink(plan.address, Path(tmp), env={
-            "MODELYARD_HOME": str(settings.home), "MODELYARD_DB": settings.db_url,
-            "MODELYARD_ARTIFACTS": settings.artifacts, "MODELYARD_ACTOR": settings.actor})
+        link: SuperLink | None = None
         try:
+            link = SuperLink(plan.address, Path(tmp), env={
+                "MODELYARD_HOME": str(settings.home), "MODELYARD_DB": settings.db_url,
+                "MODELYARD_ARTIFACTS": settings.artifacts, "MODELYARD_ACTOR": settings.actor})
             link.wait_ready()
             say(f"SuperLink listening on {plan.address}; waiting for {min_clients} site(s)")
             flower_run = link.submit({
@@ -83,7 +84,8 @@ def federate(plan: Plan, registry: Registry, settings: Settings, *,
             _abandon(registry, run.id, exc)
             raise
         finally:
-            link.stop()
+            if link is not None:
+                link.stop()
     if finished.status == "failed":
         raise FederationError(f"federated run {run.id[:8]} failed: {finished.failure_reason}")
     if finished.status == "rejected":
