@@ -24,6 +24,7 @@
     ├── MonitoringError             monitoring has too little data to answer (yet)
     ├── AdapterError                a framework raised while saving, loading or predicting
     ├── ExportError                 an export was refused: unsupported, or outside parity tolerance
+    ├── FederationError             federated training failed: Flower, too few sites, a site
     ├── RequestError                the server refuses an HTTP request before any model sees it
     │   ├── BodyTooLargeError       413: the body is over the server's --max-body
     │   ├── BodyTimeoutError        408: the body stalled past the server's --body-timeout
@@ -231,6 +232,14 @@ class ExportError(ModelyardError):
     exit_code = 21
 
 
+class FederationError(ModelyardError):
+    """Federated training failed: the Flower SuperLink or a SuperNode did not start, too few
+    sites joined, a site's data or parameters did not fit the model, or a round timed out."""
+
+    status_code = 502
+    exit_code = 23
+
+
 class RequestError(ModelyardError):
     """The server refuses an HTTP request before any model sees it (its size, method, media type
     or credentials); the message says what to send instead."""
@@ -368,6 +377,7 @@ __all__ = [
     "DeviceError",
     "EnvironmentMismatchError",
     "ExportError",
+    "FederationError",
     "ForbiddenError",
     "FrameworkMissingError",
     "GateFailed",

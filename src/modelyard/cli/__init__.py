@@ -29,6 +29,7 @@ purpose are caught in one place, :meth:`_Main.invoke`, and printed as one line
 19    a training run was cancelled (``runs cancel``; Ctrl-C of several runs at once)
 20    a Ray worker's Python or framework versions differ from this machine's
 21    an export was refused: an unsupported part of the model, or parity outside tolerance
+23    federated training failed (the Flower SuperLink or a site, too few sites, a timeout)
 130   interrupted
 ====  ==============================================================
 
@@ -109,6 +110,7 @@ def _register() -> None:
     from modelyard.cli.db_cmds import db
     from modelyard.cli.demo import demo
     from modelyard.cli.export_cmds import export
+    from modelyard.cli.federate_cmds import federate
     from modelyard.cli.monitor_cmds import feedback, monitor
     from modelyard.cli.precompute_cmds import precompute
     from modelyard.cli.predict_cmds import predict
@@ -131,7 +133,7 @@ def _register() -> None:
 
     for command in (init, train, register, models, versions, show, promote, rollback, deploy,
                     rollout, history, runs, audit, predict, batch, precompute, serve, consume,
-                    monitor, feedback, export, card, build, demo):
+                    monitor, feedback, export, card, build, federate, demo):
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)

@@ -81,12 +81,14 @@ def register_model(
     sample: Any = None, labels: Any = None, metrics: Mapping[str, float] | None = None,
     description: str = "", task: str | None = None, trust: bool = False,
     settings: VersionSettings | None = None, actor: str | None = None,
+    run_id: str | None = None, meta: Mapping[str, Any] | None = None,
 ) -> ModelVersion:
     """Register a model trained elsewhere (an object or a file) as a new version of ``name``.
 
     ``sample`` (input rows) gives the signature, reference statistics and data fingerprint;
     ``labels`` (optional) tell classification from regression where the model does not say.
     ``trust=True`` allows loading a pickle/joblib file (it runs code): recorded in the audit.
+    ``run_id`` links the version to the run that made it; ``meta`` adds to its metadata.
     Raises :class:`UnsafeArtifactError` for an untrusted pickle, :class:`ConfigError` for a file
     or object no adapter handles, :class:`AdapterError` when the framework fails.
     """
@@ -98,16 +100,16 @@ def register_model(
         adapter = brought.adapter
         model = _load(adapter, folder, brought.meta)  # proof the stored artifact loads
         task = task or _task(model, brought.meta, labels)
-        meta = {**brought.meta, "task": task, "source": brought.source,
-                **_settings_meta(settings)}
+        version_meta = {**brought.meta, "task": task, "source": brought.source,
+                        **_settings_meta(settings), **(meta or {})}
         signature = _signature(adapter, model, sample, labels)
         version = registry.register(
-            name, folder, flavor=adapter.flavor, meta=meta, signature=signature,
+            name, folder, flavor=adapter.flavor, meta=version_meta, signature=signature,
             metrics={k: float(v) for k, v in (metrics or {}).items()},
             data_fingerprint=fingerprint(sample, labels) if sample is not None else None,
             environment=environment(),
             reference_stats=profile(sample) if sample is not None else None,
-            description=description, actor=actor,
+            run_id=run_id, description=description, actor=actor,
         )
     if brought.source.get("trusted"):
         registry.record(TRUST_ACTION, version.ref, dict(brought.source), actor=actor)

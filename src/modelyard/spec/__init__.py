@@ -34,6 +34,7 @@ from modelyard.spec.training import (
     DataSpec,
     FairnessRule,
     FeaturesSpec,
+    FederatedSpec,
     GateSpec,
     RetrainSpec,
     ValidationSpec,
@@ -68,6 +69,9 @@ class Spec(BaseModel):
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
     monitoring: MonitorSpec = Field(default_factory=MonitorSpec)
     precompute: PrecomputeSpec | None = None
+    #: trained across sites with ``modelyard federate`` (then ``train`` and ``data`` are
+    #: optional: ``data``, if given, is the holdout each round's global model is gated on)
+    federated: FederatedSpec | None = None
     timeout_s: float = Field(3600.0, gt=0)
     #: where its training runs execute: ``local`` (a process here) or ``ray`` (a cluster), and
     #: what one run needs there; ``retries``: runs again when its worker node dies (Ray)
@@ -96,9 +100,13 @@ class Spec(BaseModel):
                                  "or the graph")
             return self
         missing = [k for k in ("train", "data") if getattr(self, k) is None]
-        if missing:
+        if self.federated is not None and self.data is None and not self.federated.target:
+            raise ValueError("federated.target required: the label column at the sites (or a "
+                             "data section with its target)")
+        if missing and self.federated is None:
             raise ValueError(f"{' and '.join(missing)} required: a model declares its training "
-                             "(train, data) or a graph of other models (graph)")
+                             "(train, data), a federated section, or a graph of other models "
+                             "(graph)")
         return self
 
     @model_validator(mode="after")
@@ -234,6 +242,7 @@ __all__ = [
     "DataSpec",
     "FairnessRule",
     "FeaturesSpec",
+    "FederatedSpec",
     "GateSpec",
     "MonitorSpec",
     "PrecomputeSpec",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, Field, StrictStr, field_validator, model_validator
 
@@ -236,5 +236,38 @@ class RetrainSpec(BaseModel):
         return value
 
 
-__all__ = ["ChampionRule", "DataSpec", "FairnessRule", "FeaturesSpec", "FreshnessRule",
-           "GateSpec", "RetrainSpec", "ShiftRule", "ValidationSpec", "VolumeRule"]
+#: scikit-learn estimators whose parameters sites exchange (``federated.estimator``).
+EstimatorName = Literal["LogisticRegression", "SGDClassifier", "SGDRegressor", "MLPClassifier",
+                        "MLPRegressor"]
+FEDERATED_ESTIMATORS: tuple[str, ...] = get_args(EstimatorName)
+
+
+class FederatedSpec(BaseModel):
+    """Train across sites that keep their data (``modelyard federate``): the estimator whose
+    parameters they exchange (built with the spec's ``params``) and the rounds to run."""
+
+    model_config = STRICT
+
+    estimator: EstimatorName
+    rounds: int = Field(3, ge=1, le=1000)
+    min_clients: int = Field(2, ge=1)
+    local_epochs: int = Field(1, ge=1, le=1000)  # passes over its data a site makes per round
+    round_timeout_s: float = Field(300.0, gt=0)  # how long a round waits for the sites
+    classes: list[Any] | None = None  # every class label, when no site or holdout has them all
+    target: str | None = None  # the label column at the sites, when there is no data section
+
+
+__all__ = [
+    "FEDERATED_ESTIMATORS",
+    "ChampionRule",
+    "DataSpec",
+    "FairnessRule",
+    "FeaturesSpec",
+    "FederatedSpec",
+    "FreshnessRule",
+    "GateSpec",
+    "RetrainSpec",
+    "ShiftRule",
+    "ValidationSpec",
+    "VolumeRule",
+]
