@@ -1,0 +1,113 @@
+"""What data a version was trained on: each file with its sha256, the SQL query with its
+database (password removed) and the tables it reads, or the data function's reference.
+
+Recorded by the run where the data is read (:func:`modelyard.pipeline.data.load_dataset`) and
+kept with the version (``ModelVersion.data_sources``); the registry indexes each source's kind,
+location and digest, so ``modelyard lineage FILE_OR_TABLE`` finds the versions trained on a
+file (by path or content) or a table. Each source is a plain JSON-ready dict::
+
+    {"kind": "file", "location": "/data/2026-01.csv", "digest": "<sha256>", "size": 1234}
+    {"kind": "sql", "location": "postgresql://etl@db/warehouse", "digest": "<sha256 of query>",
+     "query": "SELECT ...", "tables": ["public.transactions"]}
+    {"kind": "function", "location": "features.py:load", "digest": None}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+#: the kinds of source a version records (``feast`` is added by the feature store's part).
+KINDS = ("file", "sql", "function")
+#: the kind of the index rows that name one table a query reads.
+TABLE = "table"
+_CHUNK = 1 << 20
+_WORD = r'(?:"[^"]+"|`[^`]+`|\[[^\]]+\]|[A-Za-z_][\w$]*)'
+_TABLE_NAME = rf"{_WORD}(?:\s*\.\s*{_WORD}){{0,2}}"
+# after FROM or JOIN: a name, and more after commas (FROM a, b); a "(" is a subquery, skipped
+_FROM = re.compile(rf"\b(?:from|join)\s+(?P<first>{_TABLE_NAME})"
+                   rf"(?P<more>(?:\s+(?:as\s+)?{_WORD})?(?:\s*,\s*{_TABLE_NAME}"
+                   rf"(?:\s+(?:as\s+)?{_WORD})?)*)", re.IGNORECASE)
+_NAME_IN_LIST = re.compile(rf",\s*(?P<name>{_TABLE_NAME})")
+_COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+_STRING = re.compile(r"'(?:[^']|'')*'")
+#: words that can follow FROM without being a table (EXTRACT(x FROM y), ... FROM LATERAL).
+_NOT_TABLES = {"lateral", "unnest", "select", "only"}
+_SECRET_PARAMS = re.compile(r"(pass|secret|token|key)", re.IGNORECASE)
+
+
+def file_digest(path: str | Path) -> str:
+    """The sha256 of a file's bytes, read in chunks (a large file is never held in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_source(path: str | Path) -> dict[str, Any]:
+    """A data file as a source: its absolute path, sha256 and size."""
+    full = Path(path).absolute()
+    return {"kind": "file", "location": str(full), "digest": file_digest(full),
+            "size": full.stat().st_size}
+
+
+def sql_source(query: str, url: str) -> dict[str, Any]:
+    """A query as a source: the database (no password), the query, its hash and its tables."""
+    return {"kind": "sql", "location": redact_url(url),
+            "digest": hashlib.sha256(query.encode()).hexdigest(), "query": query,
+            "tables": sql_tables(query)}
+
+
+def function_source(ref: str) -> dict[str, Any]:
+    """A data function as a source: its ``module:fn`` (or ``file.py:fn``) reference."""
+    return {"kind": "function", "location": ref, "digest": None}
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, nor query parameters that look like secrets."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # not a URL SQLAlchemy reads: keep only what comes before any credentials
+        return re.sub(r"//[^@/]*@", "//", url)
+    kept = {k: v for k, v in parsed.query.items() if not _SECRET_PARAMS.search(k)}
+    return parsed.set(password=None, query=kept).render_as_string(hide_password=False)
+
+
+def sql_tables(query: str) -> list[str]:
+    """The tables ``query`` reads: the names after FROM and JOIN (and in FROM a, b lists),
+    lowercased, quotes removed, schema kept (``public.transactions``); CTE names left out."""
+    text = _STRING.sub("''", _COMMENT.sub(" ", query))
+    ctes = {m.lower() for m in re.findall(r"\b(\w+)\s+as\s*\(", text, re.IGNORECASE)}
+    found: list[str] = []
+    for match in _FROM.finditer(text):
+        names = [match["first"]] + [m["name"] for m in _NAME_IN_LIST.finditer(match["more"])]
+        for name in names:
+            clean = normalize_table(name)
+            if clean and clean not in ctes and clean not in _NOT_TABLES and clean not in found:
+                found.append(clean)
+    return found
+
+
+def normalize_table(name: str) -> str:
+    """A table name as the index keeps it: lowercased, unquoted, no spaces around dots."""
+    parts = [p.strip().strip('"`[]').lower() for p in name.split(".")]
+    return ".".join(p for p in parts if p)
+
+
+def index_rows(sources: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
+    """The ``(kind, location, digest)`` rows the registry indexes for ``sources``: one per
+    source, and one ``table`` row per table a query reads."""
+    rows: list[tuple[str, str, str | None]] = []
+    for source in sources:
+        rows.append((str(source["kind"]), str(source["location"])[:1000], source.get("digest")))
+        rows.extend((TABLE, table[:1000], None) for table in source.get("tables") or ())
+    return rows
+
+
+__all__ = ["KINDS", "TABLE", "file_digest", "file_source", "function_source", "index_rows",
+           "normalize_table", "redact_url", "sql_source", "sql_tables"]
