@@ -38,7 +38,7 @@ from modelyard.monitoring.monitor import (
     RequestLookup,
 )
 from modelyard.monitoring.quality import MetricWindow
-from modelyard.registry.client import PRODUCTION, parse_ref
+from modelyard.registry.client import PRODUCTION, parse_reference
 from modelyard.registry.keys import ApiKey, NewKey
 from modelyard.registry.owners import Owner
 from modelyard.registry.records import AliasEvent, AuditEvent, Model, ModelVersion, Record, Run
@@ -372,8 +372,8 @@ class RemoteRegistry:
 
     def resolve(self, ref: str) -> ModelVersion:
         """``name``, ``name:3`` or ``name@alias`` to a version, as the registry resolves it."""
-        name, number, alias = parse_ref(ref)
-        which = str(number) if number is not None else _p(alias or PRODUCTION)
+        name, number, alias, label = parse_reference(ref)
+        which = str(number) if number is not None else _p(label or alias or PRODUCTION)
         return record(ModelVersion, self.remote.get(f"/api/v1/models/{_p(name)}/versions/{which}"))
 
     # -- aliases --------------------------------------------------------------------------------
@@ -405,7 +405,7 @@ class RemoteRegistry:
     def predict(self, ref: str, payload: Any, *, scores: bool = False) -> dict[str, Any]:
         """The server's answer for ``payload`` (the CLI's JSON input: records, columns, rows, a
         tensor or strings) from the version ``ref`` names."""
-        name, number, _ = parse_ref(ref)
+        name, number, _, _ = parse_reference(ref)
         if number is None:
             number = self.resolve(ref).version
         if isinstance(payload, dict):
@@ -424,7 +424,8 @@ class RemoteRegistry:
                  data_fingerprint: str | None = None, code_ref: dict[str, Any] | None = None,
                  environment: dict[str, Any] | None = None,
                  reference_stats: dict[str, Any] | None = None, run_id: str | None = None,
-                 description: str = "", actor: str | None = None) -> ModelVersion:
+                 description: str = "", actor: str | None = None, semver: str | None = None,
+                 data_sources: list[dict[str, Any]] | None = None) -> ModelVersion:
         """Upload the artifact folder with its record; the server registers it (as
         :meth:`Registry.register <modelyard.registry.Registry.register>` does) for the key's
         principal."""
@@ -432,7 +433,8 @@ class RemoteRegistry:
                     "signature": signature, "metrics": metrics, "params": params,
                     "data_fingerprint": data_fingerprint, "code_ref": code_ref,
                     "environment": environment, "reference_stats": reference_stats,
-                    "run_id": run_id, "description": description}
+                    "run_id": run_id, "description": description, "semver": semver,
+                    "data_sources": data_sources or None}
         manifest = {k: v for k, v in manifest.items() if v is not None}
         with tempfile.TemporaryDirectory(prefix="modelyard-upload-") as tmp:
             upload = Path(tmp) / "upload.tar"

@@ -250,7 +250,7 @@ def _collect(result: dict[str, Any], work: Path, staging: Any) -> Executed:
                                outcome["signature"], outcome["task"], outcome["metrics"],
                                outcome["champion"])
     return Executed(outcome, result["data_fingerprint"], result["reference_stats"],
-                    result["environment"])
+                    result["environment"], result.get("data_sources") or [])
 
 
 def _rebuild(error: dict[str, Any]) -> ModelyardError:
@@ -318,7 +318,8 @@ def _work(job: RunJob, staging_at: str, root: Path, events: queue.SimpleQueue[An
                        "signature": o.signature, "task": o.task, "metrics": o.metrics,
                        "champion": o.champion}
         box.update(outcome=outcome, data_fingerprint=executed.data_fingerprint,
-                   reference_stats=executed.reference_stats, environment=executed.environment)
+                   reference_stats=executed.reference_stats, environment=executed.environment,
+                   data_sources=executed.data_sources)
     except BaseException as exc:
         box["error"] = {"type": type(exc).__name__, "message": str(exc),
                         "report": list(getattr(exc, "report", None) or [])}

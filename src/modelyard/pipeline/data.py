@@ -8,14 +8,15 @@ run and a query sees the rows inserted since.
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from modelyard.entrypoints import resolve_callable
+from modelyard.entrypoints import callable_ref, resolve_callable
 from modelyard.errors import ConfigError, DataValidationError, StorageError
+from modelyard.registry.provenance import file_source, function_source, sql_source
 from modelyard.spec import DataSpec
 
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -29,6 +30,8 @@ class Dataset:
     y: np.ndarray
     feature_names: list[str]
     frame: bool
+    #: where the rows came from (:mod:`modelyard.registry.provenance`): what the version records
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -40,12 +43,36 @@ class Dataset:
 
 
 def load_dataset(spec: DataSpec, root: Path) -> Dataset:
-    """Read the source ``spec`` names (relative paths against ``root``) into a :class:`Dataset`."""
+    """Read the source ``spec`` names (relative paths against ``root``) into a :class:`Dataset`,
+    with its :attr:`~Dataset.sources`: each file read with its sha256, or the query and its
+    database, or the data function."""
     if spec.path is not None:
-        return _from_frame(_read_files(spec, root), spec, f"files {spec.path!r}")
+        frame, sources = _read_files(spec, root)
+        return _sourced(_from_frame(frame, spec, f"files {spec.path!r}"), sources)
     if spec.sql is not None:
-        return _from_frame(_read_sql(spec), spec, "the query")
+        source = sql_source(spec.sql, spec.url or "")
+        return _sourced(_from_frame(_read_sql(spec), spec, "the query"), [source])
     fn = resolve_callable(spec.function, root)  # type: ignore[arg-type]
+    return _sourced(_call(fn, spec), [function_source(_function_ref(spec.function, fn))])
+
+
+def _sourced(dataset: Dataset, sources: list[dict[str, Any]]) -> Dataset:
+    dataset.sources = sources
+    return dataset
+
+
+def _function_ref(given: Any, fn: Any) -> str:
+    """How the version names its data function: as the spec wrote it, or a callable's import
+    path (``module:fn``)."""
+    if isinstance(given, str):
+        return given
+    try:
+        return callable_ref(fn)
+    except ConfigError:  # a function defined inside another: its name is all there is
+        return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', fn)}"
+
+
+def _call(fn: Any, spec: DataSpec) -> Dataset:
     try:
         out = fn()
     except Exception as exc:
@@ -176,7 +203,9 @@ def _read_array(folder: Path, name: str) -> Any:
 
 
 # -- sources ------------------------------------------------------------------------------------
-def _read_files(spec: DataSpec, root: Path) -> Any:
+def _read_files(spec: DataSpec, root: Path) -> tuple[Any, list[dict[str, Any]]]:
+    """The files' rows as one frame, and each file as a source (hashed just before it is read,
+    so the digest is of the bytes read unless the file changes in between)."""
     import pandas as pd
 
     pattern = spec.path or ""
@@ -186,7 +215,7 @@ def _read_files(spec: DataSpec, root: Path) -> Any:
         raise ConfigError(
             f"data.path {pattern!r} matches no files in {root}; check the path or add data"
         )
-    frames = []
+    frames, sources = [], []
     for file in files:
         fmt = spec.format or _FORMATS.get(Path(file).suffix.lower())
         if fmt is None and file.lower().endswith(".csv.gz"):
@@ -196,13 +225,14 @@ def _read_files(spec: DataSpec, root: Path) -> Any:
                 f"cannot tell the format of {file}; set data.format to csv or parquet"
             )
         try:
+            sources.append(file_source(file))
             frames.append(pd.read_csv(file) if fmt == "csv" else pd.read_parquet(file))
         except Exception as exc:
             raise DataValidationError(
                 f"cannot read {file} as {fmt}: {_first_line(exc)}"
             ) from None
     _same_columns(frames, files)
-    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    return (frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)), sources
 
 
 def _same_columns(frames: list[Any], files: list[str]) -> None:

@@ -56,6 +56,8 @@ class Executed:
     data_fingerprint: str
     reference_stats: dict[str, Any]
     environment: dict[str, Any]
+    #: what the data was read from: files with digests, a query, a function (the lineage)
+    data_sources: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _never() -> str | None:
@@ -90,16 +92,17 @@ def execute(job: RunJob, work: Path, hooks: RunHooks) -> Executed:
     data_fingerprint = fingerprint(dataset.X, dataset.y)
     here = environment()
     if job.unchanged_if is not None and job.unchanged_if == data_fingerprint:
-        return Executed(None, data_fingerprint, {}, here)
+        return Executed(None, data_fingerprint, {}, here, dataset.sources)
     reference = profile(train_set.X)
     hooks.stage("train")
     write_split(train_set.X, train_set.y, work / "train")
     write_split(holdout.X, holdout.y, work / "holdout")
+    sources = dataset.sources
     del dataset, train_set, holdout
     train = dataclasses.replace(job.train, work_dir=str(work))
     outcome = child.train_in_child(train, timeout_s=job.timeout_s, run_id=job.run_id,
                                    on_stage=hooks.stage, should_stop=hooks.stop)
-    return Executed(outcome, data_fingerprint, reference, here)
+    return Executed(outcome, data_fingerprint, reference, here, sources)
 
 
 def environment_differences(client: dict[str, Any], worker: dict[str, Any]) -> list[str]:

@@ -12,9 +12,9 @@ import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import CursorResult, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.adapters import artifact_verifier
@@ -23,6 +23,7 @@ from modelyard.encryption import artifact_store
 from modelyard.errors import ConfigError, ConflictError, NotFoundError
 from modelyard.registry.database import Database
 from modelyard.registry.keys import KeyStore
+from modelyard.registry.provenance import check_sources
 from modelyard.registry.provenance_rows import add_sources, labels_of, new_label, trained_on
 from modelyard.registry.records import AliasEvent, AuditEvent, Model, ModelVersion, TrainedOn
 from modelyard.registry.rows import (
@@ -205,6 +206,8 @@ class Registry(RunLedger):
         check_name(name)
         if semver is not None and semver not in BUMPS:
             parse_semver(semver)  # a malformed label fails before the artifact is stored
+        if data_sources:
+            check_sources(data_sources)
         actor = actor or self.settings.actor
         digest, size = self._store_artifact(Path(artifact_dir), flavor, meta or {})
         with self.db.session(write=True) as s:
@@ -232,10 +235,12 @@ class Registry(RunLedger):
                 semver=label,
                 data_sources=data_sources or None,
             )
-            done = s.execute(_INSERT_VERSION,
-                             {c.key: getattr(row, c.key) for c in _VERSION_COLUMNS})
+            done = cast("CursorResult[Any]", s.execute(
+                _INSERT_VERSION, {c.key: getattr(row, c.key) for c in _VERSION_COLUMNS}))
             if data_sources:
-                add_sources(s, int(done.inserted_primary_key[0]), data_sources)
+                key = done.inserted_primary_key
+                assert key is not None  # one row inserted: its id
+                add_sources(s, int(key[0]), data_sources)
             details: dict[str, Any] = {"flavor": flavor, "digest": digest,
                                        "metrics": metrics or {}, "run": run_id}
             if label is not None:

@@ -19,6 +19,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from modelyard.errors import ConfigError
+
 #: the kinds of source a version records (``feast`` is added by the feature store's part).
 KINDS = ("file", "sql", "function")
 #: the kind of the index rows that name one table a query reads.
@@ -35,6 +37,7 @@ _COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 _STRING = re.compile(r"'(?:[^']|'')*'")
 #: words that can follow FROM without being a table (EXTRACT(x FROM y), ... FROM LATERAL).
 _NOT_TABLES = {"lateral", "unnest", "select", "only"}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _SECRET_PARAMS = re.compile(r"(pass|secret|token|key)", re.IGNORECASE)
 
 
@@ -99,6 +102,25 @@ def normalize_table(name: str) -> str:
     return ".".join(p for p in parts if p)
 
 
+def check_sources(sources: Any) -> list[dict[str, Any]]:
+    """``sources`` as a version records them, or :class:`ConfigError` (exit 2, HTTP 400) naming
+    the first that is not an object with a text ``kind`` (up to 20 characters) and
+    ``location``, and a ``digest`` that is null or a sha256 in hex."""
+    if not isinstance(sources, list):
+        raise ConfigError("data_sources must be a list of objects")
+    for i, source in enumerate(sources):
+        ok = (isinstance(source, dict) and isinstance(source.get("kind"), str)
+              and 0 < len(source["kind"]) <= 20 and isinstance(source.get("location"), str)
+              and (source.get("digest") is None or _SHA256.match(str(source["digest"]))))
+        tables = source.get("tables") if isinstance(source, dict) else None
+        if not ok or not (tables is None or (isinstance(tables, list)
+                                             and all(isinstance(t, str) for t in tables))):
+            raise ConfigError(f"data_sources[{i}] must be an object with kind and location "
+                              "(text), digest (a sha256 in hex, or null) and tables (a list of "
+                              "names, if any)")
+    return sources
+
+
 def index_rows(sources: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
     """The ``(kind, location, digest)`` rows the registry indexes for ``sources``: one per
     source, and one ``table`` row per table a query reads."""
@@ -109,5 +131,5 @@ def index_rows(sources: list[dict[str, Any]]) -> list[tuple[str, str, str | None
     return rows
 
 
-__all__ = ["KINDS", "TABLE", "file_digest", "file_source", "function_source", "index_rows",
-           "normalize_table", "redact_url", "sql_source", "sql_tables"]
+__all__ = ["KINDS", "TABLE", "check_sources", "file_digest", "file_source", "function_source",
+           "index_rows", "normalize_table", "redact_url", "sql_source", "sql_tables"]

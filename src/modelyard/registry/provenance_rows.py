@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, or_, select
+from sqlalchemy import ColumnElement, insert, or_, select
 from sqlalchemy.orm import Session
 
 from modelyard.errors import ConfigError, ConflictError
@@ -51,7 +51,7 @@ def trained_on(s: Session, *, path: str | None = None, digest: str | None = None
     """The versions whose recorded sources match: a file by its absolute ``path`` or its sha256
     ``digest``, a ``table`` by name (``transactions`` also matches ``public.transactions``),
     newest first; only ``model``'s when given."""
-    matches = []
+    matches: list[ColumnElement[bool]] = []
     if path is not None:
         matches.append((DataSourceRow.kind == "file") & (DataSourceRow.location == path))
     if digest is not None:
@@ -60,8 +60,9 @@ def trained_on(s: Session, *, path: str | None = None, digest: str | None = None
         wanted = normalize_table(table)
         if not wanted:
             raise ConfigError(f"table name {table!r} is empty")
-        matches.append((DataSourceRow.kind == TABLE) & or_(
-            DataSourceRow.location == wanted, DataSourceRow.location.endswith(f".{wanted}", autoescape=True)))
+        qualified = DataSourceRow.location.endswith(f".{wanted}", autoescape=True)
+        matches.append((DataSourceRow.kind == TABLE)
+                       & or_(DataSourceRow.location == wanted, qualified))
     if not matches:
         raise ConfigError("name a file (path or sha256) or a table to look for")
     query = (select(DataSourceRow, VersionRow.version, VersionRow.semver, VersionRow.created_at,
