@@ -81,12 +81,14 @@ def register_model(
     sample: Any = None, labels: Any = None, metrics: Mapping[str, float] | None = None,
     description: str = "", task: str | None = None, trust: bool = False,
     settings: VersionSettings | None = None, actor: str | None = None,
+    semver: str | None = None,
 ) -> ModelVersion:
     """Register a model trained elsewhere (an object or a file) as a new version of ``name``.
 
     ``sample`` (input rows) gives the signature, reference statistics and data fingerprint;
     ``labels`` (optional) tell classification from regression where the model does not say.
     ``trust=True`` allows loading a pickle/joblib file (it runs code): recorded in the audit.
+    ``semver`` labels the version (``1.4.0``, or ``major``/``minor``/``patch`` to bump).
     Raises :class:`UnsafeArtifactError` for an untrusted pickle, :class:`ConfigError` for a file
     or object no adapter handles, :class:`AdapterError` when the framework fails.
     """
@@ -107,7 +109,7 @@ def register_model(
             data_fingerprint=fingerprint(sample, labels) if sample is not None else None,
             environment=environment(),
             reference_stats=profile(sample) if sample is not None else None,
-            description=description, actor=actor,
+            description=description, actor=actor, semver=semver,
         )
     if brought.source.get("trusted"):
         registry.record(TRUST_ACTION, version.ref, dict(brought.source), actor=actor)

@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.entrypoints import callable_ref
-from modelyard.errors import ConfigError, GateFailed, ModelyardError, NotFoundError
+from modelyard.errors import (
+    ConfigError,
+    ConflictError,
+    GateFailed,
+    ModelyardError,
+    NotFoundError,
+)
 from modelyard.executors import ExecutorOptions, get_executor
 from modelyard.metrics import get_metric, greater_is_better
 from modelyard.pipeline import child
@@ -151,7 +157,7 @@ def run_pipeline(
     recorded (``modelyard runs show <run_id>`` shows its logs).
     """
     if semver is not None and semver not in BUMPS:
-        parse_semver(semver)  # a malformed label fails now, not after the training
+        _label_free(registry, spec.name, str(parse_semver(semver)))
     if spec.graph is not None:  # a composed model: registered, never trained
         return _compose(spec, registry, trigger, promote, actor, force=force, semver=semver)
     for name in spec.metrics:  # a typo fails now, not after an hour of training
@@ -354,6 +360,17 @@ def _execute(
                                    logs=runlog.text(work))
     return RunResult(finished, version, promoted, gate, outcome.metrics, champion_metrics,
                      rollout_due)
+
+
+def _label_free(registry: RunRegistry, name: str, label: str) -> None:
+    """Refuse, before training, a label another version of ``name`` already has (registering
+    checks again, under the model's lock)."""
+    try:
+        taken = registry.resolve(f"{name}@{label}")
+    except NotFoundError:
+        return
+    raise ConflictError(f"{name}@{label} is already version {taken.version}: a label names one "
+                        "version of a model; give another (or --semver patch to bump)")
 
 
 def _labelled(semver: str | None, sources: list[dict[str, Any]]) -> dict[str, Any]:

@@ -74,7 +74,7 @@ class ModelVersion(Record):
         data = super().to_dict()
         data["aliases"] = list(self.aliases)
         if not full:
-            for key in ("meta", "signature", "reference_stats", "environment"):
+            for key in ("meta", "signature", "reference_stats", "environment", "data_sources"):
                 data.pop(key)
         return data
 
