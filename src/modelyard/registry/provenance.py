@@ -28,10 +28,12 @@ TABLE = "table"
 _CHUNK = 1 << 20
 _WORD = r'(?:"[^"]+"|`[^`]+`|\[[^\]]+\]|[A-Za-z_][\w$]*)'
 _TABLE_NAME = rf"{_WORD}(?:\s*\.\s*{_WORD}){{0,2}}"
+# a table's alias: a word that is not the keyword after it (FROM t JOIN u, FROM t WHERE ...)
+_ALIAS = (r"(?:\s+(?:as\s+)?(?!(?:join|inner|left|right|full|cross|outer|natural|where|group|"
+          rf"order|on|using|limit|union|having|window|except|intersect|offset|fetch|for)\b){_WORD})?")
 # after FROM or JOIN: a name, and more after commas (FROM a, b); a "(" is a subquery, skipped
 _FROM = re.compile(rf"\b(?:from|join)\s+(?P<first>{_TABLE_NAME})"
-                   rf"(?P<more>(?:\s+(?:as\s+)?{_WORD})?(?:\s*,\s*{_TABLE_NAME}"
-                   rf"(?:\s+(?:as\s+)?{_WORD})?)*)", re.IGNORECASE)
+                   rf"(?P<more>{_ALIAS}(?:\s*,\s*{_TABLE_NAME}{_ALIAS})*)", re.IGNORECASE)
 _NAME_IN_LIST = re.compile(rf",\s*(?P<name>{_TABLE_NAME})")
 _COMMENT = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
 _STRING = re.compile(r"'(?:[^']|'')*'")
@@ -78,7 +80,8 @@ def redact_url(url: str) -> str:
     except Exception:  # not a URL SQLAlchemy reads: keep only what comes before any credentials
         return re.sub(r"//[^@/]*@", "//", url)
     kept = {k: v for k, v in parsed.query.items() if not _SECRET_PARAMS.search(k)}
-    return parsed.set(password=None, query=kept).render_as_string(hide_password=False)
+    # URL.set ignores None, so the password is replaced, not set
+    return parsed._replace(password=None, query=kept).render_as_string(hide_password=False)
 
 
 def sql_tables(query: str) -> list[str]:
@@ -87,13 +90,32 @@ def sql_tables(query: str) -> list[str]:
     text = _STRING.sub("''", _COMMENT.sub(" ", query))
     ctes = {m.lower() for m in re.findall(r"\b(\w+)\s+as\s*\(", text, re.IGNORECASE)}
     found: list[str] = []
+    spans = _paren_spans(text)
     for match in _FROM.finditer(text):
+        around = [(start, call) for start, end, call in spans if start < match.start() < end]
+        if around and max(around)[1]:
+            continue  # EXTRACT(year FROM ts), SUBSTRING(s FROM 2): not a table
         names = [match["first"]] + [m["name"] for m in _NAME_IN_LIST.finditer(match["more"])]
         for name in names:
             clean = normalize_table(name)
             if clean and clean not in ctes and clean not in _NOT_TABLES and clean not in found:
                 found.append(clean)
     return found
+
+
+def _paren_spans(text: str) -> list[tuple[int, int, bool]]:
+    """Each pair of parentheses: ``(start, end, is a call)``; a call's content does not start
+    with SELECT or WITH, and a FROM right inside one is not a table's."""
+    spans: list[tuple[int, int, bool]] = []
+    opened: list[int] = []
+    for i, char in enumerate(text):
+        if char == "(":
+            opened.append(i)
+        elif char == ")" and opened:
+            start = opened.pop()
+            head = text[start + 1 : start + 12].lstrip().lower()
+            spans.append((start, i, not head.startswith(("select", "with"))))
+    return spans
 
 
 def normalize_table(name: str) -> str:
