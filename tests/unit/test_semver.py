@@ -94,7 +94,7 @@ def test_references_tell_labels_aliases_and_numbers_apart():
     assert parse_reference("fraud") == ("fraud", None, "production", None)
     assert parse_ref("fraud@1.4.0") == ("fraud", None, None)  # the 3-tuple form, unchanged
     assert parse_ref("fraud@staging") == ("fraud", None, "staging")
-    with pytest.raises(ConfigError, match="MAJOR.MINOR.PATCH"):
+    with pytest.raises(ConfigError, match=r"MAJOR\.MINOR\.PATCH"):
         parse_reference("fraud@1.4")
     with pytest.raises(ConfigError, match=r"fraud@1\.4\.0"):
         parse_reference("fraud:1.4.0")  # a label after ':' is pointed to '@'
