@@ -111,12 +111,12 @@ def test_labels_bump_are_unique_given_once_and_resolve(any_registry: Registry, a
         reg.register("fraud", artifact_dir("f"), flavor="python", semver="1.4.0")
     assert err.value.exit_code == 4
     assert reg.get_model("fraud").latest_version == 4  # the refused registration left nothing
-    with pytest.raises(ConfigError, match="MAJOR.MINOR.PATCH"):
+    with pytest.raises(ConfigError, match=r"MAJOR\.MINOR\.PATCH"):
         reg.register("fraud", artifact_dir("g"), flavor="python", semver="1.4")
 
     labelled = reg.label("fraud", 4, "minor")
     assert labelled.semver == "1.5.0" and reg.get_version("fraud", 4).semver == "1.5.0"
-    with pytest.raises(ConflictError, match="already labelled 1.5.0"):
+    with pytest.raises(ConflictError, match=r"already labelled 1\.5\.0"):
         reg.label("fraud", 4, "2.0.0")
     reg.register("fraud", artifact_dir("h"), flavor="python")
     with pytest.raises(ConflictError, match="is already version 1"):
@@ -190,7 +190,7 @@ def test_a_run_records_its_files_and_takes_a_label(project, registry: Registry):
     assert [t.ref for t in registry.trained_on(path=files[0])] == ["files:2", "files:1"]
     assert [t.ref for t in registry.trained_on(path=root / "data" / "part-3.csv")] == ["files:2"]
 
-    with pytest.raises(ConflictError, match="files@1.1.0 is already version 2"):
+    with pytest.raises(ConflictError, match=r"files@1\.1\.0 is already version 2"):
         run_pipeline(project["files"], registry, semver="1.1.0", force=True)
     assert registry.list_runs("files", limit=5)[0].status == "succeeded"  # refused before a run
 
@@ -211,7 +211,6 @@ def test_a_run_records_its_query_and_its_function(project, registry: Registry, t
 
 def test_a_query_against_postgresql_is_recorded_and_found(pg_url: str, pg_registry: Registry,
                                                           tmp_path: Path):
-    import pandas as pd
     from sqlalchemy import create_engine
 
     engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
