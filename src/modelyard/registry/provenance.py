@@ -81,7 +81,7 @@ def redact_url(url: str) -> str:
         return re.sub(r"//[^@/]*@", "//", url)
     kept = {k: v for k, v in parsed.query.items() if not _SECRET_PARAMS.search(k)}
     # URL.set ignores None, so the password is replaced, not set
-    return parsed._replace(password=None, query=kept).render_as_string(hide_password=False)
+    return parsed.set(query=kept)._replace(password=None).render_as_string(hide_password=False)
 
 
 def sql_tables(query: str) -> list[str]:
