@@ -341,3 +341,37 @@ async def test_the_api_resolves_labels_and_shows_them(api):
     assert r.status_code == 400
     r = await client.get("/api/v1/models/fraud/versions")
     assert [v.get("semver") for v in r.json()["versions"]] == ["1.4.0", None]
+
+
+def test_training_through_a_server_labels_and_records_its_data(project, tmp_path):
+    """``train --server`` with a trainer's key: the label and the data sources travel in the
+    upload, and a label reference resolves through the server."""
+    from modelyard.testing import ServerProcess
+
+    home = tmp_path / "server-home"
+    with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
+        key = reg.keys.create_key("ci", "trainer").secret
+    root = project["files"].root
+    unused = tmp_path / "client-home"
+
+    def remote(*args: str) -> Result:
+        return CliRunner().invoke(main, ["--home", str(unused), *args],
+                                  env={"MODELYARD_URL": server.url, "MODELYARD_API_KEY": key})
+
+    with ServerProcess(home) as server:
+        done = remote("train", "files", "--project", str(root / "modelyard.yaml"),
+                      "--no-promote", "--semver", "2.0.0-rc.1")
+        assert done.exit_code == 0, done.output
+        shown = remote("show", "files@2.0.0-rc.1", "--json")
+        assert shown.exit_code == 0, shown.output
+        version = json.loads(shown.stdout)
+        assert version["version"] == 1 and version["created_by"] == "ci"
+        assert [s["digest"] for s in version["data_sources"]] == [
+            _sha(f) for f in sorted(root.glob("data/*.csv"))]
+        line = _one_error(remote("label", "files:1", "2.0.0"), 2)  # needs the database
+        assert "server" in line
+    assert not unused.exists()
+    with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
+        assert [t.ref for t in reg.trained_on(path=root / "data" / "part-1.csv")] == ["files:1"]
+        event = reg.audit_events("files:1", limit=1)[0]
+        assert (event.actor, event.details["semver"]) == ("ci", "2.0.0-rc.1")
