@@ -240,6 +240,18 @@ def test_a_query_against_postgresql_is_recorded_and_found(pg_url: str, pg_regist
                                                                "sales.orders")]
 
 
+def test_a_composed_model_takes_a_label_too(registry: Registry):
+    from modelyard.testing import register_constant
+
+    register_constant(registry, "one", 1)
+    register_constant(registry, "zero", 0)
+    spec = Spec.parse({"name": "vote", "graph": {"kind": "ensemble", "members": ["one", "zero"],
+                                                 "rule": "vote"}})
+    version = run_pipeline(spec, registry, semver="major").version
+    assert version is not None and version.flavor == "graph" and version.semver == "1.0.0"
+    assert registry.resolve("vote@1.0.0").version == 1 and version.data_sources == []
+
+
 # -- the command line ---------------------------------------------------------------------------
 def _cli(home: Path):
     def run(*args: str) -> Result:
