@@ -378,8 +378,14 @@ for _metric in (
 ):
     register_metric(_metric)
 
+#: the built-in metrics of class labels: what a fairness rule may compare across groups.
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "precision_macro",
+                          "recall_macro", "f1_macro", "f1_micro", "roc_auc", "log_loss", "top_3",
+                          "top_5")
+
 
 __all__ = [
+    "CLASSIFICATION_METRICS",
     "Metric",
     "compute",
     "get_metric",

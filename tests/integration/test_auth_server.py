@@ -110,6 +110,7 @@ EXPECTED_ACTIONS = {
     ("GET", "/api/v1/audit"): "read",
     ("GET", "/api/v1/audit/verify"): "admin",
     ("GET", "/api/v1/audit/export"): "admin",
+    ("GET", "/api/v1/models/{name}/versions/{version}/card"): "read",
     ("GET", "/api/v1/auth/whoami"): "describe",
     ("GET", "/api/v1/auth/keys"): "admin",
     ("POST", "/api/v1/auth/keys"): "admin",

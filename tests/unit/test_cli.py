@@ -253,6 +253,19 @@ def test_models_json_lists_every_model_with_aliases(registered: Registry,
     assert data[0]["latest_version"] == 2
 
 
+def test_card_is_generated_here_or_by_the_server(registered: Registry,
+                                                 any_invoke: Invoke) -> None:
+    markdown = any_invoke("card", "iris2:2")
+    assert markdown.exit_code == 0, markdown.output
+    assert markdown.stdout.startswith("# Model card: iris2:2\n")
+    assert "| accuracy | 0.91 |" in markdown.stdout
+    assert "## Approvals and rollouts" in markdown.stdout
+    page = any_invoke("card", "iris2", "--format", "html")  # production: version 1
+    assert page.exit_code == 0, page.output
+    assert "<h1>Model card: iris2:1</h1>" in page.stdout and "production" in page.stdout
+    assert "ghost" in assert_one_error(any_invoke("card", "ghost:1"), 3)
+
+
 def test_models_table_and_empty_registry(any_invoke: Invoke, registered: Registry) -> None:
     result = any_invoke("models")
     assert result.exit_code == 0

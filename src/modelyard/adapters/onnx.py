@@ -105,7 +105,7 @@ class OnnxAdapter:
         target = artifact_file(path, meta, _FILE, self.flavor)
         try:
             data = target.read_bytes()
-            session = ort.InferenceSession(data, providers=providers)
+            session = ort.InferenceSession(data, _options(ort), providers=providers)
         except Exception as exc:
             raise AdapterError(f"onnx: could not load {target.name}: {exc}") from exc
         return OnnxModel(session, data)
@@ -157,6 +157,17 @@ class OnnxAdapter:
     def infer_signature(self, model: Any, X: Any, y: Any = None) -> Signature:
         """A table signature for 2-D input, a tensor signature otherwise."""
         return Signature.infer(X, y)
+
+
+def _options(ort: Any) -> Any:
+    """Session options: as many intra-op threads as ``OMP_NUM_THREADS`` gives the other
+    frameworks (the server sets it under a CPU quota), else ONNX Runtime's default (one per
+    core); ONNX Runtime does not read the variable itself."""
+    options = ort.SessionOptions()
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        options.intra_op_num_threads = int(threads)
+    return options
 
 
 def _proto(onnx: Any, model: Any) -> Any:

@@ -105,6 +105,7 @@ def _register() -> None:
     from modelyard.cli.auth_cmds import auth
     from modelyard.cli.batch_cmds import batch
     from modelyard.cli.build_cmds import build
+    from modelyard.cli.card_cmds import card
     from modelyard.cli.db_cmds import db
     from modelyard.cli.demo import demo
     from modelyard.cli.export_cmds import export
@@ -132,7 +133,7 @@ def _register() -> None:
     for command in (init, train, register, models, versions, show, label, lineage, promote,
                     rollback, deploy,
                     rollout, history, runs, audit, predict, batch, precompute, serve, consume,
-                    monitor, feedback, export, build, demo):
+                    monitor, feedback, export, card, build, demo):
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)

@@ -117,7 +117,8 @@ def metrics(state: State, model: str, since: str | None, every: str | None,
             as_json: bool) -> None:
     """Show MODEL's declared metrics per version and variant over the window, computed from
     the labels sent with 'modelyard feedback' (or POST /v1/models/MODEL/feedback), and the
-    latency of its logged requests."""
+    latency of its logged requests. A model gated on fairness also gets its rules' figures
+    per group (the group column read from the logged inputs) and the fairness_gap column."""
     mon = _monitor(state)
     start = _since(since)
     step = None if every is None else timedelta(seconds=parse_duration(every))
@@ -133,6 +134,11 @@ def metrics(state: State, model: str, since: str | None, every: str | None,
                   w.requests, w.labeled, *[_num(w.values.get(n)) for n in names]]
                  for w in windows],
                 empty=f"no logged predictions of '{model}' in the window")
+    if step is None:
+        from modelyard.cli.fairness_view import print_fairness
+
+        for w in windows:
+            print_fairness(w.fairness, title=f"fairness v{w.version} {w.variant}".rstrip())
     if latency.requests:
         print_fields({"logged requests": latency.requests, "p50": f"{latency.p50_ms} ms",
                       "p99": f"{latency.p99_ms} ms"}, title="latency")

@@ -69,7 +69,8 @@ def versions(state: State, model: str, as_json: bool) -> None:
 @_JSON
 @pass_state
 def show(state: State, ref: str, as_json: bool) -> None:
-    """Show one version: lineage (code and data sources), signature, metrics and environment.
+    """Show one version: lineage (code and data sources), signature, metrics, fairness per
+    group and environment.
 
     A bare MODEL means its production alias; MODEL:3 is version 3; MODEL@staging an alias;
     MODEL@1.4.0 the version labelled 1.4.0. 'modelyard lineage FILE|TABLE' asks the other
@@ -95,6 +96,10 @@ def show(state: State, ref: str, as_json: bool) -> None:
     _show_signature(version.signature)
     if version.metrics:
         print_fields(version.metrics, title="metrics")
+    if version.meta.get("fairness"):
+        from modelyard.cli.fairness_view import print_fairness
+
+        print_fairness(version.meta["fairness"], title="fairness on the holdout")
     if version.environment:
         print_fields({k: _pairs(v) for k, v in version.environment.items()}, title="environment")
 

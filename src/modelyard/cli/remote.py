@@ -371,10 +371,17 @@ class RemoteRegistry:
                       self.remote.get(f"/api/v1/models/{_p(name)}/versions/{version}"))
 
     def resolve(self, ref: str) -> ModelVersion:
-        """``name``, ``name:3`` or ``name@alias`` to a version, as the registry resolves it."""
+        """``name``, ``name:3``, ``name@alias`` or ``name@1.4.0`` to a version, as the registry
+        resolves it."""
         name, number, alias, label = parse_reference(ref)
         which = str(number) if number is not None else _p(label or alias or PRODUCTION)
         return record(ModelVersion, self.remote.get(f"/api/v1/models/{_p(name)}/versions/{which}"))
+
+    def card(self, ref: str, fmt: str) -> str:
+        """Version ``ref``'s model card as the server generates it (``markdown`` or ``html``)."""
+        name, number, alias, label = parse_reference(ref)
+        which = str(number) if number is not None else _p(label or alias or PRODUCTION)
+        return self.remote.text(f"/api/v1/models/{_p(name)}/versions/{which}/card", format=fmt)
 
     # -- aliases --------------------------------------------------------------------------------
     def set_alias(self, name: str, alias: str, version: int, *, actor: str | None = None,

@@ -99,6 +99,10 @@ def show_run(state: State, run_id: str, as_json: bool) -> None:
         "gate": None if not gate else ("passed" if gate.get("passed") else
                                        "rejected: " + "; ".join(gate.get("reasons", []))),
     })
+    if gate.get("fairness"):
+        from modelyard.cli.fairness_view import print_fairness
+
+        print_fairness(gate["fairness"], title="fairness on the holdout")
     out = console()
     out.print("[bold]logs[/bold]")
     out.print(run.logs.rstrip() or "(no logs)", markup=False, highlight=False)

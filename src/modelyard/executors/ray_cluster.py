@@ -248,7 +248,7 @@ def _collect(result: dict[str, Any], work: Path, staging: Any) -> Executed:
         archive.unlink()
         outcome = TrainOutcome(work / "artifact", outcome["flavor"], outcome["meta"],
                                outcome["signature"], outcome["task"], outcome["metrics"],
-                               outcome["champion"])
+                               outcome["champion"], outcome.get("fairness") or [])
     return Executed(outcome, result["data_fingerprint"], result["reference_stats"],
                     result["environment"], result.get("data_sources") or [])
 
@@ -316,7 +316,7 @@ def _work(job: RunJob, staging_at: str, root: Path, events: queue.SimpleQueue[An
             digest, _ = staging.put_file(pack_dir(o.artifact_dir, root / "artifact.tar"))
             outcome = {"digest": digest, "flavor": o.flavor, "meta": o.meta,
                        "signature": o.signature, "task": o.task, "metrics": o.metrics,
-                       "champion": o.champion}
+                       "champion": o.champion, "fairness": o.fairness}
         box.update(outcome=outcome, data_fingerprint=executed.data_fingerprint,
                    reference_stats=executed.reference_stats, environment=executed.environment,
                    data_sources=executed.data_sources)

@@ -45,6 +45,7 @@ from modelyard.monitoring.logstore import (
     open_store,
 )
 from modelyard.monitoring.quality import MetricWindow, metric_windows, regression_p_value
+from modelyard.pipeline.fairness import rules_of
 from modelyard.registry.records import Record
 from modelyard.registry.rows import audit, model_row, now
 from modelyard.registry.tables import DriftReportRow, LabelRow, MonitorEventRow
@@ -53,6 +54,7 @@ from modelyard.version_settings import VersionSettings
 if TYPE_CHECKING:
     from modelyard.registry import Registry
     from modelyard.registry.records import ModelVersion
+    from modelyard.spec import FairnessRule
 
 #: most logged requests one metric or drift computation reads (the newest ones).
 MAX_REQUESTS = 50_000
@@ -326,18 +328,23 @@ class Monitor:
                 by_variant: bool = True, errors: bool = False,
                 every: timedelta | None = None) -> list[MetricWindow]:
         """Declared metrics per version (and variant) over the window, from fed-back labels;
-        ``every`` splits the window into a series, ``errors`` adds bootstrap standard errors."""
+        ``every`` splits the window into a series, ``errors`` adds bootstrap standard errors.
+        Without ``names``, the watched version's declared metrics and its fairness rules (with
+        the ``fairness_gap`` value; their groups are read from the logged inputs)."""
         settings = None
+        rules: list[FairnessRule] = []
         if names is None or since is None:
             watched = self.watched_version(model)
             settings = self.settings(watched)
-            names = settings.watched_metrics(watched.metrics) if names is None else names
+            if names is None:
+                names = settings.watched_metrics(watched.metrics)
+                rules = rules_of(watched.meta)
         start = self._since(model, since, settings)
         logged = self.predictions(model, since=start, until=until, version=version,
-                                  versions=versions, with_inputs=False)
+                                  versions=versions, with_inputs=bool(rules))
         labels = self.labels(model, [p.request_id for p in logged])
         return metric_windows(model, logged, labels, names, group_by_variant=by_variant,
-                              errors=errors, every=every)
+                              errors=errors, every=every, fairness=rules)
 
     def latency(self, model: str, *, since: datetime | None = None) -> LatencySummary:
         """p50 and p99 latency of the answered requests in the window, and the share that

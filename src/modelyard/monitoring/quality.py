@@ -6,6 +6,12 @@ returns one :class:`MetricWindow` per (version, variant), scored with the same m
 one-row request, or a list with one value per row. :func:`regression_p_value` tells whether one
 version is worse than another on a metric beyond chance (a permutation test over their labeled
 rows), which is what rollout analysis asks.
+
+Given the version's fairness rules (``gate.fairness``), each window also measures the rules'
+per-group figures over its labeled rows (:func:`modelyard.pipeline.fairness.measure`, with
+Fairlearn), the group of each row read from the logged inputs: the group column must be a
+model input the log keeps (``sensitive: hash`` keeps it private and its groups apart). The
+largest metric gap is the window's ``fairness_gap`` value, which alert rules may watch.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from modelyard.registry.records import Record
+from modelyard.spec.monitoring import FAIRNESS_GAP
 
 #: bootstrap resamples behind a standard error, and the rows each one draws at most.
 BOOTSTRAP = 200
@@ -26,6 +33,7 @@ MAX_BOOTSTRAP_ROWS = 5000
 
 if TYPE_CHECKING:
     from modelyard.monitoring.logstore import LoggedPrediction
+    from modelyard.spec import FairnessRule
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,9 @@ class MetricWindow(Record):
     mismatched: int = 0
     #: bootstrap standard error of each value (only when asked for: ``errors=True``).
     errors: dict[str, float | None] = field(default_factory=dict)
+    #: one record per fairness rule of the version: per group ``n`` and the metric, the gap,
+    #: demographic parity and equalized odds differences over the labeled rows.
+    fairness: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -57,6 +68,10 @@ class _Pairs:
     scores: list[Any] = field(default_factory=list)
     classes: tuple[Any, ...] | None = None
     all_scored: bool = True
+    #: per group column, the logged value of each labeled row (None where the log lacks it)
+    groups: dict[str, list[Any]] = field(default_factory=dict)
+    #: labeled rows whose logged inputs lack the column, per group column
+    unlogged: dict[str, int] = field(default_factory=dict)
 
 
 def label_rows(label: Any, rows: int, predicted: Sequence[Any]) -> list[Any] | None:
@@ -74,26 +89,64 @@ def label_rows(label: Any, rows: int, predicted: Sequence[Any]) -> list[Any] | N
 def metric_windows(model: str, predictions: Iterable[LoggedPrediction],
                    labels: Mapping[str, Any], names: Sequence[str],
                    *, group_by_variant: bool = True, errors: bool = False,
-                   every: timedelta | None = None) -> list[MetricWindow]:
+                   every: timedelta | None = None,
+                   fairness: Sequence[FairnessRule] = ()) -> list[MetricWindow]:
     """Score each version's (and variant's) labeled predictions on the metrics ``names``.
 
     ``every`` cuts time into windows of that length (aligned to the epoch) and scores each one
     apart: a series per version. ``errors=True`` adds each value's standard error, from
     :data:`BOOTSTRAP` resamples of the labeled rows (what rollout analysis needs to tell a real
-    regression from chance).
+    regression from chance). ``fairness`` rules are measured per window from the groups in the
+    logged inputs (read them ``with_inputs``); their largest gap is the value ``fairness_gap``.
     """
     step = every.total_seconds() if every is not None else None
     if step is not None and step <= 0:
         raise ValueError("every must be a positive duration")
-    groups = _group(predictions, labels, step, group_by_variant)
-    return [MetricWindow(model, version, variant, g.first, g.last, g.requests, len(g.truth),
-                         _score(names, g), g.mismatched,
-                         _bootstrap(names, g) if errors else {})
-            for (_, version, variant), g in sorted(groups.items())]
+    columns = list(dict.fromkeys(rule.group for rule in fairness))
+    groups = _group(predictions, labels, step, group_by_variant, columns)
+    windows = []
+    for (_, version, variant), g in sorted(groups.items()):
+        values = _score(names, g)
+        records = _fairness(fairness, g)
+        if any(rule.metric is not None for rule in fairness):
+            from modelyard.pipeline.fairness import largest_gap
+
+            values[FAIRNESS_GAP] = largest_gap(records)
+        windows.append(MetricWindow(model, version, variant, g.first, g.last, g.requests,
+                                    len(g.truth), values, g.mismatched,
+                                    _bootstrap(names, g) if errors else {}, records))
+    return windows
+
+
+def _fairness(rules: Sequence[FairnessRule], pairs: _Pairs) -> list[dict[str, Any]]:
+    """The rules' records over a window's labeled rows; a column the log never kept, or a
+    window without labels, gives records without figures and a note saying why."""
+    if not rules:
+        return []
+    from modelyard.errors import ConfigError
+    from modelyard.pipeline.fairness import measure
+
+    scores = np.asarray(pairs.scores) if pairs.all_scored and pairs.scores else None
+    logged = {c: v for c, v in pairs.groups.items() if pairs.unlogged.get(c, 0) < len(v)}
+    records = []
+    for rule in rules:
+        try:
+            (record,) = measure([rule], np.asarray(pairs.truth), np.asarray(pairs.predicted),
+                                logged, scores=scores, classes=pairs.classes)
+        except ConfigError as exc:  # a metric these labels cannot score: no figures
+            record = {**rule.model_dump(mode="json"), "rows": len(pairs.truth), "groups": {},
+                      "gap": None, "demographic_parity": None, "equalized_odds": None,
+                      "note": str(exc)}
+        if rule.group not in logged and pairs.truth:
+            record["note"] = (f"column {rule.group!r} is not in the logged inputs: make it a "
+                              "model input (sensitive: hash keeps it private)")
+        records.append(record)
+    return records
 
 
 def _group(predictions: Iterable[LoggedPrediction], labels: Mapping[str, Any],
-           step: float | None, group_by_variant: bool) -> dict[tuple[float, int, str], _Pairs]:
+           step: float | None, group_by_variant: bool,
+           columns: Sequence[str] = ()) -> dict[tuple[float, int, str], _Pairs]:
     """Labeled rows per (time bucket, version, variant)."""
     groups: dict[tuple[float, int, str], _Pairs] = {}
     for p in predictions:
@@ -116,6 +169,8 @@ def _group(predictions: Iterable[LoggedPrediction], labels: Mapping[str, Any],
             continue
         pairs.truth.extend(truth)
         pairs.predicted.extend(predicted)
+        for column in columns:
+            _add_groups(pairs, column, p.inputs, len(truth))
         scores = p.outputs.get("scores")
         if scores is None:
             pairs.all_scored = False
@@ -124,6 +179,16 @@ def _group(predictions: Iterable[LoggedPrediction], labels: Mapping[str, Any],
             if p.outputs.get("classes") is not None:
                 pairs.classes = tuple(p.outputs["classes"])
     return groups
+
+
+def _add_groups(pairs: _Pairs, column: str, inputs: Mapping[str, Any], rows: int) -> None:
+    from modelyard.pipeline.fairness import logged_groups
+
+    values = logged_groups(inputs, column, rows)
+    if values is None:
+        values = [None] * rows
+        pairs.unlogged[column] = pairs.unlogged.get(column, 0) + rows
+    pairs.groups.setdefault(column, []).extend(values)
 
 
 def regression_p_value(name: str, predictions: Iterable[LoggedPrediction],

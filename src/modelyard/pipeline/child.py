@@ -65,6 +65,8 @@ class TrainJob:
     #: the production version to score on the same holdout: ref, flavor, path, meta, signature.
     champion: dict[str, Any] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    #: the gate's fairness rules (``FairnessRule`` dumps), measured on the holdout's groups
+    fairness: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -78,6 +80,8 @@ class TrainOutcome:
     task: str
     metrics: dict[str, float]
     champion: dict[str, Any] | None  # {"ref", "metrics", "note"}
+    #: one record per fairness rule (:func:`modelyard.pipeline.fairness.measure`)
+    fairness: list[dict[str, Any]] = field(default_factory=list)
 
 
 # -- parent side --------------------------------------------------------------------------------
@@ -139,7 +143,7 @@ def train_in_child(
         raise TrainingError(f"the training process {_death(code)}; {hint}")
     r = json.loads((work / "result.json").read_text())
     return TrainOutcome(work / "artifact", r["flavor"], r["meta"], r["signature"], r["task"],
-                        r["metrics"], r["champion"])
+                        r["metrics"], r["champion"], r.get("fairness") or [])
 
 
 def read_log(work_dir: Path) -> str:
@@ -237,7 +241,7 @@ def main(job: dict[str, Any], stages: Any, lifeline: Any = None) -> None:
         from modelyard.adapters import adapter_for, get_adapter
         from modelyard.entrypoints import resolve_callable
         from modelyard.pipeline import evaluate
-        from modelyard.pipeline.data import read_split
+        from modelyard.pipeline.data import read_groups, read_split
 
         if job["root"] not in sys.path:
             sys.path.insert(0, job["root"])
@@ -262,14 +266,16 @@ def main(job: dict[str, Any], stages: Any, lifeline: Any = None) -> None:
         X_hold, y_hold = read_split(work / "holdout")
         candidate = evaluate.load_predictor(job["name"], 0, adapter.flavor, work / "artifact",
                                             meta, signature, task)
-        metrics = evaluate.score(candidate, X_hold, y_hold, job["metrics"])
+        metrics, fairness = evaluate.score_candidate(
+            candidate, X_hold, y_hold, job["metrics"], job.get("fairness") or [],
+            read_groups(work / "holdout"))
         with contextlib.suppress(ModelyardError):  # unrecorded: the server measures on load
             signature = {**signature, "outputs": evaluate.describe_outputs(candidate, X_hold)}
         champion = (evaluate.score_champion(job["champion"], X_hold, y_hold, job["metrics"])
                     if job["champion"] else None)
         _write_json(work / "result.json", {
             "flavor": adapter.flavor, "meta": meta, "signature": signature, "task": task,
-            "metrics": metrics, "champion": champion,
+            "metrics": metrics, "champion": champion, "fairness": fairness,
         })
     except BaseException as exc:  # SystemExit and KeyboardInterrupt from user code included
         traceback.print_exc()

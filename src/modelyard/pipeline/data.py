@@ -8,6 +8,7 @@ run and a query sees the rows inserted since.
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,18 @@ _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 @dataclass
 class Dataset:
-    """Features ``X`` (a DataFrame when ``frame``, else an array) and labels ``y`` (an array)."""
+    """Features ``X`` (a DataFrame when ``frame``, else an array) and labels ``y`` (an array).
+
+    ``groups`` holds the columns fairness rules compare groups of, one value per row, whether
+    or not they are features: a sensitive attribute left out of ``data.features`` is kept here
+    for evaluation only, never trained on.
+    """
 
     X: Any
     y: np.ndarray
     feature_names: list[str]
     frame: bool
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
     #: where the rows came from (:mod:`modelyard.registry.provenance`): what the version records
     sources: list[dict[str, Any]] = field(default_factory=list)
 
@@ -39,21 +46,35 @@ class Dataset:
     def take(self, index: np.ndarray) -> Dataset:
         """The rows at ``index``, as a new dataset."""
         X = self.X.iloc[index].reset_index(drop=True) if self.frame else self.X[index]
-        return Dataset(X, self.y[index], self.feature_names, self.frame)
+        return Dataset(X, self.y[index], self.feature_names, self.frame,
+                       {name: values[index] for name, values in self.groups.items()})
+
+    def extra_groups(self) -> Any:
+        """The group columns that are not features, as a DataFrame (None when there are none):
+        part of what the data fingerprint covers."""
+        import pandas as pd
+
+        extra = {k: v for k, v in self.groups.items() if k not in self.feature_names}
+        return pd.DataFrame(extra) if extra else None
 
 
-def load_dataset(spec: DataSpec, root: Path) -> Dataset:
+def load_dataset(spec: DataSpec, root: Path, groups: Sequence[str] = ()) -> Dataset:
     """Read the source ``spec`` names (relative paths against ``root``) into a :class:`Dataset`,
     with its :attr:`~Dataset.sources`: each file read with its sha256, or the query and its
-    database, or the data function."""
+    database, or the data function.
+
+    ``groups`` names columns kept apart for fairness rules (in :attr:`Dataset.groups`), taken
+    before ``data.features`` selects the features.
+    """
     if spec.path is not None:
         frame, sources = _read_files(spec, root)
-        return _sourced(_from_frame(frame, spec, f"files {spec.path!r}"), sources)
+        return _sourced(_from_frame(frame, spec, f"files {spec.path!r}", groups), sources)
     if spec.sql is not None:
         source = sql_source(spec.sql, spec.url or "")
-        return _sourced(_from_frame(_read_sql(spec), spec, "the query"), [source])
+        return _sourced(_from_frame(_read_sql(spec), spec, "the query", groups), [source])
     fn = resolve_callable(spec.function, root)  # type: ignore[arg-type]
-    return _sourced(_call(fn, spec), [function_source(_function_ref(spec.function, fn))])
+    return _sourced(_call(fn, spec, groups),
+                    [function_source(_function_ref(spec.function, fn))])
 
 
 def _sourced(dataset: Dataset, sources: list[dict[str, Any]]) -> Dataset:
@@ -72,7 +93,7 @@ def _function_ref(given: Any, fn: Any) -> str:
         return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', fn)}"
 
 
-def _call(fn: Any, spec: DataSpec) -> Dataset:
+def _call(fn: Any, spec: DataSpec, groups: Sequence[str]) -> Dataset:
     try:
         out = fn()
     except Exception as exc:
@@ -81,9 +102,9 @@ def _call(fn: Any, spec: DataSpec) -> Dataset:
             f"{type(exc).__name__}: {exc}"
         ) from exc
     if _is_frame(out):
-        return _from_frame(out, spec, "the data function's DataFrame")
+        return _from_frame(out, spec, "the data function's DataFrame", groups)
     if isinstance(out, tuple) and len(out) == 2:
-        return _from_pair(out[0], out[1], spec)
+        return _from_pair(out[0], out[1], spec, groups)
     raise ConfigError(
         f"data function {getattr(fn, '__qualname__', fn)} returned {type(out).__name__}; "
         "return a DataFrame (with data.target set) or a tuple (X, y)"
@@ -181,6 +202,30 @@ def _write_array(folder: Path, name: str, values: Any) -> None:
         np.save(folder / f"{name}.npy", arr, allow_pickle=False)
 
 
+def write_groups(groups: dict[str, np.ndarray], folder: Path) -> None:
+    """Store the group columns of a split next to it, each value as its group's name (text)."""
+    if not groups:
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from modelyard.pipeline.fairness import group_key
+
+    table = pa.table({name: pa.array([group_key(v) for v in values.tolist()], pa.string())
+                      for name, values in groups.items()})
+    pq.write_table(table, folder / "groups.parquet")
+
+
+def read_groups(folder: Path) -> dict[str, list[str]]:
+    """The group columns :func:`write_groups` stored (none: an empty mapping)."""
+    path = folder / "groups.parquet"
+    if not path.is_file():
+        return {}
+    import pyarrow.parquet as pq
+
+    return {str(k): v for k, v in pq.read_table(path).to_pydict().items()}
+
+
 def read_split(folder: Path) -> tuple[Any, Any]:
     """The ``(X, y)`` stored by :func:`write_split`."""
     import pandas as pd
@@ -273,7 +318,7 @@ def _is_frame(obj: Any) -> bool:
     return hasattr(obj, "columns") and hasattr(obj, "iloc")
 
 
-def _from_frame(df: Any, spec: DataSpec, what: str) -> Dataset:
+def _from_frame(df: Any, spec: DataSpec, what: str, groups: Sequence[str]) -> Dataset:
     if spec.target is None:
         raise ConfigError(f"{what} gave a table; set data.target to its label column")
     if spec.target not in df.columns:
@@ -281,18 +326,25 @@ def _from_frame(df: Any, spec: DataSpec, what: str) -> Dataset:
             f"target column {spec.target!r} is not in {what}; columns: {_names(df.columns)}"
         )
     y = df[spec.target].to_numpy()
-    X = _select(df.drop(columns=[spec.target]), spec.features, what)
-    return Dataset(X.reset_index(drop=True), y, [str(c) for c in X.columns], True)
+    rest = df.drop(columns=[spec.target])
+    kept = _groups(rest, groups, what)
+    X = _select(rest, spec.features, what)
+    return Dataset(X.reset_index(drop=True), y, [str(c) for c in X.columns], True, kept)
 
 
-def _from_pair(X: Any, y: Any, spec: DataSpec) -> Dataset:
+def _from_pair(X: Any, y: Any, spec: DataSpec, groups: Sequence[str]) -> Dataset:
     y_arr = y.to_numpy() if hasattr(y, "to_numpy") else np.asarray(y)
+    kept: dict[str, np.ndarray] = {}
     if _is_frame(X):
+        kept = _groups(X, groups, "the data function's X")
         X = _select(X, spec.features, "the data function's X").reset_index(drop=True)
         names, frame = [str(c) for c in X.columns], True
     else:
         if spec.features is not None:
             raise ConfigError("data.features selects DataFrame columns; X here is an array")
+        if groups:
+            raise ConfigError(f"gate.fairness compares groups of column {groups[0]!r}, but X "
+                              "here is an array; return a DataFrame (with data.target set)")
         X = np.asarray(X)
         if X.dtype.kind in "US":  # text: keep Python strings, as the signature expects
             X = X.astype(object)
@@ -300,7 +352,17 @@ def _from_pair(X: Any, y: Any, spec: DataSpec) -> Dataset:
         frame = False
     if len(X) != len(y_arr):
         raise DataValidationError(f"X has {len(X)} rows but y has {len(y_arr)}; they must match")
-    return Dataset(X, y_arr, names, frame)
+    return Dataset(X, y_arr, names, frame, kept)
+
+
+def _groups(df: Any, groups: Sequence[str], what: str) -> dict[str, np.ndarray]:
+    missing = [g for g in groups if g not in df.columns]
+    if missing:
+        raise DataValidationError(
+            f"gate.fairness groups by column(s) not in {what}: {', '.join(missing)}; "
+            f"columns: {_names(df.columns)}"
+        )
+    return {g: df[g].to_numpy(dtype=object) for g in groups}
 
 
 def _select(df: Any, features: list[str] | None, what: str) -> Any:
@@ -325,4 +387,5 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-__all__ = ["Dataset", "load_dataset", "read_split", "split", "write_split"]
+__all__ = ["Dataset", "load_dataset", "read_groups", "read_split", "split", "write_groups",
+           "write_split"]

@@ -15,7 +15,7 @@ import numpy as np
 
 from modelyard.adapters import get_adapter
 from modelyard.devices import resolve_device
-from modelyard.errors import AdapterError, InputError, ModelyardError
+from modelyard.errors import AdapterError, ConfigError, InputError, ModelyardError
 from modelyard.metrics import compute, get_metric
 from modelyard.predictor import Prediction, Predictor
 from modelyard.schema import Signature
@@ -73,6 +73,28 @@ def score(predictor: Predictor, X: Any, y: Any, metrics: list[str], *,
     return compute(metrics, y, prediction, missing_scores=missing_scores)
 
 
+def score_candidate(predictor: Predictor, X: Any, y: Any, metrics: list[str],
+                    fairness: list[dict[str, Any]], groups: dict[str, Any],
+                    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """``metrics`` of the candidate on ``(X, y)`` and, from the same predictions, the records
+    of the ``fairness`` rules (dumps of :class:`~modelyard.spec.FairnessRule`) over the holdout
+    rows' ``groups`` (:func:`modelyard.pipeline.fairness.measure`)."""
+    if not fairness:
+        return score(predictor, X, y, metrics), []
+    from modelyard.pipeline.fairness import measure
+    from modelyard.spec import FairnessRule
+
+    if predictor.task == "regression":
+        raise ConfigError(f"gate.fairness compares class predictions across groups; "
+                          f"{predictor.name} is a regression model")
+    rules = [FairnessRule.model_validate(rule) for rule in fairness]
+    names = [*metrics, *(rule.metric for rule in rules if rule.metric is not None)]
+    prediction = predict_all(predictor, X, scores=any(get_metric(m).needs_scores for m in names))
+    records = measure(rules, y, prediction.predictions, groups, scores=prediction.scores,
+                      classes=prediction.classes)
+    return compute(metrics, y, prediction), records
+
+
 def score_champion(champion: dict[str, Any], X: Any, y: Any,
                    metrics: list[str]) -> dict[str, Any]:
     """Score the production version on the same holdout; a note instead when it cannot be.
@@ -104,4 +126,4 @@ def _rows(batch: Any, start: int, stop: int) -> Any:
 
 
 __all__ = ["EVAL_CHUNK", "describe_outputs", "load_predictor", "predict_all", "score",
-           "score_champion"]
+           "score_candidate", "score_champion"]

@@ -30,7 +30,8 @@ from modelyard.pipeline.profile import decode_sample
 from modelyard.predictor import Predictor, open_version
 
 if TYPE_CHECKING:
-    from modelyard.registry import ModelVersion, Registry
+    from modelyard.pipeline.run_registry import RunRegistry
+    from modelyard.registry import ModelVersion
 
 #: rows of synthetic input for a tensor model with neither a sample nor reference statistics.
 SYNTHETIC_ROWS = 256
@@ -51,7 +52,7 @@ class ExportResult:
 
 
 def export_onnx(
-    registry: Registry, ref: str, *, sample: Any = None, quantize: str | None = None,
+    registry: RunRegistry, ref: str, *, sample: Any = None, quantize: str | None = None,
     limits: Limits | None = None, actor: str | None = None,
 ) -> ExportResult:
     """Convert version ``ref`` to ONNX, prove parity on a sample, register it as derived.

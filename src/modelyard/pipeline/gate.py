@@ -1,16 +1,19 @@
-"""The promotion gate, as a pure decision: thresholds and the champion comparison, with reasons.
+"""The promotion gate, as a pure decision: thresholds, the champion comparison and fairness
+bounds per group, with reasons.
 
 ``evaluate_gate`` takes the candidate's and the champion's metrics on the same holdout and says
 whether the candidate may be registered and promoted, and why not, in sentences a person reads
-in a run log: ``f1 0.58 < min 0.60``.
+in a run log: ``f1 0.58 < min 0.60``. Fairness rules are judged on the records the training
+child measured (:mod:`modelyard.pipeline.fairness`), each group's figures in the reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelyard.pipeline import fairness as fairness_checks
 from modelyard.spec import GateSpec
 
 
@@ -35,11 +38,13 @@ def evaluate_gate(
     *,
     champion_ref: str | None = None,
     champion_note: str | None = None,
+    fairness: Sequence[Mapping[str, Any]] = (),
 ) -> GateResult:
     """Apply ``gate`` to the candidate's metrics and (if there is one) the champion's.
 
     ``champion_ref`` names the champion in reasons (``fraud:3``). Without a champion the champion
     rule passes, with ``champion_note`` (or "no production version yet") as its message.
+    ``fairness`` holds the candidate's record of each of ``gate.fairness``'s rules, in order.
     """
     checks: list[dict[str, Any]] = []
     for metric, bound in gate.min.items():
@@ -50,6 +55,7 @@ def evaluate_gate(
         checks.append(_champion(gate.champion.metric, gate.champion.max_drop, candidate,
                                 champion, greater_is_better(gate.champion.metric),
                                 champion_ref or "production", champion_note))
+    checks.extend(fairness_checks.checks(gate.fairness, fairness))
     reasons = [c["message"] for c in checks if not c["passed"]]
     return GateResult(not reasons, reasons, checks)
 

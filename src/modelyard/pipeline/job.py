@@ -11,6 +11,7 @@ back (stages, notes) and asks (whether to stop).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from modelyard.errors import EnvironmentMismatchError
 from modelyard.pipeline import child
-from modelyard.pipeline.data import load_dataset, split, write_split
+from modelyard.pipeline.data import load_dataset, split, write_groups, write_split
 from modelyard.pipeline.lineage import environment, fingerprint
 from modelyard.pipeline.profile import profile
 from modelyard.pipeline.validation import check
@@ -45,6 +46,9 @@ class RunJob:
     environment: dict[str, Any] = field(default_factory=dict)
     resources: ResourcesSpec = field(default_factory=ResourcesSpec)
     retries: int = 0
+    #: columns the gate's fairness rules compare groups of: kept with the holdout for
+    #: evaluation, whether or not they are features
+    groups: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -83,13 +87,20 @@ def execute(job: RunJob, work: Path, hooks: RunHooks) -> Executed:
     process with ``work`` as its folder (``work/train.log``, ``work/artifact``)."""
     work.mkdir(parents=True, exist_ok=True)
     hooks.stage("load data")
-    dataset = load_dataset(job.data, Path(job.train.root))
+    dataset = load_dataset(job.data, Path(job.train.root), job.groups)
     hooks.note(f"loaded {len(dataset)} rows, features: {', '.join(dataset.feature_names[:20])}")
     hooks.stage("validate")
     check(dataset, job.validation)
     train_set, holdout = split(dataset, job.data.holdout, job.data.seed, job.stratify)
     hooks.note(f"train {len(train_set)} rows, holdout {len(holdout)} rows")
+    # a group column that is no feature still decides the gate: its changes count as new data
+    extra = dataset.extra_groups()
+    if extra is not None:
+        hooks.note(f"kept for fairness rules only, not trained on: {', '.join(extra.columns)}")
     data_fingerprint = fingerprint(dataset.X, dataset.y)
+    if extra is not None:
+        data_fingerprint = hashlib.sha256(
+            (data_fingerprint + fingerprint(extra)).encode()).hexdigest()
     here = environment()
     if job.unchanged_if is not None and job.unchanged_if == data_fingerprint:
         return Executed(None, data_fingerprint, {}, here, dataset.sources)
@@ -97,6 +108,7 @@ def execute(job: RunJob, work: Path, hooks: RunHooks) -> Executed:
     hooks.stage("train")
     write_split(train_set.X, train_set.y, work / "train")
     write_split(holdout.X, holdout.y, work / "holdout")
+    write_groups(holdout.groups, work / "holdout")
     sources = dataset.sources
     del dataset, train_set, holdout
     train = dataclasses.replace(job.train, work_dir=str(work))

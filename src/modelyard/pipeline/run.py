@@ -38,6 +38,7 @@ from modelyard.entrypoints import callable_ref
 from modelyard.errors import (
     ConfigError,
     ConflictError,
+    ExportError,
     GateFailed,
     ModelyardError,
     NotFoundError,
@@ -45,6 +46,8 @@ from modelyard.errors import (
 from modelyard.executors import ExecutorOptions, get_executor
 from modelyard.metrics import get_metric, greater_is_better
 from modelyard.pipeline import child
+from modelyard.pipeline.fairness import META_KEY as FAIRNESS
+from modelyard.pipeline.fairness import group_columns
 from modelyard.pipeline.gate import GateResult, evaluate_gate
 from modelyard.pipeline.job import RunHooks, RunJob
 from modelyard.pipeline.lineage import code_ref, environment, same_code, spec_hash
@@ -318,9 +321,11 @@ def _execute(
 
     runlog.stage("gate")
     gate = evaluate_gate(spec.gate, outcome.metrics, champion_metrics, greater_is_better,
-                         champion_ref=champion.get("ref"), champion_note=champion.get("note"))
+                         champion_ref=champion.get("ref"), champion_note=champion.get("note"),
+                         fairness=outcome.fairness)
     gate_record = {**gate.to_dict(), "champion": {"ref": champion.get("ref"),
-                                                  "metrics": champion_metrics}}
+                                                  "metrics": champion_metrics},
+                   **({FAIRNESS: outcome.fairness} if outcome.fairness else {})}
     if not gate.passed:
         runlog.note("rejected: " + "; ".join(gate.reasons))
         registry.finish_run(run.id, status="rejected", metrics=outcome.metrics,
@@ -338,7 +343,9 @@ def _execute(
               # what the server, the monitor and rollouts read back (VersionSettings.of)
               **VersionSettings.from_spec(spec).to_meta(),
               # what the next run compares with to see that nothing changed
-              "spec_hash": lineage.spec_hash},
+              "spec_hash": lineage.spec_hash,
+              # the per-group figures on the holdout; the monitor reads the rules back
+              **({FAIRNESS: outcome.fairness} if outcome.fairness else {})},
         signature=outcome.signature,
         metrics=outcome.metrics, params=lineage.params,
         data_fingerprint=lineage.data_fingerprint, code_ref=lineage.code_ref,
@@ -346,6 +353,9 @@ def _execute(
         run_id=run.id, description=spec.description, actor=actor,
         **_labelled(semver, executed.data_sources),
     )
+    if spec.serving.runtime == "onnx" and version.flavor != "onnx":
+        runlog.stage("export")
+        _export_for_runtime(registry, version, runlog, actor)
     promoted, rollout_due = _goes_live(spec, promote, has_champion=outcome.champion is not None)
     if promoted:
         runlog.stage("promote")
@@ -384,6 +394,24 @@ def _labelled(semver: str | None, sources: list[dict[str, Any]]) -> dict[str, An
     return extra
 
 
+def _export_for_runtime(registry: RunRegistry, version: ModelVersion, runlog: _RunLog,
+                        actor: str | None) -> None:
+    """Export ``version`` to ONNX before it can go live: a spec served with ``runtime: onnx``
+    is answered from that export, and a server refuses the version without one. A refused
+    export fails the run with the version registered but not promoted."""
+    from modelyard.pipeline.export import export_onnx
+
+    try:
+        result = export_onnx(registry, version.ref, actor=actor)
+    except ModelyardError as exc:
+        raise ExportError(
+            f"registered {version.ref}, not promoted: serving.runtime onnx needs its ONNX "
+            f"export, which failed: {exc}; set serving.runtime: native, or fix it and run "
+            f"`modelyard export {version.ref} --format onnx`") from exc
+    runlog.note(f"exported {version.ref} -> {result.version.ref} (onnx for serving; parity on "
+                f"{result.sample} {result.parity.summary()})")
+
+
 def _goes_live(spec: Spec, promote: bool | None, *, has_champion: bool) -> tuple[bool, bool]:
     """``(move production now, start the declared rollout)`` for a candidate that passed."""
     if promote is not None:
@@ -408,6 +436,9 @@ def _same_code_version(registry: RunRegistry, name: str, lineage: _Lineage) -> M
     try:
         latest = registry.get_model(name).latest_version
         version = registry.get_version(name, latest) if latest else None
+        if version is not None and version.meta.get("derived_from"):
+            # an export (runtime: onnx makes one after each run) is its source's twin
+            version = registry.resolve(str(version.meta["derived_from"]))
     except NotFoundError:  # no model yet, or its latest number was never registered
         return None
     return version if version is not None and lineage.matches_code(version) else None
@@ -434,12 +465,13 @@ def _job(spec: Spec, registry: RunRegistry, run_id: str, lineage: _Lineage, *,
         params=dict(spec.params), flavor=spec.flavor, task=spec.task, metrics=list(spec.metrics),
         trusted_types=list(spec.trusted_types),
         champion=_champion(spec, registry), env=dict(os.environ),
+        fairness=[rule.model_dump(mode="json") for rule in spec.gate.fairness],
     )
     return RunJob(run_id=run_id, data=spec.data, validation=spec.validation, train=train,
                   stratify=spec.data.stratify and spec.task != "regression",
                   timeout_s=spec.timeout_s, unchanged_if=unchanged_if,
                   environment=lineage.environment, resources=spec.resources,
-                  retries=spec.retries)
+                  retries=spec.retries, groups=group_columns(spec.gate.fairness))
 
 
 def _note_outcome(runlog: _RunLog, outcome: child.TrainOutcome) -> None:

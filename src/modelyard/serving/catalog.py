@@ -28,6 +28,7 @@ from modelyard.schema import FieldSpec
 from modelyard.serving.cache import Key, ModelCache
 from modelyard.serving.footprint import Footprint
 from modelyard.serving.metrics import ServerMetrics, VersionMetrics
+from modelyard.serving.onnx_runtime import as_source, batches_as_accelerated, served_record
 from modelyard.serving.options import ServeOptions
 from modelyard.serving.overrides import tuned
 from modelyard.serving.pools import Placement, placement
@@ -272,11 +273,26 @@ class Catalog:
         if serving is not settings.serving:
             log.info("%s: serving settings tuned by the serve config: %s", record.ref,
                      serving.model_dump(exclude_unset=True))
-        runner = self._open_version(record, serving)
+        runner = self._open_version(self._runtime_record(record, serving), serving)
         runner.precompute = settings.precompute
         if self.predlog is not None:
             runner.log_policy = log_policy(record, serving)
         return runner
+
+    def served_flavor(self, record: Any) -> str:
+        """The flavor that answers for ``record`` here: ``onnx`` when its serving section (with
+        this server's tuning) says ``runtime: onnx``, else its own (OIP metadata of a version
+        not loaded yet)."""
+        serving = tuned(VersionSettings.of(record, strict=False).serving,
+                        self.options.serving_overrides, record.model)
+        return "onnx" if serving.runtime == "onnx" else str(record.flavor)
+
+    def _runtime_record(self, record: Any, spec: ServingSpec) -> Any:
+        """What loads for ``record``: itself, or under ``runtime: onnx`` its ONNX derivative
+        wearing its name and version (:func:`~modelyard.serving.onnx_runtime.served_record`)."""
+        if spec.runtime != "onnx":
+            return record
+        return served_record(self.registry, record)
 
     def _open_version(self, record: Any, spec: ServingSpec) -> Runner:
         """Load, wrap and warm one version as its serving section says."""
@@ -319,7 +335,9 @@ class Catalog:
 
         adapter = get_adapter(record.flavor)
         predictor = open_version(record, self.registry, device=spec.device)
-        policy = batch_policy(spec, accelerated=adapter.accelerated,
+        if spec.runtime == "onnx":
+            predictor = as_source(predictor)
+        policy = batch_policy(spec, accelerated=batches_as_accelerated(record, adapter),
                               timeout_s=self.options.request_timeout_s)
         vm = self.metrics.for_version(record.model, str(record.version))
         runner = Runner(predictor, policy, executor=self.predict_pool,
@@ -373,13 +391,14 @@ class Catalog:
             # resolved on each (re)start: the digest is checked here, and a cleared cache refills
             path = self.registry.artifact_path(record)
             worker = Worker(WorkerSpec.from_record(
-                record, path, spec.device, start_timeout_s=self.options.worker_start_timeout_s))
+                record, path, spec.device, start_timeout_s=self.options.worker_start_timeout_s,
+                runtime=spec.runtime))
             worker.start()
             return worker
 
         adapter = get_adapter(record.flavor)
         worker = spawn()
-        policy = batch_policy(spec, accelerated=adapter.accelerated,
+        policy = batch_policy(spec, accelerated=batches_as_accelerated(record, adapter),
                               timeout_s=self.options.request_timeout_s)
         vm = self.metrics.for_version(record.model, str(record.version))
         runner = ProcessRunner(

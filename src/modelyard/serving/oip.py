@@ -78,7 +78,7 @@ class OIPHandlers:
             return runner.predictor.signature, runner.predictor.flavor, runner.outputs
         record = await self.catalog.get_version_record(*key)
         signature = Signature.from_dict(record.signature)
-        return signature, record.flavor, signature.answers
+        return signature, self.catalog.served_flavor(record), signature.answers
 
     async def v2_model_ready(self, scope: Scope, receive: Receive, send: Send,
                              name: str, version: str | None = None) -> None:

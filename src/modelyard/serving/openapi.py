@@ -203,7 +203,9 @@ _LABEL = {"type": "object", "required": ["request_id", "label"], "properties": {
 _WINDOW = obj(["model", "version", "variant", "requests", "labeled", "values"], model=STR,
                version=INT, variant=STR, start=OPT_STR, end=OPT_STR, requests=INT,
                labeled=INT, values={"type": "object", "additionalProperties": OPT_NUM},
-               mismatched=INT, errors=OBJ)
+               mismatched=INT, errors=OBJ,
+               # one record per gate.fairness rule: per group n and figures, gap, differences
+               fairness={"type": "array", "items": OBJ})
 _LATENCY = obj(["model", "requests", "p50_ms", "p99_ms"], model=STR, requests=INT,
                 p50_ms=OPT_NUM, p99_ms=OPT_NUM, error_rate=OPT_NUM)
 _DRIFT = obj(["id", "model", "version", "at", "rows", "share", "drifted", "report"], id=INT,

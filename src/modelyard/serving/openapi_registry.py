@@ -56,6 +56,14 @@ REGISTRY_PATHS: dict[str, Any] = {
         "by number (3), alias (production) or semantic version label (1.4.0)",
         [NAME, {**VERSION, "schema": {"type": "string"}}],
         VERSION_ROW, 400, 404, *REGISTRY),
+    "/api/v1/models/{name}/versions/{version}/card": {"get": {
+        "summary": "Registry: the version's model card, Markdown or (?format=html) one HTML page",
+        "parameters": [NAME, {**VERSION, "schema": {"type": "string"}},
+                       {"name": "format", "in": "query", "required": False,
+                        "schema": {"type": "string", "enum": ["markdown", "html"]}}],
+        "responses": {"200": {"description": "the model card",
+                              "content": {"text/markdown": {}, "text/html": {}}},
+                      **errors(400, 404, 422, *REGISTRY)}}},
     "/api/v1/models/{name}/history": get_op(
         "Registry: every alias move, newest first; with at, the version then", [
             NAME, *_QUERY[:2]], OBJ, 404, 422, *REGISTRY),
@@ -97,9 +105,9 @@ REGISTRY_PATHS: dict[str, Any] = {
         {"grace_s": NUM}, _NEW_KEY, "201", [_KEY_ID]),
 }
 _RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_RUN_FULL = {**_RUN, "properties": {**_RUN["properties"], "logs": STR, "host": OPT_STR,
-                                    "created_by": STR, "details": OBJ}}
 _OPT_OBJ = {"type": ["object", "null"]}
+_RUN_FULL = {**_RUN, "properties": {**_RUN["properties"], "logs": STR, "host": OPT_STR,
+                                    "created_by": STR, "details": _OPT_OBJ}}
 
 
 def _train_post(summary: str, params: list[dict[str, Any]], body: dict[str, Any],

@@ -19,6 +19,8 @@ import orjson
 
 from modelyard.config import MAX_VERSION
 from modelyard.errors import ForbiddenError, InputError, NotFoundError
+from modelyard.governance.card import CardFormat, gather, render
+from modelyard.monitoring.monitor import Monitor
 from modelyard.registry.audit_chain import ChainReport, chain_rows, export_record, verify_session
 from modelyard.registry.keys import describe
 from modelyard.serving.access import actor_of, identity_of_scope, in_scope
@@ -60,6 +62,26 @@ class RegistryAPI(CatalogAPI):
         else:
             found = await self.io(self.registry.resolve, f"{name}@{version}")
         await _ok(send, found.to_dict())
+
+    async def registry_card(self, scope: Scope, receive: Receive, send: Send, name: str,
+                            version: str) -> None:
+        """``GET /api/v1/models/{name}/versions/{version}/card[?format=html]``: the version's
+        model card, Markdown (default) or one HTML page (:mod:`modelyard.governance.card`)."""
+        fmt = query_param(scope, "format") or "markdown"
+        if fmt not in ("markdown", "html"):
+            raise InputError(f"format must be markdown or html, got {fmt[:40]!r}",
+                             [{"loc": ["query", "format"], "msg": "markdown or html"}])
+        ref = (f"{name}:{parse_version(version)}" if version.isascii() and version.isdigit()
+               else f"{name}@{version}")
+        text = await self.io(self._card, ref, fmt)
+        media = b"text/html; charset=utf-8" if fmt == "html" else b"text/markdown; charset=utf-8"
+        # the page styles itself inline and runs nothing: a browser may not load anything else
+        await respond(send, 200, text.encode(), [
+            (b"content-type", media),
+            (b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'")])
+
+    def _card(self, ref: str, fmt: CardFormat) -> str:
+        return render(gather(self.registry, Monitor(self.registry), ref), fmt)
 
     async def registry_history(self, scope: Scope, receive: Receive, send: Send,
                                name: str) -> None:
@@ -222,6 +244,8 @@ ROUTES: RouteTable = [
     ("GET", "/api/v1/models/{name}", Endpoint(RegistryAPI.registry_model, action="read")),
     ("GET", "/api/v1/models/{name}/versions/{version}",
      Endpoint(RegistryAPI.registry_version, action="read")),
+    ("GET", "/api/v1/models/{name}/versions/{version}/card",
+     Endpoint(RegistryAPI.registry_card, action="read")),
     ("GET", "/api/v1/models/{name}/history",
      Endpoint(RegistryAPI.registry_history, action="read")),
     ("GET", "/api/v1/runs", Endpoint(RegistryAPI.registry_runs, action="read")),

@@ -77,6 +77,9 @@ class WorkerSpec:
     metrics: dict[str, Any] = field(default_factory=dict)
     #: a load (plus warm-up) slower than this is killed and reported as a failure.
     start_timeout_s: float = 300.0
+    #: the serving section's ``runtime``: ``onnx`` answers in the source version's shape
+    #: (:func:`~modelyard.serving.onnx_runtime.as_source`).
+    runtime: str = "native"
 
     @property
     def ref(self) -> str:
@@ -296,10 +299,20 @@ def check_loads(registry: Any, record: Any, *, timeout_s: float = 300.0) -> dict
     Raises what a server would meet: :class:`~modelyard.errors.IntegrityError` for an artifact
     that does not match its digest, the adapter's load or warm-up error (rebuilt as its modelyard
     class), or :class:`AdapterError` when the process dies or takes over ``timeout_s``. A fresh
-    process keeps a crash, a hang or the model's memory out of the caller.
+    process keeps a crash, a hang or the model's memory out of the caller. A version registered
+    with ``runtime: onnx`` loads its ONNX export, as a server does (a :class:`ConflictError`
+    naming the export command when it has none).
     """
+    from modelyard.version_settings import VersionSettings
+
+    runtime = VersionSettings.of(record, strict=False).serving.runtime
+    if runtime == "onnx":
+        from modelyard.serving.onnx_runtime import served_record
+
+        record = served_record(registry, record)
     path = registry.artifact_path(record)  # verified against the registered digest
-    worker = Worker(WorkerSpec.from_record(record, path, "cpu", start_timeout_s=timeout_s))
+    worker = Worker(WorkerSpec.from_record(record, path, "cpu", start_timeout_s=timeout_s,
+                                           runtime=runtime))
     try:
         return worker.start()
     finally:

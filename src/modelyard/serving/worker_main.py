@@ -90,6 +90,10 @@ def _load(spec: WorkerSpec) -> tuple[Any, Any]:
     from modelyard.serving.inputs import InputPath
 
     predictor = open_version(spec, _Unpacked(spec.artifact), device=spec.device)
+    if spec.runtime == "onnx":
+        from modelyard.serving.onnx_runtime import as_source
+
+        predictor = as_source(predictor)
     inputs = InputPath(predictor.signature)
     batch, _ = inputs.prepare(inputs.warmup_payload())
     outputs = predictor.predict_batch(inputs.finalize(batch), scores=True).fields()

@@ -27,9 +27,16 @@ from modelyard.errors import ConfigError
 from modelyard.graph import Graph
 from modelyard.resources import ResourcesSpec, flatten_train
 from modelyard.spec.base import STRICT, parse_duration
-from modelyard.spec.monitoring import ALERT_SIGNALS, AlertRule, MonitorSpec
+from modelyard.spec.monitoring import ALERT_SIGNALS, FAIRNESS_GAP, AlertRule, MonitorSpec
 from modelyard.spec.serving import BatchingSpec, PrecomputeSpec, RolloutSpec, ServingSpec
-from modelyard.spec.training import ChampionRule, DataSpec, GateSpec, RetrainSpec, ValidationSpec
+from modelyard.spec.training import (
+    ChampionRule,
+    DataSpec,
+    FairnessRule,
+    GateSpec,
+    RetrainSpec,
+    ValidationSpec,
+)
 from modelyard.spec.yaml_loader import SpecLoader, load_yaml, read_text
 
 
@@ -100,12 +107,20 @@ class Spec(BaseModel):
             raise ValueError(f"gate uses metrics not listed under metrics: {', '.join(missing)}")
         if self.rollout.metric is not None and self.rollout.metric not in self.metrics:
             raise ValueError(f"rollout.metric {self.rollout.metric} is not listed under metrics")
-        watched = {rule.on for rule in self.monitoring.alerts} | set(self.retrain.metric_below)
+        # the largest metric gap of the fairness rules, measured from fed-back labels
+        gaps = {FAIRNESS_GAP} if any(r.metric for r in self.gate.fairness) else set()
+        watched = ({rule.on for rule in self.monitoring.alerts} - gaps) | set(
+            self.retrain.metric_below)
         unknown = sorted(watched - set(self.metrics) - set(ALERT_SIGNALS))
         if unknown:
             raise ValueError(f"monitoring.alerts / retrain.metric_below watch {', '.join(unknown)}"
                              f": use a metric listed under metrics or one of "
-                             f"{', '.join(ALERT_SIGNALS)}")
+                             f"{', '.join(ALERT_SIGNALS)}"
+                             + ("" if gaps else f" ({FAIRNESS_GAP} needs a gate.fairness rule "
+                                                "with a metric)"))
+        if self.gate.fairness and self.task == "regression":
+            raise ValueError("gate.fairness compares class predictions across groups; a "
+                             "regression model has none")
         return self
 
     @classmethod
@@ -208,10 +223,12 @@ def _describe(exc: ValidationError) -> str:
 
 __all__ = [
     "ALERT_SIGNALS",
+    "FAIRNESS_GAP",
     "AlertRule",
     "BatchingSpec",
     "ChampionRule",
     "DataSpec",
+    "FairnessRule",
     "GateSpec",
     "MonitorSpec",
     "PrecomputeSpec",

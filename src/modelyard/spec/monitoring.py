@@ -10,13 +10,17 @@ from modelyard.spec.base import STRICT
 
 #: what alert rules may watch besides the model's declared metrics.
 ALERT_SIGNALS = ("drift_share", "p99_ms", "error_rate")
+#: the largest per-group metric gap of a model's ``gate.fairness`` rules, over the window: an
+#: alert may watch it when the gate has a rule with a metric.
+FAIRNESS_GAP = "fairness_gap"
 
 
 class AlertRule(BaseModel):
     """Fire an alert when a monitored value crosses a bound over the monitoring window.
 
-    ``on`` is a declared metric (``f1``, ``iou``, ...), ``drift_share``, ``p99_ms`` or
-    ``error_rate``; give ``above`` or ``below``.
+    ``on`` is a declared metric (``f1``, ``iou``, ...), ``drift_share``, ``p99_ms``,
+    ``error_rate`` or ``fairness_gap`` (with a ``gate.fairness`` rule); give ``above`` or
+    ``below``.
     """
 
     model_config = STRICT
@@ -57,4 +61,4 @@ class MonitorSpec(BaseModel):
     retention_days: float | None = Field(30.0, gt=0)
 
 
-__all__ = ["ALERT_SIGNALS", "AlertRule", "MonitorSpec"]
+__all__ = ["ALERT_SIGNALS", "FAIRNESS_GAP", "AlertRule", "MonitorSpec"]

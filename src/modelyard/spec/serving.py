@@ -40,6 +40,10 @@ class ServingSpec(BaseModel):
     #: where predict runs: "process" = a device worker that owns the device (restarted if it
     #: dies); "inline" = inside the server process; "auto" = process on a GPU, inline on CPU.
     isolation: Literal["auto", "process", "inline"] = "auto"
+    #: what runs predict: "native" = the model's own framework; "onnx" = ONNX Runtime, on the
+    #: version's ONNX derivative (``modelyard export MODEL:V --format onnx``; ``modelyard
+    #: train`` makes it when the spec asks for onnx). Answers keep the version's own shape.
+    runtime: Literal["native", "onnx"] = "native"
     #: copies of the version to run; not used yet (the server warns): each server process runs
     #: one, and ``modelyard serve --workers N`` runs N processes.
     replicas: int = Field(1, ge=1, le=64)

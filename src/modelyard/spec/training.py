@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, StrictStr, field_validator, model_validator
 
+from modelyard.metrics import CLASSIFICATION_METRICS
 from modelyard.spec.base import STRICT
 
 
@@ -64,15 +65,61 @@ class ChampionRule(BaseModel):
     max_drop: float = Field(0.0, ge=0.0)  # how much worse than the champion is still accepted
 
 
+class FairnessRule(BaseModel):
+    """Bound how differently a model treats the groups of one column of the holdout.
+
+    ``group`` is a column of the training data (a model feature or not); ``metric`` is scored
+    per group and ``max_gap`` bounds its max - min across groups. ``max_demographic_parity``
+    and ``max_equalized_odds`` bound Fairlearn's differences of the same names (binary tasks).
+    Give at least one bound.
+    """
+
+    model_config = STRICT
+
+    group: StrictStr = Field(min_length=1)
+    metric: str | None = None
+    max_gap: float | None = Field(None, ge=0.0)
+    max_demographic_parity: float | None = Field(None, ge=0.0, le=1.0)
+    max_equalized_odds: float | None = Field(None, ge=0.0, le=1.0)
+
+    @field_validator("metric")
+    @classmethod
+    def _classification(cls, value: str | None) -> str | None:
+        if value is not None and value not in CLASSIFICATION_METRICS:
+            raise ValueError(f"fairness metric {value!r} is not a classification metric; use one "
+                             f"of {', '.join(CLASSIFICATION_METRICS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _bounded(self) -> FairnessRule:
+        if self.max_gap is not None and self.metric is None:
+            raise ValueError("max_gap bounds the gap of a metric: set metric too (recall, ...)")
+        if self.metric is not None and self.max_gap is None:
+            raise ValueError(f"metric {self.metric} is compared across groups by max_gap: set it")
+        if self.max_gap is None and self.max_demographic_parity is None and (
+                self.max_equalized_odds is None):
+            raise ValueError("a fairness rule needs a bound: max_gap (with metric), "
+                             "max_demographic_parity or max_equalized_odds")
+        return self
+
+
 class GateSpec(BaseModel):
-    """When a new version may be promoted: absolute thresholds and the champion comparison."""
+    """When a new version may be promoted: absolute thresholds, the champion comparison and
+    fairness bounds per group."""
 
     model_config = STRICT
 
     min: dict[str, float] = Field(default_factory=dict)
     max: dict[str, float] = Field(default_factory=dict)
     champion: ChampionRule | None = None
+    #: one rule or a list; each bounds the differences between the groups of a column
+    fairness: list[FairnessRule] = Field(default_factory=list)
     promote: bool = True  # move the production alias when the gate passes
+
+    @field_validator("fairness", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict | FairnessRule) else value
 
 
 class RetrainSpec(BaseModel):
@@ -94,5 +141,4 @@ class RetrainSpec(BaseModel):
         return value
 
 
-
-__all__ = ["ChampionRule", "DataSpec", "GateSpec", "RetrainSpec", "ValidationSpec"]
+__all__ = ["ChampionRule", "DataSpec", "FairnessRule", "GateSpec", "RetrainSpec", "ValidationSpec"]
