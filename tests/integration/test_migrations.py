@@ -1,7 +1,8 @@
 """Migrations: the schema matches tables.py, and registries written by older versions (0001:
 before deployments, 0002: before monitoring, 0003: before run owners, 0004: a prediction log of
-one row per request, 0005: before batch runs, 0006: before the audit chain) upgrade with their
-data kept, and downgrade, on SQLite and PostgreSQL."""
+one row per request, 0005: before batch runs, 0006: before the audit chain, 0009: before
+semver labels and data lineage) upgrade with their data kept, and downgrade, on SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ MONITORING_TABLES = {"predictions", "labels", "drift_reports", "monitor_events",
                      "deployment_windows"}
 
 
-def test_head_is_0009():
-    assert database_module.head_revision() == "0009"
+def test_head_is_0010():
+    assert database_module.head_revision() == "0010"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -99,7 +100,10 @@ def test_a_0001_registry_upgrades_with_its_data(backend, tmp_path, request, arti
 
     _alembic(db, "0001", down=True)  # and back: the deployments go, the registry stays
     assert "deployments" not in inspect(db.engine).get_table_names()
-    assert reg.resolve("iris").version == 1
+    with db.engine.connect() as conn:  # read as 0001 wrote it: today's rows have more columns
+        assert conn.exec_driver_sql("SELECT count(*) FROM versions").scalar() == 2
+        assert conn.exec_driver_sql(
+            "SELECT version FROM aliases WHERE alias = 'production'").scalar() == 1
     db.dispose()
 
 
@@ -257,4 +261,37 @@ def test_a_0006_registry_chains_its_existing_audit_events(backend, tmp_path, req
 
     _alembic(db, "0006", down=True)
     assert "hash" not in {c["name"] for c in inspect(db.engine).get_columns("audit_events")}
+    db.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_0009_registry_gains_labels_and_data_sources(backend, tmp_path, request, artifact_dir):
+    url = _url(backend, tmp_path, request)
+    db = Database(url)
+    _alembic(db, "0009")
+    settings = Settings.from_env(home=tmp_path / "home", db_url=url, actor="tester")
+    with db.engine.begin() as conn:  # a version written before labels existed
+        conn.execute(insert(ModelRow.__table__), {
+            "name": "old", "description": "", "latest_version": 1,
+            "created_at": datetime(2026, 1, 1, tzinfo=UTC), "created_by": "old"})
+        conn.execute(insert(VersionRow.__table__).values(
+            model_id=1, version=1, flavor="python", artifact_digest="0" * 64, artifact_size=1,
+            meta={}, signature={}, metrics={}, params={}, code_ref={}, environment={},
+            description="", created_at=datetime(2026, 1, 1, tzinfo=UTC), created_by="old"))
+
+    db.migrate()
+    reg = Registry(db, open_store(settings.artifacts), settings)
+    old = reg.get_version("old", 1)
+    assert (old.semver, old.data_sources) == (None, [])
+    assert reg.label("old", 1, "1.0.0").semver == "1.0.0"
+    reg.register("old", artifact_dir("n"), flavor="python", semver="minor",
+                 data_sources=[{"kind": "file", "location": "/d/a.csv", "digest": "c" * 64}])
+    assert reg.resolve("old@1.1.0").version == 2
+    assert [t.ref for t in reg.trained_on(digest="c" * 64)] == ["old:2"]
+
+    _alembic(db, "0009", down=True)
+    assert "semver" not in {c["name"] for c in inspect(db.engine).get_columns("versions")}
+    assert "data_sources" not in inspect(db.engine).get_table_names()
+    with db.engine.connect() as conn:  # the versions stay
+        assert conn.exec_driver_sql("SELECT count(*) FROM versions").scalar() == 2
     db.dispose()

@@ -210,6 +210,10 @@ def test_a_run_trains_on_the_worker_node_and_registers_like_a_local_one(
     assert version.environment["packages"] == environment()["packages"]
     assert set(version.reference_stats["features"]) == {"x0", "x1", "x2", "x3"}
     assert len(version.data_fingerprint or "") == 64 and version.metrics["accuracy"] > 0.6
+    # the files the worker read, with their digests, come back as the version's lineage
+    sources = version.data_sources
+    assert sources and {s["kind"] for s in sources} == {"file"}
+    assert all(len(s["digest"]) == 64 and s["location"].endswith(".csv") for s in sources)
     # the same data, code and spec again: unchanged, decided on the worker, nothing trained
     again = run_pipeline(project["clf"], registry)
     assert again.unchanged is not None and again.unchanged.version == 1

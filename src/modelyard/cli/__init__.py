@@ -111,6 +111,7 @@ def _register() -> None:
     from modelyard.cli.demo import demo
     from modelyard.cli.export_cmds import export
     from modelyard.cli.federate_cmds import federate
+    from modelyard.cli.lineage_cmds import label, lineage
     from modelyard.cli.monitor_cmds import feedback, monitor
     from modelyard.cli.precompute_cmds import precompute
     from modelyard.cli.predict_cmds import predict
@@ -131,7 +132,8 @@ def _register() -> None:
     from modelyard.serving.command import serve
     from modelyard.serving.queue.command import consume
 
-    for command in (init, train, register, models, versions, show, promote, rollback, deploy,
+    for command in (init, train, register, models, versions, show, label, lineage, promote,
+                    rollback, deploy,
                     rollout, history, runs, audit, predict, batch, precompute, serve, consume,
                     monitor, feedback, export, card, build, federate, demo):
         main.add_command(command)

@@ -239,6 +239,7 @@ def train_with_progress(
     cancel: threading.Event | None = None,
     display: _Display | None = None,
     deployments: RolloutStarter | None = None,
+    semver: str | None = None,
 ) -> Outcome:
     """Run the pipeline for ``spec`` behind a :class:`StageDisplay` (or ``display``, a line of
     a :class:`ModelLines`) on ``executor``; never raises a modelyard error.
@@ -258,7 +259,7 @@ def train_with_progress(
         with display:
             result = run_pipeline(spec, registry, trigger=trigger, promote=promote, actor=actor,
                                   progress=display, force=force, executor=executor,
-                                  cancel=cancel)
+                                  cancel=cancel, semver=semver)
     except GateFailed as err:
         return Outcome(spec.name, "rejected", time.perf_counter() - started, error=err,
                        stages=display.stages, metrics=_run_metrics(registry, err))
@@ -280,7 +281,7 @@ def train_with_progress(
 def train_many_with_progress(
     runs: Sequence[tuple[Spec, Executor, bool | None]], registry: RunRegistry, out: Console, *,
     trigger: str = "manual", actor: str | None = None, force: bool = False,
-    deployments: RolloutStarter | None = None,
+    deployments: RolloutStarter | None = None, semver: str | None = None,
 ) -> list[Outcome]:
     """Train every ``(spec, executor, promote)`` at once (a thread each, waiting on its
     executor: a cluster runs them in parallel), behind one :class:`ModelLines`; the outcomes in
@@ -290,7 +291,7 @@ def train_many_with_progress(
         futures = [pool.submit(train_with_progress, spec, registry, out, trigger=trigger,
                                promote=promote, actor=actor, force=force, executor=executor,
                                cancel=cancel, display=lines.line(spec.name),
-                               deployments=deployments)
+                               deployments=deployments, semver=semver)
                    for spec, executor, promote in runs]
         try:
             return [f.result() for f in futures]
@@ -347,7 +348,8 @@ def describe(outcome: Outcome) -> list[str]:
         where = ("promoted to production" if result.promoted else
                  "registered, rolling out" if outcome.deployment is not None else
                  "registered (not promoted)")
-        lines.append(f"  [green]{version.ref}[/green] ({version.flavor}) {where} "
+        label = f" = {version.model}@{version.semver}" if version.semver else ""
+        lines.append(f"  [green]{version.ref}[/green]{label} ({version.flavor}) {where} "
                      f"in {fmt_duration(outcome.seconds)}")
         members = version.meta.get("members") if version.flavor == "graph" else None
         if members:  # a composed model: no training, its members' versions instead

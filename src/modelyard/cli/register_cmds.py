@@ -34,11 +34,14 @@ _SAMPLE_FORMATS = (".csv", ".parquet", ".json", ".npy")
                    "it names: only for a file you made or whose source you trust. The file's "
                    "sha256 is audited (version.trust) and kept in the version's meta; the "
                    "version itself is stored in its flavor's safe format, not as a pickle.")
+@click.option("--semver", metavar="major|minor|patch|X.Y.Z",
+              help="Label the new version: bump the model's highest label, or give one "
+                   "(1.4.0, 2.0.0-rc.1); a label taken by another version exits 4.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new version as JSON.")
 @pass_state
 def register(state: State, name: str, path: Path, flavor: str, data: Path | None,
              target: str | None, metric_args: tuple[str, ...], description: str, trust: bool,
-             as_json: bool) -> None:
+             semver: str | None, as_json: bool) -> None:
     """Register the model in PATH as a new version of NAME, like a trained one.
 
     PATH is a pickle/joblib file of a scikit-learn, XGBoost or LightGBM model, an XGBoost
@@ -56,12 +59,14 @@ def register(state: State, name: str, path: Path, flavor: str, data: Path | None
     sample, labels = read_sample(data, target) if data is not None else (None, None)
     version = register_model(
         registry, name, path, flavor=flavor, sample=sample, labels=labels,
-        metrics=parse_metrics(metric_args), description=description, trust=trust)
+        metrics=parse_metrics(metric_args), description=description, trust=trust,
+        semver=semver)
     if as_json:
         print_json(version.to_dict())
         return
     source = version.meta.get("source", {})
-    click.echo(f"registered {version.ref} ({version.flavor}, {version.meta.get('task')})"
+    label = f" = {version.model}@{version.semver}" if version.semver else ""
+    click.echo(f"registered {version.ref}{label} ({version.flavor}, {version.meta.get('task')})"
                + (f"; trusted pickle sha256 {source['sha256'][:12]} audited"
                   if source.get("trusted") else ""))
 

@@ -56,27 +56,32 @@ def versions(state: State, model: str, as_json: bool) -> None:
         print_json([v.to_dict(full=False) for v in found])
         return
     print_table(
-        ["version", "flavor", "aliases", "metrics", "created", "by", "digest"],
-        [[f"v{v.version}", v.flavor, fmt_aliases(v.aliases), fmt_metrics(v.metrics),
-          v.created_at, v.created_by, v.artifact_digest[:12]] for v in found],
+        ["version", "label", "flavor", "aliases", "metrics", "created", "by", "digest"],
+        [[f"v{v.version}", v.semver or "", v.flavor, fmt_aliases(v.aliases),
+          fmt_metrics(v.metrics), v.created_at, v.created_by, v.artifact_digest[:12]]
+         for v in found],
         empty=f"model '{model}' has no versions yet",
     )
 
 
 @click.command(short_help="Show a version's lineage, signature and metrics.")
-@click.argument("ref", metavar="MODEL[:VERSION|@ALIAS]")
+@click.argument("ref", metavar="MODEL[:VERSION|@ALIAS|@X.Y.Z]")
 @_JSON
 @pass_state
 def show(state: State, ref: str, as_json: bool) -> None:
-    """Show one version: lineage, signature, metrics, fairness per group and environment.
+    """Show one version: lineage (code and data sources), signature, metrics, fairness per
+    group and environment.
 
-    A bare MODEL means its production alias; MODEL:3 is version 3; MODEL@staging an alias.
+    A bare MODEL means its production alias; MODEL:3 is version 3; MODEL@staging an alias;
+    MODEL@1.4.0 the version labelled 1.4.0. 'modelyard lineage FILE|TABLE' asks the other
+    way: which versions were trained on a file or a table.
     """
     version = state.registry().resolve(ref)
     if as_json:
         print_json(version.to_dict())
         return
-    console().print(f"[bold]{version.ref}[/bold]  {version.flavor}"
+    label = f"  = {version.model}@{version.semver}" if version.semver else ""
+    console().print(f"[bold]{version.ref}[/bold]{label}  {version.flavor}"
                     + (f"  ({fmt_aliases(version.aliases)})" if version.aliases else ""))
     print_fields({
         "description": version.description,
@@ -87,6 +92,7 @@ def show(state: State, ref: str, as_json: bool) -> None:
         "code": _pairs(version.code_ref),
         "params": _pairs(version.params),
     })
+    _show_sources(version.data_sources)
     _show_signature(version.signature)
     if version.metrics:
         print_fields(version.metrics, title="metrics")
@@ -96,6 +102,21 @@ def show(state: State, ref: str, as_json: bool) -> None:
         print_fairness(version.meta["fairness"], title="fairness on the holdout")
     if version.environment:
         print_fields({k: _pairs(v) for k, v in version.environment.items()}, title="environment")
+
+
+def _show_sources(sources: list[dict[str, Any]]) -> None:
+    """The data the version was trained on: one line per file, query or function."""
+    if not sources:
+        return
+    rows = []
+    for source in sources:
+        detail = source.get("digest") or ""
+        if source.get("kind") == "sql":
+            detail = f"tables {', '.join(source.get('tables') or []) or '?'}"
+        elif detail:
+            detail = f"sha256:{detail[:16]}"
+        rows.append([source.get("kind", "?"), source.get("location", ""), detail])
+    print_table(["source", "location", "detail"], rows, title="trained on")
 
 
 def _show_signature(signature: dict[str, Any]) -> None:

@@ -38,7 +38,7 @@ from modelyard.monitoring.monitor import (
     RequestLookup,
 )
 from modelyard.monitoring.quality import MetricWindow
-from modelyard.registry.client import PRODUCTION, parse_ref
+from modelyard.registry.client import PRODUCTION, parse_reference
 from modelyard.registry.keys import ApiKey, NewKey
 from modelyard.registry.owners import Owner
 from modelyard.registry.records import AliasEvent, AuditEvent, Model, ModelVersion, Record, Run
@@ -371,15 +371,16 @@ class RemoteRegistry:
                       self.remote.get(f"/api/v1/models/{_p(name)}/versions/{version}"))
 
     def resolve(self, ref: str) -> ModelVersion:
-        """``name``, ``name:3`` or ``name@alias`` to a version, as the registry resolves it."""
-        name, number, alias = parse_ref(ref)
-        which = str(number) if number is not None else _p(alias or PRODUCTION)
+        """``name``, ``name:3``, ``name@alias`` or ``name@1.4.0`` to a version, as the registry
+        resolves it."""
+        name, number, alias, label = parse_reference(ref)
+        which = str(number) if number is not None else _p(label or alias or PRODUCTION)
         return record(ModelVersion, self.remote.get(f"/api/v1/models/{_p(name)}/versions/{which}"))
 
     def card(self, ref: str, fmt: str) -> str:
         """Version ``ref``'s model card as the server generates it (``markdown`` or ``html``)."""
-        name, number, alias = parse_ref(ref)
-        which = str(number) if number is not None else _p(alias or PRODUCTION)
+        name, number, alias, label = parse_reference(ref)
+        which = str(number) if number is not None else _p(label or alias or PRODUCTION)
         return self.remote.text(f"/api/v1/models/{_p(name)}/versions/{which}/card", format=fmt)
 
     # -- aliases --------------------------------------------------------------------------------
@@ -411,7 +412,7 @@ class RemoteRegistry:
     def predict(self, ref: str, payload: Any, *, scores: bool = False) -> dict[str, Any]:
         """The server's answer for ``payload`` (the CLI's JSON input: records, columns, rows, a
         tensor or strings) from the version ``ref`` names."""
-        name, number, _ = parse_ref(ref)
+        name, number, _, _ = parse_reference(ref)
         if number is None:
             number = self.resolve(ref).version
         if isinstance(payload, dict):
@@ -430,7 +431,8 @@ class RemoteRegistry:
                  data_fingerprint: str | None = None, code_ref: dict[str, Any] | None = None,
                  environment: dict[str, Any] | None = None,
                  reference_stats: dict[str, Any] | None = None, run_id: str | None = None,
-                 description: str = "", actor: str | None = None) -> ModelVersion:
+                 description: str = "", actor: str | None = None, semver: str | None = None,
+                 data_sources: list[dict[str, Any]] | None = None) -> ModelVersion:
         """Upload the artifact folder with its record; the server registers it (as
         :meth:`Registry.register <modelyard.registry.Registry.register>` does) for the key's
         principal."""
@@ -438,7 +440,8 @@ class RemoteRegistry:
                     "signature": signature, "metrics": metrics, "params": params,
                     "data_fingerprint": data_fingerprint, "code_ref": code_ref,
                     "environment": environment, "reference_stats": reference_stats,
-                    "run_id": run_id, "description": description}
+                    "run_id": run_id, "description": description, "semver": semver,
+                    "data_sources": data_sources or None}
         manifest = {k: v for k, v in manifest.items() if v is not None}
         with tempfile.TemporaryDirectory(prefix="modelyard-upload-") as tmp:
             upload = Path(tmp) / "upload.tar"

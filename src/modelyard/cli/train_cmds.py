@@ -12,6 +12,7 @@ from modelyard.cli.progress import describe, train_many_with_progress, train_wit
 from modelyard.cli.state import State, pass_state
 from modelyard.errors import ConfigError, ConflictError, ForbiddenError, NotFoundError
 from modelyard.registry.policy import Grant, decide
+from modelyard.registry.semver import BUMPS, parse_semver
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -117,12 +118,16 @@ def init() -> None:
 @click.option("--ray-address", envvar="MODELYARD_RAY_ADDRESS", default=None, metavar="ADDRESS",
               help="The Ray cluster to run on (HOST:PORT or ray://HOST:10001; env "
                    "MODELYARD_RAY_ADDRESS; default RAY_ADDRESS, else a Ray started here).")
+@click.option("--semver", metavar="major|minor|patch|X.Y.Z",
+              help="Label each new version: bump the model's highest label, or give one "
+                   "(1.4.0, 2.0.0-rc.1); a label taken by another version exits 4.")
 @click.option("--json", "as_json", is_flag=True, help="Print each run's outcome as JSON.")
 @pass_state
 @click.pass_context
 def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: bool,
           project: str, no_promote: bool, promote_now: bool, no_rollout: bool, force: bool,
-          executor_name: str | None, ray_address: str | None, as_json: bool) -> None:
+          executor_name: str | None, ray_address: str | None, semver: str | None,
+          as_json: bool) -> None:
     """Train MODEL(s) on fresh data, gate against production, register and promote.
 
     Each run loads the data, validates it, trains in a separate process, evaluates on a holdout,
@@ -134,7 +139,9 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
     the latest version (data, code, params, spec, packages) it says "unchanged: identical to
     MODEL:N" and registers nothing, unless --force. Exits non-zero if any model failed (5: bad
     data, 11: training failed), was rejected by its gate (12), or its rollout could not start
-    (4: another rollout of the model is active).
+    (4: another rollout of the model is active, or the --semver label is taken).
+    --semver labels each new version: major, minor or patch bumps the model's highest label,
+    X.Y.Z[-pre] gives it; refer to it as MODEL@X.Y.Z.
 
     With --executor ray (or executor: ray in a spec) each run executes as a task on the Ray
     cluster with the resources its spec declares, and several models train at once, each with
@@ -153,6 +160,8 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
                                    ("--no-rollout", no_rollout)) if on]
     if len(given) > 1:
         raise click.UsageError(f"choose one of {' and '.join(given)}")
+    if semver is not None and semver not in BUMPS:
+        parse_semver(semver)  # a malformed label fails before anything is trained
     specs = load_project(project)
     chosen = _choose(specs, names, all_models, project)
     registry = state.registry()
@@ -170,7 +179,7 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
     runs = [(spec, executors[executor_name or spec.executor],
              _promote(spec, no_promote, promote_now, no_rollout)) for spec in chosen]
     outcomes = _train_runs(runs, registry, out, force=force, deployments=deployments,
-                           quiet=as_json)
+                           quiet=as_json, semver=semver)
     if as_json:
         print_json([o.to_dict() for o in outcomes])
     failed = [o.error for o in outcomes if o.error is not None]
@@ -182,12 +191,12 @@ def train(ctx: click.Context, state: State, names: tuple[str, ...], all_models: 
 
 def _train_runs(runs: list[tuple[Spec, Executor, bool | None]], registry: RunRegistry,
                 out: Console, *, force: bool, deployments: RolloutStarter,
-                quiet: bool) -> list[Outcome]:
+                quiet: bool, semver: str | None = None) -> list[Outcome]:
     """Train each run: at once behind a line per model when a cluster runs them, else one
     after another; each model's outcome printed unless ``quiet``."""
     if len(runs) > 1 and any(executor.name != "local" for _, executor, _ in runs):
         outcomes = train_many_with_progress(runs, registry, out, trigger="manual", force=force,
-                                            deployments=deployments)
+                                            deployments=deployments, semver=semver)
         if not quiet:
             for outcome in outcomes:
                 console().print(f"[bold]{outcome.model}[/bold]")
@@ -197,7 +206,8 @@ def _train_runs(runs: list[tuple[Spec, Executor, bool | None]], registry: RunReg
     outcomes = []
     for spec, executor, promote in runs:
         outcome = train_with_progress(spec, registry, out, trigger="manual", promote=promote,
-                                      force=force, executor=executor, deployments=deployments)
+                                      force=force, executor=executor, deployments=deployments,
+                                      semver=semver)
         outcomes.append(outcome)
         if not quiet:
             for line in describe(outcome):

@@ -251,7 +251,7 @@ def _collect(result: dict[str, Any], work: Path, staging: Any) -> Executed:
                                outcome["champion"], outcome.get("fairness") or [])
     return Executed(outcome, result["data_fingerprint"], result["reference_stats"],
                     result["environment"], result.get("batch_profile"),
-                    result.get("features"))
+                    result.get("features"), result.get("data_sources") or [])
 
 
 def _rebuild(error: dict[str, Any]) -> ModelyardError:
@@ -320,7 +320,8 @@ def _work(job: RunJob, staging_at: str, root: Path, events: queue.SimpleQueue[An
                        "champion": o.champion, "fairness": o.fairness}
         box.update(outcome=outcome, data_fingerprint=executed.data_fingerprint,
                    reference_stats=executed.reference_stats, environment=executed.environment,
-                   batch_profile=executed.batch_profile, features=executed.features)
+                   batch_profile=executed.batch_profile, features=executed.features,
+                   data_sources=executed.data_sources)
     except BaseException as exc:
         box["error"] = {"type": type(exc).__name__, "message": str(exc),
                         "report": list(getattr(exc, "report", None) or [])}

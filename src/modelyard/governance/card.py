@@ -126,7 +126,8 @@ def render(facts: CardFacts, fmt: CardFormat = "markdown") -> str:
 def _purpose(f: CardFacts) -> list[Block]:
     v = f.version
     text = v.description or f.model.description
-    rows: list[list[Any]] = [["model", v.model], ["version", v.version], ["flavor", v.flavor],
+    rows: list[list[Any]] = [["model", v.model], ["version", v.version], ["label", v.semver],
+            ["flavor", v.flavor],
             ["aliases now", ", ".join(v.aliases) or None],
             ["registered", f"{_when(v.created_at)} by {v.created_by}"],
             ["artifact", f"sha256:{v.artifact_digest}"]]
@@ -151,7 +152,7 @@ def _data(f: CardFacts) -> list[Block]:
     rows: list[list[Any]] = [["training run", v.run_id], ["data fingerprint", v.data_fingerprint]]
     rows += [[f"code {k}", val] for k, val in v.code_ref.items() if val not in (None, "")]
     blocks: list[Block] = [Heading("Data and lineage"), Table(["field", "value"], rows)]
-    sources = v.meta.get("data_sources") or []
+    sources = v.data_sources or v.meta.get("data_sources") or []  # recorded since 0010
     if sources:
         blocks += [Paragraph("Trained on:"),
                    Table(["kind", "location", "digest"],

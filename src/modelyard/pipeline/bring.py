@@ -82,6 +82,7 @@ def register_model(
     description: str = "", task: str | None = None, trust: bool = False,
     settings: VersionSettings | None = None, actor: str | None = None,
     run_id: str | None = None, meta: Mapping[str, Any] | None = None,
+    semver: str | None = None,
 ) -> ModelVersion:
     """Register a model trained elsewhere (an object or a file) as a new version of ``name``.
 
@@ -89,6 +90,7 @@ def register_model(
     ``labels`` (optional) tell classification from regression where the model does not say.
     ``trust=True`` allows loading a pickle/joblib file (it runs code): recorded in the audit.
     ``run_id`` links the version to the run that made it; ``meta`` adds to its metadata.
+    ``semver`` labels the version (``1.4.0``, or ``major``/``minor``/``patch`` to bump).
     Raises :class:`UnsafeArtifactError` for an untrusted pickle, :class:`ConfigError` for a file
     or object no adapter handles, :class:`AdapterError` when the framework fails.
     """
@@ -109,7 +111,7 @@ def register_model(
             data_fingerprint=fingerprint(sample, labels) if sample is not None else None,
             environment=environment(),
             reference_stats=profile(sample) if sample is not None else None,
-            run_id=run_id, description=description, actor=actor,
+            run_id=run_id, description=description, actor=actor, semver=semver,
         )
     if brought.source.get("trusted"):
         registry.record(TRUST_ACTION, version.ref, dict(brought.source), actor=actor)

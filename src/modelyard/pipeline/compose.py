@@ -127,10 +127,11 @@ def prepare_graph(spec: Spec, registry: RunRegistry) -> tuple[AnyGraph, dict[str
 
 
 def register_graph(spec: Spec, registry: RunRegistry, *, actor: str | None = None,
-                   run_id: str | None = None, force: bool = False
+                   run_id: str | None = None, force: bool = False, semver: str | None = None
                    ) -> tuple[ModelVersion | None, ModelVersion | None]:
     """Register ``spec``'s graph as a new ``graph`` version: ``(new, None)``, or ``(None,
-    same)`` when the latest version declares the same graph and settings (unless ``force``)."""
+    same)`` when the latest version declares the same graph and settings (unless ``force``).
+    ``semver`` labels the new version (as :meth:`Registry.register` takes it)."""
     from modelyard.adapters import get_adapter
 
     graph, members = prepare_graph(spec, registry)
@@ -149,7 +150,7 @@ def register_graph(spec: Spec, registry: RunRegistry, *, actor: str | None = Non
                   "members": {m: v.ref for m, v in members.items()},
                   **VersionSettings.from_spec(spec).to_meta(), "spec_hash": digest},
             signature=graph_signature(graph, members), params={"graph": to_data(graph)},
-            run_id=run_id, description=spec.description, actor=actor)
+            run_id=run_id, description=spec.description, actor=actor, semver=semver)
     return version, None
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.entrypoints import resolve_callable
+from modelyard.entrypoints import callable_ref, resolve_callable
 from modelyard.errors import ConfigError, DataValidationError, StorageError
+from modelyard.registry.provenance import file_source, function_source, sql_source
 from modelyard.spec import DataSpec
 
 _FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -39,6 +40,8 @@ class Dataset:
     #: the source table's columns that are neither features nor the target (keys, timestamps):
     #: the data checks read them (``validation.unique``, ``freshness``); training never does
     others: Any = None
+    #: where the rows came from (:mod:`modelyard.registry.provenance`): what the version records
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -59,16 +62,42 @@ class Dataset:
 
 
 def load_dataset(spec: DataSpec, root: Path, groups: Sequence[str] = ()) -> Dataset:
-    """Read the source ``spec`` names (relative paths against ``root``) into a :class:`Dataset`.
+    """Read the source ``spec`` names (relative paths against ``root``) into a :class:`Dataset`,
+    with its :attr:`~Dataset.sources`: each file read with its sha256, or the query and its
+    database, or the data function.
 
     ``groups`` names columns kept apart for fairness rules (in :attr:`Dataset.groups`), taken
     before ``data.features`` selects the features.
     """
     if spec.path is not None:
-        return _from_frame(_read_files(spec, root), spec, f"files {spec.path!r}", groups)
+        frame, sources = _read_files(spec, root)
+        return _sourced(_from_frame(frame, spec, f"files {spec.path!r}", groups), sources)
     if spec.sql is not None:
-        return _from_frame(_read_sql(spec), spec, "the query", groups)
-    out = _call(spec, root)
+        source = sql_source(spec.sql, spec.url or "")
+        return _sourced(_from_frame(_read_sql(spec), spec, "the query", groups), [source])
+    fn = resolve_callable(spec.function, root)  # type: ignore[arg-type]
+    return _sourced(_call(fn, spec, groups),
+                    [function_source(_function_ref(spec.function, fn))])
+
+
+def _sourced(dataset: Dataset, sources: list[dict[str, Any]]) -> Dataset:
+    dataset.sources = sources
+    return dataset
+
+
+def _function_ref(given: Any, fn: Any) -> str:
+    """How the version names its data function: as the spec wrote it, or a callable's import
+    path (``module:fn``)."""
+    if isinstance(given, str):
+        return given
+    try:
+        return callable_ref(fn)
+    except ConfigError:  # a function defined inside another: its name is all there is
+        return f"{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', fn)}"
+
+
+def _call(fn: Any, spec: DataSpec, groups: Sequence[str]) -> Dataset:
+    out = _invoke(fn)
     if _is_frame(out):
         return _from_frame(out, spec, "the data function's DataFrame", groups)
     if isinstance(out, tuple) and len(out) == 2:
@@ -79,18 +108,20 @@ def load_dataset(spec: DataSpec, root: Path, groups: Sequence[str] = ()) -> Data
     )
 
 
-def read_frame(spec: DataSpec, root: Path) -> Any:
+def read_frame(spec: DataSpec, root: Path) -> tuple[Any, list[dict[str, Any]]]:
     """The source's rows as one DataFrame, as read (a file, a query, or a data function that
-    returns a DataFrame): the entity rows a feature store completes."""
+    returns a DataFrame): the entity rows a feature store completes; with where they came from
+    (as :attr:`Dataset.sources`)."""
     if spec.path is not None:
         return _read_files(spec, root)
     if spec.sql is not None:
-        return _read_sql(spec)
-    out = _call(spec, root)
+        return _read_sql(spec), [sql_source(spec.sql, spec.url or "")]
+    fn = resolve_callable(spec.function, root)  # type: ignore[arg-type]
+    out = _invoke(fn)
     if not _is_frame(out):
         raise ConfigError(f"data function {_name(spec)} returned {type(out).__name__}; with "
                           "features from a store it must return a DataFrame of entity rows")
-    return out
+    return out, [function_source(_function_ref(spec.function, fn))]
 
 
 def table_dataset(df: Any, spec: DataSpec, what: str, groups: Sequence[str] = ()) -> Dataset:
@@ -98,8 +129,7 @@ def table_dataset(df: Any, spec: DataSpec, what: str, groups: Sequence[str] = ()
     return _from_frame(df, spec, what, groups)
 
 
-def _call(spec: DataSpec, root: Path) -> Any:
-    fn = resolve_callable(spec.function, root)  # type: ignore[arg-type]
+def _invoke(fn: Any) -> Any:
     try:
         return fn()
     except Exception as exc:
@@ -250,7 +280,9 @@ def _read_array(folder: Path, name: str) -> Any:
 
 
 # -- sources ------------------------------------------------------------------------------------
-def _read_files(spec: DataSpec, root: Path) -> Any:
+def _read_files(spec: DataSpec, root: Path) -> tuple[Any, list[dict[str, Any]]]:
+    """The files' rows as one frame, and each file as a source (hashed just before it is read,
+    so the digest is of the bytes read unless the file changes in between)."""
     import pandas as pd
 
     pattern = spec.path or ""
@@ -260,7 +292,7 @@ def _read_files(spec: DataSpec, root: Path) -> Any:
         raise ConfigError(
             f"data.path {pattern!r} matches no files in {root}; check the path or add data"
         )
-    frames = []
+    frames, sources = [], []
     for file in files:
         fmt = spec.format or _FORMATS.get(Path(file).suffix.lower())
         if fmt is None and file.lower().endswith(".csv.gz"):
@@ -270,13 +302,14 @@ def _read_files(spec: DataSpec, root: Path) -> Any:
                 f"cannot tell the format of {file}; set data.format to csv or parquet"
             )
         try:
+            sources.append(file_source(file))
             frames.append(pd.read_csv(file) if fmt == "csv" else pd.read_parquet(file))
         except Exception as exc:
             raise DataValidationError(
                 f"cannot read {file} as {fmt}: {_first_line(exc)}"
             ) from None
     _same_columns(frames, files)
-    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    return (frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)), sources
 
 
 def _same_columns(frames: list[Any], files: list[str]) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from modelyard.errors import ConfigError, DataValidationError
 from modelyard.pipeline.data import Dataset, read_frame, table_dataset
+from modelyard.registry.provenance import feature_service_source
 from modelyard.spec import DataSpec, FeaturesSpec
 
 
@@ -38,7 +39,7 @@ def load_feature_dataset(data: DataSpec, features: FeaturesSpec, root: Path,
 
     if data.target is None:
         raise ConfigError("data.target must name the label column of the entity rows")
-    rows = read_frame(data, root)
+    rows, sources = read_frame(data, root)
     if data.target not in rows.columns:
         raise DataValidationError(f"target column {data.target!r} is not in the entity rows")
     store, definition = describe(features, root)
@@ -55,6 +56,8 @@ def load_feature_dataset(data: DataSpec, features: FeaturesSpec, root: Path,
     # the server fetches only the service's features: nothing else may become one
     only = data.model_copy(update={"features": data.features or names})
     dataset = table_dataset(table, only, f"feature service {features.service}'s rows", groups)
+    dataset.sources = [*sources, feature_service_source(definition.repo, definition.service,
+                                                        definition.digest)]
     return FeatureData(dataset, definition.to_meta(), unknown)
 
 

@@ -69,6 +69,8 @@ class Executed:
     batch_profile: dict[str, Any] | None = None
     #: the feature service's definition the version records (None: no feature store)
     features: dict[str, Any] | None = None
+    #: what the data was read from: files with digests, a query, a function (the lineage)
+    data_sources: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _never() -> str | None:
@@ -121,17 +123,19 @@ def execute(job: RunJob, work: Path, hooks: RunHooks) -> Executed:
             (data_fingerprint + fingerprint(extra)).encode()).hexdigest()
     here = environment()
     if job.unchanged_if is not None and job.unchanged_if == data_fingerprint:
-        return Executed(None, data_fingerprint, {}, here, accepted, definition)
+        return Executed(None, data_fingerprint, {}, here, accepted, definition,
+                        dataset.sources)
     reference = profile(train_set.X)
     hooks.stage("train")
     write_split(train_set.X, train_set.y, work / "train")
     write_split(holdout.X, holdout.y, work / "holdout")
     write_groups(holdout.groups, work / "holdout")
+    sources = dataset.sources
     del dataset, train_set, holdout
     train = dataclasses.replace(job.train, work_dir=str(work))
     outcome = child.train_in_child(train, timeout_s=job.timeout_s, run_id=job.run_id,
                                    on_stage=hooks.stage, should_stop=hooks.stop)
-    return Executed(outcome, data_fingerprint, reference, here, accepted, definition)
+    return Executed(outcome, data_fingerprint, reference, here, accepted, definition, sources)
 
 
 def environment_differences(client: dict[str, Any], worker: dict[str, Any]) -> list[str]:

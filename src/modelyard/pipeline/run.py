@@ -37,6 +37,7 @@ from typing import Any
 from modelyard.entrypoints import callable_ref
 from modelyard.errors import (
     ConfigError,
+    ConflictError,
     DataValidationError,
     ExportError,
     GateFailed,
@@ -56,6 +57,7 @@ from modelyard.pipeline.run_registry import RunRegistry
 from modelyard.pipeline.validation import format_report
 from modelyard.registry import PRODUCTION, ModelVersion, Run
 from modelyard.registry.owners import HEARTBEAT_S, beating
+from modelyard.registry.semver import BUMPS, parse_semver
 from modelyard.spec import Spec
 from modelyard.types import Executor
 from modelyard.version_settings import VersionSettings
@@ -145,6 +147,7 @@ def run_pipeline(
     force: bool = False,
     executor: Executor | None = None,
     cancel: threading.Event | None = None,
+    semver: str | None = None,
 ) -> RunResult:
     """Train ``spec`` on fresh data, gate it against production, register and maybe promote it.
 
@@ -154,12 +157,16 @@ def run_pipeline(
     version (data, code, params, spec, packages) the run ends ``unchanged`` with
     :attr:`RunResult.unchanged` set and nothing registered, unless ``force``. ``executor`` runs
     the work (default: the one the spec names, :mod:`modelyard.executors`); setting ``cancel``
-    stops it as cancelled. Raises :class:`DataValidationError`, :class:`TrainingError`,
+    stops it as cancelled. ``semver`` labels the new version: ``1.4.0``, or ``major``,
+    ``minor`` or ``patch`` to bump from the model's highest label (checked before training).
+    Raises :class:`DataValidationError`, :class:`TrainingError`,
     :class:`GateFailed`, :class:`RunCancelled`, ...; each carries ``run_id`` once the run is
     recorded (``modelyard runs show <run_id>`` shows its logs).
     """
+    if semver is not None and semver not in BUMPS:
+        _label_free(registry, spec.name, str(parse_semver(semver)))
     if spec.graph is not None:  # a composed model: registered, never trained
-        return _compose(spec, registry, trigger, promote, actor, force=force)
+        return _compose(spec, registry, trigger, promote, actor, force=force, semver=semver)
     for name in spec.metrics:  # a typo fails now, not after an hour of training
         get_metric(name)
     if executor is None:
@@ -180,7 +187,7 @@ def run_pipeline(
                          f"heartbeat of run {run.id[:8]}"):
                 watch = _Watch(registry, run, runlog, Path(tmp), cancel)
                 return _execute(spec, registry, run, runlog, Path(tmp), promote, actor,
-                                force=force, executor=executor, watch=watch)
+                                force=force, executor=executor, watch=watch, semver=semver)
         except BaseException as exc:
             _record_failure(registry, run, runlog, Path(tmp), exc)
             raise
@@ -233,7 +240,7 @@ class _Watch:
 
 
 def _compose(spec: Spec, registry: RunRegistry, trigger: str, promote: bool | None,
-             actor: str | None, *, force: bool) -> RunResult:
+             actor: str | None, *, force: bool, semver: str | None) -> RunResult:
     """Register a graph spec's declaration as a version (a recorded run, like training); move
     production to it unless ``promote`` is False (a graph has no gate or rollout of its own)."""
     from modelyard.pipeline.compose import passed, register_graph
@@ -241,7 +248,8 @@ def _compose(spec: Spec, registry: RunRegistry, trigger: str, promote: bool | No
     runlog = _RunLog(None)
     run = registry.start_run(spec.name, trigger=trigger, actor=actor)
     try:
-        version, same = register_graph(spec, registry, actor=actor, run_id=run.id, force=force)
+        version, same = register_graph(spec, registry, actor=actor, run_id=run.id, force=force,
+                                       semver=semver)
         if version is None:
             assert same is not None
             runlog.note(f"unchanged: identical to {same.ref}")
@@ -294,6 +302,7 @@ def _record_failure(registry: RunRegistry, run: Run, runlog: _RunLog, work: Path
 def _execute(
     spec: Spec, registry: RunRegistry, run: Run, runlog: _RunLog, work: Path,
     promote: bool | None, actor: str | None, *, force: bool, executor: Executor, watch: _Watch,
+    semver: str | None = None,
 ) -> RunResult:
     if spec.data is None:
         raise ConfigError(f"{spec.name} declares no data to train on")
@@ -351,6 +360,7 @@ def _execute(
         data_fingerprint=lineage.data_fingerprint, code_ref=lineage.code_ref,
         environment=lineage.environment, reference_stats=executed.reference_stats,
         run_id=run.id, description=spec.description, actor=actor,
+        **_labelled(semver, executed.data_sources),
     )
     if spec.serving.runtime == "onnx" and version.flavor != "onnx":
         runlog.stage("export")
@@ -370,6 +380,28 @@ def _execute(
                                    details=_accepted_batch(executed.batch_profile))
     return RunResult(finished, version, promoted, gate, outcome.metrics, champion_metrics,
                      rollout_due)
+
+
+def _label_free(registry: RunRegistry, name: str, label: str) -> None:
+    """Refuse, before training, a label another version of ``name`` already has (registering
+    checks again, under the model's lock)."""
+    try:
+        taken = registry.resolve(f"{name}@{label}")
+    except NotFoundError:
+        return
+    raise ConflictError(f"{name}@{label} is already version {taken.version}: a label names one "
+                        "version of a model; give another (or --semver patch to bump)")
+
+
+def _labelled(semver: str | None, sources: list[dict[str, Any]]) -> dict[str, Any]:
+    """``register``'s label and lineage arguments, left out where empty (a registry that
+    predates them, such as an older server's client, is still called as before)."""
+    extra: dict[str, Any] = {}
+    if semver is not None:
+        extra["semver"] = semver
+    if sources:
+        extra["data_sources"] = sources
+    return extra
 
 
 def _export_for_runtime(registry: RunRegistry, version: ModelVersion, runlog: _RunLog,

@@ -40,8 +40,10 @@ class RunRegistry(Protocol):
                  data_fingerprint: str | None = ..., code_ref: dict[str, Any] | None = ...,
                  environment: dict[str, Any] | None = ...,
                  reference_stats: dict[str, Any] | None = ..., run_id: str | None = ...,
-                 description: str = ..., actor: str | None = ...) -> ModelVersion:
-        """Store the artifact folder and record a new version of ``name``."""
+                 description: str = ..., actor: str | None = ..., semver: str | None = ...,
+                 data_sources: list[dict[str, Any]] | None = ...) -> ModelVersion:
+        """Store the artifact folder and record a new version of ``name`` (labelled
+        ``semver``, trained on ``data_sources``)."""
         ...
 
     def set_alias(self, name: str, alias: str, version: int, *, actor: str | None = ...,

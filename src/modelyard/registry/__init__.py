@@ -1,8 +1,15 @@
 """The model registry: metadata database, artifact store and audit trail."""
 
-from modelyard.registry.client import PRODUCTION, Registry, parse_ref
+from modelyard.registry.client import PRODUCTION, Registry, parse_ref, parse_reference
 from modelyard.registry.database import Database
-from modelyard.registry.records import AliasEvent, AuditEvent, Model, ModelVersion, Run
+from modelyard.registry.records import (
+    AliasEvent,
+    AuditEvent,
+    Model,
+    ModelVersion,
+    Run,
+    TrainedOn,
+)
 
 __all__ = [
     "PRODUCTION",
@@ -13,5 +20,7 @@ __all__ = [
     "ModelVersion",
     "Registry",
     "Run",
+    "TrainedOn",
     "parse_ref",
+    "parse_reference",
 ]

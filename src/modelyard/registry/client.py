@@ -12,9 +12,9 @@ import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import CursorResult, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.adapters import artifact_verifier
@@ -23,7 +23,9 @@ from modelyard.encryption import artifact_store
 from modelyard.errors import ConfigError, ConflictError, NotFoundError
 from modelyard.registry.database import Database
 from modelyard.registry.keys import KeyStore
-from modelyard.registry.records import AliasEvent, AuditEvent, Model, ModelVersion
+from modelyard.registry.provenance import check_sources
+from modelyard.registry.provenance_rows import add_sources, labels_of, new_label, trained_on
+from modelyard.registry.records import AliasEvent, AuditEvent, Model, ModelVersion, TrainedOn
 from modelyard.registry.rows import (
     PRODUCTION,
     alias_hint,
@@ -36,6 +38,7 @@ from modelyard.registry.rows import (
     move_alias,
     now,
     parse_ref,
+    parse_reference,
     possible_version,
     rollback_target,
     to_alias_event,
@@ -44,6 +47,7 @@ from modelyard.registry.rows import (
     version_row,
 )
 from modelyard.registry.runs import RunLedger
+from modelyard.registry.semver import BUMPS, parse_semver
 from modelyard.registry.tables import (
     AliasEventRow,
     AliasRow,
@@ -186,6 +190,8 @@ class Registry(RunLedger):
         run_id: str | None = None,
         description: str = "",
         actor: str | None = None,
+        semver: str | None = None,
+        data_sources: list[dict[str, Any]] | None = None,
     ) -> ModelVersion:
         """Store the artifact folder and record a new immutable version of ``name``.
 
@@ -193,13 +199,21 @@ class Registry(RunLedger):
         points at a missing or partial artifact. The model is created on its first version.
         What is stored is first checked by the flavor's adapter: an artifact that loading would
         refuse (:class:`UnsafeArtifactError`) is never stored and never becomes a version.
+        ``semver`` labels it: ``1.4.0``, or ``major``/``minor``/``patch`` to bump from the
+        model's highest label (:class:`ConflictError` when the label is taken).
+        ``data_sources`` is what it was trained on (:mod:`modelyard.registry.provenance`).
         """
         check_name(name)
+        if semver is not None and semver not in BUMPS:
+            parse_semver(semver)  # a malformed label fails before the artifact is stored
+        if data_sources:
+            check_sources(data_sources)
         actor = actor or self.settings.actor
         digest, size = self._store_artifact(Path(artifact_dir), flavor, meta or {})
         with self.db.session(write=True) as s:
             # Core statements, not the ORM unit of work: this is the hot write path.
             model_id, number = _next_version_number(s, name, actor)
+            label = None if semver is None else new_label(s, model_id, name, semver)
             row = VersionRow(
                 model_id=model_id,
                 version=number,
@@ -218,11 +232,52 @@ class Registry(RunLedger):
                 description=description,
                 created_at=now(),
                 created_by=actor,
+                semver=label,
+                data_sources=data_sources or None,
             )
-            s.execute(_INSERT_VERSION, {c.key: getattr(row, c.key) for c in _VERSION_COLUMNS})
-            audit(s, actor, "version.register", f"{name}:{number}",
-                   {"flavor": flavor, "digest": digest, "metrics": metrics or {}, "run": run_id})
+            done = cast("CursorResult[Any]", s.execute(
+                _INSERT_VERSION, {c.key: getattr(row, c.key) for c in _VERSION_COLUMNS}))
+            if data_sources:
+                key = done.inserted_primary_key
+                assert key is not None  # one row inserted: its id
+                add_sources(s, int(key[0]), data_sources)
+            details: dict[str, Any] = {"flavor": flavor, "digest": digest,
+                                       "metrics": metrics or {}, "run": run_id}
+            if label is not None:
+                details["semver"] = label
+            audit(s, actor, "version.register", f"{name}:{number}", details)
             return to_version(row, name, ())
+
+    def label(self, name: str, version: int, semver: str, *,
+              actor: str | None = None) -> ModelVersion:
+        """Give version ``version`` of ``name`` its semantic version label, once (audited).
+
+        ``semver`` is a label (``1.4.0``) or ``major``/``minor``/``patch`` to bump from the
+        model's highest. :class:`ConflictError` when the version already has a label (labels
+        are immutable, like versions) or another version has this one.
+        """
+        if semver not in BUMPS:
+            parse_semver(semver)
+        actor = actor or self.settings.actor
+        with self.db.session(write=True) as s:
+            model = model_row(s, name, lock=True)
+            row = version_row(s, model, version)
+            if row.semver is not None:
+                raise ConflictError(f"{name}:{version} is already labelled {row.semver}; a "
+                                    "label, once given, never changes: label a new version")
+            row.semver = new_label(s, model.id, name, semver)
+            audit(s, actor, "version.label", f"{name}:{version}", {"semver": row.semver})
+            s.flush()
+            return to_version(row, name, aliases_by_version(s, model.id).get(version, ()))
+
+    def trained_on(self, *, path: str | Path | None = None, digest: str | None = None,
+                   table: str | None = None, model: str | None = None) -> list[TrainedOn]:
+        """Which versions were trained on a file (its absolute ``path``, or its sha256
+        ``digest``) or a ``table`` (named in their SQL), newest first; only ``model``'s when
+        given. A source matching several ways is listed once per way."""
+        where = None if path is None else str(Path(path).absolute())
+        with self.db.session() as s:
+            return trained_on(s, path=where, digest=digest, table=table, model=model)
 
     def register_model(self, name: str, model_or_path: Any, **options: Any) -> ModelVersion:
         """Register a model trained elsewhere: :func:`modelyard.pipeline.bring.register_model`."""
@@ -260,8 +315,11 @@ class Registry(RunLedger):
             return to_version(row, name, aliases_by_version(s, model.id).get(version, ()))
 
     def resolve(self, ref: str) -> ModelVersion:
-        """The version a reference names: ``name:3``, ``name@alias`` or ``name`` (production)."""
-        name, version, alias = parse_ref(ref)
+        """The version a reference names: ``name:3``, ``name@alias``, ``name@1.4.0`` (a label)
+        or ``name`` (production)."""
+        name, version, alias, semver = parse_reference(ref)
+        if semver is not None:
+            return self._by_label(name, semver)
         with self.db.session() as s:
             found = None
             if alias is not None:
@@ -286,6 +344,19 @@ class Registry(RunLedger):
             assert version is not None  # set by the branch above or by parse_ref
             row = version_row(s, model, version)
             return to_version(row, name, aliases_by_version(s, model.id).get(version, ()))
+
+    def _by_label(self, name: str, semver: str) -> ModelVersion:
+        with self.db.session() as s:
+            model = model_row(s, name)
+            row = s.scalars(select(VersionRow).where(VersionRow.model_id == model.id,
+                                                     VersionRow.semver == semver)).first()
+            if row is None:
+                labels = sorted(labels_of(s, model.id), key=parse_semver, reverse=True)[:10]
+                hint = (f"; its labels: {', '.join(labels)}" if labels
+                        else "; it has no labels: give one with modelyard label "
+                             f"{name}:VERSION {semver}")
+                raise NotFoundError(f"model '{name}' has no version labelled {semver}{hint}")
+            return to_version(row, name, aliases_by_version(s, model.id).get(row.version, ()))
 
     # -- aliases --------------------------------------------------------------------------------
     def set_alias(
@@ -458,4 +529,4 @@ def _create_model(s: Session, name: str, actor: str) -> None:
     audit(s, actor, "model.create", name, {})
 
 
-__all__ = ["PRODUCTION", "Registry", "now", "parse_ref"]
+__all__ = ["PRODUCTION", "Registry", "now", "parse_ref", "parse_reference"]

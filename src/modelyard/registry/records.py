@@ -55,6 +55,11 @@ class ModelVersion(Record):
     created_at: datetime
     created_by: str
     aliases: tuple[str, ...] = ()
+    #: its semantic version label (``1.4.0``), None until given; once given it never changes
+    semver: str | None = None
+    #: the data it was trained on: files with their sha256, a query with its database and
+    #: tables, a data function (see :mod:`modelyard.registry.provenance`); empty if unknown
+    data_sources: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ref(self) -> str:
@@ -69,7 +74,7 @@ class ModelVersion(Record):
         data = super().to_dict()
         data["aliases"] = list(self.aliases)
         if not full:
-            for key in ("meta", "signature", "reference_stats", "environment"):
+            for key in ("meta", "signature", "reference_stats", "environment", "data_sources"):
                 data.pop(key)
         return data
 
@@ -116,6 +121,25 @@ class Run(Record):
 
 
 @dataclass(frozen=True)
+class TrainedOn(Record):
+    """A version that was trained on a source asked about (``modelyard lineage``): which
+    version, and the source that matched (its kind, location and digest)."""
+
+    model: str
+    version: int
+    semver: str | None
+    kind: str
+    location: str
+    digest: str | None
+    created_at: datetime
+
+    @property
+    def ref(self) -> str:
+        """``name:version``."""
+        return f"{self.model}:{self.version}"
+
+
+@dataclass(frozen=True)
 class AuditEvent(Record):
     """Who changed what, when, and the details."""
 
@@ -127,4 +151,4 @@ class AuditEvent(Record):
     details: dict[str, Any]
 
 
-__all__ = ["AliasEvent", "AuditEvent", "Model", "ModelVersion", "Record", "Run"]
+__all__ = ["AliasEvent", "AuditEvent", "Model", "ModelVersion", "Record", "Run", "TrainedOn"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -18,6 +18,7 @@ from modelyard.config import MAX_VERSION
 from modelyard.errors import ConfigError, ConflictError, NotFoundError
 from modelyard.registry.audit_chain import normalized, queue
 from modelyard.registry.records import AliasEvent, Model, ModelVersion, Run
+from modelyard.registry.semver import looks_like_semver, parse_semver
 from modelyard.registry.tables import (
     AliasEventRow,
     AliasRow,
@@ -41,20 +42,43 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
-    """Split ``name``, ``name:3`` or ``name@alias`` into ``(name, version, alias)``.
+class Reference(NamedTuple):
+    """A parsed reference: exactly one of ``version``, ``alias`` or ``semver`` is set."""
 
-    A bare name means its ``production`` alias.
+    name: str
+    version: int | None
+    alias: str | None
+    semver: str | None
+
+
+def parse_reference(ref: str) -> Reference:
+    """Split ``name``, ``name:3``, ``name@alias`` or ``name@1.4.0`` (a semantic version label).
+
+    A bare name means its ``production`` alias. Aliases start with a letter and labels with a
+    digit, so ``@`` is never ambiguous.
     """
     if "@" in ref:
-        name, _, alias = ref.partition("@")
-        return check_name(name), None, check_alias(alias)
+        name, _, after = ref.partition("@")
+        if after[:1].isdigit():
+            return Reference(check_name(name), None, None, str(parse_semver(after)))
+        return Reference(check_name(name), None, check_alias(after), None)
     if ":" in ref:
         name, _, number = ref.rpartition(":")
         if not (number.isascii() and number.isdigit() and len(number) <= 18):
-            raise ConfigError(f"version in {ref!r} must be a number, as in {name}:3")
-        return check_name(name), int(number), None
-    return check_name(ref), None, PRODUCTION
+            hint = f" (a label goes after @: {name}@{number})" if looks_like_semver(number) else ""
+            raise ConfigError(f"version in {ref!r} must be a number, as in {name}:3{hint}")
+        return Reference(check_name(name), int(number), None, None)
+    return Reference(check_name(ref), None, PRODUCTION, None)
+
+
+def parse_ref(ref: str) -> tuple[str, int | None, str | None]:
+    """Split ``name``, ``name:3`` or ``name@alias`` into ``(name, version, alias)``.
+
+    A bare name means its ``production`` alias. A label (``name@1.4.0``) gives version and
+    alias None: :func:`parse_reference` returns the label too.
+    """
+    name, version, alias, _ = parse_reference(ref)
+    return name, version, alias
 
 
 def check_name(name: str) -> str:
@@ -67,6 +91,10 @@ def check_name(name: str) -> str:
 
 
 def check_alias(alias: str) -> str:
+    if looks_like_semver(alias or ""):  # name@1.4.0 is a label: an alias can never be one
+        raise ConfigError(f"alias {alias!r} looks like a semantic version label; aliases start "
+                          "with a letter (e.g. production, staging): give a label with "
+                          "'modelyard label MODEL:VERSION LABEL'")
     if not _ALIAS_NAME.match(alias or ""):
         raise ConfigError(
             f"alias {alias!r} is invalid: use lowercase letters, digits, '_' or '-', "
@@ -207,7 +235,7 @@ def to_version(row: VersionRow, name: str, aliases: Sequence[str]) -> ModelVersi
         data_fingerprint=row.data_fingerprint, code_ref=row.code_ref,
         environment=row.environment, reference_stats=row.reference_stats, run_id=row.run_id,
         description=row.description, created_at=row.created_at, created_by=row.created_by,
-        aliases=tuple(aliases),
+        aliases=tuple(aliases), semver=row.semver, data_sources=list(row.data_sources or []),
     )
 
 

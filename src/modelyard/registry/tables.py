@@ -60,7 +60,8 @@ class ModelRow(Base):
 
 class VersionRow(Base):
     __tablename__ = "versions"
-    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_version_number"),)
+    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_version_number"),
+                      UniqueConstraint("model_id", "semver", name="uq_version_semver"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
@@ -80,6 +81,30 @@ class VersionRow(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_by: Mapped[str] = mapped_column(String(200))
+    # migration 0010: the semantic version label (unique per model, given once, never changed)
+    # and the data it was trained on (registry/provenance.py; indexed in data_sources)
+    semver: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    data_sources: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class DataSourceRow(Base):
+    """One source a version was trained on (migration 0010), indexed for the reverse question
+    "which versions were trained on this file / this table?": a ``file`` (absolute path and
+    sha256), a ``sql`` query (its database, no password), each ``table`` the query reads, a
+    data ``function``."""
+
+    __tablename__ = "data_sources"
+    __table_args__ = (
+        Index("ix_data_sources_location", "kind", "location"),
+        Index("ix_data_sources_digest", "digest"),
+        Index("ix_data_sources_version", "version_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))
+    location: Mapped[str] = mapped_column(String(1000))
+    digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class AliasRow(Base):
@@ -374,7 +399,8 @@ class ApiKeyRow(Base):
 
 
 __all__ = [
-    "AliasEventRow", "AliasRow", "ApiKeyRow", "AuditRow", "Base", "DeploymentEventRow",
+    "AliasEventRow", "AliasRow", "ApiKeyRow", "AuditRow", "Base", "DataSourceRow",
+    "DeploymentEventRow",
     "DeploymentRow", "DeploymentWindowRow", "DriftReportRow", "LabelRow", "LeaseRow", "ModelRow",
     "MonitorEventRow", "PrecomputedManifestRow", "PrecomputedRow", "PredictionRow",
     "PrincipalRow", "RunRow", "UTCDateTime", "VersionRow",

@@ -52,7 +52,8 @@ REGISTRY_PATHS: dict[str, Any] = {
     "/api/v1/models/{name}": get_op("Registry: one model with its aliases", [NAME], MODEL,
                                   404, *REGISTRY),
     "/api/v1/models/{name}/versions/{version}": get_op(
-        "Registry: one version in full (lineage, signature, metrics), by number or alias",
+        "Registry: one version in full (lineage with its data sources, signature, metrics), "
+        "by number (3), alias (production) or semantic version label (1.4.0)",
         [NAME, {**VERSION, "schema": {"type": "string"}}],
         VERSION_ROW, 400, 404, *REGISTRY),
     "/api/v1/models/{name}/versions/{version}/card": {"get": {

@@ -68,7 +68,11 @@ MODEL = obj(["name", "latest_version", "aliases"], name=STR, description=STR,
               aliases={"type": "object", "additionalProperties": INT})
 VERSION_ROW = obj(["model", "version", "flavor", "artifact_digest", "aliases"], model=STR,
                     version=INT, flavor=STR, artifact_digest=STR, artifact_size=INT,
-                    metrics=OBJ, aliases={"type": "array", "items": STR})
+                    metrics=OBJ, aliases={"type": "array", "items": STR},
+                    # migration 0010: the semantic version label, and the data it was trained
+                    # on (files with sha256, a query with its database and tables, a function)
+                    semver=OPT_STR,
+                    data_sources={"type": "array", "items": {"type": "object"}})
 
 
 

@@ -56,7 +56,7 @@ class RegistryAPI(CatalogAPI):
     async def registry_version(self, scope: Scope, receive: Receive, send: Send, name: str,
                                version: str) -> None:
         """``GET /api/v1/models/{name}/versions/{version}``: one version in full; ``version``
-        is its number or an alias (``production``)."""
+        is its number, an alias (``production``) or a semantic version label (``1.4.0``)."""
         if version.isascii() and version.isdigit():
             found = await self.io(self.registry.get_version, name, parse_version(version))
         else:

@@ -96,7 +96,9 @@ _RECORD: Fields = {"digest": ((str,), True, None), "flavor": ((str,), True, None
                    "data_fingerprint": (_OPT_STR, False, None),
                    "code_ref": ((dict,), False, None), "environment": ((dict,), False, None),
                    "reference_stats": (_OPT_DICT, False, None),
-                   "run_id": (_OPT_STR, False, None), "description": ((str,), False, "")}
+                   "run_id": (_OPT_STR, False, None), "description": ((str,), False, ""),
+                   "semver": (_OPT_STR, False, None),
+                   "data_sources": ((list, type(None)), False, None)}
 
 
 class TrainingAPI(CatalogAPI):
