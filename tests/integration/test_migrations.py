@@ -15,7 +15,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import column, insert, inspect
+from sqlalchemy import DateTime, column, insert, inspect
 
 from modelyard.config import Settings
 from modelyard.registry import Database, Registry
@@ -182,7 +182,10 @@ def test_a_0004_prediction_log_becomes_chunks_and_reads_back_the_same(
     with db.engine.begin() as conn:  # the log as 0004's writer left it: a row per request
         columns = ("request_id", "model", "version", "variant", "at", "latency_ms", "rows",
                    "inputs", "outputs")
-        conn.execute(insert(table("predictions", *(column(c) for c in columns))),
+        # "at" typed, as 0004's writer bound it: SQLAlchemy's own format, whatever sqlite3
+        # adapters another library registered in this process (Feast's SQLite store does)
+        typed = [column(c, DateTime()) if c == "at" else column(c) for c in columns]
+        conn.execute(insert(table("predictions", *typed)),
                      [{**row, "inputs": json.dumps(row["inputs"]),
                        "outputs": json.dumps(row["outputs"])} for row in old])
     db.migrate()
