@@ -29,6 +29,8 @@ purpose are caught in one place, :meth:`_Main.invoke`, and printed as one line
 19    a training run was cancelled (``runs cancel``; Ctrl-C of several runs at once)
 20    a Ray worker's Python or framework versions differ from this machine's
 21    an export was refused: an unsupported part of the model, or parity outside tolerance
+22    ``import mlflow``: the MLflow registry is unreachable, the model unknown, or a version
+      refused (a flavor that cannot be brought in, or parity outside tolerance)
 130   interrupted
 ====  ==============================================================
 
@@ -108,6 +110,7 @@ def _register() -> None:
     from modelyard.cli.db_cmds import db
     from modelyard.cli.demo import demo
     from modelyard.cli.export_cmds import export
+    from modelyard.cli.import_cmds import import_group
     from modelyard.cli.monitor_cmds import feedback, monitor
     from modelyard.cli.precompute_cmds import precompute
     from modelyard.cli.predict_cmds import predict
@@ -128,9 +131,9 @@ def _register() -> None:
     from modelyard.serving.command import serve
     from modelyard.serving.queue.command import consume
 
-    for command in (init, train, register, models, versions, show, promote, rollback, deploy,
-                    rollout, history, runs, audit, predict, batch, precompute, serve, consume,
-                    monitor, feedback, export, build, demo):
+    for command in (init, train, register, import_group, models, versions, show, promote,
+                    rollback, deploy, rollout, history, runs, audit, predict, batch, precompute,
+                    serve, consume, monitor, feedback, export, build, demo):
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)
