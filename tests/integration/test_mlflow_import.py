@@ -57,6 +57,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from mlflow import MlflowClient
     from sklearn.linear_model import LogisticRegression
 
+    saved = dict(os.environ)  # MLflow and the command keep their URIs and options there
     # MLflow would otherwise try to send usage telemetry, and wait on a network it cannot reach
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     root = tmp_path_factory.mktemp("mlflow")
@@ -97,6 +98,10 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
          params={"hidden": 4}, metrics={"loss": 0.3})
     client.set_registered_model_alias("net", "prod", "1")
     yield uri
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def _home(tmp_path: Path) -> Path:
