@@ -22,6 +22,7 @@ from modelyard.config import Settings
 from modelyard.errors import ImportSourceError, UnsafeArtifactError
 from modelyard.pipeline.bring import TRUST_ACTION
 from modelyard.pipeline.mlflow_import import import_mlflow
+from modelyard.pipeline.parity import Limits
 from modelyard.registry import Registry
 
 # MLflow warns about its own choices (type hints, pickles, stages) while logging and loading
@@ -50,7 +51,7 @@ def _log(client: Any, name: str, flavor: Any, model: Any, example: Any, *,
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real MLflow registry (SQLite + local artifacts) holding four flavors' models."""
+    """A real MLflow registry (SQLite + local artifacts) holding five flavors' models."""
     import lightgbm as lgb
     import torch
     import xgboost as xgb
@@ -97,6 +98,22 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     _log(client, "net", mlflow.pytorch, net, X.to_numpy(dtype=np.float32)[:8],
          params={"hidden": 4}, metrics={"loss": 0.3})
     client.set_registered_model_alias("net", "prod", "1")
+
+    import keras
+
+    client.create_registered_model("dense")
+    keras.utils.set_random_seed(0)
+    dense = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    # mlflow.keras.log_model (3.18) writes the input example before it makes the model's folder,
+    # so the model is saved into a folder made first and logged as the run's artifacts
+    folder = root / "dense"
+    folder.mkdir()
+    with mlflow.start_run() as run:
+        mlflow.log_params({"units": 2})
+        mlflow.keras.save_model(dense, str(folder), input_example=X.to_numpy(np.float32)[:8],
+                                pip_requirements=[])
+        mlflow.log_artifacts(str(folder), "model")
+    client.create_model_version("dense", f"runs:/{run.info.run_id}/model", run.info.run_id)
     yield uri
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
@@ -143,7 +160,8 @@ def test_every_flavor_is_imported_with_its_lineage_and_answers_like_mlflow(
         model = registry.get_model("churn")
         assert model.aliases == {"champion": 2, "production": 1, "staging": 2}
 
-        for name, flavor in (("ranker", "xgboost"), ("prices", "lightgbm"), ("net", "torch")):
+        for name, flavor in (("ranker", "xgboost"), ("prices", "lightgbm"), ("net", "torch"),
+                             ("dense", "tensorflow")):
             version = registry.resolve(f"{name}:1")
             assert version.flavor == flavor, name
             assert version.meta["source"]["parity"]["max_abs_diff"] < 1e-4, name
@@ -231,3 +249,24 @@ def test_a_pickled_model_needs_trust_and_is_audited(source: str, tmp_path: Path)
         assert event.details["sha256"] == version.meta["source"]["sha256"]
     result = _cli(tmp_path, "--tracking-uri", source, "--model", "tree")
     assert result.exit_code == 0 and "skipped" in result.output
+
+
+def test_a_version_that_does_not_answer_like_mlflow_is_refused_and_nothing_registered(
+        source: str, tmp_path: Path) -> None:
+    # a tolerance no answer meets (below zero) stands for a version that answers differently
+    with _registry(tmp_path) as registry:
+        report = import_mlflow(registry, source, model="prices", limits=Limits(max_abs_diff=-1))
+        [refused] = report.refused
+        assert isinstance(refused.error, ImportSourceError)
+        assert refused.detail.startswith("prices v1 refused: modelyard's version does not "
+                                         "answer like MLflow's on the input example (8 rows")
+        assert registry.list_models() == []
+
+
+def test_through_a_server_the_command_refuses_in_one_line(source: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--server", "http://127.0.0.1:9", "import", "mlflow",
+                                       "--tracking-uri", source])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: '") and \
+        "import mlflow' works on the registry database" in result.output
+    assert result.output.count("\n") == 1
