@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,26 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     mlflow.set_registry_uri(None)
     os.environ.clear()
     os.environ.update(saved)
+
+
+with warnings.catch_warnings():
+    # MLflow notes, as a warning, each type hint it cannot validate, on import and on subclassing
+    warnings.simplefilter("ignore", UserWarning)
+    from mlflow.pyfunc import PythonModel
+
+    class Doubler(PythonModel):
+        """A custom pyfunc whose class also has modelyard's python protocol (save, load)."""
+
+        def predict(self, model_input: Any, params: Any = None) -> Any:
+            return np.asarray(model_input, dtype=np.float64) * 2.0
+
+        def save(self, path: Path) -> None:
+            (Path(path) / "factor.json").write_text("2.0")
+
+        @classmethod
+        def load(cls, path: Path) -> Doubler:
+            assert json.loads((Path(path) / "factor.json").read_text()) == 2.0
+            return cls()
 
 
 def _home(tmp_path: Path) -> Path:
@@ -249,6 +270,49 @@ def test_a_pickled_model_needs_trust_and_is_audited(source: str, tmp_path: Path)
         assert event.details["sha256"] == version.meta["source"]["sha256"]
     result = _cli(tmp_path, "--tracking-uri", source, "--model", "tree")
     assert result.exit_code == 0 and "skipped" in result.output
+
+
+def test_a_torch_save_model_and_a_custom_pyfunc_come_in_with_trust(
+        source: str, tmp_path: Path) -> None:
+    import torch
+    from mlflow import MlflowClient
+
+    rows = np.random.default_rng(2).normal(size=(6, 3)).astype(np.float32)
+    client = MlflowClient(source, source)
+    client.create_registered_model("pickled-net")
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    _log(client, "pickled-net", mlflow.pytorch, net, rows, params={}, metrics={},
+         serialization_format="pickle")
+    client.create_registered_model("doubler")
+    with mlflow.start_run() as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=Doubler(),
+                                       input_example=rows, pip_requirements=[])
+    client.create_model_version("doubler", info.model_uri, run.info.run_id)
+
+    with _registry(tmp_path) as registry:
+        for name in ("pickled-net", "doubler"):
+            [refused] = import_mlflow(registry, source, model=name).refused
+            assert isinstance(refused.error, UnsafeArtifactError), refused.detail
+        assert registry.list_models() == []
+        for name in ("pickled-net", "doubler"):
+            report = import_mlflow(registry, source, model=name, trust=True)
+            assert not report.refused, report.refused[0].detail
+        torch_version = registry.resolve("pickled-net:1")
+        assert torch_version.flavor == "torch"
+        assert torch_version.meta["source"]["format"] == "pickle"
+        assert torch_version.meta["source"]["trusted"] is True
+        pyfunc = registry.resolve("doubler:1")
+        assert pyfunc.flavor == "python" and pyfunc.meta["source"]["format"] == "cloudpickle"
+        assert pyfunc.metrics["parity_max_abs_diff"] == 0.0
+        assert len(registry.audit_events(action=TRUST_ACTION)) == 2
+
+        import modelyard
+
+        with torch.no_grad():
+            expected = net(torch.as_tensor(rows)).numpy()
+        loaded = modelyard.load("pickled-net:1", registry=registry)
+        np.testing.assert_allclose(loaded.predict(rows), expected, atol=1e-6)
 
 
 def test_a_version_that_does_not_answer_like_mlflow_is_refused_and_nothing_registered(

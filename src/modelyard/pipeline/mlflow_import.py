@@ -284,8 +284,8 @@ def _import_version(registry: Registry, source: _Source, v: SourceVersion, targe
             plan = f"{artifact.flavor} {artifact.path} ({artifact.fmt}" + (
                 ")" if artifact.safe else ", a pickle: needs --trust)")
             if options.dry_run:
-                return Outcome(v.model, v.version, "planned", f"would import {plan}",
-                               f"{target}:new")
+                return Outcome(v.model, v.version, "planned",
+                               f"would import {plan} as a new version of {target}")
             if not artifact.safe and not options.trust:
                 raise UnsafeArtifactError(
                     f"{v.model} v{v.version}: {artifact.path} is a {artifact.fmt} pickle, whose "
