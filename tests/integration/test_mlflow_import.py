@@ -92,6 +92,11 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     forest.fit(X, X.a.to_numpy() * 2)
     _log(client, "prices", mlflow.lightgbm, forest, head, params={"leaves": 31},
          metrics={"rmse": 0.1})
+    # v2: a LightGBM Booster (MLflow stores its text model), logged without an input example
+    booster_text = lgb.train({"objective": "regression", "verbose": -1, "min_data_in_leaf": 2},
+                             lgb.Dataset(X, X.b.to_numpy()), num_boost_round=5)
+    _log(client, "prices", mlflow.lightgbm, booster_text, None, params={"leaves": 31},
+         metrics={"rmse": 0.2})
 
     client.create_registered_model("net")
     torch.manual_seed(0)
@@ -158,6 +163,8 @@ def test_every_flavor_is_imported_with_its_lineage_and_answers_like_mlflow(
         source: str, tmp_path: Path) -> None:
     result = _cli(tmp_path, "--tracking-uri", source, "--all-versions")
     assert result.exit_code == 0, result.output
+    assert "imported prices v2 -> prices:2: lightgbm model.lgb (text); no input example: " \
+        "parity not checked" in result.output
     with _registry(tmp_path) as registry:
         churn = {v.version: v for v in registry.list_versions("churn")}
         assert sorted(churn) == [1, 2]
@@ -186,6 +193,9 @@ def test_every_flavor_is_imported_with_its_lineage_and_answers_like_mlflow(
             version = registry.resolve(f"{name}:1")
             assert version.flavor == flavor, name
             assert version.meta["source"]["parity"]["max_abs_diff"] < 1e-4, name
+        text = registry.resolve("prices:2")
+        assert text.flavor == "lightgbm" and text.meta["source"]["format"] == "text"
+        assert "parity" not in text.meta["source"] and "parity_rows" not in text.metrics
         assert registry.get_model("net").aliases == {"prod": 1}
         net = registry.resolve("net:1")
         assert net.signature["layout"] == "tensor"
@@ -319,10 +329,10 @@ def test_a_version_that_does_not_answer_like_mlflow_is_refused_and_nothing_regis
         source: str, tmp_path: Path) -> None:
     # a tolerance no answer meets (below zero) stands for a version that answers differently
     with _registry(tmp_path) as registry:
-        report = import_mlflow(registry, source, model="prices", limits=Limits(max_abs_diff=-1))
+        report = import_mlflow(registry, source, model="ranker", limits=Limits(max_abs_diff=-1))
         [refused] = report.refused
         assert isinstance(refused.error, ImportSourceError)
-        assert refused.detail.startswith("prices v1 refused: modelyard's version does not "
+        assert refused.detail.startswith("ranker v1 refused: modelyard's version does not "
                                          "answer like MLflow's on the input example (8 rows")
         assert registry.list_models() == []
 
