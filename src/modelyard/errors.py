@@ -24,6 +24,7 @@
     ├── MonitoringError             monitoring has too little data to answer (yet)
     ├── AdapterError                a framework raised while saving, loading or predicting
     ├── ExportError                 an export was refused: unsupported, or outside parity tolerance
+    ├── ImportSourceError           an MLflow registry is unreachable, or a model or version refused
     ├── FederationError             federated training failed: Flower, too few sites, a site
     ├── RequestError                the server refuses an HTTP request before any model sees it
     │   ├── BodyTooLargeError       413: the body is over the server's --max-body
@@ -232,6 +233,15 @@ class ExportError(ModelyardError):
     exit_code = 21
 
 
+class ImportSourceError(ModelyardError):
+    """An import (``modelyard import mlflow``) cannot read what it was asked to: the tracking or
+    registry URI is unreachable, the model is unknown there, or a version was refused (its flavor
+    cannot be brought in, or it does not answer like the original on its input example)."""
+
+    status_code = 502
+    exit_code = 22
+
+
 class FederationError(ModelyardError):
     """Federated training failed: the Flower SuperLink or a SuperNode did not start, too few
     sites joined, a site's data or parameters did not fit the model, or a round timed out."""
@@ -381,6 +391,7 @@ __all__ = [
     "ForbiddenError",
     "FrameworkMissingError",
     "GateFailed",
+    "ImportSourceError",
     "InputError",
     "IntegrityError",
     "MethodNotAllowedError",

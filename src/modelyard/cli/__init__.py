@@ -29,6 +29,8 @@ purpose are caught in one place, :meth:`_Main.invoke`, and printed as one line
 19    a training run was cancelled (``runs cancel``; Ctrl-C of several runs at once)
 20    a Ray worker's Python or framework versions differ from this machine's
 21    an export was refused: an unsupported part of the model, or parity outside tolerance
+22    ``import mlflow``: the MLflow registry is unreachable, the model unknown, or a version
+      refused (a flavor that cannot be brought in, or parity outside tolerance)
 23    federated training failed (the Flower SuperLink or a site, too few sites, a timeout)
 130   interrupted
 ====  ==============================================================
@@ -111,6 +113,7 @@ def _register() -> None:
     from modelyard.cli.demo import demo
     from modelyard.cli.export_cmds import export
     from modelyard.cli.federate_cmds import federate
+    from modelyard.cli.import_cmds import import_group
     from modelyard.cli.lineage_cmds import label, lineage
     from modelyard.cli.monitor_cmds import feedback, monitor
     from modelyard.cli.precompute_cmds import precompute
@@ -132,10 +135,10 @@ def _register() -> None:
     from modelyard.serving.command import serve
     from modelyard.serving.queue.command import consume
 
-    for command in (init, train, register, models, versions, show, label, lineage, promote,
-                    rollback, deploy,
-                    rollout, history, runs, audit, predict, batch, precompute, serve, consume,
-                    monitor, feedback, export, card, build, federate, demo):
+    for command in (init, train, register, import_group, models, versions, show, label, lineage,
+                    promote, rollback, deploy, rollout, history, runs, audit, predict, batch,
+                    precompute, serve, consume, monitor, feedback, export, card, build, federate,
+                    demo):
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)

@@ -2,10 +2,10 @@
 
 ``register_model(registry, name, model_or_path)`` takes a fitted object or a file: a
 pickle/joblib file of a scikit-learn, XGBoost or LightGBM model, an XGBoost ``.json``/``.ubj``,
-a LightGBM text model, a TorchScript ``.pt``/``.ts`` or ``torch.export`` ``.pt2`` archive, a
-Keras ``.keras`` file, an ``.onnx`` or ``.skops`` file, or a folder an adapter saved (one holding
-``model.skops``, ``model.ubj``, ...). The flavor is picked from the loaded object's type, the same
-way ``train`` picks it (:func:`modelyard.adapters.adapter_for`).
+a LightGBM text model (``.txt``, ``.lgb``), a TorchScript ``.pt``/``.ts`` or ``torch.export``
+``.pt2`` archive, a Keras ``.keras`` file, an ``.onnx`` or ``.skops`` file, or a folder an
+adapter saved (one holding ``model.skops``, ``model.ubj``, ...). The flavor is picked from the
+loaded object's type, the same way ``train`` picks it (:func:`modelyard.adapters.adapter_for`).
 
 Safe loading is the same as for trained models. Formats that run no code, or that their adapter
 checks before loading (``.pt2``, TorchScript, ``.keras``, ``.skops``), are stored as they are and
@@ -73,7 +73,19 @@ class _Request:
     trust: bool
 
 
+@dataclass(frozen=True)
+class Stored:
+    """The artifact as it will be stored, loaded back: what a ``check`` gets to judge."""
+
+    adapter: Adapter
+    model: Any
+    signature: dict[str, Any]
+    task: str
+
+
 _Loader = Callable[[Path, Path, _Request], _Brought]
+#: a caller's last look at the stored artifact: metrics to record, or an exception to refuse it.
+Check = Callable[[Stored], Mapping[str, float]]
 
 
 def register_model(
@@ -83,6 +95,8 @@ def register_model(
     settings: VersionSettings | None = None, actor: str | None = None,
     run_id: str | None = None, meta: Mapping[str, Any] | None = None,
     semver: str | None = None,
+    params: Mapping[str, Any] | None = None, origin: Mapping[str, Any] | None = None,
+    signature: Mapping[str, Any] | None = None, check: Check | None = None,
 ) -> ModelVersion:
     """Register a model trained elsewhere (an object or a file) as a new version of ``name``.
 
@@ -91,6 +105,11 @@ def register_model(
     ``trust=True`` allows loading a pickle/joblib file (it runs code): recorded in the audit.
     ``run_id`` links the version to the run that made it; ``meta`` adds to its metadata.
     ``semver`` labels the version (``1.4.0``, or ``major``/``minor``/``patch`` to bump).
+    An importer passes ``origin`` (where the model came from, merged into ``meta["source"]``; an
+    object it unpickled says ``"trusted": true`` there and is audited like a trusted file),
+    ``params``, a ``signature`` it mapped (used instead of the one inferred from ``sample``)
+    and a ``check`` that sees the stored artifact loaded before anything is registered: it
+    returns metrics to record with the version, or raises to refuse it.
     Raises :class:`UnsafeArtifactError` for an untrusted pickle, :class:`ConfigError` for a file
     or object no adapter handles, :class:`AdapterError` when the framework fails.
     """
@@ -102,19 +121,24 @@ def register_model(
         adapter = brought.adapter
         model = _load(adapter, folder, brought.meta)  # proof the stored artifact loads
         task = task or _task(model, brought.meta, labels)
-        version_meta = {**brought.meta, "task": task, "source": brought.source,
+        found = _with_classes(dict(signature) if signature else
+                              _signature(adapter, model, sample, labels), model, task)
+        checked = check(Stored(adapter, model, found, task)) if check is not None else {}
+        # ``origin`` is read after the check, which may add what it measured to it
+        source = {**brought.source, **(origin or {})}
+        version_meta = {**brought.meta, "task": task, "source": source,
                         **_settings_meta(settings), **(meta or {})}
-        signature = _signature(adapter, model, sample, labels)
         version = registry.register(
-            name, folder, flavor=adapter.flavor, meta=version_meta, signature=signature,
-            metrics={k: float(v) for k, v in (metrics or {}).items()},
+            name, folder, flavor=adapter.flavor, meta=version_meta, signature=found,
+            metrics={k: float(v) for k, v in {**(metrics or {}), **checked}.items()},
+            params=dict(params or {}),
             data_fingerprint=fingerprint(sample, labels) if sample is not None else None,
             environment=environment(),
             reference_stats=profile(sample) if sample is not None else None,
             run_id=run_id, description=description, actor=actor, semver=semver,
         )
-    if brought.source.get("trusted"):
-        registry.record(TRUST_ACTION, version.ref, dict(brought.source), actor=actor)
+    if version.meta["source"].get("trusted"):
+        registry.record(TRUST_ACTION, version.ref, dict(version.meta["source"]), actor=actor)
     return version
 
 
@@ -260,7 +284,7 @@ def _same_flavor(request: _Request, flavor: str, path: Path) -> None:
 _LOADERS: dict[str, _Loader] = {
     ".pkl": _load_pickle, ".pickle": _load_pickle, ".joblib": _load_pickle,
     ".json": _load_xgboost, ".ubj": _load_xgboost,
-    ".txt": _load_text,
+    ".txt": _load_text, ".lgb": _load_text,
     ".pt": _load_torch, ".pt2": _load_torch, ".ts": _load_torch,
     ".keras": _native("tensorflow", "model.keras", {}),
     ".onnx": _native("onnx", "model.onnx", {}),
@@ -307,6 +331,15 @@ def _signature(adapter: Adapter, model: Any, sample: Any, labels: Any) -> dict[s
                            f"{exc}") from exc
 
 
+def _with_classes(signature: dict[str, Any], model: Any, task: str) -> dict[str, Any]:
+    """A classifier's signature names its classes; without labels they come from the model."""
+    classes = getattr(model, "classes_", None)
+    if task != "classification" or not signature or signature.get("classes") is not None \
+            or classes is None:
+        return signature
+    return {**signature, "classes": [c.item() if hasattr(c, "item") else c for c in classes]}
+
+
 def _settings_meta(settings: VersionSettings | None) -> dict[str, Any]:
     """Serving, monitoring and rollout sections (defaults unless given), as a trained version's
     meta holds them; no declared metric names unless the settings name some."""
@@ -316,4 +349,4 @@ def _settings_meta(settings: VersionSettings | None) -> dict[str, Any]:
     return meta
 
 
-__all__ = ["TRUST_ACTION", "register_model"]
+__all__ = ["TRUST_ACTION", "Check", "Stored", "register_model"]
