@@ -50,6 +50,9 @@ create unbounded label values.
 ``modelyard_drift_detected``            gauge      1 when the latest check found dataset drift
 ``modelyard_feature_drift_score``       gauge      latest drift statistic of each feature
 ======================================  =========  ===========================================
+
+What each version costs (CPU and GPU seconds, memory over time, its batch limit and last
+request) is in :mod:`modelyard.serving.cost_metrics`.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -68,6 +72,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from modelyard.errors import ConfigError
+from modelyard.serving.cost_metrics import CostMetrics
 
 _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -177,6 +182,7 @@ class ServerMetrics:
             "modelyard_shadow_dropped", "Shadow copies dropped because the candidate was busy.",
             ("model", "version"), registry=r,
         )
+        self.cost = CostMetrics(r)
         # read from the shared registry database, the same in every worker: plain values
         # rendered by whichever process answers, never summed across workers
         self._monitoring = _MonitoringCollector()
@@ -308,7 +314,8 @@ class ServerMetrics:
 class VersionMetrics:
     """Metric children for one ``(model, version)``."""
 
-    __slots__ = ("_batch", "_duration", "_queue", "_server", "_variants", "model", "version")
+    __slots__ = ("_batch", "_cpu", "_duration", "_gpu", "_queue", "_server", "_variants",
+                 "last_request", "model", "version")
 
     def __init__(self, metrics: ServerMetrics, model: str, version: str) -> None:
         self.model = model
@@ -318,6 +325,24 @@ class VersionMetrics:
         self._variants: dict[str, Any] = {}
         self._queue = metrics.queue.labels(model, version)
         self._batch = metrics.batch.labels(model, version)
+        self._cpu = metrics.cost.cpu.labels(model, version)
+        self._gpu: Any = None
+        #: Unix time of the version's last charged batch (None: none yet)
+        self.last_request: float | None = None
+
+    def charge(self, cpu_s: float, gpu_s: float = 0.0) -> None:
+        """Charge one batch's CPU and GPU seconds (once per batch, from the thread that ran it)."""
+        self._cpu.inc(cpu_s)
+        if gpu_s:
+            self.on_gpu().inc(gpu_s)
+        self.last_request = time.time()
+
+    def on_gpu(self) -> Any:
+        """The version's GPU-seconds counter; calling it makes the series exist from 0 (which
+        also tells ``modelyard cost`` the version runs on a GPU)."""
+        if self._gpu is None:
+            self._gpu = self._server.cost.gpu.labels(self.model, self.version)
+        return self._gpu
 
     def observe_duration(self, seconds: float, variant: str = "production") -> None:
         """Record one request's duration under the variant that answered it."""
