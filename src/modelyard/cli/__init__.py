@@ -105,6 +105,7 @@ def _register() -> None:
     from modelyard.cli.auth_cmds import auth
     from modelyard.cli.batch_cmds import batch
     from modelyard.cli.build_cmds import build
+    from modelyard.cli.cost_cmds import cost
     from modelyard.cli.db_cmds import db
     from modelyard.cli.demo import demo
     from modelyard.cli.export_cmds import export
@@ -130,7 +131,7 @@ def _register() -> None:
 
     for command in (init, train, register, models, versions, show, promote, rollback, deploy,
                     rollout, history, runs, audit, predict, batch, precompute, serve, consume,
-                    monitor, feedback, export, build, demo):
+                    monitor, feedback, cost, export, build, demo):
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)

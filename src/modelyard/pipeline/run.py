@@ -272,7 +272,7 @@ def _record_failure(registry: RunRegistry, run: Run, runlog: _RunLog, work: Path
     runlog.note(f"failed: {reason}")
     try:
         registry.finish_run(run.id, status="failed", failure_reason=reason,
-                            logs=runlog.text(work))
+                            logs=runlog.text(work), details=_usage(registry, run, work))
     except Exception:  # never hide the real error behind a database error
         log.exception("could not record the failure of run %s", run.id)
 
@@ -310,7 +310,8 @@ def _execute(
     if not gate.passed:
         runlog.note("rejected: " + "; ".join(gate.reasons))
         registry.finish_run(run.id, status="rejected", metrics=outcome.metrics,
-                            gate=gate_record, logs=runlog.text(work))
+                            gate=gate_record, logs=runlog.text(work),
+                            details=_usage(registry, run, work))
         where = (f"production stays at {champion['ref']}" if champion.get("ref")
                  else "nothing promoted")
         raise GateFailed(f"{spec.name}: candidate rejected by its gate: "
@@ -342,9 +343,18 @@ def _execute(
                 + (f"; its {spec.rollout.strategy} rollout starts next" if rollout_due else ""))
     finished = registry.finish_run(run.id, status="succeeded", version=version.version,
                                    promoted=promoted, metrics=outcome.metrics, gate=gate_record,
-                                   logs=runlog.text(work))
+                                   logs=runlog.text(work), details=_usage(registry, run, work))
     return RunResult(finished, version, promoted, gate, outcome.metrics, champion_metrics,
                      rollout_due)
+
+
+def _usage(registry: RunRegistry, run: Run, work: Path) -> dict[str, Any] | None:
+    """The run's details with the CPU seconds its training child reported (``cpu_s``); None
+    (details kept as they are) when it reported nothing: killed, or trained elsewhere."""
+    usage = child.read_usage(work)
+    if not usage:
+        return None
+    return {**(registry.get_run(run.id).details or {}), **usage}
 
 
 def _goes_live(spec: Spec, promote: bool | None, *, has_champion: bool) -> tuple[bool, bool]:

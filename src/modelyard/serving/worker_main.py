@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,7 @@ def serve(spec: WorkerSpec, conn: Any) -> None:
             if gpu is None:
                 result = predictor.predict_batch(batch, scores=scores)
             else:
-                result, gpu_s = gpu.run(lambda: predictor.predict_batch(batch, scores=scores))
+                result, gpu_s = gpu.run(partial(predictor.predict_batch, batch, scores=scores))
             answer: tuple[Any, Any] = (result, None)
         except Exception as exc:  # that batch fails; the worker keeps serving
             answer = (None, describe(exc))
