@@ -102,7 +102,7 @@ class ModelCost:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
-        return {k: round(v, 6) if isinstance(v, float) else v for k, v in asdict(self).items()}
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -227,7 +227,7 @@ def _serving_share(since: float, until: float, started: float | None, notes: lis
 
 
 def _priced(prices: Prices, gib_hours: float) -> float | None:
-    return round(gib_hours * prices.gb_hour, 6) if prices.gb_hour > 0 else None
+    return gib_hours * prices.gb_hour if prices.gb_hour > 0 else None
 
 
 def _fit(rows: float) -> int:
