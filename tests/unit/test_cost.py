@@ -25,9 +25,11 @@ NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 
 
-def _report(serving: list[ServingUsage], runs: list[RunUsage] = (),  # type: ignore[assignment]
-            *, since: datetime = NOW - DAY, started: float | None = None,
-            prices: Prices = Prices(0.1, 0.01)):
+PRICES = Prices(0.1, 0.01)
+
+
+def _report(serving: list[ServingUsage], runs: tuple[RunUsage, ...] | list[RunUsage] = (), *,
+            since: datetime = NOW - DAY, started: float | None = None, prices: Prices = PRICES):
     started = (NOW - DAY).timestamp() if started is None else started
     return build_report(serving, runs, prices, since=since, until=NOW, server_started=started)
 
@@ -121,7 +123,8 @@ def test_serving_usage_reads_what_server_metrics_export():
     metrics = ServerMetrics()
     busy = metrics.for_version("busy", "2")
     busy.charge(0.25)
-    busy.charge(0.5, 0.125)
+    busy.charge(0.5, 0.125)  # within a second of the first: waits for a flush
+    busy.flush()  # what a scrape does (the catalog flushes every loaded version)
     busy.observe_batch(12, [0.0])
     metrics.for_version("quiet", "1")
     metrics.count_request("busy", "2", "rest", 200)
@@ -185,3 +188,26 @@ def test_a_runner_charges_once_a_batch_not_once_a_request():
     asyncio.run(go())
     assert len(charged) == 2  # 16 rows in batches of 8: two charges, not one a request
     assert all(cpu > 0 and gpu == 0 for cpu, gpu in charged)
+
+
+def test_charges_from_a_batch_thread_and_scrapes_are_each_counted_once():
+    import threading
+
+    metrics = ServerMetrics()
+    vm = metrics.for_version("m", "1")
+    stop = threading.Event()
+
+    def scrape() -> None:
+        while not stop.is_set():
+            vm.flush()
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    for _ in range(20_000):
+        vm.charge(0.5, 0.25)  # exact in binary: any loss or double count shows
+    stop.set()
+    scraper.join()
+    vm.flush()
+    text = metrics.render().decode()
+    assert "modelyard_model_cpu_seconds_total{model=\"m\",version=\"1\"} 10000.0" in text
+    assert "modelyard_model_gpu_seconds_total{model=\"m\",version=\"1\"} 5000.0" in text

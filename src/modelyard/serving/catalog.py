@@ -436,6 +436,8 @@ class Catalog:
 
     def _report_loaded(self) -> None:
         loaded = [(k[0], str(k[1]), int(r.memory), r) for k, r in self.cache.loaded()]
+        for _, _, _, runner in loaded:
+            runner.flush_charges()
         self.metrics.set_loaded((name, version, size) for name, version, size, _ in loaded)
         self.metrics.cost.report(
             LoadedCost(name, version, size, float(getattr(r, "loaded_at", 0.0)),

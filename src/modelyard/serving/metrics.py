@@ -61,6 +61,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 _Sample = tuple[tuple[str, ...], float]
 
 
+#: the most seconds a batch's charge waits before it is added to the CPU and GPU counters (under
+#: ``--workers``, a worker that answers no scrape adds it with its next batch after that)
+CHARGE_FLUSH_S = 1.0
 #: the variable prometheus-client reads, when it is imported, to keep values in files.
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -314,8 +318,8 @@ class ServerMetrics:
 class VersionMetrics:
     """Metric children for one ``(model, version)``."""
 
-    __slots__ = ("_batch", "_cpu", "_duration", "_gpu", "_queue", "_server", "_variants",
-                 "last_request", "model", "version")
+    __slots__ = ("_batch", "_charges", "_cpu", "_duration", "_flushed", "_gpu", "_queue",
+                 "_server", "_variants", "last_request", "model", "version")
 
     def __init__(self, metrics: ServerMetrics, model: str, version: str) -> None:
         self.model = model
@@ -327,15 +331,38 @@ class VersionMetrics:
         self._batch = metrics.batch.labels(model, version)
         self._cpu = metrics.cost.cpu.labels(model, version)
         self._gpu: Any = None
+        #: ``(cpu_s, gpu_s)`` of batches not yet in the counters: an append is atomic and costs
+        #: a tenth of a counter's increment (which takes a lock), and a batch's thread and a
+        #: scrape may both flush (each charge is popped by exactly one of them)
+        self._charges: deque[tuple[float, float]] = deque()
+        self._flushed = 0.0
         #: Unix time of the version's last charged batch (None: none yet)
         self.last_request: float | None = None
 
     def charge(self, cpu_s: float, gpu_s: float = 0.0) -> None:
-        """Charge one batch's CPU and GPU seconds (once per batch, from the thread that ran it)."""
-        self._cpu.inc(cpu_s)
-        if gpu_s:
-            self.on_gpu().inc(gpu_s)
-        self.last_request = time.time()
+        """Charge one batch's CPU and GPU seconds (once per batch, from the thread that ran it);
+        they reach the counters within :data:`CHARGE_FLUSH_S`, at a scrape or when unloaded."""
+        self._charges.append((cpu_s, gpu_s))
+        now = self.last_request = time.time()
+        if now - self._flushed >= CHARGE_FLUSH_S:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Add the charges not yet counted to the counters (any thread)."""
+        self._flushed = time.time() if now is None else now
+        cpu = gpu = 0.0
+        charges = self._charges
+        while charges:
+            try:
+                c, g = charges.popleft()
+            except IndexError:  # another flush took the last one
+                break
+            cpu += c
+            gpu += g
+        if cpu:
+            self._cpu.inc(cpu)
+        if gpu:
+            self.on_gpu().inc(gpu)
 
     def on_gpu(self) -> Any:
         """The version's GPU-seconds counter; calling it makes the series exist from 0 (which

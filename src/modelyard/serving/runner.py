@@ -165,6 +165,14 @@ class Runner:
     async def close(self) -> None:
         """Stop taking requests, answer the queued ones, then release the loop task."""
         await self.batcher.close()
+        self.flush_charges()
+
+    def flush_charges(self) -> None:
+        """Add the batches' charges not yet counted to the metrics (at a scrape, and when the
+        version is unloaded)."""
+        flush = getattr(self.metrics, "flush", None)
+        if self.account is not None and flush is not None:
+            flush()
 
     def _run(self, items: Sequence[Item]) -> list[Prediction]:
         account = self.account

@@ -129,6 +129,7 @@ class ProcessRunner(Runner):
         """Stop taking requests, answer the queued ones, then stop the worker process."""
         self._stop.set()  # also cuts a restart backoff short
         await self.batcher.close()
+        self.flush_charges()
         if self._restarting is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._restarting
