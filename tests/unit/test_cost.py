@@ -211,3 +211,19 @@ def test_charges_from_a_batch_thread_and_scrapes_are_each_counted_once():
     text = metrics.render().decode()
     assert "modelyard_model_cpu_seconds_total{model=\"m\",version=\"1\"} 10000.0" in text
     assert "modelyard_model_gpu_seconds_total{model=\"m\",version=\"1\"} 5000.0" in text
+
+
+def test_run_cpu_by_model_and_kind_reaches_metrics():
+    from modelyard.monitoring.cost import run_cpu
+
+    runs = [RunUsage("a", "train", NOW - timedelta(hours=1), 30.0),
+            RunUsage("a", "train", NOW - timedelta(hours=2), 12.0),
+            RunUsage("a", "batch", NOW - timedelta(hours=2), 4.5),
+            RunUsage("b", "train", NOW - 40 * DAY, 99.0)]  # too old
+    cpu = run_cpu(runs, NOW - 30 * DAY)
+    assert cpu == {("a", "train"): 42.0, ("a", "batch"): 4.5}
+    metrics = ServerMetrics()
+    metrics.set_run_cpu(cpu)
+    text = metrics.render().decode()
+    assert 'modelyard_run_cpu_seconds{kind="train",model="a"} 42.0' in text
+    assert 'modelyard_run_cpu_seconds{kind="batch",model="a"} 4.5' in text

@@ -177,6 +177,16 @@ def build_report(serving: Sequence[ServingUsage], runs: Iterable[RunUsage], pric
     return report
 
 
+def run_cpu(runs: Iterable[RunUsage], since: datetime) -> dict[tuple[str, str], float]:
+    """CPU seconds of the runs that started at or after ``since``, by ``(model, kind)``."""
+    out: dict[tuple[str, str], float] = {}
+    for run in runs:
+        if run.started_at >= since:
+            key = (run.model, run.kind)
+            out[key] = out.get(key, 0.0) + run.cpu_s
+    return out
+
+
 def savings_of(v: ServingUsage, since: float, hours: float, share: float,
                prices: Prices) -> list[Saving]:
     """The savings one version offers over a window of ``hours`` starting at ``since`` (Unix
@@ -249,4 +259,5 @@ def _ago(seconds: float) -> str:
 
 
 __all__ = ["GPU_LOW_SHARE", "LOW_TRAFFIC_PER_HOUR", "OVERSIZE_FACTOR", "CostReport", "ModelCost",
-           "Prices", "RunUsage", "Saving", "ServingUsage", "build_report", "savings_of"]
+           "Prices", "RunUsage", "Saving", "ServingUsage", "build_report", "run_cpu",
+           "savings_of"]

@@ -103,14 +103,18 @@ def run_usage(registry: Any, since: datetime) -> list[RunUsage]:
     offset = 0
     while True:
         page = _runs_page(registry, offset)
-        for run in page:
-            if run.started_at >= since:
-                cpu = (run.details or {}).get("cpu_s")
-                out.append(RunUsage(run.model, run.kind or "train", run.started_at,
-                                    float(cpu) if isinstance(cpu, int | float) else 0.0))
+        out.extend(usage_of(run) for run in page if run.started_at >= since)
         if len(page) < _PAGE or page[-1].started_at < since:
             return out
         offset += _PAGE
+
+
+def usage_of(run: Any) -> RunUsage:
+    """One :class:`~modelyard.registry.Run` as a :class:`RunUsage` (``details.cpu_s``, 0 for
+    runs recorded before runs measured their CPU)."""
+    cpu = (run.details or {}).get("cpu_s")
+    return RunUsage(run.model, run.kind or "train", run.started_at,
+                    float(cpu) if isinstance(cpu, int | float) else 0.0)
 
 
 def _runs_page(registry: Any, offset: int) -> list[Any]:
@@ -120,4 +124,4 @@ def _runs_page(registry: Any, offset: int) -> list[Any]:
         return list(registry.list_runs(limit=_PAGE)) if offset == 0 else []
 
 
-__all__ = ["largest_batch", "run_usage", "serving_usage"]
+__all__ = ["largest_batch", "run_usage", "serving_usage", "usage_of"]

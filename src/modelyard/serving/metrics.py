@@ -49,6 +49,8 @@ create unbounded label values.
 ``modelyard_drift_share``               gauge      share of drifted features, latest drift check
 ``modelyard_drift_detected``            gauge      1 when the latest check found dataset drift
 ``modelyard_feature_drift_score``       gauge      latest drift statistic of each feature
+``modelyard_run_cpu_seconds``           gauge      CPU of the model's training and batch runs
+                                                   started in the last 30 days (``kind``)
 ======================================  =========  ===========================================
 
 What each version costs (CPU and GPU seconds, memory over time, its batch limit and last
@@ -233,6 +235,10 @@ class ServerMetrics:
                            float(found.get("score") or 0.0)) for feature, found in features.items())
         self._monitoring.replace(drift_share=share, drift_detected=detected,
                                  feature_drift=scores)
+
+    def set_run_cpu(self, cpu: dict[tuple[str, str], float]) -> None:
+        """Replace the run CPU gauge with ``{(model, kind): seconds}``."""
+        self._monitoring.replace(run_cpu=[(key, value) for key, value in sorted(cpu.items())])
 
     def for_version(self, model: str, version: str) -> VersionMetrics:
         """Handles bound to one version's labels (looked up once, used per request)."""
@@ -461,6 +467,9 @@ class _MonitoringCollector:
         "feature_drift": ("modelyard_feature_drift_score",
                           "The latest drift statistic of each feature.",
                           ("model", "feature", "test")),
+        "run_cpu": ("modelyard_run_cpu_seconds",
+                    "CPU seconds of the model's training and batch runs that started in the "
+                    "last 30 days (from the registry).", ("model", "kind")),
     }
 
     def __init__(self) -> None:
