@@ -16,8 +16,9 @@
 ``modelyard_server_start_time_seconds``            gauge    when the server started (Unix time)
 =================================================  =======  ======================================
 
-CPU and GPU seconds are added once per batch by the thread that ran it (see
-:mod:`modelyard.cputime`). The memory integral, the batch limit and the last request are brought
+CPU and GPU seconds are charged once per batch by the thread that ran it (see
+:mod:`modelyard.cputime`) and reach the counters within a second, at each scrape and when the
+version unloads (:meth:`~modelyard.serving.metrics.VersionMetrics.charge`). The memory integral, the batch limit and the last request are brought
 up to date at each scrape of ``/metrics`` (``modelyard cost`` scrapes before it reads): a version
 is charged its memory from when it loaded, or from the previous scrape, until now. Under
 ``--workers`` every process counts its own, and ``/metrics`` sums the counters and takes the
