@@ -1,5 +1,6 @@
-"""Cost per model against real processes: a server charging CPU to the model it serves,
-``modelyard cost`` reading it and naming the idle model, and a training run recording its CPU."""
+"""Cost per model against real processes: a server charging CPU to the models it serves (in
+its own threads and in a device worker), ``modelyard cost`` reading it and naming the idle
+model, and training and batch runs recording their CPU."""
 
 from __future__ import annotations
 
@@ -33,17 +34,23 @@ def test_server_charges_cpu_to_the_busy_model_and_cost_names_the_idle_one(tmp_pa
     with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
         register_hgb(reg, "busy", max_iter=50, n_features=4)
         register_constant(reg, "quiet", 1)
+        register_hgb(reg, "apart", max_iter=50, n_features=4,
+                     meta={"serving": {"isolation": "process", "device": "cpu"}})
     row = {f"f{i}": 0.5 for i in range(4)}
     with ServerProcess(home) as server, httpx.Client(base_url=server.url, timeout=30) as c:
         for _ in range(60):
             r = c.post("/v1/models/busy/predict", json={"records": [row] * 8})
             assert r.status_code == 200, r.text
+        for _ in range(10):  # predicted in its device worker, which reports what it took
+            r = c.post("/v1/models/apart/predict", json={"records": [row] * 8})
+            assert r.status_code == 200, r.text
         text = c.get("/metrics").text
         cpu = _samples(text, "modelyard_model_cpu_seconds_total")
-        assert cpu["busy"] > 0
+        assert cpu["busy"] > 0 and cpu["apart"] > 0
         assert cpu["quiet"] == 0  # warmed at load, never asked: nothing charged
         assert _samples(text, "modelyard_model_memory_byte_seconds_total")["busy"] > 0
-        assert _samples(text, "modelyard_model_last_request_timestamp_seconds").keys() == {"busy"}
+        assert _samples(text, "modelyard_model_last_request_timestamp_seconds").keys() == {
+            "busy", "apart"}
         assert _samples(text, "modelyard_model_max_batch_size")["quiet"] >= 1
 
         result = CliRunner().invoke(main, [
@@ -101,3 +108,24 @@ def test_a_training_run_records_its_cpu_seconds(tmp_path: Path):
         assert 0 < details["cpu_s"] < 600
         runs = run_usage(reg, result.run.started_at)
     assert [(r.model, r.kind, r.cpu_s) for r in runs] == [("clf", "train", details["cpu_s"])]
+
+
+def test_a_batch_run_records_its_cpu_seconds(tmp_path: Path):
+    import numpy as np
+    import pandas as pd
+
+    from modelyard.batch import BatchJob, score
+    from modelyard.testing import tabular_data
+
+    X, _ = tabular_data(n_rows=3000, n_features=4, seed=2)
+    pd.DataFrame(X, columns=[f"f{i}" for i in range(4)]).assign(
+        id=np.arange(len(X))).to_parquet(tmp_path / "in.parquet")
+    with Registry.open(Settings.from_env(home=tmp_path / "home", actor="tester")) as reg:
+        register_hgb(reg, "tab", max_iter=30, n_features=4)
+        summary = score(BatchJob("tab", str(tmp_path / "in.parquet"), str(tmp_path / "out"),
+                                 key=("id",), chunk_rows=500), reg)
+        assert summary.status == "succeeded"
+        run = reg.get_run(str(summary.run_id))
+        cpu = (run.details or {})["cpu_s"]
+        assert 0 < cpu < 600
+        assert [(r.kind, r.cpu_s) for r in run_usage(reg, run.started_at)] == [("batch", cpu)]
