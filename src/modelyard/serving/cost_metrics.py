@@ -18,13 +18,13 @@
 
 CPU and GPU seconds are charged once per batch by the thread that ran it (see
 :mod:`modelyard.cputime`) and reach the counters within a second, at each scrape and when the
-version unloads (:meth:`~modelyard.serving.metrics.VersionMetrics.charge`). The memory integral, the batch limit and the last request are brought
-up to date at each scrape of ``/metrics`` (``modelyard cost`` scrapes before it reads): a version
-is charged its memory from when it loaded, or from the previous scrape, until now. Under
-``--workers`` every process counts its own, and ``/metrics`` sums the counters and takes the
-latest request and the largest limit of all processes (prometheus-client's multiprocess files,
-as for the other series); the memory integral of a process advances when that process answers a
-scrape.
+version unloads (:meth:`~modelyard.serving.metrics.VersionMetrics.charge`). The memory
+integral, the batch limit and the last request are brought up to date at each scrape of
+``/metrics`` (``modelyard cost`` scrapes before it reads): a version is charged its memory from
+when it loaded, or from the previous scrape, until now. Under ``--workers`` every process counts
+its own, and ``/metrics`` sums the counters and takes the latest request and the largest limit
+of all processes (prometheus-client's multiprocess files, as for the other series); the memory
+integral of a process advances when that process answers a scrape.
 """
 
 from __future__ import annotations
