@@ -5,6 +5,7 @@ model, and training and batch runs recording their CPU."""
 from __future__ import annotations
 
 import json
+import time
 import textwrap
 from pathlib import Path
 
@@ -129,3 +130,28 @@ def test_a_batch_run_records_its_cpu_seconds(tmp_path: Path):
         cpu = (run.details or {})["cpu_s"]
         assert 0 < cpu < 600
         assert [(r.kind, r.cpu_s) for r in run_usage(reg, run.started_at)] == [("batch", cpu)]
+
+
+def test_under_workers_every_process_charges_and_metrics_sum_them(tmp_path: Path):
+    home = tmp_path / "home"
+    with Registry.open(Settings.from_env(home=home, actor="tester")) as reg:
+        register_hgb(reg, "busy", max_iter=30, n_features=4)
+    row = {f"f{i}": 0.5 for i in range(4)}
+    with ServerProcess(home, args=("--workers", "2")) as server:
+        # separate connections spread over both worker processes (SO_REUSEPORT)
+        for _ in range(40):
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                assert c.post("/v1/models/busy/predict", json={"records": [row]}).status_code \
+                    == 200
+        time.sleep(1.2)  # past a flush interval: the next batch adds what waited
+        for _ in range(10):
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                c.post("/v1/models/busy/predict", json={"records": [row]})
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            texts = [c.get("/metrics").text for _ in range(4)]
+    for text in texts:
+        assert _samples(text, "modelyard_model_cpu_seconds_total")["busy"] > 0
+        assert _samples(text, "modelyard_requests_total")["busy"] == 50
+        starts = [s for f in text_string_to_metric_families(text) for s in f.samples
+                  if s.name == "modelyard_server_start_time_seconds"]
+        assert len(starts) == 1 and 0 < time.time() - starts[0].value < 600
