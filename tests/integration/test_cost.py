@@ -5,8 +5,8 @@ model, and training and batch runs recording their CPU."""
 from __future__ import annotations
 
 import json
-import time
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
