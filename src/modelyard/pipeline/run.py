@@ -354,7 +354,12 @@ def _usage(registry: RunRegistry, run: Run, work: Path) -> dict[str, Any] | None
     usage = child.read_usage(work)
     if not usage:
         return None
-    return {**(registry.get_run(run.id).details or {}), **usage}
+    try:  # what was recorded meanwhile (a cancel request) stays
+        details = registry.get_run(run.id).details or {}
+    except Exception:  # never lose the run's ending over its CPU figure
+        log.warning("could not read run %s back; recording its CPU alone", run.id, exc_info=True)
+        details = run.details or {}
+    return {**details, **usage}
 
 
 def _goes_live(spec: Spec, promote: bool | None, *, has_champion: bool) -> tuple[bool, bool]:
