@@ -19,6 +19,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.monitoring.predlog import LogHealth
+from modelyard.serving.cost_metrics import LoadedCost
 from modelyard.serving.metrics import ServerMetrics
 
 DASHBOARD_PATH = Path(__file__).resolve().parents[2] / "deploy/grafana/modelyard-dashboard.json"
@@ -126,6 +127,10 @@ def exported() -> dict[str, set[str]]:
     version.worker_up(True)
     version.count_restart()
     m.set_loaded([("iris", "1", 1024), ("iris", "2", 2048)])
+    version.charge(0.01, 0.002)
+    version.flush()
+    m.cost.report([LoadedCost("iris", "2", 2048, 0.0, 32, 1.0)], now=10.0)
+    m.set_run_cpu({("iris", "train"): 12.0})
     m.set_framework("sklearn", 150_000_000)
     m.set_budget(4 << 30)
     m.observe_load("iris", "2", "idle", 0.4)

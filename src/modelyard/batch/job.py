@@ -25,6 +25,7 @@ from modelyard.batch.plan import Manifest, OnError, Start, decide_start
 from modelyard.batch.scorer import ChunkScorer, ScoredChunk
 from modelyard.batch.sinks import Sink, SinkOwner, open_sink
 from modelyard.batch.sources import Source, open_source
+from modelyard.cputime import process_cpu_s
 from modelyard.errors import ConfigError, ModelyardError, RowRejectedError
 
 if TYPE_CHECKING:
@@ -249,6 +250,9 @@ class _Run:
     sink: Sink
     start: Start
     started: float = field(default_factory=time.perf_counter)
+    #: this process's CPU seconds when the run began (the run is charged what it adds: on the
+    #: Ray engine, the workers' CPU is not in it)
+    cpu_from: float = field(default_factory=process_cpu_s)
     run_id: str | None = None
     logged: int = 0
     #: seconds spent in the chunk loop (reading, scoring, writing): what the rate divides by
@@ -344,7 +348,8 @@ class _Run:
             out["checks"] = self.checked
         if manifest is not None:
             out.update(rows=manifest.rows, errors=manifest.errors, chunks=manifest.chunks_done,
-                       rows_per_s=self._rate(), logged=self.logged)
+                       rows_per_s=self._rate(), logged=self.logged,
+                       cpu_s=round(process_cpu_s() - self.cpu_from, 3))
         return out
 
     def _finish(self, status: str, reason: str | None) -> BatchSummary:

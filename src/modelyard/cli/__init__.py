@@ -109,6 +109,7 @@ def _register() -> None:
     from modelyard.cli.batch_cmds import batch
     from modelyard.cli.build_cmds import build
     from modelyard.cli.card_cmds import card
+    from modelyard.cli.cost_cmds import cost
     from modelyard.cli.db_cmds import db
     from modelyard.cli.demo import demo
     from modelyard.cli.export_cmds import export
@@ -137,8 +138,8 @@ def _register() -> None:
 
     for command in (init, train, register, import_group, models, versions, show, label, lineage,
                     promote, rollback, deploy, rollout, history, runs, audit, predict, batch,
-                    precompute, serve, consume, monitor, feedback, export, card, build, federate,
-                    demo):
+                    precompute, serve, consume, monitor, feedback, cost, export, card, build,
+                    federate, demo):
         main.add_command(command)
     main.add_command(scheduler)
     main.add_command(db)

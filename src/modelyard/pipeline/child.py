@@ -42,9 +42,13 @@ from typing import Any
 import numpy as np
 
 import modelyard.errors as errors
+from modelyard.cputime import process_cpu_s
 from modelyard.errors import ModelyardError, RunCancelled, TrainingError
 
 LOG_TAIL = 200_000
+#: what the child writes as it ends, succeeded or failed: ``{"cpu_s": ...}``, the CPU seconds
+#: it and the workers it waited for used (training, saving, evaluating)
+USAGE_FILE = "usage.json"
 _context: Any = None
 
 
@@ -144,6 +148,16 @@ def train_in_child(
     r = json.loads((work / "result.json").read_text())
     return TrainOutcome(work / "artifact", r["flavor"], r["meta"], r["signature"], r["task"],
                         r["metrics"], r["champion"], r.get("fairness") or [])
+
+
+def read_usage(work_dir: Path) -> dict[str, float]:
+    """What the child in ``work_dir`` reported it used (``{"cpu_s": ...}``); empty if it wrote
+    nothing (killed, or trained on another machine)."""
+    try:
+        data = json.loads((Path(work_dir) / USAGE_FILE).read_text())
+        return {"cpu_s": float(data["cpu_s"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def read_log(work_dir: Path) -> str:
@@ -289,6 +303,8 @@ def main(job: dict[str, Any], stages: Any, lifeline: Any = None) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             stages.close()
+        with contextlib.suppress(Exception):  # what the run cost: recorded on the run
+            _write_json(work / USAGE_FILE, {"cpu_s": round(process_cpu_s(), 3)})
 
 
 def _follow_parent(lifeline: Any) -> None:

@@ -294,7 +294,8 @@ def _record_failure(registry: RunRegistry, run: Run, runlog: _RunLog, work: Path
         and report else None
     try:
         registry.finish_run(run.id, status="failed", failure_reason=reason,
-                            logs=runlog.text(work), details=details)
+                            logs=runlog.text(work),
+                            details=_details(details, _usage(registry, run, work)))
     except Exception:  # never hide the real error behind a database error
         log.exception("could not record the failure of run %s", run.id)
 
@@ -336,7 +337,8 @@ def _execute(
         runlog.note("rejected: " + "; ".join(gate.reasons))
         registry.finish_run(run.id, status="rejected", metrics=outcome.metrics,
                             gate=gate_record, logs=runlog.text(work),
-                            details=_accepted_batch(executed.batch_profile))
+                            details=_details(_accepted_batch(executed.batch_profile),
+                                             _usage(registry, run, work)))
         where = (f"production stays at {champion['ref']}" if champion.get("ref")
                  else "nothing promoted")
         raise GateFailed(f"{spec.name}: candidate rejected by its gate: "
@@ -377,7 +379,8 @@ def _execute(
     finished = registry.finish_run(run.id, status="succeeded", version=version.version,
                                    promoted=promoted, metrics=outcome.metrics, gate=gate_record,
                                    logs=runlog.text(work),
-                                   details=_accepted_batch(executed.batch_profile))
+                                   details=_details(_accepted_batch(executed.batch_profile),
+                                                    _usage(registry, run, work)))
     return RunResult(finished, version, promoted, gate, outcome.metrics, champion_metrics,
                      rollout_due)
 
@@ -420,6 +423,26 @@ def _export_for_runtime(registry: RunRegistry, version: ModelVersion, runlog: _R
             f"`modelyard export {version.ref} --format onnx`") from exc
     runlog.note(f"exported {version.ref} -> {result.version.ref} (onnx for serving; parity on "
                 f"{result.sample} {result.parity.summary()})")
+
+
+def _usage(registry: RunRegistry, run: Run, work: Path) -> dict[str, Any] | None:
+    """The run's details with the CPU seconds its training child reported (``cpu_s``); None
+    (details kept as they are) when it reported nothing: killed, or trained elsewhere."""
+    usage = child.read_usage(work)
+    if not usage:
+        return None
+    try:  # what was recorded meanwhile (a cancel request) stays
+        details = registry.get_run(run.id).details or {}
+    except Exception:  # never lose the run's ending over its CPU figure
+        log.warning("could not read run %s back; recording its CPU alone", run.id, exc_info=True)
+        details = run.details or {}
+    return {**details, **usage}
+
+
+def _details(*parts: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The run's details from several parts (None: none of them says anything)."""
+    merged = {k: v for part in parts if part for k, v in part.items()}
+    return merged or None
 
 
 def _goes_live(spec: Spec, promote: bool | None, *, has_champion: bool) -> tuple[bool, bool]:

@@ -23,9 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+from modelyard.cputime import accounting_enabled, gpu_timer
 from modelyard.errors import ConfigError, ConflictError, NotFoundError, UnavailableError
 from modelyard.schema import FieldSpec
 from modelyard.serving.cache import Key, ModelCache
+from modelyard.serving.cost_metrics import LoadedCost
 from modelyard.serving.footprint import Footprint
 from modelyard.serving.metrics import ServerMetrics, VersionMetrics
 from modelyard.serving.onnx_runtime import as_source, batches_as_accelerated, served_record
@@ -372,6 +374,11 @@ class Catalog:
         else:
             runner = _feature_runner(predictor, policy, features, self.predict_pool, observe)
         runner.metrics = vm
+        if accounting_enabled():
+            runner.account = vm.charge
+            runner.gpu = gpu_timer(record.flavor, predictor.device)
+            if runner.gpu is not None:
+                vm.on_gpu()
         runner.warm()
         return runner
 
@@ -443,6 +450,10 @@ class Catalog:
             max_restarts=self.options.worker_max_restarts, on_give_up=self._give_up,
         )
         runner.metrics = vm
+        if accounting_enabled():  # the worker measures its batches and reports with each answer
+            runner.account = vm.charge
+            if runner.predictor.device.startswith("cuda") and record.flavor == "torch":
+                vm.on_gpu()
         if worker.info.get("outputs"):
             runner.outputs = tuple(FieldSpec.from_dict(f) for f in worker.info["outputs"])
         log.info("serving %s (%s on %s in worker pid %s, batch %d rows, delay %.1f ms, "
@@ -476,9 +487,15 @@ class Catalog:
             pool.shutdown(wait=False, cancel_futures=True)
 
     def _report_loaded(self) -> None:
-        self.metrics.set_loaded(
-            (k[0], str(k[1]), int(r.memory)) for k, r in self.cache.loaded()
-        )
+        loaded = [(k[0], str(k[1]), int(r.memory), r) for k, r in self.cache.loaded()]
+        for _, _, _, runner in loaded:
+            runner.flush_charges()
+        self.metrics.set_loaded((name, version, size) for name, version, size, _ in loaded)
+        self.metrics.cost.report(
+            LoadedCost(name, version, size, float(getattr(r, "loaded_at", 0.0)),
+                       r.batcher.policy.max_batch_size,
+                       getattr(r.metrics, "last_request", None))
+            for name, version, size, r in loaded)
 
     def _report_load(self, key: Key, seconds: float, reason: str) -> None:
         self.metrics.observe_load(key[0], str(key[1]), reason, seconds)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -212,6 +213,8 @@ class GraphRunner(Runner):
             raise RunnerClosedError(f"{self.predictor.ref} was unloaded; retry")
         if self.touch is not None:
             self.touch()
+        if self.metrics is not None:  # its members are charged the CPU; it is used, not idle
+            self.metrics.last_request = time.time()
         future = asyncio.ensure_future(self.answer(batch, n, scores))
         self._pending.add(future)
         future.add_done_callback(self._pending.discard)

@@ -49,7 +49,12 @@ create unbounded label values.
 ``modelyard_drift_share``               gauge      share of drifted features, latest drift check
 ``modelyard_drift_detected``            gauge      1 when the latest check found dataset drift
 ``modelyard_feature_drift_score``       gauge      latest drift statistic of each feature
+``modelyard_run_cpu_seconds``           gauge      CPU of the model's training and batch runs
+                                                   started in the last 30 days (``kind``)
 ======================================  =========  ===========================================
+
+What each version costs (CPU and GPU seconds, memory over time, its batch limit and last
+request) is in :mod:`modelyard.serving.cost_metrics`.
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -68,6 +75,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from modelyard.errors import ConfigError
+from modelyard.serving.cost_metrics import CostMetrics
 
 _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -78,6 +86,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 _Sample = tuple[tuple[str, ...], float]
 
 
+#: the most seconds a batch's charge waits before it is added to the CPU and GPU counters (under
+#: ``--workers``, a worker that answers no scrape adds it with its next batch after that)
+CHARGE_FLUSH_S = 1.0
 #: the variable prometheus-client reads, when it is imported, to keep values in files.
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -177,6 +188,7 @@ class ServerMetrics:
             "modelyard_shadow_dropped", "Shadow copies dropped because the candidate was busy.",
             ("model", "version"), registry=r,
         )
+        self.cost = CostMetrics(r)
         # read from the shared registry database, the same in every worker: plain values
         # rendered by whichever process answers, never summed across workers
         self._monitoring = _MonitoringCollector()
@@ -223,6 +235,10 @@ class ServerMetrics:
                            float(found.get("score") or 0.0)) for feature, found in features.items())
         self._monitoring.replace(drift_share=share, drift_detected=detected,
                                  feature_drift=scores)
+
+    def set_run_cpu(self, cpu: dict[tuple[str, str], float]) -> None:
+        """Replace the run CPU gauge with ``{(model, kind): seconds}``."""
+        self._monitoring.replace(run_cpu=[(key, value) for key, value in sorted(cpu.items())])
 
     def for_version(self, model: str, version: str) -> VersionMetrics:
         """Handles bound to one version's labels (looked up once, used per request)."""
@@ -308,7 +324,8 @@ class ServerMetrics:
 class VersionMetrics:
     """Metric children for one ``(model, version)``."""
 
-    __slots__ = ("_batch", "_duration", "_queue", "_server", "_variants", "model", "version")
+    __slots__ = ("_batch", "_charges", "_cpu", "_duration", "_flushed", "_gpu", "_queue",
+                 "_server", "_variants", "last_request", "model", "version")
 
     def __init__(self, metrics: ServerMetrics, model: str, version: str) -> None:
         self.model = model
@@ -318,6 +335,47 @@ class VersionMetrics:
         self._variants: dict[str, Any] = {}
         self._queue = metrics.queue.labels(model, version)
         self._batch = metrics.batch.labels(model, version)
+        self._cpu = metrics.cost.cpu.labels(model, version)
+        self._gpu: Any = None
+        #: ``(cpu_s, gpu_s)`` of batches not yet in the counters: an append is atomic and costs
+        #: a tenth of a counter's increment (which takes a lock), and a batch's thread and a
+        #: scrape may both flush (each charge is popped by exactly one of them)
+        self._charges: deque[tuple[float, float]] = deque()
+        self._flushed = 0.0
+        #: Unix time of the version's last charged batch (None: none yet)
+        self.last_request: float | None = None
+
+    def charge(self, cpu_s: float, gpu_s: float = 0.0) -> None:
+        """Charge one batch's CPU and GPU seconds (once per batch, from the thread that ran it);
+        they reach the counters within :data:`CHARGE_FLUSH_S`, at a scrape or when unloaded."""
+        self._charges.append((cpu_s, gpu_s))
+        now = self.last_request = time.time()
+        if now - self._flushed >= CHARGE_FLUSH_S:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Add the charges not yet counted to the counters (any thread)."""
+        self._flushed = time.time() if now is None else now
+        cpu = gpu = 0.0
+        charges = self._charges
+        while charges:
+            try:
+                c, g = charges.popleft()
+            except IndexError:  # another flush took the last one
+                break
+            cpu += c
+            gpu += g
+        if cpu:
+            self._cpu.inc(cpu)
+        if gpu:
+            self.on_gpu().inc(gpu)
+
+    def on_gpu(self) -> Any:
+        """The version's GPU-seconds counter; calling it makes the series exist from 0 (which
+        also tells ``modelyard cost`` the version runs on a GPU)."""
+        if self._gpu is None:
+            self._gpu = self._server.cost.gpu.labels(self.model, self.version)
+        return self._gpu
 
     def observe_duration(self, seconds: float, variant: str = "production") -> None:
         """Record one request's duration under the variant that answered it."""
@@ -409,6 +467,9 @@ class _MonitoringCollector:
         "feature_drift": ("modelyard_feature_drift_score",
                           "The latest drift statistic of each feature.",
                           ("model", "feature", "test")),
+        "run_cpu": ("modelyard_run_cpu_seconds",
+                    "CPU seconds of the model's training and batch runs that started in the "
+                    "last 30 days (from the registry).", ("model", "kind")),
     }
 
     def __init__(self) -> None:

@@ -21,7 +21,7 @@ what a client sent (sensitive fields hashed or dropped, as logged).
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 #: most labels one feedback call takes.
 MAX_LABELS = 10_000
+#: how many of a served model's latest runs the run CPU gauge reads each refresh.
+RUNS_READ = 200
 
 
 def parse_feedback(body: bytes) -> list[tuple[str, Any]]:
@@ -222,6 +224,18 @@ class MonitorGauges(Poller):
             checks.extend(monitor.drift_reports(name, limit=1))
         self.plane.metrics.set_quality(windows)
         self.plane.metrics.set_drift(checks)
+        self.plane.metrics.set_run_cpu(self._run_cpu(sorted(n for n in models if models[n])))
+
+    def _run_cpu(self, names: list[str]) -> dict[tuple[str, str], float]:
+        """CPU seconds of each served model's runs of the last 30 days, by kind (its latest
+        :data:`RUNS_READ` runs)."""
+        from modelyard.monitoring.cost import run_cpu
+        from modelyard.monitoring.cost_sources import usage_of
+
+        since = datetime.now(UTC) - timedelta(days=30)
+        registry = self.plane.catalog.registry
+        return run_cpu((usage_of(r) for name in names
+                        for r in registry.list_runs(name, limit=RUNS_READ)), since)
 
 
 def _since(scope: Scope) -> Any:

@@ -10,6 +10,7 @@ decides which.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any, ClassVar
@@ -121,6 +122,13 @@ class Runner:
         self.log_policy: Any = None  # how answers are logged (a LogPolicy), set by the catalog
         #: the version's ``precompute`` section (a PrecomputeSpec), set by the catalog
         self.precompute: Any = None
+        #: ``account(cpu_s, gpu_s)`` once per batch (None: not charged; set by the catalog)
+        self.account: Callable[[float, float], None] | None = None
+        #: times a CUDA version's calls (a :class:`~modelyard.cputime.GpuTimer`; set by the
+        #: catalog with ``account``)
+        self.gpu: Any = None
+        #: when this runner was made (Unix time): its memory is charged from then on
+        self.loaded_at = time.time()
 
     @property
     def closed(self) -> bool:
@@ -157,10 +165,34 @@ class Runner:
     async def close(self) -> None:
         """Stop taking requests, answer the queued ones, then release the loop task."""
         await self.batcher.close()
+        self.flush_charges()
+
+    def flush_charges(self) -> None:
+        """Add the batches' charges not yet counted to the metrics (at a scrape, and when the
+        version is unloaded)."""
+        flush = getattr(self.metrics, "flush", None)
+        if self.account is not None and flush is not None:
+            flush()
 
     def _run(self, items: Sequence[Item]) -> list[Prediction]:
-        batch, scores = self.batch_of(items)
-        return self.split(items, self.predictor.predict_batch(batch, scores=scores))
+        account = self.account
+        if account is None:
+            batch, scores = self.batch_of(items)
+            return self.split(items, self.predictor.predict_batch(batch, scores=scores))
+        # the thread's CPU clock around the whole batch (concatenate, predict, split), read
+        # twice a batch: a batch runs on one thread, so no other request's work is on it
+        start = time.thread_time_ns()
+        gpu_s = 0.0
+        try:
+            batch, scores = self.batch_of(items)
+            if self.gpu is None:
+                result = self.predictor.predict_batch(batch, scores=scores)
+            else:
+                result, gpu_s = self.gpu.run(
+                    lambda: self.predictor.predict_batch(batch, scores=scores))
+            return self.split(items, result)
+        finally:  # a failing batch cost its CPU too
+            account((time.thread_time_ns() - start) / 1e9, gpu_s)
 
     def batch_of(self, items: Sequence[Item]) -> tuple[Any, bool]:
         """The model input for queued ``items`` and whether any of them asked for scores."""

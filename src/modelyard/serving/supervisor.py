@@ -129,6 +129,7 @@ class ProcessRunner(Runner):
         """Stop taking requests, answer the queued ones, then stop the worker process."""
         self._stop.set()  # also cuts a restart backoff short
         await self.batcher.close()
+        self.flush_charges()
         if self._restarting is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._restarting
@@ -138,6 +139,18 @@ class ProcessRunner(Runner):
 
     # -- batches --------------------------------------------------------------------------------
     async def _run_remote(self, items: Sequence[Item]) -> Sequence[Any]:
+        """Predict queued items in the worker and charge what the worker says they took."""
+        account, worker = self.account, self.worker
+        if account is None:
+            return await self._run_remote_items(items)
+        cpu_s, gpu_s = worker.cpu_s, worker.gpu_s
+        try:
+            return await self._run_remote_items(items)
+        finally:  # batches of one runner run one at a time: the difference is this batch's
+            if worker.cpu_s > cpu_s:
+                account(worker.cpu_s - cpu_s, worker.gpu_s - gpu_s)
+
+    async def _run_remote_items(self, items: Sequence[Item]) -> Sequence[Any]:
         """Predict queued items in the worker; a failing batch is retried one request at a time."""
         try:
             return await self._predict(items)

@@ -11,7 +11,10 @@ server -> worker, once         the :class:`WorkerSpec` (plain data) and the serv
 worker -> server, once         ``("ready", info)`` after load and warm-up, or
                                ``("failed", error)`` -- a load failure is an answer, not a hang
 server -> worker, per batch    ``(seq, batch, scores)``; ``None`` asks the worker to exit
-worker -> server, per batch    ``(seq, Prediction, None)`` or ``(seq, None, error)``
+worker -> server, per batch    ``(seq, Prediction, None, usage)`` or ``(seq, None, error,
+                               usage)``; ``usage`` is ``(cpu_s, gpu_s)``, what the batch took
+                               in the worker (:mod:`modelyard.cputime`), summed on
+                               :attr:`Worker.cpu_s` and :attr:`Worker.gpu_s`
 =============================  ==============================================================
 
 Messages are pickled with protocol 5 (numpy buffers are copied once, not converted), one round
@@ -117,6 +120,9 @@ class Worker:
         self._seq = itertools.count()
         self._send_lock: asyncio.Lock | None = None
         self._stopping = False
+        #: CPU and GPU seconds the worker's batches took, as it reported them with its answers
+        self.cpu_s = 0.0
+        self.gpu_s = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -260,8 +266,12 @@ class Worker:
             self.process.wait(1.0)  # the pipe closes a moment before the exit status is known
         _call(loop, self._exited, exit_reason(self.process.returncode))
 
-    def _deliver(self, message: tuple[Any, Any, Any]) -> None:
-        seq, result, error = message
+    def _deliver(self, message: tuple[Any, ...]) -> None:
+        seq, result, error = message[:3]
+        if len(message) > 3:
+            cpu_s, gpu_s = message[3]
+            self.cpu_s += cpu_s
+            self.gpu_s += gpu_s
         if seq is None:
             waiting = list(self._pending.values())
             self._pending.clear()

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,9 @@ def serve(spec: WorkerSpec, conn: Any) -> None:
             conn.send_bytes(pickle.dumps(("failed", describe(exc)), protocol=5))
         return
     conn.send_bytes(pickle.dumps(("ready", info), protocol=5))
+    from modelyard.cputime import gpu_timer
+
+    gpu = gpu_timer(spec.flavor, str(predictor.device))
     while True:
         try:
             message = pickle.loads(conn.recv_bytes())
@@ -72,11 +76,21 @@ def serve(spec: WorkerSpec, conn: Any) -> None:
         if message is None:
             return
         seq, batch, scores = message
+        start = time.thread_time_ns()
+        gpu_s = 0.0
         try:
-            reply = pickle.dumps((seq, predictor.predict_batch(batch, scores=scores), None),
-                                 protocol=5)
+            if gpu is None:
+                result = predictor.predict_batch(batch, scores=scores)
+            else:
+                result, gpu_s = gpu.run(partial(predictor.predict_batch, batch, scores=scores))
+            answer: tuple[Any, Any] = (result, None)
         except Exception as exc:  # that batch fails; the worker keeps serving
-            reply = pickle.dumps((seq, None, describe(exc)), protocol=5)
+            answer = (None, describe(exc))
+        usage = ((time.thread_time_ns() - start) / 1e9, gpu_s)
+        try:
+            reply = pickle.dumps((seq, *answer, usage), protocol=5)
+        except Exception as exc:  # an answer that cannot be pickled fails that batch alone
+            reply = pickle.dumps((seq, None, describe(exc), usage), protocol=5)
         try:
             conn.send_bytes(reply)
         except OSError:
