@@ -84,6 +84,10 @@ def test_boosted_trees_export_with_a_given_sample(registry: Registry, make: Any)
     got = modelyard.load(result.version.ref, registry=registry).predict(X.head(5))
     want = modelyard.load("boost:1", registry=registry).predict(X.head(5))
     assert np.asarray(got).shape == np.asarray(want).shape
+    # trees have no weight matrix to quantize: refused before anything is registered
+    with pytest.raises(ExportError, match="export it without --quantize"):
+        export_onnx(registry, "boost:1", sample=X.tail(50), quantize="int8")
+    assert registry.get_model("boost").latest_version == 2
 
 
 class _MLP(torch.nn.Module):

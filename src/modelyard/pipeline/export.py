@@ -221,11 +221,22 @@ def _one_value_per_row(data: bytes) -> bytes:
     return bytes(proto.SerializeToString())
 
 
+#: operators whose weights dynamic int8 quantization rewrites.
+_QUANTIZABLE = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Attention", "LSTM", "GRU",
+                          "EmbedLayerNormalization", "Gather"})
+
+
 def _quantize_int8(data: bytes) -> bytes:
     """The model with its weights quantized to int8 (dynamic quantization)."""
     require("onnxruntime.quantization", EXTRA)
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    kinds = {node.op_type for node in onnx.load_from_string(data).graph.node}
+    if not kinds & _QUANTIZABLE:  # a tree ensemble: one ai.onnx.ml operator, no weight matrix
+        raise ExportError(f"int8 quantization applies to weight matrices (neural networks, "
+                          f"linear models); this model has none ({', '.join(sorted(kinds))}): "
+                          "export it without --quantize")
     with tempfile.TemporaryDirectory(prefix="modelyard-quantize-") as tmp:
         source, target = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         source.write_bytes(data)
