@@ -225,6 +225,12 @@ def test_a_model_trained_through_modelyard_train_records_its_feature_service(
         version = reg.get_version("drivers", 1)
         assert version.get_signature().names == FEATURES
         recorded = version.meta["features"]
+        sources = {s["kind"]: s for s in version.data_sources}
+    # the lineage names the entity rows' file and the service, with its definition's digest
+    assert sources["file"]["location"].endswith("events.csv")
+    assert len(sources["file"]["digest"]) == 64
+    assert sources["feast"]["location"] == repo.service
+    assert "sha256:" + sources["feast"]["digest"] == recorded["digest"]
     assert recorded["store"] == "feast"
     assert recorded["service"] == repo.service
     assert recorded["repo"] == str(repo.path)
