@@ -11,12 +11,13 @@ STAMP  := $(VENV)/.modelyard-installed
 PIP    := $(PY) -m pip --disable-pip-version-check --quiet
 # Feast (the feature store, modelyard[feast]) pins pandas<3 and prometheus-client<0.25, which
 # would move every other test back to pandas 2: it is installed without its pins, then the rest
-# of its requirements as usual (tests/integration/test_feast_features.py runs it on pandas 3).
+# of its requirements as usual (tests/integration/test_feast_features.py runs it on pandas 3);
+# pytz too, which its file offline store imports and which only pandas 2 brought along.
 FEAST      := feast==0.67.0
 FEAST_DEPS := "dask[dataframe]>=2024.2.1" "dill>=0.3,<0.5" mmh3 "tenacity>=7,<9" "toml>=0.10,<1" \
 	"tqdm>=4,<5" "typeguard>=4" "bigtree>=0.19.2" psutil "tabulate>=0.8,<1" \
 	"colorama>=0.3.9,<1" "pygments>=2.12,<3" "pyjwt>=2.13" fastapi "uvicorn[standard]>=0.30.6" \
-	uvicorn-worker gunicorn
+	uvicorn-worker gunicorn pytz
 
 .PHONY: venv demo test lint bench clean
 

@@ -30,14 +30,16 @@ FEATURES = ["conv_rate", "trips"]
 
 
 def _needs_feast() -> Any:
+    from modelyard.errors import FrameworkMissingError
+    from modelyard.features.feast_store import import_feast
+
     try:
-        import feast
-    except ImportError as exc:
+        return import_feast()  # as modelyard imports it: the environment left as it was
+    except FrameworkMissingError as exc:
         message = f"feast is not installed ({exc}): pip install 'modelyard[feast]'"
         if os.environ.get("CI"):
             pytest.fail(message + " (CI is set, so this fails instead of skipping)")
         pytest.skip(message)
-    return feast
 
 
 def _at(day: int, hour: int = 0) -> datetime:
@@ -226,6 +228,9 @@ def test_a_model_trained_through_modelyard_train_records_its_feature_service(
         assert version.get_signature().names == FEATURES
         recorded = version.meta["features"]
         sources = {s["kind"]: s for s in version.data_sources}
+    # Feast's metrics module sets these for itself on import; left set, they would turn the
+    # server's own /metrics (and every process it starts) to prometheus multi-process mode
+    assert not {"PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR"} & set(os.environ)
     # the lineage names the entity rows' file and the service, with its definition's digest
     assert sources["file"]["location"].endswith("events.csv")
     assert len(sources["file"]["digest"]) == 64

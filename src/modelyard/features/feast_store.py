@@ -9,6 +9,7 @@ fetches the online values for a batch of entity rows in one ``get_online_feature
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,15 +29,39 @@ def open_store(repo: str | Path) -> Any:
     if not (folder / "feature_store.yaml").is_file():
         raise ConfigError(f"features.repo {folder} holds no feature_store.yaml; point it at a "
                           "Feast repository")
+    feast = import_feast()
     try:
-        from feast import FeatureStore
-    except ImportError:
-        raise FrameworkMissingError("features from Feast need feast: "
-                                    "pip install 'modelyard[feast]'") from None
-    try:
-        return FeatureStore(repo_path=str(folder))
+        return feast.FeatureStore(repo_path=str(folder))
     except Exception as exc:
         raise ConfigError(f"cannot open the Feast repository {folder}: {_line(exc)}") from None
+
+
+#: the environment variables Feast's metrics module sets for itself on import, which would put
+#: every later use of prometheus_client in this process (the server's own /metrics) and every
+#: process it starts into multi-process mode.
+_FEAST_SETS = ("PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR")
+
+
+def import_feast() -> Any:
+    """The ``feast`` module, imported (with ``feast.metrics``, which Feast imports lazily) so
+    that the environment is left as it was: prometheus_client is imported first, in its usual
+    mode, and the variables Feast sets for itself are restored. Import Feast only through this."""
+    import prometheus_client.values  # noqa: F401  (decides its mode from the environment now)
+
+    before = {name: os.environ.get(name) for name in _FEAST_SETS}
+    try:
+        import feast
+        import feast.metrics  # imported lazily by Feast otherwise, later
+    except ImportError as exc:
+        raise FrameworkMissingError(f"features from Feast need feast ({exc}): "
+                                    "pip install 'modelyard[feast]'") from None
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return feast
 
 
 def describe(spec: FeaturesSpec, root: Path) -> tuple[Any, FeatureDefinition]:
@@ -147,4 +172,4 @@ def _line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-__all__ = ["OnlineFeatures", "describe", "historical", "open_store"]
+__all__ = ["OnlineFeatures", "describe", "historical", "import_feast", "open_store"]
