@@ -73,6 +73,15 @@ async def test_every_page_renders_open_on_a_laptop(app: App) -> None:
         overview = (await c.get("/ui/?q=al")).text
         assert "alpha" in overview and "gamma" not in overview
         assert (await c.get("/ui/models/nope")).status_code == 404
+        # each version links its model card, shown in the console's own page
+        assert '/ui/models/alpha/versions/2/card">model card</a>' in (
+            await c.get("/ui/models/alpha")).text
+        card = await c.get("/ui/models/alpha/versions/2/card")
+        assert card.status_code == 200, card.text[:300]
+        assert "model card of v2" in card.text and "<h2>Metrics and gate</h2>" in card.text
+        assert "<!doctype" not in card.text.split("<article", 1)[1]  # elements, not a document
+        assert (await c.get("/ui/models/alpha/versions/9/card")).status_code == 404
+        assert (await c.get("/ui/models/alpha/versions/x/card")).status_code == 422
         partial = await c.get("/ui/", headers={"HX-Request": "true"})
         assert "<html" not in partial.text and "alpha" in partial.text
 

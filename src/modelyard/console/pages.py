@@ -84,6 +84,15 @@ async def compare(request: Request, name: str) -> Response:
     return _html("compare.html", request, title=f"{name}: v{a} and v{b}", **data)
 
 
+async def card(request: Request, name: str, version: str) -> Response:
+    await request.console.admit(request, "read", name)
+    if not (version.isascii() and version.isdigit() and len(version) < 10):
+        raise InputError(f"{version[:40]!r} is not a version number")
+    body = await views.card_body(request.console.server, name, int(version))
+    return _html("card.html", request, title=f"{name}:{version} model card", name=name,
+                 version=int(version), body=body)
+
+
 async def rollout(request: Request, name: str) -> Response:
     await request.console.admit(request, "read", name)
     data = await views.rollout_page(request.console.server, name)
@@ -208,6 +217,7 @@ def routes(console: Console) -> list[tuple[str, str, Any]]:
         ("GET", "/", overview),
         ("GET", "/models/{name}", model),
         ("GET", "/models/{name}/compare", compare),
+        ("GET", "/models/{name}/versions/{version}/card", card),
         ("GET", "/models/{name}/rollout", rollout),
         ("GET", "/models/{name}/monitoring", monitoring),
         ("POST", "/models/{name}/act/{verb}", act),

@@ -16,6 +16,9 @@ from modelyard.console.distributions import distributions
 from modelyard.console.paging import PER_PAGE, Page, offset_of, page_of
 from modelyard.console.traffic import by_model
 from modelyard.errors import NotFoundError
+from modelyard.governance.card import build, gather
+from modelyard.governance.document import html_body
+from modelyard.monitoring.monitor import Monitor
 
 #: the overview's columns, in order (the sortable keys of each row).
 OVERVIEW_COLUMNS = ("name", "version", "since", "flavor", "pool", "requests", "p50_ms",
@@ -101,6 +104,13 @@ async def model_page(app: Any, name: str, page: int, at: datetime | None) -> dic
     return {"model": model, "versions": versions, "history": history, "at": at,
             "served_at": served_at, "rollouts": rollouts,
             "placement": catalog.placement_of(name), "alias": app.options.alias}
+
+
+async def card_body(app: Any, name: str, version: int) -> str:
+    """Version ``name:version``'s model card as HTML elements (user text escaped)."""
+    registry = app.catalog.registry
+    facts = await app.catalog.io(gather, registry, Monitor(registry), f"{name}:{version}")
+    return html_body(build(facts)[1:])  # the page has its own title
 
 
 async def version_pair(app: Any, name: str, a: int, b: int) -> dict[str, Any]:

@@ -102,6 +102,13 @@ _STYLE = ("body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem a
 
 def to_html(blocks: Sequence[Block], *, title: str) -> str:
     """The blocks as one self-contained HTML page (inline style, no script), user text escaped."""
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>\n<body>\n"
+            + html_body(blocks) + "\n</body></html>\n")
+
+
+def html_body(blocks: Sequence[Block]) -> str:
+    """The blocks as HTML elements, to place in a page of one's own (user text escaped)."""
     e = html.escape
     body: list[str] = []
     for block in blocks:
@@ -114,9 +121,7 @@ def to_html(blocks: Sequence[Block], *, title: str) -> str:
             body.append("<ul>" + "".join(f"<li>{e(i)}</li>" for i in block.items) + "</ul>")
         else:
             body.append(_html_table(block))
-    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{e(title)}</title><style>{_STYLE}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    return "\n".join(body)
 
 
 def _html_table(table: Table) -> str:
@@ -130,4 +135,5 @@ def _html_table(table: Table) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-__all__ = ["Block", "Bullets", "Heading", "Paragraph", "Table", "cell", "to_html", "to_markdown"]
+__all__ = ["Block", "Bullets", "Heading", "Paragraph", "Table", "cell", "html_body", "to_html",
+           "to_markdown"]
