@@ -24,6 +24,7 @@ import numpy as np
 
 from modelyard.errors import ConfigError, DataValidationError
 from modelyard.pipeline import checks
+from modelyard.pipeline.validation import outside_range
 from modelyard.spec import ValidationSpec
 
 #: the checks that need accepted batches or the whole batch: training only
@@ -133,11 +134,7 @@ class InputChecks:
             self.outside[name] = [None, None]  # not numeric
             return
         present = numbers[~np.isnan(numbers)]
-        bad = np.zeros(len(present), dtype=bool)
-        if low is not None:
-            bad |= present < low
-        if high is not None:
-            bad |= present > high
+        bad = outside_range(present, low, high)
         seen = self.outside.setdefault(name, [0, None])
         if seen[0] is None or not bad.any():
             return

@@ -174,17 +174,24 @@ def _range_failures(
             out.append(f"column {name!r} is not numeric, so its range cannot be checked")
             continue
         present = values[~np.isnan(values)]
-        bad = np.zeros(len(present), dtype=bool)
-        if low is not None:
-            bad |= present < low
-        if high is not None:
-            bad |= present > high
+        bad = outside_range(present, low, high)
         if bad.any():
             bounds = f"[{'-inf' if low is None else _show(low)}, "
             bounds += f"{'inf' if high is None else _show(high)}]"
             out.append(f"column {name!r}: {int(bad.sum())} value(s) outside {bounds} "
                        f"(e.g. {_show(present[bad][0])})")
     return out
+
+
+def outside_range(present: np.ndarray, low: float | None, high: float | None) -> np.ndarray:
+    """Which of the (non-missing) ``present`` values fall below ``low`` or above ``high``
+    (a bound of None: open on that side)."""
+    bad = np.zeros(len(present), dtype=bool)
+    if low is not None:
+        bad |= present < low
+    if high is not None:
+        bad |= present > high
+    return bad
 
 
 def _allowed_failures(columns: dict[str, Any], allowed: dict[str, list[Any]]) -> list[str]:
@@ -209,4 +216,4 @@ def _show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float | np.floating) else repr(value)
 
 
-__all__ = ["check", "check_all", "dtype_matches", "format_report", "validate"]
+__all__ = ["check", "check_all", "dtype_matches", "format_report", "outside_range", "validate"]
