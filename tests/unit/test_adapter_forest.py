@@ -1,4 +1,5 @@
-"""The numpy walk of a loaded HistGradientBoosting model answers exactly as scikit-learn does."""
+"""The walks of a loaded HistGradientBoosting model (compiled by ONNX Runtime, and numpy) answer
+exactly as scikit-learn does."""
 
 from __future__ import annotations
 
@@ -21,9 +22,18 @@ THREE = np.array(["low", "mid", "high"])[np.digitize(np.nan_to_num(X[:, 2]), [-0
 VALUE = np.nan_to_num(X[:, 0]) * 3 + np.nan_to_num(X[:, 3]) ** 2
 
 
-def loaded(model: Any, tmp_path: Path) -> Any:
+WALKS = ["compiled", "numpy"]
+
+
+def loaded(model: Any, tmp_path: Path, walk: str = "compiled") -> Any:
     adapter = get_adapter("sklearn")
-    return adapter.load(tmp_path, adapter.save(model, tmp_path), "cpu")
+    got = adapter.load(tmp_path, adapter.save(model, tmp_path), "cpu")
+    forest = _FORESTS[got]
+    if walk == "compiled":
+        assert forest.session is not None  # ONNX Runtime is installed with modelyard[sklearn]
+    else:
+        forest.session = None
+    return got
 
 
 def batches() -> list[np.ndarray]:
@@ -32,10 +42,12 @@ def batches() -> list[np.ndarray]:
             np.full((2, 8), np.nan), np.array([[np.inf, -np.inf] * 4])]
 
 
+@pytest.mark.parametrize("walk", WALKS)
 @pytest.mark.parametrize("labels", [BINARY, THREE], ids=["binary", "multiclass"])
-def test_classifier_answers_as_scikit_learn(labels: np.ndarray, tmp_path: Path) -> None:
+def test_classifier_answers_as_scikit_learn(labels: np.ndarray, walk: str,
+                                            tmp_path: Path) -> None:
     trained = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(X, labels)
-    model = loaded(trained, tmp_path)
+    model = loaded(trained, tmp_path, walk)
     assert model in _FORESTS  # the adapter walks it
     adapter = get_adapter("sklearn")
     for batch in batches():
@@ -47,21 +59,25 @@ def test_classifier_answers_as_scikit_learn(labels: np.ndarray, tmp_path: Path) 
         assert scores.shape == (len(batch), len(trained.classes_))
 
 
-def test_regressor_answers_as_scikit_learn(tmp_path: Path) -> None:
+@pytest.mark.parametrize("walk", WALKS)
+def test_regressor_answers_as_scikit_learn(walk: str, tmp_path: Path) -> None:
     for loss in ("squared_error", "poisson"):
         target = np.abs(VALUE) if loss == "poisson" else VALUE
         trained = HistGradientBoostingRegressor(max_iter=40, loss=loss).fit(X, target)
         (tmp_path / loss).mkdir()
-        model = loaded(trained, tmp_path / loss)
+        model = loaded(trained, tmp_path / loss, walk)
         for batch in batches():
             np.testing.assert_allclose(get_adapter("sklearn").predict(model, batch),
                                        trained.predict(batch), rtol=1e-12, atol=1e-12)
 
 
-def test_integer_and_float32_rows_walk_as_float64() -> None:
+@pytest.mark.parametrize("walk", WALKS)
+def test_integer_and_float32_rows_walk_as_float64(walk: str) -> None:
     trained = HistGradientBoostingClassifier(max_iter=10).fit(X, BINARY)
     forest = Forest.of(trained)
     assert forest is not None
+    if walk == "numpy":
+        forest.session = None
     for batch in (np.nan_to_num(X[:20]).astype(np.float32), np.arange(16).reshape(2, 8)):
         assert forest.rows(batch) is not None
         raw = forest.raw(batch)
@@ -109,5 +125,19 @@ def test_a_tree_deeper_than_it_claims_is_left_to_scikit_learn() -> None:
     trained = HistGradientBoostingClassifier(max_iter=5).fit(X, BINARY)
     forest = Forest.of(trained)
     assert forest is not None
+    forest.session = None  # the numpy walk steps as deep as the depth field says
     forest.levels -= 1  # as an artifact whose depth field lies would make it
     assert forest.raw(np.nan_to_num(X[:50])) is None
+
+
+def test_a_tree_that_is_one_leaf_walks_compiled() -> None:
+    """A target nothing splits gives trees without a branch: each still adds its leaf."""
+    flat = np.full(len(X), 2.5)
+    flat[:3] = 2.6  # a gain too small to split on
+    trained = HistGradientBoostingRegressor(max_iter=3, min_samples_leaf=400).fit(X, flat)
+    forest = Forest.of(trained)
+    assert forest is not None and forest.session is not None
+    assert all(len(t.nodes) == 1 for it in trained._predictors for t in it)
+    raw = forest.raw(X[:4])
+    assert raw is not None
+    np.testing.assert_allclose(raw, trained._raw_predict(X[:4]), rtol=0, atol=1e-12)
