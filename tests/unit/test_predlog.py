@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -32,6 +34,7 @@ from modelyard.monitoring.requestid import RequestIds, issued_ms
 from modelyard.predictor import Prediction
 from modelyard.registry import Registry
 from modelyard.schema import Signature
+from modelyard.threads import BACKGROUND_NICE
 
 X = pd.DataFrame({"amount": [10.0, 20.0], "card": ["4111", "5500"]})
 SIGNATURE = Signature.infer(X, np.array([0, 1]))
@@ -94,6 +97,25 @@ def test_entries_are_written_in_batches_by_the_writer_thread() -> None:
     assert first["outputs"]["classes"] == [0, 1]
     assert first["inputs"]["columns"]["amount"] == [10.0, 20.0]
     assert abs(first["at"] - time.time()) < 60  # seconds since the epoch
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_writer_runs_below_the_event_loops_priority() -> None:
+    """The writer's bursts must not hold the core while requests wait: it runs niced."""
+    store = ListStore()
+    store.gate.clear()  # hold the writer inside its first write
+    log = PredictionLog(store, batch_size=1, flush_interval_s=0.05)
+    log.start()
+    try:
+        log.record(policy(), "r0", "production", 0.002, X, 2, answer())
+        writer = next(t for t in threading.enumerate() if t.name == "modelyard-predlog")
+        assert writer.native_id is not None
+        wait_for(lambda: os.getpriority(os.PRIO_PROCESS, writer.native_id) == BACKGROUND_NICE)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < BACKGROUND_NICE
+    finally:
+        store.gate.set()
+        log.stop()
+    assert log.written == 1
 
 
 def test_a_full_queue_drops_and_counts_instead_of_growing() -> None:

@@ -58,6 +58,7 @@ from modelyard.monitoring.logstore import (
     ParquetStore,
     open_store,
 )
+from modelyard.threads import run_in_background
 
 if TYPE_CHECKING:
     from modelyard.predictor import Prediction
@@ -226,6 +227,7 @@ class PredictionLog:
 
     # -- the writer -----------------------------------------------------------------------------
     def _run(self) -> None:
+        run_in_background()  # below the event loop: its bursts never hold requests up
         while not self._stopping:
             self._wake.wait(self.flush_interval_s)
             self._wake.clear()
