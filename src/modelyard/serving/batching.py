@@ -103,6 +103,8 @@ class Batcher:
         self._full: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        #: the event loop the batching task runs on (set by :meth:`start`)
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         #: every unanswered request in arrival order, which is also deadline order (one
         #: timeout for all): one timer sweeps it (:meth:`_sweep`) instead of a timer a request
         self._pending: deque[Item] = deque()
@@ -117,7 +119,9 @@ class Batcher:
         if self._task is None:
             self._wake, self._full, self._idle = asyncio.Event(), asyncio.Event(), asyncio.Event()
             self._idle.set()
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+            # kept: asyncio.get_running_loop() costs a getpid() system call on Python 3.11
+            self._event_loop = loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._loop())
 
     @property
     def closed(self) -> bool:
@@ -163,7 +167,8 @@ class Batcher:
                 f"the queue holds {self.queued_rows} rows (limit {self.policy.max_queue}); "
                 "retry shortly"
             )
-        loop = asyncio.get_running_loop()
+        loop = self._event_loop
+        assert loop is not None
         future: asyncio.Future[Any] = loop.create_future()
         item = Item(payload, n, options, future, time.perf_counter())
         self._pending.append(item)

@@ -236,6 +236,7 @@ class Connection(asyncio.Protocol):
         self.shared = shared
         self.parser = httptools.HttpRequestParser(self)
         self.transport: Any = None
+        self.loop: Any = None  # the running loop, from connection_made
         self.client: tuple[str, int] | None = None
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -257,6 +258,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Register; the first request's head must begin within the head timeout."""
         self.transport = transport
+        # kept: asyncio.get_running_loop() costs a getpid() system call on Python 3.11
+        self.loop = asyncio.get_running_loop()
         peer = transport.get_extra_info("peername")
         self.client = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         self.shared.connections.add(self)
@@ -444,7 +447,7 @@ class Connection(asyncio.Protocol):
     # -- running the app ------------------------------------------------------------------------
     def _start(self, cycle: Cycle) -> None:
         self.active = cycle
-        cycle.task = asyncio.get_running_loop().create_task(self._run(cycle))
+        cycle.task = self.loop.create_task(self._run(cycle))
 
     async def _run(self, cycle: Cycle) -> None:
         try:
