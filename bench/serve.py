@@ -31,6 +31,7 @@ Phases per workload:
    writer, gRPC ...), mean rows per model call, log written/dropped;
 4. open loop: native REST at half the measured native peak, on a fixed schedule, latency from
    when each request was due (``loadgen.py http --rate``): the p99 a user meets at half load;
+   ``--open-rounds`` rounds (3), the round with the median p99 reported and judged;
 5. ``--workers 1,2``: ``modelyard serve --workers N`` on both cores with the load generator
    sharing them: requests/s, CPU/request, memory (RSS and PSS) per extra worker.
 
@@ -126,6 +127,8 @@ def main() -> int:
     parser.add_argument("--connections", type=int, help="connections (default per workload)")
     parser.add_argument("--workers", default="1,2", help="worker counts for the scaling phase")
     parser.add_argument("--skip-workers", action="store_true", help="no scaling phase")
+    parser.add_argument("--open-rounds", type=int, default=3,
+                        help="open-loop rounds at half the peak; the median p99 is judged")
     parser.add_argument("--skip-naive", action="store_true", help="no naive baseline")
     parser.add_argument("--model-config", help="a serve config file for modelyard "
                         "(modelyard serve --model-config)")
@@ -435,13 +438,20 @@ def run_modelyard(name: str, env: dict[str, str], work: Path, files: dict[str, P
                                                          measured_us=got["threads"])
         if "native" in out:
             rate = out["native"]["rps"] / 2
-            print(f"{label} {name}: modelyard native, open loop at {rate:.0f} req/s ...",
-                  flush=True)
-            out["open"] = measured(server, base, lambda: loadgen(
-                "http", "--port", str(port), "--path", f"/v1/models/{name}/predict",
-                "--body", str(files["native"]), "--rate", str(rate),
-                "--seconds", str(args.seconds), "--connections", str(2 * conns)))
+            rounds = []
+            for i in range(args.open_rounds):
+                print(f"{label} {name}: modelyard native, open loop at {rate:.0f} req/s "
+                      f"({i + 1}/{args.open_rounds}) ...", flush=True)
+                rounds.append(measured(server, base, lambda: loadgen(
+                    "http", "--port", str(port), "--path", f"/v1/models/{name}/predict",
+                    "--body", str(files["native"]), "--rate", str(rate),
+                    "--seconds", str(args.seconds), "--connections", str(2 * conns))))
+            # the round of the median p99 stands for the phase: one neighbour's burst on a
+            # shared machine moves a single round's tail by 2x
+            rounds.sort(key=lambda got: got["p99"])
+            out["open"] = rounds[len(rounds) // 2]
             out["open"]["rate"] = rate
+            out["open"]["p99_rounds"] = [got["p99"] for got in rounds]
     return out
 
 
@@ -595,9 +605,11 @@ def goals(r: dict[str, Any]) -> list[str]:
                    f"{g['wall_s']:.1f} s: {bound})")
     if "open" in r:
         o = r["open"]
+        rounds = ", ".join(f"{p:.2f}" for p in o.get("p99_rounds", [o["p99"]]))
         out.append(f"{label}: p99 {o['p99']:.2f} ms at {o['rate']:.0f} req/s (half the peak; "
-                   f"goal <= {spec['goal_p99']:g} ms: {verdict(o['p99'] <= spec['goal_p99'])}); "
-                   f"p99.9 {o['p999']:.2f} ms, {o['errors']:.0f} errors")
+                   f"the median of rounds {rounds}; goal <= {spec['goal_p99']:g} ms: "
+                   f"{verdict(o['p99'] <= spec['goal_p99'])}); p99.9 {o['p999']:.2f} ms, "
+                   f"{o['errors']:.0f} errors")
     if "naive" in r:
         n = r["naive"]
         ratio = n["cpu_us"] / native["cpu_us"]
