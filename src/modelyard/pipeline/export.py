@@ -227,7 +227,7 @@ _QUANTIZABLE = frozenset({"MatMul", "Gemm", "Conv", "ConvTranspose", "Attention"
 
 
 def _quantize_int8(data: bytes) -> bytes:
-    """The model with its weights quantized to int8 (dynamic quantization)."""
+    """The model with its weights quantized to int8 (dynamic quantization, 7-bit range)."""
     require("onnxruntime.quantization", EXTRA)
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -241,7 +241,11 @@ def _quantize_int8(data: bytes) -> bytes:
         source, target = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         source.write_bytes(data)
         try:
-            quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+            # 7-bit weights (reduce_range): on a CPU without VNNI (AVX2 alone, AVX-512 without
+            # it) ONNX Runtime's u8 x s8 products saturate with 8-bit weights -- a small MLP's
+            # scores moved by 0.18 on an AVX2 host -- and the exported model may be served on
+            # any CPU; the 7th bit costs little on the ones that have VNNI
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8, reduce_range=True)
         except Exception as exc:
             raise ExportError(f"int8 quantization failed: {type(exc).__name__}: {exc}") from exc
         return target.read_bytes()
