@@ -658,15 +658,9 @@ def goals(r: dict[str, Any]) -> list[str]:
                    f"{verdict(beyond <= spec['goal_us'])})")
     pair = r.get("pair") or {}
     if "v2" in r:
-        separate = r["v2"]["cpu_us"] / native["cpu_us"]
-        if "v2" in pair:
-            ratio = pair["v2"] / pair["native"]
-            out.append(f"{label}: OIP v2 REST {ratio:.2f}x native (in turn: {pair['v2']:.0f} "
-                       f"against {pair['native']:.0f} us; the separate phases {separate:.2f}x) "
-                       f"(goal <= {GOAL_V2}x: {verdict(ratio <= GOAL_V2)})")
-        else:
-            out.append(f"{label}: OIP v2 REST {r['v2']['cpu_us']:.0f} us = {separate:.2f}x "
-                       f"native (goal <= {GOAL_V2}x: {verdict(separate <= GOAL_V2)})")
+        ratio, how = _judged(pair, "v2", r["v2"]["cpu_us"], native["cpu_us"])
+        out.append(f"{label}: OIP v2 REST {ratio:.2f}x native ({how}) "
+                   f"(goal <= {GOAL_V2}x: {verdict(ratio <= GOAL_V2)})")
     if "grpc" in r:
         g = r["grpc"]
         bound = "client-bound" if g["client_cpu_s"] > 0.9 * g["wall_s"] else "server-bound"
@@ -683,23 +677,27 @@ def goals(r: dict[str, Any]) -> list[str]:
     if "naive" in r:
         n = r["naive"]
         call = "" if n["call"] == "framework" else ", its model called through modelyard"
-        separate = n["cpu_us"] / native["cpu_us"]
-        if "naive" in pair:
-            ratio = pair["naive"] / pair["native"]
-            out.append(f"{label}: {ratio:.1f}x less CPU/request than naive{call} (in turn: "
-                       f"{pair['naive']:.0f} against {pair['native']:.0f} us; the separate "
-                       f"phases {separate:.1f}x) (goal >= {GOAL_NAIVE:g}x: "
-                       f"{verdict(ratio >= GOAL_NAIVE)})")
-        else:
-            out.append(f"{label}: {separate:.1f}x less CPU/request than naive ({n['cpu_us']:.0f}"
-                       f" us{call}), {native['rps'] / n['rps']:.1f}x its req/s (goal >= "
-                       f"{GOAL_NAIVE:g}x: {verdict(separate >= GOAL_NAIVE)})")
+        ratio, how = _judged(pair, "naive", n["cpu_us"], native["cpu_us"])
+        out.append(f"{label}: {ratio:.1f}x less CPU/request than naive{call} ({how}) "
+                   f"(goal >= {GOAL_NAIVE:g}x: {verdict(ratio >= GOAL_NAIVE)})")
     for key in ("native", "v2", "grpc"):
         got = r.get(key)
         if got and got.get("dropped"):
             out.append(f"{label}: the prediction log DROPPED {got['dropped']:.0f} of "
                        f"{got['written'] + got['dropped']:.0f} over {key}")
     return out
+
+
+def _judged(pair: dict[str, float], key: str, cpu_us: float,
+            native_us: float) -> tuple[float, str]:
+    """``(ratio of key to native, how it was measured)``: from the turns when they were run,
+    else from the separate phases."""
+    separate = cpu_us / native_us
+    if key not in pair:
+        return separate, f"{cpu_us:.0f} against {native_us:.0f} us in separate phases"
+    return pair[key] / pair["native"], (f"in turn: {pair[key]:.0f} against "
+                                        f"{pair['native']:.0f} us; the separate phases "
+                                        f"{separate:.2f}x")
 
 
 if __name__ == "__main__":
