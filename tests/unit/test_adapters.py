@@ -157,6 +157,19 @@ def test_torch_mlp(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2"]
 
 
+def test_torch_input_follows_a_module_cast_after_its_first_prediction() -> None:
+    """The input's dtype comes from the module as it is now, not as it was first seen."""
+    model = nn.Sequential(nn.Linear(4, 3)).eval()
+    X = np.random.default_rng(0).normal(size=(5, 4))
+    adapter = get_adapter("torch")
+    assert adapter.predict(model, X).dtype == np.float32
+    model.double()
+    out = adapter.predict(model, X)
+    assert out.dtype == np.float64
+    with torch.inference_mode():
+        np.testing.assert_array_equal(out, model(torch.from_numpy(X)).numpy())
+
+
 def test_torch_never_unpickles(digits: Any, tmp_path: Path, monkeypatch: Any) -> None:
     images = digits[0][:8]
     model = TinyCNN().eval()
