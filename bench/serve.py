@@ -31,7 +31,9 @@ Phases per workload:
    and OIP v2 REST (JSON tensors, as ``tritonclient.http`` sends them; all outputs) by wrk, gRPC
    (``ModelInfer`` with raw tensors, as ``tritonclient.grpc`` sends them) by ``loadgen.py``.
    Per phase: requests/s, latency, CPU µs/request, by thread role (event loop, model pool, log
-   writer, gRPC ...), mean rows per model call, log written/dropped.
+   writer, gRPC ...), mean rows per model call, log written/dropped, and the model's CPU a
+   request as the server itself clocks its batches (``in srv``: under load the same model call
+   can cost more than alone, its weights and caches shared with the requests' work).
    With the naive server still up beside it, native REST, OIP v2 REST and the naive endpoint
    are then loaded in turn (``--pair-rounds`` rounds of half a phase each, the order flipped
    every round), and the OIP v2 and naive ratios are judged on those turns: the machine's
@@ -354,7 +356,8 @@ def loadgen(*argv: str, cpu: str = "1") -> dict[str, float]:
 def scrape(base: str) -> dict[str, float]:
     """The few series the bench reads from ``/metrics``, summed over their labels."""
     wanted = ("modelyard_batch_size_sum", "modelyard_batch_size_count",
-              "modelyard_prediction_log_written_total", "modelyard_prediction_log_dropped_total")
+              "modelyard_prediction_log_written_total", "modelyard_prediction_log_dropped_total",
+              "modelyard_model_cpu_seconds_total")
     try:
         with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
             text = r.read().decode()
@@ -404,6 +407,9 @@ def measured(server: Server, base: str | None, run: Any, settle_s: float = 1.2,
         result["rows_per_call"] = delta["modelyard_batch_size_sum"] / calls if calls else 0.0
         result["written"] = delta["modelyard_prediction_log_written_total"]
         result["dropped"] = delta["modelyard_prediction_log_dropped_total"]
+        # the server's own clock of its batches (thread CPU around each model call, the cost
+        # metric): the model as it runs under load, beside its cost alone
+        result["model_cpu_us"] = delta["modelyard_model_cpu_seconds_total"] / requests * 1e6
     return result
 
 
@@ -496,9 +502,10 @@ def run_modelyard(name: str, env: dict[str, str], work: Path, files: dict[str, P
             # the round of the median p99 stands for the phase: one neighbour's burst on a
             # shared machine moves a single round's tail by 2x
             rounds.sort(key=lambda got: got["p99"])
-            out["open"] = rounds[len(rounds) // 2]
-            out["open"]["rate"] = rate
-            out["open"]["p99_rounds"] = [got["p99"] for got in rounds]
+            if rounds:
+                out["open"] = rounds[len(rounds) // 2]
+                out["open"]["rate"] = rate
+                out["open"]["p99_rounds"] = [got["p99"] for got in rounds]
     return out
 
 
@@ -562,7 +569,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         print("model alone, us/row at rows/call: " + ", ".join(
             f"{b}: {c:.0f}" for b, c in sorted(costs.items())))
         head = (f"{'server':16} {'req/s':>7} {'CPU us/req':>10} {'p50 ms':>7} {'p99 ms':>7} "
-                f"{'rows/call':>9} {'model us':>8} {'beyond':>7} {'log w/d':>13} {'err':>5}")
+                f"{'rows/call':>9} {'model us':>8} {'beyond':>7} {'in srv':>7} {'log w/d':>13} "
+                f"{'err':>5}")
         print(head)
         print("-" * len(head))
         for label, got in _phases(r):
@@ -571,7 +579,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             log = (f"{got['written']:.0f}/{got['dropped']:.0f}" if "written" in got else "-")
             print(f"{label:16} {got['rps']:>7.0f} {got['cpu_us']:>10.1f} {got['p50']:>7.2f} "
                   f"{got['p99']:>7.2f} {rows_call:>9.1f} {model:>8.1f} "
-                  f"{got['cpu_us'] - model:>7.1f} {log:>13} {got['errors']:>5.0f}")
+                  f"{got['cpu_us'] - model:>7.1f} {got.get('model_cpu_us', float('nan')):>7.1f} "
+                  f"{log:>13} {got['errors']:>5.0f}")
         _threads(r)
         _workers(r)
         verdicts.extend(goals(r))
@@ -656,6 +665,11 @@ def goals(r: dict[str, Any]) -> list[str]:
                    f"the model's {model:.0f} us/row at {native.get('rows_per_call', 0):.1f} "
                    f"rows/call (goal <= {spec['goal_us']:.0f}: "
                    f"{verdict(beyond <= spec['goal_us'])})")
+        if native.get("model_cpu_us"):
+            inside = native["model_cpu_us"]
+            out.append(f"{label}: (the model call inside the server costs {inside:.0f} us a "
+                       f"request, {inside / model:.2f}x its cost alone; beyond that "
+                       f"{native['cpu_us'] - inside:.0f}: judged above on the cost alone)")
     pair = r.get("pair") or {}
     if "v2" in r:
         ratio, how = _judged(pair, "v2", r["v2"]["cpu_us"], native["cpu_us"])
