@@ -210,6 +210,29 @@ def test_v2_binary_extension_round_trips_with_tritonclient_layout() -> None:
     assert [v.decode() for v in labels] == ["a", "héllo", ""]
 
 
+def test_v2_json_answers_hold_each_datatype_as_its_python_values() -> None:
+    """Every output reads as the values its array holds: float32 as float64 numbers (the float
+    the client gets is the one the model produced), NaN as null, big integers exact, in the
+    tensor's row-major order whatever the array's memory layout."""
+    outputs = {
+        "fp64": np.array([[0.1, np.nan], [-0.0, 1e300]]),
+        "fp32": np.array([0.1, 1 / 3], dtype=np.float32),
+        "fp16": np.array([0.1], dtype=np.float16),
+        "int64": np.array([2**63 - 1, -(2**63)], dtype=np.int64),
+        "uint8": np.array([0, 255], dtype=np.uint8),
+        "bool": np.array([True, False]),
+        "columns": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        "big_endian": np.array([1.5, 2.5], dtype=">f8"),
+    }
+    body, length = protocol_v2.encode_infer("m", 1, outputs, set())
+    assert length is None
+    for entry in orjson.loads(body)["outputs"]:
+        array = outputs[entry["name"]]
+        assert entry["shape"] == list(array.shape)
+        assert orjson.dumps(entry["data"]) == orjson.dumps(array.reshape(-1).tolist())
+    assert b'"data":[0.10000000149011612,0.3333333432674408]' in body
+
+
 @pytest.mark.parametrize("spec", [
     {"name": "x", "shape": [2], "datatype": "FP32", "data": [1]},
     {"name": "x", "shape": [1], "datatype": "FLOAT", "data": [1]},

@@ -41,6 +41,11 @@ EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 #: numpy dtype -> OIP datatype, for answers (one lookup per output of every request).
 _BY_DTYPE = {np.dtype(dt): name for name, dt in DATATYPES.items() if dt is not object}
+#: answers orjson writes from the array itself, exactly as from its Python values (not FP32 or
+#: FP16: orjson writes their shortest float32 form, ``tolist()`` the float64 one).
+_AS_ARRAY = frozenset(np.dtype(dt) for dt in (np.bool_, np.uint8, np.uint16, np.uint32,
+                                                np.uint64, np.int8, np.int16, np.int32,
+                                                np.int64, np.float64))
 
 
 def datatype_of(array: np.ndarray) -> str:
@@ -304,13 +309,15 @@ def encode_infer(
             raw = to_raw(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
+        elif array.dtype in _AS_ARRAY:
+            entry["data"] = np.ascontiguousarray(array).reshape(-1)
         else:
             entry["data"] = array.reshape(-1).tolist()
         described.append(entry)
     doc: dict[str, Any] = {"model_name": model, "model_version": str(version), "outputs": described}
     if request_id is not None:
         doc["id"] = request_id
-    header = orjson.dumps(doc)
+    header = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
