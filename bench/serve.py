@@ -41,6 +41,8 @@ Phases per workload:
 4. open loop: native REST at half the measured native peak, on a fixed schedule, latency from
    when each request was due (``loadgen.py http --rate``): the p99 a user meets at half load;
    ``--open-rounds`` rounds (3), the round with the median p99 reported and judged;
+   ``--sweep 0.2,0.3,0.4`` adds one open-loop run at each fraction of the peak and says at
+   which rates the p99 met the goal (the capacity at that latency, one run each: noisy);
 5. ``--workers 1,2``: ``modelyard serve --workers N`` on both cores with the load generator
    sharing them: requests/s, CPU/request, memory (RSS and PSS) per extra worker.
 
@@ -152,6 +154,9 @@ def main() -> int:
     parser.add_argument("--skip-workers", action="store_true", help="no scaling phase")
     parser.add_argument("--open-rounds", type=int, default=3,
                         help="open-loop rounds at half the peak; the median p99 is judged")
+    parser.add_argument("--sweep", default="",
+                        help="fractions of the native peak (e.g. 0.2,0.3,0.4) to run the open "
+                        "loop at once each: the rates whose p99 meets the goal")
     parser.add_argument("--skip-naive", action="store_true", help="no naive baseline")
     parser.add_argument("--pair-rounds", type=int, default=4,
                         help="rounds of modelyard native, OIP v2 and the naive endpoint in "
@@ -501,6 +506,18 @@ def run_modelyard(name: str, env: dict[str, str], work: Path, files: dict[str, P
                     "--seconds", str(args.seconds), "--connections", str(2 * conns))))
             # the round of the median p99 stands for the phase: one neighbour's burst on a
             # shared machine moves a single round's tail by 2x
+            sweep = {}
+            for fraction in sorted(float(f) for f in args.sweep.split(",") if f.strip()):
+                swept = rate * 2 * fraction
+                print(f"{label} {name}: modelyard native, open loop at {swept:.0f} req/s "
+                      f"({fraction:g} of the peak) ...", flush=True)
+                sweep[fraction] = measured(server, base, lambda swept=swept: loadgen(
+                    "http", "--port", str(port), "--path", f"/v1/models/{name}/predict",
+                    "--body", str(files["native"]), "--rate", str(swept),
+                    "--seconds", str(args.seconds), "--connections", str(2 * conns)))
+                sweep[fraction]["rate"] = swept
+            if sweep:
+                out["sweep"] = sweep
             rounds.sort(key=lambda got: got["p99"])
             if rounds:
                 out["open"] = rounds[len(rounds) // 2]
@@ -688,6 +705,15 @@ def goals(r: dict[str, Any]) -> list[str]:
                    f"the median of rounds {rounds}; goal <= {spec['goal_p99']:g} ms: "
                    f"{verdict(o['p99'] <= spec['goal_p99'])}); p99.9 {o['p999']:.2f} ms, "
                    f"{o['errors']:.0f} errors")
+    if r.get("sweep"):
+        points = sorted(r["sweep"].items())
+        met = [got["rate"] for _, got in points if got["p99"] <= spec["goal_p99"]]
+        shown = ", ".join(f"{got['rate']:.0f} req/s ({fraction:g}): {got['p99']:.2f} ms "
+                          f"at {got['cpu_us']:.0f} us CPU/request"
+                          for fraction, got in points)
+        out.append(f"{label}: p99 of the open loop by rate: {shown}; the goal of "
+                   f"{spec['goal_p99']:g} ms met at "
+                   + (", ".join(f"{m:.0f}" for m in met) + " req/s" if met else "none of them"))
     if "naive" in r:
         n = r["naive"]
         call = "" if n["call"] == "framework" else ", its model called through modelyard"
