@@ -398,6 +398,26 @@ def test_parse_size_and_options() -> None:
         ServeOptions(max_memory=0)
 
 
+def test_only_deep_learning_models_on_a_gpu_wait_for_fuller_batches() -> None:
+    """On the CPU a wait only delays the answer: every model there batches from what queued
+    while the previous batch ran; a DL model (or its ONNX conversion) on a GPU waits."""
+    from types import SimpleNamespace
+
+    from modelyard.adapters import get_adapter
+    from modelyard.serving.onnx_runtime import batches_as_accelerated
+
+    def record(flavor: str, source: str | None = None) -> SimpleNamespace:
+        return SimpleNamespace(flavor=flavor, meta={"source_flavor": source} if source else {})
+
+    torch, onnx = get_adapter("torch"), get_adapter("onnx")
+    assert batches_as_accelerated(record("torch"), torch, "cuda:0")
+    assert not batches_as_accelerated(record("torch"), torch, "cpu")
+    assert batches_as_accelerated(record("onnx", "torch"), onnx, "cuda:1")
+    assert not batches_as_accelerated(record("onnx", "torch"), onnx, "cpu")
+    assert not batches_as_accelerated(record("onnx", "sklearn"), onnx, "cuda:0")
+    assert not batches_as_accelerated(record("sklearn"), get_adapter("sklearn"), "cpu")
+
+
 def test_batch_policy_defaults_per_flavor_kind() -> None:
     auto = ServingSpec()
     assert batch_policy(auto, accelerated=True) == BatchPolicy(32, 0.002, 1024, 60.0, 0.001)

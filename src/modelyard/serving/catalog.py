@@ -364,8 +364,9 @@ class Catalog:
         predictor = open_version(record, self.registry, device=spec.device)
         if spec.runtime == "onnx":
             predictor = as_source(predictor)
-        policy = batch_policy(spec, accelerated=batches_as_accelerated(record, adapter),
-                              timeout_s=self.options.request_timeout_s)
+        policy = batch_policy(
+            spec, accelerated=batches_as_accelerated(record, adapter, predictor.device),
+            timeout_s=self.options.request_timeout_s)
         vm = self.metrics.for_version(record.model, str(record.version))
         observe = self._observer(vm, (record.model, int(record.version)))
         features = _feature_definition(record)
@@ -438,11 +439,12 @@ class Catalog:
                               "inline")
         adapter = get_adapter(record.flavor)
         worker = spawn()
-        policy = batch_policy(spec, accelerated=batches_as_accelerated(record, adapter),
+        device = str(worker.info.get("device", spec.device))
+        policy = batch_policy(spec, accelerated=batches_as_accelerated(record, adapter, device),
                               timeout_s=self.options.request_timeout_s)
         vm = self.metrics.for_version(record.model, str(record.version))
         runner = ProcessRunner(
-            metadata_predictor(record, adapter, str(worker.info.get("device", spec.device))),
+            metadata_predictor(record, adapter, device),
             policy, worker, spawn=spawn, pool=self.load_pool,
             observe=self._observer(vm, (record.model, int(record.version))),
             # the worker's resident memory, read live; this is the fallback while it is down

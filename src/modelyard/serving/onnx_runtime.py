@@ -73,10 +73,15 @@ def served_record(registry: Any, record: Any) -> Any:
               "source_flavor": record.flavor})
 
 
-def batches_as_accelerated(record: Any, adapter: Adapter) -> bool:
-    """Whether ``record`` batches as a deep-learning flavor (waiting ``max_delay_ms`` for a
-    fuller batch): as its source's flavor under ``runtime: onnx``, so a tree model served by
-    ONNX Runtime answers an idle server at once, as it did natively."""
+def batches_as_accelerated(record: Any, adapter: Adapter, device: str) -> bool:
+    """Whether ``record`` batches as a deep-learning model on a GPU (waiting ``max_delay_ms``
+    for a fuller batch): its flavor's kind (its source's under ``runtime: onnx``, so a tree
+    model served by ONNX Runtime answers an idle server at once, as it did natively) on a
+    ``cuda`` device. On the CPU a wait only delays the answer: the batch forms from what
+    queued while the previous one ran (W2 in turn at 1,500-2,600 requests/s: median p99 10-18
+    ms without the 2 ms wait, 16-32 with it)."""
+    if not device.startswith("cuda"):
+        return False
     source = record.meta.get("source_flavor")
     if source is None or source == record.flavor:
         return bool(adapter.accelerated)

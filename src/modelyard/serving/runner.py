@@ -43,11 +43,12 @@ def serving_spec(meta: Mapping[str, Any], ref: str = "model") -> ServingSpec:
 def batch_policy(spec: ServingSpec, *, accelerated: bool, timeout_s: float = 60.0) -> BatchPolicy:
     """Batching for one version from its spec and flavor.
 
-    ``enabled: None`` (auto) batches every flavor. Classic models get no added delay unless the
-    spec sets ``max_delay_ms``: requests that queue while a batch runs still share the next call,
-    which is where a gradient-boosted model's 30x cheaper per-row cost is won, and an idle server
-    answers at once. DL models wait up to ``max_delay_ms`` for a fuller batch. ``enabled: false``
-    runs each request alone (still queued, bounded and timed out).
+    ``enabled: None`` (auto) batches every flavor. A model gets no added delay unless the spec
+    sets ``max_delay_ms`` or it is a deep-learning model on a GPU (``accelerated``): requests
+    that queue while a batch runs still share the next call, which is where a gradient-boosted
+    model's 30x cheaper per-row cost is won, and an idle server answers at once. DL models on a
+    GPU wait up to ``max_delay_ms`` for a fuller batch. ``enabled: false`` runs each request
+    alone (still queued, bounded and timed out).
     """
     cfg = spec.batching
     if cfg.enabled is False:

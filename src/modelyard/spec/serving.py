@@ -18,9 +18,10 @@ class BatchingSpec(BaseModel):
 
     model_config = STRICT
 
-    #: None (auto) and True batch every flavor; False runs each request alone. Classic flavors
-    #: wait for no more rows unless ``max_delay_ms`` is set (a batch forms from what queued
-    #: while the previous one ran); deep-learning flavors wait up to ``max_delay_ms``.
+    #: None (auto) and True batch every flavor; False runs each request alone. A model waits
+    #: for no more rows unless ``max_delay_ms`` is set (a batch forms from what queued while
+    #: the previous one ran), except a deep-learning flavor on a GPU, which waits up to
+    #: ``max_delay_ms`` (2 by default).
     enabled: bool | None = None
     max_batch_size: int = Field(32, ge=1, le=65536)
     max_delay_ms: float = Field(2.0, ge=0.0, le=10_000)
