@@ -495,33 +495,29 @@ def run_modelyard(name: str, env: dict[str, str], work: Path, files: dict[str, P
                   f"({args.pair_rounds} rounds) ...", flush=True)
             out["pair"] = paired(sides, args)
         if "native" in out:
-            rate = out["native"]["rps"] / 2
-            rounds = []
-            for i in range(args.open_rounds):
+            peak = out["native"]["rps"]
+
+            def open_loop(rate: float, what: str) -> dict[str, Any]:
                 print(f"{label} {name}: modelyard native, open loop at {rate:.0f} req/s "
-                      f"({i + 1}/{args.open_rounds}) ...", flush=True)
-                rounds.append(measured(server, base, lambda: loadgen(
+                      f"({what}) ...", flush=True)
+                got = measured(server, base, lambda: loadgen(
                     "http", "--port", str(port), "--path", f"/v1/models/{name}/predict",
                     "--body", str(files["native"]), "--rate", str(rate),
-                    "--seconds", str(args.seconds), "--connections", str(2 * conns))))
-            # the round of the median p99 stands for the phase: one neighbour's burst on a
-            # shared machine moves a single round's tail by 2x
-            sweep = {}
-            for fraction in sorted(float(f) for f in args.sweep.split(",") if f.strip()):
-                swept = rate * 2 * fraction
-                print(f"{label} {name}: modelyard native, open loop at {swept:.0f} req/s "
-                      f"({fraction:g} of the peak) ...", flush=True)
-                sweep[fraction] = measured(server, base, lambda swept=swept: loadgen(
-                    "http", "--port", str(port), "--path", f"/v1/models/{name}/predict",
-                    "--body", str(files["native"]), "--rate", str(swept),
                     "--seconds", str(args.seconds), "--connections", str(2 * conns)))
-                sweep[fraction]["rate"] = swept
+                got["rate"] = rate
+                return got
+
+            rounds = [open_loop(peak / 2, f"{i + 1}/{args.open_rounds}")
+                      for i in range(args.open_rounds)]
+            sweep = {fraction: open_loop(peak * fraction, f"{fraction:g} of the peak")
+                     for fraction in sorted(float(f) for f in args.sweep.split(",") if f.strip())}
             if sweep:
                 out["sweep"] = sweep
+            # the round of the median p99 stands for the phase: one neighbour's burst on a
+            # shared machine moves a single round's tail by 2x
             rounds.sort(key=lambda got: got["p99"])
             if rounds:
                 out["open"] = rounds[len(rounds) // 2]
-                out["open"]["rate"] = rate
                 out["open"]["p99_rounds"] = [got["p99"] for got in rounds]
     return out
 
