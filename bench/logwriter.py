@@ -159,8 +159,8 @@ def _entries(policy: Any, width: int, dtype: Any, classes: int) -> list[tuple[An
 
 # -- the measurement ------------------------------------------------------------------------------
 def _measure(registry: Any, path: str, entries: list[tuple[Any, ...]]) -> float:
-    """CPU us per request of writing ``entries`` by ``path``, 500 at a time as the writer
-    drains its queue."""
+    """CPU us per request of writing ``entries`` by ``path``, a write's worth at a time (the
+    store's ``batch_size``) as the writer drains its queue."""
     from modelyard.monitoring.predlog import DatabaseStore, PredictionLog
 
     log = PredictionLog(DatabaseStore(registry), capacity=len(entries) + 1)

@@ -20,6 +20,7 @@ from modelyard.errors import ConfigError
 from modelyard.monitoring import logstore
 from modelyard.monitoring.logstore import ANSWER_WITHIN, time_windows
 from modelyard.monitoring.predlog import (
+    BATCH_SIZE,
     LOG_COLUMNS,
     DatabaseStore,
     LogBatch,
@@ -75,6 +76,23 @@ def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.01)
+
+
+def test_each_write_takes_at_most_the_stores_batch_size() -> None:
+    """A store says how much one write should take (the database: 100, so the writer never
+    holds the core long; Parquet: 500, fewer files); a store that does not say gets 500, and
+    an explicit ``batch_size`` wins."""
+    sized = ListStore()
+    sized.batch_size = 7  # type: ignore[attr-defined]
+    assert PredictionLog(ListStore()).batch_size == BATCH_SIZE == 500
+    assert PredictionLog(sized, batch_size=3).batch_size == 3
+    assert DatabaseStore.batch_size == 100 and ParquetStore.batch_size == 500
+    log = PredictionLog(sized)
+    for i in range(20):
+        log.record(policy(), f"r{i}", "production", 0.002, X, 2, answer())
+    log.flush()
+    assert [len(b) for b in sized.batches] == [7, 7, 6]
+    assert [r["request_id"] for b in sized.batches for r in b] == [f"r{i}" for i in range(20)]
 
 
 def test_entries_are_written_in_batches_by_the_writer_thread() -> None:

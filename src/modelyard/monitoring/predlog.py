@@ -72,6 +72,8 @@ BUILTIN_KEY = b"modelyard-default-log-key"
 _QUEUE_FULL = "queue full: the writer does not keep up, or its store hangs"
 #: how far back :meth:`PredictionLog.health` looks.
 HEALTH_WINDOW_S = 60.0
+#: the entries a write takes at most, for a store that does not say (``LogStore.batch_size``).
+BATCH_SIZE = 500
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,13 @@ class LogHealth:
 class PredictionLog:
     """Bounded, asynchronous, batched writer of predictions; ``start``/``stop`` its thread."""
 
-    def __init__(self, store: LogStore, *, capacity: int = 10_000, batch_size: int = 500,
+    def __init__(self, store: LogStore, *, capacity: int = 10_000, batch_size: int | None = None,
                  flush_interval_s: float = 1.0, hash_key: bytes | None = None) -> None:
+        """``batch_size``: the entries a write takes at most, and how many wake the writer
+        early; by default the store's own ``batch_size`` (:data:`BATCH_SIZE` for a store
+        without one)."""
+        if batch_size is None:
+            batch_size = getattr(store, "batch_size", BATCH_SIZE)
         if capacity < 1 or batch_size < 1 or flush_interval_s <= 0:
             raise ConfigError("prediction log: capacity and batch_size >= 1, interval > 0")
         self.store = store
@@ -401,6 +408,6 @@ def _hash_key() -> bytes:
 
 
 
-__all__ = ["BUILTIN_KEY", "HEALTH_WINDOW_S", "LOG_COLUMNS", "MAX_OUTPUT_VALUES", "DatabaseStore",
-           "LogBatch", "LogHealth", "LogPolicy", "LogStore", "LoggedPrediction", "ParquetStore",
-           "PredictionLog", "open_store", "outputs_many", "outputs_of"]
+__all__ = ["BATCH_SIZE", "BUILTIN_KEY", "HEALTH_WINDOW_S", "LOG_COLUMNS", "MAX_OUTPUT_VALUES",
+           "DatabaseStore", "LogBatch", "LogHealth", "LogPolicy", "LogStore", "LoggedPrediction",
+           "ParquetStore", "PredictionLog", "open_store", "outputs_many", "outputs_of"]
