@@ -144,7 +144,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 def test_the_writer_keeps_a_row_per_chunk_that_reads_back_every_request(store: Any) -> None:
     w1 = policy("w1", TABLE, None)
     w2 = policy("w2", TENSOR, profile(VECTORS))
-    log = PredictionLog(store, batch_size=500)  # the database's own 100 would make 6 writes
+    log = PredictionLog(store)
     expected: dict[str, tuple[Any, ...]] = {}
     for i in range(600):
         if i % 50 == 7:

@@ -79,14 +79,14 @@ def wait_for(condition: Any, timeout_s: float = 10.0) -> None:
 
 
 def test_each_write_takes_at_most_the_stores_batch_size() -> None:
-    """A store says how much one write should take (the database: 100, so the writer never
-    holds the core long; Parquet: 500, fewer files); a store that does not say gets 500, and
-    an explicit ``batch_size`` wins."""
+    """A store says how much one write should take (the database: a chunk's 250, so the writer
+    takes the core for shorter bursts; Parquet: 500, fewer files); a store that does not say
+    gets 500, and an explicit ``batch_size`` wins."""
     sized = ListStore()
     sized.batch_size = 7  # type: ignore[attr-defined]
     assert PredictionLog(ListStore()).batch_size == BATCH_SIZE == 500
     assert PredictionLog(sized, batch_size=3).batch_size == 3
-    assert DatabaseStore.batch_size == 100 and ParquetStore.batch_size == 500
+    assert DatabaseStore.batch_size == 250 and ParquetStore.batch_size == 500
     log = PredictionLog(sized)
     for i in range(20):
         log.record(policy(), f"r{i}", "production", 0.002, X, 2, answer())

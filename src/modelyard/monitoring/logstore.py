@@ -167,11 +167,10 @@ class LogStore(Protocol):
 class DatabaseStore:
     """The registry database's ``predictions`` table: one row per :class:`Chunk`."""
 
-    #: entries a write takes at most: 100 cost the writer the same CPU a request as 500 (a
-    #: write's fixed cost is about 0.3 ms) and take the core a fifth as long at a time; at half
-    #: W1's peak the p99 read 4.5 against 9.5 ms (docs/architecture.md, "Where a request's CPU
-    #: goes").
-    batch_size = 100
+    #: entries a write takes at most: a chunk's worth (:data:`CHUNK`), half the burst of 500 for
+    #: the same CPU a request; 100 gave a loaded server a lower p99 still but cost it 4-11 %
+    #: more CPU (docs/architecture.md, "Where a request's CPU goes").
+    batch_size = CHUNK
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
