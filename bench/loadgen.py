@@ -137,11 +137,11 @@ def http_run(args: argparse.Namespace) -> dict[str, float]:
     try:
         while done < total and time.perf_counter() < give_up:
             now = time.perf_counter()
-            while sent < total and free and start + sent * interval <= now:
+            while sent < total and free and (due := start + sent * interval) <= now:
                 sock = free.popleft()
                 sock.sendall(message)
                 busy.add(sock)
-                due_at[index[sock]] = start + sent * interval
+                due_at[index[sock]] = due
                 sent += 1
             wait = start + sent * interval - time.perf_counter() if sent < total and free else 1.0
             if not busy:
