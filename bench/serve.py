@@ -27,6 +27,10 @@ Phases per workload:
    scikit-learn's ``model.predict``; W2: the module's forward under ``torch.inference_mode``),
    ``uvicorn`` with uvloop and httptools, wrk. ``--naive-call adapter`` calls modelyard's
    adapter instead (W1: the compiled tree walk), which leaves serving costs alone to compare;
+   then the floor (``floor_app.py``): modelyard's HTTP server, orjson, one numpy conversion
+   and natural batching into the model's batched call, nothing else (no validation, metrics
+   or prediction log): the least a batching server of these parts can spend a request, and so
+   the most the ratio to the naive endpoint can reach on this machine (``--skip-floor``);
 3. modelyard, one server, every protocol: native REST (``{"instances": [row], "scores": true}``)
    and OIP v2 REST (JSON tensors, as ``tritonclient.http`` sends them; all outputs) by wrk, gRPC
    (``ModelInfer`` with raw tensors, as ``tritonclient.grpc`` sends them) by ``loadgen.py``.
@@ -34,10 +38,10 @@ Phases per workload:
    writer, gRPC ...), mean rows per model call, log written/dropped, and the model's CPU a
    request as the server itself clocks its batches (``in srv``: under load the same model call
    can cost more than alone, its weights and caches shared with the requests' work).
-   With the naive server still up beside it, native REST, OIP v2 REST and the naive endpoint
-   are then loaded in turn (``--pair-rounds`` rounds of half a phase each, the order flipped
-   every round), and the OIP v2 and naive ratios are judged on those turns: the machine's
-   neighbours slow every side alike;
+   With the naive server and the floor still up beside it, native REST, OIP v2 REST, the
+   naive endpoint and the floor are then loaded in turn (``--pair-rounds`` rounds of half a
+   phase each, the order flipped every round), and the OIP v2 and naive ratios are judged on
+   those turns: the machine's neighbours slow every side alike;
 4. open loop: native REST at half the measured native peak, on a fixed schedule, latency from
    when each request was due (``loadgen.py http --rate``, one thread timing with select's
    microseconds: against nginx at 8,000 requests/s its own p99 is about 0.3 ms): the p99 a
@@ -142,6 +146,7 @@ BATCHES = (1, 2, 4, 8, 16, 32, 64)
 #: size of the log, not on the requests of a phase, so it is printed apart, not divided by them.
 PERIODIC = ("uvloop", "asyncio")
 PORT = 18700
+FLOOR_PORT = PORT + 4
 HERE = Path(__file__).parent
 
 
@@ -160,6 +165,8 @@ def main() -> int:
                         help="fractions of the native peak (e.g. 0.2,0.3,0.4) to run the open "
                         "loop at once each: the rates whose p99 meets the goal")
     parser.add_argument("--skip-naive", action="store_true", help="no naive baseline")
+    parser.add_argument("--skip-floor", action="store_true",
+                        help="no floor (bare batching server, bench/floor_app.py)")
     parser.add_argument("--pair-rounds", type=int, default=4,
                         help="rounds of modelyard native, OIP v2 and the naive endpoint in "
                         "turn, whose ratios are judged (0: compare the separate phases)")
@@ -430,7 +437,7 @@ def run_workload(name: str, home: Path, work: Path, args: argparse.Namespace) ->
     result: dict[str, Any] = {"workload": name, "connections": conns,
                               "model_costs": model_costs(name, home)}
     with contextlib.ExitStack() as stack:
-        naive: tuple[Server, Any] | None = None  # kept up for the turns with modelyard
+        beside: dict[str, tuple[Server, Any]] = {}  # kept up for the turns with modelyard
         if not args.skip_naive:
             print(f"{spec['label']} {name}: naive ...", flush=True)
             cmd = [sys.executable, "-m", "uvicorn", "naive_app:app", "--app-dir", str(work),
@@ -443,8 +450,17 @@ def run_workload(name: str, home: Path, work: Path, args: argparse.Namespace) ->
             load(2)  # warm up
             result["naive"] = measured(server, None, partial(load, args.seconds))
             result["naive"]["call"] = args.naive_call
-            naive = (server, load)
-        result.update(run_modelyard(name, env, work, files, conns, args, naive))
+            beside["naive"] = (server, load)
+        if not args.skip_floor:
+            print(f"{spec['label']} {name}: floor (a bare batching server) ...", flush=True)
+            base = f"http://127.0.0.1:{FLOOR_PORT}"
+            cmd = [sys.executable, str(HERE / "floor_app.py"), name, str(FLOOR_PORT)]
+            server = stack.enter_context(Server(cmd, env, base + "/readyz"))
+            load = partial(wrk, base + "/predict", files["naive"], work, conns)
+            load(2)  # warm up
+            result["floor"] = measured(server, None, partial(load, args.seconds))
+            beside["floor"] = (server, load)
+        result.update(run_modelyard(name, env, work, files, conns, args, beside))
     if not args.skip_workers:
         result["workers"] = run_workers(name, env, work, files, conns, args)
     return result
@@ -460,10 +476,10 @@ def modelyard_cmd(port: int, args: argparse.Namespace, *extra: str) -> list[str]
 
 def run_modelyard(name: str, env: dict[str, str], work: Path, files: dict[str, Path],
                   conns: int, args: argparse.Namespace,
-                  naive: tuple[Server, Any] | None = None) -> dict[str, Any]:
+                  beside: dict[str, tuple[Server, Any]] | None = None) -> dict[str, Any]:
     """Phases 3 and 4: one modelyard server, each protocol saturated, then native open loop;
-    then native, OIP v2 and the ``naive`` server beside it in alternating slices
-    (:func:`paired`)."""
+    then native, OIP v2 and the servers ``beside`` it (the naive endpoint, the floor) in
+    alternating slices (:func:`paired`)."""
     label = WORKLOADS[name]["label"]
     port, grpc_port = PORT + 1, PORT + 2
     base = f"http://127.0.0.1:{port}"
@@ -485,14 +501,14 @@ def run_modelyard(name: str, env: dict[str, str], work: Path, files: dict[str, P
                                profile_s=args.seconds)
                 out[protocol]["profile"] = spy.summarize(path, got["requests"],
                                                          measured_us=got["threads"])
-        if "native" in out and args.pair_rounds and (naive is not None or "v2" in out):
-            sides = [("native", server, base, _phase("native", urls, files, work, conns,
-                                                      grpc_port))]
+        beside = beside or {}
+        if "native" in out and args.pair_rounds and (beside or "v2" in out):
+            sides: list[tuple[str, Server, str | None, Any]] = [
+                ("native", server, base, _phase("native", urls, files, work, conns, grpc_port))]
             if "v2" in out:
                 sides.append(("v2", server, base, _phase("v2", urls, files, work, conns,
                                                           grpc_port)))
-            if naive is not None:
-                sides.append(("naive", naive[0], None, naive[1]))
+            sides.extend((key, other, None, load) for key, (other, load) in beside.items())
             print(f"{label} {name}: {', '.join(side[0] for side in sides)} in turn "
                   f"({args.pair_rounds} rounds) ...", flush=True)
             out["pair"] = paired(sides, args)
@@ -526,10 +542,11 @@ def run_modelyard(name: str, env: dict[str, str], work: Path, files: dict[str, P
 
 def paired(sides: list[tuple[str, Server, str | None, Any]],
            args: argparse.Namespace) -> dict[str, float]:
-    """CPU µs a request of each side -- modelyard native, OIP v2 and the naive endpoint, every
-    server on core 0 -- loaded in turn for ``--pair-rounds`` rounds of half a phase each (the
-    order flips every round): a neighbour that slows the machine for a while slows every side
-    alike, so their ratios hold where two phases a minute apart can differ by 1.5x."""
+    """CPU µs a request of each side -- modelyard native, OIP v2, the naive endpoint and the
+    floor, every server on core 0 -- loaded in turn for ``--pair-rounds`` rounds of half a
+    phase each (the order flips every round): a neighbour that slows the machine for a while
+    slows every side alike, so their ratios hold where two phases a minute apart can differ by
+    1.5x."""
     slice_s = max(2, args.seconds // 2)
     totals = {side[0]: [0.0, 0.0] for side in sides}
     for i in range(args.pair_rounds):
@@ -605,8 +622,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
 
 def _phases(r: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    names = {"naive": "naive FastAPI", "native": "modelyard native", "v2": "modelyard v2",
-             "grpc": "modelyard gRPC", "open": "native open loop"}
+    names = {"naive": "naive FastAPI", "floor": "floor (bare)", "native": "modelyard native",
+             "v2": "modelyard v2", "grpc": "modelyard gRPC", "open": "native open loop"}
     return [(label, r[key]) for key, label in names.items() if key in r]
 
 
@@ -661,7 +678,7 @@ def goals(r: dict[str, Any]) -> list[str]:
     """One line per goal of issue #11 with the measured value and met / NOT met."""
     name, spec = r["workload"], WORKLOADS[r["workload"]]
     label = spec["label"]
-    out = []
+    out: list[str] = []
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
@@ -704,26 +721,49 @@ def goals(r: dict[str, Any]) -> list[str]:
                    f"{verdict(o['p99'] <= spec['goal_p99'])}); p99.9 {o['p999']:.2f} ms, "
                    f"{o['errors']:.0f} errors")
     if r.get("sweep"):
-        points = sorted(r["sweep"].items())
-        met = [got["rate"] for _, got in points if got["p99"] <= spec["goal_p99"]]
-        shown = ", ".join(f"{got['rate']:.0f} req/s ({fraction:g}): {got['p99']:.2f} ms "
-                          f"at {got['cpu_us']:.0f} us CPU/request"
-                          for fraction, got in points)
-        out.append(f"{label}: p99 of the open loop by rate: {shown}; the goal of "
-                   f"{spec['goal_p99']:g} ms met at "
-                   + (", ".join(f"{m:.0f}" for m in met) + " req/s" if met else "none of them"))
+        out.append(_sweep(r))
     if "naive" in r:
         n = r["naive"]
         call = "" if n["call"] == "framework" else ", its model called through modelyard"
         ratio, how = _judged(pair, "naive", n["cpu_us"], native["cpu_us"])
         out.append(f"{label}: {ratio:.1f}x less CPU/request than naive{call} ({how}) "
                    f"(goal >= {GOAL_NAIVE:g}x: {verdict(ratio >= GOAL_NAIVE)})")
-    for key in ("native", "v2", "grpc"):
-        got = r.get(key)
-        if got and got.get("dropped"):
-            out.append(f"{label}: the prediction log DROPPED {got['dropped']:.0f} of "
-                       f"{got['written'] + got['dropped']:.0f} over {key}")
-    return out
+    if "floor" in r:
+        out.append(_floor(r, pair))
+    return out + [f"{label}: the prediction log DROPPED {got['dropped']:.0f} of "
+                  f"{got['written'] + got['dropped']:.0f} over {key}"
+                  for key, got in _phases(r) if got.get("dropped")]
+
+
+def _sweep(r: dict[str, Any]) -> str:
+    """The ``--sweep`` line: the open loop's p99 at each rate, and where it met the goal."""
+    spec = WORKLOADS[r["workload"]]
+    points = sorted(r["sweep"].items())
+    met = [got["rate"] for _, got in points if got["p99"] <= spec["goal_p99"]]
+    shown = ", ".join(f"{got['rate']:.0f} req/s ({fraction:g}): {got['p99']:.2f} ms "
+                      f"at {got['cpu_us']:.0f} us CPU/request"
+                      for fraction, got in points)
+    return (f"{spec['label']}: p99 of the open loop by rate: {shown}; the goal of "
+            f"{spec['goal_p99']:g} ms met at "
+            + (", ".join(f"{m:.0f}" for m in met) + " req/s" if met else "none of them"))
+
+
+def _floor(r: dict[str, Any], pair: dict[str, float]) -> str:
+    """The floor's line: its CPU a request, modelyard's beyond it, and the naive endpoint's
+    ratio to it (the most the ratio goal can reach), from the turns when they were run."""
+    f, native = r["floor"], r["native"]
+    turns = "floor" in pair
+    floor_us = pair["floor"] if turns else f["cpu_us"]
+    native_us = pair["native"] if turns else native["cpu_us"]
+    line = (f"{WORKLOADS[r['workload']]['label']}: the floor (a bare batching server: no "
+            f"validation, metrics or log) {floor_us:.0f} us CPU/request, {f['rps']:.0f} req/s; "
+            f"modelyard native {native_us - floor_us:.0f} us beyond it "
+            f"({'in turn' if turns else 'separate phases'})")
+    if "naive" in r:
+        naive_us = pair["naive"] if turns and "naive" in pair else r["naive"]["cpu_us"]
+        line += (f"; the naive endpoint / the floor = {naive_us / floor_us:.1f}x, the most "
+                 f"any server of these parts reaches here")
+    return line
 
 
 def _judged(pair: dict[str, float], key: str, cpu_us: float,
