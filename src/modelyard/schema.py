@@ -121,6 +121,10 @@ class Signature:
         """Input names in the order the model expects them."""
         return [f.name for f in self.inputs]
 
+    def takes(self, name: str) -> bool:
+        """Whether ``name`` is one of the inputs (no list built: a request's path asks it)."""
+        return name in self._index
+
     @property
     def answers(self) -> tuple[FieldSpec, ...]:
         """The outputs a version answers with (``predictions``, and ``scores`` for classifiers),

@@ -222,6 +222,7 @@ def test_v2_json_answers_hold_each_datatype_as_its_python_values() -> None:
         "uint8": np.array([0, 255], dtype=np.uint8),
         "bool": np.array([True, False]),
         "columns": np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+        "strided": np.arange(10.0)[::3],
         "big_endian": np.array([1.5, 2.5], dtype=">f8"),
     }
     body, length = protocol_v2.encode_infer("m", 1, outputs, set())

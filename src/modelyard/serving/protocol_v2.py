@@ -59,7 +59,7 @@ def datatype_of(array: np.ndarray) -> str:
     return "FP64" if dtype.kind == "f" else "INT64"
 
 
-@dataclass
+@dataclass(slots=True)
 class InferRequest:
     """A decoded infer request: named input arrays and the outputs asked for."""
 
@@ -99,8 +99,8 @@ def decode_infer_doc(doc: Any, binary: bytes = b"") -> InferRequest:
     if request_id is not None and not isinstance(request_id, str):
         raise _field_error(["id"], "'id' must be a string")
     params = parameters(doc, [])
-    req = InferRequest({}, id=request_id,
-                       binary_default=_flag(params, "binary_data_output", ["parameters"]))
+    req = InferRequest({}, [], set(), _flag(params, "binary_data_output", ["parameters"]),
+                       request_id)
     offset = 0
     for i, spec in enumerate(doc["inputs"]):
         name, array, used = _decode_input(i, spec, binary, offset)
@@ -273,12 +273,11 @@ def to_payload(signature: Signature, inputs: dict[str, np.ndarray]) -> Any:
                          [{"loc": ["inputs", k], "msg": "unknown input"}
                           for k in inputs if k != name]
                          or [{"loc": ["inputs", name], "msg": "field required"}])
-    columns = set(signature.names)
     if len(inputs) == 1:
         (name, arr), = inputs.items()
-        if name not in columns and arr.ndim == 2:
+        if arr.ndim == 2 and not signature.takes(name):
             return arr  # one [n, features] tensor
-    unknown = [k for k in inputs if k not in columns]
+    unknown = [k for k in inputs if not signature.takes(k)]
     if unknown:
         raise InputError(
             "send one input per feature column or one 2-D input; inputs: "
@@ -310,7 +309,7 @@ def encode_infer(
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         elif array.dtype in _AS_ARRAY:
-            entry["data"] = np.ascontiguousarray(array).reshape(-1)
+            entry["data"] = array.ravel()  # C-contiguous (orjson writes only those)
         else:
             entry["data"] = array.reshape(-1).tolist()
         described.append(entry)
