@@ -14,7 +14,7 @@ import asyncio
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MethodType
 from typing import Any, Generic, TypeVar
@@ -101,11 +101,14 @@ def bind_routes(owner: object, table: RouteTable) -> list[tuple[str, str, Endpoi
 @dataclass(frozen=True)
 class Route(Generic[H]):
     """``method`` + path pattern (segments; ``{x}`` captures) -> handler (an :class:`Endpoint`,
-    or any value: a name in the API table)."""
+    or any value: a name in the API table). ``literals`` and ``captures`` are the pattern's
+    fixed segments and captured ones by position, which :func:`match` compares."""
 
     method: str
     pattern: tuple[str, ...]
     handler: H
+    literals: tuple[tuple[int, str], ...] = field(default=(), compare=False, repr=False)
+    captures: tuple[tuple[int, str], ...] = field(default=(), compare=False, repr=False)
 
 
 def compile_routes(table: Sequence[tuple[str, str, H]]) -> dict[int, list[Route[H]]]:
@@ -113,7 +116,10 @@ def compile_routes(table: Sequence[tuple[str, str, H]]) -> dict[int, list[Route[
     out: dict[int, list[Route[H]]] = {}
     for method, path, handler in table:
         pattern = tuple(p for p in path.split("/") if p)
-        out.setdefault(len(pattern), []).append(Route(method, pattern, handler))
+        literals = tuple((i, p) for i, p in enumerate(pattern) if p[0] != "{")
+        captures = tuple((i, p[1:-1]) for i, p in enumerate(pattern) if p[0] == "{")
+        out.setdefault(len(pattern), []).append(
+            Route(method, pattern, handler, literals, captures))
     return out
 
 
@@ -124,18 +130,18 @@ def match(
 
     Raises :class:`MethodNotAllowedError` when the path matches only under other methods.
     """
-    parts = [p for p in path.split("/") if p]
+    # empty segments do not count ("/a//b/" is "/a/b"); the common path has none to drop
+    parts = path.strip("/").split("/") if "//" not in path else [p for p in path.split("/") if p]
+    if parts == [""]:
+        parts = []
     allowed: list[str] = []
     for route in routes.get(len(parts), ()):
-        captured: dict[str, str] = {}
-        for want, got in zip(route.pattern, parts, strict=True):
-            if want[0] == "{":
-                captured[want[1:-1]] = got
-            elif want != got:
+        for i, want in route.literals:
+            if parts[i] != want:
                 break
         else:
             if route.method == method or (method == "HEAD" and route.method == "GET"):
-                return route.handler, captured
+                return route.handler, {name: parts[i] for i, name in route.captures}
             allowed.append(route.method)
     if allowed:
         raise MethodNotAllowedError(
