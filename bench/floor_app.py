@@ -2,15 +2,16 @@
 
 ``bench/serve.py`` loads it beside modelyard and the naive endpoint, in turn, to tell what its
 ratio goals can reach on this machine. It keeps only what any server answering these requests
-must do: modelyard's HTTP server (``httpserver``, the same connection code), the body read and
-parsed by orjson, one numpy conversion to the model's dtype, natural batching (a batch waits for
-nothing, gives the loop :data:`~modelyard.serving.batching.GATHER_TURNS` turns, runs on the loop
-when it is short and in one thread otherwise, as modelyard's does) into the very call the bench
-times alone (``Predictor.predict_batch(rows, scores=True)``), and the answer written by orjson.
-Everything else a served prediction pays for is left out: routes, authentication, validation
-and its error messages, versions and rollouts, metrics, request ids and the prediction log. It
-answers ``POST /predict`` with ``{"instances": [row, ...]}`` (a malformed body fails the
-request; nothing here is meant to serve anyone) and ``GET /readyz``.
+must do: modelyard's HTTP server (``httpserver``, the same connection code), the body read
+(``http.read_body``) and parsed by orjson, one numpy conversion to the model's dtype, natural
+batching (a batch waits for nothing, gives the loop
+:data:`~modelyard.serving.batching.GATHER_TURNS` turns, runs on the loop when it is short and in
+one thread otherwise, as modelyard's does) into the very call the bench times alone
+(``Predictor.predict_batch(rows, scores=True)``), and the answer written by orjson. Everything
+else a served prediction pays for is left out: routes, authentication, validation and its error
+messages, versions and rollouts, metrics, request ids and the prediction log. It answers
+``POST /predict`` with ``{"instances": [row, ...]}`` (a malformed body fails the request;
+nothing here is meant to serve anyone) and ``GET /readyz``.
 
 Run: ``MODELYARD_HOME=... python bench/floor_app.py MODEL PORT`` (a registered ``MODEL``).
 """
@@ -28,12 +29,14 @@ import orjson
 
 import modelyard
 from modelyard.serving.batching import GATHER_TURNS
+from modelyard.serving.http import read_body
 from modelyard.serving.httpserver import bind, run
 
 #: rows a batch, as modelyard's default policy
 MAX_ROWS = 32
 #: a batch expected to take less runs on the loop, as ``runner.INLINE_BUDGET_S``
 INLINE_S = 0.001
+MAX_BODY = 1 << 20
 _HEAD = [(b"content-type", b"application/json")]
 
 
@@ -96,12 +99,7 @@ def make_app(name: str) -> Any:
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         assert floor is not None
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body = await read_body(scope, receive, MAX_BODY)
         if scope["path"] == "/readyz":
             out = b'{"ready":true}'
         else:

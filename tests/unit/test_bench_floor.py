@@ -6,31 +6,18 @@ scores, from batched calls of the model."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+from tests.unit.test_bench_loadgen import bench_module
 
 import modelyard
 from modelyard.registry import Registry
 from modelyard.testing import register_hgb, register_mlp
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-def _floor_app() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_floor_app", BENCH / "floor_app.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-floor_app = _floor_app()
+floor_app = bench_module("floor_app")
 
 
 async def _post(app: Any, body: bytes) -> tuple[int, dict[str, Any]]:

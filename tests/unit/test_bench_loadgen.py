@@ -18,15 +18,16 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-def _loadgen() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_loadgen", BENCH / "loadgen.py")
+def bench_module(name: str) -> ModuleType:
+    """The script ``bench/{name}.py`` as a module (``bench/`` is no package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-loadgen = _loadgen()
+loadgen = bench_module("loadgen")
 
 
 class _Handler(BaseHTTPRequestHandler):
