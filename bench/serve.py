@@ -4,7 +4,7 @@ modelyard over native REST, OIP v2 REST and gRPC against a naive FastAPI endpoin
 side in one run, in server CPU per request.
 
 Run: ``python bench/serve.py`` (needs ``wrk`` and ``taskset`` on PATH, ``fastapi`` for the naive
-baseline and ``tritonclient[grpc]`` for gRPC; ``py-spy`` for ``--profile``). About five minutes;
+baseline and ``tritonclient[grpc]`` for gRPC; ``py-spy`` for ``--profile``). About nine minutes;
 ``--seconds 3 --skip-workers`` for a quick look, ``--only tabular``, ``--protocols native``.
 
 The measure is the server's CPU per request: the CPU time of its whole process tree (every
