@@ -107,8 +107,14 @@ class Route(Generic[H]):
     method: str
     pattern: tuple[str, ...]
     handler: H
-    literals: tuple[tuple[int, str], ...] = field(default=(), compare=False, repr=False)
-    captures: tuple[tuple[int, str], ...] = field(default=(), compare=False, repr=False)
+    literals: tuple[tuple[int, str], ...] = field(init=False, compare=False, repr=False)
+    captures: tuple[tuple[int, str], ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        fixed = [(i, p) for i, p in enumerate(self.pattern) if p[0] != "{"]
+        object.__setattr__(self, "literals", tuple(fixed))
+        object.__setattr__(self, "captures", tuple(
+            (i, p[1:-1]) for i, p in enumerate(self.pattern) if p[0] == "{"))
 
 
 def compile_routes(table: Sequence[tuple[str, str, H]]) -> dict[int, list[Route[H]]]:
@@ -116,10 +122,7 @@ def compile_routes(table: Sequence[tuple[str, str, H]]) -> dict[int, list[Route[
     out: dict[int, list[Route[H]]] = {}
     for method, path, handler in table:
         pattern = tuple(p for p in path.split("/") if p)
-        literals = tuple((i, p) for i, p in enumerate(pattern) if p[0] != "{")
-        captures = tuple((i, p[1:-1]) for i, p in enumerate(pattern) if p[0] == "{")
-        out.setdefault(len(pattern), []).append(
-            Route(method, pattern, handler, literals, captures))
+        out.setdefault(len(pattern), []).append(Route(method, pattern, handler))
     return out
 
 
